@@ -1,0 +1,288 @@
+//! A Rust agent client that speaks the protocol of `docs/PROTOCOL.md`:
+//! register, heartbeat, receive commands, re-register when told, deregister.
+
+use crate::keys::Keys;
+use crate::pool::{AgentStatus, PoolType};
+use crate::protocol::{
+    Deregister, Heartbeat, RefusalReason, Register, Resources, ToAgent, VERSION,
+};
+use crate::registry::AgentRecord;
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Who the agent is.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub id: String,
+    pub pool: PoolType,
+    pub priority: Option<u8>,
+    pub capabilities: Vec<String>,
+    pub resources: Resources,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("no reply from the commander within {0:?}")]
+    Timeout(Duration),
+    #[error("registration refused: {reason:?}: {detail}")]
+    Refused {
+        reason: RefusalReason,
+        detail: String,
+    },
+    #[error("the agent's channel closed")]
+    Closed,
+}
+
+/// An accepted registration.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub record: AgentRecord,
+    pub re_registered: bool,
+    pub heartbeat_interval: Duration,
+}
+
+/// One connected agent.
+pub struct Agent {
+    spec: AgentSpec,
+    keys: Keys,
+    publisher: MultiplexedConnection,
+    inbox: mpsc::UnboundedReceiver<ToAgent>,
+    reader: JoinHandle<()>,
+    seq: u64,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Agent {
+    /// Subscribes to `…:agent:{id}` first, so that no reply can be missed, and
+    /// keeps that subscription alive across Redis reconnects.
+    pub async fn connect(
+        client: &redis::Client,
+        publisher: MultiplexedConnection,
+        keys: Keys,
+        spec: AgentSpec,
+    ) -> Result<Agent, AgentError> {
+        let channel = keys.agent_channel(&spec.id);
+        let mut ps = client.get_async_pubsub().await?;
+        ps.subscribe(&channel).await?;
+        let (tx, inbox) = mpsc::unbounded_channel();
+        let client = client.clone();
+        let reader = tokio::spawn(async move {
+            let mut ps = Some(ps);
+            loop {
+                if let Some(p) = ps.take() {
+                    let mut stream = p.into_on_message();
+                    while let Some(msg) = stream.next().await {
+                        match serde_json::from_slice::<ToAgent>(msg.get_payload_bytes()) {
+                            Ok(m) => {
+                                if tx.send(m).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => debug!("ignoring message the client does not know: {e}"),
+                        }
+                    }
+                }
+                // Disconnected: resubscribe with a short backoff.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if tx.is_closed() {
+                    return;
+                }
+                if let Ok(mut p) = client.get_async_pubsub().await {
+                    if p.subscribe(&channel).await.is_ok() {
+                        ps = Some(p);
+                    }
+                }
+            }
+        });
+        Ok(Agent {
+            spec,
+            keys,
+            publisher,
+            inbox,
+            reader,
+            seq: 0,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    pub fn spec(&self) -> &AgentSpec {
+        &self.spec
+    }
+
+    async fn send(&mut self, channel: String, msg: &impl Serialize) -> Result<(), AgentError> {
+        let body = serde_json::to_string(msg).expect("serializable");
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(body)
+            .query_async::<i64>(&mut self.publisher)
+            .await?;
+        Ok(())
+    }
+
+    /// Registers (idempotent: safe to repeat after a restart or a lost reply).
+    pub async fn register(&mut self, timeout: Duration) -> Result<Registration, AgentError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let msg = Tagged {
+            v: VERSION,
+            kind: "register",
+            body: Register {
+                id: id.clone(),
+                agent_id: self.spec.id.clone(),
+                pool: self.spec.pool.as_str().to_string(),
+                agent_type: None,
+                priority: self.spec.priority,
+                capabilities: self.spec.capabilities.clone(),
+                resources: self.spec.resources,
+            },
+        };
+        self.send(self.keys.registry_channel(), &msg).await?;
+        let reply = self
+            .await_reply(timeout, |m| {
+                matches!(m, ToAgent::RegisterReply { reply_to, .. } if *reply_to == id)
+            })
+            .await?;
+        match reply {
+            ToAgent::RegisterReply {
+                accepted: true,
+                agent: Some(record),
+                re_registered,
+                heartbeat_interval_ms,
+                ..
+            } => Ok(Registration {
+                record,
+                re_registered: re_registered.unwrap_or(false),
+                heartbeat_interval: Duration::from_millis(heartbeat_interval_ms.unwrap_or(5000)),
+            }),
+            ToAgent::RegisterReply { reason, detail, .. } => Err(AgentError::Refused {
+                reason: reason.unwrap_or(RefusalReason::InvalidFields),
+                detail: detail.unwrap_or_default(),
+            }),
+            _ => unreachable!("filtered above"),
+        }
+    }
+
+    /// Sends one heartbeat.
+    pub async fn heartbeat(&mut self, status: AgentStatus, load: f64) -> Result<(), AgentError> {
+        self.seq += 1;
+        let msg = Tagged {
+            v: VERSION,
+            kind: "heartbeat",
+            body: Heartbeat {
+                agent_id: self.spec.id.clone(),
+                status,
+                load,
+                resources: self.spec.resources,
+                seq: Some(self.seq),
+            },
+        };
+        self.send(self.keys.health_channel(), &msg).await
+    }
+
+    /// Leaves the fleet; true if the commander removed the agent.
+    pub async fn deregister(&mut self, timeout: Duration) -> Result<bool, AgentError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let msg = Tagged {
+            v: VERSION,
+            kind: "deregister",
+            body: Deregister {
+                id: id.clone(),
+                agent_id: self.spec.id.clone(),
+                reason: Some("shutdown".into()),
+            },
+        };
+        self.send(self.keys.registry_channel(), &msg).await?;
+        match self
+            .await_reply(timeout, |m| {
+                matches!(m, ToAgent::DeregisterReply { reply_to, .. } if *reply_to == id)
+            })
+            .await?
+        {
+            ToAgent::DeregisterReply { removed, .. } => Ok(removed),
+            _ => unreachable!("filtered above"),
+        }
+    }
+
+    /// The next message from the commander.
+    pub async fn recv(&mut self) -> Option<ToAgent> {
+        self.inbox.recv().await
+    }
+
+    async fn await_reply(
+        &mut self,
+        timeout: Duration,
+        want: impl Fn(&ToAgent) -> bool,
+    ) -> Result<ToAgent, AgentError> {
+        let wait = async {
+            loop {
+                match self.inbox.recv().await {
+                    Some(m) if want(&m) => return Ok(m),
+                    Some(other) => debug!(?other, "not the awaited reply"),
+                    None => return Err(AgentError::Closed),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))?
+    }
+
+    /// Heartbeats every `interval` (the first after `first_after`) until
+    /// `stop`, and re-registers when the commander asks. Returns when stopped;
+    /// the agent then simply goes silent, as a crashed agent would.
+    pub async fn run(
+        &mut self,
+        interval: Duration,
+        first_after: Duration,
+        stop: CancellationToken,
+    ) {
+        let start = tokio::time::Instant::now() + first_after;
+        let mut tick = tokio::time::interval_at(start, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.heartbeat(AgentStatus::Idle, 0.0).await {
+                        warn!(agent_id = %self.spec.id, error = %e, "heartbeat not sent");
+                    }
+                }
+                msg = self.inbox.recv() => match msg {
+                    Some(ToAgent::Reregister { reason, .. }) => {
+                        info!(agent_id = %self.spec.id, reason, "commander asked to re-register");
+                        if let Err(e) = self.register(interval).await {
+                            warn!(agent_id = %self.spec.id, error = %e, "re-registration failed");
+                        }
+                    }
+                    Some(other) => debug!(?other, "message from the commander"),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+/// A protocol message: `{"v":1,"type":…, …fields}`.
+#[derive(Serialize)]
+pub struct Tagged<T> {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub body: T,
+}

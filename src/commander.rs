@@ -1,0 +1,616 @@
+//! The FleetCommander service: wires the subscriber, the per-agent-ordered
+//! message handlers, the failure detector, the status publisher and the HTTP
+//! API together under one shutdown signal.
+//!
+//! Flow: one pub/sub connection listens on the registry, health and fleet
+//! channels. Each payload is size-checked and decoded there, then handed to a
+//! handler chosen by a hash of the agent id, so one agent's messages are
+//! handled in order while different agents' are handled concurrently. Every
+//! state change is a Lua script in Redis (the source of truth); replies and
+//! events are published only after the script has returned.
+
+use crate::config::Config;
+use crate::keys::Keys;
+use crate::metrics as m;
+use crate::pool::PoolType;
+use crate::protocol::{
+    self, Channel, Decoded, Event, Inbound, RefusalReason, Register, ToAgent, VERSION,
+};
+use crate::registry::{now_ms, HeartbeatOutcome, NewAgent, RegisterOutcome, Registry, RegistryError};
+use crate::status::{FleetStatus, PoolCounts};
+use anyhow::Context;
+use futures_util::StreamExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+/// State shared by the commander's tasks.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub keys: Keys,
+    pub registry: Registry,
+    pub redis: deadpool_redis::Pool,
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+    /// When the current pub/sub subscription was confirmed (ms); 0 while not
+    /// listening. The detector never declares an agent dead for a time the
+    /// commander could not hear it.
+    pub listening_since: AtomicU64,
+    fenced: AtomicBool,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn is_listening(&self) -> bool {
+        self.listening_since.load(Ordering::Acquire) != 0
+    }
+
+    /// Another commander claimed a newer epoch: stop everything.
+    pub(crate) fn on_fenced(&self) {
+        if !self.fenced.swap(true, Ordering::AcqRel) {
+            error!(
+                epoch = self.registry.epoch(),
+                "a newer commander took over; this one stops writing and shuts down"
+            );
+            self.shutdown.cancel();
+        }
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Counters read and assembled into the fleet view.
+    pub async fn fleet_status(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> Result<FleetStatus, RegistryError> {
+        let counts = self.registry.counts(conn).await?;
+        Ok(FleetStatus::assemble(&self.config, &counts, now_ms()))
+    }
+}
+
+/// A started commander.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub epoch: u64,
+    pub shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Asks every task to stop.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Waits until every task has stopped. An error if the commander stopped
+    /// because a newer one took over.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    error!("a commander task panicked: {e}");
+                }
+            }
+            // One task ending (other than by shutdown) ends the service.
+            self.shared.shutdown.cancel();
+        }
+        if self.shared.fenced.load(Ordering::Acquire) {
+            anyhow::bail!("stopped: superseded by a newer commander");
+        }
+        Ok(())
+    }
+}
+
+/// Builds the Redis connection pool of the commander and tools.
+pub fn redis_pool(url: &str, size: usize) -> anyhow::Result<deadpool_redis::Pool> {
+    let mut cfg = deadpool_redis::Config::from_url(url);
+    cfg.pool = Some(deadpool_redis::PoolConfig {
+        max_size: size,
+        timeouts: deadpool_redis::Timeouts {
+            wait: Some(Duration::from_secs(2)),
+            create: Some(Duration::from_secs(2)),
+            recycle: Some(Duration::from_secs(1)),
+        },
+        ..Default::default()
+    });
+    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .context("building the Redis pool")
+}
+
+/// Starts a commander: claims the epoch, loads the scripts, binds HTTP and
+/// spawns every task. Stops when `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let keys = Keys::new(config.fleet.prefix.clone());
+    let redis = redis_pool(&config.redis.url, config.redis.pool_size)?;
+    let mut conn = redis.get().await.with_context(|| {
+        format!(
+            "cannot reach Redis at {} (set REDIS_URL or redis.url)",
+            config.redis.url
+        )
+    })?;
+    let epoch = Registry::claim_epoch(&mut conn, &keys).await?;
+    Registry::load_scripts(&mut conn).await?;
+    drop(conn);
+
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", config.http.addr))?;
+    let http_addr = listener.local_addr()?;
+
+    let shared = Arc::new(Shared {
+        registry: Registry::new(keys.clone(), epoch),
+        keys,
+        redis,
+        metrics: m::install(),
+        started: Instant::now(),
+        listening_since: AtomicU64::new(0),
+        fenced: AtomicBool::new(false),
+        shutdown,
+        config,
+    });
+
+    let mut tasks = JoinSet::new();
+    let mut senders = Vec::new();
+    for n in 0..shared.config.fleet.workers {
+        let (tx, rx) = mpsc::channel(1024);
+        senders.push(tx);
+        tasks.spawn(handler(shared.clone(), rx).instrument(info_span!("handler", n)));
+    }
+    tasks.spawn(subscriber(shared.clone(), senders).instrument(info_span!("subscriber")));
+    tasks.spawn(crate::health::detector(shared.clone()).instrument(info_span!("detector")));
+    tasks.spawn(status_loop(shared.clone()).instrument(info_span!("status")));
+    tasks.spawn(crate::http::serve(shared.clone(), listener).instrument(info_span!("http")));
+
+    info!(%http_addr, epoch, prefix = shared.keys.prefix(), "commander started");
+    Ok(Running {
+        http_addr,
+        epoch,
+        shared,
+        tasks,
+    })
+}
+
+/// Sleeps for `d` unless shutdown comes first; false on shutdown.
+pub(crate) async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Subscriber
+
+async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
+    let channels = [
+        (shared.keys.registry_channel(), Channel::Registry),
+        (shared.keys.health_channel(), Channel::Health),
+        (shared.keys.fleet_channel(), Channel::Fleet),
+    ];
+    let client = match redis::Client::open(shared.config.redis.url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("invalid Redis URL: {e}");
+            shared.shutdown.cancel();
+            return;
+        }
+    };
+    let max = shared.config.fleet.max_message_bytes;
+    let mut backoff = Duration::from_millis(50);
+    let mut next_shard = 0usize;
+    while !shared.shutdown.is_cancelled() {
+        let connected = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(channels.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
+                .await?;
+            Ok::<_, redis::RedisError>(ps)
+        }
+        .await;
+        let mut ps = match connected {
+            Ok(ps) => ps,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "cannot subscribe");
+                if !pause(&shared.shutdown, backoff).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        shared.listening_since.store(now_ms(), Ordering::Release);
+        info!("listening on the registry, health and fleet channels");
+        let mut stream = ps.on_message();
+        loop {
+            let msg = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                msg = stream.next() => msg,
+            };
+            let Some(msg) = msg else { break };
+            let Some(channel) = channels
+                .iter()
+                .find(|(name, _)| name == msg.get_channel_name())
+                .map(|(_, c)| *c)
+            else {
+                continue;
+            };
+            let inbound = match protocol::decode(channel, msg.get_payload_bytes(), max) {
+                Ok(Decoded::Message(i)) => i,
+                Ok(Decoded::Own) => continue,
+                Err(rej) => {
+                    metrics::counter!(m::MESSAGES_REJECTED,
+                        "channel" => channel.as_str(), "reason" => rej.label())
+                    .increment(1);
+                    warn!(channel = channel.as_str(), reason = %rej, "message refused");
+                    continue;
+                }
+            };
+            let shard = match inbound.agent_id() {
+                Some(id) => {
+                    let mut h = DefaultHasher::new();
+                    id.hash(&mut h);
+                    h.finish() as usize % senders.len()
+                }
+                None => {
+                    next_shard = (next_shard + 1) % senders.len();
+                    next_shard
+                }
+            };
+            if senders[shard].send(inbound).await.is_err() {
+                return; // handlers gone: shutting down
+            }
+        }
+        drop(stream);
+        shared.listening_since.store(0, Ordering::Release);
+        metrics::counter!(m::SUBSCRIBER_RECONNECTS).increment(1);
+        warn!("lost the pub/sub connection; failure detection paused until re-subscribed");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+async fn handler(shared: Arc<Shared>, mut rx: mpsc::Receiver<Inbound>) {
+    let mut conn: Option<deadpool_redis::Connection> = None;
+    loop {
+        let msg = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            msg = rx.recv() => match msg { Some(m) => m, None => return },
+        };
+        if conn.is_none() {
+            match shared.redis.get().await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    metrics::counter!(m::REDIS_ERRORS, "op" => "connect").increment(1);
+                    warn!(error = %e, "no Redis connection; message dropped (agents retry)");
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("set above");
+        let span = info_span!("message", agent_id = msg.agent_id().unwrap_or("-"));
+        match handle(&shared, c, msg).instrument(span).await {
+            Ok(()) => {}
+            Err(RegistryError::Fenced) => {
+                shared.on_fenced();
+                return;
+            }
+            Err(e) => {
+                metrics::counter!(m::REDIS_ERRORS, "op" => "handle").increment(1);
+                warn!(error = %e, "handling failed; message dropped (agents retry)");
+                conn = None; // the connection may be broken: take a fresh one
+            }
+        }
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    conn: &mut deadpool_redis::Connection,
+    msg: Inbound,
+) -> Result<(), RegistryError> {
+    let keys = &shared.keys;
+    match msg {
+        Inbound::Register(r) => register(shared, conn, r).await,
+        Inbound::Deregister(d) => {
+            let removed = shared.registry.remove(conn, &d.agent_id, None).await?;
+            let reply = ToAgent::DeregisterReply {
+                v: VERSION,
+                reply_to: d.id,
+                removed: removed.is_some(),
+            };
+            let mut p = redis::pipe();
+            p.publish(keys.agent_channel(&d.agent_id), json(&reply)).ignore();
+            if let Some(pool) = removed {
+                metrics::counter!(m::DEREGISTRATIONS).increment(1);
+                let ev = Event::AgentDeregistered {
+                    v: VERSION,
+                    agent_id: d.agent_id.clone(),
+                    pool,
+                    ts: now_ms(),
+                };
+                p.publish(keys.registry_channel(), json(&ev)).ignore();
+                debug!(pool = %pool, "deregistered");
+            }
+            p.query_async::<()>(conn).await?;
+            Ok(())
+        }
+        Inbound::Heartbeat(hb) => {
+            let started = Instant::now();
+            let outcome = shared.registry.heartbeat(conn, &hb, now_ms()).await?;
+            metrics::counter!(m::HEARTBEATS).increment(1);
+            let ts = now_ms();
+            match outcome {
+                HeartbeatOutcome::Ok => {}
+                HeartbeatOutcome::Unknown => {
+                    let reply = ToAgent::Reregister {
+                        v: VERSION,
+                        reason: "unknown_agent".into(),
+                    };
+                    publish(conn, keys.agent_channel(&hb.agent_id), &reply).await?;
+                }
+                HeartbeatOutcome::Recovering(pool) => {
+                    info!(pool = %pool, "failed agent heard again: recovering");
+                    let ev = Event::AgentRecovering {
+                        v: VERSION,
+                        agent_id: hb.agent_id,
+                        pool,
+                        ts,
+                    };
+                    publish(conn, keys.health_channel(), &ev).await?;
+                }
+                HeartbeatOutcome::Recovered(pool) => {
+                    metrics::counter!(m::AGENTS_RECOVERED, "pool" => pool.as_str()).increment(1);
+                    info!(pool = %pool, "agent recovered");
+                    let ev = Event::AgentRecovered {
+                        v: VERSION,
+                        agent_id: hb.agent_id,
+                        pool,
+                        ts,
+                    };
+                    publish(conn, keys.health_channel(), &ev).await?;
+                }
+            }
+            metrics::histogram!(m::HEARTBEAT_SECONDS).record(started.elapsed());
+            Ok(())
+        }
+        Inbound::StatusRequest(req) => {
+            let status = shared.fleet_status(conn).await?;
+            let msg = FleetStatusMessage {
+                v: VERSION,
+                reply_to: Some(&req.id),
+                status: &status,
+            };
+            publish(conn, keys.fleet_channel(), &msg).await
+        }
+    }
+}
+
+async fn register(
+    shared: &Shared,
+    conn: &mut deadpool_redis::Connection,
+    r: Register,
+) -> Result<(), RegistryError> {
+    let started = Instant::now();
+    let keys = &shared.keys;
+    let config = &shared.config;
+    let refuse = |reason: RefusalReason, detail: String| ToAgent::RegisterReply {
+        v: VERSION,
+        reply_to: r.id.clone(),
+        accepted: false,
+        re_registered: None,
+        agent: None,
+        heartbeat_interval_ms: None,
+        reason: Some(reason),
+        detail: Some(detail),
+    };
+    let outcome = match protocol::check_registration(&r) {
+        Err(x) => Err(refuse(x.reason, x.detail)),
+        Ok(pool) => {
+            let pc = config.pool(pool);
+            let (lim, res) = (pc.resource_limits, r.resources);
+            if res.memory > lim.memory_mb || res.cpu > lim.cpu || res.network > lim.network_mbps {
+                Err(refuse(
+                    RefusalReason::ResourcesExceedLimits,
+                    format!(
+                        "pool {pool} allows at most memory {} MB, cpu {}, network {} Mbps",
+                        lim.memory_mb, lim.cpu, lim.network_mbps
+                    ),
+                ))
+            } else {
+                let new = NewAgent {
+                    id: &r.agent_id,
+                    pool,
+                    agent_type: r.agent_type.as_deref().unwrap_or(pool.as_str()),
+                    priority: r.priority.unwrap_or(pc.priority_level),
+                    capabilities: &r.capabilities,
+                    resources: res,
+                    pool_max: pc.max_agents,
+                    fleet_max: config.fleet.max_agents,
+                };
+                match shared.registry.register(conn, &new, now_ms()).await {
+                    Ok(o) => Ok((pool, o)),
+                    Err(RegistryError::Fenced) => return Err(RegistryError::Fenced),
+                    Err(e) => {
+                        warn!(error = %e, "registration failed in Redis");
+                        Err(refuse(RefusalReason::Unavailable, "registry unavailable, retry".into()))
+                    }
+                }
+            }
+        }
+    };
+
+    let accepted = |pool: PoolType, rec, again: bool| {
+        let ev = Event::AgentRegistered {
+            v: VERSION,
+            agent_id: r.agent_id.clone(),
+            pool,
+            re_registered: again,
+            ts: now_ms(),
+        };
+        let reply = ToAgent::RegisterReply {
+            v: VERSION,
+            reply_to: r.id.clone(),
+            accepted: true,
+            re_registered: Some(again),
+            agent: Some(rec),
+            heartbeat_interval_ms: Some(config.fleet.heartbeat_interval_ms),
+            reason: None,
+            detail: None,
+        };
+        (reply, Some(ev))
+    };
+    let (reply, event) = match outcome {
+        Err(reply) => (reply, None),
+        Ok((pool, RegisterOutcome::Registered(rec))) => accepted(pool, rec, false),
+        Ok((pool, RegisterOutcome::ReRegistered(rec))) => accepted(pool, rec, true),
+        Ok((pool, RegisterOutcome::PoolFull)) => (
+            refuse(
+                RefusalReason::PoolFull,
+                format!("pool {pool} is at max_agents ({})", config.pool(pool).max_agents),
+            ),
+            None,
+        ),
+        Ok((_, RegisterOutcome::FleetFull)) => (
+            refuse(
+                RefusalReason::FleetFull,
+                format!("fleet is at max_agents ({})", config.fleet.max_agents),
+            ),
+            None,
+        ),
+        Ok((_, RegisterOutcome::PoolMismatch(other))) => (
+            refuse(
+                RefusalReason::PoolMismatch,
+                format!("agent is registered in pool {other}; deregister first"),
+            ),
+            None,
+        ),
+    };
+    let mut p = redis::pipe();
+    p.publish(keys.agent_channel(&r.agent_id), json(&reply)).ignore();
+    if let Some(ev) = &event {
+        p.publish(keys.registry_channel(), json(ev)).ignore();
+    }
+    p.query_async::<()>(conn).await?;
+    if let ToAgent::RegisterReply { reason, detail, .. } = &reply {
+        match reason {
+            None => {
+                metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
+                    .increment(1);
+                debug!("registered");
+            }
+            Some(reason) => {
+                metrics::counter!(m::REGISTRATIONS, "result" => "rejected", "reason" => reason.as_str())
+                    .increment(1);
+                info!(reason = reason.as_str(), detail = detail.as_deref().unwrap_or(""), "registration refused");
+            }
+        }
+    }
+    metrics::histogram!(m::REGISTRATION_SECONDS).record(started.elapsed());
+    Ok(())
+}
+
+/// `fleet_status` on the fleet channel (periodic, or a reply to `status_request`).
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "fleet_status")]
+struct FleetStatusMessage<'a> {
+    v: u32,
+    #[serde(rename = "replyTo", skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+    status: &'a FleetStatus,
+}
+
+/// `pool_status` on a pool's channel.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "pool_status")]
+struct PoolStatusMessage<'a> {
+    v: u32,
+    pool: PoolType,
+    status: &'a PoolCounts,
+}
+
+pub(crate) fn json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).expect("protocol types always serialize")
+}
+
+pub(crate) async fn publish(
+    conn: &mut impl ConnectionLike,
+    channel: String,
+    msg: &impl Serialize,
+) -> Result<(), RegistryError> {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(json(msg))
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Periodic status
+
+async fn status_loop(shared: Arc<Shared>) {
+    let every = Duration::from_millis(shared.config.fleet.status_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        shared.metrics.run_upkeep();
+        metrics::gauge!(m::UPTIME).set(shared.started.elapsed().as_secs_f64());
+        if let Err(e) = publish_status(&shared).await {
+            if matches!(e, RegistryError::Fenced) {
+                shared.on_fenced();
+                return;
+            }
+            metrics::counter!(m::REDIS_ERRORS, "op" => "status").increment(1);
+            warn!(error = %e, "periodic status failed; retrying next tick");
+        }
+    }
+}
+
+async fn publish_status(shared: &Shared) -> Result<(), RegistryError> {
+    let mut conn = shared
+        .redis
+        .get()
+        .await
+        .map_err(|e| RegistryError::Protocol(format!("pool: {e}")))?;
+    let status = shared.fleet_status(&mut conn).await?;
+    for (pool, pc) in &status.pools {
+        for (st, n) in &pc.by_status {
+            metrics::gauge!(m::AGENTS, "pool" => pool.as_str(), "status" => st.as_str())
+                .set(*n as f64);
+        }
+    }
+    let mut p = redis::pipe();
+    let msg = FleetStatusMessage {
+        v: VERSION,
+        reply_to: None,
+        status: &status,
+    };
+    p.publish(shared.keys.fleet_channel(), json(&msg)).ignore();
+    for (pool, pc) in &status.pools {
+        let msg = PoolStatusMessage {
+            v: VERSION,
+            pool: *pool,
+            status: pc,
+        };
+        p.publish(shared.keys.pool_channel(*pool), json(&msg)).ignore();
+    }
+    p.query_async::<()>(&mut conn).await?;
+    Ok(())
+}

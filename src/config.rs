@@ -1,0 +1,333 @@
+//! `config/fleet.toml`: loading, environment overrides and validation.
+//!
+//! A bad file fails at start with the field and the reason; nothing is guessed.
+
+use crate::pool::PoolType;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub fleet: FleetConfig,
+    pub http: HttpConfig,
+    pub pools: BTreeMap<PoolType, PoolConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`; overridden by `REDIS_URL`.
+    pub url: String,
+    /// Connections in the commander's pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Prefix of every key and channel (`swarm:phase-1`).
+    pub prefix: String,
+    /// Fleet-wide cap on registered agents.
+    pub max_agents: u32,
+    /// How often agents heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Missed heartbeats before an agent is declared failed.
+    pub missed_heartbeats: u32,
+    /// Failures after which an agent is removed from the registry.
+    pub max_failures: u32,
+    /// How long a failed agent that never comes back stays listed.
+    pub failed_retention_ms: u64,
+    /// How often the failure detector looks for stale agents.
+    pub detect_tick_ms: u64,
+    /// How often a `fleet_status` message goes out on the fleet channel.
+    pub status_interval_ms: u64,
+    /// Larger inbound messages are refused unread.
+    pub max_message_bytes: usize,
+    /// Message handlers; messages of one agent always go to the same handler, in order.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP API and `/metrics`; overridden by `FLEET_HTTP_ADDR`.
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub min_agents: u32,
+    pub max_agents: u32,
+    /// 1 (lowest) to 10 (highest).
+    pub priority_level: u8,
+    pub scaling_enabled: bool,
+    pub resource_limits: ResourceLimits,
+}
+
+/// Most an agent of the pool may declare at registration.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceLimits {
+    #[serde(rename = "memory_mb", alias = "memoryMb")]
+    pub memory_mb: f64,
+    pub cpu: f64,
+    #[serde(rename = "network_mbps", alias = "networkMbps")]
+    pub network_mbps: f64,
+}
+
+fn default_pool_size() -> usize {
+    16
+}
+fn default_workers() -> usize {
+    8
+}
+
+/// Why a configuration was refused: the field and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {field}: {reason}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub field: String,
+    pub reason: String,
+}
+
+impl Config {
+    /// The default path the binary reads.
+    pub const DEFAULT_PATH: &'static str = "config/fleet.toml";
+
+    /// Reads, parses and validates a file, then applies environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            field: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let mut config = Config::parse(&name, &text)?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.validate().map_err(|(field, reason)| ConfigError {
+            source_name: format!("{name} (after environment overrides)"),
+            field,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text without reading the environment.
+    pub fn parse(source_name: &str, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            source_name: source_name.into(),
+            field: "(syntax)".into(),
+            reason: e.to_string().trim().replace('\n', " "),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                source_name: source_name.into(),
+                field,
+                reason: inner.message().trim().to_string(),
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|(field, reason)| ConfigError {
+                source_name: source_name.into(),
+                field,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    /// Deployment overrides: `REDIS_URL` (or `FLEET_REDIS_URL`), `FLEET_HTTP_ADDR`, `FLEET_PREFIX`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(url) = get("FLEET_REDIS_URL").or_else(|| get("REDIS_URL")) {
+            self.redis.url = url;
+        }
+        if let Some(addr) = get("FLEET_HTTP_ADDR") {
+            self.http.addr = addr.parse().map_err(|e| ConfigError {
+                source_name: "environment".into(),
+                field: "FLEET_HTTP_ADDR".into(),
+                reason: format!("not a socket address ({e}): {addr:?}"),
+            })?;
+        }
+        if let Some(prefix) = get("FLEET_PREFIX") {
+            self.fleet.prefix = prefix;
+        }
+        Ok(())
+    }
+
+    /// Checks every rule the types cannot express. Returns `(field, reason)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, reason: String| Err((field.to_string(), reason));
+        if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("unix://")) {
+            return err(
+                "redis.url",
+                format!("must start with redis:// or unix://, got {:?}", self.redis.url),
+            );
+        }
+        if self.redis.pool_size == 0 || self.redis.pool_size > 512 {
+            return err("redis.pool_size", "must be 1..=512".into());
+        }
+        let f = &self.fleet;
+        if f.prefix.is_empty() || f.prefix.contains(char::is_whitespace) {
+            return err("fleet.prefix", "must be non-empty without whitespace".into());
+        }
+        if f.max_agents == 0 {
+            return err("fleet.max_agents", "must be at least 1".into());
+        }
+        if !(10..=600_000).contains(&f.heartbeat_interval_ms) {
+            return err(
+                "fleet.heartbeat_interval_ms",
+                format!("must be 10..=600000, got {}", f.heartbeat_interval_ms),
+            );
+        }
+        if !(1..=100).contains(&f.missed_heartbeats) {
+            return err("fleet.missed_heartbeats", "must be 1..=100".into());
+        }
+        if f.max_failures == 0 {
+            return err("fleet.max_failures", "must be at least 1".into());
+        }
+        if f.detect_tick_ms == 0 || f.detect_tick_ms > f.heartbeat_interval_ms {
+            return err(
+                "fleet.detect_tick_ms",
+                "must be 1..=heartbeat_interval_ms".into(),
+            );
+        }
+        if f.status_interval_ms == 0 {
+            return err("fleet.status_interval_ms", "must be at least 1".into());
+        }
+        if !(256..=1 << 20).contains(&f.max_message_bytes) {
+            return err("fleet.max_message_bytes", "must be 256..=1048576".into());
+        }
+        if !(1..=256).contains(&f.workers) {
+            return err("fleet.workers", "must be 1..=256".into());
+        }
+        for pool in PoolType::ALL {
+            if !self.pools.contains_key(&pool) {
+                return err(
+                    &format!("pools.{pool}"),
+                    "missing: all 16 pools must be configured".into(),
+                );
+            }
+        }
+        let mut max_sum: u64 = 0;
+        for (pool, p) in &self.pools {
+            let at = |k: &str| format!("pools.{pool}.{k}");
+            if p.max_agents == 0 {
+                return err(&at("max_agents"), "must be at least 1".into());
+            }
+            if p.min_agents > p.max_agents {
+                return err(
+                    &at("min_agents"),
+                    format!(
+                        "must be <= max_agents ({}), got {}",
+                        p.max_agents, p.min_agents
+                    ),
+                );
+            }
+            if !(1..=10).contains(&p.priority_level) {
+                return err(
+                    &at("priority_level"),
+                    format!("must be 1..=10, got {}", p.priority_level),
+                );
+            }
+            let r = &p.resource_limits;
+            for (name, v) in [
+                ("memory_mb", r.memory_mb),
+                ("cpu", r.cpu),
+                ("network_mbps", r.network_mbps),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return err(
+                        &at(&format!("resource_limits.{name}")),
+                        format!("must be a positive number, got {v}"),
+                    );
+                }
+            }
+            max_sum += u64::from(p.min_agents);
+        }
+        if max_sum > u64::from(f.max_agents) {
+            return err(
+                "fleet.max_agents",
+                format!("is below the sum of the pools' min_agents ({max_sum})"),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.fleet.heartbeat_interval_ms)
+    }
+
+    /// Silence after which an agent is declared failed.
+    pub fn failure_window(&self) -> Duration {
+        self.heartbeat_interval() * self.fleet.missed_heartbeats
+    }
+
+    pub fn pool(&self, pool: PoolType) -> &PoolConfig {
+        &self.pools[&pool]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml")).unwrap()
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let c = Config::parse("fleet.toml", &shipped()).unwrap();
+        assert_eq!(c.pools.len(), 16);
+        assert_eq!(c.fleet.prefix, "swarm:phase-1");
+        assert_eq!(c.fleet.heartbeat_interval_ms, 5000);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = shipped().replacen("max_agents = 200", "max_agents = \"lots\"", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "pools.coder.max_agents", "{e}");
+
+        let bad = shipped().replacen("priority_level = 8", "priority_level = 11", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "pools.coder.priority_level", "{e}");
+        assert!(e.reason.contains("1..=10"));
+
+        let bad = shipped().replacen("[pools.coder]", "[pools.coders]", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert!(e.field.starts_with("pools"), "{e}");
+
+        let bad = shipped().replacen("min_agents = 5", "min_agents = 500", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "pools.coder.min_agents", "{e}");
+
+        let bad = shipped().replacen("heartbeat_interval_ms", "heartbeat_intervall_ms", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert!(e.reason.contains("heartbeat_intervall_ms"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_redis_url() {
+        let mut c = Config::parse("f", &shipped()).unwrap();
+        c.apply_env(|k| (k == "REDIS_URL").then(|| "redis://10.0.0.1:7000".to_string()))
+            .unwrap();
+        assert_eq!(c.redis.url, "redis://10.0.0.1:7000");
+        let e = c
+            .apply_env(|k| (k == "FLEET_HTTP_ADDR").then(|| "nope".to_string()))
+            .unwrap_err();
+        assert_eq!(e.field, "FLEET_HTTP_ADDR");
+    }
+}

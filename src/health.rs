@@ -1,0 +1,200 @@
+//! Failure detection.
+//!
+//! Live agents sit in a sorted set scored by their last heartbeat, so each
+//! tick is one ZRANGEBYSCORE for the agents silent longer than
+//! `missed_heartbeats x heartbeat_interval`, then one atomic script per stale
+//! agent that re-checks the score before failing it.
+//!
+//! No false deaths: an agent is only declared dead if the commander has been
+//! listening (subscribed, and in timely contact with Redis) for the whole
+//! window. After a lost subscription, a stalled Redis, a slow round trip or a
+//! commander restart, detection waits a full window before it resumes.
+
+use crate::commander::{pause, publish, Shared};
+use crate::metrics as m;
+use crate::protocol::{Event, VERSION};
+use crate::registry::{now_ms, FailOutcome, Registry, RegistryError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Stale agents handled per tick; the rest wait for the next tick.
+const BATCH: usize = 1000;
+
+/// A Redis round trip slower than this counts as a lapse in contact.
+const SLOW_ROUND_TRIP: Duration = Duration::from_millis(250);
+
+pub(crate) async fn detector(shared: Arc<Shared>) {
+    let cfg = &shared.config.fleet;
+    let tick = Duration::from_millis(cfg.detect_tick_ms);
+    let window = shared.config.failure_window().as_millis() as u64;
+    // Contact with Redis is confirmed by each tick's query; a gap longer than
+    // this between confirmations means we may have missed heartbeats.
+    let max_gap = tick * 2 + SLOW_ROUND_TRIP;
+    let mut last_contact: Option<Instant> = None;
+    let mut conn: Option<deadpool_redis::Connection> = None;
+    while pause(shared.shutdown_token(), tick).await {
+        let before = Instant::now();
+        if conn.is_none() {
+            conn = shared.redis.get().await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            lapse(&shared, "no Redis connection");
+            last_contact = None;
+            continue;
+        };
+        let now = now_ms();
+        let cutoff = now.saturating_sub(window);
+        let stale = shared.registry.stale(c, cutoff, BATCH).await;
+        let rtt = before.elapsed();
+        let stale = match stale {
+            Ok(s) if rtt <= SLOW_ROUND_TRIP => s,
+            Ok(_) => {
+                lapse(&shared, "slow Redis round trip");
+                last_contact = None;
+                continue;
+            }
+            Err(e) => {
+                metrics::counter!(m::REDIS_ERRORS, "op" => "detect").increment(1);
+                warn!(error = %e, "detector query failed");
+                lapse(&shared, "Redis error");
+                last_contact = None;
+                conn = None;
+                continue;
+            }
+        };
+        let contact_ok = last_contact.is_some_and(|t| t.elapsed() <= max_gap);
+        last_contact = Some(Instant::now());
+        if !contact_ok {
+            lapse(&shared, "gap in contact with Redis");
+            continue;
+        }
+        let since = shared.listening_since.load(Ordering::Acquire);
+        if since == 0 || now.saturating_sub(since) < window {
+            if !stale.is_empty() {
+                metrics::counter!(m::DETECTION_SKIPPED).increment(1);
+            }
+            continue; // not listening for a full window yet: cannot tell silence from deafness
+        }
+        let result = fail_stale(&shared, c, &stale, cutoff, now).await;
+        let result = match result {
+            Ok(()) => expire_failed(&shared, c, now).await,
+            e => e,
+        };
+        match result {
+            Ok(()) => {}
+            Err(RegistryError::Fenced) => {
+                shared.on_fenced();
+                return;
+            }
+            Err(e) => {
+                metrics::counter!(m::REDIS_ERRORS, "op" => "detect").increment(1);
+                warn!(error = %e, "failing stale agents failed; retrying next tick");
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Marks a lapse in hearing the fleet: detection restarts its window.
+fn lapse(shared: &Shared, why: &str) {
+    let since = shared.listening_since.load(Ordering::Acquire);
+    if since != 0 {
+        let now = now_ms();
+        // Only move forward; a concurrent re-subscribe may have set it already.
+        let _ = shared.listening_since.compare_exchange(
+            since,
+            now.max(since),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        warn!(why, "lapse in contact: no agent is failed until a full window has been heard");
+    }
+}
+
+async fn fail_stale(
+    shared: &Shared,
+    conn: &mut deadpool_redis::Connection,
+    stale: &[String],
+    cutoff: u64,
+    now: u64,
+) -> Result<(), RegistryError> {
+    let reg: &Registry = &shared.registry;
+    let max_failures = shared.config.fleet.max_failures;
+    // Scripts sent concurrently on one multiplexed connection are pipelined.
+    let base: redis::aio::MultiplexedConnection = (**conn).clone();
+    for chunk in stale.chunks(64) {
+        let outcomes = futures_util::future::join_all(chunk.iter().map(|id| {
+            let mut c = base.clone();
+            async move { (id, reg.fail_if_stale(&mut c, id, cutoff, now, max_failures).await) }
+        }))
+        .await;
+        for (id, outcome) in outcomes {
+            let (pool, failures, last_heartbeat, removed) = match outcome? {
+                FailOutcome::Fresh => continue,
+                FailOutcome::Failed {
+                    pool,
+                    failures,
+                    last_heartbeat,
+                } => (pool, failures, last_heartbeat, false),
+                FailOutcome::Removed {
+                    pool,
+                    failures,
+                    last_heartbeat,
+                } => (pool, failures, last_heartbeat, true),
+            };
+            metrics::counter!(m::AGENTS_FAILED, "pool" => pool.as_str()).increment(1);
+            info!(agent_id = %id, pool = %pool, failures, silent_ms = now - last_heartbeat, "agent failed");
+            let ev = Event::AgentFailed {
+                v: VERSION,
+                agent_id: id.clone(),
+                pool,
+                last_heartbeat,
+                failures,
+                ts: now,
+            };
+            publish(conn, shared.keys.health_channel(), &ev).await?;
+            if removed {
+                removed_event(shared, conn, id, pool, "max_failures", now).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes failed agents that never came back within the retention time.
+async fn expire_failed(
+    shared: &Shared,
+    conn: &mut deadpool_redis::Connection,
+    now: u64,
+) -> Result<(), RegistryError> {
+    let cutoff = now.saturating_sub(shared.config.fleet.failed_retention_ms);
+    let expired = shared.registry.failed_before(conn, cutoff, BATCH).await?;
+    for id in expired {
+        if let Some(pool) = shared.registry.remove(conn, &id, Some(cutoff)).await? {
+            removed_event(shared, conn, &id, pool, "expired", now).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn removed_event(
+    shared: &Shared,
+    conn: &mut deadpool_redis::Connection,
+    id: &str,
+    pool: crate::pool::PoolType,
+    reason: &'static str,
+    now: u64,
+) -> Result<(), RegistryError> {
+    metrics::counter!(m::AGENTS_REMOVED, "reason" => reason).increment(1);
+    info!(agent_id = %id, pool = %pool, reason, "agent removed from the registry");
+    let ev = Event::AgentRemoved {
+        v: VERSION,
+        agent_id: id.to_string(),
+        pool,
+        reason: reason.to_string(),
+        ts: now,
+    };
+    publish(conn, shared.keys.health_channel(), &ev).await
+}

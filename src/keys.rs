@@ -1,0 +1,114 @@
+//! Every Redis key and pub/sub channel name, in one place.
+//!
+//! Keys and channels live in separate Redis namespaces, but we still keep them
+//! visibly distinct (`…:agents:{id}` is a hash, `…:agent:{id}` is a channel) so
+//! that `redis-cli` output is never ambiguous.
+
+use crate::pool::PoolType;
+
+/// Key and channel names under one prefix (default `swarm:phase-1`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    // ---- channels (pub/sub only notifies; durable state lives in the keys below) ----
+
+    pub fn fleet_channel(&self) -> String {
+        format!("{}:fleet", self.prefix)
+    }
+    pub fn registry_channel(&self) -> String {
+        format!("{}:registry", self.prefix)
+    }
+    pub fn health_channel(&self) -> String {
+        format!("{}:health", self.prefix)
+    }
+    pub fn allocation_channel(&self) -> String {
+        format!("{}:allocation", self.prefix)
+    }
+    pub fn scaling_channel(&self) -> String {
+        format!("{}:scaling", self.prefix)
+    }
+    pub fn tasks_channel(&self) -> String {
+        format!("{}:tasks", self.prefix)
+    }
+    pub fn results_channel(&self) -> String {
+        format!("{}:results", self.prefix)
+    }
+    /// Commands and replies for one agent.
+    pub fn agent_channel(&self, agent_id: &str) -> String {
+        format!("{}:agent:{agent_id}", self.prefix)
+    }
+    /// Pool-wide notices.
+    pub fn pool_channel(&self, pool: PoolType) -> String {
+        format!("{}:pool:{}", self.prefix, pool.as_str())
+    }
+
+    // ---- keys ----
+
+    /// Hash: one agent's record.
+    pub fn agent(&self, agent_id: &str) -> String {
+        format!("{}:agents:{agent_id}", self.prefix)
+    }
+    /// Set: ids of the agents in one pool (the per-pool index).
+    pub fn pool_agents(&self, pool: PoolType) -> String {
+        format!("{}{}", self.pool_agents_prefix(), pool.as_str())
+    }
+    /// The prefix of [`Keys::pool_agents`], for Lua scripts that learn the pool
+    /// from the agent's hash.
+    pub fn pool_agents_prefix(&self) -> String {
+        format!("{}:pool-agents:", self.prefix)
+    }
+    /// Sorted set: live agents (idle, active, busy, recovering) scored by their
+    /// last heartbeat in ms. Stale agents are found with one ZRANGEBYSCORE.
+    pub fn heartbeats(&self) -> String {
+        format!("{}:heartbeats", self.prefix)
+    }
+    /// Sorted set: failed agents scored by the time they were declared failed.
+    pub fn failed(&self) -> String {
+        format!("{}:failed", self.prefix)
+    }
+    /// Hash: `{pool}:{status}` -> number of agents, maintained by the scripts,
+    /// so fleet status is one HGETALL.
+    pub fn counts(&self) -> String {
+        format!("{}:counts", self.prefix)
+    }
+    /// String: the epoch of the commander allowed to write (fencing token).
+    pub fn epoch(&self) -> String {
+        format!("{}:commander:epoch", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_match_the_spec() {
+        let k = Keys::new("swarm:phase-1");
+        assert_eq!(k.fleet_channel(), "swarm:phase-1:fleet");
+        assert_eq!(k.registry_channel(), "swarm:phase-1:registry");
+        assert_eq!(k.health_channel(), "swarm:phase-1:health");
+        assert_eq!(k.allocation_channel(), "swarm:phase-1:allocation");
+        assert_eq!(k.scaling_channel(), "swarm:phase-1:scaling");
+        assert_eq!(k.tasks_channel(), "swarm:phase-1:tasks");
+        assert_eq!(k.results_channel(), "swarm:phase-1:results");
+        assert_eq!(k.agent_channel("a1"), "swarm:phase-1:agent:a1");
+        assert_eq!(k.pool_channel(PoolType::Ui), "swarm:phase-1:pool:ui");
+        assert_eq!(
+            k.pool_agents(PoolType::Coder),
+            format!("{}coder", k.pool_agents_prefix())
+        );
+    }
+}

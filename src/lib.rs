@@ -1,0 +1,33 @@
+//! fleet-commander: commands a fleet of AI agents through Redis.
+//!
+//! The map:
+//! - [`config`]: `config/fleet.toml`, environment overrides, validation.
+//! - [`pool`]: the 16 pool types and the agent statuses.
+//! - [`keys`]: every Redis key and channel name.
+//! - [`protocol`]: the versioned JSON agent protocol (see `docs/PROTOCOL.md`).
+//! - [`registry`]: the registry in Redis: hashes, per-pool sets, heartbeat
+//!   sorted sets, counters, all changed by fenced Lua scripts.
+//! - [`health`]: failure detection without false deaths.
+//! - [`status`]: fleet and pool status assembly.
+//! - [`commander`]: the service: subscriber, handlers, status loop, shutdown.
+//! - [`http`]: the HTTP API.
+//! - [`metrics`]: metric names and the Prometheus exporter.
+//! - [`agent`]: a Rust agent client speaking the protocol.
+//! - [`sim`]: the fleet simulator and its report.
+//! - [`redis_server`]: a private `redis-server` for the demo and the tests.
+//! - [`demo`]: the one-command demo.
+
+pub mod agent;
+pub mod commander;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod pool;
+pub mod protocol;
+pub mod redis_server;
+pub mod registry;
+pub mod sim;
+pub mod status;

@@ -1,0 +1,293 @@
+//! The `fleet-commander` binary: starts things up. The logic lives in the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use fleet_commander::agent::{Agent, AgentSpec};
+use fleet_commander::config::Config;
+use fleet_commander::keys::Keys;
+use fleet_commander::pool::PoolType;
+use fleet_commander::protocol::Resources;
+use fleet_commander::sim::{SimOptions, SimReport};
+use fleet_commander::{commander, demo, registry, sim, status};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(version, about = "Commands a fleet of AI agents through Redis")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "FLEET_CONFIG", default_value = Config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the commander (registry, health, status, HTTP API).
+    Run,
+    /// The main job: Redis, a commander and a simulated fleet of 1000 agents.
+    Demo {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Agents to kill (they stop heartbeating) once the fleet is up.
+        #[arg(long, default_value_t = 5)]
+        kill: usize,
+        /// Registrations in flight at once.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        #[arg(long, default_value_t = 1000)]
+        status_queries: usize,
+        /// Override the heartbeat interval (ms) for a quicker demo.
+        #[arg(long)]
+        heartbeat_ms: Option<u64>,
+        /// Write the measurements as JSON.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Simulate agents against a running commander.
+    Sim {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// Agents that stop heartbeating after registration.
+        #[arg(long, default_value_t = 0)]
+        stop: usize,
+        #[arg(long, default_value_t = 1000)]
+        status_queries: usize,
+        /// Commander HTTP API, for status queries (default: http://{http.addr} from the config).
+        #[arg(long)]
+        commander_url: Option<String>,
+        /// Keep the fleet running this many seconds.
+        #[arg(long, default_value_t = 0)]
+        hold_secs: u64,
+        /// Leave the agents registered at the end (default: deregister them).
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Print the fleet status (read from Redis).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one agent until Ctrl-C.
+    Agent {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a configuration file without running anything.
+    Check { file: PathBuf },
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        t.cancel();
+    });
+    token
+}
+
+fn write_report(path: &Option<PathBuf>, report: &SimReport) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+        println!("report written to {}", p.display());
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Sim { .. } | Command::Status { .. });
+    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => {
+            let c = load(&file)?;
+            println!(
+                "{}: valid ({} pools, heartbeat {} ms, failure after {} missed)",
+                file.display(),
+                c.pools.len(),
+                c.fleet.heartbeat_interval_ms,
+                c.fleet.missed_heartbeats
+            );
+        }
+        Command::Run => {
+            let config = load(&cli.config)?;
+            let running = commander::start(config, shutdown_on_signal()).await?;
+            running.wait().await?;
+        }
+        Command::Demo {
+            agents,
+            kill,
+            batch,
+            status_queries,
+            heartbeat_ms,
+            report,
+        } => {
+            let config = load(&cli.config)?;
+            let opts = demo::DemoOptions {
+                agents,
+                kill,
+                batch,
+                status_queries,
+                heartbeat_ms,
+                redis_url: std::env::var("REDIS_URL").ok(),
+            };
+            let r = demo::run(config, opts, shutdown_on_signal()).await?;
+            write_report(&report, &r)?;
+            let ok = r.registered == r.agents && r.detected == r.stopped && r.false_deaths == 0;
+            if !ok {
+                eprintln!("demo finished with problems: see the figures above");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Sim {
+            agents,
+            batch,
+            stop,
+            status_queries,
+            commander_url,
+            hold_secs,
+            keep,
+            report,
+        } => {
+            let config = load(&cli.config)?;
+            let url = commander_url.unwrap_or_else(|| format!("http://{}", config.http.addr));
+            let opts = SimOptions {
+                redis_url: config.redis.url.clone(),
+                prefix: config.fleet.prefix.clone(),
+                commander_url: Some(url),
+                agents,
+                batch,
+                heartbeat: config.heartbeat_interval(),
+                failure_window: config.failure_window(),
+                stop,
+                status_queries,
+                hold: Duration::from_secs(hold_secs),
+                deregister_at_end: !keep,
+                pools: PoolType::ALL
+                    .iter()
+                    .map(|p| (*p, config.pool(*p).max_agents))
+                    .collect(),
+                progress: true,
+            };
+            let r = sim::run(opts, shutdown_on_signal()).await?;
+            write_report(&report, &r)?;
+        }
+        Command::Status { json } => {
+            let config = load(&cli.config)?;
+            let keys = Keys::new(config.fleet.prefix.clone());
+            let client = redis::Client::open(config.redis.url.as_str())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
+            let counts = registry::read_counts(&mut conn, &keys).await?;
+            let s = status::FleetStatus::assemble(&config, &counts, registry::now_ms());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", status::render(&s));
+            }
+        }
+        Command::Agent {
+            pool,
+            id,
+            capabilities,
+        } => {
+            let config = load(&cli.config)?;
+            let pool: PoolType = pool
+                .parse()
+                .map_err(|_| anyhow::anyhow!("unknown pool {pool:?}"))?;
+            let keys = Keys::new(config.fleet.prefix.clone());
+            let client = redis::Client::open(config.redis.url.as_str())?;
+            let publisher = client.get_multiplexed_async_connection().await?;
+            let spec = AgentSpec {
+                id: id.unwrap_or_else(|| format!("{pool}-{}", uuid::Uuid::new_v4().simple())),
+                pool,
+                priority: None,
+                capabilities,
+                resources: Resources::default(),
+            };
+            let mut agent = Agent::connect(&client, publisher, keys, spec).await?;
+            let reg = agent.register(Duration::from_secs(5)).await?;
+            println!(
+                "registered {} in pool {} (re-registered: {}); heartbeating every {:?}; Ctrl-C to leave",
+                reg.record.id, reg.record.pool, reg.re_registered, reg.heartbeat_interval
+            );
+            let stop = shutdown_on_signal();
+            agent.run(reg.heartbeat_interval, Duration::ZERO, stop).await;
+            let removed = agent.deregister(Duration::from_secs(5)).await?;
+            println!("deregistered: {removed}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,51 @@
+//! Metric names (Prometheus conventions) and the process-wide exporter.
+//!
+//! Labels come from small fixed sets (pool, status, reason, channel, op),
+//! never an agent id.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const REGISTRATIONS: &str = "fleet_registrations_total";
+pub const DEREGISTRATIONS: &str = "fleet_deregistrations_total";
+pub const HEARTBEATS: &str = "fleet_heartbeats_total";
+pub const AGENTS_FAILED: &str = "fleet_agents_failed_total";
+pub const AGENTS_RECOVERED: &str = "fleet_agents_recovered_total";
+pub const AGENTS_REMOVED: &str = "fleet_agents_removed_total";
+pub const MESSAGES_REJECTED: &str = "fleet_messages_rejected_total";
+pub const REDIS_ERRORS: &str = "fleet_redis_errors_total";
+pub const SUBSCRIBER_RECONNECTS: &str = "fleet_subscriber_reconnects_total";
+pub const DETECTION_SKIPPED: &str = "fleet_detection_skipped_total";
+pub const AGENTS: &str = "fleet_agents";
+pub const BUILD_INFO: &str = "fleet_build_info";
+pub const UPTIME: &str = "fleet_uptime_seconds";
+pub const REGISTRATION_SECONDS: &str = "fleet_registration_duration_seconds";
+pub const HEARTBEAT_SECONDS: &str = "fleet_heartbeat_duration_seconds";
+pub const STATUS_QUERY_SECONDS: &str = "fleet_status_query_duration_seconds";
+
+/// Buckets from 50 µs to 1 s, so sub-millisecond latencies are resolved.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once per process and returns its handle.
+/// (Several commanders in one process, as in tests, share it.)
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("static buckets are valid");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // If another recorder is already installed, keep ours private:
+            // /metrics still renders what this handle sees.
+            let _ = metrics::set_global_recorder(recorder);
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}

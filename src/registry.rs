@@ -1,0 +1,491 @@
+//! The agent registry in Redis.
+//!
+//! Layout (names in [`crate::keys`]): one hash per agent, a set per pool, a
+//! sorted set of live agents by last heartbeat, a sorted set of failed agents
+//! by failure time, and a hash of `{pool}:{status}` counters. Every change
+//! that touches more than one key is one Lua script, and every script begins
+//! with the fencing check against the commander epoch, so a commander that
+//! has been superseded can no longer write.
+
+use crate::keys::Keys;
+use crate::pool::{AgentStatus, PoolType};
+use crate::protocol::Resources;
+use redis::aio::ConnectionLike;
+use redis::{Script, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/common.lua"),
+                include_str!(concat!("lua/", $file))
+            ))
+        })
+    };
+}
+
+static REGISTER: LazyLock<Script> = script!("register.lua");
+static HEARTBEAT: LazyLock<Script> = script!("heartbeat.lua");
+static FAIL: LazyLock<Script> = script!("fail.lua");
+static REMOVE: LazyLock<Script> = script!("remove.lua");
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Another commander has a newer epoch: this one must stop writing.
+    #[error("fenced: a newer commander holds the epoch")]
+    Fenced,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply: {0}")]
+    Parse(#[from] redis::ParsingError),
+    #[error("unexpected reply from script: {0}")]
+    Protocol(String),
+}
+
+fn from_script(e: redis::RedisError) -> RegistryError {
+    if e.code() == Some("FENCED") {
+        RegistryError::Fenced
+    } else {
+        RegistryError::Redis(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// The spec's Agent Configuration, as stored and as served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRecord {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub agent_type: String,
+    pub pool: PoolType,
+    pub status: AgentStatus,
+    pub priority: u8,
+    pub capabilities: Vec<String>,
+    pub performance: Performance,
+    pub health: Health,
+    pub resources: Resources,
+    pub load: f64,
+    pub registered_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Performance {
+    pub tasks_completed: u64,
+    pub avg_task_time: f64,
+    pub success_rate: f64,
+    pub last_active: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub last_heartbeat: u64,
+    pub failures: u32,
+    pub recovery_attempts: u32,
+}
+
+impl AgentRecord {
+    /// Builds a record from a hash's fields; `None` if a required field is missing or bad.
+    pub fn from_fields(fields: &HashMap<String, String>) -> Option<AgentRecord> {
+        let s = |k: &str| fields.get(k).map(String::as_str);
+        let n = |k: &str| s(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let u = |k: &str| s(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Some(AgentRecord {
+            id: s("id")?.to_string(),
+            agent_type: s("type").unwrap_or_default().to_string(),
+            pool: s("pool")?.parse().ok()?,
+            status: s("status")?.parse().ok()?,
+            priority: s("priority").and_then(|v| v.parse().ok()).unwrap_or(5),
+            capabilities: s("capabilities")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
+            performance: Performance {
+                tasks_completed: u("tasksCompleted"),
+                avg_task_time: n("avgTaskTime"),
+                success_rate: n("successRate"),
+                last_active: u("lastActive"),
+            },
+            health: Health {
+                last_heartbeat: u("lastHeartbeat"),
+                failures: u("failures") as u32,
+                recovery_attempts: u("recoveryAttempts") as u32,
+            },
+            resources: Resources {
+                memory: n("memory"),
+                cpu: n("cpu"),
+                network: n("network"),
+            },
+            load: n("load"),
+            registered_at: u("registeredAt"),
+        })
+    }
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegisterOutcome {
+    Registered(AgentRecord),
+    ReRegistered(AgentRecord),
+    PoolFull,
+    FleetFull,
+    /// The id is registered in another pool.
+    PoolMismatch(String),
+}
+
+/// What a heartbeat did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeartbeatOutcome {
+    Unknown,
+    Ok,
+    /// A failed agent was heard again.
+    Recovering(PoolType),
+    /// A recovering agent is back in service.
+    Recovered(PoolType),
+}
+
+/// What the failure check did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailOutcome {
+    /// Heard from in time (or not registered any more): nothing done.
+    Fresh,
+    Failed {
+        pool: PoolType,
+        failures: u32,
+        last_heartbeat: u64,
+    },
+    Removed {
+        pool: PoolType,
+        failures: u32,
+        last_heartbeat: u64,
+    },
+}
+
+/// Agents per pool and status, from the counters hash.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    pub by_pool: BTreeMap<PoolType, BTreeMap<AgentStatus, u64>>,
+}
+
+impl Counts {
+    pub fn get(&self, pool: PoolType, status: AgentStatus) -> u64 {
+        self.by_pool
+            .get(&pool)
+            .and_then(|m| m.get(&status))
+            .copied()
+            .unwrap_or(0)
+    }
+    pub fn pool_total(&self, pool: PoolType) -> u64 {
+        self.by_pool.get(&pool).map(|m| m.values().sum()).unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        self.by_pool.values().flat_map(|m| m.values()).sum()
+    }
+}
+
+/// Registration as the registry needs it (already validated).
+#[derive(Debug, Clone)]
+pub struct NewAgent<'a> {
+    pub id: &'a str,
+    pub pool: PoolType,
+    pub agent_type: &'a str,
+    pub priority: u8,
+    pub capabilities: &'a [String],
+    pub resources: Resources,
+    pub pool_max: u32,
+    pub fleet_max: u32,
+}
+
+/// The Redis-backed registry. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    keys: Keys,
+    /// The fencing token every write carries.
+    epoch: u64,
+}
+
+impl Registry {
+    pub fn new(keys: Keys, epoch: u64) -> Self {
+        Self { keys, epoch }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Takes over as the commander allowed to write: increments the epoch and
+    /// returns it. Any older commander's next write is refused.
+    pub async fn claim_epoch(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<u64> {
+        Ok(redis::cmd("INCR")
+            .arg(keys.epoch())
+            .query_async(conn)
+            .await?)
+    }
+
+    /// Loads every script once so the first real calls do not pay for it.
+    pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
+        for s in [&*REGISTER, &*HEARTBEAT, &*FAIL, &*REMOVE] {
+            s.prepare_invoke().load_async(conn).await?;
+        }
+        Ok(())
+    }
+
+    fn invocation<'s>(&self, script: &'s Script, id: &str) -> redis::ScriptInvocation<'s> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.agent(id))
+            .key(self.keys.heartbeats())
+            .key(self.keys.failed())
+            .key(self.keys.counts())
+            .arg(self.epoch)
+            .arg(id);
+        inv
+    }
+
+    pub async fn register(
+        &self,
+        conn: &mut impl ConnectionLike,
+        a: &NewAgent<'_>,
+        now: u64,
+    ) -> Result<RegisterOutcome> {
+        let caps = serde_json::to_string(a.capabilities).unwrap_or_else(|_| "[]".into());
+        let reply: Vec<Value> = self
+            .invocation(&REGISTER, a.id)
+            .arg(a.pool.as_str())
+            .arg(a.pool_max)
+            .arg(a.fleet_max)
+            .arg(now)
+            .arg(a.agent_type)
+            .arg(a.priority)
+            .arg(caps)
+            .arg(a.resources.memory)
+            .arg(a.resources.cpu)
+            .arg(a.resources.network)
+            .arg(self.keys.pool_agents_prefix())
+            .invoke_async(conn)
+            .await
+            .map_err(from_script)?;
+        let tag = text(reply.first())?;
+        let record = || -> Result<AgentRecord> {
+            let fields: HashMap<String, String> = match reply.get(1) {
+                Some(v) => redis::from_redis_value_ref(v)?,
+                None => return Err(RegistryError::Protocol("register: no record".into())),
+            };
+            AgentRecord::from_fields(&fields)
+                .ok_or_else(|| RegistryError::Protocol("register: bad record".into()))
+        };
+        Ok(match tag.as_str() {
+            "registered" => RegisterOutcome::Registered(record()?),
+            "reregistered" => RegisterOutcome::ReRegistered(record()?),
+            "pool_full" => RegisterOutcome::PoolFull,
+            "fleet_full" => RegisterOutcome::FleetFull,
+            "pool_mismatch" => RegisterOutcome::PoolMismatch(text(reply.get(1))?),
+            other => return Err(RegistryError::Protocol(format!("register: {other}"))),
+        })
+    }
+
+    pub async fn heartbeat(
+        &self,
+        conn: &mut impl ConnectionLike,
+        hb: &crate::protocol::Heartbeat,
+        now: u64,
+    ) -> Result<HeartbeatOutcome> {
+        let reply: Vec<Value> = self
+            .invocation(&HEARTBEAT, &hb.agent_id)
+            .arg(now)
+            .arg(hb.status.as_str())
+            .arg(hb.load)
+            .arg(hb.resources.memory)
+            .arg(hb.resources.cpu)
+            .arg(hb.resources.network)
+            .invoke_async(conn)
+            .await
+            .map_err(from_script)?;
+        let tag = text(reply.first())?;
+        let pool = || pool_at(&reply, 3);
+        Ok(match tag.as_str() {
+            "unknown" => HeartbeatOutcome::Unknown,
+            "ok" => HeartbeatOutcome::Ok,
+            "recovering" => HeartbeatOutcome::Recovering(pool()?),
+            "recovered" => HeartbeatOutcome::Recovered(pool()?),
+            other => return Err(RegistryError::Protocol(format!("heartbeat: {other}"))),
+        })
+    }
+
+    /// Fails `id` if its last heartbeat is still at or before `cutoff`.
+    pub async fn fail_if_stale(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        cutoff: u64,
+        now: u64,
+        max_failures: u32,
+    ) -> Result<FailOutcome> {
+        let reply: Vec<Value> = self
+            .invocation(&FAIL, id)
+            .arg(cutoff)
+            .arg(now)
+            .arg(max_failures)
+            .arg(self.keys.pool_agents_prefix())
+            .invoke_async(conn)
+            .await
+            .map_err(from_script)?;
+        let tag = text(reply.first())?;
+        let num = |i: usize| -> Result<u64> {
+            let s = text(reply.get(i))?;
+            s.parse::<f64>()
+                .map(|f| f as u64)
+                .map_err(|_| RegistryError::Protocol(format!("fail: bad number {s}")))
+        };
+        Ok(match tag.as_str() {
+            "fresh" | "gone" => FailOutcome::Fresh,
+            "failed" => FailOutcome::Failed {
+                pool: pool_at(&reply, 2)?,
+                failures: num(3)? as u32,
+                last_heartbeat: num(4)?,
+            },
+            "removed" => FailOutcome::Removed {
+                pool: pool_at(&reply, 2)?,
+                failures: num(3)? as u32,
+                last_heartbeat: num(4)?,
+            },
+            other => return Err(RegistryError::Protocol(format!("fail: {other}"))),
+        })
+    }
+
+    /// Removes `id`. With `failed_before`, only if it is failed since at or
+    /// before that time. Returns the pool it was in, if it was removed.
+    pub async fn remove(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        failed_before: Option<u64>,
+    ) -> Result<Option<PoolType>> {
+        let reply: Vec<Value> = self
+            .invocation(&REMOVE, id)
+            .arg(self.keys.pool_agents_prefix())
+            .arg(failed_before.map(|c| c.to_string()).unwrap_or_default())
+            .invoke_async(conn)
+            .await
+            .map_err(from_script)?;
+        match text(reply.first())?.as_str() {
+            "removed" => Ok(Some(pool_at(&reply, 2)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Live agents whose last heartbeat is at or before `cutoff`, oldest first.
+    pub async fn stale(
+        &self,
+        conn: &mut impl ConnectionLike,
+        cutoff: u64,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.heartbeats())
+            .arg("-inf")
+            .arg(cutoff)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(conn)
+            .await?)
+    }
+
+    /// Failed agents failed at or before `cutoff`.
+    pub async fn failed_before(
+        &self,
+        conn: &mut impl ConnectionLike,
+        cutoff: u64,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.failed())
+            .arg("-inf")
+            .arg(cutoff)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(conn)
+            .await?)
+    }
+
+    pub async fn agent(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+    ) -> Result<Option<AgentRecord>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.agent(id))
+            .query_async(conn)
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        AgentRecord::from_fields(&fields)
+            .map(Some)
+            .ok_or_else(|| RegistryError::Protocol(format!("agent {id}: bad record")))
+    }
+
+    /// One HGETALL of the counters: the whole fleet's shape.
+    pub async fn counts(&self, conn: &mut impl ConnectionLike) -> Result<Counts> {
+        read_counts(conn, &self.keys).await
+    }
+}
+
+/// Reads the counters without a commander epoch (for the CLI).
+pub async fn read_counts(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Counts> {
+    let raw: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.counts())
+        .query_async(conn)
+        .await?;
+    let mut counts = Counts::default();
+    for (field, n) in raw {
+        let Some((pool, status)) = field.split_once(':') else {
+            continue;
+        };
+        let (Ok(pool), Ok(status)) = (pool.parse::<PoolType>(), status.parse::<AgentStatus>())
+        else {
+            continue;
+        };
+        if n > 0 {
+            counts
+                .by_pool
+                .entry(pool)
+                .or_default()
+                .insert(status, n as u64);
+        }
+    }
+    Ok(counts)
+}
+
+fn text(v: Option<&Value>) -> Result<String> {
+    match v {
+        Some(v) => Ok(redis::from_redis_value_ref(v)?),
+        None => Err(RegistryError::Protocol("short script reply".into())),
+    }
+}
+
+fn pool_at(reply: &[Value], i: usize) -> Result<PoolType> {
+    let s = text(reply.get(i))?;
+    s.parse()
+        .map_err(|_| RegistryError::Protocol(format!("unknown pool {s:?} in registry")))
+}

@@ -1,0 +1,455 @@
+//! The fleet simulator: N agents over the 16 pools, each a real Redis client
+//! speaking the protocol (its own subscription, heartbeats, replies). It
+//! measures registration latency, status-query latency and how long the
+//! commander takes to detect agents that stop heartbeating.
+
+use crate::agent::{Agent, AgentError, AgentSpec};
+use crate::keys::Keys;
+use crate::pool::PoolType;
+use crate::protocol::{Event, Resources};
+use crate::status::FleetStatus;
+use anyhow::Context;
+use futures_util::{stream, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub redis_url: String,
+    pub prefix: String,
+    /// Commander HTTP base URL (`http://127.0.0.1:8080`) for status queries.
+    pub commander_url: Option<String>,
+    pub agents: usize,
+    /// Registrations in flight at once (a fleet starting up).
+    pub batch: usize,
+    pub heartbeat: Duration,
+    /// missed_heartbeats x heartbeat interval of the commander.
+    pub failure_window: Duration,
+    /// Agents that stop heartbeating (as if killed) after registration.
+    pub stop: usize,
+    pub status_queries: usize,
+    /// Keep the fleet running this long before finishing.
+    pub hold: Duration,
+    /// Deregister the surviving agents at the end.
+    pub deregister_at_end: bool,
+    /// Pool sizes to spread agents over, with each pool's max.
+    pub pools: Vec<(PoolType, u32)>,
+    pub progress: bool,
+}
+
+/// Latencies in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn from(h: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SimReport {
+    pub agents: usize,
+    pub registered: usize,
+    pub refused: HashMap<String, usize>,
+    pub batch: usize,
+    pub registration: Latency,
+    /// From the first registration sent to the last reply.
+    pub registration_total_ms: f64,
+    pub status: Latency,
+    /// The first status after registration counted every registered agent.
+    pub status_fresh: Option<bool>,
+    pub stopped: usize,
+    pub detected: usize,
+    /// From the moment an agent went silent to its `agent_failed` event.
+    pub detection: Latency,
+    pub detection_bound_ms: f64,
+    /// `agent_failed` events for agents that never stopped.
+    pub false_deaths: usize,
+    pub final_status: Option<FleetStatus>,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("static bounds")
+}
+
+/// Spreads `n` agents over the pools in proportion to their max, capped at it.
+pub fn spread(n: usize, pools: &[(PoolType, u32)]) -> Vec<PoolType> {
+    let cap: u64 = pools.iter().map(|(_, m)| u64::from(*m)).sum();
+    let mut out = Vec::with_capacity(n);
+    let mut given: Vec<usize> = pools
+        .iter()
+        .map(|(_, m)| ((n as u64 * u64::from(*m)) / cap.max(1)) as usize)
+        .map(|k| k.min(n))
+        .collect();
+    for (i, (_, m)) in pools.iter().enumerate() {
+        given[i] = given[i].min(*m as usize);
+    }
+    // Hand out the remainder round-robin where room is left.
+    let mut i = 0;
+    let mut guard = 0;
+    while given.iter().sum::<usize>() < n && guard < n * pools.len().max(1) + 16 {
+        if given[i] < pools[i].1 as usize {
+            given[i] += 1;
+        }
+        i = (i + 1) % pools.len();
+        guard += 1;
+    }
+    // Interleave so that any prefix of the list covers every pool.
+    let mut left = given.clone();
+    while out.len() < n && left.iter().any(|k| *k > 0) {
+        for (j, (p, _)) in pools.iter().enumerate() {
+            if left[j] > 0 && out.len() < n {
+                out.push(*p);
+                left[j] -= 1;
+            }
+        }
+    }
+    out
+}
+
+/// Progress on one line (rewritten in place on a terminal).
+pub struct Progress {
+    started: Instant,
+    enabled: bool,
+    tty: bool,
+    last: Instant,
+}
+
+impl Progress {
+    pub fn new(enabled: bool) -> Self {
+        Progress {
+            started: Instant::now(),
+            enabled,
+            tty: std::io::stdout().is_terminal(),
+            last: Instant::now() - Duration::from_secs(10),
+        }
+    }
+    /// A transient update (throttled when not on a terminal).
+    pub fn update(&mut self, msg: &str) {
+        if !self.enabled {
+            return;
+        }
+        if self.tty {
+            print!("\r\x1b[2K[{:>6.1}s] {msg}", self.started.elapsed().as_secs_f64());
+            let _ = std::io::stdout().flush();
+        } else if self.last.elapsed() >= Duration::from_secs(1) {
+            self.last = Instant::now();
+            println!("[{:>6.1}s] {msg}", self.started.elapsed().as_secs_f64());
+        }
+    }
+    /// A line that stays.
+    pub fn line(&mut self, msg: &str) {
+        if !self.enabled {
+            return;
+        }
+        if self.tty {
+            print!("\r\x1b[2K");
+        }
+        println!("[{:>6.1}s] {msg}", self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs the simulation against a commander and Redis that are already up.
+pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Result<SimReport> {
+    let mut progress = Progress::new(opts.progress);
+    let keys = Keys::new(opts.prefix.clone());
+    let client = redis::Client::open(opts.redis_url.as_str()).context("Redis URL")?;
+    let mut publishers = Vec::new();
+    for _ in 0..4 {
+        publishers.push(
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .with_context(|| format!("connecting to Redis at {}", opts.redis_url))?,
+        );
+    }
+
+    // Watch health events from the start, to catch any false death.
+    let (ev_tx, mut events) = mpsc::unbounded_channel::<(Instant, String)>();
+    let mut health = client.get_async_pubsub().await?;
+    health.subscribe(keys.health_channel()).await?;
+    let watcher = tokio::spawn(async move {
+        let mut s = health.into_on_message();
+        while let Some(msg) = s.next().await {
+            if let Ok(Event::AgentFailed { agent_id, .. }) =
+                serde_json::from_slice::<Event>(msg.get_payload_bytes())
+            {
+                if ev_tx.send((Instant::now(), agent_id)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let pools = spread(opts.agents, &opts.pools);
+    let specs: Vec<AgentSpec> = pools
+        .iter()
+        .enumerate()
+        .map(|(i, pool)| AgentSpec {
+            id: format!("sim-{run_id}-{pool}-{i}"),
+            pool: *pool,
+            priority: None,
+            capabilities: vec![pool.as_str().to_string(), "sim".to_string()],
+            resources: Resources {
+                memory: 256.0,
+                cpu: 0.25,
+                network: 10.0,
+            },
+        })
+        .collect();
+
+    // Connect every agent (each subscribes to its own channel).
+    let mut agents: Vec<Agent> = Vec::with_capacity(specs.len());
+    let mut connecting = stream::iter(specs.into_iter().enumerate())
+        .map(|(i, spec)| {
+            let client = client.clone();
+            let publisher = publishers[i % publishers.len()].clone();
+            let keys = keys.clone();
+            async move { Agent::connect(&client, publisher, keys, spec).await }
+        })
+        .buffer_unordered(64);
+    while let Some(a) = connecting.next().await {
+        agents.push(a.context("connecting an agent")?);
+        progress.update(&format!("connected {}/{} agents", agents.len(), opts.agents));
+    }
+    drop(connecting);
+    progress.line(&format!("connected {} agents", agents.len()));
+
+    // Register in waves of `batch` at once, as a fleet starting up.
+    let mut report = SimReport {
+        agents: opts.agents,
+        batch: opts.batch,
+        detection_bound_ms: (opts.failure_window + Duration::from_secs(1)).as_secs_f64() * 1000.0,
+        ..Default::default()
+    };
+    let mut reg_hist = hist();
+    let mut live: Vec<Agent> = Vec::with_capacity(agents.len());
+    let reg_started = Instant::now();
+    let mut pending = agents.into_iter();
+    loop {
+        let wave: Vec<Agent> = pending.by_ref().take(opts.batch.max(1)).collect();
+        if wave.is_empty() || shutdown.is_cancelled() {
+            break;
+        }
+        let results = futures_util::future::join_all(wave.into_iter().map(|mut a| async move {
+            let t = Instant::now();
+            let r = register_with_retry(&mut a).await;
+            (a, t.elapsed(), r)
+        }))
+        .await;
+        for (a, took, r) in results {
+            match r {
+                Ok(()) => {
+                    reg_hist.record(took.as_micros().max(1) as u64).ok();
+                    live.push(a);
+                }
+                Err(AgentError::Refused { reason, .. }) => {
+                    *report.refused.entry(format!("{reason:?}")).or_default() += 1;
+                }
+                Err(e) => *report.refused.entry(e.to_string()).or_default() += 1,
+            }
+        }
+        progress.update(&format!("registered {}/{}", live.len(), opts.agents));
+    }
+    report.registration_total_ms = reg_started.elapsed().as_secs_f64() * 1000.0;
+    report.registered = live.len();
+    report.registration = Latency::from(&reg_hist);
+    progress.line(&format!(
+        "registered {}/{} agents in {:.0} ms, {} at once (per registration p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms)",
+        report.registered,
+        opts.agents,
+        report.registration_total_ms,
+        opts.batch,
+        report.registration.p50_ms,
+        report.registration.p99_ms,
+        report.registration.max_ms
+    ));
+
+    // Status queries: the first must already count every acknowledged registration.
+    let http = reqwest::Client::new();
+    if let Some(base) = &opts.commander_url {
+        let url = format!("{base}/v1/fleet");
+        let mut h = hist();
+        for i in 0..opts.status_queries.max(1) {
+            let t = Instant::now();
+            let status: FleetStatus = http.get(&url).send().await?.error_for_status()?.json().await?;
+            h.record(t.elapsed().as_micros().max(1) as u64).ok();
+            if i == 0 {
+                report.status_fresh = Some(status.live() >= report.registered as u64);
+            }
+        }
+        report.status = Latency::from(&h);
+        progress.line(&format!(
+            "fleet status x{}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; fresh: {}",
+            report.status.count,
+            report.status.p50_ms,
+            report.status.p99_ms,
+            report.status.max_ms,
+            report.status_fresh.unwrap_or(false)
+        ));
+    }
+
+    // Heartbeat, each agent on its own task, first beats spread over one interval.
+    let mut stops = Vec::with_capacity(live.len());
+    let mut tasks = tokio::task::JoinSet::new();
+    let ids: Vec<String> = live.iter().map(|a| a.id().to_string()).collect();
+    for (i, mut a) in live.into_iter().enumerate() {
+        let stop = shutdown.child_token();
+        stops.push(stop.clone());
+        let interval = opts.heartbeat;
+        let offset = interval.mul_f64((i as f64 * 0.618_034) % 1.0);
+        tasks.spawn(async move {
+            a.run(interval, offset, stop).await;
+            a
+        });
+    }
+
+    // Stop some agents: they go silent, as if killed.
+    let mut stopped: HashMap<String, Instant> = HashMap::new();
+    if opts.stop > 0 && !ids.is_empty() {
+        let step = (ids.len() / opts.stop.min(ids.len())).max(1);
+        for i in (0..ids.len()).step_by(step).take(opts.stop) {
+            stops[i].cancel();
+            stopped.insert(ids[i].clone(), Instant::now());
+        }
+        report.stopped = stopped.len();
+        progress.line(&format!(
+            "stopped {} agents; the commander must detect them within {:.1} s",
+            stopped.len(),
+            report.detection_bound_ms / 1000.0
+        ));
+    }
+
+    let mut detected: HashSet<String> = HashSet::new();
+    let mut det_hist = hist();
+    let mut false_deaths = HashSet::new();
+    let mut on_event = |at: Instant, id: String, report: &mut SimReport| {
+        if let Some(t) = stopped.get(&id) {
+            if detected.insert(id) {
+                det_hist.record(at.duration_since(*t).as_micros().max(1) as u64).ok();
+            }
+        } else if ids.contains(&id) {
+            false_deaths.insert(id);
+        }
+        report.detected = detected.len();
+    };
+    let deadline = Instant::now()
+        + opts.failure_window
+        + Duration::from_secs(3)
+        + if stopped.is_empty() { Duration::ZERO } else { opts.hold };
+    let hold_until = Instant::now() + opts.hold;
+    loop {
+        let waiting = report.detected < report.stopped;
+        if (!waiting && Instant::now() >= hold_until) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = events.recv() => match ev {
+                Some((at, id)) => on_event(at, id, &mut report),
+                None => break,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        if waiting {
+            progress.update(&format!(
+                "waiting for detection: {}/{} stopped agents detected",
+                report.detected, report.stopped
+            ));
+        } else {
+            progress.update("fleet running");
+        }
+    }
+    while let Ok((at, id)) = events.try_recv() {
+        on_event(at, id, &mut report);
+    }
+    report.detection = Latency::from(&det_hist);
+    report.false_deaths = false_deaths.len();
+    if report.stopped > 0 {
+        progress.line(&format!(
+            "detected {}/{} stopped agents: p50 {:.0} ms, max {:.0} ms after they went silent (bound {:.0} ms); false deaths: {}",
+            report.detected,
+            report.stopped,
+            report.detection.p50_ms,
+            report.detection.max_ms,
+            report.detection_bound_ms,
+            report.false_deaths
+        ));
+    }
+
+    if let Some(base) = &opts.commander_url {
+        let url = format!("{base}/v1/fleet");
+        report.final_status = http.get(&url).send().await?.json().await.ok();
+    }
+
+    // Wind down: stop every agent, then (optionally) deregister the survivors.
+    for s in &stops {
+        s.cancel();
+    }
+    let mut survivors = Vec::new();
+    while let Some(a) = tasks.join_next().await {
+        if let Ok(a) = a {
+            if !stopped.contains_key(a.id()) {
+                survivors.push(a);
+            }
+        }
+    }
+    if opts.deregister_at_end {
+        stream::iter(survivors.iter_mut())
+            .for_each_concurrent(64, |a| async move {
+                let _ = a.deregister(Duration::from_secs(2)).await;
+            })
+            .await;
+    }
+    watcher.abort();
+    Ok(report)
+}
+
+async fn register_with_retry(a: &mut Agent) -> Result<(), AgentError> {
+    let mut last = AgentError::Closed;
+    for attempt in 0..3 {
+        match a.register(Duration::from_secs(2 + attempt)).await {
+            Ok(_) => return Ok(()),
+            Err(e @ AgentError::Refused { .. }) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_respects_pool_max_and_covers_all_pools() {
+        let pools: Vec<_> = PoolType::ALL.iter().map(|p| (*p, 10)).collect();
+        let s = spread(100, &pools);
+        assert_eq!(s.len(), 100);
+        let s16 = &s[..16];
+        assert_eq!(s16.iter().collect::<HashSet<_>>().len(), 16);
+        let s = spread(1000, &pools);
+        assert_eq!(s.len(), 160, "capped at the sum of maxima");
+    }
+}

@@ -1,0 +1,157 @@
+//! Fleet status: totals by status and by pool, assembled from one read of the
+//! counters hash plus the pool configuration. No per-agent reads.
+
+use crate::config::{Config, PoolConfig, ResourceLimits};
+use crate::pool::{AgentStatus, PoolType};
+use crate::registry::Counts;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `GET /v1/fleet`, `fleet-commander status`, and the `fleet_status` message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStatus {
+    pub total_agents: u64,
+    pub max_agents: u32,
+    pub by_status: BTreeMap<AgentStatus, u64>,
+    pub pools: BTreeMap<PoolType, PoolCounts>,
+    /// When the counters were read (ms since the epoch).
+    pub generated_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolCounts {
+    pub current_agents: u64,
+    pub min_agents: u32,
+    pub max_agents: u32,
+    pub by_status: BTreeMap<AgentStatus, u64>,
+}
+
+/// `GET /v1/pools`: the spec's Pool Configuration with live counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    #[serde(rename = "type")]
+    pub pool: PoolType,
+    pub min_agents: u32,
+    pub max_agents: u32,
+    pub current_agents: u64,
+    pub priority_level: u8,
+    pub scaling_enabled: bool,
+    pub resource_limits: ResourceLimits,
+    pub by_status: BTreeMap<AgentStatus, u64>,
+}
+
+fn zeroed() -> BTreeMap<AgentStatus, u64> {
+    AgentStatus::ALL.into_iter().map(|s| (s, 0)).collect()
+}
+
+impl FleetStatus {
+    pub fn assemble(config: &Config, counts: &Counts, now: u64) -> FleetStatus {
+        let mut by_status = zeroed();
+        let mut pools = BTreeMap::new();
+        for pool in PoolType::ALL {
+            let pc = config.pool(pool);
+            let mut pool_by_status = zeroed();
+            for s in AgentStatus::ALL {
+                let n = counts.get(pool, s);
+                *pool_by_status.get_mut(&s).expect("all statuses") = n;
+                *by_status.get_mut(&s).expect("all statuses") += n;
+            }
+            pools.insert(
+                pool,
+                PoolCounts {
+                    current_agents: pool_by_status.values().sum(),
+                    min_agents: pc.min_agents,
+                    max_agents: pc.max_agents,
+                    by_status: pool_by_status,
+                },
+            );
+        }
+        FleetStatus {
+            total_agents: by_status.values().sum(),
+            max_agents: config.fleet.max_agents,
+            by_status,
+            pools,
+            generated_at: now,
+        }
+    }
+
+    /// Agents that can take work: idle, active or busy.
+    pub fn live(&self) -> u64 {
+        [AgentStatus::Idle, AgentStatus::Active, AgentStatus::Busy]
+            .iter()
+            .map(|s| self.by_status[s])
+            .sum()
+    }
+}
+
+impl PoolView {
+    pub fn assemble(config: &Config, counts: &Counts) -> Vec<PoolView> {
+        PoolType::ALL
+            .into_iter()
+            .map(|pool| {
+                let PoolConfig {
+                    min_agents,
+                    max_agents,
+                    priority_level,
+                    scaling_enabled,
+                    resource_limits,
+                } = *config.pool(pool);
+                let by_status: BTreeMap<_, _> = AgentStatus::ALL
+                    .into_iter()
+                    .map(|s| (s, counts.get(pool, s)))
+                    .collect();
+                PoolView {
+                    pool,
+                    min_agents,
+                    max_agents,
+                    current_agents: by_status.values().sum(),
+                    priority_level,
+                    scaling_enabled,
+                    resource_limits,
+                    by_status,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A human-readable table of the fleet, for the CLI and the demo.
+pub fn render(status: &FleetStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "fleet: {} agents (max {}) | idle {} active {} busy {} failed {} recovering {}",
+        status.total_agents,
+        status.max_agents,
+        status.by_status[&AgentStatus::Idle],
+        status.by_status[&AgentStatus::Active],
+        status.by_status[&AgentStatus::Busy],
+        status.by_status[&AgentStatus::Failed],
+        status.by_status[&AgentStatus::Recovering],
+    );
+    let _ = writeln!(
+        out,
+        "{:<15} {:>6} {:>9}  {:>5} {:>6} {:>5} {:>6} {:>10}",
+        "pool", "agents", "min..max", "idle", "active", "busy", "failed", "recovering"
+    );
+    for (pool, p) in &status.pools {
+        let g = |s| p.by_status[&s];
+        let _ = writeln!(
+            out,
+            "{:<15} {:>6} {:>9}  {:>5} {:>6} {:>5} {:>6} {:>10}",
+            pool.as_str(),
+            p.current_agents,
+            format!("{}..{}", p.min_agents, p.max_agents),
+            g(AgentStatus::Idle),
+            g(AgentStatus::Active),
+            g(AgentStatus::Busy),
+            g(AgentStatus::Failed),
+            g(AgentStatus::Recovering),
+        );
+    }
+    out
+}
