@@ -166,7 +166,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     for n in 0..shared.config.fleet.workers {
         let (tx, rx) = mpsc::channel(1024);
         senders.push(tx);
-        tasks.spawn(handler(shared.clone(), rx).instrument(info_span!("handler", n)));
+        // Connect before listening, so the first messages do not wait for it.
+        let conn = shared.redis.get().await.context("connecting a handler to Redis")?;
+        tasks.spawn(handler(shared.clone(), rx, Some(conn)).instrument(info_span!("handler", n)));
     }
     tasks.spawn(subscriber(shared.clone(), senders).instrument(info_span!("subscriber")));
     tasks.spawn(crate::health::detector(shared.clone()).instrument(info_span!("detector")));
@@ -282,8 +284,11 @@ async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
 // ---------------------------------------------------------------------------
 // Handlers
 
-async fn handler(shared: Arc<Shared>, mut rx: mpsc::Receiver<Inbound>) {
-    let mut conn: Option<deadpool_redis::Connection> = None;
+async fn handler(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Inbound>,
+    mut conn: Option<deadpool_redis::Connection>,
+) {
     loop {
         let msg = tokio::select! {
             _ = shared.shutdown.cancelled() => return,

@@ -179,6 +179,15 @@ impl Config {
             return err("redis.pool_size", "must be 1..=512".into());
         }
         let f = &self.fleet;
+        if self.redis.pool_size < f.workers + 4 {
+            return err(
+                "redis.pool_size",
+                format!(
+                    "must be at least fleet.workers + 4 ({}): each handler keeps a connection",
+                    f.workers + 4
+                ),
+            );
+        }
         if f.prefix.is_empty() || f.prefix.contains(char::is_whitespace) {
             return err("fleet.prefix", "must be non-empty without whitespace".into());
         }

@@ -64,11 +64,18 @@ pub(crate) async fn detector(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let contact_ok = last_contact.is_some_and(|t| t.elapsed() <= max_gap);
-        last_contact = Some(Instant::now());
-        if !contact_ok {
-            lapse(&shared, "gap in contact with Redis");
-            continue;
+        let previous = last_contact.replace(Instant::now());
+        match previous {
+            Some(t) if t.elapsed() <= max_gap => {}
+            Some(_) => {
+                lapse(&shared, "gap in contact with Redis");
+                continue;
+            }
+            None => {
+                // First contact (at start or after an error): the window starts now.
+                restart_window(&shared);
+                continue;
+            }
         }
         let since = shared.listening_since.load(Ordering::Acquire);
         if since == 0 || now.saturating_sub(since) < window {
@@ -99,18 +106,26 @@ pub(crate) async fn detector(shared: Arc<Shared>) {
 
 /// Marks a lapse in hearing the fleet: detection restarts its window.
 fn lapse(shared: &Shared, why: &str) {
-    let since = shared.listening_since.load(Ordering::Acquire);
-    if since != 0 {
-        let now = now_ms();
-        // Only move forward; a concurrent re-subscribe may have set it already.
-        let _ = shared.listening_since.compare_exchange(
-            since,
-            now.max(since),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+    if restart_window(shared) {
+        metrics::counter!(m::CONTACT_LAPSES).increment(1);
         warn!(why, "lapse in contact: no agent is failed until a full window has been heard");
     }
+}
+
+/// Moves the start of the listening window to now; false if not listening.
+fn restart_window(shared: &Shared) -> bool {
+    let since = shared.listening_since.load(Ordering::Acquire);
+    if since == 0 {
+        return false;
+    }
+    // Only move forward; a concurrent re-subscribe may have set it already.
+    let _ = shared.listening_since.compare_exchange(
+        since,
+        now_ms().max(since),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    true
 }
 
 async fn fail_stale(

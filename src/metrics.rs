@@ -15,6 +15,7 @@ pub const AGENTS_REMOVED: &str = "fleet_agents_removed_total";
 pub const MESSAGES_REJECTED: &str = "fleet_messages_rejected_total";
 pub const REDIS_ERRORS: &str = "fleet_redis_errors_total";
 pub const SUBSCRIBER_RECONNECTS: &str = "fleet_subscriber_reconnects_total";
+pub const CONTACT_LAPSES: &str = "fleet_contact_lapses_total";
 pub const DETECTION_SKIPPED: &str = "fleet_detection_skipped_total";
 pub const AGENTS: &str = "fleet_agents";
 pub const BUILD_INFO: &str = "fleet_build_info";

@@ -285,12 +285,33 @@ impl Registry {
             .map_err(from_script)?;
         let tag = text(reply.first())?;
         let record = || -> Result<AgentRecord> {
-            let fields: HashMap<String, String> = match reply.get(1) {
-                Some(v) => redis::from_redis_value_ref(v)?,
-                None => return Err(RegistryError::Protocol("register: no record".into())),
+            let f = |i: usize| -> Result<f64> {
+                let s = text(reply.get(i))?;
+                s.parse()
+                    .map_err(|_| RegistryError::Protocol(format!("register: bad number {s:?}")))
             };
-            AgentRecord::from_fields(&fields)
-                .ok_or_else(|| RegistryError::Protocol("register: bad record".into()))
+            Ok(AgentRecord {
+                id: a.id.to_string(),
+                agent_type: a.agent_type.to_string(),
+                pool: a.pool,
+                status: AgentStatus::Idle,
+                priority: a.priority,
+                capabilities: a.capabilities.to_vec(),
+                performance: Performance {
+                    tasks_completed: f(2)? as u64,
+                    avg_task_time: f(3)?,
+                    success_rate: f(4)?,
+                    last_active: now,
+                },
+                health: Health {
+                    last_heartbeat: now,
+                    failures: f(5)? as u32,
+                    recovery_attempts: f(6)? as u32,
+                },
+                resources: a.resources,
+                load: 0.0,
+                registered_at: f(1)? as u64,
+            })
         };
         Ok(match tag.as_str() {
             "registered" => RegisterOutcome::Registered(record()?),

@@ -2,31 +2,38 @@
 -- KEYS: epoch, agent hash, heartbeats zset, failed zset, counts hash
 -- ARGV: epoch, id, pool, pool max, fleet max, now, type, priority,
 --       capabilities (JSON), memory, cpu, network, pool-agents key prefix
+-- Returns {outcome, registeredAt, tasksCompleted, avgTaskTime, successRate,
+--          failures, recoveryAttempts}: the fields a re-registration keeps.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local agent, hb, failed, counts = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, pool, now = ARGV[2], ARGV[3], ARGV[6]
-local poolset = ARGV[13] .. pool
 
-local cur = redis.call('HMGET', agent, 'status', 'pool')
+local cur = redis.call('HMGET', agent, 'status', 'pool', 'registeredAt', 'tasksCompleted',
+  'avgTaskTime', 'successRate', 'failures', 'recoveryAttempts')
 local old = cur[1]
+local outcome
 if old then
   if cur[2] ~= pool then return {'pool_mismatch', cur[2]} end
+  outcome = 'reregistered'
+  redis.call('HSET', agent, 'type', ARGV[7], 'status', 'idle', 'priority', ARGV[8],
+    'capabilities', ARGV[9], 'memory', ARGV[10], 'cpu', ARGV[11], 'network', ARGV[12],
+    'load', 0, 'lastHeartbeat', now, 'lastActive', now)
+  redis.call('ZREM', failed, id)
 else
+  local poolset = ARGV[13] .. pool
   if redis.call('SCARD', poolset) >= tonumber(ARGV[4]) then return {'pool_full'} end
   if redis.call('ZCARD', hb) + redis.call('ZCARD', failed) >= tonumber(ARGV[5]) then
     return {'fleet_full'}
   end
+  outcome = 'registered'
+  cur = {false, pool, now, '0', '0', '0', '0', '0'}
   redis.call('HSET', agent, 'id', id, 'pool', pool, 'registeredAt', now,
-    'tasksCompleted', 0, 'avgTaskTime', 0, 'successRate', 0,
-    'failures', 0, 'recoveryAttempts', 0)
+    'tasksCompleted', 0, 'avgTaskTime', 0, 'successRate', 0, 'failures', 0,
+    'recoveryAttempts', 0, 'type', ARGV[7], 'status', 'idle', 'priority', ARGV[8],
+    'capabilities', ARGV[9], 'memory', ARGV[10], 'cpu', ARGV[11], 'network', ARGV[12],
+    'load', 0, 'lastHeartbeat', now, 'lastActive', now)
   redis.call('SADD', poolset, id)
 end
-redis.call('HSET', agent, 'type', ARGV[7], 'status', 'idle', 'priority', ARGV[8],
-  'capabilities', ARGV[9], 'memory', ARGV[10], 'cpu', ARGV[11], 'network', ARGV[12],
-  'load', 0, 'lastHeartbeat', now, 'lastActive', now)
-redis.call('ZREM', failed, id)
 redis.call('ZADD', hb, now, id)
 move(counts, pool, old, 'idle')
-local outcome = 'registered'
-if old then outcome = 'reregistered' end
-return {outcome, redis.call('HGETALL', agent)}
+return {outcome, cur[3], cur[4], cur[5], cur[6], cur[7], cur[8]}

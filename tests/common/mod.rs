@@ -1,0 +1,277 @@
+//! Test support: a private redis-server per test, a commander with short
+//! intervals, agents, and event listeners with bounded waits.
+#![allow(dead_code)]
+
+use fleet_commander::agent::{Agent, AgentSpec};
+use fleet_commander::commander::{self, Running};
+use fleet_commander::config::Config;
+use fleet_commander::keys::Keys;
+use fleet_commander::pool::PoolType;
+use fleet_commander::protocol::Resources;
+use fleet_commander::redis_server::RedisServer;
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The bound on every wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The shipped config with test-sized intervals: heartbeat 100 ms, failed
+/// after 3 missed (300 ms of silence).
+pub fn test_config(redis_url: &str) -> Config {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"))
+        .expect("shipped config");
+    let mut c = Config::parse("config/fleet.toml", &text).expect("valid");
+    c.redis.url = redis_url.to_string();
+    c.http.addr = "127.0.0.1:0".parse().unwrap();
+    c.fleet.heartbeat_interval_ms = 100;
+    c.fleet.missed_heartbeats = 3;
+    c.fleet.detect_tick_ms = 20;
+    c.fleet.status_interval_ms = 200;
+    c.fleet.workers = 4;
+    c.redis.pool_size = 12;
+    c.validate().expect("test config valid");
+    c
+}
+
+pub struct Harness {
+    pub redis: RedisServer,
+    pub config: Config,
+    pub commander: Option<Running>,
+    pub keys: Keys,
+    pub client: redis::Client,
+    pub http: reqwest::Client,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Harness {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let redis = RedisServer::start().expect("redis-server on PATH");
+        let mut config = test_config(&redis.url());
+        tune(&mut config);
+        config.validate().expect("tuned test config valid");
+        let keys = Keys::new(config.fleet.prefix.clone());
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut h = Harness {
+            redis,
+            config,
+            commander: None,
+            keys,
+            client,
+            http: reqwest::Client::new(),
+        };
+        h.start_commander().await;
+        h
+    }
+
+    pub async fn start_commander(&mut self) {
+        let running = commander::start(self.config.clone(), CancellationToken::new())
+            .await
+            .expect("commander starts");
+        wait_until(|| async { running.shared.is_listening() }).await;
+        self.commander = Some(running);
+    }
+
+    /// Stops the commander and waits for every task to end.
+    pub async fn stop_commander(&mut self) -> anyhow::Result<()> {
+        let c = self.commander.take().expect("running");
+        c.shutdown();
+        tokio::time::timeout(WAIT, c.wait()).await.expect("commander stops in time")
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.commander.as_ref().unwrap().http_addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.base())).send().await.unwrap();
+        let code = r.status().as_u16();
+        let body = r.json::<Value>().await.unwrap_or(Value::Null);
+        (code, body)
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    pub async fn agent(&self, id: &str, pool: PoolType) -> Agent {
+        self.agent_with(AgentSpec {
+            id: id.to_string(),
+            pool,
+            priority: None,
+            capabilities: vec!["rust".into()],
+            resources: Resources {
+                memory: 128.0,
+                cpu: 0.25,
+                network: 10.0,
+            },
+        })
+        .await
+    }
+
+    pub async fn agent_with(&self, spec: AgentSpec) -> Agent {
+        Agent::connect(&self.client, self.conn().await, self.keys.clone(), spec)
+            .await
+            .unwrap()
+    }
+
+    /// Publishes a raw payload.
+    pub async fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) {
+        let mut c = self.conn().await;
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload.as_ref())
+            .query_async::<i64>(&mut c)
+            .await
+            .unwrap();
+    }
+
+    pub async fn listen(&self, channel: &str) -> Events {
+        Events::subscribe(&self.client, channel).await
+    }
+
+    /// A metric's value from /metrics (0 if absent). `series` is the name
+    /// with its labels exactly as rendered, e.g. `fleet_x_total{reason="a"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        parse_metric(&self.metrics().await, series)
+    }
+}
+
+pub fn parse_metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(name, _)| same_series(name, series))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// Label order in the exposition is not guaranteed: compare label sets.
+fn same_series(a: &str, b: &str) -> bool {
+    let split = |s: &str| -> (String, Vec<String>) {
+        match s.split_once('{') {
+            Some((n, rest)) => {
+                let mut labels: Vec<String> = rest
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                labels.sort();
+                (n.to_string(), labels)
+            }
+            None => (s.to_string(), vec![]),
+        }
+    };
+    let (na, la) = split(a);
+    let (nb, lb) = split(b);
+    na == nb && lb.iter().all(|l| la.contains(l))
+}
+
+/// Messages on one channel, parsed as JSON.
+pub struct Events {
+    rx: mpsc::UnboundedReceiver<Value>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Events {
+    pub async fn subscribe(client: &redis::Client, channel: &str) -> Events {
+        let mut ps = client.get_async_pubsub().await.unwrap();
+        ps.subscribe(channel).await.unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut s = ps.into_on_message();
+            while let Some(m) = s.next().await {
+                if let Ok(v) = serde_json::from_slice::<Value>(m.get_payload_bytes()) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Events { rx, task }
+    }
+
+    /// The first message matching `pred`, or a panic after [`WAIT`].
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(v) = self.rx.recv().await {
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(v)) => v,
+            _ => panic!("timed out after {WAIT:?} waiting for {what}"),
+        }
+    }
+
+    /// Every message matching `pred` received within `d` (a bounded observation window).
+    pub async fn collect_for(&mut self, d: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(d, async {
+            while let Some(v) = self.rx.recv().await {
+                if pred(&v) {
+                    out.push(v);
+                }
+            }
+        })
+        .await;
+        out
+    }
+}
+
+pub fn is(kind: &'static str, agent: &str) -> impl Fn(&Value) -> bool {
+    let agent = agent.to_string();
+    move |v: &Value| v["type"] == kind && v["agentId"] == agent.as_str()
+}
+
+/// Polls `cond` every 10 ms until true; panics after [`WAIT`].
+pub async fn wait_until<F, Fut>(cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let ok = tokio::time::timeout(WAIT, async {
+        loop {
+            if cond().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "condition not met within {WAIT:?}");
+}

@@ -1,0 +1,323 @@
+//! Registration, deregistration and status against a real redis-server.
+
+mod common;
+
+use common::*;
+use fleet_commander::agent::{AgentError, AgentSpec};
+use fleet_commander::pool::{AgentStatus, PoolType};
+use fleet_commander::protocol::{RefusalReason, Resources};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_an_agent_and_serves_its_record() {
+    let h = Harness::start().await;
+    let mut registry = h.listen(&h.keys.registry_channel()).await;
+    let mut a = h.agent("coder-1", PoolType::Coder).await;
+    let reg = a.register(T).await.expect("accepted");
+    assert!(!reg.re_registered);
+    assert_eq!(reg.record.id, "coder-1");
+    assert_eq!(reg.record.pool, PoolType::Coder);
+    assert_eq!(reg.record.status, AgentStatus::Idle);
+    assert_eq!(reg.record.priority, 8, "defaults to the pool's priority_level");
+    assert_eq!(reg.record.capabilities, vec!["rust"]);
+    assert_eq!(reg.heartbeat_interval, Duration::from_millis(100));
+    registry
+        .wait_for("agent_registered", is("agent_registered", "coder-1"))
+        .await;
+
+    // Fresh: status already counts what was acknowledged.
+    let (code, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(code, 200);
+    assert_eq!(fleet["totalAgents"], 1);
+    assert_eq!(fleet["pools"]["coder"]["byStatus"]["idle"], 1);
+
+    let (code, rec) = h.get("/v1/agents/coder-1").await;
+    assert_eq!(code, 200);
+    assert_eq!(rec["pool"], "coder");
+    assert_eq!(rec["resources"]["cpu"], 0.25);
+    assert_eq!(rec["health"]["failures"], 0);
+    assert!(rec["health"]["lastHeartbeat"].as_u64().unwrap() > 0);
+    assert_eq!(h.get("/v1/agents/nobody").await.0, 404);
+    assert_eq!(h.get("/v1/agents/bad%20id").await.0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_registration_is_idempotent() {
+    let h = Harness::start().await;
+    let mut a = h.agent("tester-1", PoolType::Tester).await;
+    let first = a.register(T).await.unwrap();
+    // The same agent restarted: a new connection, the same id.
+    drop(a);
+    let mut again = h.agent("tester-1", PoolType::Tester).await;
+    let second = again.register(T).await.unwrap();
+    assert!(second.re_registered);
+    assert_eq!(second.record.registered_at, first.record.registered_at);
+    let third = again.register(T).await.unwrap();
+    assert!(third.re_registered);
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["totalAgents"], 1, "{fleet}");
+    assert_eq!(fleet["pools"]["tester"]["currentAgents"], 1);
+
+    // The same id cannot move to another pool without deregistering.
+    let mut other = h.agent("tester-1", PoolType::Ui).await;
+    match other.register(T).await {
+        Err(AgentError::Refused { reason, .. }) => assert_eq!(reason, RefusalReason::PoolMismatch),
+        r => panic!("expected pool_mismatch, got {r:?}"),
+    }
+}
+
+/// Sends a raw register message and returns the reply on the agent's channel.
+async fn raw_register(h: &Harness, agent_id: &str, fields: Value) -> Value {
+    let mut replies = h.listen(&h.keys.agent_channel(agent_id)).await;
+    let mut msg = json!({"v": 1, "type": "register", "id": "m-1", "agentId": agent_id});
+    for (k, v) in fields.as_object().unwrap() {
+        msg[k] = v.clone();
+    }
+    h.publish(&h.keys.registry_channel(), msg.to_string()).await;
+    replies
+        .wait_for("register_reply", |v| v["type"] == "register_reply" && v["replyTo"] == "m-1")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_unknown_pool_bad_fields_and_excess_resources_with_a_reason() {
+    let h = Harness::start().await;
+    let r = raw_register(&h, "x-1", json!({"pool": "wizard"})).await;
+    assert_eq!(r["accepted"], false);
+    assert_eq!(r["reason"], "unknown_pool");
+
+    let r = raw_register(&h, "x-2", json!({"pool": "coder", "priority": 42})).await;
+    assert_eq!(r["reason"], "invalid_fields");
+    assert!(r["detail"].as_str().unwrap().contains("priority"), "{r}");
+
+    let r = raw_register(&h, "x-3", json!({"pool": "coder", "resources": {"memory": 4096}})).await;
+    assert_eq!(r["reason"], "resources_exceed_limits");
+
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["totalAgents"], 0);
+    let m = h.metrics().await;
+    assert!(
+        parse_metric(&m, r#"fleet_registrations_total{result="rejected",reason="unknown_pool"}"#) >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_registration_into_a_full_pool() {
+    let h = Harness::start_with(|c| {
+        c.pools.get_mut(&PoolType::Coordinator).unwrap().max_agents = 2;
+    })
+    .await;
+    for i in 0..2 {
+        h.agent(&format!("co-{i}"), PoolType::Coordinator)
+            .await
+            .register(T)
+            .await
+            .unwrap();
+    }
+    let mut third = h.agent("co-2", PoolType::Coordinator).await;
+    match third.register(T).await {
+        Err(AgentError::Refused { reason, detail }) => {
+            assert_eq!(reason, RefusalReason::PoolFull);
+            assert!(detail.contains("max_agents (2)"), "{detail}");
+        }
+        r => panic!("expected pool_full, got {r:?}"),
+    }
+    // A member re-registering is still welcome in a full pool.
+    let mut again = h.agent("co-0", PoolType::Coordinator).await;
+    assert!(again.register(T).await.unwrap().re_registered);
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["pools"]["coordinator"]["currentAgents"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_wide_cap_is_enforced() {
+    let h = Harness::start_with(|c| {
+        for p in c.pools.values_mut() {
+            p.min_agents = 0;
+        }
+        c.fleet.max_agents = 3;
+    })
+    .await;
+    for (i, pool) in [PoolType::Ui, PoolType::Mobile, PoolType::Devops].iter().enumerate() {
+        h.agent(&format!("a-{i}"), *pool).await.register(T).await.unwrap();
+    }
+    match h.agent("a-3", PoolType::Network).await.register(T).await {
+        Err(AgentError::Refused { reason, .. }) => assert_eq!(reason, RefusalReason::FleetFull),
+        r => panic!("expected fleet_full, got {r:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregistration_removes_the_agent_everywhere() {
+    let h = Harness::start().await;
+    let mut a = h.agent("db-1", PoolType::Database).await;
+    a.register(T).await.unwrap();
+    let mut registry = h.listen(&h.keys.registry_channel()).await;
+    assert!(a.deregister(T).await.unwrap());
+    registry
+        .wait_for("agent_deregistered", is("agent_deregistered", "db-1"))
+        .await;
+    assert_eq!(h.get("/v1/agents/db-1").await.0, 404);
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["totalAgents"], 0);
+    let mut c = h.conn().await;
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{}database", h.keys.pool_agents_prefix()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(members.is_empty());
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(h.keys.heartbeats())
+        .arg("db-1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(score, None);
+    // Deregistering twice is harmless.
+    assert!(!a.deregister(T).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_totals_by_status_and_pool_on_http_and_pubsub() {
+    let h = Harness::start().await;
+    let mut agents = Vec::new();
+    for (i, pool) in [PoolType::Coder, PoolType::Coder, PoolType::Security, PoolType::Ui]
+        .iter()
+        .enumerate()
+    {
+        let mut a = h.agent(&format!("s-{i}"), *pool).await;
+        a.register(T).await.unwrap();
+        agents.push(a);
+    }
+    // One coder reports busy, the security agent active.
+    agents[1].heartbeat(AgentStatus::Busy, 0.9).await.unwrap();
+    agents[2].heartbeat(AgentStatus::Active, 0.4).await.unwrap();
+    wait_until(|| async {
+        let (_, f) = h.get("/v1/fleet").await;
+        f["byStatus"]["busy"] == 1 && f["byStatus"]["active"] == 1
+    })
+    .await;
+    let (_, f) = h.get("/v1/fleet").await;
+    assert_eq!(f["totalAgents"], 4);
+    assert_eq!(f["maxAgents"], 1000);
+    assert_eq!(f["byStatus"]["idle"], 2);
+    assert_eq!(f["pools"]["coder"]["currentAgents"], 2);
+    assert_eq!(f["pools"]["coder"]["byStatus"]["busy"], 1);
+    assert_eq!(f["pools"]["coder"]["minAgents"], 5);
+    assert_eq!(f["pools"]["security"]["byStatus"]["active"], 1);
+    assert_eq!(f["pools"].as_object().unwrap().len(), 16);
+
+    let (code, pools) = h.get("/v1/pools").await;
+    assert_eq!(code, 200);
+    let pools = pools.as_array().unwrap();
+    assert_eq!(pools.len(), 16);
+    let ui = pools.iter().find(|p| p["type"] == "ui").unwrap();
+    assert_eq!(ui["currentAgents"], 1);
+    assert_eq!(ui["scalingEnabled"], true);
+    assert_eq!(ui["resourceLimits"]["memory_mb"], 512.0);
+
+    // On request over pub/sub, and periodically.
+    let mut fleet = h.listen(&h.keys.fleet_channel()).await;
+    h.publish(
+        &h.keys.fleet_channel(),
+        json!({"v": 1, "type": "status_request", "id": "ask-1"}).to_string(),
+    )
+    .await;
+    let reply = fleet
+        .wait_for("fleet_status reply", |v| v["type"] == "fleet_status" && v["replyTo"] == "ask-1")
+        .await;
+    assert_eq!(reply["status"]["totalAgents"], 4);
+    let periodic = fleet
+        .wait_for("periodic fleet_status", |v| {
+            v["type"] == "fleet_status" && v.get("replyTo").is_none()
+        })
+        .await;
+    assert_eq!(periodic["status"]["byStatus"]["busy"], 1);
+    let mut pool = h.listen(&h.keys.pool_channel(PoolType::Coder)).await;
+    let ps = pool
+        .wait_for("pool_status", |v| v["type"] == "pool_status")
+        .await;
+    assert_eq!(ps["status"]["currentAgents"], 2);
+
+    assert_eq!(h.get("/healthz").await.0, 200);
+    let (code, ready) = h.get("/readyz").await;
+    assert_eq!(code, 200, "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_commander_picks_up_the_fleet_where_it_was() {
+    let mut h = Harness::start().await;
+    let mut agents = Vec::new();
+    for i in 0..10 {
+        let mut a = h
+            .agent_with(AgentSpec {
+                id: format!("r-{i}"),
+                pool: PoolType::ALL[i % 16],
+                priority: Some(3),
+                capabilities: vec![],
+                resources: Resources::default(),
+            })
+            .await;
+        a.register(T).await.unwrap();
+        agents.push(a);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut a in agents {
+        let s = stop.clone();
+        tasks.spawn(async move { a.run(Duration::from_millis(100), Duration::ZERO, s).await });
+    }
+    let old_epoch = h.commander.as_ref().unwrap().epoch;
+    let mut health = h.listen(&h.keys.health_channel()).await;
+
+    h.stop_commander().await.unwrap();
+    // Down for longer than the failure window (300 ms): heartbeats go unheard.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    h.start_commander().await;
+    assert!(h.commander.as_ref().unwrap().epoch > old_epoch);
+
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["totalAgents"], 10, "{fleet}");
+    assert_eq!(fleet["byStatus"]["idle"], 10);
+    let (_, rec) = h.get("/v1/agents/r-3").await;
+    assert_eq!(rec["priority"], 3);
+
+    // The restarted commander does not declare the silent-while-it-was-down agents dead.
+    let deaths = health
+        .collect_for(Duration::from_millis(1000), |v| v["type"] == "agent_failed")
+        .await;
+    assert!(deaths.is_empty(), "false deaths after restart: {deaths:?}");
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_commander_fences_the_older_one() {
+    let h = Harness::start().await;
+    let second = fleet_commander::commander::start(h.config.clone(), Default::default())
+        .await
+        .unwrap();
+    assert!(second.epoch > h.commander.as_ref().unwrap().epoch);
+    // Both hear the registration; only the newer may write, the older stops.
+    let mut a = h.agent("f-1", PoolType::Ui).await;
+    a.register(T).await.unwrap();
+    let mut h = h;
+    let old = h.commander.take().unwrap();
+    let stopped = tokio::time::timeout(WAIT, old.wait()).await.expect("old commander stops");
+    assert!(stopped.is_err(), "the fenced commander reports why it stopped");
+    let (_, fleet) = reqwest::get(format!("http://{}/v1/fleet", second.http_addr))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .map(|v| ((), v))
+        .unwrap();
+    assert_eq!(fleet["totalAgents"], 1);
+    second.shutdown();
+    second.wait().await.unwrap();
+}
