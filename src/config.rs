@@ -16,7 +16,27 @@ pub struct Config {
     pub redis: RedisConfig,
     pub fleet: FleetConfig,
     pub http: HttpConfig,
+    #[serde(deserialize_with = "pools_by_name")]
     pub pools: BTreeMap<PoolType, PoolConfig>,
+}
+
+/// Reads `[pools.NAME]` tables keyed by name, so errors name the pool and an
+/// unknown name is refused with the list of known ones.
+fn pools_by_name<'de, D>(de: D) -> Result<BTreeMap<PoolType, PoolConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let raw = BTreeMap::<String, PoolConfig>::deserialize(de)?;
+    raw.into_iter()
+        .map(|(name, pc)| match name.parse::<PoolType>() {
+            Ok(p) => Ok((p, pc)),
+            Err(_) => Err(D::Error::custom(format!(
+                "unknown pool {name:?}; the pools are {}",
+                PoolType::ALL.map(|p| p.as_str()).join(", ")
+            ))),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -317,7 +337,8 @@ mod tests {
 
         let bad = shipped().replacen("[pools.coder]", "[pools.coders]", 1);
         let e = Config::parse("f", &bad).unwrap_err();
-        assert!(e.field.starts_with("pools"), "{e}");
+        assert_eq!(e.field, "pools", "{e}");
+        assert!(e.reason.contains("unknown pool \"coders\""), "{e}");
 
         let bad = shipped().replacen("min_agents = 5", "min_agents = 500", 1);
         let e = Config::parse("f", &bad).unwrap_err();

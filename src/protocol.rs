@@ -480,7 +480,6 @@ mod tests {
             (r#"{"v":1,"type":"register","id":"m","agentId":"a b","pool":"coder"}"#, "invalid_field"),
             (r#"{"v":1,"type":"register","id":"m","pool":"coder"}"#, "invalid_field"),
             (r#"{"v":1,"type":"register","id":"","agentId":"a","pool":"coder"}"#, "invalid_field"),
-            (r#"{"v":1,"type":"register","id":"m","agentId":"a","pool":"coder","resources":{"cpu":-1}}"#, "invalid_field"),
         ];
         for (json, label) in cases {
             let e = reg(json).unwrap_err();
@@ -534,6 +533,11 @@ mod tests {
         assert_eq!(check_registration(&r).unwrap_err().reason, RefusalReason::InvalidFields);
         r.priority = Some(10);
         r.capabilities = vec!["x".into(); 33];
+        assert_eq!(check_registration(&r).unwrap_err().reason, RefusalReason::InvalidFields);
+        r.capabilities = vec![];
+        r.resources.cpu = -1.0;
+        assert_eq!(check_registration(&r).unwrap_err().reason, RefusalReason::InvalidFields);
+        r.resources.cpu = f64::NAN;
         assert_eq!(check_registration(&r).unwrap_err().reason, RefusalReason::InvalidFields);
     }
 }

@@ -1,0 +1,199 @@
+//! Heartbeats, failure detection, recovery and removal, and no false deaths
+//! when the commander cannot hear the fleet.
+
+mod common;
+
+use common::*;
+use fleet_commander::agent::Agent;
+use fleet_commander::pool::PoolType;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(5);
+const BEAT: Duration = Duration::from_millis(100);
+
+/// Heartbeats on a task until stopped; hands the agent back.
+fn beat(mut a: Agent) -> (CancellationToken, JoinHandle<Agent>) {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        a.run(BEAT, Duration::ZERO, s).await;
+        a
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_agent_fails_then_recovers_when_heard_again() {
+    let h = Harness::start().await;
+    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut a = h.agent("hb-1", PoolType::Tester).await;
+    a.register(T).await.unwrap();
+    let (stop, task) = beat(a);
+    let mut other = h.agent("hb-2", PoolType::Tester).await;
+    other.register(T).await.unwrap();
+    let (stop_other, other_task) = beat(other);
+
+    // Silence: failed after 3 missed heartbeats.
+    stop.cancel();
+    let a = task.await.unwrap();
+    let ev = health.wait_for("agent_failed", is("agent_failed", "hb-1")).await;
+    assert_eq!(ev["pool"], "tester");
+    assert_eq!(ev["failures"], 1);
+    let silent = ev["ts"].as_u64().unwrap() - ev["lastHeartbeat"].as_u64().unwrap();
+    assert!(silent >= 300, "failed only after the window: silent {silent} ms");
+    let (_, rec) = h.get("/v1/agents/hb-1").await;
+    assert_eq!(rec["status"], "failed");
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["byStatus"]["failed"], 1);
+    assert_eq!(fleet["byStatus"]["idle"], 1, "the other agent is alive: {fleet}");
+
+    // Heard again: recovering, then idle.
+    let (stop, task) = beat(a);
+    health
+        .wait_for("agent_recovering", is("agent_recovering", "hb-1"))
+        .await;
+    health
+        .wait_for("agent_recovered", is("agent_recovered", "hb-1"))
+        .await;
+    let (_, rec) = h.get("/v1/agents/hb-1").await;
+    assert_eq!(rec["status"], "idle");
+    assert_eq!(rec["health"]["failures"], 1);
+    assert_eq!(rec["health"]["recoveryAttempts"], 1);
+    let m = h.metrics().await;
+    assert!(parse_metric(&m, r#"fleet_agents_failed_total{pool="tester"}"#) >= 1.0);
+    assert!(parse_metric(&m, r#"fleet_agents_recovered_total{pool="tester"}"#) >= 1.0);
+
+    // The agent that kept beating was never failed.
+    let (_, rec) = h.get("/v1/agents/hb-2").await;
+    assert_eq!(rec["health"]["failures"], 0);
+    stop.cancel();
+    stop_other.cancel();
+    let _ = (task.await, other_task.await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_remove_the_agent_and_it_can_register_again() {
+    let h = Harness::start_with(|c| c.fleet.max_failures = 2).await;
+    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut a = h.agent("flaky-1", PoolType::Network).await;
+    a.register(T).await.unwrap();
+
+    // First failure, recovery.
+    let (stop, task) = beat(a);
+    stop.cancel();
+    let a = task.await.unwrap();
+    health.wait_for("1st agent_failed", is("agent_failed", "flaky-1")).await;
+    let (stop, task) = beat(a);
+    health
+        .wait_for("agent_recovered", is("agent_recovered", "flaky-1"))
+        .await;
+    // Second failure: removed.
+    stop.cancel();
+    let a = task.await.unwrap();
+    let ev = health.wait_for("2nd agent_failed", is("agent_failed", "flaky-1")).await;
+    assert_eq!(ev["failures"], 2);
+    let ev = health
+        .wait_for("agent_removed", is("agent_removed", "flaky-1"))
+        .await;
+    assert_eq!(ev["reason"], "max_failures");
+    assert_eq!(h.get("/v1/agents/flaky-1").await.0, 404);
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["totalAgents"], 0);
+
+    // When it comes back, the commander tells it to register again, and it does.
+    let mut registry = h.listen(&h.keys.registry_channel()).await;
+    let (stop, task) = beat(a);
+    let ev = registry
+        .wait_for("re-registration", is("agent_registered", "flaky-1"))
+        .await;
+    assert_eq!(ev["reRegistered"], false, "a fresh record after removal");
+    let (_, rec) = h.get("/v1/agents/flaky-1").await;
+    assert_eq!(rec["health"]["failures"], 0, "{rec}");
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_agent_that_never_returns_is_removed_after_retention() {
+    let h = Harness::start_with(|c| c.fleet.failed_retention_ms = 200).await;
+    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut a = h.agent("gone-1", PoolType::Mobile).await;
+    a.register(T).await.unwrap();
+    drop(a); // never heartbeats
+    health.wait_for("agent_failed", is("agent_failed", "gone-1")).await;
+    let ev = health.wait_for("agent_removed", is("agent_removed", "gone-1")).await;
+    assert_eq!(ev["reason"], "expired");
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["totalAgents"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_false_deaths_while_redis_is_frozen_and_detection_resumes_after() {
+    let h = Harness::start().await;
+    let mut running = Vec::new();
+    for i in 0..5 {
+        let mut a = h.agent(&format!("live-{i}"), PoolType::ALL[i]).await;
+        a.register(T).await.unwrap();
+        running.push(beat(a));
+    }
+    let mut health = h.listen(&h.keys.health_channel()).await;
+
+    // Freeze Redis for 4 failure windows: nobody can be heard, nobody is dead.
+    h.redis.pause();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    h.redis.resume();
+    let deaths = health
+        .collect_for(Duration::from_millis(1500), |v| v["type"] == "agent_failed")
+        .await;
+    assert!(deaths.is_empty(), "false deaths after a Redis stall: {deaths:?}");
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["byStatus"]["idle"], 5, "{fleet}");
+    assert!(h.metric("fleet_contact_lapses_total").await >= 1.0);
+
+    // Detection still works once contact is back.
+    let (stop, task) = running.remove(0);
+    stop.cancel();
+    let _ = task.await;
+    health.wait_for("agent_failed", is("agent_failed", "live-0")).await;
+    for (s, t) in running {
+        s.cancel();
+        let _ = t.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_reconnects_after_its_connection_is_killed() {
+    let h = Harness::start().await;
+    let mut c = h.conn().await;
+    // The commander's subscriber is the client subscribed to 3 channels.
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await.unwrap();
+    let id = list
+        .lines()
+        .find(|l| l.contains(" sub=3 "))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .expect("the commander's subscriber connection")
+        .to_string();
+    let before = h.metric("fleet_subscriber_reconnects_total").await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    wait_until(|| async { h.metric("fleet_subscriber_reconnects_total").await > before }).await;
+    wait_until(|| async { h.get("/readyz").await.0 == 200 }).await;
+    // Still serving registrations (the agent retries, as the protocol says).
+    let mut a = h.agent("after-1", PoolType::Ui).await;
+    let mut ok = false;
+    for _ in 0..3 {
+        if a.register(Duration::from_secs(2)).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "registration served after the subscriber reconnected");
+}
