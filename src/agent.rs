@@ -153,9 +153,10 @@ impl Agent {
         };
         self.send(self.keys.registry_channel(), &msg).await?;
         let reply = self
-            .await_reply(timeout, |m| {
-                matches!(m, ToAgent::RegisterReply { reply_to, .. } if *reply_to == id)
-            })
+            .await_reply(
+                timeout,
+                |m| matches!(m, ToAgent::RegisterReply { reply_to, .. } if *reply_to == id),
+            )
             .await?;
         match reply {
             ToAgent::RegisterReply {
@@ -165,7 +166,7 @@ impl Agent {
                 heartbeat_interval_ms,
                 ..
             } => Ok(Registration {
-                record,
+                record: *record,
                 re_registered: re_registered.unwrap_or(false),
                 heartbeat_interval: Duration::from_millis(heartbeat_interval_ms.unwrap_or(5000)),
             }),
@@ -208,9 +209,10 @@ impl Agent {
         };
         self.send(self.keys.registry_channel(), &msg).await?;
         match self
-            .await_reply(timeout, |m| {
-                matches!(m, ToAgent::DeregisterReply { reply_to, .. } if *reply_to == id)
-            })
+            .await_reply(
+                timeout,
+                |m| matches!(m, ToAgent::DeregisterReply { reply_to, .. } if *reply_to == id),
+            )
             .await?
         {
             ToAgent::DeregisterReply { removed, .. } => Ok(removed),

@@ -16,7 +16,9 @@ use crate::pool::PoolType;
 use crate::protocol::{
     self, Channel, Decoded, Event, Inbound, RefusalReason, Register, ToAgent, VERSION,
 };
-use crate::registry::{now_ms, HeartbeatOutcome, NewAgent, RegisterOutcome, Registry, RegistryError};
+use crate::registry::{
+    now_ms, HeartbeatOutcome, NewAgent, RegisterOutcome, Registry, RegistryError,
+};
 use crate::status::{FleetStatus, PoolCounts};
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -167,7 +169,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let (tx, rx) = mpsc::channel(1024);
         senders.push(tx);
         // Connect before listening, so the first messages do not wait for it.
-        let conn = shared.redis.get().await.context("connecting a handler to Redis")?;
+        let conn = shared
+            .redis
+            .get()
+            .await
+            .context("connecting a handler to Redis")?;
         tasks.spawn(handler(shared.clone(), rx, Some(conn)).instrument(info_span!("handler", n)));
     }
     tasks.spawn(subscriber(shared.clone(), senders).instrument(info_span!("subscriber")));
@@ -337,7 +343,8 @@ async fn handle(
                 removed: removed.is_some(),
             };
             let mut p = redis::pipe();
-            p.publish(keys.agent_channel(&d.agent_id), json(&reply)).ignore();
+            p.publish(keys.agent_channel(&d.agent_id), json(&reply))
+                .ignore();
             if let Some(pool) = removed {
                 metrics::counter!(m::DEREGISTRATIONS).increment(1);
                 let ev = Event::AgentDeregistered {
@@ -450,7 +457,10 @@ async fn register(
                     Err(RegistryError::Fenced) => return Err(RegistryError::Fenced),
                     Err(e) => {
                         warn!(error = %e, "registration failed in Redis");
-                        Err(refuse(RefusalReason::Unavailable, "registry unavailable, retry".into()))
+                        Err(refuse(
+                            RefusalReason::Unavailable,
+                            "registry unavailable, retry".into(),
+                        ))
                     }
                 }
             }
@@ -470,7 +480,7 @@ async fn register(
             reply_to: r.id.clone(),
             accepted: true,
             re_registered: Some(again),
-            agent: Some(rec),
+            agent: Some(Box::new(rec)),
             heartbeat_interval_ms: Some(config.fleet.heartbeat_interval_ms),
             reason: None,
             detail: None,
@@ -484,7 +494,10 @@ async fn register(
         Ok((pool, RegisterOutcome::PoolFull)) => (
             refuse(
                 RefusalReason::PoolFull,
-                format!("pool {pool} is at max_agents ({})", config.pool(pool).max_agents),
+                format!(
+                    "pool {pool} is at max_agents ({})",
+                    config.pool(pool).max_agents
+                ),
             ),
             None,
         ),
@@ -504,7 +517,8 @@ async fn register(
         ),
     };
     let mut p = redis::pipe();
-    p.publish(keys.agent_channel(&r.agent_id), json(&reply)).ignore();
+    p.publish(keys.agent_channel(&r.agent_id), json(&reply))
+        .ignore();
     if let Some(ev) = &event {
         p.publish(keys.registry_channel(), json(ev)).ignore();
     }
@@ -519,7 +533,11 @@ async fn register(
             Some(reason) => {
                 metrics::counter!(m::REGISTRATIONS, "result" => "rejected", "reason" => reason.as_str())
                     .increment(1);
-                info!(reason = reason.as_str(), detail = detail.as_deref().unwrap_or(""), "registration refused");
+                info!(
+                    reason = reason.as_str(),
+                    detail = detail.as_deref().unwrap_or(""),
+                    "registration refused"
+                );
             }
         }
     }
@@ -614,7 +632,8 @@ async fn publish_status(shared: &Shared) -> Result<(), RegistryError> {
             pool: *pool,
             status: pc,
         };
-        p.publish(shared.keys.pool_channel(*pool), json(&msg)).ignore();
+        p.publish(shared.keys.pool_channel(*pool), json(&msg))
+            .ignore();
     }
     p.query_async::<()>(&mut conn).await?;
     Ok(())

@@ -158,13 +158,11 @@ impl Config {
                 reason: inner.message().trim().to_string(),
             }
         })?;
-        config
-            .validate()
-            .map_err(|(field, reason)| ConfigError {
-                source_name: source_name.into(),
-                field,
-                reason,
-            })?;
+        config.validate().map_err(|(field, reason)| ConfigError {
+            source_name: source_name.into(),
+            field,
+            reason,
+        })?;
         Ok(config)
     }
 
@@ -192,7 +190,10 @@ impl Config {
         if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("unix://")) {
             return err(
                 "redis.url",
-                format!("must start with redis:// or unix://, got {:?}", self.redis.url),
+                format!(
+                    "must start with redis:// or unix://, got {:?}",
+                    self.redis.url
+                ),
             );
         }
         if self.redis.pool_size == 0 || self.redis.pool_size > 512 {
@@ -209,7 +210,10 @@ impl Config {
             );
         }
         if f.prefix.is_empty() || f.prefix.contains(char::is_whitespace) {
-            return err("fleet.prefix", "must be non-empty without whitespace".into());
+            return err(
+                "fleet.prefix",
+                "must be non-empty without whitespace".into(),
+            );
         }
         if f.max_agents == 0 {
             return err("fleet.max_agents", "must be at least 1".into());

@@ -108,7 +108,10 @@ pub(crate) async fn detector(shared: Arc<Shared>) {
 fn lapse(shared: &Shared, why: &str) {
     if restart_window(shared) {
         metrics::counter!(m::CONTACT_LAPSES).increment(1);
-        warn!(why, "lapse in contact: no agent is failed until a full window has been heard");
+        warn!(
+            why,
+            "lapse in contact: no agent is failed until a full window has been heard"
+        );
     }
 }
 
@@ -142,7 +145,13 @@ async fn fail_stale(
     for chunk in stale.chunks(64) {
         let outcomes = futures_util::future::join_all(chunk.iter().map(|id| {
             let mut c = base.clone();
-            async move { (id, reg.fail_if_stale(&mut c, id, cutoff, now, max_failures).await) }
+            async move {
+                (
+                    id,
+                    reg.fail_if_stale(&mut c, id, cutoff, now, max_failures)
+                        .await,
+                )
+            }
         }))
         .await;
         for (id, outcome) in outcomes {

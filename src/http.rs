@@ -101,7 +101,8 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
         Err(_) => false,
     };
     let listening = s.is_listening();
-    let body = Json(json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening}));
+    let body =
+        Json(json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening}));
     if redis_ok && listening {
         (StatusCode::OK, body).into_response()
     } else {

@@ -154,7 +154,10 @@ fn write_report(path: &Option<PathBuf>, report: &SimReport) -> anyhow::Result<()
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Sim { .. } | Command::Status { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Sim { .. } | Command::Status { .. }
+    );
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     match run(cli).await {
         Ok(code) => code,
@@ -284,7 +287,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reg.record.id, reg.record.pool, reg.re_registered, reg.heartbeat_interval
             );
             let stop = shutdown_on_signal();
-            agent.run(reg.heartbeat_interval, Duration::ZERO, stop).await;
+            agent
+                .run(reg.heartbeat_interval, Duration::ZERO, stop)
+                .await;
             let removed = agent.deregister(Duration::from_secs(5)).await?;
             println!("deregistered: {removed}");
         }

@@ -26,8 +26,8 @@ pub const STATUS_QUERY_SECONDS: &str = "fleet_status_query_duration_seconds";
 
 /// Buckets from 50 µs to 1 s, so sub-millisecond latencies are resolved.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

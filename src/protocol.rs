@@ -307,7 +307,9 @@ pub fn check_registration(m: &Register) -> Result<PoolType, RegisterRefusal> {
     }
     if let Some(t) = &m.agent_type {
         if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
-            return Err(invalid("agentType: must be 1..=64 printable characters".into()));
+            return Err(invalid(
+                "agentType: must be 1..=64 printable characters".into(),
+            ));
         }
     }
     if m.capabilities.len() > MAX_CAPABILITIES {
@@ -375,7 +377,7 @@ pub enum ToAgent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         re_registered: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        agent: Option<crate::registry::AgentRecord>,
+        agent: Option<Box<crate::registry::AgentRecord>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         heartbeat_interval_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -476,10 +478,22 @@ mod tests {
             (r#"{"v":2,"type":"register"}"#, "unsupported_version"),
             (r#"{"type":"register"}"#, "invalid_field"),
             (r#"{"v":1,"type":"explode"}"#, "unknown_type"),
-            (r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle"}"#, "wrong_channel"),
-            (r#"{"v":1,"type":"register","id":"m","agentId":"a b","pool":"coder"}"#, "invalid_field"),
-            (r#"{"v":1,"type":"register","id":"m","pool":"coder"}"#, "invalid_field"),
-            (r#"{"v":1,"type":"register","id":"","agentId":"a","pool":"coder"}"#, "invalid_field"),
+            (
+                r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle"}"#,
+                "wrong_channel",
+            ),
+            (
+                r#"{"v":1,"type":"register","id":"m","agentId":"a b","pool":"coder"}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"v":1,"type":"register","id":"m","pool":"coder"}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"v":1,"type":"register","id":"","agentId":"a","pool":"coder"}"#,
+                "invalid_field",
+            ),
         ];
         for (json, label) in cases {
             let e = reg(json).unwrap_err();
@@ -492,7 +506,9 @@ mod tests {
     #[test]
     fn heartbeat_rules() {
         let hb = |s: &str| decode(Channel::Health, s.as_bytes(), MAX);
-        assert!(hb(r#"{"v":1,"type":"heartbeat","agentId":"a","status":"busy","load":0.9}"#).is_ok());
+        assert!(
+            hb(r#"{"v":1,"type":"heartbeat","agentId":"a","status":"busy","load":0.9}"#).is_ok()
+        );
         for bad in [
             r#"{"v":1,"type":"heartbeat","agentId":"a","status":"failed"}"#,
             r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","load":1.5}"#,
@@ -527,17 +543,32 @@ mod tests {
             capabilities: vec![],
             resources: Resources::default(),
         };
-        assert_eq!(check_registration(&r).unwrap_err().reason, RefusalReason::UnknownPool);
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::UnknownPool
+        );
         r.pool = "ui".into();
         r.priority = Some(0);
-        assert_eq!(check_registration(&r).unwrap_err().reason, RefusalReason::InvalidFields);
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::InvalidFields
+        );
         r.priority = Some(10);
         r.capabilities = vec!["x".into(); 33];
-        assert_eq!(check_registration(&r).unwrap_err().reason, RefusalReason::InvalidFields);
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::InvalidFields
+        );
         r.capabilities = vec![];
         r.resources.cpu = -1.0;
-        assert_eq!(check_registration(&r).unwrap_err().reason, RefusalReason::InvalidFields);
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::InvalidFields
+        );
         r.resources.cpu = f64::NAN;
-        assert_eq!(check_registration(&r).unwrap_err().reason, RefusalReason::InvalidFields);
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::InvalidFields
+        );
     }
 }

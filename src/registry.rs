@@ -190,7 +190,10 @@ impl Counts {
             .unwrap_or(0)
     }
     pub fn pool_total(&self, pool: PoolType) -> u64 {
-        self.by_pool.get(&pool).map(|m| m.values().sum()).unwrap_or(0)
+        self.by_pool
+            .get(&pool)
+            .map(|m| m.values().sum())
+            .unwrap_or(0)
     }
     pub fn total(&self) -> u64 {
         self.by_pool.values().flat_map(|m| m.values()).sum()

@@ -150,7 +150,10 @@ impl Progress {
             return;
         }
         if self.tty {
-            print!("\r\x1b[2K[{:>6.1}s] {msg}", self.started.elapsed().as_secs_f64());
+            print!(
+                "\r\x1b[2K[{:>6.1}s] {msg}",
+                self.started.elapsed().as_secs_f64()
+            );
             let _ = std::io::stdout().flush();
         } else if self.last.elapsed() >= Duration::from_secs(1) {
             self.last = Instant::now();
@@ -231,7 +234,11 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         .buffer_unordered(64);
     while let Some(a) = connecting.next().await {
         agents.push(a.context("connecting an agent")?);
-        progress.update(&format!("connected {}/{} agents", agents.len(), opts.agents));
+        progress.update(&format!(
+            "connected {}/{} agents",
+            agents.len(),
+            opts.agents
+        ));
     }
     drop(connecting);
     progress.line(&format!("connected {} agents", agents.len()));
@@ -293,7 +300,13 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         let mut h = hist();
         for i in 0..opts.status_queries.max(1) {
             let t = Instant::now();
-            let status: FleetStatus = http.get(&url).send().await?.error_for_status()?.json().await?;
+            let status: FleetStatus = http
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
             h.record(t.elapsed().as_micros().max(1) as u64).ok();
             if i == 0 {
                 report.status_fresh = Some(status.live() >= report.registered as u64);
@@ -347,7 +360,9 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     let mut on_event = |at: Instant, id: String, report: &mut SimReport| {
         if let Some(t) = stopped.get(&id) {
             if detected.insert(id) {
-                det_hist.record(at.duration_since(*t).as_micros().max(1) as u64).ok();
+                det_hist
+                    .record(at.duration_since(*t).as_micros().max(1) as u64)
+                    .ok();
             }
         } else if ids.contains(&id) {
             false_deaths.insert(id);
@@ -357,7 +372,11 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     let deadline = Instant::now()
         + opts.failure_window
         + Duration::from_secs(3)
-        + if stopped.is_empty() { Duration::ZERO } else { opts.hold };
+        + if stopped.is_empty() {
+            Duration::ZERO
+        } else {
+            opts.hold
+        };
     let hold_until = Instant::now() + opts.hold;
     loop {
         let waiting = report.detected < report.stopped;

@@ -38,16 +38,24 @@ async fn silent_agent_fails_then_recovers_when_heard_again() {
     // Silence: failed after 3 missed heartbeats.
     stop.cancel();
     let a = task.await.unwrap();
-    let ev = health.wait_for("agent_failed", is("agent_failed", "hb-1")).await;
+    let ev = health
+        .wait_for("agent_failed", is("agent_failed", "hb-1"))
+        .await;
     assert_eq!(ev["pool"], "tester");
     assert_eq!(ev["failures"], 1);
     let silent = ev["ts"].as_u64().unwrap() - ev["lastHeartbeat"].as_u64().unwrap();
-    assert!(silent >= 300, "failed only after the window: silent {silent} ms");
+    assert!(
+        silent >= 300,
+        "failed only after the window: silent {silent} ms"
+    );
     let (_, rec) = h.get("/v1/agents/hb-1").await;
     assert_eq!(rec["status"], "failed");
     let (_, fleet) = h.get("/v1/fleet").await;
     assert_eq!(fleet["byStatus"]["failed"], 1);
-    assert_eq!(fleet["byStatus"]["idle"], 1, "the other agent is alive: {fleet}");
+    assert_eq!(
+        fleet["byStatus"]["idle"], 1,
+        "the other agent is alive: {fleet}"
+    );
 
     // Heard again: recovering, then idle.
     let (stop, task) = beat(a);
@@ -84,7 +92,9 @@ async fn repeated_failures_remove_the_agent_and_it_can_register_again() {
     let (stop, task) = beat(a);
     stop.cancel();
     let a = task.await.unwrap();
-    health.wait_for("1st agent_failed", is("agent_failed", "flaky-1")).await;
+    health
+        .wait_for("1st agent_failed", is("agent_failed", "flaky-1"))
+        .await;
     let (stop, task) = beat(a);
     health
         .wait_for("agent_recovered", is("agent_recovered", "flaky-1"))
@@ -92,7 +102,9 @@ async fn repeated_failures_remove_the_agent_and_it_can_register_again() {
     // Second failure: removed.
     stop.cancel();
     let a = task.await.unwrap();
-    let ev = health.wait_for("2nd agent_failed", is("agent_failed", "flaky-1")).await;
+    let ev = health
+        .wait_for("2nd agent_failed", is("agent_failed", "flaky-1"))
+        .await;
     assert_eq!(ev["failures"], 2);
     let ev = health
         .wait_for("agent_removed", is("agent_removed", "flaky-1"))
@@ -122,8 +134,12 @@ async fn failed_agent_that_never_returns_is_removed_after_retention() {
     let mut a = h.agent("gone-1", PoolType::Mobile).await;
     a.register(T).await.unwrap();
     drop(a); // never heartbeats
-    health.wait_for("agent_failed", is("agent_failed", "gone-1")).await;
-    let ev = health.wait_for("agent_removed", is("agent_removed", "gone-1")).await;
+    health
+        .wait_for("agent_failed", is("agent_failed", "gone-1"))
+        .await;
+    let ev = health
+        .wait_for("agent_removed", is("agent_removed", "gone-1"))
+        .await;
     assert_eq!(ev["reason"], "expired");
     let (_, fleet) = h.get("/v1/fleet").await;
     assert_eq!(fleet["totalAgents"], 0);
@@ -147,7 +163,10 @@ async fn no_false_deaths_while_redis_is_frozen_and_detection_resumes_after() {
     let deaths = health
         .collect_for(Duration::from_millis(1500), |v| v["type"] == "agent_failed")
         .await;
-    assert!(deaths.is_empty(), "false deaths after a Redis stall: {deaths:?}");
+    assert!(
+        deaths.is_empty(),
+        "false deaths after a Redis stall: {deaths:?}"
+    );
     let (_, fleet) = h.get("/v1/fleet").await;
     assert_eq!(fleet["byStatus"]["idle"], 5, "{fleet}");
     assert!(h.metric("fleet_contact_lapses_total").await >= 1.0);
@@ -156,7 +175,9 @@ async fn no_false_deaths_while_redis_is_frozen_and_detection_resumes_after() {
     let (stop, task) = running.remove(0);
     stop.cancel();
     let _ = task.await;
-    health.wait_for("agent_failed", is("agent_failed", "live-0")).await;
+    health
+        .wait_for("agent_failed", is("agent_failed", "live-0"))
+        .await;
     for (s, t) in running {
         s.cancel();
         let _ = t.await;
@@ -168,7 +189,11 @@ async fn subscriber_reconnects_after_its_connection_is_killed() {
     let h = Harness::start().await;
     let mut c = h.conn().await;
     // The commander's subscriber is the client subscribed to 3 channels.
-    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await.unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let id = list
         .lines()
         .find(|l| l.contains(" sub=3 "))

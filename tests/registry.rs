@@ -21,7 +21,10 @@ async fn registers_an_agent_and_serves_its_record() {
     assert_eq!(reg.record.id, "coder-1");
     assert_eq!(reg.record.pool, PoolType::Coder);
     assert_eq!(reg.record.status, AgentStatus::Idle);
-    assert_eq!(reg.record.priority, 8, "defaults to the pool's priority_level");
+    assert_eq!(
+        reg.record.priority, 8,
+        "defaults to the pool's priority_level"
+    );
     assert_eq!(reg.record.capabilities, vec!["rust"]);
     assert_eq!(reg.heartbeat_interval, Duration::from_millis(100));
     registry
@@ -78,7 +81,9 @@ async fn raw_register(h: &Harness, agent_id: &str, fields: Value) -> Value {
     }
     h.publish(&h.keys.registry_channel(), msg.to_string()).await;
     replies
-        .wait_for("register_reply", |v| v["type"] == "register_reply" && v["replyTo"] == "m-1")
+        .wait_for("register_reply", |v| {
+            v["type"] == "register_reply" && v["replyTo"] == "m-1"
+        })
         .await
 }
 
@@ -93,14 +98,22 @@ async fn refuses_unknown_pool_bad_fields_and_excess_resources_with_a_reason() {
     assert_eq!(r["reason"], "invalid_fields");
     assert!(r["detail"].as_str().unwrap().contains("priority"), "{r}");
 
-    let r = raw_register(&h, "x-3", json!({"pool": "coder", "resources": {"memory": 4096}})).await;
+    let r = raw_register(
+        &h,
+        "x-3",
+        json!({"pool": "coder", "resources": {"memory": 4096}}),
+    )
+    .await;
     assert_eq!(r["reason"], "resources_exceed_limits");
 
     let (_, fleet) = h.get("/v1/fleet").await;
     assert_eq!(fleet["totalAgents"], 0);
     let m = h.metrics().await;
     assert!(
-        parse_metric(&m, r#"fleet_registrations_total{result="rejected",reason="unknown_pool"}"#) >= 1.0,
+        parse_metric(
+            &m,
+            r#"fleet_registrations_total{result="rejected",reason="unknown_pool"}"#
+        ) >= 1.0,
         "{m}"
     );
 }
@@ -142,8 +155,15 @@ async fn fleet_wide_cap_is_enforced() {
         c.fleet.max_agents = 3;
     })
     .await;
-    for (i, pool) in [PoolType::Ui, PoolType::Mobile, PoolType::Devops].iter().enumerate() {
-        h.agent(&format!("a-{i}"), *pool).await.register(T).await.unwrap();
+    for (i, pool) in [PoolType::Ui, PoolType::Mobile, PoolType::Devops]
+        .iter()
+        .enumerate()
+    {
+        h.agent(&format!("a-{i}"), *pool)
+            .await
+            .register(T)
+            .await
+            .unwrap();
     }
     match h.agent("a-3", PoolType::Network).await.register(T).await {
         Err(AgentError::Refused { reason, .. }) => assert_eq!(reason, RefusalReason::FleetFull),
@@ -186,9 +206,14 @@ async fn deregistration_removes_the_agent_everywhere() {
 async fn status_reports_totals_by_status_and_pool_on_http_and_pubsub() {
     let h = Harness::start().await;
     let mut agents = Vec::new();
-    for (i, pool) in [PoolType::Coder, PoolType::Coder, PoolType::Security, PoolType::Ui]
-        .iter()
-        .enumerate()
+    for (i, pool) in [
+        PoolType::Coder,
+        PoolType::Coder,
+        PoolType::Security,
+        PoolType::Ui,
+    ]
+    .iter()
+    .enumerate()
     {
         let mut a = h.agent(&format!("s-{i}"), *pool).await;
         a.register(T).await.unwrap();
@@ -229,7 +254,9 @@ async fn status_reports_totals_by_status_and_pool_on_http_and_pubsub() {
     )
     .await;
     let reply = fleet
-        .wait_for("fleet_status reply", |v| v["type"] == "fleet_status" && v["replyTo"] == "ask-1")
+        .wait_for("fleet_status reply", |v| {
+            v["type"] == "fleet_status" && v["replyTo"] == "ask-1"
+        })
         .await;
     assert_eq!(reply["status"]["totalAgents"], 4);
     let periodic = fleet
@@ -308,8 +335,13 @@ async fn a_newer_commander_fences_the_older_one() {
     a.register(T).await.unwrap();
     let mut h = h;
     let old = h.commander.take().unwrap();
-    let stopped = tokio::time::timeout(WAIT, old.wait()).await.expect("old commander stops");
-    assert!(stopped.is_err(), "the fenced commander reports why it stopped");
+    let stopped = tokio::time::timeout(WAIT, old.wait())
+        .await
+        .expect("old commander stops");
+    assert!(
+        stopped.is_err(),
+        "the fenced commander reports why it stopped"
+    );
     let (_, fleet) = reqwest::get(format!("http://{}/v1/fleet", second.http_addr))
         .await
         .unwrap()

@@ -48,17 +48,52 @@ async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
     let fleet = h.keys.fleet_channel();
     let cases: Vec<(&str, String, String, &str)> = vec![
         ("registry", reg.clone(), "{not json".to_string(), "bad_json"),
-        ("registry", reg.clone(), json!({"v": 9, "type": "register"}).to_string(), "unsupported_version"),
-        ("registry", reg.clone(), json!({"v": 1, "type": "launch_missiles"}).to_string(), "unknown_type"),
-        ("health", hb.clone(), json!({"v": 1, "type": "heartbeat", "agentId": "../etc", "status": "idle"}).to_string(), "invalid_field"),
-        ("health", hb.clone(), json!({"v": 1, "type": "heartbeat", "agentId": "a", "status": "failed"}).to_string(), "invalid_field"),
-        ("health", hb.clone(), json!({"v": 1, "type": "register", "id": "m", "agentId": "a", "pool": "ui"}).to_string(), "wrong_channel"),
+        (
+            "registry",
+            reg.clone(),
+            json!({"v": 9, "type": "register"}).to_string(),
+            "unsupported_version",
+        ),
+        (
+            "registry",
+            reg.clone(),
+            json!({"v": 1, "type": "launch_missiles"}).to_string(),
+            "unknown_type",
+        ),
+        (
+            "health",
+            hb.clone(),
+            json!({"v": 1, "type": "heartbeat", "agentId": "../etc", "status": "idle"}).to_string(),
+            "invalid_field",
+        ),
+        (
+            "health",
+            hb.clone(),
+            json!({"v": 1, "type": "heartbeat", "agentId": "a", "status": "failed"}).to_string(),
+            "invalid_field",
+        ),
+        (
+            "health",
+            hb.clone(),
+            json!({"v": 1, "type": "register", "id": "m", "agentId": "a", "pool": "ui"})
+                .to_string(),
+            "wrong_channel",
+        ),
         ("fleet", fleet.clone(), "[1,2,3]".to_string(), "bad_json"),
-        ("registry", reg.clone(), format!(r#"{{"v":1,"type":"register","pad":"{}"}}"#, "x".repeat(20_000)), "oversized"),
+        (
+            "registry",
+            reg.clone(),
+            format!(
+                r#"{{"v":1,"type":"register","pad":"{}"}}"#,
+                "x".repeat(20_000)
+            ),
+            "oversized",
+        ),
     ];
     let mut before = Vec::new();
     for (ch, _, _, reason) in &cases {
-        let series = format!(r#"fleet_messages_rejected_total{{channel="{ch}",reason="{reason}"}}"#);
+        let series =
+            format!(r#"fleet_messages_rejected_total{{channel="{ch}",reason="{reason}"}}"#);
         before.push(h.metric(&series).await);
     }
     for (_, channel, payload, _) in &cases {
@@ -69,15 +104,24 @@ async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
 
     // The commander still serves: a valid registration right after.
     let mut a = h.agent("ok-1", PoolType::Coder).await;
-    a.register(Duration::from_secs(5)).await.expect("still serving");
+    a.register(Duration::from_secs(5))
+        .await
+        .expect("still serving");
 
     for ((ch, _, _, reason), b) in cases.iter().zip(before) {
-        let series = format!(r#"fleet_messages_rejected_total{{channel="{ch}",reason="{reason}"}}"#);
+        let series =
+            format!(r#"fleet_messages_rejected_total{{channel="{ch}",reason="{reason}"}}"#);
         let after = h.metric(&series).await;
         assert!(after > b, "{series} not counted ({b} -> {after})");
     }
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    for reason in ["bad_json", "unsupported_version", "unknown_type", "wrong_channel", "oversized: 20"] {
+    for reason in [
+        "bad_json",
+        "unsupported_version",
+        "unknown_type",
+        "wrong_channel",
+        "oversized: 20",
+    ] {
         assert!(
             text.contains("message refused") && text.contains(reason),
             "log does not give reason {reason}:\n{text}"
@@ -92,14 +136,21 @@ async fn a_flood_of_garbage_does_not_stall_the_commander() {
     let mut c = h.conn().await;
     let mut p = redis::pipe();
     for i in 0..5000 {
-        p.publish(h.keys.health_channel(), format!("garbage {i}")).ignore();
+        p.publish(h.keys.health_channel(), format!("garbage {i}"))
+            .ignore();
     }
     p.query_async::<()>(&mut c).await.unwrap();
     let mut a = h.agent("after-flood", PoolType::Ui).await;
-    a.register(Duration::from_secs(5)).await.expect("served after the flood");
+    a.register(Duration::from_secs(5))
+        .await
+        .expect("served after the flood");
     let (code, _) = h.get("/v1/fleet").await;
     assert_eq!(code, 200);
-    assert!(h.metric(r#"fleet_messages_rejected_total{channel="health",reason="bad_json"}"#).await >= 5000.0);
+    assert!(
+        h.metric(r#"fleet_messages_rejected_total{channel="health",reason="bad_json"}"#)
+            .await
+            >= 5000.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,19 +163,29 @@ async fn heartbeat_from_an_unknown_agent_is_told_to_register() {
         json!({"v": 1, "type": "heartbeat", "agentId": "stranger", "status": "idle"}).to_string(),
     )
     .await;
-    let m = inbox.wait_for("reregister", |v| v["type"] == "reregister").await;
+    let m = inbox
+        .wait_for("reregister", |v| v["type"] == "reregister")
+        .await;
     assert_eq!(m["reason"], "unknown_agent");
     let (_, fleet) = h.get("/v1/fleet").await;
-    assert_eq!(fleet["totalAgents"], 0, "a heartbeat never creates an agent");
+    assert_eq!(
+        fleet["totalAgents"], 0,
+        "a heartbeat never creates an agent"
+    );
 }
 
 #[test]
 fn the_binary_refuses_a_bad_config_naming_the_field() {
     let dir = std::env::temp_dir().join(format!("fleet-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml")).unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml")).unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, shipped.replacen("max_agents = 120", "max_agents = -4", 1)).unwrap();
+    std::fs::write(
+        &bad,
+        shipped.replacen("max_agents = 120", "max_agents = -4", 1),
+    )
+    .unwrap();
     for args in [vec!["run"], vec!["config", "check", bad.to_str().unwrap()]] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-commander"))
             .arg("--config")
@@ -137,7 +198,11 @@ fn the_binary_refuses_a_bad_config_naming_the_field() {
         assert!(err.contains("pools.tester.max_agents"), "{args:?}: {err}");
     }
     let ok = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-commander"))
-        .args(["config", "check", concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml")])
+        .args([
+            "config",
+            "check",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"),
+        ])
         .output()
         .unwrap();
     assert!(ok.status.success());

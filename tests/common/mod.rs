@@ -88,7 +88,9 @@ impl Harness {
     pub async fn stop_commander(&mut self) -> anyhow::Result<()> {
         let c = self.commander.take().expect("running");
         c.shutdown();
-        tokio::time::timeout(WAIT, c.wait()).await.expect("commander stops in time")
+        tokio::time::timeout(WAIT, c.wait())
+            .await
+            .expect("commander stops in time")
     }
 
     pub fn base(&self) -> String {
@@ -96,7 +98,12 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.base())).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base()))
+            .send()
+            .await
+            .unwrap();
         let code = r.status().as_u16();
         let body = r.json::<Value>().await.unwrap_or(Value::Null);
         (code, body)
@@ -114,7 +121,10 @@ impl Harness {
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        self.client.get_multiplexed_async_connection().await.unwrap()
+        self.client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
     }
 
     pub async fn agent(&self, id: &str, pool: PoolType) -> Agent {
