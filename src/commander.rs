@@ -23,7 +23,7 @@ use crate::status::{FleetStatus, PoolCounts};
 use anyhow::Context;
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::ConnectionLike;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
@@ -40,7 +40,9 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub keys: Keys,
     pub registry: Registry,
-    pub redis: deadpool_redis::Pool,
+    /// One multiplexed, self-reconnecting connection: concurrent commands
+    /// from every handler are pipelined on it.
+    pub redis: ConnectionManager,
     pub metrics: PrometheusHandle,
     pub started: Instant,
     /// When the current pub/sub subscription was confirmed (ms); 0 while not
@@ -114,20 +116,17 @@ impl Running {
     }
 }
 
-/// Builds the Redis connection pool of the commander and tools.
-pub fn redis_pool(url: &str, size: usize) -> anyhow::Result<deadpool_redis::Pool> {
-    let mut cfg = deadpool_redis::Config::from_url(url);
-    cfg.pool = Some(deadpool_redis::PoolConfig {
-        max_size: size,
-        timeouts: deadpool_redis::Timeouts {
-            wait: Some(Duration::from_secs(2)),
-            create: Some(Duration::from_secs(2)),
-            recycle: Some(Duration::from_secs(1)),
-        },
-        ..Default::default()
-    });
-    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .context("building the Redis pool")
+/// A multiplexed connection that reconnects by itself after Redis restarts.
+pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("Redis URL")?;
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    ConnectionManager::new_with_config(client, cfg)
+        .await
+        .with_context(|| format!("cannot reach Redis at {url} (set REDIS_URL or redis.url)"))
 }
 
 /// Starts a commander: claims the epoch, loads the scripts, binds HTTP and
@@ -135,16 +134,12 @@ pub fn redis_pool(url: &str, size: usize) -> anyhow::Result<deadpool_redis::Pool
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let keys = Keys::new(config.fleet.prefix.clone());
-    let redis = redis_pool(&config.redis.url, config.redis.pool_size)?;
-    let mut conn = redis.get().await.with_context(|| {
-        format!(
-            "cannot reach Redis at {} (set REDIS_URL or redis.url)",
-            config.redis.url
-        )
-    })?;
-    let epoch = Registry::claim_epoch(&mut conn, &keys).await?;
-    Registry::load_scripts(&mut conn).await?;
-    drop(conn);
+    let mut redis = connect(&config.redis.url).await?;
+    // The detector has its own connection, so that its round-trip check
+    // measures Redis, not the handlers' queue.
+    let detector_conn = connect(&config.redis.url).await?;
+    let epoch = Registry::claim_epoch(&mut redis, &keys).await?;
+    Registry::load_scripts(&mut redis).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
@@ -168,16 +163,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     for n in 0..shared.config.fleet.workers {
         let (tx, rx) = mpsc::channel(1024);
         senders.push(tx);
-        // Connect before listening, so the first messages do not wait for it.
-        let conn = shared
-            .redis
-            .get()
-            .await
-            .context("connecting a handler to Redis")?;
-        tasks.spawn(handler(shared.clone(), rx, Some(conn)).instrument(info_span!("handler", n)));
+        tasks.spawn(handler(shared.clone(), rx).instrument(info_span!("handler", n)));
     }
     tasks.spawn(subscriber(shared.clone(), senders).instrument(info_span!("subscriber")));
-    tasks.spawn(crate::health::detector(shared.clone()).instrument(info_span!("detector")));
+    tasks.spawn(
+        crate::health::detector(shared.clone(), detector_conn).instrument(info_span!("detector")),
+    );
     tasks.spawn(status_loop(shared.clone()).instrument(info_span!("status")));
     tasks.spawn(crate::http::serve(shared.clone(), listener).instrument(info_span!("http")));
 
@@ -290,29 +281,15 @@ async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
 // ---------------------------------------------------------------------------
 // Handlers
 
-async fn handler(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Inbound>,
-    mut conn: Option<deadpool_redis::Connection>,
-) {
+async fn handler(shared: Arc<Shared>, mut rx: mpsc::Receiver<Inbound>) {
+    let mut conn = shared.redis.clone();
     loop {
         let msg = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             msg = rx.recv() => match msg { Some(m) => m, None => return },
         };
-        if conn.is_none() {
-            match shared.redis.get().await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    metrics::counter!(m::REDIS_ERRORS, "op" => "connect").increment(1);
-                    warn!(error = %e, "no Redis connection; message dropped (agents retry)");
-                    continue;
-                }
-            }
-        }
-        let c = conn.as_mut().expect("set above");
         let span = info_span!("message", agent_id = msg.agent_id().unwrap_or("-"));
-        match handle(&shared, c, msg).instrument(span).await {
+        match handle(&shared, &mut conn, msg).instrument(span).await {
             Ok(()) => {}
             Err(RegistryError::Fenced) => {
                 shared.on_fenced();
@@ -321,7 +298,6 @@ async fn handler(
             Err(e) => {
                 metrics::counter!(m::REDIS_ERRORS, "op" => "handle").increment(1);
                 warn!(error = %e, "handling failed; message dropped (agents retry)");
-                conn = None; // the connection may be broken: take a fresh one
             }
         }
     }
@@ -329,7 +305,7 @@ async fn handler(
 
 async fn handle(
     shared: &Shared,
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut ConnectionManager,
     msg: Inbound,
 ) -> Result<(), RegistryError> {
     let keys = &shared.keys;
@@ -412,7 +388,7 @@ async fn handle(
 
 async fn register(
     shared: &Shared,
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut ConnectionManager,
     r: Register,
 ) -> Result<(), RegistryError> {
     let started = Instant::now();
@@ -607,11 +583,7 @@ async fn status_loop(shared: Arc<Shared>) {
 }
 
 async fn publish_status(shared: &Shared) -> Result<(), RegistryError> {
-    let mut conn = shared
-        .redis
-        .get()
-        .await
-        .map_err(|e| RegistryError::Protocol(format!("pool: {e}")))?;
+    let mut conn = shared.redis.clone();
     let status = shared.fleet_status(&mut conn).await?;
     for (pool, pc) in &status.pools {
         for (st, n) in &pc.by_status {

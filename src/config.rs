@@ -44,9 +44,6 @@ where
 pub struct RedisConfig {
     /// `redis://host:port[/db]`; overridden by `REDIS_URL`.
     pub url: String,
-    /// Connections in the commander's pool.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,9 +101,6 @@ pub struct ResourceLimits {
     pub network_mbps: f64,
 }
 
-fn default_pool_size() -> usize {
-    16
-}
 fn default_workers() -> usize {
     8
 }
@@ -196,19 +190,7 @@ impl Config {
                 ),
             );
         }
-        if self.redis.pool_size == 0 || self.redis.pool_size > 512 {
-            return err("redis.pool_size", "must be 1..=512".into());
-        }
         let f = &self.fleet;
-        if self.redis.pool_size < f.workers + 4 {
-            return err(
-                "redis.pool_size",
-                format!(
-                    "must be at least fleet.workers + 4 ({}): each handler keeps a connection",
-                    f.workers + 4
-                ),
-            );
-        }
         if f.prefix.is_empty() || f.prefix.contains(char::is_whitespace) {
             return err(
                 "fleet.prefix",

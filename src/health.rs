@@ -14,6 +14,7 @@ use crate::commander::{pause, publish, Shared};
 use crate::metrics as m;
 use crate::protocol::{Event, VERSION};
 use crate::registry::{now_ms, FailOutcome, Registry, RegistryError};
+use redis::aio::ConnectionManager;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ const BATCH: usize = 1000;
 /// A Redis round trip slower than this counts as a lapse in contact.
 const SLOW_ROUND_TRIP: Duration = Duration::from_millis(250);
 
-pub(crate) async fn detector(shared: Arc<Shared>) {
+pub(crate) async fn detector(shared: Arc<Shared>, mut conn: ConnectionManager) {
     let cfg = &shared.config.fleet;
     let tick = Duration::from_millis(cfg.detect_tick_ms);
     let window = shared.config.failure_window().as_millis() as u64;
@@ -33,17 +34,9 @@ pub(crate) async fn detector(shared: Arc<Shared>) {
     // this between confirmations means we may have missed heartbeats.
     let max_gap = tick * 2 + SLOW_ROUND_TRIP;
     let mut last_contact: Option<Instant> = None;
-    let mut conn: Option<deadpool_redis::Connection> = None;
     while pause(shared.shutdown_token(), tick).await {
         let before = Instant::now();
-        if conn.is_none() {
-            conn = shared.redis.get().await.ok();
-        }
-        let Some(c) = conn.as_mut() else {
-            lapse(&shared, "no Redis connection");
-            last_contact = None;
-            continue;
-        };
+        let c = &mut conn;
         let now = now_ms();
         let cutoff = now.saturating_sub(window);
         let stale = shared.registry.stale(c, cutoff, BATCH).await;
@@ -60,7 +53,6 @@ pub(crate) async fn detector(shared: Arc<Shared>) {
                 warn!(error = %e, "detector query failed");
                 lapse(&shared, "Redis error");
                 last_contact = None;
-                conn = None;
                 continue;
             }
         };
@@ -98,7 +90,6 @@ pub(crate) async fn detector(shared: Arc<Shared>) {
             Err(e) => {
                 metrics::counter!(m::REDIS_ERRORS, "op" => "detect").increment(1);
                 warn!(error = %e, "failing stale agents failed; retrying next tick");
-                conn = None;
             }
         }
     }
@@ -133,7 +124,7 @@ fn restart_window(shared: &Shared) -> bool {
 
 async fn fail_stale(
     shared: &Shared,
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut ConnectionManager,
     stale: &[String],
     cutoff: u64,
     now: u64,
@@ -141,7 +132,7 @@ async fn fail_stale(
     let reg: &Registry = &shared.registry;
     let max_failures = shared.config.fleet.max_failures;
     // Scripts sent concurrently on one multiplexed connection are pipelined.
-    let base: redis::aio::MultiplexedConnection = (**conn).clone();
+    let base = conn.clone();
     for chunk in stale.chunks(64) {
         let outcomes = futures_util::future::join_all(chunk.iter().map(|id| {
             let mut c = base.clone();
@@ -190,7 +181,7 @@ async fn fail_stale(
 /// Removes failed agents that never came back within the retention time.
 async fn expire_failed(
     shared: &Shared,
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut ConnectionManager,
     now: u64,
 ) -> Result<(), RegistryError> {
     let cutoff = now.saturating_sub(shared.config.fleet.failed_retention_ms);
@@ -205,7 +196,7 @@ async fn expire_failed(
 
 async fn removed_event(
     shared: &Shared,
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut ConnectionManager,
     id: &str,
     pool: crate::pool::PoolType,
     reason: &'static str,

@@ -48,10 +48,7 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 
 async fn fleet(State(s): State<Arc<Shared>>) -> Response {
     let started = Instant::now();
-    let mut conn = match s.redis.get().await {
-        Ok(c) => c,
-        Err(e) => return unavailable(e),
-    };
+    let mut conn = s.redis.clone();
     match s.fleet_status(&mut conn).await {
         Ok(status) => {
             metrics::histogram!(m::STATUS_QUERY_SECONDS).record(started.elapsed());
@@ -62,10 +59,7 @@ async fn fleet(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn pools(State(s): State<Arc<Shared>>) -> Response {
-    let mut conn = match s.redis.get().await {
-        Ok(c) => c,
-        Err(e) => return unavailable(e),
-    };
+    let mut conn = s.redis.clone();
     match s.registry.counts(&mut conn).await {
         Ok(counts) => Json(PoolView::assemble(&s.config, &counts)).into_response(),
         Err(e) => unavailable(e),
@@ -80,10 +74,7 @@ async fn agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response
         )
             .into_response();
     }
-    let mut conn = match s.redis.get().await {
-        Ok(c) => c,
-        Err(e) => return unavailable(e),
-    };
+    let mut conn = s.redis.clone();
     match s.registry.agent(&mut conn, &id).await {
         Ok(Some(rec)) => Json(rec).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": "not_found"}))).into_response(),
@@ -93,13 +84,10 @@ async fn agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response
 
 /// Ready when subscribed to the agent channels and Redis answers.
 async fn ready(State(s): State<Arc<Shared>>) -> Response {
-    let redis_ok = match s.redis.get().await {
-        Ok(mut c) => redis::cmd("PING")
-            .query_async::<String>(&mut c)
-            .await
-            .is_ok(),
-        Err(_) => false,
-    };
+    let redis_ok = redis::cmd("PING")
+        .query_async::<String>(&mut s.redis.clone())
+        .await
+        .is_ok();
     let listening = s.is_listening();
     let body =
         Json(json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening}));

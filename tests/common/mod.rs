@@ -31,7 +31,6 @@ pub fn test_config(redis_url: &str) -> Config {
     c.fleet.detect_tick_ms = 20;
     c.fleet.status_interval_ms = 200;
     c.fleet.workers = 4;
-    c.redis.pool_size = 12;
     c.validate().expect("test config valid");
     c
 }
