@@ -82,6 +82,9 @@ pub struct SimReport {
     pub detected: usize,
     /// From the moment an agent went silent to its `agent_failed` event.
     pub detection: Latency,
+    /// From an agent's last heartbeat to its failure, as the commander saw it
+    /// (at least missed_heartbeats x interval by design).
+    pub detection_after_last_heartbeat: Latency,
     pub detection_bound_ms: f64,
     /// `agent_failed` events for agents that never stopped.
     pub false_deaths: usize,
@@ -188,16 +191,21 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     }
 
     // Watch health events from the start, to catch any false death.
-    let (ev_tx, mut events) = mpsc::unbounded_channel::<(Instant, String)>();
+    let (ev_tx, mut events) = mpsc::unbounded_channel::<(Instant, String, u64)>();
     let mut health = client.get_async_pubsub().await?;
     health.subscribe(keys.health_channel()).await?;
     let watcher = tokio::spawn(async move {
         let mut s = health.into_on_message();
         while let Some(msg) = s.next().await {
-            if let Ok(Event::AgentFailed { agent_id, .. }) =
-                serde_json::from_slice::<Event>(msg.get_payload_bytes())
+            if let Ok(Event::AgentFailed {
+                agent_id,
+                last_heartbeat,
+                ts,
+                ..
+            }) = serde_json::from_slice::<Event>(msg.get_payload_bytes())
             {
-                if ev_tx.send((Instant::now(), agent_id)).is_err() {
+                let silent = ts.saturating_sub(last_heartbeat);
+                if ev_tx.send((Instant::now(), agent_id, silent)).is_err() {
                     return;
                 }
             }
@@ -282,6 +290,9 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     report.registration_total_ms = reg_started.elapsed().as_secs_f64() * 1000.0;
     report.registered = live.len();
     report.registration = Latency::from(&reg_hist);
+    if !report.refused.is_empty() {
+        progress.line(&format!("registrations refused: {:?}", report.refused));
+    }
     progress.line(&format!(
         "registered {}/{} agents in {:.0} ms, {} at once (per registration p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms)",
         report.registered,
@@ -338,9 +349,15 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         });
     }
 
-    // Stop some agents: they go silent, as if killed.
+    // Stop some agents: they go silent, as if killed. First let the fleet
+    // heartbeat for one interval, so they die at random points of their cycle.
     let mut stopped: HashMap<String, Instant> = HashMap::new();
     if opts.stop > 0 && !ids.is_empty() {
+        let settle = Instant::now() + opts.heartbeat;
+        while Instant::now() < settle && !shutdown.is_cancelled() {
+            progress.update("fleet heartbeating");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let step = (ids.len() / opts.stop.min(ids.len())).max(1);
         for i in (0..ids.len()).step_by(step).take(opts.stop) {
             stops[i].cancel();
@@ -356,37 +373,33 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
 
     let mut detected: HashSet<String> = HashSet::new();
     let mut det_hist = hist();
+    let mut silent_hist = hist();
     let mut false_deaths = HashSet::new();
-    let mut on_event = |at: Instant, id: String, report: &mut SimReport| {
+    let mut on_event = |at: Instant, id: String, silent_ms: u64, report: &mut SimReport| {
         if let Some(t) = stopped.get(&id) {
             if detected.insert(id) {
                 det_hist
                     .record(at.duration_since(*t).as_micros().max(1) as u64)
                     .ok();
+                silent_hist.record(silent_ms.max(1) * 1000).ok();
             }
         } else if ids.contains(&id) {
             false_deaths.insert(id);
         }
         report.detected = detected.len();
     };
-    let deadline = Instant::now()
-        + opts.failure_window
-        + Duration::from_secs(3)
-        + if stopped.is_empty() {
-            Duration::ZERO
-        } else {
-            opts.hold
-        };
+    let detect_until = Instant::now() + opts.failure_window + Duration::from_secs(3);
     let hold_until = Instant::now() + opts.hold;
     loop {
         let waiting = report.detected < report.stopped;
-        if (!waiting && Instant::now() >= hold_until) || Instant::now() >= deadline {
+        let now = Instant::now();
+        if (!waiting || now >= detect_until) && now >= hold_until {
             break;
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             ev = events.recv() => match ev {
-                Some((at, id)) => on_event(at, id, &mut report),
+                Some((at, id, silent)) => on_event(at, id, silent, &mut report),
                 None => break,
             },
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -400,19 +413,22 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             progress.update("fleet running");
         }
     }
-    while let Ok((at, id)) = events.try_recv() {
-        on_event(at, id, &mut report);
+    while let Ok((at, id, silent)) = events.try_recv() {
+        on_event(at, id, silent, &mut report);
     }
     report.detection = Latency::from(&det_hist);
+    report.detection_after_last_heartbeat = Latency::from(&silent_hist);
     report.false_deaths = false_deaths.len();
     if report.stopped > 0 {
         progress.line(&format!(
-            "detected {}/{} stopped agents: p50 {:.0} ms, max {:.0} ms after they went silent (bound {:.0} ms); false deaths: {}",
+            "detected {}/{} stopped agents: p50 {:.0} ms, max {:.0} ms after they went silent (bound {:.0} ms); p50 {:.0} ms, max {:.0} ms after their last heartbeat; false deaths: {}",
             report.detected,
             report.stopped,
             report.detection.p50_ms,
             report.detection.max_ms,
             report.detection_bound_ms,
+            report.detection_after_last_heartbeat.p50_ms,
+            report.detection_after_last_heartbeat.max_ms,
             report.false_deaths
         ));
     }
