@@ -8,7 +8,7 @@ use crate::protocol::{
 };
 use crate::registry::AgentRecord;
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 use serde::Serialize;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -53,7 +53,7 @@ pub struct Registration {
 pub struct Agent {
     spec: AgentSpec,
     keys: Keys,
-    publisher: MultiplexedConnection,
+    publisher: ConnectionManager,
     inbox: mpsc::UnboundedReceiver<ToAgent>,
     reader: JoinHandle<()>,
     seq: u64,
@@ -70,7 +70,7 @@ impl Agent {
     /// keeps that subscription alive across Redis reconnects.
     pub async fn connect(
         client: &redis::Client,
-        publisher: MultiplexedConnection,
+        publisher: ConnectionManager,
         keys: Keys,
         spec: AgentSpec,
     ) -> Result<Agent, AgentError> {

@@ -272,7 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|_| anyhow::anyhow!("unknown pool {pool:?}"))?;
             let keys = Keys::new(config.fleet.prefix.clone());
             let client = redis::Client::open(config.redis.url.as_str())?;
-            let publisher = client.get_multiplexed_async_connection().await?;
+            let publisher = commander::connect(&config.redis.url).await?;
             let spec = AgentSpec {
                 id: id.unwrap_or_else(|| format!("{pool}-{}", uuid::Uuid::new_v4().simple())),
                 pool,

@@ -182,12 +182,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     let client = redis::Client::open(opts.redis_url.as_str()).context("Redis URL")?;
     let mut publishers = Vec::new();
     for _ in 0..4 {
-        publishers.push(
-            client
-                .get_multiplexed_async_connection()
-                .await
-                .with_context(|| format!("connecting to Redis at {}", opts.redis_url))?,
-        );
+        publishers.push(crate::commander::connect(&opts.redis_url).await?);
     }
 
     // Watch health events from the start, to catch any false death.

@@ -222,3 +222,38 @@ async fn subscriber_reconnects_after_its_connection_is_killed() {
     }
     assert!(ok, "registration served after the subscriber reconnected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_empty_the_fleet_registers_again() {
+    let mut h = Harness::start().await;
+    let mut running = Vec::new();
+    for i in 0..4 {
+        let mut a = h.agent(&format!("rs-{i}"), PoolType::ALL[i]).await;
+        a.register(T).await.unwrap();
+        running.push(beat(a));
+    }
+    // Redis dies and comes back with nothing (no persistence).
+    h.redis.restart().expect("redis restarts");
+    // The commander survives (not fenced by the lost epoch), tells the agents
+    // it does not know them, and they register again.
+    wait_until(|| async {
+        let (code, f) = h.get("/v1/fleet").await;
+        code == 200 && f["totalAgents"] == 4 && f["byStatus"]["idle"] == 4
+    })
+    .await;
+    assert!(!h
+        .commander
+        .as_ref()
+        .unwrap()
+        .shared
+        .shutdown_token()
+        .is_cancelled());
+    for (s, t) in running.drain(..) {
+        s.cancel();
+        let _ = t.await;
+    }
+    // And it still works normally.
+    let mut late = h.agent("rs-late", PoolType::Ui).await;
+    late.register(T).await.unwrap();
+    h.stop_commander().await.expect("stops cleanly, not fenced");
+}

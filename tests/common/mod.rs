@@ -142,7 +142,10 @@ impl Harness {
     }
 
     pub async fn agent_with(&self, spec: AgentSpec) -> Agent {
-        Agent::connect(&self.client, self.conn().await, self.keys.clone(), spec)
+        let publisher = fleet_commander::commander::connect(&self.redis.url())
+            .await
+            .unwrap();
+        Agent::connect(&self.client, publisher, self.keys.clone(), spec)
             .await
             .unwrap()
     }
