@@ -17,7 +17,8 @@ use crate::protocol::{
     self, Channel, Decoded, Event, Inbound, RefusalReason, Register, ToAgent, VERSION,
 };
 use crate::registry::{
-    now_ms, HeartbeatOutcome, NewAgent, RegisterOutcome, Registry, RegistryError,
+    now_ms, AgentRecord, Announce, HeartbeatOutcome, NewAgent, RegisterOutcome, Registry,
+    RegistryError,
 };
 use crate::status::{FleetStatus, PoolCounts};
 use anyhow::Context;
@@ -404,50 +405,11 @@ async fn register(
         reason: Some(reason),
         detail: Some(detail),
     };
-    let outcome = match protocol::check_registration(&r) {
-        Err(x) => Err(refuse(x.reason, x.detail)),
-        Ok(pool) => {
-            let pc = config.pool(pool);
-            let (lim, res) = (pc.resource_limits, r.resources);
-            if res.memory > lim.memory_mb || res.cpu > lim.cpu || res.network > lim.network_mbps {
-                Err(refuse(
-                    RefusalReason::ResourcesExceedLimits,
-                    format!(
-                        "pool {pool} allows at most memory {} MB, cpu {}, network {} Mbps",
-                        lim.memory_mb, lim.cpu, lim.network_mbps
-                    ),
-                ))
-            } else {
-                let new = NewAgent {
-                    id: &r.agent_id,
-                    pool,
-                    agent_type: r.agent_type.as_deref().unwrap_or(pool.as_str()),
-                    priority: r.priority.unwrap_or(pc.priority_level),
-                    capabilities: &r.capabilities,
-                    resources: res,
-                    pool_max: pc.max_agents,
-                    fleet_max: config.fleet.max_agents,
-                };
-                match shared.registry.register(conn, &new, now_ms()).await {
-                    Ok(o) => Ok((pool, o)),
-                    Err(RegistryError::Fenced) => return Err(RegistryError::Fenced),
-                    Err(e) => {
-                        warn!(error = %e, "registration failed in Redis");
-                        Err(refuse(
-                            RefusalReason::Unavailable,
-                            "registry unavailable, retry".into(),
-                        ))
-                    }
-                }
-            }
-        }
-    };
-
-    let accepted = |pool: PoolType, rec, again: bool| {
+    let accepted = |rec: AgentRecord, again: bool| {
         let ev = Event::AgentRegistered {
             v: VERSION,
             agent_id: r.agent_id.clone(),
-            pool,
+            pool: rec.pool,
             re_registered: again,
             ts: now_ms(),
         };
@@ -463,35 +425,91 @@ async fn register(
         };
         (reply, Some(ev))
     };
-    let (reply, event) = match outcome {
-        Err(reply) => (reply, None),
-        Ok((pool, RegisterOutcome::Registered(rec))) => accepted(pool, rec, false),
-        Ok((pool, RegisterOutcome::ReRegistered(rec))) => accepted(pool, rec, true),
-        Ok((pool, RegisterOutcome::PoolFull)) => (
-            refuse(
-                RefusalReason::PoolFull,
-                format!(
-                    "pool {pool} is at max_agents ({})",
-                    config.pool(pool).max_agents
-                ),
-            ),
-            None,
-        ),
-        Ok((_, RegisterOutcome::FleetFull)) => (
-            refuse(
-                RefusalReason::FleetFull,
-                format!("fleet is at max_agents ({})", config.fleet.max_agents),
-            ),
-            None,
-        ),
-        Ok((_, RegisterOutcome::PoolMismatch(other))) => (
-            refuse(
-                RefusalReason::PoolMismatch,
-                format!("agent is registered in pool {other}; deregister first"),
-            ),
-            None,
-        ),
+
+    let (reply, event) = match protocol::check_registration(&r) {
+        Err(x) => (refuse(x.reason, x.detail), None),
+        Ok(pool) => {
+            let pc = config.pool(pool);
+            let (lim, res) = (pc.resource_limits, r.resources);
+            if res.memory > lim.memory_mb || res.cpu > lim.cpu || res.network > lim.network_mbps {
+                let detail = format!(
+                    "pool {pool} allows at most memory {} MB, cpu {}, network {} Mbps",
+                    lim.memory_mb, lim.cpu, lim.network_mbps
+                );
+                (refuse(RefusalReason::ResourcesExceedLimits, detail), None)
+            } else {
+                let new = NewAgent {
+                    id: &r.agent_id,
+                    pool,
+                    agent_type: r.agent_type.as_deref().unwrap_or(pool.as_str()),
+                    priority: r.priority.unwrap_or(pc.priority_level),
+                    capabilities: &r.capabilities,
+                    resources: res,
+                    pool_max: pc.max_agents,
+                    fleet_max: config.fleet.max_agents,
+                };
+                // The common case, a new agent, is answered by the script itself
+                // (one round trip); the other outcomes are answered below.
+                let now = now_ms();
+                let (fresh_reply, fresh_event) = accepted(AgentRecord::fresh(&new, now), false);
+                let reply_json = json(&fresh_reply);
+                let event_json = fresh_event.as_ref().map(json).unwrap_or_default();
+                let agent_channel = keys.agent_channel(&r.agent_id);
+                let registry_channel = keys.registry_channel();
+                let announce = Announce {
+                    agent_channel: &agent_channel,
+                    reply: &reply_json,
+                    registry_channel: &registry_channel,
+                    event: &event_json,
+                };
+                match shared
+                    .registry
+                    .register(conn, &new, now, Some(&announce))
+                    .await
+                {
+                    Ok(RegisterOutcome::Registered {
+                        announced: true, ..
+                    }) => {
+                        metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
+                            .increment(1);
+                        metrics::histogram!(m::REGISTRATION_SECONDS).record(started.elapsed());
+                        debug!("registered");
+                        return Ok(());
+                    }
+                    Ok(RegisterOutcome::Registered { record, .. }) => accepted(record, false),
+                    Ok(RegisterOutcome::ReRegistered(record)) => accepted(record, true),
+                    Ok(RegisterOutcome::PoolFull) => (
+                        refuse(
+                            RefusalReason::PoolFull,
+                            format!("pool {pool} is at max_agents ({})", pc.max_agents),
+                        ),
+                        None,
+                    ),
+                    Ok(RegisterOutcome::FleetFull) => (
+                        refuse(
+                            RefusalReason::FleetFull,
+                            format!("fleet is at max_agents ({})", config.fleet.max_agents),
+                        ),
+                        None,
+                    ),
+                    Ok(RegisterOutcome::PoolMismatch(other)) => (
+                        refuse(
+                            RefusalReason::PoolMismatch,
+                            format!("agent is registered in pool {other}; deregister first"),
+                        ),
+                        None,
+                    ),
+                    Err(RegistryError::Fenced) => return Err(RegistryError::Fenced),
+                    Err(e) => {
+                        warn!(error = %e, "registration failed in Redis");
+                        let detail = "registry unavailable, retry".to_string();
+                        (refuse(RefusalReason::Unavailable, detail), None)
+                    }
+                }
+            }
+        }
     };
+
     let mut p = redis::pipe();
     p.publish(keys.agent_channel(&r.agent_id), json(&reply))
         .ignore();
@@ -504,7 +522,7 @@ async fn register(
             None => {
                 metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
                     .increment(1);
-                debug!("registered");
+                debug!("re-registered");
             }
             Some(reason) => {
                 metrics::counter!(m::REGISTRATIONS, "result" => "rejected", "reason" => reason.as_str())

@@ -100,6 +100,32 @@ pub struct Health {
 }
 
 impl AgentRecord {
+    /// The record of a newly registered agent.
+    pub fn fresh(a: &NewAgent<'_>, now: u64) -> AgentRecord {
+        AgentRecord {
+            id: a.id.to_string(),
+            agent_type: a.agent_type.to_string(),
+            pool: a.pool,
+            status: AgentStatus::Idle,
+            priority: a.priority,
+            capabilities: a.capabilities.to_vec(),
+            performance: Performance {
+                tasks_completed: 0,
+                avg_task_time: 0.0,
+                success_rate: 0.0,
+                last_active: now,
+            },
+            health: Health {
+                last_heartbeat: now,
+                failures: 0,
+                recovery_attempts: 0,
+            },
+            resources: a.resources,
+            load: 0.0,
+            registered_at: now,
+        }
+    }
+
     /// Builds a record from a hash's fields; `None` if a required field is missing or bad.
     pub fn from_fields(fields: &HashMap<String, String>) -> Option<AgentRecord> {
         let s = |k: &str| fields.get(k).map(String::as_str);
@@ -139,7 +165,12 @@ impl AgentRecord {
 /// What a registration did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegisterOutcome {
-    Registered(AgentRecord),
+    /// A new agent. `announced`: the script already published the
+    /// pre-rendered reply and event.
+    Registered {
+        record: AgentRecord,
+        announced: bool,
+    },
     ReRegistered(AgentRecord),
     PoolFull,
     FleetFull,
@@ -198,6 +229,16 @@ impl Counts {
     pub fn total(&self) -> u64 {
         self.by_pool.values().flat_map(|m| m.values()).sum()
     }
+}
+
+/// Messages for a new agent, rendered in advance, that the register script
+/// publishes itself, saving a round trip on the common path.
+#[derive(Debug, Clone, Copy)]
+pub struct Announce<'a> {
+    pub agent_channel: &'a str,
+    pub reply: &'a str,
+    pub registry_channel: &'a str,
+    pub event: &'a str,
 }
 
 /// Registration as the registry needs it (already validated).
@@ -268,6 +309,7 @@ impl Registry {
         conn: &mut impl ConnectionLike,
         a: &NewAgent<'_>,
         now: u64,
+        announce: Option<&Announce<'_>>,
     ) -> Result<RegisterOutcome> {
         let caps = serde_json::to_string(a.capabilities).unwrap_or_else(|_| "[]".into());
         let reply: Vec<Value> = self
@@ -283,6 +325,10 @@ impl Registry {
             .arg(a.resources.cpu)
             .arg(a.resources.network)
             .arg(self.keys.pool_agents_prefix())
+            .arg(announce.map(|x| x.agent_channel).unwrap_or_default())
+            .arg(announce.map(|x| x.reply).unwrap_or_default())
+            .arg(announce.map(|x| x.registry_channel).unwrap_or_default())
+            .arg(announce.map(|x| x.event).unwrap_or_default())
             .invoke_async(conn)
             .await
             .map_err(from_script)?;
@@ -317,7 +363,14 @@ impl Registry {
             })
         };
         Ok(match tag.as_str() {
-            "registered" => RegisterOutcome::Registered(record()?),
+            "registered" => RegisterOutcome::Registered {
+                record: record()?,
+                announced: false,
+            },
+            "announced" => RegisterOutcome::Registered {
+                record: record()?,
+                announced: true,
+            },
             "reregistered" => RegisterOutcome::ReRegistered(record()?),
             "pool_full" => RegisterOutcome::PoolFull,
             "fleet_full" => RegisterOutcome::FleetFull,

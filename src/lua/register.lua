@@ -1,7 +1,9 @@
 -- Register (or idempotently re-register) an agent.
 -- KEYS: epoch, agent hash, heartbeats zset, failed zset, counts hash
 -- ARGV: epoch, id, pool, pool max, fleet max, now, type, priority,
---       capabilities (JSON), memory, cpu, network, pool-agents key prefix
+--       capabilities (JSON), memory, cpu, network, pool-agents key prefix,
+--       and, optionally, for a new agent: agent channel, reply, registry
+--       channel, event (published here, saving the caller a round trip)
 -- Returns {outcome, registeredAt, tasksCompleted, avgTaskTime, successRate,
 --          failures, recoveryAttempts}: the fields a re-registration keeps.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
@@ -33,6 +35,11 @@ else
     'capabilities', ARGV[9], 'memory', ARGV[10], 'cpu', ARGV[11], 'network', ARGV[12],
     'load', 0, 'lastHeartbeat', now, 'lastActive', now)
   redis.call('SADD', poolset, id)
+  if ARGV[14] and ARGV[14] ~= '' then
+    redis.call('PUBLISH', ARGV[14], ARGV[15])
+    redis.call('PUBLISH', ARGV[16], ARGV[17])
+    outcome = 'announced'
+  end
 end
 redis.call('ZADD', hb, now, id)
 move(counts, pool, old, 'idle')
