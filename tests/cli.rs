@@ -1,0 +1,115 @@
+//! The binary as an operator drives it: `status`, `demo` without Redis, and
+//! the simulator's report.
+
+mod common;
+
+use common::*;
+use fleet_commander::pool::PoolType;
+use fleet_commander::sim::{self, SimOptions};
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleet-commander");
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_command_prints_the_fleet_from_redis() {
+    let h = Harness::start().await;
+    for (i, pool) in [PoolType::Coder, PoolType::Coder, PoolType::Ui]
+        .iter()
+        .enumerate()
+    {
+        h.agent(&format!("cli-{i}"), *pool)
+            .await
+            .register(Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["--config", CONFIG, "status", "--json"])
+        .env("REDIS_URL", h.redis.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["totalAgents"], 3);
+    assert_eq!(s["pools"]["coder"]["byStatus"]["idle"], 2);
+
+    let out = Command::new(BIN)
+        .args(["--config", CONFIG, "status"])
+        .env("REDIS_URL", h.redis.url())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("fleet: 3 agents"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("ui ") && l.contains(" 1 ")),
+        "{table}"
+    );
+}
+
+#[test]
+fn demo_without_redis_says_how_to_get_it() {
+    let out = Command::new(BIN)
+        .args(["--config", CONFIG, "demo"])
+        .env_remove("REDIS_URL")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no REDIS_URL given"), "{err}");
+    assert!(err.contains("apt-get install redis-server"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
+    let h = Harness::start().await;
+    let report = sim::run(
+        SimOptions {
+            redis_url: h.redis.url(),
+            prefix: h.config.fleet.prefix.clone(),
+            commander_url: Some(h.base()),
+            agents: 64,
+            batch: 16,
+            heartbeat: h.config.heartbeat_interval(),
+            failure_window: h.config.failure_window(),
+            stop: 4,
+            status_queries: 20,
+            hold: Duration::ZERO,
+            deregister_at_end: true,
+            pools: PoolType::ALL
+                .iter()
+                .map(|p| (*p, h.config.pool(*p).max_agents))
+                .collect(),
+            progress: false,
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.registered, 64, "{report:?}");
+    assert_eq!(report.registration.count, 64);
+    assert!(report.registration.p99_ms > 0.0);
+    assert_eq!(report.status.count, 20);
+    assert_eq!(report.status_fresh, Some(true));
+    assert_eq!((report.stopped, report.detected), (4, 4), "{report:?}");
+    assert_eq!(report.false_deaths, 0);
+    let silent = report.detection_after_last_heartbeat.p50_ms;
+    assert!(
+        silent >= 300.0,
+        "failed only after 3 missed heartbeats: {silent}"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["registration"]["p99_ms"].is_number());
+    // Survivors deregistered at the end; the 4 stopped ones remain, failed.
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["totalAgents"], 4, "{fleet}");
+    assert_eq!(fleet["byStatus"]["failed"], 4);
+}
