@@ -8,10 +8,9 @@ use crate::protocol::{
 };
 use crate::registry::AgentRecord;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, PubSubStream};
 use serde::Serialize;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -54,14 +53,59 @@ pub struct Agent {
     spec: AgentSpec,
     keys: Keys,
     publisher: ConnectionManager,
-    inbox: mpsc::UnboundedReceiver<ToAgent>,
-    reader: JoinHandle<()>,
+    inbox: Inbox,
     seq: u64,
 }
 
-impl Drop for Agent {
+/// The agent's own channel: read in place (no relay task), resubscribed
+/// after a lost connection.
+struct Inbox {
+    client: redis::Client,
+    channel: String,
+    stream: Option<PubSubStream>,
+    /// A resubscription in progress. It runs as its own task so that it
+    /// survives `recv` being cancelled (as it is in `select!` on every tick).
+    reconnect: Option<JoinHandle<Option<PubSubStream>>>,
+}
+
+impl Drop for Inbox {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(r) = &self.reconnect {
+            r.abort();
+        }
+    }
+}
+
+impl Inbox {
+    /// The next message the client understands; waits across reconnects.
+    /// Cancel-safe.
+    async fn recv(&mut self) -> ToAgent {
+        loop {
+            if let Some(s) = self.stream.as_mut() {
+                match s.next().await {
+                    Some(msg) => match serde_json::from_slice::<ToAgent>(msg.get_payload_bytes()) {
+                        Ok(m) => return m,
+                        Err(e) => debug!("ignoring message the client does not know: {e}"),
+                    },
+                    None => self.stream = None,
+                }
+                continue;
+            }
+            let (client, channel) = (self.client.clone(), self.channel.clone());
+            let pending = self.reconnect.get_or_insert_with(|| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let mut p = client.get_async_pubsub().await.ok()?;
+                    p.subscribe(&channel).await.ok()?;
+                    Some(p.into_on_message())
+                })
+            });
+            let result = pending.await;
+            self.reconnect = None;
+            if let Ok(Some(s)) = result {
+                self.stream = Some(s);
+            }
+        }
     }
 }
 
@@ -77,42 +121,16 @@ impl Agent {
         let channel = keys.agent_channel(&spec.id);
         let mut ps = client.get_async_pubsub().await?;
         ps.subscribe(&channel).await?;
-        let (tx, inbox) = mpsc::unbounded_channel();
-        let client = client.clone();
-        let reader = tokio::spawn(async move {
-            let mut ps = Some(ps);
-            loop {
-                if let Some(p) = ps.take() {
-                    let mut stream = p.into_on_message();
-                    while let Some(msg) = stream.next().await {
-                        match serde_json::from_slice::<ToAgent>(msg.get_payload_bytes()) {
-                            Ok(m) => {
-                                if tx.send(m).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => debug!("ignoring message the client does not know: {e}"),
-                        }
-                    }
-                }
-                // Disconnected: resubscribe with a short backoff.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if tx.is_closed() {
-                    return;
-                }
-                if let Ok(mut p) = client.get_async_pubsub().await {
-                    if p.subscribe(&channel).await.is_ok() {
-                        ps = Some(p);
-                    }
-                }
-            }
-        });
         Ok(Agent {
             spec,
             keys,
             publisher,
-            inbox,
-            reader,
+            inbox: Inbox {
+                client: client.clone(),
+                channel,
+                stream: Some(ps.into_on_message()),
+                reconnect: None,
+            },
             seq: 0,
         })
     }
@@ -221,7 +239,7 @@ impl Agent {
     }
 
     /// The next message from the commander.
-    pub async fn recv(&mut self) -> Option<ToAgent> {
+    pub async fn recv(&mut self) -> ToAgent {
         self.inbox.recv().await
     }
 
@@ -232,11 +250,11 @@ impl Agent {
     ) -> Result<ToAgent, AgentError> {
         let wait = async {
             loop {
-                match self.inbox.recv().await {
-                    Some(m) if want(&m) => return Ok(m),
-                    Some(other) => debug!(?other, "not the awaited reply"),
-                    None => return Err(AgentError::Closed),
+                let m = self.inbox.recv().await;
+                if want(&m) {
+                    return Ok(m);
                 }
+                debug!(other = ?m, "not the awaited reply");
             }
         };
         tokio::time::timeout(timeout, wait)
@@ -256,24 +274,31 @@ impl Agent {
         let start = tokio::time::Instant::now() + first_after;
         let mut tick = tokio::time::interval_at(start, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        enum Wake {
+            Stop,
+            Beat,
+            Message(ToAgent),
+        }
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {
+            let wake = tokio::select! {
+                _ = stop.cancelled() => Wake::Stop,
+                _ = tick.tick() => Wake::Beat,
+                m = self.inbox.recv() => Wake::Message(m),
+            };
+            match wake {
+                Wake::Stop => return,
+                Wake::Beat => {
                     if let Err(e) = self.heartbeat(AgentStatus::Idle, 0.0).await {
                         warn!(agent_id = %self.spec.id, error = %e, "heartbeat not sent");
                     }
                 }
-                msg = self.inbox.recv() => match msg {
-                    Some(ToAgent::Reregister { reason, .. }) => {
-                        info!(agent_id = %self.spec.id, reason, "commander asked to re-register");
-                        if let Err(e) = self.register(interval).await {
-                            warn!(agent_id = %self.spec.id, error = %e, "re-registration failed");
-                        }
+                Wake::Message(ToAgent::Reregister { reason, .. }) => {
+                    info!(agent_id = %self.spec.id, reason, "commander asked to re-register");
+                    if let Err(e) = self.register(interval).await {
+                        warn!(agent_id = %self.spec.id, error = %e, "re-registration failed");
                     }
-                    Some(other) => debug!(?other, "message from the commander"),
-                    None => return,
-                },
+                }
+                Wake::Message(other) => debug!(?other, "message from the commander"),
             }
         }
     }
