@@ -303,8 +303,8 @@ async fn a_restarted_commander_picks_up_the_fleet_where_it_was() {
     let mut health = h.listen(&h.keys.health_channel()).await;
 
     h.stop_commander().await.unwrap();
-    // Down for longer than the failure window (300 ms): heartbeats go unheard.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Down for twice the failure window: heartbeats go unheard.
+    tokio::time::sleep(h.config.failure_window() * 2).await;
     h.start_commander().await;
     assert!(h.commander.as_ref().unwrap().epoch > old_epoch);
 
@@ -330,6 +330,7 @@ async fn a_newer_commander_fences_the_older_one() {
         .await
         .unwrap();
     assert!(second.epoch > h.commander.as_ref().unwrap().epoch);
+    wait_until(|| async { second.shared.is_listening() }).await;
     // Both hear the registration; only the newer may write, the older stops.
     let mut a = h.agent("f-1", PoolType::Ui).await;
     a.register(T).await.unwrap();

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The shipped config with test-sized intervals: heartbeat 100 ms, failed
-/// after 3 missed (300 ms of silence).
+/// after 5 missed (500 ms of silence: wide enough for a noisy machine).
 pub fn test_config(redis_url: &str) -> Config {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"))
         .expect("shipped config");
@@ -27,7 +27,7 @@ pub fn test_config(redis_url: &str) -> Config {
     c.redis.url = redis_url.to_string();
     c.http.addr = "127.0.0.1:0".parse().unwrap();
     c.fleet.heartbeat_interval_ms = 100;
-    c.fleet.missed_heartbeats = 3;
+    c.fleet.missed_heartbeats = 5;
     c.fleet.detect_tick_ms = 20;
     c.fleet.status_interval_ms = 200;
     c.fleet.workers = 4;
