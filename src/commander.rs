@@ -14,13 +14,16 @@ use crate::keys::Keys;
 use crate::metrics as m;
 use crate::pool::PoolType;
 use crate::protocol::{
-    self, Channel, Decoded, Event, Inbound, RefusalReason, Register, ToAgent, VERSION,
+    self, Channel, Decoded, Event, Inbound, RefusalReason, Register, TaskSubmit, TaskSubmitReply,
+    ToAgent, VERSION,
 };
 use crate::registry::{
     now_ms, AgentRecord, Announce, HeartbeatOutcome, NewAgent, RegisterOutcome, Registry,
     RegistryError,
 };
 use crate::status::{FleetStatus, PoolCounts};
+use crate::task::{Submission, SubmitRefusal};
+use crate::tasks::{Submitted, TaskStore};
 use anyhow::Context;
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -41,6 +44,7 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub keys: Keys,
     pub registry: Registry,
+    pub tasks: TaskStore,
     /// One multiplexed, self-reconnecting connection: concurrent commands
     /// from every handler are pipelined on it.
     pub redis: ConnectionManager,
@@ -141,6 +145,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let detector_conn = connect(&config.redis.url).await?;
     let epoch = Registry::claim_epoch(&mut redis, &keys).await?;
     Registry::load_scripts(&mut redis).await?;
+    TaskStore::load_scripts(&mut redis).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
@@ -149,6 +154,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let shared = Arc::new(Shared {
         registry: Registry::new(keys.clone(), epoch),
+        tasks: TaskStore::new(keys.clone(), epoch, config.tasks.clone()),
         keys,
         redis,
         metrics: m::install(),
@@ -198,6 +204,7 @@ async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
         (shared.keys.registry_channel(), Channel::Registry),
         (shared.keys.health_channel(), Channel::Health),
         (shared.keys.fleet_channel(), Channel::Fleet),
+        (shared.keys.tasks_channel(), Channel::Tasks),
     ];
     let client = match redis::Client::open(shared.config.redis.url.as_str()) {
         Ok(c) => c,
@@ -231,7 +238,7 @@ async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
         };
         backoff = Duration::from_millis(50);
         shared.listening_since.store(now_ms(), Ordering::Release);
-        info!("listening on the registry, health and fleet channels");
+        info!("listening on the registry, health, fleet and tasks channels");
         let mut stream = ps.on_message();
         loop {
             let msg = tokio::select! {
@@ -375,6 +382,7 @@ async fn handle(
             metrics::histogram!(m::HEARTBEAT_SECONDS).record(started.elapsed());
             Ok(())
         }
+        Inbound::TaskSubmit(req) => submit_task(shared, conn, req).await,
         Inbound::StatusRequest(req) => {
             let status = shared.fleet_status(conn).await?;
             let msg = FleetStatusMessage {
@@ -537,6 +545,81 @@ async fn register(
     }
     metrics::histogram!(m::REGISTRATION_SECONDS).record(started.elapsed());
     Ok(())
+}
+
+/// Validates and persists a task; the outcome, and the reason for a refusal.
+pub async fn submit(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    s: &Submission,
+) -> Result<Result<Submitted, (SubmitRefusal, String)>, RegistryError> {
+    let cfg = &shared.config;
+    let valid = match s.validate(|p| cfg.pool(p).capabilities.clone(), &cfg.tasks) {
+        Ok(v) => v,
+        Err((reason, detail)) => {
+            metrics::counter!(m::TASKS_REJECTED, "reason" => reason.as_str()).increment(1);
+            info!(reason = reason.as_str(), detail, "task refused");
+            return Ok(Err((reason, detail)));
+        }
+    };
+    let out = shared.tasks.submit(conn, &valid, now_ms()).await?;
+    if let Submitted::Accepted(id) = &out {
+        metrics::counter!(m::TASKS_SUBMITTED, "pool" => valid.pool.as_str()).increment(1);
+        debug!(task_id = %id, pool = %valid.pool, "task accepted");
+    }
+    Ok(Ok(out))
+}
+
+async fn submit_task(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    req: TaskSubmit,
+) -> Result<(), RegistryError> {
+    let outcome = match submit(shared, conn, &req.task).await {
+        Ok(o) => o,
+        Err(RegistryError::Fenced) => return Err(RegistryError::Fenced),
+        Err(e) => {
+            warn!(error = %e, "task submission failed in Redis");
+            Err((
+                SubmitRefusal::Unavailable,
+                "task store unavailable, retry".into(),
+            ))
+        }
+    };
+    let Some(channel) = req.reply_channel else {
+        return Ok(());
+    };
+    if !channel.starts_with(&shared.keys.reply_channel_prefix()) {
+        metrics::counter!(m::MESSAGES_REJECTED, "channel" => "tasks", "reason" => "invalid_field")
+            .increment(1);
+        warn!(
+            channel,
+            "replyChannel outside the reply prefix: no reply sent"
+        );
+        return Ok(());
+    }
+    let duplicate = matches!(outcome, Ok(Submitted::Duplicate(_)));
+    let reply = match outcome {
+        Ok(Submitted::Accepted(id)) | Ok(Submitted::Duplicate(id)) => TaskSubmitReply {
+            v: VERSION,
+            reply_to: req.id,
+            accepted: true,
+            duplicate,
+            task_id: Some(id),
+            reason: None,
+            detail: None,
+        },
+        Err((reason, detail)) => TaskSubmitReply {
+            v: VERSION,
+            reply_to: req.id,
+            accepted: false,
+            duplicate: false,
+            task_id: None,
+            reason: Some(reason),
+            detail: Some(detail),
+        },
+    };
+    publish(conn, channel, &reply).await
 }
 
 /// `fleet_status` on the fleet channel (periodic, or a reply to `status_request`).

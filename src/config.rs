@@ -16,6 +16,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub fleet: FleetConfig,
     pub http: HttpConfig,
+    #[serde(default)]
+    pub tasks: TaskConfig,
     #[serde(deserialize_with = "pools_by_name")]
     pub pools: BTreeMap<PoolType, PoolConfig>,
 }
@@ -79,7 +81,43 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+/// Task handling: defaults for submissions, leases, retries, aging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskConfig {
+    /// How long one attempt may run when the submission does not say.
+    pub default_timeout_ms: u64,
+    pub default_max_retries: u32,
+    /// Waiting this long counts as much as one priority level, so that low
+    /// priority never starves.
+    pub aging_ms_per_priority: u64,
+    /// An assigned task not acknowledged within this time goes back to the queue.
+    pub ack_timeout_ms: u64,
+    /// Retry backoff: base x 2^(attempt-1), capped.
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// How long a client id keeps naming the same task.
+    pub idempotency_ttl_ms: u64,
+    /// How long a finished task's record is kept.
+    pub retention_ms: u64,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig {
+            default_timeout_ms: 30_000,
+            default_max_retries: 3,
+            aging_ms_per_priority: 2_000,
+            ack_timeout_ms: 5_000,
+            retry_backoff_ms: 500,
+            retry_backoff_max_ms: 30_000,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+            retention_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub min_agents: u32,
@@ -88,6 +126,10 @@ pub struct PoolConfig {
     pub priority_level: u8,
     pub scaling_enabled: bool,
     pub resource_limits: ResourceLimits,
+    /// Capabilities the pool offers; a task needing another is refused.
+    /// Empty (the default): any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 /// Most an agent of the pool may declare at registration.
@@ -234,6 +276,28 @@ impl Config {
                     "missing: all 16 pools must be configured".into(),
                 );
             }
+        }
+        let tk = &self.tasks;
+        for (name, v) in [
+            ("tasks.default_timeout_ms", tk.default_timeout_ms),
+            ("tasks.aging_ms_per_priority", tk.aging_ms_per_priority),
+            ("tasks.ack_timeout_ms", tk.ack_timeout_ms),
+            ("tasks.retry_backoff_ms", tk.retry_backoff_ms),
+            ("tasks.idempotency_ttl_ms", tk.idempotency_ttl_ms),
+            ("tasks.retention_ms", tk.retention_ms),
+        ] {
+            if v == 0 {
+                return err(name, "must be at least 1".into());
+            }
+        }
+        if tk.retry_backoff_max_ms < tk.retry_backoff_ms {
+            return err(
+                "tasks.retry_backoff_max_ms",
+                "must be >= tasks.retry_backoff_ms".into(),
+            );
+        }
+        if tk.default_max_retries > crate::task::MAX_RETRIES {
+            return err("tasks.default_max_retries", "must be at most 100".into());
         }
         let mut max_sum: u64 = 0;
         for (pool, p) in &self.pools {

@@ -4,10 +4,14 @@ use crate::commander::Shared;
 use crate::metrics as m;
 use crate::protocol::valid_agent_id;
 use crate::status::PoolView;
+use crate::task::Submission;
+use crate::tasks::{Cancelled, Submitted};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
@@ -15,13 +19,18 @@ use std::time::Instant;
 use tracing::{error, warn};
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    let body_limit = shared.config.fleet.max_message_bytes;
     Router::new()
         .route("/v1/fleet", get(fleet))
         .route("/v1/pools", get(pools))
         .route("/v1/agents/{id}", get(agent))
+        .route("/v1/tasks", post(submit_task))
+        .route("/v1/tasks/{id}", get(task))
+        .route("/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared)
 }
 
@@ -103,4 +112,90 @@ async fn metrics_text(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
+}
+
+fn error(code: StatusCode, error: &str, detail: impl std::fmt::Display) -> Response {
+    (
+        code,
+        Json(json!({"error": error, "detail": detail.to_string()})),
+    )
+        .into_response()
+}
+
+/// `POST /v1/tasks`: 201 with the task once it is persisted; 200 with the
+/// same task for a repeated `clientId`; 422 with the reason if it can never run.
+async fn submit_task(
+    State(s): State<Arc<Shared>>,
+    body: Result<Json<Submission>, JsonRejection>,
+) -> Response {
+    let Json(sub) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            metrics::counter!(m::TASKS_REJECTED, "reason" => "invalid_fields").increment(1);
+            return error(StatusCode::BAD_REQUEST, "invalid_fields", e.body_text());
+        }
+    };
+    let mut conn = s.redis.clone();
+    let (code, id, duplicate) = match crate::commander::submit(&s, &mut conn, &sub).await {
+        Ok(Ok(Submitted::Accepted(id))) => (StatusCode::CREATED, id, false),
+        Ok(Ok(Submitted::Duplicate(id))) => (StatusCode::OK, id, true),
+        Ok(Err((reason, detail))) => {
+            return error(StatusCode::UNPROCESSABLE_ENTITY, reason.as_str(), detail)
+        }
+        Err(crate::registry::RegistryError::Fenced) => {
+            s.on_fenced();
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fenced",
+                "another commander took over",
+            );
+        }
+        Err(e) => return unavailable(e),
+    };
+    match s.tasks.get(&mut conn, &id).await {
+        Ok(Some(t)) => (code, Json(json!({"task": t, "duplicate": duplicate}))).into_response(),
+        Ok(None) => (code, Json(json!({"taskId": id, "duplicate": duplicate}))).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
+    }
+    match s.tasks.get(&mut s.redis.clone(), &id).await {
+        Ok(Some(t)) => Json(t).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", &id),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /v1/tasks/{id}/cancel`: a task that has not started yet.
+async fn cancel_task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
+    }
+    let mut conn = s.redis.clone();
+    let task = match s.tasks.get(&mut conn, &id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", &id),
+        Err(e) => return unavailable(e),
+    };
+    match s
+        .tasks
+        .cancel(&mut conn, &id, task.pool, crate::registry::now_ms())
+        .await
+    {
+        Ok(Cancelled::Cancelled) => {
+            metrics::counter!(m::TASKS_CANCELLED).increment(1);
+            Json(json!({"cancelled": true, "taskId": id})).into_response()
+        }
+        Ok(Cancelled::Unknown) => error(StatusCode::NOT_FOUND, "not_found", &id),
+        Ok(Cancelled::NotCancellable(state)) => error(
+            StatusCode::CONFLICT,
+            "not_cancellable",
+            format!("task is {state}"),
+        ),
+        Err(e) => unavailable(e),
+    }
 }

@@ -46,6 +46,11 @@ impl Keys {
     pub fn results_channel(&self) -> String {
         format!("{}:results", self.prefix)
     }
+    /// Where submitters of tasks over pub/sub may ask for replies: channels
+    /// under this prefix only.
+    pub fn reply_channel_prefix(&self) -> String {
+        format!("{}:reply:", self.prefix)
+    }
     /// Commands and replies for one agent.
     pub fn agent_channel(&self, agent_id: &str) -> String {
         format!("{}:agent:{agent_id}", self.prefix)
@@ -84,6 +89,38 @@ impl Keys {
     pub fn counts(&self) -> String {
         format!("{}:counts", self.prefix)
     }
+    /// Hash: one task's record.
+    pub fn task(&self, task_id: &str) -> String {
+        format!("{}{task_id}", self.task_prefix())
+    }
+    /// The prefix of [`Keys::task`], for Lua scripts that walk task ids.
+    pub fn task_prefix(&self) -> String {
+        format!("{}:tasks:", self.prefix)
+    }
+    /// String: client id (idempotency key) -> task id, expiring.
+    pub fn task_client(&self, client_id: &str) -> String {
+        format!("{}:task-client:{client_id}", self.prefix)
+    }
+    /// Sorted set: a pool's waiting tasks, lowest score first
+    /// (enqueue time minus priority x aging step).
+    pub fn queue(&self, pool: PoolType) -> String {
+        format!("{}{}", self.queue_prefix(), pool.as_str())
+    }
+    pub fn queue_prefix(&self) -> String {
+        format!("{}:queue:", self.prefix)
+    }
+    /// Sorted set: tasks waiting out a retry backoff, scored by when they may run.
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.prefix)
+    }
+    /// Sorted set: assigned tasks scored by lease deadline.
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.prefix)
+    }
+    /// Sorted set: dead-lettered tasks scored by when they died.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
     /// String: the epoch of the commander allowed to write (fencing token).
     pub fn epoch(&self) -> String {
         format!("{}:commander:epoch", self.prefix)
@@ -106,6 +143,8 @@ mod tests {
         assert_eq!(k.results_channel(), "swarm:phase-1:results");
         assert_eq!(k.agent_channel("a1"), "swarm:phase-1:agent:a1");
         assert_eq!(k.pool_channel(PoolType::Ui), "swarm:phase-1:pool:ui");
+        assert_eq!(k.task("t1"), "swarm:phase-1:tasks:t1");
+        assert_eq!(k.queue(PoolType::Ui), "swarm:phase-1:queue:ui");
         assert_eq!(
             k.pool_agents(PoolType::Coder),
             format!("{}coder", k.pool_agents_prefix())

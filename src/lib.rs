@@ -9,6 +9,8 @@
 //!   sorted sets, counters, all changed by fenced Lua scripts.
 //! - [`health`]: failure detection without false deaths.
 //! - [`status`]: fleet and pool status assembly.
+//! - [`task`]: task submissions, records and states.
+//! - [`tasks`]: tasks in Redis: submission, queues, cancellation.
 //! - [`commander`]: the service: subscriber, handlers, status loop, shutdown.
 //! - [`http`]: the HTTP API.
 //! - [`metrics`]: metric names and the Prometheus exporter.
@@ -31,3 +33,5 @@ pub mod redis_server;
 pub mod registry;
 pub mod sim;
 pub mod status;
+pub mod task;
+pub mod tasks;

@@ -85,6 +85,19 @@ pub struct StatusRequest {
     pub id: String,
 }
 
+/// `task_submit` on the tasks channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSubmit {
+    /// Message id; echoed as `replyTo`.
+    pub id: String,
+    /// Where to send the reply; must be under `swarm:phase-1:reply:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_channel: Option<String>,
+    #[serde(flatten)]
+    pub task: crate::task::Submission,
+}
+
 /// A validated message from an agent (or an operator tool) to the commander.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
@@ -92,6 +105,7 @@ pub enum Inbound {
     Deregister(Deregister),
     Heartbeat(Heartbeat),
     StatusRequest(StatusRequest),
+    TaskSubmit(TaskSubmit),
 }
 
 impl Inbound {
@@ -101,7 +115,7 @@ impl Inbound {
             Inbound::Register(m) => Some(&m.agent_id),
             Inbound::Deregister(m) => Some(&m.agent_id),
             Inbound::Heartbeat(m) => Some(&m.agent_id),
-            Inbound::StatusRequest(_) => None,
+            Inbound::StatusRequest(_) | Inbound::TaskSubmit(_) => None,
         }
     }
 }
@@ -112,6 +126,7 @@ pub enum Channel {
     Registry,
     Health,
     Fleet,
+    Tasks,
 }
 
 impl Channel {
@@ -120,6 +135,7 @@ impl Channel {
             Channel::Registry => "registry",
             Channel::Health => "health",
             Channel::Fleet => "fleet",
+            Channel::Tasks => "tasks",
         }
     }
 }
@@ -202,8 +218,9 @@ pub fn decode(channel: Channel, payload: &[u8], max_bytes: usize) -> Result<Deco
         (Channel::Registry, "deregister") => Inbound::Deregister(parse(payload)?),
         (Channel::Health, "heartbeat") => Inbound::Heartbeat(parse(payload)?),
         (Channel::Fleet, "status_request") => Inbound::StatusRequest(parse(payload)?),
+        (Channel::Tasks, "task_submit") => Inbound::TaskSubmit(parse(payload)?),
         (_, k) if OWN_TYPES.contains(&k) => return Ok(Decoded::Own),
-        (_, "register" | "deregister" | "heartbeat" | "status_request") => {
+        (_, "register" | "deregister" | "heartbeat" | "status_request" | "task_submit") => {
             return Err(Rejection::WrongChannel(kind))
         }
         _ => return Err(Rejection::UnknownType(truncate(&kind, 64))),
@@ -285,6 +302,14 @@ fn validate(msg: &Inbound) -> Result<(), Rejection> {
             check_resources(&m.resources)?;
         }
         Inbound::StatusRequest(m) => check_msg_id(&m.id)?,
+        Inbound::TaskSubmit(m) => {
+            check_msg_id(&m.id)?;
+            if let Some(c) = &m.reply_channel {
+                if c.len() > 256 || c.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+                    return Err(Rejection::InvalidField("replyChannel: invalid".into()));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -571,4 +596,21 @@ mod tests {
             RefusalReason::InvalidFields
         );
     }
+}
+
+/// The reply to `task_submit`, on the submitter's reply channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "task_submit_reply", rename_all = "camelCase")]
+pub struct TaskSubmitReply {
+    pub v: u32,
+    pub reply_to: String,
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<crate::task::SubmitRefusal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

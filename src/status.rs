@@ -98,6 +98,7 @@ impl PoolView {
                     priority_level,
                     scaling_enabled,
                     resource_limits,
+                    ..
                 } = *config.pool(pool);
                 let by_status: BTreeMap<_, _> = AgentStatus::ALL
                     .into_iter()

@@ -1,0 +1,202 @@
+//! Tasks in Redis: submission, lookup, cancellation.
+//!
+//! Layout (names in [`crate::keys`]): one hash per task; one sorted set per
+//! pool as its queue, scored `enqueue time - priority x aging step` so that
+//! higher priority goes first and waiting ages a task upwards; a sorted set of
+//! tasks waiting out a retry backoff, one of leases, one of dead letters. A
+//! task is acknowledged to its submitter only after the script that persists
+//! it has returned.
+
+use crate::config::TaskConfig;
+use crate::keys::Keys;
+use crate::registry::{RegistryError, Result};
+use crate::task::{TaskRecord, ValidTask};
+use redis::aio::ConnectionLike;
+use redis::{Script, Value};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/common.lua"),
+                include_str!(concat!("lua/", $file))
+            ))
+        })
+    };
+}
+
+static SUBMIT: LazyLock<Script> = script!("submit.lua");
+static CANCEL: LazyLock<Script> = script!("cancel.lua");
+
+fn fenced(e: redis::RedisError) -> RegistryError {
+    if e.code() == Some("FENCED") {
+        RegistryError::Fenced
+    } else {
+        RegistryError::Redis(e)
+    }
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    Accepted(String),
+    /// The client id already names this task.
+    Duplicate(String),
+}
+
+/// What a cancellation did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    Cancelled,
+    Unknown,
+    /// Already started or finished: in this state.
+    NotCancellable(String),
+}
+
+/// Queue score: lower runs first. One priority level is worth
+/// `aging_ms_per_priority` of waiting.
+pub fn queue_score(enqueued_at: u64, priority: u8, cfg: &TaskConfig) -> f64 {
+    enqueued_at as f64 - f64::from(priority) * cfg.aging_ms_per_priority as f64
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskStore {
+    keys: Keys,
+    epoch: u64,
+    cfg: TaskConfig,
+}
+
+impl TaskStore {
+    pub fn new(keys: Keys, epoch: u64, cfg: TaskConfig) -> Self {
+        Self { keys, epoch, cfg }
+    }
+
+    pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
+        for s in [&*SUBMIT, &*CANCEL] {
+            s.prepare_invoke().load_async(conn).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn submit(
+        &self,
+        conn: &mut impl ConnectionLike,
+        t: &ValidTask,
+        now: u64,
+    ) -> Result<Submitted> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let client = t.client_id.as_deref().unwrap_or("");
+        let client_key = if client.is_empty() {
+            self.keys.task_client("-")
+        } else {
+            self.keys.task_client(client)
+        };
+        let caps = serde_json::to_string(&t.capabilities).unwrap_or_else(|_| "[]".into());
+        let reply: Vec<String> = SUBMIT
+            .prepare_invoke()
+            .key(self.keys.epoch())
+            .key(self.keys.task(&id))
+            .key(client_key)
+            .key(self.keys.queue(t.pool))
+            .arg(self.epoch)
+            .arg(&id)
+            .arg(client)
+            .arg(t.pool.as_str())
+            .arg(caps)
+            .arg(t.priority)
+            .arg(&t.payload)
+            .arg(t.timeout_ms)
+            .arg(t.max_retries)
+            .arg(now)
+            .arg(queue_score(now, t.priority, &self.cfg))
+            .arg(self.cfg.idempotency_ttl_ms)
+            .invoke_async(conn)
+            .await
+            .map_err(fenced)?;
+        match (reply.first().map(String::as_str), reply.get(1)) {
+            (Some("accepted"), Some(id)) => Ok(Submitted::Accepted(id.clone())),
+            (Some("duplicate"), Some(id)) => Ok(Submitted::Duplicate(id.clone())),
+            other => Err(RegistryError::Protocol(format!("submit: {other:?}"))),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+    ) -> Result<Option<TaskRecord>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.task(id))
+            .query_async(conn)
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        TaskRecord::from_fields(&fields)
+            .map(Some)
+            .ok_or_else(|| RegistryError::Protocol(format!("task {id}: bad record")))
+    }
+
+    pub async fn cancel(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        pool: crate::pool::PoolType,
+        now: u64,
+    ) -> Result<Cancelled> {
+        let reply: Vec<Value> = CANCEL
+            .prepare_invoke()
+            .key(self.keys.epoch())
+            .key(self.keys.task(id))
+            .key(self.keys.queue(pool))
+            .key(self.keys.delayed())
+            .arg(self.epoch)
+            .arg(id)
+            .arg(now)
+            .arg(self.cfg.retention_ms)
+            .invoke_async(conn)
+            .await
+            .map_err(fenced)?;
+        let tag: String = match reply.first() {
+            Some(v) => redis::from_redis_value_ref(v)?,
+            None => return Err(RegistryError::Protocol("cancel: empty".into())),
+        };
+        Ok(match tag.as_str() {
+            "cancelled" => Cancelled::Cancelled,
+            "unknown" => Cancelled::Unknown,
+            _ => Cancelled::NotCancellable(match reply.get(1) {
+                Some(v) => redis::from_redis_value_ref(v)?,
+                None => String::new(),
+            }),
+        })
+    }
+
+    /// Tasks waiting in a pool's queue.
+    pub async fn queue_depth(
+        &self,
+        conn: &mut impl ConnectionLike,
+        pool: crate::pool::PoolType,
+    ) -> Result<u64> {
+        Ok(redis::cmd("ZCARD")
+            .arg(self.keys.queue(pool))
+            .query_async(conn)
+            .await?)
+    }
+
+    /// The ids at the head of a pool's queue, in the order they will run.
+    pub async fn queued(
+        &self,
+        conn: &mut impl ConnectionLike,
+        pool: crate::pool::PoolType,
+        n: usize,
+    ) -> Result<Vec<String>> {
+        Ok(redis::cmd("ZRANGE")
+            .arg(self.keys.queue(pool))
+            .arg(0)
+            .arg(n.saturating_sub(1))
+            .query_async(conn)
+            .await?)
+    }
+}

@@ -1,0 +1,247 @@
+//! Task submission, idempotency, refusals, priority queues with aging,
+//! cancellation, persistence across a commander restart.
+
+mod common;
+
+use common::*;
+use fleet_commander::pool::PoolType;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn post(h: &Harness, path: &str, body: Value) -> (u16, Value) {
+    let r = h
+        .http
+        .post(format!("{}{path}", h.base()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_task_is_persisted_with_defaults_and_served() {
+    let h = Harness::start().await;
+    let (code, body) = post(
+        &h,
+        "/v1/tasks",
+        json!({"pool": "coder", "payload": {"file": "main.rs", "n": [1, 2]}, "capabilities": ["rust"]}),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let t = &body["task"];
+    assert_eq!(t["state"], "queued");
+    assert_eq!(t["attempt"], 0);
+    assert_eq!(t["priority"], 5);
+    assert_eq!(t["timeoutMs"], 30000);
+    assert_eq!(t["maxRetries"], 3);
+    assert_eq!(t["payload"], json!({"file": "main.rs", "n": [1, 2]}));
+    let id = t["id"].as_str().unwrap();
+    let (code, got) = h.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(got, *t);
+    assert_eq!(h.get("/v1/tasks/nope").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_is_idempotent_by_client_id() {
+    let h = Harness::start().await;
+    let body = json!({"pool": "tester", "clientId": "build-42", "payload": 1});
+    let (c1, first) = post(&h, "/v1/tasks", body.clone()).await;
+    let (c2, second) = post(&h, "/v1/tasks", body.clone()).await;
+    assert_eq!((c1, c2), (201, 200));
+    assert_eq!(second["duplicate"], true);
+    assert_eq!(first["task"]["id"], second["task"]["id"]);
+    let mut c = h.conn().await;
+    let queued: u64 = redis::cmd("ZCARD")
+        .arg(h.keys.queue(PoolType::Tester))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "one task, however often it is submitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_that_can_never_run_are_refused_with_a_reason() {
+    let h = Harness::start_with(|c| {
+        c.pools.get_mut(&PoolType::Security).unwrap().capabilities =
+            vec!["audit".into(), "pentest".into()];
+    })
+    .await;
+    let cases = [
+        (json!({"pool": "wizard"}), 422, "unknown_pool"),
+        (
+            json!({"pool": "coder", "priority": 0}),
+            422,
+            "invalid_fields",
+        ),
+        (
+            json!({"pool": "coder", "timeoutMs": 5}),
+            422,
+            "invalid_fields",
+        ),
+        (
+            json!({"pool": "coder", "clientId": "no spaces"}),
+            422,
+            "invalid_fields",
+        ),
+        (
+            json!({"pool": "security", "capabilities": ["cooking"]}),
+            422,
+            "unmatched_capabilities",
+        ),
+        (json!({"pool": 7}), 400, "invalid_fields"),
+    ];
+    for (body, code, reason) in cases {
+        let (got, resp) = post(&h, "/v1/tasks", body.clone()).await;
+        assert_eq!(
+            (got, resp["error"].as_str().unwrap_or("")),
+            (code, reason),
+            "{body}: {resp}"
+        );
+    }
+    // Offered capabilities are fine.
+    let (code, _) = post(
+        &h,
+        "/v1/tasks",
+        json!({"pool": "security", "capabilities": ["audit"]}),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let r = h
+        .http
+        .post(format!("{}/v1/tasks", h.base()))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(
+        h.metric(r#"fleet_tasks_rejected_total{reason="unknown_pool"}"#)
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_orders_by_priority_and_ages_waiting_tasks_upwards() {
+    // One priority level is worth 20 ms of waiting.
+    let h = Harness::start_with(|c| c.tasks.aging_ms_per_priority = 20).await;
+    let id = |v: &Value| v["task"]["id"].as_str().unwrap().to_string();
+    let low = id(&post(&h, "/v1/tasks", json!({"pool": "ui", "priority": 1}))
+        .await
+        .1);
+    let mid = id(&post(&h, "/v1/tasks", json!({"pool": "ui", "priority": 5}))
+        .await
+        .1);
+    let high = id(
+        &post(&h, "/v1/tasks", json!({"pool": "ui", "priority": 10}))
+            .await
+            .1,
+    );
+    let mut c = h.conn().await;
+    let order = h
+        .commander
+        .as_ref()
+        .unwrap()
+        .shared
+        .tasks
+        .queued(&mut c, PoolType::Ui, 10)
+        .await
+        .unwrap();
+    assert_eq!(order, vec![high.clone(), mid.clone(), low.clone()]);
+
+    // Nine levels = 180 ms. Once the low task has waited longer than that, a
+    // new high-priority task no longer jumps it.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let late = id(
+        &post(&h, "/v1/tasks", json!({"pool": "ui", "priority": 10}))
+            .await
+            .1,
+    );
+    let order = h
+        .commander
+        .as_ref()
+        .unwrap()
+        .shared
+        .tasks
+        .queued(&mut c, PoolType::Ui, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        order,
+        vec![high, mid, low, late],
+        "aging lets the old low-priority task go first"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_submission_is_acknowledged_after_it_is_persisted() {
+    let h = Harness::start().await;
+    let reply_channel = format!("{}me", h.keys.reply_channel_prefix());
+    let mut replies = h.listen(&reply_channel).await;
+    let msg = json!({"v": 1, "type": "task_submit", "id": "s-1", "replyChannel": reply_channel,
+                     "pool": "devops", "priority": 7, "payload": {"deploy": "web"}});
+    h.publish(&h.keys.tasks_channel(), msg.to_string()).await;
+    let r = replies
+        .wait_for("task_submit_reply", |v| {
+            v["type"] == "task_submit_reply" && v["replyTo"] == "s-1"
+        })
+        .await;
+    assert_eq!(r["accepted"], true, "{r}");
+    let id = r["taskId"].as_str().unwrap();
+    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["state"], "queued");
+    assert_eq!(t["payload"]["deploy"], "web");
+
+    let bad = json!({"v": 1, "type": "task_submit", "id": "s-2", "replyChannel": reply_channel, "pool": "nowhere"});
+    h.publish(&h.keys.tasks_channel(), bad.to_string()).await;
+    let r = replies
+        .wait_for("refusal", |v| {
+            v["type"] == "task_submit_reply" && v["replyTo"] == "s-2"
+        })
+        .await;
+    assert_eq!(r["accepted"], false);
+    assert_eq!(r["reason"], "unknown_pool");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_tasks_can_be_cancelled_once() {
+    let h = Harness::start().await;
+    let (_, b) = post(&h, "/v1/tasks", json!({"pool": "mobile"})).await;
+    let id = b["task"]["id"].as_str().unwrap();
+    let (code, r) = post(&h, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(code, 200, "{r}");
+    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["state"], "cancelled");
+    let (code, r) = post(&h, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(
+        (code, r["error"].as_str().unwrap()),
+        (409, "not_cancellable")
+    );
+    let mut c = h.conn().await;
+    let queued: u64 = redis::cmd("ZCARD")
+        .arg(h.keys.queue(PoolType::Mobile))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_tasks_survive_a_commander_restart() {
+    let mut h = Harness::start().await;
+    let mut ids = Vec::new();
+    for p in 1..=5 {
+        let (_, b) = post(&h, "/v1/tasks", json!({"pool": "database", "priority": p})).await;
+        ids.push(b["task"]["id"].as_str().unwrap().to_string());
+    }
+    h.stop_commander().await.unwrap();
+    h.start_commander().await;
+    for id in &ids {
+        let (code, t) = h.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!((code, t["state"].as_str().unwrap()), (200, "queued"));
+    }
+}
