@@ -188,7 +188,7 @@ async fn no_false_deaths_while_redis_is_frozen_and_detection_resumes_after() {
 async fn subscriber_reconnects_after_its_connection_is_killed() {
     let h = Harness::start().await;
     let mut c = h.conn().await;
-    // The commander's subscriber is the client subscribed to 3 channels.
+    // The commander's subscriber is the client subscribed to its 4 channels.
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut c)
@@ -196,7 +196,7 @@ async fn subscriber_reconnects_after_its_connection_is_killed() {
         .unwrap();
     let id = list
         .lines()
-        .find(|l| l.contains(" sub=3 "))
+        .find(|l| l.contains(" sub=4 "))
         .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
         .expect("the commander's subscriber connection")
         .to_string();
