@@ -4,12 +4,14 @@
 use crate::keys::Keys;
 use crate::pool::{AgentStatus, PoolType};
 use crate::protocol::{
-    Deregister, Heartbeat, RefusalReason, Register, Resources, ToAgent, VERSION,
+    Deregister, Heartbeat, RefusalReason, Register, ReportKind, Resources, TaskReport, ToAgent,
+    VERSION,
 };
 use crate::registry::AgentRecord;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubStream};
 use serde::Serialize;
+use serde_json::Value;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,8 @@ pub struct AgentSpec {
     pub priority: Option<u8>,
     pub capabilities: Vec<String>,
     pub resources: Resources,
+    /// Tasks taken at once.
+    pub capacity: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,8 @@ pub struct Agent {
     publisher: ConnectionManager,
     inbox: Inbox,
     seq: u64,
+    /// This run of the agent: a restart registers with a new one.
+    instance: String,
 }
 
 /// The agent's own channel: read in place (no relay task), resubscribed
@@ -132,6 +138,7 @@ impl Agent {
                 reconnect: None,
             },
             seq: 0,
+            instance: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -167,6 +174,8 @@ impl Agent {
                 priority: self.spec.priority,
                 capabilities: self.spec.capabilities.clone(),
                 resources: self.spec.resources,
+                capacity: Some(self.spec.capacity),
+                instance: Some(self.instance.clone()),
             },
         };
         self.send(self.keys.registry_channel(), &msg).await?;
@@ -262,28 +271,69 @@ impl Agent {
             .map_err(|_| AgentError::Timeout(timeout))?
     }
 
+    /// Reports on a task attempt on the results channel.
+    pub async fn report(
+        &mut self,
+        kind: ReportKind,
+        task_id: &str,
+        attempt: u32,
+        result: Option<Value>,
+        error: Option<String>,
+    ) -> Result<(), AgentError> {
+        let msg = Tagged {
+            v: VERSION,
+            kind: kind.as_str(),
+            body: TaskReport {
+                task_id: task_id.to_string(),
+                attempt,
+                agent_id: self.spec.id.clone(),
+                progress: None,
+                result,
+                error,
+            },
+        };
+        self.send(self.keys.results_channel(), &msg).await
+    }
+
     /// Heartbeats every `interval` (the first after `first_after`) until
-    /// `stop`, and re-registers when the commander asks. Returns when stopped;
-    /// the agent then simply goes silent, as a crashed agent would.
+    /// `stop`, re-registers when the commander asks, and completes every task
+    /// it is given at once. Returns when stopped; the agent then simply goes
+    /// silent, as a crashed agent would.
     pub async fn run(
         &mut self,
         interval: Duration,
         first_after: Duration,
         stop: CancellationToken,
     ) {
+        self.run_with(interval, first_after, stop, None).await
+    }
+
+    /// As [`Agent::run`], doing each task with `work` (acknowledged first,
+    /// then reported as completed or failed). Results of work still running
+    /// when `stop` comes are never sent, as with a crash.
+    pub async fn run_with(
+        &mut self,
+        interval: Duration,
+        first_after: Duration,
+        stop: CancellationToken,
+        work: Option<Work>,
+    ) {
         let start = tokio::time::Instant::now() + first_after;
         let mut tick = tokio::time::interval_at(start, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         enum Wake {
             Stop,
             Beat,
             Message(ToAgent),
+            Done((String, u32, Outcome)),
         }
         loop {
             let wake = tokio::select! {
                 _ = stop.cancelled() => Wake::Stop,
                 _ = tick.tick() => Wake::Beat,
                 m = self.inbox.recv() => Wake::Message(m),
+                Some(d) = done_rx.recv() => Wake::Done(d),
             };
             match wake {
                 Wake::Stop => return,
@@ -298,11 +348,92 @@ impl Agent {
                         warn!(agent_id = %self.spec.id, error = %e, "re-registration failed");
                     }
                 }
+                Wake::Message(ToAgent::TaskAssign {
+                    task_id,
+                    attempt,
+                    pool,
+                    priority,
+                    timeout_ms,
+                    payload,
+                    ..
+                }) => {
+                    if let Err(e) = self
+                        .report(ReportKind::Ack, &task_id, attempt, None, None)
+                        .await
+                    {
+                        warn!(agent_id = %self.spec.id, error = %e, "ack not sent");
+                    }
+                    let a = Assignment {
+                        task_id,
+                        attempt,
+                        pool,
+                        priority,
+                        timeout_ms,
+                        payload,
+                    };
+                    match &work {
+                        None => {
+                            let echo = serde_json::json!({ "echo": a.payload });
+                            let _ = done_tx.send((a.task_id, a.attempt, Outcome::Complete(echo)));
+                        }
+                        Some(w) => {
+                            let (w, tx) = (w.clone(), done_tx.clone());
+                            tokio::spawn(async move {
+                                let (id, attempt) = (a.task_id.clone(), a.attempt);
+                                let out = w(a).await;
+                                let _ = tx.send((id, attempt, out));
+                            });
+                        }
+                    }
+                }
                 Wake::Message(other) => debug!(?other, "message from the commander"),
+                Wake::Done((task_id, attempt, outcome)) => {
+                    let sent = match outcome {
+                        Outcome::Complete(v) => {
+                            self.report(ReportKind::Complete, &task_id, attempt, Some(v), None)
+                                .await
+                        }
+                        Outcome::Fail(e) => {
+                            self.report(ReportKind::Fail, &task_id, attempt, None, Some(e))
+                                .await
+                        }
+                        Outcome::Vanish => Ok(()),
+                    };
+                    if let Err(e) = sent {
+                        warn!(agent_id = %self.spec.id, error = %e, "result not sent");
+                    }
+                }
             }
         }
     }
 }
+
+/// A task handed to an agent.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub task_id: String,
+    pub attempt: u32,
+    pub pool: crate::pool::PoolType,
+    pub priority: u8,
+    pub timeout_ms: u64,
+    pub payload: Value,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Complete(Value),
+    Fail(String),
+    /// Say nothing (a crash mid-task; for tests and the simulator).
+    Vanish,
+}
+
+/// What an agent does with a task.
+pub type Work = std::sync::Arc<
+    dyn Fn(Assignment) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A protocol message: `{"v":1,"type":…, …fields}`.
 #[derive(Serialize)]

@@ -23,7 +23,7 @@ use crate::registry::{
 };
 use crate::status::{FleetStatus, PoolCounts};
 use crate::task::{Submission, SubmitRefusal};
-use crate::tasks::{Submitted, TaskStore};
+use crate::tasks::{ReportOutcome, Submitted, TaskStore};
 use anyhow::Context;
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -54,6 +54,8 @@ pub struct Shared {
     /// listening. The detector never declares an agent dead for a time the
     /// commander could not hear it.
     pub listening_since: AtomicU64,
+    /// Wakes the allocator: a task arrived, an agent freed up, tasks came back.
+    pub alloc_wake: tokio::sync::Notify,
     fenced: AtomicBool,
     shutdown: CancellationToken,
 }
@@ -71,6 +73,24 @@ impl Shared {
                 "a newer commander took over; this one stops writing and shuts down"
             );
             self.shutdown.cancel();
+        }
+    }
+
+    /// Counts tasks given back by an agent and lets the allocator hand them out.
+    pub(crate) fn on_orphans(&self, o: crate::registry::Orphans, reason: &'static str) {
+        if o.requeued + o.dead > 0 {
+            metrics::counter!(m::TASKS_ORPHANED, "reason" => reason)
+                .increment(u64::from(o.requeued + o.dead));
+            if o.dead > 0 {
+                metrics::counter!(m::TASKS_DEAD, "pool" => "any").increment(u64::from(o.dead));
+            }
+            info!(
+                requeued = o.requeued,
+                dead = o.dead,
+                reason,
+                "tasks given back"
+            );
+            self.alloc_wake.notify_one();
         }
     }
 
@@ -143,6 +163,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     // The detector has its own connection, so that its round-trip check
     // measures Redis, not the handlers' queue.
     let detector_conn = connect(&config.redis.url).await?;
+    let allocator_conn = connect(&config.redis.url).await?;
     let epoch = Registry::claim_epoch(&mut redis, &keys).await?;
     Registry::load_scripts(&mut redis).await?;
     TaskStore::load_scripts(&mut redis).await?;
@@ -160,6 +181,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics: m::install(),
         started: Instant::now(),
         listening_since: AtomicU64::new(0),
+        alloc_wake: tokio::sync::Notify::new(),
         fenced: AtomicBool::new(false),
         shutdown,
         config,
@@ -177,6 +199,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         crate::health::detector(shared.clone(), detector_conn).instrument(info_span!("detector")),
     );
     tasks.spawn(status_loop(shared.clone()).instrument(info_span!("status")));
+    tasks.spawn(
+        crate::allocator::allocator(shared.clone(), allocator_conn)
+            .instrument(info_span!("allocator")),
+    );
     tasks.spawn(crate::http::serve(shared.clone(), listener).instrument(info_span!("http")));
 
     info!(%http_addr, epoch, prefix = shared.keys.prefix(), "commander started");
@@ -205,6 +231,7 @@ async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
         (shared.keys.health_channel(), Channel::Health),
         (shared.keys.fleet_channel(), Channel::Fleet),
         (shared.keys.tasks_channel(), Channel::Tasks),
+        (shared.keys.results_channel(), Channel::Results),
     ];
     let client = match redis::Client::open(shared.config.redis.url.as_str()) {
         Ok(c) => c,
@@ -238,7 +265,7 @@ async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
         };
         backoff = Duration::from_millis(50);
         shared.listening_since.store(now_ms(), Ordering::Release);
-        info!("listening on the registry, health, fleet and tasks channels");
+        info!("listening on the registry, health, fleet, tasks and results channels");
         let mut stream = ps.on_message();
         loop {
             let msg = tokio::select! {
@@ -320,7 +347,14 @@ async fn handle(
     match msg {
         Inbound::Register(r) => register(shared, conn, r).await,
         Inbound::Deregister(d) => {
-            let removed = shared.registry.remove(conn, &d.agent_id, None).await?;
+            let removed = shared
+                .registry
+                .remove(conn, &d.agent_id, None, now_ms())
+                .await?;
+            if let Some((_, orphans)) = removed {
+                shared.on_orphans(orphans, "agent_left");
+            }
+            let removed = removed.map(|(pool, _)| pool);
             let reply = ToAgent::DeregisterReply {
                 v: VERSION,
                 reply_to: d.id,
@@ -383,6 +417,33 @@ async fn handle(
             Ok(())
         }
         Inbound::TaskSubmit(req) => submit_task(shared, conn, req).await,
+        Inbound::Report(kind, r) => {
+            let pool = |p: Option<PoolType>| p.map(PoolType::as_str).unwrap_or("unknown");
+            match shared.tasks.report(conn, kind, &r, now_ms()).await? {
+                None => {
+                    metrics::counter!(m::RESULTS_IGNORED, "kind" => kind.as_str()).increment(1);
+                    debug!(task_id = %r.task_id, attempt = r.attempt, kind = kind.as_str(),
+                        "report for an attempt that is not current: ignored");
+                }
+                Some(ReportOutcome::Running) => {}
+                Some(ReportOutcome::Completed(p)) => {
+                    metrics::counter!(m::TASKS_COMPLETED, "pool" => pool(p)).increment(1);
+                    shared.alloc_wake.notify_one();
+                }
+                Some(ReportOutcome::Retrying(p)) => {
+                    metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
+                    metrics::counter!(m::TASKS_RETRIED, "pool" => pool(p)).increment(1);
+                    shared.alloc_wake.notify_one();
+                }
+                Some(ReportOutcome::Dead(p)) => {
+                    metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
+                    metrics::counter!(m::TASKS_DEAD, "pool" => pool(p)).increment(1);
+                    warn!(task_id = %r.task_id, "task out of retries: dead-lettered");
+                    shared.alloc_wake.notify_one();
+                }
+            }
+            Ok(())
+        }
         Inbound::StatusRequest(req) => {
             let status = shared.fleet_status(conn).await?;
             let msg = FleetStatusMessage {
@@ -455,6 +516,8 @@ async fn register(
                     resources: res,
                     pool_max: pc.max_agents,
                     fleet_max: config.fleet.max_agents,
+                    capacity: r.capacity.unwrap_or(1),
+                    instance: r.instance.as_deref().unwrap_or(""),
                 };
                 // The common case, a new agent, is answered by the script itself
                 // (one round trip); the other outcomes are answered below.
@@ -478,6 +541,7 @@ async fn register(
                     Ok(RegisterOutcome::Registered {
                         announced: true, ..
                     }) => {
+                        shared.alloc_wake.notify_one();
                         metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
                             .increment(1);
                         metrics::histogram!(m::REGISTRATION_SECONDS).record(started.elapsed());
@@ -518,6 +582,9 @@ async fn register(
         }
     };
 
+    if event.is_some() {
+        shared.alloc_wake.notify_one();
+    }
     let mut p = redis::pipe();
     p.publish(keys.agent_channel(&r.agent_id), json(&reply))
         .ignore();
@@ -564,6 +631,7 @@ pub async fn submit(
     };
     let out = shared.tasks.submit(conn, &valid, now_ms()).await?;
     if let Submitted::Accepted(id) = &out {
+        shared.alloc_wake.notify_one();
         metrics::counter!(m::TASKS_SUBMITTED, "pool" => valid.pool.as_str()).increment(1);
         debug!(task_id = %id, pool = %valid.pool, "task accepted");
     }

@@ -146,19 +146,22 @@ async fn fail_stale(
         }))
         .await;
         for (id, outcome) in outcomes {
-            let (pool, failures, last_heartbeat, removed) = match outcome? {
+            let (pool, failures, last_heartbeat, removed, orphans) = match outcome? {
                 FailOutcome::Fresh => continue,
                 FailOutcome::Failed {
                     pool,
                     failures,
                     last_heartbeat,
-                } => (pool, failures, last_heartbeat, false),
+                    orphans,
+                } => (pool, failures, last_heartbeat, false, orphans),
                 FailOutcome::Removed {
                     pool,
                     failures,
                     last_heartbeat,
-                } => (pool, failures, last_heartbeat, true),
+                    orphans,
+                } => (pool, failures, last_heartbeat, true, orphans),
             };
+            shared.on_orphans(orphans, "agent_failed");
             metrics::counter!(m::AGENTS_FAILED, "pool" => pool.as_str()).increment(1);
             info!(agent_id = %id, pool = %pool, failures, silent_ms = now - last_heartbeat, "agent failed");
             let ev = Event::AgentFailed {
@@ -187,7 +190,8 @@ async fn expire_failed(
     let cutoff = now.saturating_sub(shared.config.fleet.failed_retention_ms);
     let expired = shared.registry.failed_before(conn, cutoff, BATCH).await?;
     for id in expired {
-        if let Some(pool) = shared.registry.remove(conn, &id, Some(cutoff)).await? {
+        if let Some((pool, orphans)) = shared.registry.remove(conn, &id, Some(cutoff), now).await? {
+            shared.on_orphans(orphans, "agent_failed");
             removed_event(shared, conn, &id, pool, "expired", now).await?;
         }
     }

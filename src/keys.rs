@@ -109,6 +109,28 @@ impl Keys {
     pub fn queue_prefix(&self) -> String {
         format!("{}:queue:", self.prefix)
     }
+    /// Sorted set: a pool's agents that can take a task now, best first.
+    pub fn available(&self, pool: PoolType) -> String {
+        format!("{}{}", self.available_prefix(), pool.as_str())
+    }
+    pub fn available_prefix(&self) -> String {
+        format!("{}:available:", self.prefix)
+    }
+    /// Set: the tasks an agent holds.
+    pub fn agent_tasks(&self, agent_id: &str) -> String {
+        format!("{}{agent_id}", self.agent_tasks_prefix())
+    }
+    pub fn agent_tasks_prefix(&self) -> String {
+        format!("{}:agent-tasks:", self.prefix)
+    }
+    /// The prefix of [`Keys::agent`].
+    pub fn agent_prefix(&self) -> String {
+        format!("{}:agents:", self.prefix)
+    }
+    /// The prefix of [`Keys::agent_channel`].
+    pub fn agent_channel_prefix(&self) -> String {
+        format!("{}:agent:", self.prefix)
+    }
     /// Sorted set: tasks waiting out a retry backoff, scored by when they may run.
     pub fn delayed(&self) -> String {
         format!("{}:delayed", self.prefix)

@@ -8,6 +8,7 @@
 //! - [`registry`]: the registry in Redis: hashes, per-pool sets, heartbeat
 //!   sorted sets, counters, all changed by fenced Lua scripts.
 //! - [`health`]: failure detection without false deaths.
+//! - [`allocator`]: hands queued tasks to agents; leases and retries.
 //! - [`status`]: fleet and pool status assembly.
 //! - [`task`]: task submissions, records and states.
 //! - [`tasks`]: tasks in Redis: submission, queues, cancellation.
@@ -20,6 +21,7 @@
 //! - [`demo`]: the one-command demo.
 
 pub mod agent;
+pub mod allocator;
 pub mod commander;
 pub mod config;
 pub mod demo;

@@ -279,6 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 priority: None,
                 capabilities,
                 resources: Resources::default(),
+                capacity: 1,
             };
             let mut agent = Agent::connect(&client, publisher, keys, spec).await?;
             let reg = agent.register(Duration::from_secs(5)).await?;

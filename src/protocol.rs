@@ -49,6 +49,14 @@ pub struct Register {
     pub capabilities: Vec<String>,
     #[serde(default)]
     pub resources: Resources,
+    /// Tasks the agent takes at once (1..=64, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// Identifies this run of the agent process. Registering again with
+    /// another instance tells the commander the agent restarted, so the tasks
+    /// it held are given to others at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// `deregister` on the registry channel.
@@ -98,6 +106,45 @@ pub struct TaskSubmit {
     pub task: crate::task::Submission,
 }
 
+/// What an agent reports about a task attempt, on the results channel:
+/// `task_ack`, `task_progress`, `task_complete`, `task_fail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskReport {
+    pub task_id: String,
+    pub attempt: u32,
+    pub agent_id: String,
+    /// `task_progress`: 0..=1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// `task_complete`: any JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// `task_fail`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The kind of a [`TaskReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    Ack,
+    Progress,
+    Complete,
+    Fail,
+}
+
+impl ReportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Ack => "task_ack",
+            ReportKind::Progress => "task_progress",
+            ReportKind::Complete => "task_complete",
+            ReportKind::Fail => "task_fail",
+        }
+    }
+}
+
 /// A validated message from an agent (or an operator tool) to the commander.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
@@ -106,6 +153,7 @@ pub enum Inbound {
     Heartbeat(Heartbeat),
     StatusRequest(StatusRequest),
     TaskSubmit(TaskSubmit),
+    Report(ReportKind, TaskReport),
 }
 
 impl Inbound {
@@ -115,6 +163,7 @@ impl Inbound {
             Inbound::Register(m) => Some(&m.agent_id),
             Inbound::Deregister(m) => Some(&m.agent_id),
             Inbound::Heartbeat(m) => Some(&m.agent_id),
+            Inbound::Report(_, m) => Some(&m.agent_id),
             Inbound::StatusRequest(_) | Inbound::TaskSubmit(_) => None,
         }
     }
@@ -127,6 +176,7 @@ pub enum Channel {
     Health,
     Fleet,
     Tasks,
+    Results,
 }
 
 impl Channel {
@@ -136,6 +186,7 @@ impl Channel {
             Channel::Health => "health",
             Channel::Fleet => "fleet",
             Channel::Tasks => "tasks",
+            Channel::Results => "results",
         }
     }
 }
@@ -219,10 +270,20 @@ pub fn decode(channel: Channel, payload: &[u8], max_bytes: usize) -> Result<Deco
         (Channel::Health, "heartbeat") => Inbound::Heartbeat(parse(payload)?),
         (Channel::Fleet, "status_request") => Inbound::StatusRequest(parse(payload)?),
         (Channel::Tasks, "task_submit") => Inbound::TaskSubmit(parse(payload)?),
-        (_, k) if OWN_TYPES.contains(&k) => return Ok(Decoded::Own),
-        (_, "register" | "deregister" | "heartbeat" | "status_request" | "task_submit") => {
-            return Err(Rejection::WrongChannel(kind))
+        (Channel::Results, "task_ack") => Inbound::Report(ReportKind::Ack, parse(payload)?),
+        (Channel::Results, "task_progress") => {
+            Inbound::Report(ReportKind::Progress, parse(payload)?)
         }
+        (Channel::Results, "task_complete") => {
+            Inbound::Report(ReportKind::Complete, parse(payload)?)
+        }
+        (Channel::Results, "task_fail") => Inbound::Report(ReportKind::Fail, parse(payload)?),
+        (_, k) if OWN_TYPES.contains(&k) => return Ok(Decoded::Own),
+        (
+            _,
+            "register" | "deregister" | "heartbeat" | "status_request" | "task_submit" | "task_ack"
+            | "task_progress" | "task_complete" | "task_fail",
+        ) => return Err(Rejection::WrongChannel(kind)),
         _ => return Err(Rejection::UnknownType(truncate(&kind, 64))),
     };
     validate(&msg)?;
@@ -302,6 +363,21 @@ fn validate(msg: &Inbound) -> Result<(), Rejection> {
             check_resources(&m.resources)?;
         }
         Inbound::StatusRequest(m) => check_msg_id(&m.id)?,
+        Inbound::Report(kind, m) => {
+            check_agent_id(&m.agent_id)?;
+            if !valid_agent_id(&m.task_id) {
+                return Err(Rejection::InvalidField("taskId: invalid".into()));
+            }
+            match kind {
+                ReportKind::Progress if !m.progress.is_some_and(|p| (0.0..=1.0).contains(&p)) => {
+                    return Err(Rejection::InvalidField("progress: must be 0..=1".into()))
+                }
+                ReportKind::Fail if m.error.as_ref().is_some_and(|e| e.len() > 4096) => {
+                    return Err(Rejection::InvalidField("error: at most 4096 bytes".into()))
+                }
+                _ => {}
+            }
+        }
         Inbound::TaskSubmit(m) => {
             check_msg_id(&m.id)?;
             if let Some(c) = &m.reply_channel {
@@ -351,6 +427,16 @@ pub fn check_registration(m: &Register) -> Result<PoolType, RegisterRefusal> {
         }
     }
     check_resources(&m.resources).map_err(|e| invalid(e.to_string()))?;
+    if let Some(c) = m.capacity {
+        if !(1..=64).contains(&c) {
+            return Err(invalid(format!("capacity: must be 1..=64, got {c}")));
+        }
+    }
+    if let Some(i) = &m.instance {
+        if i.len() > 128 || i.chars().any(char::is_control) {
+            return Err(invalid("instance: at most 128 printable characters".into()));
+        }
+    }
     Ok(pool)
 }
 
@@ -415,6 +501,18 @@ pub enum ToAgent {
         v: u32,
         reply_to: String,
         removed: bool,
+    },
+    /// A task for this agent: acknowledge it (`task_ack`), then report
+    /// `task_complete` or `task_fail` for this `attempt`.
+    #[serde(rename_all = "camelCase")]
+    TaskAssign {
+        v: u32,
+        task_id: String,
+        attempt: u32,
+        pool: PoolType,
+        priority: u8,
+        timeout_ms: u64,
+        payload: serde_json::Value,
     },
     /// The commander does not know this agent (never registered, or removed
     /// after repeated failures): register again.
@@ -567,6 +665,8 @@ mod tests {
             priority: None,
             capabilities: vec![],
             resources: Resources::default(),
+            capacity: None,
+            instance: None,
         };
         assert_eq!(
             check_registration(&r).unwrap_err().reason,

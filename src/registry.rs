@@ -198,12 +198,21 @@ pub enum FailOutcome {
         pool: PoolType,
         failures: u32,
         last_heartbeat: u64,
+        orphans: Orphans,
     },
     Removed {
         pool: PoolType,
         failures: u32,
         last_heartbeat: u64,
+        orphans: Orphans,
     },
+}
+
+/// Tasks an agent held when it failed, left or restarted: given back at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Orphans {
+    pub requeued: u32,
+    pub dead: u32,
 }
 
 /// Agents per pool and status, from the counters hash.
@@ -252,6 +261,23 @@ pub struct NewAgent<'a> {
     pub resources: Resources,
     pub pool_max: u32,
     pub fleet_max: u32,
+    /// Tasks the agent takes at once.
+    pub capacity: u32,
+    /// The agent process's instance id: a new one on re-registration means
+    /// the agent restarted and lost what it held.
+    pub instance: &'a str,
+}
+
+/// Appends the key prefixes every task-aware script reads with `prefixes(i)`.
+pub(crate) fn prefix_args(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
+    inv.arg(keys.agent_prefix())
+        .arg(keys.available_prefix())
+        .arg(keys.agent_tasks_prefix())
+        .arg(keys.task_prefix())
+        .arg(keys.queue_prefix())
+        .arg(keys.leases())
+        .arg(keys.dead())
+        .arg(keys.delayed());
 }
 
 /// The Redis-backed registry. Cheap to clone.
@@ -312,9 +338,8 @@ impl Registry {
         announce: Option<&Announce<'_>>,
     ) -> Result<RegisterOutcome> {
         let caps = serde_json::to_string(a.capabilities).unwrap_or_else(|_| "[]".into());
-        let reply: Vec<Value> = self
-            .invocation(&REGISTER, a.id)
-            .arg(a.pool.as_str())
+        let mut inv = self.invocation(&REGISTER, a.id);
+        inv.arg(a.pool.as_str())
             .arg(a.pool_max)
             .arg(a.fleet_max)
             .arg(now)
@@ -329,9 +354,10 @@ impl Registry {
             .arg(announce.map(|x| x.reply).unwrap_or_default())
             .arg(announce.map(|x| x.registry_channel).unwrap_or_default())
             .arg(announce.map(|x| x.event).unwrap_or_default())
-            .invoke_async(conn)
-            .await
-            .map_err(from_script)?;
+            .arg(a.capacity)
+            .arg(a.instance);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
         let tag = text(reply.first())?;
         let record = || -> Result<AgentRecord> {
             let f = |i: usize| -> Result<f64> {
@@ -385,17 +411,15 @@ impl Registry {
         hb: &crate::protocol::Heartbeat,
         now: u64,
     ) -> Result<HeartbeatOutcome> {
-        let reply: Vec<Value> = self
-            .invocation(&HEARTBEAT, &hb.agent_id)
-            .arg(now)
+        let mut inv = self.invocation(&HEARTBEAT, &hb.agent_id);
+        inv.arg(now)
             .arg(hb.status.as_str())
             .arg(hb.load)
             .arg(hb.resources.memory)
             .arg(hb.resources.cpu)
-            .arg(hb.resources.network)
-            .invoke_async(conn)
-            .await
-            .map_err(from_script)?;
+            .arg(hb.resources.network);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
         let tag = text(reply.first())?;
         let pool = || pool_at(&reply, 3);
         Ok(match tag.as_str() {
@@ -416,15 +440,13 @@ impl Registry {
         now: u64,
         max_failures: u32,
     ) -> Result<FailOutcome> {
-        let reply: Vec<Value> = self
-            .invocation(&FAIL, id)
-            .arg(cutoff)
+        let mut inv = self.invocation(&FAIL, id);
+        inv.arg(cutoff)
             .arg(now)
             .arg(max_failures)
-            .arg(self.keys.pool_agents_prefix())
-            .invoke_async(conn)
-            .await
-            .map_err(from_script)?;
+            .arg(self.keys.pool_agents_prefix());
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
         let tag = text(reply.first())?;
         let num = |i: usize| -> Result<u64> {
             let s = text(reply.get(i))?;
@@ -438,33 +460,51 @@ impl Registry {
                 pool: pool_at(&reply, 2)?,
                 failures: num(3)? as u32,
                 last_heartbeat: num(4)?,
+                orphans: Orphans {
+                    requeued: num(5)? as u32,
+                    dead: num(6)? as u32,
+                },
             },
             "removed" => FailOutcome::Removed {
                 pool: pool_at(&reply, 2)?,
                 failures: num(3)? as u32,
                 last_heartbeat: num(4)?,
+                orphans: Orphans {
+                    requeued: num(5)? as u32,
+                    dead: num(6)? as u32,
+                },
             },
             other => return Err(RegistryError::Protocol(format!("fail: {other}"))),
         })
     }
 
-    /// Removes `id`. With `failed_before`, only if it is failed since at or
-    /// before that time. Returns the pool it was in, if it was removed.
+    /// Removes `id` and gives back its tasks. With `failed_before`, only if
+    /// it is failed since at or before that time. Returns the pool it was in,
+    /// if it was removed.
     pub async fn remove(
         &self,
         conn: &mut impl ConnectionLike,
         id: &str,
         failed_before: Option<u64>,
-    ) -> Result<Option<PoolType>> {
-        let reply: Vec<Value> = self
-            .invocation(&REMOVE, id)
-            .arg(self.keys.pool_agents_prefix())
+        now: u64,
+    ) -> Result<Option<(PoolType, Orphans)>> {
+        let mut inv = self.invocation(&REMOVE, id);
+        inv.arg(self.keys.pool_agents_prefix())
             .arg(failed_before.map(|c| c.to_string()).unwrap_or_default())
-            .invoke_async(conn)
-            .await
-            .map_err(from_script)?;
+            .arg(now);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
         match text(reply.first())?.as_str() {
-            "removed" => Ok(Some(pool_at(&reply, 2)?)),
+            "removed" => {
+                let n = |i| -> Result<u32> { Ok(text(reply.get(i))?.parse().unwrap_or(0)) };
+                Ok(Some((
+                    pool_at(&reply, 2)?,
+                    Orphans {
+                        requeued: n(3)?,
+                        dead: n(4)?,
+                    },
+                )))
+            }
             _ => Ok(None),
         }
     }

@@ -222,6 +222,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                 cpu: 0.25,
                 network: 10.0,
             },
+            capacity: 1,
         })
         .collect();
 

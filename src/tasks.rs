@@ -9,7 +9,9 @@
 
 use crate::config::TaskConfig;
 use crate::keys::Keys;
-use crate::registry::{RegistryError, Result};
+use crate::pool::PoolType;
+use crate::protocol::{ReportKind, TaskReport};
+use crate::registry::{prefix_args, RegistryError, Result};
 use crate::task::{TaskRecord, ValidTask};
 use redis::aio::ConnectionLike;
 use redis::{Script, Value};
@@ -29,6 +31,12 @@ macro_rules! script {
 
 static SUBMIT: LazyLock<Script> = script!("submit.lua");
 static CANCEL: LazyLock<Script> = script!("cancel.lua");
+static ALLOCATE: LazyLock<Script> = script!("allocate.lua");
+static ACK: LazyLock<Script> = script!("task_ack.lua");
+static DONE: LazyLock<Script> = script!("task_done.lua");
+static EXPIRE: LazyLock<Script> = script!("expire.lua");
+static RELEASE: LazyLock<Script> = script!("release.lua");
+static REQUEUE: LazyLock<Script> = script!("dlq_requeue.lua");
 
 fn fenced(e: redis::RedisError) -> RegistryError {
     if e.code() == Some("FENCED") {
@@ -74,7 +82,9 @@ impl TaskStore {
     }
 
     pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
-        for s in [&*SUBMIT, &*CANCEL] {
+        for s in [
+            &*SUBMIT, &*CANCEL, &*ALLOCATE, &*ACK, &*DONE, &*EXPIRE, &*RELEASE, &*REQUEUE,
+        ] {
             s.prepare_invoke().load_async(conn).await?;
         }
         Ok(())
@@ -199,4 +209,204 @@ impl TaskStore {
             .query_async(conn)
             .await?)
     }
+
+    /// Hands up to `max` of a pool's queued tasks to its available agents.
+    /// Returns (assigned, still queued).
+    pub async fn allocate(
+        &self,
+        conn: &mut impl ConnectionLike,
+        pool: PoolType,
+        max: usize,
+        now: u64,
+    ) -> Result<(u64, u64)> {
+        let mut inv = ALLOCATE.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.queue(pool))
+            .key(self.keys.counts())
+            .arg(self.epoch)
+            .arg(pool.as_str())
+            .arg(max)
+            .arg(now)
+            .arg(self.cfg.ack_timeout_ms)
+            .arg(self.keys.agent_channel_prefix())
+            .arg(self.keys.allocation_channel());
+        prefix_args(&mut inv, &self.keys);
+        let r: (u64, u64) = inv.invoke_async(conn).await.map_err(fenced)?;
+        Ok(r)
+    }
+
+    /// Applies an agent's report. `Ok(None)` for a report about an attempt
+    /// that is no longer current (duplicate or late): ignored.
+    pub async fn report(
+        &self,
+        conn: &mut impl ConnectionLike,
+        kind: ReportKind,
+        r: &TaskReport,
+        now: u64,
+    ) -> Result<Option<ReportOutcome>> {
+        let reply: Vec<String> = match kind {
+            ReportKind::Ack | ReportKind::Progress => ACK
+                .prepare_invoke()
+                .key(self.keys.epoch())
+                .key(self.keys.task(&r.task_id))
+                .key(self.keys.leases())
+                .arg(self.epoch)
+                .arg(&r.task_id)
+                .arg(r.attempt)
+                .arg(&r.agent_id)
+                .arg(now)
+                .arg(r.progress.map(|p| p.to_string()).unwrap_or_default())
+                .invoke_async(conn)
+                .await
+                .map_err(fenced)?,
+            ReportKind::Complete | ReportKind::Fail => {
+                let (outcome, detail) = match kind {
+                    ReportKind::Complete => (
+                        "completed",
+                        r.result
+                            .clone()
+                            .unwrap_or(serde_json::Value::Null)
+                            .to_string(),
+                    ),
+                    _ => ("failed", r.error.clone().unwrap_or_default()),
+                };
+                let mut inv = DONE.prepare_invoke();
+                inv.key(self.keys.epoch())
+                    .key(self.keys.task(&r.task_id))
+                    .key(self.keys.counts())
+                    .arg(self.epoch)
+                    .arg(&r.task_id)
+                    .arg(r.attempt)
+                    .arg(&r.agent_id)
+                    .arg(now)
+                    .arg(outcome)
+                    .arg(detail)
+                    .arg(self.cfg.retention_ms)
+                    .arg(self.cfg.retry_backoff_ms)
+                    .arg(self.cfg.retry_backoff_max_ms)
+                    .arg(self.keys.allocation_channel());
+                prefix_args(&mut inv, &self.keys);
+                inv.invoke_async(conn).await.map_err(fenced)?
+            }
+        };
+        let pool = || reply.get(1).and_then(|p| p.parse::<PoolType>().ok());
+        Ok(match reply.first().map(String::as_str) {
+            Some("ok") => Some(ReportOutcome::Running),
+            Some("completed") => Some(ReportOutcome::Completed(pool())),
+            Some("retrying") => Some(ReportOutcome::Retrying(pool())),
+            Some("dead") => Some(ReportOutcome::Dead(pool())),
+            _ => None,
+        })
+    }
+
+    /// Leases that ran out at or before `now`.
+    pub async fn expired_leases(
+        &self,
+        conn: &mut impl ConnectionLike,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.leases())
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(conn)
+            .await?)
+    }
+
+    /// Takes a task back from an agent whose lease ran out. Returns the
+    /// outcome ("queued" or "dead") if it did.
+    pub async fn expire(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<String>> {
+        let mut inv = EXPIRE.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.task(id))
+            .key(self.keys.counts())
+            .arg(self.epoch)
+            .arg(id)
+            .arg(now)
+            .arg(self.keys.allocation_channel());
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<String> = inv.invoke_async(conn).await.map_err(fenced)?;
+        Ok(match reply.first().map(String::as_str) {
+            Some(r @ ("queued" | "dead")) => Some(r.to_string()),
+            _ => None,
+        })
+    }
+
+    /// Moves retries whose backoff is over back to their queues; returns how many pools got tasks.
+    pub async fn release_delayed(
+        &self,
+        conn: &mut impl ConnectionLike,
+        now: u64,
+        limit: usize,
+    ) -> Result<usize> {
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .arg(self.epoch)
+            .arg(now)
+            .arg(limit);
+        prefix_args(&mut inv, &self.keys);
+        let pools: Vec<String> = inv.invoke_async(conn).await.map_err(fenced)?;
+        Ok(pools.len())
+    }
+
+    /// Dead-lettered tasks, most recent first.
+    pub async fn dead_letters(
+        &self,
+        conn: &mut impl ConnectionLike,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>> {
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.keys.dead())
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(conn)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(t) = self.get(conn, &id).await? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends a dead-lettered task back to its queue with fresh retries.
+    /// `Err(state)` if it is not dead.
+    pub async fn requeue_dead(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        now: u64,
+    ) -> Result<std::result::Result<(), String>> {
+        let mut inv = REQUEUE.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.task(id))
+            .arg(self.epoch)
+            .arg(id)
+            .arg(now);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<String> = inv.invoke_async(conn).await.map_err(fenced)?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("queued") => Ok(()),
+            _ => Err(reply.get(1).cloned().unwrap_or_default()),
+        })
+    }
+}
+
+/// What an agent's report did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportOutcome {
+    Running,
+    Completed(Option<PoolType>),
+    Retrying(Option<PoolType>),
+    Dead(Option<PoolType>),
 }

@@ -188,15 +188,21 @@ async fn no_false_deaths_while_redis_is_frozen_and_detection_resumes_after() {
 async fn subscriber_reconnects_after_its_connection_is_killed() {
     let h = Harness::start().await;
     let mut c = h.conn().await;
-    // The commander's subscriber is the client subscribed to its 4 channels.
+    // The commander's subscriber is the client with the most subscriptions.
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut c)
         .await
         .unwrap();
+    let subs = |l: &str| -> u32 {
+        l.split(' ')
+            .find_map(|f| f.strip_prefix("sub="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
     let id = list
         .lines()
-        .find(|l| l.contains(" sub=4 "))
+        .max_by_key(|l| subs(l))
         .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
         .expect("the commander's subscriber connection")
         .to_string();

@@ -288,6 +288,7 @@ async fn a_restarted_commander_picks_up_the_fleet_where_it_was() {
                 priority: Some(3),
                 capabilities: vec![],
                 resources: Resources::default(),
+                capacity: 1,
             })
             .await;
         a.register(T).await.unwrap();

@@ -18,3 +18,95 @@ local function move(counts, pool, from, to)
   if from then redis.call('HINCRBY', counts, pool .. ':' .. from, -1) end
   if to then redis.call('HINCRBY', counts, pool .. ':' .. to, 1) end
 end
+
+-- Key prefixes, set by scripts that touch tasks (from src/keys.rs).
+local K = {}
+
+-- Whether an agent can take a task now, and its place among the pool's
+-- available agents (lower is better: higher priority, then fewer tasks).
+local function refresh_available(id, pool)
+  local a = redis.call('HMGET', K.agent .. id, 'status', 'inflight', 'capacity', 'priority')
+  local status, inflight, capacity = a[1], tonumber(a[2] or 0), tonumber(a[3] or 1)
+  local set = K.available .. pool
+  if status and (status == 'idle' or status == 'active') and inflight < capacity then
+    redis.call('ZADD', set, (10 - tonumber(a[4] or 5)) * 1000 + inflight, id)
+  else
+    redis.call('ZREM', set, id)
+  end
+end
+
+-- Puts a task back at its place in its pool's queue (its original score, so
+-- it keeps its age), or dead-letters it when it has used up its attempts.
+-- Returns 'queued' or 'dead'.
+local function requeue(tid, now, reason)
+  local task = K.task .. tid
+  local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries')
+  if not t[1] then return 'gone' end
+  redis.call('ZREM', K.leases, tid)
+  if tonumber(t[3]) > tonumber(t[4]) then
+    redis.call('HSET', task, 'state', 'dead', 'agent', '', 'updatedAt', now, 'error', reason)
+    redis.call('ZADD', K.dead, now, tid)
+    return 'dead'
+  end
+  redis.call('HSET', task, 'state', 'queued', 'agent', '', 'updatedAt', now)
+  redis.call('ZADD', K.queue .. t[1], t[2], tid)
+  return 'queued'
+end
+
+-- Gives back every task an agent holds (it failed, left or restarted).
+-- Returns how many went back to a queue and how many died.
+local function orphan_all(agent_id, now)
+  local set = K.agent_tasks .. agent_id
+  local tids = redis.call('SMEMBERS', set)
+  local queued, dead = 0, 0
+  for _, tid in ipairs(tids) do
+    local state = redis.call('HGET', K.task .. tid, 'state')
+    if state == 'assigned' or state == 'running' then
+      if requeue(tid, now, 'orphaned') == 'dead' then dead = dead + 1 else queued = queued + 1 end
+    end
+  end
+  redis.call('DEL', set)
+  redis.call('HSET', K.agent .. agent_id, 'inflight', 0)
+  return queued, dead
+end
+
+-- Reads the key prefixes from ARGV starting at index i.
+local function prefixes(i)
+  K.agent, K.available, K.agent_tasks, K.task = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  K.queue, K.leases, K.dead, K.delayed = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+end
+
+-- Frees an agent's slot after a task left it, and updates its performance
+-- record (outcome: 'completed', 'failed' or 'gone').
+local function release_agent(aid, tid, now, outcome, duration, counts)
+  redis.call('SREM', K.agent_tasks .. aid, tid)
+  local key = K.agent .. aid
+  local a = redis.call('HMGET', key, 'status', 'inflight', 'tasksCompleted', 'tasksFailed',
+    'avgTaskTime', 'pool')
+  if not a[1] then return end
+  local inflight = math.max(0, tonumber(a[2] or 0) - 1)
+  local done, failed, avg = tonumber(a[3] or 0), tonumber(a[4] or 0), tonumber(a[5] or 0)
+  if outcome == 'completed' then
+    done = done + 1
+    avg = avg + (duration - avg) / done
+  elseif outcome == 'failed' then
+    failed = failed + 1
+  end
+  local rate = 0
+  if done + failed > 0 then rate = done / (done + failed) end
+  local status = a[1]
+  if status == 'busy' or status == 'active' then
+    if inflight == 0 then status = 'idle' else status = 'active' end
+  end
+  redis.call('HSET', key, 'inflight', inflight, 'tasksCompleted', done, 'tasksFailed', failed,
+    'avgTaskTime', avg, 'successRate', rate, 'status', status, 'lastActive', now)
+  move(counts, a[6], a[1], status)
+  refresh_available(aid, a[6])
+end
+
+-- The task event every outcome publishes on the allocation channel.
+local function task_event(channel, kind, tid, pool, aid, attempt, now)
+  redis.call('PUBLISH', channel, '{"v":1,"type":"' .. kind .. '","taskId":"' .. tid ..
+    '","pool":"' .. (pool or '') .. '","agentId":"' .. (aid or '') .. '","attempt":' ..
+    (attempt or 0) .. ',"ts":' .. now .. '}')
+end

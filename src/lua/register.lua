@@ -2,24 +2,32 @@
 -- KEYS: epoch, agent hash, heartbeats zset, failed zset, counts hash
 -- ARGV: epoch, id, pool, pool max, fleet max, now, type, priority,
 --       capabilities (JSON), memory, cpu, network, pool-agents key prefix,
---       and, optionally, for a new agent: agent channel, reply, registry
---       channel, event (published here, saving the caller a round trip)
+--       [14-17] for a new agent, optionally: agent channel, reply, registry
+--       channel, event (published here, saving the caller a round trip),
+--       [18] capacity, [19] instance, [20-27] key prefixes
 -- Returns {outcome, registeredAt, tasksCompleted, avgTaskTime, successRate,
---          failures, recoveryAttempts}: the fields a re-registration keeps.
+--          failures, recoveryAttempts, tasks given back}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
+prefixes(20)
 local agent, hb, failed, counts = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, pool, now = ARGV[2], ARGV[3], ARGV[6]
 
 local cur = redis.call('HMGET', agent, 'status', 'pool', 'registeredAt', 'tasksCompleted',
-  'avgTaskTime', 'successRate', 'failures', 'recoveryAttempts')
+  'avgTaskTime', 'successRate', 'failures', 'recoveryAttempts', 'instance')
 local old = cur[1]
 local outcome
+local orphaned = 0
 if old then
   if cur[2] ~= pool then return {'pool_mismatch', cur[2]} end
   outcome = 'reregistered'
+  -- Another instance: the agent restarted and lost whatever it held.
+  if ARGV[19] ~= '' and cur[9] ~= ARGV[19] then
+    orphaned = orphan_all(id, now)
+  end
   redis.call('HSET', agent, 'type', ARGV[7], 'status', 'idle', 'priority', ARGV[8],
     'capabilities', ARGV[9], 'memory', ARGV[10], 'cpu', ARGV[11], 'network', ARGV[12],
-    'load', 0, 'lastHeartbeat', now, 'lastActive', now)
+    'load', 0, 'lastHeartbeat', now, 'lastActive', now, 'capacity', ARGV[18],
+    'instance', ARGV[19])
   redis.call('ZREM', failed, id)
 else
   local poolset = ARGV[13] .. pool
@@ -30,12 +38,13 @@ else
   outcome = 'registered'
   cur = {false, pool, now, '0', '0', '0', '0', '0'}
   redis.call('HSET', agent, 'id', id, 'pool', pool, 'registeredAt', now,
-    'tasksCompleted', 0, 'avgTaskTime', 0, 'successRate', 0, 'failures', 0,
+    'tasksCompleted', 0, 'tasksFailed', 0, 'avgTaskTime', 0, 'successRate', 0, 'failures', 0,
     'recoveryAttempts', 0, 'type', ARGV[7], 'status', 'idle', 'priority', ARGV[8],
     'capabilities', ARGV[9], 'memory', ARGV[10], 'cpu', ARGV[11], 'network', ARGV[12],
-    'load', 0, 'lastHeartbeat', now, 'lastActive', now)
+    'load', 0, 'lastHeartbeat', now, 'lastActive', now, 'capacity', ARGV[18],
+    'inflight', 0, 'instance', ARGV[19])
   redis.call('SADD', poolset, id)
-  if ARGV[14] and ARGV[14] ~= '' then
+  if ARGV[14] ~= '' then
     redis.call('PUBLISH', ARGV[14], ARGV[15])
     redis.call('PUBLISH', ARGV[16], ARGV[17])
     outcome = 'announced'
@@ -43,4 +52,5 @@ else
 end
 redis.call('ZADD', hb, now, id)
 move(counts, pool, old, 'idle')
-return {outcome, cur[3], cur[4], cur[5], cur[6], cur[7], cur[8]}
+refresh_available(id, pool)
+return {outcome, cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], orphaned}

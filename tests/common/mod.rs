@@ -137,6 +137,7 @@ impl Harness {
                 cpu: 0.25,
                 network: 10.0,
             },
+            capacity: 1,
         })
         .await
     }

@@ -1,0 +1,90 @@
+//! The allocator: hands queued tasks to available agents, brings retries back
+//! after their backoff, and takes tasks back from agents whose lease ran out.
+//!
+//! Every decision is a Lua script (see `src/lua/allocate.lua`): the claim of a
+//! task by an agent is atomic in Redis, so two loops or two commanders can
+//! never hand one task to two agents. The loop wakes when a task arrives or
+//! an agent frees up, and every tick regardless.
+
+use crate::commander::{pause, Shared};
+use crate::metrics as m;
+use crate::pool::PoolType;
+use crate::registry::{now_ms, Orphans, RegistryError};
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+/// Tasks one script call may assign; a pool that fills it is served again at once.
+const BATCH: usize = 64;
+/// How often the allocator looks even when nothing woke it.
+const TICK: Duration = Duration::from_millis(50);
+
+pub(crate) async fn allocator(shared: Arc<Shared>, mut conn: ConnectionManager) {
+    loop {
+        tokio::select! {
+            _ = shared.shutdown_token().cancelled() => return,
+            _ = shared.alloc_wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        match round(&shared, &mut conn).await {
+            Ok(()) => {}
+            Err(RegistryError::Fenced) => {
+                shared.on_fenced();
+                return;
+            }
+            Err(e) => {
+                metrics::counter!(m::REDIS_ERRORS, "op" => "allocate").increment(1);
+                warn!(error = %e, "allocation round failed; retrying");
+                if !pause(shared.shutdown_token(), TICK).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn round(shared: &Shared, conn: &mut ConnectionManager) -> Result<(), RegistryError> {
+    let started = Instant::now();
+    let now = now_ms();
+    shared.tasks.release_delayed(conn, now, 512).await?;
+    let mut expired = Orphans::default();
+    for id in shared.tasks.expired_leases(conn, now, 512).await? {
+        match shared.tasks.expire(conn, &id, now).await?.as_deref() {
+            Some("queued") => expired.requeued += 1,
+            Some("dead") => expired.dead += 1,
+            _ => {}
+        }
+    }
+    if expired.requeued + expired.dead > 0 {
+        metrics::counter!(m::TASKS_ORPHANED, "reason" => "lease_expired")
+            .increment(u64::from(expired.requeued + expired.dead));
+        metrics::counter!(m::TASKS_DEAD, "pool" => "any").increment(u64::from(expired.dead));
+    }
+
+    let mut pools: Vec<PoolType> = PoolType::ALL.to_vec();
+    let mut assigned_any = false;
+    while !pools.is_empty() {
+        let rounds = futures_util::future::join_all(pools.iter().map(|&p| {
+            let mut c = conn.clone();
+            async move { (p, shared.tasks.allocate(&mut c, p, BATCH, now).await) }
+        }))
+        .await;
+        pools.clear();
+        for (pool, r) in rounds {
+            let (assigned, queued) = r?;
+            metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(queued as f64);
+            if assigned > 0 {
+                assigned_any = true;
+                metrics::counter!(m::TASKS_ASSIGNED, "pool" => pool.as_str()).increment(assigned);
+            }
+            if assigned as usize >= BATCH {
+                pools.push(pool);
+            }
+        }
+    }
+    if assigned_any {
+        metrics::histogram!(m::ALLOCATION_SECONDS).record(started.elapsed());
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+-- Hands a pool's waiting tasks to its available agents, best task first,
+-- each to the best agent whose capabilities cover the task's. The claim is
+-- atomic: a task leaves the queue exactly once, here, and its assignment is
+-- leased (ack timeout) and published to the agent.
+-- KEYS: epoch, queue zset, counts hash
+-- ARGV: epoch, pool, max tasks, now, ack timeout ms, agent channel prefix,
+--       allocation channel, [8-15] key prefixes
+-- Returns {tasks assigned, tasks still queued}.
+if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
+prefixes(8)
+local queue, counts = KEYS[2], KEYS[3]
+local pool, max_n, now, ack = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+
+local tids = redis.call('ZRANGE', queue, 0, 63)
+if #tids == 0 then return {0, 0} end
+local agents = redis.call('ZRANGE', K.available .. pool, 0, 127)
+if #agents == 0 then return {0, redis.call('ZCARD', queue)} end
+
+local caps = {}
+local function agent_caps(aid)
+  local c = caps[aid]
+  if c == nil then
+    c = {}
+    local raw = redis.call('HGET', K.agent .. aid, 'capabilities')
+    if raw then for _, x in ipairs(cjson.decode(raw)) do c[x] = true end end
+    caps[aid] = c
+  end
+  return c
+end
+
+local assigned = 0
+for _, tid in ipairs(tids) do
+  if assigned >= max_n then break end
+  local task = K.task .. tid
+  local t = redis.call('HMGET', task, 'state', 'capabilities', 'attempt', 'timeoutMs',
+    'payload', 'priority')
+  if t[1] ~= 'queued' then
+    redis.call('ZREM', queue, tid) -- cancelled or gone: a stale entry
+  else
+    local need = cjson.decode(t[2] or '[]')
+    for i, aid in ipairs(agents) do
+      if aid then
+        local have = agent_caps(aid)
+        local fits = true
+        for _, c in ipairs(need) do
+          if not have[c] then fits = false break end
+        end
+        if fits then
+          local a = redis.call('HMGET', K.agent .. aid, 'status', 'inflight', 'capacity')
+          local inflight, capacity = tonumber(a[2] or 0), tonumber(a[3] or 1)
+          if not (a[1] == 'idle' or a[1] == 'active') or inflight >= capacity then
+            agents[i] = false
+            if a[1] then refresh_available(aid, pool) else
+              redis.call('ZREM', K.available .. pool, aid) end
+          else
+            local attempt = tonumber(t[3]) + 1
+            redis.call('ZREM', queue, tid)
+            redis.call('HSET', task, 'state', 'assigned', 'attempt', attempt, 'agent', aid,
+              'updatedAt', now, 'assignedAt', now)
+            redis.call('ZADD', K.leases, now + ack, tid)
+            redis.call('SADD', K.agent_tasks .. aid, tid)
+            inflight = inflight + 1
+            local status = 'active'
+            if inflight >= capacity then
+              status = 'busy'
+              agents[i] = false
+            end
+            redis.call('HSET', K.agent .. aid, 'inflight', inflight, 'status', status,
+              'lastActive', now)
+            move(counts, pool, a[1], status)
+            refresh_available(aid, pool)
+            redis.call('PUBLISH', ARGV[6] .. aid, '{"v":1,"type":"task_assign","taskId":"' ..
+              tid .. '","attempt":' .. attempt .. ',"pool":"' .. pool .. '","priority":' ..
+              t[6] .. ',"timeoutMs":' .. t[4] .. ',"payload":' .. t[5] .. '}')
+            task_event(ARGV[7], 'task_assigned', tid, pool, aid, attempt, now)
+            assigned = assigned + 1
+            break
+          end
+        end
+      end
+    end
+  end
+end
+return {assigned, redis.call('ZCARD', queue)}
