@@ -27,6 +27,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tasks", post(submit_task))
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/{id}/requeue", post(requeue_dead))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
@@ -196,6 +198,33 @@ async fn cancel_task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Re
             "not_cancellable",
             format!("task is {state}"),
         ),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `GET /v1/dead-letters`: tasks out of retries, most recent first (at most 500).
+async fn dead_letters(State(s): State<Arc<Shared>>) -> Response {
+    match s.tasks.dead_letters(&mut s.redis.clone(), 500).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /v1/dead-letters/{id}/requeue`: back to its queue with fresh retries.
+async fn requeue_dead(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
+    }
+    match s
+        .tasks
+        .requeue_dead(&mut s.redis.clone(), &id, crate::registry::now_ms())
+        .await
+    {
+        Ok(Ok(())) => {
+            s.alloc_wake.notify_one();
+            Json(json!({"requeued": true, "taskId": id})).into_response()
+        }
+        Ok(Err(state)) => error(StatusCode::CONFLICT, "not_dead", format!("task is {state}")),
         Err(e) => unavailable(e),
     }
 }

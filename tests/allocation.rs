@@ -1,0 +1,329 @@
+//! Allocation and outcomes: tasks reach the best agent, complete exactly
+//! once, survive agents dying, and retry into the dead-letter set.
+
+mod common;
+
+use common::*;
+use fleet_commander::agent::{Agent, Assignment, Outcome, Work};
+use fleet_commander::pool::PoolType;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(5);
+
+fn work<F, Fut>(f: F) -> Work
+where
+    F: Fn(Assignment) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    Arc::new(move |a| Box::pin(f(a)))
+}
+
+/// Registers and runs an agent doing `w` until the token is cancelled.
+async fn start_agent(
+    h: &Harness,
+    id: &str,
+    pool: PoolType,
+    caps: &[&str],
+    w: Option<Work>,
+) -> (CancellationToken, JoinHandle<Agent>) {
+    let mut a = h
+        .agent_with(fleet_commander::agent::AgentSpec {
+            id: id.into(),
+            pool,
+            priority: None,
+            capabilities: caps.iter().map(|c| c.to_string()).collect(),
+            resources: Default::default(),
+            capacity: 1,
+        })
+        .await;
+    a.register(T).await.unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        a.run_with(Duration::from_millis(100), Duration::ZERO, s, w)
+            .await;
+        a
+    });
+    (stop, task)
+}
+
+async fn submit(h: &Harness, body: Value) -> String {
+    let r = h
+        .http
+        .post(format!("{}/v1/tasks", h.base()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["task"]["id"].as_str().unwrap().to_string()
+}
+
+async fn wait_state(h: &Harness, id: &str, state: &str) -> Value {
+    let path = format!("/v1/tasks/{id}");
+    wait_until(|| async { h.get(&path).await.1["state"] == state }).await;
+    h.get(&path).await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_assigned_acknowledged_and_completed() {
+    let h = Harness::start().await;
+    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let w = work(|a: Assignment| async move {
+        Outcome::Complete(json!({"doubled": a.payload["n"].as_i64().unwrap() * 2}))
+    });
+    let (stop, task) = start_agent(&h, "w-1", PoolType::Coder, &["rust"], Some(w)).await;
+    let id = submit(
+        &h,
+        json!({"pool": "coder", "capabilities": ["rust"], "payload": {"n": 21}}),
+    )
+    .await;
+    let t = wait_state(&h, &id, "completed").await;
+    assert_eq!(t["result"], json!({"doubled": 42}));
+    assert_eq!(t["attempt"], 1);
+    assert_eq!(t["agentId"], "w-1");
+    let ev = events
+        .wait_for("task_assigned", |v| {
+            v["type"] == "task_assigned" && v["taskId"] == id.as_str()
+        })
+        .await;
+    assert_eq!(ev["agentId"], "w-1");
+    events
+        .wait_for("task_completed", |v| {
+            v["type"] == "task_completed" && v["taskId"] == id.as_str()
+        })
+        .await;
+    let (_, a) = h.get("/v1/agents/w-1").await;
+    assert_eq!(a["performance"]["tasksCompleted"], 1, "{a}");
+    assert_eq!(a["performance"]["successRate"], 1.0);
+    assert_eq!(a["status"], "idle");
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_highest_priority_task_goes_first() {
+    let h = Harness::start().await;
+    let low = submit(&h, json!({"pool": "ui", "priority": 1})).await;
+    let mid = submit(&h, json!({"pool": "ui", "priority": 5})).await;
+    let high = submit(&h, json!({"pool": "ui", "priority": 10})).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o = order.clone();
+    let w = work(move |a: Assignment| {
+        o.lock().unwrap().push(a.task_id.clone());
+        async { Outcome::Complete(Value::Null) }
+    });
+    let (stop, task) = start_agent(&h, "ui-1", PoolType::Ui, &[], Some(w)).await;
+    wait_state(&h, &low, "completed").await;
+    assert_eq!(*order.lock().unwrap(), vec![high, mid, low]);
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waits_for_an_agent_with_its_capabilities() {
+    let h = Harness::start().await;
+    let (s1, t1) = start_agent(&h, "cpu-1", PoolType::Performance, &["cpu"], None).await;
+    let id = submit(&h, json!({"pool": "performance", "capabilities": ["gpu"]})).await;
+    // Several allocator ticks with only a cpu agent: still queued.
+    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["state"], "queued");
+    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let unassigned = events
+        .collect_for(Duration::from_millis(300), |v| v["taskId"] == id.as_str())
+        .await;
+    assert!(unassigned.is_empty(), "{unassigned:?}");
+    let (s2, t2) = start_agent(&h, "gpu-1", PoolType::Performance, &["gpu", "cpu"], None).await;
+    let t = wait_state(&h, &id, "completed").await;
+    assert_eq!(t["agentId"], "gpu-1");
+    for s in [s1, s2] {
+        s.cancel();
+    }
+    let _ = (t1.await, t2.await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_and_late_results_are_ignored_and_counted() {
+    let h = Harness::start().await;
+    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let (stop, task) = start_agent(&h, "d-1", PoolType::Tester, &[], None).await;
+    let id = submit(&h, json!({"pool": "tester", "payload": 7})).await;
+    let done = wait_state(&h, &id, "completed").await;
+    let before = h.metric("fleet_task_results_ignored_total").await;
+    let results = h.keys.results_channel();
+    // The same completion again, one for an old attempt, one from another agent.
+    for (attempt, agent) in [(1, "d-1"), (0, "d-1"), (1, "intruder")] {
+        let m = json!({"v": 1, "type": "task_complete", "taskId": id, "attempt": attempt,
+                       "agentId": agent, "result": "forged"});
+        h.publish(&results, m.to_string()).await;
+    }
+    wait_until(|| async { h.metric("fleet_task_results_ignored_total").await >= before + 3.0 })
+        .await;
+    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["result"], done["result"], "the first result stands");
+    let completions = events
+        .collect_for(Duration::from_millis(300), |v| {
+            v["type"] == "task_completed" && v["taskId"] == id.as_str()
+        })
+        .await;
+    assert!(completions.len() <= 1, "completed once: {completions:?}");
+    let (_, a) = h.get("/v1/agents/d-1").await;
+    assert_eq!(a["performance"]["tasksCompleted"], 1);
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
+    let h = Harness::start_with(|c| {
+        c.tasks.retry_backoff_ms = 20;
+        c.tasks.retry_backoff_max_ms = 100;
+    })
+    .await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let (hc, at) = (healthy.clone(), attempts.clone());
+    let w = work(move |a: Assignment| {
+        at.lock().unwrap().push(a.attempt);
+        let ok = hc.load(Ordering::SeqCst);
+        async move {
+            if ok {
+                Outcome::Complete(json!("fine"))
+            } else {
+                Outcome::Fail("disk full".into())
+            }
+        }
+    });
+    let (stop, task) = start_agent(&h, "f-1", PoolType::Devops, &[], Some(w)).await;
+    let id = submit(&h, json!({"pool": "devops", "maxRetries": 2})).await;
+    let t = wait_state(&h, &id, "dead").await;
+    assert_eq!(t["attempt"], 3, "1 try + 2 retries");
+    assert_eq!(t["error"], "disk full");
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3]);
+    let (code, dl) = h.get("/v1/dead-letters").await;
+    assert_eq!(code, 200);
+    assert!(
+        dl.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == id.as_str()),
+        "{dl}"
+    );
+    let (_, a) = h.get("/v1/agents/f-1").await;
+    assert_eq!(a["performance"]["successRate"], 0.0);
+
+    healthy.store(true, Ordering::SeqCst);
+    let r = h
+        .http
+        .post(format!("{}/v1/dead-letters/{id}/requeue", h.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let t = wait_state(&h, &id, "completed").await;
+    assert_eq!(t["result"], "fine");
+    let (_, dl) = h.get("/v1/dead-letters").await;
+    assert!(!dl
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["id"] == id.as_str()));
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_on_an_agent_killed_mid_task_completes_elsewhere_exactly_once() {
+    let h = Harness::start().await;
+    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    // The first agent takes the task and dies with it.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    let hang = work(move |_a: Assignment| {
+        s.notify_one();
+        async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Outcome::Complete(json!("too late"))
+        }
+    });
+    let (kill, doomed) = start_agent(&h, "doomed", PoolType::Analyst, &[], Some(hang)).await;
+    let id = submit(&h, json!({"pool": "analyst", "payload": "report"})).await;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("doomed agent got the task");
+    kill.cancel();
+    let _ = doomed.await;
+    // A healthy agent joins; the task is given back when the dead one is detected.
+    let (stop, task) = start_agent(&h, "survivor", PoolType::Analyst, &[], None).await;
+    let t = wait_state(&h, &id, "completed").await;
+    assert_eq!(t["agentId"], "survivor");
+    assert_eq!(t["attempt"], 2);
+    let completions = events
+        .collect_for(Duration::from_millis(500), |v| {
+            v["type"] == "task_completed" && v["taskId"] == id.as_str()
+        })
+        .await;
+    assert!(completions.len() <= 1);
+    assert!(
+        h.metric(r#"fleet_tasks_orphaned_total{reason="agent_failed"}"#)
+            .await
+            >= 1.0
+    );
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_assignment_goes_back_when_its_lease_runs_out() {
+    let h = Harness::start_with(|c| c.tasks.ack_timeout_ms = 200).await;
+    // An agent that registers and heartbeats but never acknowledges tasks.
+    let mut mute = h.agent("mute", PoolType::Network).await;
+    mute.register(T).await.unwrap();
+    let stop_mute = CancellationToken::new();
+    let sm = stop_mute.clone();
+    let mute_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = sm.cancelled() => return mute,
+                _ = tick.tick() => {
+                    let _ = mute.heartbeat(fleet_commander::pool::AgentStatus::Idle, 0.0).await;
+                }
+            }
+        }
+    });
+    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let id = submit(&h, json!({"pool": "network", "maxRetries": 20})).await;
+    events
+        .wait_for("task_requeued", |v| {
+            v["type"] == "task_requeued" && v["taskId"] == id.as_str()
+        })
+        .await;
+    assert!(
+        h.metric(r#"fleet_tasks_orphaned_total{reason="lease_expired"}"#)
+            .await
+            >= 1.0
+    );
+    let (_, a) = h.get("/v1/agents/mute").await;
+    assert!(
+        a["performance"]["successRate"].as_f64().unwrap() < 1.0,
+        "{a}"
+    );
+
+    // The mute agent leaves (whatever it holds goes back); a working one completes the task.
+    stop_mute.cancel();
+    let mut mute = mute_task.await.unwrap();
+    assert!(mute.deregister(T).await.unwrap());
+    let (stop, task) = start_agent(&h, "speaker", PoolType::Network, &[], None).await;
+    let t = wait_state(&h, &id, "completed").await;
+    assert_eq!(t["agentId"], "speaker");
+    assert!(t["attempt"].as_u64().unwrap() >= 2, "{t}");
+    stop.cancel();
+    let _ = task.await;
+}
