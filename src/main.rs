@@ -93,11 +93,77 @@ enum Command {
         #[arg(long = "capability")]
         capabilities: Vec<String>,
     },
+    /// Submit, inspect and cancel tasks (through the commander's HTTP API).
+    Task {
+        #[command(subcommand)]
+        action: TaskAction,
+        /// Commander HTTP API (default: http://{http.addr} from the config).
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
+    /// List and requeue dead-lettered tasks (through the HTTP API).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
+}
+
+#[derive(Subcommand)]
+enum TaskAction {
+    /// Submit a task; prints it once the commander has persisted it.
+    Submit {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        priority: Option<u8>,
+        /// JSON handed to the agent as is.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        #[arg(long)]
+        max_retries: Option<u32>,
+        /// Idempotency key: submitting again with it returns the same task.
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+    /// Show a task.
+    Get { id: String },
+    /// Cancel a task that has not started.
+    Cancel { id: String },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Tasks out of retries, most recent first.
+    List,
+    /// Send a dead-lettered task back to its queue with fresh retries.
+    Requeue { id: String },
+}
+
+/// Sends a request to the HTTP API and prints the JSON answer; an error
+/// status is an error.
+async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let r = req
+        .send()
+        .await
+        .context("reaching the commander's HTTP API")?;
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        anyhow::bail!("{status}: {body}");
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -259,6 +325,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print!("{}", status::render(&s));
+            }
+        }
+        Command::Task { action, url } => {
+            let config = load(&cli.config)?;
+            let base = url.unwrap_or_else(|| format!("http://{}", config.http.addr));
+            let http = reqwest::Client::new();
+            match action {
+                TaskAction::Submit {
+                    pool,
+                    priority,
+                    payload,
+                    capabilities,
+                    timeout_ms,
+                    max_retries,
+                    client_id,
+                } => {
+                    let payload: serde_json::Value =
+                        serde_json::from_str(&payload).context("--payload is not JSON")?;
+                    let body = serde_json::json!({
+                        "pool": pool, "priority": priority, "payload": payload,
+                        "capabilities": capabilities, "timeoutMs": timeout_ms,
+                        "maxRetries": max_retries, "clientId": client_id,
+                    });
+                    call(http.post(format!("{base}/v1/tasks")).json(&body)).await?;
+                }
+                TaskAction::Get { id } => call(http.get(format!("{base}/v1/tasks/{id}"))).await?,
+                TaskAction::Cancel { id } => {
+                    call(http.post(format!("{base}/v1/tasks/{id}/cancel"))).await?
+                }
+            }
+        }
+        Command::DeadLetters { action, url } => {
+            let config = load(&cli.config)?;
+            let base = url.unwrap_or_else(|| format!("http://{}", config.http.addr));
+            let http = reqwest::Client::new();
+            match action {
+                DeadLetterAction::List => call(http.get(format!("{base}/v1/dead-letters"))).await?,
+                DeadLetterAction::Requeue { id } => {
+                    call(http.post(format!("{base}/v1/dead-letters/{id}/requeue"))).await?
+                }
             }
         }
         Command::Agent {

@@ -113,3 +113,62 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
     assert_eq!(fleet["totalAgents"], 4, "{fleet}");
     assert_eq!(fleet["byStatus"]["failed"], 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_commands_submit_show_cancel_and_list_dead_letters() {
+    let h = Harness::start().await;
+    let base = h.base();
+    let run = |args: Vec<String>| {
+        let out = Command::new(BIN)
+            .args(["--config", CONFIG])
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(s(&[
+            "task",
+            "submit",
+            "--url",
+            &base,
+            "--pool",
+            "coder",
+            "--priority",
+            "9",
+            "--payload",
+            r#"{"job":1}"#,
+            "--client-id",
+            "cli-1",
+        ]))
+    });
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = v["task"]["id"].as_str().unwrap().to_string();
+    assert_eq!(v["task"]["priority"], 9);
+    assert_eq!(v["task"]["payload"]["job"], 1);
+
+    let (ok, out, _) =
+        tokio::task::block_in_place(|| run(s(&["task", "get", "--url", &base, &id])));
+    assert!(ok);
+    assert!(out.contains("\"state\": \"queued\""), "{out}");
+    let (ok, _, _) =
+        tokio::task::block_in_place(|| run(s(&["task", "cancel", "--url", &base, &id])));
+    assert!(ok);
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| run(s(&["task", "cancel", "--url", &base, &id])));
+    assert!(!ok && err.contains("not_cancellable"), "{err}");
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        run(s(&["task", "submit", "--url", &base, "--pool", "wizard"]))
+    });
+    assert!(!ok && err.contains("unknown_pool"), "{err}");
+    let (ok, out, _) =
+        tokio::task::block_in_place(|| run(s(&["dead-letters", "list", "--url", &base])));
+    assert!(ok);
+    assert_eq!(out.trim(), "[]");
+}
