@@ -28,6 +28,7 @@ class Agent:
         while not self.ps.subscribed and time.time() < deadline:
             self.ps.get_message(timeout=0.1)
         self.interval = 5.0
+        self.instance = uuid.uuid4().hex  # a new one each time the process starts
 
     def send(self, channel, msg):
         msg = {"v": 1, **msg}
@@ -49,12 +50,26 @@ class Agent:
         if msg.get("type") == "reregister":
             print(f"commander asked to re-register ({msg.get('reason')})", flush=True)
             self.register()
+        elif msg.get("type") == "task_assign":
+            self.do_task(msg)
+
+    def report(self, kind, msg, **fields):
+        self.send("results", {"type": kind, "taskId": msg["taskId"], "attempt": msg["attempt"],
+                              "agentId": self.id, **fields})
+
+    def do_task(self, msg):
+        # Acknowledge at once (else the task goes back after the ack timeout),
+        # do the work, then report the result for this attempt.
+        self.report("task_ack", msg)
+        print(f"task {msg['taskId']} attempt {msg['attempt']}: {json.dumps(msg['payload'])}", flush=True)
+        self.report("task_complete", msg, result={"echo": msg["payload"], "by": "python"})
 
     def register(self):
         for attempt in range(5):
             mid = str(uuid.uuid4())
             self.send("registry", {"type": "register", "id": mid, "agentId": self.id,
                                    "pool": self.pool, "capabilities": self.capabilities,
+                                   "instance": self.instance, "capacity": 1,
                                    "resources": {"memory": 64, "cpu": 0.1, "network": 1}})
             reply = self.await_reply("register_reply", mid)
             if reply is None:

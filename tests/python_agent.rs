@@ -10,6 +10,16 @@ use std::time::Duration;
 async fn python_agent_from_the_protocol_doc_registers_heartbeats_and_leaves() {
     let h = Harness::start().await;
     let mut registry = h.listen(&h.keys.registry_channel()).await;
+    // A task waits for the agent; the Python agent must do it.
+    let r = h
+        .http
+        .post(format!("{}/v1/tasks", h.base()))
+        .json(&serde_json::json!({"pool": "ui", "payload": {"say": "hello"}}))
+        .send()
+        .await
+        .unwrap();
+    let task: serde_json::Value = r.json().await.unwrap();
+    let task_id = task["task"]["id"].as_str().unwrap().to_string();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_agent.py");
     let child = tokio::process::Command::new("python3")
         .args([
@@ -44,6 +54,10 @@ async fn python_agent_from_the_protocol_doc_registers_heartbeats_and_leaves() {
         .wait_for("agent_deregistered", is("agent_deregistered", "py-1"))
         .await;
     assert!(h.metric("fleet_heartbeats_total").await >= 6.0);
+    let (_, t) = h.get(&format!("/v1/tasks/{task_id}")).await;
+    assert_eq!(t["state"], "completed", "{t}\n{stdout}");
+    assert_eq!(t["result"]["echo"]["say"], "hello");
+    assert_eq!(t["result"]["by"], "python");
     let (_, fleet) = h.get("/v1/fleet").await;
     assert_eq!(fleet["totalAgents"], 0);
 }
