@@ -18,6 +18,8 @@ pub struct DemoOptions {
     pub status_queries: usize,
     pub heartbeat_ms: Option<u64>,
     pub redis_url: Option<String>,
+    /// No-op tasks pushed through the fleet once it is up.
+    pub tasks: usize,
 }
 
 pub async fn run(
@@ -84,6 +86,10 @@ pub async fn run(
                 .map(|p| (*p, config.pool(*p).max_agents))
                 .collect(),
             progress: true,
+            tasks: crate::sim::TaskLoad {
+                count: opts.tasks,
+                ..Default::default()
+            },
         },
         shutdown.clone(),
     )

@@ -52,6 +52,9 @@ enum Command {
         /// Override the heartbeat interval (ms) for a quicker demo.
         #[arg(long)]
         heartbeat_ms: Option<u64>,
+        /// No-op tasks pushed through the fleet once it is up.
+        #[arg(long, default_value_t = 5000)]
+        tasks: usize,
         /// Write the measurements as JSON.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -76,6 +79,18 @@ enum Command {
         /// Leave the agents registered at the end (default: deregister them).
         #[arg(long)]
         keep: bool,
+        /// Tasks to push through the fleet (submitted over the HTTP API).
+        #[arg(long, default_value_t = 0)]
+        tasks: usize,
+        /// Submissions per second (default: as fast as possible).
+        #[arg(long)]
+        task_rate: Option<f64>,
+        /// How long an agent works on one task.
+        #[arg(long, default_value_t = 0)]
+        work_ms: u64,
+        /// Fraction of attempts that fail (and are retried).
+        #[arg(long, default_value_t = 0.0)]
+        fail_fraction: f64,
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -259,6 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             batch,
             status_queries,
             heartbeat_ms,
+            tasks,
             report,
         } => {
             let config = load(&cli.config)?;
@@ -269,6 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 status_queries,
                 heartbeat_ms,
                 redis_url: std::env::var("REDIS_URL").ok(),
+                tasks,
             };
             let r = demo::run(config, opts, shutdown_on_signal()).await?;
             write_report(&report, &r)?;
@@ -286,6 +303,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commander_url,
             hold_secs,
             keep,
+            tasks,
+            task_rate,
+            work_ms,
+            fail_fraction,
             report,
         } => {
             let config = load(&cli.config)?;
@@ -307,6 +328,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|p| (*p, config.pool(*p).max_agents))
                     .collect(),
                 progress: true,
+                tasks: sim::TaskLoad {
+                    count: tasks,
+                    rate: task_rate,
+                    work: Duration::from_millis(work_ms),
+                    fail_fraction,
+                },
             };
             let r = sim::run(opts, shutdown_on_signal()).await?;
             write_report(&report, &r)?;

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,34 @@ pub struct SimOptions {
     /// Pool sizes to spread agents over, with each pool's max.
     pub pools: Vec<(PoolType, u32)>,
     pub progress: bool,
+    /// Task load: tasks pushed through the fleet after registration.
+    pub tasks: TaskLoad,
+}
+
+/// Tasks the simulator submits (over the commander's HTTP API) and its
+/// agents do.
+#[derive(Debug, Clone, Default)]
+pub struct TaskLoad {
+    pub count: usize,
+    /// Submissions per second; `None`: as fast as possible (64 in flight).
+    pub rate: Option<f64>,
+    /// How long an agent works on one task.
+    pub work: Duration,
+    /// Fraction of attempts that fail (and are retried).
+    pub fail_fraction: f64,
+}
+
+/// What the task load measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskReport {
+    pub submitted: usize,
+    pub completed: usize,
+    /// Submission sent -> the agent holds the assignment.
+    pub dispatch: Latency,
+    /// First submission -> last completion.
+    pub elapsed_ms: f64,
+    pub throughput_per_sec: f64,
+    pub attempts_failed: u64,
 }
 
 /// Latencies in milliseconds.
@@ -89,6 +118,7 @@ pub struct SimReport {
     /// `agent_failed` events for agents that never stopped.
     pub false_deaths: usize,
     pub final_status: Option<FleetStatus>,
+    pub tasks: Option<TaskReport>,
 }
 
 fn hist() -> Histogram<u64> {
@@ -334,15 +364,43 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     let mut stops = Vec::with_capacity(live.len());
     let mut tasks = tokio::task::JoinSet::new();
     let ids: Vec<String> = live.iter().map(|a| a.id().to_string()).collect();
+    let load = Arc::new(LoadState::new(opts.tasks.count));
     for (i, mut a) in live.into_iter().enumerate() {
         let stop = shutdown.child_token();
         stops.push(stop.clone());
         let interval = opts.heartbeat;
         let offset = interval.mul_f64((i as f64 * 0.618_034) % 1.0);
+        let work = (opts.tasks.count > 0).then(|| load.work(&opts.tasks));
         tasks.spawn(async move {
-            a.run(interval, offset, stop).await;
+            a.run_with(interval, offset, stop, work).await;
             a
         });
+    }
+    if opts.tasks.count > 0 {
+        let base = opts
+            .commander_url
+            .clone()
+            .context("task load needs the commander's HTTP API")?;
+        let pools: Vec<PoolType> = {
+            let mut seen = Vec::new();
+            for p in &pools {
+                if !seen.contains(p) {
+                    seen.push(*p);
+                }
+            }
+            seen
+        };
+        report.tasks = Some(
+            run_tasks(
+                &opts.tasks,
+                &base,
+                &pools,
+                load.clone(),
+                &mut progress,
+                &shutdown,
+            )
+            .await?,
+        );
     }
 
     // Stop some agents: they go silent, as if killed. First let the fleet
@@ -454,6 +512,165 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             .await;
     }
     watcher.abort();
+    Ok(report)
+}
+
+/// Shared between the submitter and the agents' work.
+struct LoadState {
+    sent: Vec<std::sync::OnceLock<Instant>>,
+    dispatch: std::sync::Mutex<Histogram<u64>>,
+    completed: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicU64,
+    last_done: std::sync::Mutex<Option<Instant>>,
+    all_done: tokio::sync::Notify,
+}
+
+impl LoadState {
+    fn new(n: usize) -> Self {
+        LoadState {
+            sent: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+            dispatch: std::sync::Mutex::new(hist()),
+            completed: Default::default(),
+            failed: Default::default(),
+            last_done: Default::default(),
+            all_done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// What a simulated agent does with a task: note when it arrived, work,
+    /// then complete (or fail, for the given fraction of attempts).
+    fn work(self: &Arc<Self>, load: &TaskLoad) -> crate::agent::Work {
+        let me = self.clone();
+        let (work, fail) = (load.work, load.fail_fraction);
+        Arc::new(move |a: crate::agent::Assignment| {
+            let me = me.clone();
+            Box::pin(async move {
+                let seq = a.payload["seq"].as_u64().unwrap_or(u64::MAX) as usize;
+                if a.attempt == 1 {
+                    if let Some(t) = me.sent.get(seq).and_then(|s| s.get()) {
+                        let us = t.elapsed().as_micros().max(1) as u64;
+                        me.dispatch
+                            .lock()
+                            .expect("no panics while held")
+                            .record(us)
+                            .ok();
+                    }
+                }
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
+                if fail > 0.0 && rand::random::<f64>() < fail {
+                    me.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return crate::agent::Outcome::Fail("simulated failure".into());
+                }
+                let n = me
+                    .completed
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                    + 1;
+                *me.last_done.lock().expect("no panics while held") = Some(Instant::now());
+                if n >= me.sent.len() {
+                    me.all_done.notify_one();
+                }
+                crate::agent::Outcome::Complete(serde_json::Value::Null)
+            })
+        })
+    }
+}
+
+/// Submits the task load over HTTP and waits until the agents have done it.
+async fn run_tasks(
+    load: &TaskLoad,
+    base: &str,
+    pools: &[PoolType],
+    state: Arc<LoadState>,
+    progress: &mut Progress,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<TaskReport> {
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/tasks");
+    let started = Instant::now();
+    let submit = |seq: usize| {
+        let (http, url, state) = (http.clone(), url.clone(), state.clone());
+        let pool = pools[seq % pools.len()];
+        async move {
+            let body = serde_json::json!({"pool": pool, "payload": {"seq": seq}, "maxRetries": 10});
+            let _ = state.sent[seq].set(Instant::now());
+            http.post(&url)
+                .json(&body)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map(|_| ())
+        }
+    };
+    let submitted = match load.rate {
+        Some(rate) => {
+            let mut set = tokio::task::JoinSet::new();
+            let gap = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let mut tick = tokio::time::interval(gap);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for seq in 0..load.count {
+                tick.tick().await;
+                set.spawn(submit(seq));
+                progress.update(&format!(
+                    "submitted {}/{} tasks at {rate}/s",
+                    seq + 1,
+                    load.count
+                ));
+            }
+            let mut ok = 0;
+            while let Some(r) = set.join_next().await {
+                ok += usize::from(matches!(r, Ok(Ok(()))));
+            }
+            ok
+        }
+        None => {
+            stream::iter(0..load.count)
+                .map(submit)
+                .buffer_unordered(64)
+                .filter(|r| std::future::ready(r.is_ok()))
+                .count()
+                .await
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while state.completed.load(std::sync::atomic::Ordering::Acquire) < submitted
+        && Instant::now() < deadline
+        && !shutdown.is_cancelled()
+    {
+        let _ = tokio::time::timeout(Duration::from_millis(200), state.all_done.notified()).await;
+        progress.update(&format!(
+            "tasks completed {}/{}",
+            state.completed.load(std::sync::atomic::Ordering::Acquire),
+            submitted
+        ));
+    }
+    let completed = state.completed.load(std::sync::atomic::Ordering::Acquire);
+    let end = state
+        .last_done
+        .lock()
+        .expect("no panics while held")
+        .unwrap_or_else(Instant::now);
+    let elapsed = end.duration_since(started).as_secs_f64();
+    let report = TaskReport {
+        submitted,
+        completed,
+        dispatch: Latency::from(&state.dispatch.lock().expect("no panics while held")),
+        elapsed_ms: elapsed * 1000.0,
+        throughput_per_sec: completed as f64 / elapsed.max(1e-9),
+        attempts_failed: state.failed.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    progress.line(&format!(
+        "tasks: {}/{} completed in {:.0} ms ({:.0}/s); dispatch p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {} attempts failed and were retried",
+        report.completed,
+        report.submitted,
+        report.elapsed_ms,
+        report.throughput_per_sec,
+        report.dispatch.p50_ms,
+        report.dispatch.p99_ms,
+        report.dispatch.max_ms,
+        report.attempts_failed
+    ));
     Ok(report)
 }
 

@@ -70,7 +70,9 @@ fn demo_without_redis_says_how_to_get_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
-    let h = Harness::start().await;
+    // This test also runs a task phase in the same process: a 1 s failure
+    // window keeps a busy machine from faking deaths.
+    let h = Harness::start_with(|c| c.fleet.missed_heartbeats = 10).await;
     let report = sim::run(
         SimOptions {
             redis_url: h.redis.url(),
@@ -89,6 +91,12 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
                 .map(|p| (*p, h.config.pool(*p).max_agents))
                 .collect(),
             progress: false,
+            tasks: sim::TaskLoad {
+                count: 200,
+                rate: None,
+                work: Duration::from_millis(1),
+                fail_fraction: 0.1,
+            },
         },
         Default::default(),
     )
@@ -106,6 +114,13 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
         silent >= h.config.failure_window().as_millis() as f64,
         "failed only after 3 missed heartbeats: {silent}"
     );
+    let tasks = report.tasks.as_ref().expect("task report");
+    assert_eq!((tasks.submitted, tasks.completed), (200, 200), "{tasks:?}");
+    assert!(
+        tasks.attempts_failed > 0,
+        "some attempts failed and were retried"
+    );
+    assert_eq!(tasks.dispatch.count, 200);
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["registration"]["p99_ms"].is_number());
     // Survivors deregistered at the end; the 4 stopped ones remain, failed.
