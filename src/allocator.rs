@@ -11,6 +11,7 @@ use crate::metrics as m;
 use crate::pool::PoolType;
 use crate::registry::{now_ms, Orphans, RegistryError};
 use redis::aio::ConnectionManager;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -21,13 +22,22 @@ const BATCH: usize = 64;
 const TICK: Duration = Duration::from_millis(50);
 
 pub(crate) async fn allocator(shared: Arc<Shared>, mut conn: ConnectionManager) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        // A wake serves the pools that changed; the tick also brings back
+        // retries and expired leases and looks at every pool.
+        let full = tokio::select! {
             _ = shared.shutdown_token().cancelled() => return,
-            _ = shared.alloc_wake.notified() => {}
-            _ = tokio::time::sleep(TICK) => {}
-        }
-        match round(&shared, &mut conn).await {
+            _ = shared.alloc_wake.notified() => false,
+            _ = tick.tick() => true,
+        };
+        let mask = shared.dirty_pools.swap(0, Ordering::AcqRel);
+        let pools: Vec<PoolType> = PoolType::ALL
+            .into_iter()
+            .filter(|p| full || mask & (1 << p.index()) != 0)
+            .collect();
+        match round(&shared, &mut conn, full, pools).await {
             Ok(()) => {}
             Err(RegistryError::Fenced) => {
                 shared.on_fenced();
@@ -36,6 +46,7 @@ pub(crate) async fn allocator(shared: Arc<Shared>, mut conn: ConnectionManager) 
             Err(e) => {
                 metrics::counter!(m::REDIS_ERRORS, "op" => "allocate").increment(1);
                 warn!(error = %e, "allocation round failed; retrying");
+                shared.dirty_pools.fetch_or(mask, Ordering::AcqRel);
                 if !pause(shared.shutdown_token(), TICK).await {
                     return;
                 }
@@ -44,25 +55,30 @@ pub(crate) async fn allocator(shared: Arc<Shared>, mut conn: ConnectionManager) 
     }
 }
 
-async fn round(shared: &Shared, conn: &mut ConnectionManager) -> Result<(), RegistryError> {
+async fn round(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    full: bool,
+    mut pools: Vec<PoolType>,
+) -> Result<(), RegistryError> {
     let started = Instant::now();
     let now = now_ms();
-    shared.tasks.release_delayed(conn, now, 512).await?;
-    let mut expired = Orphans::default();
-    for id in shared.tasks.expired_leases(conn, now, 512).await? {
-        match shared.tasks.expire(conn, &id, now).await?.as_deref() {
-            Some("queued") => expired.requeued += 1,
-            Some("dead") => expired.dead += 1,
-            _ => {}
+    if full {
+        shared.tasks.release_delayed(conn, now, 512).await?;
+        let mut expired = Orphans::default();
+        for id in shared.tasks.expired_leases(conn, now, 512).await? {
+            match shared.tasks.expire(conn, &id, now).await?.as_deref() {
+                Some("queued") => expired.requeued += 1,
+                Some("dead") => expired.dead += 1,
+                _ => {}
+            }
+        }
+        if expired.requeued + expired.dead > 0 {
+            metrics::counter!(m::TASKS_ORPHANED, "reason" => "lease_expired")
+                .increment(u64::from(expired.requeued + expired.dead));
+            metrics::counter!(m::TASKS_DEAD, "pool" => "any").increment(u64::from(expired.dead));
         }
     }
-    if expired.requeued + expired.dead > 0 {
-        metrics::counter!(m::TASKS_ORPHANED, "reason" => "lease_expired")
-            .increment(u64::from(expired.requeued + expired.dead));
-        metrics::counter!(m::TASKS_DEAD, "pool" => "any").increment(u64::from(expired.dead));
-    }
-
-    let mut pools: Vec<PoolType> = PoolType::ALL.to_vec();
     let mut assigned_any = false;
     while !pools.is_empty() {
         let rounds = futures_util::future::join_all(pools.iter().map(|&p| {

@@ -56,6 +56,8 @@ pub struct Shared {
     pub listening_since: AtomicU64,
     /// Wakes the allocator: a task arrived, an agent freed up, tasks came back.
     pub alloc_wake: tokio::sync::Notify,
+    /// Pools (bit per [`PoolType::index`]) the allocator should look at next.
+    pub dirty_pools: std::sync::atomic::AtomicU32,
     fenced: AtomicBool,
     shutdown: CancellationToken,
 }
@@ -76,6 +78,19 @@ impl Shared {
         }
     }
 
+    /// Asks the allocator to look at one pool (a task arrived, an agent freed up).
+    pub fn wake_pool(&self, pool: PoolType) {
+        self.dirty_pools
+            .fetch_or(1 << pool.index(), Ordering::AcqRel);
+        self.alloc_wake.notify_one();
+    }
+
+    /// Asks the allocator to look at every pool.
+    pub fn wake_all(&self) {
+        self.dirty_pools.store(u32::MAX, Ordering::Release);
+        self.alloc_wake.notify_one();
+    }
+
     /// Counts tasks given back by an agent and lets the allocator hand them out.
     pub(crate) fn on_orphans(&self, o: crate::registry::Orphans, reason: &'static str) {
         if o.requeued + o.dead > 0 {
@@ -90,7 +105,7 @@ impl Shared {
                 reason,
                 "tasks given back"
             );
-            self.alloc_wake.notify_one();
+            self.wake_all();
         }
     }
 
@@ -182,6 +197,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         started: Instant::now(),
         listening_since: AtomicU64::new(0),
         alloc_wake: tokio::sync::Notify::new(),
+        dirty_pools: std::sync::atomic::AtomicU32::new(0),
         fenced: AtomicBool::new(false),
         shutdown,
         config,
@@ -428,18 +444,18 @@ async fn handle(
                 Some(ReportOutcome::Running) => {}
                 Some(ReportOutcome::Completed(p)) => {
                     metrics::counter!(m::TASKS_COMPLETED, "pool" => pool(p)).increment(1);
-                    shared.alloc_wake.notify_one();
+                    wake(shared, p);
                 }
                 Some(ReportOutcome::Retrying(p)) => {
                     metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
                     metrics::counter!(m::TASKS_RETRIED, "pool" => pool(p)).increment(1);
-                    shared.alloc_wake.notify_one();
+                    wake(shared, p);
                 }
                 Some(ReportOutcome::Dead(p)) => {
                     metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
                     metrics::counter!(m::TASKS_DEAD, "pool" => pool(p)).increment(1);
                     warn!(task_id = %r.task_id, "task out of retries: dead-lettered");
-                    shared.alloc_wake.notify_one();
+                    wake(shared, p);
                 }
             }
             Ok(())
@@ -541,7 +557,7 @@ async fn register(
                     Ok(RegisterOutcome::Registered {
                         announced: true, ..
                     }) => {
-                        shared.alloc_wake.notify_one();
+                        shared.wake_pool(pool);
                         metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
                             .increment(1);
                         metrics::histogram!(m::REGISTRATION_SECONDS).record(started.elapsed());
@@ -582,8 +598,8 @@ async fn register(
         }
     };
 
-    if event.is_some() {
-        shared.alloc_wake.notify_one();
+    if let Some(Event::AgentRegistered { pool, .. }) = &event {
+        shared.wake_pool(*pool);
     }
     let mut p = redis::pipe();
     p.publish(keys.agent_channel(&r.agent_id), json(&reply))
@@ -631,7 +647,7 @@ pub async fn submit(
     };
     let out = shared.tasks.submit(conn, &valid, now_ms()).await?;
     if let Submitted::Accepted(id) = &out {
-        shared.alloc_wake.notify_one();
+        shared.wake_pool(valid.pool);
         metrics::counter!(m::TASKS_SUBMITTED, "pool" => valid.pool.as_str()).increment(1);
         debug!(task_id = %id, pool = %valid.pool, "task accepted");
     }
@@ -688,6 +704,14 @@ async fn submit_task(
         },
     };
     publish(conn, channel, &reply).await
+}
+
+/// The agent that reported freed a slot in `pool`.
+fn wake(shared: &Shared, pool: Option<PoolType>) {
+    match pool {
+        Some(p) => shared.wake_pool(p),
+        None => shared.wake_all(),
+    }
 }
 
 /// `fleet_status` on the fleet channel (periodic, or a reply to `status_request`).

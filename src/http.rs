@@ -221,7 +221,7 @@ async fn requeue_dead(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> R
         .await
     {
         Ok(Ok(())) => {
-            s.alloc_wake.notify_one();
+            s.wake_all();
             Json(json!({"requeued": true, "taskId": id})).into_response()
         }
         Ok(Err(state)) => error(StatusCode::CONFLICT, "not_dead", format!("task is {state}")),

@@ -13,6 +13,10 @@ macro_rules! pools {
 
         impl PoolType {
             pub const ALL: [PoolType; 16] = [$(PoolType::$variant),+];
+            /// Position in [`PoolType::ALL`].
+            pub fn index(self) -> usize {
+                self as usize
+            }
             pub fn as_str(self) -> &'static str {
                 match self { $(PoolType::$variant => $name),+ }
             }

@@ -29,8 +29,9 @@ local function agent_caps(aid)
 end
 
 local assigned = 0
+local free = #agents
 for _, tid in ipairs(tids) do
-  if assigned >= max_n then break end
+  if assigned >= max_n or free == 0 then break end
   local task = K.task .. tid
   local t = redis.call('HMGET', task, 'state', 'capabilities', 'attempt', 'timeoutMs',
     'payload', 'priority')
@@ -50,6 +51,7 @@ for _, tid in ipairs(tids) do
           local inflight, capacity = tonumber(a[2] or 0), tonumber(a[3] or 1)
           if not (a[1] == 'idle' or a[1] == 'active') or inflight >= capacity then
             agents[i] = false
+            free = free - 1
             if a[1] then refresh_available(aid, pool) else
               redis.call('ZREM', K.available .. pool, aid) end
           else
@@ -64,6 +66,7 @@ for _, tid in ipairs(tids) do
             if inflight >= capacity then
               status = 'busy'
               agents[i] = false
+              free = free - 1
             end
             redis.call('HSET', K.agent .. aid, 'inflight', inflight, 'status', status,
               'lastActive', now)
