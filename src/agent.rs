@@ -142,6 +142,12 @@ impl Agent {
         })
     }
 
+    /// Becomes a new run of the agent, as after a process restart: the next
+    /// registration tells the commander to give away what the old run held.
+    pub fn new_instance(&mut self) {
+        self.instance = uuid::Uuid::new_v4().simple().to_string();
+    }
+
     pub fn id(&self) -> &str {
         &self.spec.id
     }

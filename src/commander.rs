@@ -565,7 +565,16 @@ async fn register(
                         return Ok(());
                     }
                     Ok(RegisterOutcome::Registered { record, .. }) => accepted(record, false),
-                    Ok(RegisterOutcome::ReRegistered(record)) => accepted(record, true),
+                    Ok(RegisterOutcome::ReRegistered { record, orphaned }) => {
+                        shared.on_orphans(
+                            crate::registry::Orphans {
+                                requeued: orphaned,
+                                dead: 0,
+                            },
+                            "agent_restarted",
+                        );
+                        accepted(record, true)
+                    }
                     Ok(RegisterOutcome::PoolFull) => (
                         refuse(
                             RefusalReason::PoolFull,

@@ -91,6 +91,10 @@ enum Command {
         /// Fraction of attempts that fail (and are retried).
         #[arg(long, default_value_t = 0.0)]
         fail_fraction: f64,
+        /// Fraction of attempts during which the agent dies (its task must be
+        /// completed by another agent once the death is detected).
+        #[arg(long, default_value_t = 0.0)]
+        die_fraction: f64,
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -307,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             task_rate,
             work_ms,
             fail_fraction,
+            die_fraction,
             report,
         } => {
             let config = load(&cli.config)?;
@@ -333,6 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rate: task_rate,
                     work: Duration::from_millis(work_ms),
                     fail_fraction,
+                    die_fraction,
                 },
             };
             let r = sim::run(opts, shutdown_on_signal()).await?;

@@ -171,7 +171,11 @@ pub enum RegisterOutcome {
         record: AgentRecord,
         announced: bool,
     },
-    ReRegistered(AgentRecord),
+    /// `orphaned`: tasks the previous instance held, given back.
+    ReRegistered {
+        record: AgentRecord,
+        orphaned: u32,
+    },
     PoolFull,
     FleetFull,
     /// The id is registered in another pool.
@@ -397,7 +401,10 @@ impl Registry {
                 record: record()?,
                 announced: true,
             },
-            "reregistered" => RegisterOutcome::ReRegistered(record()?),
+            "reregistered" => RegisterOutcome::ReRegistered {
+                record: record()?,
+                orphaned: text(reply.get(7))?.parse().unwrap_or(0),
+            },
             "pool_full" => RegisterOutcome::PoolFull,
             "fleet_full" => RegisterOutcome::FleetFull,
             "pool_mismatch" => RegisterOutcome::PoolMismatch(text(reply.get(1))?),

@@ -56,6 +56,9 @@ pub struct TaskLoad {
     pub work: Duration,
     /// Fraction of attempts that fail (and are retried).
     pub fail_fraction: f64,
+    /// Fraction of attempts during which the agent dies (stops heartbeating
+    /// and never reports); the commander must give the task to another.
+    pub die_fraction: f64,
 }
 
 /// What the task load measured.
@@ -69,6 +72,8 @@ pub struct TaskReport {
     pub elapsed_ms: f64,
     pub throughput_per_sec: f64,
     pub attempts_failed: u64,
+    /// Agents that died mid-task.
+    pub agents_died: usize,
 }
 
 /// Latencies in milliseconds.
@@ -370,10 +375,23 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         stops.push(stop.clone());
         let interval = opts.heartbeat;
         let offset = interval.mul_f64((i as f64 * 0.618_034) % 1.0);
-        let work = (opts.tasks.count > 0).then(|| load.work(&opts.tasks));
+        let (load, task_load) = (load.clone(), opts.tasks.clone());
         tasks.spawn(async move {
-            a.run_with(interval, offset, stop, work).await;
-            a
+            loop {
+                // A crash (dying mid-task) ends one run; a supervisor restarts
+                // the agent as a new instance a moment later.
+                let crash = stop.child_token();
+                let work = (task_load.count > 0).then(|| load.work(&task_load, a.id(), &crash));
+                a.run_with(interval, offset, crash, work).await;
+                if stop.is_cancelled() {
+                    return a;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                a.new_instance();
+                if a.register(Duration::from_secs(5)).await.is_err() {
+                    return a;
+                }
+            }
         });
     }
     if opts.tasks.count > 0 {
@@ -437,7 +455,13 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                     .ok();
                 silent_hist.record(silent_ms.max(1) * 1000).ok();
             }
-        } else if ids.contains(&id) {
+        } else if ids.contains(&id)
+            && !load
+                .died
+                .lock()
+                .expect("no panics while held")
+                .contains(&id)
+        {
             false_deaths.insert(id);
         }
         report.detected = detected.len();
@@ -523,6 +547,8 @@ struct LoadState {
     failed: std::sync::atomic::AtomicU64,
     last_done: std::sync::Mutex<Option<Instant>>,
     all_done: tokio::sync::Notify,
+    /// Agents that died mid-task on purpose (not false deaths).
+    died: std::sync::Mutex<HashSet<String>>,
 }
 
 impl LoadState {
@@ -534,17 +560,33 @@ impl LoadState {
             failed: Default::default(),
             last_done: Default::default(),
             all_done: tokio::sync::Notify::new(),
+            died: Default::default(),
         }
     }
 
     /// What a simulated agent does with a task: note when it arrived, work,
     /// then complete (or fail, for the given fraction of attempts).
-    fn work(self: &Arc<Self>, load: &TaskLoad) -> crate::agent::Work {
+    fn work(
+        self: &Arc<Self>,
+        load: &TaskLoad,
+        agent_id: &str,
+        stop: &CancellationToken,
+    ) -> crate::agent::Work {
         let me = self.clone();
-        let (work, fail) = (load.work, load.fail_fraction);
+        let (work, fail, die) = (load.work, load.fail_fraction, load.die_fraction);
+        let (agent_id, stop) = (agent_id.to_string(), stop.clone());
         Arc::new(move |a: crate::agent::Assignment| {
             let me = me.clone();
+            let (agent_id, stop) = (agent_id.clone(), stop.clone());
             Box::pin(async move {
+                if die > 0.0 && rand::random::<f64>() < die {
+                    me.died
+                        .lock()
+                        .expect("no panics while held")
+                        .insert(agent_id);
+                    stop.cancel(); // the agent goes silent with the task
+                    return crate::agent::Outcome::Vanish;
+                }
                 let seq = a.payload["seq"].as_u64().unwrap_or(u64::MAX) as usize;
                 if a.attempt == 1 {
                     if let Some(t) = me.sent.get(seq).and_then(|s| s.get()) {
@@ -659,9 +701,10 @@ async fn run_tasks(
         elapsed_ms: elapsed * 1000.0,
         throughput_per_sec: completed as f64 / elapsed.max(1e-9),
         attempts_failed: state.failed.load(std::sync::atomic::Ordering::Relaxed),
+        agents_died: state.died.lock().expect("no panics while held").len(),
     };
     progress.line(&format!(
-        "tasks: {}/{} completed in {:.0} ms ({:.0}/s); dispatch p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {} attempts failed and were retried",
+        "tasks: {}/{} completed in {:.0} ms ({:.0}/s); dispatch p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {} attempts failed and were retried; {} agents died mid-task",
         report.completed,
         report.submitted,
         report.elapsed_ms,
@@ -669,7 +712,8 @@ async fn run_tasks(
         report.dispatch.p50_ms,
         report.dispatch.p99_ms,
         report.dispatch.max_ms,
-        report.attempts_failed
+        report.attempts_failed,
+        report.agents_died
     ));
     Ok(report)
 }

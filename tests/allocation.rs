@@ -327,3 +327,39 @@ async fn an_unacknowledged_assignment_goes_back_when_its_lease_runs_out() {
     stop.cancel();
     let _ = task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_gives_back_what_it_held_at_once() {
+    // A long failure window: only the restart can explain the task coming back.
+    let h = Harness::start_with(|c| c.fleet.missed_heartbeats = 100).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    let hang = work(move |_a: Assignment| {
+        s.notify_one();
+        async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Outcome::Vanish
+        }
+    });
+    let (crash, old) = start_agent(&h, "phoenix", PoolType::Mobile, &[], Some(hang)).await;
+    let id = submit(&h, json!({"pool": "mobile"})).await;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the task was taken");
+    crash.cancel();
+    let _ = old.await;
+    // The process restarts: same id, new instance.
+    let (stop, task) = start_agent(&h, "phoenix", PoolType::Mobile, &[], None).await;
+    let t = wait_state(&h, &id, "completed").await;
+    assert_eq!(t["attempt"], 2);
+    assert_eq!(t["agentId"], "phoenix");
+    assert!(
+        h.metric(r#"fleet_tasks_orphaned_total{reason="agent_restarted"}"#)
+            .await
+            >= 1.0
+    );
+    let (_, a) = h.get("/v1/agents/phoenix").await;
+    assert_eq!(a["health"]["failures"], 0, "never declared failed: {a}");
+    stop.cancel();
+    let _ = task.await;
+}

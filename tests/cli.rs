@@ -96,6 +96,7 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
                 rate: None,
                 work: Duration::from_millis(1),
                 fail_fraction: 0.1,
+                die_fraction: 0.02,
             },
         },
         Default::default(),
@@ -120,7 +121,15 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
         tasks.attempts_failed > 0,
         "some attempts failed and were retried"
     );
-    assert_eq!(tasks.dispatch.count, 200);
+    assert!(
+        tasks.agents_died > 0,
+        "some agents died mid-task and restarted: {tasks:?}"
+    );
+    // Dispatch latency counts first attempts that did not die.
+    assert!(
+        tasks.dispatch.count > 150 && tasks.dispatch.count <= 200,
+        "{tasks:?}"
+    );
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["registration"]["p99_ms"].is_number());
     // Survivors deregistered at the end; the 4 stopped ones remain, failed.

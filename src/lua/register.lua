@@ -22,7 +22,8 @@ if old then
   outcome = 'reregistered'
   -- Another instance: the agent restarted and lost whatever it held.
   if ARGV[19] ~= '' and cur[9] ~= ARGV[19] then
-    orphaned = orphan_all(id, now)
+    local queued, dead = orphan_all(id, now)
+    orphaned = queued + dead
   end
   redis.call('HSET', agent, 'type', ARGV[7], 'status', 'idle', 'priority', ARGV[8],
     'capabilities', ARGV[9], 'memory', ARGV[10], 'cpu', ARGV[11], 'network', ARGV[12],
