@@ -58,6 +58,9 @@ pub struct Agent {
     keys: Keys,
     publisher: ConnectionManager,
     inbox: Inbox,
+    /// Messages that arrived while a reply was awaited (a task can be
+    /// assigned before the register reply arrives): handled next.
+    pending: std::collections::VecDeque<ToAgent>,
     seq: u64,
     /// This run of the agent: a restart registers with a new one.
     instance: String,
@@ -137,6 +140,7 @@ impl Agent {
                 stream: Some(ps.into_on_message()),
                 reconnect: None,
             },
+            pending: Default::default(),
             seq: 0,
             instance: uuid::Uuid::new_v4().simple().to_string(),
         })
@@ -255,7 +259,10 @@ impl Agent {
 
     /// The next message from the commander.
     pub async fn recv(&mut self) -> ToAgent {
-        self.inbox.recv().await
+        match self.pending.pop_front() {
+            Some(m) => m,
+            None => self.inbox.recv().await,
+        }
     }
 
     async fn await_reply(
@@ -263,13 +270,14 @@ impl Agent {
         timeout: Duration,
         want: impl Fn(&ToAgent) -> bool,
     ) -> Result<ToAgent, AgentError> {
+        let (inbox, pending) = (&mut self.inbox, &mut self.pending);
         let wait = async {
             loop {
-                let m = self.inbox.recv().await;
+                let m = inbox.recv().await;
                 if want(&m) {
                     return Ok(m);
                 }
-                debug!(other = ?m, "not the awaited reply");
+                pending.push_back(m); // not for now: handled after the reply
             }
         };
         tokio::time::timeout(timeout, wait)
@@ -335,11 +343,14 @@ impl Agent {
             Done((String, u32, Outcome)),
         }
         loop {
-            let wake = tokio::select! {
-                _ = stop.cancelled() => Wake::Stop,
-                _ = tick.tick() => Wake::Beat,
-                m = self.inbox.recv() => Wake::Message(m),
-                Some(d) = done_rx.recv() => Wake::Done(d),
+            let wake = match self.pending.pop_front() {
+                Some(m) if !stop.is_cancelled() => Wake::Message(m),
+                _ => tokio::select! {
+                    _ = stop.cancelled() => Wake::Stop,
+                    _ = tick.tick() => Wake::Beat,
+                    m = self.inbox.recv() => Wake::Message(m),
+                    Some(d) = done_rx.recv() => Wake::Done(d),
+                },
             };
             match wake {
                 Wake::Stop => return,
