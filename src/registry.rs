@@ -17,21 +17,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-macro_rules! script {
-    ($file:literal) => {
-        LazyLock::new(|| {
-            Script::new(concat!(
-                include_str!("lua/common.lua"),
-                include_str!(concat!("lua/", $file))
-            ))
-        })
-    };
+/// The prelude every state-changing script starts with (fencing, counters,
+/// agent availability, task hand-back).
+const PRELUDE: &str = include_str!("lua/common.lua");
+
+/// A script with the prelude; loaded once per server, then run by SHA.
+pub(crate) fn lua(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
 }
 
-static REGISTER: LazyLock<Script> = script!("register.lua");
-static HEARTBEAT: LazyLock<Script> = script!("heartbeat.lua");
-static FAIL: LazyLock<Script> = script!("fail.lua");
-static REMOVE: LazyLock<Script> = script!("remove.lua");
+static REGISTER: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/register.lua")));
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/heartbeat.lua")));
+static FAIL: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/fail.lua")));
+static REMOVE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/remove.lua")));
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -54,7 +52,8 @@ pub enum RegistryError {
     Protocol(String),
 }
 
-fn from_script(e: redis::RedisError) -> RegistryError {
+/// A script's error: `FENCED` means a newer commander took over.
+pub(crate) fn from_script(e: redis::RedisError) -> RegistryError {
     if e.code() == Some("FENCED") {
         RegistryError::Fenced
     } else {
@@ -523,15 +522,7 @@ impl Registry {
         cutoff: u64,
         limit: usize,
     ) -> Result<Vec<String>> {
-        Ok(redis::cmd("ZRANGEBYSCORE")
-            .arg(self.keys.heartbeats())
-            .arg("-inf")
-            .arg(cutoff)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(conn)
-            .await?)
+        scored_upto(conn, &self.keys.heartbeats(), cutoff, limit).await
     }
 
     /// Failed agents failed at or before `cutoff`.
@@ -541,15 +532,7 @@ impl Registry {
         cutoff: u64,
         limit: usize,
     ) -> Result<Vec<String>> {
-        Ok(redis::cmd("ZRANGEBYSCORE")
-            .arg(self.keys.failed())
-            .arg("-inf")
-            .arg(cutoff)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(conn)
-            .await?)
+        scored_upto(conn, &self.keys.failed(), cutoff, limit).await
     }
 
     pub async fn agent(
@@ -599,6 +582,24 @@ pub async fn read_counts(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<
         }
     }
     Ok(counts)
+}
+
+/// Members of a sorted set scored at or below `max`, lowest first.
+pub(crate) async fn scored_upto(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+    max: u64,
+    limit: usize,
+) -> Result<Vec<String>> {
+    Ok(redis::cmd("ZRANGEBYSCORE")
+        .arg(key)
+        .arg("-inf")
+        .arg(max)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit)
+        .query_async(conn)
+        .await?)
 }
 
 fn text(v: Option<&Value>) -> Result<String> {

@@ -11,40 +11,21 @@ use crate::config::TaskConfig;
 use crate::keys::Keys;
 use crate::pool::PoolType;
 use crate::protocol::{ReportKind, TaskReport};
-use crate::registry::{prefix_args, RegistryError, Result};
+use crate::registry::{from_script, lua, prefix_args, scored_upto, RegistryError, Result};
 use crate::task::{TaskRecord, ValidTask};
 use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-macro_rules! script {
-    ($file:literal) => {
-        LazyLock::new(|| {
-            Script::new(concat!(
-                include_str!("lua/common.lua"),
-                include_str!(concat!("lua/", $file))
-            ))
-        })
-    };
-}
-
-static SUBMIT: LazyLock<Script> = script!("submit.lua");
-static CANCEL: LazyLock<Script> = script!("cancel.lua");
-static ALLOCATE: LazyLock<Script> = script!("allocate.lua");
-static ACK: LazyLock<Script> = script!("task_ack.lua");
-static DONE: LazyLock<Script> = script!("task_done.lua");
-static EXPIRE: LazyLock<Script> = script!("expire.lua");
-static RELEASE: LazyLock<Script> = script!("release.lua");
-static REQUEUE: LazyLock<Script> = script!("dlq_requeue.lua");
-
-fn fenced(e: redis::RedisError) -> RegistryError {
-    if e.code() == Some("FENCED") {
-        RegistryError::Fenced
-    } else {
-        RegistryError::Redis(e)
-    }
-}
+static SUBMIT: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/submit.lua")));
+static CANCEL: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/cancel.lua")));
+static ALLOCATE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/allocate.lua")));
+static ACK: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/task_ack.lua")));
+static DONE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/task_done.lua")));
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/expire.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/release.lua")));
+static REQUEUE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/dlq_requeue.lua")));
 
 /// What a submission did.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +105,7 @@ impl TaskStore {
             .arg(self.cfg.idempotency_ttl_ms)
             .invoke_async(conn)
             .await
-            .map_err(fenced)?;
+            .map_err(from_script)?;
         match (reply.first().map(String::as_str), reply.get(1)) {
             (Some("accepted"), Some(id)) => Ok(Submitted::Accepted(id.clone())),
             (Some("duplicate"), Some(id)) => Ok(Submitted::Duplicate(id.clone())),
@@ -168,7 +149,7 @@ impl TaskStore {
             .arg(self.cfg.retention_ms)
             .invoke_async(conn)
             .await
-            .map_err(fenced)?;
+            .map_err(from_script)?;
         let tag: String = match reply.first() {
             Some(v) => redis::from_redis_value_ref(v)?,
             None => return Err(RegistryError::Protocol("cancel: empty".into())),
@@ -231,7 +212,7 @@ impl TaskStore {
             .arg(self.keys.agent_channel_prefix())
             .arg(self.keys.allocation_channel());
         prefix_args(&mut inv, &self.keys);
-        let r: (u64, u64) = inv.invoke_async(conn).await.map_err(fenced)?;
+        let r: (u64, u64) = inv.invoke_async(conn).await.map_err(from_script)?;
         Ok(r)
     }
 
@@ -258,7 +239,7 @@ impl TaskStore {
                 .arg(r.progress.map(|p| p.to_string()).unwrap_or_default())
                 .invoke_async(conn)
                 .await
-                .map_err(fenced)?,
+                .map_err(from_script)?,
             ReportKind::Complete | ReportKind::Fail => {
                 let (outcome, detail) = match kind {
                     ReportKind::Complete => (
@@ -286,7 +267,7 @@ impl TaskStore {
                     .arg(self.cfg.retry_backoff_max_ms)
                     .arg(self.keys.allocation_channel());
                 prefix_args(&mut inv, &self.keys);
-                inv.invoke_async(conn).await.map_err(fenced)?
+                inv.invoke_async(conn).await.map_err(from_script)?
             }
         };
         let pool = || reply.get(1).and_then(|p| p.parse::<PoolType>().ok());
@@ -306,15 +287,7 @@ impl TaskStore {
         now: u64,
         limit: usize,
     ) -> Result<Vec<String>> {
-        Ok(redis::cmd("ZRANGEBYSCORE")
-            .arg(self.keys.leases())
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(conn)
-            .await?)
+        scored_upto(conn, &self.keys.leases(), now, limit).await
     }
 
     /// Takes a task back from an agent whose lease ran out. Returns the
@@ -334,7 +307,7 @@ impl TaskStore {
             .arg(now)
             .arg(self.keys.allocation_channel());
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<String> = inv.invoke_async(conn).await.map_err(fenced)?;
+        let reply: Vec<String> = inv.invoke_async(conn).await.map_err(from_script)?;
         Ok(match reply.first().map(String::as_str) {
             Some(r @ ("queued" | "dead")) => Some(r.to_string()),
             _ => None,
@@ -354,7 +327,7 @@ impl TaskStore {
             .arg(now)
             .arg(limit);
         prefix_args(&mut inv, &self.keys);
-        let pools: Vec<String> = inv.invoke_async(conn).await.map_err(fenced)?;
+        let pools: Vec<String> = inv.invoke_async(conn).await.map_err(from_script)?;
         Ok(pools.len())
     }
 
@@ -394,7 +367,7 @@ impl TaskStore {
             .arg(id)
             .arg(now);
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<String> = inv.invoke_async(conn).await.map_err(fenced)?;
+        let reply: Vec<String> = inv.invoke_async(conn).await.map_err(from_script)?;
         Ok(match reply.first().map(String::as_str) {
             Some("queued") => Ok(()),
             _ => Err(reply.get(1).cloned().unwrap_or_default()),
