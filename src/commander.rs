@@ -655,7 +655,8 @@ pub async fn submit(
         }
     };
     let out = shared.tasks.submit(conn, &valid, now_ms()).await?;
-    if let Submitted::Accepted(id) = &out {
+    if let Submitted::Accepted(t) = &out {
+        let id = &t.id;
         shared.wake_pool(valid.pool);
         metrics::counter!(m::TASKS_SUBMITTED, "pool" => valid.pool.as_str()).increment(1);
         debug!(task_id = %id, pool = %valid.pool, "task accepted");
@@ -693,7 +694,16 @@ async fn submit_task(
     }
     let duplicate = matches!(outcome, Ok(Submitted::Duplicate(_)));
     let reply = match outcome {
-        Ok(Submitted::Accepted(id)) | Ok(Submitted::Duplicate(id)) => TaskSubmitReply {
+        Ok(Submitted::Accepted(t)) => TaskSubmitReply {
+            v: VERSION,
+            reply_to: req.id,
+            accepted: true,
+            duplicate,
+            task_id: Some(t.id),
+            reason: None,
+            detail: None,
+        },
+        Ok(Submitted::Duplicate(id)) => TaskSubmitReply {
             v: VERSION,
             reply_to: req.id,
             accepted: true,

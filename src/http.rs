@@ -138,9 +138,16 @@ async fn submit_task(
         }
     };
     let mut conn = s.redis.clone();
-    let (code, id, duplicate) = match crate::commander::submit(&s, &mut conn, &sub).await {
-        Ok(Ok(Submitted::Accepted(id))) => (StatusCode::CREATED, id, false),
-        Ok(Ok(Submitted::Duplicate(id))) => (StatusCode::OK, id, true),
+    let id = match crate::commander::submit(&s, &mut conn, &sub).await {
+        Ok(Ok(Submitted::Accepted(t))) => {
+            // The record as persisted: no need to read it back.
+            return (
+                StatusCode::CREATED,
+                Json(json!({"task": t, "duplicate": false})),
+            )
+                .into_response();
+        }
+        Ok(Ok(Submitted::Duplicate(id))) => id,
         Ok(Err((reason, detail))) => {
             return error(StatusCode::UNPROCESSABLE_ENTITY, reason.as_str(), detail)
         }
@@ -155,8 +162,14 @@ async fn submit_task(
         Err(e) => return unavailable(e),
     };
     match s.tasks.get(&mut conn, &id).await {
-        Ok(Some(t)) => (code, Json(json!({"task": t, "duplicate": duplicate}))).into_response(),
-        Ok(None) => (code, Json(json!({"taskId": id, "duplicate": duplicate}))).into_response(),
+        Ok(Some(t)) => {
+            (StatusCode::OK, Json(json!({"task": t, "duplicate": true}))).into_response()
+        }
+        Ok(None) => (
+            StatusCode::OK,
+            Json(json!({"taskId": id, "duplicate": true})),
+        )
+            .into_response(),
         Err(e) => unavailable(e),
     }
 }

@@ -30,7 +30,8 @@ static REQUEUE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/dlq_re
 /// What a submission did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
-    Accepted(String),
+    /// Persisted and queued: the record as stored.
+    Accepted(Box<TaskRecord>),
     /// The client id already names this task.
     Duplicate(String),
 }
@@ -107,7 +108,23 @@ impl TaskStore {
             .await
             .map_err(from_script)?;
         match (reply.first().map(String::as_str), reply.get(1)) {
-            (Some("accepted"), Some(id)) => Ok(Submitted::Accepted(id.clone())),
+            (Some("accepted"), Some(_)) => Ok(Submitted::Accepted(Box::new(TaskRecord {
+                id,
+                client_id: t.client_id.clone(),
+                pool: t.pool,
+                capabilities: t.capabilities.clone(),
+                priority: t.priority,
+                payload: serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null),
+                timeout_ms: t.timeout_ms,
+                max_retries: t.max_retries,
+                state: crate::task::TaskState::Queued,
+                attempt: 0,
+                agent_id: None,
+                submitted_at: now,
+                updated_at: now,
+                result: None,
+                error: None,
+            }))),
             (Some("duplicate"), Some(id)) => Ok(Submitted::Duplicate(id.clone())),
             other => Err(RegistryError::Protocol(format!("submit: {other:?}"))),
         }
