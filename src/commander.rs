@@ -182,6 +182,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let epoch = Registry::claim_epoch(&mut redis, &keys).await?;
     Registry::load_scripts(&mut redis).await?;
     TaskStore::load_scripts(&mut redis).await?;
+    // The scripts read each pool's allocation strategy from Redis.
+    let mut strategies = redis::pipe();
+    for (pool, pc) in &config.pools {
+        strategies
+            .hset(keys.strategies(), pool.as_str(), pc.strategy.as_str())
+            .ignore();
+    }
+    strategies.query_async::<()>(&mut redis).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await

@@ -81,6 +81,38 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
 }
 
+/// How a pool picks the agent for its next task (see `src/lua/common.lua`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Higher agent priority, then fewer tasks in hand.
+    #[default]
+    Priority,
+    /// The agent given a task longest ago.
+    RoundRobin,
+    /// The smallest share of its capacity in use, then reported load.
+    LeastLoaded,
+    /// The most specialised agent that can do the task.
+    CapabilityMatch,
+    /// Best success rate, then fastest average task time.
+    Performance,
+    /// Fewest completed tasks per unit of weight (the agent's priority).
+    WeightedFair,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Priority => "priority",
+            Strategy::RoundRobin => "round_robin",
+            Strategy::LeastLoaded => "least_loaded",
+            Strategy::CapabilityMatch => "capability_match",
+            Strategy::Performance => "performance",
+            Strategy::WeightedFair => "weighted_fair",
+        }
+    }
+}
+
 /// Task handling: defaults for submissions, leases, retries, aging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -126,6 +158,9 @@ pub struct PoolConfig {
     pub priority_level: u8,
     pub scaling_enabled: bool,
     pub resource_limits: ResourceLimits,
+    /// How the pool picks an agent for a task.
+    #[serde(default)]
+    pub strategy: Strategy,
     /// Capabilities the pool offers; a task needing another is refused.
     /// Empty (the default): any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

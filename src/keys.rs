@@ -131,6 +131,10 @@ impl Keys {
     pub fn agent_channel_prefix(&self) -> String {
         format!("{}:agent:", self.prefix)
     }
+    /// Hash: pool -> allocation strategy, written from the config at start.
+    pub fn strategies(&self) -> String {
+        format!("{}:strategies", self.prefix)
+    }
     /// Sorted set: tasks waiting out a retry backoff, scored by when they may run.
     pub fn delayed(&self) -> String {
         format!("{}:delayed", self.prefix)

@@ -280,7 +280,8 @@ pub(crate) fn prefix_args(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
         .arg(keys.queue_prefix())
         .arg(keys.leases())
         .arg(keys.dead())
-        .arg(keys.delayed());
+        .arg(keys.delayed())
+        .arg(keys.strategies());
 }
 
 /// The Redis-backed registry. Cheap to clone.

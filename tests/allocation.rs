@@ -363,3 +363,118 @@ async fn a_restarted_agent_gives_back_what_it_held_at_once() {
     stop.cancel();
     let _ = task.await;
 }
+
+/// Runs `n` tasks one after another through a pool and returns who did each.
+async fn sequential(
+    h: &Harness,
+    pool: &str,
+    n: usize,
+    log: &Arc<Mutex<Vec<String>>>,
+) -> Vec<String> {
+    for _ in 0..n {
+        let id = submit(h, json!({"pool": pool, "maxRetries": 5})).await;
+        wait_state(h, &id, "completed").await;
+    }
+    log.lock().unwrap().clone()
+}
+
+fn recorder(name: &str, log: &Arc<Mutex<Vec<String>>>, fail: bool) -> Work {
+    let (name, log) = (name.to_string(), log.clone());
+    work(move |_a: Assignment| {
+        log.lock().unwrap().push(name.clone());
+        let fail = fail;
+        async move {
+            if fail {
+                Outcome::Fail("always".into())
+            } else {
+                Outcome::Complete(Value::Null)
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_takes_turns_where_priority_keeps_the_best_agent() {
+    use fleet_commander::config::Strategy;
+    let h = Harness::start_with(|c| {
+        c.pools.get_mut(&PoolType::Reviewer).unwrap().strategy = Strategy::RoundRobin;
+        c.pools.get_mut(&PoolType::Researcher).unwrap().strategy = Strategy::Priority;
+    })
+    .await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut running = Vec::new();
+    for (name, pool) in [
+        ("rr-a", PoolType::Reviewer),
+        ("rr-b", PoolType::Reviewer),
+        ("pr-a", PoolType::Researcher),
+        ("pr-b", PoolType::Researcher),
+    ] {
+        running.push(start_agent(&h, name, pool, &[], Some(recorder(name, &log, false))).await);
+    }
+    let who = sequential(&h, "reviewer", 6, &log).await;
+    let a = who.iter().filter(|w| *w == "rr-a").count();
+    assert_eq!(
+        (a, who.len() - a),
+        (3, 3),
+        "round robin alternates: {who:?}"
+    );
+    log.lock().unwrap().clear();
+    let who = sequential(&h, "researcher", 6, &log).await;
+    let distinct: std::collections::HashSet<_> = who.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "priority keeps to one equally good agent: {who:?}"
+    );
+    for (s, t) in running {
+        s.cancel();
+        let _ = t.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn performance_strategy_stops_choosing_an_agent_that_fails() {
+    use fleet_commander::config::Strategy;
+    let h = Harness::start_with(|c| {
+        c.pools.get_mut(&PoolType::Optimizer).unwrap().strategy = Strategy::Performance;
+        c.tasks.retry_backoff_ms = 10;
+    })
+    .await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // "opt-bad" sorts first, so it gets the first task; it fails it.
+    let bad = start_agent(
+        &h,
+        "opt-bad",
+        PoolType::Optimizer,
+        &[],
+        Some(recorder("opt-bad", &log, true)),
+    )
+    .await;
+    let good = start_agent(
+        &h,
+        "opt-good",
+        PoolType::Optimizer,
+        &[],
+        Some(recorder("opt-good", &log, false)),
+    )
+    .await;
+    let who = sequential(&h, "optimizer", 5, &log).await;
+    let bad_attempts = who.iter().filter(|w| *w == "opt-bad").count();
+    assert!(
+        bad_attempts <= 1,
+        "a failing agent is not chosen again: {who:?}"
+    );
+    assert_eq!(who.iter().filter(|w| *w == "opt-good").count(), 5);
+    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let id = submit(&h, json!({"pool": "optimizer"})).await;
+    let ev = events
+        .wait_for("task_assigned", |v| {
+            v["type"] == "task_assigned" && v["taskId"] == id.as_str()
+        })
+        .await;
+    assert_eq!(ev["strategy"], "performance");
+    for (s, t) in [bad, good] {
+        s.cancel();
+        let _ = t.await;
+    }
+}

@@ -11,6 +11,7 @@ prefixes(8)
 local queue, counts = KEYS[2], KEYS[3]
 local pool, max_n, now, ack = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 
+local strat = strategy(pool)
 local tids = redis.call('ZRANGE', queue, 0, 63)
 if #tids == 0 then return {0, 0} end
 local agents = redis.call('ZRANGE', K.available .. pool, 0, 127)
@@ -69,13 +70,15 @@ for _, tid in ipairs(tids) do
               free = free - 1
             end
             redis.call('HSET', K.agent .. aid, 'inflight', inflight, 'status', status,
-              'lastActive', now)
+              'lastActive', now, 'lastAssigned', now)
             move(counts, pool, a[1], status)
             refresh_available(aid, pool)
             redis.call('PUBLISH', ARGV[6] .. aid, '{"v":1,"type":"task_assign","taskId":"' ..
               tid .. '","attempt":' .. attempt .. ',"pool":"' .. pool .. '","priority":' ..
               t[6] .. ',"timeoutMs":' .. t[4] .. ',"payload":' .. t[5] .. '}')
-            task_event(ARGV[7], 'task_assigned', tid, pool, aid, attempt, now)
+            redis.call('PUBLISH', ARGV[7], '{"v":1,"type":"task_assigned","taskId":"' .. tid ..
+              '","pool":"' .. pool .. '","agentId":"' .. aid .. '","attempt":' .. attempt ..
+              ',"strategy":"' .. strat .. '","ts":' .. now .. '}')
             assigned = assigned + 1
             break
           end

@@ -22,17 +22,50 @@ end
 -- Key prefixes, set by scripts that touch tasks (from src/keys.rs).
 local K = {}
 
+-- The pool's allocation strategy (from the config), 'priority' by default.
+local function strategy(pool)
+  return redis.call('HGET', K.strategies, pool) or 'priority'
+end
+
 -- Whether an agent can take a task now, and its place among the pool's
--- available agents (lower is better: higher priority, then fewer tasks).
+-- available agents, lower first, by the pool's strategy:
+--   priority          higher agent priority, then fewer tasks in hand
+--   round_robin       the agent given a task longest ago
+--   least_loaded      the smallest share of its capacity in use, then reported load
+--   capability_match  the most specialised agent (fewest capabilities), keeping generalists free
+--   performance       the best success rate, then the fastest average task (new agents count as perfect)
+--   weighted_fair     the fewest completed tasks per unit of weight (its priority)
 local function refresh_available(id, pool)
-  local a = redis.call('HMGET', K.agent .. id, 'status', 'inflight', 'capacity', 'priority')
+  local a = redis.call('HMGET', K.agent .. id, 'status', 'inflight', 'capacity', 'priority',
+    'lastAssigned', 'load', 'capabilities', 'tasksCompleted', 'tasksFailed', 'avgTaskTime')
   local status, inflight, capacity = a[1], tonumber(a[2] or 0), tonumber(a[3] or 1)
   local set = K.available .. pool
-  if status and (status == 'idle' or status == 'active') and inflight < capacity then
-    redis.call('ZADD', set, (10 - tonumber(a[4] or 5)) * 1000 + inflight, id)
-  else
+  if not (status and (status == 'idle' or status == 'active') and inflight < capacity) then
     redis.call('ZREM', set, id)
+    return
   end
+  local s = strategy(pool)
+  local priority = tonumber(a[4] or 5)
+  local score
+  if s == 'round_robin' then
+    score = tonumber(a[5] or 0)
+  elseif s == 'least_loaded' then
+    score = (inflight / capacity) * 1000 + tonumber(a[6] or 0)
+  elseif s == 'capability_match' then
+    local n = 0
+    if a[7] then n = #cjson.decode(a[7]) end
+    score = n * 1000 + inflight
+  elseif s == 'performance' then
+    local done, failed = tonumber(a[8] or 0), tonumber(a[9] or 0)
+    local rate = 1
+    if done + failed > 0 then rate = done / (done + failed) end
+    score = (1 - rate) * 1e9 + tonumber(a[10] or 0)
+  elseif s == 'weighted_fair' then
+    score = tonumber(a[8] or 0) / priority * 1000 + inflight
+  else
+    score = (10 - priority) * 1000 + inflight
+  end
+  redis.call('ZADD', set, score, id)
 end
 
 -- Puts a task back at its place in its pool's queue (its original score, so
@@ -74,6 +107,7 @@ end
 local function prefixes(i)
   K.agent, K.available, K.agent_tasks, K.task = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   K.queue, K.leases, K.dead, K.delayed = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  K.strategies = ARGV[i + 8]
 end
 
 -- Frees an agent's slot after a task left it, and updates its performance
