@@ -811,6 +811,20 @@ async fn publish_status(shared: &Shared) -> Result<(), RegistryError> {
                 .set(*n as f64);
         }
     }
+    if let Ok(fair) = shared.tasks.fairness_inputs(&mut conn).await {
+        for (pool, agents, min, max, total) in fair {
+            let f = crate::status::Fairness::compute(
+                agents,
+                min,
+                max,
+                total,
+                shared.config.tasks.max_skew,
+            );
+            metrics::gauge!(m::POOL_SKEW, "pool" => pool.as_str()).set(f.skew_ratio);
+            metrics::gauge!(m::POOL_TASKS_PER_AGENT, "pool" => pool.as_str())
+                .set(f.tasks_per_agent);
+        }
+    }
     let mut p = redis::pipe();
     let msg = FleetStatusMessage {
         v: VERSION,

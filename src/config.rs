@@ -132,6 +132,9 @@ pub struct TaskConfig {
     pub idempotency_ttl_ms: u64,
     /// How long a finished task's record is kept.
     pub retention_ms: u64,
+    /// Skew (max/min tasks per agent in a pool) above which a pool is
+    /// labelled `strong_imbalance`; up to it, `mild_imbalance` (over 1.5).
+    pub max_skew: f64,
 }
 
 impl Default for TaskConfig {
@@ -145,6 +148,7 @@ impl Default for TaskConfig {
             retry_backoff_max_ms: 30_000,
             idempotency_ttl_ms: 24 * 3600 * 1000,
             retention_ms: 24 * 3600 * 1000,
+            max_skew: 3.0,
         }
     }
 }
@@ -324,6 +328,9 @@ impl Config {
             if v == 0 {
                 return err(name, "must be at least 1".into());
             }
+        }
+        if !(tk.max_skew.is_finite() && tk.max_skew >= 1.5) {
+            return err("tasks.max_skew", "must be a number >= 1.5".into());
         }
         if tk.retry_backoff_max_ms < tk.retry_backoff_ms {
             return err(

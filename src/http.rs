@@ -3,7 +3,7 @@
 use crate::commander::Shared;
 use crate::metrics as m;
 use crate::protocol::valid_agent_id;
-use crate::status::PoolView;
+use crate::status::{Fairness, PoolView};
 use crate::task::Submission;
 use crate::tasks::{Cancelled, Submitted};
 use axum::extract::rejection::JsonRejection;
@@ -71,10 +71,25 @@ async fn fleet(State(s): State<Arc<Shared>>) -> Response {
 
 async fn pools(State(s): State<Arc<Shared>>) -> Response {
     let mut conn = s.redis.clone();
-    match s.registry.counts(&mut conn).await {
-        Ok(counts) => Json(PoolView::assemble(&s.config, &counts)).into_response(),
-        Err(e) => unavailable(e),
+    let mut conn2 = conn.clone();
+    let (counts, fair) = match tokio::try_join!(
+        s.registry.counts(&mut conn2),
+        s.tasks.fairness_inputs(&mut conn)
+    ) {
+        Ok(x) => x,
+        Err(e) => return unavailable(e),
+    };
+    let mut views = PoolView::assemble(&s.config, &counts);
+    for (view, (_, agents, min, max, total)) in views.iter_mut().zip(fair) {
+        view.fairness = Some(Fairness::compute(
+            agents,
+            min,
+            max,
+            total,
+            s.config.tasks.max_skew,
+        ));
     }
+    Json(views).into_response()
 }
 
 async fn agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {

@@ -131,6 +131,13 @@ impl Keys {
     pub fn agent_channel_prefix(&self) -> String {
         format!("{}:agent:", self.prefix)
     }
+    /// Sorted set: a pool's agents scored by tasks completed (fairness figures).
+    pub fn pool_done(&self, pool: PoolType) -> String {
+        format!("{}{}", self.pool_done_prefix(), pool.as_str())
+    }
+    pub fn pool_done_prefix(&self) -> String {
+        format!("{}:pool-done:", self.prefix)
+    }
     /// Hash: pool -> allocation strategy, written from the config at start.
     pub fn strategies(&self) -> String {
         format!("{}:strategies", self.prefix)

@@ -281,7 +281,8 @@ pub(crate) fn prefix_args(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
         .arg(keys.leases())
         .arg(keys.dead())
         .arg(keys.delayed())
-        .arg(keys.strategies());
+        .arg(keys.strategies())
+        .arg(keys.pool_done_prefix());
 }
 
 /// The Redis-backed registry. Cheap to clone.

@@ -28,6 +28,44 @@ pub struct PoolCounts {
     pub by_status: BTreeMap<AgentStatus, u64>,
 }
 
+/// How evenly a pool's work is spread over its agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fairness {
+    pub tasks_per_agent: f64,
+    pub min_tasks: u64,
+    pub max_tasks: u64,
+    /// max / max(1, min).
+    pub skew_ratio: f64,
+    /// `balanced` (skew <= 1.5), `mild_imbalance` (up to the configured
+    /// max skew) or `strong_imbalance`.
+    pub label: String,
+}
+
+impl Fairness {
+    pub fn compute(agents: u64, min: u64, max: u64, total: u64, max_skew: f64) -> Fairness {
+        let skew = max as f64 / (min.max(1)) as f64;
+        let label = if skew <= 1.5 {
+            "balanced"
+        } else if skew <= max_skew {
+            "mild_imbalance"
+        } else {
+            "strong_imbalance"
+        };
+        Fairness {
+            tasks_per_agent: if agents == 0 {
+                0.0
+            } else {
+                total as f64 / agents as f64
+            },
+            min_tasks: min,
+            max_tasks: max,
+            skew_ratio: skew,
+            label: label.to_string(),
+        }
+    }
+}
+
 /// `GET /v1/pools`: the spec's Pool Configuration with live counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,7 +78,10 @@ pub struct PoolView {
     pub priority_level: u8,
     pub scaling_enabled: bool,
     pub resource_limits: ResourceLimits,
+    pub strategy: crate::config::Strategy,
     pub by_status: BTreeMap<AgentStatus, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<Fairness>,
 }
 
 fn zeroed() -> BTreeMap<AgentStatus, u64> {
@@ -98,6 +139,7 @@ impl PoolView {
                     priority_level,
                     scaling_enabled,
                     resource_limits,
+                    strategy,
                     ..
                 } = *config.pool(pool);
                 let by_status: BTreeMap<_, _> = AgentStatus::ALL
@@ -112,7 +154,9 @@ impl PoolView {
                     priority_level,
                     scaling_enabled,
                     resource_limits,
+                    strategy,
                     by_status,
+                    fairness: None,
                 }
             })
             .collect()
@@ -155,4 +199,27 @@ pub fn render(status: &FleetStatus) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fairness_labels_follow_the_skew() {
+        let f = Fairness::compute(4, 10, 12, 44, 3.0);
+        assert_eq!(
+            (f.skew_ratio, f.label, f.tasks_per_agent),
+            (1.2, "balanced", 11.0)
+        );
+        assert_eq!(Fairness::compute(2, 4, 10, 14, 3.0).label, "mild_imbalance");
+        assert_eq!(
+            Fairness::compute(2, 1, 10, 11, 3.0).label,
+            "strong_imbalance"
+        );
+        // An agent with nothing done counts as 1, not as a division by zero.
+        let f = Fairness::compute(2, 0, 2, 2, 3.0);
+        assert_eq!((f.skew_ratio, f.label), (2.0, "mild_imbalance"));
+        assert_eq!(Fairness::compute(0, 0, 0, 0, 3.0).tasks_per_agent, 0.0);
+    }
 }

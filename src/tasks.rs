@@ -400,3 +400,45 @@ pub enum ReportOutcome {
     Retrying(Option<PoolType>),
     Dead(Option<PoolType>),
 }
+
+impl TaskStore {
+    /// Per pool: (agents, fewest tasks completed, most, total), from the
+    /// pool's completion sorted set and the counters hash; one round trip.
+    pub async fn fairness_inputs(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> Result<Vec<(PoolType, u64, u64, u64, u64)>> {
+        let mut p = redis::pipe();
+        for pool in PoolType::ALL {
+            let key = self.keys.pool_done(pool);
+            p.cmd("ZCARD").arg(&key);
+            p.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
+            p.cmd("ZRANGE").arg(&key).arg(-1).arg(-1).arg("WITHSCORES");
+            p.cmd("HGET")
+                .arg(self.keys.counts())
+                .arg(format!("{pool}:done"));
+        }
+        type Row = (u64, Vec<(String, f64)>, Vec<(String, f64)>, Option<u64>);
+        let rows: Vec<Row> = {
+            let raw: Vec<Value> = p.query_async(conn).await?;
+            raw.chunks(4)
+                .map(|c| -> Result<Row> {
+                    Ok((
+                        redis::from_redis_value_ref(&c[0])?,
+                        redis::from_redis_value_ref(&c[1])?,
+                        redis::from_redis_value_ref(&c[2])?,
+                        redis::from_redis_value_ref(&c[3])?,
+                    ))
+                })
+                .collect::<Result<_>>()?
+        };
+        Ok(PoolType::ALL
+            .into_iter()
+            .zip(rows)
+            .map(|(pool, (n, lo, hi, total))| {
+                let score = |v: &[(String, f64)]| v.first().map(|x| x.1 as u64).unwrap_or(0);
+                (pool, n, score(&lo), score(&hi), total.unwrap_or(0))
+            })
+            .collect())
+    }
+}

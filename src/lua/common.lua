@@ -107,7 +107,7 @@ end
 local function prefixes(i)
   K.agent, K.available, K.agent_tasks, K.task = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   K.queue, K.leases, K.dead, K.delayed = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  K.strategies = ARGV[i + 8]
+  K.strategies, K.pool_done = ARGV[i + 8], ARGV[i + 9]
 end
 
 -- Frees an agent's slot after a task left it, and updates its performance
@@ -123,6 +123,8 @@ local function release_agent(aid, tid, now, outcome, duration, counts)
   if outcome == 'completed' then
     done = done + 1
     avg = avg + (duration - avg) / done
+    redis.call('ZADD', K.pool_done .. a[6], done, aid)
+    redis.call('HINCRBY', counts, a[6] .. ':done', 1)
   elseif outcome == 'failed' then
     failed = failed + 1
   end

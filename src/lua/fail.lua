@@ -22,6 +22,7 @@ local failures = redis.call('HINCRBY', agent, 'failures', 1)
 if failures >= tonumber(ARGV[5]) then
   redis.call('DEL', agent)
   redis.call('SREM', ARGV[6] .. pool, id)
+  redis.call('ZREM', K.pool_done .. pool, id)
   redis.call('ZREM', failed, id)
   move(counts, pool, old, nil)
   return {'removed', old, pool, failures, score, queued, dead}

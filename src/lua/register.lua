@@ -45,6 +45,7 @@ else
     'load', 0, 'lastHeartbeat', now, 'lastActive', now, 'capacity', ARGV[18],
     'inflight', 0, 'instance', ARGV[19])
   redis.call('SADD', poolset, id)
+  redis.call('ZADD', K.pool_done .. pool, 0, id)
   if ARGV[14] ~= '' then
     redis.call('PUBLISH', ARGV[14], ARGV[15])
     redis.call('PUBLISH', ARGV[16], ARGV[17])

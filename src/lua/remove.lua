@@ -22,5 +22,6 @@ local queued, dead = orphan_all(id, ARGV[5])
 redis.call('ZREM', K.available .. pool, id)
 redis.call('DEL', agent)
 redis.call('SREM', ARGV[3] .. pool, id)
+redis.call('ZREM', K.pool_done .. pool, id)
 move(counts, pool, old, nil)
 return {'removed', old, pool, queued, dead}
