@@ -209,7 +209,7 @@ mod tests {
     fn fairness_labels_follow_the_skew() {
         let f = Fairness::compute(4, 10, 12, 44, 3.0);
         assert_eq!(
-            (f.skew_ratio, f.label, f.tasks_per_agent),
+            (f.skew_ratio, f.label.as_str(), f.tasks_per_agent),
             (1.2, "balanced", 11.0)
         );
         assert_eq!(Fairness::compute(2, 4, 10, 14, 3.0).label, "mild_imbalance");
@@ -219,7 +219,7 @@ mod tests {
         );
         // An agent with nothing done counts as 1, not as a division by zero.
         let f = Fairness::compute(2, 0, 2, 2, 3.0);
-        assert_eq!((f.skew_ratio, f.label), (2.0, "mild_imbalance"));
+        assert_eq!((f.skew_ratio, f.label.as_str()), (2.0, "mild_imbalance"));
         assert_eq!(Fairness::compute(0, 0, 0, 0, 3.0).tasks_per_agent, 0.0);
     }
 }
