@@ -293,7 +293,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let r = demo::run(config, opts, shutdown_on_signal()).await?;
             write_report(&report, &r)?;
-            let ok = r.registered == r.agents && r.detected == r.stopped && r.false_deaths == 0;
+            let tasks_done = r
+                .tasks
+                .as_ref()
+                .is_none_or(|t| t.completed == t.submitted && t.submitted == tasks);
+            let ok = r.registered == r.agents
+                && r.detected == r.stopped
+                && r.false_deaths == 0
+                && tasks_done;
             if !ok {
                 eprintln!("demo finished with problems: see the figures above");
                 return Ok(ExitCode::FAILURE);
