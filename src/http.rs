@@ -27,6 +27,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tasks", post(submit_task))
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/v1/tasks/{id}/evidence", get(task_evidence))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/{id}/requeue", post(requeue_dead))
         .route("/healthz", get(|| async { "ok" }))
@@ -253,6 +254,18 @@ async fn requeue_dead(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> R
             Json(json!({"requeued": true, "taskId": id})).into_response()
         }
         Ok(Err(state)) => error(StatusCode::CONFLICT, "not_dead", format!("task is {state}")),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `GET /v1/tasks/{id}/evidence`: every allocation decision for the task,
+/// with the strategy, the chosen agent's score and the reason.
+async fn task_evidence(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
+    }
+    match s.tasks.evidence(&mut s.redis.clone(), &id).await {
+        Ok(list) => Json(list).into_response(),
         Err(e) => unavailable(e),
     }
 }

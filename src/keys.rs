@@ -138,6 +138,17 @@ impl Keys {
     pub fn pool_done_prefix(&self) -> String {
         format!("{}:pool-done:", self.prefix)
     }
+    /// Stream (capped): every allocation decision, with its reason.
+    pub fn evidence(&self) -> String {
+        format!("{}:evidence", self.prefix)
+    }
+    /// List: one task's allocation decisions (expires with the task record).
+    pub fn task_evidence(&self, task_id: &str) -> String {
+        format!("{}{task_id}", self.task_evidence_prefix())
+    }
+    pub fn task_evidence_prefix(&self) -> String {
+        format!("{}:task-evidence:", self.prefix)
+    }
     /// Hash: pool -> allocation strategy, written from the config at start.
     pub fn strategies(&self) -> String {
         format!("{}:strategies", self.prefix)

@@ -27,6 +27,9 @@ static EXPIRE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/expire.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/release.lua")));
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/dlq_requeue.lua")));
 
+/// Allocation decisions kept in the evidence stream (approximately).
+pub const EVIDENCE_CAP: u64 = 100_000;
+
 /// What a submission did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
@@ -229,6 +232,10 @@ impl TaskStore {
             .arg(self.keys.agent_channel_prefix())
             .arg(self.keys.allocation_channel());
         prefix_args(&mut inv, &self.keys);
+        inv.arg(self.keys.evidence())
+            .arg(self.keys.task_evidence_prefix())
+            .arg(EVIDENCE_CAP)
+            .arg(self.cfg.retention_ms);
         let r: (u64, u64) = inv.invoke_async(conn).await.map_err(from_script)?;
         Ok(r)
     }
@@ -439,6 +446,24 @@ impl TaskStore {
                 let score = |v: &[(String, f64)]| v.first().map(|x| x.1 as u64).unwrap_or(0);
                 (pool, n, score(&lo), score(&hi), total.unwrap_or(0))
             })
+            .collect())
+    }
+
+    /// A task's allocation decisions, oldest first.
+    pub async fn evidence(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+    ) -> Result<Vec<serde_json::Value>> {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys.task_evidence(id))
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|e| serde_json::from_str(e).ok())
             .collect())
     }
 }

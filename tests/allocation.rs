@@ -99,6 +99,22 @@ async fn a_task_is_assigned_acknowledged_and_completed() {
             v["type"] == "task_completed" && v["taskId"] == id.as_str()
         })
         .await;
+    let (code, ev) = h.get(&format!("/v1/tasks/{id}/evidence")).await;
+    assert_eq!(code, 200);
+    let ev = ev.as_array().unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["agentId"], "w-1");
+    assert_eq!(ev[0]["strategy"], "priority");
+    assert_eq!(ev[0]["attempt"], 1);
+    assert!(ev[0]["score"].is_number(), "{ev:?}");
+    assert!(ev[0]["reason"].as_str().unwrap().contains("rust"), "{ev:?}");
+    let mut c = h.conn().await;
+    let n: u64 = redis::cmd("XLEN")
+        .arg(h.keys.evidence())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(n >= 1);
     let (_, a) = h.get("/v1/agents/w-1").await;
     assert_eq!(a["performance"]["tasksCompleted"], 1, "{a}");
     assert_eq!(a["performance"]["successRate"], 1.0);

@@ -2,9 +2,12 @@
 -- each to the best agent whose capabilities cover the task's. The claim is
 -- atomic: a task leaves the queue exactly once, here, and its assignment is
 -- leased (ack timeout) and published to the agent.
+-- Every decision is recorded, with the strategy and the chosen agent's score,
+-- in the capped evidence stream and in the task's own evidence list.
 -- KEYS: epoch, queue zset, counts hash
 -- ARGV: epoch, pool, max tasks, now, ack timeout ms, agent channel prefix,
---       allocation channel, [8-15] key prefixes
+--       allocation channel, [8-17] key prefixes, [18] evidence stream,
+--       [19] task evidence prefix, [20] evidence cap, [21] retention ms
 -- Returns {tasks assigned, tasks still queued}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(8)
@@ -14,8 +17,13 @@ local pool, max_n, now, ack = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ton
 local strat = strategy(pool)
 local tids = redis.call('ZRANGE', queue, 0, 63)
 if #tids == 0 then return {0, 0} end
-local agents = redis.call('ZRANGE', K.available .. pool, 0, 127)
-if #agents == 0 then return {0, redis.call('ZCARD', queue)} end
+local ranked = redis.call('ZRANGE', K.available .. pool, 0, 127, 'WITHSCORES')
+if #ranked == 0 then return {0, redis.call('ZCARD', queue)} end
+local agents, scores = {}, {}
+for i = 1, #ranked, 2 do
+  table.insert(agents, ranked[i])
+  table.insert(scores, ranked[i + 1])
+end
 
 local caps = {}
 local function agent_caps(aid)
@@ -79,6 +87,16 @@ for _, tid in ipairs(tids) do
             redis.call('PUBLISH', ARGV[7], '{"v":1,"type":"task_assigned","taskId":"' .. tid ..
               '","pool":"' .. pool .. '","agentId":"' .. aid .. '","attempt":' .. attempt ..
               ',"strategy":"' .. strat .. '","ts":' .. now .. '}')
+            local reason = 'best ' .. strat .. ' score among ' .. free ..
+              ' available agents with capabilities ' .. (t[2] or '[]')
+            local entry = '{"taskId":"' .. tid .. '","attempt":' .. attempt .. ',"agentId":"' ..
+              aid .. '","pool":"' .. pool .. '","strategy":"' .. strat .. '","score":' ..
+              scores[i] .. ',"reason":' .. cjson.encode(reason) .. ',"ts":' .. now .. '}'
+            redis.call('XADD', ARGV[18], 'MAXLEN', '~', ARGV[20], '*', 'task', tid,
+              'decision', entry)
+            local elist = ARGV[19] .. tid
+            redis.call('RPUSH', elist, entry)
+            redis.call('PEXPIRE', elist, ARGV[21])
             assigned = assigned + 1
             break
           end
