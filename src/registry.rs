@@ -370,13 +370,8 @@ impl Registry {
                 s.parse()
                     .map_err(|_| RegistryError::Protocol(format!("register: bad number {s:?}")))
             };
+            // What the agent just declared, plus the history a re-registration keeps.
             Ok(AgentRecord {
-                id: a.id.to_string(),
-                agent_type: a.agent_type.to_string(),
-                pool: a.pool,
-                status: AgentStatus::Idle,
-                priority: a.priority,
-                capabilities: a.capabilities.to_vec(),
                 performance: Performance {
                     tasks_completed: f(2)? as u64,
                     avg_task_time: f(3)?,
@@ -388,9 +383,8 @@ impl Registry {
                     failures: f(5)? as u32,
                     recovery_attempts: f(6)? as u32,
                 },
-                resources: a.resources,
-                load: 0.0,
                 registered_at: f(1)? as u64,
+                ..AgentRecord::fresh(a, now)
             })
         };
         Ok(match tag.as_str() {

@@ -96,7 +96,7 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
                 rate: None,
                 work: Duration::from_millis(1),
                 fail_fraction: 0.1,
-                die_fraction: 0.02,
+                die_fraction: 0.05,
             },
         },
         Default::default(),
