@@ -336,6 +336,9 @@ impl Agent {
         let mut tick = tokio::time::interval_at(start, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Work in progress, by task id and attempt, so that a cancel can stop it.
+        let mut running: std::collections::HashMap<(String, u32), tokio::task::AbortHandle> =
+            std::collections::HashMap::new();
         enum Wake {
             Stop,
             Beat,
@@ -395,16 +398,27 @@ impl Agent {
                         }
                         Some(w) => {
                             let (w, tx) = (w.clone(), done_tx.clone());
-                            tokio::spawn(async move {
+                            let key = (a.task_id.clone(), a.attempt);
+                            let handle = tokio::spawn(async move {
                                 let (id, attempt) = (a.task_id.clone(), a.attempt);
                                 let out = w(a).await;
                                 let _ = tx.send((id, attempt, out));
                             });
+                            running.insert(key, handle.abort_handle());
                         }
+                    }
+                }
+                Wake::Message(ToAgent::TaskCancel {
+                    task_id, attempt, ..
+                }) => {
+                    if let Some(h) = running.remove(&(task_id.clone(), attempt)) {
+                        h.abort();
+                        info!(agent_id = %self.spec.id, task_id, attempt, "task cancelled");
                     }
                 }
                 Wake::Message(other) => debug!(?other, "message from the commander"),
                 Wake::Done((task_id, attempt, outcome)) => {
+                    running.remove(&(task_id.clone(), attempt));
                     let sent = match outcome {
                         Outcome::Complete(v) => {
                             self.report(ReportKind::Complete, &task_id, attempt, Some(v), None)

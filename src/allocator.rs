@@ -6,15 +6,16 @@
 //! never hand one task to two agents. The loop wakes when a task arrives or
 //! an agent frees up, and every tick regardless.
 
-use crate::commander::{pause, Shared};
+use crate::commander::{pause, publish, Shared};
 use crate::metrics as m;
 use crate::pool::PoolType;
+use crate::protocol::{Event, VERSION};
 use crate::registry::{now_ms, Orphans, RegistryError};
 use redis::aio::ConnectionManager;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// Tasks one script call may assign; a pool that fills it is served again at once.
 const BATCH: usize = 64;
@@ -65,6 +66,16 @@ async fn round(
     let now = now_ms();
     if full {
         shared.tasks.release_delayed(conn, now, 512).await?;
+        for agent_id in shared.tasks.parole(conn, now, 256).await? {
+            metrics::counter!(m::AGENT_PROBATIONS).increment(1);
+            info!(agent_id, "quarantine over: on probation");
+            let ev = Event::AgentProbation {
+                v: VERSION,
+                agent_id,
+                ts: now,
+            };
+            publish(conn, shared.keys.health_channel(), &ev).await?;
+        }
         let mut expired = Orphans::default();
         for id in shared.tasks.expired_leases(conn, now, 512).await? {
             match shared.tasks.expire(conn, &id, now).await?.as_deref() {

@@ -182,14 +182,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let epoch = Registry::claim_epoch(&mut redis, &keys).await?;
     Registry::load_scripts(&mut redis).await?;
     TaskStore::load_scripts(&mut redis).await?;
-    // The scripts read each pool's allocation strategy from Redis.
-    let mut strategies = redis::pipe();
-    for (pool, pc) in &config.pools {
-        strategies
-            .hset(keys.strategies(), pool.as_str(), pc.strategy.as_str())
-            .ignore();
-    }
-    strategies.query_async::<()>(&mut redis).await?;
+    crate::tasks::write_settings(&mut redis, &keys, &config).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
@@ -825,6 +818,11 @@ async fn publish_status(shared: &Shared) -> Result<(), RegistryError> {
                 .set(f.tasks_per_agent);
         }
     }
+    let quarantined: u64 = redis::cmd("ZCARD")
+        .arg(shared.keys.quarantine())
+        .query_async(&mut conn)
+        .await?;
+    metrics::gauge!(m::AGENTS_QUARANTINED).set(quarantined as f64);
     let mut p = redis::pipe();
     let msg = FleetStatusMessage {
         v: VERSION,

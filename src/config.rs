@@ -135,6 +135,20 @@ pub struct TaskConfig {
     /// Skew (max/min tasks per agent in a pool) above which a pool is
     /// labelled `strong_imbalance`; up to it, `mild_imbalance` (over 1.5).
     pub max_skew: f64,
+    /// Agent health (0-100, 100 at registration): a completed task adds
+    /// `health_success_step`, a failed or expired attempt takes
+    /// `health_failure_step`, so failures count more than successes.
+    pub health_success_step: u32,
+    pub health_failure_step: u32,
+    /// Below this an agent is quarantined: no new work for `quarantine_ms`
+    /// (doubling with each repeat, up to 8x).
+    pub quarantine_below: u32,
+    pub quarantine_ms: u64,
+    /// After quarantine an agent is on probation: one task at a time, back
+    /// to quarantine on a failure, free again once its health reaches this.
+    pub probation_until: u32,
+    /// Window of the per-agent quota of `weighted_fair` pools.
+    pub quota_window_ms: u64,
 }
 
 impl Default for TaskConfig {
@@ -149,6 +163,12 @@ impl Default for TaskConfig {
             idempotency_ttl_ms: 24 * 3600 * 1000,
             retention_ms: 24 * 3600 * 1000,
             max_skew: 3.0,
+            health_success_step: 5,
+            health_failure_step: 20,
+            quarantine_below: 50,
+            quarantine_ms: 30_000,
+            probation_until: 70,
+            quota_window_ms: 60_000,
         }
     }
 }
@@ -169,6 +189,10 @@ pub struct PoolConfig {
     /// Empty (the default): any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
+    /// `weighted_fair` only: the most tasks one agent may be given per
+    /// quota window (`tasks.quota_window_ms`). None: no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u32>,
 }
 
 /// Most an agent of the pool may declare at registration.
@@ -324,6 +348,8 @@ impl Config {
             ("tasks.retry_backoff_ms", tk.retry_backoff_ms),
             ("tasks.idempotency_ttl_ms", tk.idempotency_ttl_ms),
             ("tasks.retention_ms", tk.retention_ms),
+            ("tasks.quarantine_ms", tk.quarantine_ms),
+            ("tasks.quota_window_ms", tk.quota_window_ms),
         ] {
             if v == 0 {
                 return err(name, "must be at least 1".into());
@@ -337,6 +363,23 @@ impl Config {
                 "tasks.retry_backoff_max_ms",
                 "must be >= tasks.retry_backoff_ms".into(),
             );
+        }
+        for (name, v) in [
+            ("tasks.health_success_step", tk.health_success_step),
+            ("tasks.health_failure_step", tk.health_failure_step),
+        ] {
+            if !(1..=100).contains(&v) {
+                return err(name, format!("must be 1..=100, got {v}"));
+            }
+        }
+        if !(tk.quarantine_below <= 100 && tk.quarantine_below < tk.probation_until) {
+            return err(
+                "tasks.quarantine_below",
+                "must be below tasks.probation_until (both 0..=100)".into(),
+            );
+        }
+        if tk.probation_until > 100 {
+            return err("tasks.probation_until", "must be at most 100".into());
         }
         if tk.default_max_retries > crate::task::MAX_RETRIES {
             return err("tasks.default_max_retries", "must be at most 100".into());
@@ -372,6 +415,17 @@ impl Config {
                     return err(
                         &at(&format!("resource_limits.{name}")),
                         format!("must be a positive number, got {v}"),
+                    );
+                }
+            }
+            if let Some(q) = p.quota {
+                if q == 0 {
+                    return err(&at("quota"), "must be at least 1".into());
+                }
+                if p.strategy != Strategy::WeightedFair {
+                    return err(
+                        &at("quota"),
+                        "applies only with strategy = \"weighted_fair\"".into(),
                     );
                 }
             }

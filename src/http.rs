@@ -201,7 +201,8 @@ async fn task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response 
     }
 }
 
-/// `POST /v1/tasks/{id}/cancel`: a task that has not started yet.
+/// `POST /v1/tasks/{id}/cancel`: a task that has not finished. A running one
+/// is taken from its agent (told with `task_cancel`), whose slot frees at once.
 async fn cancel_task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     if !valid_agent_id(&id) {
         return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
@@ -219,6 +220,7 @@ async fn cancel_task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Re
     {
         Ok(Cancelled::Cancelled) => {
             metrics::counter!(m::TASKS_CANCELLED).increment(1);
+            s.wake_pool(task.pool);
             Json(json!({"cancelled": true, "taskId": id})).into_response()
         }
         Ok(Cancelled::Unknown) => error(StatusCode::NOT_FOUND, "not_found", &id),

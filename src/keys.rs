@@ -149,9 +149,19 @@ impl Keys {
     pub fn task_evidence_prefix(&self) -> String {
         format!("{}:task-evidence:", self.prefix)
     }
-    /// Hash: pool -> allocation strategy, written from the config at start.
-    pub fn strategies(&self) -> String {
-        format!("{}:strategies", self.prefix)
+    /// Hash: the settings the scripts read, written from the config at start
+    /// and on reload: `{pool}` -> allocation strategy, `{pool}:quota` -> the
+    /// weighted-fair quota, `health` -> the health policy (JSON).
+    pub fn settings(&self) -> String {
+        format!("{}:settings", self.prefix)
+    }
+    /// Sorted set: quarantined agents scored by when their probation may start.
+    pub fn quarantine(&self) -> String {
+        format!("{}:quarantine", self.prefix)
+    }
+    /// String with expiry: tasks an agent was given in the current quota window.
+    pub fn agent_quota_prefix(&self) -> String {
+        format!("{}:agent-quota:", self.prefix)
     }
     /// Sorted set: tasks waiting out a retry backoff, scored by when they may run.
     pub fn delayed(&self) -> String {

@@ -518,6 +518,14 @@ pub enum ToAgent {
     /// after repeated failures): register again.
     #[serde(rename_all = "camelCase")]
     Reregister { v: u32, reason: String },
+    /// The task was cancelled: stop working on this attempt; a result for it
+    /// would be ignored.
+    #[serde(rename_all = "camelCase")]
+    TaskCancel {
+        v: u32,
+        task_id: String,
+        attempt: u32,
+    },
 }
 
 /// Health events on `swarm:phase-1:health` and registry events on
@@ -571,6 +579,19 @@ pub enum Event {
         reason: String,
         ts: u64,
     },
+    /// Health fell below the quarantine line (published by the outcome
+    /// script): no new work until `until` (ms since the epoch).
+    #[serde(rename_all = "camelCase")]
+    AgentQuarantined {
+        v: u32,
+        agent_id: String,
+        health: u32,
+        until: u64,
+        ts: u64,
+    },
+    /// Quarantine over: on probation, one task at a time.
+    #[serde(rename_all = "camelCase")]
+    AgentProbation { v: u32, agent_id: String, ts: u64 },
 }
 
 #[cfg(test)]

@@ -96,6 +96,12 @@ pub struct Health {
     pub last_heartbeat: u64,
     pub failures: u32,
     pub recovery_attempts: u32,
+    /// 0-100: task failures take from it, successes give back (less).
+    pub score: u32,
+    /// Quarantined (no new work) until this time, ms since the epoch; 0: not.
+    pub quarantined_until: u64,
+    /// Back from quarantine: one task at a time until the score recovers.
+    pub probation: bool,
 }
 
 impl AgentRecord {
@@ -118,6 +124,9 @@ impl AgentRecord {
                 last_heartbeat: now,
                 failures: 0,
                 recovery_attempts: 0,
+                score: 100,
+                quarantined_until: 0,
+                probation: false,
             },
             resources: a.resources,
             load: 0.0,
@@ -149,6 +158,9 @@ impl AgentRecord {
                 last_heartbeat: u("lastHeartbeat"),
                 failures: u("failures") as u32,
                 recovery_attempts: u("recoveryAttempts") as u32,
+                score: s("health").and_then(|v| v.parse().ok()).unwrap_or(100),
+                quarantined_until: u("quarantinedUntil"),
+                probation: s("probation") == Some("1"),
             },
             resources: Resources {
                 memory: n("memory"),
@@ -281,8 +293,10 @@ pub(crate) fn prefix_args(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
         .arg(keys.leases())
         .arg(keys.dead())
         .arg(keys.delayed())
-        .arg(keys.strategies())
-        .arg(keys.pool_done_prefix());
+        .arg(keys.settings())
+        .arg(keys.pool_done_prefix())
+        .arg(keys.quarantine())
+        .arg(keys.agent_quota_prefix());
 }
 
 /// The Redis-backed registry. Cheap to clone.
@@ -382,6 +396,9 @@ impl Registry {
                     last_heartbeat: now,
                     failures: f(5)? as u32,
                     recovery_attempts: f(6)? as u32,
+                    score: f(8)? as u32,
+                    quarantined_until: f(9)? as u64,
+                    probation: f(10)? == 1.0,
                 },
                 registered_at: f(1)? as u64,
                 ..AgentRecord::fresh(a, now)

@@ -26,6 +26,7 @@ static DONE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/task_done
 static EXPIRE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/expire.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/release.lua")));
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/dlq_requeue.lua")));
+static PAROLE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/parole.lua")));
 
 /// Allocation decisions kept in the evidence stream (approximately).
 pub const EVIDENCE_CAP: u64 = 100_000;
@@ -68,7 +69,7 @@ impl TaskStore {
 
     pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
         for s in [
-            &*SUBMIT, &*CANCEL, &*ALLOCATE, &*ACK, &*DONE, &*EXPIRE, &*RELEASE, &*REQUEUE,
+            &*SUBMIT, &*CANCEL, &*ALLOCATE, &*ACK, &*DONE, &*EXPIRE, &*RELEASE, &*REQUEUE, &*PAROLE,
         ] {
             s.prepare_invoke().load_async(conn).await?;
         }
@@ -157,19 +158,20 @@ impl TaskStore {
         pool: crate::pool::PoolType,
         now: u64,
     ) -> Result<Cancelled> {
-        let reply: Vec<Value> = CANCEL
-            .prepare_invoke()
-            .key(self.keys.epoch())
+        let mut inv = CANCEL.prepare_invoke();
+        inv.key(self.keys.epoch())
             .key(self.keys.task(id))
             .key(self.keys.queue(pool))
             .key(self.keys.delayed())
+            .key(self.keys.counts())
             .arg(self.epoch)
             .arg(id)
             .arg(now)
             .arg(self.cfg.retention_ms)
-            .invoke_async(conn)
-            .await
-            .map_err(from_script)?;
+            .arg(self.keys.agent_channel_prefix())
+            .arg(self.keys.allocation_channel());
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
         let tag: String = match reply.first() {
             Some(v) => redis::from_redis_value_ref(v)?,
             None => return Err(RegistryError::Protocol("cancel: empty".into())),
@@ -182,6 +184,20 @@ impl TaskStore {
                 None => String::new(),
             }),
         })
+    }
+
+    /// Ends the quarantine of agents whose period is over (they go on
+    /// probation). Returns their ids.
+    pub async fn parole(
+        &self,
+        conn: &mut impl ConnectionLike,
+        now: u64,
+        max: usize,
+    ) -> Result<Vec<String>> {
+        let mut inv = PAROLE.prepare_invoke();
+        inv.key(self.keys.epoch()).arg(self.epoch).arg(now).arg(max);
+        prefix_args(&mut inv, &self.keys);
+        inv.invoke_async(conn).await.map_err(from_script)
     }
 
     /// Tasks waiting in a pool's queue.
@@ -466,4 +482,35 @@ impl TaskStore {
             .filter_map(|e| serde_json::from_str(e).ok())
             .collect())
     }
+}
+
+/// Writes what the scripts read from the config: each pool's strategy and
+/// quota, and the health policy. Called at start (and on a config reload).
+pub async fn write_settings(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    config: &crate::config::Config,
+) -> Result<()> {
+    let tk = &config.tasks;
+    let health = serde_json::json!({
+        "up": tk.health_success_step,
+        "down": tk.health_failure_step,
+        "below": tk.quarantine_below,
+        "clear": tk.probation_until,
+        "period": tk.quarantine_ms,
+        "window": tk.quota_window_ms,
+    });
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .hset(keys.settings(), "health", health.to_string())
+        .hset(keys.settings(), "healthChannel", keys.health_channel());
+    for (pool, pc) in &config.pools {
+        pipe.hset(keys.settings(), pool.as_str(), pc.strategy.as_str());
+        match pc.quota {
+            Some(q) => pipe.hset(keys.settings(), format!("{pool}:quota"), q),
+            None => pipe.hdel(keys.settings(), format!("{pool}:quota")),
+        };
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
 }

@@ -200,6 +200,9 @@ async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
     let h = Harness::start_with(|c| {
         c.tasks.retry_backoff_ms = 20;
         c.tasks.retry_backoff_max_ms = 100;
+        // Three failures (100 - 3 x 10) stay above the quarantine line, so the
+        // one agent still gets the requeued task (quarantine is tested apart).
+        c.tasks.health_failure_step = 10;
     })
     .await;
     let healthy = Arc::new(AtomicBool::new(false));
@@ -233,6 +236,7 @@ async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
     );
     let (_, a) = h.get("/v1/agents/f-1").await;
     assert_eq!(a["performance"]["successRate"], 0.0);
+    assert_eq!(a["health"]["score"], 70, "{a}");
 
     healthy.store(true, Ordering::SeqCst);
     let r = h

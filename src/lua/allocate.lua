@@ -6,8 +6,8 @@
 -- in the capped evidence stream and in the task's own evidence list.
 -- KEYS: epoch, queue zset, counts hash
 -- ARGV: epoch, pool, max tasks, now, ack timeout ms, agent channel prefix,
---       allocation channel, [8-17] key prefixes, [18] evidence stream,
---       [19] task evidence prefix, [20] evidence cap, [21] retention ms
+--       allocation channel, [8-19] key prefixes, [20] evidence stream,
+--       [21] task evidence prefix, [22] evidence cap, [23] retention ms
 -- Returns {tasks assigned, tasks still queued}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(8)
@@ -15,6 +15,8 @@ local queue, counts = KEYS[2], KEYS[3]
 local pool, max_n, now, ack = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 
 local strat = strategy(pool)
+local quota = tonumber(redis.call('HGET', K.settings, pool .. ':quota') or 0)
+local window = health_policy().window
 local tids = redis.call('ZRANGE', queue, 0, 63)
 if #tids == 0 then return {0, 0} end
 local ranked = redis.call('ZRANGE', K.available .. pool, 0, 127, 'WITHSCORES')
@@ -37,6 +39,7 @@ local function agent_caps(aid)
   return c
 end
 
+local rotate = {round_robin = true, least_loaded = true, weighted_fair = true}
 local assigned = 0
 local free = #agents
 for _, tid in ipairs(tids) do
@@ -56,9 +59,16 @@ for _, tid in ipairs(tids) do
           if not have[c] then fits = false break end
         end
         if fits then
-          local a = redis.call('HMGET', K.agent .. aid, 'status', 'inflight', 'capacity')
+          local a = redis.call('HMGET', K.agent .. aid, 'status', 'inflight', 'capacity',
+            'probation', 'quarantinedUntil')
           local inflight, capacity = tonumber(a[2] or 0), tonumber(a[3] or 1)
-          if not (a[1] == 'idle' or a[1] == 'active') or inflight >= capacity then
+          if a[4] == '1' then capacity = 1 end
+          local used = 0
+          if strat == 'weighted_fair' then
+            used = tonumber(redis.call('GET', K.quota .. aid) or 0)
+          end
+          if not (a[1] == 'idle' or a[1] == 'active') or inflight >= capacity
+              or tonumber(a[5] or 0) > 0 or (quota > 0 and used >= quota) then
             agents[i] = false
             free = free - 1
             if a[1] then refresh_available(aid, pool) else
@@ -77,6 +87,14 @@ for _, tid in ipairs(tids) do
               agents[i] = false
               free = free - 1
             end
+            if strat == 'weighted_fair' then
+              used = redis.call('INCR', K.quota .. aid)
+              if used == 1 then redis.call('PEXPIRE', K.quota .. aid, window) end
+              if quota > 0 and used >= quota and status ~= 'busy' then
+                agents[i] = false
+                free = free - 1
+              end
+            end
             redis.call('HSET', K.agent .. aid, 'inflight', inflight, 'status', status,
               'lastActive', now, 'lastAssigned', now)
             move(counts, pool, a[1], status)
@@ -92,12 +110,18 @@ for _, tid in ipairs(tids) do
             local entry = '{"taskId":"' .. tid .. '","attempt":' .. attempt .. ',"agentId":"' ..
               aid .. '","pool":"' .. pool .. '","strategy":"' .. strat .. '","score":' ..
               scores[i] .. ',"reason":' .. cjson.encode(reason) .. ',"ts":' .. now .. '}'
-            redis.call('XADD', ARGV[18], 'MAXLEN', '~', ARGV[20], '*', 'task', tid,
+            redis.call('XADD', ARGV[20], 'MAXLEN', '~', ARGV[22], '*', 'task', tid,
               'decision', entry)
-            local elist = ARGV[19] .. tid
+            local elist = ARGV[21] .. tid
             redis.call('RPUSH', elist, entry)
-            redis.call('PEXPIRE', elist, ARGV[21])
+            redis.call('PEXPIRE', elist, ARGV[23])
             assigned = assigned + 1
+            -- Strategies that spread work send the agent to the back of the line.
+            if agents[i] and rotate[strat] then
+              table.remove(agents, i)
+              table.insert(agents, aid)
+              table.insert(scores, table.remove(scores, i))
+            end
             break
           end
         end

@@ -24,23 +24,39 @@ local K = {}
 
 -- The pool's allocation strategy (from the config), 'priority' by default.
 local function strategy(pool)
-  return redis.call('HGET', K.strategies, pool) or 'priority'
+  return redis.call('HGET', K.settings, pool) or 'priority'
+end
+
+-- The health policy (from the config): up, down, below, clear, period, window.
+local policy
+local function health_policy()
+  if not policy then
+    local raw = redis.call('HGET', K.settings, 'health')
+    policy = raw and cjson.decode(raw) or
+      {up = 5, down = 20, below = 50, clear = 70, period = 30000, window = 60000}
+  end
+  return policy
 end
 
 -- Whether an agent can take a task now, and its place among the pool's
--- available agents, lower first, by the pool's strategy:
+-- available agents, lower first, by the pool's strategy. A quarantined agent
+-- takes none; one on probation takes one at a time.
 --   priority          higher agent priority, then fewer tasks in hand
 --   round_robin       the agent given a task longest ago
 --   least_loaded      the smallest share of its capacity in use, then reported load
 --   capability_match  the most specialised agent (fewest capabilities), keeping generalists free
 --   performance       the best success rate, then the fastest average task (new agents count as perfect)
---   weighted_fair     the fewest completed tasks per unit of weight (its priority)
+--   weighted_fair     the fewest tasks given in the quota window per unit of weight
+--                     (its priority); at the pool's quota, none until the window ends
 local function refresh_available(id, pool)
   local a = redis.call('HMGET', K.agent .. id, 'status', 'inflight', 'capacity', 'priority',
-    'lastAssigned', 'load', 'capabilities', 'tasksCompleted', 'tasksFailed', 'avgTaskTime')
+    'lastAssigned', 'load', 'capabilities', 'tasksCompleted', 'tasksFailed', 'avgTaskTime',
+    'quarantinedUntil', 'probation')
   local status, inflight, capacity = a[1], tonumber(a[2] or 0), tonumber(a[3] or 1)
+  if a[12] == '1' then capacity = 1 end
   local set = K.available .. pool
-  if not (status and (status == 'idle' or status == 'active') and inflight < capacity) then
+  if not (status and (status == 'idle' or status == 'active') and inflight < capacity)
+      or tonumber(a[11] or 0) > 0 then
     redis.call('ZREM', set, id)
     return
   end
@@ -61,7 +77,13 @@ local function refresh_available(id, pool)
     if done + failed > 0 then rate = done / (done + failed) end
     score = (1 - rate) * 1e9 + tonumber(a[10] or 0)
   elseif s == 'weighted_fair' then
-    score = tonumber(a[8] or 0) / priority * 1000 + inflight
+    local used = tonumber(redis.call('GET', K.quota .. id) or 0)
+    local quota = tonumber(redis.call('HGET', K.settings, pool .. ':quota') or 0)
+    if quota > 0 and used >= quota then
+      redis.call('ZREM', set, id)
+      return
+    end
+    score = used / priority * 1000 + inflight
   else
     score = (10 - priority) * 1000 + inflight
   end
@@ -107,16 +129,50 @@ end
 local function prefixes(i)
   K.agent, K.available, K.agent_tasks, K.task = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   K.queue, K.leases, K.dead, K.delayed = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  K.strategies, K.pool_done = ARGV[i + 8], ARGV[i + 9]
+  K.settings, K.pool_done = ARGV[i + 8], ARGV[i + 9]
+  K.quarantine, K.quota = ARGV[i + 10], ARGV[i + 11]
+end
+
+-- Updates an agent's health after an outcome: failures take more than
+-- successes give. Below the threshold the agent is quarantined (no new work
+-- until its period is over, then probation); on probation, a failure sends it
+-- back and reaching `clear` frees it. Returns the fields to set.
+local function judge(aid, a_health, a_probation, outcome, now, out)
+  local hp = health_policy()
+  local health = tonumber(a_health or 100)
+  if outcome == 'completed' then
+    health = math.min(100, health + hp.up)
+    if a_probation == '1' and health >= hp.clear then
+      table.insert(out, 'probation')
+      table.insert(out, '0')
+    end
+  elseif outcome == 'failed' then
+    health = math.max(0, health - hp.down)
+    if health < hp.below or a_probation == '1' then
+      local n = redis.call('HINCRBY', K.agent .. aid, 'quarantines', 1)
+      local untl = now + hp.period * 2 ^ math.min(n - 1, 3)
+      redis.call('ZADD', K.quarantine, untl, aid)
+      local channel = redis.call('HGET', K.settings, 'healthChannel')
+      if channel then
+        redis.call('PUBLISH', channel, '{"v":1,"type":"agent_quarantined","agentId":"' .. aid ..
+          '","health":' .. health .. ',"until":' .. untl .. ',"ts":' .. now .. '}')
+      end
+      for _, x in ipairs({'quarantinedUntil', untl, 'probation', '0'}) do
+        table.insert(out, x)
+      end
+    end
+  end
+  table.insert(out, 'health')
+  table.insert(out, health)
 end
 
 -- Frees an agent's slot after a task left it, and updates its performance
--- record (outcome: 'completed', 'failed' or 'gone').
+-- record and health (outcome: 'completed', 'failed' or 'gone').
 local function release_agent(aid, tid, now, outcome, duration, counts)
   redis.call('SREM', K.agent_tasks .. aid, tid)
   local key = K.agent .. aid
   local a = redis.call('HMGET', key, 'status', 'inflight', 'tasksCompleted', 'tasksFailed',
-    'avgTaskTime', 'pool')
+    'avgTaskTime', 'pool', 'health', 'probation')
   if not a[1] then return end
   local inflight = math.max(0, tonumber(a[2] or 0) - 1)
   local done, failed, avg = tonumber(a[3] or 0), tonumber(a[4] or 0), tonumber(a[5] or 0)
@@ -134,8 +190,10 @@ local function release_agent(aid, tid, now, outcome, duration, counts)
   if status == 'busy' or status == 'active' then
     if inflight == 0 then status = 'idle' else status = 'active' end
   end
-  redis.call('HSET', key, 'inflight', inflight, 'tasksCompleted', done, 'tasksFailed', failed,
-    'avgTaskTime', avg, 'successRate', rate, 'status', status, 'lastActive', now)
+  local fields = {'inflight', inflight, 'tasksCompleted', done, 'tasksFailed', failed,
+    'avgTaskTime', avg, 'successRate', rate, 'status', status, 'lastActive', now}
+  judge(aid, a[7], a[8], outcome, now, fields)
+  redis.call('HSET', key, unpack(fields))
   move(counts, a[6], a[1], status)
   refresh_available(aid, a[6])
 end

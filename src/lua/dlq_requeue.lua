@@ -1,6 +1,6 @@
 -- An operator sends a dead-lettered task back to its queue with fresh retries.
 -- KEYS: epoch, task hash
--- ARGV: epoch, task id, now, [4-11] key prefixes
+-- ARGV: epoch, task id, now, [4-15] key prefixes
 -- Returns {'queued', pool} or {'not_dead', state}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(4)

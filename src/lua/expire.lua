@@ -2,7 +2,7 @@
 -- the agent loses the task, which goes back to its queue at once (or to the
 -- dead letters if it has used its attempts).
 -- KEYS: epoch, task hash, counts hash
--- ARGV: epoch, task id, now, allocation channel, [5-12] key prefixes
+-- ARGV: epoch, task id, now, allocation channel, [5-16] key prefixes
 -- Returns {'queued' | 'dead' | 'fresh' | 'stale', pool, agent}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(5)

@@ -2,7 +2,7 @@
 -- here, atomically, so a heartbeat that raced the detector wins). Its tasks go
 -- back to their queues at once. The max_failures-th failure removes the agent.
 -- KEYS: epoch, agent hash, heartbeats zset, failed zset, counts hash
--- ARGV: epoch, id, cutoff, now, max failures, pool-agents key prefix, [7-14] key prefixes
+-- ARGV: epoch, id, cutoff, now, max failures, pool-agents key prefix, [7-18] key prefixes
 -- Returns {outcome, old status, pool, failures, last heartbeat, tasks requeued, tasks dead}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(7)

@@ -2,7 +2,7 @@
 -- a recovering one goes back to idle on its next heartbeat. An agent holding
 -- tasks is at least active, and busy at its capacity, whatever it reports.
 -- KEYS: epoch, agent hash, heartbeats zset, failed zset, counts hash
--- ARGV: epoch, id, now, reported status, load, memory, cpu, network, [9-16] key prefixes
+-- ARGV: epoch, id, now, reported status, load, memory, cpu, network, [9-20] key prefixes
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(9)
 local agent, hb, failed, counts = KEYS[2], KEYS[3], KEYS[4], KEYS[5]

@@ -4,16 +4,18 @@
 --       capabilities (JSON), memory, cpu, network, pool-agents key prefix,
 --       [14-17] for a new agent, optionally: agent channel, reply, registry
 --       channel, event (published here, saving the caller a round trip),
---       [18] capacity, [19] instance, [20-27] key prefixes
+--       [18] capacity, [19] instance, [20-31] key prefixes
 -- Returns {outcome, registeredAt, tasksCompleted, avgTaskTime, successRate,
---          failures, recoveryAttempts, tasks given back}.
+--          failures, recoveryAttempts, tasks given back, health, quarantinedUntil,
+--          probation}. Health and quarantine survive a re-registration.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(20)
 local agent, hb, failed, counts = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, pool, now = ARGV[2], ARGV[3], ARGV[6]
 
 local cur = redis.call('HMGET', agent, 'status', 'pool', 'registeredAt', 'tasksCompleted',
-  'avgTaskTime', 'successRate', 'failures', 'recoveryAttempts', 'instance')
+  'avgTaskTime', 'successRate', 'failures', 'recoveryAttempts', 'instance', 'health',
+  'quarantinedUntil', 'probation')
 local old = cur[1]
 local outcome
 local orphaned = 0
@@ -37,7 +39,7 @@ else
     return {'fleet_full'}
   end
   outcome = 'registered'
-  cur = {false, pool, now, '0', '0', '0', '0', '0'}
+  cur = {false, pool, now, '0', '0', '0', '0', '0', false, '100', '0', '0'}
   redis.call('HSET', agent, 'id', id, 'pool', pool, 'registeredAt', now,
     'tasksCompleted', 0, 'tasksFailed', 0, 'avgTaskTime', 0, 'successRate', 0, 'failures', 0,
     'recoveryAttempts', 0, 'type', ARGV[7], 'status', 'idle', 'priority', ARGV[8],
@@ -55,4 +57,5 @@ end
 redis.call('ZADD', hb, now, id)
 move(counts, pool, old, 'idle')
 refresh_available(id, pool)
-return {outcome, cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], orphaned}
+return {outcome, cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], orphaned, cur[10] or '100',
+  cur[11] or '0', cur[12] or '0'}

@@ -1,6 +1,6 @@
 -- Moves retries whose backoff is over back into their queues.
 -- KEYS: epoch
--- ARGV: epoch, now, most to move, [4-11] key prefixes
+-- ARGV: epoch, now, most to move, [4-15] key prefixes
 -- Returns the pools that got tasks.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(4)

@@ -2,7 +2,7 @@
 -- agent); its tasks go back to their queues. With a cutoff, only a failed
 -- agent failed at or before it is removed.
 -- KEYS: epoch, agent hash, heartbeats zset, failed zset, counts hash
--- ARGV: epoch, id, pool-agents key prefix, failed cutoff ('' for none), now, [6-13] key prefixes
+-- ARGV: epoch, id, pool-agents key prefix, failed cutoff ('' for none), now, [6-17] key prefixes
 -- Returns {outcome, old status, pool, tasks requeued, tasks dead}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(6)
@@ -23,5 +23,7 @@ redis.call('ZREM', K.available .. pool, id)
 redis.call('DEL', agent)
 redis.call('SREM', ARGV[3] .. pool, id)
 redis.call('ZREM', K.pool_done .. pool, id)
+redis.call('ZREM', K.quarantine, id)
+redis.call('DEL', K.quota .. id)
 move(counts, pool, old, nil)
 return {'removed', old, pool, queued, dead}

@@ -5,7 +5,7 @@
 -- KEYS: epoch, task hash, counts hash
 -- ARGV: epoch, task id, attempt, agent id, now, 'completed' | 'failed',
 --       result JSON or error text, retention ms, backoff base ms, backoff max ms,
---       allocation channel, [12-19] key prefixes
+--       allocation channel, [12-23] key prefixes
 -- Returns {'completed' | 'retrying' | 'dead' | 'stale', pool or state}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 prefixes(12)
