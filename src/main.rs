@@ -157,8 +157,10 @@ enum TaskAction {
     },
     /// Show a task.
     Get { id: String },
-    /// Cancel a task that has not started.
+    /// Cancel a task that has not finished (a running one is taken from its agent).
     Cancel { id: String },
+    /// Why each attempt went to the agent it did (strategy, score, reason).
+    Evidence { id: String },
 }
 
 #[derive(Subcommand)]
@@ -393,6 +395,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 TaskAction::Get { id } => call(http.get(format!("{base}/v1/tasks/{id}"))).await?,
                 TaskAction::Cancel { id } => {
                     call(http.post(format!("{base}/v1/tasks/{id}/cancel"))).await?
+                }
+                TaskAction::Evidence { id } => {
+                    call(http.get(format!("{base}/v1/tasks/{id}/evidence"))).await?
                 }
             }
         }

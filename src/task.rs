@@ -235,7 +235,7 @@ impl TaskRecord {
             max_retries: u("maxRetries") as u32,
             state: s("state")?.parse().ok()?,
             attempt: u("attempt") as u32,
-            agent_id: s("agent").map(str::to_string),
+            agent_id: s("agent").filter(|a| !a.is_empty()).map(str::to_string),
             submitted_at: u("submittedAt"),
             updated_at: u("updatedAt"),
             result: s("result").and_then(|v| serde_json::from_str(v).ok()),

@@ -4,72 +4,13 @@
 mod common;
 
 use common::*;
-use fleet_commander::agent::{Agent, Assignment, Outcome, Work};
+use fleet_commander::agent::{Assignment, Outcome};
 use fleet_commander::pool::PoolType;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-const T: Duration = Duration::from_secs(5);
-
-fn work<F, Fut>(f: F) -> Work
-where
-    F: Fn(Assignment) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Outcome> + Send + 'static,
-{
-    Arc::new(move |a| Box::pin(f(a)))
-}
-
-/// Registers and runs an agent doing `w` until the token is cancelled.
-async fn start_agent(
-    h: &Harness,
-    id: &str,
-    pool: PoolType,
-    caps: &[&str],
-    w: Option<Work>,
-) -> (CancellationToken, JoinHandle<Agent>) {
-    let mut a = h
-        .agent_with(fleet_commander::agent::AgentSpec {
-            id: id.into(),
-            pool,
-            priority: None,
-            capabilities: caps.iter().map(|c| c.to_string()).collect(),
-            resources: Default::default(),
-            capacity: 1,
-        })
-        .await;
-    a.register(T).await.unwrap();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let task = tokio::spawn(async move {
-        a.run_with(Duration::from_millis(100), Duration::ZERO, s, w)
-            .await;
-        a
-    });
-    (stop, task)
-}
-
-async fn submit(h: &Harness, body: Value) -> String {
-    let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let v: Value = r.json().await.unwrap();
-    v["task"]["id"].as_str().unwrap().to_string()
-}
-
-async fn wait_state(h: &Harness, id: &str, state: &str) -> Value {
-    let path = format!("/v1/tasks/{id}");
-    wait_until(|| async { h.get(&path).await.1["state"] == state }).await;
-    h.get(&path).await.1
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_is_assigned_acknowledged_and_completed() {
@@ -336,14 +277,17 @@ async fn an_unacknowledged_assignment_goes_back_when_its_lease_runs_out() {
         "{a}"
     );
 
-    // The mute agent leaves (whatever it holds goes back); a working one completes the task.
-    stop_mute.cancel();
-    let mut mute = mute_task.await.unwrap();
-    assert!(mute.deregister(T).await.unwrap());
+    // A working agent joins while the mute one stays: each expiry costs the
+    // mute agent health, so it is quarantined and the task goes to the other.
     let (stop, task) = start_agent(&h, "speaker", PoolType::Network, &[], None).await;
     let t = wait_state(&h, &id, "completed").await;
     assert_eq!(t["agentId"], "speaker");
     assert!(t["attempt"].as_u64().unwrap() >= 2, "{t}");
+    let (_, a) = h.get("/v1/agents/mute").await;
+    assert_eq!(a["status"], "idle", "still registered: {a}");
+    assert!(a["health"]["score"].as_u64().unwrap() < 100, "{a}");
+    stop_mute.cancel();
+    let _ = mute_task.await;
     stop.cancel();
     let _ = task.await;
 }
@@ -382,35 +326,6 @@ async fn a_restarted_agent_gives_back_what_it_held_at_once() {
     assert_eq!(a["health"]["failures"], 0, "never declared failed: {a}");
     stop.cancel();
     let _ = task.await;
-}
-
-/// Runs `n` tasks one after another through a pool and returns who did each.
-async fn sequential(
-    h: &Harness,
-    pool: &str,
-    n: usize,
-    log: &Arc<Mutex<Vec<String>>>,
-) -> Vec<String> {
-    for _ in 0..n {
-        let id = submit(h, json!({"pool": pool, "maxRetries": 5})).await;
-        wait_state(h, &id, "completed").await;
-    }
-    log.lock().unwrap().clone()
-}
-
-fn recorder(name: &str, log: &Arc<Mutex<Vec<String>>>, fail: bool) -> Work {
-    let (name, log) = (name.to_string(), log.clone());
-    work(move |_a: Assignment| {
-        log.lock().unwrap().push(name.clone());
-        let fail = fail;
-        async move {
-            if fail {
-                Outcome::Fail("always".into())
-            } else {
-                Outcome::Complete(Value::Null)
-            }
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,4 +433,249 @@ async fn performance_strategy_stops_choosing_an_agent_that_fails() {
         s.cancel();
         let _ = t.await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
+    let h = Harness::start_with(|c| {
+        c.tasks.quarantine_ms = 300;
+        c.tasks.retry_backoff_ms = 10;
+    })
+    .await;
+    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut alloc = h.listen(&h.keys.allocation_channel()).await;
+    let ok = Arc::new(AtomicBool::new(false));
+    let o = ok.clone();
+    let w = work(move |_a: Assignment| {
+        let ok = o.load(Ordering::SeqCst);
+        async move {
+            if ok {
+                Outcome::Complete(Value::Null)
+            } else {
+                Outcome::Fail("broken".into())
+            }
+        }
+    });
+    let spec = fleet_commander::agent::AgentSpec {
+        id: "flaky".into(),
+        pool: PoolType::Security,
+        priority: None,
+        capabilities: vec![],
+        resources: Default::default(),
+        capacity: 2,
+    };
+    let (stop, task) = start_agent_with(&h, spec, Some(w)).await;
+
+    // Three failures: 100 - 3 x 20 = 40, below the line of 50.
+    for _ in 0..3 {
+        let id = submit(&h, json!({"pool": "security", "maxRetries": 0})).await;
+        wait_state(&h, &id, "dead").await;
+    }
+    let q = health
+        .wait_for("agent_quarantined", |v| v["type"] == "agent_quarantined")
+        .await;
+    assert_eq!(
+        (q["agentId"].as_str(), q["health"].as_u64()),
+        (Some("flaky"), Some(40))
+    );
+    let until = q["until"].as_u64().unwrap();
+    let (_, a) = h.get("/v1/agents/flaky").await;
+    assert_eq!(a["health"]["quarantinedUntil"].as_u64(), Some(until), "{a}");
+
+    // Quarantined: a new task waits for the period to end, not a moment less.
+    ok.store(true, Ordering::SeqCst);
+    let first = submit(&h, json!({"pool": "security"})).await;
+    let second = submit(&h, json!({"pool": "security"})).await;
+    health
+        .wait_for("agent_probation", |v| {
+            v["type"] == "agent_probation" && v["agentId"] == "flaky"
+        })
+        .await;
+    let assigned = alloc
+        .wait_for("task_assigned", |v| {
+            v["type"] == "task_assigned" && v["taskId"] == first.as_str()
+        })
+        .await;
+    assert!(
+        assigned["ts"].as_u64().unwrap() >= until,
+        "{assigned} before {until}"
+    );
+    wait_state(&h, &first, "completed").await;
+    wait_state(&h, &second, "completed").await;
+    let evidence = h.get(&format!("/v1/tasks/{second}/evidence")).await.1;
+    assert_eq!(evidence.as_array().map(Vec::len), Some(1), "{evidence}");
+
+    // On probation (health 50, one task at a time) until health reaches 70:
+    // two successes so far (60), two more free it.
+    let (_, a) = h.get("/v1/agents/flaky").await;
+    assert_eq!(
+        (
+            a["health"]["score"].as_u64(),
+            a["health"]["probation"].as_bool()
+        ),
+        (Some(60), Some(true)),
+        "{a}"
+    );
+    for _ in 0..2 {
+        let id = submit(&h, json!({"pool": "security"})).await;
+        wait_state(&h, &id, "completed").await;
+    }
+    let (_, a) = h.get("/v1/agents/flaky").await;
+    assert_eq!(
+        (
+            a["health"]["score"].as_u64(),
+            a["health"]["probation"].as_bool()
+        ),
+        (Some(70), Some(false)),
+        "{a}"
+    );
+    assert_eq!(a["health"]["quarantinedUntil"], 0);
+    assert!(h.metric("fleet_agent_probations_total").await >= 1.0);
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
+    let h = Harness::start_with(|c| c.tasks.quarantine_ms = 200).await;
+    let mut health = h.listen(&h.keys.health_channel()).await;
+    // Work that holds each task until the test lets it finish, failing or not.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let w = work(move |_a: Assignment| {
+        let rx = rx.clone();
+        async move {
+            match rx.lock().await.recv().await {
+                Some(true) => Outcome::Complete(Value::Null),
+                _ => Outcome::Fail("told to".into()),
+            }
+        }
+    });
+    let spec = fleet_commander::agent::AgentSpec {
+        id: "probe".into(),
+        pool: PoolType::Coordinator,
+        priority: None,
+        capabilities: vec![],
+        resources: Default::default(),
+        capacity: 3,
+    };
+    let (stop, task) = start_agent_with(&h, spec, Some(w)).await;
+    // Put it straight into quarantine: health just above the line, one failure.
+    let mut c = h.conn().await;
+    let _: () = redis::cmd("HSET")
+        .arg(h.keys.agent("probe"))
+        .arg("health")
+        .arg(55)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let id = submit(&h, json!({"pool": "coordinator", "maxRetries": 0})).await;
+    tx.send(false).unwrap();
+    wait_state(&h, &id, "dead").await;
+    let q = health
+        .wait_for("agent_quarantined", |v| v["type"] == "agent_quarantined")
+        .await;
+    let first_period = q["until"].as_u64().unwrap() - q["ts"].as_u64().unwrap();
+    health
+        .wait_for("agent_probation", |v| v["type"] == "agent_probation")
+        .await;
+
+    // On probation with capacity 3: of three tasks, one runs, two wait.
+    let mut alloc = h.listen(&h.keys.allocation_channel()).await;
+    let ids = [
+        submit(&h, json!({"pool": "coordinator", "maxRetries": 0})).await,
+        submit(&h, json!({"pool": "coordinator"})).await,
+        submit(&h, json!({"pool": "coordinator"})).await,
+    ];
+    alloc
+        .wait_for("an assignment", |v| v["type"] == "task_assigned")
+        .await;
+    let more = alloc
+        .collect_for(Duration::from_millis(300), |v| v["type"] == "task_assigned")
+        .await;
+    assert!(more.is_empty(), "probation is one at a time: {more:?}");
+    let running = {
+        let mut n = 0;
+        for id in &ids {
+            if h.get(&format!("/v1/tasks/{id}")).await.1["state"] != "queued" {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(running, 1);
+
+    // A failure on probation: back to quarantine, for twice as long.
+    tx.send(false).unwrap();
+    let q = health
+        .wait_for("second quarantine", |v| v["type"] == "agent_quarantined")
+        .await;
+    let second_period = q["until"].as_u64().unwrap() - q["ts"].as_u64().unwrap();
+    assert_eq!(second_period, 2 * first_period);
+    let (_, a) = h.get("/v1/agents/probe").await;
+    assert_eq!(a["health"]["probation"], false, "{a}");
+    // After it, the waiting tasks run (one at a time) and complete.
+    for _ in 0..2 {
+        tx.send(true).unwrap();
+    }
+    for id in &ids[1..] {
+        wait_state(&h, id, "completed").await;
+    }
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_task_stops_it_and_frees_the_agent() {
+    let h = Harness::start().await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (s, st) = (started.clone(), stopped.clone());
+    // The first task hangs; dropping its future (the cancel) is recorded.
+    struct OnDrop(Arc<AtomicBool>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let w = work(move |a: Assignment| {
+        let (s, guard) = (s.clone(), OnDrop(st.clone()));
+        async move {
+            if a.payload == "hang" {
+                s.notify_one();
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            std::mem::forget(guard);
+            Outcome::Complete(json!("done"))
+        }
+    });
+    let (stop, task) = start_agent(&h, "canceller", PoolType::Ui, &[], Some(w)).await;
+    let id = submit(&h, json!({"pool": "ui", "payload": "hang"})).await;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the task started");
+    let r = h
+        .http
+        .post(format!("{}/v1/tasks/{id}/cancel", h.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let t = wait_state(&h, &id, "cancelled").await;
+    assert_eq!(t["agentId"], Value::Null, "{t}");
+    wait_until(|| async { stopped.load(Ordering::SeqCst) }).await;
+    // The agent's slot is free at once: the next task runs on it.
+    let next = submit(&h, json!({"pool": "ui", "payload": "quick"})).await;
+    let t = wait_state(&h, &next, "completed").await;
+    assert_eq!(t["agentId"], "canceller");
+    // A cancelled task cannot be cancelled again.
+    let r = h
+        .http
+        .post(format!("{}/v1/tasks/{id}/cancel", h.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    stop.cancel();
+    let _ = task.await;
 }

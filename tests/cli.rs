@@ -181,6 +181,15 @@ async fn task_commands_submit_show_cancel_and_list_dead_letters() {
         tokio::task::block_in_place(|| run(s(&["task", "get", "--url", &base, &id])));
     assert!(ok);
     assert!(out.contains("\"state\": \"queued\""), "{out}");
+    // No agent yet, so no allocation decision yet.
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| run(s(&["task", "evidence", "--url", &base, &id])));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]");
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        run(s(&["task", "evidence", "--url", &base, "no such id!"]))
+    });
+    assert!(!ok && err.contains("invalid_task_id"), "{err}");
     let (ok, _, _) =
         tokio::task::block_in_place(|| run(s(&["task", "cancel", "--url", &base, &id])));
     assert!(ok);

@@ -15,6 +15,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod tasks;
+#[allow(unused_imports)]
+pub use tasks::*;
+
 /// The bound on every wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 
