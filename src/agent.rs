@@ -377,12 +377,6 @@ impl Agent {
                     payload,
                     ..
                 }) => {
-                    if let Err(e) = self
-                        .report(ReportKind::Ack, &task_id, attempt, None, None)
-                        .await
-                    {
-                        warn!(agent_id = %self.spec.id, error = %e, "ack not sent");
-                    }
                     let a = Assignment {
                         task_id,
                         attempt,
@@ -391,22 +385,34 @@ impl Agent {
                         timeout_ms,
                         payload,
                     };
-                    match &work {
+                    let key = (a.task_id.clone(), a.attempt);
+                    let mut job = match &work {
                         None => {
                             let echo = serde_json::json!({ "echo": a.payload });
-                            let _ = done_tx.send((a.task_id, a.attempt, Outcome::Complete(echo)));
+                            Box::pin(std::future::ready(Outcome::Complete(echo)))
                         }
-                        Some(w) => {
-                            let (w, tx) = (w.clone(), done_tx.clone());
-                            let key = (a.task_id.clone(), a.attempt);
-                            let handle = tokio::spawn(async move {
-                                let (id, attempt) = (a.task_id.clone(), a.attempt);
-                                let out = w(a).await;
-                                let _ = tx.send((id, attempt, out));
-                            });
-                            running.insert(key, handle.abort_handle());
-                        }
+                        Some(w) => w(a),
+                    };
+                    // Work done at once needs no acknowledgement: the result
+                    // itself ends the lease. Anything longer is acknowledged
+                    // first, so that its lease becomes the task's timeout.
+                    if let Some(out) = futures_util::FutureExt::now_or_never(&mut job) {
+                        let _ = done_tx.send((key.0, key.1, out));
+                        continue;
                     }
+                    if let Err(e) = self
+                        .report(ReportKind::Ack, &key.0, key.1, None, None)
+                        .await
+                    {
+                        warn!(agent_id = %self.spec.id, error = %e, "ack not sent");
+                    }
+                    let tx = done_tx.clone();
+                    let (id, attempt) = key.clone();
+                    let handle = tokio::spawn(async move {
+                        let out = job.await;
+                        let _ = tx.send((id, attempt, out));
+                    });
+                    running.insert(key, handle.abort_handle());
                 }
                 Wake::Message(ToAgent::TaskCancel {
                     task_id, attempt, ..
