@@ -339,6 +339,8 @@ impl Agent {
         // Work in progress, by task id and attempt, so that a cancel can stop it.
         let mut running: std::collections::HashMap<(String, u32), tokio::task::AbortHandle> =
             std::collections::HashMap::new();
+        // Told to drain: finish what is running, then deregister and return.
+        let mut draining = false;
         enum Wake {
             Stop,
             Beat,
@@ -422,6 +424,10 @@ impl Agent {
                         info!(agent_id = %self.spec.id, task_id, attempt, "task cancelled");
                     }
                 }
+                Wake::Message(ToAgent::Drain { reason, .. }) => {
+                    info!(agent_id = %self.spec.id, reason, tasks = running.len(), "draining");
+                    draining = true;
+                }
                 Wake::Message(other) => debug!(?other, "message from the commander"),
                 Wake::Done((task_id, attempt, outcome)) => {
                     running.remove(&(task_id.clone(), attempt));
@@ -440,6 +446,13 @@ impl Agent {
                         warn!(agent_id = %self.spec.id, error = %e, "result not sent");
                     }
                 }
+            }
+            if draining && running.is_empty() {
+                match self.deregister(interval).await {
+                    Ok(_) => info!(agent_id = %self.spec.id, "drained and deregistered"),
+                    Err(e) => warn!(agent_id = %self.spec.id, error = %e, "deregistration failed"),
+                }
+                return;
             }
         }
     }

@@ -41,7 +41,8 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 /// State shared by the commander's tasks.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The running configuration; pool settings are replaced on a reload.
+    config: std::sync::RwLock<Arc<Config>>,
     pub keys: Keys,
     pub registry: Registry,
     pub tasks: TaskStore,
@@ -58,11 +59,27 @@ pub struct Shared {
     pub alloc_wake: tokio::sync::Notify,
     /// Pools (bit per [`PoolType::index`]) the allocator should look at next.
     pub dirty_pools: std::sync::atomic::AtomicU32,
+    /// New registrations per pool since start (the scaler's fulfilment check).
+    pub(crate) registered_counts: [AtomicU64; 16],
     fenced: AtomicBool,
     shutdown: CancellationToken,
 }
 
 impl Shared {
+    /// The configuration now in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("no panics while held").clone()
+    }
+
+    /// New registrations in `pool` since start.
+    pub fn registered(&self, pool: PoolType) -> u64 {
+        self.registered_counts[pool.index()].load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_config(&self, c: Config) {
+        *self.config.write().expect("no panics while held") = Arc::new(c);
+    }
+
     pub fn is_listening(&self) -> bool {
         self.listening_since.load(Ordering::Acquire) != 0
     }
@@ -119,7 +136,7 @@ impl Shared {
         conn: &mut impl ConnectionLike,
     ) -> Result<FleetStatus, RegistryError> {
         let counts = self.registry.counts(conn).await?;
-        Ok(FleetStatus::assemble(&self.config, &counts, now_ms()))
+        Ok(FleetStatus::assemble(&self.config(), &counts, now_ms()))
     }
 }
 
@@ -199,14 +216,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         listening_since: AtomicU64::new(0),
         alloc_wake: tokio::sync::Notify::new(),
         dirty_pools: std::sync::atomic::AtomicU32::new(0),
+        registered_counts: Default::default(),
         fenced: AtomicBool::new(false),
         shutdown,
-        config,
+        config: std::sync::RwLock::new(config),
     });
 
     let mut tasks = JoinSet::new();
     let mut senders = Vec::new();
-    for n in 0..shared.config.fleet.workers {
+    for n in 0..shared.config().fleet.workers {
         let (tx, rx) = mpsc::channel(1024);
         senders.push(tx);
         tasks.spawn(handler(shared.clone(), rx).instrument(info_span!("handler", n)));
@@ -221,6 +239,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .instrument(info_span!("allocator")),
     );
     tasks.spawn(crate::http::serve(shared.clone(), listener).instrument(info_span!("http")));
+    tasks.spawn(
+        crate::scaler::scaler(shared.clone(), shared.redis.clone())
+            .instrument(info_span!("scaler")),
+    );
+    if let Some(path) = shared.config().source.clone() {
+        tasks.spawn(crate::reload::watch(shared.clone(), path).instrument(info_span!("reload")));
+    }
 
     info!(%http_addr, epoch, prefix = shared.keys.prefix(), "commander started");
     Ok(Running {
@@ -250,7 +275,7 @@ async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
         (shared.keys.tasks_channel(), Channel::Tasks),
         (shared.keys.results_channel(), Channel::Results),
     ];
-    let client = match redis::Client::open(shared.config.redis.url.as_str()) {
+    let client = match redis::Client::open(shared.config().redis.url.as_str()) {
         Ok(c) => c,
         Err(e) => {
             error!("invalid Redis URL: {e}");
@@ -258,7 +283,7 @@ async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
             return;
         }
     };
-    let max = shared.config.fleet.max_message_bytes;
+    let max = shared.config().fleet.max_message_bytes;
     let mut backoff = Duration::from_millis(50);
     let mut next_shard = 0usize;
     while !shared.shutdown.is_cancelled() {
@@ -480,7 +505,7 @@ async fn register(
 ) -> Result<(), RegistryError> {
     let started = Instant::now();
     let keys = &shared.keys;
-    let config = &shared.config;
+    let config = &shared.config();
     let refuse = |reason: RefusalReason, detail: String| ToAgent::RegisterReply {
         v: VERSION,
         reply_to: r.id.clone(),
@@ -559,13 +584,17 @@ async fn register(
                         announced: true, ..
                     }) => {
                         shared.wake_pool(pool);
+                        crate::scaler::note_registered(shared, pool);
                         metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
                             .increment(1);
                         metrics::histogram!(m::REGISTRATION_SECONDS).record(started.elapsed());
                         debug!("registered");
                         return Ok(());
                     }
-                    Ok(RegisterOutcome::Registered { record, .. }) => accepted(record, false),
+                    Ok(RegisterOutcome::Registered { record, .. }) => {
+                        crate::scaler::note_registered(shared, pool);
+                        accepted(record, false)
+                    }
                     Ok(RegisterOutcome::ReRegistered { record, orphaned }) => {
                         shared.on_orphans(
                             crate::registry::Orphans {
@@ -646,7 +675,7 @@ pub async fn submit(
     conn: &mut ConnectionManager,
     s: &Submission,
 ) -> Result<Result<Submitted, (SubmitRefusal, String)>, RegistryError> {
-    let cfg = &shared.config;
+    let cfg = &shared.config();
     let valid = match s.validate(|p| cfg.pool(p).capabilities.clone(), &cfg.tasks) {
         Ok(v) => v,
         Err((reason, detail)) => {
@@ -774,7 +803,7 @@ pub(crate) async fn publish(
 // Periodic status
 
 async fn status_loop(shared: Arc<Shared>) {
-    let every = Duration::from_millis(shared.config.fleet.status_interval_ms);
+    let every = Duration::from_millis(shared.config().fleet.status_interval_ms);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -811,7 +840,7 @@ async fn publish_status(shared: &Shared) -> Result<(), RegistryError> {
                 min,
                 max,
                 total,
-                shared.config.tasks.max_skew,
+                shared.config().tasks.max_skew,
             );
             metrics::gauge!(m::POOL_SKEW, "pool" => pool.as_str()).set(f.skew_ratio);
             metrics::gauge!(m::POOL_TASKS_PER_AGENT, "pool" => pool.as_str())

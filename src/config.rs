@@ -18,8 +18,15 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub tasks: TaskConfig,
+    /// Autoscaling defaults; each pool may override any of them.
+    #[serde(default)]
+    pub scaling: ScalingPolicy,
     #[serde(deserialize_with = "pools_by_name")]
     pub pools: BTreeMap<PoolType, PoolConfig>,
+    /// The file this came from; the commander watches it and applies edits
+    /// (and re-reads it on SIGHUP).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// Reads `[pools.NAME]` tables keyed by name, so errors name the pool and an
@@ -113,6 +120,116 @@ impl Strategy {
     }
 }
 
+/// When a pool grows or shrinks (see `src/scaler.rs`). Fleet defaults in
+/// `[scaling]`; a pool overrides any of them in `[pools.NAME.scaling]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingPolicy {
+    /// How often the scaler samples demand and decides.
+    pub sample_ms: u64,
+    /// Decisions look at the samples of this window, never at one alone.
+    pub window_ms: u64,
+    /// Grow when utilisation (agents holding tasks / live agents) averages at least this ...
+    pub scale_up_utilization: f64,
+    /// ... or the oldest waiting task has waited this long on average over the window.
+    pub scale_up_queue_wait_ms: u64,
+    /// Shrink only when utilisation stayed at or below this for the whole window
+    /// with nothing queued (hysteresis: well below the up threshold).
+    pub scale_down_utilization: f64,
+    /// After growing, no further growth for this long; no shrinking either.
+    pub up_cooldown_ms: u64,
+    /// After shrinking, no further shrinking for this long; no growth either,
+    /// unless the pool is below its minimum.
+    pub down_cooldown_ms: u64,
+    /// Most agents added or retired by one decision.
+    pub max_step: u32,
+    /// Agents younger than this are not retired.
+    pub min_lifetime_ms: u64,
+    /// A request not fulfilled within this time is reported (log, metric, event).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy {
+            sample_ms: 1_000,
+            window_ms: 10_000,
+            scale_up_utilization: 0.8,
+            scale_up_queue_wait_ms: 2_000,
+            scale_down_utilization: 0.3,
+            up_cooldown_ms: 15_000,
+            down_cooldown_ms: 60_000,
+            max_step: 10,
+            min_lifetime_ms: 60_000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// A pool's overrides of [`ScalingPolicy`]; what is absent comes from `[scaling]`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingOverrides {
+    pub scale_up_utilization: Option<f64>,
+    pub scale_up_queue_wait_ms: Option<u64>,
+    pub scale_down_utilization: Option<f64>,
+    pub up_cooldown_ms: Option<u64>,
+    pub down_cooldown_ms: Option<u64>,
+    pub max_step: Option<u32>,
+    pub min_lifetime_ms: Option<u64>,
+}
+
+impl ScalingPolicy {
+    fn with(mut self, o: &ScalingOverrides) -> ScalingPolicy {
+        macro_rules! take {
+            ($($f:ident),*) => { $(if let Some(v) = o.$f { self.$f = v; })* };
+        }
+        take!(
+            scale_up_utilization,
+            scale_up_queue_wait_ms,
+            scale_down_utilization,
+            up_cooldown_ms,
+            down_cooldown_ms,
+            max_step,
+            min_lifetime_ms
+        );
+        self
+    }
+
+    fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        let f = |k: &str| format!("{at}.{k}");
+        let (up, down) = (self.scale_up_utilization, self.scale_down_utilization);
+        if !(up.is_finite() && up > 0.0 && up <= 1.0) {
+            return Err((
+                f("scale_up_utilization"),
+                format!("must be in (0, 1], got {up}"),
+            ));
+        }
+        if !(down.is_finite() && down >= 0.0 && down < up) {
+            return Err((
+                f("scale_down_utilization"),
+                format!("must be >= 0 and below scale_up_utilization ({up}), got {down}"),
+            ));
+        }
+        if self.max_step == 0 {
+            return Err((f("max_step"), "must be at least 1".into()));
+        }
+        for (k, v) in [
+            ("sample_ms", self.sample_ms),
+            ("window_ms", self.window_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err((f(k), "must be at least 1".into()));
+            }
+        }
+        if self.window_ms < self.sample_ms {
+            return Err((f("window_ms"), "must be >= sample_ms".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Task handling: defaults for submissions, leases, retries, aging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -193,6 +310,9 @@ pub struct PoolConfig {
     /// quota window (`tasks.quota_window_ms`). None: no quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<u32>,
+    /// Overrides of the `[scaling]` defaults for this pool.
+    #[serde(default)]
+    pub scaling: ScalingOverrides,
 }
 
 /// Most an agent of the pool may declare at registration.
@@ -238,6 +358,7 @@ impl Config {
             field,
             reason,
         })?;
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -384,6 +505,7 @@ impl Config {
         if tk.default_max_retries > crate::task::MAX_RETRIES {
             return err("tasks.default_max_retries", "must be at most 100".into());
         }
+        self.scaling.validate("scaling")?;
         let mut max_sum: u64 = 0;
         for (pool, p) in &self.pools {
             let at = |k: &str| format!("pools.{pool}.{k}");
@@ -429,6 +551,8 @@ impl Config {
                     );
                 }
             }
+            self.scaling_for(*pool)
+                .validate(&format!("pools.{pool}.scaling"))?;
             max_sum += u64::from(p.min_agents);
         }
         if max_sum > u64::from(f.max_agents) {
@@ -438,6 +562,11 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// A pool's scaling policy: the fleet defaults with its overrides.
+    pub fn scaling_for(&self, pool: PoolType) -> ScalingPolicy {
+        self.scaling.with(&self.pool(pool).scaling)
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

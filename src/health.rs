@@ -27,9 +27,9 @@ const BATCH: usize = 1000;
 const SLOW_ROUND_TRIP: Duration = Duration::from_millis(250);
 
 pub(crate) async fn detector(shared: Arc<Shared>, mut conn: ConnectionManager) {
-    let cfg = &shared.config.fleet;
+    let cfg = &shared.config().fleet;
     let tick = Duration::from_millis(cfg.detect_tick_ms);
-    let window = shared.config.failure_window().as_millis() as u64;
+    let window = shared.config().failure_window().as_millis() as u64;
     // Contact with Redis is confirmed by each tick's query; a gap longer than
     // this between confirmations means we may have missed heartbeats.
     let max_gap = tick * 2 + SLOW_ROUND_TRIP;
@@ -130,7 +130,7 @@ async fn fail_stale(
     now: u64,
 ) -> Result<(), RegistryError> {
     let reg: &Registry = &shared.registry;
-    let max_failures = shared.config.fleet.max_failures;
+    let max_failures = shared.config().fleet.max_failures;
     // Scripts sent concurrently on one multiplexed connection are pipelined.
     let base = conn.clone();
     for chunk in stale.chunks(64) {
@@ -187,7 +187,7 @@ async fn expire_failed(
     conn: &mut ConnectionManager,
     now: u64,
 ) -> Result<(), RegistryError> {
-    let cutoff = now.saturating_sub(shared.config.fleet.failed_retention_ms);
+    let cutoff = now.saturating_sub(shared.config().fleet.failed_retention_ms);
     let expired = shared.registry.failed_before(conn, cutoff, BATCH).await?;
     for id in expired {
         if let Some((pool, orphans)) = shared.registry.remove(conn, &id, Some(cutoff), now).await? {

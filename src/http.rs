@@ -19,11 +19,14 @@ use std::time::Instant;
 use tracing::{error, warn};
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    let body_limit = shared.config.fleet.max_message_bytes;
+    let body_limit = shared.config().fleet.max_message_bytes;
     Router::new()
         .route("/v1/fleet", get(fleet))
         .route("/v1/pools", get(pools))
         .route("/v1/agents/{id}", get(agent))
+        .route("/v1/agents/{id}/drain", post(drain_agent))
+        .route("/v1/pools/{pool}/drain", post(drain_pool))
+        .route("/v1/pools/{pool}/size", post(set_pool_size))
         .route("/v1/tasks", post(submit_task))
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
@@ -80,14 +83,14 @@ async fn pools(State(s): State<Arc<Shared>>) -> Response {
         Ok(x) => x,
         Err(e) => return unavailable(e),
     };
-    let mut views = PoolView::assemble(&s.config, &counts);
+    let mut views = PoolView::assemble(&s.config(), &counts);
     for (view, (_, agents, min, max, total)) in views.iter_mut().zip(fair) {
         view.fairness = Some(Fairness::compute(
             agents,
             min,
             max,
             total,
-            s.config.tasks.max_skew,
+            s.config().tasks.max_skew,
         ));
     }
     Json(views).into_response()
@@ -130,6 +133,121 @@ async fn metrics_text(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
+}
+
+/// `POST /v1/agents/{id}/drain`: no new tasks; the agent finishes what it
+/// holds, then deregisters.
+async fn drain_agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_agent_id", &id);
+    }
+    let now = crate::registry::now_ms();
+    match s
+        .registry
+        .drain(&mut s.redis.clone(), &id, now, "operator")
+        .await
+    {
+        Ok(Some((pool, holding))) => {
+            metrics::counter!(m::AGENTS_DRAINED, "pool" => pool.as_str(), "reason" => "operator")
+                .increment(1);
+            Json(json!({"draining": true, "agentId": id, "pool": pool, "tasksInHand": holding}))
+                .into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", &id),
+        Err(e) => unavailable(e),
+    }
+}
+
+fn pool_param(name: &str) -> Result<crate::pool::PoolType, Box<Response>> {
+    name.parse()
+        .map_err(|_| Box::new(error(StatusCode::NOT_FOUND, "unknown_pool", name)))
+}
+
+/// `POST /v1/pools/{pool}/drain`: drains every agent of the pool (the scaler
+/// then replaces them up to the pool's minimum: a rolling restart).
+async fn drain_pool(State(s): State<Arc<Shared>>, Path(pool): Path<String>) -> Response {
+    let pool = match pool_param(&pool) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let mut conn = s.redis.clone();
+    let ids: Vec<String> = match redis::cmd("SMEMBERS")
+        .arg(s.keys.pool_agents(pool))
+        .query_async(&mut conn)
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => return unavailable(e),
+    };
+    let now = crate::registry::now_ms();
+    let mut drained = Vec::new();
+    for id in ids {
+        match s.registry.drain(&mut conn, &id, now, "operator").await {
+            Ok(Some(_)) => drained.push(id),
+            Ok(None) => {}
+            Err(e) => return unavailable(e),
+        }
+    }
+    metrics::counter!(m::AGENTS_DRAINED, "pool" => pool.as_str(), "reason" => "operator")
+        .increment(drained.len() as u64);
+    Json(json!({"pool": pool, "draining": drained})).into_response()
+}
+
+/// `POST /v1/pools/{pool}/size` with `{"agents": N}` fixes the pool's size
+/// (within its bounds) until `{"auto": true}` hands it back to the scaler.
+async fn set_pool_size(
+    State(s): State<Arc<Shared>>,
+    Path(pool): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Response {
+    let pool = match pool_param(&pool) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let Ok(Json(body)) = body else {
+        return error(StatusCode::BAD_REQUEST, "invalid_body", "expected JSON");
+    };
+    let config = s.config();
+    let pc = config.pool(pool);
+    let mut conn = s.redis.clone();
+    let key = s.keys.manual_sizes();
+    let r = if body["auto"] == true {
+        redis::cmd("HDEL")
+            .arg(&key)
+            .arg(pool.as_str())
+            .query_async::<()>(&mut conn)
+            .await
+            .map(|_| json!({"pool": pool, "size": "auto"}))
+    } else {
+        let Some(n) = body["agents"].as_u64() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "expected {\"agents\": N} or {\"auto\": true}",
+            );
+        };
+        if n < u64::from(pc.min_agents) || n > u64::from(pc.max_agents) {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "out_of_bounds",
+                format!(
+                    "pool {pool} takes {}..={} agents, asked {n}",
+                    pc.min_agents, pc.max_agents
+                ),
+            );
+        }
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg(pool.as_str())
+            .arg(n)
+            .query_async::<()>(&mut conn)
+            .await
+            .map(|_| json!({"pool": pool, "size": n}))
+    };
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => unavailable(e),
+    }
 }
 
 fn error(code: StatusCode, error: &str, detail: impl std::fmt::Display) -> Response {

@@ -163,6 +163,15 @@ impl Keys {
     pub fn agent_quota_prefix(&self) -> String {
         format!("{}:agent-quota:", self.prefix)
     }
+    /// Hash: pool -> agents an operator fixed it at (`fleet-commander scale`);
+    /// absent: the scaler decides.
+    pub fn manual_sizes(&self) -> String {
+        format!("{}:manual-sizes", self.prefix)
+    }
+    /// Stream (capped): fleet events with their inputs, e.g. every scaling decision.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
     /// Sorted set: tasks waiting out a retry backoff, scored by when they may run.
     pub fn delayed(&self) -> String {
         format!("{}:delayed", self.prefix)

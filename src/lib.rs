@@ -16,6 +16,9 @@
 //! - [`http`]: the HTTP API.
 //! - [`metrics`]: metric names and the Prometheus exporter.
 //! - [`agent`]: a Rust agent client speaking the protocol.
+//! - [`reload`]: live pool tuning from the config file.
+//! - [`scaler`]: sizes pools to demand; scale requests, drains.
+//! - [`spawner`]: acts on scale requests (the simulator's, or yours).
 //! - [`sim`]: the fleet simulator and its report.
 //! - [`redis_server`]: a private `redis-server` for the demo and the tests.
 //! - [`demo`]: the one-command demo.
@@ -33,7 +36,10 @@ pub mod pool;
 pub mod protocol;
 pub mod redis_server;
 pub mod registry;
+pub mod reload;
+pub mod scaler;
 pub mod sim;
+pub mod spawner;
 pub mod status;
 pub mod task;
 pub mod tasks;

@@ -127,6 +127,22 @@ enum Command {
         #[arg(long, global = true)]
         url: Option<String>,
     },
+    /// Fix a pool's size (within its bounds), or `auto` to hand it back to the scaler.
+    Scale {
+        pool: String,
+        /// A number of agents, or `auto`.
+        size: String,
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Retire an agent or every agent of a pool without losing work: no new
+    /// tasks, they finish what they hold, then deregister.
+    Drain {
+        #[command(subcommand)]
+        target: DrainTarget,
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -161,6 +177,12 @@ enum TaskAction {
     Cancel { id: String },
     /// Why each attempt went to the agent it did (strategy, score, reason).
     Evidence { id: String },
+}
+
+#[derive(Subcommand)]
+enum DrainTarget {
+    Agent { id: String },
+    Pool { pool: String },
 }
 
 #[derive(Subcommand)]
@@ -400,6 +422,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     call(http.get(format!("{base}/v1/tasks/{id}/evidence"))).await?
                 }
             }
+        }
+        Command::Scale { pool, size, url } => {
+            let config = load(&cli.config)?;
+            let base = url.unwrap_or_else(|| format!("http://{}", config.http.addr));
+            let body = if size == "auto" {
+                serde_json::json!({"auto": true})
+            } else {
+                let n: u64 = size
+                    .parse()
+                    .context("size must be a number of agents or `auto`")?;
+                serde_json::json!({"agents": n})
+            };
+            let http = reqwest::Client::new();
+            call(
+                http.post(format!("{base}/v1/pools/{pool}/size"))
+                    .json(&body),
+            )
+            .await?;
+        }
+        Command::Drain { target, url } => {
+            let config = load(&cli.config)?;
+            let base = url.unwrap_or_else(|| format!("http://{}", config.http.addr));
+            let http = reqwest::Client::new();
+            let path = match target {
+                DrainTarget::Agent { id } => format!("{base}/v1/agents/{id}/drain"),
+                DrainTarget::Pool { pool } => format!("{base}/v1/pools/{pool}/drain"),
+            };
+            call(http.post(path)).await?;
         }
         Command::DeadLetters { action, url } => {
             let config = load(&cli.config)?;

@@ -518,6 +518,9 @@ pub enum ToAgent {
     /// after repeated failures): register again.
     #[serde(rename_all = "camelCase")]
     Reregister { v: u32, reason: String },
+    /// Take no new work, finish what you hold, then deregister.
+    #[serde(rename_all = "camelCase")]
+    Drain { v: u32, reason: String },
     /// The task was cancelled: stop working on this attempt; a result for it
     /// would be ignored.
     #[serde(rename_all = "camelCase")]
@@ -525,6 +528,44 @@ pub enum ToAgent {
         v: u32,
         task_id: String,
         attempt: u32,
+    },
+}
+
+/// On `swarm:phase-1:scaling`, from the commander to spawners.
+/// Requests carry an id: a spawner acts on each id once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Scaling {
+    /// Start `count` more agents in `pool`.
+    #[serde(rename_all = "camelCase")]
+    ScaleUp {
+        v: u32,
+        id: String,
+        pool: PoolType,
+        count: u32,
+        reason: String,
+        ts: u64,
+    },
+    /// These agents are being drained and will deregister once idle.
+    #[serde(rename_all = "camelCase")]
+    ScaleDown {
+        v: u32,
+        id: String,
+        pool: PoolType,
+        agents: Vec<String>,
+        reason: String,
+        ts: u64,
+    },
+    /// Request `id` was not fulfilled in time: `missing` agents never came (up)
+    /// or never left (down).
+    #[serde(rename_all = "camelCase")]
+    ScaleTimeout {
+        v: u32,
+        id: String,
+        pool: PoolType,
+        direction: String,
+        missing: u32,
+        ts: u64,
     },
 }
 

@@ -30,6 +30,7 @@ static REGISTER: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/regis
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/heartbeat.lua")));
 static FAIL: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/fail.lua")));
 static REMOVE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/remove.lua")));
+static DRAIN: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/drain.lua")));
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -79,6 +80,9 @@ pub struct AgentRecord {
     pub resources: Resources,
     pub load: f64,
     pub registered_at: u64,
+    /// Being retired: no new tasks; it deregisters once it has finished.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +135,7 @@ impl AgentRecord {
             resources: a.resources,
             load: 0.0,
             registered_at: now,
+            draining: false,
         }
     }
 
@@ -169,6 +174,7 @@ impl AgentRecord {
             },
             load: n("load"),
             registered_at: u("registeredAt"),
+            draining: s("draining") == Some("1"),
         })
     }
 }
@@ -331,7 +337,7 @@ impl Registry {
 
     /// Loads every script once so the first real calls do not pay for it.
     pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
-        for s in [&*REGISTER, &*HEARTBEAT, &*FAIL, &*REMOVE] {
+        for s in [&*REGISTER, &*HEARTBEAT, &*FAIL, &*REMOVE, &*DRAIN] {
             s.prepare_invoke().load_async(conn).await?;
         }
         Ok(())
@@ -524,6 +530,33 @@ impl Registry {
                     },
                 )))
             }
+            _ => Ok(None),
+        }
+    }
+
+    /// Drains an agent: no new tasks; it is told to finish what it holds and
+    /// deregister. Returns its pool and the tasks in its hands, or `None` if unknown.
+    pub async fn drain(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        now: u64,
+        reason: &str,
+    ) -> Result<Option<(PoolType, u64)>> {
+        let mut inv = DRAIN.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .arg(self.epoch)
+            .arg(id)
+            .arg(now)
+            .arg(self.keys.agent_channel_prefix())
+            .arg(reason);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
+        match text(reply.first())?.as_str() {
+            "draining" => Ok(Some((
+                pool_at(&reply, 1)?,
+                text(reply.get(2))?.parse().unwrap_or(0),
+            ))),
             _ => Ok(None),
         }
     }

@@ -70,9 +70,10 @@ fn demo_without_redis_says_how_to_get_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
-    // This test also runs a task phase in the same process: a 1 s failure
-    // window keeps a busy machine from faking deaths.
-    let h = Harness::start_with(|c| c.fleet.missed_heartbeats = 10).await;
+    // This test also runs a task phase in the same process, alongside the
+    // other tests of this binary: a 2 s failure window keeps a loaded 2-core
+    // machine from faking deaths (1 s produced 5 in one full-suite run).
+    let h = Harness::start_with(|c| c.fleet.missed_heartbeats = 20).await;
     let report = sim::run(
         SimOptions {
             redis_url: h.redis.url(),

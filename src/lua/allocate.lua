@@ -60,7 +60,7 @@ for _, tid in ipairs(tids) do
         end
         if fits then
           local a = redis.call('HMGET', K.agent .. aid, 'status', 'inflight', 'capacity',
-            'probation', 'quarantinedUntil')
+            'probation', 'quarantinedUntil', 'draining')
           local inflight, capacity = tonumber(a[2] or 0), tonumber(a[3] or 1)
           if a[4] == '1' then capacity = 1 end
           local used = 0
@@ -68,7 +68,7 @@ for _, tid in ipairs(tids) do
             used = tonumber(redis.call('GET', K.quota .. aid) or 0)
           end
           if not (a[1] == 'idle' or a[1] == 'active') or inflight >= capacity
-              or tonumber(a[5] or 0) > 0 or (quota > 0 and used >= quota) then
+              or tonumber(a[5] or 0) > 0 or a[6] == '1' or (quota > 0 and used >= quota) then
             agents[i] = false
             free = free - 1
             if a[1] then refresh_available(aid, pool) else

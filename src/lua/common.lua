@@ -39,8 +39,8 @@ local function health_policy()
 end
 
 -- Whether an agent can take a task now, and its place among the pool's
--- available agents, lower first, by the pool's strategy. A quarantined agent
--- takes none; one on probation takes one at a time.
+-- available agents, lower first, by the pool's strategy. A quarantined or
+-- draining agent takes none; one on probation takes one at a time.
 --   priority          higher agent priority, then fewer tasks in hand
 --   round_robin       the agent given a task longest ago
 --   least_loaded      the smallest share of its capacity in use, then reported load
@@ -51,12 +51,12 @@ end
 local function refresh_available(id, pool)
   local a = redis.call('HMGET', K.agent .. id, 'status', 'inflight', 'capacity', 'priority',
     'lastAssigned', 'load', 'capabilities', 'tasksCompleted', 'tasksFailed', 'avgTaskTime',
-    'quarantinedUntil', 'probation')
+    'quarantinedUntil', 'probation', 'draining')
   local status, inflight, capacity = a[1], tonumber(a[2] or 0), tonumber(a[3] or 1)
   if a[12] == '1' then capacity = 1 end
   local set = K.available .. pool
   if not (status and (status == 'idle' or status == 'active') and inflight < capacity)
-      or tonumber(a[11] or 0) > 0 then
+      or tonumber(a[11] or 0) > 0 or a[13] == '1' then
     redis.call('ZREM', set, id)
     return
   end

@@ -1,0 +1,369 @@
+//! Pools that size themselves: the scaler with a spawner, against a real
+//! commander and Redis. Prints the figures the README quotes.
+
+mod common;
+
+use common::*;
+use fleet_commander::agent::{AgentSpec, Assignment, Outcome, Work};
+use fleet_commander::config::{Config, ScalingPolicy};
+use fleet_commander::pool::PoolType;
+use fleet_commander::spawner::Spawner;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Only `pools` scale; fast test-sized policy.
+fn scaling_config(c: &mut Config, pools: &[(PoolType, u32, u32)]) {
+    for pc in c.pools.values_mut() {
+        pc.scaling_enabled = false;
+    }
+    for &(p, min, max) in pools {
+        let pc = c.pools.get_mut(&p).unwrap();
+        pc.scaling_enabled = true;
+        pc.min_agents = min;
+        pc.max_agents = max;
+    }
+    c.scaling = ScalingPolicy {
+        sample_ms: 50,
+        window_ms: 200,
+        scale_up_utilization: 0.8,
+        scale_up_queue_wait_ms: 300,
+        scale_down_utilization: 0.3,
+        up_cooldown_ms: 500,
+        down_cooldown_ms: 800,
+        max_step: 3,
+        min_lifetime_ms: 0,
+        request_timeout_ms: 5_000,
+    };
+}
+
+/// Starts agents when the commander asks, each doing `work`; returns a
+/// counter of agents started.
+async fn spawner(h: &Harness, work: Work, stop: CancellationToken) -> Arc<AtomicU64> {
+    let started = Arc::new(AtomicU64::new(0));
+    let sp = Spawner::subscribe(&h.redis.url(), &h.keys).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(PoolType, u32)>();
+    tokio::spawn(sp.run(
+        move |p, n| {
+            let _ = tx.send((p, n));
+        },
+        stop.clone(),
+    ));
+    let (url, keys, s) = (h.redis.url(), h.keys.clone(), started.clone());
+    tokio::spawn(async move {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        while let Some((pool, n)) = rx.recv().await {
+            for _ in 0..n {
+                let k = s.fetch_add(1, Ordering::AcqRel);
+                let spec = AgentSpec {
+                    id: format!("{pool}-{k}"),
+                    pool,
+                    priority: None,
+                    capabilities: vec![],
+                    resources: Default::default(),
+                    capacity: 1,
+                };
+                let publisher = fleet_commander::commander::connect(&url).await.unwrap();
+                let mut a =
+                    fleet_commander::agent::Agent::connect(&client, publisher, keys.clone(), spec)
+                        .await
+                        .unwrap();
+                let (w, stop) = (work.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if a.register(T).await.is_ok() {
+                        a.run_with(Duration::from_millis(100), Duration::ZERO, stop, Some(w))
+                            .await;
+                    }
+                });
+            }
+        }
+    });
+    started
+}
+
+fn sleepy(ms: u64) -> Work {
+    work(move |_a: Assignment| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Outcome::Complete(Value::Null)
+    })
+}
+
+async fn live(h: &Harness, pool: &str) -> u64 {
+    let (_, pools) = h.get("/v1/pools").await;
+    let p = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == pool)
+        .unwrap()
+        .clone();
+    ["idle", "active", "busy"]
+        .iter()
+        .map(|s| p["byStatus"][s].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Direction changes must be at least a cooldown apart.
+fn assert_no_flapping(events: &[Value], min_gap_ms: u64) -> usize {
+    let mut changes = 0;
+    for pair in events.windows(2) {
+        if pair[0]["type"] != pair[1]["type"] {
+            changes += 1;
+            let gap = pair[1]["ts"].as_u64().unwrap() - pair[0]["ts"].as_u64().unwrap();
+            assert!(
+                gap >= min_gap_ms,
+                "direction changed after {gap} ms: {events:?}"
+            );
+        }
+    }
+    changes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_follows_demand_up_and_down_without_losing_a_task() {
+    let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Tester, 1, 6)])).await;
+    let mut scaling = h.listen(&h.keys.scaling_channel()).await;
+    let stop = CancellationToken::new();
+    spawner(&h, sleepy(150), stop.clone()).await;
+    // Below its minimum of 1 at start: topped up.
+    let first = scaling
+        .wait_for("scale_up to the minimum", |v| v["type"] == "scale_up")
+        .await;
+    assert_eq!(
+        (first["count"].as_u64(), first["reason"].as_str()),
+        (Some(1), Some("below_min"))
+    );
+    wait_until(|| async { live(&h, "tester").await == 1 }).await;
+
+    // A burst: 60 tasks of 150 ms on 1 agent. The pool grows to its max of 6.
+    let step = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        ids.push(submit(&h, json!({"pool": "tester"})).await);
+    }
+    let max_seen = AtomicU64::new(0);
+    wait_until(|| async {
+        let n = live(&h, "tester").await;
+        max_seen.fetch_max(n, Ordering::AcqRel);
+        n == 6
+    })
+    .await;
+    let grow_ms = step.elapsed().as_millis();
+    for id in &ids {
+        wait_state(&h, id, "completed").await;
+    }
+    // Quiet: back to the minimum by draining, and nothing lost.
+    let quiet = Instant::now();
+    wait_until(|| async { live(&h, "tester").await == 1 }).await;
+    let shrink_ms = quiet.elapsed().as_millis();
+    let events = scaling
+        .collect_for(Duration::from_millis(300), |v| {
+            v["type"] == "scale_up" || v["type"] == "scale_down"
+        })
+        .await;
+    let mut all = vec![first];
+    all.extend(events);
+    let ups = all.iter().filter(|v| v["type"] == "scale_up").count();
+    let downs = all.iter().filter(|v| v["type"] == "scale_down").count();
+    let changes = assert_no_flapping(&all, 500);
+    for id in &ids {
+        let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(t["state"], "completed", "{t}");
+        assert_eq!(t["attempt"], 1, "never taken from an agent: {t}");
+    }
+    assert!(max_seen.load(Ordering::Acquire) <= 6);
+    assert_eq!(changes, 1, "up, then down: {all:?}");
+    println!(
+        "FIGURES ramp: 1 -> 6 agents in {grow_ms} ms ({ups} scale_up events incl. the top-up), \
+         6 -> 1 in {shrink_ms} ms ({downs} scale_down events), tasks lost 0 of 60"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oscillating_load_changes_direction_at_most_once_per_cooldown() {
+    let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Reviewer, 1, 5)])).await;
+    let mut scaling = h.listen(&h.keys.scaling_channel()).await;
+    let stop = CancellationToken::new();
+    spawner(&h, sleepy(100), stop.clone()).await;
+    wait_until(|| async { live(&h, "reviewer").await == 1 }).await;
+    // Bursts every 250 ms, faster than either cooldown, for 3 s.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut ids = Vec::new();
+    let mut on = true;
+    while Instant::now() < until {
+        if on {
+            for _ in 0..8 {
+                ids.push(submit(&h, json!({"pool": "reviewer"})).await);
+            }
+        }
+        on = !on;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let n = live(&h, "reviewer").await;
+        assert!((1..=5).contains(&n), "within bounds: {n}");
+    }
+    for id in &ids {
+        wait_state(&h, id, "completed").await;
+    }
+    let events = scaling
+        .collect_for(Duration::from_millis(200), |v| {
+            v["type"] == "scale_up" || v["type"] == "scale_down"
+        })
+        .await;
+    let changes = assert_no_flapping(&events, 500);
+    println!(
+        "FIGURES oscillating: {} scaling events, {changes} direction changes in 3 s of bursts every 250 ms",
+        events.len()
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minimum_is_restored_after_agents_die() {
+    let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Mobile, 2, 4)])).await;
+    let stop = CancellationToken::new();
+    let started = spawner(&h, sleepy(10), stop.clone()).await;
+    wait_until(|| async { live(&h, "mobile").await == 2 }).await;
+    // Both agents die at once (their processes stop without a word).
+    stop.cancel();
+    let stop = CancellationToken::new();
+    let again = spawner(&h, sleepy(10), stop.clone()).await;
+    wait_until(|| async { again.load(Ordering::Acquire) >= 2 }).await;
+    wait_until(|| async { live(&h, "mobile").await == 2 }).await;
+    assert_eq!(started.load(Ordering::Acquire), 2);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_cap_goes_to_the_higher_priority_pool() {
+    let h = Harness::start_with(|c| {
+        scaling_config(c, &[(PoolType::Coder, 0, 6), (PoolType::Ui, 0, 6)]);
+        for pc in c.pools.values_mut() {
+            pc.min_agents = 0;
+        }
+        c.fleet.max_agents = 4;
+    })
+    .await;
+    assert!(
+        h.config.pool(PoolType::Coder).priority_level > h.config.pool(PoolType::Ui).priority_level
+    );
+    let stop = CancellationToken::new();
+    spawner(&h, sleepy(60_000), stop.clone()).await;
+    for _ in 0..10 {
+        submit(&h, json!({"pool": "coder"})).await;
+        submit(&h, json!({"pool": "ui"})).await;
+    }
+    wait_until(|| async { live(&h, "coder").await + live(&h, "ui").await == 4 }).await;
+    // Several cooldowns later, still within the cap, coder first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (coder, ui) = (live(&h, "coder").await, live(&h, "ui").await);
+    assert_eq!((coder, ui), (3, 1), "max_step 3 to coder, the rest to ui");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_drain_finishes_the_work_then_the_agent_leaves() {
+    let h = Harness::start().await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    let w = work(move |_a: Assignment| {
+        let s = s.clone();
+        async move {
+            s.notify_one();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Outcome::Complete(json!("finished"))
+        }
+    });
+    let (_stop, task) = start_agent(&h, "retiree", PoolType::Devops, &[], Some(w)).await;
+    let id = submit(&h, json!({"pool": "devops"})).await;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .unwrap();
+    let r = h
+        .http
+        .post(format!("{}/v1/agents/retiree/drain", h.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, a) = h.get("/v1/agents/retiree").await;
+    assert_eq!(a["draining"], true, "{a}");
+    // Draining: a new task waits rather than go to it.
+    let other = submit(&h, json!({"pool": "devops"})).await;
+    let t = wait_state(&h, &id, "completed").await;
+    assert_eq!(t["result"], "finished");
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the agent stops")
+        .unwrap();
+    let (code, _) = h.get("/v1/agents/retiree").await;
+    assert_eq!(code, 404, "deregistered");
+    let (_, t) = h.get(&format!("/v1/tasks/{other}")).await;
+    assert_eq!(t["state"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_config_is_applied_live_and_an_invalid_one_changes_nothing() {
+    let dir = tempdir();
+    let path = dir.join("fleet.toml");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml")).unwrap();
+    std::fs::write(&path, &shipped).unwrap();
+    let p = path.clone();
+    let h = Harness::start_with(move |c| c.source = Some(p)).await;
+    let (_stop, task) = start_agent(&h, "stayer", PoolType::Reviewer, &[], None).await;
+    let pool = |pools: &Value, name: &str| {
+        pools
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["type"] == name)
+            .unwrap()
+            .clone()
+    };
+    let edited = shipped.replacen(
+        "[pools.reviewer]\nmin_agents = 2\nmax_agents = 80",
+        "[pools.reviewer]\nstrategy = \"round_robin\"\nmin_agents = 2\nmax_agents = 40",
+        1,
+    );
+    assert_ne!(edited, shipped, "the edit applies to the shipped file");
+    std::fs::write(&path, &edited).unwrap();
+    wait_until(|| async {
+        let (_, pools) = h.get("/v1/pools").await;
+        pool(&pools, "reviewer")["maxAgents"] == 40
+    })
+    .await;
+    let (_, pools) = h.get("/v1/pools").await;
+    assert_eq!(pool(&pools, "reviewer")["strategy"], "round_robin");
+    assert_eq!(h.get("/v1/agents/stayer").await.0, 200, "agents stay");
+    let id = submit(&h, json!({"pool": "reviewer"})).await;
+    let ev = wait_state(&h, &id, "completed").await;
+    assert_eq!(ev["agentId"], "stayer");
+
+    // An invalid edit: refused, counted, and the running config stays.
+    let before = h
+        .metric(r#"fleet_config_reloads_total{result="rejected"}"#)
+        .await;
+    std::fs::write(
+        &path,
+        edited.replacen("max_agents = 40", "max_agents = 0", 1),
+    )
+    .unwrap();
+    wait_until(|| async {
+        h.metric(r#"fleet_config_reloads_total{result="rejected"}"#)
+            .await
+            > before
+    })
+    .await;
+    let (_, pools) = h.get("/v1/pools").await;
+    assert_eq!(pool(&pools, "reviewer")["maxAgents"], 40);
+    drop(task);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("fc-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
