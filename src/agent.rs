@@ -311,14 +311,14 @@ impl Agent {
 
     /// Heartbeats every `interval` (the first after `first_after`) until
     /// `stop`, re-registers when the commander asks, and completes every task
-    /// it is given at once. Returns when stopped; the agent then simply goes
-    /// silent, as a crashed agent would.
+    /// it is given at once. Returns when stopped (the agent then simply goes
+    /// silent, as a crashed agent would) or once drained and deregistered.
     pub async fn run(
         &mut self,
         interval: Duration,
         first_after: Duration,
         stop: CancellationToken,
-    ) {
+    ) -> Exit {
         self.run_with(interval, first_after, stop, None).await
     }
 
@@ -331,7 +331,7 @@ impl Agent {
         first_after: Duration,
         stop: CancellationToken,
         work: Option<Work>,
-    ) {
+    ) -> Exit {
         let start = tokio::time::Instant::now() + first_after;
         let mut tick = tokio::time::interval_at(start, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -358,7 +358,7 @@ impl Agent {
                 },
             };
             match wake {
-                Wake::Stop => return,
+                Wake::Stop => return Exit::Stopped,
                 Wake::Beat => {
                     if let Err(e) = self.heartbeat(AgentStatus::Idle, 0.0).await {
                         warn!(agent_id = %self.spec.id, error = %e, "heartbeat not sent");
@@ -452,10 +452,19 @@ impl Agent {
                     Ok(_) => info!(agent_id = %self.spec.id, "drained and deregistered"),
                     Err(e) => warn!(agent_id = %self.spec.id, error = %e, "deregistration failed"),
                 }
-                return;
+                return Exit::Drained;
             }
         }
     }
+}
+
+/// Why [`Agent::run_with`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `stop` came (the agent goes silent, as a crashed one would).
+    Stopped,
+    /// The commander drained it: its work is done and it deregistered.
+    Drained,
 }
 
 /// A task handed to an agent.

@@ -1,12 +1,17 @@
 //! `fleet-commander demo`: Redis (yours via REDIS_URL, or a private one), a
 //! commander, and a simulated fleet of 1000 agents, a few of which are killed
-//! and detected, then the fleet summary.
+//! and detected, then the fleet summary. Then autoscaling: one pool is
+//! retuned live for a quick policy, a step of load makes it grow and quiet
+//! makes it shrink, with the simulator's spawner starting the agents.
 
-use crate::config::Config;
+use crate::config::{Config, ScalingPolicy};
+use crate::pool::PoolType;
+use crate::ramp::{self, RampOptions, RampReport};
 use crate::redis_server::RedisServer;
 use crate::sim::{self, SimOptions, SimReport};
 use crate::status;
 use anyhow::Context;
+use serde::Serialize;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -20,13 +25,43 @@ pub struct DemoOptions {
     pub redis_url: Option<String>,
     /// No-op tasks pushed through the fleet once it is up.
     pub tasks: usize,
+    /// Run the autoscaling phase.
+    pub autoscaling: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    pub fleet: SimReport,
+    pub autoscaling: Option<RampReport>,
+}
+
+/// The pool the autoscaling phase scales, and its bounds there.
+const RAMP_POOL: PoolType = PoolType::Coder;
+const RAMP_MIN: u32 = 2;
+const RAMP_MAX: u32 = 12;
+
+/// A policy quick enough to watch: decisions on 1 s of samples, cooldowns
+/// of 1-1.5 s (the shipped defaults are 10 s, 15 s and 60 s).
+fn quick_policy() -> ScalingPolicy {
+    ScalingPolicy {
+        sample_ms: 100,
+        window_ms: 1000,
+        scale_up_utilization: 0.8,
+        scale_up_queue_wait_ms: 500,
+        scale_down_utilization: 0.3,
+        up_cooldown_ms: 1000,
+        down_cooldown_ms: 1500,
+        max_step: 4,
+        min_lifetime_ms: 1000,
+        request_timeout_ms: 5000,
+    }
 }
 
 pub async fn run(
     mut config: Config,
     opts: DemoOptions,
     shutdown: CancellationToken,
-) -> anyhow::Result<SimReport> {
+) -> anyhow::Result<DemoReport> {
     let _private; // keeps a private server alive for the demo's duration
     match &opts.redis_url {
         Some(url) => {
@@ -72,7 +107,7 @@ pub async fn run(
         SimOptions {
             redis_url: config.redis.url.clone(),
             prefix: config.fleet.prefix.clone(),
-            commander_url: Some(base),
+            commander_url: Some(base.clone()),
             agents: opts.agents,
             batch: opts.batch,
             heartbeat: config.heartbeat_interval(),
@@ -80,7 +115,7 @@ pub async fn run(
             stop: opts.kill,
             status_queries: opts.status_queries,
             hold: Duration::ZERO,
-            deregister_at_end: false,
+            deregister_at_end: true,
             pools: crate::pool::PoolType::ALL
                 .iter()
                 .map(|p| (*p, config.pool(*p).max_agents))
@@ -90,16 +125,67 @@ pub async fn run(
                 count: opts.tasks,
                 ..Default::default()
             },
+            spawner: false,
         },
         shutdown.clone(),
     )
     .await;
-    commander.shutdown();
-    let stopped = commander.wait().await;
-    let report = report?;
-    stopped?;
-    if let Some(s) = &report.final_status {
+    if let Ok(Some(s)) = report.as_ref().map(|r| r.final_status.as_ref()) {
         println!("\nfleet summary:\n{}", status::render(s));
     }
-    Ok(report)
+    let autoscaling = match (&report, opts.autoscaling) {
+        (Ok(_), true) if !shutdown.is_cancelled() => {
+            Some(autoscale(&commander, &config, &base, shutdown.clone()).await)
+        }
+        _ => None,
+    };
+    commander.shutdown();
+    let stopped = commander.wait().await;
+    let fleet = report?;
+    stopped?;
+    Ok(DemoReport {
+        fleet,
+        autoscaling: autoscaling.transpose()?,
+    })
+}
+
+/// Retunes one pool live for a quick policy (the others stop scaling), then
+/// runs the load step against it with the simulator's spawner.
+async fn autoscale(
+    commander: &crate::commander::Running,
+    config: &Config,
+    base: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RampReport> {
+    let mut pools = config.pools.clone();
+    for (p, pc) in pools.iter_mut() {
+        pc.scaling_enabled = *p == RAMP_POOL;
+    }
+    let pc = pools.get_mut(&RAMP_POOL).expect("every pool is configured");
+    (pc.min_agents, pc.max_agents) = (RAMP_MIN, RAMP_MAX);
+    println!(
+        "\nautoscaling: {RAMP_POOL} retuned live to {RAMP_MIN}..={RAMP_MAX} agents with a quick policy \
+         (1 s window, cooldowns 1 s up / 1.5 s down); the simulator's spawner starts agents on scale_up"
+    );
+    let ramp = ramp::prepare(
+        RampOptions {
+            redis_url: config.redis.url.clone(),
+            prefix: config.fleet.prefix.clone(),
+            commander_url: base.to_string(),
+            pool: RAMP_POOL,
+            heartbeat: config.heartbeat_interval(),
+            work: Duration::from_millis(300),
+            rate: 30.0,
+            burst: Duration::from_secs(6),
+            phase_timeout: Duration::from_secs(60),
+            progress: true,
+        },
+        shutdown,
+    )
+    .await?;
+    // The spawner listens before the pool is retuned: no request is missed.
+    crate::reload::retune(&commander.shared, pools, quick_policy())
+        .await
+        .map_err(|(f, r)| anyhow::anyhow!("{f}: {r}"))?;
+    ramp.run().await
 }

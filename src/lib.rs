@@ -20,6 +20,7 @@
 //! - [`scaler`]: sizes pools to demand; scale requests, drains.
 //! - [`spawner`]: acts on scale requests (the simulator's, or yours).
 //! - [`sim`]: the fleet simulator and its report.
+//! - [`ramp`]: the autoscaling scenario (a step of load, the spawner acting).
 //! - [`redis_server`]: a private `redis-server` for the demo and the tests.
 //! - [`demo`]: the one-command demo.
 
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod ramp;
 pub mod redis_server;
 pub mod registry;
 pub mod reload;

@@ -7,7 +7,7 @@ use fleet_commander::config::Config;
 use fleet_commander::keys::Keys;
 use fleet_commander::pool::PoolType;
 use fleet_commander::protocol::Resources;
-use fleet_commander::sim::{SimOptions, SimReport};
+use fleet_commander::sim::SimOptions;
 use fleet_commander::{commander, demo, registry, sim, status};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,6 +55,9 @@ enum Command {
         /// No-op tasks pushed through the fleet once it is up.
         #[arg(long, default_value_t = 5000)]
         tasks: usize,
+        /// Skip the autoscaling phase (a pool growing and shrinking with load).
+        #[arg(long)]
+        skip_autoscaling: bool,
         /// Write the measurements as JSON.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -95,6 +98,20 @@ enum Command {
         /// completed by another agent once the death is detected).
         #[arg(long, default_value_t = 0.0)]
         die_fraction: f64,
+        /// Act on the commander's scale requests: start agents on scale_up.
+        #[arg(long)]
+        spawner: bool,
+        /// Instead of the fleet: the autoscaling scenario on this pool (which
+        /// must have scaling_enabled): a step of load, then quiet, with the
+        /// spawner on. Uses --work-ms (300 if 0), --ramp-rate and --ramp-secs.
+        #[arg(long)]
+        ramp: Option<String>,
+        /// Submissions per second during the load step.
+        #[arg(long, default_value_t = 30.0)]
+        ramp_rate: f64,
+        /// How long the load step lasts.
+        #[arg(long, default_value_t = 6)]
+        ramp_secs: u64,
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -251,7 +268,7 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-fn write_report(path: &Option<PathBuf>, report: &SimReport) -> anyhow::Result<()> {
+fn write_report(path: &Option<PathBuf>, report: &impl serde::Serialize) -> anyhow::Result<()> {
     if let Some(p) = path {
         std::fs::write(p, serde_json::to_string_pretty(report)?)
             .with_context(|| format!("writing {}", p.display()))?;
@@ -303,6 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status_queries,
             heartbeat_ms,
             tasks,
+            skip_autoscaling,
             report,
         } => {
             let config = load(&cli.config)?;
@@ -314,9 +332,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 heartbeat_ms,
                 redis_url: std::env::var("REDIS_URL").ok(),
                 tasks,
+                autoscaling: !skip_autoscaling,
             };
             let r = demo::run(config, opts, shutdown_on_signal()).await?;
             write_report(&report, &r)?;
+            let scaled = r.autoscaling.as_ref().is_none_or(|a| {
+                a.tasks_lost == 0 && a.shrink_ms.is_some() && a.peak_size > a.start_size
+            });
+            let r = r.fleet;
             let tasks_done = r
                 .tasks
                 .as_ref()
@@ -324,7 +347,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = r.registered == r.agents
                 && r.detected == r.stopped
                 && r.false_deaths == 0
-                && tasks_done;
+                && tasks_done
+                && scaled;
             if !ok {
                 eprintln!("demo finished with problems: see the figures above");
                 return Ok(ExitCode::FAILURE);
@@ -343,10 +367,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             work_ms,
             fail_fraction,
             die_fraction,
+            spawner,
+            ramp,
+            ramp_rate,
+            ramp_secs,
             report,
         } => {
             let config = load(&cli.config)?;
             let url = commander_url.unwrap_or_else(|| format!("http://{}", config.http.addr));
+            if let Some(pool) = ramp {
+                let pool: PoolType = pool
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--ramp: unknown pool {pool:?}"))?;
+                let opts = fleet_commander::ramp::RampOptions {
+                    redis_url: config.redis.url.clone(),
+                    prefix: config.fleet.prefix.clone(),
+                    commander_url: url,
+                    pool,
+                    heartbeat: config.heartbeat_interval(),
+                    work: Duration::from_millis(if work_ms == 0 { 300 } else { work_ms }),
+                    rate: ramp_rate,
+                    burst: Duration::from_secs(ramp_secs),
+                    phase_timeout: Duration::from_secs(120),
+                    progress: true,
+                };
+                let r = fleet_commander::ramp::run(opts, shutdown_on_signal()).await?;
+                write_report(&report, &r)?;
+                return Ok(if r.tasks_lost == 0 && r.shrink_ms.is_some() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
             let opts = SimOptions {
                 redis_url: config.redis.url.clone(),
                 prefix: config.fleet.prefix.clone(),
@@ -371,6 +423,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     fail_fraction,
                     die_fraction,
                 },
+                spawner,
             };
             let r = sim::run(opts, shutdown_on_signal()).await?;
             write_report(&report, &r)?;

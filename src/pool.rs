@@ -80,6 +80,14 @@ impl AgentStatus {
         AgentStatus::Recovering,
     ];
 
+    /// Idle, active or busy: registered and heard from.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            AgentStatus::Idle | AgentStatus::Active | AgentStatus::Busy
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AgentStatus::Idle => "idle",

@@ -4,8 +4,10 @@
 //! running configuration stays.
 
 use crate::commander::{pause, Shared};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, PoolConfig, ScalingPolicy};
 use crate::metrics as m;
+use crate::pool::PoolType;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,14 +60,6 @@ pub(crate) async fn watch(shared: Arc<Shared>, path: PathBuf) {
 pub async fn apply(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigError> {
     let file = Config::load(path)?;
     let old = shared.config();
-    let mut new = (*old).clone();
-    new.pools = file.pools.clone();
-    new.scaling = file.scaling;
-    new.validate().map_err(|(field, reason)| ConfigError {
-        source_name: path.display().to_string(),
-        field,
-        reason,
-    })?;
     let restart_only = [
         ("redis", to_json(&file.redis) != to_json(&old.redis)),
         ("fleet", to_json(&file.fleet) != to_json(&old.fleet)),
@@ -80,6 +74,28 @@ pub async fn apply(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
             );
         }
     }
+    retune(shared, file.pools, file.scaling)
+        .await
+        .map_err(|(field, reason)| ConfigError {
+            source_name: path.display().to_string(),
+            field,
+            reason,
+        })
+}
+
+/// Validates and applies new pool settings and scaling policy to a running
+/// commander, keeping its agents and tasks. Returns the pools that changed,
+/// or the offending field and why.
+pub async fn retune(
+    shared: &Shared,
+    pools: BTreeMap<PoolType, PoolConfig>,
+    scaling: ScalingPolicy,
+) -> Result<Vec<String>, (String, String)> {
+    let old = shared.config();
+    let mut new = (*old).clone();
+    new.pools = pools;
+    new.scaling = scaling;
+    new.validate()?;
     let changed: Vec<String> = new
         .pools
         .iter()
@@ -88,10 +104,11 @@ pub async fn apply(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
         .collect();
     crate::tasks::write_settings(&mut shared.redis.clone(), &shared.keys, &new)
         .await
-        .map_err(|e| ConfigError {
-            source_name: path.display().to_string(),
-            field: "(redis)".into(),
-            reason: format!("could not store the pool settings: {e}"),
+        .map_err(|e| {
+            (
+                "(redis)".to_string(),
+                format!("could not store the pool settings: {e}"),
+            )
         })?;
     shared.set_config(new);
     shared.wake_all();

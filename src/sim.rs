@@ -3,7 +3,7 @@
 //! measures registration latency, status-query latency and how long the
 //! commander takes to detect agents that stop heartbeating.
 
-use crate::agent::{Agent, AgentError, AgentSpec};
+use crate::agent::{Agent, AgentError, AgentSpec, Exit};
 use crate::keys::Keys;
 use crate::pool::PoolType;
 use crate::protocol::{Event, Resources};
@@ -43,6 +43,9 @@ pub struct SimOptions {
     pub progress: bool,
     /// Task load: tasks pushed through the fleet after registration.
     pub tasks: TaskLoad,
+    /// Act on the commander's scale requests: start agents on `scale_up`
+    /// (doing the same work as the others); drained agents leave.
+    pub spawner: bool,
 }
 
 /// Tasks the simulator submits (over the commander's HTTP API) and its
@@ -124,6 +127,9 @@ pub struct SimReport {
     pub false_deaths: usize,
     pub final_status: Option<FleetStatus>,
     pub tasks: Option<TaskReport>,
+    /// Agents the spawner started, and those of them drained.
+    pub spawned: u64,
+    pub spawned_drained: u64,
 }
 
 fn hist() -> Histogram<u64> {
@@ -243,6 +249,29 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     });
 
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let load = Arc::new(LoadState::new(opts.tasks.count));
+    let stop_spawned = shutdown.child_token();
+    let spawned = if opts.spawner {
+        let steady = TaskLoad {
+            die_fraction: 0.0,
+            ..opts.tasks.clone()
+        };
+        let work = (steady.count > 0).then(|| load.work(&steady, "spawned", &stop_spawned));
+        let s = crate::spawner::InProcess {
+            redis_url: opts.redis_url.clone(),
+            keys: keys.clone(),
+            heartbeat: opts.heartbeat,
+            work,
+            id_prefix: format!("sim-{run_id}-spawned"),
+        }
+        .start(stop_spawned.clone())
+        .await?;
+        progress.line("spawner on: scale_up requests start agents here");
+        Some(s)
+    } else {
+        None
+    };
+
     let pools = spread(opts.agents, &opts.pools);
     let specs: Vec<AgentSpec> = pools
         .iter()
@@ -369,7 +398,6 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     let mut stops = Vec::with_capacity(live.len());
     let mut tasks = tokio::task::JoinSet::new();
     let ids: Vec<String> = live.iter().map(|a| a.id().to_string()).collect();
-    let load = Arc::new(LoadState::new(opts.tasks.count));
     for (i, mut a) in live.into_iter().enumerate() {
         let stop = shutdown.child_token();
         stops.push(stop.clone());
@@ -382,8 +410,8 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                 // the agent as a new instance a moment later.
                 let crash = stop.child_token();
                 let work = (task_load.count > 0).then(|| load.work(&task_load, a.id(), &crash));
-                a.run_with(interval, offset, crash, work).await;
-                if stop.is_cancelled() {
+                let exit = a.run_with(interval, offset, crash, work).await;
+                if stop.is_cancelled() || exit == Exit::Drained {
                     return a;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -516,7 +544,17 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         report.final_status = http.get(&url).send().await?.json().await.ok();
     }
 
+    if let Some(s) = &spawned {
+        report.spawned = s.started();
+        report.spawned_drained = s.drained();
+        progress.line(&format!(
+            "spawner: {} agents started on scale_up, {} drained on scale_down",
+            report.spawned, report.spawned_drained
+        ));
+    }
+
     // Wind down: stop every agent, then (optionally) deregister the survivors.
+    stop_spawned.cancel();
     for s in &stops {
         s.cancel();
     }

@@ -121,9 +121,10 @@ impl FleetStatus {
 
     /// Agents that can take work: idle, active or busy.
     pub fn live(&self) -> u64 {
-        [AgentStatus::Idle, AgentStatus::Active, AgentStatus::Busy]
+        self.by_status
             .iter()
-            .map(|s| self.by_status[s])
+            .filter(|(s, _)| s.is_live())
+            .map(|(_, n)| n)
             .sum()
     }
 }

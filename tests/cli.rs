@@ -99,6 +99,7 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
                 fail_fraction: 0.1,
                 die_fraction: 0.05,
             },
+            spawner: false,
         },
         Default::default(),
     )

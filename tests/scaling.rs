@@ -4,10 +4,10 @@
 mod common;
 
 use common::*;
-use fleet_commander::agent::{AgentSpec, Assignment, Outcome, Work};
+use fleet_commander::agent::{Assignment, Outcome, Work};
 use fleet_commander::config::{Config, ScalingPolicy};
 use fleet_commander::pool::PoolType;
-use fleet_commander::spawner::Spawner;
+use fleet_commander::spawner::{InProcess, Spawned};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,48 +39,19 @@ fn scaling_config(c: &mut Config, pools: &[(PoolType, u32, u32)]) {
     };
 }
 
-/// Starts agents when the commander asks, each doing `work`; returns a
-/// counter of agents started.
-async fn spawner(h: &Harness, work: Work, stop: CancellationToken) -> Arc<AtomicU64> {
-    let started = Arc::new(AtomicU64::new(0));
-    let sp = Spawner::subscribe(&h.redis.url(), &h.keys).await.unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(PoolType, u32)>();
-    tokio::spawn(sp.run(
-        move |p, n| {
-            let _ = tx.send((p, n));
-        },
-        stop.clone(),
-    ));
-    let (url, keys, s) = (h.redis.url(), h.keys.clone(), started.clone());
-    tokio::spawn(async move {
-        let client = redis::Client::open(url.as_str()).unwrap();
-        while let Some((pool, n)) = rx.recv().await {
-            for _ in 0..n {
-                let k = s.fetch_add(1, Ordering::AcqRel);
-                let spec = AgentSpec {
-                    id: format!("{pool}-{k}"),
-                    pool,
-                    priority: None,
-                    capabilities: vec![],
-                    resources: Default::default(),
-                    capacity: 1,
-                };
-                let publisher = fleet_commander::commander::connect(&url).await.unwrap();
-                let mut a =
-                    fleet_commander::agent::Agent::connect(&client, publisher, keys.clone(), spec)
-                        .await
-                        .unwrap();
-                let (w, stop) = (work.clone(), stop.clone());
-                tokio::spawn(async move {
-                    if a.register(T).await.is_ok() {
-                        a.run_with(Duration::from_millis(100), Duration::ZERO, stop, Some(w))
-                            .await;
-                    }
-                });
-            }
-        }
-    });
-    started
+/// The simulator's spawner: starts agents when the commander asks, each
+/// doing `work`.
+async fn spawner(h: &Harness, work: Work, stop: CancellationToken) -> Arc<Spawned> {
+    InProcess {
+        redis_url: h.redis.url(),
+        keys: h.keys.clone(),
+        heartbeat: Duration::from_millis(100),
+        work: Some(work),
+        id_prefix: "spawned".into(),
+    }
+    .start(stop)
+    .await
+    .unwrap()
 }
 
 fn sleepy(ms: u64) -> Work {
@@ -230,9 +201,9 @@ async fn the_minimum_is_restored_after_agents_die() {
     stop.cancel();
     let stop = CancellationToken::new();
     let again = spawner(&h, sleepy(10), stop.clone()).await;
-    wait_until(|| async { again.load(Ordering::Acquire) >= 2 }).await;
+    wait_until(|| async { again.started() >= 2 }).await;
     wait_until(|| async { live(&h, "mobile").await == 2 }).await;
-    assert_eq!(started.load(Ordering::Acquire), 2);
+    assert_eq!(started.started(), 2);
     stop.cancel();
 }
 
@@ -366,4 +337,98 @@ fn tempdir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("fc-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The demo's scenario (`fleet-commander sim --ramp`): the report it prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ramp_scenario_grows_shrinks_and_reports_no_loss() {
+    let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Coder, 2, 8)])).await;
+    let ramp = fleet_commander::ramp::prepare(
+        fleet_commander::ramp::RampOptions {
+            redis_url: h.redis.url(),
+            prefix: h.config.fleet.prefix.clone(),
+            commander_url: h.base(),
+            pool: PoolType::Coder,
+            heartbeat: Duration::from_millis(100),
+            work: Duration::from_millis(150),
+            rate: 40.0,
+            burst: Duration::from_secs(2),
+            phase_timeout: WAIT,
+            progress: false,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let r = ramp.run().await.unwrap();
+    assert_eq!(r.start_size, 2, "{r:?}");
+    assert!(r.peak_size > 2 && r.peak_size <= 8, "{r:?}");
+    assert!(r.within_bounds, "{r:?}");
+    assert!(r.scale_up_events >= 1 && r.scale_down_events >= 1, "{r:?}");
+    assert!(r.shrink_ms.is_some(), "back at the minimum: {r:?}");
+    assert!(r.tasks_submitted >= 40, "{r:?}");
+    assert_eq!(r.tasks_lost, 0, "{r:?}");
+    assert_eq!(r.tasks_completed, r.tasks_submitted);
+    assert!(r.agents_drained >= r.peak_size - 2, "{r:?}");
+    println!(
+        "FIGURES ramp scenario: 2 -> {} agents in {:.0} ms ({} scale_up), back to 2 in {:.0} ms ({} scale_down), {} tasks, 0 lost",
+        r.peak_size,
+        r.grow_ms,
+        r.scale_up_events,
+        r.shrink_ms.unwrap(),
+        r.scale_down_events,
+        r.tasks_submitted
+    );
+}
+
+/// `fleet-commander sim --spawner`: demand in a scaling pool makes the
+/// commander ask for agents, which the simulator starts and which take the
+/// sim's tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
+    let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Mobile, 0, 4)])).await;
+    let mut scaling = h.listen(&h.keys.scaling_channel()).await;
+    let report = fleet_commander::sim::run(
+        fleet_commander::sim::SimOptions {
+            redis_url: h.redis.url(),
+            prefix: h.config.fleet.prefix.clone(),
+            commander_url: Some(h.base()),
+            agents: 16,
+            batch: 16,
+            heartbeat: h.config.heartbeat_interval(),
+            failure_window: h.config.failure_window(),
+            stop: 0,
+            status_queries: 1,
+            hold: Duration::ZERO,
+            deregister_at_end: true,
+            pools: PoolType::ALL.iter().map(|p| (*p, 1)).collect(),
+            progress: false,
+            tasks: fleet_commander::sim::TaskLoad {
+                count: 96, // 6 per pool, one agent each
+                work: Duration::from_millis(300),
+                ..Default::default()
+            },
+            spawner: true,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let ups: u64 = scaling
+        .collect_for(Duration::from_millis(100), |v| {
+            v["type"] == "scale_up" && v["pool"] == "mobile"
+        })
+        .await
+        .iter()
+        .map(|v| v["count"].as_u64().unwrap())
+        .sum();
+    let tasks = report.tasks.as_ref().unwrap();
+    assert_eq!(tasks.completed, 96, "{report:?}");
+    assert!(ups >= 1, "mobile was busy and queued: {report:?}");
+    assert!(
+        report.spawned >= 1 && report.spawned <= ups,
+        "{} spawned for {ups} requested",
+        report.spawned
+    );
+    assert_eq!(report.false_deaths, 0);
 }
