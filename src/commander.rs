@@ -365,7 +365,12 @@ async fn handler(shared: Arc<Shared>, mut rx: mpsc::Receiver<Inbound>) {
             _ = shared.shutdown.cancelled() => return,
             msg = rx.recv() => match msg { Some(m) => m, None => return },
         };
-        let span = info_span!("message", agent_id = msg.agent_id().unwrap_or("-"));
+        let span = info_span!(
+            "message",
+            kind = msg.kind(),
+            agent_id = msg.agent_id().unwrap_or("-"),
+            task_id = msg.task_id().unwrap_or("-")
+        );
         match handle(&shared, &mut conn, msg).instrument(span).await {
             Ok(()) => {}
             Err(RegistryError::Fenced) => {
@@ -828,6 +833,8 @@ async fn publish_status(shared: &Shared) -> Result<(), RegistryError> {
     let mut conn = shared.redis.clone();
     let status = shared.fleet_status(&mut conn).await?;
     for (pool, pc) in &status.pools {
+        metrics::gauge!(m::POOL_MIN_AGENTS, "pool" => pool.as_str()).set(pc.min_agents);
+        metrics::gauge!(m::POOL_MAX_AGENTS, "pool" => pool.as_str()).set(pc.max_agents);
         for (st, n) in &pc.by_status {
             metrics::gauge!(m::AGENTS, "pool" => pool.as_str(), "status" => st.as_str())
                 .set(*n as f64);

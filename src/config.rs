@@ -21,6 +21,9 @@ pub struct Config {
     /// Autoscaling defaults; each pool may override any of them.
     #[serde(default)]
     pub scaling: ScalingPolicy,
+    /// Logging; `RUST_LOG` wins over it.
+    #[serde(default)]
+    pub log: LogConfig,
     #[serde(deserialize_with = "pools_by_name")]
     pub pools: BTreeMap<PoolType, PoolConfig>,
     /// The file this came from; the commander watches it and applies edits
@@ -86,6 +89,14 @@ pub struct FleetConfig {
 pub struct HttpConfig {
     /// Address of the HTTP API and `/metrics`; overridden by `FLEET_HTTP_ADDR`.
     pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `fleet_commander=debug,warn`...
+    #[serde(default)]
+    pub level: Option<String>,
 }
 
 /// How a pool picks the agent for its next task (see `src/lua/common.lua`).
@@ -415,6 +426,11 @@ impl Config {
                     self.redis.url
                 ),
             );
+        }
+        if let Some(level) = &self.log.level {
+            if let Err(e) = level.parse::<tracing_subscriber::EnvFilter>() {
+                return err("log.level", format!("not a log filter: {e}"));
+            }
         }
         let f = &self.fleet;
         if f.prefix.is_empty() || f.prefix.contains(char::is_whitespace) {

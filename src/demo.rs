@@ -31,6 +31,7 @@ pub struct DemoOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
+    #[serde(flatten)]
     pub fleet: SimReport,
     pub autoscaling: Option<RampReport>,
 }
@@ -126,6 +127,8 @@ pub async fn run(
                 ..Default::default()
             },
             spawner: false,
+            churn_per_sec: 0.0,
+            commander_pid: None,
         },
         shutdown.clone(),
     )

@@ -131,7 +131,7 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
 async fn metrics_text(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        crate::metrics::render(&s.metrics),
     )
 }
 

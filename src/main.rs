@@ -101,6 +101,12 @@ enum Command {
         /// Act on the commander's scale requests: start agents on scale_up.
         #[arg(long)]
         spawner: bool,
+        /// Agents crashed and restarted (re-registering) per second.
+        #[arg(long, default_value_t = 0.0)]
+        churn_per_sec: f64,
+        /// The commander's pid (same machine): report its CPU and memory.
+        #[arg(long)]
+        commander_pid: Option<u32>,
         /// Instead of the fleet: the autoscaling scenario on this pool (which
         /// must have scaling_enabled): a step of load, then quiet, with the
         /// spawner on. Uses --work-ms (300 if 0), --ramp-rate and --ramp-secs.
@@ -284,7 +290,10 @@ async fn main() -> ExitCode {
         cli.command,
         Command::Demo { .. } | Command::Sim { .. } | Command::Status { .. }
     );
-    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
+    // RUST_LOG, else the config's log.level, else info (warn for the noisy commands).
+    let level = Config::load(&cli.config).ok().and_then(|c| c.log.level);
+    let default = level.unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string());
+    init_logging(cli.log_format, &default);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -368,6 +377,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fail_fraction,
             die_fraction,
             spawner,
+            churn_per_sec,
+            commander_pid,
             ramp,
             ramp_rate,
             ramp_secs,
@@ -424,6 +435,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     die_fraction,
                 },
                 spawner,
+                churn_per_sec,
+                commander_pid,
             };
             let r = sim::run(opts, shutdown_on_signal()).await?;
             write_report(&report, &r)?;

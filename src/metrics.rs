@@ -45,6 +45,9 @@ pub const UPTIME: &str = "fleet_uptime_seconds";
 pub const REGISTRATION_SECONDS: &str = "fleet_registration_duration_seconds";
 pub const HEARTBEAT_SECONDS: &str = "fleet_heartbeat_duration_seconds";
 pub const STATUS_QUERY_SECONDS: &str = "fleet_status_query_duration_seconds";
+pub const REDIS_COMMAND_SECONDS: &str = "fleet_redis_command_duration_seconds";
+pub const POOL_MIN_AGENTS: &str = "fleet_pool_min_agents";
+pub const POOL_MAX_AGENTS: &str = "fleet_pool_max_agents";
 
 /// Buckets from 50 µs to 1 s, so sub-millisecond latencies are resolved.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -53,6 +56,20 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// The exposition text, with the process metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, ...) read at this moment.
+pub fn render(handle: &PrometheusHandle) -> String {
+    PROCESS
+        .get_or_init(|| {
+            let c = metrics_process::Collector::default();
+            c.describe();
+            c
+        })
+        .collect();
+    handle.render()
+}
 
 /// Installs the global recorder once per process and returns its handle.
 /// (Several commanders in one process, as in tests, share it.)
@@ -67,8 +84,210 @@ pub fn install() -> PrometheusHandle {
             // If another recorder is already installed, keep ours private:
             // /metrics still renders what this handle sees.
             let _ = metrics::set_global_recorder(recorder);
+            describe();
+            initialize();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
+}
+
+/// Runs one Redis round trip (a script call) and records its duration in
+/// `fleet_redis_command_duration_seconds{op}`.
+pub async fn timed<T>(op: &'static str, f: impl std::future::Future<Output = T>) -> T {
+    let t = std::time::Instant::now();
+    let out = f.await;
+    metrics::histogram!(REDIS_COMMAND_SECONDS, "op" => op).record(t.elapsed().as_secs_f64());
+    out
+}
+
+/// HELP text for every metric (shown by Prometheus and required by `promtool check metrics`).
+fn describe() {
+    use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
+    c!(
+        REGISTRATIONS,
+        "Registrations handled, by pool and result (accepted, re_registered, rejected) and reason."
+    );
+    c!(DEREGISTRATIONS, "Agents that deregistered.");
+    c!(HEARTBEATS, "Heartbeats received, by result.");
+    c!(
+        AGENTS_FAILED,
+        "Agents declared failed (missed heartbeats), by pool."
+    );
+    c!(AGENTS_RECOVERED, "Failed agents that came back, by pool.");
+    c!(
+        AGENTS_REMOVED,
+        "Agents removed from the registry, by reason."
+    );
+    c!(
+        MESSAGES_REJECTED,
+        "Inbound messages refused, by channel and reason."
+    );
+    c!(REDIS_ERRORS, "Redis commands that failed, by operation.");
+    c!(
+        SUBSCRIBER_RECONNECTS,
+        "Reconnections of the pub/sub subscriber to Redis."
+    );
+    c!(
+        CONTACT_LAPSES,
+        "Times the commander lost Redis long enough to distrust heartbeat ages."
+    );
+    c!(
+        DETECTION_SKIPPED,
+        "Detector ticks skipped because the commander was not listening."
+    );
+    c!(TASKS_SUBMITTED, "Tasks accepted, by pool.");
+    c!(TASKS_REJECTED, "Task submissions refused, by reason.");
+    c!(TASKS_CANCELLED, "Tasks cancelled.");
+    c!(
+        TASKS_ASSIGNED,
+        "Task attempts assigned to an agent, by pool."
+    );
+    c!(TASKS_COMPLETED, "Tasks completed, by pool.");
+    c!(TASKS_FAILED, "Task attempts that failed, by pool.");
+    c!(
+        TASKS_RETRIED,
+        "Failed attempts queued again for a retry, by pool."
+    );
+    c!(TASKS_DEAD, "Tasks moved to the dead-letter set, by pool.");
+    c!(
+        TASKS_ORPHANED,
+        "Tasks taken back from an agent that died or left, by reason."
+    );
+    c!(
+        RESULTS_IGNORED,
+        "Task results ignored (stale attempt, unknown task), by reason."
+    );
+    c!(
+        AGENT_PROBATIONS,
+        "Agents released from quarantine onto probation."
+    );
+    c!(
+        SCALING_DECISIONS,
+        "Scaling decisions, by pool and direction."
+    );
+    c!(
+        SCALE_REQUESTS_UNFULFILLED,
+        "Scale requests not fulfilled in time, by pool and direction."
+    );
+    c!(
+        AGENTS_DRAINED,
+        "Agents drained (by the scaler or an operator), by pool."
+    );
+    c!(
+        CONFIG_RELOADS,
+        "Configuration reloads, by result (applied, rejected)."
+    );
+    g!(AGENTS, "Registered agents, by pool and status.");
+    g!(AGENTS_QUARANTINED, "Agents in quarantine (given no tasks).");
+    g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
+    g!(
+        QUEUE_OLDEST_SECONDS,
+        metrics::Unit::Seconds,
+        "How long the oldest waiting task has waited, by pool."
+    );
+    g!(
+        POOL_UTILIZATION,
+        "Agents holding tasks / live agents, by pool."
+    );
+    g!(
+        POOL_SKEW,
+        "Most / fewest tasks given to one agent of the pool."
+    );
+    g!(POOL_TASKS_PER_AGENT, "Tasks given per agent, by pool.");
+    g!(POOL_MIN_AGENTS, "The pool's configured minimum size.");
+    g!(POOL_MAX_AGENTS, "The pool's configured maximum size.");
+    g!(BUILD_INFO, "Always 1; the version is a label.");
+    g!(
+        UPTIME,
+        metrics::Unit::Seconds,
+        "Seconds since the commander started."
+    );
+    h!(
+        REGISTRATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to handle a registration (message in to reply out)."
+    );
+    h!(
+        HEARTBEAT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to handle a heartbeat."
+    );
+    h!(
+        ALLOCATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of one allocation round (a script call handing out tasks)."
+    );
+    h!(
+        STATUS_QUERY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to answer a fleet status query."
+    );
+    h!(
+        REDIS_COMMAND_SECONDS,
+        metrics::Unit::Seconds,
+        "Redis round trip of one script call, by operation."
+    );
+}
+
+/// Creates the series of the fixed label sets at zero, so that a dashboard
+/// shows 0 rather than "no data" before the first event, and `rate()` sees
+/// the first increment.
+fn initialize() {
+    use crate::pool::PoolType;
+    use metrics::counter;
+    for pool in PoolType::ALL.map(PoolType::as_str) {
+        for name in [
+            AGENTS_FAILED,
+            AGENTS_RECOVERED,
+            AGENTS_DRAINED,
+            TASKS_SUBMITTED,
+            TASKS_ASSIGNED,
+            TASKS_COMPLETED,
+            TASKS_FAILED,
+            TASKS_RETRIED,
+            TASKS_DEAD,
+        ] {
+            counter!(name, "pool" => pool).absolute(0);
+        }
+        for direction in ["up", "down"] {
+            counter!(SCALING_DECISIONS, "pool" => pool, "direction" => direction).absolute(0);
+            counter!(SCALE_REQUESTS_UNFULFILLED, "pool" => pool, "direction" => direction)
+                .absolute(0);
+        }
+    }
+    for channel in ["registry", "health", "fleet", "tasks", "results"] {
+        for reason in [
+            "oversized",
+            "bad_json",
+            "unsupported_version",
+            "unknown_type",
+            "wrong_channel",
+            "invalid_field",
+        ] {
+            counter!(MESSAGES_REJECTED, "channel" => channel, "reason" => reason).absolute(0);
+        }
+    }
+    counter!(REGISTRATIONS, "result" => "accepted", "reason" => "none").absolute(0);
+    for op in ["allocate", "detect", "handle", "http", "scale", "status"] {
+        counter!(REDIS_ERRORS, "op" => op).absolute(0);
+    }
+    counter!(TASKS_REJECTED, "reason" => "invalid_fields").absolute(0);
+    for reason in ["agent_failed", "agent_left", "lease_expired"] {
+        counter!(TASKS_ORPHANED, "reason" => reason).absolute(0);
+    }
+    for result in ["applied", "rejected"] {
+        counter!(CONFIG_RELOADS, "result" => result).absolute(0);
+    }
+    for name in [
+        AGENT_PROBATIONS,
+        CONTACT_LAPSES,
+        DEREGISTRATIONS,
+        DETECTION_SKIPPED,
+        HEARTBEATS,
+        SUBSCRIBER_RECONNECTS,
+        TASKS_CANCELLED,
+    ] {
+        counter!(name).absolute(0);
+    }
 }

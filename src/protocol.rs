@@ -167,6 +167,26 @@ impl Inbound {
             Inbound::StatusRequest(_) | Inbound::TaskSubmit(_) => None,
         }
     }
+
+    /// The task the message is about, if any (for the log span).
+    pub fn task_id(&self) -> Option<&str> {
+        match self {
+            Inbound::Report(_, m) => Some(&m.task_id),
+            _ => None,
+        }
+    }
+
+    /// The message type, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Inbound::Register(_) => "register",
+            Inbound::Deregister(_) => "deregister",
+            Inbound::Heartbeat(_) => "heartbeat",
+            Inbound::StatusRequest(_) => "status_request",
+            Inbound::TaskSubmit(_) => "task_submit",
+            Inbound::Report(k, _) => k.as_str(),
+        }
+    }
 }
 
 /// The channels the commander listens on.
@@ -246,6 +266,8 @@ const OWN_TYPES: &[&str] = &[
     "agent_recovering",
     "agent_recovered",
     "agent_removed",
+    "agent_quarantined",
+    "agent_probation",
     "fleet_status",
 ];
 
@@ -715,6 +737,28 @@ mod tests {
         };
         let json = serde_json::to_vec(&ev).unwrap();
         assert_eq!(decode(Channel::Health, &json, MAX), Ok(Decoded::Own));
+        // Published on the health channel by the outcome scripts.
+        for ev in [
+            Event::AgentQuarantined {
+                v: VERSION,
+                agent_id: "a".into(),
+                health: 40,
+                until: 5,
+                ts: 2,
+            },
+            Event::AgentProbation {
+                v: VERSION,
+                agent_id: "a".into(),
+                ts: 2,
+            },
+        ] {
+            let json = serde_json::to_vec(&ev).unwrap();
+            assert_eq!(
+                decode(Channel::Health, &json, MAX),
+                Ok(Decoded::Own),
+                "{ev:?}"
+            );
+        }
     }
 
     #[test]

@@ -382,7 +382,9 @@ impl Registry {
             .arg(a.capacity)
             .arg(a.instance);
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
+        let reply: Vec<Value> = crate::metrics::timed("register", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         let tag = text(reply.first())?;
         let record = || -> Result<AgentRecord> {
             let f = |i: usize| -> Result<f64> {
@@ -444,7 +446,9 @@ impl Registry {
             .arg(hb.resources.cpu)
             .arg(hb.resources.network);
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
+        let reply: Vec<Value> = crate::metrics::timed("heartbeat", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         let tag = text(reply.first())?;
         let pool = || pool_at(&reply, 3);
         Ok(match tag.as_str() {
@@ -471,7 +475,9 @@ impl Registry {
             .arg(max_failures)
             .arg(self.keys.pool_agents_prefix());
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
+        let reply: Vec<Value> = crate::metrics::timed("fail_if_stale", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         let tag = text(reply.first())?;
         let num = |i: usize| -> Result<u64> {
             let s = text(reply.get(i))?;
@@ -518,7 +524,9 @@ impl Registry {
             .arg(failed_before.map(|c| c.to_string()).unwrap_or_default())
             .arg(now);
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
+        let reply: Vec<Value> = crate::metrics::timed("remove", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         match text(reply.first())?.as_str() {
             "removed" => {
                 let n = |i| -> Result<u32> { Ok(text(reply.get(i))?.parse().unwrap_or(0)) };
@@ -551,7 +559,9 @@ impl Registry {
             .arg(self.keys.agent_channel_prefix())
             .arg(reason);
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
+        let reply: Vec<Value> = crate::metrics::timed("drain", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         match text(reply.first())?.as_str() {
             "draining" => Ok(Some((
                 pool_at(&reply, 1)?,

@@ -46,6 +46,11 @@ pub struct SimOptions {
     /// Act on the commander's scale requests: start agents on `scale_up`
     /// (doing the same work as the others); drained agents leave.
     pub spawner: bool,
+    /// Churn: agents crashed and restarted (re-registering as a new
+    /// instance) per second, from the first heartbeat to the end.
+    pub churn_per_sec: f64,
+    /// The commander's process (on this machine), for its CPU and memory.
+    pub commander_pid: Option<u32>,
 }
 
 /// Tasks the simulator submits (over the commander's HTTP API) and its
@@ -130,6 +135,55 @@ pub struct SimReport {
     /// Agents the spawner started, and those of them drained.
     pub spawned: u64,
     pub spawned_drained: u64,
+    /// Agents crashed and restarted by the churn, and their re-registration.
+    pub churned: usize,
+    pub churn_registration: Latency,
+    /// The commander's resource use, when its pid was given.
+    pub commander: Option<Usage>,
+    /// Heartbeats the commander handled per second after the task load
+    /// (from its `fleet_heartbeats_total`).
+    pub heartbeats_per_sec: Option<f64>,
+}
+
+/// The commander's CPU and memory (from /proc).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    /// CPU while the task load ran, in % of one core.
+    pub tasks_cpu_percent: Option<f64>,
+    /// CPU after the task load (heartbeats, churn, detection), in % of one core.
+    pub steady_cpu_percent: f64,
+    pub steady_secs: f64,
+    pub rss_mb: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// CPU seconds used and (resident, peak resident) bytes of a process.
+fn proc_sample(pid: u32) -> Option<(f64, u64, u64)> {
+    let p = procfs::process::Process::new(pid as i32).ok()?;
+    let stat = p.stat().ok()?;
+    let status = p.status().ok()?;
+    let cpu = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
+    Some((
+        cpu,
+        status.vmrss.unwrap_or(0) * 1024,
+        status.vmhwm.unwrap_or(0) * 1024,
+    ))
+}
+
+/// `fleet_heartbeats_total` from the commander's /metrics.
+async fn heartbeats_total(http: &reqwest::Client, base: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter(|l| l.starts_with("fleet_heartbeats_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
 }
 
 fn hist() -> Histogram<u64> {
@@ -397,6 +451,9 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     // Heartbeat, each agent on its own task, first beats spread over one interval.
     let mut stops = Vec::with_capacity(live.len());
     let mut tasks = tokio::task::JoinSet::new();
+    let crashes: Arc<std::sync::Mutex<Vec<Option<CancellationToken>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; live.len()]));
+    let rereg = Arc::new(std::sync::Mutex::new(hist()));
     let ids: Vec<String> = live.iter().map(|a| a.id().to_string()).collect();
     for (i, mut a) in live.into_iter().enumerate() {
         let stop = shutdown.child_token();
@@ -404,11 +461,13 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         let interval = opts.heartbeat;
         let offset = interval.mul_f64((i as f64 * 0.618_034) % 1.0);
         let (load, task_load) = (load.clone(), opts.tasks.clone());
+        let (crashes, rereg) = (crashes.clone(), rereg.clone());
         tasks.spawn(async move {
             loop {
-                // A crash (dying mid-task) ends one run; a supervisor restarts
-                // the agent as a new instance a moment later.
+                // A crash (dying mid-task, or churn) ends one run; a supervisor
+                // restarts the agent as a new instance a moment later.
                 let crash = stop.child_token();
+                crashes.lock().expect("no panics while held")[i] = Some(crash.clone());
                 let work = (task_load.count > 0).then(|| load.work(&task_load, a.id(), &crash));
                 let exit = a.run_with(interval, offset, crash, work).await;
                 if stop.is_cancelled() || exit == Exit::Drained {
@@ -416,12 +475,48 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 a.new_instance();
+                let t = Instant::now();
                 if a.register(Duration::from_secs(5)).await.is_err() {
                     return a;
+                }
+                rereg
+                    .lock()
+                    .expect("no panics while held")
+                    .record(t.elapsed().as_micros().max(1) as u64)
+                    .ok();
+            }
+        });
+    }
+    // Churn: a random agent crashes and restarts, `churn_per_sec` times a second.
+    let churned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    if opts.churn_per_sec > 0.0 {
+        let (crashes, churned, stop) = (crashes.clone(), churned.clone(), shutdown.child_token());
+        let stopped_tokens = stops.clone();
+        let every = Duration::from_secs_f64(1.0 / opts.churn_per_sec);
+        let end = stop.clone();
+        stops.push(end); // cancelled with the agents at the end
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let i = rand::random_range(0..stopped_tokens.len());
+                if stopped_tokens[i].is_cancelled() {
+                    continue; // stopped for good: detection measures it
+                }
+                let token = crashes.lock().expect("no panics while held")[i].clone();
+                if let Some(t) = token {
+                    t.cancel();
+                    churned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         });
     }
+    let sample = |pid: Option<u32>| pid.and_then(proc_sample);
+    let tasks_from = (Instant::now(), sample(opts.commander_pid));
     if opts.tasks.count > 0 {
         let base = opts
             .commander_url
@@ -448,6 +543,12 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             .await?,
         );
     }
+
+    let steady_from = (Instant::now(), sample(opts.commander_pid));
+    let beats_from = match &opts.commander_url {
+        Some(base) => heartbeats_total(&http, base).await,
+        None => None,
+    };
 
     // Stop some agents: they go silent, as if killed. First let the fleet
     // heartbeat for one interval, so they die at random points of their cycle.
@@ -542,6 +643,51 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     if let Some(base) = &opts.commander_url {
         let url = format!("{base}/v1/fleet");
         report.final_status = http.get(&url).send().await?.json().await.ok();
+        let secs = steady_from.0.elapsed().as_secs_f64();
+        if let (Some(a), Some(b)) = (beats_from, heartbeats_total(&http, base).await) {
+            report.heartbeats_per_sec = Some((b - a) / secs.max(1e-9));
+        }
+    }
+    report.churned = churned.load(std::sync::atomic::Ordering::Relaxed);
+    report.churn_registration = Latency::from(&rereg.lock().expect("no panics while held"));
+    if report.churned > 0 {
+        progress.line(&format!(
+            "churn: {} agents crashed and re-registered (re-registration p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms)",
+            report.churned,
+            report.churn_registration.p50_ms,
+            report.churn_registration.p99_ms,
+            report.churn_registration.max_ms
+        ));
+    }
+    if let (Some(s0), Some(s1)) = (steady_from.1, sample(opts.commander_pid)) {
+        let steady_secs = steady_from.0.elapsed().as_secs_f64();
+        let pct = |c0: f64, c1: f64, secs: f64| 100.0 * (c1 - c0) / secs.max(1e-9);
+        let usage = Usage {
+            tasks_cpu_percent: match (tasks_from.1, opts.tasks.count > 0) {
+                (Some(t0), true) => Some(pct(
+                    t0.0,
+                    s0.0,
+                    steady_from.0.duration_since(tasks_from.0).as_secs_f64(),
+                )),
+                _ => None,
+            },
+            steady_cpu_percent: pct(s0.0, s1.0, steady_secs),
+            steady_secs,
+            rss_mb: s1.1 as f64 / 1048576.0,
+            peak_rss_mb: s1.2 as f64 / 1048576.0,
+        };
+        progress.line(&format!(
+            "commander: CPU {:.1}% of a core over {:.0} s after the task load{}; RSS {:.1} MB (peak {:.1} MB); heartbeats handled {:.0}/s",
+            usage.steady_cpu_percent,
+            usage.steady_secs,
+            usage
+                .tasks_cpu_percent
+                .map_or(String::new(), |p| format!(" ({p:.1}% during it)")),
+            usage.rss_mb,
+            usage.peak_rss_mb,
+            report.heartbeats_per_sec.unwrap_or(0.0)
+        ));
+        report.commander = Some(usage);
     }
 
     if let Some(s) = &spawned {

@@ -90,9 +90,8 @@ impl TaskStore {
             self.keys.task_client(client)
         };
         let caps = serde_json::to_string(&t.capabilities).unwrap_or_else(|_| "[]".into());
-        let reply: Vec<String> = SUBMIT
-            .prepare_invoke()
-            .key(self.keys.epoch())
+        let mut inv = SUBMIT.prepare_invoke();
+        inv.key(self.keys.epoch())
             .key(self.keys.task(&id))
             .key(client_key)
             .key(self.keys.queue(t.pool))
@@ -107,8 +106,8 @@ impl TaskStore {
             .arg(t.max_retries)
             .arg(now)
             .arg(queue_score(now, t.priority, &self.cfg))
-            .arg(self.cfg.idempotency_ttl_ms)
-            .invoke_async(conn)
+            .arg(self.cfg.idempotency_ttl_ms);
+        let reply: Vec<String> = crate::metrics::timed("submit", inv.invoke_async(conn))
             .await
             .map_err(from_script)?;
         match (reply.first().map(String::as_str), reply.get(1)) {
@@ -171,7 +170,9 @@ impl TaskStore {
             .arg(self.keys.agent_channel_prefix())
             .arg(self.keys.allocation_channel());
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(from_script)?;
+        let reply: Vec<Value> = crate::metrics::timed("cancel", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         let tag: String = match reply.first() {
             Some(v) => redis::from_redis_value_ref(v)?,
             None => return Err(RegistryError::Protocol("cancel: empty".into())),
@@ -197,7 +198,9 @@ impl TaskStore {
         let mut inv = PAROLE.prepare_invoke();
         inv.key(self.keys.epoch()).arg(self.epoch).arg(now).arg(max);
         prefix_args(&mut inv, &self.keys);
-        inv.invoke_async(conn).await.map_err(from_script)
+        crate::metrics::timed("parole", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)
     }
 
     /// Tasks waiting in a pool's queue.
@@ -252,7 +255,9 @@ impl TaskStore {
             .arg(self.keys.task_evidence_prefix())
             .arg(EVIDENCE_CAP)
             .arg(self.cfg.retention_ms);
-        let r: (u64, u64) = inv.invoke_async(conn).await.map_err(from_script)?;
+        let r: (u64, u64) = crate::metrics::timed("allocate", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         Ok(r)
     }
 
@@ -266,20 +271,22 @@ impl TaskStore {
         now: u64,
     ) -> Result<Option<ReportOutcome>> {
         let reply: Vec<String> = match kind {
-            ReportKind::Ack | ReportKind::Progress => ACK
-                .prepare_invoke()
-                .key(self.keys.epoch())
-                .key(self.keys.task(&r.task_id))
-                .key(self.keys.leases())
-                .arg(self.epoch)
-                .arg(&r.task_id)
-                .arg(r.attempt)
-                .arg(&r.agent_id)
-                .arg(now)
-                .arg(r.progress.map(|p| p.to_string()).unwrap_or_default())
-                .invoke_async(conn)
-                .await
-                .map_err(from_script)?,
+            ReportKind::Ack | ReportKind::Progress => crate::metrics::timed(
+                "ack",
+                ACK.prepare_invoke()
+                    .key(self.keys.epoch())
+                    .key(self.keys.task(&r.task_id))
+                    .key(self.keys.leases())
+                    .arg(self.epoch)
+                    .arg(&r.task_id)
+                    .arg(r.attempt)
+                    .arg(&r.agent_id)
+                    .arg(now)
+                    .arg(r.progress.map(|p| p.to_string()).unwrap_or_default())
+                    .invoke_async(conn),
+            )
+            .await
+            .map_err(from_script)?,
             ReportKind::Complete | ReportKind::Fail => {
                 let (outcome, detail) = match kind {
                     ReportKind::Complete => (
@@ -307,7 +314,9 @@ impl TaskStore {
                     .arg(self.cfg.retry_backoff_max_ms)
                     .arg(self.keys.allocation_channel());
                 prefix_args(&mut inv, &self.keys);
-                inv.invoke_async(conn).await.map_err(from_script)?
+                crate::metrics::timed("report", inv.invoke_async(conn))
+                    .await
+                    .map_err(from_script)?
             }
         };
         let pool = || reply.get(1).and_then(|p| p.parse::<PoolType>().ok());
@@ -347,7 +356,9 @@ impl TaskStore {
             .arg(now)
             .arg(self.keys.allocation_channel());
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<String> = inv.invoke_async(conn).await.map_err(from_script)?;
+        let reply: Vec<String> = crate::metrics::timed("expire", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         Ok(match reply.first().map(String::as_str) {
             Some(r @ ("queued" | "dead")) => Some(r.to_string()),
             _ => None,
@@ -367,7 +378,9 @@ impl TaskStore {
             .arg(now)
             .arg(limit);
         prefix_args(&mut inv, &self.keys);
-        let pools: Vec<String> = inv.invoke_async(conn).await.map_err(from_script)?;
+        let pools: Vec<String> = crate::metrics::timed("release_delayed", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         Ok(pools.len())
     }
 
@@ -407,7 +420,9 @@ impl TaskStore {
             .arg(id)
             .arg(now);
         prefix_args(&mut inv, &self.keys);
-        let reply: Vec<String> = inv.invoke_async(conn).await.map_err(from_script)?;
+        let reply: Vec<String> = crate::metrics::timed("requeue_dead", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
         Ok(match reply.first().map(String::as_str) {
             Some("queued") => Ok(()),
             _ => Err(reply.get(1).cloned().unwrap_or_default()),

@@ -100,6 +100,8 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
                 die_fraction: 0.05,
             },
             spawner: false,
+            churn_per_sec: 0.0,
+            commander_pid: None,
         },
         Default::default(),
     )

@@ -409,6 +409,8 @@ async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
                 ..Default::default()
             },
             spawner: true,
+            churn_per_sec: 0.0,
+            commander_pid: None,
         },
         CancellationToken::new(),
     )

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The load test: a commander (its own process, release build) on a private
+# redis-server, and a simulated fleet against it for a while: registrations,
+# status queries, 5-second heartbeats, a paced task load, churn (agents
+# crashing and re-registering) and agents killed for good (detection). Prints
+# the report, including the commander's CPU and memory.
+#
+#   bash benches/loadtest.sh [agents] [hold_secs]     # 1000 agents, 30 s by default
+#   bash benches/loadtest.sh 10000                    # pool maxima x10, fleet cap 12000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+agents=${1:-1000}
+hold=${2:-30}
+out=.bench
+mkdir -p "$out"
+cargo build --release --quiet
+bin=target/release/fleet-commander
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+http=$(free_port)
+dir=$(mktemp -d)
+config=config/fleet.toml
+if (( agents > 1000 )); then
+  # Room for the fleet: every pool's max x10 and a fleet cap of 12000.
+  config="$dir/fleet.toml"
+  python3 - "$config" <<'PY'
+import re, sys
+text = open("config/fleet.toml").read()
+text = re.sub(r"^max_agents = 1000 ", "max_agents = 12000", text, flags=re.M)
+text = re.sub(r"^(max_agents = )(\d+)$", lambda m: f"{m.group(1)}{int(m.group(2)) * 10}", text, flags=re.M)
+open(sys.argv[1], "w").write(text)
+PY
+fi
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+  --maxclients 20000 --daemonize yes >/dev/null
+cleanup() {
+  kill "${cmd_pid:-0}" 2>/dev/null || true
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
+
+export REDIS_URL="redis://127.0.0.1:$port" FLEET_HTTP_ADDR="127.0.0.1:$http" RUST_LOG=warn
+"$bin" --config "$config" run & cmd_pid=$!
+until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
+
+# Tasks at 10% of the fleet per second for 30 s, 50 ms of work each; churn of
+# 0.2% of the fleet per second; 20 agents killed for good.
+rate=$(( agents / 10 ))
+"$bin" --config "$config" sim --agents "$agents" --batch 50 --status-queries 2000 \
+  --tasks $(( rate * 30 )) --task-rate "$rate" --work-ms 50 \
+  --churn-per-sec "$(python3 -c "print($agents * 0.002)")" --stop 20 --hold-secs "$hold" \
+  --commander-pid "$cmd_pid" --report "$out/load-$agents.json"
+
+python3 - "$out/load-$agents.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+t, c = r["tasks"], r["commander"]
+def lat(name, l):
+    print(f"| {name} | {l['p50_ms']:.2f} ms | {l['p99_ms']:.2f} ms | {l['max_ms']:.2f} ms | {l['count']} |")
+print(f"\nagents {r['agents']} (registered {r['registered']}), 50 registering at once\n")
+print("| latency | p50 | p99 | max | samples |")
+print("|---|---|---|---|---|")
+lat("registration", r["registration"])
+lat("re-registration under churn", r["churn_registration"])
+lat("allocation (submit -> agent holds the task)", t["dispatch"])
+lat("fleet status (HTTP)", r["status"])
+print()
+print(f"tasks: {t['completed']}/{t['submitted']} completed, {t['throughput_per_sec']:.0f}/s")
+print(f"heartbeats handled: {r['heartbeats_per_sec']:.0f}/s; churn: {r['churned']} agents restarted")
+d = r["detection"]
+print(f"detection: {r['detected']}/{r['stopped']} killed agents, p50 {d['p50_ms']:.0f} ms, max {d['max_ms']:.0f} ms "
+      f"after going silent (bound {r['detection_bound_ms']:.0f} ms); false deaths {r['false_deaths']}")
+print(f"commander CPU: {c['tasks_cpu_percent']:.1f}% of a core during the task load, "
+      f"{c['steady_cpu_percent']:.1f}% over {c['steady_secs']:.0f} s after it (heartbeats, churn, detection)")
+print(f"commander memory: RSS {c['rss_mb']:.1f} MB, peak {c['peak_rss_mb']:.1f} MB")
+PY
