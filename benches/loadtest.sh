@@ -47,13 +47,17 @@ export REDIS_URL="redis://127.0.0.1:$port" FLEET_HTTP_ADDR="127.0.0.1:$http" RUS
 "$bin" --config "$config" run & cmd_pid=$!
 until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
 
-# Tasks at 10% of the fleet per second for 30 s, 50 ms of work each; churn of
-# 0.2% of the fleet per second; 20 agents killed for good.
-rate=$(( agents / 10 ))
-"$bin" --config "$config" sim --agents "$agents" --batch 50 --status-queries 2000 \
+# Tasks at 100/s for 30 s, 50 ms of work each; churn of 0.2% of the fleet per
+# second; 20 agents killed for good.
+rate=${TASK_RATE:-100}
+redis_cpu() { redis-cli -p "$port" info cpu | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { print s }'; }
+r0=$(redis_cpu); t0=$(date +%s.%N)
+TIMEFORMAT="sim process: %U s user + %S s system CPU over %R s"
+time "$bin" --config "$config" sim --agents "$agents" --batch 50 --status-queries 2000 \
   --tasks $(( rate * 30 )) --task-rate "$rate" --work-ms 50 \
   --churn-per-sec "$(python3 -c "print($agents * 0.002)")" --stop 20 --hold-secs "$hold" \
   --commander-pid "$cmd_pid" --report "$out/load-$agents.json"
+python3 -c "print(f'redis-server: {100 * ($(redis_cpu) - $r0) / ($(date +%s.%N) - $t0):.1f}% of a core over the whole run')"
 
 python3 - "$out/load-$agents.json" <<'PY'
 import json, sys
@@ -77,4 +81,8 @@ print(f"detection: {r['detected']}/{r['stopped']} killed agents, p50 {d['p50_ms'
 print(f"commander CPU: {c['tasks_cpu_percent']:.1f}% of a core during the task load, "
       f"{c['steady_cpu_percent']:.1f}% over {c['steady_secs']:.0f} s after it (heartbeats, churn, detection)")
 print(f"commander memory: RSS {c['rss_mb']:.1f} MB, peak {c['peak_rss_mb']:.1f} MB")
+print("\n| measured inside the commander (its histograms) | p50 | p99 | samples |")
+print("|---|---|---|---|")
+for name, m in r["commander_latency"].items():
+    print(f"| {name} | {m['p50_ms']:.3f} ms | {m['p99_ms']:.3f} ms | {m['count']} |")
 PY

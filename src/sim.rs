@@ -143,6 +143,8 @@ pub struct SimReport {
     /// Heartbeats the commander handled per second after the task load
     /// (from its `fleet_heartbeats_total`).
     pub heartbeats_per_sec: Option<f64>,
+    /// Latencies the commander measured itself, by histogram name.
+    pub commander_latency: std::collections::BTreeMap<String, Measured>,
 }
 
 /// The commander's CPU and memory (from /proc).
@@ -170,20 +172,78 @@ fn proc_sample(pid: u32) -> Option<(f64, u64, u64)> {
     ))
 }
 
-/// `fleet_heartbeats_total` from the commander's /metrics.
-async fn heartbeats_total(http: &reqwest::Client, base: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{base}/metrics"))
+/// The commander's /metrics text.
+async fn scrape(http: &reqwest::Client, base: &str) -> Option<String> {
+    http.get(format!("{base}/metrics"))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// `fleet_heartbeats_total` from the commander's /metrics.
+async fn heartbeats_total(http: &reqwest::Client, base: &str) -> Option<f64> {
+    let text = scrape(http, base).await?;
     text.lines()
         .filter(|l| l.starts_with("fleet_heartbeats_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .reduce(|a, b| a + b)
+}
+
+/// A latency the commander measured itself (its histograms, since start).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Measured {
+    pub count: u64,
+    /// Upper bounds of the buckets holding the quantile, interpolated.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// p50 and p99 of a histogram in Prometheus text, all label sets summed,
+/// interpolated within buckets as `histogram_quantile` does.
+pub fn histogram_quantiles(text: &str, name: &str) -> Option<Measured> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: std::collections::BTreeMap<u64, f64> = Default::default();
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let le = line.split("le=\"").nth(1)?.split('"').next()?;
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
+        let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        *buckets.entry(bound.to_bits()).or_default() += v;
+    }
+    let mut b: Vec<(f64, f64)> = buckets
+        .into_iter()
+        .map(|(k, v)| (f64::from_bits(k), v))
+        .collect();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let total = b.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let q = |q: f64| {
+        let rank = q * total;
+        let (mut lo, mut below) = (0.0, 0.0);
+        for &(le, n) in &b {
+            if n >= rank {
+                if le.is_infinite() {
+                    return lo;
+                }
+                return lo + (le - lo) * (rank - below) / (n - below).max(1e-12);
+            }
+            (lo, below) = (le, n);
+        }
+        lo
+    };
+    Some(Measured {
+        count: total as u64,
+        p50_ms: q(0.5) * 1000.0,
+        p99_ms: q(0.99) * 1000.0,
+    })
 }
 
 fn hist() -> Histogram<u64> {
@@ -476,7 +536,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 a.new_instance();
                 let t = Instant::now();
-                if a.register(Duration::from_secs(5)).await.is_err() {
+                if register_with_retry(&mut a).await.is_err() {
                     return a;
                 }
                 rereg
@@ -647,6 +707,23 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         if let (Some(a), Some(b)) = (beats_from, heartbeats_total(&http, base).await) {
             report.heartbeats_per_sec = Some((b - a) / secs.max(1e-9));
         }
+        if let Some(text) = scrape(&http, base).await {
+            for name in [
+                crate::metrics::REGISTRATION_SECONDS,
+                crate::metrics::HEARTBEAT_SECONDS,
+                crate::metrics::ALLOCATION_SECONDS,
+                crate::metrics::STATUS_QUERY_SECONDS,
+                crate::metrics::REDIS_COMMAND_SECONDS,
+            ] {
+                if let Some(m) = histogram_quantiles(&text, name) {
+                    progress.line(&format!(
+                        "commander-measured {name}: p50 {:.3} ms, p99 {:.3} ms ({} samples)",
+                        m.p50_ms, m.p99_ms, m.count
+                    ));
+                    report.commander_latency.insert(name.to_string(), m);
+                }
+            }
+        }
     }
     report.churned = churned.load(std::sync::atomic::Ordering::Relaxed);
     report.churn_registration = Latency::from(&rereg.lock().expect("no panics while held"));
@@ -727,7 +804,10 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
 struct LoadState {
     sent: Vec<std::sync::OnceLock<Instant>>,
     dispatch: std::sync::Mutex<Histogram<u64>>,
+    /// Tasks done, each counted once (a crashed agent may finish work whose
+    /// result is never reported; the task then runs again elsewhere).
     completed: std::sync::atomic::AtomicUsize,
+    done: Vec<std::sync::atomic::AtomicBool>,
     failed: std::sync::atomic::AtomicU64,
     last_done: std::sync::Mutex<Option<Instant>>,
     all_done: tokio::sync::Notify,
@@ -741,6 +821,7 @@ impl LoadState {
             sent: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
             dispatch: std::sync::Mutex::new(hist()),
             completed: Default::default(),
+            done: (0..n).map(|_| Default::default()).collect(),
             failed: Default::default(),
             last_done: Default::default(),
             all_done: tokio::sync::Notify::new(),
@@ -789,10 +870,14 @@ impl LoadState {
                     me.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return crate::agent::Outcome::Fail("simulated failure".into());
                 }
+                let first = me
+                    .done
+                    .get(seq)
+                    .is_some_and(|d| !d.swap(true, std::sync::atomic::Ordering::AcqRel));
                 let n = me
                     .completed
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-                    + 1;
+                    .fetch_add(usize::from(first), std::sync::atomic::Ordering::AcqRel)
+                    + usize::from(first);
                 *me.last_done.lock().expect("no panics while held") = Some(Instant::now());
                 if n >= me.sent.len() {
                     me.all_done.notify_one();
@@ -917,6 +1002,18 @@ async fn register_with_retry(a: &mut Agent) -> Result<(), AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_quantiles_interpolate_within_buckets() {
+        let text = "x_bucket{op=\"a\",le=\"0.001\"} 50\nx_bucket{op=\"a\",le=\"0.002\"} 100\n\
+                    x_bucket{op=\"a\",le=\"+Inf\"} 100\nx_bucket{op=\"b\",le=\"0.001\"} 50\n\
+                    x_bucket{op=\"b\",le=\"0.002\"} 100\nx_bucket{op=\"b\",le=\"+Inf\"} 100\n";
+        let m = histogram_quantiles(text, "x").unwrap();
+        assert_eq!(m.count, 200);
+        assert!((m.p50_ms - 1.0).abs() < 1e-9, "{m:?}");
+        assert!((m.p99_ms - 1.98).abs() < 1e-9, "{m:?}");
+        assert!(histogram_quantiles(text, "y").is_none());
+    }
 
     #[test]
     fn spread_respects_pool_max_and_covers_all_pools() {
