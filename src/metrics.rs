@@ -45,6 +45,7 @@ pub const UPTIME: &str = "fleet_uptime_seconds";
 pub const REGISTRATION_SECONDS: &str = "fleet_registration_duration_seconds";
 pub const HEARTBEAT_SECONDS: &str = "fleet_heartbeat_duration_seconds";
 pub const STATUS_QUERY_SECONDS: &str = "fleet_status_query_duration_seconds";
+pub const REDIS_RECONNECTS: &str = "fleet_redis_reconnects_total";
 pub const REDIS_COMMAND_SECONDS: &str = "fleet_redis_command_duration_seconds";
 pub const POOL_MIN_AGENTS: &str = "fleet_pool_min_agents";
 pub const POOL_MAX_AGENTS: &str = "fleet_pool_max_agents";
@@ -93,11 +94,21 @@ pub fn install() -> PrometheusHandle {
 }
 
 /// Runs one Redis round trip (a script call) and records its duration in
-/// `fleet_redis_command_duration_seconds{op}`.
-pub async fn timed<T>(op: &'static str, f: impl std::future::Future<Output = T>) -> T {
+/// `fleet_redis_command_duration_seconds{op}`. A dropped connection (which
+/// makes the connection manager reconnect) is counted in
+/// `fleet_redis_reconnects_total{conn="commands"}`.
+pub async fn timed<T>(
+    op: &'static str,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
     let t = std::time::Instant::now();
     let out = f.await;
     metrics::histogram!(REDIS_COMMAND_SECONDS, "op" => op).record(t.elapsed().as_secs_f64());
+    if let Err(e) = &out {
+        if e.is_connection_dropped() || e.is_io_error() {
+            metrics::counter!(REDIS_RECONNECTS, "conn" => "commands").increment(1);
+        }
+    }
     out
 }
 
@@ -124,6 +135,10 @@ fn describe() {
         "Inbound messages refused, by channel and reason."
     );
     c!(REDIS_ERRORS, "Redis commands that failed, by operation.");
+    c!(
+        REDIS_RECONNECTS,
+        "Connection drops on the command connection, each followed by a reconnect."
+    );
     c!(
         SUBSCRIBER_RECONNECTS,
         "Reconnections of the pub/sub subscriber to Redis."
@@ -273,6 +288,7 @@ fn initialize() {
         counter!(REDIS_ERRORS, "op" => op).absolute(0);
     }
     counter!(TASKS_REJECTED, "reason" => "invalid_fields").absolute(0);
+    counter!(REDIS_RECONNECTS, "conn" => "commands").absolute(0);
     for reason in ["agent_failed", "agent_left", "lease_expired"] {
         counter!(TASKS_ORPHANED, "reason" => reason).absolute(0);
     }

@@ -238,6 +238,8 @@ async fn after_redis_restarts_empty_the_fleet_registers_again() {
         a.register(T).await.unwrap();
         running.push(beat(a));
     }
+    let drops = r#"fleet_redis_reconnects_total{conn="commands"}"#;
+    let before = h.metric(drops).await;
     // Redis dies and comes back with nothing (no persistence).
     h.redis.restart().expect("redis restarts");
     // The commander survives (not fenced by the lost epoch), tells the agents
@@ -247,6 +249,10 @@ async fn after_redis_restarts_empty_the_fleet_registers_again() {
         code == 200 && f["totalAgents"] == 4 && f["byStatus"]["idle"] == 4
     })
     .await;
+    assert!(
+        h.metric(drops).await > before,
+        "the dropped connection is counted"
+    );
     assert!(!h
         .commander
         .as_ref()
