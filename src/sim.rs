@@ -549,8 +549,12 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     }
     // Churn: a random agent crashes and restarts, `churn_per_sec` times a second.
     let churned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Agents the churn crashed: if a restart is slower than the failure
+    // window, the commander rightly declares them failed; not a false death.
+    let crashed: Arc<std::sync::Mutex<HashSet<String>>> = Default::default();
     if opts.churn_per_sec > 0.0 {
         let (crashes, churned, stop) = (crashes.clone(), churned.clone(), shutdown.child_token());
+        let (crashed, ids) = (crashed.clone(), ids.clone());
         let stopped_tokens = stops.clone();
         let every = Duration::from_secs_f64(1.0 / opts.churn_per_sec);
         let end = stop.clone();
@@ -569,6 +573,10 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                 }
                 let token = crashes.lock().expect("no panics while held")[i].clone();
                 if let Some(t) = token {
+                    crashed
+                        .lock()
+                        .expect("no panics while held")
+                        .insert(ids[i].clone());
                     t.cancel();
                     churned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -650,6 +658,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                 .lock()
                 .expect("no panics while held")
                 .contains(&id)
+            && !crashed.lock().expect("no panics while held").contains(&id)
         {
             false_deaths.insert(id);
         }

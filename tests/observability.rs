@@ -212,6 +212,8 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         }
         c.pools.get_mut(&PoolType::Coder).unwrap().scaling_enabled = true;
         c.fleet.missed_heartbeats = 10;
+        // Failing agents sit out briefly: the test waits for every task.
+        c.tasks.quarantine_ms = 500;
         c.scaling = ScalingPolicy {
             sample_ms: 100,
             window_ms: 500,
@@ -222,6 +224,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     .await;
     let target = h.commander.as_ref().unwrap().http_addr.to_string();
     let prom = start_prometheus(&target).await;
+    let stop_sim = CancellationToken::new();
     let sim = tokio::spawn(sim::run(
         SimOptions {
             redis_url: h.redis.url(),
@@ -251,7 +254,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             churn_per_sec: 2.0,
             commander_pid: None,
         },
-        CancellationToken::new(),
+        stop_sim.clone(),
     ));
     // A malformed message, refused and counted.
     let mut conn = h.client.get_multiplexed_async_connection().await.unwrap();
@@ -298,12 +301,32 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     .await
     .unwrap();
     assert_eq!(scrapes, 1, "prometheus scraped the commander");
-    let report = tokio::time::timeout(Duration::from_secs(60), sim)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(report.false_deaths, 0);
+    // The simulator ends when every task is done; if that takes too long,
+    // stop it and say what was left, with the commander's view of the pools.
+    let mut sim = sim;
+    let (finished, outcome) = match tokio::time::timeout(Duration::from_secs(60), &mut sim).await {
+        Ok(done) => (true, done),
+        Err(_) => {
+            stop_sim.cancel();
+            let done = tokio::time::timeout(Duration::from_secs(20), sim)
+                .await
+                .expect("the simulator stops when asked");
+            (false, done)
+        }
+    };
+    let report = outcome.unwrap().unwrap();
+    let (_, pools) = h.get("/v1/pools").await;
+    assert!(
+        finished,
+        "the simulator did not finish in 60 s: {}\npools: {pools}",
+        serde_json::to_string(&report).unwrap()
+    );
+    assert_eq!(
+        report.false_deaths,
+        0,
+        "{}",
+        serde_json::to_string(&report).unwrap()
+    );
     println!(
         "FIGURES observability: {} dashboard queries, every one with data",
         queries.len()
