@@ -53,7 +53,7 @@ rate=${TASK_RATE:-100}
 redis_cpu() { redis-cli -p "$port" info cpu | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { print s }'; }
 r0=$(redis_cpu); t0=$(date +%s.%N)
 TIMEFORMAT="sim process: %U s user + %S s system CPU over %R s"
-time "$bin" --config "$config" sim --agents "$agents" --batch 50 --status-queries 2000 \
+time env ${SIM_THREADS:+TOKIO_WORKER_THREADS=$SIM_THREADS} "$bin" --config "$config" sim --agents "$agents" --batch 50 --status-queries 2000 \
   --tasks $(( rate * 30 )) --task-rate "$rate" --work-ms 50 \
   --churn-per-sec "$(python3 -c "print($agents * 0.002)")" --stop 20 --hold-secs "$hold" \
   --commander-pid "$cmd_pid" --report "$out/load-$agents.json"
