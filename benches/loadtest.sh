@@ -44,7 +44,7 @@ trap cleanup EXIT
 until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
 
 export REDIS_URL="redis://127.0.0.1:$port" FLEET_HTTP_ADDR="127.0.0.1:$http" RUST_LOG=warn
-TOKIO_WORKER_THREADS=${COMMANDER_THREADS:-2} "$bin" --config "$config" run & cmd_pid=$!
+env ${COMMANDER_THREADS:+TOKIO_WORKER_THREADS=$COMMANDER_THREADS} "$bin" --config "$config" run & cmd_pid=$!
 until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
 
 # Tasks at 100/s for 30 s, 50 ms of work each; churn of 0.2% of the fleet per

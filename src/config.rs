@@ -82,6 +82,10 @@ pub struct FleetConfig {
     /// Message handlers; messages of one agent always go to the same handler, in order.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Threads of the commander's async runtime (`run`); 0 means one per core.
+    /// One keeps every wake-up on one thread: the lowest tails measured here.
+    #[serde(default = "default_runtime_threads")]
+    pub runtime_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +341,10 @@ pub struct ResourceLimits {
     pub network_mbps: f64,
 }
 
+fn default_runtime_threads() -> usize {
+    1
+}
+
 fn default_workers() -> usize {
     8
 }
@@ -468,6 +476,12 @@ impl Config {
         }
         if !(1..=256).contains(&f.workers) {
             return err("fleet.workers", "must be 1..=256".into());
+        }
+        if f.runtime_threads > 64 {
+            return err(
+                "fleet.runtime_threads",
+                "must be 0..=64 (0: one per core)".into(),
+            );
         }
         for pool in PoolType::ALL {
             if !self.pools.contains_key(&pool) {
@@ -634,6 +648,10 @@ mod tests {
         let bad = shipped().replacen("min_agents = 5", "min_agents = 500", 1);
         let e = Config::parse("f", &bad).unwrap_err();
         assert_eq!(e.field, "pools.coder.min_agents", "{e}");
+
+        let bad = shipped().replacen("runtime_threads = 1", "runtime_threads = 100", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "fleet.runtime_threads", "{e}");
 
         let bad = shipped().replacen("heartbeat_interval_ms", "heartbeat_intervall_ms", 1);
         let e = Config::parse("f", &bad).unwrap_err();

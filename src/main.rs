@@ -283,18 +283,38 @@ fn write_report(path: &Option<PathBuf>, report: &impl serde::Serialize) -> anyho
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
         Command::Demo { .. } | Command::Sim { .. } | Command::Status { .. }
     );
+    let config = Config::load(&cli.config).ok();
     // RUST_LOG, else the config's log.level, else info (warn for the noisy commands).
-    let level = Config::load(&cli.config).ok().and_then(|c| c.log.level);
+    let level = config.as_ref().and_then(|c| c.log.level.clone());
     let default = level.unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string());
     init_logging(cli.log_format, &default);
-    match run(cli).await {
+    // The commander's runtime size comes from the config (TOKIO_WORKER_THREADS
+    // wins); the other commands use tokio's default, one thread per core.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let (Command::Run, Some(c), None) = (
+        &cli.command,
+        &config,
+        std::env::var_os("TOKIO_WORKER_THREADS"),
+    ) {
+        if c.fleet.runtime_threads > 0 {
+            builder.worker_threads(c.fleet.runtime_threads);
+        }
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
