@@ -138,6 +138,10 @@ pub struct SimReport {
     /// Agents crashed and restarted by the churn, and their re-registration.
     pub churned: usize,
     pub churn_registration: Latency,
+    /// The machine's floor: a PING from the simulator to Redis every 10 ms for
+    /// the whole run, on a connection of its own. No fleet operation can have
+    /// a shorter tail than this round trip.
+    pub redis_ping: Latency,
     /// The commander's resource use, when its pid was given.
     pub commander: Option<Usage>,
     /// Heartbeats the commander handled per second after the task load
@@ -361,6 +365,36 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             }
         }
     });
+
+    // The machine's floor, measured alongside everything else.
+    let ping_hist = Arc::new(std::sync::Mutex::new(hist()));
+    let stop_ping = shutdown.child_token();
+    {
+        let (mut conn, h, stop) = (
+            crate::commander::connect(&opts.redis_url).await?,
+            ping_hist.clone(),
+            stop_ping.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let t = Instant::now();
+                if redis::cmd("PING")
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    let us = t.elapsed().as_micros().max(1) as u64;
+                    h.lock().expect("no panics while held").record(us).ok();
+                }
+            }
+        });
+    }
 
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..6];
     let load = Arc::new(LoadState::new(opts.tasks.count));
@@ -736,6 +770,12 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     }
     report.churned = churned.load(std::sync::atomic::Ordering::Relaxed);
     report.churn_registration = Latency::from(&rereg.lock().expect("no panics while held"));
+    stop_ping.cancel();
+    report.redis_ping = Latency::from(&ping_hist.lock().expect("no panics while held"));
+    progress.line(&format!(
+        "the machine's floor: PING to Redis every 10 ms, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        report.redis_ping.p50_ms, report.redis_ping.p99_ms, report.redis_ping.max_ms
+    ));
     if report.churned > 0 {
         progress.line(&format!(
             "churn: {} agents crashed and re-registered (re-registration p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms)",

@@ -73,7 +73,12 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
     // This test also runs a task phase in the same process, alongside the
     // other tests of this binary: a 2 s failure window keeps a loaded 2-core
     // machine from faking deaths (1 s produced 5 in one full-suite run).
-    let h = Harness::start_with(|c| c.fleet.missed_heartbeats = 20).await;
+    // Failing agents sit out 500 ms, not 30 s: the test waits for every task.
+    let h = Harness::start_with(|c| {
+        c.fleet.missed_heartbeats = 20;
+        c.tasks.quarantine_ms = 500;
+    })
+    .await;
     let report = sim::run(
         SimOptions {
             redis_url: h.redis.url(),
@@ -112,6 +117,12 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
     assert!(report.registration.p99_ms > 0.0);
     assert_eq!(report.status.count, 20);
     assert_eq!(report.status_fresh, Some(true));
+    // The machine's floor was measured alongside, every 10 ms of the run.
+    assert!(
+        report.redis_ping.count > 0 && report.redis_ping.p50_ms > 0.0,
+        "{report:?}"
+    );
+    assert!(report.redis_ping.p50_ms <= report.redis_ping.p99_ms);
     assert_eq!((report.stopped, report.detected), (4, 4), "{report:?}");
     assert_eq!(report.false_deaths, 0);
     let silent = report.detection_after_last_heartbeat.p50_ms;
