@@ -363,23 +363,13 @@ async fn round_robin_takes_turns_where_priority_keeps_the_best_agent() {
     );
 
     // Fairness figures: 3/3 is balanced, 6/0 is a strong imbalance (skew 6).
-    let (_, pools) = h.get("/v1/pools").await;
-    let fair = |name: &str| {
-        pools
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["type"] == name)
-            .unwrap()["fairness"]
-            .clone()
-    };
-    let rr = fair("reviewer");
+    let rr = h.pool("reviewer").await["fairness"].clone();
     assert_eq!(rr["label"], "balanced", "{rr}");
     assert_eq!(
         (rr["skewRatio"].as_f64(), rr["tasksPerAgent"].as_f64()),
         (Some(1.0), Some(3.0))
     );
-    let pr = fair("researcher");
+    let pr = h.pool("researcher").await["fairness"].clone();
     assert_eq!(pr["label"], "strong_imbalance", "{pr}");
     assert_eq!(pr["skewRatio"].as_f64(), Some(6.0));
     for (s, t) in running {

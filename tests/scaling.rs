@@ -62,14 +62,7 @@ fn sleepy(ms: u64) -> Work {
 }
 
 async fn live(h: &Harness, pool: &str) -> u64 {
-    let (_, pools) = h.get("/v1/pools").await;
-    let p = pools
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["type"] == pool)
-        .unwrap()
-        .clone();
+    let p = h.pool(pool).await;
     ["idle", "active", "busy"]
         .iter()
         .map(|s| p["byStatus"][s].as_u64().unwrap_or(0))
@@ -285,15 +278,6 @@ async fn an_edited_config_is_applied_live_and_an_invalid_one_changes_nothing() {
     let p = path.clone();
     let h = Harness::start_with(move |c| c.source = Some(p)).await;
     let (_stop, task) = start_agent(&h, "stayer", PoolType::Reviewer, &[], None).await;
-    let pool = |pools: &Value, name: &str| {
-        pools
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["type"] == name)
-            .unwrap()
-            .clone()
-    };
     let edited = shipped.replacen(
         "[pools.reviewer]\nmin_agents = 2\nmax_agents = 80",
         "[pools.reviewer]\nstrategy = \"round_robin\"\nmin_agents = 2\nmax_agents = 40",
@@ -301,13 +285,8 @@ async fn an_edited_config_is_applied_live_and_an_invalid_one_changes_nothing() {
     );
     assert_ne!(edited, shipped, "the edit applies to the shipped file");
     std::fs::write(&path, &edited).unwrap();
-    wait_until(|| async {
-        let (_, pools) = h.get("/v1/pools").await;
-        pool(&pools, "reviewer")["maxAgents"] == 40
-    })
-    .await;
-    let (_, pools) = h.get("/v1/pools").await;
-    assert_eq!(pool(&pools, "reviewer")["strategy"], "round_robin");
+    wait_until(|| async { h.pool("reviewer").await["maxAgents"] == 40 }).await;
+    assert_eq!(h.pool("reviewer").await["strategy"], "round_robin");
     assert_eq!(h.get("/v1/agents/stayer").await.0, 200, "agents stay");
     let id = submit(&h, json!({"pool": "reviewer"})).await;
     let ev = wait_state(&h, &id, "completed").await;
@@ -328,8 +307,7 @@ async fn an_edited_config_is_applied_live_and_an_invalid_one_changes_nothing() {
             > before
     })
     .await;
-    let (_, pools) = h.get("/v1/pools").await;
-    assert_eq!(pool(&pools, "reviewer")["maxAgents"], 40);
+    assert_eq!(h.pool("reviewer").await["maxAgents"], 40);
     drop(task);
 }
 

@@ -112,6 +112,18 @@ impl Harness {
         (code, body)
     }
 
+    /// One pool's entry in `GET /v1/pools`.
+    pub async fn pool(&self, name: &str) -> Value {
+        let (_, pools) = self.get("/v1/pools").await;
+        pools
+            .as_array()
+            .expect("GET /v1/pools is a list")
+            .iter()
+            .find(|p| p["type"] == name)
+            .unwrap_or_else(|| panic!("pool {name} in GET /v1/pools"))
+            .clone()
+    }
+
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base()))
