@@ -276,6 +276,10 @@ pub struct TaskConfig {
     /// (doubling with each repeat, up to 8x).
     pub quarantine_below: u32,
     pub quarantine_ms: u64,
+    /// At most this share (%) of a pool's live agents is in quarantine at
+    /// once (always at least one agent), so failing agents never take a
+    /// whole pool out of service; 100 turns the cap off.
+    pub quarantine_max_percent: u32,
     /// After quarantine an agent is on probation: one task at a time, back
     /// to quarantine on a failure, free again once its health reaches this.
     pub probation_until: u32,
@@ -299,6 +303,7 @@ impl Default for TaskConfig {
             health_failure_step: 20,
             quarantine_below: 50,
             quarantine_ms: 30_000,
+            quarantine_max_percent: 50,
             probation_until: 70,
             quota_window_ms: 60_000,
         }
@@ -523,6 +528,12 @@ impl Config {
                 return err(name, format!("must be 1..=100, got {v}"));
             }
         }
+        if !(1..=100).contains(&tk.quarantine_max_percent) {
+            return err(
+                "tasks.quarantine_max_percent",
+                format!("must be 1..=100, got {}", tk.quarantine_max_percent),
+            );
+        }
         if !(tk.quarantine_below <= 100 && tk.quarantine_below < tk.probation_until) {
             return err(
                 "tasks.quarantine_below",
@@ -648,6 +659,14 @@ mod tests {
         let bad = shipped().replacen("min_agents = 5", "min_agents = 500", 1);
         let e = Config::parse("f", &bad).unwrap_err();
         assert_eq!(e.field, "pools.coder.min_agents", "{e}");
+
+        let bad = shipped().replacen(
+            "quarantine_max_percent = 50",
+            "quarantine_max_percent = 0",
+            1,
+        );
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "tasks.quarantine_max_percent", "{e}");
 
         let bad = shipped().replacen("runtime_threads = 1", "runtime_threads = 100", 1);
         let e = Config::parse("f", &bad).unwrap_err();

@@ -513,6 +513,7 @@ pub async fn write_settings(
         "below": tk.quarantine_below,
         "clear": tk.probation_until,
         "period": tk.quarantine_ms,
+        "cap": tk.quarantine_max_percent,
         "window": tk.quota_window_ms,
     });
     let mut pipe = redis::pipe();

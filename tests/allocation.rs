@@ -669,3 +669,71 @@ async fn cancelling_a_running_task_stops_it_and_frees_the_agent() {
     stop.cancel();
     let _ = task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_agents_never_quarantine_more_than_the_pools_cap() {
+    // Four agents that fail everything; quarantine lasts far longer than the
+    // test; at most half of the pool (2 of 4) may be out at once.
+    let h = Harness::start_with(|c| {
+        c.tasks.quarantine_ms = 600_000;
+        c.tasks.quarantine_max_percent = 50;
+    })
+    .await;
+    let mut running = Vec::new();
+    for i in 0..4 {
+        let spec = fleet_commander::agent::AgentSpec {
+            id: format!("cap-{i}"),
+            pool: PoolType::Database,
+            priority: None,
+            capabilities: vec![],
+            resources: Default::default(),
+            capacity: 1,
+        };
+        let w = work(|_a: Assignment| async { Outcome::Fail("broken".into()) });
+        running.push(start_agent_with(&h, spec, Some(w)).await);
+    }
+    let agent = |i: usize| {
+        let h = &h;
+        async move { h.get(&format!("/v1/agents/cap-{i}")).await.1 }
+    };
+    // Tasks, one at a time, until three agents' health is below the line
+    // (the pool's strategy keeps choosing the same one of those left): each
+    // still finds an agent (it would wait 10 minutes otherwise).
+    let mut tasks = 0;
+    loop {
+        let mut below = 0;
+        for i in 0..4 {
+            below += usize::from(agent(i).await["health"]["score"].as_u64().unwrap() < 50);
+        }
+        if below >= 3 {
+            break;
+        }
+        assert!(
+            tasks < 40,
+            "40 failures and not three agents below the line"
+        );
+        let id = submit(&h, json!({"pool": "database", "maxRetries": 0})).await;
+        wait_state(&h, &id, "dead").await;
+        tasks += 1;
+    }
+    let now = fleet_commander::registry::now_ms();
+    let mut quarantined = 0;
+    for i in 0..4 {
+        quarantined += usize::from(
+            agent(i).await["health"]["quarantinedUntil"]
+                .as_u64()
+                .unwrap()
+                > now,
+        );
+    }
+    assert_eq!(quarantined, 2, "half of the pool, after {tasks} failures");
+    // The other two keep the pool in service: a new task is still tried
+    // (within the 10 s wait, where a quarantined pool would take 10 minutes).
+    let id = submit(&h, json!({"pool": "database", "maxRetries": 0})).await;
+    wait_state(&h, &id, "dead").await;
+    println!("FIGURES quarantine cap: 4 failing agents, {tasks} failures, 2 quarantined, pool still served");
+    for (s, task) in running {
+        s.cancel();
+        let _ = task.await;
+    }
+}

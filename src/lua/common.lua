@@ -33,7 +33,7 @@ local function health_policy()
   if not policy then
     local raw = redis.call('HGET', K.settings, 'health')
     policy = raw and cjson.decode(raw) or
-      {up = 5, down = 20, below = 50, clear = 70, period = 30000, window = 60000}
+      {up = 5, down = 20, below = 50, clear = 70, period = 30000, window = 60000, cap = 50}
   end
   return policy
 end
@@ -133,11 +133,27 @@ local function prefixes(i)
   K.quarantine, K.quota = ARGV[i + 10], ARGV[i + 11]
 end
 
+-- Whether one more of the pool's agents may go into quarantine: at most
+-- `cap` % of its live agents are there at once, and at least one may be.
+local function may_quarantine(aid, pool, counts, now, hp)
+  local cap = tonumber(hp.cap or 100)
+  if cap >= 100 then return true end
+  local c = redis.call('HMGET', counts, pool .. ':idle', pool .. ':active', pool .. ':busy')
+  local live = tonumber(c[1] or 0) + tonumber(c[2] or 0) + tonumber(c[3] or 0)
+  local allowed = math.max(1, math.floor(live * cap / 100))
+  local held = 0
+  for _, q in ipairs(redis.call('ZRANGE', K.quarantine, '(' .. now, '+inf', 'BYSCORE')) do
+    if q ~= aid and redis.call('HGET', K.agent .. q, 'pool') == pool then held = held + 1 end
+  end
+  return held < allowed
+end
+
 -- Updates an agent's health after an outcome: failures take more than
 -- successes give. Below the threshold the agent is quarantined (no new work
--- until its period is over, then probation); on probation, a failure sends it
--- back and reaching `clear` frees it. Returns the fields to set.
-local function judge(aid, a_health, a_probation, outcome, now, out)
+-- until its period is over, then probation) unless the pool's quarantine cap
+-- is reached; on probation, a failure sends it back and reaching `clear`
+-- frees it. Returns the fields to set.
+local function judge(aid, pool, counts, a_health, a_probation, outcome, now, out)
   local hp = health_policy()
   local health = tonumber(a_health or 100)
   if outcome == 'completed' then
@@ -148,7 +164,7 @@ local function judge(aid, a_health, a_probation, outcome, now, out)
     end
   elseif outcome == 'failed' then
     health = math.max(0, health - hp.down)
-    if health < hp.below or a_probation == '1' then
+    if (health < hp.below or a_probation == '1') and may_quarantine(aid, pool, counts, now, hp) then
       local n = redis.call('HINCRBY', K.agent .. aid, 'quarantines', 1)
       local untl = now + hp.period * 2 ^ math.min(n - 1, 3)
       redis.call('ZADD', K.quarantine, untl, aid)
@@ -192,7 +208,7 @@ local function release_agent(aid, tid, now, outcome, duration, counts)
   end
   local fields = {'inflight', inflight, 'tasksCompleted', done, 'tasksFailed', failed,
     'avgTaskTime', avg, 'successRate', rate, 'status', status, 'lastActive', now}
-  judge(aid, a[7], a[8], outcome, now, fields)
+  judge(aid, a[6], counts, a[7], a[8], outcome, now, fields)
   redis.call('HSET', key, unpack(fields))
   move(counts, a[6], a[1], status)
   refresh_available(aid, a[6])
