@@ -81,6 +81,7 @@ fn scaler_decision(c: &mut Criterion) {
         st.samples.push_back(Sample {
             at: i * 1000,
             live: 20,
+            held: 0,
             busy: 18,
             queued: 30,
             oldest_wait_ms: 2500,

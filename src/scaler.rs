@@ -37,6 +37,9 @@ pub struct Sample {
     /// Agents that can work: idle, active, busy (not failed or recovering;
     /// retiring ones count until they leave, and the scaler subtracts its own).
     pub live: u64,
+    /// Agents registered but not working (failed, recovering): they keep
+    /// their place against max_agents until they return or are removed.
+    pub held: u64,
     /// Agents holding at least one task.
     pub busy: u64,
     pub queued: u64,
@@ -134,8 +137,12 @@ pub fn decide(
     // The size the pool is heading for, counting requests in flight.
     let size = (last.live + u64::from(st.pending_up)).saturating_sub(u64::from(st.pending_down));
     let size = u32::try_from(size).unwrap_or(u32::MAX);
+    // Growth the pool's bound allows: failed agents still hold their places,
+    // and asking for an agent that could not register would only time out.
+    let room =
+        max.saturating_sub(size.saturating_add(u32::try_from(last.held).unwrap_or(u32::MAX)));
     let floor = manual.unwrap_or(min).clamp(min, max);
-    if size < floor {
+    if size < floor && room > 0 {
         let reason = if manual.is_some() {
             "manual"
         } else {
@@ -143,7 +150,7 @@ pub fn decide(
         };
         return Some(Want {
             direction: Direction::Up,
-            count: (floor - size).min(p.max_step),
+            count: (floor - size).min(p.max_step).min(room),
             reason,
         });
     }
@@ -170,16 +177,13 @@ pub fn decide(
     let busy = mean(&|s| s.busy as f64);
     let queued = mean(&|s| s.queued as f64);
     if (util >= p.scale_up_utilization || wait >= p.scale_up_queue_wait_ms as f64)
-        && size < max
+        && room > 0
         && st.pending_up == 0
     {
         // Enough agents for the work in hand and the work waiting, at the
         // utilisation that would not trigger growth again.
         let wanted = ((busy + queued) / p.scale_up_utilization).ceil() as u32;
-        let count = wanted
-            .saturating_sub(size)
-            .clamp(1, p.max_step)
-            .min(max - size);
+        let count = wanted.saturating_sub(size).clamp(1, p.max_step).min(room);
         let reason = if util >= p.scale_up_utilization {
             "utilization"
         } else {
@@ -320,6 +324,7 @@ async fn sample(
         let s = Sample {
             at: now,
             live,
+            held: n(AgentStatus::Failed) + n(AgentStatus::Recovering),
             busy: (n(AgentStatus::Active) + n(AgentStatus::Busy)).min(live),
             queued: depth[i],
             oldest_wait_ms: oldest,
@@ -352,7 +357,9 @@ async fn round(
         let p = config.scaling_for(pool);
         let st = states.entry(pool).or_default();
         st.record(s, p.window_ms);
-        heading += (s.live + u64::from(st.pending_up)).saturating_sub(u64::from(st.pending_down));
+        // Failed agents count against the fleet cap too, as at registration.
+        heading +=
+            (s.live + s.held + u64::from(st.pending_up)).saturating_sub(u64::from(st.pending_down));
         let pc = config.pool(pool);
         let fixed = manual.get(pool.as_str()).copied();
         if !pc.scaling_enabled && fixed.is_none() {
@@ -612,6 +619,7 @@ mod tests {
                 Sample {
                     at: t0 + i as u64 * 100,
                     live,
+                    held: 0,
                     busy,
                     queued,
                     oldest_wait_ms: 0,
@@ -683,6 +691,27 @@ mod tests {
         );
         st.pending_up = 2;
         assert_eq!(decide(&policy(), 3, 20, None, &st, 0), None);
+    }
+
+    #[test]
+    fn failed_agents_keep_their_places_against_max() {
+        // 10 live and 1 failed in a pool of at most 12: room for one more,
+        // whatever the load asks (the registration bound counts the failed one).
+        let mut st = state(&[(10, 10, 40), (10, 10, 40), (10, 10, 40)], 0);
+        for s in st.samples.iter_mut() {
+            s.held = 1;
+        }
+        let w = decide(&policy(), 1, 12, None, &st, 200).unwrap();
+        assert_eq!((w.direction, w.count), (Direction::Up, 1));
+        // Full once the failed ones are counted: nothing to ask for.
+        for s in st.samples.iter_mut() {
+            s.held = 2;
+        }
+        assert_eq!(decide(&policy(), 1, 12, None, &st, 200), None);
+        // Below min with no room: no request that could not be fulfilled.
+        let mut st = state(&[(1, 0, 0)], 0);
+        st.samples.back_mut().unwrap().held = 3;
+        assert_eq!(decide(&policy(), 2, 4, None, &st, 0), None);
     }
 
     #[test]
