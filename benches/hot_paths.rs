@@ -105,7 +105,7 @@ fn allocation(c: &mut Criterion) {
     config.pools.get_mut(&PoolType::Coder).unwrap().max_agents = 1500;
     let keys = Keys::new(config.fleet.prefix.clone());
     let (mut conn, registry, tasks) = rt.block_on(async {
-        let client = redis::Client::open(redis.url()).unwrap();
+        let client = fleet_commander::connection::client(&redis.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let epoch = Registry::claim_epoch(&mut conn, &keys).await.unwrap();
         Registry::load_scripts(&mut conn).await.unwrap();

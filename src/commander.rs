@@ -27,7 +27,7 @@ use crate::tasks::{ReportOutcome, Submitted, TaskStore};
 use anyhow::Context;
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager};
 use serde::Serialize;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
@@ -173,29 +173,16 @@ impl Running {
     }
 }
 
-/// A multiplexed connection that reconnects by itself after Redis restarts.
-pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("Redis URL")?;
-    let cfg = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    ConnectionManager::new_with_config(client, cfg)
-        .await
-        .with_context(|| format!("cannot reach Redis at {url} (set REDIS_URL or redis.url)"))
-}
-
 /// Starts a commander: claims the epoch, loads the scripts, binds HTTP and
 /// spawns every task. Stops when `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let keys = Keys::new(config.fleet.prefix.clone());
-    let mut redis = connect(&config.redis.url).await?;
+    let mut redis = crate::connection::connect(&config.redis.url).await?;
     // The detector has its own connection, so that its round-trip check
     // measures Redis, not the handlers' queue.
-    let detector_conn = connect(&config.redis.url).await?;
-    let allocator_conn = connect(&config.redis.url).await?;
+    let detector_conn = crate::connection::connect(&config.redis.url).await?;
+    let allocator_conn = crate::connection::connect(&config.redis.url).await?;
     let epoch = Registry::claim_epoch(&mut redis, &keys).await?;
     Registry::load_scripts(&mut redis).await?;
     TaskStore::load_scripts(&mut redis).await?;
@@ -275,7 +262,7 @@ async fn subscriber(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
         (shared.keys.tasks_channel(), Channel::Tasks),
         (shared.keys.results_channel(), Channel::Results),
     ];
-    let client = match redis::Client::open(shared.config().redis.url.as_str()) {
+    let client = match crate::connection::client(&shared.config().redis.url) {
         Ok(c) => c,
         Err(e) => {
             error!("invalid Redis URL: {e}");

@@ -111,6 +111,7 @@ pub async fn run(
             commander_url: Some(base.clone()),
             agents: opts.agents,
             batch: opts.batch,
+            join_rate: None,
             heartbeat: config.heartbeat_interval(),
             failure_window: config.failure_window(),
             stop: opts.kill,

@@ -4,6 +4,7 @@
 //! - [`config`]: `config/fleet.toml`, environment overrides, validation.
 //! - [`pool`]: the 16 pool types and the agent statuses.
 //! - [`keys`]: every Redis key and channel name.
+//! - [`connection`]: Redis clients and connections (`TCP_NODELAY`, reconnects).
 //! - [`protocol`]: the versioned JSON agent protocol (see `docs/PROTOCOL.md`).
 //! - [`registry`]: the registry in Redis: hashes, per-pool sets, heartbeat
 //!   sorted sets, counters, all changed by fenced Lua scripts.
@@ -28,6 +29,7 @@ pub mod agent;
 pub mod allocator;
 pub mod commander;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod health;
 pub mod http;

@@ -14,6 +14,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The commander allocates and frees small buffers for every message; mimalloc
+/// does that with less CPU than the system allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Commands a fleet of AI agents through Redis")]
 struct Cli {
@@ -68,6 +73,11 @@ enum Command {
         agents: usize,
         #[arg(long, default_value_t = 50)]
         batch: usize,
+        /// Instead of waves of --batch: agents join one after another at this
+        /// many registrations per second, whether or not earlier ones have been
+        /// answered (an open loop).
+        #[arg(long)]
+        join_rate: Option<f64>,
         /// Agents that stop heartbeating after registration.
         #[arg(long, default_value_t = 0)]
         stop: usize,
@@ -386,6 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim {
             agents,
             batch,
+            join_rate,
             stop,
             status_queries,
             commander_url,
@@ -436,6 +447,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commander_url: Some(url),
                 agents,
                 batch,
+                join_rate,
                 heartbeat: config.heartbeat_interval(),
                 failure_window: config.failure_window(),
                 stop,
@@ -464,7 +476,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json } => {
             let config = load(&cli.config)?;
             let keys = Keys::new(config.fleet.prefix.clone());
-            let client = redis::Client::open(config.redis.url.as_str())?;
+            let client = fleet_commander::connection::client(&config.redis.url)?;
             let mut conn = client
                 .get_multiplexed_async_connection()
                 .await
@@ -558,8 +570,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .parse()
                 .map_err(|_| anyhow::anyhow!("unknown pool {pool:?}"))?;
             let keys = Keys::new(config.fleet.prefix.clone());
-            let client = redis::Client::open(config.redis.url.as_str())?;
-            let publisher = commander::connect(&config.redis.url).await?;
+            let client = fleet_commander::connection::client(&config.redis.url)?;
+            let publisher = fleet_commander::connection::connect(&config.redis.url).await?;
             let spec = AgentSpec {
                 id: id.unwrap_or_else(|| format!("{pool}-{}", uuid::Uuid::new_v4().simple())),
                 pool,

@@ -78,7 +78,7 @@ pub async fn prepare(opts: RampOptions, shutdown: CancellationToken) -> anyhow::
     let keys = Keys::new(opts.prefix.clone());
     // Watch the scaling channel: every decision is printed as it happens.
     let events: Arc<Mutex<Vec<(Instant, Scaling)>>> = Default::default();
-    let client = redis::Client::open(opts.redis_url.as_str())?;
+    let client = crate::connection::client(&opts.redis_url)?;
     let mut ps = client.get_async_pubsub().await?;
     ps.subscribe(keys.scaling_channel()).await?;
     let seen = events.clone();

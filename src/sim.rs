@@ -26,8 +26,12 @@ pub struct SimOptions {
     /// Commander HTTP base URL (`http://127.0.0.1:8080`) for status queries.
     pub commander_url: Option<String>,
     pub agents: usize,
-    /// Registrations in flight at once (a fleet starting up).
+    /// Registrations in flight at once (a fleet starting up all together).
     pub batch: usize,
+    /// Instead of waves of `batch`: agents join at this rate (registrations
+    /// per second), each when its turn comes whether or not earlier ones have
+    /// been answered (an open loop).
+    pub join_rate: Option<f64>,
     pub heartbeat: Duration,
     /// missed_heartbeats x heartbeat interval of the commander.
     pub failure_window: Duration,
@@ -114,6 +118,8 @@ pub struct SimReport {
     pub registered: usize,
     pub refused: HashMap<String, usize>,
     pub batch: usize,
+    /// Registrations per second when agents joined at a steady rate.
+    pub join_rate: Option<f64>,
     pub registration: Latency,
     /// From the first registration sent to the last reply.
     pub registration_total_ms: f64,
@@ -338,10 +344,10 @@ impl Progress {
 pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Result<SimReport> {
     let mut progress = Progress::new(opts.progress);
     let keys = Keys::new(opts.prefix.clone());
-    let client = redis::Client::open(opts.redis_url.as_str()).context("Redis URL")?;
+    let client = crate::connection::client(&opts.redis_url).context("Redis URL")?;
     let mut publishers = Vec::new();
     for _ in 0..4 {
-        publishers.push(crate::commander::connect(&opts.redis_url).await?);
+        publishers.push(crate::connection::connect(&opts.redis_url).await?);
     }
 
     // Watch health events from the start, to catch any false death.
@@ -371,7 +377,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     let stop_ping = shutdown.child_token();
     {
         let (mut conn, h, stop) = (
-            crate::commander::connect(&opts.redis_url).await?,
+            crate::connection::connect(&opts.redis_url).await?,
             ping_hist.clone(),
             stop_ping.clone(),
         );
@@ -459,41 +465,67 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     drop(connecting);
     progress.line(&format!("connected {} agents", agents.len()));
 
-    // Register in waves of `batch` at once, as a fleet starting up.
+    // Register: in waves of `batch` at once (a fleet starting all together),
+    // or one agent after another at `join_rate` per second.
     let mut report = SimReport {
         agents: opts.agents,
         batch: opts.batch,
+        join_rate: opts.join_rate,
         detection_bound_ms: (opts.failure_window + Duration::from_secs(1)).as_secs_f64() * 1000.0,
         ..Default::default()
     };
     let mut reg_hist = hist();
     let mut live: Vec<Agent> = Vec::with_capacity(agents.len());
     let reg_started = Instant::now();
-    let mut pending = agents.into_iter();
-    loop {
-        let wave: Vec<Agent> = pending.by_ref().take(opts.batch.max(1)).collect();
-        if wave.is_empty() || shutdown.is_cancelled() {
-            break;
+    let mut done: Vec<(Agent, Duration, Result<(), AgentError>)> = Vec::with_capacity(agents.len());
+    if let Some(rate) = opts.join_rate.filter(|r| *r > 0.0) {
+        let mut joining: futures_util::stream::FuturesUnordered<_> = agents
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut a)| async move {
+                let turn = reg_started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(turn.into()).await;
+                let t = Instant::now();
+                let r = register_with_retry(&mut a).await;
+                (a, t.elapsed(), r)
+            })
+            .collect();
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = joining.next() => next,
+            };
+            let Some(one) = next else { break };
+            done.push(one);
+            progress.update(&format!("registered {}/{}", done.len(), opts.agents));
         }
-        let results = futures_util::future::join_all(wave.into_iter().map(|mut a| async move {
-            let t = Instant::now();
-            let r = register_with_retry(&mut a).await;
-            (a, t.elapsed(), r)
-        }))
-        .await;
-        for (a, took, r) in results {
-            match r {
-                Ok(()) => {
-                    reg_hist.record(took.as_micros().max(1) as u64).ok();
-                    live.push(a);
-                }
-                Err(AgentError::Refused { reason, .. }) => {
-                    *report.refused.entry(format!("{reason:?}")).or_default() += 1;
-                }
-                Err(e) => *report.refused.entry(e.to_string()).or_default() += 1,
+    } else {
+        let mut pending = agents.into_iter();
+        loop {
+            let wave: Vec<Agent> = pending.by_ref().take(opts.batch.max(1)).collect();
+            if wave.is_empty() || shutdown.is_cancelled() {
+                break;
             }
+            let wave = wave.into_iter().map(|mut a| async move {
+                let t = Instant::now();
+                let r = register_with_retry(&mut a).await;
+                (a, t.elapsed(), r)
+            });
+            done.extend(futures_util::future::join_all(wave).await);
+            progress.update(&format!("registered {}/{}", done.len(), opts.agents));
         }
-        progress.update(&format!("registered {}/{}", live.len(), opts.agents));
+    }
+    for (a, took, r) in done {
+        match r {
+            Ok(()) => {
+                reg_hist.record(took.as_micros().max(1) as u64).ok();
+                live.push(a);
+            }
+            Err(AgentError::Refused { reason, .. }) => {
+                *report.refused.entry(format!("{reason:?}")).or_default() += 1;
+            }
+            Err(e) => *report.refused.entry(e.to_string()).or_default() += 1,
+        }
     }
     report.registration_total_ms = reg_started.elapsed().as_secs_f64() * 1000.0;
     report.registered = live.len();
@@ -501,12 +533,15 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     if !report.refused.is_empty() {
         progress.line(&format!("registrations refused: {:?}", report.refused));
     }
+    let how = match report.join_rate {
+        Some(rate) => format!("joining at {rate:.0}/s"),
+        None => format!("{} at once", opts.batch),
+    };
     progress.line(&format!(
-        "registered {}/{} agents in {:.0} ms, {} at once (per registration p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms)",
+        "registered {}/{} agents in {:.0} ms, {how} (per registration p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms)",
         report.registered,
         opts.agents,
         report.registration_total_ms,
-        opts.batch,
         report.registration.p50_ms,
         report.registration.p99_ms,
         report.registration.max_ms

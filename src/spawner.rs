@@ -26,7 +26,7 @@ pub struct Spawner {
 impl Spawner {
     /// Subscribes to the scaling channel; requests published from now on are seen.
     pub async fn subscribe(redis_url: &str, keys: &Keys) -> redis::RedisResult<Spawner> {
-        let client = redis::Client::open(redis_url)?;
+        let client = crate::connection::client(redis_url)?;
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(keys.scaling_channel()).await?;
         Ok(Spawner { pubsub })
@@ -104,8 +104,8 @@ impl InProcess {
     /// Subscribes, then acts on requests until `stop`.
     pub async fn start(self, stop: CancellationToken) -> anyhow::Result<Arc<Spawned>> {
         let spawner = Spawner::subscribe(&self.redis_url, &self.keys).await?;
-        let client = redis::Client::open(self.redis_url.as_str())?;
-        let publisher = crate::commander::connect(&self.redis_url).await?;
+        let client = crate::connection::client(&self.redis_url)?;
+        let publisher = crate::connection::connect(&self.redis_url).await?;
         let stats = Arc::new(Spawned::default());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(PoolType, u32)>();
         tokio::spawn(spawner.run(

@@ -86,6 +86,7 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
             commander_url: Some(h.base()),
             agents: 64,
             batch: 16,
+            join_rate: None,
             heartbeat: h.config.heartbeat_interval(),
             failure_window: h.config.failure_window(),
             stop: 4,

@@ -55,7 +55,7 @@ fn free_addr() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill() {
     let redis = fleet_commander::redis_server::RedisServer::start().expect("redis-server");
-    let client = redis::Client::open(redis.url()).unwrap();
+    let client = fleet_commander::connection::client(&redis.url()).unwrap();
     let keys = fleet_commander::keys::Keys::new("swarm:phase-1");
     let addr = free_addr();
     let mut commander = spawn_commander(&redis.url(), &addr).await;
@@ -75,7 +75,7 @@ async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill()
                 Outcome::Complete(json!({"by": a.attempt}))
             })
         });
-        let publisher = fleet_commander::commander::connect(&redis.url())
+        let publisher = fleet_commander::connection::connect(&redis.url())
             .await
             .unwrap();
         let mut a = fleet_commander::agent::Agent::connect(

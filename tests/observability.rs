@@ -232,6 +232,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             commander_url: Some(h.base()),
             agents: 48,
             batch: 16,
+            join_rate: None,
             heartbeat: h.config.heartbeat_interval(),
             failure_window: h.config.failure_window(),
             stop: 2,

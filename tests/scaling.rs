@@ -373,6 +373,7 @@ async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
             commander_url: Some(h.base()),
             agents: 16,
             batch: 16,
+            join_rate: None,
             heartbeat: h.config.heartbeat_interval(),
             failure_window: h.config.failure_window(),
             stop: 0,

@@ -66,7 +66,7 @@ impl Harness {
         tune(&mut config);
         config.validate().expect("tuned test config valid");
         let keys = Keys::new(config.fleet.prefix.clone());
-        let client = redis::Client::open(redis.url()).unwrap();
+        let client = fleet_commander::connection::client(&redis.url()).unwrap();
         let mut h = Harness {
             redis,
             config,
@@ -159,7 +159,7 @@ impl Harness {
     }
 
     pub async fn agent_with(&self, spec: AgentSpec) -> Agent {
-        let publisher = fleet_commander::commander::connect(&self.redis.url())
+        let publisher = fleet_commander::connection::connect(&self.redis.url())
             .await
             .unwrap();
         Agent::connect(&self.client, publisher, self.keys.clone(), spec)
