@@ -7,6 +7,11 @@
 #
 #   bash benches/loadtest.sh [agents] [hold_secs]     # 1000 agents, 30 s by default
 #   bash benches/loadtest.sh 10000                    # pool maxima x10, fleet cap 12000
+#
+# Agents join at JOIN_RATE registrations per second (1000 by default), each
+# when its turn comes, answered or not (an open loop); JOIN_RATE=0 registers
+# them in waves of 50 at the same instant instead (a burst: that measures how
+# fast the commander drains a queue, see benches/registry.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents=${1:-1000}
@@ -50,10 +55,13 @@ until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
 # Tasks at 100/s for 30 s, 50 ms of work each; churn of 0.2% of the fleet per
 # second; 20 agents killed for good.
 rate=${TASK_RATE:-100}
+join=${JOIN_RATE:-1000}
+join_args=(--batch 50)
+(( join > 0 )) && join_args+=(--join-rate "$join")
 redis_cpu() { redis-cli -p "$port" info cpu | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { print s }'; }
 r0=$(redis_cpu); t0=$(date +%s.%N)
 TIMEFORMAT="sim process: %U s user + %S s system CPU over %R s"
-time env ${SIM_THREADS:+TOKIO_WORKER_THREADS=$SIM_THREADS} "$bin" --config "$config" sim --agents "$agents" --batch 50 --status-queries 2000 \
+time env ${SIM_THREADS:+TOKIO_WORKER_THREADS=$SIM_THREADS} "$bin" --config "$config" sim --agents "$agents" "${join_args[@]}" --status-queries 2000 \
   --tasks $(( rate * 30 )) --task-rate "$rate" --work-ms 50 \
   --churn-per-sec "$(python3 -c "print($agents * 0.002)")" --stop 20 --hold-secs "$hold" \
   --commander-pid "$cmd_pid" --report "$out/load-$agents.json"
@@ -65,10 +73,11 @@ r = json.load(open(sys.argv[1]))
 t, c = r["tasks"], r["commander"]
 def lat(name, l):
     print(f"| {name} | {l['p50_ms']:.2f} ms | {l['p99_ms']:.2f} ms | {l['max_ms']:.2f} ms | {l['count']} |")
-print(f"\nagents {r['agents']} (registered {r['registered']}), 50 registering at once\n")
+how = f"joining at {r['join_rate']:.0f}/s" if r.get("join_rate") else f"{r['batch']} registering at once"
+print(f"\nagents {r['agents']} (registered {r['registered']}), {how}, all in {r['registration_total_ms']:.0f} ms\n")
 print("| latency | p50 | p99 | max | samples |")
 print("|---|---|---|---|---|")
-lat("registration", r["registration"])
+lat(f"registration ({how})", r["registration"])
 lat("re-registration under churn", r["churn_registration"])
 lat("allocation (submit -> agent holds the task)", t["dispatch"])
 lat("fleet status (HTTP)", r["status"])
