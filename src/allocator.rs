@@ -1,10 +1,12 @@
-//! The allocator: hands queued tasks to available agents, brings retries back
-//! after their backoff, and takes tasks back from agents whose lease ran out.
+//! The allocator: hands queued tasks to available agents. Beside it, the
+//! reaper brings retries back after their backoff, ends quarantines and takes
+//! tasks back from agents whose lease ran out.
 //!
 //! Every decision is a Lua script (see `src/lua/allocate.lua`): the claim of a
 //! task by an agent is atomic in Redis, so two loops or two commanders can
-//! never hand one task to two agents. The loop wakes when a task arrives or
-//! an agent frees up, and every tick regardless.
+//! never hand one task to two agents. The allocator wakes when a task arrives
+//! or an agent frees up, and every tick regardless; the reaper's scans run on
+//! their own tick, so a new task never waits behind them.
 
 use crate::commander::{pause, publish, Shared};
 use crate::metrics as m;
@@ -26,19 +28,15 @@ pub(crate) async fn allocator(shared: Arc<Shared>, mut conn: ConnectionManager) 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // A wake serves the pools that changed; the tick also brings back
-        // retries and expired leases and looks at every pool.
+        // A wake serves the pools that changed; the tick also serves every
+        // pool where tasks wait (a wake lost or not yet due).
         let full = tokio::select! {
             _ = shared.shutdown_token().cancelled() => return,
             _ = shared.alloc_wake.notified() => false,
             _ = tick.tick() => true,
         };
         let mask = shared.dirty_pools.swap(0, Ordering::AcqRel);
-        let pools: Vec<PoolType> = PoolType::ALL
-            .into_iter()
-            .filter(|p| full || mask & (1 << p.index()) != 0)
-            .collect();
-        match round(&shared, &mut conn, full, pools).await {
+        match round(&shared, &mut conn, full, mask).await {
             Ok(()) => {}
             Err(RegistryError::Fenced) => {
                 shared.on_fenced();
@@ -56,38 +54,85 @@ pub(crate) async fn allocator(shared: Arc<Shared>, mut conn: ConnectionManager) 
     }
 }
 
+/// Brings back retries whose backoff is over, ends quarantines whose period
+/// is over and takes back tasks whose lease ran out, every tick; wakes the
+/// allocator when that gave it something to do.
+pub(crate) async fn reaper(shared: Arc<Shared>, mut conn: ConnectionManager) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown_token().cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match reap(&shared, &mut conn).await {
+            Ok(()) => {}
+            Err(RegistryError::Fenced) => {
+                shared.on_fenced();
+                return;
+            }
+            Err(e) => {
+                metrics::counter!(m::REDIS_ERRORS, "op" => "reap").increment(1);
+                warn!(error = %e, "lease and retry scan failed; retrying");
+            }
+        }
+    }
+}
+
+async fn reap(shared: &Shared, conn: &mut ConnectionManager) -> Result<(), RegistryError> {
+    let now = now_ms();
+    if shared.tasks.release_delayed(conn, now, 512).await? > 0 {
+        shared.wake_all();
+    }
+    for agent_id in shared.tasks.parole(conn, now, 256).await? {
+        metrics::counter!(m::AGENT_PROBATIONS).increment(1);
+        info!(agent_id, "quarantine over: on probation");
+        let ev = Event::AgentProbation {
+            v: VERSION,
+            agent_id,
+            ts: now,
+        };
+        publish(conn, shared.keys.health_channel(), &ev).await?;
+        shared.wake_all();
+    }
+    let mut expired = Orphans::default();
+    for id in shared.tasks.expired_leases(conn, now, 512).await? {
+        match shared.tasks.expire(conn, &id, now).await?.as_deref() {
+            Some("queued") => expired.requeued += 1,
+            Some("dead") => expired.dead += 1,
+            _ => {}
+        }
+    }
+    if expired.requeued + expired.dead > 0 {
+        metrics::counter!(m::TASKS_ORPHANED, "reason" => "lease_expired")
+            .increment(u64::from(expired.requeued + expired.dead));
+        metrics::counter!(m::TASKS_DEAD, "pool" => "any").increment(u64::from(expired.dead));
+        shared.wake_all();
+    }
+    Ok(())
+}
+
 async fn round(
     shared: &Shared,
     conn: &mut ConnectionManager,
     full: bool,
-    mut pools: Vec<PoolType>,
+    dirty: u32,
 ) -> Result<(), RegistryError> {
     let started = Instant::now();
     let now = now_ms();
+    // A pool is served when something changed in it, or, on the tick, when
+    // tasks wait in it (one pipeline of ZCARDs rather than a script per pool).
+    let mut pools: Vec<PoolType> = PoolType::ALL
+        .into_iter()
+        .filter(|p| dirty & (1 << p.index()) != 0)
+        .collect();
     if full {
-        shared.tasks.release_delayed(conn, now, 512).await?;
-        for agent_id in shared.tasks.parole(conn, now, 256).await? {
-            metrics::counter!(m::AGENT_PROBATIONS).increment(1);
-            info!(agent_id, "quarantine over: on probation");
-            let ev = Event::AgentProbation {
-                v: VERSION,
-                agent_id,
-                ts: now,
-            };
-            publish(conn, shared.keys.health_channel(), &ev).await?;
-        }
-        let mut expired = Orphans::default();
-        for id in shared.tasks.expired_leases(conn, now, 512).await? {
-            match shared.tasks.expire(conn, &id, now).await?.as_deref() {
-                Some("queued") => expired.requeued += 1,
-                Some("dead") => expired.dead += 1,
-                _ => {}
+        let depths = shared.tasks.queue_depths(conn).await?;
+        for (pool, depth) in PoolType::ALL.into_iter().zip(depths) {
+            metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(depth as f64);
+            if depth > 0 && !pools.contains(&pool) {
+                pools.push(pool);
             }
-        }
-        if expired.requeued + expired.dead > 0 {
-            metrics::counter!(m::TASKS_ORPHANED, "reason" => "lease_expired")
-                .increment(u64::from(expired.requeued + expired.dead));
-            metrics::counter!(m::TASKS_DEAD, "pool" => "any").increment(u64::from(expired.dead));
         }
     }
     let mut assigned_any = false;

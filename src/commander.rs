@@ -225,6 +225,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         crate::allocator::allocator(shared.clone(), allocator_conn)
             .instrument(info_span!("allocator")),
     );
+    tasks.spawn(
+        crate::allocator::reaper(shared.clone(), shared.redis.clone())
+            .instrument(info_span!("reaper")),
+    );
     tasks.spawn(crate::http::serve(shared.clone(), listener).instrument(info_span!("http")));
     tasks.spawn(
         crate::scaler::scaler(shared.clone(), shared.redis.clone())

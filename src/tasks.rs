@@ -215,6 +215,15 @@ impl TaskStore {
             .await?)
     }
 
+    /// Tasks waiting in every pool's queue, in [`PoolType::ALL`] order (one round trip).
+    pub async fn queue_depths(&self, conn: &mut impl ConnectionLike) -> Result<Vec<u64>> {
+        let mut p = redis::pipe();
+        for pool in PoolType::ALL {
+            p.zcard(self.keys.queue(pool));
+        }
+        Ok(p.query_async(conn).await?)
+    }
+
     /// The ids at the head of a pool's queue, in the order they will run.
     pub async fn queued(
         &self,
