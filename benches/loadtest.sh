@@ -8,7 +8,8 @@
 #   bash benches/loadtest.sh [agents] [hold_secs]     # 1000 agents, 30 s by default
 #   bash benches/loadtest.sh 10000                    # pool maxima x10, fleet cap 12000
 #
-# Agents join at JOIN_RATE registrations per second (1000 by default), each
+# Agents join at JOIN_RATE registrations per second (1000 by default; for a
+# larger fleet, a fifth of it per second, so that it joins in 5 s), each
 # when its turn comes, answered or not (an open loop); JOIN_RATE=0 registers
 # them in waves of 50 at the same instant instead (a burst: that measures how
 # fast the commander drains a queue, see benches/registry.sh).
@@ -55,7 +56,7 @@ until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
 # Tasks at 100/s for 30 s, 50 ms of work each; churn of 0.2% of the fleet per
 # second; 20 agents killed for good.
 rate=${TASK_RATE:-100}
-join=${JOIN_RATE:-1000}
+join=${JOIN_RATE:-$(( agents > 5000 ? agents / 5 : 1000 ))}
 join_args=(--batch 50)
 (( join > 0 )) && join_args+=(--join-rate "$join")
 redis_cpu() { redis-cli -p "$port" info cpu | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { print s }'; }

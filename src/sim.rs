@@ -476,9 +476,21 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     };
     let mut reg_hist = hist();
     let mut live: Vec<Agent> = Vec::with_capacity(agents.len());
+    // When each live agent's registration was answered: a paced agent beats
+    // one interval after that, as a real one would.
+    let mut answered: Vec<Instant> = Vec::with_capacity(agents.len());
     let reg_started = Instant::now();
-    let mut done: Vec<(Agent, Duration, Result<(), AgentError>)> = Vec::with_capacity(agents.len());
+    type Done = (Agent, Instant, Duration, Result<(), AgentError>);
+    let mut done: Vec<Done> = Vec::with_capacity(agents.len());
     if let Some(rate) = opts.join_rate.filter(|r| *r > 0.0) {
+        // Agents start heartbeating once the whole fleet has joined: the first
+        // must not have been silent for the failure window by then.
+        let joining_for = Duration::from_secs_f64(agents.len() as f64 / rate);
+        if joining_for + opts.heartbeat > opts.failure_window {
+            progress.line(&format!(
+                "warning: joining takes {joining_for:?}; the first agents may be declared failed before they first beat"
+            ));
+        }
         let mut joining: futures_util::stream::FuturesUnordered<_> = agents
             .into_iter()
             .enumerate()
@@ -487,7 +499,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                 tokio::time::sleep_until(turn.into()).await;
                 let t = Instant::now();
                 let r = register_with_retry(&mut a).await;
-                (a, t.elapsed(), r)
+                (a, t, t.elapsed(), r)
             })
             .collect();
         loop {
@@ -509,17 +521,18 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             let wave = wave.into_iter().map(|mut a| async move {
                 let t = Instant::now();
                 let r = register_with_retry(&mut a).await;
-                (a, t.elapsed(), r)
+                (a, t, t.elapsed(), r)
             });
             done.extend(futures_util::future::join_all(wave).await);
             progress.update(&format!("registered {}/{}", done.len(), opts.agents));
         }
     }
-    for (a, took, r) in done {
+    for (a, sent, took, r) in done {
         match r {
             Ok(()) => {
                 reg_hist.record(took.as_micros().max(1) as u64).ok();
                 live.push(a);
+                answered.push(sent + took);
             }
             Err(AgentError::Refused { reason, .. }) => {
                 *report.refused.entry(format!("{reason:?}")).or_default() += 1;
@@ -577,7 +590,9 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         ));
     }
 
-    // Heartbeat, each agent on its own task, first beats spread over one interval.
+    // Heartbeat, each agent on its own task. After waves, first beats are
+    // spread over one interval; a paced agent's first beat comes one interval
+    // after its registration (soon after now if that time has passed).
     let mut stops = Vec::with_capacity(live.len());
     let mut tasks = tokio::task::JoinSet::new();
     let crashes: Arc<std::sync::Mutex<Vec<Option<CancellationToken>>>> =
@@ -588,7 +603,22 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         let stop = shutdown.child_token();
         stops.push(stop.clone());
         let interval = opts.heartbeat;
-        let offset = interval.mul_f64((i as f64 * 0.618_034) % 1.0);
+        let spread = (i as f64 * 0.618_034) % 1.0;
+        let offset = match opts.join_rate.filter(|r| *r > 0.0) {
+            None => interval.mul_f64(spread),
+            Some(_) => {
+                let (due, now) = (answered[i] + interval, Instant::now());
+                if due > now {
+                    due - now
+                } else {
+                    // Overdue: spread over what is left of the failure window
+                    // (keeping one interval in hand), not all at once.
+                    let silent = now - answered[i];
+                    let slack = opts.failure_window.saturating_sub(interval + silent);
+                    slack.min(interval).mul_f64(spread)
+                }
+            }
+        };
         let (load, task_load) = (load.clone(), opts.tasks.clone());
         let (crashes, rereg) = (crashes.clone(), rereg.clone());
         tasks.spawn(async move {
