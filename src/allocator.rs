@@ -130,6 +130,7 @@ async fn round(
         let depths = shared.tasks.queue_depths(conn).await?;
         for (pool, depth) in PoolType::ALL.into_iter().zip(depths) {
             metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(depth as f64);
+            shared.note_queue(pool, depth);
             if depth > 0 && !pools.contains(&pool) {
                 pools.push(pool);
             }
@@ -146,6 +147,7 @@ async fn round(
         for (pool, r) in rounds {
             let (assigned, queued) = r?;
             metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(queued as f64);
+            shared.note_queue(pool, queued);
             if assigned > 0 {
                 assigned_any = true;
                 metrics::counter!(m::TASKS_ASSIGNED, "pool" => pool.as_str()).increment(assigned);

@@ -59,6 +59,10 @@ pub struct Shared {
     pub alloc_wake: tokio::sync::Notify,
     /// Pools (bit per [`PoolType::index`]) the allocator should look at next.
     pub dirty_pools: std::sync::atomic::AtomicU32,
+    /// Pools where tasks may be waiting, as of the allocator's last look (a
+    /// bit per pool, all set at start). An agent freeing up or joining wakes
+    /// the allocator only for these: an empty queue needs no round trip.
+    pub waiting_pools: std::sync::atomic::AtomicU32,
     /// New registrations per pool since start (the scaler's fulfilment check).
     pub(crate) registered_counts: [AtomicU64; 16],
     fenced: AtomicBool,
@@ -95,17 +99,44 @@ impl Shared {
         }
     }
 
-    /// Asks the allocator to look at one pool (a task arrived, an agent freed up).
+    /// Asks the allocator to look at one pool: a task arrived or came back.
     pub fn wake_pool(&self, pool: PoolType) {
+        self.waiting_pools
+            .fetch_or(1 << pool.index(), Ordering::AcqRel);
         self.dirty_pools
             .fetch_or(1 << pool.index(), Ordering::AcqRel);
         self.alloc_wake.notify_one();
     }
 
+    /// An agent of `pool` joined or freed up: the allocator looks at the pool
+    /// if tasks may be waiting there (the tick looks at every queue anyway).
+    pub fn agent_free(&self, pool: PoolType) {
+        if self.waiting_pools.load(Ordering::Acquire) & (1 << pool.index()) != 0 {
+            self.dirty_pools
+                .fetch_or(1 << pool.index(), Ordering::AcqRel);
+            self.alloc_wake.notify_one();
+        }
+    }
+
     /// Asks the allocator to look at every pool.
     pub fn wake_all(&self) {
+        self.waiting_pools.store(u32::MAX, Ordering::Release);
         self.dirty_pools.store(u32::MAX, Ordering::Release);
         self.alloc_wake.notify_one();
+    }
+
+    /// Records what the allocator saw of a pool's queue.
+    pub(crate) fn note_queue(&self, pool: PoolType, depth: u64) {
+        let bit = 1 << pool.index();
+        if depth > 0 {
+            self.waiting_pools.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.waiting_pools.fetch_and(!bit, Ordering::AcqRel);
+            // A task that arrived since the look has marked the pool dirty.
+            if self.dirty_pools.load(Ordering::Acquire) & bit != 0 {
+                self.waiting_pools.fetch_or(bit, Ordering::AcqRel);
+            }
+        }
     }
 
     /// Counts tasks given back by an agent and lets the allocator hand them out.
@@ -203,6 +234,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         listening_since: AtomicU64::new(0),
         alloc_wake: tokio::sync::Notify::new(),
         dirty_pools: std::sync::atomic::AtomicU32::new(0),
+        waiting_pools: std::sync::atomic::AtomicU32::new(u32::MAX),
         registered_counts: Default::default(),
         fenced: AtomicBool::new(false),
         shutdown,
@@ -466,7 +498,7 @@ async fn handle(
                 Some(ReportOutcome::Running) => {}
                 Some(ReportOutcome::Completed(p)) => {
                     metrics::counter!(m::TASKS_COMPLETED, "pool" => pool(p)).increment(1);
-                    wake(shared, p);
+                    freed(shared, p);
                 }
                 Some(ReportOutcome::Retrying(p)) => {
                     metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
@@ -477,7 +509,7 @@ async fn handle(
                     metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
                     metrics::counter!(m::TASKS_DEAD, "pool" => pool(p)).increment(1);
                     warn!(task_id = %r.task_id, "task out of retries: dead-lettered");
-                    wake(shared, p);
+                    freed(shared, p);
                 }
             }
             Ok(())
@@ -579,7 +611,7 @@ async fn register(
                     Ok(RegisterOutcome::Registered {
                         announced: true, ..
                     }) => {
-                        shared.wake_pool(pool);
+                        shared.agent_free(pool);
                         crate::scaler::note_registered(shared, pool);
                         metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
                             .increment(1);
@@ -634,7 +666,7 @@ async fn register(
     };
 
     if let Some(Event::AgentRegistered { pool, .. }) = &event {
-        shared.wake_pool(*pool);
+        shared.agent_free(*pool);
     }
     let mut p = redis::pipe();
     p.publish(keys.agent_channel(&r.agent_id), json(&reply))
@@ -751,10 +783,18 @@ async fn submit_task(
     publish(conn, channel, &reply).await
 }
 
-/// The agent that reported freed a slot in `pool`.
+/// A task of `pool` went back to its queue (a retry).
 fn wake(shared: &Shared, pool: Option<PoolType>) {
     match pool {
         Some(p) => shared.wake_pool(p),
+        None => shared.wake_all(),
+    }
+}
+
+/// The agent that reported freed a slot in `pool`.
+fn freed(shared: &Shared, pool: Option<PoolType>) {
+    match pool {
+        Some(p) => shared.agent_free(p),
         None => shared.wake_all(),
     }
 }
