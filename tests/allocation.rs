@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use fleet_commander::agent::{Assignment, Outcome};
 use fleet_commander::pool::PoolType;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,6 +104,56 @@ async fn a_task_waits_for_an_agent_with_its_capabilities() {
         s.cancel();
     }
     let _ = (t1.await, t2.await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_joining_where_no_task_waits_cost_no_allocation_round_trip() {
+    let h = Harness::start().await;
+    // What Redis itself runs (the metrics are shared by the tests in this
+    // process): an allocation is the one script call that names a queue.
+    let mut monitor = h.client.get_async_monitor().await.unwrap();
+    let mut seen = monitor.on_message::<String>();
+    let queue = format!("\"{}\"", h.keys.queue(PoolType::Tester));
+    let mut agents = Vec::new();
+    for i in 0..12 {
+        let mut a = h.agent(&format!("t-{i}"), PoolType::Tester).await;
+        a.register(T).await.unwrap();
+        agents.push(a);
+    }
+    let marker = "end-of-joins";
+    let _: String = redis::cmd("ECHO")
+        .arg(marker)
+        .query_async(&mut h.conn().await)
+        .await
+        .unwrap();
+    let mut allocations = 0;
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = seen.next().await {
+            if line.contains(marker) {
+                return;
+            }
+            if line.contains("\"EVALSHA\"") && line.contains(&queue) {
+                allocations += 1;
+            }
+        }
+    })
+    .await
+    .expect("the marker command was not seen");
+    // Each registration used to wake an allocation script for its pool; with
+    // an empty queue there is nothing to hand out. (At most the rounds before
+    // the allocator's first look at the queues.)
+    assert!(
+        allocations <= 2,
+        "{allocations} allocation scripts for 12 joins into an empty pool"
+    );
+    drop(seen);
+    // A task that waits is still handed to the next agent to join.
+    let id = submit(&h, json!({"pool": "ui"})).await;
+    let (s, t) = start_agent(&h, "ui-1", PoolType::Ui, &[], None).await;
+    let t1 = wait_state(&h, &id, "completed").await;
+    assert_eq!(t1["agentId"], "ui-1");
+    s.cancel();
+    let _ = t.await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
