@@ -83,6 +83,8 @@ lat("re-registration under churn", r["churn_registration"])
 lat("allocation (submit -> agent holds the task)", t["dispatch"])
 lat("fleet status (HTTP)", r["status"])
 lat("the machine's floor: Redis PING from the simulator, every 10 ms", r["redis_ping"])
+w = r["wakeup_delay"]
+lat("the machine's floor: how late a thread wakes from a 1 ms sleep", w["late"])
 print()
 print(f"tasks: {t['completed']}/{t['submitted']} completed, {t['throughput_per_sec']:.0f}/s")
 print(f"heartbeats handled: {r['heartbeats_per_sec']:.0f}/s; churn: {r['churned']} agents restarted")
@@ -92,6 +94,8 @@ print(f"detection: {r['detected']}/{r['stopped']} killed agents, p50 {d['p50_ms'
 print(f"commander CPU: {c['tasks_cpu_percent']:.1f}% of a core during the task load, "
       f"{c['steady_cpu_percent']:.1f}% over {c['steady_secs']:.0f} s after it (heartbeats, churn, detection)")
 print(f"commander memory: RSS {c['rss_mb']:.1f} MB, peak {c['peak_rss_mb']:.1f} MB")
+print(f"the machine: a sleeping thread woke {w['long']} times 5 ms or more late, "
+      f"{w['long_time_percent']:.2f}% of the run (every process here is delayed alike)")
 print("\n| measured inside the commander (its histograms) | p50 | p99 | samples |")
 print("|---|---|---|---|")
 for name, m in r["commander_latency"].items():

@@ -148,6 +148,9 @@ pub struct SimReport {
     /// the whole run, on a connection of its own. No fleet operation can have
     /// a shorter tail than this round trip.
     pub redis_ping: Latency,
+    /// The machine's scheduling floor: how late a thread of the simulator
+    /// wakes from a 1 ms sleep, for the whole run. Redis needs no part in it.
+    pub wakeup_delay: Stalls,
     /// The commander's resource use, when its pid was given.
     pub commander: Option<Usage>,
     /// Heartbeats the commander handled per second after the task load
@@ -155,6 +158,71 @@ pub struct SimReport {
     pub heartbeats_per_sec: Option<f64>,
     /// Latencies the commander measured itself, by histogram name.
     pub commander_latency: std::collections::BTreeMap<String, Measured>,
+}
+
+/// How late a sleeping thread woke: the machine's own stalls (a busy or
+/// overcommitted host delays every process, the commander's included).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stalls {
+    pub late: Latency,
+    /// Wakes later than [`Stalls::LONG`], and the share of the run's time
+    /// they took (a latency p99 under 5 ms needs well under 1%).
+    pub long: u64,
+    pub long_time_percent: f64,
+}
+
+impl Stalls {
+    pub const LONG: Duration = Duration::from_millis(5);
+}
+
+/// Sleeps 1 ms at a time on a thread of its own, until finished or dropped.
+struct StallProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Stalls>>,
+}
+
+impl StallProbe {
+    fn start() -> StallProbe {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut h, mut long, mut long_time) = (hist(), 0, Duration::ZERO);
+            let started = Instant::now();
+            let nap = Duration::from_millis(1);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                std::thread::sleep(nap);
+                let late = t.elapsed().saturating_sub(nap);
+                h.record(late.as_micros().max(1) as u64).ok();
+                if late >= Stalls::LONG {
+                    long += 1;
+                    long_time += late;
+                }
+            }
+            Stalls {
+                late: Latency::from(&h),
+                long,
+                long_time_percent: 100.0 * long_time.as_secs_f64()
+                    / started.elapsed().as_secs_f64().max(1e-9),
+            }
+        });
+        StallProbe {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Stalls {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let thread = self.thread.take().expect("finished once");
+        thread.join().unwrap_or_default()
+    }
+}
+
+impl Drop for StallProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The commander's CPU and memory (from /proc).
@@ -373,6 +441,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     });
 
     // The machine's floor, measured alongside everything else.
+    let probe = StallProbe::start();
     let ping_hist = Arc::new(std::sync::Mutex::new(hist()));
     let stop_ping = shutdown.child_token();
     {
@@ -840,6 +909,12 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     progress.line(&format!(
         "the machine's floor: PING to Redis every 10 ms, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         report.redis_ping.p50_ms, report.redis_ping.p99_ms, report.redis_ping.max_ms
+    ));
+    report.wakeup_delay = probe.finish();
+    let w = &report.wakeup_delay;
+    progress.line(&format!(
+        "the machine's floor: a thread sleeping 1 ms wakes late by p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} times by {} ms or more ({:.2}% of the run)",
+        w.late.p50_ms, w.late.p99_ms, w.late.max_ms, w.long, Stalls::LONG.as_millis(), w.long_time_percent
     ));
     if report.churned > 0 {
         progress.line(&format!(
