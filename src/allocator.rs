@@ -4,9 +4,11 @@
 //!
 //! Every decision is a Lua script (see `src/lua/allocate.lua`): the claim of a
 //! task by an agent is atomic in Redis, so two loops or two commanders can
-//! never hand one task to two agents. The allocator wakes when a task arrives
-//! or an agent frees up, and every tick regardless; the reaper's scans run on
-//! their own tick, so a new task never waits behind them.
+//! never hand one task to two agents. A submission runs its pool's allocation
+//! in the same round trip (see `TaskStore::submit_and_allocate`); this loop
+//! serves what that leaves: it wakes when an agent frees up in a pool where
+//! tasks wait, and every tick regardless. The reaper's scans run on their own
+//! tick, so a new task never waits behind them.
 
 use crate::commander::{pause, publish, Shared};
 use crate::metrics as m;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// Tasks one script call may assign; a pool that fills it is served again at once.
-const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 /// How often the allocator looks even when nothing woke it.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -146,8 +148,8 @@ async fn round(
         pools.clear();
         for (pool, r) in rounds {
             let (assigned, queued) = r?;
-            metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(queued as f64);
             shared.note_queue(pool, queued);
+            metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(queued as f64);
             if assigned > 0 {
                 assigned_any = true;
                 metrics::counter!(m::TASKS_ASSIGNED, "pool" => pool.as_str()).increment(assigned);
@@ -161,4 +163,24 @@ async fn round(
         metrics::histogram!(m::ALLOCATION_SECONDS).record(started.elapsed());
     }
     Ok(())
+}
+
+/// Records an allocation made beside a submission (one pool, one script
+/// call begun at `started`); a full batch leaves the rest to the allocator.
+pub(crate) fn record(
+    shared: &Shared,
+    pool: PoolType,
+    assigned: u64,
+    queued: u64,
+    started: Instant,
+) {
+    shared.note_queue(pool, queued);
+    metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(queued as f64);
+    if assigned > 0 {
+        metrics::counter!(m::TASKS_ASSIGNED, "pool" => pool.as_str()).increment(assigned);
+        metrics::histogram!(m::ALLOCATION_SECONDS).record(started.elapsed());
+    }
+    if assigned as usize >= BATCH {
+        shared.wake_pool(pool);
+    }
 }

@@ -712,10 +712,19 @@ pub async fn submit(
             return Ok(Err((reason, detail)));
         }
     };
-    let out = shared.tasks.submit(conn, &valid, now_ms()).await?;
+    let started = Instant::now();
+    let (out, allocated) = shared
+        .tasks
+        .submit_and_allocate(conn, &valid, crate::allocator::BATCH, now_ms())
+        .await?;
+    match allocated {
+        Some((assigned, queued)) => {
+            crate::allocator::record(shared, valid.pool, assigned, queued, started)
+        }
+        None => shared.wake_pool(valid.pool),
+    }
     if let Submitted::Accepted(t) = &out {
         let id = &t.id;
-        shared.wake_pool(valid.pool);
         metrics::counter!(m::TASKS_SUBMITTED, "pool" => valid.pool.as_str()).increment(1);
         debug!(task_id = %id, pool = %valid.pool, "task accepted");
     }

@@ -3,6 +3,7 @@
 use crate::commander::Shared;
 use crate::metrics as m;
 use crate::protocol::valid_agent_id;
+use crate::registry::RegistryError;
 use crate::status::{Fairness, PoolView};
 use crate::task::Submission;
 use crate::tasks::{Cancelled, Submitted};
@@ -117,6 +118,7 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
     let redis_ok = redis::cmd("PING")
         .query_async::<String>(&mut s.redis.clone())
         .await
+        .inspect_err(m::note_redis_error)
         .is_ok();
     let listening = s.is_listening();
     let body =
@@ -177,7 +179,7 @@ async fn drain_pool(State(s): State<Arc<Shared>>, Path(pool): Path<String>) -> R
         .await
     {
         Ok(ids) => ids,
-        Err(e) => return unavailable(e),
+        Err(e) => return unavailable(RegistryError::from(e)),
     };
     let now = crate::registry::now_ms();
     let mut drained = Vec::new();
@@ -246,7 +248,7 @@ async fn set_pool_size(
     };
     match r {
         Ok(v) => Json(v).into_response(),
-        Err(e) => unavailable(e),
+        Err(e) => unavailable(RegistryError::from(e)),
     }
 }
 

@@ -94,9 +94,7 @@ pub fn install() -> PrometheusHandle {
 }
 
 /// Runs one Redis round trip (a script call) and records its duration in
-/// `fleet_redis_command_duration_seconds{op}`. A dropped connection (which
-/// makes the connection manager reconnect) is counted in
-/// `fleet_redis_reconnects_total{conn="commands"}`.
+/// `fleet_redis_command_duration_seconds{op}`.
 pub async fn timed<T>(
     op: &'static str,
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -104,12 +102,18 @@ pub async fn timed<T>(
     let t = std::time::Instant::now();
     let out = f.await;
     metrics::histogram!(REDIS_COMMAND_SECONDS, "op" => op).record(t.elapsed().as_secs_f64());
-    if let Err(e) = &out {
-        if e.is_connection_dropped() || e.is_io_error() {
-            metrics::counter!(REDIS_RECONNECTS, "conn" => "commands").increment(1);
-        }
-    }
     out
+}
+
+/// Notes a failed command on the shared command connection: one that failed
+/// because the connection dropped (the connection manager then reconnects)
+/// counts in `fleet_redis_reconnects_total{conn="commands"}`. Every Redis
+/// error that becomes a `RegistryError` passes here, whichever command met
+/// the drop first.
+pub fn note_redis_error(e: &redis::RedisError) {
+    if e.is_connection_dropped() || e.is_io_error() {
+        metrics::counter!(REDIS_RECONNECTS, "conn" => "commands").increment(1);
+    }
 }
 
 /// HELP text for every metric (shown by Prometheus and required by `promtool check metrics`).
@@ -137,7 +141,7 @@ fn describe() {
     c!(REDIS_ERRORS, "Redis commands that failed, by operation.");
     c!(
         REDIS_RECONNECTS,
-        "Connection drops on the command connection, each followed by a reconnect."
+        "Commands that failed because the command connection dropped; each drop makes it reconnect."
     );
     c!(
         SUBSCRIBER_RECONNECTS,

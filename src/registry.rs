@@ -46,11 +46,18 @@ pub enum RegistryError {
     #[error("fenced: a newer commander holds the epoch")]
     Fenced,
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[source] redis::RedisError),
     #[error("unexpected reply: {0}")]
     Parse(#[from] redis::ParsingError),
     #[error("unexpected reply from script: {0}")]
     Protocol(String),
+}
+
+impl From<redis::RedisError> for RegistryError {
+    fn from(e: redis::RedisError) -> Self {
+        crate::metrics::note_redis_error(&e);
+        RegistryError::Redis(e)
+    }
 }
 
 /// A script's error: `FENCED` means a newer commander took over.
@@ -58,7 +65,7 @@ pub(crate) fn from_script(e: redis::RedisError) -> RegistryError {
     if e.code() == Some("FENCED") {
         RegistryError::Fenced
     } else {
-        RegistryError::Redis(e)
+        e.into()
     }
 }
 

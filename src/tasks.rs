@@ -83,6 +83,53 @@ impl TaskStore {
         now: u64,
     ) -> Result<Submitted> {
         let id = uuid::Uuid::new_v4().to_string();
+        let inv = self.submit_invocation(t, &id, now);
+        let reply: Vec<String> = crate::metrics::timed("submit", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        Self::submitted(reply, id, t, now)
+    }
+
+    /// Persists a task and runs its pool's allocation in the same round trip
+    /// (a pipeline), so that a task which finds a free agent is handed out at
+    /// once. The allocation's (assigned, still queued), or None if it failed:
+    /// then the allocator must look at the pool.
+    pub async fn submit_and_allocate(
+        &self,
+        conn: &mut impl ConnectionLike,
+        t: &ValidTask,
+        max: usize,
+        now: u64,
+    ) -> Result<(Submitted, Option<(u64, u64)>)> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut p = redis::pipe();
+        p.ignore_errors()
+            .invoke_script(&self.submit_invocation(t, &id, now))
+            .invoke_script(&self.allocate_invocation(t.pool, max, now));
+        let mut replies: Vec<redis::RedisResult<Value>> =
+            crate::metrics::timed("submit", p.query_async(conn)).await?;
+        let allocated = replies.pop().and_then(|r| r.ok());
+        let submitted = match replies.pop() {
+            Some(Ok(v)) => redis::from_redis_value(v)?,
+            // Scripts flushed (a Redis restart): nothing ran; the plain call reloads them.
+            Some(Err(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                return Ok((self.submit(conn, t, now).await?, None));
+            }
+            Some(Err(e)) => return Err(from_script(e)),
+            None => return Err(RegistryError::Protocol("submit: no reply".into())),
+        };
+        let allocated = allocated.and_then(|v| redis::from_redis_value::<(u64, u64)>(v).ok());
+        Ok((Self::submitted(submitted, id, t, now)?, allocated))
+    }
+
+    fn submit_invocation(
+        &self,
+        t: &ValidTask,
+        id: &str,
+        now: u64,
+    ) -> redis::ScriptInvocation<'static> {
         let client = t.client_id.as_deref().unwrap_or("");
         let client_key = if client.is_empty() {
             self.keys.task_client("-")
@@ -92,11 +139,11 @@ impl TaskStore {
         let caps = serde_json::to_string(&t.capabilities).unwrap_or_else(|_| "[]".into());
         let mut inv = SUBMIT.prepare_invoke();
         inv.key(self.keys.epoch())
-            .key(self.keys.task(&id))
+            .key(self.keys.task(id))
             .key(client_key)
             .key(self.keys.queue(t.pool))
             .arg(self.epoch)
-            .arg(&id)
+            .arg(id)
             .arg(client)
             .arg(t.pool.as_str())
             .arg(caps)
@@ -107,9 +154,10 @@ impl TaskStore {
             .arg(now)
             .arg(queue_score(now, t.priority, &self.cfg))
             .arg(self.cfg.idempotency_ttl_ms);
-        let reply: Vec<String> = crate::metrics::timed("submit", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
+        inv
+    }
+
+    fn submitted(reply: Vec<String>, id: String, t: &ValidTask, now: u64) -> Result<Submitted> {
         match (reply.first().map(String::as_str), reply.get(1)) {
             (Some("accepted"), Some(_)) => Ok(Submitted::Accepted(Box::new(TaskRecord {
                 id,
@@ -248,6 +296,19 @@ impl TaskStore {
         max: usize,
         now: u64,
     ) -> Result<(u64, u64)> {
+        let inv = self.allocate_invocation(pool, max, now);
+        let r: (u64, u64) = crate::metrics::timed("allocate", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        Ok(r)
+    }
+
+    fn allocate_invocation(
+        &self,
+        pool: PoolType,
+        max: usize,
+        now: u64,
+    ) -> redis::ScriptInvocation<'static> {
         let mut inv = ALLOCATE.prepare_invoke();
         inv.key(self.keys.epoch())
             .key(self.keys.queue(pool))
@@ -264,10 +325,7 @@ impl TaskStore {
             .arg(self.keys.task_evidence_prefix())
             .arg(EVIDENCE_CAP)
             .arg(self.cfg.retention_ms);
-        let r: (u64, u64) = crate::metrics::timed("allocate", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        Ok(r)
+        inv
     }
 
     /// Applies an agent's report. `Ok(None)` for a report about an attempt

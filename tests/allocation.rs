@@ -788,3 +788,24 @@ async fn failing_agents_never_quarantine_more_than_the_pools_cap() {
         let _ = task.await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_after_redis_forgot_the_scripts_is_kept_and_served() {
+    let h = Harness::start().await;
+    let w = work(|_: Assignment| async move { Outcome::Complete(json!("done")) });
+    let (stop, task) = start_agent(&h, "w-1", PoolType::Coder, &[], Some(w)).await;
+    // As after a Redis restart: submission and allocation go out in one
+    // pipeline of EVALSHAs, which now fail with NOSCRIPT.
+    let mut c = h.conn().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let id = submit(&h, json!({"pool": "coder", "payload": 1})).await;
+    let t = wait_state(&h, &id, "completed").await;
+    assert_eq!(t["agentId"], "w-1");
+    assert_eq!(t["result"], json!("done"));
+    stop.cancel();
+    let _ = task.await;
+}
