@@ -40,7 +40,7 @@ open(sys.argv[1], "w").write(text)
 PY
 fi
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --maxclients 20000 --daemonize yes >/dev/null
+  --maxclients 20000 --slowlog-log-slower-than 2000 --slowlog-max-len 1024 --daemonize yes >/dev/null
 cleanup() {
   kill "${cmd_pid:-0}" 2>/dev/null || true
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
@@ -67,6 +67,14 @@ time env ${SIM_THREADS:+TOKIO_WORKER_THREADS=$SIM_THREADS} "$bin" --config "$con
   --churn-per-sec "$(python3 -c "print($agents * 0.002)")" --stop 20 --hold-secs "$hold" \
   --commander-pid "$cmd_pid" --report "$out/load-$agents.json"
 python3 -c "print(f'redis-server: {100 * ($(redis_cpu) - $r0) / ($(date +%s.%N) - $t0):.1f}% of a core over the whole run')"
+# Commands that held Redis (single-threaded: everyone waits) 2 ms or more.
+redis-cli -p "$port" --json slowlog get 1024 | python3 -c '
+import json, sys
+slow = json.load(sys.stdin)
+print(f"redis-server: {len(slow)} commands took 2 ms or more inside Redis", end="")
+top = sorted(slow, key=lambda e: -e[2])[:3]
+print(": " + ", ".join(f"{e[3][0]} {e[2] / 1000:.1f} ms" for e in top) if top else "")
+'
 
 python3 - "$out/load-$agents.json" <<'PY'
 import json, sys
