@@ -253,6 +253,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         crate::health::detector(shared.clone(), detector_conn).instrument(info_span!("detector")),
     );
     tasks.spawn(status_loop(shared.clone()).instrument(info_span!("status")));
+    tasks.spawn(m::watch_runtime_lag(shared.shutdown_token().clone()));
     tasks.spawn(
         crate::allocator::allocator(shared.clone(), allocator_conn)
             .instrument(info_span!("allocator")),

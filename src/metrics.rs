@@ -47,6 +47,7 @@ pub const HEARTBEAT_SECONDS: &str = "fleet_heartbeat_duration_seconds";
 pub const STATUS_QUERY_SECONDS: &str = "fleet_status_query_duration_seconds";
 pub const REDIS_RECONNECTS: &str = "fleet_redis_reconnects_total";
 pub const REDIS_COMMAND_SECONDS: &str = "fleet_redis_command_duration_seconds";
+pub const RUNTIME_LAG_SECONDS: &str = "fleet_runtime_lag_seconds";
 pub const POOL_MIN_AGENTS: &str = "fleet_pool_min_agents";
 pub const POOL_MAX_AGENTS: &str = "fleet_pool_max_agents";
 
@@ -103,6 +104,23 @@ pub async fn timed<T>(
     let out = f.await;
     metrics::histogram!(REDIS_COMMAND_SECONDS, "op" => op).record(t.elapsed().as_secs_f64());
     out
+}
+
+/// Records in `fleet_runtime_lag_seconds`, every 100 ms, how late the
+/// runtime woke this task: a stall that delays every message, whether
+/// something in the commander held the runtime or the machine did not run
+/// the process. (Tokio's timer has 1 ms granularity: up to 1 ms is normal.)
+pub async fn watch_runtime_lag(shutdown: tokio_util::sync::CancellationToken) {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+    loop {
+        let due = tokio::time::Instant::now() + EVERY;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        let late = tokio::time::Instant::now().saturating_duration_since(due);
+        metrics::histogram!(RUNTIME_LAG_SECONDS).record(late.as_secs_f64());
+    }
 }
 
 /// Notes a failed command on the shared command connection: one that failed
@@ -226,6 +244,11 @@ fn describe() {
         REGISTRATION_SECONDS,
         metrics::Unit::Seconds,
         "Time to handle a registration (message in to reply out)."
+    );
+    h!(
+        RUNTIME_LAG_SECONDS,
+        metrics::Unit::Seconds,
+        "How late the commander's runtime runs a timer due every 100 ms: the time every task in it waited (the runtime busy, or the process not scheduled)."
     );
     h!(
         HEARTBEAT_SECONDS,

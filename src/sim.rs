@@ -277,6 +277,8 @@ pub struct Measured {
     /// Upper bounds of the buckets holding the quantile, interpolated.
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Samples above 5 ms (the bucket bound).
+    pub over_5ms: u64,
 }
 
 /// p50 and p99 of a histogram in Prometheus text, all label sets summed,
@@ -317,10 +319,16 @@ pub fn histogram_quantiles(text: &str, name: &str) -> Option<Measured> {
         }
         lo
     };
+    let within_5ms = b
+        .iter()
+        .rev()
+        .find(|&&(le, _)| le <= 0.005)
+        .map_or(0.0, |&(_, n)| n);
     Some(Measured {
         count: total as u64,
         p50_ms: q(0.5) * 1000.0,
         p99_ms: q(0.99) * 1000.0,
+        over_5ms: (total - within_5ms) as u64,
     })
 }
 
@@ -891,11 +899,12 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                 crate::metrics::ALLOCATION_SECONDS,
                 crate::metrics::STATUS_QUERY_SECONDS,
                 crate::metrics::REDIS_COMMAND_SECONDS,
+                crate::metrics::RUNTIME_LAG_SECONDS,
             ] {
                 if let Some(m) = histogram_quantiles(&text, name) {
                     progress.line(&format!(
-                        "commander-measured {name}: p50 {:.3} ms, p99 {:.3} ms ({} samples)",
-                        m.p50_ms, m.p99_ms, m.count
+                        "commander-measured {name}: p50 {:.3} ms, p99 {:.3} ms ({} samples, {} over 5 ms)",
+                        m.p50_ms, m.p99_ms, m.count, m.over_5ms
                     ));
                     report.commander_latency.insert(name.to_string(), m);
                 }
@@ -1201,6 +1210,9 @@ mod tests {
         assert_eq!(m.count, 200);
         assert!((m.p50_ms - 1.0).abs() < 1e-9, "{m:?}");
         assert!((m.p99_ms - 1.98).abs() < 1e-9, "{m:?}");
+        assert_eq!(m.over_5ms, 0);
+        let slow = "x_bucket{le=\"0.005\"} 7\nx_bucket{le=\"0.01\"} 9\nx_bucket{le=\"+Inf\"} 10\n";
+        assert_eq!(histogram_quantiles(slow, "x").unwrap().over_5ms, 3);
         assert!(histogram_quantiles(text, "y").is_none());
     }
 
