@@ -148,13 +148,8 @@ async fn round(
         pools.clear();
         for (pool, r) in rounds {
             let (assigned, queued) = r?;
-            shared.note_queue(pool, queued);
-            metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(queued as f64);
-            if assigned > 0 {
-                assigned_any = true;
-                metrics::counter!(m::TASKS_ASSIGNED, "pool" => pool.as_str()).increment(assigned);
-            }
-            if assigned as usize >= BATCH {
+            assigned_any |= assigned > 0;
+            if noted(shared, pool, assigned, queued) {
                 pools.push(pool);
             }
         }
@@ -163,6 +158,16 @@ async fn round(
         metrics::histogram!(m::ALLOCATION_SECONDS).record(started.elapsed());
     }
     Ok(())
+}
+
+/// Notes one pool's allocation; true when it filled a batch (more may wait).
+fn noted(shared: &Shared, pool: PoolType, assigned: u64, queued: u64) -> bool {
+    shared.note_queue(pool, queued);
+    metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(queued as f64);
+    if assigned > 0 {
+        metrics::counter!(m::TASKS_ASSIGNED, "pool" => pool.as_str()).increment(assigned);
+    }
+    assigned as usize >= BATCH
 }
 
 /// Records an allocation made beside a submission (one pool, one script
@@ -174,13 +179,10 @@ pub(crate) fn record(
     queued: u64,
     started: Instant,
 ) {
-    shared.note_queue(pool, queued);
-    metrics::gauge!(m::QUEUE_DEPTH, "pool" => pool.as_str()).set(queued as f64);
     if assigned > 0 {
-        metrics::counter!(m::TASKS_ASSIGNED, "pool" => pool.as_str()).increment(assigned);
         metrics::histogram!(m::ALLOCATION_SECONDS).record(started.elapsed());
     }
-    if assigned as usize >= BATCH {
+    if noted(shared, pool, assigned, queued) {
         shared.wake_pool(pool);
     }
 }

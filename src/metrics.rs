@@ -258,7 +258,7 @@ fn describe() {
     h!(
         ALLOCATION_SECONDS,
         metrics::Unit::Seconds,
-        "Time of one allocation round (a script call handing out tasks)."
+        "Time to hand out tasks: an allocator round, or a submission's persist-and-allocate round trip, that assigned at least one."
     );
     h!(
         STATUS_QUERY_SECONDS,
