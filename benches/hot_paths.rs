@@ -11,16 +11,18 @@
 //! (The load scenario is benches/loadtest.sh.)
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use fleet_commander::config::write_settings;
 use fleet_commander::config::Config;
-use fleet_commander::keys::Keys;
-use fleet_commander::pool::{AgentStatus, PoolType};
-use fleet_commander::protocol::{decode, Channel, Resources};
-use fleet_commander::redis_server::RedisServer;
-use fleet_commander::registry::{now_ms, Counts, NewAgent, Registry};
 use fleet_commander::scaler::{decide, PoolState, Sample};
-use fleet_commander::status::{render, FleetStatus};
-use fleet_commander::task::ValidTask;
-use fleet_commander::tasks::{write_settings, TaskStore};
+use fleet_protocol::now_ms;
+use fleet_protocol::pool::{AgentStatus, PoolType};
+use fleet_protocol::status::render;
+use fleet_protocol::task::ValidTask;
+use fleet_protocol::{decode, Channel, Resources};
+use fleet_store::registry::{Counts, NewAgent, Registry};
+use fleet_store::tasks::TaskStore;
+use fleet_store::Keys;
+use fleet_testkit::RedisServer;
 use std::hint::black_box;
 
 fn config() -> Config {
@@ -64,11 +66,17 @@ fn status_assembly(c: &mut Criterion) {
     let counts = counts(60);
     let mut g = c.benchmark_group("status");
     g.bench_function("assemble", |b| {
-        b.iter(|| FleetStatus::assemble(&config, black_box(&counts), 1))
+        b.iter(|| fleet_commander::status::fleet(&config, black_box(&counts), 1))
     });
-    let s = FleetStatus::assemble(&config, &counts, 1);
+    let s = fleet_commander::status::fleet(&config, &counts, 1);
     g.bench_function("assemble_json", |b| {
-        b.iter(|| serde_json::to_vec(&FleetStatus::assemble(&config, black_box(&counts), 1)))
+        b.iter(|| {
+            serde_json::to_vec(&fleet_commander::status::fleet(
+                &config,
+                black_box(&counts),
+                1,
+            ))
+        })
     });
     g.bench_function("render_table", |b| b.iter(|| render(black_box(&s))));
     g.finish();
@@ -105,14 +113,14 @@ fn allocation(c: &mut Criterion) {
     config.pools.get_mut(&PoolType::Coder).unwrap().max_agents = 1500;
     let keys = Keys::new(config.fleet.prefix.clone());
     let (mut conn, registry, tasks) = rt.block_on(async {
-        let client = fleet_commander::connection::client(&redis.url()).unwrap();
+        let client = fleet_store::connection::client(&redis.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let epoch = Registry::claim_epoch(&mut conn, &keys).await.unwrap();
         Registry::load_scripts(&mut conn).await.unwrap();
         TaskStore::load_scripts(&mut conn).await.unwrap();
         write_settings(&mut conn, &keys, &config).await.unwrap();
         let registry = Registry::new(keys.clone(), epoch);
-        let tasks = TaskStore::new(keys.clone(), epoch, config.tasks.clone());
+        let tasks = TaskStore::new(keys.clone(), epoch, config.task_policy());
         (conn, registry, tasks)
     });
     rt.block_on(async {

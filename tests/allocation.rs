@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use fleet_commander::agent::{Assignment, Outcome};
-use fleet_commander::pool::PoolType;
+use fleet_agent::{Assignment, Outcome};
+use fleet_protocol::pool::PoolType;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_is_assigned_acknowledged_and_completed() {
     let h = Harness::start().await;
-    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let mut events = h.listen(&h.keys.channels().allocation()).await;
     let w = work(|a: Assignment| async move {
         Outcome::Complete(json!({"doubled": a.payload["n"].as_i64().unwrap() * 2}))
     });
@@ -92,7 +92,7 @@ async fn a_task_waits_for_an_agent_with_its_capabilities() {
     // Several allocator ticks with only a cpu agent: still queued.
     let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
     assert_eq!(t["state"], "queued");
-    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let mut events = h.listen(&h.keys.channels().allocation()).await;
     let unassigned = events
         .collect_for(Duration::from_millis(300), |v| v["taskId"] == id.as_str())
         .await;
@@ -159,12 +159,12 @@ async fn agents_joining_where_no_task_waits_cost_no_allocation_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_and_late_results_are_ignored_and_counted() {
     let h = Harness::start().await;
-    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let mut events = h.listen(&h.keys.channels().allocation()).await;
     let (stop, task) = start_agent(&h, "d-1", PoolType::Tester, &[], None).await;
     let id = submit(&h, json!({"pool": "tester", "payload": 7})).await;
     let done = wait_state(&h, &id, "completed").await;
     let before = h.metric("fleet_task_results_ignored_total").await;
-    let results = h.keys.results_channel();
+    let results = h.keys.channels().results();
     // The same completion again, one for an old attempt, one from another agent.
     for (attempt, agent) in [(1, "d-1"), (0, "d-1"), (1, "intruder")] {
         let m = json!({"v": 1, "type": "task_complete", "taskId": id, "attempt": attempt,
@@ -253,7 +253,7 @@ async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_on_an_agent_killed_mid_task_completes_elsewhere_exactly_once() {
     let h = Harness::start().await;
-    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let mut events = h.listen(&h.keys.channels().allocation()).await;
     // The first agent takes the task and dies with it.
     let started = Arc::new(tokio::sync::Notify::new());
     let s = started.clone();
@@ -305,12 +305,12 @@ async fn an_unacknowledged_assignment_goes_back_when_its_lease_runs_out() {
             tokio::select! {
                 _ = sm.cancelled() => return mute,
                 _ = tick.tick() => {
-                    let _ = mute.heartbeat(fleet_commander::pool::AgentStatus::Idle, 0.0).await;
+                    let _ = mute.heartbeat(fleet_protocol::pool::AgentStatus::Idle, 0.0).await;
                 }
             }
         }
     });
-    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let mut events = h.listen(&h.keys.channels().allocation()).await;
     let id = submit(&h, json!({"pool": "network", "maxRetries": 20})).await;
     events
         .wait_for("task_requeued", |v| {
@@ -462,7 +462,7 @@ async fn performance_strategy_stops_choosing_an_agent_that_fails() {
         "a failing agent is not chosen again: {who:?}"
     );
     assert_eq!(who.iter().filter(|w| *w == "opt-good").count(), 5);
-    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let mut events = h.listen(&h.keys.channels().allocation()).await;
     let id = submit(&h, json!({"pool": "optimizer"})).await;
     let ev = events
         .wait_for("task_assigned", |v| {
@@ -483,8 +483,8 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
         c.tasks.retry_backoff_ms = 10;
     })
     .await;
-    let mut health = h.listen(&h.keys.health_channel()).await;
-    let mut alloc = h.listen(&h.keys.allocation_channel()).await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
+    let mut alloc = h.listen(&h.keys.channels().allocation()).await;
     let ok = Arc::new(AtomicBool::new(false));
     let o = ok.clone();
     let w = work(move |_a: Assignment| {
@@ -497,7 +497,7 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
             }
         }
     });
-    let spec = fleet_commander::agent::AgentSpec {
+    let spec = fleet_agent::AgentSpec {
         id: "flaky".into(),
         pool: PoolType::Security,
         priority: None,
@@ -579,7 +579,7 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
     let h = Harness::start_with(|c| c.tasks.quarantine_ms = 200).await;
-    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
     // Work that holds each task until the test lets it finish, failing or not.
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -592,7 +592,7 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
             }
         }
     });
-    let spec = fleet_commander::agent::AgentSpec {
+    let spec = fleet_agent::AgentSpec {
         id: "probe".into(),
         pool: PoolType::Coordinator,
         priority: None,
@@ -622,7 +622,7 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
         .await;
 
     // On probation with capacity 3: of three tasks, one runs, two wait.
-    let mut alloc = h.listen(&h.keys.allocation_channel()).await;
+    let mut alloc = h.listen(&h.keys.channels().allocation()).await;
     let ids = [
         submit(&h, json!({"pool": "coordinator", "maxRetries": 0})).await,
         submit(&h, json!({"pool": "coordinator"})).await,
@@ -732,7 +732,7 @@ async fn failing_agents_never_quarantine_more_than_the_pools_cap() {
     .await;
     let mut running = Vec::new();
     for i in 0..4 {
-        let spec = fleet_commander::agent::AgentSpec {
+        let spec = fleet_agent::AgentSpec {
             id: format!("cap-{i}"),
             pool: PoolType::Database,
             priority: None,
@@ -767,7 +767,7 @@ async fn failing_agents_never_quarantine_more_than_the_pools_cap() {
         wait_state(&h, &id, "dead").await;
         tasks += 1;
     }
-    let now = fleet_commander::registry::now_ms();
+    let now = fleet_protocol::now_ms();
     let mut quarantined = 0;
     for i in 0..4 {
         quarantined += usize::from(

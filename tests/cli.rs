@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use fleet_commander::pool::PoolType;
-use fleet_commander::sim::{self, SimOptions};
+use fleet_protocol::pool::PoolType;
+use fleet_sim::sim::{self, SimOptions};
 use std::process::Command;
 use std::time::Duration;
 

@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use fleet_commander::agent::{AgentSpec, Assignment, Outcome, Work};
-use fleet_commander::pool::PoolType;
+use fleet_agent::{AgentSpec, Assignment, Outcome, Work};
+use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -54,12 +54,12 @@ fn free_addr() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill() {
-    let redis = fleet_commander::redis_server::RedisServer::start().expect("redis-server");
-    let client = fleet_commander::connection::client(&redis.url()).unwrap();
-    let keys = fleet_commander::keys::Keys::new("swarm:phase-1");
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let client = fleet_store::connection::client(&redis.url()).unwrap();
+    let keys = fleet_store::Keys::new("swarm:phase-1");
     let addr = free_addr();
     let mut commander = spawn_commander(&redis.url(), &addr).await;
-    let mut events = Events::subscribe(&client, &keys.allocation_channel()).await;
+    let mut events = Events::subscribe(&client, &keys.channels().allocation()).await;
 
     // Four agents; each task takes 30 ms. Executions are counted per task.
     let executions: Arc<Mutex<HashMap<String, u32>>> = Default::default();
@@ -75,13 +75,13 @@ async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill()
                 Outcome::Complete(json!({"by": a.attempt}))
             })
         });
-        let publisher = fleet_commander::connection::connect(&redis.url())
+        let publisher = fleet_store::connection::connect(&redis.url())
             .await
             .unwrap();
-        let mut a = fleet_commander::agent::Agent::connect(
+        let mut a = fleet_agent::Agent::connect(
             &client,
             publisher,
-            keys.clone(),
+            keys.channels().clone(),
             AgentSpec {
                 id: format!("crash-{i}"),
                 pool: PoolType::Coder,

@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use fleet_commander::agent::Agent;
-use fleet_commander::pool::PoolType;
+use fleet_agent::Agent;
+use fleet_protocol::pool::PoolType;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ fn beat(mut a: Agent) -> (CancellationToken, JoinHandle<Agent>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_agent_fails_then_recovers_when_heard_again() {
     let h = Harness::start().await;
-    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
     let mut a = h.agent("hb-1", PoolType::Tester).await;
     a.register(T).await.unwrap();
     let (stop, task) = beat(a);
@@ -84,7 +84,7 @@ async fn silent_agent_fails_then_recovers_when_heard_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_remove_the_agent_and_it_can_register_again() {
     let h = Harness::start_with(|c| c.fleet.max_failures = 2).await;
-    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
     let mut a = h.agent("flaky-1", PoolType::Network).await;
     a.register(T).await.unwrap();
 
@@ -115,7 +115,7 @@ async fn repeated_failures_remove_the_agent_and_it_can_register_again() {
     assert_eq!(fleet["totalAgents"], 0);
 
     // When it comes back, the commander tells it to register again, and it does.
-    let mut registry = h.listen(&h.keys.registry_channel()).await;
+    let mut registry = h.listen(&h.keys.channels().registry()).await;
     let (stop, task) = beat(a);
     let ev = registry
         .wait_for("re-registration", is("agent_registered", "flaky-1"))
@@ -130,7 +130,7 @@ async fn repeated_failures_remove_the_agent_and_it_can_register_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_agent_that_never_returns_is_removed_after_retention() {
     let h = Harness::start_with(|c| c.fleet.failed_retention_ms = 200).await;
-    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
     let mut a = h.agent("gone-1", PoolType::Mobile).await;
     a.register(T).await.unwrap();
     drop(a); // never heartbeats
@@ -154,7 +154,7 @@ async fn no_false_deaths_while_redis_is_frozen_and_detection_resumes_after() {
         a.register(T).await.unwrap();
         running.push(beat(a));
     }
-    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
 
     // Freeze Redis for 3 failure windows: nobody can be heard, nobody is dead.
     h.redis.pause();

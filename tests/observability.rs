@@ -9,8 +9,8 @@ mod common;
 
 use common::*;
 use fleet_commander::config::ScalingPolicy;
-use fleet_commander::pool::PoolType;
-use fleet_commander::sim::{self, SimOptions, TaskLoad};
+use fleet_protocol::pool::PoolType;
+use fleet_sim::sim::{self, SimOptions, TaskLoad};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -262,7 +262,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // A malformed message, refused and counted.
     let mut conn = h.client.get_multiplexed_async_connection().await.unwrap();
     let _: i64 = redis::cmd("PUBLISH")
-        .arg(h.keys.registry_channel())
+        .arg(h.keys.channels().registry())
         .arg("{not json")
         .query_async(&mut conn)
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_agent_from_the_protocol_doc_registers_heartbeats_and_leaves() {
     let h = Harness::start().await;
-    let mut registry = h.listen(&h.keys.registry_channel()).await;
+    let mut registry = h.listen(&h.keys.channels().registry()).await;
     // A task waits for the agent; the Python agent must do it.
     let r = h
         .http

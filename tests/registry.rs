@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
-use fleet_commander::agent::{AgentError, AgentSpec};
-use fleet_commander::pool::{AgentStatus, PoolType};
-use fleet_commander::protocol::{RefusalReason, Resources};
+use fleet_agent::{AgentError, AgentSpec};
+use fleet_protocol::pool::{AgentStatus, PoolType};
+use fleet_protocol::{RefusalReason, Resources};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ const T: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_an_agent_and_serves_its_record() {
     let h = Harness::start().await;
-    let mut registry = h.listen(&h.keys.registry_channel()).await;
+    let mut registry = h.listen(&h.keys.channels().registry()).await;
     let mut a = h.agent("coder-1", PoolType::Coder).await;
     let reg = a.register(T).await.expect("accepted");
     assert!(!reg.re_registered);
@@ -74,12 +74,13 @@ async fn duplicate_registration_is_idempotent() {
 
 /// Sends a raw register message and returns the reply on the agent's channel.
 async fn raw_register(h: &Harness, agent_id: &str, fields: Value) -> Value {
-    let mut replies = h.listen(&h.keys.agent_channel(agent_id)).await;
+    let mut replies = h.listen(&h.keys.channels().agent(agent_id)).await;
     let mut msg = json!({"v": 1, "type": "register", "id": "m-1", "agentId": agent_id});
     for (k, v) in fields.as_object().unwrap() {
         msg[k] = v.clone();
     }
-    h.publish(&h.keys.registry_channel(), msg.to_string()).await;
+    h.publish(&h.keys.channels().registry(), msg.to_string())
+        .await;
     replies
         .wait_for("register_reply", |v| {
             v["type"] == "register_reply" && v["replyTo"] == "m-1"
@@ -176,7 +177,7 @@ async fn deregistration_removes_the_agent_everywhere() {
     let h = Harness::start().await;
     let mut a = h.agent("db-1", PoolType::Database).await;
     a.register(T).await.unwrap();
-    let mut registry = h.listen(&h.keys.registry_channel()).await;
+    let mut registry = h.listen(&h.keys.channels().registry()).await;
     assert!(a.deregister(T).await.unwrap());
     registry
         .wait_for("agent_deregistered", is("agent_deregistered", "db-1"))
@@ -247,9 +248,9 @@ async fn status_reports_totals_by_status_and_pool_on_http_and_pubsub() {
     assert_eq!(ui["resourceLimits"]["memory_mb"], 512.0);
 
     // On request over pub/sub, and periodically.
-    let mut fleet = h.listen(&h.keys.fleet_channel()).await;
+    let mut fleet = h.listen(&h.keys.channels().fleet()).await;
     h.publish(
-        &h.keys.fleet_channel(),
+        &h.keys.channels().fleet(),
         json!({"v": 1, "type": "status_request", "id": "ask-1"}).to_string(),
     )
     .await;
@@ -265,7 +266,7 @@ async fn status_reports_totals_by_status_and_pool_on_http_and_pubsub() {
         })
         .await;
     assert_eq!(periodic["status"]["byStatus"]["busy"], 1);
-    let mut pool = h.listen(&h.keys.pool_channel(PoolType::Coder)).await;
+    let mut pool = h.listen(&h.keys.channels().pool(PoolType::Coder)).await;
     let ps = pool
         .wait_for("pool_status", |v| v["type"] == "pool_status")
         .await;
@@ -301,7 +302,7 @@ async fn a_restarted_commander_picks_up_the_fleet_where_it_was() {
         tasks.spawn(async move { a.run(Duration::from_millis(100), Duration::ZERO, s).await });
     }
     let old_epoch = h.commander.as_ref().unwrap().epoch;
-    let mut health = h.listen(&h.keys.health_channel()).await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
 
     h.stop_commander().await.unwrap();
     // Down for twice the failure window: heartbeats go unheard.
@@ -327,7 +328,7 @@ async fn a_restarted_commander_picks_up_the_fleet_where_it_was() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_commander_fences_the_older_one() {
     let h = Harness::start().await;
-    let second = fleet_commander::commander::start(h.config.clone(), Default::default())
+    let second = fleet_commander::start(h.config.clone(), Default::default())
         .await
         .unwrap();
     assert!(second.epoch > h.commander.as_ref().unwrap().epoch);
@@ -340,8 +341,9 @@ async fn a_newer_commander_fences_the_older_one() {
     let stopped = tokio::time::timeout(WAIT, old.wait())
         .await
         .expect("old commander stops");
-    assert!(
-        stopped.is_err(),
+    assert_eq!(
+        stopped,
+        fleet_commander::Exit::Fenced,
         "the fenced commander reports why it stopped"
     );
     let (_, fleet) = reqwest::get(format!("http://{}/v1/fleet", second.http_addr))
@@ -353,5 +355,5 @@ async fn a_newer_commander_fences_the_older_one() {
         .unwrap();
     assert_eq!(fleet["totalAgents"], 1);
     second.shutdown();
-    second.wait().await.unwrap();
+    assert_eq!(second.wait().await, fleet_commander::Exit::Clean);
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use fleet_commander::pool::PoolType;
+use fleet_protocol::pool::PoolType;
 use serde_json::json;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -43,9 +43,9 @@ fn capture_logs() -> Captured {
 async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
     let logs = capture_logs();
     let h = Harness::start().await;
-    let reg = h.keys.registry_channel();
-    let hb = h.keys.health_channel();
-    let fleet = h.keys.fleet_channel();
+    let reg = h.keys.channels().registry();
+    let hb = h.keys.channels().health();
+    let fleet = h.keys.channels().fleet();
     let cases: Vec<(&str, String, String, &str)> = vec![
         ("registry", reg.clone(), "{not json".to_string(), "bad_json"),
         (
@@ -136,7 +136,7 @@ async fn a_flood_of_garbage_does_not_stall_the_commander() {
     let mut c = h.conn().await;
     let mut p = redis::pipe();
     for i in 0..5000 {
-        p.publish(h.keys.health_channel(), format!("garbage {i}"))
+        p.publish(h.keys.channels().health(), format!("garbage {i}"))
             .ignore();
     }
     p.query_async::<()>(&mut c).await.unwrap();
@@ -157,9 +157,9 @@ async fn a_flood_of_garbage_does_not_stall_the_commander() {
 async fn heartbeat_from_an_unknown_agent_is_told_to_register() {
     let _ = capture_logs();
     let h = Harness::start().await;
-    let mut inbox = h.listen(&h.keys.agent_channel("stranger")).await;
+    let mut inbox = h.listen(&h.keys.channels().agent("stranger")).await;
     h.publish(
-        &h.keys.health_channel(),
+        &h.keys.channels().health(),
         json!({"v": 1, "type": "heartbeat", "agentId": "stranger", "status": "idle"}).to_string(),
     )
     .await;

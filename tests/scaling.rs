@@ -4,10 +4,10 @@
 mod common;
 
 use common::*;
-use fleet_commander::agent::{Assignment, Outcome, Work};
+use fleet_agent::{Assignment, Outcome, Work};
 use fleet_commander::config::{Config, ScalingPolicy};
-use fleet_commander::pool::PoolType;
-use fleet_commander::spawner::{InProcess, Spawned};
+use fleet_protocol::pool::PoolType;
+use fleet_sim::spawner::{InProcess, Spawned};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ fn scaling_config(c: &mut Config, pools: &[(PoolType, u32, u32)]) {
 async fn spawner(h: &Harness, work: Work, stop: CancellationToken) -> Arc<Spawned> {
     InProcess {
         redis_url: h.redis.url(),
-        keys: h.keys.clone(),
+        keys: h.keys.channels().clone(),
         heartbeat: Duration::from_millis(100),
         work: Some(work),
         id_prefix: "spawned".into(),
@@ -88,7 +88,7 @@ fn assert_no_flapping(events: &[Value], min_gap_ms: u64) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_follows_demand_up_and_down_without_losing_a_task() {
     let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Tester, 1, 6)])).await;
-    let mut scaling = h.listen(&h.keys.scaling_channel()).await;
+    let mut scaling = h.listen(&h.keys.channels().scaling()).await;
     let stop = CancellationToken::new();
     spawner(&h, sleepy(150), stop.clone()).await;
     // Below its minimum of 1 at start: topped up.
@@ -149,7 +149,7 @@ async fn the_pool_follows_demand_up_and_down_without_losing_a_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oscillating_load_changes_direction_at_most_once_per_cooldown() {
     let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Reviewer, 1, 5)])).await;
-    let mut scaling = h.listen(&h.keys.scaling_channel()).await;
+    let mut scaling = h.listen(&h.keys.channels().scaling()).await;
     let stop = CancellationToken::new();
     spawner(&h, sleepy(100), stop.clone()).await;
     wait_until(|| async { live(&h, "reviewer").await == 1 }).await;
@@ -321,8 +321,8 @@ fn tempdir() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ramp_scenario_grows_shrinks_and_reports_no_loss() {
     let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Coder, 2, 8)])).await;
-    let ramp = fleet_commander::ramp::prepare(
-        fleet_commander::ramp::RampOptions {
+    let ramp = fleet_sim::ramp::prepare(
+        fleet_sim::ramp::RampOptions {
             redis_url: h.redis.url(),
             prefix: h.config.fleet.prefix.clone(),
             commander_url: h.base(),
@@ -365,9 +365,9 @@ async fn the_ramp_scenario_grows_shrinks_and_reports_no_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
     let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Mobile, 0, 4)])).await;
-    let mut scaling = h.listen(&h.keys.scaling_channel()).await;
-    let report = fleet_commander::sim::run(
-        fleet_commander::sim::SimOptions {
+    let mut scaling = h.listen(&h.keys.channels().scaling()).await;
+    let report = fleet_sim::sim::run(
+        fleet_sim::sim::SimOptions {
             redis_url: h.redis.url(),
             prefix: h.config.fleet.prefix.clone(),
             commander_url: Some(h.base()),
@@ -382,7 +382,7 @@ async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
             deregister_at_end: true,
             pools: PoolType::ALL.iter().map(|p| (*p, 1)).collect(),
             progress: false,
-            tasks: fleet_commander::sim::TaskLoad {
+            tasks: fleet_sim::sim::TaskLoad {
                 count: 96, // 6 per pool, one agent each
                 work: Duration::from_millis(300),
                 ..Default::default()

@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use fleet_commander::agent::AgentSpec;
+use fleet_agent::AgentSpec;
 use fleet_commander::config::Strategy;
-use fleet_commander::pool::{AgentStatus, PoolType};
+use fleet_protocol::pool::{AgentStatus, PoolType};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,7 +41,7 @@ async fn least_loaded_prefers_the_agent_with_the_most_room() {
         c.fleet.missed_heartbeats = 100;
     })
     .await;
-    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let mut events = h.listen(&h.keys.channels().allocation()).await;
     // Agents that take tasks but never finish them: their load only grows.
     let mut a = h
         .agent_with(spec("ll-a", PoolType::Architect, None, &[], 4))
@@ -82,7 +82,7 @@ async fn capability_match_keeps_generalists_free_for_what_only_they_can_do() {
         c.fleet.missed_heartbeats = 100;
     })
     .await;
-    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let mut events = h.listen(&h.keys.channels().allocation()).await;
     let mut g = h
         .agent_with(spec(
             "db-generalist",
@@ -139,7 +139,7 @@ async fn weighted_fair_shares_by_weight_and_stops_at_the_quota() {
     // heavy is at its quota of 4: the next two go to light, then nobody is left.
     let who = sequential(&h, "infrastructure", 2, &log).await;
     assert_eq!(&who[6..], ["light", "light"], "{who:?}");
-    let mut events = h.listen(&h.keys.allocation_channel()).await;
+    let mut events = h.listen(&h.keys.channels().allocation()).await;
     let waiting = submit(&h, json!({"pool": "infrastructure"})).await;
     let later = events
         .collect_for(Duration::from_millis(300), |v| {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use fleet_commander::pool::PoolType;
+use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -180,11 +180,11 @@ async fn queue_orders_by_priority_and_ages_waiting_tasks_upwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_submission_is_acknowledged_after_it_is_persisted() {
     let h = Harness::start().await;
-    let reply_channel = format!("{}me", h.keys.reply_channel_prefix());
+    let reply_channel = format!("{}me", h.keys.channels().reply_prefix());
     let mut replies = h.listen(&reply_channel).await;
     let msg = json!({"v": 1, "type": "task_submit", "id": "s-1", "replyChannel": reply_channel,
                      "pool": "devops", "priority": 7, "payload": {"deploy": "web"}});
-    h.publish(&h.keys.tasks_channel(), msg.to_string()).await;
+    h.publish(&h.keys.channels().tasks(), msg.to_string()).await;
     let r = replies
         .wait_for("task_submit_reply", |v| {
             v["type"] == "task_submit_reply" && v["replyTo"] == "s-1"
@@ -197,7 +197,7 @@ async fn pubsub_submission_is_acknowledged_after_it_is_persisted() {
     assert_eq!(t["payload"]["deploy"], "web");
 
     let bad = json!({"v": 1, "type": "task_submit", "id": "s-2", "replyChannel": reply_channel, "pool": "nowhere"});
-    h.publish(&h.keys.tasks_channel(), bad.to_string()).await;
+    h.publish(&h.keys.channels().tasks(), bad.to_string()).await;
     let r = replies
         .wait_for("refusal", |v| {
             v["type"] == "task_submit_reply" && v["replyTo"] == "s-2"

@@ -1,14 +1,14 @@
 //! Test support: a private redis-server per test, a commander with short
 //! intervals, agents, and event listeners with bounded waits.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
-use fleet_commander::agent::{Agent, AgentSpec};
-use fleet_commander::commander::{self, Running};
+use fleet_agent::{Agent, AgentSpec};
 use fleet_commander::config::Config;
-use fleet_commander::keys::Keys;
-use fleet_commander::pool::PoolType;
-use fleet_commander::protocol::Resources;
-use fleet_commander::redis_server::RedisServer;
+use fleet_commander::Running;
+use fleet_protocol::pool::PoolType;
+use fleet_protocol::Resources;
+use fleet_store::Keys;
+use fleet_testkit::RedisServer;
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::time::Duration;
@@ -66,7 +66,7 @@ impl Harness {
         tune(&mut config);
         config.validate().expect("tuned test config valid");
         let keys = Keys::new(config.fleet.prefix.clone());
-        let client = fleet_commander::connection::client(&redis.url()).unwrap();
+        let client = fleet_store::connection::client(&redis.url()).unwrap();
         let mut h = Harness {
             redis,
             config,
@@ -80,7 +80,7 @@ impl Harness {
     }
 
     pub async fn start_commander(&mut self) {
-        let running = commander::start(self.config.clone(), CancellationToken::new())
+        let running = fleet_commander::start(self.config.clone(), CancellationToken::new())
             .await
             .expect("commander starts");
         wait_until(|| async { running.shared.is_listening() }).await;
@@ -88,12 +88,18 @@ impl Harness {
     }
 
     /// Stops the commander and waits for every task to end.
+    /// Stops the commander; it must drain and stop cleanly.
     pub async fn stop_commander(&mut self) -> anyhow::Result<()> {
         let c = self.commander.take().expect("running");
         c.shutdown();
-        tokio::time::timeout(WAIT, c.wait())
+        let exit = tokio::time::timeout(WAIT, c.wait())
             .await
-            .expect("commander stops in time")
+            .expect("commander stops in time");
+        anyhow::ensure!(
+            exit == fleet_commander::Exit::Clean,
+            "commander stopped: {exit:?}"
+        );
+        Ok(())
     }
 
     pub fn base(&self) -> String {
@@ -159,10 +165,10 @@ impl Harness {
     }
 
     pub async fn agent_with(&self, spec: AgentSpec) -> Agent {
-        let publisher = fleet_commander::connection::connect(&self.redis.url())
+        let publisher = fleet_store::connection::connect(&self.redis.url())
             .await
             .unwrap();
-        Agent::connect(&self.client, publisher, self.keys.clone(), spec)
+        Agent::connect(&self.client, publisher, self.keys.channels().clone(), spec)
             .await
             .unwrap()
     }

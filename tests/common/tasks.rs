@@ -2,7 +2,7 @@
 //! over HTTP, waiting for a task's state.
 
 use super::*;
-use fleet_commander::agent::{Agent, AgentSpec, Assignment, Outcome, Work};
+use fleet_agent::{Agent, AgentSpec, Assignment, Outcome, Work};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;

@@ -1,0 +1,504 @@
+//! fleet-agent: the Rust agent SDK. It speaks the protocol of `docs/PROTOCOL.md`:
+//! register, heartbeat, receive commands, re-register when told, deregister.
+
+use fleet_protocol::agent::AgentRecord;
+use fleet_protocol::{AgentStatus, Channels, PoolType};
+use fleet_protocol::{
+    Deregister, Heartbeat, RefusalReason, Register, ReportKind, Resources, TaskReport, ToAgent,
+    VERSION,
+};
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, PubSubStream};
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Who the agent is.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub id: String,
+    pub pool: PoolType,
+    pub priority: Option<u8>,
+    pub capabilities: Vec<String>,
+    pub resources: Resources,
+    /// Tasks taken at once.
+    pub capacity: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("no reply from the commander within {0:?}")]
+    Timeout(Duration),
+    #[error("registration refused: {reason:?}: {detail}")]
+    Refused {
+        reason: RefusalReason,
+        detail: String,
+    },
+    #[error("the agent's channel closed")]
+    Closed,
+}
+
+/// An accepted registration.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub record: AgentRecord,
+    pub re_registered: bool,
+    pub heartbeat_interval: Duration,
+}
+
+/// One connected agent.
+pub struct Agent {
+    spec: AgentSpec,
+    channels: Channels,
+    publisher: ConnectionManager,
+    inbox: Inbox,
+    /// Messages that arrived while a reply was awaited (a task can be
+    /// assigned before the register reply arrives): handled next.
+    pending: std::collections::VecDeque<ToAgent>,
+    seq: u64,
+    /// This run of the agent: a restart registers with a new one.
+    instance: String,
+}
+
+/// The agent's own channel: read in place (no relay task), resubscribed
+/// after a lost connection.
+struct Inbox {
+    client: redis::Client,
+    channel: String,
+    stream: Option<PubSubStream>,
+    /// A resubscription in progress. It runs as its own task so that it
+    /// survives `recv` being cancelled (as it is in `select!` on every tick).
+    reconnect: Option<JoinHandle<Option<PubSubStream>>>,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        if let Some(r) = &self.reconnect {
+            r.abort();
+        }
+    }
+}
+
+impl Inbox {
+    /// The next message the client understands; waits across reconnects.
+    /// Cancel-safe.
+    async fn recv(&mut self) -> ToAgent {
+        loop {
+            if let Some(s) = self.stream.as_mut() {
+                match s.next().await {
+                    Some(msg) => match serde_json::from_slice::<ToAgent>(msg.get_payload_bytes()) {
+                        Ok(m) => return m,
+                        Err(e) => debug!("ignoring message the client does not know: {e}"),
+                    },
+                    None => self.stream = None,
+                }
+                continue;
+            }
+            let (client, channel) = (self.client.clone(), self.channel.clone());
+            let pending = self.reconnect.get_or_insert_with(|| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let mut p = client.get_async_pubsub().await.ok()?;
+                    p.subscribe(&channel).await.ok()?;
+                    Some(p.into_on_message())
+                })
+            });
+            let result = pending.await;
+            self.reconnect = None;
+            if let Ok(Some(s)) = result {
+                self.stream = Some(s);
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Subscribes to `…:agent:{id}` first, so that no reply can be missed, and
+    /// keeps that subscription alive across Redis reconnects.
+    pub async fn connect(
+        client: &redis::Client,
+        publisher: ConnectionManager,
+        channels: Channels,
+        spec: AgentSpec,
+    ) -> Result<Agent, AgentError> {
+        let channel = channels.agent(&spec.id);
+        let mut ps = client.get_async_pubsub().await?;
+        ps.subscribe(&channel).await?;
+        Ok(Agent {
+            spec,
+            channels,
+            publisher,
+            inbox: Inbox {
+                client: client.clone(),
+                channel,
+                stream: Some(ps.into_on_message()),
+                reconnect: None,
+            },
+            pending: Default::default(),
+            seq: 0,
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+        })
+    }
+
+    /// Becomes a new run of the agent, as after a process restart: the next
+    /// registration tells the commander to give away what the old run held.
+    pub fn new_instance(&mut self) {
+        self.instance = uuid::Uuid::new_v4().simple().to_string();
+    }
+
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    pub fn spec(&self) -> &AgentSpec {
+        &self.spec
+    }
+
+    async fn send(&mut self, channel: String, msg: &impl Serialize) -> Result<(), AgentError> {
+        let body = serde_json::to_string(msg).expect("serializable");
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(body)
+            .query_async::<i64>(&mut self.publisher)
+            .await?;
+        Ok(())
+    }
+
+    /// Registers (idempotent: safe to repeat after a restart or a lost reply).
+    pub async fn register(&mut self, timeout: Duration) -> Result<Registration, AgentError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let msg = Tagged {
+            v: VERSION,
+            kind: "register",
+            body: Register {
+                id: id.clone(),
+                agent_id: self.spec.id.clone(),
+                pool: self.spec.pool.as_str().to_string(),
+                agent_type: None,
+                priority: self.spec.priority,
+                capabilities: self.spec.capabilities.clone(),
+                resources: self.spec.resources,
+                capacity: Some(self.spec.capacity),
+                instance: Some(self.instance.clone()),
+            },
+        };
+        self.send(self.channels.registry(), &msg).await?;
+        let reply = self
+            .await_reply(
+                timeout,
+                |m| matches!(m, ToAgent::RegisterReply { reply_to, .. } if *reply_to == id),
+            )
+            .await?;
+        match reply {
+            ToAgent::RegisterReply {
+                accepted: true,
+                agent: Some(record),
+                re_registered,
+                heartbeat_interval_ms,
+                ..
+            } => Ok(Registration {
+                record: *record,
+                re_registered: re_registered.unwrap_or(false),
+                heartbeat_interval: Duration::from_millis(heartbeat_interval_ms.unwrap_or(5000)),
+            }),
+            ToAgent::RegisterReply { reason, detail, .. } => Err(AgentError::Refused {
+                reason: reason.unwrap_or(RefusalReason::InvalidFields),
+                detail: detail.unwrap_or_default(),
+            }),
+            _ => unreachable!("filtered above"),
+        }
+    }
+
+    /// Sends one heartbeat.
+    pub async fn heartbeat(&mut self, status: AgentStatus, load: f64) -> Result<(), AgentError> {
+        self.seq += 1;
+        let msg = Tagged {
+            v: VERSION,
+            kind: "heartbeat",
+            body: Heartbeat {
+                agent_id: self.spec.id.clone(),
+                status,
+                load,
+                resources: self.spec.resources,
+                seq: Some(self.seq),
+            },
+        };
+        self.send(self.channels.health(), &msg).await
+    }
+
+    /// Leaves the fleet; true if the commander removed the agent.
+    pub async fn deregister(&mut self, timeout: Duration) -> Result<bool, AgentError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let msg = Tagged {
+            v: VERSION,
+            kind: "deregister",
+            body: Deregister {
+                id: id.clone(),
+                agent_id: self.spec.id.clone(),
+                reason: Some("shutdown".into()),
+            },
+        };
+        self.send(self.channels.registry(), &msg).await?;
+        match self
+            .await_reply(
+                timeout,
+                |m| matches!(m, ToAgent::DeregisterReply { reply_to, .. } if *reply_to == id),
+            )
+            .await?
+        {
+            ToAgent::DeregisterReply { removed, .. } => Ok(removed),
+            _ => unreachable!("filtered above"),
+        }
+    }
+
+    /// The next message from the commander.
+    pub async fn recv(&mut self) -> ToAgent {
+        match self.pending.pop_front() {
+            Some(m) => m,
+            None => self.inbox.recv().await,
+        }
+    }
+
+    async fn await_reply(
+        &mut self,
+        timeout: Duration,
+        want: impl Fn(&ToAgent) -> bool,
+    ) -> Result<ToAgent, AgentError> {
+        let (inbox, pending) = (&mut self.inbox, &mut self.pending);
+        let wait = async {
+            loop {
+                let m = inbox.recv().await;
+                if want(&m) {
+                    return Ok(m);
+                }
+                pending.push_back(m); // not for now: handled after the reply
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))?
+    }
+
+    /// Reports on a task attempt on the results channel.
+    pub async fn report(
+        &mut self,
+        kind: ReportKind,
+        task_id: &str,
+        attempt: u32,
+        result: Option<Value>,
+        error: Option<String>,
+    ) -> Result<(), AgentError> {
+        let msg = Tagged {
+            v: VERSION,
+            kind: kind.as_str(),
+            body: TaskReport {
+                task_id: task_id.to_string(),
+                attempt,
+                agent_id: self.spec.id.clone(),
+                progress: None,
+                result,
+                error,
+            },
+        };
+        self.send(self.channels.results(), &msg).await
+    }
+
+    /// Heartbeats every `interval` (the first after `first_after`) until
+    /// `stop`, re-registers when the commander asks, and completes every task
+    /// it is given at once. Returns when stopped (the agent then simply goes
+    /// silent, as a crashed agent would) or once drained and deregistered.
+    pub async fn run(
+        &mut self,
+        interval: Duration,
+        first_after: Duration,
+        stop: CancellationToken,
+    ) -> Exit {
+        self.run_with(interval, first_after, stop, None).await
+    }
+
+    /// As [`Agent::run`], doing each task with `work` (acknowledged first,
+    /// then reported as completed or failed). Results of work still running
+    /// when `stop` comes are never sent, as with a crash.
+    pub async fn run_with(
+        &mut self,
+        interval: Duration,
+        first_after: Duration,
+        stop: CancellationToken,
+        work: Option<Work>,
+    ) -> Exit {
+        let start = tokio::time::Instant::now() + first_after;
+        let mut tick = tokio::time::interval_at(start, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Work in progress, by task id and attempt, so that a cancel can stop it.
+        let mut running: std::collections::HashMap<(String, u32), tokio::task::AbortHandle> =
+            std::collections::HashMap::new();
+        // Told to drain: finish what is running, then deregister and return.
+        let mut draining = false;
+        enum Wake {
+            Stop,
+            Beat,
+            Message(ToAgent),
+            Done((String, u32, Outcome)),
+        }
+        loop {
+            let wake = match self.pending.pop_front() {
+                Some(m) if !stop.is_cancelled() => Wake::Message(m),
+                _ => tokio::select! {
+                    _ = stop.cancelled() => Wake::Stop,
+                    _ = tick.tick() => Wake::Beat,
+                    m = self.inbox.recv() => Wake::Message(m),
+                    Some(d) = done_rx.recv() => Wake::Done(d),
+                },
+            };
+            match wake {
+                Wake::Stop => return Exit::Stopped,
+                Wake::Beat => {
+                    if let Err(e) = self.heartbeat(AgentStatus::Idle, 0.0).await {
+                        warn!(agent_id = %self.spec.id, error = %e, "heartbeat not sent");
+                    }
+                }
+                Wake::Message(ToAgent::Reregister { reason, .. }) => {
+                    info!(agent_id = %self.spec.id, reason, "commander asked to re-register");
+                    if let Err(e) = self.register(interval).await {
+                        warn!(agent_id = %self.spec.id, error = %e, "re-registration failed");
+                    }
+                }
+                Wake::Message(ToAgent::TaskAssign {
+                    task_id,
+                    attempt,
+                    pool,
+                    priority,
+                    timeout_ms,
+                    payload,
+                    ..
+                }) => {
+                    let a = Assignment {
+                        task_id,
+                        attempt,
+                        pool,
+                        priority,
+                        timeout_ms,
+                        payload,
+                    };
+                    let key = (a.task_id.clone(), a.attempt);
+                    let mut job = match &work {
+                        None => {
+                            let echo = serde_json::json!({ "echo": a.payload });
+                            Box::pin(std::future::ready(Outcome::Complete(echo)))
+                        }
+                        Some(w) => w(a),
+                    };
+                    // Work done at once needs no acknowledgement: the result
+                    // itself ends the lease. Anything longer is acknowledged
+                    // first, so that its lease becomes the task's timeout.
+                    if let Some(out) = futures_util::FutureExt::now_or_never(&mut job) {
+                        let _ = done_tx.send((key.0, key.1, out));
+                        continue;
+                    }
+                    if let Err(e) = self
+                        .report(ReportKind::Ack, &key.0, key.1, None, None)
+                        .await
+                    {
+                        warn!(agent_id = %self.spec.id, error = %e, "ack not sent");
+                    }
+                    let tx = done_tx.clone();
+                    let (id, attempt) = key.clone();
+                    let handle = tokio::spawn(async move {
+                        let out = job.await;
+                        let _ = tx.send((id, attempt, out));
+                    });
+                    running.insert(key, handle.abort_handle());
+                }
+                Wake::Message(ToAgent::TaskCancel {
+                    task_id, attempt, ..
+                }) => {
+                    if let Some(h) = running.remove(&(task_id.clone(), attempt)) {
+                        h.abort();
+                        info!(agent_id = %self.spec.id, task_id, attempt, "task cancelled");
+                    }
+                }
+                Wake::Message(ToAgent::Drain { reason, .. }) => {
+                    info!(agent_id = %self.spec.id, reason, tasks = running.len(), "draining");
+                    draining = true;
+                }
+                Wake::Message(other) => debug!(?other, "message from the commander"),
+                Wake::Done((task_id, attempt, outcome)) => {
+                    running.remove(&(task_id.clone(), attempt));
+                    let sent = match outcome {
+                        Outcome::Complete(v) => {
+                            self.report(ReportKind::Complete, &task_id, attempt, Some(v), None)
+                                .await
+                        }
+                        Outcome::Fail(e) => {
+                            self.report(ReportKind::Fail, &task_id, attempt, None, Some(e))
+                                .await
+                        }
+                        Outcome::Vanish => Ok(()),
+                    };
+                    if let Err(e) = sent {
+                        warn!(agent_id = %self.spec.id, error = %e, "result not sent");
+                    }
+                }
+            }
+            if draining && running.is_empty() {
+                match self.deregister(interval).await {
+                    Ok(_) => info!(agent_id = %self.spec.id, "drained and deregistered"),
+                    Err(e) => warn!(agent_id = %self.spec.id, error = %e, "deregistration failed"),
+                }
+                return Exit::Drained;
+            }
+        }
+    }
+}
+
+/// Why [`Agent::run_with`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `stop` came (the agent goes silent, as a crashed one would).
+    Stopped,
+    /// The commander drained it: its work is done and it deregistered.
+    Drained,
+}
+
+/// A task handed to an agent.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub task_id: String,
+    pub attempt: u32,
+    pub pool: PoolType,
+    pub priority: u8,
+    pub timeout_ms: u64,
+    pub payload: Value,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Complete(Value),
+    Fail(String),
+    /// Say nothing (a crash mid-task; for tests and the simulator).
+    Vanish,
+}
+
+/// What an agent does with a task.
+pub type Work = std::sync::Arc<
+    dyn Fn(Assignment) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A protocol message: `{"v":1,"type":…, …fields}`.
+#[derive(Serialize)]
+pub struct Tagged<T> {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub body: T,
+}

@@ -1,0 +1,730 @@
+//! `config/fleet.toml`: loading, environment overrides and validation.
+//!
+//! A bad file fails at start with the field and the reason; nothing is guessed.
+
+use fleet_protocol::pool::PoolType;
+pub use fleet_protocol::pool::{ResourceLimits, Strategy};
+use fleet_protocol::task::TaskDefaults;
+use fleet_store::tasks::{HealthPolicy, PoolSettings, TaskPolicy};
+use fleet_store::Keys;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub fleet: FleetConfig,
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub tasks: TaskConfig,
+    /// Autoscaling defaults; each pool may override any of them.
+    #[serde(default)]
+    pub scaling: ScalingPolicy,
+    /// Logging; `RUST_LOG` wins over it.
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(deserialize_with = "pools_by_name")]
+    pub pools: BTreeMap<PoolType, PoolConfig>,
+    /// The file this came from; the commander watches it and applies edits
+    /// (and re-reads it on SIGHUP).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
+}
+
+/// Reads `[pools.NAME]` tables keyed by name, so errors name the pool and an
+/// unknown name is refused with the list of known ones.
+fn pools_by_name<'de, D>(de: D) -> Result<BTreeMap<PoolType, PoolConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let raw = BTreeMap::<String, PoolConfig>::deserialize(de)?;
+    raw.into_iter()
+        .map(|(name, pc)| match name.parse::<PoolType>() {
+            Ok(p) => Ok((p, pc)),
+            Err(_) => Err(D::Error::custom(format!(
+                "unknown pool {name:?}; the pools are {}",
+                PoolType::ALL.map(|p| p.as_str()).join(", ")
+            ))),
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`; overridden by `REDIS_URL`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Prefix of every key and channel (`swarm:phase-1`).
+    pub prefix: String,
+    /// Fleet-wide cap on registered agents.
+    pub max_agents: u32,
+    /// How often agents heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Missed heartbeats before an agent is declared failed.
+    pub missed_heartbeats: u32,
+    /// Failures after which an agent is removed from the registry.
+    pub max_failures: u32,
+    /// How long a failed agent that never comes back stays listed.
+    pub failed_retention_ms: u64,
+    /// How often the failure detector looks for stale agents.
+    pub detect_tick_ms: u64,
+    /// How often a `fleet_status` message goes out on the fleet channel.
+    pub status_interval_ms: u64,
+    /// Larger inbound messages are refused unread.
+    pub max_message_bytes: usize,
+    /// Message handlers; messages of one agent always go to the same handler, in order.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Threads of the commander's async runtime (`run`); 0 means one per core.
+    /// One keeps every wake-up on one thread: the lowest tails measured here.
+    #[serde(default = "default_runtime_threads")]
+    pub runtime_threads: usize,
+    /// On SIGTERM or SIGINT the service stops taking messages and its loops
+    /// drain for at most this long; what is still running then is aborted.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP API and `/metrics`; overridden by `FLEET_HTTP_ADDR`.
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `fleet_commander=debug,warn`...
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// When a pool grows or shrinks (see `src/scaler.rs`). Fleet defaults in
+/// `[scaling]`; a pool overrides any of them in `[pools.NAME.scaling]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingPolicy {
+    /// How often the scaler samples demand and decides.
+    pub sample_ms: u64,
+    /// Decisions look at the samples of this window, never at one alone.
+    pub window_ms: u64,
+    /// Grow when utilisation (agents holding tasks / live agents) averages at least this ...
+    pub scale_up_utilization: f64,
+    /// ... or the oldest waiting task has waited this long on average over the window.
+    pub scale_up_queue_wait_ms: u64,
+    /// Shrink only when utilisation stayed at or below this for the whole window
+    /// with nothing queued (hysteresis: well below the up threshold).
+    pub scale_down_utilization: f64,
+    /// After growing, no further growth for this long; no shrinking either.
+    pub up_cooldown_ms: u64,
+    /// After shrinking, no further shrinking for this long; no growth either,
+    /// unless the pool is below its minimum.
+    pub down_cooldown_ms: u64,
+    /// Most agents added or retired by one decision.
+    pub max_step: u32,
+    /// Agents younger than this are not retired.
+    pub min_lifetime_ms: u64,
+    /// A request not fulfilled within this time is reported (log, metric, event).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy {
+            sample_ms: 1_000,
+            window_ms: 10_000,
+            scale_up_utilization: 0.8,
+            scale_up_queue_wait_ms: 2_000,
+            scale_down_utilization: 0.3,
+            up_cooldown_ms: 15_000,
+            down_cooldown_ms: 60_000,
+            max_step: 10,
+            min_lifetime_ms: 60_000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// A pool's overrides of [`ScalingPolicy`]; what is absent comes from `[scaling]`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingOverrides {
+    pub scale_up_utilization: Option<f64>,
+    pub scale_up_queue_wait_ms: Option<u64>,
+    pub scale_down_utilization: Option<f64>,
+    pub up_cooldown_ms: Option<u64>,
+    pub down_cooldown_ms: Option<u64>,
+    pub max_step: Option<u32>,
+    pub min_lifetime_ms: Option<u64>,
+}
+
+impl ScalingPolicy {
+    fn with(mut self, o: &ScalingOverrides) -> ScalingPolicy {
+        macro_rules! take {
+            ($($f:ident),*) => { $(if let Some(v) = o.$f { self.$f = v; })* };
+        }
+        take!(
+            scale_up_utilization,
+            scale_up_queue_wait_ms,
+            scale_down_utilization,
+            up_cooldown_ms,
+            down_cooldown_ms,
+            max_step,
+            min_lifetime_ms
+        );
+        self
+    }
+
+    fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        let f = |k: &str| format!("{at}.{k}");
+        let (up, down) = (self.scale_up_utilization, self.scale_down_utilization);
+        if !(up.is_finite() && up > 0.0 && up <= 1.0) {
+            return Err((
+                f("scale_up_utilization"),
+                format!("must be in (0, 1], got {up}"),
+            ));
+        }
+        if !(down.is_finite() && down >= 0.0 && down < up) {
+            return Err((
+                f("scale_down_utilization"),
+                format!("must be >= 0 and below scale_up_utilization ({up}), got {down}"),
+            ));
+        }
+        if self.max_step == 0 {
+            return Err((f("max_step"), "must be at least 1".into()));
+        }
+        for (k, v) in [
+            ("sample_ms", self.sample_ms),
+            ("window_ms", self.window_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err((f(k), "must be at least 1".into()));
+            }
+        }
+        if self.window_ms < self.sample_ms {
+            return Err((f("window_ms"), "must be >= sample_ms".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Task handling: defaults for submissions, leases, retries, aging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskConfig {
+    /// How long one attempt may run when the submission does not say.
+    pub default_timeout_ms: u64,
+    pub default_max_retries: u32,
+    /// Waiting this long counts as much as one priority level, so that low
+    /// priority never starves.
+    pub aging_ms_per_priority: u64,
+    /// An assigned task not acknowledged within this time goes back to the queue.
+    pub ack_timeout_ms: u64,
+    /// Retry backoff: base x 2^(attempt-1), capped.
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// How long a client id keeps naming the same task.
+    pub idempotency_ttl_ms: u64,
+    /// How long a finished task's record is kept.
+    pub retention_ms: u64,
+    /// Skew (max/min tasks per agent in a pool) above which a pool is
+    /// labelled `strong_imbalance`; up to it, `mild_imbalance` (over 1.5).
+    pub max_skew: f64,
+    /// Agent health (0-100, 100 at registration): a completed task adds
+    /// `health_success_step`, a failed or expired attempt takes
+    /// `health_failure_step`, so failures count more than successes.
+    pub health_success_step: u32,
+    pub health_failure_step: u32,
+    /// Below this an agent is quarantined: no new work for `quarantine_ms`
+    /// (doubling with each repeat, up to 8x).
+    pub quarantine_below: u32,
+    pub quarantine_ms: u64,
+    /// At most this share (%) of a pool's live agents is in quarantine at
+    /// once (always at least one agent), so failing agents never take a
+    /// whole pool out of service; 100 turns the cap off.
+    pub quarantine_max_percent: u32,
+    /// After quarantine an agent is on probation: one task at a time, back
+    /// to quarantine on a failure, free again once its health reaches this.
+    pub probation_until: u32,
+    /// Window of the per-agent quota of `weighted_fair` pools.
+    pub quota_window_ms: u64,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig {
+            default_timeout_ms: 30_000,
+            default_max_retries: 3,
+            aging_ms_per_priority: 2_000,
+            ack_timeout_ms: 5_000,
+            retry_backoff_ms: 500,
+            retry_backoff_max_ms: 30_000,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+            retention_ms: 24 * 3600 * 1000,
+            max_skew: 3.0,
+            health_success_step: 5,
+            health_failure_step: 20,
+            quarantine_below: 50,
+            quarantine_ms: 30_000,
+            quarantine_max_percent: 50,
+            probation_until: 70,
+            quota_window_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub min_agents: u32,
+    pub max_agents: u32,
+    /// 1 (lowest) to 10 (highest).
+    pub priority_level: u8,
+    pub scaling_enabled: bool,
+    pub resource_limits: ResourceLimits,
+    /// How the pool picks an agent for a task.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Capabilities the pool offers; a task needing another is refused.
+    /// Empty (the default): any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// `weighted_fair` only: the most tasks one agent may be given per
+    /// quota window (`tasks.quota_window_ms`). None: no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u32>,
+    /// Overrides of the `[scaling]` defaults for this pool.
+    #[serde(default)]
+    pub scaling: ScalingOverrides,
+}
+
+fn default_runtime_threads() -> usize {
+    1
+}
+
+/// Long enough for the handlers to work through a full queue and for HTTP
+/// requests in flight to finish; short of the 30 s most supervisors (systemd,
+/// Kubernetes) wait before SIGKILL.
+const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+
+fn default_shutdown_grace_ms() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_MS
+}
+
+fn default_workers() -> usize {
+    8
+}
+
+/// Why a configuration was refused: the field and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {field}: {reason}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub field: String,
+    pub reason: String,
+}
+
+impl Config {
+    /// What the task scripts take from `[tasks]`.
+    pub fn task_policy(&self) -> TaskPolicy {
+        let t = &self.tasks;
+        TaskPolicy {
+            aging_ms_per_priority: t.aging_ms_per_priority,
+            ack_timeout_ms: t.ack_timeout_ms,
+            retry_backoff_ms: t.retry_backoff_ms,
+            retry_backoff_max_ms: t.retry_backoff_max_ms,
+            idempotency_ttl_ms: t.idempotency_ttl_ms,
+            retention_ms: t.retention_ms,
+        }
+    }
+
+    /// What a submission gets for the fields it leaves out.
+    pub fn task_defaults(&self) -> TaskDefaults {
+        TaskDefaults {
+            timeout_ms: self.tasks.default_timeout_ms,
+            max_retries: self.tasks.default_max_retries,
+        }
+    }
+
+    /// The agent-health policy of `[tasks]`.
+    pub fn health_policy(&self) -> HealthPolicy {
+        let t = &self.tasks;
+        HealthPolicy {
+            success_step: t.health_success_step,
+            failure_step: t.health_failure_step,
+            quarantine_below: t.quarantine_below,
+            quarantine_ms: t.quarantine_ms,
+            quarantine_max_percent: t.quarantine_max_percent,
+            probation_until: t.probation_until,
+            quota_window_ms: t.quota_window_ms,
+        }
+    }
+
+    /// Each pool's strategy and quota, as the scripts read them.
+    pub fn pool_settings(&self) -> Vec<PoolSettings> {
+        self.pools
+            .iter()
+            .map(|(pool, pc)| PoolSettings {
+                pool: *pool,
+                strategy: pc.strategy,
+                quota: pc.quota,
+            })
+            .collect()
+    }
+
+    /// The default path the binary reads.
+    pub const DEFAULT_PATH: &'static str = "config/fleet.toml";
+
+    /// Reads, parses and validates a file, then applies environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            field: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let mut config = Config::parse(&name, &text)?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.validate().map_err(|(field, reason)| ConfigError {
+            source_name: format!("{name} (after environment overrides)"),
+            field,
+            reason,
+        })?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text without reading the environment.
+    pub fn parse(source_name: &str, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            source_name: source_name.into(),
+            field: "(syntax)".into(),
+            reason: e.to_string().trim().replace('\n', " "),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                source_name: source_name.into(),
+                field,
+                reason: inner.message().trim().to_string(),
+            }
+        })?;
+        config.validate().map_err(|(field, reason)| ConfigError {
+            source_name: source_name.into(),
+            field,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Deployment overrides: `REDIS_URL` (or `FLEET_REDIS_URL`), `FLEET_HTTP_ADDR`, `FLEET_PREFIX`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(url) = get("FLEET_REDIS_URL").or_else(|| get("REDIS_URL")) {
+            self.redis.url = url;
+        }
+        if let Some(addr) = get("FLEET_HTTP_ADDR") {
+            self.http.addr = addr.parse().map_err(|e| ConfigError {
+                source_name: "environment".into(),
+                field: "FLEET_HTTP_ADDR".into(),
+                reason: format!("not a socket address ({e}): {addr:?}"),
+            })?;
+        }
+        if let Some(prefix) = get("FLEET_PREFIX") {
+            self.fleet.prefix = prefix;
+        }
+        Ok(())
+    }
+
+    /// Checks every rule the types cannot express. Returns `(field, reason)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, reason: String| Err((field.to_string(), reason));
+        if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("unix://")) {
+            return err(
+                "redis.url",
+                format!(
+                    "must start with redis:// or unix://, got {:?}",
+                    self.redis.url
+                ),
+            );
+        }
+        if let Some(level) = &self.log.level {
+            if let Err(e) = level.parse::<tracing_subscriber::EnvFilter>() {
+                return err("log.level", format!("not a log filter: {e}"));
+            }
+        }
+        let f = &self.fleet;
+        if f.prefix.is_empty() || f.prefix.contains(char::is_whitespace) {
+            return err(
+                "fleet.prefix",
+                "must be non-empty without whitespace".into(),
+            );
+        }
+        if f.max_agents == 0 {
+            return err("fleet.max_agents", "must be at least 1".into());
+        }
+        if !(10..=600_000).contains(&f.heartbeat_interval_ms) {
+            return err(
+                "fleet.heartbeat_interval_ms",
+                format!("must be 10..=600000, got {}", f.heartbeat_interval_ms),
+            );
+        }
+        if !(1..=100).contains(&f.missed_heartbeats) {
+            return err("fleet.missed_heartbeats", "must be 1..=100".into());
+        }
+        if f.max_failures == 0 {
+            return err("fleet.max_failures", "must be at least 1".into());
+        }
+        if f.detect_tick_ms == 0 || f.detect_tick_ms > f.heartbeat_interval_ms {
+            return err(
+                "fleet.detect_tick_ms",
+                "must be 1..=heartbeat_interval_ms".into(),
+            );
+        }
+        if f.status_interval_ms == 0 {
+            return err("fleet.status_interval_ms", "must be at least 1".into());
+        }
+        if !(256..=1 << 20).contains(&f.max_message_bytes) {
+            return err("fleet.max_message_bytes", "must be 256..=1048576".into());
+        }
+        if !(1..=256).contains(&f.workers) {
+            return err("fleet.workers", "must be 1..=256".into());
+        }
+        if !(100..=300_000).contains(&f.shutdown_grace_ms) {
+            return err("fleet.shutdown_grace_ms", "must be 100..=300000".into());
+        }
+        if f.runtime_threads > 64 {
+            return err(
+                "fleet.runtime_threads",
+                "must be 0..=64 (0: one per core)".into(),
+            );
+        }
+        for pool in PoolType::ALL {
+            if !self.pools.contains_key(&pool) {
+                return err(
+                    &format!("pools.{pool}"),
+                    "missing: all 16 pools must be configured".into(),
+                );
+            }
+        }
+        let tk = &self.tasks;
+        for (name, v) in [
+            ("tasks.default_timeout_ms", tk.default_timeout_ms),
+            ("tasks.aging_ms_per_priority", tk.aging_ms_per_priority),
+            ("tasks.ack_timeout_ms", tk.ack_timeout_ms),
+            ("tasks.retry_backoff_ms", tk.retry_backoff_ms),
+            ("tasks.idempotency_ttl_ms", tk.idempotency_ttl_ms),
+            ("tasks.retention_ms", tk.retention_ms),
+            ("tasks.quarantine_ms", tk.quarantine_ms),
+            ("tasks.quota_window_ms", tk.quota_window_ms),
+        ] {
+            if v == 0 {
+                return err(name, "must be at least 1".into());
+            }
+        }
+        if !(tk.max_skew.is_finite() && tk.max_skew >= 1.5) {
+            return err("tasks.max_skew", "must be a number >= 1.5".into());
+        }
+        if tk.retry_backoff_max_ms < tk.retry_backoff_ms {
+            return err(
+                "tasks.retry_backoff_max_ms",
+                "must be >= tasks.retry_backoff_ms".into(),
+            );
+        }
+        for (name, v) in [
+            ("tasks.health_success_step", tk.health_success_step),
+            ("tasks.health_failure_step", tk.health_failure_step),
+        ] {
+            if !(1..=100).contains(&v) {
+                return err(name, format!("must be 1..=100, got {v}"));
+            }
+        }
+        if !(1..=100).contains(&tk.quarantine_max_percent) {
+            return err(
+                "tasks.quarantine_max_percent",
+                format!("must be 1..=100, got {}", tk.quarantine_max_percent),
+            );
+        }
+        if !(tk.quarantine_below <= 100 && tk.quarantine_below < tk.probation_until) {
+            return err(
+                "tasks.quarantine_below",
+                "must be below tasks.probation_until (both 0..=100)".into(),
+            );
+        }
+        if tk.probation_until > 100 {
+            return err("tasks.probation_until", "must be at most 100".into());
+        }
+        if tk.default_max_retries > fleet_protocol::task::MAX_RETRIES {
+            return err("tasks.default_max_retries", "must be at most 100".into());
+        }
+        self.scaling.validate("scaling")?;
+        let mut max_sum: u64 = 0;
+        for (pool, p) in &self.pools {
+            let at = |k: &str| format!("pools.{pool}.{k}");
+            if p.max_agents == 0 {
+                return err(&at("max_agents"), "must be at least 1".into());
+            }
+            if p.min_agents > p.max_agents {
+                return err(
+                    &at("min_agents"),
+                    format!(
+                        "must be <= max_agents ({}), got {}",
+                        p.max_agents, p.min_agents
+                    ),
+                );
+            }
+            if !(1..=10).contains(&p.priority_level) {
+                return err(
+                    &at("priority_level"),
+                    format!("must be 1..=10, got {}", p.priority_level),
+                );
+            }
+            let r = &p.resource_limits;
+            for (name, v) in [
+                ("memory_mb", r.memory_mb),
+                ("cpu", r.cpu),
+                ("network_mbps", r.network_mbps),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return err(
+                        &at(&format!("resource_limits.{name}")),
+                        format!("must be a positive number, got {v}"),
+                    );
+                }
+            }
+            if let Some(q) = p.quota {
+                if q == 0 {
+                    return err(&at("quota"), "must be at least 1".into());
+                }
+                if p.strategy != Strategy::WeightedFair {
+                    return err(
+                        &at("quota"),
+                        "applies only with strategy = \"weighted_fair\"".into(),
+                    );
+                }
+            }
+            self.scaling_for(*pool)
+                .validate(&format!("pools.{pool}.scaling"))?;
+            max_sum += u64::from(p.min_agents);
+        }
+        if max_sum > u64::from(f.max_agents) {
+            return err(
+                "fleet.max_agents",
+                format!("is below the sum of the pools' min_agents ({max_sum})"),
+            );
+        }
+        Ok(())
+    }
+
+    /// A pool's scaling policy: the fleet defaults with its overrides.
+    pub fn scaling_for(&self, pool: PoolType) -> ScalingPolicy {
+        self.scaling.with(&self.pool(pool).scaling)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.fleet.heartbeat_interval_ms)
+    }
+
+    /// Silence after which an agent is declared failed.
+    pub fn failure_window(&self) -> Duration {
+        self.heartbeat_interval() * self.fleet.missed_heartbeats
+    }
+
+    pub fn pool(&self, pool: PoolType) -> &PoolConfig {
+        &self.pools[&pool]
+    }
+}
+
+/// Writes what the scripts read from `config` into Redis (at start, and on
+/// a reload).
+pub async fn write_settings(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    config: &Config,
+) -> fleet_store::Result<()> {
+    fleet_store::tasks::write_settings(conn, keys, &config.health_policy(), &config.pool_settings())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/fleet.toml"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let c = Config::parse("fleet.toml", &shipped()).unwrap();
+        assert_eq!(c.pools.len(), 16);
+        assert_eq!(c.fleet.prefix, "swarm:phase-1");
+        assert_eq!(c.fleet.heartbeat_interval_ms, 5000);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = shipped().replacen("max_agents = 200", "max_agents = \"lots\"", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "pools.coder.max_agents", "{e}");
+
+        let bad = shipped().replacen("priority_level = 8", "priority_level = 11", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "pools.coder.priority_level", "{e}");
+        assert!(e.reason.contains("1..=10"));
+
+        let bad = shipped().replacen("[pools.coder]", "[pools.coders]", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "pools", "{e}");
+        assert!(e.reason.contains("unknown pool \"coders\""), "{e}");
+
+        let bad = shipped().replacen("min_agents = 5", "min_agents = 500", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "pools.coder.min_agents", "{e}");
+
+        let bad = shipped().replacen(
+            "quarantine_max_percent = 50",
+            "quarantine_max_percent = 0",
+            1,
+        );
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "tasks.quarantine_max_percent", "{e}");
+
+        let bad = shipped().replacen("runtime_threads = 1", "runtime_threads = 100", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert_eq!(e.field, "fleet.runtime_threads", "{e}");
+
+        let bad = shipped().replacen("heartbeat_interval_ms", "heartbeat_intervall_ms", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        assert!(e.reason.contains("heartbeat_intervall_ms"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_redis_url() {
+        let mut c = Config::parse("f", &shipped()).unwrap();
+        c.apply_env(|k| (k == "REDIS_URL").then(|| "redis://10.0.0.1:7000".to_string()))
+            .unwrap();
+        assert_eq!(c.redis.url, "redis://10.0.0.1:7000");
+        let e = c
+            .apply_env(|k| (k == "FLEET_HTTP_ADDR").then(|| "nope".to_string()))
+            .unwrap_err();
+        assert_eq!(e.field, "FLEET_HTTP_ADDR");
+    }
+}

@@ -1,0 +1,180 @@
+//! What every part of the running service shares: the configuration, the
+//! store, the command connection, the allocator's wake-ups, the shutdown
+//! signal; and the small helpers every loop uses (pausing, publishing).
+//!
+//! This is the bottom of the service's modules: the loops, the handlers and
+//! the HTTP API use it; it uses none of them.
+
+use crate::config::Config;
+use crate::metrics as m;
+use fleet_protocol::status::FleetStatus;
+use fleet_protocol::{now_ms, PoolType};
+use fleet_store::registry::Orphans;
+use fleet_store::{Keys, Registry, StoreError, TaskStore};
+use metrics_exporter_prometheus::PrometheusHandle;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// State shared by the commander's tasks.
+pub struct Shared {
+    /// The running configuration; pool settings are replaced on a reload.
+    pub(crate) config: std::sync::RwLock<Arc<Config>>,
+    pub keys: Keys,
+    pub registry: Registry,
+    pub tasks: TaskStore,
+    /// One multiplexed, self-reconnecting connection: concurrent commands
+    /// from every handler are pipelined on it.
+    pub redis: ConnectionManager,
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+    /// When the current pub/sub subscription was confirmed (ms); 0 while not
+    /// listening. The detector never declares an agent dead for a time the
+    /// commander could not hear it.
+    pub listening_since: AtomicU64,
+    /// Wakes the allocator: a task arrived, an agent freed up, tasks came back.
+    pub alloc_wake: tokio::sync::Notify,
+    /// Pools (bit per [`PoolType::index`]) the allocator should look at next.
+    pub dirty_pools: std::sync::atomic::AtomicU32,
+    /// Pools where tasks may be waiting, as of the allocator's last look (a
+    /// bit per pool, all set at start). An agent freeing up or joining wakes
+    /// the allocator only for these: an empty queue needs no round trip.
+    pub waiting_pools: std::sync::atomic::AtomicU32,
+    /// New registrations per pool since start (the scaler's fulfilment check).
+    pub(crate) registered_counts: [AtomicU64; 16],
+    pub(crate) fenced: AtomicBool,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The configuration now in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("no panics while held").clone()
+    }
+
+    /// New registrations in `pool` since start.
+    pub fn registered(&self, pool: PoolType) -> u64 {
+        self.registered_counts[pool.index()].load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_config(&self, c: Config) {
+        *self.config.write().expect("no panics while held") = Arc::new(c);
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening_since.load(Ordering::Acquire) != 0
+    }
+
+    /// Another commander claimed a newer epoch: stop everything.
+    pub(crate) fn on_fenced(&self) {
+        if !self.fenced.swap(true, Ordering::AcqRel) {
+            error!(
+                epoch = self.registry.epoch(),
+                "a newer commander took over; this one stops writing and shuts down"
+            );
+            self.shutdown.cancel();
+        }
+    }
+
+    /// Asks the allocator to look at one pool: a task arrived or came back.
+    pub fn wake_pool(&self, pool: PoolType) {
+        self.waiting_pools
+            .fetch_or(1 << pool.index(), Ordering::AcqRel);
+        self.dirty_pools
+            .fetch_or(1 << pool.index(), Ordering::AcqRel);
+        self.alloc_wake.notify_one();
+    }
+
+    /// An agent of `pool` joined or freed up: the allocator looks at the pool
+    /// if tasks may be waiting there (the tick looks at every queue anyway).
+    pub fn agent_free(&self, pool: PoolType) {
+        if self.waiting_pools.load(Ordering::Acquire) & (1 << pool.index()) != 0 {
+            self.dirty_pools
+                .fetch_or(1 << pool.index(), Ordering::AcqRel);
+            self.alloc_wake.notify_one();
+        }
+    }
+
+    /// Asks the allocator to look at every pool.
+    pub fn wake_all(&self) {
+        self.waiting_pools.store(u32::MAX, Ordering::Release);
+        self.dirty_pools.store(u32::MAX, Ordering::Release);
+        self.alloc_wake.notify_one();
+    }
+
+    /// Records what the allocator saw of a pool's queue.
+    pub(crate) fn note_queue(&self, pool: PoolType, depth: u64) {
+        let bit = 1 << pool.index();
+        if depth > 0 {
+            self.waiting_pools.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.waiting_pools.fetch_and(!bit, Ordering::AcqRel);
+            // A task that arrived since the look has marked the pool dirty.
+            if self.dirty_pools.load(Ordering::Acquire) & bit != 0 {
+                self.waiting_pools.fetch_or(bit, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Counts tasks given back by an agent and lets the allocator hand them out.
+    pub(crate) fn on_orphans(&self, o: Orphans, reason: &'static str) {
+        if o.requeued + o.dead > 0 {
+            metrics::counter!(m::TASKS_ORPHANED, "reason" => reason)
+                .increment(u64::from(o.requeued + o.dead));
+            if o.dead > 0 {
+                metrics::counter!(m::TASKS_DEAD, "pool" => "any").increment(u64::from(o.dead));
+            }
+            info!(
+                requeued = o.requeued,
+                dead = o.dead,
+                reason,
+                "tasks given back"
+            );
+            self.wake_all();
+        }
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Counters read and assembled into the fleet view.
+    pub async fn fleet_status(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> Result<FleetStatus, StoreError> {
+        let counts = self.registry.counts(conn).await?;
+        Ok(crate::status::fleet(&self.config(), &counts, now_ms()))
+    }
+}
+
+/// Sleeps for `d` unless shutdown comes first; false on shutdown.
+pub(crate) async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// A message as JSON (protocol types always serialize).
+pub(crate) fn json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).expect("protocol types always serialize")
+}
+
+/// Publishes one message.
+pub(crate) async fn publish(
+    conn: &mut impl ConnectionLike,
+    channel: String,
+    msg: &impl Serialize,
+) -> Result<(), StoreError> {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(json(msg))
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}

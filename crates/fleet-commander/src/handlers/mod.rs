@@ -1,0 +1,79 @@
+//! The message handlers: one file per message kind (as mini-redis has one
+//! per command). Each handler validates nothing that decoding already
+//! checked, changes state with one script, and publishes replies and events
+//! only after the script has returned.
+
+mod deregister;
+mod heartbeat;
+mod register;
+mod status_request;
+mod task_report;
+pub(crate) mod task_submit;
+
+use crate::context::Shared;
+use fleet_protocol::{Inbound, PoolType};
+use fleet_store::StoreError;
+use redis::aio::ConnectionManager;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::{info_span, warn, Instrument};
+
+/// One handler: takes its agents' messages in order until the subscriber
+/// stops (on shutdown it works through what is queued, then returns).
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Inbound>) {
+    let mut conn = shared.redis.clone();
+    while let Some(msg) = rx.recv().await {
+        if shared.fenced.load(Ordering::Acquire) {
+            return;
+        }
+        let span = info_span!(
+            "message",
+            kind = msg.kind(),
+            agent_id = msg.agent_id().unwrap_or("-"),
+            task_id = msg.task_id().unwrap_or("-")
+        );
+        match handle(&shared, &mut conn, msg).instrument(span).await {
+            Ok(()) => {}
+            Err(StoreError::Fenced) => {
+                shared.on_fenced();
+                return;
+            }
+            Err(e) => {
+                crate::supervise::count("handle", &e);
+                warn!(reason = e.reason(), error = %e, "handling failed; message dropped (agents retry)");
+            }
+        }
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    msg: Inbound,
+) -> Result<(), StoreError> {
+    match msg {
+        Inbound::Register(r) => register::handle(shared, conn, r).await,
+        Inbound::Deregister(d) => deregister::handle(shared, conn, d).await,
+        Inbound::Heartbeat(hb) => heartbeat::handle(shared, conn, hb).await,
+        Inbound::TaskSubmit(req) => task_submit::handle(shared, conn, req).await,
+        Inbound::Report(kind, r) => task_report::handle(shared, conn, kind, r).await,
+        Inbound::StatusRequest(req) => status_request::handle(shared, conn, req).await,
+    }
+}
+
+/// A task of `pool` went back to its queue (a retry).
+fn wake(shared: &Shared, pool: Option<PoolType>) {
+    match pool {
+        Some(p) => shared.wake_pool(p),
+        None => shared.wake_all(),
+    }
+}
+
+/// The agent that reported freed a slot in `pool`.
+fn freed(shared: &Shared, pool: Option<PoolType>) {
+    match pool {
+        Some(p) => shared.agent_free(p),
+        None => shared.wake_all(),
+    }
+}

@@ -1,0 +1,207 @@
+//! `register`: an agent joins its pool (or re-registers after a restart).
+//!
+//! The common case, a new agent, is answered by the script itself: the reply
+//! and the event are rendered here and published by `register.lua` in the
+//! same round trip. Every other outcome is answered after the script returns.
+
+use crate::context::{json, Shared};
+use crate::metrics as m;
+use fleet_protocol::agent::AgentRecord;
+use fleet_protocol::{
+    check_registration, now_ms, Event, RefusalReason, Register, ToAgent, VERSION,
+};
+use fleet_store::registry::{fresh_record, Announce, NewAgent, Orphans, RegisterOutcome};
+use fleet_store::StoreError;
+use redis::aio::ConnectionManager;
+use std::time::Instant;
+use tracing::{debug, info, warn};
+
+/// What the registration comes to.
+enum Answer {
+    /// The script registered the agent and published the reply and event.
+    Announced,
+    Accepted {
+        record: AgentRecord,
+        again: bool,
+    },
+    Refused(RefusalReason, String),
+}
+
+pub(super) async fn handle(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    r: Register,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let answer = match check(shared, &r) {
+        Ok(new) => store(shared, conn, &r, &new).await?,
+        Err((reason, detail)) => Answer::Refused(reason, detail),
+    };
+    let channels = shared.keys.channels();
+    match answer {
+        Answer::Announced => {
+            metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
+                .increment(1);
+            debug!("registered");
+        }
+        Answer::Accepted { record, again } => {
+            shared.agent_free(record.pool);
+            let (reply, event) = accepted(shared, &r, record, again);
+            let mut p = redis::pipe();
+            p.publish(channels.agent(&r.agent_id), json(&reply))
+                .ignore();
+            p.publish(channels.registry(), json(&event)).ignore();
+            p.query_async::<()>(conn).await?;
+            metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
+                .increment(1);
+            debug!(again, "registered");
+        }
+        Answer::Refused(reason, detail) => {
+            let reply = refused(&r, reason, detail.clone());
+            redis::cmd("PUBLISH")
+                .arg(channels.agent(&r.agent_id))
+                .arg(json(&reply))
+                .query_async::<()>(conn)
+                .await?;
+            metrics::counter!(m::REGISTRATIONS, "result" => "rejected", "reason" => reason.as_str())
+                .increment(1);
+            info!(reason = reason.as_str(), detail, "registration refused");
+        }
+    }
+    metrics::histogram!(m::REGISTRATION_SECONDS).record(started.elapsed());
+    Ok(())
+}
+
+/// The registration's fields against the protocol and the pool's limits.
+fn check<'a>(shared: &Shared, r: &'a Register) -> Result<NewAgent<'a>, (RefusalReason, String)> {
+    let pool = check_registration(r).map_err(|x| (x.reason, x.detail))?;
+    let config = shared.config();
+    let pc = config.pool(pool);
+    let (lim, res) = (pc.resource_limits, r.resources);
+    if res.memory > lim.memory_mb || res.cpu > lim.cpu || res.network > lim.network_mbps {
+        let detail = format!(
+            "pool {pool} allows at most memory {} MB, cpu {}, network {} Mbps",
+            lim.memory_mb, lim.cpu, lim.network_mbps
+        );
+        return Err((RefusalReason::ResourcesExceedLimits, detail));
+    }
+    Ok(NewAgent {
+        id: &r.agent_id,
+        pool,
+        agent_type: r.agent_type.as_deref().unwrap_or(pool.as_str()),
+        priority: r.priority.unwrap_or(pc.priority_level),
+        capabilities: &r.capabilities,
+        resources: res,
+        pool_max: pc.max_agents,
+        fleet_max: config.fleet.max_agents,
+        capacity: r.capacity.unwrap_or(1),
+        instance: r.instance.as_deref().unwrap_or(""),
+    })
+}
+
+/// Runs the register script, with the reply for a new agent pre-rendered.
+async fn store(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    r: &Register,
+    new: &NewAgent<'_>,
+) -> Result<Answer, StoreError> {
+    let now = now_ms();
+    let (reply, event) = accepted(shared, r, fresh_record(new, now), false);
+    let (reply, event) = (json(&reply), json(&event));
+    let channels = shared.keys.channels();
+    let (agent_channel, registry_channel) = (channels.agent(&r.agent_id), channels.registry());
+    let announce = Announce {
+        agent_channel: &agent_channel,
+        reply: &reply,
+        registry_channel: &registry_channel,
+        event: &event,
+    };
+    let outcome = shared
+        .registry
+        .register(conn, new, now, Some(&announce))
+        .await;
+    let config = shared.config();
+    let pool = new.pool;
+    Ok(match outcome {
+        Ok(RegisterOutcome::Registered { announced, record }) => {
+            crate::scaler::note_registered(shared, pool);
+            if announced {
+                shared.agent_free(pool);
+                Answer::Announced
+            } else {
+                Answer::Accepted {
+                    record,
+                    again: false,
+                }
+            }
+        }
+        Ok(RegisterOutcome::ReRegistered { record, orphaned }) => {
+            let orphans = Orphans {
+                requeued: orphaned,
+                dead: 0,
+            };
+            shared.on_orphans(orphans, "agent_restarted");
+            Answer::Accepted {
+                record,
+                again: true,
+            }
+        }
+        Ok(RegisterOutcome::PoolFull) => Answer::Refused(
+            RefusalReason::PoolFull,
+            format!("pool {pool} is at max_agents ({})", new.pool_max),
+        ),
+        Ok(RegisterOutcome::FleetFull) => Answer::Refused(
+            RefusalReason::FleetFull,
+            format!("fleet is at max_agents ({})", config.fleet.max_agents),
+        ),
+        Ok(RegisterOutcome::PoolMismatch(other)) => Answer::Refused(
+            RefusalReason::PoolMismatch,
+            format!("agent is registered in pool {other}; deregister first"),
+        ),
+        Err(StoreError::Fenced) => return Err(StoreError::Fenced),
+        Err(e) => {
+            crate::supervise::count("register", &e);
+            warn!(reason = e.reason(), error = %e, "registration failed in Redis");
+            Answer::Refused(
+                RefusalReason::Unavailable,
+                "registry unavailable, retry".into(),
+            )
+        }
+    })
+}
+
+/// The reply and the event for an accepted registration.
+fn accepted(shared: &Shared, r: &Register, rec: AgentRecord, again: bool) -> (ToAgent, Event) {
+    let event = Event::AgentRegistered {
+        v: VERSION,
+        agent_id: r.agent_id.clone(),
+        pool: rec.pool,
+        re_registered: again,
+        ts: now_ms(),
+    };
+    let reply = ToAgent::RegisterReply {
+        v: VERSION,
+        reply_to: r.id.clone(),
+        accepted: true,
+        re_registered: Some(again),
+        agent: Some(Box::new(rec)),
+        heartbeat_interval_ms: Some(shared.config().fleet.heartbeat_interval_ms),
+        reason: None,
+        detail: None,
+    };
+    (reply, event)
+}
+
+fn refused(r: &Register, reason: RefusalReason, detail: String) -> ToAgent {
+    ToAgent::RegisterReply {
+        v: VERSION,
+        reply_to: r.id.clone(),
+        accepted: false,
+        re_registered: None,
+        agent: None,
+        heartbeat_interval_ms: None,
+        reason: Some(reason),
+        detail: Some(detail),
+    }
+}

@@ -1,0 +1,109 @@
+//! `task_submit` on the tasks channel, and the submission path it shares
+//! with `POST /v1/tasks`: validate, persist, and allocate the pool in the
+//! same round trip.
+
+use crate::context::{publish, Shared};
+use crate::metrics as m;
+use fleet_protocol::task::{Submission, SubmitRefusal};
+use fleet_protocol::{now_ms, TaskSubmit, TaskSubmitReply, VERSION};
+use fleet_store::tasks::Submitted;
+use fleet_store::StoreError;
+use redis::aio::ConnectionManager;
+use std::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Validates and persists a task; the outcome, and the reason for a refusal.
+pub(crate) async fn submit(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    s: &Submission,
+) -> Result<Result<Submitted, (SubmitRefusal, String)>, StoreError> {
+    let cfg = &shared.config();
+    let valid = match s.validate(|p| cfg.pool(p).capabilities.clone(), cfg.task_defaults()) {
+        Ok(v) => v,
+        Err((reason, detail)) => {
+            metrics::counter!(m::TASKS_REJECTED, "reason" => reason.as_str()).increment(1);
+            info!(reason = reason.as_str(), detail, "task refused");
+            return Ok(Err((reason, detail)));
+        }
+    };
+    let started = Instant::now();
+    let (out, allocated) = shared
+        .tasks
+        .submit_and_allocate(conn, &valid, crate::allocator::BATCH, now_ms())
+        .await?;
+    match allocated {
+        Some((assigned, queued)) => {
+            crate::allocator::record(shared, valid.pool, assigned, queued, started)
+        }
+        None => shared.wake_pool(valid.pool),
+    }
+    if let Submitted::Accepted(t) = &out {
+        let id = &t.id;
+        metrics::counter!(m::TASKS_SUBMITTED, "pool" => valid.pool.as_str()).increment(1);
+        debug!(task_id = %id, pool = %valid.pool, "task accepted");
+    }
+    Ok(Ok(out))
+}
+
+pub(super) async fn handle(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    req: TaskSubmit,
+) -> Result<(), StoreError> {
+    let outcome = match submit(shared, conn, &req.task).await {
+        Ok(o) => o,
+        Err(StoreError::Fenced) => return Err(StoreError::Fenced),
+        Err(e) => {
+            crate::supervise::count("submit", &e);
+            warn!(reason = e.reason(), error = %e, "task submission failed in Redis");
+            Err((
+                SubmitRefusal::Unavailable,
+                "task store unavailable, retry".into(),
+            ))
+        }
+    };
+    let Some(channel) = req.reply_channel else {
+        return Ok(());
+    };
+    if !channel.starts_with(&shared.keys.channels().reply_prefix()) {
+        metrics::counter!(m::MESSAGES_REJECTED, "channel" => "tasks", "reason" => "invalid_field")
+            .increment(1);
+        warn!(
+            channel,
+            "replyChannel outside the reply prefix: no reply sent"
+        );
+        return Ok(());
+    }
+    let duplicate = matches!(outcome, Ok(Submitted::Duplicate(_)));
+    let reply = match outcome {
+        Ok(Submitted::Accepted(t)) => TaskSubmitReply {
+            v: VERSION,
+            reply_to: req.id,
+            accepted: true,
+            duplicate,
+            task_id: Some(t.id),
+            reason: None,
+            detail: None,
+        },
+        Ok(Submitted::Duplicate(id)) => TaskSubmitReply {
+            v: VERSION,
+            reply_to: req.id,
+            accepted: true,
+            duplicate,
+            task_id: Some(id),
+            reason: None,
+            detail: None,
+        },
+        Err((reason, detail)) => TaskSubmitReply {
+            v: VERSION,
+            reply_to: req.id,
+            accepted: false,
+            duplicate: false,
+            task_id: None,
+            reason: Some(reason),
+            detail: Some(detail),
+        },
+    };
+    publish(conn, channel, &reply).await
+}

@@ -1,0 +1,220 @@
+//! Failure detection.
+//!
+//! Live agents sit in a sorted set scored by their last heartbeat, so each
+//! tick is one ZRANGEBYSCORE for the agents silent longer than
+//! `missed_heartbeats x heartbeat_interval`, then one atomic script per stale
+//! agent that re-checks the score before failing it.
+//!
+//! No false deaths: an agent is only declared dead if the commander has been
+//! listening (subscribed, and in timely contact with Redis) for the whole
+//! window. After a lost subscription, a stalled Redis, a slow round trip or a
+//! commander restart, detection waits a full window before it resumes.
+
+use crate::context::{pause, publish, Shared};
+use crate::metrics as m;
+use crate::supervise::{round_failed, Backoff};
+use fleet_protocol::now_ms;
+use fleet_protocol::{Event, VERSION};
+use fleet_store::registry::{FailOutcome, Registry};
+use fleet_store::StoreError;
+use redis::aio::ConnectionManager;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Stale agents handled per tick; the rest wait for the next tick.
+const BATCH: usize = 1000;
+
+/// A Redis round trip slower than this counts as a lapse in contact.
+const SLOW_ROUND_TRIP: Duration = Duration::from_millis(250);
+
+pub(crate) async fn detector(shared: Arc<Shared>, mut conn: ConnectionManager) {
+    let cfg = &shared.config().fleet;
+    let tick = Duration::from_millis(cfg.detect_tick_ms);
+    let window = shared.config().failure_window().as_millis() as u64;
+    // Contact with Redis is confirmed by each tick's query; a gap longer than
+    // this between confirmations means we may have missed heartbeats.
+    let max_gap = tick * 2 + SLOW_ROUND_TRIP;
+    let mut last_contact: Option<Instant> = None;
+    let mut backoff = Backoff::new();
+    while pause(shared.shutdown_token(), tick).await {
+        let before = Instant::now();
+        let c = &mut conn;
+        let now = now_ms();
+        let cutoff = now.saturating_sub(window);
+        let stale = shared.registry.stale(c, cutoff, BATCH).await;
+        let rtt = before.elapsed();
+        let stale = match stale {
+            Ok(s) if rtt <= SLOW_ROUND_TRIP => s,
+            Ok(_) => {
+                lapse(&shared, "slow Redis round trip");
+                last_contact = None;
+                continue;
+            }
+            Err(e) => {
+                crate::supervise::count("detect", &e);
+                warn!(reason = e.reason(), error = %e, "detector query failed");
+                lapse(&shared, "Redis error");
+                last_contact = None;
+                continue;
+            }
+        };
+        let previous = last_contact.replace(Instant::now());
+        match previous {
+            Some(t) if t.elapsed() <= max_gap => {}
+            Some(_) => {
+                lapse(&shared, "gap in contact with Redis");
+                continue;
+            }
+            None => {
+                // First contact (at start or after an error): the window starts now.
+                restart_window(&shared);
+                continue;
+            }
+        }
+        let since = shared.listening_since.load(Ordering::Acquire);
+        if since == 0 || now.saturating_sub(since) < window {
+            if !stale.is_empty() {
+                metrics::counter!(m::DETECTION_SKIPPED).increment(1);
+            }
+            continue; // not listening for a full window yet: cannot tell silence from deafness
+        }
+        let result = fail_stale(&shared, c, &stale, cutoff, now).await;
+        let result = match result {
+            Ok(()) => expire_failed(&shared, c, now).await,
+            e => e,
+        };
+        match result {
+            Ok(()) => backoff.reset(),
+            Err(e) => {
+                if !round_failed(&shared, "detect", e, &mut backoff).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Marks a lapse in hearing the fleet: detection restarts its window.
+fn lapse(shared: &Shared, why: &str) {
+    if restart_window(shared) {
+        metrics::counter!(m::CONTACT_LAPSES).increment(1);
+        warn!(
+            why,
+            "lapse in contact: no agent is failed until a full window has been heard"
+        );
+    }
+}
+
+/// Moves the start of the listening window to now; false if not listening.
+fn restart_window(shared: &Shared) -> bool {
+    let since = shared.listening_since.load(Ordering::Acquire);
+    if since == 0 {
+        return false;
+    }
+    // Only move forward; a concurrent re-subscribe may have set it already.
+    let _ = shared.listening_since.compare_exchange(
+        since,
+        now_ms().max(since),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    true
+}
+
+async fn fail_stale(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    stale: &[String],
+    cutoff: u64,
+    now: u64,
+) -> Result<(), StoreError> {
+    let reg: &Registry = &shared.registry;
+    let max_failures = shared.config().fleet.max_failures;
+    // Scripts sent concurrently on one multiplexed connection are pipelined.
+    let base = conn.clone();
+    for chunk in stale.chunks(64) {
+        let outcomes = futures_util::future::join_all(chunk.iter().map(|id| {
+            let mut c = base.clone();
+            async move {
+                (
+                    id,
+                    reg.fail_if_stale(&mut c, id, cutoff, now, max_failures)
+                        .await,
+                )
+            }
+        }))
+        .await;
+        for (id, outcome) in outcomes {
+            let (pool, failures, last_heartbeat, removed, orphans) = match outcome? {
+                FailOutcome::Fresh => continue,
+                FailOutcome::Failed {
+                    pool,
+                    failures,
+                    last_heartbeat,
+                    orphans,
+                } => (pool, failures, last_heartbeat, false, orphans),
+                FailOutcome::Removed {
+                    pool,
+                    failures,
+                    last_heartbeat,
+                    orphans,
+                } => (pool, failures, last_heartbeat, true, orphans),
+            };
+            shared.on_orphans(orphans, "agent_failed");
+            metrics::counter!(m::AGENTS_FAILED, "pool" => pool.as_str()).increment(1);
+            info!(agent_id = %id, pool = %pool, failures, silent_ms = now - last_heartbeat, "agent failed");
+            let ev = Event::AgentFailed {
+                v: VERSION,
+                agent_id: id.clone(),
+                pool,
+                last_heartbeat,
+                failures,
+                ts: now,
+            };
+            publish(conn, shared.keys.channels().health(), &ev).await?;
+            if removed {
+                removed_event(shared, conn, id, pool, "max_failures", now).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes failed agents that never came back within the retention time.
+async fn expire_failed(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    now: u64,
+) -> Result<(), StoreError> {
+    let cutoff = now.saturating_sub(shared.config().fleet.failed_retention_ms);
+    let expired = shared.registry.failed_before(conn, cutoff, BATCH).await?;
+    for id in expired {
+        if let Some((pool, orphans)) = shared.registry.remove(conn, &id, Some(cutoff), now).await? {
+            shared.on_orphans(orphans, "agent_failed");
+            removed_event(shared, conn, &id, pool, "expired", now).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn removed_event(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    id: &str,
+    pool: fleet_protocol::pool::PoolType,
+    reason: &'static str,
+    now: u64,
+) -> Result<(), StoreError> {
+    metrics::counter!(m::AGENTS_REMOVED, "reason" => reason).increment(1);
+    info!(agent_id = %id, pool = %pool, reason, "agent removed from the registry");
+    let ev = Event::AgentRemoved {
+        v: VERSION,
+        agent_id: id.to_string(),
+        pool,
+        reason: reason.to_string(),
+        ts: now,
+    };
+    publish(conn, shared.keys.channels().health(), &ev).await
+}

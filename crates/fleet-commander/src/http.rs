@@ -1,0 +1,394 @@
+//! The HTTP API: fleet status, pools, agents, liveness, readiness, metrics.
+
+use crate::context::Shared;
+use crate::metrics as m;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fleet_protocol::status::Fairness;
+use fleet_protocol::task::Submission;
+use fleet_protocol::valid_agent_id;
+use fleet_store::tasks::{Cancelled, Submitted};
+use fleet_store::StoreError;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{error, warn};
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let body_limit = shared.config().fleet.max_message_bytes;
+    Router::new()
+        .route("/v1/fleet", get(fleet))
+        .route("/v1/pools", get(pools))
+        .route("/v1/agents/{id}", get(agent))
+        .route("/v1/agents/{id}/drain", post(drain_agent))
+        .route("/v1/pools/{pool}/drain", post(drain_pool))
+        .route("/v1/pools/{pool}/size", post(set_pool_size))
+        .route("/v1/tasks", post(submit_task))
+        .route("/v1/tasks/{id}", get(task))
+        .route("/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/v1/tasks/{id}/evidence", get(task_evidence))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/{id}/requeue", post(requeue_dead))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(shared)
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let token = shared.shutdown_token().clone();
+    let app = router(shared);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+    {
+        error!("HTTP server stopped: {e}");
+    }
+}
+
+/// A store error, counted and logged here where it is handled, as a 503.
+fn unavailable(e: StoreError) -> Response {
+    crate::supervise::count("http", &e);
+    warn!(reason = e.reason(), error = %e, "HTTP request failed on Redis");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "redis_unavailable", "detail": e.to_string()})),
+    )
+        .into_response()
+}
+
+async fn fleet(State(s): State<Arc<Shared>>) -> Response {
+    let started = Instant::now();
+    let mut conn = s.redis.clone();
+    match s.fleet_status(&mut conn).await {
+        Ok(status) => {
+            metrics::histogram!(m::STATUS_QUERY_SECONDS).record(started.elapsed());
+            Json(status).into_response()
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn pools(State(s): State<Arc<Shared>>) -> Response {
+    let mut conn = s.redis.clone();
+    let mut conn2 = conn.clone();
+    let (counts, fair) = match tokio::try_join!(
+        s.registry.counts(&mut conn2),
+        s.tasks.fairness_inputs(&mut conn)
+    ) {
+        Ok(x) => x,
+        Err(e) => return unavailable(e),
+    };
+    let mut views = crate::status::pools(&s.config(), &counts);
+    for (view, (_, agents, min, max, total)) in views.iter_mut().zip(fair) {
+        view.fairness = Some(Fairness::compute(
+            agents,
+            min,
+            max,
+            total,
+            s.config().tasks.max_skew,
+        ));
+    }
+    Json(views).into_response()
+}
+
+async fn agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_agent_id"})),
+        )
+            .into_response();
+    }
+    let mut conn = s.redis.clone();
+    match s.registry.agent(&mut conn, &id).await {
+        Ok(Some(rec)) => Json(rec).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": "not_found"}))).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// Ready when subscribed to the agent channels and Redis answers.
+async fn ready(State(s): State<Arc<Shared>>) -> Response {
+    let redis_ok = redis::cmd("PING")
+        .query_async::<String>(&mut s.redis.clone())
+        .await
+        .map_err(|e| crate::supervise::count("readyz", &StoreError::Redis(e)))
+        .is_ok();
+    let listening = s.is_listening();
+    let body =
+        Json(json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening}));
+    if redis_ok && listening {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        crate::metrics::render(&s.metrics),
+    )
+}
+
+/// `POST /v1/agents/{id}/drain`: no new tasks; the agent finishes what it
+/// holds, then deregisters.
+async fn drain_agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_agent_id", &id);
+    }
+    let now = fleet_protocol::now_ms();
+    match s
+        .registry
+        .drain(&mut s.redis.clone(), &id, now, "operator")
+        .await
+    {
+        Ok(Some((pool, holding))) => {
+            metrics::counter!(m::AGENTS_DRAINED, "pool" => pool.as_str(), "reason" => "operator")
+                .increment(1);
+            Json(json!({"draining": true, "agentId": id, "pool": pool, "tasksInHand": holding}))
+                .into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", &id),
+        Err(e) => unavailable(e),
+    }
+}
+
+fn pool_param(name: &str) -> Result<fleet_protocol::pool::PoolType, Box<Response>> {
+    name.parse()
+        .map_err(|_| Box::new(error(StatusCode::NOT_FOUND, "unknown_pool", name)))
+}
+
+/// `POST /v1/pools/{pool}/drain`: drains every agent of the pool (the scaler
+/// then replaces them up to the pool's minimum: a rolling restart).
+async fn drain_pool(State(s): State<Arc<Shared>>, Path(pool): Path<String>) -> Response {
+    let pool = match pool_param(&pool) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let mut conn = s.redis.clone();
+    let ids: Vec<String> = match redis::cmd("SMEMBERS")
+        .arg(s.keys.pool_agents(pool))
+        .query_async(&mut conn)
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => return unavailable(StoreError::from(e)),
+    };
+    let now = fleet_protocol::now_ms();
+    let mut drained = Vec::new();
+    for id in ids {
+        match s.registry.drain(&mut conn, &id, now, "operator").await {
+            Ok(Some(_)) => drained.push(id),
+            Ok(None) => {}
+            Err(e) => return unavailable(e),
+        }
+    }
+    metrics::counter!(m::AGENTS_DRAINED, "pool" => pool.as_str(), "reason" => "operator")
+        .increment(drained.len() as u64);
+    Json(json!({"pool": pool, "draining": drained})).into_response()
+}
+
+/// `POST /v1/pools/{pool}/size` with `{"agents": N}` fixes the pool's size
+/// (within its bounds) until `{"auto": true}` hands it back to the scaler.
+async fn set_pool_size(
+    State(s): State<Arc<Shared>>,
+    Path(pool): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Response {
+    let pool = match pool_param(&pool) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let Ok(Json(body)) = body else {
+        return error(StatusCode::BAD_REQUEST, "invalid_body", "expected JSON");
+    };
+    let config = s.config();
+    let pc = config.pool(pool);
+    let mut conn = s.redis.clone();
+    let key = s.keys.manual_sizes();
+    let r = if body["auto"] == true {
+        redis::cmd("HDEL")
+            .arg(&key)
+            .arg(pool.as_str())
+            .query_async::<()>(&mut conn)
+            .await
+            .map(|_| json!({"pool": pool, "size": "auto"}))
+    } else {
+        let Some(n) = body["agents"].as_u64() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "expected {\"agents\": N} or {\"auto\": true}",
+            );
+        };
+        if n < u64::from(pc.min_agents) || n > u64::from(pc.max_agents) {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "out_of_bounds",
+                format!(
+                    "pool {pool} takes {}..={} agents, asked {n}",
+                    pc.min_agents, pc.max_agents
+                ),
+            );
+        }
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg(pool.as_str())
+            .arg(n)
+            .query_async::<()>(&mut conn)
+            .await
+            .map(|_| json!({"pool": pool, "size": n}))
+    };
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => unavailable(StoreError::from(e)),
+    }
+}
+
+fn error(code: StatusCode, error: &str, detail: impl std::fmt::Display) -> Response {
+    (
+        code,
+        Json(json!({"error": error, "detail": detail.to_string()})),
+    )
+        .into_response()
+}
+
+/// `POST /v1/tasks`: 201 with the task once it is persisted; 200 with the
+/// same task for a repeated `clientId`; 422 with the reason if it can never run.
+async fn submit_task(
+    State(s): State<Arc<Shared>>,
+    body: Result<Json<Submission>, JsonRejection>,
+) -> Response {
+    let Json(sub) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            metrics::counter!(m::TASKS_REJECTED, "reason" => "invalid_fields").increment(1);
+            return error(StatusCode::BAD_REQUEST, "invalid_fields", e.body_text());
+        }
+    };
+    let mut conn = s.redis.clone();
+    let id = match crate::handlers::task_submit::submit(&s, &mut conn, &sub).await {
+        Ok(Ok(Submitted::Accepted(t))) => {
+            // The record as persisted: no need to read it back.
+            return (
+                StatusCode::CREATED,
+                Json(json!({"task": t, "duplicate": false})),
+            )
+                .into_response();
+        }
+        Ok(Ok(Submitted::Duplicate(id))) => id,
+        Ok(Err((reason, detail))) => {
+            return error(StatusCode::UNPROCESSABLE_ENTITY, reason.as_str(), detail)
+        }
+        Err(StoreError::Fenced) => {
+            s.on_fenced();
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fenced",
+                "another commander took over",
+            );
+        }
+        Err(e) => return unavailable(e),
+    };
+    match s.tasks.get(&mut conn, &id).await {
+        Ok(Some(t)) => {
+            (StatusCode::OK, Json(json!({"task": t, "duplicate": true}))).into_response()
+        }
+        Ok(None) => (
+            StatusCode::OK,
+            Json(json!({"taskId": id, "duplicate": true})),
+        )
+            .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
+    }
+    match s.tasks.get(&mut s.redis.clone(), &id).await {
+        Ok(Some(t)) => Json(t).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", &id),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /v1/tasks/{id}/cancel`: a task that has not finished. A running one
+/// is taken from its agent (told with `task_cancel`), whose slot frees at once.
+async fn cancel_task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
+    }
+    let mut conn = s.redis.clone();
+    let task = match s.tasks.get(&mut conn, &id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", &id),
+        Err(e) => return unavailable(e),
+    };
+    match s
+        .tasks
+        .cancel(&mut conn, &id, task.pool, fleet_protocol::now_ms())
+        .await
+    {
+        Ok(Cancelled::Cancelled) => {
+            metrics::counter!(m::TASKS_CANCELLED).increment(1);
+            s.wake_pool(task.pool);
+            Json(json!({"cancelled": true, "taskId": id})).into_response()
+        }
+        Ok(Cancelled::Unknown) => error(StatusCode::NOT_FOUND, "not_found", &id),
+        Ok(Cancelled::NotCancellable(state)) => error(
+            StatusCode::CONFLICT,
+            "not_cancellable",
+            format!("task is {state}"),
+        ),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `GET /v1/dead-letters`: tasks out of retries, most recent first (at most 500).
+async fn dead_letters(State(s): State<Arc<Shared>>) -> Response {
+    match s.tasks.dead_letters(&mut s.redis.clone(), 500).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /v1/dead-letters/{id}/requeue`: back to its queue with fresh retries.
+async fn requeue_dead(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
+    }
+    match s
+        .tasks
+        .requeue_dead(&mut s.redis.clone(), &id, fleet_protocol::now_ms())
+        .await
+    {
+        Ok(Ok(())) => {
+            s.wake_all();
+            Json(json!({"requeued": true, "taskId": id})).into_response()
+        }
+        Ok(Err(state)) => error(StatusCode::CONFLICT, "not_dead", format!("task is {state}")),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `GET /v1/tasks/{id}/evidence`: every allocation decision for the task,
+/// with the strategy, the chosen agent's score and the reason.
+async fn task_evidence(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
+    }
+    match s.tasks.evidence(&mut s.redis.clone(), &id).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => unavailable(e),
+    }
+}

@@ -1,0 +1,41 @@
+//! fleet-commander: the FleetCommander service.
+//!
+//! The map, from the bottom up (each module uses only those above it):
+//! - [`config`]: `config/fleet.toml`, environment overrides, validation.
+//! - [`metrics`]: metric names, their help, the Prometheus exporter.
+//! - [`context`]: what the running service shares ([`Shared`]) and the helpers
+//!   every loop uses (pause, publish).
+//! - [`supervise`]: the one supervisor: a failed round, a panic, the exit.
+//! - [`status`]: fleet and pool status from the counters, and its publisher loop.
+//! - the loops: [`allocator`] (allocation and the reaper of leases and
+//!   retries), [`health`] (failure detection without false deaths),
+//!   [`scaler`] (pool sizing, drains), [`reload`] (live pool tuning).
+//! - [`handlers`]: one file per inbound message kind.
+//! - [`subscriber`]: the pub/sub connection feeding the handlers in order.
+//! - [`http`]: the HTTP API.
+//! - [`service`]: start, supervise, stop: [`start`] returns a [`Running`]
+//!   whose [`Running::wait`] says how it stopped ([`Exit`]).
+//!
+//! The wire types are `fleet_protocol`; the state in Redis is `fleet_store`.
+
+pub mod config;
+pub mod context;
+pub mod metrics;
+pub mod status;
+pub mod supervise;
+
+pub mod allocator;
+pub mod health;
+pub mod reload;
+pub mod scaler;
+
+mod handlers;
+mod subscriber;
+
+pub mod http;
+pub mod service;
+
+pub use config::{Config, ConfigError};
+pub use context::Shared;
+pub use service::{start, Running};
+pub use supervise::Exit;

@@ -1,0 +1,313 @@
+//! Metric names (Prometheus conventions) and the process-wide exporter.
+//!
+//! Labels come from small fixed sets (pool, status, reason, channel, op),
+//! never an agent id.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const REGISTRATIONS: &str = "fleet_registrations_total";
+pub const DEREGISTRATIONS: &str = "fleet_deregistrations_total";
+pub const HEARTBEATS: &str = "fleet_heartbeats_total";
+pub const AGENTS_FAILED: &str = "fleet_agents_failed_total";
+pub const AGENTS_RECOVERED: &str = "fleet_agents_recovered_total";
+pub const AGENTS_REMOVED: &str = "fleet_agents_removed_total";
+pub const MESSAGES_REJECTED: &str = "fleet_messages_rejected_total";
+pub const REDIS_ERRORS: &str = "fleet_redis_errors_total";
+pub const SUBSCRIBER_RECONNECTS: &str = "fleet_subscriber_reconnects_total";
+pub const CONTACT_LAPSES: &str = "fleet_contact_lapses_total";
+pub const DETECTION_SKIPPED: &str = "fleet_detection_skipped_total";
+pub const TASKS_SUBMITTED: &str = "fleet_tasks_submitted_total";
+pub const TASKS_REJECTED: &str = "fleet_tasks_rejected_total";
+pub const TASKS_CANCELLED: &str = "fleet_tasks_cancelled_total";
+pub const TASKS_ASSIGNED: &str = "fleet_tasks_assigned_total";
+pub const TASKS_COMPLETED: &str = "fleet_tasks_completed_total";
+pub const TASKS_FAILED: &str = "fleet_tasks_failed_total";
+pub const TASKS_RETRIED: &str = "fleet_tasks_retried_total";
+pub const TASKS_DEAD: &str = "fleet_tasks_dead_lettered_total";
+pub const TASKS_ORPHANED: &str = "fleet_tasks_orphaned_total";
+pub const RESULTS_IGNORED: &str = "fleet_task_results_ignored_total";
+pub const QUEUE_DEPTH: &str = "fleet_queue_depth";
+pub const AGENT_PROBATIONS: &str = "fleet_agent_probations_total";
+pub const AGENTS_QUARANTINED: &str = "fleet_agents_quarantined";
+pub const POOL_SKEW: &str = "fleet_pool_skew_ratio";
+pub const POOL_UTILIZATION: &str = "fleet_pool_utilization_ratio";
+pub const QUEUE_OLDEST_SECONDS: &str = "fleet_queue_oldest_wait_seconds";
+pub const SCALING_DECISIONS: &str = "fleet_scaling_decisions_total";
+pub const SCALE_REQUESTS_UNFULFILLED: &str = "fleet_scale_requests_unfulfilled_total";
+pub const AGENTS_DRAINED: &str = "fleet_agents_drained_total";
+pub const CONFIG_RELOADS: &str = "fleet_config_reloads_total";
+pub const POOL_TASKS_PER_AGENT: &str = "fleet_pool_tasks_per_agent";
+pub const ALLOCATION_SECONDS: &str = "fleet_allocation_duration_seconds";
+pub const AGENTS: &str = "fleet_agents";
+pub const BUILD_INFO: &str = "fleet_build_info";
+pub const UPTIME: &str = "fleet_uptime_seconds";
+pub const REGISTRATION_SECONDS: &str = "fleet_registration_duration_seconds";
+pub const HEARTBEAT_SECONDS: &str = "fleet_heartbeat_duration_seconds";
+pub const STATUS_QUERY_SECONDS: &str = "fleet_status_query_duration_seconds";
+pub const REDIS_RECONNECTS: &str = "fleet_redis_reconnects_total";
+pub use fleet_store::telemetry::REDIS_COMMAND_SECONDS;
+pub const RUNTIME_LAG_SECONDS: &str = "fleet_runtime_lag_seconds";
+pub const POOL_MIN_AGENTS: &str = "fleet_pool_min_agents";
+pub const POOL_MAX_AGENTS: &str = "fleet_pool_max_agents";
+
+/// Buckets from 50 µs to 1 s, so sub-millisecond latencies are resolved.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// The exposition text, with the process metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, ...) read at this moment.
+pub fn render(handle: &PrometheusHandle) -> String {
+    PROCESS
+        .get_or_init(|| {
+            let c = metrics_process::Collector::default();
+            c.describe();
+            c
+        })
+        .collect();
+    handle.render()
+}
+
+/// Installs the global recorder once per process and returns its handle.
+/// (Several commanders in one process, as in tests, share it.)
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("static buckets are valid");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // If another recorder is already installed, keep ours private:
+            // /metrics still renders what this handle sees.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            initialize();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// Records in `fleet_runtime_lag_seconds`, every 100 ms, how late the
+/// runtime woke this task: a stall that delays every message, whether
+/// something in the commander held the runtime or the machine did not run
+/// the process. (Tokio's timer has 1 ms granularity: up to 1 ms is normal.)
+pub async fn watch_runtime_lag(shutdown: tokio_util::sync::CancellationToken) {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+    loop {
+        let due = tokio::time::Instant::now() + EVERY;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        let late = tokio::time::Instant::now().saturating_duration_since(due);
+        metrics::histogram!(RUNTIME_LAG_SECONDS).record(late.as_secs_f64());
+    }
+}
+
+/// HELP text for every metric (shown by Prometheus and required by `promtool check metrics`).
+fn describe() {
+    use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
+    c!(
+        REGISTRATIONS,
+        "Registrations handled, by pool and result (accepted, re_registered, rejected) and reason."
+    );
+    c!(DEREGISTRATIONS, "Agents that deregistered.");
+    c!(HEARTBEATS, "Heartbeats received, by result.");
+    c!(
+        AGENTS_FAILED,
+        "Agents declared failed (missed heartbeats), by pool."
+    );
+    c!(AGENTS_RECOVERED, "Failed agents that came back, by pool.");
+    c!(
+        AGENTS_REMOVED,
+        "Agents removed from the registry, by reason."
+    );
+    c!(
+        MESSAGES_REJECTED,
+        "Inbound messages refused, by channel and reason."
+    );
+    c!(REDIS_ERRORS, "Redis commands that failed, by operation.");
+    c!(
+        REDIS_RECONNECTS,
+        "Commands that failed because the command connection dropped; each drop makes it reconnect."
+    );
+    c!(
+        SUBSCRIBER_RECONNECTS,
+        "Reconnections of the pub/sub subscriber to Redis."
+    );
+    c!(
+        CONTACT_LAPSES,
+        "Times the commander lost Redis long enough to distrust heartbeat ages."
+    );
+    c!(
+        DETECTION_SKIPPED,
+        "Detector ticks skipped because the commander was not listening."
+    );
+    c!(TASKS_SUBMITTED, "Tasks accepted, by pool.");
+    c!(TASKS_REJECTED, "Task submissions refused, by reason.");
+    c!(TASKS_CANCELLED, "Tasks cancelled.");
+    c!(
+        TASKS_ASSIGNED,
+        "Task attempts assigned to an agent, by pool."
+    );
+    c!(TASKS_COMPLETED, "Tasks completed, by pool.");
+    c!(TASKS_FAILED, "Task attempts that failed, by pool.");
+    c!(
+        TASKS_RETRIED,
+        "Failed attempts queued again for a retry, by pool."
+    );
+    c!(TASKS_DEAD, "Tasks moved to the dead-letter set, by pool.");
+    c!(
+        TASKS_ORPHANED,
+        "Tasks taken back from an agent that died or left, by reason."
+    );
+    c!(
+        RESULTS_IGNORED,
+        "Task results ignored (stale attempt, unknown task), by reason."
+    );
+    c!(
+        AGENT_PROBATIONS,
+        "Agents released from quarantine onto probation."
+    );
+    c!(
+        SCALING_DECISIONS,
+        "Scaling decisions, by pool and direction."
+    );
+    c!(
+        SCALE_REQUESTS_UNFULFILLED,
+        "Scale requests not fulfilled in time, by pool and direction."
+    );
+    c!(
+        AGENTS_DRAINED,
+        "Agents drained (by the scaler or an operator), by pool."
+    );
+    c!(
+        CONFIG_RELOADS,
+        "Configuration reloads, by result (applied, rejected)."
+    );
+    g!(AGENTS, "Registered agents, by pool and status.");
+    g!(AGENTS_QUARANTINED, "Agents in quarantine (given no tasks).");
+    g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
+    g!(
+        QUEUE_OLDEST_SECONDS,
+        metrics::Unit::Seconds,
+        "How long the oldest waiting task has waited, by pool."
+    );
+    g!(
+        POOL_UTILIZATION,
+        "Agents holding tasks / live agents, by pool."
+    );
+    g!(
+        POOL_SKEW,
+        "Most / fewest tasks given to one agent of the pool."
+    );
+    g!(POOL_TASKS_PER_AGENT, "Tasks given per agent, by pool.");
+    g!(POOL_MIN_AGENTS, "The pool's configured minimum size.");
+    g!(POOL_MAX_AGENTS, "The pool's configured maximum size.");
+    g!(BUILD_INFO, "Always 1; the version is a label.");
+    g!(
+        UPTIME,
+        metrics::Unit::Seconds,
+        "Seconds since the commander started."
+    );
+    h!(
+        REGISTRATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to handle a registration (message in to reply out)."
+    );
+    h!(
+        RUNTIME_LAG_SECONDS,
+        metrics::Unit::Seconds,
+        "How late the commander's runtime runs a timer due every 100 ms: the time every task in it waited (the runtime busy, or the process not scheduled)."
+    );
+    h!(
+        HEARTBEAT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to handle a heartbeat."
+    );
+    h!(
+        ALLOCATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to hand out tasks: an allocator round, or a submission's persist-and-allocate round trip, that assigned at least one."
+    );
+    h!(
+        STATUS_QUERY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to answer a fleet status query."
+    );
+    h!(
+        REDIS_COMMAND_SECONDS,
+        metrics::Unit::Seconds,
+        "Redis round trip of one script call, by operation."
+    );
+}
+
+/// Creates the series of the fixed label sets at zero, so that a dashboard
+/// shows 0 rather than "no data" before the first event, and `rate()` sees
+/// the first increment.
+fn initialize() {
+    use fleet_protocol::pool::PoolType;
+    use metrics::counter;
+    for pool in PoolType::ALL.map(PoolType::as_str) {
+        for name in [
+            AGENTS_FAILED,
+            AGENTS_RECOVERED,
+            AGENTS_DRAINED,
+            TASKS_SUBMITTED,
+            TASKS_ASSIGNED,
+            TASKS_COMPLETED,
+            TASKS_FAILED,
+            TASKS_RETRIED,
+            TASKS_DEAD,
+        ] {
+            counter!(name, "pool" => pool).absolute(0);
+        }
+        for direction in ["up", "down"] {
+            counter!(SCALING_DECISIONS, "pool" => pool, "direction" => direction).absolute(0);
+            counter!(SCALE_REQUESTS_UNFULFILLED, "pool" => pool, "direction" => direction)
+                .absolute(0);
+        }
+    }
+    for channel in ["registry", "health", "fleet", "tasks", "results"] {
+        for reason in [
+            "oversized",
+            "bad_json",
+            "unsupported_version",
+            "unknown_type",
+            "wrong_channel",
+            "invalid_field",
+        ] {
+            counter!(MESSAGES_REJECTED, "channel" => channel, "reason" => reason).absolute(0);
+        }
+    }
+    counter!(REGISTRATIONS, "result" => "accepted", "reason" => "none").absolute(0);
+    for op in ["allocate", "detect", "handle", "http", "scale", "status"] {
+        counter!(REDIS_ERRORS, "op" => op).absolute(0);
+    }
+    counter!(TASKS_REJECTED, "reason" => "invalid_fields").absolute(0);
+    counter!(REDIS_RECONNECTS, "conn" => "commands").absolute(0);
+    for reason in ["agent_failed", "agent_left", "lease_expired"] {
+        counter!(TASKS_ORPHANED, "reason" => reason).absolute(0);
+    }
+    for result in ["applied", "rejected"] {
+        counter!(CONFIG_RELOADS, "result" => result).absolute(0);
+    }
+    for name in [
+        AGENT_PROBATIONS,
+        CONTACT_LAPSES,
+        DEREGISTRATIONS,
+        DETECTION_SKIPPED,
+        HEARTBEATS,
+        SUBSCRIBER_RECONNECTS,
+        TASKS_CANCELLED,
+    ] {
+        counter!(name).absolute(0);
+    }
+}

@@ -1,0 +1,124 @@
+//! The service's start, supervision and shutdown: claims the epoch, loads
+//! the scripts, binds HTTP, and runs every loop under one [`Supervisor`].
+
+use crate::config::Config;
+use crate::context::Shared;
+use crate::metrics as m;
+use crate::supervise::{Exit, Supervisor};
+use anyhow::Context;
+use fleet_store::{Keys, Registry, TaskStore};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Messages a handler may have queued before the subscriber waits for it.
+const HANDLER_QUEUE: usize = 1024;
+
+/// A started commander.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub epoch: u64,
+    pub shared: Arc<Shared>,
+    supervisor: Supervisor,
+}
+
+impl Running {
+    /// Asks every task to stop (they drain within the grace period).
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Waits until the service has stopped, and says how.
+    pub async fn wait(self) -> Exit {
+        let grace = Duration::from_millis(self.shared.config().fleet.shutdown_grace_ms);
+        self.supervisor.wait(&self.shared, grace).await
+    }
+}
+
+/// Starts a commander. Stops when `shutdown` is cancelled, when a newer
+/// commander fences it, or when one of its loops fails.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let keys = Keys::new(config.fleet.prefix.clone());
+    let mut redis = fleet_store::connection::connect(&config.redis.url).await?;
+    // The detector has its own connection, so that its round-trip check
+    // measures Redis, not the handlers' queue; the allocator has its own so
+    // that its batches do not queue behind the handlers' scripts.
+    let detector_conn = fleet_store::connection::connect(&config.redis.url).await?;
+    let allocator_conn = fleet_store::connection::connect(&config.redis.url).await?;
+    let epoch = Registry::claim_epoch(&mut redis, &keys).await?;
+    Registry::load_scripts(&mut redis).await?;
+    TaskStore::load_scripts(&mut redis).await?;
+    crate::config::write_settings(&mut redis, &keys, &config).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", config.http.addr))?;
+    let http_addr = listener.local_addr()?;
+
+    let shared = Arc::new(Shared {
+        registry: Registry::new(keys.clone(), epoch),
+        tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
+        keys,
+        redis,
+        metrics: m::install(),
+        started: Instant::now(),
+        listening_since: AtomicU64::new(0),
+        alloc_wake: tokio::sync::Notify::new(),
+        dirty_pools: AtomicU32::new(0),
+        waiting_pools: AtomicU32::new(u32::MAX),
+        registered_counts: Default::default(),
+        fenced: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
+        config: std::sync::RwLock::new(config),
+    });
+
+    let mut sup = Supervisor::new(shutdown);
+    let mut senders = Vec::new();
+    for _ in 0..shared.config().fleet.workers {
+        let (tx, rx) = mpsc::channel(HANDLER_QUEUE);
+        senders.push(tx);
+        sup.spawn("handler", crate::handlers::run(shared.clone(), rx));
+    }
+    sup.spawn(
+        "subscriber",
+        crate::subscriber::run(shared.clone(), senders),
+    );
+    sup.spawn(
+        "detector",
+        crate::health::detector(shared.clone(), detector_conn),
+    );
+    sup.spawn("status", crate::status::publisher(shared.clone()));
+    sup.spawn(
+        "runtime_lag",
+        m::watch_runtime_lag(shared.shutdown_token().clone()),
+    );
+    sup.spawn(
+        "allocator",
+        crate::allocator::allocator(shared.clone(), allocator_conn),
+    );
+    sup.spawn(
+        "reaper",
+        crate::allocator::reaper(shared.clone(), shared.redis.clone()),
+    );
+    sup.spawn("http", crate::http::serve(shared.clone(), listener));
+    sup.spawn(
+        "scaler",
+        crate::scaler::scaler(shared.clone(), shared.redis.clone()),
+    );
+    if let Some(path) = shared.config().source.clone() {
+        sup.spawn("reload", crate::reload::watch(shared.clone(), path));
+    }
+
+    info!(%http_addr, epoch, prefix = shared.keys.prefix(), "commander started");
+    Ok(Running {
+        http_addr,
+        epoch,
+        shared,
+        supervisor: sup,
+    })
+}

@@ -1,0 +1,188 @@
+//! One supervisor for every loop of the service.
+//!
+//! - A loop's failed round goes through [`round_failed`]: fenced → the
+//!   service stops; any other store error → counted
+//!   (`fleet_redis_errors_total{op}`, and `fleet_redis_reconnects_total` for
+//!   a dropped connection), logged with its reason, backed off, and the loop
+//!   goes on.
+//! - Every loop is spawned by [`Supervisor::spawn`]. A loop that panics, or
+//!   that ends while the service is not stopping, stops the service, and the
+//!   process exits non-zero ([`Exit::Failed`]).
+//! - Shutdown is one [`CancellationToken`]; [`Supervisor::wait`] gives the
+//!   loops a grace period to drain, then aborts what is left.
+
+use crate::context::Shared;
+use crate::metrics as m;
+use fleet_store::StoreError;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::{Id, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info_span, warn, Instrument};
+
+/// How the service stopped; the binary turns it into the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop (SIGTERM, SIGINT) and drained in time.
+    Clean,
+    /// A newer commander claimed the epoch: this one stopped writing.
+    Fenced,
+    /// A loop panicked or ended on its own, or the drain overran the grace
+    /// period.
+    Failed(String),
+}
+
+impl Exit {
+    /// 0 clean; 75 fenced by a newer commander (EX_TEMPFAIL: another
+    /// commander runs; restarting this one would take the fleet back from
+    /// it); 1 failure. 64 (EX_USAGE, an invalid config) is the binary's.
+    pub fn code(&self) -> u8 {
+        match self {
+            Exit::Clean => 0,
+            Exit::Fenced => 75,
+            Exit::Failed(_) => 1,
+        }
+    }
+}
+
+/// Back-off after a failed round: doubles from 50 ms to 2 s; reset by a good one.
+#[derive(Debug)]
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    pub(crate) fn new() -> Self {
+        Backoff(Self::FIRST)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        d
+    }
+}
+
+/// Counts a store error where it is handled: `fleet_redis_errors_total{op}`,
+/// and `fleet_redis_reconnects_total{conn="commands"}` when the connection
+/// dropped (the connection manager reconnects).
+pub(crate) fn count(op: &'static str, e: &StoreError) {
+    metrics::counter!(m::REDIS_ERRORS, "op" => op).increment(1);
+    if e.is_connection_dropped() {
+        metrics::counter!(m::REDIS_RECONNECTS, "conn" => "commands").increment(1);
+    }
+}
+
+/// What a loop does after a round failed: false means stop (fenced, or
+/// shutdown during the back-off); true means go on.
+pub(crate) async fn round_failed(
+    shared: &Shared,
+    op: &'static str,
+    e: StoreError,
+    backoff: &mut Backoff,
+) -> bool {
+    if matches!(e, StoreError::Fenced) {
+        shared.on_fenced();
+        return false;
+    }
+    count(op, &e);
+    let wait = backoff.next();
+    warn!(op, reason = e.reason(), error = %e, retry_in = ?wait, "round failed; retrying");
+    crate::context::pause(shared.shutdown_token(), wait).await
+}
+
+/// The service's tasks, under one shutdown signal.
+pub(crate) struct Supervisor {
+    tasks: JoinSet<()>,
+    names: Vec<(Id, &'static str)>,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    pub(crate) fn new(shutdown: CancellationToken) -> Self {
+        Supervisor {
+            tasks: JoinSet::new(),
+            names: Vec::new(),
+            shutdown,
+        }
+    }
+
+    /// Runs `task` in its own span. It should return only on shutdown.
+    pub(crate) fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let h = self.tasks.spawn(task.instrument(info_span!("task", name)));
+        self.names.push((h.id(), name));
+    }
+
+    fn name(&self, id: Id) -> &'static str {
+        self.names
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
+    }
+
+    /// Waits until every task has stopped, or the service must stop. After
+    /// shutdown begins, the tasks get `grace` to finish, then are aborted.
+    pub(crate) async fn wait(mut self, shared: &Arc<Shared>, grace: Duration) -> Exit {
+        let mut failure: Option<String> = None;
+        loop {
+            let next = if self.shutdown.is_cancelled() {
+                match tokio::time::timeout(grace, self.tasks.join_next_with_id()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        let left = self.tasks.len();
+                        error!(
+                            left,
+                            ?grace,
+                            "shutdown grace period over: aborting what is left"
+                        );
+                        self.tasks.abort_all();
+                        while self.tasks.join_next().await.is_some() {}
+                        failure.get_or_insert(format!(
+                            "{left} tasks still running after the grace period"
+                        ));
+                        break;
+                    }
+                }
+            } else {
+                self.tasks.join_next_with_id().await
+            };
+            let Some(r) = next else { break };
+            let stopping = self.shutdown.is_cancelled();
+            match r {
+                Ok((id, ())) if !stopping => {
+                    let name = self.name(id);
+                    error!(task = name, "a service task ended on its own: stopping");
+                    failure.get_or_insert(format!("task {name} ended on its own"));
+                }
+                Ok(_) => {}
+                Err(e) if e.is_panic() => {
+                    let name = self.name(e.id());
+                    error!(task = name, "a service task panicked: stopping");
+                    failure.get_or_insert(format!("task {name} panicked"));
+                }
+                Err(_) => {} // aborted
+            }
+            // One task ending ends the service; the rest drain.
+            self.shutdown.cancel();
+        }
+        if shared.fenced.load(Ordering::Acquire) {
+            Exit::Fenced
+        } else if let Some(f) = failure {
+            Exit::Failed(f)
+        } else {
+            Exit::Clean
+        }
+    }
+}

@@ -1,0 +1,641 @@
+//! Agents' messages (inbound): decoding, size checks and validation.
+//!
+//! Decoding is strict: every inbound message is size-checked, parsed and
+//! validated before it can touch Redis, and a refusal carries a
+//! [`Rejection`] reason that ends up in a metric and a log line.
+
+use crate::pool::{AgentStatus, PoolType};
+use crate::VERSION;
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted agent id.
+pub const MAX_AGENT_ID_LEN: usize = 128;
+/// Most capabilities one agent may declare, and the longest one.
+pub const MAX_CAPABILITIES: usize = 32;
+pub const MAX_CAPABILITY_LEN: usize = 64;
+/// Longest message id (correlation id).
+pub const MAX_MSG_ID_LEN: usize = 128;
+
+/// Declared resource use of an agent (memory MB, CPU cores, network Mbps).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub memory: f64,
+    #[serde(default)]
+    pub cpu: f64,
+    #[serde(default)]
+    pub network: f64,
+}
+
+/// `register` on the registry channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Register {
+    /// Message id; echoed as `replyTo` in the reply.
+    pub id: String,
+    pub agent_id: String,
+    /// Pool name; validated by the commander (an unknown pool is refused with a reply).
+    pub pool: String,
+    /// Agent type; defaults to the pool name.
+    #[serde(default, rename = "agentType", skip_serializing_if = "Option::is_none")]
+    pub agent_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Tasks the agent takes at once (1..=64, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// Identifies this run of the agent process. Registering again with
+    /// another instance tells the commander the agent restarted, so the tasks
+    /// it held are given to others at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+/// `deregister` on the registry channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deregister {
+    pub id: String,
+    pub agent_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `heartbeat` on the health channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub agent_id: String,
+    /// What the agent is doing: idle, active or busy.
+    pub status: AgentStatus,
+    /// Fraction of capacity in use, 0..=1.
+    #[serde(default)]
+    pub load: f64,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Optional sequence number, for the agent's own bookkeeping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// `status_request` on the fleet channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusRequest {
+    pub id: String,
+}
+
+/// `task_submit` on the tasks channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSubmit {
+    /// Message id; echoed as `replyTo`.
+    pub id: String,
+    /// Where to send the reply; must be under `swarm:phase-1:reply:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_channel: Option<String>,
+    #[serde(flatten)]
+    pub task: crate::task::Submission,
+}
+
+/// What an agent reports about a task attempt, on the results channel:
+/// `task_ack`, `task_progress`, `task_complete`, `task_fail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskReport {
+    pub task_id: String,
+    pub attempt: u32,
+    pub agent_id: String,
+    /// `task_progress`: 0..=1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// `task_complete`: any JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// `task_fail`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The kind of a [`TaskReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    Ack,
+    Progress,
+    Complete,
+    Fail,
+}
+
+impl ReportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Ack => "task_ack",
+            ReportKind::Progress => "task_progress",
+            ReportKind::Complete => "task_complete",
+            ReportKind::Fail => "task_fail",
+        }
+    }
+}
+
+/// A validated message from an agent (or an operator tool) to the commander.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    Register(Register),
+    Deregister(Deregister),
+    Heartbeat(Heartbeat),
+    StatusRequest(StatusRequest),
+    TaskSubmit(TaskSubmit),
+    Report(ReportKind, TaskReport),
+}
+
+impl Inbound {
+    /// The agent the message is about, if any (used to keep per-agent order).
+    pub fn agent_id(&self) -> Option<&str> {
+        match self {
+            Inbound::Register(m) => Some(&m.agent_id),
+            Inbound::Deregister(m) => Some(&m.agent_id),
+            Inbound::Heartbeat(m) => Some(&m.agent_id),
+            Inbound::Report(_, m) => Some(&m.agent_id),
+            Inbound::StatusRequest(_) | Inbound::TaskSubmit(_) => None,
+        }
+    }
+
+    /// The task the message is about, if any (for the log span).
+    pub fn task_id(&self) -> Option<&str> {
+        match self {
+            Inbound::Report(_, m) => Some(&m.task_id),
+            _ => None,
+        }
+    }
+
+    /// The message type, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Inbound::Register(_) => "register",
+            Inbound::Deregister(_) => "deregister",
+            Inbound::Heartbeat(_) => "heartbeat",
+            Inbound::StatusRequest(_) => "status_request",
+            Inbound::TaskSubmit(_) => "task_submit",
+            Inbound::Report(k, _) => k.as_str(),
+        }
+    }
+}
+
+/// The channels the commander listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Registry,
+    Health,
+    Fleet,
+    Tasks,
+    Results,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Registry => "registry",
+            Channel::Health => "health",
+            Channel::Fleet => "fleet",
+            Channel::Tasks => "tasks",
+            Channel::Results => "results",
+        }
+    }
+}
+
+/// Why an inbound message was refused. The string form is the metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("oversized: {0} bytes")]
+    Oversized(usize),
+    #[error("bad_json: {0}")]
+    BadJson(String),
+    #[error("unsupported_version: {0}")]
+    UnsupportedVersion(u64),
+    #[error("unknown_type: {0}")]
+    UnknownType(String),
+    #[error("wrong_channel: {0} is not accepted here")]
+    WrongChannel(String),
+    #[error("invalid_field: {0}")]
+    InvalidField(String),
+}
+
+impl Rejection {
+    /// Metric label: a small fixed set.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::Oversized(_) => "oversized",
+            Rejection::BadJson(_) => "bad_json",
+            Rejection::UnsupportedVersion(_) => "unsupported_version",
+            Rejection::UnknownType(_) => "unknown_type",
+            Rejection::WrongChannel(_) => "wrong_channel",
+            Rejection::InvalidField(_) => "invalid_field",
+        }
+    }
+}
+
+/// What decoding one pub/sub payload gave.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    Message(Inbound),
+    /// A message the commander itself publishes on a channel it also listens
+    /// on (events, status): not for it, not an error.
+    Own,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    v: Option<u64>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// Types the commander publishes on channels it also subscribes to.
+const OWN_TYPES: &[&str] = &[
+    "agent_registered",
+    "agent_deregistered",
+    "agent_failed",
+    "agent_recovering",
+    "agent_recovered",
+    "agent_removed",
+    "agent_quarantined",
+    "agent_probation",
+    "fleet_status",
+];
+
+/// Size-checks, parses and validates one payload received on `channel`.
+pub fn decode(channel: Channel, payload: &[u8], max_bytes: usize) -> Result<Decoded, Rejection> {
+    if payload.len() > max_bytes {
+        return Err(Rejection::Oversized(payload.len()));
+    }
+    let env: Envelope =
+        serde_json::from_slice(payload).map_err(|e| Rejection::BadJson(e.to_string()))?;
+    let kind = env
+        .kind
+        .ok_or_else(|| Rejection::InvalidField("type: missing".into()))?;
+    match env.v {
+        Some(v) if v == u64::from(VERSION) => {}
+        Some(v) => return Err(Rejection::UnsupportedVersion(v)),
+        None => return Err(Rejection::InvalidField("v: missing".into())),
+    }
+    let msg = match (channel, kind.as_str()) {
+        (Channel::Registry, "register") => Inbound::Register(parse(payload)?),
+        (Channel::Registry, "deregister") => Inbound::Deregister(parse(payload)?),
+        (Channel::Health, "heartbeat") => Inbound::Heartbeat(parse(payload)?),
+        (Channel::Fleet, "status_request") => Inbound::StatusRequest(parse(payload)?),
+        (Channel::Tasks, "task_submit") => Inbound::TaskSubmit(parse(payload)?),
+        (Channel::Results, "task_ack") => Inbound::Report(ReportKind::Ack, parse(payload)?),
+        (Channel::Results, "task_progress") => {
+            Inbound::Report(ReportKind::Progress, parse(payload)?)
+        }
+        (Channel::Results, "task_complete") => {
+            Inbound::Report(ReportKind::Complete, parse(payload)?)
+        }
+        (Channel::Results, "task_fail") => Inbound::Report(ReportKind::Fail, parse(payload)?),
+        (_, k) if OWN_TYPES.contains(&k) => return Ok(Decoded::Own),
+        (
+            _,
+            "register" | "deregister" | "heartbeat" | "status_request" | "task_submit" | "task_ack"
+            | "task_progress" | "task_complete" | "task_fail",
+        ) => return Err(Rejection::WrongChannel(kind)),
+        _ => return Err(Rejection::UnknownType(truncate(&kind, 64))),
+    };
+    validate(&msg)?;
+    Ok(Decoded::Message(msg))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(payload).map_err(|e| Rejection::InvalidField(e.to_string()))
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Agent ids end up in key and channel names: ASCII letters, digits and `._:-`.
+pub fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_AGENT_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn check_msg_id(id: &str) -> Result<(), Rejection> {
+    if id.is_empty() || id.len() > MAX_MSG_ID_LEN || id.chars().any(char::is_control) {
+        return Err(Rejection::InvalidField(format!(
+            "id: must be 1..={MAX_MSG_ID_LEN} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_agent_id(id: &str) -> Result<(), Rejection> {
+    if !valid_agent_id(id) {
+        return Err(Rejection::InvalidField(format!(
+            "agentId: must be 1..={MAX_AGENT_ID_LEN} characters of [A-Za-z0-9._:-], got {:?}",
+            truncate(id, 40)
+        )));
+    }
+    Ok(())
+}
+
+fn check_resources(r: &Resources) -> Result<(), Rejection> {
+    for (name, v) in [("memory", r.memory), ("cpu", r.cpu), ("network", r.network)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Rejection::InvalidField(format!(
+                "resources.{name}: must be a non-negative number"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Rules serde cannot express. Pool names are checked by the commander, which
+/// answers an unknown pool with a reply rather than silence.
+fn validate(msg: &Inbound) -> Result<(), Rejection> {
+    match msg {
+        Inbound::Register(m) => {
+            check_msg_id(&m.id)?;
+            check_agent_id(&m.agent_id)?;
+        }
+        Inbound::Deregister(m) => {
+            check_msg_id(&m.id)?;
+            check_agent_id(&m.agent_id)?;
+        }
+        Inbound::Heartbeat(m) => {
+            check_agent_id(&m.agent_id)?;
+            if !m.status.is_reportable() {
+                return Err(Rejection::InvalidField(format!(
+                    "status: agents report idle, active or busy, not {}",
+                    m.status
+                )));
+            }
+            if !(m.load.is_finite() && (0.0..=1.0).contains(&m.load)) {
+                return Err(Rejection::InvalidField("load: must be 0..=1".into()));
+            }
+            check_resources(&m.resources)?;
+        }
+        Inbound::StatusRequest(m) => check_msg_id(&m.id)?,
+        Inbound::Report(kind, m) => {
+            check_agent_id(&m.agent_id)?;
+            if !valid_agent_id(&m.task_id) {
+                return Err(Rejection::InvalidField("taskId: invalid".into()));
+            }
+            match kind {
+                ReportKind::Progress if !m.progress.is_some_and(|p| (0.0..=1.0).contains(&p)) => {
+                    return Err(Rejection::InvalidField("progress: must be 0..=1".into()))
+                }
+                ReportKind::Fail if m.error.as_ref().is_some_and(|e| e.len() > 4096) => {
+                    return Err(Rejection::InvalidField("error: at most 4096 bytes".into()))
+                }
+                _ => {}
+            }
+        }
+        Inbound::TaskSubmit(m) => {
+            check_msg_id(&m.id)?;
+            if let Some(c) = &m.reply_channel {
+                if c.len() > 256 || c.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+                    return Err(Rejection::InvalidField("replyChannel: invalid".into()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Registration fields the commander refuses with a reply (the agent id is
+/// valid, so there is somewhere to send it). Returns the pool on success.
+pub fn check_registration(m: &Register) -> Result<PoolType, RegisterRefusal> {
+    let pool: PoolType = m.pool.parse().map_err(|_| RegisterRefusal {
+        reason: RefusalReason::UnknownPool,
+        detail: format!("unknown pool {:?}", truncate(&m.pool, 40)),
+    })?;
+    let invalid = |detail: String| RegisterRefusal {
+        reason: RefusalReason::InvalidFields,
+        detail,
+    };
+    if let Some(p) = m.priority {
+        if !(1..=10).contains(&p) {
+            return Err(invalid(format!("priority: must be 1..=10, got {p}")));
+        }
+    }
+    if let Some(t) = &m.agent_type {
+        if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
+            return Err(invalid(
+                "agentType: must be 1..=64 printable characters".into(),
+            ));
+        }
+    }
+    if m.capabilities.len() > MAX_CAPABILITIES {
+        return Err(invalid(format!(
+            "capabilities: at most {MAX_CAPABILITIES}, got {}",
+            m.capabilities.len()
+        )));
+    }
+    for c in &m.capabilities {
+        if c.is_empty() || c.len() > MAX_CAPABILITY_LEN || c.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "capabilities: each must be 1..={MAX_CAPABILITY_LEN} printable characters"
+            )));
+        }
+    }
+    check_resources(&m.resources).map_err(|e| invalid(e.to_string()))?;
+    if let Some(c) = m.capacity {
+        if !(1..=64).contains(&c) {
+            return Err(invalid(format!("capacity: must be 1..=64, got {c}")));
+        }
+    }
+    if let Some(i) = &m.instance {
+        if i.len() > 128 || i.chars().any(char::is_control) {
+            return Err(invalid("instance: at most 128 printable characters".into()));
+        }
+    }
+    Ok(pool)
+}
+
+/// Why a registration was refused (the `reason` of a refused `register_reply`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    UnknownPool,
+    PoolFull,
+    FleetFull,
+    InvalidFields,
+    ResourcesExceedLimits,
+    PoolMismatch,
+    Unavailable,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::UnknownPool => "unknown_pool",
+            RefusalReason::PoolFull => "pool_full",
+            RefusalReason::FleetFull => "fleet_full",
+            RefusalReason::InvalidFields => "invalid_fields",
+            RefusalReason::ResourcesExceedLimits => "resources_exceed_limits",
+            RefusalReason::PoolMismatch => "pool_mismatch",
+            RefusalReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterRefusal {
+    pub reason: RefusalReason,
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Event;
+
+    const MAX: usize = 16 * 1024;
+
+    fn reg(json: &str) -> Result<Decoded, Rejection> {
+        decode(Channel::Registry, json.as_bytes(), MAX)
+    }
+
+    #[test]
+    fn decodes_a_registration() {
+        let d = reg(r#"{"v":1,"type":"register","id":"m1","agentId":"coder-1","pool":"coder","capabilities":["rust"],"resources":{"memory":128,"cpu":0.25,"network":10}}"#).unwrap();
+        let Decoded::Message(Inbound::Register(r)) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(r.agent_id, "coder-1");
+        assert_eq!(check_registration(&r), Ok(PoolType::Coder));
+        assert_eq!(r.resources.cpu, 0.25);
+    }
+
+    #[test]
+    fn refuses_bad_messages_with_a_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("not json", "bad_json"),
+            (r#"{"v":2,"type":"register"}"#, "unsupported_version"),
+            (r#"{"type":"register"}"#, "invalid_field"),
+            (r#"{"v":1,"type":"explode"}"#, "unknown_type"),
+            (
+                r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle"}"#,
+                "wrong_channel",
+            ),
+            (
+                r#"{"v":1,"type":"register","id":"m","agentId":"a b","pool":"coder"}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"v":1,"type":"register","id":"m","pool":"coder"}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"v":1,"type":"register","id":"","agentId":"a","pool":"coder"}"#,
+                "invalid_field",
+            ),
+        ];
+        for (json, label) in cases {
+            let e = reg(json).unwrap_err();
+            assert_eq!(e.label(), *label, "{json}: {e}");
+        }
+        let big = format!(r#"{{"v":1,"type":"register","pad":"{}"}}"#, "x".repeat(MAX));
+        assert_eq!(reg(&big).unwrap_err().label(), "oversized");
+    }
+
+    #[test]
+    fn heartbeat_rules() {
+        let hb = |s: &str| decode(Channel::Health, s.as_bytes(), MAX);
+        assert!(
+            hb(r#"{"v":1,"type":"heartbeat","agentId":"a","status":"busy","load":0.9}"#).is_ok()
+        );
+        for bad in [
+            r#"{"v":1,"type":"heartbeat","agentId":"a","status":"failed"}"#,
+            r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","load":1.5}"#,
+            r#"{"v":1,"type":"heartbeat","agentId":"a","status":"sleeping"}"#,
+        ] {
+            assert_eq!(hb(bad).unwrap_err().label(), "invalid_field", "{bad}");
+        }
+    }
+
+    #[test]
+    fn own_events_are_ignored_not_counted() {
+        let ev = Event::AgentFailed {
+            v: VERSION,
+            agent_id: "a".into(),
+            pool: PoolType::Ui,
+            last_heartbeat: 1,
+            failures: 1,
+            ts: 2,
+        };
+        let json = serde_json::to_vec(&ev).unwrap();
+        assert_eq!(decode(Channel::Health, &json, MAX), Ok(Decoded::Own));
+        // Published on the health channel by the outcome scripts.
+        for ev in [
+            Event::AgentQuarantined {
+                v: VERSION,
+                agent_id: "a".into(),
+                health: 40,
+                until: 5,
+                ts: 2,
+            },
+            Event::AgentProbation {
+                v: VERSION,
+                agent_id: "a".into(),
+                ts: 2,
+            },
+        ] {
+            let json = serde_json::to_vec(&ev).unwrap();
+            assert_eq!(
+                decode(Channel::Health, &json, MAX),
+                Ok(Decoded::Own),
+                "{ev:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn registration_refusals() {
+        let mut r = Register {
+            id: "m".into(),
+            agent_id: "a".into(),
+            pool: "wizard".into(),
+            agent_type: None,
+            priority: None,
+            capabilities: vec![],
+            resources: Resources::default(),
+            capacity: None,
+            instance: None,
+        };
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::UnknownPool
+        );
+        r.pool = "ui".into();
+        r.priority = Some(0);
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::InvalidFields
+        );
+        r.priority = Some(10);
+        r.capabilities = vec!["x".into(); 33];
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::InvalidFields
+        );
+        r.capabilities = vec![];
+        r.resources.cpu = -1.0;
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::InvalidFields
+        );
+        r.resources.cpu = f64::NAN;
+        assert_eq!(
+            check_registration(&r).unwrap_err().reason,
+            RefusalReason::InvalidFields
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! What the commander publishes: messages to one agent, scaling requests,
+//! events, and the reply to a task submission.
+
+use crate::inbound::RefusalReason;
+use crate::pool::PoolType;
+use crate::status::{FleetStatus, PoolCounts};
+use serde::{Deserialize, Serialize};
+// Outbound: what the commander publishes.
+
+/// Sent to one agent on `swarm:phase-1:agent:{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToAgent {
+    #[serde(rename_all = "camelCase")]
+    RegisterReply {
+        v: u32,
+        reply_to: String,
+        accepted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re_registered: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<Box<crate::agent::AgentRecord>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heartbeat_interval_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<RefusalReason>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    DeregisterReply {
+        v: u32,
+        reply_to: String,
+        removed: bool,
+    },
+    /// A task for this agent: acknowledge it (`task_ack`), then report
+    /// `task_complete` or `task_fail` for this `attempt`.
+    #[serde(rename_all = "camelCase")]
+    TaskAssign {
+        v: u32,
+        task_id: String,
+        attempt: u32,
+        pool: PoolType,
+        priority: u8,
+        timeout_ms: u64,
+        payload: serde_json::Value,
+    },
+    /// The commander does not know this agent (never registered, or removed
+    /// after repeated failures): register again.
+    #[serde(rename_all = "camelCase")]
+    Reregister { v: u32, reason: String },
+    /// Take no new work, finish what you hold, then deregister.
+    #[serde(rename_all = "camelCase")]
+    Drain { v: u32, reason: String },
+    /// The task was cancelled: stop working on this attempt; a result for it
+    /// would be ignored.
+    #[serde(rename_all = "camelCase")]
+    TaskCancel {
+        v: u32,
+        task_id: String,
+        attempt: u32,
+    },
+}
+
+/// On `swarm:phase-1:scaling`, from the commander to spawners.
+/// Requests carry an id: a spawner acts on each id once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Scaling {
+    /// Start `count` more agents in `pool`.
+    #[serde(rename_all = "camelCase")]
+    ScaleUp {
+        v: u32,
+        id: String,
+        pool: PoolType,
+        count: u32,
+        reason: String,
+        ts: u64,
+    },
+    /// These agents are being drained and will deregister once idle.
+    #[serde(rename_all = "camelCase")]
+    ScaleDown {
+        v: u32,
+        id: String,
+        pool: PoolType,
+        agents: Vec<String>,
+        reason: String,
+        ts: u64,
+    },
+    /// Request `id` was not fulfilled in time: `missing` agents never came (up)
+    /// or never left (down).
+    #[serde(rename_all = "camelCase")]
+    ScaleTimeout {
+        v: u32,
+        id: String,
+        pool: PoolType,
+        direction: String,
+        missing: u32,
+        ts: u64,
+    },
+}
+
+/// Health events on `swarm:phase-1:health` and registry events on
+/// `swarm:phase-1:registry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    #[serde(rename_all = "camelCase")]
+    AgentRegistered {
+        v: u32,
+        agent_id: String,
+        pool: PoolType,
+        re_registered: bool,
+        ts: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    AgentDeregistered {
+        v: u32,
+        agent_id: String,
+        pool: PoolType,
+        ts: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    AgentFailed {
+        v: u32,
+        agent_id: String,
+        pool: PoolType,
+        last_heartbeat: u64,
+        failures: u32,
+        ts: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    AgentRecovering {
+        v: u32,
+        agent_id: String,
+        pool: PoolType,
+        ts: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    AgentRecovered {
+        v: u32,
+        agent_id: String,
+        pool: PoolType,
+        ts: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    AgentRemoved {
+        v: u32,
+        agent_id: String,
+        pool: PoolType,
+        reason: String,
+        ts: u64,
+    },
+    /// Health fell below the quarantine line (published by the outcome
+    /// script): no new work until `until` (ms since the epoch).
+    #[serde(rename_all = "camelCase")]
+    AgentQuarantined {
+        v: u32,
+        agent_id: String,
+        health: u32,
+        until: u64,
+        ts: u64,
+    },
+    /// Quarantine over: on probation, one task at a time.
+    #[serde(rename_all = "camelCase")]
+    AgentProbation { v: u32, agent_id: String, ts: u64 },
+}
+
+/// The reply to `task_submit`, on the submitter's reply channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "task_submit_reply", rename_all = "camelCase")]
+pub struct TaskSubmitReply {
+    pub v: u32,
+    pub reply_to: String,
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<crate::task::SubmitRefusal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `fleet_status` on the fleet channel (periodic, or a reply to `status_request`).
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "fleet_status")]
+pub struct FleetStatusMessage<'a> {
+    pub v: u32,
+    #[serde(rename = "replyTo", skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<&'a str>,
+    pub status: &'a FleetStatus,
+}
+
+/// `pool_status` on a pool's channel.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "pool_status")]
+pub struct PoolStatusMessage<'a> {
+    pub v: u32,
+    pub pool: PoolType,
+    pub status: &'a PoolCounts,
+}

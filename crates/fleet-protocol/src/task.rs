@@ -1,0 +1,223 @@
+//! Tasks: what a submission must hold, the record the commander keeps, and
+//! the messages that carry them.
+
+use crate::inbound::{valid_agent_id, MAX_CAPABILITIES, MAX_CAPABILITY_LEN};
+use crate::pool::PoolType;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A task's place in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting in its pool's queue.
+    Queued,
+    /// Given to an agent, not yet acknowledged.
+    Assigned,
+    /// Acknowledged by the agent.
+    Running,
+    /// Failed; waiting out its backoff before it is queued again.
+    Retrying,
+    Completed,
+    /// Out of retries: in the dead-letter set.
+    Dead,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Assigned => "assigned",
+            TaskState::Running => "running",
+            TaskState::Retrying => "retrying",
+            TaskState::Completed => "completed",
+            TaskState::Dead => "dead",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Dead | TaskState::Cancelled
+        )
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s {
+            "queued" => TaskState::Queued,
+            "assigned" => TaskState::Assigned,
+            "running" => TaskState::Running,
+            "retrying" => TaskState::Retrying,
+            "completed" => TaskState::Completed,
+            "dead" => TaskState::Dead,
+            "cancelled" => TaskState::Cancelled,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// A task as submitted (HTTP body, or the fields of `task_submit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Submission {
+    pub pool: String,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// 1 (lowest) to 10 (highest); default 5.
+    #[serde(default)]
+    pub priority: Option<u8>,
+    /// Opaque to the commander; handed to the agent as is.
+    #[serde(default)]
+    pub payload: Value,
+    /// How long an agent may work on one attempt before it is taken back.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Idempotency key: the same client id always names the same task.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmitRefusal {
+    UnknownPool,
+    UnmatchedCapabilities,
+    InvalidFields,
+    Unavailable,
+}
+
+impl SubmitRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubmitRefusal::UnknownPool => "unknown_pool",
+            SubmitRefusal::UnmatchedCapabilities => "unmatched_capabilities",
+            SubmitRefusal::InvalidFields => "invalid_fields",
+            SubmitRefusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A submission checked against the configuration, with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidTask {
+    pub pool: PoolType,
+    pub capabilities: Vec<String>,
+    pub priority: u8,
+    pub payload: String,
+    pub timeout_ms: u64,
+    pub max_retries: u32,
+    pub client_id: Option<String>,
+}
+
+/// What a submission gets for the fields it leaves out (`[tasks]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskDefaults {
+    pub timeout_ms: u64,
+    pub max_retries: u32,
+}
+
+pub const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+pub const MAX_RETRIES: u32 = 100;
+
+impl Submission {
+    /// Checks every rule; `offered` is the pool's declared capabilities
+    /// (empty: the pool accepts any).
+    pub fn validate(
+        &self,
+        offered: impl Fn(PoolType) -> Vec<String>,
+        defaults: TaskDefaults,
+    ) -> Result<ValidTask, (SubmitRefusal, String)> {
+        let invalid = |d: String| (SubmitRefusal::InvalidFields, d);
+        let pool: PoolType = self.pool.parse().map_err(|_| {
+            (
+                SubmitRefusal::UnknownPool,
+                format!(
+                    "unknown pool {:?}",
+                    self.pool.chars().take(40).collect::<String>()
+                ),
+            )
+        })?;
+        let priority = self.priority.unwrap_or(5);
+        if !(1..=10).contains(&priority) {
+            return Err(invalid(format!("priority: must be 1..=10, got {priority}")));
+        }
+        if self.capabilities.len() > MAX_CAPABILITIES
+            || self.capabilities.iter().any(|c| {
+                c.is_empty() || c.len() > MAX_CAPABILITY_LEN || c.chars().any(char::is_control)
+            })
+        {
+            return Err(invalid(format!(
+                "capabilities: at most {MAX_CAPABILITIES}, each 1..={MAX_CAPABILITY_LEN} printable characters"
+            )));
+        }
+        let offers = offered(pool);
+        if !offers.is_empty() {
+            if let Some(missing) = self.capabilities.iter().find(|c| !offers.contains(c)) {
+                return Err((
+                    SubmitRefusal::UnmatchedCapabilities,
+                    format!("pool {pool} offers no capability {missing:?}"),
+                ));
+            }
+        }
+        let timeout_ms = self.timeout_ms.unwrap_or(defaults.timeout_ms);
+        if !(100..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(invalid(format!(
+                "timeoutMs: must be 100..={MAX_TIMEOUT_MS}, got {timeout_ms}"
+            )));
+        }
+        let max_retries = self.max_retries.unwrap_or(defaults.max_retries);
+        if max_retries > MAX_RETRIES {
+            return Err(invalid(format!("maxRetries: at most {MAX_RETRIES}")));
+        }
+        if let Some(c) = &self.client_id {
+            if !valid_agent_id(c) {
+                return Err(invalid(
+                    "clientId: must be 1..=128 characters of [A-Za-z0-9._:-]".into(),
+                ));
+            }
+        }
+        Ok(ValidTask {
+            pool,
+            capabilities: self.capabilities.clone(),
+            priority,
+            payload: self.payload.to_string(),
+            timeout_ms,
+            max_retries,
+            client_id: self.client_id.clone(),
+        })
+    }
+}
+
+/// A task as stored and served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub pool: PoolType,
+    pub capabilities: Vec<String>,
+    pub priority: u8,
+    pub payload: Value,
+    pub timeout_ms: u64,
+    pub max_retries: u32,
+    pub state: TaskState,
+    /// Attempts started so far (the current one, while assigned or running).
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    pub submitted_at: u64,
+    pub updated_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

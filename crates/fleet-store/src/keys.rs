@@ -1,0 +1,180 @@
+//! Every Redis key name, in one place (the channel names are
+//! [`fleet_protocol::channels`], under the same prefix).
+//!
+//! Keys and channels live in separate Redis namespaces, but we still keep them
+//! visibly distinct (`…:agents:{id}` is a hash, `…:agent:{id}` is a channel) so
+//! that `redis-cli` output is never ambiguous.
+
+use fleet_protocol::{Channels, PoolType};
+
+/// Key and channel names under one prefix (default `swarm:phase-1`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    channels: Channels,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        Self {
+            channels: Channels::new(prefix.clone()),
+            prefix,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The channel names under the same prefix.
+    pub fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
+    // ---- keys ----
+
+    /// Hash: one agent's record.
+    pub fn agent(&self, agent_id: &str) -> String {
+        format!("{}:agents:{agent_id}", self.prefix)
+    }
+    /// Set: ids of the agents in one pool (the per-pool index).
+    pub fn pool_agents(&self, pool: PoolType) -> String {
+        format!("{}{}", self.pool_agents_prefix(), pool.as_str())
+    }
+    /// The prefix of [`Keys::pool_agents`], for Lua scripts that learn the pool
+    /// from the agent's hash.
+    pub fn pool_agents_prefix(&self) -> String {
+        format!("{}:pool-agents:", self.prefix)
+    }
+    /// Sorted set: live agents (idle, active, busy, recovering) scored by their
+    /// last heartbeat in ms. Stale agents are found with one ZRANGEBYSCORE.
+    pub fn heartbeats(&self) -> String {
+        format!("{}:heartbeats", self.prefix)
+    }
+    /// Sorted set: failed agents scored by the time they were declared failed.
+    pub fn failed(&self) -> String {
+        format!("{}:failed", self.prefix)
+    }
+    /// Hash: `{pool}:{status}` -> number of agents, maintained by the scripts,
+    /// so fleet status is one HGETALL.
+    pub fn counts(&self) -> String {
+        format!("{}:counts", self.prefix)
+    }
+    /// Hash: one task's record.
+    pub fn task(&self, task_id: &str) -> String {
+        format!("{}{task_id}", self.task_prefix())
+    }
+    /// The prefix of [`Keys::task`], for Lua scripts that walk task ids.
+    pub fn task_prefix(&self) -> String {
+        format!("{}:tasks:", self.prefix)
+    }
+    /// String: client id (idempotency key) -> task id, expiring.
+    pub fn task_client(&self, client_id: &str) -> String {
+        format!("{}:task-client:{client_id}", self.prefix)
+    }
+    /// Sorted set: a pool's waiting tasks, lowest score first
+    /// (enqueue time minus priority x aging step).
+    pub fn queue(&self, pool: PoolType) -> String {
+        format!("{}{}", self.queue_prefix(), pool.as_str())
+    }
+    pub fn queue_prefix(&self) -> String {
+        format!("{}:queue:", self.prefix)
+    }
+    /// Sorted set: a pool's agents that can take a task now, best first.
+    pub fn available(&self, pool: PoolType) -> String {
+        format!("{}{}", self.available_prefix(), pool.as_str())
+    }
+    pub fn available_prefix(&self) -> String {
+        format!("{}:available:", self.prefix)
+    }
+    /// Set: the tasks an agent holds.
+    pub fn agent_tasks(&self, agent_id: &str) -> String {
+        format!("{}{agent_id}", self.agent_tasks_prefix())
+    }
+    pub fn agent_tasks_prefix(&self) -> String {
+        format!("{}:agent-tasks:", self.prefix)
+    }
+    /// The prefix of [`Keys::agent`].
+    pub fn agent_prefix(&self) -> String {
+        format!("{}:agents:", self.prefix)
+    }
+    /// The prefix of [`Keys::agent_channel`].
+    pub fn agent_channel_prefix(&self) -> String {
+        format!("{}:agent:", self.prefix)
+    }
+    /// Sorted set: a pool's agents scored by tasks completed (fairness figures).
+    pub fn pool_done(&self, pool: PoolType) -> String {
+        format!("{}{}", self.pool_done_prefix(), pool.as_str())
+    }
+    pub fn pool_done_prefix(&self) -> String {
+        format!("{}:pool-done:", self.prefix)
+    }
+    /// Stream (capped): every allocation decision, with its reason.
+    pub fn evidence(&self) -> String {
+        format!("{}:evidence", self.prefix)
+    }
+    /// List: one task's allocation decisions (expires with the task record).
+    pub fn task_evidence(&self, task_id: &str) -> String {
+        format!("{}{task_id}", self.task_evidence_prefix())
+    }
+    pub fn task_evidence_prefix(&self) -> String {
+        format!("{}:task-evidence:", self.prefix)
+    }
+    /// Hash: the settings the scripts read, written from the config at start
+    /// and on reload: `{pool}` -> allocation strategy, `{pool}:quota` -> the
+    /// weighted-fair quota, `health` -> the health policy (JSON).
+    pub fn settings(&self) -> String {
+        format!("{}:settings", self.prefix)
+    }
+    /// Sorted set: quarantined agents scored by when their probation may start.
+    pub fn quarantine(&self) -> String {
+        format!("{}:quarantine", self.prefix)
+    }
+    /// String with expiry: tasks an agent was given in the current quota window.
+    pub fn agent_quota_prefix(&self) -> String {
+        format!("{}:agent-quota:", self.prefix)
+    }
+    /// Hash: pool -> agents an operator fixed it at (`fleet-commander scale`);
+    /// absent: the scaler decides.
+    pub fn manual_sizes(&self) -> String {
+        format!("{}:manual-sizes", self.prefix)
+    }
+    /// Stream (capped): fleet events with their inputs, e.g. every scaling decision.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+    /// Sorted set: tasks waiting out a retry backoff, scored by when they may run.
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.prefix)
+    }
+    /// Sorted set: assigned tasks scored by lease deadline.
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.prefix)
+    }
+    /// Sorted set: dead-lettered tasks scored by when they died.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+    /// String: the epoch of the commander allowed to write (fencing token).
+    pub fn epoch(&self) -> String {
+        format!("{}:commander:epoch", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_are_under_the_prefix() {
+        let k = Keys::new("swarm:phase-1");
+        assert_eq!(k.task("t1"), "swarm:phase-1:tasks:t1");
+        assert_eq!(k.queue(PoolType::Ui), "swarm:phase-1:queue:ui");
+        assert_eq!(
+            k.pool_agents(PoolType::Coder),
+            format!("{}coder", k.pool_agents_prefix())
+        );
+        assert_eq!(k.channels().fleet(), "swarm:phase-1:fleet");
+    }
+}

@@ -1,0 +1,594 @@
+//! The agent registry in Redis.
+//!
+//! Layout (names in [`crate::keys`]): one hash per agent, a set per pool, a
+//! sorted set of live agents by last heartbeat, a sorted set of failed agents
+//! by failure time, and a hash of `{pool}:{status}` counters. Every change
+//! that touches more than one key is one Lua script, and every script begins
+//! with the fencing check against the commander epoch, so a commander that
+//! has been superseded can no longer write.
+
+use crate::error::from_script;
+pub use crate::error::{Result, StoreError};
+use crate::keys::Keys;
+use fleet_protocol::agent::{AgentRecord, Health, Performance};
+use fleet_protocol::{AgentStatus, PoolType, Resources};
+use redis::aio::ConnectionLike;
+use redis::{Script, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+
+/// The prelude every state-changing script starts with (fencing, counters,
+/// agent availability, task hand-back).
+const PRELUDE: &str = include_str!("lua/common.lua");
+
+/// A script with the prelude; loaded once per server, then run by SHA.
+pub(crate) fn lua(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
+static REGISTER: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/register.lua")));
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/heartbeat.lua")));
+static FAIL: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/fail.lua")));
+static REMOVE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/remove.lua")));
+static DRAIN: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/drain.lua")));
+
+/// The record of a newly registered agent.
+pub fn fresh_record(a: &NewAgent<'_>, now: u64) -> AgentRecord {
+    AgentRecord {
+        id: a.id.to_string(),
+        agent_type: a.agent_type.to_string(),
+        pool: a.pool,
+        status: AgentStatus::Idle,
+        priority: a.priority,
+        capabilities: a.capabilities.to_vec(),
+        performance: Performance {
+            tasks_completed: 0,
+            avg_task_time: 0.0,
+            success_rate: 0.0,
+            last_active: now,
+        },
+        health: Health {
+            last_heartbeat: now,
+            failures: 0,
+            recovery_attempts: 0,
+            score: 100,
+            quarantined_until: 0,
+            probation: false,
+        },
+        resources: a.resources,
+        load: 0.0,
+        registered_at: now,
+        draining: false,
+    }
+}
+
+/// Builds a record from an agent hash's fields; `None` if a required field is missing or bad.
+pub fn agent_from_fields(fields: &HashMap<String, String>) -> Option<AgentRecord> {
+    let s = |k: &str| fields.get(k).map(String::as_str);
+    let n = |k: &str| s(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let u = |k: &str| s(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Some(AgentRecord {
+        id: s("id")?.to_string(),
+        agent_type: s("type").unwrap_or_default().to_string(),
+        pool: s("pool")?.parse().ok()?,
+        status: s("status")?.parse().ok()?,
+        priority: s("priority").and_then(|v| v.parse().ok()).unwrap_or(5),
+        capabilities: s("capabilities")
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default(),
+        performance: Performance {
+            tasks_completed: u("tasksCompleted"),
+            avg_task_time: n("avgTaskTime"),
+            success_rate: n("successRate"),
+            last_active: u("lastActive"),
+        },
+        health: Health {
+            last_heartbeat: u("lastHeartbeat"),
+            failures: u("failures") as u32,
+            recovery_attempts: u("recoveryAttempts") as u32,
+            score: s("health").and_then(|v| v.parse().ok()).unwrap_or(100),
+            quarantined_until: u("quarantinedUntil"),
+            probation: s("probation") == Some("1"),
+        },
+        resources: Resources {
+            memory: n("memory"),
+            cpu: n("cpu"),
+            network: n("network"),
+        },
+        load: n("load"),
+        registered_at: u("registeredAt"),
+        draining: s("draining") == Some("1"),
+    })
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegisterOutcome {
+    /// A new agent. `announced`: the script already published the
+    /// pre-rendered reply and event.
+    Registered {
+        record: AgentRecord,
+        announced: bool,
+    },
+    /// `orphaned`: tasks the previous instance held, given back.
+    ReRegistered {
+        record: AgentRecord,
+        orphaned: u32,
+    },
+    PoolFull,
+    FleetFull,
+    /// The id is registered in another pool.
+    PoolMismatch(String),
+}
+
+/// What a heartbeat did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeartbeatOutcome {
+    Unknown,
+    Ok,
+    /// A failed agent was heard again.
+    Recovering(PoolType),
+    /// A recovering agent is back in service.
+    Recovered(PoolType),
+}
+
+/// What the failure check did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailOutcome {
+    /// Heard from in time (or not registered any more): nothing done.
+    Fresh,
+    Failed {
+        pool: PoolType,
+        failures: u32,
+        last_heartbeat: u64,
+        orphans: Orphans,
+    },
+    Removed {
+        pool: PoolType,
+        failures: u32,
+        last_heartbeat: u64,
+        orphans: Orphans,
+    },
+}
+
+/// Tasks an agent held when it failed, left or restarted: given back at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Orphans {
+    pub requeued: u32,
+    pub dead: u32,
+}
+
+/// Agents per pool and status, from the counters hash.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    pub by_pool: BTreeMap<PoolType, BTreeMap<AgentStatus, u64>>,
+}
+
+impl Counts {
+    pub fn get(&self, pool: PoolType, status: AgentStatus) -> u64 {
+        self.by_pool
+            .get(&pool)
+            .and_then(|m| m.get(&status))
+            .copied()
+            .unwrap_or(0)
+    }
+    pub fn pool_total(&self, pool: PoolType) -> u64 {
+        self.by_pool
+            .get(&pool)
+            .map(|m| m.values().sum())
+            .unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        self.by_pool.values().flat_map(|m| m.values()).sum()
+    }
+}
+
+/// Messages for a new agent, rendered in advance, that the register script
+/// publishes itself, saving a round trip on the common path.
+#[derive(Debug, Clone, Copy)]
+pub struct Announce<'a> {
+    pub agent_channel: &'a str,
+    pub reply: &'a str,
+    pub registry_channel: &'a str,
+    pub event: &'a str,
+}
+
+/// Registration as the registry needs it (already validated).
+#[derive(Debug, Clone)]
+pub struct NewAgent<'a> {
+    pub id: &'a str,
+    pub pool: PoolType,
+    pub agent_type: &'a str,
+    pub priority: u8,
+    pub capabilities: &'a [String],
+    pub resources: Resources,
+    pub pool_max: u32,
+    pub fleet_max: u32,
+    /// Tasks the agent takes at once.
+    pub capacity: u32,
+    /// The agent process's instance id: a new one on re-registration means
+    /// the agent restarted and lost what it held.
+    pub instance: &'a str,
+}
+
+/// Appends the key prefixes every task-aware script reads with `prefixes(i)`.
+pub(crate) fn prefix_args(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
+    inv.arg(keys.agent_prefix())
+        .arg(keys.available_prefix())
+        .arg(keys.agent_tasks_prefix())
+        .arg(keys.task_prefix())
+        .arg(keys.queue_prefix())
+        .arg(keys.leases())
+        .arg(keys.dead())
+        .arg(keys.delayed())
+        .arg(keys.settings())
+        .arg(keys.pool_done_prefix())
+        .arg(keys.quarantine())
+        .arg(keys.agent_quota_prefix());
+}
+
+/// The Redis-backed registry. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    keys: Keys,
+    /// The fencing token every write carries.
+    epoch: u64,
+}
+
+impl Registry {
+    pub fn new(keys: Keys, epoch: u64) -> Self {
+        Self { keys, epoch }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Takes over as the commander allowed to write: increments the epoch and
+    /// returns it. Any older commander's next write is refused.
+    pub async fn claim_epoch(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<u64> {
+        Ok(redis::cmd("INCR")
+            .arg(keys.epoch())
+            .query_async(conn)
+            .await?)
+    }
+
+    /// Loads every script once so the first real calls do not pay for it.
+    pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
+        for s in [&*REGISTER, &*HEARTBEAT, &*FAIL, &*REMOVE, &*DRAIN] {
+            s.prepare_invoke().load_async(conn).await?;
+        }
+        Ok(())
+    }
+
+    fn invocation<'s>(&self, script: &'s Script, id: &str) -> redis::ScriptInvocation<'s> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.agent(id))
+            .key(self.keys.heartbeats())
+            .key(self.keys.failed())
+            .key(self.keys.counts())
+            .arg(self.epoch)
+            .arg(id);
+        inv
+    }
+
+    pub async fn register(
+        &self,
+        conn: &mut impl ConnectionLike,
+        a: &NewAgent<'_>,
+        now: u64,
+        announce: Option<&Announce<'_>>,
+    ) -> Result<RegisterOutcome> {
+        let caps = serde_json::to_string(a.capabilities).unwrap_or_else(|_| "[]".into());
+        let mut inv = self.invocation(&REGISTER, a.id);
+        inv.arg(a.pool.as_str())
+            .arg(a.pool_max)
+            .arg(a.fleet_max)
+            .arg(now)
+            .arg(a.agent_type)
+            .arg(a.priority)
+            .arg(caps)
+            .arg(a.resources.memory)
+            .arg(a.resources.cpu)
+            .arg(a.resources.network)
+            .arg(self.keys.pool_agents_prefix())
+            .arg(announce.map(|x| x.agent_channel).unwrap_or_default())
+            .arg(announce.map(|x| x.reply).unwrap_or_default())
+            .arg(announce.map(|x| x.registry_channel).unwrap_or_default())
+            .arg(announce.map(|x| x.event).unwrap_or_default())
+            .arg(a.capacity)
+            .arg(a.instance);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = crate::telemetry::timed("register", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        let tag = text(reply.first())?;
+        let record = || -> Result<AgentRecord> {
+            let f = |i: usize| -> Result<f64> {
+                let s = text(reply.get(i))?;
+                s.parse()
+                    .map_err(|_| StoreError::Reply(format!("register: bad number {s:?}")))
+            };
+            // What the agent just declared, plus the history a re-registration keeps.
+            Ok(AgentRecord {
+                performance: Performance {
+                    tasks_completed: f(2)? as u64,
+                    avg_task_time: f(3)?,
+                    success_rate: f(4)?,
+                    last_active: now,
+                },
+                health: Health {
+                    last_heartbeat: now,
+                    failures: f(5)? as u32,
+                    recovery_attempts: f(6)? as u32,
+                    score: f(8)? as u32,
+                    quarantined_until: f(9)? as u64,
+                    probation: f(10)? == 1.0,
+                },
+                registered_at: f(1)? as u64,
+                ..fresh_record(a, now)
+            })
+        };
+        Ok(match tag.as_str() {
+            "registered" => RegisterOutcome::Registered {
+                record: record()?,
+                announced: false,
+            },
+            "announced" => RegisterOutcome::Registered {
+                record: record()?,
+                announced: true,
+            },
+            "reregistered" => RegisterOutcome::ReRegistered {
+                record: record()?,
+                orphaned: text(reply.get(7))?.parse().unwrap_or(0),
+            },
+            "pool_full" => RegisterOutcome::PoolFull,
+            "fleet_full" => RegisterOutcome::FleetFull,
+            "pool_mismatch" => RegisterOutcome::PoolMismatch(text(reply.get(1))?),
+            other => return Err(StoreError::Reply(format!("register: {other}"))),
+        })
+    }
+
+    pub async fn heartbeat(
+        &self,
+        conn: &mut impl ConnectionLike,
+        hb: &fleet_protocol::Heartbeat,
+        now: u64,
+    ) -> Result<HeartbeatOutcome> {
+        let mut inv = self.invocation(&HEARTBEAT, &hb.agent_id);
+        inv.arg(now)
+            .arg(hb.status.as_str())
+            .arg(hb.load)
+            .arg(hb.resources.memory)
+            .arg(hb.resources.cpu)
+            .arg(hb.resources.network);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = crate::telemetry::timed("heartbeat", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        let tag = text(reply.first())?;
+        let pool = || pool_at(&reply, 3);
+        Ok(match tag.as_str() {
+            "unknown" => HeartbeatOutcome::Unknown,
+            "ok" => HeartbeatOutcome::Ok,
+            "recovering" => HeartbeatOutcome::Recovering(pool()?),
+            "recovered" => HeartbeatOutcome::Recovered(pool()?),
+            other => return Err(StoreError::Reply(format!("heartbeat: {other}"))),
+        })
+    }
+
+    /// Fails `id` if its last heartbeat is still at or before `cutoff`.
+    pub async fn fail_if_stale(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        cutoff: u64,
+        now: u64,
+        max_failures: u32,
+    ) -> Result<FailOutcome> {
+        let mut inv = self.invocation(&FAIL, id);
+        inv.arg(cutoff)
+            .arg(now)
+            .arg(max_failures)
+            .arg(self.keys.pool_agents_prefix());
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = crate::telemetry::timed("fail_if_stale", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        let tag = text(reply.first())?;
+        let num = |i: usize| -> Result<u64> {
+            let s = text(reply.get(i))?;
+            s.parse::<f64>()
+                .map(|f| f as u64)
+                .map_err(|_| StoreError::Reply(format!("fail: bad number {s}")))
+        };
+        Ok(match tag.as_str() {
+            "fresh" | "gone" => FailOutcome::Fresh,
+            "failed" => FailOutcome::Failed {
+                pool: pool_at(&reply, 2)?,
+                failures: num(3)? as u32,
+                last_heartbeat: num(4)?,
+                orphans: Orphans {
+                    requeued: num(5)? as u32,
+                    dead: num(6)? as u32,
+                },
+            },
+            "removed" => FailOutcome::Removed {
+                pool: pool_at(&reply, 2)?,
+                failures: num(3)? as u32,
+                last_heartbeat: num(4)?,
+                orphans: Orphans {
+                    requeued: num(5)? as u32,
+                    dead: num(6)? as u32,
+                },
+            },
+            other => return Err(StoreError::Reply(format!("fail: {other}"))),
+        })
+    }
+
+    /// Removes `id` and gives back its tasks. With `failed_before`, only if
+    /// it is failed since at or before that time. Returns the pool it was in,
+    /// if it was removed.
+    pub async fn remove(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        failed_before: Option<u64>,
+        now: u64,
+    ) -> Result<Option<(PoolType, Orphans)>> {
+        let mut inv = self.invocation(&REMOVE, id);
+        inv.arg(self.keys.pool_agents_prefix())
+            .arg(failed_before.map(|c| c.to_string()).unwrap_or_default())
+            .arg(now);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = crate::telemetry::timed("remove", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        match text(reply.first())?.as_str() {
+            "removed" => {
+                let n = |i| -> Result<u32> { Ok(text(reply.get(i))?.parse().unwrap_or(0)) };
+                Ok(Some((
+                    pool_at(&reply, 2)?,
+                    Orphans {
+                        requeued: n(3)?,
+                        dead: n(4)?,
+                    },
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Drains an agent: no new tasks; it is told to finish what it holds and
+    /// deregister. Returns its pool and the tasks in its hands, or `None` if unknown.
+    pub async fn drain(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        now: u64,
+        reason: &str,
+    ) -> Result<Option<(PoolType, u64)>> {
+        let mut inv = DRAIN.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .arg(self.epoch)
+            .arg(id)
+            .arg(now)
+            .arg(self.keys.agent_channel_prefix())
+            .arg(reason);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = crate::telemetry::timed("drain", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        match text(reply.first())?.as_str() {
+            "draining" => Ok(Some((
+                pool_at(&reply, 1)?,
+                text(reply.get(2))?.parse().unwrap_or(0),
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Live agents whose last heartbeat is at or before `cutoff`, oldest first.
+    pub async fn stale(
+        &self,
+        conn: &mut impl ConnectionLike,
+        cutoff: u64,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        scored_upto(conn, &self.keys.heartbeats(), cutoff, limit).await
+    }
+
+    /// Failed agents failed at or before `cutoff`.
+    pub async fn failed_before(
+        &self,
+        conn: &mut impl ConnectionLike,
+        cutoff: u64,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        scored_upto(conn, &self.keys.failed(), cutoff, limit).await
+    }
+
+    pub async fn agent(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+    ) -> Result<Option<AgentRecord>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.agent(id))
+            .query_async(conn)
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        agent_from_fields(&fields)
+            .map(Some)
+            .ok_or_else(|| StoreError::Reply(format!("agent {id}: bad record")))
+    }
+
+    /// One HGETALL of the counters: the whole fleet's shape.
+    pub async fn counts(&self, conn: &mut impl ConnectionLike) -> Result<Counts> {
+        read_counts(conn, &self.keys).await
+    }
+}
+
+/// Reads the counters without a commander epoch (for the CLI).
+pub async fn read_counts(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Counts> {
+    let raw: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.counts())
+        .query_async(conn)
+        .await?;
+    let mut counts = Counts::default();
+    for (field, n) in raw {
+        let Some((pool, status)) = field.split_once(':') else {
+            continue;
+        };
+        let (Ok(pool), Ok(status)) = (pool.parse::<PoolType>(), status.parse::<AgentStatus>())
+        else {
+            continue;
+        };
+        if n > 0 {
+            counts
+                .by_pool
+                .entry(pool)
+                .or_default()
+                .insert(status, n as u64);
+        }
+    }
+    Ok(counts)
+}
+
+/// Members of a sorted set scored at or below `max`, lowest first.
+pub(crate) async fn scored_upto(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+    max: u64,
+    limit: usize,
+) -> Result<Vec<String>> {
+    Ok(redis::cmd("ZRANGEBYSCORE")
+        .arg(key)
+        .arg("-inf")
+        .arg(max)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit)
+        .query_async(conn)
+        .await?)
+}
+
+fn text(v: Option<&Value>) -> Result<String> {
+    match v {
+        Some(v) => Ok(redis::from_redis_value_ref(v)?),
+        None => Err(StoreError::Reply("short script reply".into())),
+    }
+}
+
+fn pool_at(reply: &[Value], i: usize) -> Result<PoolType> {
+    let s = text(reply.get(i))?;
+    s.parse()
+        .map_err(|_| StoreError::Reply(format!("unknown pool {s:?} in registry")))
+}

@@ -1,0 +1,664 @@
+//! Tasks in Redis: submission, lookup, cancellation.
+//!
+//! Layout (names in [`crate::keys`]): one hash per task; one sorted set per
+//! pool as its queue, scored `enqueue time - priority x aging step` so that
+//! higher priority goes first and waiting ages a task upwards; a sorted set of
+//! tasks waiting out a retry backoff, one of leases, one of dead letters. A
+//! task is acknowledged to its submitter only after the script that persists
+//! it has returned.
+
+use crate::error::{from_script, Result, StoreError};
+use crate::keys::Keys;
+use crate::registry::{lua, prefix_args, scored_upto};
+use fleet_protocol::pool::Strategy;
+use fleet_protocol::task::{TaskRecord, ValidTask};
+use fleet_protocol::{PoolType, ReportKind, TaskReport};
+use redis::aio::ConnectionLike;
+use redis::{Script, Value};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+static SUBMIT: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/submit.lua")));
+static CANCEL: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/cancel.lua")));
+static ALLOCATE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/allocate.lua")));
+static ACK: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/task_ack.lua")));
+static DONE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/task_done.lua")));
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/expire.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/release.lua")));
+static REQUEUE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/dlq_requeue.lua")));
+static PAROLE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/parole.lua")));
+
+/// Allocation decisions kept in the evidence stream (approximately).
+pub const EVIDENCE_CAP: u64 = 100_000;
+
+/// What a submission did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// Persisted and queued: the record as stored.
+    Accepted(Box<TaskRecord>),
+    /// The client id already names this task.
+    Duplicate(String),
+}
+
+/// What a cancellation did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    Cancelled,
+    Unknown,
+    /// Already started or finished: in this state.
+    NotCancellable(String),
+}
+
+/// What the task scripts take from the `[tasks]` configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPolicy {
+    /// Waiting this long counts as much as one priority level.
+    pub aging_ms_per_priority: u64,
+    /// An assigned task not acknowledged within this time goes back to the queue.
+    pub ack_timeout_ms: u64,
+    /// Retry backoff: base x 2^(attempt-1), capped.
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// How long a client id keeps naming the same task.
+    pub idempotency_ttl_ms: u64,
+    /// How long a finished task's record is kept.
+    pub retention_ms: u64,
+}
+
+/// The agent-health policy the outcome scripts apply (`[tasks]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthPolicy {
+    /// Health gained per completed task, lost per failed or expired attempt.
+    pub success_step: u32,
+    pub failure_step: u32,
+    /// Quarantined below this score, for `quarantine_ms` (doubling per repeat).
+    pub quarantine_below: u32,
+    pub quarantine_ms: u64,
+    /// At most this share (%) of a pool's live agents quarantined at once.
+    pub quarantine_max_percent: u32,
+    /// Probation ends at this score.
+    pub probation_until: u32,
+    /// Window of the per-agent quota of `weighted_fair` pools.
+    pub quota_window_ms: u64,
+}
+
+/// One pool's allocation settings, as the scripts read them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolSettings {
+    pub pool: PoolType,
+    pub strategy: Strategy,
+    /// Tasks per agent per quota window (`weighted_fair`).
+    pub quota: Option<u32>,
+}
+
+/// Queue score: lower runs first. One priority level is worth
+/// `aging_ms_per_priority` of waiting.
+pub fn queue_score(enqueued_at: u64, priority: u8, cfg: &TaskPolicy) -> f64 {
+    enqueued_at as f64 - f64::from(priority) * cfg.aging_ms_per_priority as f64
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskStore {
+    keys: Keys,
+    epoch: u64,
+    cfg: TaskPolicy,
+}
+
+impl TaskStore {
+    pub fn new(keys: Keys, epoch: u64, cfg: TaskPolicy) -> Self {
+        Self { keys, epoch, cfg }
+    }
+
+    pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
+        for s in [
+            &*SUBMIT, &*CANCEL, &*ALLOCATE, &*ACK, &*DONE, &*EXPIRE, &*RELEASE, &*REQUEUE, &*PAROLE,
+        ] {
+            s.prepare_invoke().load_async(conn).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn submit(
+        &self,
+        conn: &mut impl ConnectionLike,
+        t: &ValidTask,
+        now: u64,
+    ) -> Result<Submitted> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let inv = self.submit_invocation(t, &id, now);
+        let reply: Vec<String> = crate::telemetry::timed("submit", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        Self::submitted(reply, id, t, now)
+    }
+
+    /// Persists a task and runs its pool's allocation in the same round trip
+    /// (a pipeline), so that a task which finds a free agent is handed out at
+    /// once. The allocation's (assigned, still queued), or None if it failed:
+    /// then the allocator must look at the pool.
+    pub async fn submit_and_allocate(
+        &self,
+        conn: &mut impl ConnectionLike,
+        t: &ValidTask,
+        max: usize,
+        now: u64,
+    ) -> Result<(Submitted, Option<(u64, u64)>)> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut p = redis::pipe();
+        p.ignore_errors()
+            .invoke_script(&self.submit_invocation(t, &id, now))
+            .invoke_script(&self.allocate_invocation(t.pool, max, now));
+        let mut replies: Vec<redis::RedisResult<Value>> =
+            crate::telemetry::timed("submit", p.query_async(conn)).await?;
+        let allocated = replies.pop().and_then(|r| r.ok());
+        let submitted = match replies.pop() {
+            Some(Ok(v)) => redis::from_redis_value(v)?,
+            // Scripts flushed (a Redis restart): nothing ran; the plain call reloads them.
+            Some(Err(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                return Ok((self.submit(conn, t, now).await?, None));
+            }
+            Some(Err(e)) => return Err(from_script(e)),
+            None => return Err(StoreError::Reply("submit: no reply".into())),
+        };
+        let allocated = allocated.and_then(|v| redis::from_redis_value::<(u64, u64)>(v).ok());
+        Ok((Self::submitted(submitted, id, t, now)?, allocated))
+    }
+
+    fn submit_invocation(
+        &self,
+        t: &ValidTask,
+        id: &str,
+        now: u64,
+    ) -> redis::ScriptInvocation<'static> {
+        let client = t.client_id.as_deref().unwrap_or("");
+        let client_key = if client.is_empty() {
+            self.keys.task_client("-")
+        } else {
+            self.keys.task_client(client)
+        };
+        let caps = serde_json::to_string(&t.capabilities).unwrap_or_else(|_| "[]".into());
+        let mut inv = SUBMIT.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.task(id))
+            .key(client_key)
+            .key(self.keys.queue(t.pool))
+            .arg(self.epoch)
+            .arg(id)
+            .arg(client)
+            .arg(t.pool.as_str())
+            .arg(caps)
+            .arg(t.priority)
+            .arg(&t.payload)
+            .arg(t.timeout_ms)
+            .arg(t.max_retries)
+            .arg(now)
+            .arg(queue_score(now, t.priority, &self.cfg))
+            .arg(self.cfg.idempotency_ttl_ms);
+        inv
+    }
+
+    fn submitted(reply: Vec<String>, id: String, t: &ValidTask, now: u64) -> Result<Submitted> {
+        match (reply.first().map(String::as_str), reply.get(1)) {
+            (Some("accepted"), Some(_)) => Ok(Submitted::Accepted(Box::new(TaskRecord {
+                id,
+                client_id: t.client_id.clone(),
+                pool: t.pool,
+                capabilities: t.capabilities.clone(),
+                priority: t.priority,
+                payload: serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null),
+                timeout_ms: t.timeout_ms,
+                max_retries: t.max_retries,
+                state: fleet_protocol::task::TaskState::Queued,
+                attempt: 0,
+                agent_id: None,
+                submitted_at: now,
+                updated_at: now,
+                result: None,
+                error: None,
+            }))),
+            (Some("duplicate"), Some(id)) => Ok(Submitted::Duplicate(id.clone())),
+            other => Err(StoreError::Reply(format!("submit: {other:?}"))),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+    ) -> Result<Option<TaskRecord>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.task(id))
+            .query_async(conn)
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        task_from_fields(&fields)
+            .map(Some)
+            .ok_or_else(|| StoreError::Reply(format!("task {id}: bad record")))
+    }
+
+    pub async fn cancel(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        pool: PoolType,
+        now: u64,
+    ) -> Result<Cancelled> {
+        let mut inv = CANCEL.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.task(id))
+            .key(self.keys.queue(pool))
+            .key(self.keys.delayed())
+            .key(self.keys.counts())
+            .arg(self.epoch)
+            .arg(id)
+            .arg(now)
+            .arg(self.cfg.retention_ms)
+            .arg(self.keys.agent_channel_prefix())
+            .arg(self.keys.channels().allocation());
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<Value> = crate::telemetry::timed("cancel", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        let tag: String = match reply.first() {
+            Some(v) => redis::from_redis_value_ref(v)?,
+            None => return Err(StoreError::Reply("cancel: empty".into())),
+        };
+        Ok(match tag.as_str() {
+            "cancelled" => Cancelled::Cancelled,
+            "unknown" => Cancelled::Unknown,
+            _ => Cancelled::NotCancellable(match reply.get(1) {
+                Some(v) => redis::from_redis_value_ref(v)?,
+                None => String::new(),
+            }),
+        })
+    }
+
+    /// Ends the quarantine of agents whose period is over (they go on
+    /// probation). Returns their ids.
+    pub async fn parole(
+        &self,
+        conn: &mut impl ConnectionLike,
+        now: u64,
+        max: usize,
+    ) -> Result<Vec<String>> {
+        let mut inv = PAROLE.prepare_invoke();
+        inv.key(self.keys.epoch()).arg(self.epoch).arg(now).arg(max);
+        prefix_args(&mut inv, &self.keys);
+        crate::telemetry::timed("parole", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)
+    }
+
+    /// Tasks waiting in a pool's queue.
+    pub async fn queue_depth(&self, conn: &mut impl ConnectionLike, pool: PoolType) -> Result<u64> {
+        Ok(redis::cmd("ZCARD")
+            .arg(self.keys.queue(pool))
+            .query_async(conn)
+            .await?)
+    }
+
+    /// Tasks waiting in every pool's queue, in [`PoolType::ALL`] order (one round trip).
+    pub async fn queue_depths(&self, conn: &mut impl ConnectionLike) -> Result<Vec<u64>> {
+        let mut p = redis::pipe();
+        for pool in PoolType::ALL {
+            p.zcard(self.keys.queue(pool));
+        }
+        Ok(p.query_async(conn).await?)
+    }
+
+    /// The ids at the head of a pool's queue, in the order they will run.
+    pub async fn queued(
+        &self,
+        conn: &mut impl ConnectionLike,
+        pool: PoolType,
+        n: usize,
+    ) -> Result<Vec<String>> {
+        Ok(redis::cmd("ZRANGE")
+            .arg(self.keys.queue(pool))
+            .arg(0)
+            .arg(n.saturating_sub(1))
+            .query_async(conn)
+            .await?)
+    }
+
+    /// Hands up to `max` of a pool's queued tasks to its available agents.
+    /// Returns (assigned, still queued).
+    pub async fn allocate(
+        &self,
+        conn: &mut impl ConnectionLike,
+        pool: PoolType,
+        max: usize,
+        now: u64,
+    ) -> Result<(u64, u64)> {
+        let inv = self.allocate_invocation(pool, max, now);
+        let r: (u64, u64) = crate::telemetry::timed("allocate", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        Ok(r)
+    }
+
+    fn allocate_invocation(
+        &self,
+        pool: PoolType,
+        max: usize,
+        now: u64,
+    ) -> redis::ScriptInvocation<'static> {
+        let mut inv = ALLOCATE.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.queue(pool))
+            .key(self.keys.counts())
+            .arg(self.epoch)
+            .arg(pool.as_str())
+            .arg(max)
+            .arg(now)
+            .arg(self.cfg.ack_timeout_ms)
+            .arg(self.keys.agent_channel_prefix())
+            .arg(self.keys.channels().allocation());
+        prefix_args(&mut inv, &self.keys);
+        inv.arg(self.keys.evidence())
+            .arg(self.keys.task_evidence_prefix())
+            .arg(EVIDENCE_CAP)
+            .arg(self.cfg.retention_ms);
+        inv
+    }
+
+    /// Applies an agent's report. `Ok(None)` for a report about an attempt
+    /// that is no longer current (duplicate or late): ignored.
+    pub async fn report(
+        &self,
+        conn: &mut impl ConnectionLike,
+        kind: ReportKind,
+        r: &TaskReport,
+        now: u64,
+    ) -> Result<Option<ReportOutcome>> {
+        let reply: Vec<String> = match kind {
+            ReportKind::Ack | ReportKind::Progress => crate::telemetry::timed(
+                "ack",
+                ACK.prepare_invoke()
+                    .key(self.keys.epoch())
+                    .key(self.keys.task(&r.task_id))
+                    .key(self.keys.leases())
+                    .arg(self.epoch)
+                    .arg(&r.task_id)
+                    .arg(r.attempt)
+                    .arg(&r.agent_id)
+                    .arg(now)
+                    .arg(r.progress.map(|p| p.to_string()).unwrap_or_default())
+                    .invoke_async(conn),
+            )
+            .await
+            .map_err(from_script)?,
+            ReportKind::Complete | ReportKind::Fail => {
+                let (outcome, detail) = match kind {
+                    ReportKind::Complete => (
+                        "completed",
+                        r.result
+                            .clone()
+                            .unwrap_or(serde_json::Value::Null)
+                            .to_string(),
+                    ),
+                    _ => ("failed", r.error.clone().unwrap_or_default()),
+                };
+                let mut inv = DONE.prepare_invoke();
+                inv.key(self.keys.epoch())
+                    .key(self.keys.task(&r.task_id))
+                    .key(self.keys.counts())
+                    .arg(self.epoch)
+                    .arg(&r.task_id)
+                    .arg(r.attempt)
+                    .arg(&r.agent_id)
+                    .arg(now)
+                    .arg(outcome)
+                    .arg(detail)
+                    .arg(self.cfg.retention_ms)
+                    .arg(self.cfg.retry_backoff_ms)
+                    .arg(self.cfg.retry_backoff_max_ms)
+                    .arg(self.keys.channels().allocation());
+                prefix_args(&mut inv, &self.keys);
+                crate::telemetry::timed("report", inv.invoke_async(conn))
+                    .await
+                    .map_err(from_script)?
+            }
+        };
+        let pool = || reply.get(1).and_then(|p| p.parse::<PoolType>().ok());
+        Ok(match reply.first().map(String::as_str) {
+            Some("ok") => Some(ReportOutcome::Running),
+            Some("completed") => Some(ReportOutcome::Completed(pool())),
+            Some("retrying") => Some(ReportOutcome::Retrying(pool())),
+            Some("dead") => Some(ReportOutcome::Dead(pool())),
+            _ => None,
+        })
+    }
+
+    /// Leases that ran out at or before `now`.
+    pub async fn expired_leases(
+        &self,
+        conn: &mut impl ConnectionLike,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        scored_upto(conn, &self.keys.leases(), now, limit).await
+    }
+
+    /// Takes a task back from an agent whose lease ran out. Returns the
+    /// outcome ("queued" or "dead") if it did.
+    pub async fn expire(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<String>> {
+        let mut inv = EXPIRE.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.task(id))
+            .key(self.keys.counts())
+            .arg(self.epoch)
+            .arg(id)
+            .arg(now)
+            .arg(self.keys.channels().allocation());
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<String> = crate::telemetry::timed("expire", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        Ok(match reply.first().map(String::as_str) {
+            Some(r @ ("queued" | "dead")) => Some(r.to_string()),
+            _ => None,
+        })
+    }
+
+    /// Moves retries whose backoff is over back to their queues; returns how many pools got tasks.
+    pub async fn release_delayed(
+        &self,
+        conn: &mut impl ConnectionLike,
+        now: u64,
+        limit: usize,
+    ) -> Result<usize> {
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .arg(self.epoch)
+            .arg(now)
+            .arg(limit);
+        prefix_args(&mut inv, &self.keys);
+        let pools: Vec<String> = crate::telemetry::timed("release_delayed", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        Ok(pools.len())
+    }
+
+    /// Dead-lettered tasks, most recent first.
+    pub async fn dead_letters(
+        &self,
+        conn: &mut impl ConnectionLike,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>> {
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.keys.dead())
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(conn)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(t) = self.get(conn, &id).await? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends a dead-lettered task back to its queue with fresh retries.
+    /// `Err(state)` if it is not dead.
+    pub async fn requeue_dead(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        now: u64,
+    ) -> Result<std::result::Result<(), String>> {
+        let mut inv = REQUEUE.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.task(id))
+            .arg(self.epoch)
+            .arg(id)
+            .arg(now);
+        prefix_args(&mut inv, &self.keys);
+        let reply: Vec<String> = crate::telemetry::timed("requeue_dead", inv.invoke_async(conn))
+            .await
+            .map_err(from_script)?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("queued") => Ok(()),
+            _ => Err(reply.get(1).cloned().unwrap_or_default()),
+        })
+    }
+}
+
+/// What an agent's report did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportOutcome {
+    Running,
+    Completed(Option<PoolType>),
+    Retrying(Option<PoolType>),
+    Dead(Option<PoolType>),
+}
+
+impl TaskStore {
+    /// Per pool: (agents, fewest tasks completed, most, total), from the
+    /// pool's completion sorted set and the counters hash; one round trip.
+    pub async fn fairness_inputs(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> Result<Vec<(PoolType, u64, u64, u64, u64)>> {
+        let mut p = redis::pipe();
+        for pool in PoolType::ALL {
+            let key = self.keys.pool_done(pool);
+            p.cmd("ZCARD").arg(&key);
+            p.cmd("ZRANGE").arg(&key).arg(0).arg(0).arg("WITHSCORES");
+            p.cmd("ZRANGE").arg(&key).arg(-1).arg(-1).arg("WITHSCORES");
+            p.cmd("HGET")
+                .arg(self.keys.counts())
+                .arg(format!("{pool}:done"));
+        }
+        type Row = (u64, Vec<(String, f64)>, Vec<(String, f64)>, Option<u64>);
+        let rows: Vec<Row> = {
+            let raw: Vec<Value> = p.query_async(conn).await?;
+            raw.chunks(4)
+                .map(|c| -> Result<Row> {
+                    Ok((
+                        redis::from_redis_value_ref(&c[0])?,
+                        redis::from_redis_value_ref(&c[1])?,
+                        redis::from_redis_value_ref(&c[2])?,
+                        redis::from_redis_value_ref(&c[3])?,
+                    ))
+                })
+                .collect::<Result<_>>()?
+        };
+        Ok(PoolType::ALL
+            .into_iter()
+            .zip(rows)
+            .map(|(pool, (n, lo, hi, total))| {
+                let score = |v: &[(String, f64)]| v.first().map(|x| x.1 as u64).unwrap_or(0);
+                (pool, n, score(&lo), score(&hi), total.unwrap_or(0))
+            })
+            .collect())
+    }
+
+    /// A task's allocation decisions, oldest first.
+    pub async fn evidence(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+    ) -> Result<Vec<serde_json::Value>> {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys.task_evidence(id))
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|e| serde_json::from_str(e).ok())
+            .collect())
+    }
+}
+
+/// Writes what the scripts read from the config: each pool's strategy and
+/// quota, and the health policy. Called at start (and on a config reload).
+pub async fn write_settings(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    health: &HealthPolicy,
+    pools: &[PoolSettings],
+) -> Result<()> {
+    let health = serde_json::json!({
+        "up": health.success_step,
+        "down": health.failure_step,
+        "below": health.quarantine_below,
+        "clear": health.probation_until,
+        "period": health.quarantine_ms,
+        "cap": health.quarantine_max_percent,
+        "window": health.quota_window_ms,
+    });
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .hset(keys.settings(), "health", health.to_string())
+        .hset(keys.settings(), "healthChannel", keys.channels().health());
+    for p in pools {
+        pipe.hset(keys.settings(), p.pool.as_str(), p.strategy.as_str());
+        match p.quota {
+            Some(q) => pipe.hset(keys.settings(), format!("{}:quota", p.pool), q),
+            None => pipe.hdel(keys.settings(), format!("{}:quota", p.pool)),
+        };
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// Builds a task record from its hash's fields; `None` if a required field is missing or bad.
+pub fn task_from_fields(f: &HashMap<String, String>) -> Option<TaskRecord> {
+    let s = |k: &str| f.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let u = |k: &str| s(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Some(TaskRecord {
+        id: s("id")?.to_string(),
+        client_id: s("clientId").map(str::to_string),
+        pool: s("pool")?.parse().ok()?,
+        capabilities: s("capabilities")
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default(),
+        priority: u("priority") as u8,
+        payload: s("payload")
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or(serde_json::Value::Null),
+        timeout_ms: u("timeoutMs"),
+        max_retries: u("maxRetries") as u32,
+        state: s("state")?.parse().ok()?,
+        attempt: u("attempt") as u32,
+        agent_id: s("agent").filter(|a| !a.is_empty()).map(str::to_string),
+        submitted_at: u("submittedAt"),
+        updated_at: u("updatedAt"),
+        result: s("result").and_then(|v| serde_json::from_str(v).ok()),
+        error: s("error").map(str::to_string),
+    })
+}

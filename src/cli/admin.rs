@@ -1,0 +1,131 @@
+//! Operators' tools: `status` (a read of Redis), `task`, `scale`, `drain`,
+//! `dead-letters` (the HTTP API) and `config check`. Each returns whether
+//! it succeeded.
+
+use super::{base_url, call, load, DeadLetterAction, DrainTarget, TaskAction};
+use anyhow::Context;
+use fleet_protocol::status::render;
+use fleet_store::Keys;
+use std::path::Path;
+
+pub(crate) fn config_check(file: &Path) -> anyhow::Result<bool> {
+    let c = load(file)?;
+    println!(
+        "{}: valid ({} pools, heartbeat {} ms, failure after {} missed)",
+        file.display(),
+        c.pools.len(),
+        c.fleet.heartbeat_interval_ms,
+        c.fleet.missed_heartbeats
+    );
+    Ok(true)
+}
+
+/// The fleet table (or JSON), from one read of the counters in Redis.
+pub(crate) async fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
+    let config = load(config)?;
+    let keys = Keys::new(config.fleet.prefix.clone());
+    let client = fleet_store::connection::client(&config.redis.url)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
+    let counts = fleet_store::registry::read_counts(&mut conn, &keys).await?;
+    let s = fleet_commander::status::fleet(&config, &counts, fleet_protocol::now_ms());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", render(&s));
+    }
+    Ok(true)
+}
+
+pub(crate) async fn task(
+    config: &Path,
+    action: TaskAction,
+    url: Option<String>,
+) -> anyhow::Result<bool> {
+    let base = base_url(config, url)?;
+    let http = reqwest::Client::new();
+    match action {
+        TaskAction::Submit {
+            pool,
+            priority,
+            payload,
+            capabilities,
+            timeout_ms,
+            max_retries,
+            client_id,
+        } => {
+            let payload: serde_json::Value =
+                serde_json::from_str(&payload).context("--payload is not JSON")?;
+            let body = serde_json::json!({
+                "pool": pool, "priority": priority, "payload": payload,
+                "capabilities": capabilities, "timeoutMs": timeout_ms,
+                "maxRetries": max_retries, "clientId": client_id,
+            });
+            call(http.post(format!("{base}/v1/tasks")).json(&body)).await?;
+        }
+        TaskAction::Get { id } => call(http.get(format!("{base}/v1/tasks/{id}"))).await?,
+        TaskAction::Cancel { id } => {
+            call(http.post(format!("{base}/v1/tasks/{id}/cancel"))).await?
+        }
+        TaskAction::Evidence { id } => {
+            call(http.get(format!("{base}/v1/tasks/{id}/evidence"))).await?
+        }
+    }
+    Ok(true)
+}
+
+pub(crate) async fn scale(
+    config: &Path,
+    pool: String,
+    size: String,
+    url: Option<String>,
+) -> anyhow::Result<bool> {
+    let base = base_url(config, url)?;
+    let body = if size == "auto" {
+        serde_json::json!({"auto": true})
+    } else {
+        let n: u64 = size
+            .parse()
+            .context("size must be a number of agents or `auto`")?;
+        serde_json::json!({"agents": n})
+    };
+    let http = reqwest::Client::new();
+    call(
+        http.post(format!("{base}/v1/pools/{pool}/size"))
+            .json(&body),
+    )
+    .await?;
+    Ok(true)
+}
+
+pub(crate) async fn drain(
+    config: &Path,
+    target: DrainTarget,
+    url: Option<String>,
+) -> anyhow::Result<bool> {
+    let base = base_url(config, url)?;
+    let path = match target {
+        DrainTarget::Agent { id } => format!("{base}/v1/agents/{id}/drain"),
+        DrainTarget::Pool { pool } => format!("{base}/v1/pools/{pool}/drain"),
+    };
+    call(reqwest::Client::new().post(path)).await?;
+    Ok(true)
+}
+
+pub(crate) async fn dead_letters(
+    config: &Path,
+    action: DeadLetterAction,
+    url: Option<String>,
+) -> anyhow::Result<bool> {
+    let base = base_url(config, url)?;
+    let http = reqwest::Client::new();
+    match action {
+        DeadLetterAction::List => call(http.get(format!("{base}/v1/dead-letters"))).await?,
+        DeadLetterAction::Requeue { id } => {
+            call(http.post(format!("{base}/v1/dead-letters/{id}/requeue"))).await?
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,173 @@
+//! Simulated fleets: `demo`, `sim` (the fleet, or the autoscaling scenario
+//! with `--ramp`) and `agent` (one Rust agent until Ctrl-C).
+
+use super::{load, shutdown_on_signal, write_report, DemoArgs, SimArgs};
+use fleet_agent::{Agent, AgentSpec};
+use fleet_protocol::{Channels, PoolType, Resources};
+use fleet_sim::sim::{self, SimOptions};
+use fleet_sim::{demo, ramp};
+use std::path::Path;
+use std::time::Duration;
+
+/// The demo; false if any figure says something went wrong.
+pub(crate) async fn demo(args: DemoArgs, config: &Path) -> anyhow::Result<bool> {
+    let DemoArgs {
+        agents,
+        kill,
+        batch,
+        status_queries,
+        heartbeat_ms,
+        tasks,
+        skip_autoscaling,
+        report,
+    } = args;
+    let config = load(config)?;
+    let opts = demo::DemoOptions {
+        agents,
+        kill,
+        batch,
+        status_queries,
+        heartbeat_ms,
+        redis_url: std::env::var("REDIS_URL").ok(),
+        tasks,
+        autoscaling: !skip_autoscaling,
+    };
+    let r = demo::run(config, opts, shutdown_on_signal()).await?;
+    write_report(&report, &r)?;
+    let scaled = r
+        .autoscaling
+        .as_ref()
+        .is_none_or(|a| a.tasks_lost == 0 && a.shrink_ms.is_some() && a.peak_size > a.start_size);
+    let r = r.fleet;
+    let tasks_done = r
+        .tasks
+        .as_ref()
+        .is_none_or(|t| t.completed == t.submitted && t.submitted == tasks);
+    let ok = r.registered == r.agents
+        && r.detected == r.stopped
+        && r.false_deaths == 0
+        && tasks_done
+        && scaled;
+    if !ok {
+        eprintln!("demo finished with problems: see the figures above");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The simulator against a running commander.
+pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
+    let SimArgs {
+        agents,
+        batch,
+        join_rate,
+        stop,
+        status_queries,
+        commander_url,
+        hold_secs,
+        keep,
+        tasks,
+        task_rate,
+        work_ms,
+        fail_fraction,
+        die_fraction,
+        spawner,
+        churn_per_sec,
+        commander_pid,
+        ramp,
+        ramp_rate,
+        ramp_secs,
+        report,
+    } = args;
+    let config = load(config)?;
+    let url = commander_url.unwrap_or_else(|| format!("http://{}", config.http.addr));
+    if let Some(pool) = ramp {
+        let pool: PoolType = pool
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--ramp: unknown pool {pool:?}"))?;
+        let opts = ramp::RampOptions {
+            redis_url: config.redis.url.clone(),
+            prefix: config.fleet.prefix.clone(),
+            commander_url: url,
+            pool,
+            heartbeat: config.heartbeat_interval(),
+            work: Duration::from_millis(if work_ms == 0 { 300 } else { work_ms }),
+            rate: ramp_rate,
+            burst: Duration::from_secs(ramp_secs),
+            phase_timeout: Duration::from_secs(120),
+            progress: true,
+        };
+        let r = ramp::run(opts, shutdown_on_signal()).await?;
+        write_report(&report, &r)?;
+        return Ok(r.tasks_lost == 0 && r.shrink_ms.is_some());
+    }
+    let opts = SimOptions {
+        redis_url: config.redis.url.clone(),
+        prefix: config.fleet.prefix.clone(),
+        commander_url: Some(url),
+        agents,
+        batch,
+        join_rate,
+        heartbeat: config.heartbeat_interval(),
+        failure_window: config.failure_window(),
+        stop,
+        status_queries,
+        hold: Duration::from_secs(hold_secs),
+        deregister_at_end: !keep,
+        pools: PoolType::ALL
+            .iter()
+            .map(|p| (*p, config.pool(*p).max_agents))
+            .collect(),
+        progress: true,
+        tasks: sim::TaskLoad {
+            count: tasks,
+            rate: task_rate,
+            work: Duration::from_millis(work_ms),
+            fail_fraction,
+            die_fraction,
+        },
+        spawner,
+        churn_per_sec,
+        commander_pid,
+    };
+    let r = sim::run(opts, shutdown_on_signal()).await?;
+    write_report(&report, &r)?;
+    Ok(true)
+}
+
+/// One agent, registered until Ctrl-C.
+pub(crate) async fn agent(
+    config: &Path,
+    pool: String,
+    id: Option<String>,
+    capabilities: Vec<String>,
+) -> anyhow::Result<bool> {
+    let config = load(config)?;
+    let pool: PoolType = pool
+        .parse()
+        .map_err(|_| anyhow::anyhow!("unknown pool {pool:?}"))?;
+    let channels = Channels::new(config.fleet.prefix.clone());
+    let client = fleet_store::connection::client(&config.redis.url)?;
+    let publisher = fleet_store::connection::connect(&config.redis.url).await?;
+    let spec = AgentSpec {
+        id: id.unwrap_or_else(|| format!("{pool}-{}", uuid::Uuid::new_v4().simple())),
+        pool,
+        priority: None,
+        capabilities,
+        resources: Resources::default(),
+        capacity: 1,
+    };
+    let mut agent = Agent::connect(&client, publisher, channels, spec).await?;
+    let reg = agent.register(Duration::from_secs(5)).await?;
+    println!(
+        "registered {} in pool {} (re-registered: {}); heartbeating every {:?}; Ctrl-C to leave",
+        reg.record.id, reg.record.pool, reg.re_registered, reg.heartbeat_interval
+    );
+    let stop = shutdown_on_signal();
+    agent
+        .run(reg.heartbeat_interval, Duration::ZERO, stop)
+        .await;
+    let removed = agent.deregister(Duration::from_secs(5)).await?;
+    println!("deregistered: {removed}");
+    Ok(true)
+}

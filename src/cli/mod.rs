@@ -1,0 +1,302 @@
+//! The subcommands other than `run`: operators' tools (over the HTTP API or
+//! a read of Redis) in [`admin`], simulated fleets and the demo in [`fleet`].
+
+pub(crate) mod admin;
+pub(crate) mod fleet;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the commander (registry, health, status, HTTP API).
+    Run,
+    /// The main job: Redis, a commander and a simulated fleet of 1000 agents.
+    Demo(DemoArgs),
+    /// Simulate agents against a running commander.
+    Sim(SimArgs),
+    /// Print the fleet status (read from Redis).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one agent until Ctrl-C.
+    Agent {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+    },
+    /// Submit, inspect and cancel tasks (through the commander's HTTP API).
+    Task {
+        #[command(subcommand)]
+        action: TaskAction,
+        /// Commander HTTP API (default: http://{http.addr} from the config).
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
+    /// List and requeue dead-lettered tasks (through the HTTP API).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
+    /// Fix a pool's size (within its bounds), or `auto` to hand it back to the scaler.
+    Scale {
+        pool: String,
+        /// A number of agents, or `auto`.
+        size: String,
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Retire an agent or every agent of a pool without losing work: no new
+    /// tasks, they finish what they hold, then deregister.
+    Drain {
+        #[command(subcommand)]
+        target: DrainTarget,
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct DemoArgs {
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) agents: usize,
+    /// Agents to kill (they stop heartbeating) once the fleet is up.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) kill: usize,
+    /// Registrations in flight at once.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) batch: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) status_queries: usize,
+    /// Override the heartbeat interval (ms) for a quicker demo.
+    #[arg(long)]
+    pub(crate) heartbeat_ms: Option<u64>,
+    /// No-op tasks pushed through the fleet once it is up.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) tasks: usize,
+    /// Skip the autoscaling phase (a pool growing and shrinking with load).
+    #[arg(long)]
+    pub(crate) skip_autoscaling: bool,
+    /// Write the measurements as JSON.
+    #[arg(long)]
+    pub(crate) report: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct SimArgs {
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) agents: usize,
+    #[arg(long, default_value_t = 50)]
+    pub(crate) batch: usize,
+    /// Instead of waves of --batch: agents join one after another at this
+    /// many registrations per second, whether or not earlier ones have been
+    /// answered (an open loop).
+    #[arg(long)]
+    pub(crate) join_rate: Option<f64>,
+    /// Agents that stop heartbeating after registration.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) stop: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) status_queries: usize,
+    /// Commander HTTP API, for status queries (default: http://{http.addr} from the config).
+    #[arg(long)]
+    pub(crate) commander_url: Option<String>,
+    /// Keep the fleet running this many seconds.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) hold_secs: u64,
+    /// Leave the agents registered at the end (default: deregister them).
+    #[arg(long)]
+    pub(crate) keep: bool,
+    /// Tasks to push through the fleet (submitted over the HTTP API).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) tasks: usize,
+    /// Submissions per second (default: as fast as possible).
+    #[arg(long)]
+    pub(crate) task_rate: Option<f64>,
+    /// How long an agent works on one task.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) work_ms: u64,
+    /// Fraction of attempts that fail (and are retried).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) fail_fraction: f64,
+    /// Fraction of attempts during which the agent dies (its task must be
+    /// completed by another agent once the death is detected).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) die_fraction: f64,
+    /// Act on the commander's scale requests: start agents on scale_up.
+    #[arg(long)]
+    pub(crate) spawner: bool,
+    /// Agents crashed and restarted (re-registering) per second.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) churn_per_sec: f64,
+    /// The commander's pid (same machine): report its CPU and memory.
+    #[arg(long)]
+    pub(crate) commander_pid: Option<u32>,
+    /// Instead of the fleet: the autoscaling scenario on this pool (which
+    /// must have scaling_enabled): a step of load, then quiet, with the
+    /// spawner on. Uses --work-ms (300 if 0), --ramp-rate and --ramp-secs.
+    #[arg(long)]
+    pub(crate) ramp: Option<String>,
+    /// Submissions per second during the load step.
+    #[arg(long, default_value_t = 30.0)]
+    pub(crate) ramp_rate: f64,
+    /// How long the load step lasts.
+    #[arg(long, default_value_t = 6)]
+    pub(crate) ramp_secs: u64,
+    #[arg(long)]
+    pub(crate) report: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TaskAction {
+    /// Submit a task; prints it once the commander has persisted it.
+    Submit {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        priority: Option<u8>,
+        /// JSON handed to the agent as is.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        #[arg(long)]
+        max_retries: Option<u32>,
+        /// Idempotency key: submitting again with it returns the same task.
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+    /// Show a task.
+    Get { id: String },
+    /// Cancel a task that has not finished (a running one is taken from its agent).
+    Cancel { id: String },
+    /// Why each attempt went to the agent it did (strategy, score, reason).
+    Evidence { id: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DrainTarget {
+    Agent { id: String },
+    Pool { pool: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DeadLetterAction {
+    /// Tasks out of retries, most recent first.
+    List,
+    /// Send a dead-lettered task back to its queue with fresh retries.
+    Requeue { id: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConfigAction {
+    /// Validate a configuration file without running anything.
+    Check { file: PathBuf },
+}
+
+/// Runs a subcommand other than `run`; the process's exit status.
+pub(crate) async fn execute(
+    command: Command,
+    config: &Path,
+) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        Command::Run => unreachable!("`run` is the binary's own"),
+        Command::Demo(args) => fleet::demo(args, config).await,
+        Command::Sim(args) => fleet::sim(args, config).await,
+        Command::Agent {
+            pool,
+            id,
+            capabilities,
+        } => fleet::agent(config, pool, id, capabilities).await,
+        Command::Status { json } => admin::status(config, json).await,
+        Command::Task { action, url } => admin::task(config, action, url).await,
+        Command::Scale { pool, size, url } => admin::scale(config, pool, size, url).await,
+        Command::Drain { target, url } => admin::drain(config, target, url).await,
+        Command::DeadLetters { action, url } => admin::dead_letters(config, action, url).await,
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => admin::config_check(&file),
+    }
+    .map(|ok| {
+        if ok {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        }
+    })
+}
+
+pub(crate) fn load(path: &Path) -> anyhow::Result<fleet_commander::Config> {
+    Ok(fleet_commander::Config::load(path)?)
+}
+
+/// The commander's HTTP API: `--url`, else `http://{http.addr}` from the config.
+pub(crate) fn base_url(config: &Path, url: Option<String>) -> anyhow::Result<String> {
+    match url {
+        Some(u) => Ok(u),
+        None => Ok(format!("http://{}", load(config)?.http.addr)),
+    }
+}
+
+/// Sends a request to the HTTP API and prints the JSON answer; an error
+/// status is an error.
+pub(crate) async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let r = req
+        .send()
+        .await
+        .context("reaching the commander's HTTP API")?;
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        anyhow::bail!("{status}: {body}");
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+pub(crate) fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        t.cancel();
+    });
+    token
+}
+
+pub(crate) fn write_report(
+    path: &Option<PathBuf>,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+        println!("report written to {}", p.display());
+    }
+    Ok(())
+}
