@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::info;
 
-/// Tasks one script call may assign; a pool that fills it is served again at once.
-pub(crate) const BATCH: usize = 64;
+/// Tasks one script call may assign; a pool that fills it is served again
+/// at once. Defined by the store: the script's queue window is the same number.
+pub(crate) const BATCH: usize = fleet_store::tasks::ALLOCATE_BATCH;
 /// How often the allocator looks even when nothing woke it.
 const TICK: Duration = Duration::from_millis(50);
 

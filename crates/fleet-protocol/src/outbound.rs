@@ -2,7 +2,7 @@
 //! events, and the reply to a task submission.
 
 use crate::inbound::RefusalReason;
-use crate::pool::PoolType;
+use crate::pool::{PoolType, Strategy};
 use crate::status::{FleetStatus, PoolCounts};
 use serde::{Deserialize, Serialize};
 // Outbound: what the commander publishes.
@@ -164,6 +164,74 @@ pub enum Event {
     /// Quarantine over: on probation, one task at a time.
     #[serde(rename_all = "camelCase")]
     AgentProbation { v: u32, agent_id: String, ts: u64 },
+}
+
+/// Task events on `swarm:phase-1:allocation`, published by the store's
+/// scripts as each decision happens (the allocation channel is for watching;
+/// the task's record in Redis is the truth).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TaskEvent {
+    /// The task went to `agent_id` for this attempt, chosen by `strategy`.
+    #[serde(rename_all = "camelCase")]
+    TaskAssigned {
+        v: u32,
+        task_id: String,
+        pool: PoolType,
+        agent_id: String,
+        attempt: u32,
+        strategy: Strategy,
+        ts: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    TaskCompleted {
+        v: u32,
+        task_id: String,
+        pool: PoolType,
+        agent_id: String,
+        attempt: u32,
+        ts: u64,
+    },
+    /// The attempt failed; the task waits out its backoff.
+    #[serde(rename_all = "camelCase")]
+    TaskRetrying {
+        v: u32,
+        task_id: String,
+        pool: PoolType,
+        agent_id: String,
+        attempt: u32,
+        ts: u64,
+    },
+    /// Out of retries: dead-lettered.
+    #[serde(rename_all = "camelCase")]
+    TaskDead {
+        v: u32,
+        task_id: String,
+        pool: PoolType,
+        agent_id: String,
+        attempt: u32,
+        ts: u64,
+    },
+    /// Its lease ran out: back in its queue.
+    #[serde(rename_all = "camelCase")]
+    TaskRequeued {
+        v: u32,
+        task_id: String,
+        pool: PoolType,
+        agent_id: String,
+        attempt: u32,
+        ts: u64,
+    },
+    /// `agent_id` is empty when the task was cancelled before it was assigned.
+    #[serde(rename_all = "camelCase")]
+    TaskCancelled {
+        v: u32,
+        task_id: String,
+        pool: PoolType,
+        agent_id: String,
+        attempt: u32,
+        ts: u64,
+    },
 }
 
 /// The reply to `task_submit`, on the submitter's reply channel.

@@ -17,6 +17,7 @@ pub mod connection;
 pub mod error;
 pub mod keys;
 pub mod registry;
+mod script;
 pub mod tasks;
 pub mod telemetry;
 

@@ -7,24 +7,15 @@
 //! with the fencing check against the commander epoch, so a commander that
 //! has been superseded can no longer write.
 
-use crate::error::from_script;
 pub use crate::error::{Result, StoreError};
 use crate::keys::Keys;
+use crate::script::{lua, Call};
 use fleet_protocol::agent::{AgentRecord, Health, Performance};
 use fleet_protocol::{AgentStatus, PoolType, Resources};
 use redis::aio::ConnectionLike;
-use redis::{Script, Value};
+use redis::Script;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
-
-/// The prelude every state-changing script starts with (fencing, counters,
-/// agent availability, task hand-back).
-const PRELUDE: &str = include_str!("lua/common.lua");
-
-/// A script with the prelude; loaded once per server, then run by SHA.
-pub(crate) fn lua(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}{body}"))
-}
 
 static REGISTER: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/register.lua")));
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/heartbeat.lua")));
@@ -211,22 +202,6 @@ pub struct NewAgent<'a> {
     pub instance: &'a str,
 }
 
-/// Appends the key prefixes every task-aware script reads with `prefixes(i)`.
-pub(crate) fn prefix_args(inv: &mut redis::ScriptInvocation<'_>, keys: &Keys) {
-    inv.arg(keys.agent_prefix())
-        .arg(keys.available_prefix())
-        .arg(keys.agent_tasks_prefix())
-        .arg(keys.task_prefix())
-        .arg(keys.queue_prefix())
-        .arg(keys.leases())
-        .arg(keys.dead())
-        .arg(keys.delayed())
-        .arg(keys.settings())
-        .arg(keys.pool_done_prefix())
-        .arg(keys.quarantine())
-        .arg(keys.agent_quota_prefix());
-}
-
 /// The Redis-backed registry. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -265,16 +240,14 @@ impl Registry {
         Ok(())
     }
 
-    fn invocation<'s>(&self, script: &'s Script, id: &str) -> redis::ScriptInvocation<'s> {
-        let mut inv = script.prepare_invoke();
-        inv.key(self.keys.epoch())
-            .key(self.keys.agent(id))
-            .key(self.keys.heartbeats())
-            .key(self.keys.failed())
-            .key(self.keys.counts())
-            .arg(self.epoch)
-            .arg(id);
-        inv
+    /// A call of one of the registry's scripts on agent `id`.
+    fn call<'s>(&self, script: &'s Script, op: &'static str, id: &str) -> Call<'s> {
+        Call::fenced(script, op, &self.keys, self.epoch)
+            .key("agent", self.keys.agent(id))
+            .key("heartbeats", self.keys.heartbeats())
+            .key("failed", self.keys.failed())
+            .task_keys(&self.keys)
+            .arg("id", id)
     }
 
     pub async fn register(
@@ -285,56 +258,50 @@ impl Registry {
         announce: Option<&Announce<'_>>,
     ) -> Result<RegisterOutcome> {
         let caps = serde_json::to_string(a.capabilities).unwrap_or_else(|_| "[]".into());
-        let mut inv = self.invocation(&REGISTER, a.id);
-        inv.arg(a.pool.as_str())
-            .arg(a.pool_max)
-            .arg(a.fleet_max)
-            .arg(now)
-            .arg(a.agent_type)
-            .arg(a.priority)
-            .arg(caps)
-            .arg(a.resources.memory)
-            .arg(a.resources.cpu)
-            .arg(a.resources.network)
-            .arg(self.keys.pool_agents_prefix())
-            .arg(announce.map(|x| x.agent_channel).unwrap_or_default())
-            .arg(announce.map(|x| x.reply).unwrap_or_default())
-            .arg(announce.map(|x| x.registry_channel).unwrap_or_default())
-            .arg(announce.map(|x| x.event).unwrap_or_default())
-            .arg(a.capacity)
-            .arg(a.instance);
-        prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = crate::telemetry::timed("register", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        let tag = text(reply.first())?;
+        let mut call = self
+            .call(&REGISTER, "register", a.id)
+            .arg("pool", a.pool.as_str())
+            .arg("pool_max", a.pool_max)
+            .arg("fleet_max", a.fleet_max)
+            .arg("now", now)
+            .arg("type", a.agent_type)
+            .arg("priority", a.priority)
+            .arg("capabilities", caps)
+            .arg("memory", a.resources.memory)
+            .arg("cpu", a.resources.cpu)
+            .arg("network", a.resources.network)
+            .arg("capacity", a.capacity)
+            .arg("instance", a.instance);
+        if let Some(x) = announce {
+            call = call
+                .arg("reply_channel", x.agent_channel)
+                .arg("reply", x.reply)
+                .arg("event_channel", x.registry_channel)
+                .arg("event", x.event);
+        }
+        let r = call.reply(conn).await?;
+        // What the agent just declared, plus the history a re-registration keeps.
         let record = || -> Result<AgentRecord> {
-            let f = |i: usize| -> Result<f64> {
-                let s = text(reply.get(i))?;
-                s.parse()
-                    .map_err(|_| StoreError::Reply(format!("register: bad number {s:?}")))
-            };
-            // What the agent just declared, plus the history a re-registration keeps.
             Ok(AgentRecord {
                 performance: Performance {
-                    tasks_completed: f(2)? as u64,
-                    avg_task_time: f(3)?,
-                    success_rate: f(4)?,
+                    tasks_completed: r.num("tasksCompleted")?,
+                    avg_task_time: r.float("avgTaskTime")?,
+                    success_rate: r.float("successRate")?,
                     last_active: now,
                 },
                 health: Health {
                     last_heartbeat: now,
-                    failures: f(5)? as u32,
-                    recovery_attempts: f(6)? as u32,
-                    score: f(8)? as u32,
-                    quarantined_until: f(9)? as u64,
-                    probation: f(10)? == 1.0,
+                    failures: r.num("failures")?,
+                    recovery_attempts: r.num("recoveryAttempts")?,
+                    score: r.num("health")?,
+                    quarantined_until: r.num("quarantinedUntil")?,
+                    probation: r.text("probation")? == "1",
                 },
-                registered_at: f(1)? as u64,
+                registered_at: r.num("registeredAt")?,
                 ..fresh_record(a, now)
             })
         };
-        Ok(match tag.as_str() {
+        Ok(match r.outcome()? {
             "registered" => RegisterOutcome::Registered {
                 record: record()?,
                 announced: false,
@@ -345,12 +312,12 @@ impl Registry {
             },
             "reregistered" => RegisterOutcome::ReRegistered {
                 record: record()?,
-                orphaned: text(reply.get(7))?.parse().unwrap_or(0),
+                orphaned: r.num("orphaned")?,
             },
             "pool_full" => RegisterOutcome::PoolFull,
             "fleet_full" => RegisterOutcome::FleetFull,
-            "pool_mismatch" => RegisterOutcome::PoolMismatch(text(reply.get(1))?),
-            other => return Err(StoreError::Reply(format!("register: {other}"))),
+            "pool_mismatch" => RegisterOutcome::PoolMismatch(r.text("pool")?.to_string()),
+            _ => return Err(r.unexpected()),
         })
     }
 
@@ -360,25 +327,22 @@ impl Registry {
         hb: &fleet_protocol::Heartbeat,
         now: u64,
     ) -> Result<HeartbeatOutcome> {
-        let mut inv = self.invocation(&HEARTBEAT, &hb.agent_id);
-        inv.arg(now)
-            .arg(hb.status.as_str())
-            .arg(hb.load)
-            .arg(hb.resources.memory)
-            .arg(hb.resources.cpu)
-            .arg(hb.resources.network);
-        prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = crate::telemetry::timed("heartbeat", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        let tag = text(reply.first())?;
-        let pool = || pool_at(&reply, 3);
-        Ok(match tag.as_str() {
+        let r = self
+            .call(&HEARTBEAT, "heartbeat", &hb.agent_id)
+            .arg("now", now)
+            .arg("status", hb.status.as_str())
+            .arg("load", hb.load)
+            .arg("memory", hb.resources.memory)
+            .arg("cpu", hb.resources.cpu)
+            .arg("network", hb.resources.network)
+            .reply(conn)
+            .await?;
+        Ok(match r.outcome()? {
             "unknown" => HeartbeatOutcome::Unknown,
             "ok" => HeartbeatOutcome::Ok,
-            "recovering" => HeartbeatOutcome::Recovering(pool()?),
-            "recovered" => HeartbeatOutcome::Recovered(pool()?),
-            other => return Err(StoreError::Reply(format!("heartbeat: {other}"))),
+            "recovering" => HeartbeatOutcome::Recovering(r.pool("pool")?),
+            "recovered" => HeartbeatOutcome::Recovered(r.pool("pool")?),
+            _ => return Err(r.unexpected()),
         })
     }
 
@@ -391,43 +355,34 @@ impl Registry {
         now: u64,
         max_failures: u32,
     ) -> Result<FailOutcome> {
-        let mut inv = self.invocation(&FAIL, id);
-        inv.arg(cutoff)
-            .arg(now)
-            .arg(max_failures)
-            .arg(self.keys.pool_agents_prefix());
-        prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = crate::telemetry::timed("fail_if_stale", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        let tag = text(reply.first())?;
-        let num = |i: usize| -> Result<u64> {
-            let s = text(reply.get(i))?;
-            s.parse::<f64>()
-                .map(|f| f as u64)
-                .map_err(|_| StoreError::Reply(format!("fail: bad number {s}")))
+        let r = self
+            .call(&FAIL, "fail_if_stale", id)
+            .arg("cutoff", cutoff)
+            .arg("now", now)
+            .arg("max_failures", max_failures)
+            .reply(conn)
+            .await?;
+        let orphans = || -> Result<Orphans> {
+            Ok(Orphans {
+                requeued: r.num("requeued")?,
+                dead: r.num("dead")?,
+            })
         };
-        Ok(match tag.as_str() {
+        Ok(match r.outcome()? {
             "fresh" | "gone" => FailOutcome::Fresh,
             "failed" => FailOutcome::Failed {
-                pool: pool_at(&reply, 2)?,
-                failures: num(3)? as u32,
-                last_heartbeat: num(4)?,
-                orphans: Orphans {
-                    requeued: num(5)? as u32,
-                    dead: num(6)? as u32,
-                },
+                pool: r.pool("pool")?,
+                failures: r.num("failures")?,
+                last_heartbeat: r.num("lastHeartbeat")?,
+                orphans: orphans()?,
             },
             "removed" => FailOutcome::Removed {
-                pool: pool_at(&reply, 2)?,
-                failures: num(3)? as u32,
-                last_heartbeat: num(4)?,
-                orphans: Orphans {
-                    requeued: num(5)? as u32,
-                    dead: num(6)? as u32,
-                },
+                pool: r.pool("pool")?,
+                failures: r.num("failures")?,
+                last_heartbeat: r.num("lastHeartbeat")?,
+                orphans: orphans()?,
             },
-            other => return Err(StoreError::Reply(format!("fail: {other}"))),
+            _ => return Err(r.unexpected()),
         })
     }
 
@@ -441,26 +396,25 @@ impl Registry {
         failed_before: Option<u64>,
         now: u64,
     ) -> Result<Option<(PoolType, Orphans)>> {
-        let mut inv = self.invocation(&REMOVE, id);
-        inv.arg(self.keys.pool_agents_prefix())
-            .arg(failed_before.map(|c| c.to_string()).unwrap_or_default())
-            .arg(now);
-        prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = crate::telemetry::timed("remove", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        match text(reply.first())?.as_str() {
-            "removed" => {
-                let n = |i| -> Result<u32> { Ok(text(reply.get(i))?.parse().unwrap_or(0)) };
-                Ok(Some((
-                    pool_at(&reply, 2)?,
-                    Orphans {
-                        requeued: n(3)?,
-                        dead: n(4)?,
-                    },
-                )))
-            }
-            _ => Ok(None),
+        let r = self
+            .call(&REMOVE, "remove", id)
+            .arg(
+                "failed_before",
+                failed_before.map(|c| c.to_string()).unwrap_or_default(),
+            )
+            .arg("now", now)
+            .reply(conn)
+            .await?;
+        match r.outcome()? {
+            "removed" => Ok(Some((
+                r.pool("pool")?,
+                Orphans {
+                    requeued: r.num("requeued")?,
+                    dead: r.num("dead")?,
+                },
+            ))),
+            "kept" | "unknown" => Ok(None),
+            _ => Err(r.unexpected()),
         }
     }
 
@@ -473,23 +427,17 @@ impl Registry {
         now: u64,
         reason: &str,
     ) -> Result<Option<(PoolType, u64)>> {
-        let mut inv = DRAIN.prepare_invoke();
-        inv.key(self.keys.epoch())
-            .arg(self.epoch)
-            .arg(id)
-            .arg(now)
-            .arg(self.keys.agent_channel_prefix())
-            .arg(reason);
-        prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = crate::telemetry::timed("drain", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        match text(reply.first())?.as_str() {
-            "draining" => Ok(Some((
-                pool_at(&reply, 1)?,
-                text(reply.get(2))?.parse().unwrap_or(0),
-            ))),
-            _ => Ok(None),
+        let r = Call::fenced(&DRAIN, "drain", &self.keys, self.epoch)
+            .task_keys(&self.keys)
+            .arg("id", id)
+            .arg("now", now)
+            .arg("reason", reason)
+            .reply(conn)
+            .await?;
+        match r.outcome()? {
+            "draining" => Ok(Some((r.pool("pool")?, r.num("inflight")?))),
+            "unknown" => Ok(None),
+            _ => Err(r.unexpected()),
         }
     }
 
@@ -578,17 +526,4 @@ pub(crate) async fn scored_upto(
         .arg(limit)
         .query_async(conn)
         .await?)
-}
-
-fn text(v: Option<&Value>) -> Result<String> {
-    match v {
-        Some(v) => Ok(redis::from_redis_value_ref(v)?),
-        None => Err(StoreError::Reply("short script reply".into())),
-    }
-}
-
-fn pool_at(reply: &[Value], i: usize) -> Result<PoolType> {
-    let s = text(reply.get(i))?;
-    s.parse()
-        .map_err(|_| StoreError::Reply(format!("unknown pool {s:?} in registry")))
 }

@@ -9,7 +9,8 @@
 
 use crate::error::{from_script, Result, StoreError};
 use crate::keys::Keys;
-use crate::registry::{lua, prefix_args, scored_upto};
+use crate::registry::scored_upto;
+use crate::script::{lua, Call, Reply};
 use fleet_protocol::pool::Strategy;
 use fleet_protocol::task::{TaskRecord, ValidTask};
 use fleet_protocol::{PoolType, ReportKind, TaskReport};
@@ -27,6 +28,11 @@ static EXPIRE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/expire.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/release.lua")));
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/dlq_requeue.lua")));
 static PAROLE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/parole.lua")));
+
+/// Tasks one allocate call may assign (and the window of the queue it reads;
+/// it chooses among twice as many agents). A pool that fills a batch is
+/// served again at once.
+pub const ALLOCATE_BATCH: usize = 64;
 
 /// Allocation decisions kept in the evidence stream (approximately).
 pub const EVIDENCE_CAP: u64 = 100_000;
@@ -125,11 +131,8 @@ impl TaskStore {
         now: u64,
     ) -> Result<Submitted> {
         let id = uuid::Uuid::new_v4().to_string();
-        let inv = self.submit_invocation(t, &id, now);
-        let reply: Vec<String> = crate::telemetry::timed("submit", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        Self::submitted(reply, id, t, now)
+        let reply = self.submit_call(t, &id, now).reply(conn).await?;
+        Self::submitted(&reply, id, t, now)
     }
 
     /// Persists a task and runs its pool's allocation in the same round trip
@@ -146,13 +149,13 @@ impl TaskStore {
         let id = uuid::Uuid::new_v4().to_string();
         let mut p = redis::pipe();
         p.ignore_errors()
-            .invoke_script(&self.submit_invocation(t, &id, now))
-            .invoke_script(&self.allocate_invocation(t.pool, max, now));
+            .invoke_script(&self.submit_call(t, &id, now).invocation())
+            .invoke_script(&self.allocate_call(t.pool, max, now).invocation());
         let mut replies: Vec<redis::RedisResult<Value>> =
             crate::telemetry::timed("submit", p.query_async(conn)).await?;
         let allocated = replies.pop().and_then(|r| r.ok());
         let submitted = match replies.pop() {
-            Some(Ok(v)) => redis::from_redis_value(v)?,
+            Some(Ok(v)) => Reply::parse("submit", v)?,
             // Scripts flushed (a Redis restart): nothing ran; the plain call reloads them.
             Some(Err(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -163,45 +166,36 @@ impl TaskStore {
             None => return Err(StoreError::Reply("submit: no reply".into())),
         };
         let allocated = allocated.and_then(|v| redis::from_redis_value::<(u64, u64)>(v).ok());
-        Ok((Self::submitted(submitted, id, t, now)?, allocated))
+        Ok((Self::submitted(&submitted, id, t, now)?, allocated))
     }
 
-    fn submit_invocation(
-        &self,
-        t: &ValidTask,
-        id: &str,
-        now: u64,
-    ) -> redis::ScriptInvocation<'static> {
+    fn submit_call(&self, t: &ValidTask, id: &str, now: u64) -> Call<'static> {
         let client = t.client_id.as_deref().unwrap_or("");
-        let client_key = if client.is_empty() {
-            self.keys.task_client("-")
-        } else {
-            self.keys.task_client(client)
-        };
+        // A placeholder key when there is no client id: the script never touches it.
+        let client_key = self
+            .keys
+            .task_client(if client.is_empty() { "-" } else { client });
         let caps = serde_json::to_string(&t.capabilities).unwrap_or_else(|_| "[]".into());
-        let mut inv = SUBMIT.prepare_invoke();
-        inv.key(self.keys.epoch())
-            .key(self.keys.task(id))
-            .key(client_key)
-            .key(self.keys.queue(t.pool))
-            .arg(self.epoch)
-            .arg(id)
-            .arg(client)
-            .arg(t.pool.as_str())
-            .arg(caps)
-            .arg(t.priority)
-            .arg(&t.payload)
-            .arg(t.timeout_ms)
-            .arg(t.max_retries)
-            .arg(now)
-            .arg(queue_score(now, t.priority, &self.cfg))
-            .arg(self.cfg.idempotency_ttl_ms);
-        inv
+        Call::fenced(&SUBMIT, "submit", &self.keys, self.epoch)
+            .key("task", self.keys.task(id))
+            .key("client", client_key)
+            .key("queue", self.keys.queue(t.pool))
+            .arg("id", id)
+            .arg("client_id", client)
+            .arg("pool", t.pool.as_str())
+            .arg("capabilities", caps)
+            .arg("priority", t.priority)
+            .arg("payload", &t.payload)
+            .arg("timeout_ms", t.timeout_ms)
+            .arg("max_retries", t.max_retries)
+            .arg("now", now)
+            .arg("score", queue_score(now, t.priority, &self.cfg))
+            .arg("idempotency_ttl_ms", self.cfg.idempotency_ttl_ms)
     }
 
-    fn submitted(reply: Vec<String>, id: String, t: &ValidTask, now: u64) -> Result<Submitted> {
-        match (reply.first().map(String::as_str), reply.get(1)) {
-            (Some("accepted"), Some(_)) => Ok(Submitted::Accepted(Box::new(TaskRecord {
+    fn submitted(reply: &Reply, id: String, t: &ValidTask, now: u64) -> Result<Submitted> {
+        match reply.outcome()? {
+            "accepted" => Ok(Submitted::Accepted(Box::new(TaskRecord {
                 id,
                 client_id: t.client_id.clone(),
                 pool: t.pool,
@@ -218,8 +212,8 @@ impl TaskStore {
                 result: None,
                 error: None,
             }))),
-            (Some("duplicate"), Some(id)) => Ok(Submitted::Duplicate(id.clone())),
-            other => Err(StoreError::Reply(format!("submit: {other:?}"))),
+            "duplicate" => Ok(Submitted::Duplicate(reply.text("id")?.to_string())),
+            _ => Err(reply.unexpected()),
         }
     }
 
@@ -247,33 +241,20 @@ impl TaskStore {
         pool: PoolType,
         now: u64,
     ) -> Result<Cancelled> {
-        let mut inv = CANCEL.prepare_invoke();
-        inv.key(self.keys.epoch())
-            .key(self.keys.task(id))
-            .key(self.keys.queue(pool))
-            .key(self.keys.delayed())
-            .key(self.keys.counts())
-            .arg(self.epoch)
-            .arg(id)
-            .arg(now)
-            .arg(self.cfg.retention_ms)
-            .arg(self.keys.agent_channel_prefix())
-            .arg(self.keys.channels().allocation());
-        prefix_args(&mut inv, &self.keys);
-        let reply: Vec<Value> = crate::telemetry::timed("cancel", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        let tag: String = match reply.first() {
-            Some(v) => redis::from_redis_value_ref(v)?,
-            None => return Err(StoreError::Reply("cancel: empty".into())),
-        };
-        Ok(match tag.as_str() {
+        let r = Call::fenced(&CANCEL, "cancel", &self.keys, self.epoch)
+            .key("task", self.keys.task(id))
+            .key("queue", self.keys.queue(pool))
+            .task_keys(&self.keys)
+            .arg("id", id)
+            .arg("now", now)
+            .arg("retention_ms", self.cfg.retention_ms)
+            .reply(conn)
+            .await?;
+        Ok(match r.outcome()? {
             "cancelled" => Cancelled::Cancelled,
             "unknown" => Cancelled::Unknown,
-            _ => Cancelled::NotCancellable(match reply.get(1) {
-                Some(v) => redis::from_redis_value_ref(v)?,
-                None => String::new(),
-            }),
+            "not_cancellable" => Cancelled::NotCancellable(r.text("state")?.to_string()),
+            _ => return Err(r.unexpected()),
         })
     }
 
@@ -285,12 +266,12 @@ impl TaskStore {
         now: u64,
         max: usize,
     ) -> Result<Vec<String>> {
-        let mut inv = PAROLE.prepare_invoke();
-        inv.key(self.keys.epoch()).arg(self.epoch).arg(now).arg(max);
-        prefix_args(&mut inv, &self.keys);
-        crate::telemetry::timed("parole", inv.invoke_async(conn))
+        Call::fenced(&PAROLE, "parole", &self.keys, self.epoch)
+            .task_keys(&self.keys)
+            .arg("now", now)
+            .arg("max", max)
+            .run(conn)
             .await
-            .map_err(from_script)
     }
 
     /// Tasks waiting in a pool's queue.
@@ -334,36 +315,21 @@ impl TaskStore {
         max: usize,
         now: u64,
     ) -> Result<(u64, u64)> {
-        let inv = self.allocate_invocation(pool, max, now);
-        let r: (u64, u64) = crate::telemetry::timed("allocate", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        Ok(r)
+        self.allocate_call(pool, max, now).run(conn).await
     }
 
-    fn allocate_invocation(
-        &self,
-        pool: PoolType,
-        max: usize,
-        now: u64,
-    ) -> redis::ScriptInvocation<'static> {
-        let mut inv = ALLOCATE.prepare_invoke();
-        inv.key(self.keys.epoch())
-            .key(self.keys.queue(pool))
-            .key(self.keys.counts())
-            .arg(self.epoch)
-            .arg(pool.as_str())
-            .arg(max)
-            .arg(now)
-            .arg(self.cfg.ack_timeout_ms)
-            .arg(self.keys.agent_channel_prefix())
-            .arg(self.keys.channels().allocation());
-        prefix_args(&mut inv, &self.keys);
-        inv.arg(self.keys.evidence())
-            .arg(self.keys.task_evidence_prefix())
-            .arg(EVIDENCE_CAP)
-            .arg(self.cfg.retention_ms);
-        inv
+    fn allocate_call(&self, pool: PoolType, max: usize, now: u64) -> Call<'static> {
+        Call::fenced(&ALLOCATE, "allocate", &self.keys, self.epoch)
+            .key("queue", self.keys.queue(pool))
+            .key("evidence", self.keys.evidence())
+            .task_keys(&self.keys)
+            .arg("pool", pool.as_str())
+            .arg("max", max)
+            .arg("now", now)
+            .arg("ack_ms", self.cfg.ack_timeout_ms)
+            .arg("evidence_cap", EVIDENCE_CAP)
+            .arg("retention_ms", self.cfg.retention_ms)
+            .arg("prefix.task_evidence", self.keys.task_evidence_prefix())
     }
 
     /// Applies an agent's report. `Ok(None)` for a report about an attempt
@@ -375,23 +341,16 @@ impl TaskStore {
         r: &TaskReport,
         now: u64,
     ) -> Result<Option<ReportOutcome>> {
-        let reply: Vec<String> = match kind {
-            ReportKind::Ack | ReportKind::Progress => crate::telemetry::timed(
-                "ack",
-                ACK.prepare_invoke()
-                    .key(self.keys.epoch())
-                    .key(self.keys.task(&r.task_id))
-                    .key(self.keys.leases())
-                    .arg(self.epoch)
-                    .arg(&r.task_id)
-                    .arg(r.attempt)
-                    .arg(&r.agent_id)
-                    .arg(now)
-                    .arg(r.progress.map(|p| p.to_string()).unwrap_or_default())
-                    .invoke_async(conn),
-            )
-            .await
-            .map_err(from_script)?,
+        let call = match kind {
+            ReportKind::Ack | ReportKind::Progress => {
+                Call::fenced(&ACK, "ack", &self.keys, self.epoch)
+                    .key("task", self.keys.task(&r.task_id))
+                    .key("leases", self.keys.leases())
+                    .arg(
+                        "progress",
+                        r.progress.map(|p| p.to_string()).unwrap_or_default(),
+                    )
+            }
             ReportKind::Complete | ReportKind::Fail => {
                 let (outcome, detail) = match kind {
                     ReportKind::Complete => (
@@ -403,34 +362,31 @@ impl TaskStore {
                     ),
                     _ => ("failed", r.error.clone().unwrap_or_default()),
                 };
-                let mut inv = DONE.prepare_invoke();
-                inv.key(self.keys.epoch())
-                    .key(self.keys.task(&r.task_id))
-                    .key(self.keys.counts())
-                    .arg(self.epoch)
-                    .arg(&r.task_id)
-                    .arg(r.attempt)
-                    .arg(&r.agent_id)
-                    .arg(now)
-                    .arg(outcome)
-                    .arg(detail)
-                    .arg(self.cfg.retention_ms)
-                    .arg(self.cfg.retry_backoff_ms)
-                    .arg(self.cfg.retry_backoff_max_ms)
-                    .arg(self.keys.channels().allocation());
-                prefix_args(&mut inv, &self.keys);
-                crate::telemetry::timed("report", inv.invoke_async(conn))
-                    .await
-                    .map_err(from_script)?
+                Call::fenced(&DONE, "report", &self.keys, self.epoch)
+                    .key("task", self.keys.task(&r.task_id))
+                    .task_keys(&self.keys)
+                    .arg("outcome", outcome)
+                    .arg("detail", detail)
+                    .arg("retention_ms", self.cfg.retention_ms)
+                    .arg("backoff_ms", self.cfg.retry_backoff_ms)
+                    .arg("backoff_max_ms", self.cfg.retry_backoff_max_ms)
             }
         };
-        let pool = || reply.get(1).and_then(|p| p.parse::<PoolType>().ok());
-        Ok(match reply.first().map(String::as_str) {
-            Some("ok") => Some(ReportOutcome::Running),
-            Some("completed") => Some(ReportOutcome::Completed(pool())),
-            Some("retrying") => Some(ReportOutcome::Retrying(pool())),
-            Some("dead") => Some(ReportOutcome::Dead(pool())),
-            _ => None,
+        let reply = call
+            .arg("id", &r.task_id)
+            .arg("attempt", r.attempt)
+            .arg("agent_id", &r.agent_id)
+            .arg("now", now)
+            .reply(conn)
+            .await?;
+        let pool = || reply.pool("pool").ok();
+        Ok(match reply.outcome()? {
+            "ok" => Some(ReportOutcome::Running),
+            "completed" => Some(ReportOutcome::Completed(pool())),
+            "retrying" => Some(ReportOutcome::Retrying(pool())),
+            "dead" => Some(ReportOutcome::Dead(pool())),
+            "stale" => None,
+            _ => return Err(reply.unexpected()),
         })
     }
 
@@ -452,21 +408,17 @@ impl TaskStore {
         id: &str,
         now: u64,
     ) -> Result<Option<String>> {
-        let mut inv = EXPIRE.prepare_invoke();
-        inv.key(self.keys.epoch())
-            .key(self.keys.task(id))
-            .key(self.keys.counts())
-            .arg(self.epoch)
-            .arg(id)
-            .arg(now)
-            .arg(self.keys.channels().allocation());
-        prefix_args(&mut inv, &self.keys);
-        let reply: Vec<String> = crate::telemetry::timed("expire", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        Ok(match reply.first().map(String::as_str) {
-            Some(r @ ("queued" | "dead")) => Some(r.to_string()),
-            _ => None,
+        let r = Call::fenced(&EXPIRE, "expire", &self.keys, self.epoch)
+            .key("task", self.keys.task(id))
+            .task_keys(&self.keys)
+            .arg("id", id)
+            .arg("now", now)
+            .reply(conn)
+            .await?;
+        Ok(match r.outcome()? {
+            o @ ("queued" | "dead") => Some(o.to_string()),
+            "fresh" | "stale" | "gone" => None,
+            _ => return Err(r.unexpected()),
         })
     }
 
@@ -477,15 +429,12 @@ impl TaskStore {
         now: u64,
         limit: usize,
     ) -> Result<usize> {
-        let mut inv = RELEASE.prepare_invoke();
-        inv.key(self.keys.epoch())
-            .arg(self.epoch)
-            .arg(now)
-            .arg(limit);
-        prefix_args(&mut inv, &self.keys);
-        let pools: Vec<String> = crate::telemetry::timed("release_delayed", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
+        let pools: Vec<String> = Call::fenced(&RELEASE, "release_delayed", &self.keys, self.epoch)
+            .task_keys(&self.keys)
+            .arg("now", now)
+            .arg("max", limit)
+            .run(conn)
+            .await?;
         Ok(pools.len())
     }
 
@@ -518,19 +467,17 @@ impl TaskStore {
         id: &str,
         now: u64,
     ) -> Result<std::result::Result<(), String>> {
-        let mut inv = REQUEUE.prepare_invoke();
-        inv.key(self.keys.epoch())
-            .key(self.keys.task(id))
-            .arg(self.epoch)
-            .arg(id)
-            .arg(now);
-        prefix_args(&mut inv, &self.keys);
-        let reply: Vec<String> = crate::telemetry::timed("requeue_dead", inv.invoke_async(conn))
-            .await
-            .map_err(from_script)?;
-        Ok(match reply.first().map(String::as_str) {
-            Some("queued") => Ok(()),
-            _ => Err(reply.get(1).cloned().unwrap_or_default()),
+        let r = Call::fenced(&REQUEUE, "requeue_dead", &self.keys, self.epoch)
+            .key("task", self.keys.task(id))
+            .task_keys(&self.keys)
+            .arg("id", id)
+            .arg("now", now)
+            .reply(conn)
+            .await?;
+        Ok(match r.outcome()? {
+            "queued" => Ok(()),
+            "not_dead" => Err(r.text("state")?.to_string()),
+            _ => return Err(r.unexpected()),
         })
     }
 }

@@ -4,22 +4,22 @@
 -- leased (ack timeout) and published to the agent.
 -- Every decision is recorded, with the strategy and the chosen agent's score,
 -- in the capped evidence stream and in the task's own evidence list.
--- KEYS: epoch, queue zset, counts hash
--- ARGV: epoch, pool, max tasks, now, ack timeout ms, agent channel prefix,
---       allocation channel, [8-19] key prefixes, [20] evidence stream,
---       [21] task evidence prefix, [22] evidence cap, [23] retention ms
+-- KEYS: epoch, queue (the pool's), evidence (the stream), and the task keys
+-- A: epoch, pool, max (tasks at most: the batch, fleet_store::tasks::ALLOCATE_BATCH),
+--    now, ack_ms, allocation_channel, evidence_cap, retention_ms,
+--    prefix.task_evidence
 -- Returns {tasks assigned, tasks still queued}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
-prefixes(8)
-local queue, counts = KEYS[2], KEYS[3]
-local pool, max_n, now, ack = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local queue, counts = KEY.queue, KEY.counts
+local pool, max_n, now, ack = A.pool, tonumber(A.max), tonumber(A.now), tonumber(A.ack_ms)
 
 local strat = strategy(pool)
 local quota = tonumber(redis.call('HGET', K.settings, pool .. ':quota') or 0)
 local window = health_policy().window
-local tids = redis.call('ZRANGE', queue, 0, 63)
+-- The batch's tasks, and twice as many agents to choose among.
+local tids = redis.call('ZRANGE', queue, 0, max_n - 1)
 if #tids == 0 then return {0, 0} end
-local ranked = redis.call('ZRANGE', K.available .. pool, 0, 127, 'WITHSCORES')
+local ranked = redis.call('ZRANGE', K.available .. pool, 0, 2 * max_n - 1, 'WITHSCORES')
 if #ranked == 0 then return {0, redis.call('ZCARD', queue)} end
 local agents, scores = {}, {}
 for i = 1, #ranked, 2 do
@@ -99,22 +99,18 @@ for _, tid in ipairs(tids) do
               'lastActive', now, 'lastAssigned', now)
             move(counts, pool, a[1], status)
             refresh_available(aid, pool)
-            redis.call('PUBLISH', ARGV[6] .. aid, '{"v":1,"type":"task_assign","taskId":"' ..
-              tid .. '","attempt":' .. attempt .. ',"pool":"' .. pool .. '","priority":' ..
-              t[6] .. ',"timeoutMs":' .. t[4] .. ',"payload":' .. t[5] .. '}')
-            redis.call('PUBLISH', ARGV[7], '{"v":1,"type":"task_assigned","taskId":"' .. tid ..
-              '","pool":"' .. pool .. '","agentId":"' .. aid .. '","attempt":' .. attempt ..
-              ',"strategy":"' .. strat .. '","ts":' .. now .. '}')
+            redis.call('PUBLISH', K.agent_channel .. aid,
+              encode.task_assign(tid, attempt, pool, t[6], t[4], t[5]))
+            redis.call('PUBLISH', A.allocation_channel,
+              encode.task_assigned(tid, pool, aid, attempt, strat, now))
             local reason = 'best ' .. strat .. ' score among ' .. free ..
               ' available agents with capabilities ' .. (t[2] or '[]')
-            local entry = '{"taskId":"' .. tid .. '","attempt":' .. attempt .. ',"agentId":"' ..
-              aid .. '","pool":"' .. pool .. '","strategy":"' .. strat .. '","score":' ..
-              scores[i] .. ',"reason":' .. cjson.encode(reason) .. ',"ts":' .. now .. '}'
-            redis.call('XADD', ARGV[20], 'MAXLEN', '~', ARGV[22], '*', 'task', tid,
+            local entry = encode.decision(tid, attempt, aid, pool, strat, scores[i], reason, now)
+            redis.call('XADD', KEY.evidence, 'MAXLEN', '~', A.evidence_cap, '*', 'task', tid,
               'decision', entry)
-            local elist = ARGV[21] .. tid
+            local elist = K.task_evidence .. tid
             redis.call('RPUSH', elist, entry)
-            redis.call('PEXPIRE', elist, ARGV[23])
+            redis.call('PEXPIRE', elist, A.retention_ms)
             assigned = assigned + 1
             -- Strategies that spread work send the agent to the back of the line.
             if agents[i] and rotate[strat] then

@@ -1,15 +1,75 @@
 -- Shared prelude of every state-changing script.
--- KEYS[1] is the commander epoch key and ARGV[1] the caller's epoch: a write
--- from a commander that is no longer the current one is refused (fencing).
+--
+-- The contract with Rust (crates/fleet-store/src/script.rs): ARGV[i] names
+-- KEYS[i]; the rest of ARGV is name, value pairs. Scripts read KEY.<name> and
+-- A.<name>, never a position. K holds every key and key prefix a script
+-- builds names from: the named keys, and the arguments named prefix.<name>.
+local KEY, A, K = {}, {}, {}
+for i = 1, #KEYS do KEY[ARGV[i]] = KEYS[i] end
+for i = #KEYS + 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
+for n, k in pairs(KEY) do K[n] = k end
+for n, v in pairs(A) do
+  if string.sub(n, 1, 7) == 'prefix.' then K[string.sub(n, 8)] = v end
+end
+
+-- A write from a commander that is no longer the current one is refused
+-- (fencing): KEY.epoch holds the current epoch, A.epoch is the caller's.
 local function fenced()
-  local current = redis.call('GET', KEYS[1])
+  local current = redis.call('GET', KEY.epoch)
   if not current then
     -- Redis lost its data (a restart without persistence): the first writer
     -- re-establishes its epoch; a newer commander still takes over with INCR.
-    redis.call('SET', KEYS[1], ARGV[1])
+    redis.call('SET', KEY.epoch, A.epoch)
     return false
   end
-  return current ~= ARGV[1]
+  return current ~= A.epoch
+end
+
+-- A reply of named fields: {'outcome', outcome, name, value, ...}.
+local function reply(outcome, fields)
+  local out = {'outcome', outcome}
+  if fields then
+    for n, v in pairs(fields) do
+      table.insert(out, n)
+      table.insert(out, tostring(v))
+    end
+  end
+  return out
+end
+
+-- Every message a script publishes is built here, and each is decoded as
+-- its Rust type (fleet_protocol) by crates/fleet-store/tests/messages.rs.
+-- Ids are validated by the commander ([A-Za-z0-9._:-]); free text goes
+-- through cjson; a task's payload is stored as JSON and embedded as is.
+local encode = {}
+function encode.task_assign(tid, attempt, pool, priority, timeout, payload)
+  return '{"v":1,"type":"task_assign","taskId":"' .. tid .. '","attempt":' .. attempt ..
+    ',"pool":"' .. pool .. '","priority":' .. priority .. ',"timeoutMs":' .. timeout ..
+    ',"payload":' .. payload .. '}'
+end
+function encode.task_cancel(tid, attempt)
+  return '{"v":1,"type":"task_cancel","taskId":"' .. tid .. '","attempt":' .. attempt .. '}'
+end
+function encode.drain(reason)
+  return '{"v":1,"type":"drain","reason":' .. cjson.encode(reason) .. '}'
+end
+function encode.task_event(kind, tid, pool, aid, attempt, now)
+  return '{"v":1,"type":"' .. kind .. '","taskId":"' .. tid .. '","pool":"' .. (pool or '') ..
+    '","agentId":"' .. (aid or '') .. '","attempt":' .. (attempt or 0) .. ',"ts":' .. now .. '}'
+end
+function encode.task_assigned(tid, pool, aid, attempt, strat, now)
+  return '{"v":1,"type":"task_assigned","taskId":"' .. tid .. '","pool":"' .. pool ..
+    '","agentId":"' .. aid .. '","attempt":' .. attempt .. ',"strategy":"' .. strat ..
+    '","ts":' .. now .. '}'
+end
+function encode.agent_quarantined(aid, health, untl, now)
+  return '{"v":1,"type":"agent_quarantined","agentId":"' .. aid .. '","health":' .. health ..
+    ',"until":' .. untl .. ',"ts":' .. now .. '}'
+end
+function encode.decision(tid, attempt, aid, pool, strat, score, reason, now)
+  return '{"taskId":"' .. tid .. '","attempt":' .. attempt .. ',"agentId":"' .. aid ..
+    '","pool":"' .. pool .. '","strategy":"' .. strat .. '","score":' .. score ..
+    ',"reason":' .. cjson.encode(reason) .. ',"ts":' .. now .. '}'
 end
 
 -- Keeps the {pool}:{status} counters in step with a status change.
@@ -18,9 +78,6 @@ local function move(counts, pool, from, to)
   if from then redis.call('HINCRBY', counts, pool .. ':' .. from, -1) end
   if to then redis.call('HINCRBY', counts, pool .. ':' .. to, 1) end
 end
-
--- Key prefixes, set by scripts that touch tasks (from src/keys.rs).
-local K = {}
 
 -- The pool's allocation strategy (from the config), 'priority' by default.
 local function strategy(pool)
@@ -125,14 +182,6 @@ local function orphan_all(agent_id, now)
   return queued, dead
 end
 
--- Reads the key prefixes from ARGV starting at index i.
-local function prefixes(i)
-  K.agent, K.available, K.agent_tasks, K.task = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  K.queue, K.leases, K.dead, K.delayed = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  K.settings, K.pool_done = ARGV[i + 8], ARGV[i + 9]
-  K.quarantine, K.quota = ARGV[i + 10], ARGV[i + 11]
-end
-
 -- Whether one more of the pool's agents may go into quarantine: at most
 -- `cap` % of its live agents are there at once, and at least one may be.
 local function may_quarantine(aid, pool, counts, now, hp)
@@ -170,8 +219,7 @@ local function judge(aid, pool, counts, a_health, a_probation, outcome, now, out
       redis.call('ZADD', K.quarantine, untl, aid)
       local channel = redis.call('HGET', K.settings, 'healthChannel')
       if channel then
-        redis.call('PUBLISH', channel, '{"v":1,"type":"agent_quarantined","agentId":"' .. aid ..
-          '","health":' .. health .. ',"until":' .. untl .. ',"ts":' .. now .. '}')
+        redis.call('PUBLISH', channel, encode.agent_quarantined(aid, health, untl, now))
       end
       for _, x in ipairs({'quarantinedUntil', untl, 'probation', '0'}) do
         table.insert(out, x)
@@ -216,7 +264,5 @@ end
 
 -- The task event every outcome publishes on the allocation channel.
 local function task_event(channel, kind, tid, pool, aid, attempt, now)
-  redis.call('PUBLISH', channel, '{"v":1,"type":"' .. kind .. '","taskId":"' .. tid ..
-    '","pool":"' .. (pool or '') .. '","agentId":"' .. (aid or '') .. '","attempt":' ..
-    (attempt or 0) .. ',"ts":' .. now .. '}')
+  redis.call('PUBLISH', channel, encode.task_event(kind, tid, pool, aid, attempt, now))
 end

@@ -1,14 +1,13 @@
 -- Drains an agent: it gets no new tasks, finishes what it holds, then
 -- deregisters. The agent is told on its channel.
--- KEYS: epoch
--- ARGV: epoch, agent id, now, agent channel prefix, reason, [6-17] key prefixes
--- Returns {'draining', pool, tasks in hand} or {'unknown'}.
+-- KEYS: epoch, and the task keys
+-- A: epoch, id, now, reason
+-- Returns outcome (draining, unknown) and, when draining: pool, inflight.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
-prefixes(6)
-local id, key = ARGV[2], K.agent .. ARGV[2]
+local id, key = A.id, K.agent .. A.id
 local a = redis.call('HMGET', key, 'pool', 'inflight')
-if not a[1] then return {'unknown'} end
-redis.call('HSET', key, 'draining', 1, 'drainingSince', ARGV[3])
+if not a[1] then return reply('unknown') end
+redis.call('HSET', key, 'draining', 1, 'drainingSince', A.now)
 refresh_available(id, a[1])
-redis.call('PUBLISH', ARGV[4] .. id, '{"v":1,"type":"drain","reason":' .. cjson.encode(ARGV[5]) .. '}')
-return {'draining', a[1], tonumber(a[2] or 0)}
+redis.call('PUBLISH', K.agent_channel .. id, encode.drain(A.reason))
+return reply('draining', {pool = a[1], inflight = tonumber(a[2] or 0)})

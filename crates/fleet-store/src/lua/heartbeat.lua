@@ -1,18 +1,18 @@
 -- Record a heartbeat. A failed agent that is heard again goes to recovering;
 -- a recovering one goes back to idle on its next heartbeat. An agent holding
 -- tasks is at least active, and busy at its capacity, whatever it reports.
--- KEYS: epoch, agent hash, heartbeats zset, failed zset, counts hash
--- ARGV: epoch, id, now, reported status, load, memory, cpu, network, [9-20] key prefixes
+-- KEYS: epoch, agent, heartbeats, failed, and the task keys
+-- A: epoch, id, now, status (reported), load, memory, cpu, network
+-- Returns outcome (unknown, ok, recovering, recovered) and pool.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
-prefixes(9)
-local agent, hb, failed, counts = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, now = ARGV[2], ARGV[3]
+local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
+local id, now = A.id, A.now
 
 local cur = redis.call('HMGET', agent, 'status', 'pool', 'inflight', 'capacity')
 local old, pool = cur[1], cur[2]
-if not old then return {'unknown'} end
+if not old then return reply('unknown') end
 
-local new, outcome = ARGV[4], 'ok'
+local new, outcome = A.status, 'ok'
 if old == 'failed' then
   new, outcome = 'recovering', 'recovering'
   redis.call('HINCRBY', agent, 'recoveryAttempts', 1)
@@ -25,9 +25,9 @@ if new ~= 'recovering' then
   if inflight >= capacity then new = 'busy'
   elseif inflight > 0 and new == 'idle' then new = 'active' end
 end
-redis.call('HSET', agent, 'status', new, 'load', ARGV[5], 'memory', ARGV[6],
-  'cpu', ARGV[7], 'network', ARGV[8], 'lastHeartbeat', now)
+redis.call('HSET', agent, 'status', new, 'load', A.load, 'memory', A.memory,
+  'cpu', A.cpu, 'network', A.network, 'lastHeartbeat', now)
 redis.call('ZADD', hb, now, id)
 move(counts, pool, old, new)
 refresh_available(id, pool)
-return {outcome, old, new, pool}
+return reply(outcome, {pool = pool})

@@ -1,11 +1,10 @@
 -- Ends the quarantine of agents whose period is over: they go on probation
 -- (one task at a time, health at the quarantine line) and are available again.
--- KEYS: epoch
--- ARGV: epoch, now, most to release, [4-15] key prefixes
--- Returns the ids released.
+-- KEYS: epoch, and the task keys
+-- A: epoch, now, max (most to release)
+-- Returns the ids released (a list).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
-prefixes(4)
-local due = redis.call('ZRANGE', K.quarantine, '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, ARGV[3])
+local due = redis.call('ZRANGE', K.quarantine, '-inf', A.now, 'BYSCORE', 'LIMIT', 0, A.max)
 local released = {}
 for _, aid in ipairs(due) do
   redis.call('ZREM', K.quarantine, aid)

@@ -1,29 +1,29 @@
 -- Remove an agent from the registry (deregistration, or expiry of a failed
 -- agent); its tasks go back to their queues. With a cutoff, only a failed
 -- agent failed at or before it is removed.
--- KEYS: epoch, agent hash, heartbeats zset, failed zset, counts hash
--- ARGV: epoch, id, pool-agents key prefix, failed cutoff ('' for none), now, [6-17] key prefixes
--- Returns {outcome, old status, pool, tasks requeued, tasks dead}.
+-- KEYS: epoch, agent, heartbeats, failed, and the task keys
+-- A: epoch, id, failed_before ('' for none), now
+-- Returns outcome (kept, unknown, removed) and, when removed: pool,
+-- requeued, dead (the tasks it held).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
-prefixes(6)
-local agent, hb, failed, counts = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id = ARGV[2]
+local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
+local id = A.id
 
-if ARGV[4] ~= '' then
+if A.failed_before ~= '' then
   local score = redis.call('ZSCORE', failed, id)
-  if not score or tonumber(score) > tonumber(ARGV[4]) then return {'kept'} end
+  if not score or tonumber(score) > tonumber(A.failed_before) then return reply('kept') end
 end
 local cur = redis.call('HMGET', agent, 'status', 'pool')
 local old, pool = cur[1], cur[2]
 redis.call('ZREM', hb, id)
 redis.call('ZREM', failed, id)
-if not old then return {'unknown'} end
-local queued, dead = orphan_all(id, ARGV[5])
+if not old then return reply('unknown') end
+local queued, dead = orphan_all(id, A.now)
 redis.call('ZREM', K.available .. pool, id)
 redis.call('DEL', agent)
-redis.call('SREM', ARGV[3] .. pool, id)
+redis.call('SREM', K.pool_agents .. pool, id)
 redis.call('ZREM', K.pool_done .. pool, id)
 redis.call('ZREM', K.quarantine, id)
 redis.call('DEL', K.quota .. id)
 move(counts, pool, old, nil)
-return {'removed', old, pool, queued, dead}
+return reply('removed', {pool = pool, requeued = queued, dead = dead})

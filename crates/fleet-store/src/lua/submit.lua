@@ -1,18 +1,22 @@
 -- Persist a new task and queue it. Idempotent by client id.
--- KEYS: epoch, task hash, client-id key ('' key name when none), queue zset
--- ARGV: epoch, id, client id ('' for none), pool, capabilities (JSON), priority,
---       payload (JSON), timeout ms, max retries, now, queue score, idempotency ttl ms
+-- KEYS: epoch, task (its hash), client (the client-id key; a placeholder
+--       when none), queue (the pool's)
+-- A: epoch, id, client_id ('' for none), pool, capabilities (JSON),
+--    priority, payload (JSON), timeout_ms, max_retries, now, score (queue
+--    score), idempotency_ttl_ms
+-- Returns outcome (accepted, duplicate) and id (the new task's, or the one
+-- the client id already names).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
-local task, client, queue = KEYS[2], KEYS[3], KEYS[4]
-local id = ARGV[2]
-if ARGV[3] ~= '' then
+local task, client, queue = KEY.task, KEY.client, KEY.queue
+local id = A.id
+if A.client_id ~= '' then
   local existing = redis.call('GET', client)
-  if existing then return {'duplicate', existing} end
-  redis.call('SET', client, id, 'PX', ARGV[12])
+  if existing then return reply('duplicate', {id = existing}) end
+  redis.call('SET', client, id, 'PX', A.idempotency_ttl_ms)
 end
-redis.call('HSET', task, 'id', id, 'clientId', ARGV[3], 'pool', ARGV[4],
-  'capabilities', ARGV[5], 'priority', ARGV[6], 'payload', ARGV[7],
-  'timeoutMs', ARGV[8], 'maxRetries', ARGV[9], 'state', 'queued', 'attempt', 0,
-  'submittedAt', ARGV[10], 'updatedAt', ARGV[10], 'score', ARGV[11])
-redis.call('ZADD', queue, ARGV[11], id)
-return {'accepted', id}
+redis.call('HSET', task, 'id', id, 'clientId', A.client_id, 'pool', A.pool,
+  'capabilities', A.capabilities, 'priority', A.priority, 'payload', A.payload,
+  'timeoutMs', A.timeout_ms, 'maxRetries', A.max_retries, 'state', 'queued', 'attempt', 0,
+  'submittedAt', A.now, 'updatedAt', A.now, 'score', A.score)
+redis.call('ZADD', queue, A.score, id)
+return reply('accepted', {id = id})

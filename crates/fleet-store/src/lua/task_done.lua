@@ -2,39 +2,39 @@
 -- that is no longer current (duplicates, late ones) change nothing.
 -- A failure is retried after a backoff, or dead-lettered once the task has
 -- used its retries.
--- KEYS: epoch, task hash, counts hash
--- ARGV: epoch, task id, attempt, agent id, now, 'completed' | 'failed',
---       result JSON or error text, retention ms, backoff base ms, backoff max ms,
---       allocation channel, [12-23] key prefixes
--- Returns {'completed' | 'retrying' | 'dead' | 'stale', pool or state}.
+-- KEYS: epoch, task (its hash), and the task keys
+-- A: epoch, id, attempt, agent_id, now, outcome ('completed' or 'failed'),
+--    detail (result JSON or error text), retention_ms, backoff_ms,
+--    backoff_max_ms, allocation_channel
+-- Returns outcome (completed, retrying, dead, stale) and pool (or, when
+-- stale, state).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
-prefixes(12)
-local task, counts = KEYS[2], KEYS[3]
-local tid, now = ARGV[2], tonumber(ARGV[5])
+local task, counts = KEY.task, KEY.counts
+local tid, now = A.id, tonumber(A.now)
 local t = redis.call('HMGET', task, 'state', 'attempt', 'agent', 'assignedAt', 'pool',
   'maxRetries')
-if not t[1] then return {'stale', 'unknown'} end
-if (t[1] ~= 'assigned' and t[1] ~= 'running') or t[2] ~= ARGV[3] or t[3] ~= ARGV[4] then
-  return {'stale', t[1]}
+if not t[1] then return reply('stale', {state = 'unknown'}) end
+if (t[1] ~= 'assigned' and t[1] ~= 'running') or t[2] ~= A.attempt or t[3] ~= A.agent_id then
+  return reply('stale', {state = t[1]})
 end
 local attempt = tonumber(t[2])
 redis.call('ZREM', K.leases, tid)
-release_agent(t[3], tid, now, ARGV[6], now - tonumber(t[4] or now), counts)
-if ARGV[6] == 'completed' then
-  redis.call('HSET', task, 'state', 'completed', 'result', ARGV[7], 'updatedAt', now)
-  redis.call('PEXPIRE', task, ARGV[8])
-  task_event(ARGV[11], 'task_completed', tid, t[5], t[3], attempt, now)
-  return {'completed', t[5]}
+release_agent(t[3], tid, now, A.outcome, now - tonumber(t[4] or now), counts)
+if A.outcome == 'completed' then
+  redis.call('HSET', task, 'state', 'completed', 'result', A.detail, 'updatedAt', now)
+  redis.call('PEXPIRE', task, A.retention_ms)
+  task_event(A.allocation_channel, 'task_completed', tid, t[5], t[3], attempt, now)
+  return reply('completed', {pool = t[5]})
 end
-redis.call('HSET', task, 'error', ARGV[7], 'updatedAt', now)
+redis.call('HSET', task, 'error', A.detail, 'updatedAt', now)
 if attempt > tonumber(t[6]) then
   redis.call('HSET', task, 'state', 'dead', 'agent', '')
   redis.call('ZADD', K.dead, now, tid)
-  task_event(ARGV[11], 'task_dead', tid, t[5], t[3], attempt, now)
-  return {'dead', t[5]}
+  task_event(A.allocation_channel, 'task_dead', tid, t[5], t[3], attempt, now)
+  return reply('dead', {pool = t[5]})
 end
-local backoff = math.min(tonumber(ARGV[9]) * 2 ^ (attempt - 1), tonumber(ARGV[10]))
+local backoff = math.min(tonumber(A.backoff_ms) * 2 ^ (attempt - 1), tonumber(A.backoff_max_ms))
 redis.call('HSET', task, 'state', 'retrying', 'agent', '')
 redis.call('ZADD', K.delayed, now + backoff, tid)
-task_event(ARGV[11], 'task_retrying', tid, t[5], t[3], attempt, now)
-return {'retrying', t[5]}
+task_event(A.allocation_channel, 'task_retrying', tid, t[5], t[3], attempt, now)
+return reply('retrying', {pool = t[5]})

@@ -1,0 +1,327 @@
+//! The Rust↔Lua contract against a real redis-server: every message a
+//! script builds decodes as its Rust type and says what the call did; the
+//! batch size is one constant on both sides; fencing refuses an old epoch.
+
+use fleet_protocol::task::{TaskDefaults, ValidTask};
+use fleet_protocol::{PoolType, ReportKind, Resources, TaskEvent, TaskReport, ToAgent};
+use fleet_store::registry::{NewAgent, RegisterOutcome};
+use fleet_store::tasks::{HealthPolicy, PoolSettings, Submitted, TaskPolicy, ALLOCATE_BATCH};
+use fleet_store::{Keys, Registry, StoreError, TaskStore};
+use fleet_testkit::RedisServer;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+const POOL: PoolType = PoolType::Coder;
+
+struct Store {
+    _redis: RedisServer,
+    url: String,
+    conn: ConnectionManager,
+    keys: Keys,
+    registry: Registry,
+    tasks: TaskStore,
+}
+
+async fn store() -> Store {
+    let redis = RedisServer::start().expect("redis-server on PATH");
+    let url = redis.url();
+    let mut conn = fleet_store::connection::connect(&url).await.unwrap();
+    let keys = Keys::new("swarm:phase-1");
+    let epoch = Registry::claim_epoch(&mut conn, &keys).await.unwrap();
+    let health = HealthPolicy {
+        success_step: 5,
+        failure_step: 60, // one failure quarantines
+        quarantine_below: 50,
+        quarantine_ms: 30_000,
+        quarantine_max_percent: 100,
+        probation_until: 70,
+        quota_window_ms: 60_000,
+    };
+    let pools: Vec<PoolSettings> = PoolType::ALL
+        .into_iter()
+        .map(|pool| PoolSettings {
+            pool,
+            strategy: Default::default(),
+            quota: None,
+        })
+        .collect();
+    fleet_store::tasks::write_settings(&mut conn, &keys, &health, &pools)
+        .await
+        .unwrap();
+    let policy = TaskPolicy {
+        aging_ms_per_priority: 2000,
+        ack_timeout_ms: 10_000,
+        retry_backoff_ms: 100,
+        retry_backoff_max_ms: 1000,
+        idempotency_ttl_ms: 60_000,
+        retention_ms: 60_000,
+    };
+    Store {
+        registry: Registry::new(keys.clone(), epoch),
+        tasks: TaskStore::new(keys.clone(), epoch, policy),
+        _redis: redis,
+        url,
+        conn,
+        keys,
+    }
+}
+
+impl Store {
+    async fn agent(&mut self, id: &str, capacity: u32) {
+        let caps: Vec<String> = vec![];
+        let new = NewAgent {
+            id,
+            pool: POOL,
+            agent_type: "coder",
+            priority: 5,
+            capabilities: &caps,
+            resources: Resources::default(),
+            pool_max: 10_000,
+            fleet_max: 10_000,
+            capacity,
+            instance: "i1",
+        };
+        let out = self
+            .registry
+            .register(&mut self.conn, &new, now(), None)
+            .await;
+        assert!(
+            matches!(out, Ok(RegisterOutcome::Registered { .. })),
+            "{out:?}"
+        );
+    }
+
+    async fn submit(&mut self, payload: &str) -> String {
+        let t = fleet_protocol::task::Submission {
+            pool: POOL.as_str().into(),
+            capabilities: vec![],
+            priority: Some(7),
+            payload: serde_json::from_str(payload).unwrap(),
+            timeout_ms: Some(5000),
+            max_retries: Some(0),
+            client_id: None,
+        };
+        let defaults = TaskDefaults {
+            timeout_ms: 1000,
+            max_retries: 1,
+        };
+        let valid: ValidTask = t.validate(|_| vec![], defaults).unwrap();
+        match self
+            .tasks
+            .submit(&mut self.conn, &valid, now())
+            .await
+            .unwrap()
+        {
+            Submitted::Accepted(t) => t.id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn listen(&self, channel: String) -> redis::aio::PubSubStream {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut ps = client.get_async_pubsub().await.unwrap();
+        ps.subscribe(channel).await.unwrap();
+        ps.into_on_message()
+    }
+}
+
+fn now() -> u64 {
+    fleet_protocol::now_ms()
+}
+
+/// The next message, decoded as `T`; it must say everything it carried
+/// (decoding and encoding again gives the same JSON).
+async fn next<T>(s: &mut redis::aio::PubSubStream) -> T
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let msg = tokio::time::timeout(WAIT, s.next())
+        .await
+        .expect("a message in time")
+        .expect("subscribed");
+    let raw: serde_json::Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
+    let typed: T = serde_json::from_value(raw.clone())
+        .unwrap_or_else(|e| panic!("{raw} does not decode as its Rust type: {e}"));
+    assert_eq!(
+        serde_json::to_value(&typed).unwrap(),
+        raw,
+        "a field was lost or renamed"
+    );
+    typed
+}
+
+#[tokio::test]
+async fn lua_built_messages_decode_as_their_rust_types() {
+    let mut s = store().await;
+    let channels = s.keys.channels().clone();
+    let mut inbox = s.listen(channels.agent("a1")).await;
+    let mut allocation = s.listen(channels.allocation()).await;
+    let mut health = s.listen(channels.health()).await;
+    s.agent("a1", 2).await;
+
+    // task_assign, with a payload that needs escaping, and task_assigned.
+    let payload = r#"{"cmd":"echo \"hi\"\n","n":[1,2.5,null],"ok":true}"#;
+    let id = s.submit(payload).await;
+    let (assigned, queued) = s
+        .tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    assert_eq!((assigned, queued), (1, 0));
+    match next::<ToAgent>(&mut inbox).await {
+        ToAgent::TaskAssign {
+            v,
+            task_id,
+            attempt,
+            pool,
+            priority,
+            timeout_ms,
+            payload: p,
+        } => {
+            assert_eq!(
+                (v, task_id.as_str(), attempt, pool),
+                (1, id.as_str(), 1, POOL)
+            );
+            assert_eq!((priority, timeout_ms), (7, 5000));
+            assert_eq!(
+                p,
+                serde_json::from_str::<serde_json::Value>(payload).unwrap()
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match next::<TaskEvent>(&mut allocation).await {
+        TaskEvent::TaskAssigned {
+            task_id,
+            agent_id,
+            attempt,
+            ..
+        } => {
+            assert_eq!(
+                (task_id.as_str(), agent_id.as_str(), attempt),
+                (id.as_str(), "a1", 1)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // task_cancel to the agent, task_cancelled to everyone.
+    let out = s.tasks.cancel(&mut s.conn, &id, POOL, now()).await.unwrap();
+    assert_eq!(out, fleet_store::tasks::Cancelled::Cancelled);
+    match next::<ToAgent>(&mut inbox).await {
+        ToAgent::TaskCancel {
+            task_id, attempt, ..
+        } => assert_eq!((task_id, attempt), (id.clone(), 1)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        next::<TaskEvent>(&mut allocation).await,
+        TaskEvent::TaskCancelled { .. }
+    ));
+
+    // A failed attempt with no retries left: task_dead, and the agent's
+    // health falls below the line: agent_quarantined.
+    let id = s.submit("null").await;
+    s.tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    assert!(matches!(
+        next::<ToAgent>(&mut inbox).await,
+        ToAgent::TaskAssign { .. }
+    ));
+    assert!(matches!(
+        next::<TaskEvent>(&mut allocation).await,
+        TaskEvent::TaskAssigned { .. }
+    ));
+    let report = TaskReport {
+        task_id: id.clone(),
+        attempt: 1,
+        agent_id: "a1".into(),
+        progress: None,
+        result: None,
+        error: Some("it \"broke\"".into()),
+    };
+    let out = s
+        .tasks
+        .report(&mut s.conn, ReportKind::Fail, &report, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        Some(fleet_store::tasks::ReportOutcome::Dead(Some(POOL)))
+    );
+    match next::<TaskEvent>(&mut allocation).await {
+        TaskEvent::TaskDead {
+            task_id, agent_id, ..
+        } => assert_eq!((task_id, agent_id.as_str()), (id, "a1")),
+        other => panic!("{other:?}"),
+    }
+    match next::<fleet_protocol::Event>(&mut health).await {
+        fleet_protocol::Event::AgentQuarantined {
+            agent_id, health, ..
+        } => {
+            assert_eq!((agent_id.as_str(), health), ("a1", 40))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // drain.
+    let drained = s
+        .registry
+        .drain(&mut s.conn, "a1", now(), "operator: \"retire\"")
+        .await
+        .unwrap();
+    assert_eq!(drained, Some((POOL, 0)));
+    match next::<ToAgent>(&mut inbox).await {
+        ToAgent::Drain { reason, .. } => assert_eq!(reason, "operator: \"retire\""),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn one_allocate_call_hands_out_one_batch() {
+    let mut s = store().await;
+    s.agent("big", (ALLOCATE_BATCH * 2) as u32).await;
+    let extra = 5;
+    for _ in 0..ALLOCATE_BATCH + extra {
+        s.submit("{}").await;
+    }
+    let (assigned, queued) = s
+        .tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    assert_eq!((assigned, queued), (ALLOCATE_BATCH as u64, extra as u64));
+    let (assigned, queued) = s
+        .tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    assert_eq!((assigned, queued), (extra as u64, 0));
+}
+
+#[tokio::test]
+async fn a_superseded_epoch_is_fenced_and_changes_nothing() {
+    let mut s = store().await;
+    s.agent("a1", 1).await;
+    // A newer commander claims the epoch.
+    Registry::claim_epoch(&mut s.conn, &s.keys).await.unwrap();
+    let hb = fleet_protocol::Heartbeat {
+        agent_id: "a1".into(),
+        status: fleet_protocol::AgentStatus::Busy,
+        load: 0.9,
+        resources: Resources::default(),
+        seq: None,
+    };
+    let out = s.registry.heartbeat(&mut s.conn, &hb, now()).await;
+    assert!(matches!(out, Err(StoreError::Fenced)), "{out:?}");
+    let rec = s.registry.agent(&mut s.conn, "a1").await.unwrap().unwrap();
+    assert_eq!(
+        rec.status,
+        fleet_protocol::AgentStatus::Idle,
+        "the fenced write changed nothing"
+    );
+}
