@@ -193,7 +193,11 @@ fn the_binary_refuses_a_bad_config_naming_the_field() {
             .args(&args)
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{args:?} must fail");
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?} must exit 64 (EX_USAGE)"
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("pools.tester.max_agents"), "{args:?}: {err}");
     }

@@ -35,7 +35,7 @@ impl Running {
     /// Waits until the service has stopped, and says how.
     pub async fn wait(self) -> Exit {
         let grace = Duration::from_millis(self.shared.config().fleet.shutdown_grace_ms);
-        self.supervisor.wait(&self.shared, grace).await
+        self.supervisor.wait(grace, &self.shared.fenced).await
     }
 }
 

@@ -15,8 +15,7 @@ use crate::context::Shared;
 use crate::metrics as m;
 use fleet_store::StoreError;
 use std::future::Future;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -134,7 +133,9 @@ impl Supervisor {
 
     /// Waits until every task has stopped, or the service must stop. After
     /// shutdown begins, the tasks get `grace` to finish, then are aborted.
-    pub(crate) async fn wait(mut self, shared: &Arc<Shared>, grace: Duration) -> Exit {
+    /// `fenced` says whether the service stopped because a newer commander
+    /// took over.
+    pub(crate) async fn wait(mut self, grace: Duration, fenced: &AtomicBool) -> Exit {
         let mut failure: Option<String> = None;
         loop {
             let next = if self.shutdown.is_cancelled() {
@@ -177,12 +178,83 @@ impl Supervisor {
             // One task ending ends the service; the rest drain.
             self.shutdown.cancel();
         }
-        if shared.fenced.load(Ordering::Acquire) {
+        if fenced.load(Ordering::Acquire) {
             Exit::Fenced
         } else if let Some(f) = failure {
             Exit::Failed(f)
         } else {
             Exit::Clean
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(5);
+
+    /// A loop as the service's are: runs until shutdown.
+    async fn until_shutdown(t: CancellationToken) {
+        t.cancelled().await
+    }
+
+    #[tokio::test]
+    async fn a_panicking_loop_stops_the_service_with_a_failure() {
+        let token = CancellationToken::new();
+        let mut sup = Supervisor::new(token.clone());
+        sup.spawn("steady", until_shutdown(token.clone()));
+        sup.spawn("faulty", async { panic!("a bug in a loop") });
+        let exit = sup.wait(GRACE, &AtomicBool::new(false)).await;
+        assert_eq!(exit, Exit::Failed("task faulty panicked".into()));
+        assert_ne!(exit.code(), 0);
+        assert!(token.is_cancelled(), "the other loops were told to stop");
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_ends_on_its_own_is_a_failure() {
+        let token = CancellationToken::new();
+        let mut sup = Supervisor::new(token.clone());
+        sup.spawn("steady", until_shutdown(token.clone()));
+        sup.spawn("http", async {});
+        let exit = sup.wait(GRACE, &AtomicBool::new(false)).await;
+        assert_eq!(exit, Exit::Failed("task http ended on its own".into()));
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_cleanly_and_fenced_says_so() {
+        let token = CancellationToken::new();
+        let mut sup = Supervisor::new(token.clone());
+        sup.spawn("steady", until_shutdown(token.clone()));
+        token.cancel();
+        assert_eq!(sup.wait(GRACE, &AtomicBool::new(false)).await, Exit::Clean);
+
+        let token = CancellationToken::new();
+        let mut sup = Supervisor::new(token.clone());
+        sup.spawn("steady", until_shutdown(token.clone()));
+        token.cancel();
+        let exit = sup.wait(GRACE, &AtomicBool::new(true)).await;
+        assert_eq!((exit.code(), exit), (75, Exit::Fenced));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_ignores_shutdown_is_aborted_after_the_grace_period() {
+        let token = CancellationToken::new();
+        let mut sup = Supervisor::new(token.clone());
+        sup.spawn("stuck", std::future::pending());
+        token.cancel();
+        let started = tokio::time::Instant::now();
+        let exit = sup
+            .wait(Duration::from_secs(3), &AtomicBool::new(false))
+            .await;
+        assert!(
+            matches!(exit, Exit::Failed(ref why) if why.contains("grace")),
+            "{exit:?}"
+        );
+        assert_eq!(
+            started.elapsed().as_secs(),
+            3,
+            "waited the grace period, no more"
+        );
     }
 }
