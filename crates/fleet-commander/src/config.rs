@@ -466,6 +466,22 @@ impl Config {
                 return err("log.level", format!("not a log filter: {e}"));
             }
         }
+        self.validate_fleet()?;
+        for pool in PoolType::ALL {
+            if !self.pools.contains_key(&pool) {
+                return err(
+                    &format!("pools.{pool}"),
+                    "missing: all 16 pools must be configured".into(),
+                );
+            }
+        }
+        self.validate_tasks()?;
+        self.scaling.validate("scaling")?;
+        self.validate_pools()
+    }
+
+    fn validate_fleet(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, reason: String| Err((field.to_string(), reason));
         let f = &self.fleet;
         if f.prefix.is_empty() || f.prefix.contains(char::is_whitespace) {
             return err(
@@ -512,14 +528,11 @@ impl Config {
                 "must be 0..=64 (0: one per core)".into(),
             );
         }
-        for pool in PoolType::ALL {
-            if !self.pools.contains_key(&pool) {
-                return err(
-                    &format!("pools.{pool}"),
-                    "missing: all 16 pools must be configured".into(),
-                );
-            }
-        }
+        Ok(())
+    }
+
+    fn validate_tasks(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, reason: String| Err((field.to_string(), reason));
         let tk = &self.tasks;
         for (name, v) in [
             ("tasks.default_timeout_ms", tk.default_timeout_ms),
@@ -570,7 +583,11 @@ impl Config {
         if tk.default_max_retries > fleet_protocol::task::MAX_RETRIES {
             return err("tasks.default_max_retries", "must be at most 100".into());
         }
-        self.scaling.validate("scaling")?;
+        Ok(())
+    }
+
+    fn validate_pools(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, reason: String| Err((field.to_string(), reason));
         let mut max_sum: u64 = 0;
         for (pool, p) in &self.pools {
             let at = |k: &str| format!("pools.{pool}.{k}");
@@ -620,7 +637,7 @@ impl Config {
                 .validate(&format!("pools.{pool}.scaling"))?;
             max_sum += u64::from(p.min_agents);
         }
-        if max_sum > u64::from(f.max_agents) {
+        if max_sum > u64::from(self.fleet.max_agents) {
             return err(
                 "fleet.max_agents",
                 format!("is below the sum of the pools' min_agents ({max_sum})"),

@@ -14,7 +14,7 @@ use fleet_store::{Keys, Registry, StoreError, TaskStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -39,11 +39,11 @@ pub struct Shared {
     /// Wakes the allocator: a task arrived, an agent freed up, tasks came back.
     pub alloc_wake: tokio::sync::Notify,
     /// Pools (bit per [`PoolType::index`]) the allocator should look at next.
-    pub dirty_pools: std::sync::atomic::AtomicU32,
+    pub dirty_pools: AtomicU32,
     /// Pools where tasks may be waiting, as of the allocator's last look (a
     /// bit per pool, all set at start). An agent freeing up or joining wakes
     /// the allocator only for these: an empty queue needs no round trip.
-    pub waiting_pools: std::sync::atomic::AtomicU32,
+    pub waiting_pools: AtomicU32,
     /// New registrations per pool since start (the scaler's fulfilment check).
     pub(crate) registered_counts: [AtomicU64; 16],
     pub(crate) fenced: AtomicBool,
@@ -51,6 +51,32 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state of a commander that holds `epoch`.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        keys: Keys,
+        epoch: u64,
+        redis: ConnectionManager,
+        shutdown: CancellationToken,
+    ) -> Shared {
+        Shared {
+            registry: Registry::new(keys.clone(), epoch),
+            tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
+            keys,
+            redis,
+            metrics: m::install(),
+            started: Instant::now(),
+            listening_since: AtomicU64::new(0),
+            alloc_wake: tokio::sync::Notify::new(),
+            dirty_pools: AtomicU32::new(0),
+            waiting_pools: AtomicU32::new(u32::MAX),
+            registered_counts: Default::default(),
+            fenced: AtomicBool::new(false),
+            shutdown,
+            config: std::sync::RwLock::new(config),
+        }
+    }
+
     /// The configuration now in force.
     pub fn config(&self) -> Arc<Config> {
         self.config.read().expect("no panics while held").clone()

@@ -112,6 +112,8 @@ pub async fn watch_runtime_lag(shutdown: tokio_util::sync::CancellationToken) {
 }
 
 /// HELP text for every metric (shown by Prometheus and required by `promtool check metrics`).
+/// A table, not logic, and long because it names every metric: kept in one
+/// function so that each metric's help is next to the others.
 fn describe() {
     use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
     c!(

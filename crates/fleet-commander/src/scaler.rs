@@ -127,6 +127,11 @@ impl PoolState {
 
 /// The policy for one pool: what it wants now, before the fleet cap.
 /// `manual`: a size an operator fixed, which replaces demand.
+///
+/// Kept whole (about 90 lines) on purpose: it is the rules in their order of
+/// precedence, read top to bottom (the bounds and a fixed size first, then
+/// the window and cooldowns, then growth, then shrinkage); pieces would hide
+/// that order. It is pure, and unit-tested below.
 pub fn decide(
     p: &ScalingPolicy,
     min: u32,
@@ -454,6 +459,23 @@ async fn act(
         Scaling::ScaleDown { agents, .. } => agents.len() as u32,
         _ => w.count,
     };
+    record(shared, conn, pool, w, count, asked, &inputs, &id, now).await?;
+    publish(conn, shared.keys.channels().scaling(), &msg).await
+}
+
+/// A decision in the log, the metric and the events stream, with its inputs.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    pool: PoolType,
+    w: &Want,
+    count: u32,
+    asked: u32,
+    inputs: &Sample,
+    id: &str,
+    now: u64,
+) -> Result<(), StoreError> {
     metrics::counter!(m::SCALING_DECISIONS, "pool" => pool.as_str(), "direction" => w.direction.as_str())
         .increment(1);
     info!(pool = %pool, direction = w.direction.as_str(), count, asked, reason = w.reason,
@@ -477,7 +499,7 @@ async fn act(
         .arg(record.to_string())
         .query_async::<()>(conn)
         .await?;
-    publish(conn, shared.keys.channels().scaling(), &msg).await
+    Ok(())
 }
 
 /// Picks the agents to retire: never one younger than `min_lifetime_ms`,

@@ -8,9 +8,8 @@ use crate::supervise::{Exit, Supervisor};
 use anyhow::Context;
 use fleet_store::{Keys, Registry, TaskStore};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -60,22 +59,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("binding the HTTP API on {}", config.http.addr))?;
     let http_addr = listener.local_addr()?;
 
-    let shared = Arc::new(Shared {
-        registry: Registry::new(keys.clone(), epoch),
-        tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
-        keys,
-        redis,
-        metrics: m::install(),
-        started: Instant::now(),
-        listening_since: AtomicU64::new(0),
-        alloc_wake: tokio::sync::Notify::new(),
-        dirty_pools: AtomicU32::new(0),
-        waiting_pools: AtomicU32::new(u32::MAX),
-        registered_counts: Default::default(),
-        fenced: AtomicBool::new(false),
-        shutdown: shutdown.clone(),
-        config: std::sync::RwLock::new(config),
-    });
+    let shared = Arc::new(Shared::new(config, keys, epoch, redis, shutdown.clone()));
 
     let mut sup = Supervisor::new(shutdown);
     let mut senders = Vec::new();

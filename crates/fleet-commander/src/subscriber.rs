@@ -19,29 +19,21 @@ use tracing::{error, info, warn};
 /// and hands it to the handler of its agent. Resubscribes after a lost
 /// connection; failure detection pauses until it is listening again.
 pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
-    let channels = [
-        (shared.keys.channels().registry(), Channel::Registry),
-        (shared.keys.channels().health(), Channel::Health),
-        (shared.keys.channels().fleet(), Channel::Fleet),
-        (shared.keys.channels().tasks(), Channel::Tasks),
-        (shared.keys.channels().results(), Channel::Results),
-    ];
     let client = match fleet_store::connection::client(&shared.config().redis.url) {
         Ok(c) => c,
         Err(e) => {
+            // Returning while the service runs stops it with a failure.
             error!("invalid Redis URL: {e}");
-            shared.shutdown.cancel();
             return;
         }
     };
-    let max = shared.config().fleet.max_message_bytes;
+    let mut router = Router::new(&shared, senders);
     let mut backoff = Duration::from_millis(50);
-    let mut next_shard = 0usize;
     while !shared.shutdown.is_cancelled() {
         let connected = async {
             let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(channels.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
-                .await?;
+            let names: Vec<&str> = router.channels.iter().map(|(c, _)| c.as_str()).collect();
+            ps.subscribe(names).await?;
             Ok::<_, redis::RedisError>(ps)
         }
         .await;
@@ -66,36 +58,7 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>
                 msg = stream.next() => msg,
             };
             let Some(msg) = msg else { break };
-            let Some(channel) = channels
-                .iter()
-                .find(|(name, _)| name == msg.get_channel_name())
-                .map(|(_, c)| *c)
-            else {
-                continue;
-            };
-            let inbound = match decode(channel, msg.get_payload_bytes(), max) {
-                Ok(Decoded::Message(i)) => i,
-                Ok(Decoded::Own) => continue,
-                Err(rej) => {
-                    metrics::counter!(m::MESSAGES_REJECTED,
-                        "channel" => channel.as_str(), "reason" => rej.label())
-                    .increment(1);
-                    warn!(channel = channel.as_str(), reason = %rej, "message refused");
-                    continue;
-                }
-            };
-            let shard = match inbound.agent_id() {
-                Some(id) => {
-                    let mut h = DefaultHasher::new();
-                    id.hash(&mut h);
-                    h.finish() as usize % senders.len()
-                }
-                None => {
-                    next_shard = (next_shard + 1) % senders.len();
-                    next_shard
-                }
-            };
-            if senders[shard].send(inbound).await.is_err() {
+            if !router.route(&msg).await {
                 return; // handlers gone: shutting down
             }
         }
@@ -103,5 +66,69 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>
         shared.listening_since.store(0, Ordering::Release);
         metrics::counter!(m::SUBSCRIBER_RECONNECTS).increment(1);
         warn!("lost the pub/sub connection; failure detection paused until re-subscribed");
+    }
+}
+
+/// Decodes a payload and sends it to its handler.
+struct Router {
+    channels: [(String, Channel); 5],
+    senders: Vec<mpsc::Sender<Inbound>>,
+    max_bytes: usize,
+    /// Messages without an agent go round the handlers.
+    next_shard: usize,
+}
+
+impl Router {
+    fn new(shared: &Shared, senders: Vec<mpsc::Sender<Inbound>>) -> Router {
+        let c = shared.keys.channels();
+        Router {
+            channels: [
+                (c.registry(), Channel::Registry),
+                (c.health(), Channel::Health),
+                (c.fleet(), Channel::Fleet),
+                (c.tasks(), Channel::Tasks),
+                (c.results(), Channel::Results),
+            ],
+            senders,
+            max_bytes: shared.config().fleet.max_message_bytes,
+            next_shard: 0,
+        }
+    }
+
+    /// False when the handlers are gone.
+    async fn route(&mut self, msg: &redis::Msg) -> bool {
+        let Some(channel) = self
+            .channels
+            .iter()
+            .find(|(name, _)| name == msg.get_channel_name())
+            .map(|(_, c)| *c)
+        else {
+            return true;
+        };
+        let inbound = match decode(channel, msg.get_payload_bytes(), self.max_bytes) {
+            Ok(Decoded::Message(i)) => i,
+            Ok(Decoded::Own) => return true,
+            Err(rej) => {
+                metrics::counter!(m::MESSAGES_REJECTED,
+                    "channel" => channel.as_str(), "reason" => rej.label())
+                .increment(1);
+                warn!(channel = channel.as_str(), reason = %rej, "message refused");
+                return true;
+            }
+        };
+        // One agent's messages always go to the same handler, in order.
+        let n = self.senders.len();
+        let shard = match inbound.agent_id() {
+            Some(id) => {
+                let mut h = DefaultHasher::new();
+                id.hash(&mut h);
+                h.finish() as usize % n
+            }
+            None => {
+                self.next_shard = (self.next_shard + 1) % n;
+                self.next_shard
+            }
+        };
+        self.senders[shard].send(inbound).await.is_ok()
     }
 }
