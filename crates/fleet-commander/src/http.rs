@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::{error, warn};
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let body_limit = shared.config().fleet.max_message_bytes;
     Router::new()
         .route("/v1/fleet", get(fleet))

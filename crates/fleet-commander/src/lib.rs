@@ -19,21 +19,21 @@
 //! The wire types are `fleet_protocol`; the state in Redis is `fleet_store`.
 
 pub mod config;
-pub mod context;
+mod context;
 pub mod metrics;
 pub mod status;
-pub mod supervise;
+mod supervise;
 
-pub mod allocator;
-pub mod health;
+mod allocator;
+mod health;
 pub mod reload;
 pub mod scaler;
 
 mod handlers;
 mod subscriber;
 
-pub mod http;
-pub mod service;
+mod http;
+mod service;
 
 pub use config::{Config, ConfigError};
 pub use context::Shared;
