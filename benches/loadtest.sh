@@ -19,21 +19,22 @@ agents=${1:-1000}
 hold=${2:-30}
 out=.bench
 mkdir -p "$out"
-cargo build --release --quiet
-bin=target/release/fleet-commander
+# FLEET_BIN: another build to measure (a before/after comparison), with
+# FLEET_CONFIG its config file; by default this tree's, built here.
+if [[ -n ${FLEET_BIN:-} ]]; then bin=$FLEET_BIN; else cargo build --release --quiet; bin=target/release/fleet-commander; fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 http=$(free_port)
 dir=$(mktemp -d)
-config=config/fleet.toml
+config=${FLEET_CONFIG:-config/fleet.toml}
 if (( agents > 1000 )); then
   # Room for the fleet: every pool's max x10 and a fleet cap of 12000.
   config="$dir/fleet.toml"
-  python3 - "$config" <<'PY'
+  python3 - "$config" "${FLEET_CONFIG:-config/fleet.toml}" <<'PY'
 import re, sys
-text = open("config/fleet.toml").read()
+text = open(sys.argv[2]).read()
 text = re.sub(r"^max_agents = 1000 ", "max_agents = 12000", text, flags=re.M)
 text = re.sub(r"^(max_agents = )(\d+)$", lambda m: f"{m.group(1)}{int(m.group(2)) * 10}", text, flags=re.M)
 open(sys.argv[1], "w").write(text)

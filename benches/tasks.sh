@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.bench
 mkdir -p "$out"
-cargo build --release --quiet
-bin=target/release/fleet-commander
+# FLEET_BIN: another build to measure (a before/after comparison), with
+# FLEET_CONFIG its config file; by default this tree's, built here.
+if [[ -n ${FLEET_BIN:-} ]]; then bin=$FLEET_BIN; else cargo build --release --quiet; bin=target/release/fleet-commander; fi
 if [[ ! -d benches/bullmq/node_modules/bullmq ]]; then
   (cd benches/bullmq && npm install --silent --no-audit --no-fund >/dev/null)
 fi
