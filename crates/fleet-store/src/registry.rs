@@ -9,19 +9,23 @@
 
 pub use crate::error::{Result, StoreError};
 use crate::keys::Keys;
-use crate::script::{lua, Call};
+use crate::script::{Call, ScriptDef};
 use fleet_protocol::agent::{AgentRecord, Health, Performance};
 use fleet_protocol::{AgentStatus, PoolType, Resources};
 use redis::aio::ConnectionLike;
-use redis::Script;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
-static REGISTER: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/register.lua")));
-static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/heartbeat.lua")));
-static FAIL: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/fail.lua")));
-static REMOVE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/remove.lua")));
-static DRAIN: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/drain.lua")));
+static REGISTER: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("register", include_str!("lua/register.lua")));
+static HEARTBEAT: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("heartbeat", include_str!("lua/heartbeat.lua")));
+static FAIL: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("fail", include_str!("lua/fail.lua")));
+static REMOVE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("remove", include_str!("lua/remove.lua")));
+static DRAIN: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("drain", include_str!("lua/drain.lua")));
 
 /// The record of a newly registered agent.
 pub fn fresh_record(a: &NewAgent<'_>, now: u64) -> AgentRecord {
@@ -235,14 +239,15 @@ impl Registry {
     /// Loads every script once so the first real calls do not pay for it.
     pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
         for s in [&*REGISTER, &*HEARTBEAT, &*FAIL, &*REMOVE, &*DRAIN] {
-            s.prepare_invoke().load_async(conn).await?;
+            s.script().prepare_invoke().load_async(conn).await?;
         }
         Ok(())
     }
 
     /// A call of one of the registry's scripts on agent `id`.
-    fn call<'s>(&self, script: &'s Script, op: &'static str, id: &str) -> Call<'s> {
-        Call::fenced(script, op, &self.keys, self.epoch)
+    fn call<'s>(&self, script: &'s ScriptDef, id: &str) -> Call<'s> {
+        script
+            .fenced(&self.keys, self.epoch)
             .key("agent", self.keys.agent(id))
             .key("heartbeats", self.keys.heartbeats())
             .key("failed", self.keys.failed())
@@ -259,7 +264,7 @@ impl Registry {
     ) -> Result<RegisterOutcome> {
         let caps = serde_json::to_string(a.capabilities).unwrap_or_else(|_| "[]".into());
         let mut call = self
-            .call(&REGISTER, "register", a.id)
+            .call(&REGISTER, a.id)
             .arg("pool", a.pool.as_str())
             .arg("pool_max", a.pool_max)
             .arg("fleet_max", a.fleet_max)
@@ -272,13 +277,18 @@ impl Registry {
             .arg("network", a.resources.network)
             .arg("capacity", a.capacity)
             .arg("instance", a.instance);
-        if let Some(x) = announce {
-            call = call
-                .arg("reply_channel", x.agent_channel)
-                .arg("reply", x.reply)
-                .arg("event_channel", x.registry_channel)
-                .arg("event", x.event);
-        }
+        // Declared arguments are always given: empty when there is no announcement.
+        let x = announce.copied().unwrap_or(Announce {
+            agent_channel: "",
+            reply: "",
+            registry_channel: "",
+            event: "",
+        });
+        call = call
+            .arg("reply_channel", x.agent_channel)
+            .arg("reply", x.reply)
+            .arg("event_channel", x.registry_channel)
+            .arg("event", x.event);
         let r = call.reply(conn).await?;
         // What the agent just declared, plus the history a re-registration keeps.
         let record = || -> Result<AgentRecord> {
@@ -328,7 +338,7 @@ impl Registry {
         now: u64,
     ) -> Result<HeartbeatOutcome> {
         let r = self
-            .call(&HEARTBEAT, "heartbeat", &hb.agent_id)
+            .call(&HEARTBEAT, &hb.agent_id)
             .arg("now", now)
             .arg("status", hb.status.as_str())
             .arg("load", hb.load)
@@ -356,7 +366,7 @@ impl Registry {
         max_failures: u32,
     ) -> Result<FailOutcome> {
         let r = self
-            .call(&FAIL, "fail_if_stale", id)
+            .call(&FAIL, id)
             .arg("cutoff", cutoff)
             .arg("now", now)
             .arg("max_failures", max_failures)
@@ -397,7 +407,7 @@ impl Registry {
         now: u64,
     ) -> Result<Option<(PoolType, Orphans)>> {
         let r = self
-            .call(&REMOVE, "remove", id)
+            .call(&REMOVE, id)
             .arg(
                 "failed_before",
                 failed_before.map(|c| c.to_string()).unwrap_or_default(),
@@ -427,7 +437,8 @@ impl Registry {
         now: u64,
         reason: &str,
     ) -> Result<Option<(PoolType, u64)>> {
-        let r = Call::fenced(&DRAIN, "drain", &self.keys, self.epoch)
+        let r = DRAIN
+            .fenced(&self.keys, self.epoch)
             .task_keys(&self.keys)
             .arg("id", id)
             .arg("now", now)

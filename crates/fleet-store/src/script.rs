@@ -1,16 +1,26 @@
 //! The typed Rust↔Lua contract.
 //!
-//! Every script is called through a [`Call`]: each key has a name and goes in
-//! KEYS; each argument has a name. On the wire, ARGV starts with the names of
-//! the KEYS (ARGV[i] names KEYS[i]) and goes on with name, value pairs. The
-//! prelude of every script (`lua/common.lua`) turns them into two tables,
-//! `KEY.<name>` and `A.<name>`, so neither side depends on a position.
-//! Arguments named `prefix.<name>` are the prefixes of keys a script finds at
-//! run time (an agent's hash, a pool's queue); the prelude puts them, and the
-//! named keys, into `K`.
+//! Each script declares its keys and arguments by name in its first two
+//! lines:
 //!
-//! Replies with more than one field are flat name, value lists, read by name
-//! through [`Reply`].
+//! ```text
+//! --! keys: epoch agent heartbeats failed +task
+//! --! args: epoch id now status load memory cpu network +task
+//! ```
+//!
+//! (`+task` is [`TASK_KEYS`] / [`TASK_ARGS`], what every task-aware part of
+//! the prelude reads). From the declaration, [`ScriptDef`] generates the
+//! first lines of the script, binding `KEY.<name>`, `A.<name>` and `K` (the
+//! named keys, and each `prefix.<name>` argument under `<name>`), and a
+//! [`Call`] puts each value it is given by name into its declared place. So
+//! neither side names a position: the order exists only on the wire, derived
+//! from the one declaration, and a call that misses or adds a name fails
+//! before it reaches Redis. (Passing the names themselves on every call was
+//! measured at 10 µs more per script call inside Redis; binding them from
+//! the declaration costs about 3.)
+//!
+//! Replies with more than one field are flat name, value lists (`reply()`
+//! in the prelude), read by name through [`Reply`].
 
 use crate::error::{from_script, Result, StoreError};
 use crate::keys::Keys;
@@ -19,38 +29,116 @@ use redis::{FromRedisValue, Script, ScriptInvocation, ToRedisArgs};
 use std::collections::HashMap;
 use std::str::FromStr;
 
-/// The prelude every script starts with: the contract above, fencing,
-/// counters, agent availability, task hand-back, and every message a script
-/// builds.
+/// The prelude every script has after its bindings: fencing, counters,
+/// agent availability, task hand-back, and every message a script builds.
 const PRELUDE: &str = include_str!("lua/common.lua");
 
-/// A script with the prelude; loaded once per server, then run by SHA.
-pub(crate) fn lua(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}{body}"))
+/// The keys of the `+task` group.
+pub(crate) const TASK_KEYS: &[&str] = &[
+    "counts",
+    "leases",
+    "dead",
+    "delayed",
+    "settings",
+    "quarantine",
+];
+/// The arguments of the `+task` group: key prefixes, and the allocation channel.
+pub(crate) const TASK_ARGS: &[&str] = &[
+    "prefix.agent",
+    "prefix.available",
+    "prefix.agent_tasks",
+    "prefix.task",
+    "prefix.queue",
+    "prefix.pool_done",
+    "prefix.quota",
+    "prefix.pool_agents",
+    "prefix.agent_channel",
+    "allocation_channel",
+];
+
+/// A script, its declared keys and arguments, loaded once per server and
+/// then run by SHA.
+pub(crate) struct ScriptDef {
+    op: &'static str,
+    keys: Vec<String>,
+    args: Vec<String>,
+    script: Script,
+}
+
+/// The script's first lines: `KEY`, `A` and `K` bound from the declared
+/// names, each to its place in KEYS or ARGV.
+fn bindings(keys: &[String], args: &[String]) -> String {
+    let bind = |names: &[String], from: &str| -> Vec<String> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("[\"{n}\"] = {from}[{}]", i + 1))
+            .collect()
+    };
+    let mut k = bind(keys, "KEYS");
+    k.extend(args.iter().enumerate().filter_map(|(i, n)| {
+        n.strip_prefix("prefix.")
+            .map(|p| format!("[\"{p}\"] = ARGV[{}]", i + 1))
+    }));
+    format!(
+        "local KEY = {{{}}}\nlocal A = {{{}}}\nlocal K = {{{}}}\n",
+        bind(keys, "KEYS").join(", "),
+        bind(args, "ARGV").join(", "),
+        k.join(", ")
+    )
+}
+
+impl ScriptDef {
+    /// `source` is the script file; `op` names it in metrics and errors.
+    pub(crate) fn new(op: &'static str, source: &str) -> ScriptDef {
+        let declared = |tag: &str, group: &[&str]| -> Vec<String> {
+            let line = source
+                .lines()
+                .find_map(|l| l.strip_prefix(tag))
+                .unwrap_or_else(|| panic!("script {op}: no `{tag}` line"));
+            line.split_whitespace()
+                .flat_map(|n| match n {
+                    "+task" => group.iter().map(|g| g.to_string()).collect(),
+                    _ => vec![n.to_string()],
+                })
+                .collect()
+        };
+        let keys = declared("--! keys:", TASK_KEYS);
+        let args = declared("--! args:", TASK_ARGS);
+        let head = bindings(&keys, &args);
+        ScriptDef {
+            op,
+            script: Script::new(&format!("{head}{PRELUDE}{source}")),
+            keys,
+            args,
+        }
+    }
+
+    pub(crate) fn script(&self) -> &Script {
+        &self.script
+    }
+
+    /// A call of a state-changing script: the epoch key and the caller's
+    /// epoch (the fencing check every such script begins with).
+    pub(crate) fn fenced<'s>(&'s self, keys: &Keys, epoch: u64) -> Call<'s> {
+        Call {
+            def: self,
+            keys: Vec::with_capacity(self.keys.len()),
+            args: Vec::with_capacity(self.args.len()),
+        }
+        .key("epoch", keys.epoch())
+        .arg("epoch", epoch)
+    }
 }
 
 /// One call of a script, its keys and arguments named.
 pub(crate) struct Call<'s> {
-    script: &'s Script,
-    op: &'static str,
+    def: &'s ScriptDef,
     keys: Vec<(&'static str, String)>,
     args: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl<'s> Call<'s> {
-    /// A call of a state-changing script: the epoch key and the caller's epoch
-    /// (the fencing check every such script begins with).
-    pub(crate) fn fenced(script: &'s Script, op: &'static str, keys: &Keys, epoch: u64) -> Self {
-        Call {
-            script,
-            op,
-            keys: Vec::with_capacity(8),
-            args: Vec::with_capacity(24),
-        }
-        .key("epoch", keys.epoch())
-        .arg("epoch", epoch)
-    }
-
     pub(crate) fn key(mut self, name: &'static str, key: String) -> Self {
         self.keys.push((name, key));
         self
@@ -67,52 +155,91 @@ impl<'s> Call<'s> {
         self
     }
 
-    /// The keys and prefixes the task-aware parts of the prelude use.
+    /// The `+task` group: the keys and prefixes the task-aware parts of the
+    /// prelude use.
     pub(crate) fn task_keys(self, keys: &Keys) -> Self {
-        self.key("counts", keys.counts())
-            .key("leases", keys.leases())
-            .key("dead", keys.dead())
-            .key("delayed", keys.delayed())
-            .key("settings", keys.settings())
-            .key("quarantine", keys.quarantine())
-            .arg("prefix.agent", keys.agent_prefix())
-            .arg("prefix.available", keys.available_prefix())
-            .arg("prefix.agent_tasks", keys.agent_tasks_prefix())
-            .arg("prefix.task", keys.task_prefix())
-            .arg("prefix.queue", keys.queue_prefix())
-            .arg("prefix.pool_done", keys.pool_done_prefix())
-            .arg("prefix.quota", keys.agent_quota_prefix())
-            .arg("prefix.pool_agents", keys.pool_agents_prefix())
-            .arg("prefix.agent_channel", keys.channels().agent_prefix())
-            .arg("allocation_channel", keys.channels().allocation())
+        let c = keys.channels();
+        let values = [
+            keys.counts(),
+            keys.leases(),
+            keys.dead(),
+            keys.delayed(),
+            keys.settings(),
+            keys.quarantine(),
+        ];
+        let prefixes = [
+            keys.agent_prefix(),
+            keys.available_prefix(),
+            keys.agent_tasks_prefix(),
+            keys.task_prefix(),
+            keys.queue_prefix(),
+            keys.pool_done_prefix(),
+            keys.agent_quota_prefix(),
+            keys.pool_agents_prefix(),
+            c.agent_prefix(),
+            c.allocation(),
+        ];
+        let mut call = self;
+        for (n, k) in TASK_KEYS.iter().zip(values) {
+            call = call.key(n, k);
+        }
+        for (n, v) in TASK_ARGS.iter().zip(prefixes) {
+            call = call.arg(n, v);
+        }
+        call
     }
 
-    /// The invocation, for a pipeline.
-    pub(crate) fn invocation(&self) -> ScriptInvocation<'s> {
-        let mut inv = self.script.prepare_invoke();
-        for (_, k) in &self.keys {
+    /// The invocation, every value in its declared place; an error if a
+    /// declared name was not given or a given one is not declared.
+    pub(crate) fn invocation(&self) -> Result<ScriptInvocation<'s>> {
+        let def = self.def;
+        let contract =
+            |what: &str, n: &str| StoreError::Reply(format!("script {}: {what} {n:?}", def.op));
+        if let Some((n, _)) = self
+            .keys
+            .iter()
+            .find(|(n, _)| !def.keys.iter().any(|d| d == n))
+        {
+            return Err(contract("undeclared key", n));
+        }
+        if let Some((n, _)) = self
+            .args
+            .iter()
+            .find(|(n, _)| !def.args.iter().any(|d| d == n))
+        {
+            return Err(contract("undeclared argument", n));
+        }
+        let mut inv = def.script.prepare_invoke();
+        for d in &def.keys {
+            let (_, k) = self
+                .keys
+                .iter()
+                .find(|(n, _)| n == d)
+                .ok_or_else(|| contract("missing key", d))?;
             inv.key(k);
         }
-        for (n, _) in &self.keys {
-            inv.arg(*n);
+        for d in &def.args {
+            let (_, v) = self
+                .args
+                .iter()
+                .find(|(n, _)| n == d)
+                .ok_or_else(|| contract("missing argument", d))?;
+            inv.arg(v.as_slice());
         }
-        for (n, v) in &self.args {
-            inv.arg(*n).arg(v.as_slice());
-        }
-        inv
+        Ok(inv)
     }
 
     /// Runs the script (timed under its op); `FENCED` becomes [`StoreError::Fenced`].
     pub(crate) async fn run<T: FromRedisValue>(self, conn: &mut impl ConnectionLike) -> Result<T> {
-        let inv = self.invocation();
-        crate::telemetry::timed(self.op, inv.invoke_async(conn))
+        let inv = self.invocation()?;
+        crate::telemetry::timed(self.def.op, inv.invoke_async(conn))
             .await
             .map_err(from_script)
     }
 
     /// Runs the script and reads its name, value reply.
     pub(crate) async fn reply(self, conn: &mut impl ConnectionLike) -> Result<Reply> {
-        let op = self.op;
+        let op = self.def.op;
         let fields: HashMap<String, String> = self.run(conn).await?;
         Ok(Reply { op, fields })
     }
@@ -173,5 +300,86 @@ impl Reply {
 
     pub(crate) fn unexpected(&self) -> StoreError {
         StoreError::Reply(format!("{}: {:?}", self.op, self.fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def() -> ScriptDef {
+        ScriptDef::new(
+            "t",
+            "--! keys: epoch queue\n--! args: epoch pool now\nreturn 1",
+        )
+    }
+
+    #[test]
+    fn a_call_must_give_exactly_the_declared_names() {
+        let keys = Keys::new("p");
+        let d = def();
+        let full = || {
+            d.fenced(&keys, 1)
+                .key("queue", "q".into())
+                .arg("pool", "ui")
+        };
+        assert!(full().arg("now", 5).invocation().is_ok());
+        let missing = full()
+            .invocation()
+            .map(|_| ())
+            .expect_err("a missing argument is refused");
+        assert!(
+            missing.to_string().contains("missing argument \"now\""),
+            "{missing}"
+        );
+        let extra = full()
+            .arg("now", 5)
+            .arg("later", 6)
+            .invocation()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            extra.to_string().contains("undeclared argument \"later\""),
+            "{extra}"
+        );
+        let key = d
+            .fenced(&keys, 1)
+            .arg("pool", "ui")
+            .arg("now", 5)
+            .invocation()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(key.to_string().contains("missing key \"queue\""), "{key}");
+    }
+
+    #[test]
+    fn the_bindings_follow_the_declaration() {
+        let d = ScriptDef::new(
+            "t",
+            "--! keys: epoch +task\n--! args: epoch id +task\nreturn 1",
+        );
+        assert_eq!(d.keys.len(), 1 + TASK_KEYS.len());
+        assert_eq!(d.args[..2], ["epoch".to_string(), "id".to_string()]);
+        let head = d.script.get_hash();
+        assert!(!head.is_empty());
+    }
+
+    /// No script reads a position: every value comes through its name.
+    #[test]
+    fn scripts_never_read_keys_or_argv_by_index() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/lua");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("--").next().unwrap_or("");
+                assert!(
+                    !code.contains("KEYS[") && !code.contains("ARGV["),
+                    "{}:{}: reads a position: {line}",
+                    path.display(),
+                    i + 1
+                );
+            }
+        }
     }
 }

@@ -10,24 +10,33 @@
 use crate::error::{from_script, Result, StoreError};
 use crate::keys::Keys;
 use crate::registry::scored_upto;
-use crate::script::{lua, Call, Reply};
+use crate::script::{Call, Reply, ScriptDef};
 use fleet_protocol::pool::Strategy;
 use fleet_protocol::task::{TaskRecord, ValidTask};
 use fleet_protocol::{PoolType, ReportKind, TaskReport};
 use redis::aio::ConnectionLike;
-use redis::{Script, Value};
+use redis::Value;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-static SUBMIT: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/submit.lua")));
-static CANCEL: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/cancel.lua")));
-static ALLOCATE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/allocate.lua")));
-static ACK: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/task_ack.lua")));
-static DONE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/task_done.lua")));
-static EXPIRE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/expire.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/release.lua")));
-static REQUEUE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/dlq_requeue.lua")));
-static PAROLE: LazyLock<Script> = LazyLock::new(|| lua(include_str!("lua/parole.lua")));
+static SUBMIT: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("submit", include_str!("lua/submit.lua")));
+static CANCEL: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("cancel", include_str!("lua/cancel.lua")));
+static ALLOCATE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("allocate", include_str!("lua/allocate.lua")));
+static ACK: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("task_ack", include_str!("lua/task_ack.lua")));
+static DONE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("task_done", include_str!("lua/task_done.lua")));
+static EXPIRE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("expire", include_str!("lua/expire.lua")));
+static RELEASE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("release", include_str!("lua/release.lua")));
+static REQUEUE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("dlq_requeue", include_str!("lua/dlq_requeue.lua")));
+static PAROLE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("parole", include_str!("lua/parole.lua")));
 
 /// Tasks one allocate call may assign (and the window of the queue it reads;
 /// it chooses among twice as many agents). A pool that fills a batch is
@@ -119,7 +128,7 @@ impl TaskStore {
         for s in [
             &*SUBMIT, &*CANCEL, &*ALLOCATE, &*ACK, &*DONE, &*EXPIRE, &*RELEASE, &*REQUEUE, &*PAROLE,
         ] {
-            s.prepare_invoke().load_async(conn).await?;
+            s.script().prepare_invoke().load_async(conn).await?;
         }
         Ok(())
     }
@@ -149,8 +158,8 @@ impl TaskStore {
         let id = uuid::Uuid::new_v4().to_string();
         let mut p = redis::pipe();
         p.ignore_errors()
-            .invoke_script(&self.submit_call(t, &id, now).invocation())
-            .invoke_script(&self.allocate_call(t.pool, max, now).invocation());
+            .invoke_script(&self.submit_call(t, &id, now).invocation()?)
+            .invoke_script(&self.allocate_call(t.pool, max, now).invocation()?);
         let mut replies: Vec<redis::RedisResult<Value>> =
             crate::telemetry::timed("submit", p.query_async(conn)).await?;
         let allocated = replies.pop().and_then(|r| r.ok());
@@ -176,7 +185,8 @@ impl TaskStore {
             .keys
             .task_client(if client.is_empty() { "-" } else { client });
         let caps = serde_json::to_string(&t.capabilities).unwrap_or_else(|_| "[]".into());
-        Call::fenced(&SUBMIT, "submit", &self.keys, self.epoch)
+        SUBMIT
+            .fenced(&self.keys, self.epoch)
             .key("task", self.keys.task(id))
             .key("client", client_key)
             .key("queue", self.keys.queue(t.pool))
@@ -241,7 +251,8 @@ impl TaskStore {
         pool: PoolType,
         now: u64,
     ) -> Result<Cancelled> {
-        let r = Call::fenced(&CANCEL, "cancel", &self.keys, self.epoch)
+        let r = CANCEL
+            .fenced(&self.keys, self.epoch)
             .key("task", self.keys.task(id))
             .key("queue", self.keys.queue(pool))
             .task_keys(&self.keys)
@@ -266,7 +277,8 @@ impl TaskStore {
         now: u64,
         max: usize,
     ) -> Result<Vec<String>> {
-        Call::fenced(&PAROLE, "parole", &self.keys, self.epoch)
+        PAROLE
+            .fenced(&self.keys, self.epoch)
             .task_keys(&self.keys)
             .arg("now", now)
             .arg("max", max)
@@ -319,7 +331,8 @@ impl TaskStore {
     }
 
     fn allocate_call(&self, pool: PoolType, max: usize, now: u64) -> Call<'static> {
-        Call::fenced(&ALLOCATE, "allocate", &self.keys, self.epoch)
+        ALLOCATE
+            .fenced(&self.keys, self.epoch)
             .key("queue", self.keys.queue(pool))
             .key("evidence", self.keys.evidence())
             .task_keys(&self.keys)
@@ -342,15 +355,14 @@ impl TaskStore {
         now: u64,
     ) -> Result<Option<ReportOutcome>> {
         let call = match kind {
-            ReportKind::Ack | ReportKind::Progress => {
-                Call::fenced(&ACK, "ack", &self.keys, self.epoch)
-                    .key("task", self.keys.task(&r.task_id))
-                    .key("leases", self.keys.leases())
-                    .arg(
-                        "progress",
-                        r.progress.map(|p| p.to_string()).unwrap_or_default(),
-                    )
-            }
+            ReportKind::Ack | ReportKind::Progress => ACK
+                .fenced(&self.keys, self.epoch)
+                .key("task", self.keys.task(&r.task_id))
+                .key("leases", self.keys.leases())
+                .arg(
+                    "progress",
+                    r.progress.map(|p| p.to_string()).unwrap_or_default(),
+                ),
             ReportKind::Complete | ReportKind::Fail => {
                 let (outcome, detail) = match kind {
                     ReportKind::Complete => (
@@ -362,7 +374,7 @@ impl TaskStore {
                     ),
                     _ => ("failed", r.error.clone().unwrap_or_default()),
                 };
-                Call::fenced(&DONE, "report", &self.keys, self.epoch)
+                DONE.fenced(&self.keys, self.epoch)
                     .key("task", self.keys.task(&r.task_id))
                     .task_keys(&self.keys)
                     .arg("outcome", outcome)
@@ -408,7 +420,8 @@ impl TaskStore {
         id: &str,
         now: u64,
     ) -> Result<Option<String>> {
-        let r = Call::fenced(&EXPIRE, "expire", &self.keys, self.epoch)
+        let r = EXPIRE
+            .fenced(&self.keys, self.epoch)
             .key("task", self.keys.task(id))
             .task_keys(&self.keys)
             .arg("id", id)
@@ -429,7 +442,8 @@ impl TaskStore {
         now: u64,
         limit: usize,
     ) -> Result<usize> {
-        let pools: Vec<String> = Call::fenced(&RELEASE, "release_delayed", &self.keys, self.epoch)
+        let pools: Vec<String> = RELEASE
+            .fenced(&self.keys, self.epoch)
             .task_keys(&self.keys)
             .arg("now", now)
             .arg("max", limit)
@@ -467,7 +481,8 @@ impl TaskStore {
         id: &str,
         now: u64,
     ) -> Result<std::result::Result<(), String>> {
-        let r = Call::fenced(&REQUEUE, "requeue_dead", &self.keys, self.epoch)
+        let r = REQUEUE
+            .fenced(&self.keys, self.epoch)
             .key("task", self.keys.task(id))
             .task_keys(&self.keys)
             .arg("id", id)

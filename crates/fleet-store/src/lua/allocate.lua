@@ -1,3 +1,5 @@
+--! keys: epoch queue evidence +task
+--! args: epoch pool max now ack_ms evidence_cap retention_ms prefix.task_evidence +task
 -- Hands a pool's waiting tasks to its available agents, best task first,
 -- each to the best agent whose capabilities cover the task's. The claim is
 -- atomic: a task leaves the queue exactly once, here, and its assignment is

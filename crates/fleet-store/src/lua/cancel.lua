@@ -1,3 +1,5 @@
+--! keys: epoch task queue +task
+--! args: epoch id now retention_ms +task
 -- Cancel a task that has not finished. A queued or delayed one leaves its
 -- queue; an assigned or running one is taken from its agent, whose slot is
 -- freed at once and who is told on its channel; a late result for that

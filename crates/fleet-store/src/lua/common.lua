@@ -1,16 +1,12 @@
 -- Shared prelude of every state-changing script.
 --
--- The contract with Rust (crates/fleet-store/src/script.rs): ARGV[i] names
--- KEYS[i]; the rest of ARGV is name, value pairs. Scripts read KEY.<name> and
--- A.<name>, never a position. K holds every key and key prefix a script
--- builds names from: the named keys, and the arguments named prefix.<name>.
-local KEY, A, K = {}, {}, {}
-for i = 1, #KEYS do KEY[ARGV[i]] = KEYS[i] end
-for i = #KEYS + 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
-for n, k in pairs(KEY) do K[n] = k end
-for n, v in pairs(A) do
-  if string.sub(n, 1, 7) == 'prefix.' then K[string.sub(n, 8)] = v end
-end
+-- The contract with Rust (crates/fleet-store/src/script.rs): each script
+-- declares its keys and arguments by name in its first two lines (`--! keys:`
+-- and `--! args:`; `+task` is the group every task-aware script takes). From
+-- them Rust generates the lines above this prelude, which bind KEY.<name>,
+-- A.<name> and K (every named key, and every argument prefix.<name> under
+-- <name>), and puts each value it is given by name in its declared place.
+-- Scripts never read KEYS[i] or ARGV[i].
 
 -- A write from a commander that is no longer the current one is refused
 -- (fencing): KEY.epoch holds the current epoch, A.epoch is the caller's.

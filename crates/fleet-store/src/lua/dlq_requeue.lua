@@ -1,3 +1,5 @@
+--! keys: epoch task +task
+--! args: epoch id now +task
 -- An operator sends a dead-lettered task back to its queue with fresh retries.
 -- KEYS: epoch, task (its hash), and the task keys
 -- A: epoch, id, now

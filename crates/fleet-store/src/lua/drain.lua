@@ -1,3 +1,5 @@
+--! keys: epoch +task
+--! args: epoch id now reason +task
 -- Drains an agent: it gets no new tasks, finishes what it holds, then
 -- deregisters. The agent is told on its channel.
 -- KEYS: epoch, and the task keys

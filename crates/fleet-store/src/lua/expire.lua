@@ -1,3 +1,5 @@
+--! keys: epoch task +task
+--! args: epoch id now +task
 -- A lease ran out (no ack in time, or no result within the task's timeout):
 -- the agent loses the task, which goes back to its queue at once (or to the
 -- dead letters if it has used its attempts).

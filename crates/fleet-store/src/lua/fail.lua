@@ -1,3 +1,5 @@
+--! keys: epoch agent heartbeats failed +task
+--! args: epoch id cutoff now max_failures +task
 -- Declare an agent failed if it is still silent past the cutoff (re-checked
 -- here, atomically, so a heartbeat that raced the detector wins). Its tasks go
 -- back to their queues at once. The max_failures-th failure removes the agent.

@@ -1,3 +1,5 @@
+--! keys: epoch agent heartbeats failed +task
+--! args: epoch id now status load memory cpu network +task
 -- Record a heartbeat. A failed agent that is heard again goes to recovering;
 -- a recovering one goes back to idle on its next heartbeat. An agent holding
 -- tasks is at least active, and busy at its capacity, whatever it reports.

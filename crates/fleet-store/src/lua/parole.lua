@@ -1,3 +1,5 @@
+--! keys: epoch +task
+--! args: epoch now max +task
 -- Ends the quarantine of agents whose period is over: they go on probation
 -- (one task at a time, health at the quarantine line) and are available again.
 -- KEYS: epoch, and the task keys

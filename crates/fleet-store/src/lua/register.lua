@@ -1,3 +1,5 @@
+--! keys: epoch agent heartbeats failed +task
+--! args: epoch id pool pool_max fleet_max now type priority capabilities memory cpu network capacity instance reply_channel reply event_channel event +task
 -- Register (or idempotently re-register) an agent.
 -- KEYS: epoch, agent (its hash), heartbeats, failed, and the task keys
 -- A: epoch, id, pool, pool_max, fleet_max, now, type, priority, capabilities

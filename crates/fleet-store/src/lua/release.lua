@@ -1,3 +1,5 @@
+--! keys: epoch +task
+--! args: epoch now max +task
 -- Moves retries whose backoff is over back into their queues.
 -- KEYS: epoch, and the task keys
 -- A: epoch, now, max (most to move)

@@ -1,3 +1,5 @@
+--! keys: epoch agent heartbeats failed +task
+--! args: epoch id failed_before now +task
 -- Remove an agent from the registry (deregistration, or expiry of a failed
 -- agent); its tasks go back to their queues. With a cutoff, only a failed
 -- agent failed at or before it is removed.

@@ -1,3 +1,5 @@
+--! keys: epoch task client queue
+--! args: epoch id client_id pool capabilities priority payload timeout_ms max_retries now score idempotency_ttl_ms
 -- Persist a new task and queue it. Idempotent by client id.
 -- KEYS: epoch, task (its hash), client (the client-id key; a placeholder
 --       when none), queue (the pool's)

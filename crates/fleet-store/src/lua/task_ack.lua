@@ -1,3 +1,5 @@
+--! keys: epoch task leases
+--! args: epoch id attempt agent_id now progress
 -- An agent acknowledges its assignment, or reports progress: the task is
 -- running and its lease runs for the task's timeout from now.
 -- KEYS: epoch, task (its hash), leases

@@ -1,3 +1,5 @@
+--! keys: epoch task +task
+--! args: epoch id attempt agent_id now outcome detail retention_ms backoff_ms backoff_max_ms +task
 -- An agent completes or fails its current attempt. Results for an attempt
 -- that is no longer current (duplicates, late ones) change nothing.
 -- A failure is retried after a backoff, or dead-lettered once the task has
