@@ -37,5 +37,5 @@ mod service;
 
 pub use config::{Config, ConfigError};
 pub use context::Shared;
-pub use service::{start, Running};
+pub use service::{start, Running, StartError};
 pub use supervise::Exit;

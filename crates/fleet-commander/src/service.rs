@@ -5,7 +5,6 @@ use crate::config::Config;
 use crate::context::Shared;
 use crate::metrics as m;
 use crate::supervise::{Exit, Supervisor};
-use anyhow::Context;
 use fleet_store::{Keys, Registry, TaskStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,9 +37,24 @@ impl Running {
     }
 }
 
+/// Why a commander could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Connect(#[from] fleet_store::connection::ConnectError),
+    #[error("preparing Redis (epoch, scripts, settings): {0}")]
+    Store(#[from] fleet_store::StoreError),
+    #[error("binding the HTTP API on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Starts a commander. Stops when `shutdown` is cancelled, when a newer
 /// commander fences it, or when one of its loops fails.
-pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let keys = Keys::new(config.fleet.prefix.clone());
     let mut redis = fleet_store::connection::connect(&config.redis.url).await?;
@@ -54,10 +68,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     TaskStore::load_scripts(&mut redis).await?;
     crate::config::write_settings(&mut redis, &keys, &config).await?;
 
-    let listener = tokio::net::TcpListener::bind(config.http.addr)
-        .await
-        .with_context(|| format!("binding the HTTP API on {}", config.http.addr))?;
-    let http_addr = listener.local_addr()?;
+    let addr = config.http.addr;
+    let bind = |source| StartError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+    let http_addr = listener.local_addr().map_err(bind)?;
 
     let shared = Arc::new(Shared::new(config, keys, epoch, redis, shutdown.clone()));
 
