@@ -8,49 +8,9 @@ use fleet_agent::{AgentSpec, Assignment, Outcome, Work};
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-const BIN: &str = env!("CARGO_BIN_EXE_fleet-commander");
-const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml");
-
-struct Commander {
-    child: Child,
-}
-
-impl Drop for Commander {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn spawn_commander(redis_url: &str, addr: &str) -> Commander {
-    let child = Command::new(BIN)
-        .args(["--config", CONFIG, "run"])
-        .env("REDIS_URL", redis_url)
-        .env("FLEET_HTTP_ADDR", addr)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("commander binary starts");
-    let url = format!("http://{addr}/readyz");
-    wait_until(|| async {
-        reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    Commander { child }
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill() {
@@ -58,7 +18,7 @@ async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill()
     let client = fleet_store::connection::client(&redis.url()).unwrap();
     let keys = fleet_store::Keys::new("swarm:phase-1");
     let addr = free_addr();
-    let mut commander = spawn_commander(&redis.url(), &addr).await;
+    let mut commander = commander_process(&redis.url(), &addr).await;
     let mut events = Events::subscribe(&client, &keys.channels().allocation()).await;
 
     // Four agents; each task takes 30 ms. Executions are counted per task.
@@ -117,13 +77,13 @@ async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill()
     }
     // Kill it mid-stream: some tasks done, some in flight, some queued.
     wait_until(|| async { executions.lock().unwrap().len() >= 10 }).await;
-    commander.child.kill().unwrap(); // SIGKILL
-    commander.child.wait().unwrap();
+    commander.start_kill().unwrap(); // SIGKILL
+    commander.wait().await.unwrap();
     let done_at_kill = executions.lock().unwrap().len();
     assert!(done_at_kill < 60, "the kill must land mid-stream");
 
     tokio::time::sleep(Duration::from_millis(300)).await; // down for a while: results go unheard
-    let _restarted = spawn_commander(&redis.url(), &addr).await;
+    let _restarted = commander_process(&redis.url(), &addr).await;
 
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let all_done = tokio::time::timeout(Duration::from_secs(60), async {

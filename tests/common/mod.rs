@@ -310,3 +310,36 @@ where
     .await;
     assert!(ok.is_ok(), "condition not met within {WAIT:?}");
 }
+
+/// The real `fleet-commander run` binary on `redis_url`, its HTTP API on
+/// `addr`, once it is ready (subscribed, Redis answering). Killed on drop.
+pub async fn commander_process(redis_url: &str, addr: &str) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-commander"))
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"),
+            "run",
+        ])
+        .env("REDIS_URL", redis_url)
+        .env("FLEET_HTTP_ADDR", addr)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("commander binary starts");
+    let url = format!("http://{addr}/readyz");
+    wait_until(|| async {
+        reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    child
+}
+
+/// A free loopback address for a server of the test's.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}

@@ -170,68 +170,37 @@ pub enum Event {
 /// scripts as each decision happens (the allocation channel is for watching;
 /// the task's record in Redis is the truth).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum TaskEvent {
-    /// The task went to `agent_id` for this attempt, chosen by `strategy`.
-    #[serde(rename_all = "camelCase")]
-    TaskAssigned {
-        v: u32,
-        task_id: String,
-        pool: PoolType,
-        agent_id: String,
-        attempt: u32,
-        strategy: Strategy,
-        ts: u64,
-    },
-    #[serde(rename_all = "camelCase")]
-    TaskCompleted {
-        v: u32,
-        task_id: String,
-        pool: PoolType,
-        agent_id: String,
-        attempt: u32,
-        ts: u64,
-    },
+#[serde(rename_all = "camelCase")]
+pub struct TaskEvent {
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: TaskEventKind,
+    pub task_id: String,
+    pub pool: PoolType,
+    /// The agent that held (or now holds) the attempt; empty when the task
+    /// was cancelled before it was assigned.
+    pub agent_id: String,
+    pub attempt: u32,
+    /// `task_assigned` only: the pool's strategy that chose the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    pub ts: u64,
+}
+
+/// What happened to the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskEventKind {
+    /// The task went to `agentId` for this attempt.
+    TaskAssigned,
+    TaskCompleted,
     /// The attempt failed; the task waits out its backoff.
-    #[serde(rename_all = "camelCase")]
-    TaskRetrying {
-        v: u32,
-        task_id: String,
-        pool: PoolType,
-        agent_id: String,
-        attempt: u32,
-        ts: u64,
-    },
+    TaskRetrying,
     /// Out of retries: dead-lettered.
-    #[serde(rename_all = "camelCase")]
-    TaskDead {
-        v: u32,
-        task_id: String,
-        pool: PoolType,
-        agent_id: String,
-        attempt: u32,
-        ts: u64,
-    },
+    TaskDead,
     /// Its lease ran out: back in its queue.
-    #[serde(rename_all = "camelCase")]
-    TaskRequeued {
-        v: u32,
-        task_id: String,
-        pool: PoolType,
-        agent_id: String,
-        attempt: u32,
-        ts: u64,
-    },
-    /// `agent_id` is empty when the task was cancelled before it was assigned.
-    #[serde(rename_all = "camelCase")]
-    TaskCancelled {
-        v: u32,
-        task_id: String,
-        pool: PoolType,
-        agent_id: String,
-        attempt: u32,
-        ts: u64,
-    },
+    TaskRequeued,
+    TaskCancelled,
 }
 
 /// The reply to `task_submit`, on the submitter's reply channel.

@@ -3,7 +3,9 @@
 //! batch size is one constant on both sides; fencing refuses an old epoch.
 
 use fleet_protocol::task::{TaskDefaults, ValidTask};
-use fleet_protocol::{PoolType, ReportKind, Resources, TaskEvent, TaskReport, ToAgent};
+use fleet_protocol::{
+    PoolType, ReportKind, Resources, TaskEvent, TaskEventKind, TaskReport, ToAgent,
+};
 use fleet_store::registry::{NewAgent, RegisterOutcome};
 use fleet_store::tasks::{HealthPolicy, PoolSettings, Submitted, TaskPolicy, ALLOCATE_BATCH};
 use fleet_store::{Keys, Registry, StoreError, TaskStore};
@@ -192,20 +194,17 @@ async fn lua_built_messages_decode_as_their_rust_types() {
         }
         other => panic!("{other:?}"),
     }
-    match next::<TaskEvent>(&mut allocation).await {
-        TaskEvent::TaskAssigned {
-            task_id,
-            agent_id,
-            attempt,
-            ..
-        } => {
-            assert_eq!(
-                (task_id.as_str(), agent_id.as_str(), attempt),
-                (id.as_str(), "a1", 1)
-            )
-        }
-        other => panic!("{other:?}"),
-    }
+    let ev = next::<TaskEvent>(&mut allocation).await;
+    assert_eq!(
+        (
+            ev.kind,
+            ev.task_id.as_str(),
+            ev.agent_id.as_str(),
+            ev.attempt
+        ),
+        (TaskEventKind::TaskAssigned, id.as_str(), "a1", 1)
+    );
+    assert_eq!(ev.strategy, Some(fleet_protocol::pool::Strategy::Priority));
 
     // task_cancel to the agent, task_cancelled to everyone.
     let out = s.tasks.cancel(&mut s.conn, &id, POOL, now()).await.unwrap();
@@ -216,10 +215,8 @@ async fn lua_built_messages_decode_as_their_rust_types() {
         } => assert_eq!((task_id, attempt), (id.clone(), 1)),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        next::<TaskEvent>(&mut allocation).await,
-        TaskEvent::TaskCancelled { .. }
-    ));
+    let ev = next::<TaskEvent>(&mut allocation).await;
+    assert_eq!((ev.kind, ev.strategy), (TaskEventKind::TaskCancelled, None));
 
     // A failed attempt with no retries left: task_dead, and the agent's
     // health falls below the line: agent_quarantined.
@@ -232,10 +229,8 @@ async fn lua_built_messages_decode_as_their_rust_types() {
         next::<ToAgent>(&mut inbox).await,
         ToAgent::TaskAssign { .. }
     ));
-    assert!(matches!(
-        next::<TaskEvent>(&mut allocation).await,
-        TaskEvent::TaskAssigned { .. }
-    ));
+    let ev = next::<TaskEvent>(&mut allocation).await;
+    assert_eq!(ev.kind, TaskEventKind::TaskAssigned);
     let report = TaskReport {
         task_id: id.clone(),
         attempt: 1,
@@ -253,12 +248,11 @@ async fn lua_built_messages_decode_as_their_rust_types() {
         out,
         Some(fleet_store::tasks::ReportOutcome::Dead(Some(POOL)))
     );
-    match next::<TaskEvent>(&mut allocation).await {
-        TaskEvent::TaskDead {
-            task_id, agent_id, ..
-        } => assert_eq!((task_id, agent_id.as_str()), (id, "a1")),
-        other => panic!("{other:?}"),
-    }
+    let ev = next::<TaskEvent>(&mut allocation).await;
+    assert_eq!(
+        (ev.kind, ev.task_id, ev.agent_id.as_str()),
+        (TaskEventKind::TaskDead, id, "a1")
+    );
     match next::<fleet_protocol::Event>(&mut health).await {
         fleet_protocol::Event::AgentQuarantined {
             agent_id, health, ..
