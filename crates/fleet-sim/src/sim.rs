@@ -419,17 +419,159 @@ impl Progress {
 /// Runs the simulation against a commander and Redis that are already up.
 pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Result<SimReport> {
     let mut progress = Progress::new(opts.progress);
-    let keys = Channels::new(opts.prefix.clone());
+    let channels = Channels::new(opts.prefix.clone());
     let client = fleet_store::connection::client(&opts.redis_url).context("Redis URL")?;
     let mut publishers = Vec::new();
     for _ in 0..4 {
         publishers.push(fleet_store::connection::connect(&opts.redis_url).await?);
     }
+    // From the start: every failure the commander declares (to catch a
+    // false death), and the machine's floor.
+    let (watcher, mut events) = watch_failures(&client, &channels).await?;
+    let probe = StallProbe::start();
+    let (ping_hist, stop_ping) = start_ping(&opts.redis_url, &shutdown).await?;
 
-    // Watch health events from the start, to catch any false death.
-    let (ev_tx, mut events) = mpsc::unbounded_channel::<(Instant, String, u64)>();
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let load = Arc::new(LoadState::new(opts.tasks.count));
+    let stop_spawned = shutdown.child_token();
+    let spawned = start_spawner(
+        &opts,
+        &channels,
+        &load,
+        run_id,
+        &stop_spawned,
+        &mut progress,
+    )
+    .await?;
+    let pools = spread(opts.agents, &opts.pools);
+    let agents = connect_agents(
+        &opts,
+        run_id,
+        &pools,
+        &client,
+        &publishers,
+        &channels,
+        &mut progress,
+    )
+    .await?;
+
+    let mut report = SimReport {
+        agents: opts.agents,
+        batch: opts.batch,
+        join_rate: opts.join_rate,
+        detection_bound_ms: (opts.failure_window + Duration::from_secs(1)).as_secs_f64() * 1000.0,
+        ..Default::default()
+    };
+    let (live, answered) = register_all(&opts, agents, &mut report, &shutdown, &mut progress).await;
+    let http = reqwest::Client::new();
+    query_status(&opts, &http, &mut report, &mut progress).await?;
+    let fleet = start_fleet(&opts, live, &answered, &load, &shutdown);
+
+    let tasks_from = (Instant::now(), opts.commander_pid.and_then(proc_sample));
+    if opts.tasks.count > 0 {
+        let base = opts
+            .commander_url
+            .clone()
+            .context("task load needs the commander's HTTP API")?;
+        let mut distinct: Vec<PoolType> = Vec::new();
+        for p in &pools {
+            if !distinct.contains(p) {
+                distinct.push(*p);
+            }
+        }
+        let t = run_tasks(
+            &opts.tasks,
+            &base,
+            &distinct,
+            load.clone(),
+            &mut progress,
+            &shutdown,
+        )
+        .await?;
+        report.tasks = Some(t);
+    }
+    let steady_from = (Instant::now(), opts.commander_pid.and_then(proc_sample));
+    let beats_from = match &opts.commander_url {
+        Some(base) => heartbeats_total(&http, base).await,
+        None => None,
+    };
+
+    let stopped = stop_some(&opts, &fleet, &mut report, &shutdown, &mut progress).await;
+    detect(
+        &opts,
+        &mut events,
+        &stopped,
+        &fleet,
+        &load,
+        &mut report,
+        &shutdown,
+        &mut progress,
+    )
+    .await;
+    commander_figures(
+        &opts,
+        &http,
+        steady_from.0,
+        beats_from,
+        &mut report,
+        &mut progress,
+    )
+    .await?;
+    report.churned = fleet.churned.load(std::sync::atomic::Ordering::Relaxed);
+    report.churn_registration = Latency::from(&fleet.rereg.lock().expect("no panics while held"));
+    floor_figures(&mut report, &stop_ping, &ping_hist, probe, &mut progress);
+    usage_figures(&opts, tasks_from, steady_from, &mut report, &mut progress);
+    if let Some(s) = &spawned {
+        report.spawned = s.started();
+        report.spawned_drained = s.drained();
+        progress.line(&format!(
+            "spawner: {} agents started on scale_up, {} drained on scale_down",
+            report.spawned, report.spawned_drained
+        ));
+    }
+
+    // Wind down: stop every agent, then (optionally) deregister the survivors.
+    stop_spawned.cancel();
+    let Fleet {
+        stops, mut tasks, ..
+    } = fleet;
+    for s in &stops {
+        s.cancel();
+    }
+    let mut survivors = Vec::new();
+    while let Some(a) = tasks.join_next().await {
+        if let Ok(a) = a {
+            if !stopped.contains_key(a.id()) {
+                survivors.push(a);
+            }
+        }
+    }
+    if opts.deregister_at_end {
+        stream::iter(survivors.iter_mut())
+            .for_each_concurrent(64, |a| async move {
+                let _ = a.deregister(Duration::from_secs(2)).await;
+            })
+            .await;
+    }
+    watcher.abort();
+    Ok(report)
+}
+
+/// A failure the commander declared: when it was heard, the agent, and how
+/// long (ms) the agent had been silent then.
+type Failure = (Instant, String, u64);
+
+/// Every `agent_failed` on the health channel, from now on.
+async fn watch_failures(
+    client: &redis::Client,
+    channels: &Channels,
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedReceiver<Failure>,
+)> {
+    let (ev_tx, events) = mpsc::unbounded_channel::<Failure>();
     let mut health = client.get_async_pubsub().await?;
-    health.subscribe(keys.health()).await?;
+    health.subscribe(channels.health()).await?;
     let watcher = tokio::spawn(async move {
         let mut s = health.into_on_message();
         while let Some(msg) = s.next().await {
@@ -447,14 +589,20 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             }
         }
     });
+    Ok((watcher, events))
+}
 
-    // The machine's floor, measured alongside everything else.
-    let probe = StallProbe::start();
+/// The machine's floor: a `PING` to Redis every 10 ms on a connection of its
+/// own, until the token is cancelled.
+async fn start_ping(
+    redis_url: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Arc<std::sync::Mutex<Histogram<u64>>>, CancellationToken)> {
     let ping_hist = Arc::new(std::sync::Mutex::new(hist()));
     let stop_ping = shutdown.child_token();
     {
         let (mut conn, h, stop) = (
-            fleet_store::connection::connect(&opts.redis_url).await?,
+            fleet_store::connection::connect(redis_url).await?,
             ping_hist.clone(),
             stop_ping.clone(),
         );
@@ -478,32 +626,51 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             }
         });
     }
+    Ok((ping_hist, stop_ping))
+}
 
-    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..6];
-    let load = Arc::new(LoadState::new(opts.tasks.count));
-    let stop_spawned = shutdown.child_token();
-    let spawned = if opts.spawner {
+/// With `--spawner`: in-process agents started on the commander's scale_up.
+async fn start_spawner(
+    opts: &SimOptions,
+    channels: &Channels,
+    load: &Arc<LoadState>,
+    run_id: &str,
+    stop: &CancellationToken,
+    progress: &mut Progress,
+) -> anyhow::Result<Option<Arc<crate::spawner::Spawned>>> {
+    Ok(if opts.spawner {
         let steady = TaskLoad {
             die_fraction: 0.0,
             ..opts.tasks.clone()
         };
-        let work = (steady.count > 0).then(|| load.work(&steady, "spawned", &stop_spawned));
+        let work = (steady.count > 0).then(|| load.work(&steady, "spawned", stop));
         let s = crate::spawner::InProcess {
             redis_url: opts.redis_url.clone(),
-            keys: keys.clone(),
+            keys: channels.clone(),
             heartbeat: opts.heartbeat,
             work,
             id_prefix: format!("sim-{run_id}-spawned"),
         }
-        .start(stop_spawned.clone())
+        .start(stop.clone())
         .await?;
         progress.line("spawner on: scale_up requests start agents here");
         Some(s)
     } else {
         None
-    };
+    })
+}
 
-    let pools = spread(opts.agents, &opts.pools);
+/// Every agent connected (each subscribed to its own channel), spread over
+/// the pools.
+async fn connect_agents(
+    opts: &SimOptions,
+    run_id: &str,
+    pools: &[PoolType],
+    client: &redis::Client,
+    publishers: &[redis::aio::ConnectionManager],
+    channels: &Channels,
+    progress: &mut Progress,
+) -> anyhow::Result<Vec<Agent>> {
     let specs: Vec<AgentSpec> = pools
         .iter()
         .enumerate()
@@ -527,8 +694,8 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         .map(|(i, spec)| {
             let client = client.clone();
             let publisher = publishers[i % publishers.len()].clone();
-            let keys = keys.clone();
-            async move { Agent::connect(&client, publisher, keys, spec).await }
+            let channels = channels.clone();
+            async move { Agent::connect(&client, publisher, channels, spec).await }
         })
         .buffer_unordered(64);
     while let Some(a) = connecting.next().await {
@@ -541,16 +708,19 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
     }
     drop(connecting);
     progress.line(&format!("connected {} agents", agents.len()));
+    Ok(agents)
+}
 
-    // Register: in waves of `batch` at once (a fleet starting all together),
-    // or one agent after another at `join_rate` per second.
-    let mut report = SimReport {
-        agents: opts.agents,
-        batch: opts.batch,
-        join_rate: opts.join_rate,
-        detection_bound_ms: (opts.failure_window + Duration::from_secs(1)).as_secs_f64() * 1000.0,
-        ..Default::default()
-    };
+/// Registers every agent: in waves of `batch` at once (a fleet starting all
+/// together), or one after another at `join_rate` per second. Returns the
+/// registered agents and when each was answered.
+async fn register_all(
+    opts: &SimOptions,
+    agents: Vec<Agent>,
+    report: &mut SimReport,
+    shutdown: &CancellationToken,
+    progress: &mut Progress,
+) -> (Vec<Agent>, Vec<Instant>) {
     let mut reg_hist = hist();
     let mut live: Vec<Agent> = Vec::with_capacity(agents.len());
     // When each live agent's registration was answered: a paced agent beats
@@ -636,9 +806,16 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         report.registration.p99_ms,
         report.registration.max_ms
     ));
+    (live, answered)
+}
 
-    // Status queries: the first must already count every acknowledged registration.
-    let http = reqwest::Client::new();
+/// Status queries: the first must already count every acknowledged registration.
+async fn query_status(
+    opts: &SimOptions,
+    http: &reqwest::Client,
+    report: &mut SimReport,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
     if let Some(base) = &opts.commander_url {
         let url = format!("{base}/v1/fleet");
         let mut h = hist();
@@ -666,10 +843,35 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             report.status_fresh.unwrap_or(false)
         ));
     }
+    Ok(())
+}
 
-    // Heartbeat, each agent on its own task. After waves, first beats are
-    // spread over one interval; a paced agent's first beat comes one interval
-    // after its registration (soon after now if that time has passed).
+/// The running fleet: each agent on its own task, heartbeating and working.
+struct Fleet {
+    ids: Vec<String>,
+    /// One per agent (cancelling it stops the agent for good, as if killed),
+    /// then the churn's.
+    stops: Vec<CancellationToken>,
+    tasks: tokio::task::JoinSet<Agent>,
+    /// Re-registrations of agents restarted by the churn.
+    rereg: Arc<std::sync::Mutex<Histogram<u64>>>,
+    churned: Arc<std::sync::atomic::AtomicUsize>,
+    /// Agents the churn crashed: if a restart is slower than the failure
+    /// window, the commander rightly declares them failed; not a false death.
+    crashed: Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+/// Heartbeat, each agent on its own task. After waves, first beats are
+/// spread over one interval; a paced agent's first beat comes one interval
+/// after its registration (soon after now if that time has passed). With
+/// churn, a random agent crashes and restarts `churn_per_sec` times a second.
+fn start_fleet(
+    opts: &SimOptions,
+    live: Vec<Agent>,
+    answered: &[Instant],
+    load: &Arc<LoadState>,
+    shutdown: &CancellationToken,
+) -> Fleet {
     let mut stops = Vec::with_capacity(live.len());
     let mut tasks = tokio::task::JoinSet::new();
     let crashes: Arc<std::sync::Mutex<Vec<Option<CancellationToken>>>> =
@@ -759,54 +961,36 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             }
         });
     }
-    let sample = |pid: Option<u32>| pid.and_then(proc_sample);
-    let tasks_from = (Instant::now(), sample(opts.commander_pid));
-    if opts.tasks.count > 0 {
-        let base = opts
-            .commander_url
-            .clone()
-            .context("task load needs the commander's HTTP API")?;
-        let pools: Vec<PoolType> = {
-            let mut seen = Vec::new();
-            for p in &pools {
-                if !seen.contains(p) {
-                    seen.push(*p);
-                }
-            }
-            seen
-        };
-        report.tasks = Some(
-            run_tasks(
-                &opts.tasks,
-                &base,
-                &pools,
-                load.clone(),
-                &mut progress,
-                &shutdown,
-            )
-            .await?,
-        );
+    Fleet {
+        ids,
+        stops,
+        tasks,
+        rereg,
+        churned,
+        crashed,
     }
+}
 
-    let steady_from = (Instant::now(), sample(opts.commander_pid));
-    let beats_from = match &opts.commander_url {
-        Some(base) => heartbeats_total(&http, base).await,
-        None => None,
-    };
-
-    // Stop some agents: they go silent, as if killed. First let the fleet
-    // heartbeat for one interval, so they die at random points of their cycle.
+/// Stops `opts.stop` agents: they go silent, as if killed. First lets the
+/// fleet heartbeat for one interval, so they die at random points of their cycle.
+async fn stop_some(
+    opts: &SimOptions,
+    fleet: &Fleet,
+    report: &mut SimReport,
+    shutdown: &CancellationToken,
+    progress: &mut Progress,
+) -> HashMap<String, Instant> {
     let mut stopped: HashMap<String, Instant> = HashMap::new();
-    if opts.stop > 0 && !ids.is_empty() {
+    if opts.stop > 0 && !fleet.ids.is_empty() {
         let settle = Instant::now() + opts.heartbeat;
         while Instant::now() < settle && !shutdown.is_cancelled() {
             progress.update("fleet heartbeating");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let step = (ids.len() / opts.stop.min(ids.len())).max(1);
-        for i in (0..ids.len()).step_by(step).take(opts.stop) {
-            stops[i].cancel();
-            stopped.insert(ids[i].clone(), Instant::now());
+        let step = (fleet.ids.len() / opts.stop.min(fleet.ids.len())).max(1);
+        for i in (0..fleet.ids.len()).step_by(step).take(opts.stop) {
+            fleet.stops[i].cancel();
+            stopped.insert(fleet.ids[i].clone(), Instant::now());
         }
         report.stopped = stopped.len();
         progress.line(&format!(
@@ -815,7 +999,23 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             report.detection_bound_ms / 1000.0
         ));
     }
+    stopped
+}
 
+/// Waits until the commander has declared every stopped agent failed (or
+/// the failure window and 3 s have passed), and for `opts.hold`; counts
+/// the detections and any false death.
+#[allow(clippy::too_many_arguments)]
+async fn detect(
+    opts: &SimOptions,
+    events: &mut mpsc::UnboundedReceiver<Failure>,
+    stopped: &HashMap<String, Instant>,
+    fleet: &Fleet,
+    load: &LoadState,
+    report: &mut SimReport,
+    shutdown: &CancellationToken,
+    progress: &mut Progress,
+) {
     let mut detected: HashSet<String> = HashSet::new();
     let mut det_hist = hist();
     let mut silent_hist = hist();
@@ -828,13 +1028,17 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
                     .ok();
                 silent_hist.record(silent_ms.max(1) * 1000).ok();
             }
-        } else if ids.contains(&id)
+        } else if fleet.ids.contains(&id)
             && !load
                 .died
                 .lock()
                 .expect("no panics while held")
                 .contains(&id)
-            && !crashed.lock().expect("no panics while held").contains(&id)
+            && !fleet
+                .crashed
+                .lock()
+                .expect("no panics while held")
+                .contains(&id)
         {
             false_deaths.insert(id);
         }
@@ -851,7 +1055,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         tokio::select! {
             _ = shutdown.cancelled() => break,
             ev = events.recv() => match ev {
-                Some((at, id, silent)) => on_event(at, id, silent, &mut report),
+                Some((at, id, silent)) => on_event(at, id, silent, report),
                 None => break,
             },
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -866,7 +1070,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         }
     }
     while let Ok((at, id, silent)) = events.try_recv() {
-        on_event(at, id, silent, &mut report);
+        on_event(at, id, silent, report);
     }
     report.detection = Latency::from(&det_hist);
     report.detection_after_last_heartbeat = Latency::from(&silent_hist);
@@ -884,15 +1088,26 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             report.false_deaths
         ));
     }
+}
 
+/// What the commander says of itself: the final status, heartbeats handled
+/// since `since`, and its latency histograms.
+async fn commander_figures(
+    opts: &SimOptions,
+    http: &reqwest::Client,
+    since: Instant,
+    beats_from: Option<f64>,
+    report: &mut SimReport,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
     if let Some(base) = &opts.commander_url {
         let url = format!("{base}/v1/fleet");
         report.final_status = http.get(&url).send().await?.json().await.ok();
-        let secs = steady_from.0.elapsed().as_secs_f64();
-        if let (Some(a), Some(b)) = (beats_from, heartbeats_total(&http, base).await) {
+        let secs = since.elapsed().as_secs_f64();
+        if let (Some(a), Some(b)) = (beats_from, heartbeats_total(http, base).await) {
             report.heartbeats_per_sec = Some((b - a) / secs.max(1e-9));
         }
-        if let Some(text) = scrape(&http, base).await {
+        if let Some(text) = scrape(http, base).await {
             for name in [
                 fleet_commander::metrics::REGISTRATION_SECONDS,
                 fleet_commander::metrics::HEARTBEAT_SECONDS,
@@ -911,8 +1126,17 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             }
         }
     }
-    report.churned = churned.load(std::sync::atomic::Ordering::Relaxed);
-    report.churn_registration = Latency::from(&rereg.lock().expect("no panics while held"));
+    Ok(())
+}
+
+/// The machine's floor over the run: the `PING`s and the sleeping thread.
+fn floor_figures(
+    report: &mut SimReport,
+    stop_ping: &CancellationToken,
+    ping_hist: &std::sync::Mutex<Histogram<u64>>,
+    probe: StallProbe,
+    progress: &mut Progress,
+) {
     stop_ping.cancel();
     report.redis_ping = Latency::from(&ping_hist.lock().expect("no panics while held"));
     progress.line(&format!(
@@ -934,7 +1158,17 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             report.churn_registration.max_ms
         ));
     }
-    if let (Some(s0), Some(s1)) = (steady_from.1, sample(opts.commander_pid)) {
+}
+
+/// The commander's CPU and memory (same machine, `--commander-pid`).
+fn usage_figures(
+    opts: &SimOptions,
+    tasks_from: (Instant, Option<(f64, u64, u64)>),
+    steady_from: (Instant, Option<(f64, u64, u64)>),
+    report: &mut SimReport,
+    progress: &mut Progress,
+) {
+    if let (Some(s0), Some(s1)) = (steady_from.1, opts.commander_pid.and_then(proc_sample)) {
         let steady_secs = steady_from.0.elapsed().as_secs_f64();
         let pct = |c0: f64, c1: f64, secs: f64| 100.0 * (c1 - c0) / secs.max(1e-9);
         let usage = Usage {
@@ -964,38 +1198,6 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         ));
         report.commander = Some(usage);
     }
-
-    if let Some(s) = &spawned {
-        report.spawned = s.started();
-        report.spawned_drained = s.drained();
-        progress.line(&format!(
-            "spawner: {} agents started on scale_up, {} drained on scale_down",
-            report.spawned, report.spawned_drained
-        ));
-    }
-
-    // Wind down: stop every agent, then (optionally) deregister the survivors.
-    stop_spawned.cancel();
-    for s in &stops {
-        s.cancel();
-    }
-    let mut survivors = Vec::new();
-    while let Some(a) = tasks.join_next().await {
-        if let Ok(a) = a {
-            if !stopped.contains_key(a.id()) {
-                survivors.push(a);
-            }
-        }
-    }
-    if opts.deregister_at_end {
-        stream::iter(survivors.iter_mut())
-            .for_each_concurrent(64, |a| async move {
-                let _ = a.deregister(Duration::from_secs(2)).await;
-            })
-            .await;
-    }
-    watcher.abort();
-    Ok(report)
 }
 
 /// Shared between the submitter and the agents' work.
