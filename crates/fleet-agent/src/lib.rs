@@ -335,9 +335,10 @@ impl Agent {
         let mut tick = tokio::time::interval_at(start, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        // Work in progress, by task id and attempt, so that a cancel can stop it.
-        let mut running: std::collections::HashMap<(String, u32), tokio::task::AbortHandle> =
-            std::collections::HashMap::new();
+        let mut jobs = Jobs {
+            done: done_tx,
+            running: Default::default(),
+        };
         // Told to drain: finish what is running, then deregister and return.
         let mut draining = false;
         enum Wake {
@@ -386,67 +387,27 @@ impl Agent {
                         timeout_ms,
                         payload,
                     };
-                    let key = (a.task_id.clone(), a.attempt);
-                    let mut job = match &work {
-                        None => {
-                            let echo = serde_json::json!({ "echo": a.payload });
-                            Box::pin(std::future::ready(Outcome::Complete(echo)))
-                        }
-                        Some(w) => w(a),
-                    };
-                    // Work done at once needs no acknowledgement: the result
-                    // itself ends the lease. Anything longer is acknowledged
-                    // first, so that its lease becomes the task's timeout.
-                    if let Some(out) = futures_util::FutureExt::now_or_never(&mut job) {
-                        let _ = done_tx.send((key.0, key.1, out));
-                        continue;
-                    }
-                    if let Err(e) = self
-                        .report(ReportKind::Ack, &key.0, key.1, None, None)
-                        .await
-                    {
-                        warn!(agent_id = %self.spec.id, error = %e, "ack not sent");
-                    }
-                    let tx = done_tx.clone();
-                    let (id, attempt) = key.clone();
-                    let handle = tokio::spawn(async move {
-                        let out = job.await;
-                        let _ = tx.send((id, attempt, out));
-                    });
-                    running.insert(key, handle.abort_handle());
+                    self.take(a, work.as_ref(), &mut jobs).await;
                 }
                 Wake::Message(ToAgent::TaskCancel {
                     task_id, attempt, ..
                 }) => {
-                    if let Some(h) = running.remove(&(task_id.clone(), attempt)) {
+                    if let Some(h) = jobs.running.remove(&(task_id.clone(), attempt)) {
                         h.abort();
                         info!(agent_id = %self.spec.id, task_id, attempt, "task cancelled");
                     }
                 }
                 Wake::Message(ToAgent::Drain { reason, .. }) => {
-                    info!(agent_id = %self.spec.id, reason, tasks = running.len(), "draining");
+                    info!(agent_id = %self.spec.id, reason, tasks = jobs.running.len(), "draining");
                     draining = true;
                 }
                 Wake::Message(other) => debug!(?other, "message from the commander"),
                 Wake::Done((task_id, attempt, outcome)) => {
-                    running.remove(&(task_id.clone(), attempt));
-                    let sent = match outcome {
-                        Outcome::Complete(v) => {
-                            self.report(ReportKind::Complete, &task_id, attempt, Some(v), None)
-                                .await
-                        }
-                        Outcome::Fail(e) => {
-                            self.report(ReportKind::Fail, &task_id, attempt, None, Some(e))
-                                .await
-                        }
-                        Outcome::Vanish => Ok(()),
-                    };
-                    if let Err(e) = sent {
-                        warn!(agent_id = %self.spec.id, error = %e, "result not sent");
-                    }
+                    jobs.running.remove(&(task_id.clone(), attempt));
+                    self.finish(&task_id, attempt, outcome).await;
                 }
             }
-            if draining && running.is_empty() {
+            if draining && jobs.running.is_empty() {
                 match self.deregister(interval).await {
                     Ok(_) => info!(agent_id = %self.spec.id, "drained and deregistered"),
                     Err(e) => warn!(agent_id = %self.spec.id, error = %e, "deregistration failed"),
@@ -455,6 +416,62 @@ impl Agent {
             }
         }
     }
+
+    /// Starts an assignment. Work done at once needs no acknowledgement: the
+    /// result itself ends the lease. Anything longer is acknowledged first,
+    /// so that its lease becomes the task's timeout, and runs on its own task.
+    async fn take(&mut self, a: Assignment, work: Option<&Work>, jobs: &mut Jobs) {
+        let key = (a.task_id.clone(), a.attempt);
+        let mut job = match work {
+            None => {
+                let echo = serde_json::json!({ "echo": a.payload });
+                Box::pin(std::future::ready(Outcome::Complete(echo)))
+            }
+            Some(w) => w(a),
+        };
+        if let Some(out) = futures_util::FutureExt::now_or_never(&mut job) {
+            let _ = jobs.done.send((key.0, key.1, out));
+            return;
+        }
+        if let Err(e) = self
+            .report(ReportKind::Ack, &key.0, key.1, None, None)
+            .await
+        {
+            warn!(agent_id = %self.spec.id, error = %e, "ack not sent");
+        }
+        let tx = jobs.done.clone();
+        let (id, attempt) = key.clone();
+        let handle = tokio::spawn(async move {
+            let out = job.await;
+            let _ = tx.send((id, attempt, out));
+        });
+        jobs.running.insert(key, handle.abort_handle());
+    }
+
+    /// Reports a finished attempt (a vanished one, never).
+    async fn finish(&mut self, task_id: &str, attempt: u32, outcome: Outcome) {
+        let sent = match outcome {
+            Outcome::Complete(v) => {
+                self.report(ReportKind::Complete, task_id, attempt, Some(v), None)
+                    .await
+            }
+            Outcome::Fail(e) => {
+                self.report(ReportKind::Fail, task_id, attempt, None, Some(e))
+                    .await
+            }
+            Outcome::Vanish => Ok(()),
+        };
+        if let Err(e) = sent {
+            warn!(agent_id = %self.spec.id, error = %e, "result not sent");
+        }
+    }
+}
+
+/// Work in progress: where finished work reports, and each running attempt
+/// by task id and attempt, so that a cancel can stop it.
+struct Jobs {
+    done: tokio::sync::mpsc::UnboundedSender<(String, u32, Outcome)>,
+    running: std::collections::HashMap<(String, u32), tokio::task::AbortHandle>,
 }
 
 /// Why [`Agent::run_with`] returned.
