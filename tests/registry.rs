@@ -357,3 +357,55 @@ async fn a_newer_commander_fences_the_older_one() {
     second.shutdown();
     assert_eq!(second.wait().await, fleet_commander::Exit::Clean);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_without_resources_keeps_the_declared_ones_and_the_record_has_capacity() {
+    let h = Harness::start().await;
+    let mut spec = AgentSpec {
+        id: "cap-1".into(),
+        pool: PoolType::Coder,
+        priority: None,
+        capabilities: vec!["rust".into()],
+        resources: Resources {
+            memory: 300.0,
+            cpu: 0.5,
+            network: 20.0,
+        },
+        capacity: 3,
+    };
+    let mut a = h.agent_with(spec.clone()).await;
+    let reg = a.register(T).await.expect("accepted");
+    assert_eq!(
+        reg.record.capacity, 3,
+        "register_reply's record has the capacity"
+    );
+    let (_, rec) = h.get("/v1/agents/cap-1").await;
+    assert_eq!(rec["capacity"], 3);
+    assert_eq!(rec["resources"]["memory"], 300.0);
+
+    // A heartbeat that says nothing of resources, and one that does.
+    h.publish(
+        &h.keys.channels().health(),
+        json!({"v": 1, "type": "heartbeat", "agentId": "cap-1", "status": "idle", "load": 0.7})
+            .to_string(),
+    )
+    .await;
+    wait_until(|| async { h.get("/v1/agents/cap-1").await.1["load"] == 0.7 }).await;
+    let (_, rec) = h.get("/v1/agents/cap-1").await;
+    assert_eq!(rec["resources"]["memory"], 300.0, "kept: {rec}");
+    assert_eq!(rec["resources"]["cpu"], 0.5, "kept: {rec}");
+    spec.resources.memory = 128.0;
+    h.publish(
+        &h.keys.channels().health(),
+        json!({"v": 1, "type": "heartbeat", "agentId": "cap-1", "status": "idle", "load": 0.2,
+            "resources": {"memory": 128, "cpu": 0.1, "network": 1}})
+        .to_string(),
+    )
+    .await;
+    wait_until(|| async { h.get("/v1/agents/cap-1").await.1["load"] == 0.2 }).await;
+    let (_, rec) = h.get("/v1/agents/cap-1").await;
+    assert_eq!(
+        rec["resources"]["memory"], 128.0,
+        "current use reported: {rec}"
+    );
+}

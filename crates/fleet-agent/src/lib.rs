@@ -224,7 +224,7 @@ impl Agent {
                 agent_id: self.spec.id.clone(),
                 status,
                 load,
-                resources: self.spec.resources,
+                resources: Some(self.spec.resources),
                 seq: Some(self.seq),
             },
         };

@@ -19,6 +19,9 @@ pub struct AgentRecord {
     pub performance: Performance,
     pub health: Health,
     pub resources: Resources,
+    /// Tasks the agent works on at once.
+    #[serde(default = "one")]
+    pub capacity: u32,
     pub load: f64,
     pub registered_at: u64,
     /// Being retired: no new tasks; it deregisters once it has finished.
@@ -47,4 +50,8 @@ pub struct Health {
     pub quarantined_until: u64,
     /// Back from quarantine: one task at a time until the score recovers.
     pub probation: bool,
+}
+
+fn one() -> u32 {
+    1
 }

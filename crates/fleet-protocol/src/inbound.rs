@@ -76,8 +76,9 @@ pub struct Heartbeat {
     /// Fraction of capacity in use, 0..=1.
     #[serde(default)]
     pub load: f64,
-    #[serde(default)]
-    pub resources: Resources,
+    /// Current use; when absent, what the agent declared at registration stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
     /// Optional sequence number, for the agent's own bookkeeping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
@@ -379,7 +380,9 @@ fn validate(msg: &Inbound) -> Result<(), Rejection> {
             if !(m.load.is_finite() && (0.0..=1.0).contains(&m.load)) {
                 return Err(Rejection::InvalidField("load: must be 0..=1".into()));
             }
-            check_resources(&m.resources)?;
+            if let Some(r) = &m.resources {
+                check_resources(r)?;
+            }
         }
         Inbound::StatusRequest(m) => check_msg_id(&m.id)?,
         Inbound::Report(kind, m) => {

@@ -51,6 +51,7 @@ pub fn fresh_record(a: &NewAgent<'_>, now: u64) -> AgentRecord {
             probation: false,
         },
         resources: a.resources,
+        capacity: a.capacity,
         load: 0.0,
         registered_at: now,
         draining: false,
@@ -90,6 +91,7 @@ pub fn agent_from_fields(fields: &HashMap<String, String>) -> Option<AgentRecord
             cpu: n("cpu"),
             network: n("network"),
         },
+        capacity: s("capacity").and_then(|v| v.parse().ok()).unwrap_or(1),
         load: n("load"),
         registered_at: u("registeredAt"),
         draining: s("draining") == Some("1"),
@@ -342,9 +344,23 @@ impl Registry {
             .arg("now", now)
             .arg("status", hb.status.as_str())
             .arg("load", hb.load)
-            .arg("memory", hb.resources.memory)
-            .arg("cpu", hb.resources.cpu)
-            .arg("network", hb.resources.network)
+            // Empty: keep what the agent declared at registration.
+            .arg(
+                "memory",
+                hb.resources
+                    .map(|r| r.memory.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                "cpu",
+                hb.resources.map(|r| r.cpu.to_string()).unwrap_or_default(),
+            )
+            .arg(
+                "network",
+                hb.resources
+                    .map(|r| r.network.to_string())
+                    .unwrap_or_default(),
+            )
             .reply(conn)
             .await?;
         Ok(match r.outcome()? {

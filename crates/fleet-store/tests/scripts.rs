@@ -96,13 +96,17 @@ impl Store {
     }
 
     async fn submit(&mut self, payload: &str) -> String {
+        self.submit_with(payload, 0).await
+    }
+
+    async fn submit_with(&mut self, payload: &str, max_retries: u32) -> String {
         let t = fleet_protocol::task::Submission {
             pool: POOL.as_str().into(),
             capabilities: vec![],
             priority: Some(7),
             payload: serde_json::from_str(payload).unwrap(),
             timeout_ms: Some(5000),
-            max_retries: Some(0),
+            max_retries: Some(max_retries),
             client_id: None,
         };
         let defaults = TaskDefaults {
@@ -307,7 +311,7 @@ async fn a_superseded_epoch_is_fenced_and_changes_nothing() {
         agent_id: "a1".into(),
         status: fleet_protocol::AgentStatus::Busy,
         load: 0.9,
-        resources: Resources::default(),
+        resources: None,
         seq: None,
     };
     let out = s.registry.heartbeat(&mut s.conn, &hb, now()).await;
@@ -317,5 +321,71 @@ async fn a_superseded_epoch_is_fenced_and_changes_nothing() {
         rec.status,
         fleet_protocol::AgentStatus::Idle,
         "the fenced write changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
+    let mut s = store().await;
+    let channels = s.keys.channels().clone();
+    let mut inbox = s.listen(channels.agent("a1")).await;
+    let mut allocation = s.listen(channels.allocation()).await;
+    s.agent("a1", 1).await;
+    let id = s.submit_with("{}", 3).await;
+    s.tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    assert!(matches!(
+        next::<ToAgent>(&mut inbox).await,
+        ToAgent::TaskAssign { .. }
+    ));
+    assert_eq!(
+        next::<TaskEvent>(&mut allocation).await.kind,
+        TaskEventKind::TaskAssigned
+    );
+
+    // The lease runs out: the agent is told to stop, everyone that it went back.
+    let later = now() + 3_600_000;
+    let out = s.tasks.expire(&mut s.conn, &id, later).await.unwrap();
+    assert_eq!(out.as_deref(), Some("queued"));
+    match next::<ToAgent>(&mut inbox).await {
+        ToAgent::TaskCancel {
+            task_id, attempt, ..
+        } => assert_eq!((task_id.as_str(), attempt), (id.as_str(), 1)),
+        other => panic!("{other:?}"),
+    }
+    let ev = next::<TaskEvent>(&mut allocation).await;
+    assert_eq!(
+        (ev.kind, ev.agent_id.as_str(), ev.attempt),
+        (TaskEventKind::TaskRequeued, "a1", 1)
+    );
+
+    // Another agent takes it and leaves: taken back, and announced the same way.
+    s.agent("a2", 1).await;
+    s.tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    let ev = next::<TaskEvent>(&mut allocation).await;
+    assert_eq!(
+        (ev.kind, ev.agent_id.as_str()),
+        (TaskEventKind::TaskAssigned, "a2")
+    );
+    let removed = s
+        .registry
+        .remove(&mut s.conn, "a2", None, now())
+        .await
+        .unwrap();
+    assert_eq!(removed.map(|(_, o)| o.requeued), Some(1));
+    let ev = next::<TaskEvent>(&mut allocation).await;
+    assert_eq!(
+        (
+            ev.kind,
+            ev.task_id.as_str(),
+            ev.agent_id.as_str(),
+            ev.attempt
+        ),
+        (TaskEventKind::TaskRequeued, id.as_str(), "a2", 2)
     );
 }

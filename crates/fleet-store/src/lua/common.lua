@@ -170,7 +170,14 @@ local function orphan_all(agent_id, now)
   for _, tid in ipairs(tids) do
     local state = redis.call('HGET', K.task .. tid, 'state')
     if state == 'assigned' or state == 'running' then
-      if requeue(tid, now, 'orphaned') == 'dead' then dead = dead + 1 else queued = queued + 1 end
+      local r = requeue(tid, now, 'orphaned')
+      if r == 'dead' then dead = dead + 1 else queued = queued + 1 end
+      -- Taken back from the agent: the same event as a lease running out.
+      local t = redis.call('HMGET', K.task .. tid, 'pool', 'attempt')
+      local kind = 'task_requeued'
+      if r == 'dead' then kind = 'task_dead' end
+      redis.call('PUBLISH', A.allocation_channel,
+        encode.task_event(kind, tid, t[1], agent_id, tonumber(t[2]), now))
     end
   end
   redis.call('DEL', set)

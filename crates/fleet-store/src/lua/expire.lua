@@ -1,8 +1,9 @@
 --! keys: epoch task +task
 --! args: epoch id now +task
 -- A lease ran out (no ack in time, or no result within the task's timeout):
--- the agent loses the task, which goes back to its queue at once (or to the
--- dead letters if it has used its attempts).
+-- the agent loses the task and is sent task_cancel for the attempt; the task
+-- goes back to its queue at once (or to the dead letters if it has used its
+-- attempts: an expired attempt counts as one).
 -- KEYS: epoch, task (its hash), and the task keys
 -- A: epoch, id, now, allocation_channel
 -- Returns outcome (queued, dead, fresh, stale) and, when queued or dead,
@@ -17,6 +18,8 @@ if t[1] ~= 'assigned' and t[1] ~= 'running' then
   return reply('stale')
 end
 release_agent(t[2], tid, now, 'failed', 0, KEY.counts)
+-- The agent is told, so that it stops working on an attempt that no longer counts.
+redis.call('PUBLISH', K.agent_channel .. t[2], encode.task_cancel(tid, t[4]))
 local r = requeue(tid, now, 'lease expired')
 if r == 'dead' then
   task_event(A.allocation_channel, 'task_dead', tid, t[3], t[2], t[4], now)

@@ -4,7 +4,9 @@
 -- a recovering one goes back to idle on its next heartbeat. An agent holding
 -- tasks is at least active, and busy at its capacity, whatever it reports.
 -- KEYS: epoch, agent, heartbeats, failed, and the task keys
--- A: epoch, id, now, status (reported), load, memory, cpu, network
+-- A: epoch, id, now, status (reported), load, memory, cpu, network (the
+--    three empty when the heartbeat carried no resources: the declared
+--    ones stay)
 -- Returns outcome (unknown, ok, recovering, recovered) and pool.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
@@ -27,8 +29,10 @@ if new ~= 'recovering' then
   if inflight >= capacity then new = 'busy'
   elseif inflight > 0 and new == 'idle' then new = 'active' end
 end
-redis.call('HSET', agent, 'status', new, 'load', A.load, 'memory', A.memory,
-  'cpu', A.cpu, 'network', A.network, 'lastHeartbeat', now)
+redis.call('HSET', agent, 'status', new, 'load', A.load, 'lastHeartbeat', now)
+if A.memory ~= '' then
+  redis.call('HSET', agent, 'memory', A.memory, 'cpu', A.cpu, 'network', A.network)
+end
 redis.call('ZADD', hb, now, id)
 move(counts, pool, old, new)
 refresh_available(id, pool)
