@@ -409,3 +409,47 @@ async fn a_heartbeat_without_resources_keeps_the_declared_ones_and_the_record_ha
         "current use reported: {rec}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_field_is_answered_and_integral_floats_are_whole_numbers() {
+    let h = Harness::start().await;
+    // Python writes 7.0 for an integer it computed: accepted as 7.
+    let r = raw_register(
+        &h,
+        "py-1",
+        json!({"pool": "coder", "priority": 7.0, "capacity": 2.0}),
+    )
+    .await;
+    assert_eq!(r["accepted"], true, "{r}");
+    assert_eq!(
+        (
+            r["agent"]["priority"].clone(),
+            r["agent"]["capacity"].clone()
+        ),
+        (json!(7), json!(2))
+    );
+
+    // A field of the wrong type: refused with a reply that says which.
+    let r = raw_register(&h, "py-2", json!({"pool": "coder", "capacity": 2.5})).await;
+    assert_eq!(
+        (r["accepted"].clone(), r["reason"].clone()),
+        (json!(false), json!("invalid_fields"))
+    );
+    assert!(
+        r["detail"].as_str().unwrap().contains("whole number"),
+        "{r}"
+    );
+    let r = raw_register(&h, "py-3", json!({"pool": "coder", "capabilities": "rust"})).await;
+    assert_eq!(r["reason"], "invalid_fields", "{r}");
+
+    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(fleet["totalAgents"], 1, "only py-1 joined");
+    let m = h.metrics().await;
+    assert!(
+        parse_metric(
+            &m,
+            r#"fleet_messages_rejected_total{channel="registry",reason="invalid_fields"}"#
+        ) >= 2.0,
+        "{m}"
+    );
+}

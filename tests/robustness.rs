@@ -64,13 +64,13 @@ async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
             "health",
             hb.clone(),
             json!({"v": 1, "type": "heartbeat", "agentId": "../etc", "status": "idle"}).to_string(),
-            "invalid_field",
+            "invalid_fields",
         ),
         (
             "health",
             hb.clone(),
             json!({"v": 1, "type": "heartbeat", "agentId": "a", "status": "failed"}).to_string(),
-            "invalid_field",
+            "invalid_fields",
         ),
         (
             "health",

@@ -205,6 +205,42 @@ async fn pubsub_submission_is_acknowledged_after_it_is_persisted() {
         .await;
     assert_eq!(r["accepted"], false);
     assert_eq!(r["reason"], "unknown_pool");
+
+    // A mistyped field is answered too, with what was wrong; 8.0 is a whole number.
+    let typo = json!({"v": 1, "type": "task_submit", "id": "s-3", "replyChannel": reply_channel,
+                      "pool": "devops", "priority": "high"});
+    h.publish(&h.keys.channels().tasks(), typo.to_string())
+        .await;
+    let r = replies
+        .wait_for("refusal", |v| {
+            v["type"] == "task_submit_reply" && v["replyTo"] == "s-3"
+        })
+        .await;
+    assert_eq!(
+        (r["accepted"].clone(), r["reason"].clone()),
+        (json!(false), json!("invalid_fields"))
+    );
+    assert!(
+        r["detail"].as_str().unwrap().starts_with("priority:"),
+        "{r}"
+    );
+    let float = json!({"v": 1, "type": "task_submit", "id": "s-4", "replyChannel": reply_channel,
+                       "pool": "devops", "priority": 8.0, "timeoutMs": 60000.0});
+    h.publish(&h.keys.channels().tasks(), float.to_string())
+        .await;
+    let r = replies
+        .wait_for("acceptance", |v| {
+            v["type"] == "task_submit_reply" && v["replyTo"] == "s-4"
+        })
+        .await;
+    assert_eq!(r["accepted"], true, "{r}");
+    let (_, t) = h
+        .get(&format!("/v1/tasks/{}", r["taskId"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (t["priority"].clone(), t["timeoutMs"].clone()),
+        (json!(8), json!(60000))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

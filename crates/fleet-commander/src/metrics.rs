@@ -284,7 +284,7 @@ fn initialize() {
             "unsupported_version",
             "unknown_type",
             "wrong_channel",
-            "invalid_field",
+            "invalid_fields",
         ] {
             counter!(MESSAGES_REJECTED, "channel" => channel, "reason" => reason).absolute(0);
         }

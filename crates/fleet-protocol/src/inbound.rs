@@ -40,14 +40,22 @@ pub struct Register {
     /// Agent type; defaults to the pool name.
     #[serde(default, rename = "agentType", skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::opt_u8",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<u8>,
     #[serde(default)]
     pub capabilities: Vec<String>,
     #[serde(default)]
     pub resources: Resources,
     /// Tasks the agent takes at once (1..=64, default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub capacity: Option<u32>,
     /// Identifies this run of the agent process. Registering again with
     /// another instance tells the commander the agent restarted, so the tasks
@@ -80,7 +88,11 @@ pub struct Heartbeat {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     /// Optional sequence number, for the agent's own bookkeeping.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub seq: Option<u64>,
 }
 
@@ -110,6 +122,7 @@ pub struct TaskSubmit {
 #[serde(rename_all = "camelCase")]
 pub struct TaskReport {
     pub task_id: String,
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub attempt: u32,
     pub agent_id: String,
     /// `task_progress`: 0..=1.
@@ -152,6 +165,25 @@ pub enum Inbound {
     StatusRequest(StatusRequest),
     TaskSubmit(TaskSubmit),
     Report(ReportKind, TaskReport),
+    /// A request whose fields do not parse (a mistyped field) but whose
+    /// sender can be answered: it gets `invalid_fields` with the detail.
+    Misfit(Misfit),
+}
+
+/// A `register` or `task_submit` with a readable `id` (and `agentId`, or
+/// `replyChannel`) whose other fields do not parse.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Misfit {
+    Register {
+        id: String,
+        agent_id: String,
+        detail: String,
+    },
+    TaskSubmit {
+        id: String,
+        reply_channel: Option<String>,
+        detail: String,
+    },
 }
 
 impl Inbound {
@@ -162,7 +194,8 @@ impl Inbound {
             Inbound::Deregister(m) => Some(&m.agent_id),
             Inbound::Heartbeat(m) => Some(&m.agent_id),
             Inbound::Report(_, m) => Some(&m.agent_id),
-            Inbound::StatusRequest(_) | Inbound::TaskSubmit(_) => None,
+            Inbound::Misfit(Misfit::Register { agent_id, .. }) => Some(agent_id),
+            Inbound::StatusRequest(_) | Inbound::TaskSubmit(_) | Inbound::Misfit(_) => None,
         }
     }
 
@@ -183,6 +216,8 @@ impl Inbound {
             Inbound::StatusRequest(_) => "status_request",
             Inbound::TaskSubmit(_) => "task_submit",
             Inbound::Report(k, _) => k.as_str(),
+            Inbound::Misfit(Misfit::Register { .. }) => "register",
+            Inbound::Misfit(Misfit::TaskSubmit { .. }) => "task_submit",
         }
     }
 }
@@ -222,7 +257,7 @@ pub enum Rejection {
     UnknownType(String),
     #[error("wrong_channel: {0} is not accepted here")]
     WrongChannel(String),
-    #[error("invalid_field: {0}")]
+    #[error("invalid_fields: {0}")]
     InvalidField(String),
 }
 
@@ -235,7 +270,7 @@ impl Rejection {
             Rejection::UnsupportedVersion(_) => "unsupported_version",
             Rejection::UnknownType(_) => "unknown_type",
             Rejection::WrongChannel(_) => "wrong_channel",
-            Rejection::InvalidField(_) => "invalid_field",
+            Rejection::InvalidField(_) => "invalid_fields",
         }
     }
 }
@@ -285,11 +320,17 @@ pub fn decode(channel: Channel, payload: &[u8], max_bytes: usize) -> Result<Deco
         None => return Err(Rejection::InvalidField("v: missing".into())),
     }
     let msg = match (channel, kind.as_str()) {
-        (Channel::Registry, "register") => Inbound::Register(parse(payload)?),
+        (Channel::Registry, "register") => match parse(payload) {
+            Ok(r) => Inbound::Register(r),
+            Err(e) => return misfit(payload, e, true),
+        },
         (Channel::Registry, "deregister") => Inbound::Deregister(parse(payload)?),
         (Channel::Health, "heartbeat") => Inbound::Heartbeat(parse(payload)?),
         (Channel::Fleet, "status_request") => Inbound::StatusRequest(parse(payload)?),
-        (Channel::Tasks, "task_submit") => Inbound::TaskSubmit(parse(payload)?),
+        (Channel::Tasks, "task_submit") => match parse(payload) {
+            Ok(t) => Inbound::TaskSubmit(t),
+            Err(e) => return misfit(payload, e, false),
+        },
         (Channel::Results, "task_ack") => Inbound::Report(ReportKind::Ack, parse(payload)?),
         (Channel::Results, "task_progress") => {
             Inbound::Report(ReportKind::Progress, parse(payload)?)
@@ -310,8 +351,61 @@ pub fn decode(channel: Channel, payload: &[u8], max_bytes: usize) -> Result<Deco
     Ok(Decoded::Message(msg))
 }
 
+/// A request that does not parse is still answered when its sender can be
+/// named safely; otherwise it is refused unanswered.
+fn misfit(payload: &[u8], e: Rejection, register: bool) -> Result<Decoded, Rejection> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Ids {
+        id: String,
+        agent_id: Option<String>,
+        reply_channel: Option<String>,
+    }
+    let Ok(ids) = serde_json::from_slice::<Ids>(payload) else {
+        return Err(e);
+    };
+    check_msg_id(&ids.id).map_err(|_| e.clone())?;
+    let detail = match &e {
+        Rejection::InvalidField(d) => truncate(d, 200),
+        other => other.to_string(),
+    };
+    let m = if register {
+        match ids.agent_id {
+            Some(agent_id) if valid_agent_id(&agent_id) => Misfit::Register {
+                id: ids.id,
+                agent_id,
+                detail,
+            },
+            _ => return Err(e),
+        }
+    } else {
+        // The submission's fields are flattened into the message, which hides
+        // their names from the first parse: parse them alone to name the field.
+        let detail = match parse::<crate::task::Submission>(payload) {
+            Err(Rejection::InvalidField(d)) => truncate(&d, 200),
+            _ => detail,
+        };
+        Misfit::TaskSubmit {
+            id: ids.id,
+            reply_channel: ids.reply_channel,
+            detail,
+        }
+    };
+    Ok(Decoded::Message(Inbound::Misfit(m)))
+}
+
+/// Parses a message; a refusal names the field (`priority: invalid type …`).
 fn parse<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Rejection> {
-    serde_json::from_slice(payload).map_err(|e| Rejection::InvalidField(e.to_string()))
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        Rejection::InvalidField(if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        })
+    })
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -385,6 +479,8 @@ fn validate(msg: &Inbound) -> Result<(), Rejection> {
             }
         }
         Inbound::StatusRequest(m) => check_msg_id(&m.id)?,
+        // Checked as it was read (`misfit`).
+        Inbound::Misfit(_) => {}
         Inbound::Report(kind, m) => {
             check_agent_id(&m.agent_id)?;
             if !valid_agent_id(&m.task_id) {
@@ -522,7 +618,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("not json", "bad_json"),
             (r#"{"v":2,"type":"register"}"#, "unsupported_version"),
-            (r#"{"type":"register"}"#, "invalid_field"),
+            (r#"{"type":"register"}"#, "invalid_fields"),
             (r#"{"v":1,"type":"explode"}"#, "unknown_type"),
             (
                 r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle"}"#,
@@ -530,15 +626,15 @@ mod tests {
             ),
             (
                 r#"{"v":1,"type":"register","id":"m","agentId":"a b","pool":"coder"}"#,
-                "invalid_field",
+                "invalid_fields",
             ),
             (
                 r#"{"v":1,"type":"register","id":"m","pool":"coder"}"#,
-                "invalid_field",
+                "invalid_fields",
             ),
             (
                 r#"{"v":1,"type":"register","id":"","agentId":"a","pool":"coder"}"#,
-                "invalid_field",
+                "invalid_fields",
             ),
         ];
         for (json, label) in cases {
@@ -560,7 +656,7 @@ mod tests {
             r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","load":1.5}"#,
             r#"{"v":1,"type":"heartbeat","agentId":"a","status":"sleeping"}"#,
         ] {
-            assert_eq!(hb(bad).unwrap_err().label(), "invalid_field", "{bad}");
+            assert_eq!(hb(bad).unwrap_err().label(), "invalid_fields", "{bad}");
         }
     }
 

@@ -69,15 +69,15 @@ pub struct Submission {
     #[serde(default)]
     pub capabilities: Vec<String>,
     /// 1 (lowest) to 10 (highest); default 5.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::opt_u8")]
     pub priority: Option<u8>,
     /// Opaque to the commander; handed to the agent as is.
     #[serde(default)]
     pub payload: Value,
     /// How long an agent may work on one attempt before it is taken back.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::opt_u64")]
     pub timeout_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::opt_u32")]
     pub max_retries: Option<u32>,
     /// Idempotency key: the same client id always names the same task.
     #[serde(default)]

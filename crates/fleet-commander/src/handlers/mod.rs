@@ -5,6 +5,7 @@
 
 mod deregister;
 mod heartbeat;
+mod misfit;
 mod register;
 mod status_request;
 mod task_report;
@@ -59,6 +60,7 @@ async fn handle(
         Inbound::TaskSubmit(req) => task_submit::handle(shared, conn, req).await,
         Inbound::Report(kind, r) => task_report::handle(shared, conn, kind, r).await,
         Inbound::StatusRequest(req) => status_request::handle(shared, conn, req).await,
+        Inbound::Misfit(m) => misfit::handle(shared, conn, m).await,
     }
 }
 

@@ -63,11 +63,22 @@ pub(super) async fn handle(
             ))
         }
     };
-    let Some(channel) = req.reply_channel else {
+    reply(shared, conn, req.id, req.reply_channel, outcome).await
+}
+
+/// Answers a submission on its reply channel, if it gave one under the reply prefix.
+pub(super) async fn reply(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    id: String,
+    reply_channel: Option<String>,
+    outcome: Result<Submitted, (SubmitRefusal, String)>,
+) -> Result<(), StoreError> {
+    let Some(channel) = reply_channel else {
         return Ok(());
     };
     if !channel.starts_with(&shared.keys.channels().reply_prefix()) {
-        metrics::counter!(m::MESSAGES_REJECTED, "channel" => "tasks", "reason" => "invalid_field")
+        metrics::counter!(m::MESSAGES_REJECTED, "channel" => "tasks", "reason" => "invalid_fields")
             .increment(1);
         warn!(
             channel,
@@ -79,7 +90,7 @@ pub(super) async fn handle(
     let reply = match outcome {
         Ok(Submitted::Accepted(t)) => TaskSubmitReply {
             v: VERSION,
-            reply_to: req.id,
+            reply_to: id.clone(),
             accepted: true,
             duplicate,
             task_id: Some(t.id),
@@ -88,7 +99,7 @@ pub(super) async fn handle(
         },
         Ok(Submitted::Duplicate(id)) => TaskSubmitReply {
             v: VERSION,
-            reply_to: req.id,
+            reply_to: id.clone(),
             accepted: true,
             duplicate,
             task_id: Some(id),
@@ -97,7 +108,7 @@ pub(super) async fn handle(
         },
         Err((reason, detail)) => TaskSubmitReply {
             v: VERSION,
-            reply_to: req.id,
+            reply_to: id.clone(),
             accepted: false,
             duplicate: false,
             task_id: None,
