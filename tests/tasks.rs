@@ -281,3 +281,75 @@ async fn accepted_tasks_survive_a_commander_restart() {
         assert_eq!((code, t["state"].as_str().unwrap()), (200, "queued"));
     }
 }
+
+/// The first message on `channel` whose text contains `needle`, as sent.
+async fn raw_message(s: &mut redis::aio::PubSubStream, needle: &str) -> String {
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let m = s.next().await.expect("subscribed");
+            let text: String = m.get_payload().unwrap();
+            if text.contains(needle) {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("the message in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_and_results_are_kept_byte_for_byte() {
+    let h = Harness::start().await;
+    let mut a = h.agent("raw-1", PoolType::Analyst).await;
+    a.register(Duration::from_secs(5)).await.unwrap();
+    let mut ps = h.client.get_async_pubsub().await.unwrap();
+    ps.subscribe(h.keys.channels().agent("raw-1"))
+        .await
+        .unwrap();
+    let mut inbox = ps.into_on_message();
+
+    // Unsorted keys, an exponent and an integer past 64 bits: all as written.
+    let payload = r#"{"zeta":1,"alpha":1e2,"big":123456789012345678901234567890,"s":"é\n"}"#;
+    let body = format!(r#"{{"pool":"analyst","payload":{payload}}}"#);
+    let r = h
+        .http
+        .post(format!("{}/v1/tasks", h.base()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&format!(r#""payload":{payload}"#)), "{text}");
+    let id = serde_json::from_str::<Value>(&text).unwrap()["task"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let assign = raw_message(&mut inbox, "task_assign").await;
+    assert!(
+        assign.contains(&format!(r#""payload":{payload}"#)),
+        "{assign}"
+    );
+
+    // A result, likewise.
+    let result = r#"{"y":2.50,"x":[3e-1]}"#;
+    let done = format!(
+        r#"{{"v":1,"type":"task_complete","taskId":"{id}","attempt":1,"agentId":"raw-1","result":{result}}}"#
+    );
+    h.publish(&h.keys.channels().results(), done).await;
+    wait_until(|| async { h.get(&format!("/v1/tasks/{id}")).await.1["state"] == "completed" })
+        .await;
+    let text = h
+        .http
+        .get(format!("{}/v1/tasks/{id}", h.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(&format!(r#""payload":{payload}"#)), "{text}");
+    assert!(text.contains(&format!(r#""result":{result}"#)), "{text}");
+}

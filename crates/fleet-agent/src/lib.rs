@@ -301,7 +301,9 @@ impl Agent {
                 attempt,
                 agent_id: self.spec.id.clone(),
                 progress: None,
-                result,
+                result: result
+                    .as_ref()
+                    .map(fleet_protocol::task::RawJson::from_value),
                 error,
             },
         };

@@ -280,7 +280,10 @@ async fn submit_task(
             // The record as persisted: no need to read it back.
             return (
                 StatusCode::CREATED,
-                Json(json!({"task": t, "duplicate": false})),
+                Json(SubmitAnswer {
+                    task: &t,
+                    duplicate: false,
+                }),
             )
                 .into_response();
         }
@@ -300,7 +303,11 @@ async fn submit_task(
     };
     match s.tasks.get(&mut conn, &id).await {
         Ok(Some(t)) => {
-            (StatusCode::OK, Json(json!({"task": t, "duplicate": true}))).into_response()
+            let body = SubmitAnswer {
+                task: &t,
+                duplicate: true,
+            };
+            (StatusCode::OK, Json(body)).into_response()
         }
         Ok(None) => (
             StatusCode::OK,
@@ -309,6 +316,14 @@ async fn submit_task(
             .into_response(),
         Err(e) => unavailable(e),
     }
+}
+
+/// `POST /v1/tasks`'s answer: the task as persisted, serialised as a struct so
+/// that its payload keeps its bytes (a `json!` value would re-serialise it).
+#[derive(serde::Serialize)]
+struct SubmitAnswer<'a> {
+    task: &'a fleet_protocol::task::TaskRecord,
+    duplicate: bool,
 }
 
 async fn task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {

@@ -103,8 +103,10 @@ pub struct StatusRequest {
     pub id: String,
 }
 
-/// `task_submit` on the tasks channel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `task_submit` on the tasks channel. Decoded in two reads of the same
+/// bytes (the head here, then the [`Submission`](crate::task::Submission)),
+/// because serde's `flatten` cannot keep a payload's raw bytes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSubmit {
     /// Message id; echoed as `replyTo`.
@@ -128,9 +130,9 @@ pub struct TaskReport {
     /// `task_progress`: 0..=1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
-    /// `task_complete`: any JSON.
+    /// `task_complete`: any JSON, kept byte for byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<crate::task::RawJson>,
     /// `task_fail`: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -327,7 +329,7 @@ pub fn decode(channel: Channel, payload: &[u8], max_bytes: usize) -> Result<Deco
         (Channel::Registry, "deregister") => Inbound::Deregister(parse(payload)?),
         (Channel::Health, "heartbeat") => Inbound::Heartbeat(parse(payload)?),
         (Channel::Fleet, "status_request") => Inbound::StatusRequest(parse(payload)?),
-        (Channel::Tasks, "task_submit") => match parse(payload) {
+        (Channel::Tasks, "task_submit") => match submission(payload) {
             Ok(t) => Inbound::TaskSubmit(t),
             Err(e) => return misfit(payload, e, false),
         },
@@ -379,12 +381,6 @@ fn misfit(payload: &[u8], e: Rejection, register: bool) -> Result<Decoded, Rejec
             _ => return Err(e),
         }
     } else {
-        // The submission's fields are flattened into the message, which hides
-        // their names from the first parse: parse them alone to name the field.
-        let detail = match parse::<crate::task::Submission>(payload) {
-            Err(Rejection::InvalidField(d)) => truncate(&d, 200),
-            _ => detail,
-        };
         Misfit::TaskSubmit {
             id: ids.id,
             reply_channel: ids.reply_channel,
@@ -392,6 +388,23 @@ fn misfit(payload: &[u8], e: Rejection, register: bool) -> Result<Decoded, Rejec
         }
     };
     Ok(Decoded::Message(Inbound::Misfit(m)))
+}
+
+/// `task_submit`: its head, then its submission, from the same bytes.
+fn submission(payload: &[u8]) -> Result<TaskSubmit, Rejection> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Head {
+        id: String,
+        #[serde(default)]
+        reply_channel: Option<String>,
+    }
+    let head: Head = parse(payload)?;
+    Ok(TaskSubmit {
+        id: head.id,
+        reply_channel: head.reply_channel,
+        task: parse(payload)?,
+    })
 }
 
 /// Parses a message; a refusal names the field (`priority: invalid type …`).

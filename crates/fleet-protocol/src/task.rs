@@ -6,6 +6,52 @@ use crate::pool::PoolType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// JSON kept as it was written, byte for byte: key order, number literals
+/// (`1e2`, integers past 64 bits) and all. Payloads and results are opaque to
+/// the commander, so it never re-serialises them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// `null`.
+    pub fn null() -> RawJson {
+        RawJson::from_text("null".into()).expect("null is JSON")
+    }
+
+    /// Checks that `text` is JSON and keeps it as is.
+    pub fn from_text(text: String) -> Result<RawJson, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(RawJson)
+    }
+
+    /// `v` as JSON text.
+    pub fn from_value(v: &Value) -> RawJson {
+        RawJson::from_text(v.to_string()).expect("a Value is JSON")
+    }
+
+    /// Parsed, for reading it.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl Default for RawJson {
+    fn default() -> Self {
+        RawJson::null()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
 /// A task's place in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,9 +117,9 @@ pub struct Submission {
     /// 1 (lowest) to 10 (highest); default 5.
     #[serde(default, deserialize_with = "crate::lenient::opt_u8")]
     pub priority: Option<u8>,
-    /// Opaque to the commander; handed to the agent as is.
+    /// Opaque to the commander; handed to the agent as is, byte for byte.
     #[serde(default)]
-    pub payload: Value,
+    pub payload: RawJson,
     /// How long an agent may work on one attempt before it is taken back.
     #[serde(default, deserialize_with = "crate::lenient::opt_u64")]
     pub timeout_ms: Option<u64>,
@@ -188,7 +234,7 @@ impl Submission {
             pool,
             capabilities: self.capabilities.clone(),
             priority,
-            payload: self.payload.to_string(),
+            payload: self.payload.get().to_string(),
             timeout_ms,
             max_retries,
             client_id: self.client_id.clone(),
@@ -206,7 +252,7 @@ pub struct TaskRecord {
     pub pool: PoolType,
     pub capabilities: Vec<String>,
     pub priority: u8,
-    pub payload: Value,
+    pub payload: RawJson,
     pub timeout_ms: u64,
     pub max_retries: u32,
     pub state: TaskState,
@@ -217,7 +263,7 @@ pub struct TaskRecord {
     pub submitted_at: u64,
     pub updated_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<RawJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

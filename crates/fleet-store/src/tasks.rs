@@ -12,7 +12,7 @@ use crate::keys::Keys;
 use crate::registry::scored_upto;
 use crate::script::{Call, Reply, ScriptDef};
 use fleet_protocol::pool::Strategy;
-use fleet_protocol::task::{TaskRecord, ValidTask};
+use fleet_protocol::task::{RawJson, TaskRecord, ValidTask};
 use fleet_protocol::{PoolType, ReportKind, TaskReport};
 use redis::aio::ConnectionLike;
 use redis::Value;
@@ -211,7 +211,7 @@ impl TaskStore {
                 pool: t.pool,
                 capabilities: t.capabilities.clone(),
                 priority: t.priority,
-                payload: serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null),
+                payload: RawJson::from_text(t.payload.clone()).unwrap_or_default(),
                 timeout_ms: t.timeout_ms,
                 max_retries: t.max_retries,
                 state: fleet_protocol::task::TaskState::Queued,
@@ -367,10 +367,7 @@ impl TaskStore {
                 let (outcome, detail) = match kind {
                     ReportKind::Complete => (
                         "completed",
-                        r.result
-                            .clone()
-                            .unwrap_or(serde_json::Value::Null)
-                            .to_string(),
+                        r.result.as_ref().map_or("null", RawJson::get).to_string(),
                     ),
                     _ => ("failed", r.error.clone().unwrap_or_default()),
                 };
@@ -611,8 +608,8 @@ pub fn task_from_fields(f: &HashMap<String, String>) -> Option<TaskRecord> {
             .unwrap_or_default(),
         priority: u("priority") as u8,
         payload: s("payload")
-            .and_then(|v| serde_json::from_str(v).ok())
-            .unwrap_or(serde_json::Value::Null),
+            .and_then(|v| RawJson::from_text(v.to_string()).ok())
+            .unwrap_or_default(),
         timeout_ms: u("timeoutMs"),
         max_retries: u("maxRetries") as u32,
         state: s("state")?.parse().ok()?,
@@ -620,7 +617,7 @@ pub fn task_from_fields(f: &HashMap<String, String>) -> Option<TaskRecord> {
         agent_id: s("agent").filter(|a| !a.is_empty()).map(str::to_string),
         submitted_at: u("submittedAt"),
         updated_at: u("updatedAt"),
-        result: s("result").and_then(|v| serde_json::from_str(v).ok()),
+        result: s("result").and_then(|v| RawJson::from_text(v.to_string()).ok()),
         error: s("error").map(str::to_string),
     })
 }
