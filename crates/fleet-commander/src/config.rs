@@ -261,6 +261,10 @@ pub struct TaskConfig {
     pub probation_until: u32,
     /// Window of the per-agent quota of `weighted_fair` pools.
     pub quota_window_ms: u64,
+    /// How long an agent's health score and quarantine are kept after it
+    /// deregisters or is removed, so that leaving and registering again is
+    /// no way out of quarantine.
+    pub health_memory_ms: u64,
 }
 
 impl Default for TaskConfig {
@@ -282,6 +286,7 @@ impl Default for TaskConfig {
             quarantine_max_percent: 50,
             probation_until: 70,
             quota_window_ms: 60_000,
+            health_memory_ms: 3_600_000,
         }
     }
 }
@@ -370,6 +375,7 @@ impl Config {
             quarantine_max_percent: t.quarantine_max_percent,
             probation_until: t.probation_until,
             quota_window_ms: t.quota_window_ms,
+            memory_ms: t.health_memory_ms,
         }
     }
 
@@ -543,6 +549,7 @@ impl Config {
             ("tasks.retention_ms", tk.retention_ms),
             ("tasks.quarantine_ms", tk.quarantine_ms),
             ("tasks.quota_window_ms", tk.quota_window_ms),
+            ("tasks.health_memory_ms", tk.health_memory_ms),
         ] {
             if v == 0 {
                 return err(name, "must be at least 1".into());

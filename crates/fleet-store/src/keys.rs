@@ -131,6 +131,11 @@ impl Keys {
     pub fn quarantine(&self) -> String {
         format!("{}:quarantine", self.prefix)
     }
+    /// Hash with expiry: an agent's health and quarantine, kept for a while
+    /// after it leaves so that registering again does not wipe them.
+    pub fn agent_history_prefix(&self) -> String {
+        format!("{}:agent-history:", self.prefix)
+    }
     /// String with expiry: tasks an agent was given in the current quota window.
     pub fn agent_quota_prefix(&self) -> String {
         format!("{}:agent-quota:", self.prefix)

@@ -53,6 +53,7 @@ pub(crate) const TASK_ARGS: &[&str] = &[
     "prefix.quota",
     "prefix.pool_agents",
     "prefix.agent_channel",
+    "prefix.history",
     "allocation_channel",
 ];
 
@@ -177,6 +178,7 @@ impl<'s> Call<'s> {
             keys.agent_quota_prefix(),
             keys.pool_agents_prefix(),
             c.agent_prefix(),
+            keys.agent_history_prefix(),
             c.allocation(),
         ];
         let mut call = self;

@@ -95,6 +95,8 @@ pub struct HealthPolicy {
     pub probation_until: u32,
     /// Window of the per-agent quota of `weighted_fair` pools.
     pub quota_window_ms: u64,
+    /// How long an agent's health and quarantine outlive its registration.
+    pub memory_ms: u64,
 }
 
 /// One pool's allocation settings, as the scripts read them.
@@ -579,6 +581,7 @@ pub async fn write_settings(
         "period": health.quarantine_ms,
         "cap": health.quarantine_max_percent,
         "window": health.quota_window_ms,
+        "memory": health.memory_ms,
     });
     let mut pipe = redis::pipe();
     pipe.atomic()

@@ -40,6 +40,7 @@ async fn store() -> Store {
         quarantine_max_percent: 100,
         probation_until: 70,
         quota_window_ms: 60_000,
+        memory_ms: 60_000,
     };
     let pools: Vec<PoolSettings> = PoolType::ALL
         .into_iter()
@@ -388,4 +389,46 @@ async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
         ),
         (TaskEventKind::TaskRequeued, id.as_str(), "a2", 2)
     );
+}
+
+#[tokio::test]
+async fn leaving_and_registering_again_keeps_health_and_quarantine() {
+    let mut s = store().await;
+    s.agent("a1", 1).await;
+    let id = s.submit("{}").await;
+    s.tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    let report = TaskReport {
+        task_id: id,
+        attempt: 1,
+        agent_id: "a1".into(),
+        progress: None,
+        result: None,
+        error: Some("broke".into()),
+    };
+    s.tasks
+        .report(&mut s.conn, ReportKind::Fail, &report, now())
+        .await
+        .unwrap();
+    let rec = s.registry.agent(&mut s.conn, "a1").await.unwrap().unwrap();
+    assert!(rec.health.quarantined_until > now(), "quarantined: {rec:?}");
+
+    // Deregister and come straight back: still quarantined, still at 40.
+    s.registry
+        .remove(&mut s.conn, "a1", None, now())
+        .await
+        .unwrap();
+    s.agent("a1", 1).await;
+    let back = s.registry.agent(&mut s.conn, "a1").await.unwrap().unwrap();
+    assert_eq!(back.health.score, 40);
+    assert_eq!(back.health.quarantined_until, rec.health.quarantined_until);
+    s.submit("{}").await;
+    let (assigned, _) = s
+        .tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    assert_eq!(assigned, 0, "a quarantined agent gets no task");
 }

@@ -86,7 +86,8 @@ local function health_policy()
   if not policy then
     local raw = redis.call('HGET', K.settings, 'health')
     policy = raw and cjson.decode(raw) or
-      {up = 5, down = 20, below = 50, clear = 70, period = 30000, window = 60000, cap = 50}
+      {up = 5, down = 20, below = 50, clear = 70, period = 30000, window = 60000, cap = 50,
+       memory = 3600000}
   end
   return policy
 end
@@ -159,6 +160,18 @@ local function requeue(tid, now, reason)
   redis.call('HSET', task, 'state', 'queued', 'agent', '', 'updatedAt', now)
   redis.call('ZADD', K.queue .. t[1], t[2], tid)
   return 'queued'
+end
+
+-- Keeps an agent's health and quarantine for the policy's `memory` after it
+-- leaves (deregistration, removal), so that registering again is no way out
+-- of quarantine; register.lua restores them.
+local function remember(aid)
+  local h = redis.call('HMGET', K.agent .. aid, 'health', 'quarantinedUntil', 'probation',
+    'quarantines')
+  local key = K.history .. aid
+  redis.call('HSET', key, 'health', h[1] or '100', 'quarantinedUntil', h[2] or '0',
+    'probation', h[3] or '0', 'quarantines', h[4] or '0')
+  redis.call('PEXPIRE', key, health_policy().memory or 3600000)
 end
 
 -- Gives back every task an agent holds (it failed, left or restarted).

@@ -24,6 +24,7 @@ local failures = redis.call('HINCRBY', agent, 'failures', 1)
 local out = {pool = pool, failures = failures, lastHeartbeat = score, requeued = queued,
   dead = dead}
 if failures >= tonumber(A.max_failures) then
+  remember(id)
   redis.call('DEL', agent)
   redis.call('SREM', K.pool_agents .. pool, id)
   redis.call('ZREM', K.pool_done .. pool, id)

@@ -51,7 +51,25 @@ else
     'inflight', 0, 'instance', A.instance)
   redis.call('SADD', poolset, id)
   redis.call('ZADD', K.pool_done .. pool, 0, id)
-  if A.reply_channel and A.reply_channel ~= '' then
+  -- The same identity back within the health memory: its health and
+  -- quarantine are what they were (a quarantine that ran out meanwhile
+  -- ends as parole.lua ends it: on probation).
+  local past = redis.call('HMGET', K.history .. id, 'health', 'quarantinedUntil', 'probation',
+    'quarantines')
+  local restored = past[1] ~= false
+  if restored then
+    local untl, probation, health = tonumber(past[2]), past[3], past[1]
+    if untl > 0 and untl <= tonumber(now) then
+      untl, probation, health = 0, '1', tostring(health_policy().below)
+    end
+    if untl > 0 then redis.call('ZADD', K.quarantine, untl, id) end
+    redis.call('HSET', agent, 'health', health, 'quarantinedUntil', untl, 'probation', probation,
+      'quarantines', past[4])
+    cur[10], cur[11], cur[12] = health, tostring(untl), probation
+    redis.call('DEL', K.history .. id)
+  end
+  -- The pre-rendered reply assumes a fresh record: not for a restored one.
+  if A.reply_channel ~= '' and not restored then
     redis.call('PUBLISH', A.reply_channel, A.reply)
     redis.call('PUBLISH', A.event_channel, A.event)
     outcome = 'announced'

@@ -22,6 +22,7 @@ redis.call('ZREM', failed, id)
 if not old then return reply('unknown') end
 local queued, dead = orphan_all(id, A.now)
 redis.call('ZREM', K.available .. pool, id)
+remember(id)
 redis.call('DEL', agent)
 redis.call('SREM', K.pool_agents .. pool, id)
 redis.call('ZREM', K.pool_done .. pool, id)
