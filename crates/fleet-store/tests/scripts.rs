@@ -126,12 +126,43 @@ impl Store {
         }
     }
 
+    /// `agent` reports its attempt `attempt` of `task` failed.
+    async fn fail(
+        &mut self,
+        task: &str,
+        attempt: u32,
+        agent: &str,
+    ) -> Option<fleet_store::tasks::ReportOutcome> {
+        let report = TaskReport {
+            task_id: task.to_string(),
+            attempt,
+            agent_id: agent.into(),
+            progress: None,
+            result: None,
+            error: Some("it \"broke\"".into()),
+        };
+        self.tasks
+            .report(&mut self.conn, ReportKind::Fail, &report, now())
+            .await
+            .unwrap()
+    }
+
     async fn listen(&self, channel: String) -> redis::aio::PubSubStream {
         let client = redis::Client::open(self.url.as_str()).unwrap();
         let mut ps = client.get_async_pubsub().await.unwrap();
         ps.subscribe(channel).await.unwrap();
         ps.into_on_message()
     }
+}
+
+/// What a task event says: its kind, task, agent and attempt.
+fn said(ev: &TaskEvent) -> (TaskEventKind, &str, &str, u32) {
+    (
+        ev.kind,
+        ev.task_id.as_str(),
+        ev.agent_id.as_str(),
+        ev.attempt,
+    )
 }
 
 fn now() -> u64 {
@@ -201,12 +232,7 @@ async fn lua_built_messages_decode_as_their_rust_types() {
     }
     let ev = next::<TaskEvent>(&mut allocation).await;
     assert_eq!(
-        (
-            ev.kind,
-            ev.task_id.as_str(),
-            ev.agent_id.as_str(),
-            ev.attempt
-        ),
+        said(&ev),
         (TaskEventKind::TaskAssigned, id.as_str(), "a1", 1)
     );
     assert_eq!(ev.strategy, Some(fleet_protocol::pool::Strategy::Priority));
@@ -236,19 +262,7 @@ async fn lua_built_messages_decode_as_their_rust_types() {
     ));
     let ev = next::<TaskEvent>(&mut allocation).await;
     assert_eq!(ev.kind, TaskEventKind::TaskAssigned);
-    let report = TaskReport {
-        task_id: id.clone(),
-        attempt: 1,
-        agent_id: "a1".into(),
-        progress: None,
-        result: None,
-        error: Some("it \"broke\"".into()),
-    };
-    let out = s
-        .tasks
-        .report(&mut s.conn, ReportKind::Fail, &report, now())
-        .await
-        .unwrap();
+    let out = s.fail(&id, 1, "a1").await;
     assert_eq!(
         out,
         Some(fleet_store::tasks::ReportOutcome::Dead(Some(POOL)))
@@ -381,12 +395,7 @@ async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
     assert_eq!(removed.map(|(_, o)| o.requeued), Some(1));
     let ev = next::<TaskEvent>(&mut allocation).await;
     assert_eq!(
-        (
-            ev.kind,
-            ev.task_id.as_str(),
-            ev.agent_id.as_str(),
-            ev.attempt
-        ),
+        said(&ev),
         (TaskEventKind::TaskRequeued, id.as_str(), "a2", 2)
     );
 }
@@ -400,18 +409,7 @@ async fn leaving_and_registering_again_keeps_health_and_quarantine() {
         .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
         .await
         .unwrap();
-    let report = TaskReport {
-        task_id: id,
-        attempt: 1,
-        agent_id: "a1".into(),
-        progress: None,
-        result: None,
-        error: Some("broke".into()),
-    };
-    s.tasks
-        .report(&mut s.conn, ReportKind::Fail, &report, now())
-        .await
-        .unwrap();
+    s.fail(&id, 1, "a1").await;
     let rec = s.registry.agent(&mut s.conn, "a1").await.unwrap().unwrap();
     assert!(rec.health.quarantined_until > now(), "quarantined: {rec:?}");
 

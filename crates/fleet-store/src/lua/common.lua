@@ -146,7 +146,7 @@ end
 
 -- Puts a task back at its place in its pool's queue (its original score, so
 -- it keeps its age), or dead-letters it when it has used up its attempts.
--- Returns 'queued' or 'dead'.
+-- Returns 'queued' or 'dead' (or 'gone'), the task's pool and its attempt.
 local function requeue(tid, now, reason)
   local task = K.task .. tid
   local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries')
@@ -155,11 +155,11 @@ local function requeue(tid, now, reason)
   if tonumber(t[3]) > tonumber(t[4]) then
     redis.call('HSET', task, 'state', 'dead', 'agent', '', 'updatedAt', now, 'error', reason)
     redis.call('ZADD', K.dead, now, tid)
-    return 'dead'
+    return 'dead', t[1], tonumber(t[3])
   end
   redis.call('HSET', task, 'state', 'queued', 'agent', '', 'updatedAt', now)
   redis.call('ZADD', K.queue .. t[1], t[2], tid)
-  return 'queued'
+  return 'queued', t[1], tonumber(t[3])
 end
 
 -- Keeps an agent's health and quarantine for the policy's `memory` after it
@@ -183,14 +183,13 @@ local function orphan_all(agent_id, now)
   for _, tid in ipairs(tids) do
     local state = redis.call('HGET', K.task .. tid, 'state')
     if state == 'assigned' or state == 'running' then
-      local r = requeue(tid, now, 'orphaned')
+      local r, pool, attempt = requeue(tid, now, 'orphaned')
       if r == 'dead' then dead = dead + 1 else queued = queued + 1 end
       -- Taken back from the agent: the same event as a lease running out.
-      local t = redis.call('HMGET', K.task .. tid, 'pool', 'attempt')
       local kind = 'task_requeued'
       if r == 'dead' then kind = 'task_dead' end
       redis.call('PUBLISH', A.allocation_channel,
-        encode.task_event(kind, tid, t[1], agent_id, tonumber(t[2]), now))
+        encode.task_event(kind, tid, pool, agent_id, attempt, now))
     end
   end
   redis.call('DEL', set)
