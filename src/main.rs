@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, &default);
 
     if let Command::Run = cli.command {
-        let config = match config {
+        let config = match config.and_then(|c| c.commander_secret().map(|_| c)) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");

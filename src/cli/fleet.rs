@@ -4,9 +4,11 @@
 use super::{load, shutdown_on_signal, write_report, DemoArgs, SimArgs};
 use fleet_agent::{Agent, AgentSpec};
 use fleet_protocol::{Channels, PoolType, Resources};
+use fleet_sim::issuer::Issuer;
 use fleet_sim::sim::{self, SimOptions};
 use fleet_sim::{demo, ramp};
-use std::path::Path;
+use fleet_protocol::auth::Credential;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The demo; false if any figure says something went wrong.
@@ -81,6 +83,11 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
     } = args;
     let config = load(config)?;
     let url = commander_url.unwrap_or_else(|| format!("http://{}", config.http.addr));
+    // With security on, the simulator issues its agents' keys itself, as an
+    // operator would: it needs the commander's key file.
+    let issuer = config
+        .commander_secret()?
+        .map(|s| Issuer::new(&config.fleet.prefix, &s));
     if let Some(pool) = ramp {
         let pool: PoolType = pool
             .parse()
@@ -96,6 +103,7 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
             burst: Duration::from_secs(ramp_secs),
             phase_timeout: Duration::from_secs(120),
             progress: true,
+            issuer,
         };
         let r = ramp::run(opts, shutdown_on_signal()).await?;
         write_report(&report, &r)?;
@@ -129,6 +137,7 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
         spawner,
         churn_per_sec,
         commander_pid,
+        issuer,
     };
     let r = sim::run(opts, shutdown_on_signal()).await?;
     write_report(&report, &r)?;
@@ -141,8 +150,16 @@ pub(crate) async fn agent(
     pool: String,
     id: Option<String>,
     capabilities: Vec<String>,
+    credential: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
     let config = load(config)?;
+    let credential = match credential {
+        Some(p) => Some(Credential::parse(&std::fs::read_to_string(&p).map_err(|e| {
+            anyhow::anyhow!("reading the credential {}: {e}", p.display())
+        })?)?),
+        None => None,
+    };
+    let id = id.or_else(|| credential.as_ref().map(|c| c.subject.clone()));
     let pool: PoolType = pool
         .parse()
         .map_err(|_| anyhow::anyhow!("unknown pool {pool:?}"))?;
@@ -158,6 +175,9 @@ pub(crate) async fn agent(
         capacity: 1,
     };
     let mut agent = Agent::connect(&client, publisher, channels, spec).await?;
+    if let Some(c) = &credential {
+        agent = agent.with_credential(c);
+    }
     let reg = agent.register(Duration::from_secs(5)).await?;
     println!(
         "registered {} in pool {} (re-registered: {}); heartbeating every {:?}; Ctrl-C to leave",

@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod fleet;
+pub(crate) mod keys;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -30,6 +31,10 @@ pub(crate) enum Command {
         id: Option<String>,
         #[arg(long = "capability")]
         capabilities: Vec<String>,
+        /// The agent's credential file (`keys issue --out`); it names the
+        /// agent's id and pool.
+        #[arg(long, env = "FLEET_CREDENTIAL")]
+        credential: Option<PathBuf>,
     },
     /// Submit, inspect and cancel tasks (through the commander's HTTP API).
     Task {
@@ -61,6 +66,11 @@ pub(crate) enum Command {
         target: DrainTarget,
         #[arg(long, global = true)]
         url: Option<String>,
+    },
+    /// Keys: the commander's own, and agents' and submitters' credentials.
+    Keys {
+        #[command(subcommand)]
+        action: keys::KeysAction,
     },
     /// Configuration tools.
     Config {
@@ -222,7 +232,9 @@ pub(crate) async fn execute(
             pool,
             id,
             capabilities,
-        } => fleet::agent(config, pool, id, capabilities).await,
+            credential,
+        } => fleet::agent(config, pool, id, capabilities, credential).await,
+        Command::Keys { action } => keys::keys(config, action).await,
         Command::Status { json } => admin::status(config, json).await,
         Command::Task { action, url } => admin::task(config, action, url).await,
         Command::Scale { pool, size, url } => admin::scale(config, pool, size, url).await,

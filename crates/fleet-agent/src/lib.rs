@@ -2,6 +2,7 @@
 //! register, heartbeat, receive commands, re-register when told, deregister.
 
 use fleet_protocol::agent::AgentRecord;
+use fleet_protocol::auth::{unframe, CommanderCheck, Credential, Signer, Unframed};
 use fleet_protocol::{AgentStatus, Channels, PoolType};
 use fleet_protocol::{
     Deregister, Heartbeat, RefusalReason, Register, ReportKind, Resources, TaskReport, ToAgent,
@@ -63,6 +64,8 @@ pub struct Agent {
     seq: u64,
     /// This run of the agent: a restart registers with a new one.
     instance: String,
+    /// Signs what the agent sends (None: the commander runs open).
+    signer: Option<Signer>,
 }
 
 /// The agent's own channel: read in place (no relay task), resubscribed
@@ -70,6 +73,10 @@ pub struct Agent {
 struct Inbox {
     client: redis::Client,
     channel: String,
+    /// With a credential: only what the commander signed is taken.
+    check: Option<CommanderCheck>,
+    /// Messages refused as not from the commander.
+    refused: u64,
     stream: Option<PubSubStream>,
     /// A resubscription in progress. It runs as its own task so that it
     /// survives `recv` being cancelled (as it is in `select!` on every tick).
@@ -85,16 +92,44 @@ impl Drop for Inbox {
 }
 
 impl Inbox {
+    /// A message's body if it is to be believed, parsed.
+    fn open(&mut self, msg: &redis::Msg) -> Option<ToAgent> {
+        let payload = msg.get_payload_bytes();
+        let body = match &mut self.check {
+            Some(c) => match c.check(msg.get_channel_name(), payload, fleet_protocol::now_ms()) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.refused += 1;
+                    warn!(reason = e.label(), "ignoring a message not from the commander: {e}");
+                    return None;
+                }
+            },
+            None => match unframe(payload) {
+                Ok(Unframed::Plain(b)) => b,
+                Ok(Unframed::Signed(s)) => s.body,
+                Err(_) => return None,
+            },
+        };
+        match serde_json::from_slice::<ToAgent>(body) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                debug!("ignoring message the client does not know: {e}");
+                None
+            }
+        }
+    }
+
     /// The next message the client understands; waits across reconnects.
     /// Cancel-safe.
     async fn recv(&mut self) -> ToAgent {
         loop {
             if let Some(s) = self.stream.as_mut() {
                 match s.next().await {
-                    Some(msg) => match serde_json::from_slice::<ToAgent>(msg.get_payload_bytes()) {
-                        Ok(m) => return m,
-                        Err(e) => debug!("ignoring message the client does not know: {e}"),
-                    },
+                    Some(msg) => {
+                        if let Some(m) = self.open(&msg) {
+                            return m;
+                        }
+                    }
                     None => self.stream = None,
                 }
                 continue;
@@ -138,11 +173,27 @@ impl Agent {
                 channel,
                 stream: Some(ps.into_on_message()),
                 reconnect: None,
+                check: None,
+                refused: 0,
             },
+            signer: None,
             pending: Default::default(),
             seq: 0,
             instance: uuid::Uuid::new_v4().simple().to_string(),
         })
+    }
+
+    /// Signs every message with the credential's key and takes only what
+    /// the commander signed (its public key is in the credential).
+    pub fn with_credential(mut self, c: &Credential) -> Agent {
+        self.signer = Some(c.signer());
+        self.inbox.check = Some(c.commander_check());
+        self
+    }
+
+    /// Messages ignored because the commander did not sign them.
+    pub fn refused(&self) -> u64 {
+        self.inbox.refused
     }
 
     /// Becomes a new run of the agent, as after a process restart: the next
@@ -161,9 +212,13 @@ impl Agent {
 
     async fn send(&mut self, channel: String, msg: &impl Serialize) -> Result<(), AgentError> {
         let body = serde_json::to_string(msg).expect("serializable");
+        let payload = match &self.signer {
+            Some(s) => s.sign(&channel, body.as_bytes(), fleet_protocol::now_ms()),
+            None => body.into_bytes(),
+        };
         redis::cmd("PUBLISH")
             .arg(channel)
-            .arg(body)
+            .arg(payload)
             .query_async::<i64>(&mut self.publisher)
             .await?;
         Ok(())

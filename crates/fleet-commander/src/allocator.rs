@@ -96,11 +96,15 @@ async fn reap(shared: &Shared, conn: &mut ConnectionManager) -> Result<(), Store
     }
     let mut expired = Orphans::default();
     for id in shared.tasks.expired_leases(conn, now, 512).await? {
-        match shared.tasks.expire(conn, &id, now).await?.as_deref() {
-            Some("queued") => expired.requeued += 1,
-            Some("dead") => expired.dead += 1,
+        let Some((outcome, notice)) = shared.tasks.expire(conn, &id, now).await? else {
+            continue;
+        };
+        match outcome.as_str() {
+            "queued" => expired.requeued += 1,
+            "dead" => expired.dead += 1,
             _ => {}
         }
+        shared.tell(conn, notice.into_iter().collect()).await?;
     }
     if expired.requeued + expired.dead > 0 {
         metrics::counter!(m::TASKS_ORPHANED, "reason" => "lease_expired")
@@ -144,7 +148,9 @@ async fn round(
         .await;
         pools.clear();
         for (pool, r) in rounds {
-            let (assigned, queued) = r?;
+            let a = r?;
+            let (assigned, queued) = (a.assigned, a.queued);
+            shared.tell(conn, a.notices).await?;
             assigned_any |= assigned > 0;
             if noted(shared, pool, assigned, queued) {
                 pools.push(pool);

@@ -28,6 +28,9 @@ pub struct Config {
     /// Logging; `RUST_LOG` wins over it.
     #[serde(default)]
     pub log: LogConfig,
+    /// Who may send what (docs/SECURITY.md).
+    #[serde(default)]
+    pub security: SecurityConfig,
     #[serde(deserialize_with = "pools_by_name")]
     pub pools: BTreeMap<PoolType, PoolConfig>,
     /// The file this came from; the commander watches it and applies edits
@@ -101,6 +104,94 @@ pub struct FleetConfig {
 pub struct HttpConfig {
     /// Address of the HTTP API and `/metrics`; overridden by `FLEET_HTTP_ADDR`.
     pub addr: SocketAddr,
+}
+
+/// `[security]`: signed messages (the default) or open.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    pub mode: SecurityMode,
+    /// The commander's Ed25519 secret, base64 on one line (`fleet-commander
+    /// keys init` writes it). A relative path is relative to the config
+    /// file's directory. Overridden by `FLEET_COMMANDER_KEY`.
+    pub commander_key_file: std::path::PathBuf,
+    /// A message's timestamp may be this far from the commander's clock.
+    pub window_ms: u64,
+    /// After `keys rotate`, the old key keeps working this long.
+    pub rotation_overlap_ms: u64,
+    /// The key store is re-read this often (and at once when a key changes).
+    pub key_refresh_ms: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            mode: SecurityMode::Signed,
+            commander_key_file: "commander.key".into(),
+            window_ms: fleet_protocol::auth::DEFAULT_WINDOW_MS,
+            rotation_overlap_ms: 3_600_000,
+            key_refresh_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityMode {
+    /// Every agent and submitter message must be signed by a known key; the
+    /// commander signs what it sends to agents.
+    Signed,
+    /// Nothing is checked or signed: local experiments only. Warned about at
+    /// every start and reported by `/readyz`.
+    Open,
+}
+
+impl SecurityMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityMode::Signed => "signed",
+            SecurityMode::Open => "open",
+        }
+    }
+}
+
+impl Config {
+    /// Where the commander's key is: relative paths are under the config
+    /// file's directory.
+    pub fn commander_key_path(&self) -> std::path::PathBuf {
+        let f = &self.security.commander_key_file;
+        match self.source.as_deref().and_then(Path::parent) {
+            Some(dir) if f.is_relative() => dir.join(f),
+            _ => f.clone(),
+        }
+    }
+
+    /// The commander's signing secret (None when open), read from its file.
+    pub fn commander_secret(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        if self.security.mode == SecurityMode::Open {
+            return Ok(None);
+        }
+        let path = self.commander_key_path();
+        let err = |reason: String| ConfigError {
+            source_name: self
+                .source
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "config".into()),
+            field: "security.commander_key_file".into(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            err(format!(
+                "cannot read {}: {e} (create it with `fleet-commander keys init`, \
+                 or set security.mode = \"open\" for a local experiment)",
+                path.display()
+            ))
+        })?;
+        fleet_protocol::auth::decode_key(&text)
+            .map(Some)
+            .ok_or_else(|| err(format!("{} is not a key (32 bytes, base64)", path.display())))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -452,19 +543,38 @@ impl Config {
         if let Some(prefix) = get("FLEET_PREFIX") {
             self.fleet.prefix = prefix;
         }
+        if let Some(file) = get("FLEET_COMMANDER_KEY") {
+            self.security.commander_key_file = file.into();
+        }
         Ok(())
     }
 
     /// Checks every rule the types cannot express. Returns `(field, reason)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |field: &str, reason: String| Err((field.to_string(), reason));
-        if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("unix://")) {
+        if !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|s| self.redis.url.starts_with(s))
+        {
             return err(
                 "redis.url",
                 format!(
-                    "must start with redis:// or unix://, got {:?}",
+                    "must start with redis://, rediss:// or unix://, got {:?}",
                     self.redis.url
                 ),
+            );
+        }
+        let sec = &self.security;
+        if !(1_000..=600_000).contains(&sec.window_ms) {
+            return err(
+                "security.window_ms",
+                format!("must be 1000..=600000, got {}", sec.window_ms),
+            );
+        }
+        if !(100..=600_000).contains(&sec.key_refresh_ms) {
+            return err(
+                "security.key_refresh_ms",
+                format!("must be 100..=600000, got {}", sec.key_refresh_ms),
             );
         }
         if let Some(level) = &self.log.level {

@@ -10,7 +10,9 @@ use crate::metrics as m;
 use fleet_protocol::status::FleetStatus;
 use fleet_protocol::{now_ms, PoolType};
 use fleet_store::registry::Orphans;
-use fleet_store::{Keys, Registry, StoreError, TaskStore};
+use crate::auth::Gate;
+use fleet_protocol::auth::Signer;
+use fleet_store::{Keys, Notice, Registry, StoreError, TaskStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use serde::Serialize;
@@ -48,6 +50,11 @@ pub struct Shared {
     pub(crate) registered_counts: [AtomicU64; 16],
     pub(crate) fenced: AtomicBool,
     pub(crate) shutdown: CancellationToken,
+    /// Checks who sent what (crate::auth).
+    pub gate: Gate,
+    /// Signs what the commander sends to agents and submitters; None when
+    /// security is open.
+    pub(crate) signer: Option<Signer>,
 }
 
 impl Shared {
@@ -57,9 +64,12 @@ impl Shared {
         keys: Keys,
         epoch: u64,
         redis: ConnectionManager,
+        signer: Option<Signer>,
         shutdown: CancellationToken,
     ) -> Shared {
         Shared {
+            gate: Gate::new(&config, keys.clone()),
+            signer,
             registry: Registry::new(keys.clone(), epoch),
             tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
             keys,
@@ -162,6 +172,66 @@ impl Shared {
             );
             self.wake_all();
         }
+    }
+
+    /// `body` as published on `channel`: signed unless security is open.
+    pub(crate) fn seal(&self, channel: &str, body: String) -> String {
+        match &self.signer {
+            Some(s) => String::from_utf8(s.sign(channel, body.as_bytes(), now_ms()))
+                .expect("an ASCII header on UTF-8 JSON"),
+            None => body,
+        }
+    }
+
+    /// Publishes a message to an agent or a submitter, signed.
+    pub(crate) async fn send(
+        &self,
+        conn: &mut impl ConnectionLike,
+        channel: String,
+        msg: &impl Serialize,
+    ) -> Result<(), StoreError> {
+        let payload = self.seal(&channel, json(msg));
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async::<()>(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes, signed, what scripts wrote for agents (one round trip).
+    pub(crate) async fn tell(
+        &self,
+        conn: &mut impl ConnectionLike,
+        notices: Vec<Notice>,
+    ) -> Result<(), StoreError> {
+        if notices.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for n in notices {
+            let payload = self.seal(&n.channel, n.message);
+            p.publish(n.channel, payload).ignore();
+        }
+        p.query_async::<()>(conn).await?;
+        Ok(())
+    }
+
+    /// Drains an agent and tells it (signed). Its pool and the tasks in its
+    /// hands, or None if unknown.
+    pub(crate) async fn drain(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+        now: u64,
+        reason: &str,
+    ) -> Result<Option<(PoolType, u64)>, StoreError> {
+        let Some((pool, holding, notice)) = self.registry.drain(conn, id, now, reason).await?
+        else {
+            return Ok(None);
+        };
+        self.tell(conn, notice.into_iter().collect()).await?;
+        Ok(Some((pool, holding)))
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {

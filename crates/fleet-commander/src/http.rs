@@ -123,7 +123,8 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
         .is_ok();
     let listening = s.is_listening();
     let body =
-        Json(json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening}));
+        Json(json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening,
+            "security": s.gate.mode().as_str()}));
     if redis_ok && listening {
         (StatusCode::OK, body).into_response()
     } else {
@@ -145,10 +146,7 @@ async fn drain_agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Re
         return error(StatusCode::BAD_REQUEST, "invalid_agent_id", &id);
     }
     let now = fleet_protocol::now_ms();
-    match s
-        .registry
-        .drain(&mut s.redis.clone(), &id, now, "operator")
-        .await
+    match s.drain(&mut s.redis.clone(), &id, now, "operator").await
     {
         Ok(Some((pool, holding))) => {
             metrics::counter!(m::AGENTS_DRAINED, "pool" => pool.as_str(), "reason" => "operator")
@@ -185,7 +183,7 @@ async fn drain_pool(State(s): State<Arc<Shared>>, Path(pool): Path<String>) -> R
     let now = fleet_protocol::now_ms();
     let mut drained = Vec::new();
     for id in ids {
-        match s.registry.drain(&mut conn, &id, now, "operator").await {
+        match s.drain(&mut conn, &id, now, "operator").await {
             Ok(Some(_)) => drained.push(id),
             Ok(None) => {}
             Err(e) => return unavailable(e),
@@ -354,7 +352,10 @@ async fn cancel_task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Re
         .cancel(&mut conn, &id, task.pool, fleet_protocol::now_ms())
         .await
     {
-        Ok(Cancelled::Cancelled) => {
+        Ok(Cancelled::Cancelled(notice)) => {
+            if let Err(e) = s.tell(&mut conn, notice.into_iter().collect()).await {
+                return unavailable(e);
+            }
             metrics::counter!(m::TASKS_CANCELLED).increment(1);
             s.wake_pool(task.pool);
             Json(json!({"cancelled": true, "taskId": id})).into_response()

@@ -25,6 +25,7 @@ pub mod status;
 mod supervise;
 
 mod allocator;
+mod auth;
 mod health;
 pub mod reload;
 pub mod scaler;

@@ -433,7 +433,7 @@ async fn act(
                 return Ok(()); // nobody old enough to retire yet
             }
             for a in &agents {
-                shared.registry.drain(conn, a, now, "scale_down").await?;
+                shared.drain(conn, a, now, "scale_down").await?;
             }
             st.pending_down += agents.len() as u32;
             st.last_down = Some(now);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Messages a handler may have queued before the subscriber waits for it.
 const HANDLER_QUEUE: usize = 1024;
@@ -41,6 +41,8 @@ impl Running {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Connect(#[from] fleet_store::connection::ConnectError),
     #[error("preparing Redis (epoch, scripts, settings): {0}")]
     Store(#[from] fleet_store::StoreError),
@@ -55,6 +57,7 @@ pub enum StartError {
 /// Starts a commander. Stops when `shutdown` is cancelled, when a newer
 /// commander fences it, or when one of its loops fails.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    let secret = config.commander_secret()?;
     let config = Arc::new(config);
     let keys = Keys::new(config.fleet.prefix.clone());
     let mut redis = fleet_store::connection::connect(&config.redis.url).await?;
@@ -73,7 +76,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
     let http_addr = listener.local_addr().map_err(bind)?;
 
-    let shared = Arc::new(Shared::new(config, keys, epoch, redis, shutdown.clone()));
+    let signer = secret.map(|s| crate::auth::commander_signer(&s, epoch));
+    let shared = Arc::new(Shared::new(
+        config,
+        keys,
+        epoch,
+        redis,
+        signer,
+        shutdown.clone(),
+    ));
+    if shared.gate.signed() {
+        let mut conn = shared.redis.clone();
+        let n = shared.gate.reload(&mut conn).await?;
+        info!(keys = n, "security on: agents' and submitters' messages must be signed");
+    } else {
+        warn!(
+            "security.mode = \"open\": messages are neither checked nor signed; \
+             anyone who can publish to Redis commands this fleet. For local experiments only"
+        );
+    }
 
     let mut sup = Supervisor::new(shutdown);
     let mut senders = Vec::new();
@@ -104,6 +125,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         crate::allocator::reaper(shared.clone(), shared.redis.clone()),
     );
     sup.spawn("http", crate::http::serve(shared.clone(), listener));
+    if shared.gate.signed() {
+        sup.spawn("keys", crate::auth::refresh(shared.clone()));
+    }
     sup.spawn(
         "scaler",
         crate::scaler::scaler(shared.clone(), shared.redis.clone()),

@@ -147,8 +147,8 @@ async fn publish_status(shared: &Shared) -> Result<(), StoreError> {
             pool: *pool,
             status: pc,
         };
-        p.publish(shared.keys.channels().pool(*pool), json(&msg))
-            .ignore();
+        let ch = shared.keys.channels().pool(*pool);
+        p.publish(&ch, shared.seal(&ch, json(&msg))).ignore();
     }
     p.query_async::<()>(&mut conn).await?;
     Ok(())

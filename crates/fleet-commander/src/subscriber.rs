@@ -6,6 +6,8 @@
 
 use crate::context::{pause, Shared};
 use crate::metrics as m;
+use crate::auth::Seal;
+use fleet_protocol::auth::{unframe, AuthError, Unframed};
 use fleet_protocol::{decode, now_ms, Channel, Decoded, Inbound};
 use futures_util::StreamExt;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -18,7 +20,7 @@ use tracing::{error, info, warn};
 /// Listens on the inbound channels, decodes and size-checks each payload,
 /// and hands it to the handler of its agent. Resubscribes after a lost
 /// connection; failure detection pauses until it is listening again.
-pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>) {
+pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>>) {
     let client = match fleet_store::connection::client(&shared.config().redis.url) {
         Ok(c) => c,
         Err(e) => {
@@ -32,7 +34,8 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>
     while !shared.shutdown.is_cancelled() {
         let connected = async {
             let mut ps = client.get_async_pubsub().await?;
-            let names: Vec<&str> = router.channels.iter().map(|(c, _)| c.as_str()).collect();
+            let mut names: Vec<&str> = router.channels.iter().map(|(c, _)| c.as_str()).collect();
+            names.push(&router.keys_channel);
             ps.subscribe(names).await?;
             Ok::<_, redis::RedisError>(ps)
         }
@@ -69,19 +72,32 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Inbound>>
     }
 }
 
+/// A decoded message and its signature, for a handler.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    pub(crate) msg: Inbound,
+    /// None: it came unsigned.
+    pub(crate) seal: Option<Seal>,
+    pub(crate) channel: Channel,
+}
+
 /// Decodes a payload and sends it to its handler.
 struct Router {
+    shared: Arc<Shared>,
     channels: [(String, Channel); 5],
-    senders: Vec<mpsc::Sender<Inbound>>,
+    keys_channel: String,
+    senders: Vec<mpsc::Sender<Envelope>>,
     max_bytes: usize,
     /// Messages without an agent go round the handlers.
     next_shard: usize,
 }
 
 impl Router {
-    fn new(shared: &Shared, senders: Vec<mpsc::Sender<Inbound>>) -> Router {
+    fn new(shared: &Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>>) -> Router {
         let c = shared.keys.channels();
         Router {
+            shared: shared.clone(),
+            keys_channel: c.keys(),
             channels: [
                 (c.registry(), Channel::Registry),
                 (c.health(), Channel::Health),
@@ -97,15 +113,29 @@ impl Router {
 
     /// False when the handlers are gone.
     async fn route(&mut self, msg: &redis::Msg) -> bool {
+        let name = msg.get_channel_name();
         let Some(channel) = self
             .channels
             .iter()
-            .find(|(name, _)| name == msg.get_channel_name())
+            .find(|(n, _)| n == name)
             .map(|(_, c)| *c)
         else {
+            if name == self.keys_channel {
+                self.shared.gate.changed.notify_one();
+            }
             return true;
         };
-        let inbound = match decode(channel, msg.get_payload_bytes(), self.max_bytes) {
+        let payload = msg.get_payload_bytes();
+        let (body, signed) = match unframe(payload) {
+            Ok(Unframed::Plain(b)) => (b, None),
+            Ok(Unframed::Signed(s)) => (s.body, Some(s)),
+            Err(e) => {
+                refused(channel, e);
+                return true;
+            }
+        };
+        // The size limit is on the whole payload, header included.
+        let inbound = match decode(channel, body, self.max_bytes.saturating_sub(payload.len() - body.len())) {
             Ok(Decoded::Message(i)) => i,
             Ok(Decoded::Own) => return true,
             Err(rej) => {
@@ -116,9 +146,25 @@ impl Router {
                 return true;
             }
         };
+        let seal = if self.shared.gate.signed() {
+            match &signed {
+                Some(s) => Some(Seal::new(name, s)),
+                None => {
+                    refused(channel, AuthError::Unsigned);
+                    return true;
+                }
+            }
+        } else {
+            None
+        };
+        let inbound = Envelope {
+            msg: inbound,
+            seal,
+            channel,
+        };
         // One agent's messages always go to the same handler, in order.
         let n = self.senders.len();
-        let shard = match inbound.agent_id() {
+        let shard = match inbound.msg.agent_id() {
             Some(id) => {
                 let mut h = DefaultHasher::new();
                 id.hash(&mut h);
@@ -131,4 +177,12 @@ impl Router {
         };
         self.senders[shard].send(inbound).await.is_ok()
     }
+}
+
+/// Counts and logs a message refused for who sent it.
+pub(crate) fn refused(channel: Channel, e: AuthError) {
+    metrics::counter!(m::MESSAGES_REJECTED,
+        "channel" => channel.as_str(), "reason" => e.label())
+    .increment(1);
+    warn!(channel = channel.as_str(), reason = e.label(), "message refused: {e}");
 }

@@ -53,6 +53,11 @@ impl Channels {
     pub fn results(&self) -> String {
         format!("{}:results", self.prefix)
     }
+    /// The commander's own: a key was issued, rotated or revoked (a hint to
+    /// reload the key store; the store itself is the truth).
+    pub fn keys(&self) -> String {
+        format!("{}:keys", self.prefix)
+    }
     /// Submitters' reply channels must start with this.
     pub fn reply_prefix(&self) -> String {
         format!("{}:reply:", self.prefix)

@@ -14,11 +14,14 @@
 //! - [`outbound`]: what the commander publishes (`ToAgent`, events, scaling
 //!   requests, `task_submit_reply`).
 //! - [`agent`]: an agent's record as served and sent.
+//! - [`auth`]: signing and checking messages (Ed25519 over the exact bytes),
+//!   keys and credentials.
 //! - [`lenient`]: whole numbers written as `7` or `7.0`.
 //! - [`task`]: task submissions, validation, records and states.
 //! - [`status`]: fleet and pool status as served, and the CLI's table.
 
 pub mod agent;
+pub mod auth;
 pub mod channels;
 pub mod inbound;
 pub mod lenient;

@@ -7,7 +7,8 @@
 use crate::ramp::{self, RampOptions, RampReport};
 use crate::sim::{self, SimOptions, SimReport};
 use anyhow::Context;
-use fleet_commander::config::{Config, ScalingPolicy};
+use crate::issuer::Issuer;
+use fleet_commander::config::{Config, ScalingPolicy, SecurityMode};
 use fleet_protocol::pool::PoolType;
 use fleet_protocol::status;
 use fleet_testkit::RedisServer;
@@ -89,6 +90,17 @@ pub async fn run(
         config.fleet.detect_tick_ms = config.fleet.detect_tick_ms.min(ms);
     }
     config.http.addr = "127.0.0.1:0".parse().expect("static address");
+    // Security as shipped: the demo's commander gets a key of its own, in a
+    // private file removed at exit, and every simulated agent a credential.
+    let keyfile = CommanderKey::create()?;
+    let issuer = match config.security.mode {
+        SecurityMode::Signed => {
+            config.security.commander_key_file = keyfile.path.clone();
+            println!("security on: every agent signs with a key of its own, issued for the demo");
+            Some(Issuer::new(&config.fleet.prefix, &keyfile.secret))
+        }
+        SecurityMode::Open => None,
+    };
     config
         .validate()
         .map_err(|(f, r)| anyhow::anyhow!("{f}: {r}"))?;
@@ -130,6 +142,7 @@ pub async fn run(
             spawner: false,
             churn_per_sec: 0.0,
             commander_pid: None,
+            issuer: issuer.clone(),
         },
         shutdown.clone(),
     )
@@ -139,7 +152,7 @@ pub async fn run(
     }
     let autoscaling = match (&report, opts.autoscaling) {
         (Ok(_), true) if !shutdown.is_cancelled() => {
-            Some(autoscale(&commander, &config, &base, shutdown.clone()).await)
+            Some(autoscale(&commander, &config, &base, issuer, shutdown.clone()).await)
         }
         _ => None,
     };
@@ -161,6 +174,7 @@ async fn autoscale(
     commander: &fleet_commander::Running,
     config: &Config,
     base: &str,
+    issuer: Option<Issuer>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RampReport> {
     let mut pools = config.pools.clone();
@@ -185,6 +199,7 @@ async fn autoscale(
             burst: Duration::from_secs(6),
             phase_timeout: Duration::from_secs(60),
             progress: true,
+            issuer,
         },
         shutdown,
     )
@@ -194,4 +209,37 @@ async fn autoscale(
         .await
         .map_err(|(f, r)| anyhow::anyhow!("{f}: {r}"))?;
     ramp.run().await
+}
+
+/// A commander key in a private file, removed on drop.
+pub struct CommanderKey {
+    pub path: std::path::PathBuf,
+    pub secret: [u8; 32],
+}
+
+impl CommanderKey {
+    /// A fresh key in a file only this user can read.
+    pub fn create() -> anyhow::Result<CommanderKey> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let secret = fleet_protocol::auth::new_secret();
+        let path = std::env::temp_dir().join(format!(
+            "fleet-commander-{}.key",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(f, "{}", fleet_protocol::auth::encode_key(&secret))?;
+        Ok(CommanderKey { path, secret })
+    }
+}
+
+impl Drop for CommanderKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

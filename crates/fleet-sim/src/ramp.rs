@@ -34,6 +34,8 @@ pub struct RampOptions {
     /// The most any one phase (reaching min, draining the work, shrinking) may take.
     pub phase_timeout: Duration,
     pub progress: bool,
+    /// Gives every agent a credential (None: the commander runs open).
+    pub issuer: Option<crate::issuer::Issuer>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -100,6 +102,7 @@ pub async fn prepare(opts: RampOptions, shutdown: CancellationToken) -> anyhow::
         heartbeat: opts.heartbeat,
         work: Some(worker(opts.work, done.clone())),
         id_prefix: format!("ramp-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
+        issuer: opts.issuer.clone(),
     }
     .start(stop.clone())
     .await?;

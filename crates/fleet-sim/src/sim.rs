@@ -55,6 +55,8 @@ pub struct SimOptions {
     pub churn_per_sec: f64,
     /// The commander's process (on this machine), for its CPU and memory.
     pub commander_pid: Option<u32>,
+    /// Gives every agent a credential (None: the commander runs open).
+    pub issuer: Option<crate::issuer::Issuer>,
 }
 
 /// Tasks the simulator submits (over the commander's HTTP API) and its
@@ -650,6 +652,7 @@ async fn start_spawner(
             heartbeat: opts.heartbeat,
             work,
             id_prefix: format!("sim-{run_id}-spawned"),
+            issuer: opts.issuer.clone(),
         }
         .start(stop.clone())
         .await?;
@@ -707,6 +710,10 @@ async fn connect_agents(
         ));
     }
     drop(connecting);
+    if let Some(issuer) = &opts.issuer {
+        agents = issuer.equip(&mut publishers[0].clone(), agents).await?;
+        progress.line(&format!("issued {} agent keys", agents.len()));
+    }
     progress.line(&format!("connected {} agents", agents.len()));
     Ok(agents)
 }

@@ -98,6 +98,8 @@ pub struct InProcess {
     pub work: Option<Work>,
     /// Agent ids start with this (ids must be unique in the fleet).
     pub id_prefix: String,
+    /// Gives every agent a credential (None: the commander runs open).
+    pub issuer: Option<crate::issuer::Issuer>,
 }
 
 impl InProcess {
@@ -132,8 +134,18 @@ impl InProcess {
                         (client.clone(), publisher.clone(), self.keys.clone());
                     let (work, stop, s, beat) =
                         (self.work.clone(), stop.clone(), s.clone(), self.heartbeat);
+                    let issuer = self.issuer.clone();
                     tokio::spawn(async move {
-                        let mut a = match Agent::connect(&client, publisher, keys, spec).await {
+                        let (id, pool) = (spec.id.clone(), spec.pool);
+                        let mut conn = publisher.clone();
+                        let connected = async {
+                            let a = Agent::connect(&client, publisher, keys, spec).await?;
+                            Ok::<_, anyhow::Error>(match &issuer {
+                                Some(i) => a.with_credential(&i.agent(&mut conn, &id, pool).await?),
+                                None => a,
+                            })
+                        };
+                        let mut a = match connected.await {
                             Ok(a) => a,
                             Err(e) => {
                                 s.failed.fetch_add(1, Ordering::AcqRel);

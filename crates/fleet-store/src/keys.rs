@@ -161,6 +161,18 @@ impl Keys {
     pub fn dead(&self) -> String {
         format!("{}:dead", self.prefix)
     }
+    /// Hash: key id -> the key's record (`fleet_protocol::auth::KeyRecord`,
+    /// JSON; public keys only).
+    pub fn keystore(&self) -> String {
+        format!("{}:keys", self.prefix)
+    }
+    /// String with a TTL: a nonce seen under a key (replay protection).
+    pub fn nonce(&self, kid: &str, nonce: &str) -> String {
+        format!("{}:nonce:{kid}:{nonce}", self.prefix)
+    }
+    pub fn nonce_prefix(&self) -> String {
+        format!("{}:nonce:", self.prefix)
+    }
     /// String: the epoch of the commander allowed to write (fencing token).
     pub fn epoch(&self) -> String {
         format!("{}:commander:epoch", self.prefix)

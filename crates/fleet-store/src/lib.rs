@@ -2,6 +2,7 @@
 //!
 //! The map:
 //! - [`keys`]: every Redis key name (channels are `fleet_protocol::channels`).
+//! - [`keystore`]: agents' and submitters' public keys, and recent nonces.
 //! - [`connection`]: every Redis client and connection (`TCP_NODELAY`, timeouts).
 //! - [`registry`]: agents: hashes, per-pool sets, heartbeat and failure sorted
 //!   sets, status counters; changed only by fenced Lua scripts (`lua/`).
@@ -16,12 +17,23 @@
 pub mod connection;
 pub mod error;
 pub mod keys;
+pub mod keystore;
 pub mod registry;
 mod script;
 pub mod tasks;
 pub mod telemetry;
 
 pub use error::{Result, StoreError};
+
+/// A message a script wrote for an agent (`task_assign`, `task_cancel`,
+/// `drain`): the caller publishes it, signed, once the script has returned.
+/// Scripts cannot sign, so they never publish to an agent themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub channel: String,
+    pub message: String,
+}
 pub use keys::Keys;
+pub use keystore::KeyStore;
 pub use registry::Registry;
 pub use tasks::TaskStore;

@@ -10,6 +10,7 @@
 pub use crate::error::{Result, StoreError};
 use crate::keys::Keys;
 use crate::script::{Call, ScriptDef};
+use crate::Notice;
 use fleet_protocol::agent::{AgentRecord, Health, Performance};
 use fleet_protocol::{AgentStatus, PoolType, Resources};
 use redis::aio::ConnectionLike;
@@ -445,14 +446,15 @@ impl Registry {
     }
 
     /// Drains an agent: no new tasks; it is told to finish what it holds and
-    /// deregister. Returns its pool and the tasks in its hands, or `None` if unknown.
+    /// deregister. Returns its pool, the tasks in its hands and the drain
+    /// message to publish, or `None` if unknown.
     pub async fn drain(
         &self,
         conn: &mut impl ConnectionLike,
         id: &str,
         now: u64,
         reason: &str,
-    ) -> Result<Option<(PoolType, u64)>> {
+    ) -> Result<Option<(PoolType, u64, Option<Notice>)>> {
         let r = DRAIN
             .fenced(&self.keys, self.epoch)
             .task_keys(&self.keys)
@@ -462,7 +464,7 @@ impl Registry {
             .reply(conn)
             .await?;
         match r.outcome()? {
-            "draining" => Ok(Some((r.pool("pool")?, r.num("inflight")?))),
+            "draining" => Ok(Some((r.pool("pool")?, r.num("inflight")?, r.notice()))),
             "unknown" => Ok(None),
             _ => Err(r.unexpected()),
         }

@@ -295,6 +295,14 @@ impl Reply {
             .map_err(|_| StoreError::Reply(format!("{}: unknown pool {s:?}", self.op)))
     }
 
+    /// The message a script wrote for an agent, if it wrote one.
+    pub(crate) fn notice(&self) -> Option<crate::Notice> {
+        Some(crate::Notice {
+            channel: self.fields.get("channel")?.clone(),
+            message: self.fields.get("message")?.clone(),
+        })
+    }
+
     /// The `outcome` field every multi-field reply carries.
     pub(crate) fn outcome(&self) -> Result<&str> {
         self.text("outcome")

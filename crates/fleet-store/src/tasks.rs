@@ -11,6 +11,7 @@ use crate::error::{from_script, Result, StoreError};
 use crate::keys::Keys;
 use crate::registry::scored_upto;
 use crate::script::{Call, Reply, ScriptDef};
+use crate::Notice;
 use fleet_protocol::pool::Strategy;
 use fleet_protocol::task::{RawJson, TaskRecord, ValidTask};
 use fleet_protocol::{PoolType, ReportKind, TaskReport};
@@ -58,10 +59,50 @@ pub enum Submitted {
 /// What a cancellation did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cancelled {
-    Cancelled,
+    /// With the task_cancel for the agent that held it, if one did.
+    Cancelled(Option<Notice>),
     Unknown,
     /// Already started or finished: in this state.
     NotCancellable(String),
+}
+
+/// One allocation round of a pool.
+#[derive(Debug, Default)]
+pub struct Allocation {
+    pub assigned: u64,
+    /// Tasks still waiting in the pool's queue.
+    pub queued: u64,
+    /// The `task_assign` messages, to publish.
+    pub notices: Vec<Notice>,
+}
+
+impl Allocation {
+    fn parse(v: Value) -> Result<Allocation> {
+        let items: Vec<Value> = redis::from_redis_value(v)?;
+        let mut items = items.into_iter();
+        let mut num = || -> Result<u64> {
+            let v = items
+                .next()
+                .ok_or_else(|| StoreError::Reply("allocate: short reply".into()))?;
+            Ok(redis::from_redis_value(v)?)
+        };
+        let (assigned, queued) = (num()?, num()?);
+        let rest: Vec<String> = items
+            .map(redis::from_redis_value)
+            .collect::<std::result::Result<_, _>>()?;
+        let notices = rest
+            .chunks_exact(2)
+            .map(|c| Notice {
+                channel: c[0].clone(),
+                message: c[1].clone(),
+            })
+            .collect();
+        Ok(Allocation {
+            assigned,
+            queued,
+            notices,
+        })
+    }
 }
 
 /// What the task scripts take from the `[tasks]` configuration.
@@ -156,7 +197,7 @@ impl TaskStore {
         t: &ValidTask,
         max: usize,
         now: u64,
-    ) -> Result<(Submitted, Option<(u64, u64)>)> {
+    ) -> Result<(Submitted, Option<Allocation>)> {
         let id = uuid::Uuid::new_v4().to_string();
         let mut p = redis::pipe();
         p.ignore_errors()
@@ -176,7 +217,7 @@ impl TaskStore {
             Some(Err(e)) => return Err(from_script(e)),
             None => return Err(StoreError::Reply("submit: no reply".into())),
         };
-        let allocated = allocated.and_then(|v| redis::from_redis_value::<(u64, u64)>(v).ok());
+        let allocated = allocated.and_then(|v| Allocation::parse(v).ok());
         Ok((Self::submitted(&submitted, id, t, now)?, allocated))
     }
 
@@ -264,7 +305,7 @@ impl TaskStore {
             .reply(conn)
             .await?;
         Ok(match r.outcome()? {
-            "cancelled" => Cancelled::Cancelled,
+            "cancelled" => Cancelled::Cancelled(r.notice()),
             "unknown" => Cancelled::Unknown,
             "not_cancellable" => Cancelled::NotCancellable(r.text("state")?.to_string()),
             _ => return Err(r.unexpected()),
@@ -321,15 +362,14 @@ impl TaskStore {
     }
 
     /// Hands up to `max` of a pool's queued tasks to its available agents.
-    /// Returns (assigned, still queued).
     pub async fn allocate(
         &self,
         conn: &mut impl ConnectionLike,
         pool: PoolType,
         max: usize,
         now: u64,
-    ) -> Result<(u64, u64)> {
-        self.allocate_call(pool, max, now).run(conn).await
+    ) -> Result<Allocation> {
+        Allocation::parse(self.allocate_call(pool, max, now).run(conn).await?)
     }
 
     fn allocate_call(&self, pool: PoolType, max: usize, now: u64) -> Call<'static> {
@@ -412,13 +452,13 @@ impl TaskStore {
     }
 
     /// Takes a task back from an agent whose lease ran out. Returns the
-    /// outcome ("queued" or "dead") if it did.
+    /// outcome ("queued" or "dead") and the agent's task_cancel if it did.
     pub async fn expire(
         &self,
         conn: &mut impl ConnectionLike,
         id: &str,
         now: u64,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<(String, Option<Notice>)>> {
         let r = EXPIRE
             .fenced(&self.keys, self.epoch)
             .key("task", self.keys.task(id))
@@ -428,7 +468,7 @@ impl TaskStore {
             .reply(conn)
             .await?;
         Ok(match r.outcome()? {
-            o @ ("queued" | "dead") => Some(o.to_string()),
+            o @ ("queued" | "dead") => Some((o.to_string(), r.notice())),
             "fresh" | "stale" | "gone" => None,
             _ => return Err(r.unexpected()),
         })

@@ -27,7 +27,8 @@ pub(super) async fn handle(
         removed: removed.is_some(),
     };
     let mut p = redis::pipe();
-    p.publish(keys.channels().agent(&d.agent_id), json(&reply))
+    let ch = keys.channels().agent(&d.agent_id);
+    p.publish(&ch, shared.seal(&ch, json(&reply)))
         .ignore();
     if let Some(pool) = removed {
         metrics::counter!(m::DEREGISTRATIONS).increment(1);

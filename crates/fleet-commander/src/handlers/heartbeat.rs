@@ -26,7 +26,9 @@ pub(super) async fn handle(
                 v: VERSION,
                 reason: "unknown_agent".into(),
             };
-            publish(conn, keys.channels().agent(&hb.agent_id), &reply).await?;
+            shared
+                .send(conn, keys.channels().agent(&hb.agent_id), &reply)
+                .await?;
         }
         HeartbeatOutcome::Recovering(pool) => {
             info!(pool = %pool, "failed agent heard again: recovering");

@@ -2,7 +2,7 @@
 //! field) but whose sender can be answered: refused with `invalid_fields`
 //! and the detail, counted and logged like any refused message.
 
-use crate::context::{publish, Shared};
+use crate::context::Shared;
 use crate::metrics as m;
 use fleet_protocol::task::SubmitRefusal;
 use fleet_protocol::{Misfit, RefusalReason, ToAgent, VERSION};
@@ -34,7 +34,9 @@ pub(super) async fn handle(
                 reason: Some(RefusalReason::InvalidFields),
                 detail: Some(detail),
             };
-            publish(conn, shared.keys.channels().agent(&agent_id), &reply).await
+            shared
+                .send(conn, shared.keys.channels().agent(&agent_id), &reply)
+                .await
         }
         Misfit::TaskSubmit {
             id,

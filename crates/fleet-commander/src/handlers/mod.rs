@@ -12,6 +12,7 @@ mod task_report;
 pub(crate) mod task_submit;
 
 use crate::context::Shared;
+use crate::subscriber::{refused, Envelope};
 use fleet_protocol::{Inbound, PoolType};
 use fleet_store::StoreError;
 use redis::aio::ConnectionManager;
@@ -22,9 +23,10 @@ use tracing::{info_span, warn, Instrument};
 
 /// One handler: takes its agents' messages in order until the subscriber
 /// stops (on shutdown it works through what is queued, then returns).
-pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Inbound>) {
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
     let mut conn = shared.redis.clone();
-    while let Some(msg) = rx.recv().await {
+    while let Some(env) = rx.recv().await {
+        let msg = env.msg;
         if shared.fenced.load(Ordering::Acquire) {
             return;
         }
@@ -34,7 +36,21 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Inbound>) {
             agent_id = msg.agent_id().unwrap_or("-"),
             task_id = msg.task_id().unwrap_or("-")
         );
-        match handle(&shared, &mut conn, msg).instrument(span).await {
+        let admitted = shared
+            .gate
+            .admit(&mut conn, env.seal.as_ref(), &msg)
+            .instrument(span.clone())
+            .await;
+        let outcome = match admitted {
+            Ok(Ok(())) => handle(&shared, &mut conn, msg).instrument(span).await,
+            Ok(Err(e)) => {
+                let _g = span.enter();
+                refused(env.channel, e);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(()) => {}
             Err(StoreError::Fenced) => {
                 shared.on_fenced();

@@ -48,8 +48,8 @@ pub(super) async fn handle(
             shared.agent_free(record.pool);
             let (reply, event) = accepted(shared, &r, record, again);
             let mut p = redis::pipe();
-            p.publish(channels.agent(&r.agent_id), json(&reply))
-                .ignore();
+            let ch = channels.agent(&r.agent_id);
+            p.publish(&ch, shared.seal(&ch, json(&reply))).ignore();
             p.publish(channels.registry(), json(&event)).ignore();
             p.query_async::<()>(conn).await?;
             metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
@@ -58,10 +58,8 @@ pub(super) async fn handle(
         }
         Answer::Refused(reason, detail) => {
             let reply = refused(&r, reason, detail.clone());
-            redis::cmd("PUBLISH")
-                .arg(channels.agent(&r.agent_id))
-                .arg(json(&reply))
-                .query_async::<()>(conn)
+            shared
+                .send(conn, channels.agent(&r.agent_id), &reply)
                 .await?;
             metrics::counter!(m::REGISTRATIONS, "result" => "rejected", "reason" => reason.as_str())
                 .increment(1);
@@ -108,9 +106,9 @@ async fn store(
 ) -> Result<Answer, StoreError> {
     let now = now_ms();
     let (reply, event) = accepted(shared, r, fresh_record(new, now), false);
-    let (reply, event) = (json(&reply), json(&event));
     let channels = shared.keys.channels();
     let (agent_channel, registry_channel) = (channels.agent(&r.agent_id), channels.registry());
+    let (reply, event) = (shared.seal(&agent_channel, json(&reply)), json(&event));
     let announce = Announce {
         agent_channel: &agent_channel,
         reply: &reply,

@@ -2,7 +2,7 @@
 //! with `POST /v1/tasks`: validate, persist, and allocate the pool in the
 //! same round trip.
 
-use crate::context::{publish, Shared};
+use crate::context::Shared;
 use crate::metrics as m;
 use fleet_protocol::task::{Submission, SubmitRefusal};
 use fleet_protocol::{now_ms, TaskSubmit, TaskSubmitReply, VERSION};
@@ -33,8 +33,9 @@ pub(crate) async fn submit(
         .submit_and_allocate(conn, &valid, crate::allocator::BATCH, now_ms())
         .await?;
     match allocated {
-        Some((assigned, queued)) => {
-            crate::allocator::record(shared, valid.pool, assigned, queued, started)
+        Some(a) => {
+            crate::allocator::record(shared, valid.pool, a.assigned, a.queued, started);
+            shared.tell(conn, a.notices).await?;
         }
         None => shared.wake_pool(valid.pool),
     }
@@ -116,5 +117,5 @@ pub(super) async fn reply(
             detail: Some(detail),
         },
     };
-    publish(conn, channel, &reply).await
+    shared.send(conn, channel, &reply).await
 }

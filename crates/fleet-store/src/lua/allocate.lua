@@ -3,14 +3,16 @@
 -- Hands a pool's waiting tasks to its available agents, best task first,
 -- each to the best agent whose capabilities cover the task's. The claim is
 -- atomic: a task leaves the queue exactly once, here, and its assignment is
--- leased (ack timeout) and published to the agent.
+-- leased (ack timeout); the task_assign messages are returned for the
+-- caller to sign and publish.
 -- Every decision is recorded, with the strategy and the chosen agent's score,
 -- in the capped evidence stream and in the task's own evidence list.
 -- KEYS: epoch, queue (the pool's), evidence (the stream), and the task keys
 -- A: epoch, pool, max (tasks at most: the batch, fleet_store::tasks::ALLOCATE_BATCH),
 --    now, ack_ms, allocation_channel, evidence_cap, retention_ms,
 --    prefix.task_evidence
--- Returns {tasks assigned, tasks still queued}.
+-- Returns {tasks assigned, tasks still queued, then (agent channel,
+-- task_assign) pairs}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local queue, counts = KEY.queue, KEY.counts
 local pool, max_n, now, ack = A.pool, tonumber(A.max), tonumber(A.now), tonumber(A.ack_ms)
@@ -21,6 +23,7 @@ local window = health_policy().window
 -- The batch's tasks, and twice as many agents to choose among.
 local tids = redis.call('ZRANGE', queue, 0, max_n - 1)
 if #tids == 0 then return {0, 0} end
+local out = {}
 local ranked = redis.call('ZRANGE', K.available .. pool, 0, 2 * max_n - 1, 'WITHSCORES')
 if #ranked == 0 then return {0, redis.call('ZCARD', queue)} end
 local agents, scores = {}, {}
@@ -101,8 +104,8 @@ for _, tid in ipairs(tids) do
               'lastActive', now, 'lastAssigned', now)
             move(counts, pool, a[1], status)
             refresh_available(aid, pool)
-            redis.call('PUBLISH', K.agent_channel .. aid,
-              encode.task_assign(tid, attempt, pool, t[6], t[4], t[5]))
+            table.insert(out, K.agent_channel .. aid)
+            table.insert(out, encode.task_assign(tid, attempt, pool, t[6], t[4], t[5]))
             redis.call('PUBLISH', A.allocation_channel,
               encode.task_assigned(tid, pool, aid, attempt, strat, now))
             local reason = 'best ' .. strat .. ' score among ' .. free ..
@@ -127,4 +130,6 @@ for _, tid in ipairs(tids) do
     end
   end
 end
-return {assigned, redis.call('ZCARD', queue)}
+local r = {assigned, redis.call('ZCARD', queue)}
+for _, x in ipairs(out) do table.insert(r, x) end
+return r

@@ -2,21 +2,23 @@
 --! args: epoch id now retention_ms +task
 -- Cancel a task that has not finished. A queued or delayed one leaves its
 -- queue; an assigned or running one is taken from its agent, whose slot is
--- freed at once and who is told on its channel; a late result for that
+-- freed at once and who is to be told on its channel; a late result for that
 -- attempt is stale and ignored.
 -- KEYS: epoch, task (its hash), queue (its pool's), and the task keys
 -- A: epoch, id, now, retention_ms, allocation_channel
 -- Returns outcome (cancelled, unknown, not_cancellable) and state (the
--- state it was in).
+-- state it was in); when an agent held it, channel and message: the
+-- task_cancel for the caller to sign and publish.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local task, tid, now = KEY.task, A.id, tonumber(A.now)
 local t = redis.call('HMGET', task, 'state', 'agent', 'attempt', 'pool')
 local state = t[1]
+local tell = {}
 if not state then return reply('unknown') end
 if state == 'assigned' or state == 'running' then
   redis.call('ZREM', K.leases, tid)
   release_agent(t[2], tid, now, 'gone', 0, KEY.counts)
-  redis.call('PUBLISH', K.agent_channel .. t[2], encode.task_cancel(tid, t[3]))
+  tell = {channel = K.agent_channel .. t[2], message = encode.task_cancel(tid, t[3])}
 elseif state == 'queued' or state == 'retrying' then
   redis.call('ZREM', KEY.queue, tid)
   redis.call('ZREM', K.delayed, tid)
@@ -26,4 +28,5 @@ end
 redis.call('HSET', task, 'state', 'cancelled', 'agent', '', 'updatedAt', now)
 redis.call('PEXPIRE', task, A.retention_ms)
 task_event(A.allocation_channel, 'task_cancelled', tid, t[4], t[2], t[3], now)
-return reply('cancelled', {state = state})
+tell.state = state
+return reply('cancelled', tell)

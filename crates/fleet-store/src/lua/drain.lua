@@ -1,15 +1,17 @@
 --! keys: epoch +task
 --! args: epoch id now reason +task
 -- Drains an agent: it gets no new tasks, finishes what it holds, then
--- deregisters. The agent is told on its channel.
+-- deregisters. The drain message is returned for the caller to sign and
+-- publish on the agent's channel.
 -- KEYS: epoch, and the task keys
 -- A: epoch, id, now, reason
--- Returns outcome (draining, unknown) and, when draining: pool, inflight.
+-- Returns outcome (draining, unknown) and, when draining: pool, inflight,
+-- channel, message.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local id, key = A.id, K.agent .. A.id
 local a = redis.call('HMGET', key, 'pool', 'inflight')
 if not a[1] then return reply('unknown') end
 redis.call('HSET', key, 'draining', 1, 'drainingSince', A.now)
 refresh_available(id, a[1])
-redis.call('PUBLISH', K.agent_channel .. id, encode.drain(A.reason))
-return reply('draining', {pool = a[1], inflight = tonumber(a[2] or 0)})
+return reply('draining', {pool = a[1], inflight = tonumber(a[2] or 0),
+  channel = K.agent_channel .. id, message = encode.drain(A.reason)})

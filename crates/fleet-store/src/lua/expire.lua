@@ -7,7 +7,7 @@
 -- KEYS: epoch, task (its hash), and the task keys
 -- A: epoch, id, now, allocation_channel
 -- Returns outcome (queued, dead, fresh, stale) and, when queued or dead,
--- pool and agent.
+-- pool, agent, and the task_cancel (channel, message) to publish.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local tid, now = A.id, tonumber(A.now)
 local lease = redis.call('ZSCORE', K.leases, tid)
@@ -18,12 +18,13 @@ if t[1] ~= 'assigned' and t[1] ~= 'running' then
   return reply('stale')
 end
 release_agent(t[2], tid, now, 'failed', 0, KEY.counts)
--- The agent is told, so that it stops working on an attempt that no longer counts.
-redis.call('PUBLISH', K.agent_channel .. t[2], encode.task_cancel(tid, t[4]))
 local r = requeue(tid, now, 'lease expired')
 if r == 'dead' then
   task_event(A.allocation_channel, 'task_dead', tid, t[3], t[2], t[4], now)
 else
   task_event(A.allocation_channel, 'task_requeued', tid, t[3], t[2], t[4], now)
 end
-return reply(r, {pool = t[3], agent = t[2]})
+-- The agent is to be told, so that it stops working on an attempt that no
+-- longer counts: the caller signs and publishes the task_cancel.
+return reply(r, {pool = t[3], agent = t[2], channel = K.agent_channel .. t[2],
+  message = encode.task_cancel(tid, t[4])})

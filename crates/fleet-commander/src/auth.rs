@@ -1,0 +1,240 @@
+//! Who sent a message: the commander's side of signing.
+//!
+//! The subscriber splits each payload into its signature header and body;
+//! the handler asks the [`Gate`] before acting. The gate checks, cheapest
+//! first: the timestamp window, the key (known, not revoked, not rotated
+//! out), that the key may speak for the message (its role, agent and pool),
+//! the Ed25519 signature over the exact bytes and channel, and last the
+//! nonce (first sight, kept in Redis for twice the window so that a
+//! replay is refused by this commander and by whichever takes over).
+//!
+//! Keys are cached in memory: read whole at start, again whenever the key
+//! channel says a key changed, and every `security.key_refresh_ms` in case
+//! that notice was lost; a key not in the cache is looked up at once.
+
+use crate::config::{Config, SecurityMode};
+use crate::context::{pause, Shared};
+use fleet_protocol::auth::{
+    self, signing_input, AuthError, KeyRecord, PublicKey, Role, Signed, Signer,
+};
+use fleet_protocol::{now_ms, Inbound, Misfit};
+use fleet_store::{KeyStore, Keys, StoreError};
+use redis::aio::ConnectionLike;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tracing::warn;
+
+/// A signature header and what it covers, owned: checked by the handler.
+#[derive(Debug)]
+pub(crate) struct Seal {
+    kid: String,
+    ts: u64,
+    nonce: String,
+    sig: [u8; 64],
+    /// The signed bytes (header fields, channel and body).
+    input: Vec<u8>,
+}
+
+impl Seal {
+    pub(crate) fn new(channel: &str, s: &Signed<'_>) -> Seal {
+        Seal {
+            kid: s.kid.to_string(),
+            ts: s.ts,
+            nonce: s.nonce.to_string(),
+            sig: s.sig,
+            input: signing_input(channel, s.kid, s.ts, s.nonce, s.body),
+        }
+    }
+}
+
+/// Who a message says it is from.
+enum Claim<'a> {
+    Agent {
+        agent_id: &'a str,
+        /// Only `register` names the pool.
+        pool: Option<&'a str>,
+    },
+    Submitter,
+    /// Any known key (status requests, unreadable requests that get a reply).
+    Anyone,
+}
+
+fn claim(msg: &Inbound) -> Claim<'_> {
+    match msg {
+        Inbound::Register(r) => Claim::Agent {
+            agent_id: &r.agent_id,
+            pool: Some(&r.pool),
+        },
+        Inbound::Heartbeat(m) => Claim::Agent {
+            agent_id: &m.agent_id,
+            pool: None,
+        },
+        Inbound::Deregister(m) => Claim::Agent {
+            agent_id: &m.agent_id,
+            pool: None,
+        },
+        Inbound::Report(_, m) => Claim::Agent {
+            agent_id: &m.agent_id,
+            pool: None,
+        },
+        Inbound::Misfit(Misfit::Register { agent_id, .. }) => Claim::Agent {
+            agent_id,
+            pool: None,
+        },
+        Inbound::TaskSubmit(_) => Claim::Submitter,
+        Inbound::StatusRequest(_) | Inbound::Misfit(_) => Claim::Anyone,
+    }
+}
+
+/// The commander's signing key and its cache of everyone else's.
+pub struct Gate {
+    mode: SecurityMode,
+    window_ms: u64,
+    store: KeyStore,
+    keys: RwLock<HashMap<String, (KeyRecord, PublicKey)>>,
+    /// Wakes the refresher: a key changed.
+    pub(crate) changed: tokio::sync::Notify,
+}
+
+impl Gate {
+    pub(crate) fn new(config: &Config, keys: Keys) -> Gate {
+        Gate {
+            mode: config.security.mode,
+            window_ms: config.security.window_ms,
+            store: KeyStore::new(keys),
+            keys: RwLock::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn mode(&self) -> SecurityMode {
+        self.mode
+    }
+
+    pub(crate) fn signed(&self) -> bool {
+        self.mode == SecurityMode::Signed
+    }
+
+    /// Re-reads every key.
+    pub(crate) async fn reload(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+    ) -> Result<usize, StoreError> {
+        let all = self.store.all(conn).await?;
+        let map: HashMap<_, _> = all
+            .into_iter()
+            .filter_map(|r| {
+                let Some(pk) = auth::decode_public(&r.public) else {
+                    warn!(kid = r.kid, "key record with an unreadable public key; ignored");
+                    return None;
+                };
+                Some((r.kid.clone(), (r, pk)))
+            })
+            .collect();
+        let n = map.len();
+        *self.keys.write().expect("no panics while held") = map;
+        Ok(n)
+    }
+
+    async fn key(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        kid: &str,
+    ) -> Result<Option<(KeyRecord, PublicKey)>, StoreError> {
+        if let Some(k) = self.keys.read().expect("no panics while held").get(kid) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(r) = self.store.get(conn, kid).await? else {
+            return Ok(None);
+        };
+        let Some(pk) = auth::decode_public(&r.public) else {
+            return Ok(None);
+        };
+        self.keys
+            .write()
+            .expect("no panics while held")
+            .insert(kid.to_string(), (r.clone(), pk));
+        Ok(Some((r, pk)))
+    }
+
+    /// Whether `msg`, sealed with `seal` (None: it came unsigned), may be
+    /// acted on. Open mode admits everything.
+    pub(crate) async fn admit(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        seal: Option<&Seal>,
+        msg: &Inbound,
+    ) -> Result<Result<(), AuthError>, StoreError> {
+        if !self.signed() {
+            return Ok(Ok(()));
+        }
+        let Some(seal) = seal else {
+            return Ok(Err(AuthError::Unsigned));
+        };
+        let now = now_ms();
+        if seal.ts.abs_diff(now) > self.window_ms {
+            return Ok(Err(AuthError::Stale));
+        }
+        let Some((rec, pk)) = self.key(conn, &seal.kid).await? else {
+            return Ok(Err(AuthError::UnknownKey));
+        };
+        if let Err(e) = rec.usable(now) {
+            return Ok(Err(e));
+        }
+        if let Err(e) = may_speak(&rec, &claim(msg)) {
+            return Ok(Err(e));
+        }
+        if !auth::verify(&pk, &seal.input, &seal.sig) {
+            return Ok(Err(AuthError::BadSignature));
+        }
+        let ttl = 2 * self.window_ms;
+        if !self
+            .store
+            .first_sight(conn, &seal.kid, &seal.nonce, ttl)
+            .await?
+        {
+            return Ok(Err(AuthError::Replay));
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// Whether a key may sign a message that claims this sender.
+fn may_speak(rec: &KeyRecord, claim: &Claim<'_>) -> Result<(), AuthError> {
+    match (rec.role, claim) {
+        (Role::Agent, Claim::Agent { agent_id, pool }) => {
+            if rec.subject != *agent_id {
+                return Err(AuthError::WrongAgent);
+            }
+            match (pool, rec.pool) {
+                (Some(p), Some(k)) if *p != k.as_str() => Err(AuthError::WrongPool),
+                _ => Ok(()),
+            }
+        }
+        (Role::Submitter, Claim::Submitter) | (_, Claim::Anyone) => Ok(()),
+        _ => Err(AuthError::WrongRole),
+    }
+}
+
+/// The commander's signer for an epoch: key id `commander:<epoch>`.
+pub(crate) fn commander_signer(secret: &[u8; 32], epoch: u64) -> Signer {
+    Signer::new(format!("{}{epoch}", auth::COMMANDER_KID), secret)
+}
+
+/// Keeps the key cache fresh: at once on a key-change notice, and on a
+/// timer in case a notice was lost.
+pub(crate) async fn refresh(shared: Arc<Shared>) {
+    let every = Duration::from_millis(shared.config().security.key_refresh_ms);
+    let mut conn = shared.redis.clone();
+    while !shared.shutdown.is_cancelled() {
+        if let Err(e) = shared.gate.reload(&mut conn).await {
+            crate::supervise::count("keys", &e);
+            warn!(error = %e, "cannot read the key store; keeping the keys known");
+        }
+        tokio::select! {
+            _ = shared.gate.changed.notified() => {}
+            ok = pause(&shared.shutdown, every) => if !ok { return },
+        }
+    }
+}

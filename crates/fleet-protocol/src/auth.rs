@@ -1,0 +1,507 @@
+//! Message signing: who sent a message, checked on its exact bytes.
+//!
+//! A signed message is one header line and then the message's bytes as they
+//! were written:
+//!
+//! ```text
+//! FC1 <kid> <ts> <nonce> <sig>\n<body>
+//! ```
+//!
+//! `sig` is the Ed25519 signature (base64, standard alphabet, padded) of
+//!
+//! ```text
+//! FC1\n<channel>\n<kid>\n<ts>\n<nonce>\n<body>
+//! ```
+//!
+//! so a signature binds the key, the time, a one-time nonce and the channel
+//! it was published on: a message cannot be altered, replayed later, or
+//! replayed on another channel. The commander signs with the key id
+//! `commander:<epoch>`, so an agent can also refuse a commander older than
+//! one it has heard. `docs/PROTOCOL.md` ("Signing") is the reference and
+//! `docs/SECURITY.md` says why Ed25519.
+
+use crate::pool::PoolType;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// The header's first word: the signing scheme's version.
+pub const MAGIC: &str = "FC1";
+/// The commander's key id is this and its epoch.
+pub const COMMANDER_KID: &str = "commander:";
+/// How far a message's timestamp may be from the receiver's clock, by default.
+pub const DEFAULT_WINDOW_MS: u64 = 30_000;
+/// The longest header accepted: the rest of a longer first line is not read.
+const MAX_HEADER: usize = 256;
+
+/// Why a message was not accepted as signed by whom it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("not signed")]
+    Unsigned,
+    #[error("malformed signature header")]
+    BadHeader,
+    #[error("unknown key")]
+    UnknownKey,
+    #[error("revoked key")]
+    RevokedKey,
+    #[error("key expired after rotation")]
+    ExpiredKey,
+    #[error("key of another role")]
+    WrongRole,
+    #[error("key of another agent")]
+    WrongAgent,
+    #[error("key of another pool")]
+    WrongPool,
+    #[error("timestamp outside the window")]
+    Stale,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("nonce already seen (a replay)")]
+    Replay,
+    #[error("from an older commander epoch")]
+    OldEpoch,
+}
+
+impl AuthError {
+    /// The `reason` label of `fleet_messages_rejected_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthError::Unsigned => "unsigned",
+            AuthError::BadHeader => "bad_header",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::RevokedKey => "revoked_key",
+            AuthError::ExpiredKey => "expired_key",
+            AuthError::WrongRole => "wrong_role",
+            AuthError::WrongAgent => "wrong_agent",
+            AuthError::WrongPool => "wrong_pool",
+            AuthError::Stale => "stale_timestamp",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Replay => "replay",
+            AuthError::OldEpoch => "old_epoch",
+        }
+    }
+}
+
+/// A payload split into its signature header (if any) and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unframed<'a> {
+    Plain(&'a [u8]),
+    Signed(Signed<'a>),
+}
+
+/// A signed payload's parts, borrowed from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed<'a> {
+    pub kid: &'a str,
+    pub ts: u64,
+    pub nonce: &'a str,
+    pub sig: [u8; 64],
+    pub body: &'a [u8],
+}
+
+/// Splits a payload: a signed one starts with `FC1 `, anything else is plain.
+pub fn unframe(payload: &[u8]) -> Result<Unframed<'_>, AuthError> {
+    let Some(rest) = payload.strip_prefix(b"FC1 ") else {
+        return Ok(Unframed::Plain(payload));
+    };
+    let end = rest
+        .iter()
+        .take(MAX_HEADER)
+        .position(|&b| b == b'\n')
+        .ok_or(AuthError::BadHeader)?;
+    let header = std::str::from_utf8(&rest[..end]).map_err(|_| AuthError::BadHeader)?;
+    let mut words = header.split(' ');
+    let (Some(kid), Some(ts), Some(nonce), Some(sig), None) = (
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) else {
+        return Err(AuthError::BadHeader);
+    };
+    if !token(kid) || !token(nonce) || nonce.len() < 8 {
+        return Err(AuthError::BadHeader);
+    }
+    let ts = ts.parse().map_err(|_| AuthError::BadHeader)?;
+    let sig = B64
+        .decode(sig)
+        .ok()
+        .and_then(|s| <[u8; 64]>::try_from(s).ok())
+        .ok_or(AuthError::BadHeader)?;
+    Ok(Unframed::Signed(Signed {
+        kid,
+        ts,
+        nonce,
+        sig,
+        body: &rest[end + 1..],
+    }))
+}
+
+/// Key ids and nonces: 1 to 64 of `A-Z a-z 0-9 - _ . :`.
+fn token(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// What the signature covers.
+pub fn signing_input(channel: &str, kid: &str, ts: u64, nonce: &str, body: &[u8]) -> Vec<u8> {
+    let ts = ts.to_string();
+    let mut m = Vec::with_capacity(16 + channel.len() + kid.len() + nonce.len() + body.len());
+    for part in [MAGIC.as_bytes(), channel.as_bytes(), kid.as_bytes(), ts.as_bytes(), nonce.as_bytes()] {
+        m.extend_from_slice(part);
+        m.push(b'\n');
+    }
+    m.extend_from_slice(body);
+    m
+}
+
+/// True when `sig` is `key`'s signature of `input` (a [`signing_input`]).
+pub fn verify(key: &VerifyingKey, input: &[u8], sig: &[u8; 64]) -> bool {
+    key.verify(input, &Signature::from_bytes(sig)).is_ok()
+}
+
+impl Signed<'_> {
+    /// True when `key` signed this on `channel`.
+    pub fn verify(&self, channel: &str, key: &VerifyingKey) -> bool {
+        let input = signing_input(channel, self.kid, self.ts, self.nonce, self.body);
+        verify(key, &input, &self.sig)
+    }
+
+    /// Whether the timestamp is within `window_ms` of `now`.
+    pub fn fresh(&self, now: u64, window_ms: u64) -> bool {
+        self.ts.abs_diff(now) <= window_ms
+    }
+}
+
+/// Signs messages with one key.
+#[derive(Clone)]
+pub struct Signer {
+    kid: String,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    pub fn new(kid: impl Into<String>, secret: &[u8; 32]) -> Signer {
+        Signer {
+            kid: kid.into(),
+            key: SigningKey::from_bytes(secret),
+        }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn public(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// The signed payload of `body` for `channel`, stamped `now`.
+    pub fn sign(&self, channel: &str, body: &[u8], now: u64) -> Vec<u8> {
+        let nonce = nonce();
+        let sig = self
+            .key
+            .sign(&signing_input(channel, &self.kid, now, &nonce, body));
+        let sig = B64.encode(sig.to_bytes());
+        let mut out = Vec::with_capacity(body.len() + 160);
+        out.extend_from_slice(format!("{MAGIC} {} {now} {nonce} {sig}\n", self.kid).as_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+}
+
+/// A fresh random nonce: 16 bytes, hex.
+pub fn nonce() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS has randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A fresh random Ed25519 secret (seed).
+pub fn new_secret() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS has randomness");
+    b
+}
+
+/// A fresh key id: `k` and 12 hex digits.
+pub fn new_kid() -> String {
+    format!("k{}", &nonce()[..12])
+}
+
+pub fn encode_key(bytes: &[u8; 32]) -> String {
+    B64.encode(bytes)
+}
+
+/// A 32-byte key written in base64.
+pub fn decode_key(s: &str) -> Option<[u8; 32]> {
+    B64.decode(s.trim()).ok()?.try_into().ok()
+}
+
+/// A public key written in base64.
+pub fn decode_public(s: &str) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(&decode_key(s)?).ok()
+}
+
+pub use ed25519_dalek::VerifyingKey as PublicKey;
+
+/// What a key may sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// One agent's messages: `subject` is its agentId, `pool` its pool.
+    Agent,
+    /// `task_submit` (and `status_request`): `subject` names the submitter.
+    Submitter,
+}
+
+/// A key as the commander keeps it: public half only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRecord {
+    pub kid: String,
+    pub role: Role,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolType>,
+    /// The Ed25519 public key, base64.
+    pub public: String,
+    pub created_ms: u64,
+    /// Revoked: refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<u64>,
+    /// Rotated out: accepted until then (the overlap), refused after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+}
+
+impl KeyRecord {
+    /// Whether the key may sign at `now`.
+    pub fn usable(&self, now: u64) -> Result<(), AuthError> {
+        if self.revoked_ms.is_some() {
+            return Err(AuthError::RevokedKey);
+        }
+        match self.expires_ms {
+            Some(t) if t <= now => Err(AuthError::ExpiredKey),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn state(&self, now: u64) -> &'static str {
+        match self.usable(now) {
+            Ok(()) if self.expires_ms.is_some() => "rotating_out",
+            Ok(()) => "active",
+            Err(AuthError::RevokedKey) => "revoked",
+            Err(_) => "expired",
+        }
+    }
+}
+
+/// What an operator hands to an agent or a submitter, once: its key id and
+/// secret, and the commander's public key to check what it receives.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credential {
+    pub kid: String,
+    pub role: Role,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolType>,
+    /// The Ed25519 secret (seed), base64. Keep it like a password.
+    pub secret: String,
+    /// The commander's public key, base64.
+    pub commander: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("kid", &self.kid)
+            .field("role", &self.role)
+            .field("subject", &self.subject)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("not a credential: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the {0} key is not 32 bytes of base64")]
+    Key(&'static str),
+}
+
+impl Credential {
+    pub fn parse(text: &str) -> Result<Credential, CredentialError> {
+        let c: Credential = serde_json::from_str(text.trim())?;
+        decode_key(&c.secret).ok_or(CredentialError::Key("secret"))?;
+        decode_public(&c.commander).ok_or(CredentialError::Key("commander"))?;
+        Ok(c)
+    }
+
+    pub fn signer(&self) -> Signer {
+        Signer::new(
+            self.kid.clone(),
+            &decode_key(&self.secret).expect("checked by parse"),
+        )
+    }
+
+    /// A checker of the commander's messages.
+    pub fn commander_check(&self) -> CommanderCheck {
+        CommanderCheck::new(decode_public(&self.commander).expect("checked by parse"))
+    }
+}
+
+/// What an agent runs on everything it receives: signed by the commander,
+/// on this channel, recently, once, and by its newest epoch.
+#[derive(Debug, Clone)]
+pub struct CommanderCheck {
+    key: VerifyingKey,
+    window_ms: u64,
+    epoch: u64,
+    /// Nonces seen, with their timestamps; forgotten once out of the window.
+    seen: HashMap<String, u64>,
+}
+
+impl CommanderCheck {
+    pub fn new(key: VerifyingKey) -> CommanderCheck {
+        CommanderCheck {
+            key,
+            window_ms: DEFAULT_WINDOW_MS,
+            epoch: 0,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The body of `payload` if the commander signed it for `channel`.
+    pub fn check<'a>(
+        &mut self,
+        channel: &str,
+        payload: &'a [u8],
+        now: u64,
+    ) -> Result<&'a [u8], AuthError> {
+        let Unframed::Signed(s) = unframe(payload)? else {
+            return Err(AuthError::Unsigned);
+        };
+        let epoch: u64 = s
+            .kid
+            .strip_prefix(COMMANDER_KID)
+            .ok_or(AuthError::UnknownKey)?
+            .parse()
+            .map_err(|_| AuthError::UnknownKey)?;
+        if !s.fresh(now, self.window_ms) {
+            return Err(AuthError::Stale);
+        }
+        if !s.verify(channel, &self.key) {
+            return Err(AuthError::BadSignature);
+        }
+        if epoch < self.epoch {
+            return Err(AuthError::OldEpoch);
+        }
+        if self.seen.len() > 4096 {
+            let horizon = now.saturating_sub(self.window_ms);
+            self.seen.retain(|_, ts| *ts >= horizon);
+        }
+        if self.seen.insert(s.nonce.to_string(), s.ts).is_some() {
+            return Err(AuthError::Replay);
+        }
+        self.epoch = epoch;
+        Ok(s.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> Signer {
+        Signer::new("commander:7", &[7; 32])
+    }
+
+    #[test]
+    fn a_signed_message_round_trips_byte_for_byte() {
+        let body = br#"{"type":"task_assign","payload":{"b":1,"a":1e2}}"#;
+        let framed = signer().sign("swarm:phase-1:agent:a", body, 1000);
+        let Unframed::Signed(s) = unframe(&framed).unwrap() else {
+            panic!("signed")
+        };
+        assert_eq!(s.body, body);
+        assert_eq!(s.kid, "commander:7");
+        assert!(s.verify("swarm:phase-1:agent:a", &signer().public()));
+        assert!(!s.verify("swarm:phase-1:agent:b", &signer().public()), "channel bound");
+        assert!(!s.verify("swarm:phase-1:agent:a", &Signer::new("x", &[8; 32]).public()));
+    }
+
+    #[test]
+    fn any_change_breaks_the_signature() {
+        let framed = signer().sign("c", b"{\"a\":1}", 1000);
+        for i in 0..framed.len() {
+            let mut bad = framed.clone();
+            bad[i] ^= 1;
+            let ok = match unframe(&bad) {
+                Ok(Unframed::Signed(s)) => s.verify("c", &signer().public()),
+                _ => false,
+            };
+            assert!(!ok, "flipping byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn plain_and_malformed_payloads() {
+        assert_eq!(unframe(b"{}"), Ok(Unframed::Plain(b"{}")));
+        for bad in [
+            &b"FC1 k 1 nonce123"[..],
+            b"FC1 k 1 nonce123 sig\n{}",
+            b"FC1 k x nonce123 AAAA\n{}",
+            b"FC1 k 1 short AAAA\n{}",
+            b"FC1 k\xff 1 nonce123 AAAA\n{}",
+        ] {
+            assert_eq!(unframe(bad), Err(AuthError::BadHeader), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_agent_side_refuses_forgeries_replays_and_old_epochs() {
+        let c = signer();
+        let mut check = CommanderCheck::new(c.public());
+        let now = 1_000_000;
+        let m = c.sign("ch", b"{}", now);
+        assert_eq!(check.check("ch", &m, now), Ok(&b"{}"[..]));
+        assert_eq!(check.check("ch", &m, now), Err(AuthError::Replay));
+        assert_eq!(check.check("other", &c.sign("ch", b"{}", now), now), Err(AuthError::BadSignature));
+        assert_eq!(check.check("ch", b"{}", now), Err(AuthError::Unsigned));
+        let forged = Signer::new("commander:9", &[1; 32]).sign("ch", b"{}", now);
+        assert_eq!(check.check("ch", &forged, now), Err(AuthError::BadSignature));
+        let old = Signer::new("commander:6", &[7; 32]).sign("ch", b"{}", now);
+        assert_eq!(check.check("ch", &old, now), Err(AuthError::OldEpoch));
+        assert_eq!(check.check("ch", &c.sign("ch", b"{}", now - 40_000), now), Err(AuthError::Stale));
+    }
+
+    #[test]
+    fn credentials_parse_and_hide_their_secret() {
+        let c = Credential {
+            kid: new_kid(),
+            role: Role::Agent,
+            subject: "coder-1".into(),
+            pool: Some(PoolType::Coder),
+            secret: encode_key(&new_secret()),
+            commander: B64.encode(signer().public().to_bytes()),
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(Credential::parse(&text).unwrap(), c);
+        assert!(!format!("{c:?}").contains(&c.secret));
+        assert!(Credential::parse(&text.replace(&c.secret, "AAAA")).is_err());
+    }
+}

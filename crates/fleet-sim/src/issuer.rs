@@ -1,0 +1,76 @@
+//! Credentials for simulated agents, issued as an operator would with
+//! `fleet-commander keys issue`: the public half into the key store, the
+//! credential to the agent.
+
+use fleet_agent::Agent;
+use fleet_protocol::auth::{PublicKey, Role, Signer};
+use fleet_protocol::{now_ms, PoolType};
+use fleet_store::keystore::new_key;
+use fleet_store::{KeyStore, Keys};
+use redis::aio::ConnectionManager;
+
+/// Issues agents' keys, with the commander's public key.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    store: KeyStore,
+    commander: PublicKey,
+}
+
+impl Issuer {
+    /// For the fleet under `prefix` whose commander signs with `secret`.
+    pub fn new(prefix: &str, commander_secret: &[u8; 32]) -> Issuer {
+        Issuer {
+            store: KeyStore::new(Keys::new(prefix)),
+            commander: Signer::new("-", commander_secret).public(),
+        }
+    }
+
+    /// Gives each agent a key of its own (one round trip for them all).
+    pub async fn equip(
+        &self,
+        conn: &mut ConnectionManager,
+        agents: Vec<Agent>,
+    ) -> anyhow::Result<Vec<Agent>> {
+        let now = now_ms();
+        let (records, creds): (Vec<_>, Vec<_>) = agents
+            .iter()
+            .map(|a| {
+                let s = a.spec();
+                new_key(Role::Agent, &s.id, Some(s.pool), &self.commander, now)
+            })
+            .unzip();
+        for chunk in records.chunks(500) {
+            self.store.put(conn, chunk).await?;
+        }
+        Ok(agents
+            .into_iter()
+            .zip(creds)
+            .map(|(a, c)| a.with_credential(&c))
+            .collect())
+    }
+
+    /// A submitter's credential.
+    pub async fn submitter(
+        &self,
+        conn: &mut ConnectionManager,
+        name: &str,
+    ) -> anyhow::Result<fleet_protocol::auth::Credential> {
+        Ok(self
+            .store
+            .issue(conn, Role::Submitter, name, None, &self.commander, now_ms())
+            .await?)
+    }
+
+    /// One agent's credential, for an agent of `pool` called `id`.
+    pub async fn agent(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &str,
+        pool: PoolType,
+    ) -> anyhow::Result<fleet_protocol::auth::Credential> {
+        Ok(self
+            .store
+            .issue(conn, Role::Agent, id, Some(pool), &self.commander, now_ms())
+            .await?)
+    }
+}

@@ -1,0 +1,190 @@
+//! The key store: every agent's and submitter's public key, by key id, in
+//! one hash (`…:keys`), and the nonces seen lately (`…:nonce:{kid}:{nonce}`,
+//! expiring). No signing secret is ever stored: an agent's secret is printed
+//! once, when its key is issued.
+
+use crate::{Keys, StoreError};
+use fleet_protocol::auth::{self, Credential, KeyRecord, PublicKey, Role};
+use fleet_protocol::PoolType;
+use redis::aio::ConnectionLike;
+
+/// Reads and writes key records.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    keys: Keys,
+}
+
+impl KeyStore {
+    pub fn new(keys: Keys) -> KeyStore {
+        KeyStore { keys }
+    }
+
+    /// Stores (or replaces) a record and tells the commander.
+    pub async fn put(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        records: &[KeyRecord],
+    ) -> Result<(), StoreError> {
+        let mut p = redis::pipe();
+        for r in records {
+            let json = serde_json::to_string(r).expect("key records serialize");
+            p.hset(self.keys.keystore(), &r.kid, json).ignore();
+        }
+        p.publish(self.keys.channels().keys(), "changed").ignore();
+        p.query_async::<()>(conn).await?;
+        Ok(())
+    }
+
+    pub async fn get(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        kid: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.keystore())
+            .arg(kid)
+            .query_async(conn)
+            .await?;
+        raw.map(|r| parse(kid, &r)).transpose()
+    }
+
+    /// Every record, in key id order.
+    pub async fn all(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let raw: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.keys.keystore())
+            .query_async(conn)
+            .await?;
+        let mut out = raw
+            .iter()
+            .map(|(kid, r)| parse(kid, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.kid.cmp(&b.kid));
+        Ok(out)
+    }
+
+    /// Issues a new key for `subject`: stores its public half and returns
+    /// the credential (with the secret) to hand over, once.
+    pub async fn issue(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        role: Role,
+        subject: &str,
+        pool: Option<PoolType>,
+        commander: &PublicKey,
+        now: u64,
+    ) -> Result<Credential, StoreError> {
+        let (rec, cred) = new_key(role, subject, pool, commander, now);
+        self.put(conn, &[rec]).await?;
+        Ok(cred)
+    }
+
+    /// Revokes every key of `subject`; returns how many were usable.
+    pub async fn revoke(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        subject: &str,
+        now: u64,
+    ) -> Result<usize, StoreError> {
+        let mut hit: Vec<KeyRecord> = self
+            .all(conn)
+            .await?
+            .into_iter()
+            .filter(|r| r.subject == subject && r.usable(now).is_ok())
+            .collect();
+        for r in &mut hit {
+            r.revoked_ms = Some(now);
+        }
+        if !hit.is_empty() {
+            self.put(conn, &hit).await?;
+        }
+        Ok(hit.len())
+    }
+
+    /// Issues `subject` a new key like its newest one; its other usable keys
+    /// keep working for `overlap_ms`, then stop. None if it has no usable key.
+    pub async fn rotate(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        subject: &str,
+        overlap_ms: u64,
+        commander: &PublicKey,
+        now: u64,
+    ) -> Result<Option<Credential>, StoreError> {
+        let mut old: Vec<KeyRecord> = self
+            .all(conn)
+            .await?
+            .into_iter()
+            .filter(|r| r.subject == subject && r.usable(now).is_ok())
+            .collect();
+        let Some(newest) = old.iter().max_by_key(|r| r.created_ms).cloned() else {
+            return Ok(None);
+        };
+        for r in &mut old {
+            let until = now + overlap_ms;
+            r.expires_ms = Some(r.expires_ms.map_or(until, |t| t.min(until)));
+        }
+        let (rec, cred) = new_key(newest.role, subject, newest.pool, commander, now);
+        old.push(rec);
+        self.put(conn, &old).await?;
+        Ok(Some(cred))
+    }
+
+    /// Records the first sight of `nonce` under `kid` for `ttl_ms`; false if
+    /// it was seen already (a replay).
+    pub async fn first_sight(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        kid: &str,
+        nonce: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.nonce(kid, nonce))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(conn)
+            .await?;
+        Ok(set.is_some())
+    }
+}
+
+/// A new key pair for `subject`: the record to store and the credential.
+pub fn new_key(
+    role: Role,
+    subject: &str,
+    pool: Option<PoolType>,
+    commander: &PublicKey,
+    now: u64,
+) -> (KeyRecord, Credential) {
+    let secret = auth::new_secret();
+    let kid = auth::new_kid();
+    let signer = auth::Signer::new(kid.clone(), &secret);
+    let rec = KeyRecord {
+        kid: kid.clone(),
+        role,
+        subject: subject.to_string(),
+        pool,
+        public: auth::encode_key(&signer.public().to_bytes()),
+        created_ms: now,
+        revoked_ms: None,
+        expires_ms: None,
+    };
+    let cred = Credential {
+        kid,
+        role,
+        subject: subject.to_string(),
+        pool,
+        secret: auth::encode_key(&secret),
+        commander: auth::encode_key(&commander.to_bytes()),
+    };
+    (rec, cred)
+}
+
+fn parse(kid: &str, raw: &str) -> Result<KeyRecord, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Reply(format!("key record {kid}: {e}")))
+}

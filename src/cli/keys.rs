@@ -1,0 +1,192 @@
+//! `fleet-commander keys`: the commander's own key, and agents' and
+//! submitters' credentials (docs/SECURITY.md).
+
+use super::load;
+use clap::Subcommand;
+use fleet_protocol::auth::{self, Credential, PublicKey, Role, Signer};
+use fleet_protocol::{now_ms, PoolType};
+use fleet_store::{KeyStore, Keys};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub(crate) enum KeysAction {
+    /// Create the commander's signing key (security.commander_key_file).
+    Init {
+        /// Replace an existing key: every credential issued so far then
+        /// names a commander key that no longer signs.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a credential and print it, once (it holds the secret).
+    Issue {
+        /// The agent's id (or, with --submitter, the submitter's name).
+        subject: String,
+        /// The agent's pool: its key is refused in any other.
+        #[arg(long, required_unless_present = "submitter")]
+        pool: Option<String>,
+        /// A submitter's credential (task_submit), not an agent's.
+        #[arg(long, conflicts_with = "pool")]
+        submitter: bool,
+        /// Write the credential to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List the keys: id, role, subject, pool, state (never a secret).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every key of an agent or submitter, at once.
+    Revoke { subject: String },
+    /// Issue a new key; the old one keeps working for the overlap, then stops.
+    Rotate {
+        subject: String,
+        /// How long the old key keeps working (default security.rotation_overlap_ms).
+        #[arg(long)]
+        overlap_ms: Option<u64>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bool> {
+    let config = load(config)?;
+    if let KeysAction::Init { force } = action {
+        let path = config.commander_key_path();
+        if path.exists() && !force {
+            anyhow::bail!(
+                "{} exists; keep it (credentials issued so far depend on it) or pass --force",
+                path.display()
+            );
+        }
+        let secret = auth::new_secret();
+        write_private(&path, &format!("{}\n", auth::encode_key(&secret)))?;
+        let public = Signer::new("-", &secret).public();
+        println!(
+            "commander key written to {} (public key {})",
+            path.display(),
+            auth::encode_key(&public.to_bytes())
+        );
+        return Ok(true);
+    }
+    let store = KeyStore::new(Keys::new(config.fleet.prefix.clone()));
+    let mut conn = fleet_store::connection::connect(&config.redis.url).await?;
+    let commander = || -> anyhow::Result<PublicKey> {
+        let secret = config.commander_secret()?.ok_or_else(|| {
+            anyhow::anyhow!("security.mode is \"open\": there are no keys to issue")
+        })?;
+        Ok(Signer::new("-", &secret).public())
+    };
+    let now = now_ms();
+    match action {
+        KeysAction::Init { .. } => unreachable!("handled above"),
+        KeysAction::Issue {
+            subject,
+            pool,
+            submitter,
+            out,
+        } => {
+            let (role, pool) = if submitter {
+                (Role::Submitter, None)
+            } else {
+                let p = pool.unwrap_or_default();
+                let p: PoolType = p
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("unknown pool {p:?}"))?;
+                (Role::Agent, Some(p))
+            };
+            check_subject(&subject)?;
+            let cred = store
+                .issue(&mut conn, role, &subject, pool, &commander()?, now)
+                .await?;
+            hand_over(&cred, out.as_deref())?;
+        }
+        KeysAction::List { json } => {
+            let all = store.all(&mut conn).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!("{:<14} {:<10} {:<28} {:<15} STATE", "KID", "ROLE", "SUBJECT", "POOL");
+                for r in all {
+                    let role = serde_json::to_value(r.role)?;
+                    println!(
+                        "{:<14} {:<10} {:<28} {:<15} {}",
+                        r.kid,
+                        role.as_str().unwrap_or("?"),
+                        r.subject,
+                        r.pool.map(|p| p.as_str()).unwrap_or("-"),
+                        r.state(now)
+                    );
+                }
+            }
+        }
+        KeysAction::Revoke { subject } => {
+            let n = store.revoke(&mut conn, &subject, now).await?;
+            if n == 0 {
+                eprintln!("{subject} has no usable key");
+                return Ok(false);
+            }
+            println!("revoked {n} key(s) of {subject}; the commander refuses them from now on");
+        }
+        KeysAction::Rotate {
+            subject,
+            overlap_ms,
+            out,
+        } => {
+            let overlap = overlap_ms.unwrap_or(config.security.rotation_overlap_ms);
+            let Some(cred) = store
+                .rotate(&mut conn, &subject, overlap, &commander()?, now)
+                .await?
+            else {
+                eprintln!("{subject} has no usable key to rotate; issue one");
+                return Ok(false);
+            };
+            eprintln!("the old key of {subject} keeps working for {overlap} ms");
+            hand_over(&cred, out.as_deref())?;
+        }
+    }
+    Ok(true)
+}
+
+fn check_subject(s: &str) -> anyhow::Result<()> {
+    let ok = (1..=128).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    anyhow::ensure!(ok, "{s:?}: an id is 1-128 of A-Z a-z 0-9 - _ . :");
+    Ok(())
+}
+
+/// Prints a credential, or writes it to a private file.
+fn hand_over(c: &Credential, out: Option<&Path>) -> anyhow::Result<()> {
+    let text = format!("{}\n", serde_json::to_string(c)?);
+    match out {
+        Some(p) => {
+            write_private(p, &text)?;
+            eprintln!("credential {} for {} written to {}", c.kid, c.subject, p.display());
+        }
+        None => {
+            eprintln!("credential {} for {} (shown once; keep it secret):", c.kid, c.subject);
+            std::io::stdout().write_all(text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file only its owner can read.
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
