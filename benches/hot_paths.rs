@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the commander's hot paths:
 //! - decoding an inbound message (size check, parse, validation);
+//! - signing a message, and checking a signature;
 //! - the allocation choice: one task submitted and handed to an agent by the
 //!   allocate script, in a pool of 1000 registered agents (a real,
 //!   private redis-server: the choice is made in Lua, next to the data);
@@ -14,6 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use fleet_commander::config::write_settings;
 use fleet_commander::config::Config;
 use fleet_commander::scaler::{decide, PoolState, Sample};
+use fleet_protocol::auth::{unframe, Signer, Unframed};
 use fleet_protocol::now_ms;
 use fleet_protocol::pool::{AgentStatus, PoolType};
 use fleet_protocol::status::render;
@@ -47,6 +49,28 @@ fn decoding(c: &mut Criterion) {
     ] {
         g.bench_function(name, |b| b.iter(|| decode(ch, black_box(msg), 16384)));
     }
+    g.finish();
+}
+
+/// Signing one heartbeat (an agent's cost per message, and the commander's
+/// per task_assign) and checking one (the commander's per inbound message:
+/// header split, signing input, Ed25519 verify).
+fn signing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("signature");
+    let heartbeat = br#"{"v":1,"type":"heartbeat","agentId":"coder-7","status":"busy","load":0.8,"resources":{"memory":310,"cpu":0.4,"network":12},"seq":42}"#;
+    let channel = "swarm:phase-1:health";
+    let signer = Signer::new("k0123456789ab", &[3; 32]);
+    let public = signer.public();
+    g.bench_function("sign_heartbeat", |b| {
+        b.iter(|| signer.sign(channel, black_box(heartbeat), now_ms()))
+    });
+    let signed = signer.sign(channel, heartbeat, now_ms());
+    g.bench_function("verify_heartbeat", |b| {
+        b.iter(|| match unframe(black_box(&signed)) {
+            Ok(Unframed::Signed(s)) => assert!(s.verify(channel, &public)),
+            _ => unreachable!(),
+        })
+    });
     g.finish();
 }
 
@@ -167,11 +191,11 @@ fn allocation(c: &mut Criterion) {
             let (mut conn, tasks, task) = (conn.clone(), &tasks, &task);
             async move {
                 tasks.submit(&mut conn, task, now_ms()).await.unwrap();
-                let (assigned, _) = tasks
+                let a = tasks
                     .allocate(&mut conn, PoolType::Coder, 1, now_ms())
                     .await
                     .unwrap();
-                assert_eq!(assigned, 1);
+                assert_eq!(a.assigned, 1);
             }
         })
     });
@@ -180,6 +204,7 @@ fn allocation(c: &mut Criterion) {
 criterion_group!(
     benches,
     decoding,
+    signing,
     status_assembly,
     scaler_decision,
     allocation

@@ -317,11 +317,13 @@ async fn an_unacknowledged_assignment_goes_back_when_its_lease_runs_out() {
             v["type"] == "task_requeued" && v["taskId"] == id.as_str()
         })
         .await;
-    assert!(
+    // The script announces the take-back; the reaper counts it just after.
+    wait_until(|| async {
         h.metric(r#"fleet_tasks_orphaned_total{reason="lease_expired"}"#)
             .await
             >= 1.0
-    );
+    })
+    .await;
     let (_, a) = h.get("/v1/agents/mute").await;
     assert!(
         a["performance"]["successRate"].as_f64().unwrap() < 1.0,

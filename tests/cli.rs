@@ -108,6 +108,7 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
             spawner: false,
             churn_per_sec: 0.0,
             commander_pid: None,
+            issuer: Some(test_issuer("swarm:phase-1")),
         },
         Default::default(),
     )

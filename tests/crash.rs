@@ -52,7 +52,8 @@ async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill()
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .with_credential(&credential(&redis.url(), &format!("crash-{i}"), PoolType::Coder).await);
         a.register(Duration::from_secs(5)).await.unwrap();
         let s = stop.clone();
         agents.spawn(async move {

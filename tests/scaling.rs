@@ -48,6 +48,7 @@ async fn spawner(h: &Harness, work: Work, stop: CancellationToken) -> Arc<Spawne
         heartbeat: Duration::from_millis(100),
         work: Some(work),
         id_prefix: "spawned".into(),
+        issuer: Some(test_issuer(h.keys.prefix())),
     }
     .start(stop)
     .await
@@ -333,6 +334,7 @@ async fn the_ramp_scenario_grows_shrinks_and_reports_no_loss() {
             burst: Duration::from_secs(2),
             phase_timeout: WAIT,
             progress: false,
+            issuer: Some(test_issuer("swarm:phase-1")),
         },
         CancellationToken::new(),
     )
@@ -390,6 +392,7 @@ async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
             spawner: true,
             churn_per_sec: 0.0,
             commander_pid: None,
+            issuer: Some(test_issuer("swarm:phase-1")),
         },
         CancellationToken::new(),
     )

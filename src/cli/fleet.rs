@@ -3,11 +3,11 @@
 
 use super::{load, shutdown_on_signal, write_report, DemoArgs, SimArgs};
 use fleet_agent::{Agent, AgentSpec};
+use fleet_protocol::auth::Credential;
 use fleet_protocol::{Channels, PoolType, Resources};
 use fleet_sim::issuer::Issuer;
 use fleet_sim::sim::{self, SimOptions};
 use fleet_sim::{demo, ramp};
-use fleet_protocol::auth::Credential;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -154,9 +154,9 @@ pub(crate) async fn agent(
 ) -> anyhow::Result<bool> {
     let config = load(config)?;
     let credential = match credential {
-        Some(p) => Some(Credential::parse(&std::fs::read_to_string(&p).map_err(|e| {
-            anyhow::anyhow!("reading the credential {}: {e}", p.display())
-        })?)?),
+        Some(p) => Some(Credential::parse(&std::fs::read_to_string(&p).map_err(
+            |e| anyhow::anyhow!("reading the credential {}: {e}", p.display()),
+        )?)?),
         None => None,
     };
     let id = id.or_else(|| credential.as_ref().map(|c| c.subject.clone()));

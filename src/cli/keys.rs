@@ -107,7 +107,10 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
-                println!("{:<14} {:<10} {:<28} {:<15} STATE", "KID", "ROLE", "SUBJECT", "POOL");
+                println!(
+                    "{:<14} {:<10} {:<28} {:<15} STATE",
+                    "KID", "ROLE", "SUBJECT", "POOL"
+                );
                 for r in all {
                     let role = serde_json::to_value(r.role)?;
                     println!(
@@ -151,8 +154,7 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
 
 fn check_subject(s: &str) -> anyhow::Result<()> {
     let ok = (1..=128).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     anyhow::ensure!(ok, "{s:?}: an id is 1-128 of A-Z a-z 0-9 - _ . :");
     Ok(())
@@ -164,10 +166,18 @@ fn hand_over(c: &Credential, out: Option<&Path>) -> anyhow::Result<()> {
     match out {
         Some(p) => {
             write_private(p, &text)?;
-            eprintln!("credential {} for {} written to {}", c.kid, c.subject, p.display());
+            eprintln!(
+                "credential {} for {} written to {}",
+                c.kid,
+                c.subject,
+                p.display()
+            );
         }
         None => {
-            eprintln!("credential {} for {} (shown once; keep it secret):", c.kid, c.subject);
+            eprintln!(
+                "credential {} for {} (shown once; keep it secret):",
+                c.kid, c.subject
+            );
             std::io::stdout().write_all(text.as_bytes())?;
         }
     }

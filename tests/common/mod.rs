@@ -5,12 +5,16 @@
 use fleet_agent::{Agent, AgentSpec};
 use fleet_commander::config::Config;
 use fleet_commander::Running;
+use fleet_protocol::auth::{self, Credential, Signer};
 use fleet_protocol::pool::PoolType;
 use fleet_protocol::Resources;
+use fleet_sim::issuer::Issuer;
 use fleet_store::Keys;
 use fleet_testkit::RedisServer;
 use futures_util::StreamExt;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +25,41 @@ pub use tasks::*;
 
 /// The bound on every wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The test commander's signing secret: fixed, so that every test binary
+/// writes the same key file (tests provision their own keys; this one
+/// signs nothing outside them).
+pub const TEST_SECRET: [u8; 32] = [7; 32];
+
+/// A file holding [`TEST_SECRET`], as `keys init` writes it.
+pub fn test_commander_key() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join("test-commander.key");
+    if !path.exists() {
+        // Written whole, then renamed: a concurrent reader sees all or nothing.
+        let tmp = dir.join(format!(
+            "test-commander.key.{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&tmp, auth::encode_key(&TEST_SECRET) + "\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// Issues keys for the test fleet under `prefix`.
+pub fn test_issuer(prefix: &str) -> Issuer {
+    Issuer::new(prefix, &TEST_SECRET)
+}
+
+/// A credential for one agent, stored in the key store at `redis_url`.
+pub async fn credential(redis_url: &str, id: &str, pool: PoolType) -> Credential {
+    let mut conn = fleet_store::connection::connect(redis_url).await.unwrap();
+    test_issuer("swarm:phase-1")
+        .agent(&mut conn, id, pool)
+        .await
+        .unwrap()
+}
 
 /// The shipped config with test-sized intervals: heartbeat 100 ms, failed
 /// after 5 missed (500 ms of silence: wide enough for a noisy machine).
@@ -35,6 +74,7 @@ pub fn test_config(redis_url: &str) -> Config {
     c.fleet.detect_tick_ms = 20;
     c.fleet.status_interval_ms = 200;
     c.fleet.workers = 4;
+    c.security.commander_key_file = test_commander_key();
     c.validate().expect("test config valid");
     c
 }
@@ -46,6 +86,8 @@ pub struct Harness {
     pub keys: Keys,
     pub client: redis::Client,
     pub http: reqwest::Client,
+    /// Keys the raw publisher signs with, by agent id (or `""`: the submitter).
+    signers: Mutex<HashMap<String, Signer>>,
 }
 
 impl Harness {
@@ -74,6 +116,7 @@ impl Harness {
             keys,
             client,
             http: reqwest::Client::new(),
+            signers: Mutex::new(HashMap::new()),
         };
         h.start_commander().await;
         h
@@ -168,13 +211,76 @@ impl Harness {
         let publisher = fleet_store::connection::connect(&self.redis.url())
             .await
             .unwrap();
-        Agent::connect(&self.client, publisher, self.keys.channels().clone(), spec)
+        let (id, pool) = (spec.id.clone(), spec.pool);
+        let a = Agent::connect(&self.client, publisher, self.keys.channels().clone(), spec)
+            .await
+            .unwrap();
+        if self.signed() {
+            a.with_credential(&self.credential(&id, pool).await)
+        } else {
+            a
+        }
+    }
+
+    pub fn signed(&self) -> bool {
+        self.config.security.mode == fleet_commander::config::SecurityMode::Signed
+    }
+
+    /// Issues a key for an agent.
+    pub async fn credential(&self, id: &str, pool: PoolType) -> Credential {
+        let mut conn = fleet_store::connection::connect(&self.redis.url())
+            .await
+            .unwrap();
+        test_issuer(self.keys.prefix())
+            .agent(&mut conn, id, pool)
             .await
             .unwrap()
     }
 
-    /// Publishes a raw payload.
+    /// Issues a submitter's key.
+    pub async fn submitter(&self, name: &str) -> Credential {
+        let mut conn = fleet_store::connection::connect(&self.redis.url())
+            .await
+            .unwrap();
+        test_issuer(self.keys.prefix())
+            .submitter(&mut conn, name)
+            .await
+            .unwrap()
+    }
+
+    /// Publishes a payload as its sender would: signed (when security is
+    /// on) with the key of the agent it names, or a submitter's. Keys are
+    /// issued on first use; an agent's is for the pool the payload names
+    /// (coder if none).
     pub async fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) {
+        let payload = payload.as_ref();
+        if !self.signed() {
+            return self.publish_raw(channel, payload).await;
+        }
+        let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        let agent = v["agentId"].as_str().unwrap_or("").to_string();
+        let known = self.signers.lock().unwrap().get(&agent).cloned();
+        let signer = match known {
+            Some(s) => s,
+            None => {
+                let cred = if agent.is_empty() {
+                    self.submitter("test-submitter").await
+                } else {
+                    let pool = v["pool"].as_str().and_then(|p| p.parse().ok());
+                    self.credential(&agent, pool.unwrap_or(PoolType::Coder))
+                        .await
+                };
+                let s = cred.signer();
+                self.signers.lock().unwrap().insert(agent, s.clone());
+                s
+            }
+        };
+        let signed = signer.sign(channel, payload, fleet_protocol::now_ms());
+        self.publish_raw(channel, signed).await
+    }
+
+    /// Publishes a payload exactly as given (unsigned unless it is).
+    pub async fn publish_raw(&self, channel: &str, payload: impl AsRef<[u8]>) {
         let mut c = self.conn().await;
         redis::cmd("PUBLISH")
             .arg(channel)
@@ -246,7 +352,13 @@ impl Events {
         let task = tokio::spawn(async move {
             let mut s = ps.into_on_message();
             while let Some(m) = s.next().await {
-                if let Ok(v) = serde_json::from_slice::<Value>(m.get_payload_bytes()) {
+                // Signed or not, the body is the JSON.
+                let body = match auth::unframe(m.get_payload_bytes()) {
+                    Ok(auth::Unframed::Plain(b)) => b,
+                    Ok(auth::Unframed::Signed(s)) => s.body,
+                    Err(_) => continue,
+                };
+                if let Ok(v) = serde_json::from_slice::<Value>(body) {
                     if tx.send(v).is_err() {
                         return;
                     }
@@ -322,6 +434,7 @@ pub async fn commander_process(redis_url: &str, addr: &str) -> tokio::process::C
         ])
         .env("REDIS_URL", redis_url)
         .env("FLEET_HTTP_ADDR", addr)
+        .env("FLEET_COMMANDER_KEY", test_commander_key())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

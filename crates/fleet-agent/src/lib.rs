@@ -100,7 +100,10 @@ impl Inbox {
                 Ok(b) => b,
                 Err(e) => {
                     self.refused += 1;
-                    warn!(reason = e.label(), "ignoring a message not from the commander: {e}");
+                    warn!(
+                        reason = e.label(),
+                        "ignoring a message not from the commander: {e}"
+                    );
                     return None;
                 }
             },

@@ -56,7 +56,7 @@ enum Claim<'a> {
         pool: Option<&'a str>,
     },
     Submitter,
-    /// Any known key (status requests, unreadable requests that get a reply).
+    /// Any known key (status requests).
     Anyone,
 }
 
@@ -82,8 +82,8 @@ fn claim(msg: &Inbound) -> Claim<'_> {
             agent_id,
             pool: None,
         },
-        Inbound::TaskSubmit(_) => Claim::Submitter,
-        Inbound::StatusRequest(_) | Inbound::Misfit(_) => Claim::Anyone,
+        Inbound::TaskSubmit(_) | Inbound::Misfit(Misfit::TaskSubmit { .. }) => Claim::Submitter,
+        Inbound::StatusRequest(_) => Claim::Anyone,
     }
 }
 
@@ -126,7 +126,10 @@ impl Gate {
             .into_iter()
             .filter_map(|r| {
                 let Some(pk) = auth::decode_public(&r.public) else {
-                    warn!(kid = r.kid, "key record with an unreadable public key; ignored");
+                    warn!(
+                        kid = r.kid,
+                        "key record with an unreadable public key; ignored"
+                    );
                     return None;
                 };
                 Some((r.kid.clone(), (r, pk)))
@@ -207,8 +210,11 @@ fn may_speak(rec: &KeyRecord, claim: &Claim<'_>) -> Result<(), AuthError> {
             if rec.subject != *agent_id {
                 return Err(AuthError::WrongAgent);
             }
-            match (pool, rec.pool) {
-                (Some(p), Some(k)) if *p != k.as_str() => Err(AuthError::WrongPool),
+            // A pool that does not exist is refused by the handler
+            // (unknown_pool, to the agent's own channel): nothing to guard.
+            let named = pool.and_then(|p| p.parse::<fleet_protocol::PoolType>().ok());
+            match (named, rec.pool) {
+                (Some(p), Some(k)) if p != k => Err(AuthError::WrongPool),
                 _ => Ok(()),
             }
         }

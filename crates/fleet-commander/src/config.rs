@@ -190,7 +190,12 @@ impl Config {
         })?;
         fleet_protocol::auth::decode_key(&text)
             .map(Some)
-            .ok_or_else(|| err(format!("{} is not a key (32 bytes, base64)", path.display())))
+            .ok_or_else(|| {
+                err(format!(
+                    "{} is not a key (32 bytes, base64)",
+                    path.display()
+                ))
+            })
     }
 }
 

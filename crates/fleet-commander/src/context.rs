@@ -5,13 +5,13 @@
 //! This is the bottom of the service's modules: the loops, the handlers and
 //! the HTTP API use it; it uses none of them.
 
+use crate::auth::Gate;
 use crate::config::Config;
 use crate::metrics as m;
+use fleet_protocol::auth::Signer;
 use fleet_protocol::status::FleetStatus;
 use fleet_protocol::{now_ms, PoolType};
 use fleet_store::registry::Orphans;
-use crate::auth::Gate;
-use fleet_protocol::auth::Signer;
 use fleet_store::{Keys, Notice, Registry, StoreError, TaskStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::{ConnectionLike, ConnectionManager};

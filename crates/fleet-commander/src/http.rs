@@ -122,9 +122,10 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
         .map_err(|e| crate::supervise::count("readyz", &StoreError::Redis(e)))
         .is_ok();
     let listening = s.is_listening();
-    let body =
-        Json(json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening,
-            "security": s.gate.mode().as_str()}));
+    let body = Json(
+        json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening,
+            "security": s.gate.mode().as_str()}),
+    );
     if redis_ok && listening {
         (StatusCode::OK, body).into_response()
     } else {
@@ -146,8 +147,7 @@ async fn drain_agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Re
         return error(StatusCode::BAD_REQUEST, "invalid_agent_id", &id);
     }
     let now = fleet_protocol::now_ms();
-    match s.drain(&mut s.redis.clone(), &id, now, "operator").await
-    {
+    match s.drain(&mut s.redis.clone(), &id, now, "operator").await {
         Ok(Some((pool, holding))) => {
             metrics::counter!(m::AGENTS_DRAINED, "pool" => pool.as_str(), "reason" => "operator")
                 .increment(1);

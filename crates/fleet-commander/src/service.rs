@@ -88,7 +88,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if shared.gate.signed() {
         let mut conn = shared.redis.clone();
         let n = shared.gate.reload(&mut conn).await?;
-        info!(keys = n, "security on: agents' and submitters' messages must be signed");
+        info!(
+            keys = n,
+            "security on: agents' and submitters' messages must be signed"
+        );
     } else {
         warn!(
             "security.mode = \"open\": messages are neither checked nor signed; \

@@ -4,9 +4,9 @@
 //! agent's messages are handled in order while different agents' are
 //! handled concurrently.
 
+use crate::auth::Seal;
 use crate::context::{pause, Shared};
 use crate::metrics as m;
-use crate::auth::Seal;
 use fleet_protocol::auth::{unframe, AuthError, Unframed};
 use fleet_protocol::{decode, now_ms, Channel, Decoded, Inbound};
 use futures_util::StreamExt;
@@ -135,7 +135,11 @@ impl Router {
             }
         };
         // The size limit is on the whole payload, header included.
-        let inbound = match decode(channel, body, self.max_bytes.saturating_sub(payload.len() - body.len())) {
+        let inbound = match decode(
+            channel,
+            body,
+            self.max_bytes.saturating_sub(payload.len() - body.len()),
+        ) {
             Ok(Decoded::Message(i)) => i,
             Ok(Decoded::Own) => return true,
             Err(rej) => {
@@ -184,5 +188,9 @@ pub(crate) fn refused(channel: Channel, e: AuthError) {
     metrics::counter!(m::MESSAGES_REJECTED,
         "channel" => channel.as_str(), "reason" => e.label())
     .increment(1);
-    warn!(channel = channel.as_str(), reason = e.label(), "message refused: {e}");
+    warn!(
+        channel = channel.as_str(),
+        reason = e.label(),
+        "message refused: {e}"
+    );
 }

@@ -152,7 +152,13 @@ fn token(s: &str) -> bool {
 pub fn signing_input(channel: &str, kid: &str, ts: u64, nonce: &str, body: &[u8]) -> Vec<u8> {
     let ts = ts.to_string();
     let mut m = Vec::with_capacity(16 + channel.len() + kid.len() + nonce.len() + body.len());
-    for part in [MAGIC.as_bytes(), channel.as_bytes(), kid.as_bytes(), ts.as_bytes(), nonce.as_bytes()] {
+    for part in [
+        MAGIC.as_bytes(),
+        channel.as_bytes(),
+        kid.as_bytes(),
+        ts.as_bytes(),
+        nonce.as_bytes(),
+    ] {
         m.extend_from_slice(part);
         m.push(b'\n');
     }
@@ -187,7 +193,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -440,8 +448,14 @@ mod tests {
         assert_eq!(s.body, body);
         assert_eq!(s.kid, "commander:7");
         assert!(s.verify("swarm:phase-1:agent:a", &signer().public()));
-        assert!(!s.verify("swarm:phase-1:agent:b", &signer().public()), "channel bound");
-        assert!(!s.verify("swarm:phase-1:agent:a", &Signer::new("x", &[8; 32]).public()));
+        assert!(
+            !s.verify("swarm:phase-1:agent:b", &signer().public()),
+            "channel bound"
+        );
+        assert!(!s.verify(
+            "swarm:phase-1:agent:a",
+            &Signer::new("x", &[8; 32]).public()
+        ));
     }
 
     #[test]
@@ -480,13 +494,22 @@ mod tests {
         let m = c.sign("ch", b"{}", now);
         assert_eq!(check.check("ch", &m, now), Ok(&b"{}"[..]));
         assert_eq!(check.check("ch", &m, now), Err(AuthError::Replay));
-        assert_eq!(check.check("other", &c.sign("ch", b"{}", now), now), Err(AuthError::BadSignature));
+        assert_eq!(
+            check.check("other", &c.sign("ch", b"{}", now), now),
+            Err(AuthError::BadSignature)
+        );
         assert_eq!(check.check("ch", b"{}", now), Err(AuthError::Unsigned));
         let forged = Signer::new("commander:9", &[1; 32]).sign("ch", b"{}", now);
-        assert_eq!(check.check("ch", &forged, now), Err(AuthError::BadSignature));
+        assert_eq!(
+            check.check("ch", &forged, now),
+            Err(AuthError::BadSignature)
+        );
         let old = Signer::new("commander:6", &[7; 32]).sign("ch", b"{}", now);
         assert_eq!(check.check("ch", &old, now), Err(AuthError::OldEpoch));
-        assert_eq!(check.check("ch", &c.sign("ch", b"{}", now - 40_000), now), Err(AuthError::Stale));
+        assert_eq!(
+            check.check("ch", &c.sign("ch", b"{}", now - 40_000), now),
+            Err(AuthError::Stale)
+        );
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! retuned live for a quick policy, a step of load makes it grow and quiet
 //! makes it shrink, with the simulator's spawner starting the agents.
 
+use crate::issuer::Issuer;
 use crate::ramp::{self, RampOptions, RampReport};
 use crate::sim::{self, SimOptions, SimReport};
 use anyhow::Context;
-use crate::issuer::Issuer;
 use fleet_commander::config::{Config, ScalingPolicy, SecurityMode};
 use fleet_protocol::pool::PoolType;
 use fleet_protocol::status;

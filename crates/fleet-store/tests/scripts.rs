@@ -194,7 +194,13 @@ where
 async fn lua_built_messages_decode_as_their_rust_types() {
     let mut s = store().await;
     let channels = s.keys.channels().clone();
-    let mut inbox = s.listen(channels.agent("a1")).await;
+    let inbox = channels.agent("a1");
+    // Scripts write what agents are told; the caller publishes it, signed.
+    let told = |n: Option<&fleet_store::Notice>| -> ToAgent {
+        let n = n.expect("a message for the agent");
+        assert_eq!(n.channel, inbox);
+        serde_json::from_str(&n.message).expect("a ToAgent")
+    };
     let mut allocation = s.listen(channels.allocation()).await;
     let mut health = s.listen(channels.health()).await;
     s.agent("a1", 2).await;
@@ -202,13 +208,13 @@ async fn lua_built_messages_decode_as_their_rust_types() {
     // task_assign, with a payload that needs escaping, and task_assigned.
     let payload = r#"{"cmd":"echo \"hi\"\n","n":[1,2.5,null],"ok":true}"#;
     let id = s.submit(payload).await;
-    let (assigned, queued) = s
+    let a = s
         .tasks
         .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
         .await
         .unwrap();
-    assert_eq!((assigned, queued), (1, 0));
-    match next::<ToAgent>(&mut inbox).await {
+    assert_eq!((a.assigned, a.queued, a.notices.len()), (1, 0, 1));
+    match told(a.notices.first()) {
         ToAgent::TaskAssign {
             v,
             task_id,
@@ -239,8 +245,10 @@ async fn lua_built_messages_decode_as_their_rust_types() {
 
     // task_cancel to the agent, task_cancelled to everyone.
     let out = s.tasks.cancel(&mut s.conn, &id, POOL, now()).await.unwrap();
-    assert_eq!(out, fleet_store::tasks::Cancelled::Cancelled);
-    match next::<ToAgent>(&mut inbox).await {
+    let fleet_store::tasks::Cancelled::Cancelled(notice) = out else {
+        panic!("{out:?}")
+    };
+    match told(notice.as_ref()) {
         ToAgent::TaskCancel {
             task_id, attempt, ..
         } => assert_eq!((task_id, attempt), (id.clone(), 1)),
@@ -252,12 +260,13 @@ async fn lua_built_messages_decode_as_their_rust_types() {
     // A failed attempt with no retries left: task_dead, and the agent's
     // health falls below the line: agent_quarantined.
     let id = s.submit("null").await;
-    s.tasks
+    let a = s
+        .tasks
         .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
         .await
         .unwrap();
     assert!(matches!(
-        next::<ToAgent>(&mut inbox).await,
+        told(a.notices.first()),
         ToAgent::TaskAssign { .. }
     ));
     let ev = next::<TaskEvent>(&mut allocation).await;
@@ -287,8 +296,11 @@ async fn lua_built_messages_decode_as_their_rust_types() {
         .drain(&mut s.conn, "a1", now(), "operator: \"retire\"")
         .await
         .unwrap();
-    assert_eq!(drained, Some((POOL, 0)));
-    match next::<ToAgent>(&mut inbox).await {
+    let Some((pool, 0, notice)) = drained else {
+        panic!("{drained:?}")
+    };
+    assert_eq!(pool, POOL);
+    match told(notice.as_ref()) {
         ToAgent::Drain { reason, .. } => assert_eq!(reason, "operator: \"retire\""),
         other => panic!("{other:?}"),
     }
@@ -302,18 +314,22 @@ async fn one_allocate_call_hands_out_one_batch() {
     for _ in 0..ALLOCATE_BATCH + extra {
         s.submit("{}").await;
     }
-    let (assigned, queued) = s
+    let a = s
         .tasks
         .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
         .await
         .unwrap();
-    assert_eq!((assigned, queued), (ALLOCATE_BATCH as u64, extra as u64));
-    let (assigned, queued) = s
+    assert_eq!(
+        (a.assigned, a.queued),
+        (ALLOCATE_BATCH as u64, extra as u64)
+    );
+    assert_eq!(a.notices.len(), ALLOCATE_BATCH);
+    let a = s
         .tasks
         .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
         .await
         .unwrap();
-    assert_eq!((assigned, queued), (extra as u64, 0));
+    assert_eq!((a.assigned, a.queued), (extra as u64, 0));
 }
 
 #[tokio::test]
@@ -343,16 +359,23 @@ async fn a_superseded_epoch_is_fenced_and_changes_nothing() {
 async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
     let mut s = store().await;
     let channels = s.keys.channels().clone();
-    let mut inbox = s.listen(channels.agent("a1")).await;
+    let inbox = channels.agent("a1");
+    // Scripts write what agents are told; the caller publishes it, signed.
+    let told = |n: Option<&fleet_store::Notice>| -> ToAgent {
+        let n = n.expect("a message for the agent");
+        assert_eq!(n.channel, inbox);
+        serde_json::from_str(&n.message).expect("a ToAgent")
+    };
     let mut allocation = s.listen(channels.allocation()).await;
     s.agent("a1", 1).await;
     let id = s.submit_with("{}", 3).await;
-    s.tasks
+    let a = s
+        .tasks
         .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
         .await
         .unwrap();
     assert!(matches!(
-        next::<ToAgent>(&mut inbox).await,
+        told(a.notices.first()),
         ToAgent::TaskAssign { .. }
     ));
     assert_eq!(
@@ -363,8 +386,11 @@ async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
     // The lease runs out: the agent is told to stop, everyone that it went back.
     let later = now() + 3_600_000;
     let out = s.tasks.expire(&mut s.conn, &id, later).await.unwrap();
-    assert_eq!(out.as_deref(), Some("queued"));
-    match next::<ToAgent>(&mut inbox).await {
+    let Some((outcome, notice)) = out else {
+        panic!("expired")
+    };
+    assert_eq!(outcome, "queued");
+    match told(notice.as_ref()) {
         ToAgent::TaskCancel {
             task_id, attempt, ..
         } => assert_eq!((task_id.as_str(), attempt), (id.as_str(), 1)),
@@ -423,10 +449,10 @@ async fn leaving_and_registering_again_keeps_health_and_quarantine() {
     assert_eq!(back.health.score, 40);
     assert_eq!(back.health.quarantined_until, rec.health.quarantined_until);
     s.submit("{}").await;
-    let (assigned, _) = s
+    let a = s
         .tasks
         .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
         .await
         .unwrap();
-    assert_eq!(assigned, 0, "a quarantined agent gets no task");
+    assert_eq!(a.assigned, 0, "a quarantined agent gets no task");
 }

@@ -28,8 +28,7 @@ pub(super) async fn handle(
     };
     let mut p = redis::pipe();
     let ch = keys.channels().agent(&d.agent_id);
-    p.publish(&ch, shared.seal(&ch, json(&reply)))
-        .ignore();
+    p.publish(&ch, shared.seal(&ch, json(&reply))).ignore();
     if let Some(pool) = removed {
         metrics::counter!(m::DEREGISTRATIONS).increment(1);
         let ev = Event::AgentDeregistered {

@@ -1,0 +1,435 @@
+//! Signed identity against a real commander and redis-server: each attack
+//! of issue 14 is replayed and must be refused, counted, and change nothing.
+//! (The metrics recorder is one per process: each test counts refusals
+//! under a channel and reason that no other test in this file produces.)
+
+mod common;
+
+use common::*;
+use fleet_agent::{AgentError, AgentSpec, Outcome};
+use fleet_protocol::auth::{Role, Signer};
+use fleet_protocol::pool::PoolType;
+use fleet_protocol::{now_ms, AgentStatus};
+use fleet_store::KeyStore;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+fn rejected(channel: &str, reason: &str) -> String {
+    format!(r#"fleet_messages_rejected_total{{channel="{channel}",reason="{reason}"}}"#)
+}
+
+/// Waits until the commander has counted a refusal.
+async fn refused(h: &Harness, channel: &str, reason: &str) {
+    let series = rejected(channel, reason);
+    wait_until(|| async { h.metric(&series).await >= 1.0 }).await;
+}
+
+/// Every payload published on `channel`, byte for byte.
+async fn tap(h: &Harness, channel: &str) -> mpsc::UnboundedReceiver<Vec<u8>> {
+    let mut ps = h.client.get_async_pubsub().await.unwrap();
+    ps.subscribe(channel).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut s = ps.into_on_message();
+        while let Some(m) = s.next().await {
+            if tx.send(m.get_payload_bytes().to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn next_bytes(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>, what: &str) -> Vec<u8> {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .expect("tap open")
+}
+
+/// A coder agent that holds each task until released.
+async fn holder(
+    h: &Harness,
+    id: &str,
+    release: Arc<Notify>,
+) -> tokio_util::sync::CancellationToken {
+    let w = work(move |a| {
+        let r = release.clone();
+        async move {
+            r.notified().await;
+            Outcome::Complete(json!({"by": "holder", "attempt": a.attempt}))
+        }
+    });
+    let (stop, _task) = start_agent(h, id, PoolType::Coder, &["rust"], Some(w)).await;
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_results_change_nothing_and_only_the_holder_completes() {
+    let h = Harness::start().await;
+    let release = Arc::new(Notify::new());
+    let _stop = holder(&h, "a", release.clone()).await;
+    let id = submit(&h, json!({"pool": "coder"})).await;
+    wait_state(&h, &id, "running").await;
+
+    // As the issue's attacker: agentId and attempt read off :allocation.
+    let results = h.keys.channels().results();
+    let forged = json!({"v": 1, "type": "task_complete", "taskId": id, "attempt": 1,
+                        "agentId": "a", "result": "forged"})
+    .to_string();
+    h.publish_raw(&results, &forged).await;
+    // Signed, but with another agent's key.
+    let other = h.credential("b", PoolType::Coder).await.signer();
+    h.publish_raw(&results, other.sign(&results, forged.as_bytes(), now_ms()))
+        .await;
+    // A key nobody issued.
+    let stranger = Signer::new("k000000000000", &[9; 32]);
+    h.publish_raw(
+        &results,
+        stranger.sign(&results, forged.as_bytes(), now_ms()),
+    )
+    .await;
+    // b's header on a body it did not sign.
+    let b_forged = forged.replace("\"agentId\":\"a\"", "\"agentId\":\"b\"");
+    let mut b_tampered = other.sign(&results, b_forged.as_bytes(), now_ms());
+    let at = b_tampered
+        .windows(6)
+        .position(|w| w == b"forged")
+        .expect("the result is in the body");
+    b_tampered[at] = b'F'; // still JSON, no longer what was signed
+    h.publish_raw(&results, b_tampered).await;
+
+    refused(&h, "results", "unsigned").await;
+    refused(&h, "results", "wrong_agent").await;
+    refused(&h, "results", "unknown_key").await;
+    refused(&h, "results", "bad_signature").await;
+    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["state"], "running", "{t}");
+    assert_eq!(t["result"], Value::Null);
+
+    release.notify_one();
+    let done = wait_state(&h, &id, "completed").await;
+    assert_eq!(done["result"]["by"], "holder");
+    assert_eq!(done["agentId"], "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_register_and_deregister_leave_the_agent_and_its_task_alone() {
+    let h = Harness::start().await;
+    let release = Arc::new(Notify::new());
+    let _stop = holder(&h, "a", release.clone()).await;
+    let id = submit(&h, json!({"pool": "coder"})).await;
+    wait_state(&h, &id, "running").await;
+
+    let registry = h.keys.channels().registry();
+    h.publish_raw(
+        &registry,
+        json!({"v": 1, "type": "deregister", "id": "x1", "agentId": "a"}).to_string(),
+    )
+    .await;
+    let hijack = json!({"v": 1, "type": "register", "id": "x2", "agentId": "a", "pool": "coder",
+                        "capabilities": ["evil"], "instance": "attacker"})
+    .to_string();
+    h.publish_raw(&registry, &hijack).await;
+    let other = h.credential("b", PoolType::Coder).await.signer();
+    h.publish_raw(
+        &registry,
+        other.sign(&registry, hijack.as_bytes(), now_ms()),
+    )
+    .await;
+    refused(&h, "registry", "unsigned").await;
+    wait_until(|| async { h.metric(&rejected("registry", "unsigned")).await >= 2.0 }).await;
+    refused(&h, "registry", "wrong_agent").await;
+
+    let (code, a) = h.get("/v1/agents/a").await;
+    assert_eq!(code, 200, "still registered");
+    assert_eq!(a["capabilities"], json!(["rust"]), "{a}");
+    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(
+        (t["state"].as_str(), t["attempt"].as_u64()),
+        (Some("running"), Some(1)),
+        "not taken back: {t}"
+    );
+    release.notify_one();
+    wait_state(&h, &id, "completed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_heartbeats_do_not_keep_a_dead_agent_alive() {
+    let h = Harness::start().await;
+    let mut dead = h.agent("k", PoolType::Tester).await;
+    dead.register(T).await.unwrap();
+    drop(dead); // as if SIGKILLed: no more heartbeats of its own
+
+    let health = h.keys.channels().health();
+    let beat = json!({"v": 1, "type": "heartbeat", "agentId": "k", "status": "idle",
+                      "load": 0.0})
+    .to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let forger = {
+        let (stop, url, health) = (stop.clone(), h.redis.url(), health.clone());
+        tokio::spawn(async move {
+            let c = fleet_store::connection::client(&url).unwrap();
+            let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+            while !stop.is_cancelled() {
+                let _: Result<i64, _> = redis::cmd("PUBLISH")
+                    .arg(&health)
+                    .arg(&beat)
+                    .query_async(&mut conn)
+                    .await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+    wait_until(|| async { h.get("/v1/agents/k").await.1["status"] == "failed" }).await;
+    assert!(h.metric(&rejected("health", "unsigned")).await >= 1.0);
+    stop.cancel();
+    forger.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_register_and_deregister_are_refused() {
+    let h = Harness::start_with(|c| c.security.window_ms = 1000).await;
+    let registry = h.keys.channels().registry();
+    let mut wire = tap(&h, &registry).await;
+    let mut a = h.agent("r", PoolType::Ui).await;
+    a.register(T).await.unwrap();
+    let register = next_bytes(&mut wire, "the register").await;
+    assert!(register.starts_with(b"FC1 "), "the SDK signs");
+    assert!(a.deregister(T).await.unwrap());
+    let deregister = loop {
+        let b = next_bytes(&mut wire, "the deregister").await;
+        if String::from_utf8_lossy(&b).contains("\"deregister\"") {
+            break b;
+        }
+    };
+
+    // A replayed register after the deregister: no phantom agent.
+    h.publish_raw(&registry, &register).await;
+    refused(&h, "registry", "replay").await;
+    assert_eq!(h.get("/v1/agents/r").await.0, 404);
+
+    // Back for real; a replayed deregister does not remove it.
+    a.register(T).await.unwrap();
+    h.publish_raw(&registry, &deregister).await;
+    wait_until(|| async { h.metric(&rejected("registry", "replay")).await >= 2.0 }).await;
+    assert_eq!(h.get("/v1/agents/r").await.0, 200);
+
+    // Once out of the window, the replay is refused for its age.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the window is time itself
+    h.publish_raw(&registry, &deregister).await;
+    refused(&h, "registry", "stale_timestamp").await;
+    assert_eq!(h.get("/v1/agents/r").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_bound_to_their_pool_and_revocation_and_rotation_take_effect() {
+    let h = Harness::start().await;
+    let store = KeyStore::new(h.keys.clone());
+    let mut conn = fleet_store::connection::connect(&h.redis.url())
+        .await
+        .unwrap();
+    let commander = Signer::new("-", &TEST_SECRET).public();
+    let agent = |id: &str, pool: PoolType| {
+        let (client, url, channels, id) = (
+            h.client.clone(),
+            h.redis.url(),
+            h.keys.channels().clone(),
+            id.to_string(),
+        );
+        async move {
+            let publisher = fleet_store::connection::connect(&url).await.unwrap();
+            let spec = AgentSpec {
+                id,
+                pool,
+                priority: None,
+                capabilities: vec![],
+                resources: Default::default(),
+                capacity: 1,
+            };
+            fleet_agent::Agent::connect(&client, publisher, channels, spec)
+                .await
+                .unwrap()
+        }
+    };
+    let short = Duration::from_millis(500);
+
+    // A coder's key used to join the tester pool.
+    let coder = store
+        .issue(
+            &mut conn,
+            Role::Agent,
+            "p1",
+            Some(PoolType::Coder),
+            &commander,
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    let mut wrong = agent("p1", PoolType::Tester).await.with_credential(&coder);
+    assert!(matches!(
+        wrong.register(short).await,
+        Err(AgentError::Timeout(_))
+    ));
+    refused(&h, "registry", "wrong_pool").await;
+    let mut right = agent("p1", PoolType::Coder).await.with_credential(&coder);
+    right.register(T).await.unwrap();
+
+    // Revoked: refused from then on.
+    assert_eq!(store.revoke(&mut conn, "p1", now_ms()).await.unwrap(), 1);
+    // The key cache hears of it at once (the key channel); heartbeat until
+    // one is refused for it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.metric(&rejected("health", "revoked_key")).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "revocation never took effect"
+        );
+        right.heartbeat(AgentStatus::Idle, 0.0).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Rotated: the old key works during the overlap, then not; the new one does.
+    let old = store
+        .issue(
+            &mut conn,
+            Role::Agent,
+            "o1",
+            Some(PoolType::Ui),
+            &commander,
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    let new = store
+        .rotate(&mut conn, "o1", 1500, &commander, now_ms())
+        .await
+        .unwrap()
+        .expect("o1 has a key");
+    assert_ne!(new.kid, old.kid);
+    let mut with_old = agent("o1", PoolType::Ui).await.with_credential(&old);
+    with_old.register(T).await.expect("inside the overlap");
+    tokio::time::sleep(Duration::from_millis(1600)).await; // the overlap is time itself
+    assert!(matches!(
+        with_old.register(short).await,
+        Err(AgentError::Timeout(_))
+    ));
+    refused(&h, "registry", "expired_key").await;
+    let mut with_new = agent("o1", PoolType::Ui).await.with_credential(&new);
+    with_new.register(T).await.expect("the new key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_submit_needs_a_submitter_key() {
+    let h = Harness::start().await;
+    let tasks = h.keys.channels().tasks();
+    let reply = format!("{}s1", h.keys.channels().reply_prefix());
+    let mut answers = h.listen(&reply).await;
+    let msg = |id: &str| {
+        json!({"v": 1, "type": "task_submit", "id": id, "replyChannel": reply,
+               "pool": "coder"})
+        .to_string()
+    };
+    h.publish_raw(&tasks, msg("unsigned")).await;
+    refused(&h, "tasks", "unsigned").await;
+    let agent_key = h.credential("sneaky", PoolType::Coder).await.signer();
+    h.publish_raw(
+        &tasks,
+        agent_key.sign(&tasks, msg("by-agent").as_bytes(), now_ms()),
+    )
+    .await;
+    refused(&h, "tasks", "wrong_role").await;
+
+    let submitter = h.submitter("ci").await.signer();
+    h.publish_raw(
+        &tasks,
+        submitter.sign(&tasks, msg("ok").as_bytes(), now_ms()),
+    )
+    .await;
+    let r = answers
+        .wait_for("the reply", |v| v["type"] == "task_submit_reply")
+        .await;
+    assert_eq!(
+        (r["replyTo"].as_str(), r["accepted"].as_bool()),
+        (Some("ok"), Some(true)),
+        "{r}"
+    );
+    // The refused ones were never answered (nor queued).
+    let more = answers
+        .collect_for(Duration::from_millis(200), |v| {
+            v["type"] == "task_submit_reply"
+        })
+        .await;
+    assert!(more.is_empty(), "{more:?}");
+    let (code, t) = h
+        .get(&format!("/v1/tasks/{}", r["taskId"].as_str().unwrap()))
+        .await;
+    assert_eq!((code, t["state"].as_str()), (200, Some("queued")), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_task_assign_is_ignored_by_a_real_agent() {
+    let h = Harness::start().await;
+    let ran: Arc<Mutex<Vec<String>>> = Default::default();
+    let r = ran.clone();
+    let w = work(move |a| {
+        let r = r.clone();
+        async move {
+            r.lock().unwrap().push(a.task_id.clone());
+            Outcome::Complete(json!(null))
+        }
+    });
+    let (_stop, _task) = start_agent(&h, "victim", PoolType::Coder, &[], Some(w)).await;
+    let channel = h.keys.channels().agent("victim");
+    let assign = json!({"type": "task_assign", "v": 1, "taskId": "evil", "attempt": 1,
+                        "pool": "coder", "priority": 5, "timeoutMs": 30000,
+                        "payload": {"cmd": "rm -rf /"}})
+    .to_string();
+    h.publish_raw(&channel, &assign).await;
+    let fake = Signer::new("commander:999999", &[1; 32]);
+    h.publish_raw(&channel, fake.sign(&channel, assign.as_bytes(), now_ms()))
+        .await;
+    // A real one after them, on the same channel: by the time it has run,
+    // the forgeries have been read.
+    let id = submit(&h, json!({"pool": "coder"})).await;
+    wait_state(&h, &id, "completed").await;
+    assert_eq!(*ran.lock().unwrap(), vec![id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_headers_are_refused_and_counted() {
+    let h = Harness::start().await;
+    let health = h.keys.channels().health();
+    h.publish_raw(&health, "FC1 k1 notanumber nonce1234 AAAA\n{}")
+        .await;
+    refused(&h, "health", "bad_header").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_mode_is_reported_and_checks_nothing() {
+    let h = Harness::start_with(|c| c.security.mode = fleet_commander::config::SecurityMode::Open)
+        .await;
+    let (code, ready) = h.get("/readyz").await;
+    assert_eq!((code, ready["security"].as_str()), (200, Some("open")));
+    let mut inbox = h.listen(&h.keys.channels().agent("plain")).await;
+    h.publish_raw(
+        &h.keys.channels().registry(),
+        json!({"v": 1, "type": "register", "id": "p", "agentId": "plain", "pool": "ui"})
+            .to_string(),
+    )
+    .await;
+    let r = inbox
+        .wait_for("register_reply", |v| v["type"] == "register_reply")
+        .await;
+    assert_eq!(r["accepted"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_mode_is_reported() {
+    let h = Harness::start().await;
+    let (_, ready) = h.get("/readyz").await;
+    assert_eq!(ready["security"], "signed");
+}
