@@ -1,0 +1,20 @@
+"""fleet_agent: agents for fleet-commander, in Python (asyncio, redis-py).
+
+    import asyncio
+    from fleet_agent import Agent, Credential
+
+    agent = Agent("redis://127.0.0.1:6379", Credential.load("coder-1.cred"))
+
+    @agent.task
+    async def handle(task):
+        return {"echo": task.payload}
+
+    asyncio.run(agent.run())
+"""
+from .agent import Agent, RegistrationRefused, Task
+from .signing import CommanderCheck, Credential, Refused, sign, signing_input, unframe
+
+__all__ = [
+    "Agent", "Task", "RegistrationRefused", "Credential", "CommanderCheck", "Refused",
+    "sign", "signing_input", "unframe",
+]

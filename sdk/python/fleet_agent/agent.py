@@ -1,0 +1,263 @@
+"""An asyncio agent: register, heartbeat, take tasks (ack, progress,
+complete, fail), obey cancel, drain and reregister, leave. Every message it
+sends is signed with its credential, and it believes only what the
+commander signed."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+import redis.asyncio as redis
+
+from .signing import CommanderCheck, Credential, Refused, sign, unframe
+
+log = logging.getLogger("fleet_agent")
+
+PREFIX = "swarm:phase-1"
+
+
+class RegistrationRefused(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Task:
+    """One attempt at a task, as handed to the handler."""
+
+    task_id: str
+    attempt: int
+    pool: str
+    priority: int
+    timeout_ms: int
+    payload: Any
+    _agent: "Agent" = field(repr=False)
+
+    async def progress(self, fraction: float) -> None:
+        """Tells the commander the work goes on (renews the lease)."""
+        await self._agent.report("task_progress", self.task_id, self.attempt, progress=fraction)
+
+
+Handler = Callable[[Task], Awaitable[Any]]
+
+
+class Agent:
+    """One agent. With a credential its id and pool come from it."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        credential: Optional[Credential] = None,
+        *,
+        agent_id: Optional[str] = None,
+        pool: Optional[str] = None,
+        capabilities: Optional[List[str]] = None,
+        capacity: int = 1,
+        resources: Optional[Dict[str, float]] = None,
+        priority: Optional[int] = None,
+        prefix: str = PREFIX,
+    ) -> None:
+        self.redis_url = redis_url
+        self.credential = credential
+        self.id = agent_id or (credential.subject if credential else None)
+        self.pool = pool or (credential.pool if credential else None)
+        if not self.id or not self.pool:
+            raise ValueError("an agent needs an id and a pool (or a credential naming them)")
+        self.capabilities = list(capabilities or [])
+        self.capacity = capacity
+        self.resources = resources or {"memory": 64, "cpu": 0.1, "network": 1}
+        self.priority = priority
+        self.prefix = prefix
+        self.instance = uuid.uuid4().hex  # this run: a restart gets a new one
+        self.handler: Optional[Handler] = None
+        self.heartbeat_s = 5.0
+        self.refused = 0  # messages ignored: not signed by the commander
+        self._key, self._check = None, None
+        if credential:
+            key, commander = credential.keys()
+            self._key, self._check = key, CommanderCheck(commander)
+        self._pub: Optional[redis.Redis] = None
+        self._ps: Any = None
+        self._reader: Optional[asyncio.Task] = None
+        self._replies: Dict[str, asyncio.Future] = {}
+        self._running: Dict[Tuple[str, int], asyncio.Task] = {}
+        self._drained = asyncio.Event()
+        self._seq = 0
+        self._background: set = set()
+
+    # ---- wiring ----
+
+    def channel(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    def task(self, fn: Handler) -> Handler:
+        """Decorator: the coroutine that does a task; its return value is the
+        result, an exception fails the attempt."""
+        self.handler = fn
+        return fn
+
+    async def connect(self) -> None:
+        """Subscribes to the agent's channel (before anything is sent, so no
+        reply is missed) and starts reading it."""
+        self._pub = redis.Redis.from_url(self.redis_url)
+        self._ps = self._pub.pubsub(ignore_subscribe_messages=True)
+        await self._ps.subscribe(self.channel(f"agent:{self.id}"))
+        self._reader = asyncio.create_task(self._read())
+
+    async def close(self) -> None:
+        for t in list(self._running.values()):
+            t.cancel()
+        if self._reader:
+            self._reader.cancel()
+        if self._ps is not None:
+            await self._ps.aclose()
+        if self._pub is not None:
+            await self._pub.aclose()
+
+    async def send(self, channel: str, msg: Dict[str, Any]) -> None:
+        name = self.channel(channel)
+        body = json.dumps({"v": 1, **msg}, separators=(",", ":")).encode()
+        payload = sign(self._key, self.credential.kid, name, body) if self._key else body
+        assert self._pub is not None, "connect() first"
+        await self._pub.publish(name, payload)
+
+    # ---- requests ----
+
+    async def _request(self, channel: str, msg: Dict[str, Any], timeout: float, tries: int) -> Optional[dict]:
+        for _ in range(tries):
+            mid = str(uuid.uuid4())
+            fut = asyncio.get_running_loop().create_future()
+            self._replies[mid] = fut
+            try:
+                await self.send(channel, {**msg, "id": mid})
+                return await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                continue  # lost or late: the request is idempotent, send again
+            finally:
+                self._replies.pop(mid, None)
+        return None
+
+    async def register(self, timeout: float = 2.0, tries: int = 5) -> dict:
+        msg: Dict[str, Any] = {
+            "type": "register", "agentId": self.id, "pool": self.pool,
+            "capabilities": self.capabilities, "capacity": self.capacity,
+            "instance": self.instance, "resources": self.resources,
+        }
+        if self.priority is not None:
+            msg["priority"] = self.priority
+        reply = await self._request("registry", msg, timeout, tries)
+        if reply is None:
+            raise TimeoutError("no register_reply: is the commander running, and the key issued?")
+        if not reply["accepted"]:
+            raise RegistrationRefused(reply.get("reason", "?"), reply.get("detail", ""))
+        self.heartbeat_s = reply["heartbeatIntervalMs"] / 1000.0
+        return reply
+
+    async def deregister(self, timeout: float = 2.0, tries: int = 3) -> bool:
+        reply = await self._request(
+            "registry", {"type": "deregister", "agentId": self.id, "reason": "shutdown"}, timeout, tries
+        )
+        return bool(reply and reply.get("removed"))
+
+    async def heartbeat(self) -> None:
+        n = len(self._running)
+        status = "busy" if n >= self.capacity else ("active" if n else "idle")
+        self._seq += 1
+        await self.send("health", {"type": "heartbeat", "agentId": self.id, "status": status,
+                                   "load": n / max(1, self.capacity), "seq": self._seq})
+
+    async def report(self, kind: str, task_id: str, attempt: int, **fields: Any) -> None:
+        await self.send("results", {"type": kind, "taskId": task_id, "attempt": attempt,
+                                    "agentId": self.id, **fields})
+
+    # ---- the agent's channel ----
+
+    async def _read(self) -> None:
+        name = self.channel(f"agent:{self.id}")
+        while True:
+            m = await self._ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if m is None:
+                continue
+            data: bytes = m["data"] if isinstance(m["data"], bytes) else str(m["data"]).encode()
+            try:
+                if self._check is not None:
+                    body = self._check.check(name, data)
+                else:
+                    s = unframe(data)
+                    body = s.body if s else data
+                msg = json.loads(body)
+            except Refused as e:
+                self.refused += 1
+                log.warning("ignoring a message not from the commander: %s", e.reason)
+                continue
+            except ValueError:
+                continue
+            self._dispatch(msg)
+
+    def _dispatch(self, msg: dict) -> None:
+        kind = msg.get("type")
+        reply_to = msg.get("replyTo")
+        if reply_to is not None:
+            fut = self._replies.get(reply_to)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif kind == "task_assign":
+            key = (msg["taskId"], int(msg["attempt"]))
+            if key not in self._running:
+                t = asyncio.create_task(self._do(msg))
+                self._running[key] = t
+                t.add_done_callback(lambda _t, k=key: self._running.pop(k, None))
+        elif kind == "task_cancel":
+            t = self._running.get((msg["taskId"], int(msg["attempt"])))
+            if t is not None:
+                t.cancel()
+        elif kind == "drain":
+            log.info("drained (%s): finishing what is held, then leaving", msg.get("reason"))
+            self._drained.set()
+        elif kind == "reregister":
+            t = asyncio.create_task(self.register())
+            self._background.add(t)
+            t.add_done_callback(self._background.discard)
+
+    async def _do(self, msg: dict) -> None:
+        task = Task(msg["taskId"], int(msg["attempt"]), msg["pool"], int(msg["priority"]),
+                    int(msg["timeoutMs"]), msg.get("payload"), self)
+        await self.report("task_ack", task.task_id, task.attempt)
+        try:
+            if self.handler is None:
+                raise RuntimeError("this agent has no task handler")
+            result = await self.handler(task)
+        except asyncio.CancelledError:
+            return  # cancelled by the commander (or stopping): no report
+        except Exception as e:  # the task failed, not the agent
+            await self.report("task_fail", task.task_id, task.attempt, error=f"{type(e).__name__}: {e}")
+            return
+        await self.report("task_complete", task.task_id, task.attempt, result=result)
+
+    # ---- the whole life ----
+
+    async def run(self, stop: Optional[asyncio.Event] = None) -> None:
+        """Connects, registers, heartbeats and takes tasks until ``stop`` is
+        set or the commander drains the agent; then deregisters."""
+        stop = stop or asyncio.Event()
+        await self.connect()
+        try:
+            await self.register()
+            while not stop.is_set():
+                await self.heartbeat()
+                waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self._drained.wait())]
+                await asyncio.wait(waits, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                if self._drained.is_set():
+                    while self._running and not stop.is_set():
+                        await asyncio.sleep(0.05)
+                    break
+            await self.deregister()
+        finally:
+            await self.close()

@@ -1,0 +1,174 @@
+"""The Python SDK against a real commander with security on."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+
+import pytest
+import redis.asyncio as aioredis
+
+from fleet_agent import Agent, Credential, Refused, sign, unframe
+from fleet_agent.signing import CommanderCheck
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+WAIT = 10.0
+
+
+async def until(cond, what: str) -> None:
+    """Polls a blocking check in a thread (the agent keeps running) until true."""
+    async def loop() -> None:
+        while not await asyncio.to_thread(cond):
+            await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(loop(), WAIT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def state(fleet, task_id: str, want: str):
+    return lambda: fleet.task(task_id).get("state") == want
+
+
+
+
+def test_an_agent_registers_does_a_task_and_leaves(fleet):
+    cred = fleet.issue("py-1", "ui")
+
+    async def main() -> None:
+        agent = Agent(fleet.redis_url, cred, capabilities=["python"])
+
+        @agent.task
+        async def handle(task):
+            await task.progress(0.5)
+            return {"echo": task.payload, "attempt": task.attempt}
+
+        stop = asyncio.Event()
+        run = asyncio.create_task(agent.run(stop))
+        await until(lambda: fleet.get("/v1/agents/py-1")[0] == 200, "py-1 registered")
+        tid = fleet.submit({"pool": "ui", "payload": {"big": 12345678901234567890123, "f": 1e2}})
+        await until(state(fleet, tid, "completed"), "the task completed")
+        t = fleet.task(tid)
+        assert t["agentId"] == "py-1"
+        assert t["result"]["attempt"] == 1
+        assert t["result"]["echo"]["big"] == 12345678901234567890123
+        stop.set()
+        await asyncio.wait_for(run, WAIT)
+        assert fleet.get("/v1/agents/py-1")[0] == 404, "deregistered"
+        assert agent.refused == 0
+
+    asyncio.run(main())
+
+
+def test_a_failing_handler_fails_the_attempt_and_cancel_stops_one(fleet):
+    cred = fleet.issue("py-2", "mobile")
+
+    async def main() -> None:
+        agent = Agent(fleet.redis_url, cred)
+        cancelled = asyncio.Event()
+
+        @agent.task
+        async def handle(task):
+            if task.payload == "boom":
+                raise ValueError("no such file")
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        stop = asyncio.Event()
+        run = asyncio.create_task(agent.run(stop))
+        await until(lambda: fleet.get("/v1/agents/py-2")[0] == 200, "py-2 registered")
+        bad = fleet.submit({"pool": "mobile", "payload": "boom", "maxRetries": 0})
+        await until(state(fleet, bad, "dead"), "the failed task dead-lettered")
+        assert "no such file" in fleet.task(bad)["error"]
+
+        slow = fleet.submit({"pool": "mobile", "payload": "slow"})
+        await until(state(fleet, slow, "running"), "the slow task running")
+        code, _ = await asyncio.to_thread(fleet.request, "POST", f"/v1/tasks/{slow}/cancel")
+        assert code == 200
+        await asyncio.wait_for(cancelled.wait(), WAIT)
+        stop.set()
+        await asyncio.wait_for(run, WAIT)
+
+    asyncio.run(main())
+
+
+def test_a_drained_agent_finishes_and_leaves_by_itself(fleet):
+    cred = fleet.issue("py-3", "database")
+
+    async def main() -> None:
+        agent = Agent(fleet.redis_url, cred)
+        agent.task(lambda task: asyncio.sleep(0, result="ok"))
+        run = asyncio.create_task(agent.run())
+        await until(lambda: fleet.get("/v1/agents/py-3")[0] == 200, "py-3 registered")
+        code, _ = await asyncio.to_thread(fleet.request, "POST", "/v1/agents/py-3/drain")
+        assert code == 200
+        await asyncio.wait_for(run, WAIT)  # run() returns: drained, deregistered
+        assert fleet.get("/v1/agents/py-3")[0] == 404
+
+    asyncio.run(main())
+
+
+def test_forged_commands_are_ignored_and_a_wrong_key_is_not_heard(fleet):
+    cred = fleet.issue("py-4", "network")
+
+    async def main() -> None:
+        agent = Agent(fleet.redis_url, cred)
+        ran = []
+
+        @agent.task
+        async def handle(task):
+            ran.append(task.task_id)
+            return None
+
+        stop = asyncio.Event()
+        run = asyncio.create_task(agent.run(stop))
+        await until(lambda: fleet.get("/v1/agents/py-4")[0] == 200, "py-4 registered")
+        channel = "swarm:phase-1:agent:py-4"
+        assign = json.dumps({"v": 1, "type": "task_assign", "taskId": "evil", "attempt": 1,
+                             "pool": "network", "priority": 5, "timeoutMs": 30000,
+                             "payload": "rm -rf /"}).encode()
+        r = aioredis.Redis.from_url(fleet.redis_url)
+        await r.publish(channel, assign)  # unsigned
+        await r.publish(channel, sign(Ed25519PrivateKey.generate(), "commander:99", channel, assign))
+        await until(lambda: agent.refused >= 2, "both forgeries refused")
+        assert ran == []
+        await r.aclose()
+        stop.set()
+        await asyncio.wait_for(run, WAIT)
+
+        # The same agent id with a key nobody issued: the commander does not answer.
+        forged = Credential(cred.kid, cred.role, cred.subject, cred.pool,
+                            base64.b64encode(os.urandom(32)).decode(), cred.commander)
+        impostor = Agent(fleet.redis_url, forged)
+        await impostor.connect()
+        with pytest.raises(TimeoutError):
+            await impostor.register(timeout=0.3, tries=2)
+        await impostor.close()
+
+    asyncio.run(main())
+
+
+def test_the_signing_format_round_trips_and_refuses_tampering():
+    key = Ed25519PrivateKey.generate()
+    body = b'{"v":1,"type":"drain","reason":"x"}'
+    framed = sign(key, "commander:3", "ch", body)
+    s = unframe(framed)
+    assert s is not None and s.body == body and s.kid == "commander:3"
+    check = CommanderCheck(key.public_key())
+    assert check.check("ch", framed) == body
+    with pytest.raises(Refused) as e:
+        check.check("ch", framed)
+    assert e.value.reason == "replay"
+    with pytest.raises(Refused) as e:
+        check.check("other", sign(key, "commander:3", "ch", body))
+    assert e.value.reason == "bad_signature"
+    with pytest.raises(Refused) as e:
+        check.check("ch", sign(key, "commander:2", "ch", body))
+    assert e.value.reason == "old_epoch"
+    with pytest.raises(Refused) as e:
+        check.check("ch", body)
+    assert e.value.reason == "unsigned"
