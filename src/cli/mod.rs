@@ -1,6 +1,7 @@
 //! The subcommands other than `run`: operators' tools (over the HTTP API or
 //! a read of Redis) in [`admin`], simulated fleets and the demo in [`fleet`].
 
+pub(crate) mod acl;
 pub(crate) mod admin;
 pub(crate) mod fleet;
 pub(crate) mod keys;
@@ -72,6 +73,8 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: keys::KeysAction,
     },
+    /// The fleet's Redis ACL users: print them, or --apply them.
+    Acl(acl::AclArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -235,6 +238,7 @@ pub(crate) async fn execute(
             credential,
         } => fleet::agent(config, pool, id, capabilities, credential).await,
         Command::Keys { action } => keys::keys(config, action).await,
+        Command::Acl(args) => acl::acl(config, args).await,
         Command::Status { json } => admin::status(config, json).await,
         Command::Task { action, url } => admin::task(config, action, url).await,
         Command::Scale { pool, size, url } => admin::scale(config, pool, size, url).await,

@@ -264,6 +264,14 @@ pub fn decode_public(s: &str) -> Option<VerifyingKey> {
 
 pub use ed25519_dalek::VerifyingKey as PublicKey;
 
+/// The Redis ACL user of a key's holder.
+pub fn redis_user(role: Role, subject: &str) -> String {
+    match role {
+        Role::Agent => format!("fleet-agent-{subject}"),
+        Role::Submitter => format!("fleet-submitter-{subject}"),
+    }
+}
+
 /// What a key may sign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -292,6 +300,10 @@ pub struct KeyRecord {
     /// Rotated out: accepted until then (the overlap), refused after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
+    /// SHA-256 (hex) of the key's Redis ACL password (`fleet-commander
+    /// acl` makes a Redis user of it; the password is in the credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_password_sha256: Option<String>,
 }
 
 impl KeyRecord {
@@ -330,6 +342,12 @@ pub struct Credential {
     pub secret: String,
     /// The commander's public key, base64.
     pub commander: String,
+    /// The Redis ACL user and password this key's holder connects with
+    /// (once `fleet-commander acl --apply` has made the user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_password: Option<String>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -357,6 +375,20 @@ impl Credential {
         decode_key(&c.secret).ok_or(CredentialError::Key("secret"))?;
         decode_public(&c.commander).ok_or(CredentialError::Key("commander"))?;
         Ok(c)
+    }
+
+    /// `base` (a `redis://` or `rediss://` URL without a user) with this
+    /// credential's Redis user and password, if it has them.
+    pub fn redis_url(&self, base: &str) -> String {
+        let (Some(user), Some(pass)) = (&self.redis_user, &self.redis_password) else {
+            return base.to_string();
+        };
+        match base.split_once("://") {
+            Some((scheme, rest)) if !rest.contains('@') => {
+                format!("{scheme}://{user}:{pass}@{rest}")
+            }
+            _ => base.to_string(),
+        }
     }
 
     pub fn signer(&self) -> Signer {
@@ -521,7 +553,13 @@ mod tests {
             pool: Some(PoolType::Coder),
             secret: encode_key(&new_secret()),
             commander: B64.encode(signer().public().to_bytes()),
+            redis_user: Some("fleet-agent-coder-1".into()),
+            redis_password: Some("pw".into()),
         };
+        assert_eq!(
+            c.redis_url("redis://127.0.0.1:6379/0"),
+            "redis://fleet-agent-coder-1:pw@127.0.0.1:6379/0"
+        );
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(Credential::parse(&text).unwrap(), c);
         assert!(!format!("{c:?}").contains(&c.secret));

@@ -163,6 +163,7 @@ pub fn new_key(
 ) -> (KeyRecord, Credential) {
     let secret = auth::new_secret();
     let kid = auth::new_kid();
+    let password = auth::nonce() + &auth::nonce();
     let signer = auth::Signer::new(kid.clone(), &secret);
     let rec = KeyRecord {
         kid: kid.clone(),
@@ -173,6 +174,7 @@ pub fn new_key(
         created_ms: now,
         revoked_ms: None,
         expires_ms: None,
+        redis_password_sha256: Some(sha256_hex(&password)),
     };
     let cred = Credential {
         kid,
@@ -181,8 +183,19 @@ pub fn new_key(
         pool,
         secret: auth::encode_key(&secret),
         commander: auth::encode_key(&commander.to_bytes()),
+        redis_user: Some(auth::redis_user(role, subject)),
+        redis_password: Some(password),
     };
     (rec, cred)
+}
+
+/// SHA-256 of a password, hex: how Redis ACL rules name it (`#<hash>`).
+pub fn sha256_hex(password: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn parse(kid: &str, raw: &str) -> Result<KeyRecord, StoreError> {

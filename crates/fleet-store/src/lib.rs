@@ -2,6 +2,7 @@
 //!
 //! The map:
 //! - [`keys`]: every Redis key name (channels are `fleet_protocol::channels`).
+//! - [`acl`]: the fleet's Redis ACL users, from the key store.
 //! - [`keystore`]: agents' and submitters' public keys, and recent nonces.
 //! - [`connection`]: every Redis client and connection (`TCP_NODELAY`, timeouts).
 //! - [`registry`]: agents: hashes, per-pool sets, heartbeat and failure sorted
@@ -14,6 +15,7 @@
 //! Every script begins with the fencing check against the commander epoch, so
 //! a commander that has been superseded can no longer write.
 
+pub mod acl;
 pub mod connection;
 pub mod error;
 pub mod keys;

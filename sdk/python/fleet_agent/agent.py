@@ -104,7 +104,10 @@ class Agent:
     async def connect(self) -> None:
         """Subscribes to the agent's channel (before anything is sent, so no
         reply is missed) and starts reading it."""
-        self._pub = redis.Redis.from_url(self.redis_url)
+        auth = {}
+        if self.credential and self.credential.redis_user:
+            auth = {"username": self.credential.redis_user, "password": self.credential.redis_password}
+        self._pub = redis.Redis.from_url(self.redis_url, **auth)
         self._ps = self._pub.pubsub(ignore_subscribe_messages=True)
         await self._ps.subscribe(self.channel(f"agent:{self.id}"))
         self._reader = asyncio.create_task(self._read())

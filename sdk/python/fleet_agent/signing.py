@@ -127,7 +127,8 @@ class CommanderCheck:
 @dataclass(frozen=True)
 class Credential:
     """What `fleet-commander keys issue` prints: the key id, the secret, the
-    commander's public key; for an agent, its id (``subject``) and pool."""
+    commander's public key; for an agent, its id (``subject``) and pool; and
+    the Redis ACL user and password to connect with."""
 
     kid: str
     role: str
@@ -135,11 +136,14 @@ class Credential:
     pool: Optional[str]
     secret: str
     commander: str
+    redis_user: Optional[str] = None  # the Redis ACL user (`fleet-commander acl --apply`)
+    redis_password: Optional[str] = None
 
     @staticmethod
     def parse(text: str) -> "Credential":
         d = json.loads(text)
-        c = Credential(d["kid"], d["role"], d["subject"], d.get("pool"), d["secret"], d["commander"])
+        c = Credential(d["kid"], d["role"], d["subject"], d.get("pool"), d["secret"], d["commander"],
+                       d.get("redisUser"), d.get("redisPassword"))
         c.keys()  # both keys must decode
         return c
 

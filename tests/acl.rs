@@ -1,0 +1,255 @@
+//! Redis ACLs from `fleet-commander acl --apply`, on a real redis-server: the
+//! commander and an agent work under their users, and an agent, a submitter
+//! and the operator are refused (NOPERM) everything else.
+
+mod common;
+
+use common::*;
+use fleet_protocol::pool::PoolType;
+use serde_json::json;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleet-commander");
+
+fn cli(commander_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"),
+        ])
+        .args(args)
+        .env("REDIS_URL", commander_url)
+        .env("FLEET_COMMANDER_KEY", test_commander_key())
+        .env("FLEET_OPERATOR_PASSWORD", "operator-pw")
+        .output()
+        .expect("binary runs")
+}
+
+async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The command's error code (NOPERM, ...), or "OK".
+async fn try_cmd(c: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> String {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query_async::<redis::Value>(c).await {
+        Ok(_) => "OK".into(),
+        Err(e) => e.code().unwrap_or("?").to_string(),
+    }
+}
+
+async fn try_subscribe(url: &str, channel: &str) -> String {
+    let mut ps = redis::Client::open(url)
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    match ps.subscribe(channel).await {
+        Ok(()) => "OK".into(),
+        Err(e) => e.code().unwrap_or("?").to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_submitters_and_operators_get_only_what_they_need() {
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let admin = redis.url();
+    let hostport = admin.trim_start_matches("redis://").to_string();
+    let commander_url = format!("redis://fleet-commander:commander-pw@{hostport}");
+
+    // Credentials, as `keys issue` makes them (the default user still works).
+    let mut c = fleet_store::connection::connect(&admin).await.unwrap();
+    let issuer = test_issuer("swarm:phase-1");
+    let a = issuer
+        .agent(&mut c, "acl-a", PoolType::Coder)
+        .await
+        .unwrap();
+    let _b = issuer
+        .agent(&mut c, "acl-b", PoolType::Tester)
+        .await
+        .unwrap();
+    let sub = issuer.submitter(&mut c, "ci").await.unwrap();
+
+    // Printed: hashes only, never a password.
+    let printed = cli(&commander_url, &["acl", "--admin-url", &admin]);
+    assert!(printed.status.success(), "{printed:?}");
+    let rules = String::from_utf8_lossy(&printed.stdout);
+    assert!(rules.contains("ACL SETUSER fleet-agent-acl-a "), "{rules}");
+    for secret in [
+        "commander-pw",
+        "operator-pw",
+        a.redis_password.as_deref().unwrap(),
+    ] {
+        assert!(!rules.contains(secret), "a password in the rules: {rules}");
+    }
+    let applied = cli(
+        &commander_url,
+        &["acl", "--apply", "--admin-url", &admin, "--lock-default"],
+    );
+    assert!(applied.status.success(), "{applied:?}");
+
+    // The default user is off.
+    let refused = redis::Client::open(admin.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await;
+    let locked = match refused {
+        Err(_) => true,
+        Ok(mut c) => try_cmd(&mut c, &["PING"]).await != "OK",
+    };
+    assert!(locked, "the default user still works");
+
+    // The commander and an agent do their work under their users.
+    let addr = free_addr();
+    let _commander = commander_process(&commander_url, &addr).await;
+    let agent_url = a.redis_url(&admin);
+    let client = fleet_store::connection::client(&agent_url).unwrap();
+    let publisher = fleet_store::connection::connect(&agent_url).await.unwrap();
+    let spec = fleet_agent::AgentSpec {
+        id: "acl-a".into(),
+        pool: PoolType::Coder,
+        priority: None,
+        capabilities: vec![],
+        resources: Default::default(),
+        capacity: 1,
+    };
+    let mut agent = fleet_agent::Agent::connect(
+        &client,
+        publisher,
+        fleet_protocol::Channels::default(),
+        spec,
+    )
+    .await
+    .unwrap()
+    .with_credential(&a);
+    agent
+        .register(T)
+        .await
+        .expect("registers under its ACL user");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let w = work(|t| async move { fleet_agent::Outcome::Complete(json!({"did": t.task_id})) });
+    let run = tokio::spawn(async move {
+        agent
+            .run_with(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::ZERO,
+                s,
+                Some(w),
+            )
+            .await
+    });
+    let http = reqwest::Client::new();
+    let r: serde_json::Value = http
+        .post(format!("http://{addr}/v1/tasks"))
+        .json(&json!({"pool": "coder"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = r["task"]["id"].as_str().unwrap().to_string();
+    wait_until(|| async {
+        let t: serde_json::Value = http
+            .get(format!("http://{addr}/v1/tasks/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        t["state"] == "completed"
+    })
+    .await;
+    stop.cancel();
+    let _ = run.await;
+
+    // An agent: no key, no other agent's channel, no :tasks, no listening in.
+    let mut ac = conn(&agent_url).await;
+    assert_eq!(
+        try_cmd(&mut ac, &["GET", "swarm:phase-1:commander:epoch"]).await,
+        "NOPERM"
+    );
+    assert_eq!(
+        try_cmd(&mut ac, &["HGETALL", "swarm:phase-1:agents:acl-a"]).await,
+        "NOPERM"
+    );
+    assert_eq!(
+        try_cmd(&mut ac, &["HGETALL", "swarm:phase-1:keys"]).await,
+        "NOPERM"
+    );
+    assert_eq!(try_cmd(&mut ac, &["SET", "elsewhere", "1"]).await, "NOPERM");
+    assert_eq!(
+        try_cmd(&mut ac, &["PUBLISH", "swarm:phase-1:tasks", "{}"]).await,
+        "NOPERM"
+    );
+    assert_eq!(
+        try_cmd(&mut ac, &["PUBLISH", "swarm:phase-1:agent:acl-b", "{}"]).await,
+        "NOPERM"
+    );
+    assert_eq!(
+        try_cmd(&mut ac, &["PUBLISH", "swarm:phase-1:health", "{}"]).await,
+        "OK"
+    );
+    assert_eq!(
+        try_subscribe(&agent_url, "swarm:phase-1:agent:acl-b").await,
+        "NOPERM"
+    );
+    assert_eq!(
+        try_subscribe(&agent_url, "swarm:phase-1:registry").await,
+        "NOPERM"
+    );
+    assert_eq!(
+        try_subscribe(&agent_url, "swarm:phase-1:pool:coder").await,
+        "OK"
+    );
+
+    // A submitter: :tasks only.
+    let sub_url = sub.redis_url(&admin);
+    let mut sc = conn(&sub_url).await;
+    assert_eq!(
+        try_cmd(&mut sc, &["PUBLISH", "swarm:phase-1:tasks", "{}"]).await,
+        "OK"
+    );
+    assert_eq!(
+        try_cmd(&mut sc, &["PUBLISH", "swarm:phase-1:registry", "{}"]).await,
+        "NOPERM"
+    );
+    assert_eq!(
+        try_cmd(&mut sc, &["GET", "swarm:phase-1:commander:epoch"]).await,
+        "NOPERM"
+    );
+    assert_eq!(
+        try_subscribe(&sub_url, "swarm:phase-1:reply:ci-7").await,
+        "OK"
+    );
+
+    // The operator: reads, never writes or publishes.
+    let op_url = format!("redis://fleet-operator:operator-pw@{hostport}");
+    let mut oc = conn(&op_url).await;
+    assert_eq!(
+        try_cmd(&mut oc, &["HGETALL", "swarm:phase-1:agents:acl-a"]).await,
+        "OK"
+    );
+    assert_eq!(
+        try_cmd(
+            &mut oc,
+            &["HSET", "swarm:phase-1:agents:acl-a", "status", "idle"]
+        )
+        .await,
+        "NOPERM"
+    );
+    assert_eq!(
+        try_cmd(&mut oc, &["PUBLISH", "swarm:phase-1:registry", "{}"]).await,
+        "NOPERM"
+    );
+    assert_eq!(try_cmd(&mut oc, &["FLUSHALL"]).await, "NOPERM");
+}
