@@ -1,5 +1,6 @@
-"""A private redis-server and a real fleet-commander (security on) for each
-test module, on free loopback ports; credentials issued with the CLI.
+"""A private redis-server with the fleet's ACLs and a real fleet-commander
+(security on) for each test module, on free loopback ports; credentials
+issued with the CLI (`keys issue`, then `acl --apply`), as an operator would.
 
 FLEET_BIN names the binary (the Rust test suite sets it); by default the
 workspace's target/debug/fleet-commander."""
@@ -49,12 +50,13 @@ class Fleet:
         self.tmp = tmp
         self.bin = os.environ.get("FLEET_BIN", str(ROOT / "target" / "debug" / "fleet-commander"))
         self.redis_port, self.http_port = free_port(), free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}"
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}"  # the default user: admin
+        self.commander_url = f"redis://fleet-commander:commander-pw@127.0.0.1:{self.redis_port}"
         self.base = f"http://127.0.0.1:{self.http_port}"
         self.key = tmp / "commander.key"
         self.key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
         self.key.chmod(0o600)
-        self.env = {**os.environ, "REDIS_URL": self.redis_url, "FLEET_COMMANDER_KEY": str(self.key),
+        self.env = {**os.environ, "REDIS_URL": self.commander_url, "FLEET_COMMANDER_KEY": str(self.key),
                     "FLEET_HTTP_ADDR": f"127.0.0.1:{self.http_port}", "RUST_LOG": "warn"}
         self.redis = subprocess.Popen(
             ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -62,6 +64,7 @@ class Fleet:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: socket.create_connection(("127.0.0.1", self.redis_port), 0.2).close() or True,
                  "redis-server")
+        self.apply_acl()
         self.commander = subprocess.Popen(
             [self.bin, "--config", str(ROOT / "config" / "fleet.toml"), "run"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -76,9 +79,13 @@ class Fleet:
         return subprocess.run([self.bin, "--config", str(ROOT / "config" / "fleet.toml"), *args],
                               env=self.env, capture_output=True, text=True, timeout=30, check=True)
 
+    def apply_acl(self) -> None:
+        self.cli("acl", "--apply", "--admin-url", self.redis_url)
+
     def issue(self, agent_id: str, pool: str) -> Credential:
         out = self.tmp / f"{agent_id}.cred"
         self.cli("keys", "issue", agent_id, "--pool", pool, "--out", str(out))
+        self.apply_acl()  # the agent's Redis user
         return Credential.load(str(out))
 
     def request(self, method: str, path: str, body: Optional[Any] = None) -> "tuple[int, Any]":
