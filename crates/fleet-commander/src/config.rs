@@ -549,7 +549,9 @@ impl Config {
             self.fleet.prefix = prefix;
         }
         if let Some(file) = get("FLEET_COMMANDER_KEY") {
-            self.security.commander_key_file = file.into();
+            // A path in the environment is relative to the working directory.
+            let file = std::path::PathBuf::from(file);
+            self.security.commander_key_file = std::path::absolute(&file).unwrap_or(file);
         }
         Ok(())
     }

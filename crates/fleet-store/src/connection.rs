@@ -10,12 +10,68 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
 use std::time::Duration;
 
-/// A client for `url` whose connections send without delay.
 /// A client for `url` whose connections set `TCP_NODELAY`.
+///
+/// `rediss://` is TLS (rustls). The server is checked against the system's
+/// roots, or against the CA of `ssl_ca_certs=<pem file>`; a client
+/// certificate is `ssl_certfile=<pem>&ssl_keyfile=<pem>`. These are
+/// redis-py's names, so one URL serves the Rust and the Python side:
+/// `rediss://user:pass@host:6380/0?ssl_ca_certs=/etc/fleet/ca.pem`.
 pub fn client(url: &str) -> redis::RedisResult<redis::Client> {
-    let info = url.into_connection_info()?;
+    let (url, tls) = tls_files(url)?;
+    let info = url.as_str().into_connection_info()?;
     let tcp = info.tcp_settings().clone().set_nodelay(true);
-    redis::Client::open(info.set_tcp_settings(tcp))
+    let info = info.set_tcp_settings(tcp);
+    match tls {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    }
+}
+
+/// Splits the TLS file parameters off a URL and reads the files.
+fn tls_files(url: &str) -> redis::RedisResult<(String, Option<redis::TlsCertificates>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let (mut ca, mut cert, mut key, mut rest) = (None, None, None, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ssl_ca_certs", v)) => ca = Some(v),
+            Some(("ssl_certfile", v)) => cert = Some(v),
+            Some(("ssl_keyfile", v)) => key = Some(v),
+            _ => rest.push(pair),
+        }
+    }
+    let mut url = base.to_string();
+    if !rest.is_empty() {
+        url = format!("{url}?{}", rest.join("&"));
+    }
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok((url, None));
+    }
+    let invalid = |what: String| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "TLS", what))
+    };
+    if !url.starts_with("rediss://") {
+        return Err(invalid("ssl_* parameters need a rediss:// URL".into()));
+    }
+    let read = |p: &str| std::fs::read(p).map_err(|e| invalid(format!("reading {p}: {e}")));
+    let client_tls = match (cert, key) {
+        (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+            client_cert: read(c)?,
+            client_key: read(k)?,
+        }),
+        (None, None) => None,
+        _ => return Err(invalid("ssl_certfile and ssl_keyfile go together".into())),
+    };
+    let root_cert = ca.map(read).transpose()?;
+    Ok((
+        url,
+        Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    ))
 }
 
 /// A multiplexed connection that reconnects by itself after Redis restarts.
@@ -47,6 +103,18 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, ConnectError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tls_files_are_read_from_the_url_and_removed_from_it() {
+        let (url, tls) = super::tls_files("redis://h:1/0").unwrap();
+        assert_eq!((url.as_str(), tls.is_none()), ("redis://h:1/0", true));
+        let e = super::tls_files("redis://h:1/0?ssl_ca_certs=/x").unwrap_err();
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        let e = super::tls_files("rediss://h:1/0?ssl_ca_certs=/nonexistent/ca.pem").unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let e = super::tls_files("rediss://h:1/0?ssl_certfile=/a").unwrap_err();
+        assert!(e.to_string().contains("together"), "{e}");
+    }
+
     #[test]
     fn clients_send_without_delay() {
         let c = super::client("redis://127.0.0.1:6390/2").unwrap();

@@ -11,6 +11,146 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// With TLS: the TLS port and the files (the plain port stays, for the
+    /// test's own checks).
+    tls: Option<(u16, TlsFiles)>,
+}
+
+/// A CA, a server certificate for 127.0.0.1, and a client certificate, all
+/// made for one server by `openssl` (PEM files in the server's directory).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    fn generate(dir: &std::path::Path) -> Result<TlsFiles, String> {
+        let f = |n: &str| dir.join(n);
+        let t = TlsFiles {
+            ca: f("ca.pem"),
+            server_cert: f("server.pem"),
+            server_key: f("server.key"),
+            client_cert: f("client.pem"),
+            client_key: f("client.key"),
+        };
+        let ca_key = f("ca.key");
+        // Version 3 certificates (webpki refuses v1): each gets extensions.
+        let ext = f("san.ext");
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+            .map_err(|e| e.to_string())?;
+        let client_ext = f("client.ext");
+        std::fs::write(&client_ext, "extendedKeyUsage=clientAuth\n").map_err(|e| e.to_string())?;
+        let p = |x: &PathBuf| x.to_string_lossy().into_owned();
+        let steps: Vec<Vec<String>> = vec![
+            vec![
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=fleet-test-ca",
+                "-keyout",
+                &p(&ca_key),
+                "-out",
+                &p(&t.ca),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            vec![
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                &p(&t.server_key),
+                "-out",
+                &p(&f("server.csr")),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            vec![
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &p(&f("server.csr")),
+                "-CA",
+                &p(&t.ca),
+                "-CAkey",
+                &p(&ca_key),
+                "-CAcreateserial",
+                "-extfile",
+                &p(&ext),
+                "-out",
+                &p(&t.server_cert),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            vec![
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=fleet-test-client",
+                "-keyout",
+                &p(&t.client_key),
+                "-out",
+                &p(&f("client.csr")),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            vec![
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &p(&f("client.csr")),
+                "-CA",
+                &p(&t.ca),
+                "-CAkey",
+                &p(&ca_key),
+                "-CAcreateserial",
+                "-extfile",
+                &p(&client_ext),
+                "-out",
+                &p(&t.client_cert),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .stdout(Stdio::null())
+                .output()
+                .map_err(|e| format!("openssl: {e} (install openssl)"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "openssl {}: {}",
+                    args[0],
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(t)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,18 +174,40 @@ impl RedisServer {
 
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> Result<RedisServer, RedisServerError> {
+        Self::start_inner(false)
+    }
+
+    /// Also listens with TLS, on a second port, requiring client
+    /// certificates: its certificates are generated for it.
+    pub fn start_tls() -> Result<RedisServer, RedisServerError> {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> Result<RedisServer, RedisServerError> {
         if !Self::available() {
             return Err(RedisServerError::NotFound);
         }
         let dir = std::env::temp_dir().join(format!("fleet-redis-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).map_err(|e| RedisServerError::Start(e.to_string()))?;
+        let files = match tls {
+            true => Some(TlsFiles::generate(&dir).map_err(RedisServerError::Start)?),
+            false => None,
+        };
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port().map_err(|e| RedisServerError::Start(e.to_string()))?;
+            let tls = match &files {
+                Some(f) => Some((
+                    free_port().map_err(|e| RedisServerError::Start(e.to_string()))?,
+                    f.clone(),
+                )),
+                None => None,
+            };
             let mut s = RedisServer {
                 port,
                 dir: dir.clone(),
                 child: None,
+                tls,
             };
             match s.spawn() {
                 Ok(()) => return Ok(s),
@@ -56,7 +218,18 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some((port, f)) = &self.tls {
+            cmd.args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&f.server_cert)
+                .arg("--tls-key-file")
+                .arg(&f.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&f.ca)
+                .args(["--tls-auth-clients", "yes"]);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -92,6 +265,22 @@ impl RedisServer {
             .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
             .is_ok()
+    }
+
+    /// The TLS URL (`rediss://`), with the CA and the client certificate
+    /// as `connection::client` and redis-py read them; None without TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        let (port, f) = self.tls.as_ref()?;
+        Some(format!(
+            "rediss://127.0.0.1:{port}/?ssl_ca_certs={}&ssl_certfile={}&ssl_keyfile={}",
+            f.ca.display(),
+            f.client_cert.display(),
+            f.client_key.display()
+        ))
+    }
+
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref().map(|(_, f)| f)
     }
 
     pub fn port(&self) -> u16 {
