@@ -13,6 +13,10 @@
 # when its turn comes, answered or not (an open loop); JOIN_RATE=0 registers
 # them in waves of 50 at the same instant instead (a burst: that measures how
 # fast the commander drains a queue, see benches/registry.sh).
+#
+# Security as shipped (signed messages): a commander key is made for the run
+# and the simulator issues every agent its own key. SECURITY=open runs the
+# commander with security.mode = "open" (benches/security.sh compares).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents=${1:-1000}
@@ -39,6 +43,15 @@ text = re.sub(r"^max_agents = 1000 ", "max_agents = 12000", text, flags=re.M)
 text = re.sub(r"^(max_agents = )(\d+)$", lambda m: f"{m.group(1)}{int(m.group(2)) * 10}", text, flags=re.M)
 open(sys.argv[1], "w").write(text)
 PY
+fi
+if [[ ${SECURITY:-signed} == open ]]; then
+  cp "$config" "$dir/open.toml"
+  printf '\n[security]\nmode = "open"\n' >> "$dir/open.toml"
+  config="$dir/open.toml"
+else
+  python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' > "$dir/commander.key"
+  chmod 600 "$dir/commander.key"
+  export FLEET_COMMANDER_KEY="$dir/commander.key"
 fi
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
   --maxclients 20000 --slowlog-log-slower-than 2000 --slowlog-max-len 1024 --daemonize yes >/dev/null

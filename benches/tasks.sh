@@ -29,6 +29,9 @@ node benches/bullmq/bench.mjs "$port" > "$out/bullmq.json"
 redis-cli -p "$port" flushall >/dev/null
 
 echo "fleet-commander..."
+# Security as shipped: a commander key for the run; the simulator issues its agents' keys.
+python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' > "$dir/commander.key"
+export FLEET_COMMANDER_KEY="$dir/commander.key"
 export REDIS_URL="redis://127.0.0.1:$port" FLEET_HTTP_ADDR="127.0.0.1:$http" RUST_LOG=warn
 "$bin" run & cmd_pid=$!
 until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
