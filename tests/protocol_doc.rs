@@ -1,0 +1,56 @@
+//! The minimal agent of docs/PROTOCOL.md, exactly as the page has it, run
+//! against a real commander with security on: it must register (signed) and
+//! heartbeat.
+
+mod common;
+
+use common::*;
+use fleet_protocol::pool::PoolType;
+
+/// The page's "A minimal agent in Python" code block.
+fn minimal_agent() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+        .unwrap();
+    let section = doc
+        .split("## A minimal agent in Python")
+        .nth(1)
+        .expect("the section");
+    let code = section.split("```python\n").nth(1).expect("a python block");
+    code.split("\n```").next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minimal_agent_of_the_protocol_doc_registers_and_heartbeats() {
+    let h = Harness::start().await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let script = dir.join("protocol_doc_agent.py");
+    let code = minimal_agent().replace("redis://127.0.0.1:6379", &h.redis.url());
+    std::fs::write(&script, code).unwrap();
+    let mut cred = h.credential("doc-1", PoolType::Coder).await;
+    (cred.redis_user, cred.redis_password) = (None, None); // this Redis has no ACLs
+    let cred_file = dir.join("doc-1.cred");
+    std::fs::write(&cred_file, serde_json::to_string(&cred).unwrap()).unwrap();
+
+    let mut registry = h.listen(&h.keys.channels().registry()).await;
+    let mut child = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&cred_file)
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with redis-py and cryptography");
+    registry
+        .wait_for("agent_registered", is("agent_registered", "doc-1"))
+        .await;
+    // It heartbeats (every 100 ms here): its record's lastHeartbeat moves on.
+    let first = h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"].as_u64().unwrap();
+    wait_until(|| async {
+        h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"].as_u64().unwrap() > first
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the agent is still running"
+    );
+    child.kill().await.unwrap();
+}
