@@ -45,8 +45,15 @@ open(sys.argv[1], "w").write(text)
 PY
 fi
 if [[ ${SECURITY:-signed} == open ]]; then
-  cp "$config" "$dir/open.toml"
-  printf '\n[security]\nmode = "open"\n' >> "$dir/open.toml"
+  python3 - "$config" "$dir/open.toml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+if re.search(r"^\[security\]", text, flags=re.M):
+    text = re.sub(r'^mode = "signed"', 'mode = "open"', text, count=1, flags=re.M)
+else:
+    text += '\n[security]\nmode = "open"\n'
+open(sys.argv[2], "w").write(text)
+PY
   config="$dir/open.toml"
 else
   python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' > "$dir/commander.key"
