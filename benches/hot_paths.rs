@@ -172,6 +172,7 @@ fn allocation(c: &mut Criterion) {
                     },
                     now_ms(),
                     None,
+                    None,
                 )
                 .await
                 .unwrap();

@@ -222,3 +222,80 @@ async fn task_commands_submit_show_cancel_and_list_dead_letters() {
     assert!(ok);
     assert_eq!(out.trim(), "[]");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_commands_init_issue_list_rotate_and_revoke() {
+    let h = Harness::start().await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("keys-cli");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("commander.key");
+    let keys = |args: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "--config",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"),
+                "keys",
+            ])
+            .args(args)
+            .env("REDIS_URL", h.redis.url())
+            .env("FLEET_COMMANDER_KEY", &key)
+            .output()
+            .unwrap()
+    };
+    let init = keys(&["init"]);
+    assert!(init.status.success(), "{init:?}");
+    assert!(
+        !keys(&["init"]).status.success(),
+        "init refuses to replace a key"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let issued = keys(&["issue", "cli-1", "--pool", "coder"]);
+    assert!(issued.status.success(), "{issued:?}");
+    let cred = fleet_protocol::auth::Credential::parse(&String::from_utf8_lossy(&issued.stdout))
+        .expect("the credential on stdout");
+    assert_eq!(
+        (cred.subject.as_str(), cred.pool),
+        ("cli-1", Some(PoolType::Coder))
+    );
+    assert!(!keys(&["issue", "cli-2", "--pool", "wizard"])
+        .status
+        .success());
+
+    let list = String::from_utf8_lossy(&keys(&["list"]).stdout).to_string();
+    assert!(
+        list.contains(&cred.kid) && list.contains("active"),
+        "{list}"
+    );
+    assert!(!list.contains(&cred.secret), "list never shows a secret");
+
+    let rotated = keys(&["rotate", "cli-1", "--overlap-ms", "60000"]);
+    assert!(rotated.status.success(), "{rotated:?}");
+    let new =
+        fleet_protocol::auth::Credential::parse(&String::from_utf8_lossy(&rotated.stdout)).unwrap();
+    let list = String::from_utf8_lossy(&keys(&["list", "--json"]).stdout).to_string();
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    let state = |kid: &str| {
+        let r = recs.iter().find(|r| r["kid"] == kid).unwrap();
+        (r["expiresMs"].is_u64(), r["revokedMs"].is_u64())
+    };
+    assert_eq!(
+        state(&cred.kid),
+        (true, false),
+        "the old key is rotating out"
+    );
+    assert_eq!(state(&new.kid), (false, false));
+
+    assert!(keys(&["revoke", "cli-1"]).status.success());
+    let list = String::from_utf8_lossy(&keys(&["list"]).stdout).to_string();
+    assert_eq!(list.matches("revoked").count(), 2, "{list}");
+    assert!(
+        !keys(&["revoke", "cli-1"]).status.success(),
+        "nothing left to revoke"
+    );
+}

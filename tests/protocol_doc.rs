@@ -9,8 +9,8 @@ use fleet_protocol::pool::PoolType;
 
 /// The page's "A minimal agent in Python" code block.
 fn minimal_agent() -> String {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
     let section = doc
         .split("## A minimal agent in Python")
         .nth(1)
@@ -43,9 +43,14 @@ async fn the_minimal_agent_of_the_protocol_doc_registers_and_heartbeats() {
         .wait_for("agent_registered", is("agent_registered", "doc-1"))
         .await;
     // It heartbeats (every 100 ms here): its record's lastHeartbeat moves on.
-    let first = h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"].as_u64().unwrap();
+    let first = h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"]
+        .as_u64()
+        .unwrap();
     wait_until(|| async {
-        h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"].as_u64().unwrap() > first
+        h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"]
+            .as_u64()
+            .unwrap()
+            > first
     })
     .await;
     assert!(

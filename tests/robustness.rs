@@ -212,3 +212,40 @@ fn the_binary_refuses_a_bad_config_naming_the_field() {
     assert!(ok.status.success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_missing_commander_key_or_a_bad_security_mode_stops_the_start_with_the_field() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("security-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml")).unwrap();
+    let cfg = dir.join("fleet.toml");
+    std::fs::write(&cfg, &shipped).unwrap();
+    let _ = std::fs::remove_file(dir.join("commander.key"));
+    let run = |cfg: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fleet-commander"))
+            .arg("--config")
+            .arg(cfg)
+            .arg("run")
+            .env_remove("FLEET_COMMANDER_KEY")
+            .output()
+            .unwrap()
+    };
+    // Secure by default: no key, no start, and it says how to make one.
+    let out = run(&cfg);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("security.commander_key_file"), "{err}");
+    assert!(err.contains("keys init"), "{err}");
+
+    let bad = dir.join("bad-mode.toml");
+    std::fs::write(
+        &bad,
+        shipped.replacen(r#"mode = "signed""#, r#"mode = "trusting""#, 1),
+    )
+    .unwrap();
+    let out = run(&bad);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("security.mode"), "{err}");
+}

@@ -6,7 +6,10 @@
 //! out), that the key may speak for the message (its role, agent and pool),
 //! the Ed25519 signature over the exact bytes and channel, and last the
 //! nonce (first sight, kept in Redis for twice the window so that a
-//! replay is refused by this commander and by whichever takes over).
+//! replay is refused by this commander and by whichever takes over). The
+//! messages whose handler runs one script (register, heartbeat, deregister,
+//! task reports: nearly all of them) have their nonce recorded by that
+//! script, in the same round trip ([`fleet_store::Once`]); the others here.
 //!
 //! Keys are cached in memory: read whole at start, again whenever the key
 //! channel says a key changed, and every `security.key_refresh_ms` in case
@@ -18,7 +21,7 @@ use fleet_protocol::auth::{
     self, signing_input, AuthError, KeyRecord, PublicKey, Role, Signed, Signer,
 };
 use fleet_protocol::{now_ms, Inbound, Misfit};
-use fleet_store::{KeyStore, Keys, StoreError};
+use fleet_store::{KeyStore, Keys, Once, StoreError};
 use redis::aio::ConnectionLike;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -92,7 +95,7 @@ pub struct Gate {
     mode: SecurityMode,
     window_ms: u64,
     store: KeyStore,
-    keys: RwLock<HashMap<String, (KeyRecord, PublicKey)>>,
+    keys: RwLock<HashMap<String, Arc<(KeyRecord, PublicKey)>>>,
     /// Wakes the refresher: a key changed.
     pub(crate) changed: tokio::sync::Notify,
 }
@@ -132,7 +135,7 @@ impl Gate {
                     );
                     return None;
                 };
-                Some((r.kid.clone(), (r, pk)))
+                Some((r.kid.clone(), Arc::new((r, pk))))
             })
             .collect();
         let n = map.len();
@@ -144,7 +147,7 @@ impl Gate {
         &self,
         conn: &mut (impl ConnectionLike + Send),
         kid: &str,
-    ) -> Result<Option<(KeyRecord, PublicKey)>, StoreError> {
+    ) -> Result<Option<Arc<(KeyRecord, PublicKey)>>, StoreError> {
         if let Some(k) = self.keys.read().expect("no panics while held").get(kid) {
             return Ok(Some(k.clone()));
         }
@@ -154,23 +157,25 @@ impl Gate {
         let Some(pk) = auth::decode_public(&r.public) else {
             return Ok(None);
         };
+        let k = Arc::new((r, pk));
         self.keys
             .write()
             .expect("no panics while held")
-            .insert(kid.to_string(), (r.clone(), pk));
-        Ok(Some((r, pk)))
+            .insert(kid.to_string(), k.clone());
+        Ok(Some(k))
     }
 
     /// Whether `msg`, sealed with `seal` (None: it came unsigned), may be
-    /// acted on. Open mode admits everything.
+    /// acted on; and, for a message whose script records its nonce, the
+    /// nonce to hand it. Open mode admits everything.
     pub(crate) async fn admit(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         seal: Option<&Seal>,
         msg: &Inbound,
-    ) -> Result<Result<(), AuthError>, StoreError> {
+    ) -> Result<Result<Option<Once>, AuthError>, StoreError> {
         if !self.signed() {
-            return Ok(Ok(()));
+            return Ok(Ok(None));
         }
         let Some(seal) = seal else {
             return Ok(Err(AuthError::Unsigned));
@@ -179,27 +184,34 @@ impl Gate {
         if seal.ts.abs_diff(now) > self.window_ms {
             return Ok(Err(AuthError::Stale));
         }
-        let Some((rec, pk)) = self.key(conn, &seal.kid).await? else {
+        let Some(key) = self.key(conn, &seal.kid).await? else {
             return Ok(Err(AuthError::UnknownKey));
         };
+        let (rec, pk) = &*key;
         if let Err(e) = rec.usable(now) {
             return Ok(Err(e));
         }
-        if let Err(e) = may_speak(&rec, &claim(msg)) {
+        if let Err(e) = may_speak(rec, &claim(msg)) {
             return Ok(Err(e));
         }
-        if !auth::verify(&pk, &seal.input, &seal.sig) {
+        if !auth::verify(pk, &seal.input, &seal.sig) {
             return Ok(Err(AuthError::BadSignature));
         }
-        let ttl = 2 * self.window_ms;
-        if !self
-            .store
-            .first_sight(conn, &seal.kid, &seal.nonce, ttl)
-            .await?
-        {
-            return Ok(Err(AuthError::Replay));
+        let once = Once {
+            key: self.store.nonce_key(&seal.kid, &seal.nonce),
+            ttl_ms: 2 * self.window_ms,
+        };
+        match msg {
+            Inbound::Register(_)
+            | Inbound::Heartbeat(_)
+            | Inbound::Deregister(_)
+            | Inbound::Report(..) => Ok(Ok(Some(once))),
+            _ => Ok(if self.store.first_sight(conn, &once).await? {
+                Ok(None)
+            } else {
+                Err(AuthError::Replay)
+            }),
         }
-        Ok(Ok(()))
     }
 }
 

@@ -191,7 +191,11 @@ async fn expire_failed(
     let cutoff = now.saturating_sub(shared.config().fleet.failed_retention_ms);
     let expired = shared.registry.failed_before(conn, cutoff, BATCH).await?;
     for id in expired {
-        if let Some((pool, orphans)) = shared.registry.remove(conn, &id, Some(cutoff), now).await? {
+        if let Some((pool, orphans)) = shared
+            .registry
+            .remove(conn, &id, Some(cutoff), now, None)
+            .await?
+        {
             shared.on_orphans(orphans, "agent_failed");
             removed_event(shared, conn, &id, pool, "expired", now).await?;
         }

@@ -11,6 +11,9 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply: {0}")]
     Parse(#[from] redis::ParsingError),
+    /// The message's nonce was recorded already (a replay): nothing changed.
+    #[error("replay: the message's nonce was seen before")]
+    Replay,
     /// A script answered something its wrapper does not know.
     #[error("unexpected reply from a script: {0}")]
     Reply(String),
@@ -32,6 +35,7 @@ impl StoreError {
             StoreError::Redis(_) if self.is_connection_dropped() => "connection",
             StoreError::Redis(_) => "redis",
             StoreError::Parse(_) | StoreError::Reply(_) => "reply",
+            StoreError::Replay => "replay",
         }
     }
 }

@@ -132,21 +132,25 @@ impl KeyStore {
         Ok(Some(cred))
     }
 
-    /// Records the first sight of `nonce` under `kid` for `ttl_ms`; false if
-    /// it was seen already (a replay).
+    /// Where the nonce of a message signed with `kid` is recorded.
+    pub fn nonce_key(&self, kid: &str, nonce: &str) -> String {
+        self.keys.nonce(kid, nonce)
+    }
+
+    /// Records the first sight of a nonce; false if it was seen already (a
+    /// replay). (Most messages have theirs recorded by the script that acts
+    /// on them instead: [`crate::Once`].)
     pub async fn first_sight(
         &self,
         conn: &mut (impl ConnectionLike + Send),
-        kid: &str,
-        nonce: &str,
-        ttl_ms: u64,
+        once: &crate::Once,
     ) -> Result<bool, StoreError> {
         let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.nonce(kid, nonce))
+            .arg(&once.key)
             .arg(1)
             .arg("NX")
             .arg("PX")
-            .arg(ttl_ms.max(1))
+            .arg(once.ttl_ms.max(1))
             .query_async(conn)
             .await?;
         Ok(set.is_some())

@@ -27,6 +27,17 @@ pub mod telemetry;
 
 pub use error::{Result, StoreError};
 
+/// A signed message's nonce, recorded by the script that acts on the
+/// message, in the same round trip: a script that finds it recorded already
+/// changes nothing and the call fails with [`StoreError::Replay`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Once {
+    /// `Keys::nonce(kid, nonce)`.
+    pub key: String,
+    /// How long it is remembered (twice the signature window).
+    pub ttl_ms: u64,
+}
+
 /// A message a script wrote for an agent (`task_assign`, `task_cancel`,
 /// `drain`): the caller publishes it, signed, once the script has returned.
 /// Scripts cannot sign, so they never publish to an agent themselves.

@@ -10,7 +10,7 @@
 pub use crate::error::{Result, StoreError};
 use crate::keys::Keys;
 use crate::script::{Call, ScriptDef};
-use crate::Notice;
+use crate::{Notice, Once};
 use fleet_protocol::agent::{AgentRecord, Health, Performance};
 use fleet_protocol::{AgentStatus, PoolType, Resources};
 use redis::aio::ConnectionLike;
@@ -264,10 +264,12 @@ impl Registry {
         a: &NewAgent<'_>,
         now: u64,
         announce: Option<&Announce<'_>>,
+        once: Option<&Once>,
     ) -> Result<RegisterOutcome> {
         let caps = serde_json::to_string(a.capabilities).unwrap_or_else(|_| "[]".into());
         let mut call = self
             .call(&REGISTER, a.id)
+            .once(&self.keys, once)
             .arg("pool", a.pool.as_str())
             .arg("pool_max", a.pool_max)
             .arg("fleet_max", a.fleet_max)
@@ -339,9 +341,11 @@ impl Registry {
         conn: &mut impl ConnectionLike,
         hb: &fleet_protocol::Heartbeat,
         now: u64,
+        once: Option<&Once>,
     ) -> Result<HeartbeatOutcome> {
         let r = self
             .call(&HEARTBEAT, &hb.agent_id)
+            .once(&self.keys, once)
             .arg("now", now)
             .arg("status", hb.status.as_str())
             .arg("load", hb.load)
@@ -422,9 +426,11 @@ impl Registry {
         id: &str,
         failed_before: Option<u64>,
         now: u64,
+        once: Option<&Once>,
     ) -> Result<Option<(PoolType, Orphans)>> {
         let r = self
             .call(&REMOVE, id)
+            .once(&self.keys, once)
             .arg(
                 "failed_before",
                 failed_before.map(|c| c.to_string()).unwrap_or_default(),

@@ -191,6 +191,15 @@ impl<'s> Call<'s> {
         call
     }
 
+    /// The `once`/`once_ttl` pair of a script that records the nonce of the
+    /// message it acts on (none: a placeholder key and ttl 0, not checked).
+    pub(crate) fn once(self, keys: &Keys, once: Option<&crate::Once>) -> Self {
+        match once {
+            Some(o) => self.key("once", o.key.clone()).arg("once_ttl", o.ttl_ms),
+            None => self.key("once", keys.nonce("-", "-")).arg("once_ttl", 0),
+        }
+    }
+
     /// The invocation, every value in its declared place; an error if a
     /// declared name was not given or a given one is not declared.
     pub(crate) fn invocation(&self) -> Result<ScriptInvocation<'s>> {
@@ -243,6 +252,9 @@ impl<'s> Call<'s> {
     pub(crate) async fn reply(self, conn: &mut impl ConnectionLike) -> Result<Reply> {
         let op = self.def.op;
         let fields: HashMap<String, String> = self.run(conn).await?;
+        if fields.get("outcome").map(String::as_str) == Some("replay") {
+            return Err(StoreError::Replay);
+        }
         Ok(Reply { op, fields })
     }
 }

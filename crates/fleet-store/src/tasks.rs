@@ -11,7 +11,7 @@ use crate::error::{from_script, Result, StoreError};
 use crate::keys::Keys;
 use crate::registry::scored_upto;
 use crate::script::{Call, Reply, ScriptDef};
-use crate::Notice;
+use crate::{Notice, Once};
 use fleet_protocol::pool::Strategy;
 use fleet_protocol::task::{RawJson, TaskRecord, ValidTask};
 use fleet_protocol::{PoolType, ReportKind, TaskReport};
@@ -395,6 +395,7 @@ impl TaskStore {
         kind: ReportKind,
         r: &TaskReport,
         now: u64,
+        once: Option<&Once>,
     ) -> Result<Option<ReportOutcome>> {
         let call = match kind {
             ReportKind::Ack | ReportKind::Progress => ACK
@@ -424,6 +425,7 @@ impl TaskStore {
             }
         };
         let reply = call
+            .once(&self.keys, once)
             .arg("id", &r.task_id)
             .arg("attempt", r.attempt)
             .arg("agent_id", &r.agent_id)

@@ -88,7 +88,7 @@ impl Store {
         };
         let out = self
             .registry
-            .register(&mut self.conn, &new, now(), None)
+            .register(&mut self.conn, &new, now(), None, None)
             .await;
         assert!(
             matches!(out, Ok(RegisterOutcome::Registered { .. })),
@@ -142,7 +142,7 @@ impl Store {
             error: Some("it \"broke\"".into()),
         };
         self.tasks
-            .report(&mut self.conn, ReportKind::Fail, &report, now())
+            .report(&mut self.conn, ReportKind::Fail, &report, now(), None)
             .await
             .unwrap()
     }
@@ -345,7 +345,7 @@ async fn a_superseded_epoch_is_fenced_and_changes_nothing() {
         resources: None,
         seq: None,
     };
-    let out = s.registry.heartbeat(&mut s.conn, &hb, now()).await;
+    let out = s.registry.heartbeat(&mut s.conn, &hb, now(), None).await;
     assert!(matches!(out, Err(StoreError::Fenced)), "{out:?}");
     let rec = s.registry.agent(&mut s.conn, "a1").await.unwrap().unwrap();
     assert_eq!(
@@ -415,7 +415,7 @@ async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
     );
     let removed = s
         .registry
-        .remove(&mut s.conn, "a2", None, now())
+        .remove(&mut s.conn, "a2", None, now(), None)
         .await
         .unwrap();
     assert_eq!(removed.map(|(_, o)| o.requeued), Some(1));
@@ -441,7 +441,7 @@ async fn leaving_and_registering_again_keeps_health_and_quarantine() {
 
     // Deregister and come straight back: still quarantined, still at 40.
     s.registry
-        .remove(&mut s.conn, "a1", None, now())
+        .remove(&mut s.conn, "a1", None, now(), None)
         .await
         .unwrap();
     s.agent("a1", 1).await;

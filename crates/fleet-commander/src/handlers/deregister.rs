@@ -3,7 +3,7 @@
 use crate::context::{json, Shared};
 use crate::metrics as m;
 use fleet_protocol::{now_ms, Deregister, Event, ToAgent, VERSION};
-use fleet_store::StoreError;
+use fleet_store::{Once, StoreError};
 use redis::aio::ConnectionManager;
 use tracing::debug;
 
@@ -11,11 +11,12 @@ pub(super) async fn handle(
     shared: &Shared,
     conn: &mut ConnectionManager,
     d: Deregister,
+    once: Option<&Once>,
 ) -> Result<(), StoreError> {
     let keys = &shared.keys;
     let removed = shared
         .registry
-        .remove(conn, &d.agent_id, None, now_ms())
+        .remove(conn, &d.agent_id, None, now_ms(), once)
         .await?;
     if let Some((_, orphans)) = removed {
         shared.on_orphans(orphans, "agent_left");

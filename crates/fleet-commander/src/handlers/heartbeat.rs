@@ -4,7 +4,7 @@ use crate::context::{publish, Shared};
 use crate::metrics as m;
 use fleet_protocol::{now_ms, Event, Heartbeat, ToAgent, VERSION};
 use fleet_store::registry::HeartbeatOutcome;
-use fleet_store::StoreError;
+use fleet_store::{Once, StoreError};
 use redis::aio::ConnectionManager;
 use std::time::Instant;
 use tracing::info;
@@ -13,10 +13,11 @@ pub(super) async fn handle(
     shared: &Shared,
     conn: &mut ConnectionManager,
     hb: Heartbeat,
+    once: Option<&Once>,
 ) -> Result<(), StoreError> {
     let keys = &shared.keys;
     let started = Instant::now();
-    let outcome = shared.registry.heartbeat(conn, &hb, now_ms()).await?;
+    let outcome = shared.registry.heartbeat(conn, &hb, now_ms(), once).await?;
     metrics::counter!(m::HEARTBEATS).increment(1);
     let ts = now_ms();
     match outcome {

@@ -14,7 +14,7 @@ pub(crate) mod task_submit;
 use crate::context::Shared;
 use crate::subscriber::{refused, Envelope};
 use fleet_protocol::{Inbound, PoolType};
-use fleet_store::StoreError;
+use fleet_store::{Once, StoreError};
 use redis::aio::ConnectionManager;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,7 +42,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
             .instrument(span.clone())
             .await;
         let outcome = match admitted {
-            Ok(Ok(())) => handle(&shared, &mut conn, msg).instrument(span).await,
+            Ok(Ok(once)) => {
+                handle(&shared, &mut conn, msg, once.as_ref())
+                    .instrument(span)
+                    .await
+            }
             Ok(Err(e)) => {
                 let _g = span.enter();
                 refused(env.channel, e);
@@ -52,6 +56,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
         };
         match outcome {
             Ok(()) => {}
+            // The script found the nonce recorded: a replay, nothing changed.
+            Err(StoreError::Replay) => {
+                refused(env.channel, fleet_protocol::auth::AuthError::Replay)
+            }
             Err(StoreError::Fenced) => {
                 shared.on_fenced();
                 return;
@@ -68,13 +76,14 @@ async fn handle(
     shared: &Shared,
     conn: &mut ConnectionManager,
     msg: Inbound,
+    once: Option<&Once>,
 ) -> Result<(), StoreError> {
     match msg {
-        Inbound::Register(r) => register::handle(shared, conn, r).await,
-        Inbound::Deregister(d) => deregister::handle(shared, conn, d).await,
-        Inbound::Heartbeat(hb) => heartbeat::handle(shared, conn, hb).await,
+        Inbound::Register(r) => register::handle(shared, conn, r, once).await,
+        Inbound::Deregister(d) => deregister::handle(shared, conn, d, once).await,
+        Inbound::Heartbeat(hb) => heartbeat::handle(shared, conn, hb, once).await,
         Inbound::TaskSubmit(req) => task_submit::handle(shared, conn, req).await,
-        Inbound::Report(kind, r) => task_report::handle(shared, conn, kind, r).await,
+        Inbound::Report(kind, r) => task_report::handle(shared, conn, kind, r, once).await,
         Inbound::StatusRequest(req) => status_request::handle(shared, conn, req).await,
         Inbound::Misfit(m) => misfit::handle(shared, conn, m).await,
     }

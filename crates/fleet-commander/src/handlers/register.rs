@@ -11,7 +11,7 @@ use fleet_protocol::{
     check_registration, now_ms, Event, RefusalReason, Register, ToAgent, VERSION,
 };
 use fleet_store::registry::{fresh_record, Announce, NewAgent, Orphans, RegisterOutcome};
-use fleet_store::StoreError;
+use fleet_store::{Once, StoreError};
 use redis::aio::ConnectionManager;
 use std::time::Instant;
 use tracing::{debug, info, warn};
@@ -31,10 +31,11 @@ pub(super) async fn handle(
     shared: &Shared,
     conn: &mut ConnectionManager,
     r: Register,
+    once: Option<&Once>,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     let answer = match check(shared, &r) {
-        Ok(new) => store(shared, conn, &r, &new).await?,
+        Ok(new) => store(shared, conn, &r, &new, once).await?,
         Err((reason, detail)) => Answer::Refused(reason, detail),
     };
     let channels = shared.keys.channels();
@@ -103,6 +104,7 @@ async fn store(
     conn: &mut ConnectionManager,
     r: &Register,
     new: &NewAgent<'_>,
+    once: Option<&Once>,
 ) -> Result<Answer, StoreError> {
     let now = now_ms();
     let (reply, event) = accepted(shared, r, fresh_record(new, now), false);
@@ -117,7 +119,7 @@ async fn store(
     };
     let outcome = shared
         .registry
-        .register(conn, new, now, Some(&announce))
+        .register(conn, new, now, Some(&announce), once)
         .await;
     let config = shared.config();
     let pool = new.pool;
@@ -157,7 +159,7 @@ async fn store(
             RefusalReason::PoolMismatch,
             format!("agent is registered in pool {other}; deregister first"),
         ),
-        Err(StoreError::Fenced) => return Err(StoreError::Fenced),
+        Err(e @ (StoreError::Fenced | StoreError::Replay)) => return Err(e),
         Err(e) => {
             crate::supervise::count("register", &e);
             warn!(reason = e.reason(), error = %e, "registration failed in Redis");

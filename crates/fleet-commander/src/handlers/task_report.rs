@@ -7,7 +7,7 @@ use crate::context::Shared;
 use crate::metrics as m;
 use fleet_protocol::{now_ms, PoolType, ReportKind, TaskReport};
 use fleet_store::tasks::ReportOutcome;
-use fleet_store::StoreError;
+use fleet_store::{Once, StoreError};
 use redis::aio::ConnectionManager;
 use tracing::{debug, warn};
 
@@ -16,9 +16,10 @@ pub(super) async fn handle(
     conn: &mut ConnectionManager,
     kind: ReportKind,
     r: TaskReport,
+    once: Option<&Once>,
 ) -> Result<(), StoreError> {
     let pool = |p: Option<PoolType>| p.map(PoolType::as_str).unwrap_or("unknown");
-    match shared.tasks.report(conn, kind, &r, now_ms()).await? {
+    match shared.tasks.report(conn, kind, &r, now_ms(), once).await? {
         None => {
             metrics::counter!(m::RESULTS_IGNORED, "kind" => kind.as_str()).increment(1);
             debug!(task_id = %r.task_id, attempt = r.attempt, kind = kind.as_str(),

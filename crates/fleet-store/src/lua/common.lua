@@ -8,6 +8,16 @@
 -- <name>), and puts each value it is given by name in its declared place.
 -- Scripts never read KEYS[i] or ARGV[i].
 
+-- The nonce of the signed message this script acts on, recorded now; true if
+-- it was recorded already (a replay: the script must change nothing). Only
+-- scripts that declare the `once` key and `once_ttl` argument call it; a ttl
+-- of 0 means the message was not signed (security open).
+local function replayed()
+  local ttl = tonumber(A.once_ttl)
+  if ttl == 0 then return false end
+  return not redis.call('SET', KEY.once, '1', 'NX', 'PX', ttl)
+end
+
 -- A write from a commander that is no longer the current one is refused
 -- (fencing): KEY.epoch holds the current epoch, A.epoch is the caller's.
 local function fenced()

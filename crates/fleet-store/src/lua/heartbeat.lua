@@ -1,5 +1,5 @@
---! keys: epoch agent heartbeats failed +task
---! args: epoch id now status load memory cpu network +task
+--! keys: epoch agent heartbeats failed +task once
+--! args: epoch id now status load memory cpu network +task once_ttl
 -- Record a heartbeat. A failed agent that is heard again goes to recovering;
 -- a recovering one goes back to idle on its next heartbeat. An agent holding
 -- tasks is at least active, and busy at its capacity, whatever it reports.
@@ -9,6 +9,7 @@
 --    ones stay)
 -- Returns outcome (unknown, ok, recovering, recovered) and pool.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
+if replayed() then return reply('replay') end
 local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
 local id, now = A.id, A.now
 

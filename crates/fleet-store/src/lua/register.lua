@@ -1,5 +1,5 @@
---! keys: epoch agent heartbeats failed +task
---! args: epoch id pool pool_max fleet_max now type priority capabilities memory cpu network capacity instance reply_channel reply event_channel event +task
+--! keys: epoch agent heartbeats failed +task once
+--! args: epoch id pool pool_max fleet_max now type priority capabilities memory cpu network capacity instance reply_channel reply event_channel event +task once_ttl
 -- Register (or idempotently re-register) an agent.
 -- KEYS: epoch, agent (its hash), heartbeats, failed, and the task keys
 -- A: epoch, id, pool, pool_max, fleet_max, now, type, priority, capabilities
@@ -13,6 +13,7 @@
 -- orphaned (tasks given back), health, quarantinedUntil, probation. Health
 -- and quarantine survive a re-registration.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
+if replayed() then return reply('replay') end
 local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
 local id, pool, now = A.id, A.pool, A.now
 

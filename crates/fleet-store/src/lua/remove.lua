@@ -1,5 +1,5 @@
---! keys: epoch agent heartbeats failed +task
---! args: epoch id failed_before now +task
+--! keys: epoch agent heartbeats failed +task once
+--! args: epoch id failed_before now +task once_ttl
 -- Remove an agent from the registry (deregistration, or expiry of a failed
 -- agent); its tasks go back to their queues. With a cutoff, only a failed
 -- agent failed at or before it is removed.
@@ -8,6 +8,7 @@
 -- Returns outcome (kept, unknown, removed) and, when removed: pool,
 -- requeued, dead (the tasks it held).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
+if replayed() then return reply('replay') end
 local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
 local id = A.id
 

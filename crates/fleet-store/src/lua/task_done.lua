@@ -1,5 +1,5 @@
---! keys: epoch task +task
---! args: epoch id attempt agent_id now outcome detail retention_ms backoff_ms backoff_max_ms +task
+--! keys: epoch task +task once
+--! args: epoch id attempt agent_id now outcome detail retention_ms backoff_ms backoff_max_ms +task once_ttl
 -- An agent completes or fails its current attempt. Results for an attempt
 -- that is no longer current (duplicates, late ones) change nothing.
 -- A failure is retried after a backoff, or dead-lettered once the task has
@@ -11,6 +11,7 @@
 -- Returns outcome (completed, retrying, dead, stale) and pool (or, when
 -- stale, state).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
+if replayed() then return reply('replay') end
 local task, counts = KEY.task, KEY.counts
 local tid, now = A.id, tonumber(A.now)
 local t = redis.call('HMGET', task, 'state', 'attempt', 'agent', 'assignedAt', 'pool',
