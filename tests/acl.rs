@@ -112,19 +112,11 @@ async fn agents_submitters_and_operators_get_only_what_they_need() {
     let agent_url = a.redis_url(&admin);
     let client = fleet_store::connection::client(&agent_url).unwrap();
     let publisher = fleet_store::connection::connect(&agent_url).await.unwrap();
-    let spec = fleet_agent::AgentSpec {
-        id: "acl-a".into(),
-        pool: PoolType::Coder,
-        priority: None,
-        capabilities: vec![],
-        resources: Default::default(),
-        capacity: 1,
-    };
     let mut agent = fleet_agent::Agent::connect(
         &client,
         publisher,
         fleet_protocol::Channels::default(),
-        spec,
+        spec("acl-a", PoolType::Coder),
     )
     .await
     .unwrap()
@@ -146,29 +138,9 @@ async fn agents_submitters_and_operators_get_only_what_they_need() {
             )
             .await
     });
-    let http = reqwest::Client::new();
-    let r: serde_json::Value = http
-        .post(format!("http://{addr}/v1/tasks"))
-        .json(&json!({"pool": "coder"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = r["task"]["id"].as_str().unwrap().to_string();
-    wait_until(|| async {
-        let t: serde_json::Value = http
-            .get(format!("http://{addr}/v1/tasks/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        t["state"] == "completed"
-    })
-    .await;
+    let base = format!("http://{addr}");
+    let id = submit_to(&base, json!({"pool": "coder"})).await;
+    task_in_state(&base, &id, "completed").await;
     stop.cancel();
     let _ = run.await;
 

@@ -5,46 +5,23 @@
 mod common;
 
 use common::*;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_example_agent_registers_does_a_task_and_leaves() {
     let h = Harness::start().await;
     let mut registry = h.listen(&h.keys.channels().registry()).await;
     // A task waits for the agent; the Python agent must do it.
-    let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
-        .json(&serde_json::json!({"pool": "ui", "payload": {"say": "hello"}}))
-        .send()
-        .await
-        .unwrap();
-    let task: serde_json::Value = r.json().await.unwrap();
-    let task_id = task["task"]["id"].as_str().unwrap().to_string();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_agent.py");
+    let task_id = submit(
+        &h,
+        serde_json::json!({"pool": "ui", "payload": {"say": "hello"}}),
+    )
+    .await;
     let mut cred = h
         .credential("py-1", fleet_protocol::pool::PoolType::Ui)
         .await;
     // This Redis runs without ACLs (sdk/python's tests run with them).
     (cred.redis_user, cred.redis_password) = (None, None);
-    let cred_file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-1.cred");
-    std::fs::write(&cred_file, serde_json::to_string(&cred).unwrap()).unwrap();
-    let child = tokio::process::Command::new("python3")
-        .args([
-            script,
-            "--url",
-            &h.redis.url(),
-            "--credential",
-            cred_file.to_str().unwrap(),
-            "--tasks",
-            "1",
-        ])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), child)
-        .await
-        .expect("python agent finishes")
-        .expect("python3 runs (with redis-py: pip install redis)");
+    let out = python_example(&h.redis.url(), &cred, 1).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -50,21 +50,19 @@ async fn registration_and_a_task_over_tls() {
     let _commander = commander_process(&url, &addr).await;
 
     // A Rust SDK agent over TLS does a task.
+    let base = format!("http://{addr}");
     let cred = credential(&url, "tls-1", PoolType::Coder).await;
     let client = fleet_store::connection::client(&url).unwrap();
     let publisher = fleet_store::connection::connect(&url).await.unwrap();
-    let spec = fleet_agent::AgentSpec {
-        id: "tls-1".into(),
-        pool: PoolType::Coder,
-        priority: None,
-        capabilities: vec![],
-        resources: Default::default(),
-        capacity: 1,
-    };
-    let mut agent = fleet_agent::Agent::connect(&client, publisher, Default::default(), spec)
-        .await
-        .unwrap()
-        .with_credential(&cred);
+    let mut agent = fleet_agent::Agent::connect(
+        &client,
+        publisher,
+        Default::default(),
+        spec("tls-1", PoolType::Coder),
+    )
+    .await
+    .unwrap()
+    .with_credential(&cred);
     agent.register(T).await.expect("registered over TLS");
     let stop = tokio_util::sync::CancellationToken::new();
     let s = stop.clone();
@@ -74,31 +72,11 @@ async fn registration_and_a_task_over_tls() {
             .run_with(Duration::from_millis(200), Duration::ZERO, s, Some(w))
             .await
     });
-    let http = reqwest::Client::new();
-    let task = |id: String| {
-        let (http, addr) = (http.clone(), addr.clone());
-        async move {
-            http.get(format!("http://{addr}/v1/tasks/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    let submitted: Value = http
-        .post(format!("http://{addr}/v1/tasks"))
-        .json(&json!({"pool": "coder"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = submitted["task"]["id"].as_str().unwrap().to_string();
-    wait_until(|| async { task(id.clone()).await["state"] == "completed" }).await;
-    assert_eq!(task(id).await["result"], "over tls");
+    let id = submit_to(&base, json!({"pool": "coder"})).await;
+    assert_eq!(
+        task_in_state(&base, &id, "completed").await["result"],
+        "over tls"
+    );
 
     // The CLI over TLS.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-commander"))
@@ -120,39 +98,15 @@ async fn registration_and_a_task_over_tls() {
     // The Python SDK over TLS (redis-py reads the same URL parameters).
     let mut py = credential(&url, "tls-py", PoolType::Ui).await;
     (py.redis_user, py.redis_password) = (None, None);
-    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tls-py.cred");
-    std::fs::write(&file, serde_json::to_string(&py).unwrap()).unwrap();
-    let submitted: Value = http
-        .post(format!("http://{addr}/v1/tasks"))
-        .json(&json!({"pool": "ui", "payload": "hi"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = submitted["task"]["id"].as_str().unwrap().to_string();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_agent.py");
-    let child = tokio::process::Command::new("python3")
-        .args([
-            script,
-            "--url",
-            &url,
-            "--credential",
-            file.to_str().unwrap(),
-            "--tasks",
-            "1",
-        ])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), child)
-        .await
-        .expect("the python agent finishes")
-        .unwrap();
+    let id = submit_to(&base, json!({"pool": "ui", "payload": "hi"})).await;
+    let out = python_example(&url, &py, 1).await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(task(id).await["result"]["by"], "python");
+    assert_eq!(
+        task_in_state(&base, &id, "completed").await["result"]["by"],
+        "python"
+    );
 }

@@ -55,9 +55,13 @@ pub async fn start_agent_with(
 }
 
 pub async fn submit(h: &Harness, body: Value) -> String {
-    let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
+    submit_to(&h.base(), body).await
+}
+
+/// Submits a task to the commander whose HTTP API is at `base`; its id.
+pub async fn submit_to(base: &str, body: Value) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/tasks"))
         .json(&body)
         .send()
         .await
@@ -65,6 +69,62 @@ pub async fn submit(h: &Harness, body: Value) -> String {
     assert_eq!(r.status().as_u16(), 201);
     let v: Value = r.json().await.unwrap();
     v["task"]["id"].as_str().unwrap().to_string()
+}
+
+/// A task as the commander at `base` serves it, once it is in `state`.
+pub async fn task_in_state(base: &str, id: &str, state: &str) -> Value {
+    let url = format!("{base}/v1/tasks/{id}");
+    let get = || async {
+        reqwest::get(&url)
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    wait_until(|| async { get().await["state"] == state }).await;
+    get().await
+}
+
+/// An agent of `pool` with no capabilities, one task at a time.
+pub fn spec(id: &str, pool: PoolType) -> AgentSpec {
+    AgentSpec {
+        id: id.into(),
+        pool,
+        priority: None,
+        capabilities: vec![],
+        resources: Default::default(),
+        capacity: 1,
+    }
+}
+
+/// Runs examples/python_agent.py with a credential (written to a file) until
+/// it has done `tasks` tasks; its output.
+pub async fn python_example(
+    url: &str,
+    cred: &fleet_protocol::auth::Credential,
+    tasks: u32,
+) -> std::process::Output {
+    let file =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.cred", cred.subject));
+    std::fs::write(&file, serde_json::to_string(cred).unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_agent.py");
+    let child = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([
+            "--url",
+            url,
+            "--credential",
+            file.to_str().unwrap(),
+            "--tasks",
+            &tasks.to_string(),
+        ])
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), child)
+        .await
+        .expect("the python agent finishes")
+        .expect("python3 runs (pip install redis cryptography)")
 }
 
 pub async fn wait_state(h: &Harness, id: &str, state: &str) -> Value {

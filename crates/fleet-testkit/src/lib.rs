@@ -27,6 +27,24 @@ pub struct TlsFiles {
     pub client_key: PathBuf,
 }
 
+/// Runs one openssl command.
+fn openssl(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("openssl: {e} (install openssl)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "openssl {}: {}",
+            args[0],
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 impl TlsFiles {
     fn generate(dir: &std::path::Path) -> Result<TlsFiles, String> {
         let f = |n: &str| dir.join(n);
@@ -39,115 +57,67 @@ impl TlsFiles {
         };
         let ca_key = f("ca.key");
         // Version 3 certificates (webpki refuses v1): each gets extensions.
-        let ext = f("san.ext");
-        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-            .map_err(|e| e.to_string())?;
+        let server_ext = f("server.ext");
         let client_ext = f("client.ext");
-        std::fs::write(&client_ext, "extendedKeyUsage=clientAuth\n").map_err(|e| e.to_string())?;
+        let write = |p: &PathBuf, s: &str| std::fs::write(p, s).map_err(|e| e.to_string());
+        write(&server_ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n")?;
+        write(&client_ext, "extendedKeyUsage=clientAuth\n")?;
         let p = |x: &PathBuf| x.to_string_lossy().into_owned();
-        let steps: Vec<Vec<String>> = vec![
-            vec![
+        let (ca, ca_key) = (p(&t.ca), p(&ca_key));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=fleet-test-ca",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ])?;
+        for (name, key, cert, ext) in [
+            ("localhost", &t.server_key, &t.server_cert, &server_ext),
+            (
+                "fleet-test-client",
+                &t.client_key,
+                &t.client_cert,
+                &client_ext,
+            ),
+        ] {
+            let csr = p(&f(&format!("{name}.csr")));
+            openssl(&[
                 "req",
-                "-x509",
                 "-newkey",
                 "rsa:2048",
                 "-nodes",
-                "-days",
-                "2",
                 "-subj",
-                "/CN=fleet-test-ca",
+                &format!("/CN={name}"),
                 "-keyout",
-                &p(&ca_key),
+                &p(key),
                 "-out",
-                &p(&t.ca),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            vec![
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                &p(&t.server_key),
-                "-out",
-                &p(&f("server.csr")),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            vec![
+                &csr,
+            ])?;
+            openssl(&[
                 "x509",
                 "-req",
                 "-days",
                 "2",
                 "-in",
-                &p(&f("server.csr")),
+                &csr,
                 "-CA",
-                &p(&t.ca),
+                &ca,
                 "-CAkey",
-                &p(&ca_key),
+                &ca_key,
                 "-CAcreateserial",
                 "-extfile",
-                &p(&ext),
+                &p(ext),
                 "-out",
-                &p(&t.server_cert),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            vec![
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=fleet-test-client",
-                "-keyout",
-                &p(&t.client_key),
-                "-out",
-                &p(&f("client.csr")),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            vec![
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &p(&f("client.csr")),
-                "-CA",
-                &p(&t.ca),
-                "-CAkey",
-                &p(&ca_key),
-                "-CAcreateserial",
-                "-extfile",
-                &p(&client_ext),
-                "-out",
-                &p(&t.client_cert),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        ];
-        for args in steps {
-            let out = Command::new("openssl")
-                .args(&args)
-                .stdout(Stdio::null())
-                .output()
-                .map_err(|e| format!("openssl: {e} (install openssl)"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "openssl {}: {}",
-                    args[0],
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
+                &p(cert),
+            ])?;
         }
         Ok(t)
     }
