@@ -3,8 +3,11 @@
 # messages (as shipped) and with security.mode = "open", alternated in one
 # run (off, on, off, on, ...) because this machine is noisy. Prints each
 # run's p99s and the commander's CPU, then the medians side by side.
+# SATURATED=1 measures instead the saturated task throughput (10,000 no-op
+# tasks through 1000 agents, as benches/tasks.sh), alternated the same way.
 #
 #   bash benches/security.sh [agents] [rounds] [hold_secs]    # 1000 agents, 3 rounds, 30 s
+#   SATURATED=1 bash benches/security.sh 1000 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents=${1:-1000}
@@ -14,6 +17,27 @@ out=.bench/security
 mkdir -p "$out"
 cargo build --release --quiet
 export FLEET_BIN=target/release/fleet-commander
+if [[ -n ${SATURATED:-} ]]; then
+  bin=$FLEET_BIN
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  for ((i = 1; i <= rounds; i++)); do
+    for mode in open signed; do
+      port=$(free_port); http=$(free_port); dir=$(mktemp -d)
+      redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --maxclients 20000 --daemonize yes >/dev/null
+      until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
+      python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' > "$dir/commander.key"
+      sed "s/^mode = \"signed\"/mode = \"$mode\"/" config/fleet.toml > "$dir/fleet.toml"
+      export REDIS_URL="redis://127.0.0.1:$port" FLEET_HTTP_ADDR="127.0.0.1:$http" RUST_LOG=warn FLEET_COMMANDER_KEY="$dir/commander.key"
+      "$bin" --config "$dir/fleet.toml" run & cmd=$!
+      until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
+      "$bin" --config "$dir/fleet.toml" sim --agents "$agents" --status-queries 10 --tasks 10000 --report "$out/sat-$mode-$i.json" >/dev/null
+      kill $cmd; wait $cmd 2>/dev/null || true
+      redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"
+      python3 -c "import json; t = json.load(open('$out/sat-$mode-$i.json'))['tasks']; print(f'round $i, security $mode: {t[\"throughput_per_sec\"]:.0f} tasks/s, {t[\"completed\"]}/{t[\"submitted\"]} completed')"
+    done
+  done
+  exit 0
+fi
 for ((i = 1; i <= rounds; i++)); do
   for mode in open signed; do
     echo "round $i: security $mode"
