@@ -1,7 +1,7 @@
 //! fleet-protocol: what travels between agents, tools and the commander.
 //!
 //! Everything an SDK author needs and nothing about how the commander keeps
-//! state: serde types only, no Redis. `docs/PROTOCOL.md` is the reference
+//! state: serde types and Ed25519 signing, no Redis. `docs/PROTOCOL.md` is the reference
 //! for agent authors; this crate is its implementation.
 //!
 //! The map:
