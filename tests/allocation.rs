@@ -240,6 +240,10 @@ async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
     assert_eq!(r.status().as_u16(), 200);
     let t = wait_state(&h, &id, "completed").await;
     assert_eq!(t["result"], "fine");
+    // Its attempt numbers went on from its first life (issue 15): the new
+    // life's attempt is not one that an old result could name.
+    assert_eq!(t["attempt"], 4, "{t}");
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3, 4]);
     let (_, dl) = h.get("/v1/dead-letters").await;
     assert!(!dl
         .as_array()

@@ -159,10 +159,10 @@ end
 -- Returns 'queued' or 'dead' (or 'gone'), the task's pool and its attempt.
 local function requeue(tid, now, reason)
   local task = K.task .. tid
-  local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries')
+  local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries', 'retryBase')
   if not t[1] then return 'gone' end
   redis.call('ZREM', K.leases, tid)
-  if tonumber(t[3]) > tonumber(t[4]) then
+  if tonumber(t[3]) - tonumber(t[5] or 0) > tonumber(t[4]) then
     redis.call('HSET', task, 'state', 'dead', 'agent', '', 'updatedAt', now, 'error', reason)
     redis.call('ZADD', K.dead, now, tid)
     return 'dead', t[1], tonumber(t[3])

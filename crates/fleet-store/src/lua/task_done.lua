@@ -15,7 +15,7 @@ if replayed() then return reply('replay') end
 local task, counts = KEY.task, KEY.counts
 local tid, now = A.id, tonumber(A.now)
 local t = redis.call('HMGET', task, 'state', 'attempt', 'agent', 'assignedAt', 'pool',
-  'maxRetries')
+  'maxRetries', 'retryBase')
 if not t[1] then return reply('stale', {state = 'unknown'}) end
 if (t[1] ~= 'assigned' and t[1] ~= 'running') or t[2] ~= A.attempt or t[3] ~= A.agent_id then
   return reply('stale', {state = t[1]})
@@ -30,13 +30,15 @@ if A.outcome == 'completed' then
   return reply('completed', {pool = t[5]})
 end
 redis.call('HSET', task, 'error', A.detail, 'updatedAt', now)
-if attempt > tonumber(t[6]) then
+-- Retries count from retryBase: a requeued dead letter has fresh ones.
+local tries = attempt - tonumber(t[7] or 0)
+if tries > tonumber(t[6]) then
   redis.call('HSET', task, 'state', 'dead', 'agent', '')
   redis.call('ZADD', K.dead, now, tid)
   task_event(A.allocation_channel, 'task_dead', tid, t[5], t[3], attempt, now)
   return reply('dead', {pool = t[5]})
 end
-local backoff = math.min(tonumber(A.backoff_ms) * 2 ^ (attempt - 1), tonumber(A.backoff_max_ms))
+local backoff = math.min(tonumber(A.backoff_ms) * 2 ^ (tries - 1), tonumber(A.backoff_max_ms))
 redis.call('HSET', task, 'state', 'retrying', 'agent', '')
 redis.call('ZADD', K.delayed, now + backoff, tid)
 task_event(A.allocation_channel, 'task_retrying', tid, t[5], t[3], attempt, now)
