@@ -269,3 +269,69 @@ async fn after_redis_restarts_empty_the_fleet_registers_again() {
     late.register(T).await.unwrap();
     h.stop_commander().await.expect("stops cleanly, not fenced");
 }
+
+/// Issue 15: the commander's own backlog is not silence. A flood of validly
+/// signed heartbeats from one agent keeps the commander busy for several
+/// failure windows; the other agents, whose heartbeats wait behind it, are
+/// never declared dead, and a really dead one is still found afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_false_deaths_while_the_commander_works_through_a_backlog() {
+    let h = Harness::start().await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
+    let mut honest = Vec::new();
+    for i in 0..8 {
+        let mut a = h.agent(&format!("calm-{i}"), PoolType::Ui).await;
+        a.register(WAIT).await.unwrap();
+        honest.push(beat(a));
+    }
+    let mut flooder = h.agent("flood", PoolType::Ui).await;
+    flooder.register(WAIT).await.unwrap();
+
+    // 12,000 heartbeats for the flooder, each signed with its own key (so
+    // every one is checked and handled), published in a few pipelines.
+    let cred = h.credential("flood", PoolType::Ui).await.signer();
+    let channel = h.keys.channels().health();
+    let body = br#"{"v":1,"type":"heartbeat","agentId":"flood","status":"idle","load":0}"#;
+    let now = fleet_protocol::now_ms();
+    let msgs: Vec<Vec<u8>> = (0..12_000)
+        .map(|_| cred.sign(&channel, body, now))
+        .collect();
+    let mut conn = h.conn().await;
+    for chunk in msgs.chunks(2_000) {
+        let mut p = redis::pipe();
+        for m in chunk {
+            p.publish(&channel, m.as_slice()).ignore();
+        }
+        p.query_async::<()>(&mut conn).await.unwrap();
+    }
+    // The commander falls behind by more than a failure window (500 ms) ...
+    wait_until(|| async {
+        let m = h.metrics().await;
+        parse_metric(&m, "fleet_inbound_lag_seconds") > 0.5
+    })
+    .await;
+    // ... and catches up; meanwhile no calm agent was failed.
+    wait_until(|| async { h.metric("fleet_inbound_backlog").await == 0.0 }).await;
+    let failed = health
+        .collect_for(Duration::from_millis(600), |v| {
+            v["type"] == "agent_failed" && v["agentId"].as_str().unwrap_or("").starts_with("calm-")
+        })
+        .await;
+    assert!(
+        failed.is_empty(),
+        "false deaths behind the backlog: {failed:?}"
+    );
+
+    // Detection still works: one calm agent dies for real and is found.
+    let (stop, task) = honest.pop().unwrap();
+    stop.cancel();
+    let dead = task.await.unwrap();
+    let id = dead.id().to_string();
+    drop(dead);
+    health
+        .wait_for("agent_failed", is("agent_failed", &id))
+        .await;
+    for (s, _) in honest {
+        s.cancel();
+    }
+}

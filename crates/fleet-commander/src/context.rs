@@ -52,6 +52,8 @@ pub struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Checks who sent what (crate::auth).
     pub gate: Gate,
+    /// How far the fleet has been heard: read and handled (crate::heard).
+    pub(crate) heard: crate::heard::Heard,
     /// Signs what the commander sends to agents and submitters; None when
     /// security is open.
     pub(crate) signer: Option<Signer>,
@@ -69,6 +71,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             gate: Gate::new(&config, keys.clone()),
+            heard: Default::default(),
             signer,
             registry: Registry::new(keys.clone(), epoch),
             tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),

@@ -7,7 +7,8 @@
 //!
 //! No false deaths: an agent is only declared dead if the commander has been
 //! listening (subscribed, and in timely contact with Redis) for the whole
-//! window. After a lost subscription, a stalled Redis, a slow round trip or a
+//! window, and silence is measured up to what the commander has heard (read
+//! and handled: crate::heard), so its own backlog never counts as silence. After a lost subscription, a stalled Redis, a slow round trip or a
 //! commander restart, detection waits a full window before it resumes.
 
 use crate::context::{pause, publish, Shared};
@@ -42,7 +43,12 @@ pub(crate) async fn detector(shared: Arc<Shared>, mut conn: ConnectionManager) {
         let before = Instant::now();
         let c = &mut conn;
         let now = now_ms();
-        let cutoff = now.saturating_sub(window);
+        // Silence is judged against what has been heard (read and handled),
+        // not the clock: a heartbeat still queued in the commander counts.
+        let heard = shared.heard.through().min(now);
+        metrics::gauge!(m::INBOUND_BACKLOG).set(shared.heard.backlog() as f64);
+        metrics::gauge!(m::INBOUND_LAG).set(now.saturating_sub(heard) as f64 / 1000.0);
+        let cutoff = heard.saturating_sub(window);
         let stale = shared.registry.stale(c, cutoff, BATCH).await;
         let rtt = before.elapsed();
         let stale = match stale {

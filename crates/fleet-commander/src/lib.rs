@@ -27,6 +27,7 @@ mod supervise;
 mod allocator;
 mod auth;
 mod health;
+mod heard;
 pub mod reload;
 pub mod scaler;
 

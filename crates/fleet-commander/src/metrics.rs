@@ -28,6 +28,8 @@ pub const TASKS_DEAD: &str = "fleet_tasks_dead_lettered_total";
 pub const TASKS_ORPHANED: &str = "fleet_tasks_orphaned_total";
 pub const RESULTS_IGNORED: &str = "fleet_task_results_ignored_total";
 pub const QUEUE_DEPTH: &str = "fleet_queue_depth";
+pub const INBOUND_BACKLOG: &str = "fleet_inbound_backlog";
+pub const INBOUND_LAG: &str = "fleet_inbound_lag_seconds";
 pub const AGENT_PROBATIONS: &str = "fleet_agent_probations_total";
 pub const AGENTS_QUARANTINED: &str = "fleet_agents_quarantined";
 pub const POOL_SKEW: &str = "fleet_pool_skew_ratio";
@@ -197,6 +199,15 @@ fn describe() {
     g!(AGENTS, "Registered agents, by pool and status.");
     g!(AGENTS_QUARANTINED, "Agents in quarantine (given no tasks).");
     g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
+    g!(
+        INBOUND_BACKLOG,
+        "Messages read from Redis and not yet handled."
+    );
+    g!(
+        INBOUND_LAG,
+        metrics::Unit::Seconds,
+        "How far behind the clock the commander has heard the fleet (read and handled); failure detection judges silence up to there."
+    );
     g!(
         QUEUE_OLDEST_SECONDS,
         metrics::Unit::Seconds,

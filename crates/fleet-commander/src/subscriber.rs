@@ -9,7 +9,7 @@ use crate::context::{pause, Shared};
 use crate::metrics as m;
 use fleet_protocol::auth::{unframe, AuthError, Unframed};
 use fleet_protocol::{decode, now_ms, Channel, Decoded, Inbound};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,11 +56,21 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
         info!("listening on the registry, health, fleet, tasks and results channels");
         let mut stream = ps.on_message();
         loop {
-            let msg = tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
-                msg = stream.next() => msg,
+            // A message already read is taken at once; otherwise the
+            // subscriber has read everything published so far (crate::heard).
+            let (msg, after_wait) = match stream.next().now_or_never() {
+                Some(msg) => (msg, false),
+                None => {
+                    shared.heard.waiting();
+                    let msg = tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        msg = stream.next() => msg,
+                    };
+                    (msg, true)
+                }
             };
             let Some(msg) = msg else { break };
+            shared.heard.arrived(after_wait);
             if !router.route(&msg).await {
                 return; // handlers gone: shutting down
             }
@@ -79,6 +89,8 @@ pub(crate) struct Envelope {
     /// None: it came unsigned.
     pub(crate) seal: Option<Seal>,
     pub(crate) channel: Channel,
+    /// Its place in the order read (crate::heard): handled when dropped.
+    pub(crate) seq: u64,
 }
 
 /// Decodes a payload and sends it to its handler.
@@ -161,10 +173,12 @@ impl Router {
         } else {
             None
         };
+        let (seq, _) = self.shared.heard.read();
         let inbound = Envelope {
             msg: inbound,
             seal,
             channel,
+            seq,
         };
         // One agent's messages always go to the same handler, in order.
         let n = self.senders.len();

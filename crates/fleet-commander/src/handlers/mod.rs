@@ -26,6 +26,8 @@ use tracing::{info_span, warn, Instrument};
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
     let mut conn = shared.redis.clone();
     while let Some(env) = rx.recv().await {
+        // Handled (for the failure detector's watermark) when this drops.
+        let _heard = shared.heard.ticket(env.seq);
         let msg = env.msg;
         if shared.fenced.load(Ordering::Acquire) {
             return;
