@@ -433,3 +433,26 @@ async fn signed_mode_is_reported() {
     let (_, ready) = h.get("/readyz").await;
     assert_eq!(ready["security"], "signed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_agent_is_rate_limited_and_the_others_are_not() {
+    let h = Harness::start_with(|c| {
+        c.security.sender_rate_per_sec = 5.0;
+        c.security.sender_burst = 10;
+    })
+    .await;
+    let mut noisy = h.agent("noisy", PoolType::Ui).await;
+    noisy.register(T).await.unwrap();
+    for _ in 0..100 {
+        noisy.heartbeat(AgentStatus::Idle, 0.0).await.unwrap();
+    }
+    wait_until(|| async { h.metric(&rejected("health", "rate_limited")).await >= 80.0 }).await;
+    // Its own budget, not anyone else's: a quiet agent is served at once.
+    let mut quiet = h.agent("quiet", PoolType::Ui).await;
+    quiet.register(T).await.expect("the quiet agent is served");
+    let refused = h.metric(&rejected("health", "rate_limited")).await;
+    assert!(
+        refused <= 91.0,
+        "at most 100 - (burst 10 - register 1): {refused}"
+    );
+}

@@ -98,6 +98,17 @@ pub struct Gate {
     keys: RwLock<HashMap<String, Arc<(KeyRecord, PublicKey)>>>,
     /// Wakes the refresher: a key changed.
     pub(crate) changed: tokio::sync::Notify,
+    /// A token bucket per sender that proved who it is (by subject).
+    buckets: std::sync::Mutex<HashMap<String, Bucket>>,
+    rate_per_ms: f64,
+    burst: f64,
+}
+
+/// Tokens left and when they were counted.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
 }
 
 impl Gate {
@@ -108,6 +119,9 @@ impl Gate {
             store: KeyStore::new(keys),
             keys: RwLock::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
+            buckets: Default::default(),
+            rate_per_ms: config.security.sender_rate_per_sec / 1000.0,
+            burst: f64::from(config.security.sender_burst),
         }
     }
 
@@ -197,6 +211,10 @@ impl Gate {
         if !auth::verify(pk, &seal.input, &seal.sig) {
             return Ok(Err(AuthError::BadSignature));
         }
+        // Only after the signature: a forger cannot spend someone else's tokens.
+        if !self.take_token(&rec.subject, now) {
+            return Ok(Err(AuthError::RateLimited));
+        }
         let once = Once {
             key: self.store.nonce_key(&seal.kid, &seal.nonce),
             ttl_ms: 2 * self.window_ms,
@@ -211,6 +229,26 @@ impl Gate {
             } else {
                 Err(AuthError::Replay)
             }),
+        }
+    }
+}
+
+impl Gate {
+    /// Takes one token from `subject`'s bucket; false when it is empty.
+    fn take_token(&self, subject: &str, now: u64) -> bool {
+        let mut buckets = self.buckets.lock().expect("no panics while held");
+        let b = buckets.entry(subject.to_string()).or_insert(Bucket {
+            tokens: self.burst,
+            at_ms: now,
+        });
+        let refill = now.saturating_sub(b.at_ms) as f64 * self.rate_per_ms;
+        b.tokens = (b.tokens + refill).min(self.burst);
+        b.at_ms = b.at_ms.max(now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }

@@ -121,6 +121,10 @@ pub struct SecurityConfig {
     pub rotation_overlap_ms: u64,
     /// The key store is re-read this often (and at once when a key changes).
     pub key_refresh_ms: u64,
+    /// Each agent's (and submitter's) messages, per second, on average ...
+    pub sender_rate_per_sec: f64,
+    /// ... with bursts of up to this many (a token bucket per sender).
+    pub sender_burst: u32,
 }
 
 impl Default for SecurityConfig {
@@ -131,6 +135,8 @@ impl Default for SecurityConfig {
             window_ms: fleet_protocol::auth::DEFAULT_WINDOW_MS,
             rotation_overlap_ms: 3_600_000,
             key_refresh_ms: 5_000,
+            sender_rate_per_sec: 100.0,
+            sender_burst: 200,
         }
     }
 }
@@ -577,6 +583,18 @@ impl Config {
                 "security.window_ms",
                 format!("must be 1000..=600000, got {}", sec.window_ms),
             );
+        }
+        if !(sec.sender_rate_per_sec > 0.0 && sec.sender_rate_per_sec <= 1e6) {
+            return err(
+                "security.sender_rate_per_sec",
+                format!(
+                    "must be above 0 and at most 1e6, got {}",
+                    sec.sender_rate_per_sec
+                ),
+            );
+        }
+        if sec.sender_burst == 0 {
+            return err("security.sender_burst", "must be at least 1".into());
         }
         if !(100..=600_000).contains(&sec.key_refresh_ms) {
             return err(

@@ -63,6 +63,8 @@ pub enum AuthError {
     Replay,
     #[error("from an older commander epoch")]
     OldEpoch,
+    #[error("over the sender's rate limit")]
+    RateLimited,
 }
 
 impl AuthError {
@@ -81,6 +83,7 @@ impl AuthError {
             AuthError::BadSignature => "bad_signature",
             AuthError::Replay => "replay",
             AuthError::OldEpoch => "old_epoch",
+            AuthError::RateLimited => "rate_limited",
         }
     }
 }
