@@ -86,6 +86,17 @@ fn main() -> ExitCode {
 /// The service: until SIGTERM or SIGINT (then a drain within
 /// `fleet.shutdown_grace_ms`), a fencing, or a failure.
 fn run(config: Config) -> ExitCode {
+    // The HTTP API holds up to http.max_connections descriptors, plus a few
+    // for Redis and the config watcher: raise the soft limit to the hard one.
+    let need = config.http.max_connections as u64 + 64;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < need => eprintln!(
+            "warning: the open-file limit is {n}; http.max_connections = {} needs about {need}",
+            config.http.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
+    }
     // The runtime's size comes from the config; TOKIO_WORKER_THREADS wins.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();

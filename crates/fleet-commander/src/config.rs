@@ -104,6 +104,20 @@ pub struct FleetConfig {
 pub struct HttpConfig {
     /// Address of the HTTP API and `/metrics`; overridden by `FLEET_HTTP_ADDR`.
     pub addr: SocketAddr,
+    /// Connections served at once; more wait until one closes.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// A connection that moves no byte for this long is closed.
+    #[serde(default = "default_http_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_http_max_connections() -> usize {
+    512
+}
+
+fn default_http_idle_timeout_ms() -> u64 {
+    30_000
 }
 
 /// `[security]`: signed messages (the default) or open.
@@ -575,6 +589,15 @@ impl Config {
                     "must start with redis://, rediss:// or unix://, got {:?}",
                     self.redis.url
                 ),
+            );
+        }
+        if self.http.max_connections == 0 {
+            return err("http.max_connections", "must be at least 1".into());
+        }
+        if !(100..=3_600_000).contains(&self.http.idle_timeout_ms) {
+            return err(
+                "http.idle_timeout_ms",
+                format!("must be 100..=3600000, got {}", self.http.idle_timeout_ms),
             );
         }
         let sec = &self.security;

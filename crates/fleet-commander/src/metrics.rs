@@ -29,6 +29,8 @@ pub const TASKS_ORPHANED: &str = "fleet_tasks_orphaned_total";
 pub const RESULTS_IGNORED: &str = "fleet_task_results_ignored_total";
 pub const QUEUE_DEPTH: &str = "fleet_queue_depth";
 pub const INBOUND_BACKLOG: &str = "fleet_inbound_backlog";
+pub const HTTP_CONNECTIONS: &str = "fleet_http_connections";
+pub const HTTP_IDLE_CLOSED: &str = "fleet_http_idle_closed_total";
 pub const INBOUND_LAG: &str = "fleet_inbound_lag_seconds";
 pub const AGENT_PROBATIONS: &str = "fleet_agent_probations_total";
 pub const AGENTS_QUARANTINED: &str = "fleet_agents_quarantined";
@@ -151,6 +153,10 @@ fn describe() {
         "Times the commander lost Redis long enough to distrust heartbeat ages."
     );
     c!(
+        HTTP_IDLE_CLOSED,
+        "HTTP connections closed after http.idle_timeout_ms without progress."
+    );
+    c!(
         DETECTION_SKIPPED,
         "Detector ticks skipped because the commander was not listening."
     );
@@ -199,6 +205,7 @@ fn describe() {
     g!(AGENTS, "Registered agents, by pool and status.");
     g!(AGENTS_QUARANTINED, "Agents in quarantine (given no tasks).");
     g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
+    g!(HTTP_CONNECTIONS, "Open connections to the HTTP API.");
     g!(
         INBOUND_BACKLOG,
         "Messages read from Redis and not yet handled."

@@ -1,4 +1,8 @@
 //! The HTTP API: fleet status, pools, agents, liveness, readiness, metrics.
+//! Connections are capped and idle ones closed ([`listener`]); a body over
+//! `fleet.max_message_bytes` is refused with 413.
+
+mod listener;
 
 use crate::context::Shared;
 use crate::metrics as m;
@@ -43,6 +47,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     let token = shared.shutdown_token().clone();
+    let http = &shared.config().http;
+    let listener = listener::Limited::new(
+        listener,
+        http.max_connections,
+        std::time::Duration::from_millis(http.idle_timeout_ms),
+    );
     let app = router(shared);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })
@@ -267,6 +277,10 @@ async fn submit_task(
 ) -> Response {
     let Json(sub) = match body {
         Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            metrics::counter!(m::TASKS_REJECTED, "reason" => "too_large").increment(1);
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.body_text());
+        }
         Err(e) => {
             metrics::counter!(m::TASKS_REJECTED, "reason" => "invalid_fields").increment(1);
             return error(StatusCode::BAD_REQUEST, "invalid_fields", e.body_text());
