@@ -139,8 +139,9 @@ async fn agents_submitters_and_operators_get_only_what_they_need() {
             .await
     });
     let base = format!("http://{addr}");
-    let id = submit_to(&base, json!({"pool": "coder"})).await;
-    task_in_state(&base, &id, "completed").await;
+    let http = authed(&admin_token(&commander_url).await);
+    let id = submit_to(&http, &base, json!({"pool": "coder"})).await;
+    task_in_state(&http, &base, &id, "completed").await;
     stop.cancel();
     let _ = run.await;
 

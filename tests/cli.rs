@@ -109,6 +109,7 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
             churn_per_sec: 0.0,
             commander_pid: None,
             issuer: Some(test_issuer("swarm:phase-1")),
+            http_token: Some(h.token.clone()),
         },
         Default::default(),
     )
@@ -163,6 +164,7 @@ async fn task_commands_submit_show_cancel_and_list_dead_letters() {
         let out = Command::new(BIN)
             .args(["--config", CONFIG])
             .args(&args)
+            .env("FLEET_TOKEN", &h.token)
             .output()
             .unwrap();
         (

@@ -63,7 +63,7 @@ async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill()
     }
 
     // 60 accepted tasks, with a 1 s timeout so lost results are retried quickly.
-    let http = reqwest::Client::new();
+    let http = authed(&admin_token(&redis.url()).await);
     let mut ids = Vec::new();
     for n in 0..60 {
         let r = http

@@ -28,7 +28,7 @@ async fn idle_connections_are_closed_and_cannot_starve_the_api() {
         held.push(s);
     }
     // A fifth client is still served: the idle ones are closed.
-    let r = tokio::time::timeout(WAIT, reqwest::get(format!("{}/v1/fleet", h.base())))
+    let r = tokio::time::timeout(WAIT, h.http.get(format!("{}/v1/fleet", h.base())).send())
         .await
         .expect("served within the bound")
         .unwrap();
@@ -56,4 +56,112 @@ async fn an_oversized_body_is_refused_with_413() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_needs_a_token_of_the_right_role() {
+    let h = Harness::start().await;
+    let base = h.base();
+    let anon = reqwest::Client::new();
+    let code = |r: reqwest::Response| r.status().as_u16();
+    // Open: liveness, readiness, metrics (for scrapers; http.protect_metrics closes it).
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            code(anon.get(format!("{base}{path}")).send().await.unwrap()),
+            200,
+            "{path}"
+        );
+    }
+    // No token, a made-up one: 401.
+    let r = anon.get(format!("{base}/v1/fleet")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let fake = authed(&format!("fct_{}_{}", "0".repeat(12), "1".repeat(32)));
+    assert_eq!(
+        code(fake.get(format!("{base}/v1/fleet")).send().await.unwrap()),
+        401
+    );
+    assert_eq!(
+        code(
+            authed("Bearer nonsense")
+                .get(format!("{base}/v1/fleet"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+
+    // A viewer reads but may not act: 403.
+    let mut conn = fleet_store::connection::connect(&h.redis.url())
+        .await
+        .unwrap();
+    let store = fleet_store::tokens::TokenStore::new(h.keys.clone());
+    let now = fleet_protocol::now_ms();
+    use fleet_store::tokens::TokenRole;
+    let viewer = authed(
+        &store
+            .issue(&mut conn, "grafana", TokenRole::Viewer, now)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        code(viewer.get(format!("{base}/v1/fleet")).send().await.unwrap()),
+        200
+    );
+    let task = serde_json::json!({"pool": "coder"});
+    let r = viewer
+        .post(format!("{base}/v1/tasks"))
+        .json(&task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = viewer
+        .post(format!("{base}/v1/pools/coder/size"))
+        .json(&serde_json::json!({"agents": 6}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    // An operator acts.
+    let op_token = store
+        .issue(&mut conn, "ci", TokenRole::Operator, now)
+        .await
+        .unwrap();
+    let op = authed(&op_token);
+    assert_eq!(
+        code(
+            op.post(format!("{base}/v1/tasks"))
+                .json(&task)
+                .send()
+                .await
+                .unwrap()
+        ),
+        201
+    );
+
+    // Revoked: refused from then on (the commander hears of it at once).
+    assert_eq!(store.revoke(&mut conn, "ci", now).await.unwrap(), 1);
+    wait_until(|| async {
+        op.get(format!("{base}/v1/fleet"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+            == 401
+    })
+    .await;
+    assert!(
+        h.metric(r#"fleet_http_rejected_total{reason="forbidden"}"#)
+            .await
+            >= 2.0
+    );
+    assert!(
+        h.metric(r#"fleet_http_rejected_total{reason="missing_token"}"#)
+            .await
+            >= 1.0
+    );
 }

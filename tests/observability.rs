@@ -257,6 +257,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             churn_per_sec: 2.0,
             commander_pid: None,
             issuer: Some(test_issuer("swarm:phase-1")),
+            http_token: Some(h.token.clone()),
         },
         stop_sim.clone(),
     ));

@@ -346,7 +346,10 @@ async fn a_newer_commander_fences_the_older_one() {
         fleet_commander::Exit::Fenced,
         "the fenced commander reports why it stopped"
     );
-    let (_, fleet) = reqwest::get(format!("http://{}/v1/fleet", second.http_addr))
+    let (_, fleet) = h
+        .http
+        .get(format!("http://{}/v1/fleet", second.http_addr))
+        .send()
         .await
         .unwrap()
         .json::<Value>()

@@ -335,6 +335,7 @@ async fn the_ramp_scenario_grows_shrinks_and_reports_no_loss() {
             phase_timeout: WAIT,
             progress: false,
             issuer: Some(test_issuer("swarm:phase-1")),
+            http_token: Some(h.token.clone()),
         },
         CancellationToken::new(),
     )
@@ -393,6 +394,7 @@ async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
             churn_per_sec: 0.0,
             commander_pid: None,
             issuer: Some(test_issuer("swarm:phase-1")),
+            http_token: Some(h.token.clone()),
         },
         CancellationToken::new(),
     )

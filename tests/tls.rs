@@ -51,6 +51,7 @@ async fn registration_and_a_task_over_tls() {
 
     // A Rust SDK agent over TLS does a task.
     let base = format!("http://{addr}");
+    let http = authed(&admin_token(&url).await);
     let cred = credential(&url, "tls-1", PoolType::Coder).await;
     let client = fleet_store::connection::client(&url).unwrap();
     let publisher = fleet_store::connection::connect(&url).await.unwrap();
@@ -72,9 +73,9 @@ async fn registration_and_a_task_over_tls() {
             .run_with(Duration::from_millis(200), Duration::ZERO, s, Some(w))
             .await
     });
-    let id = submit_to(&base, json!({"pool": "coder"})).await;
+    let id = submit_to(&http, &base, json!({"pool": "coder"})).await;
     assert_eq!(
-        task_in_state(&base, &id, "completed").await["result"],
+        task_in_state(&http, &base, &id, "completed").await["result"],
         "over tls"
     );
 
@@ -98,7 +99,7 @@ async fn registration_and_a_task_over_tls() {
     // The Python SDK over TLS (redis-py reads the same URL parameters).
     let mut py = credential(&url, "tls-py", PoolType::Ui).await;
     (py.redis_user, py.redis_password) = (None, None);
-    let id = submit_to(&base, json!({"pool": "ui", "payload": "hi"})).await;
+    let id = submit_to(&http, &base, json!({"pool": "ui", "payload": "hi"})).await;
     let out = python_example(&url, &py, 1).await;
     assert!(
         out.status.success(),
@@ -106,7 +107,7 @@ async fn registration_and_a_task_over_tls() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        task_in_state(&base, &id, "completed").await["result"]["by"],
+        task_in_state(&http, &base, &id, "completed").await["result"]["by"],
         "python"
     );
 }

@@ -45,7 +45,7 @@ pub(crate) async fn task(
     url: Option<String>,
 ) -> anyhow::Result<bool> {
     let base = base_url(config, url)?;
-    let http = reqwest::Client::new();
+    let http = super::tokens::http_client()?;
     match action {
         TaskAction::Submit {
             pool,
@@ -91,7 +91,7 @@ pub(crate) async fn scale(
             .context("size must be a number of agents or `auto`")?;
         serde_json::json!({"agents": n})
     };
-    let http = reqwest::Client::new();
+    let http = super::tokens::http_client()?;
     call(
         http.post(format!("{base}/v1/pools/{pool}/size"))
             .json(&body),
@@ -110,7 +110,7 @@ pub(crate) async fn drain(
         DrainTarget::Agent { id } => format!("{base}/v1/agents/{id}/drain"),
         DrainTarget::Pool { pool } => format!("{base}/v1/pools/{pool}/drain"),
     };
-    call(reqwest::Client::new().post(path)).await?;
+    call(super::tokens::http_client()?.post(path)).await?;
     Ok(true)
 }
 
@@ -120,7 +120,7 @@ pub(crate) async fn dead_letters(
     url: Option<String>,
 ) -> anyhow::Result<bool> {
     let base = base_url(config, url)?;
-    let http = reqwest::Client::new();
+    let http = super::tokens::http_client()?;
     match action {
         DeadLetterAction::List => call(http.get(format!("{base}/v1/dead-letters"))).await?,
         DeadLetterAction::Requeue { id } => {

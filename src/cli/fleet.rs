@@ -88,6 +88,15 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
     let issuer = config
         .commander_secret()?
         .map(|s| Issuer::new(&config.fleet.prefix, &s));
+    // FLEET_TOKEN if given; with security on, else one issued for this run.
+    let http_token = match (super::tokens::bearer()?, &issuer) {
+        (Some(t), _) => Some(t),
+        (None, Some(i)) => {
+            let mut conn = fleet_store::connection::connect(&config.redis.url).await?;
+            Some(i.operator_token(&mut conn, "sim").await?)
+        }
+        (None, None) => None,
+    };
     if let Some(pool) = ramp {
         let pool: PoolType = pool
             .parse()
@@ -104,6 +113,7 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
             phase_timeout: Duration::from_secs(120),
             progress: true,
             issuer,
+            http_token,
         };
         let r = ramp::run(opts, shutdown_on_signal()).await?;
         write_report(&report, &r)?;
@@ -138,6 +148,7 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
         churn_per_sec,
         commander_pid,
         issuer,
+        http_token,
     };
     let r = sim::run(opts, shutdown_on_signal()).await?;
     write_report(&report, &r)?;

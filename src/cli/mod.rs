@@ -5,6 +5,7 @@ pub(crate) mod acl;
 pub(crate) mod admin;
 pub(crate) mod fleet;
 pub(crate) mod keys;
+pub(crate) mod tokens;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -72,6 +73,11 @@ pub(crate) enum Command {
     Keys {
         #[command(subcommand)]
         action: keys::KeysAction,
+    },
+    /// Operators' bearer tokens for the HTTP API (FLEET_TOKEN, FLEET_TOKEN_FILE).
+    Tokens {
+        #[command(subcommand)]
+        action: tokens::TokensAction,
     },
     /// The fleet's Redis ACL users: print them, or --apply them.
     Acl(acl::AclArgs),
@@ -239,6 +245,7 @@ pub(crate) async fn execute(
         } => fleet::agent(config, pool, id, capabilities, credential).await,
         Command::Keys { action } => keys::keys(config, action).await,
         Command::Acl(args) => acl::acl(config, args).await,
+        Command::Tokens { action } => tokens::tokens(config, action).await,
         Command::Status { json } => admin::status(config, json).await,
         Command::Task { action, url } => admin::task(config, action, url).await,
         Command::Scale { pool, size, url } => admin::scale(config, pool, size, url).await,

@@ -47,6 +47,33 @@ pub fn test_commander_key() -> std::path::PathBuf {
     path
 }
 
+/// An admin's bearer token for the HTTP API of the fleet at `redis_url`.
+pub async fn admin_token(redis_url: &str) -> String {
+    let mut conn = fleet_store::connection::connect(redis_url).await.unwrap();
+    fleet_store::tokens::TokenStore::new(Keys::new("swarm:phase-1"))
+        .issue(
+            &mut conn,
+            "tests",
+            fleet_store::tokens::TokenRole::Admin,
+            fleet_protocol::now_ms(),
+        )
+        .await
+        .unwrap()
+}
+
+/// An HTTP client that sends `token`.
+pub fn authed(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
 /// Issues keys for the test fleet under `prefix`.
 pub fn test_issuer(prefix: &str) -> Issuer {
     Issuer::new(prefix, &TEST_SECRET)
@@ -85,7 +112,9 @@ pub struct Harness {
     pub commander: Option<Running>,
     pub keys: Keys,
     pub client: redis::Client,
+    /// Sends `token`, an admin's.
     pub http: reqwest::Client,
+    pub token: String,
     /// Keys the raw publisher signs with, by agent id (or `""`: the submitter).
     signers: Mutex<HashMap<String, Signer>>,
 }
@@ -109,13 +138,15 @@ impl Harness {
         config.validate().expect("tuned test config valid");
         let keys = Keys::new(config.fleet.prefix.clone());
         let client = fleet_store::connection::client(&redis.url()).unwrap();
+        let token = admin_token(&redis.url()).await;
         let mut h = Harness {
             redis,
             config,
             commander: None,
             keys,
             client,
-            http: reqwest::Client::new(),
+            http: authed(&token),
+            token,
             signers: Mutex::new(HashMap::new()),
         };
         h.start_commander().await;

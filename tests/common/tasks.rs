@@ -55,12 +55,12 @@ pub async fn start_agent_with(
 }
 
 pub async fn submit(h: &Harness, body: Value) -> String {
-    submit_to(&h.base(), body).await
+    submit_to(&h.http, &h.base(), body).await
 }
 
 /// Submits a task to the commander whose HTTP API is at `base`; its id.
-pub async fn submit_to(base: &str, body: Value) -> String {
-    let r = reqwest::Client::new()
+pub async fn submit_to(http: &reqwest::Client, base: &str, body: Value) -> String {
+    let r = http
         .post(format!("{base}/v1/tasks"))
         .json(&body)
         .send()
@@ -72,10 +72,11 @@ pub async fn submit_to(base: &str, body: Value) -> String {
 }
 
 /// A task as the commander at `base` serves it, once it is in `state`.
-pub async fn task_in_state(base: &str, id: &str, state: &str) -> Value {
+pub async fn task_in_state(http: &reqwest::Client, base: &str, id: &str, state: &str) -> Value {
     let url = format!("{base}/v1/tasks/{id}");
     let get = || async {
-        reqwest::get(&url)
+        http.get(&url)
+            .send()
             .await
             .unwrap()
             .json::<Value>()

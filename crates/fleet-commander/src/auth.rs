@@ -21,6 +21,7 @@ use fleet_protocol::auth::{
     self, signing_input, AuthError, KeyRecord, PublicKey, Role, Signed, Signer,
 };
 use fleet_protocol::{now_ms, Inbound, Misfit};
+use fleet_store::tokens::{self, TokenRecord, TokenRole, TokenStore};
 use fleet_store::{KeyStore, Keys, Once, StoreError};
 use redis::aio::ConnectionLike;
 use std::collections::HashMap;
@@ -102,6 +103,9 @@ pub struct Gate {
     buckets: std::sync::Mutex<HashMap<String, Bucket>>,
     rate_per_ms: f64,
     burst: f64,
+    /// Operators' HTTP tokens, by id.
+    tokens: RwLock<HashMap<String, TokenRecord>>,
+    token_store: TokenStore,
 }
 
 /// Tokens left and when they were counted.
@@ -116,10 +120,12 @@ impl Gate {
         Gate {
             mode: config.security.mode,
             window_ms: config.security.window_ms,
-            store: KeyStore::new(keys),
+            store: KeyStore::new(keys.clone()),
             keys: RwLock::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
             buckets: Default::default(),
+            tokens: RwLock::new(HashMap::new()),
+            token_store: TokenStore::new(keys.clone()),
             rate_per_ms: config.security.sender_rate_per_sec / 1000.0,
             burst: f64::from(config.security.sender_burst),
         }
@@ -154,6 +160,9 @@ impl Gate {
             .collect();
         let n = map.len();
         *self.keys.write().expect("no panics while held") = map;
+        let tokens = self.token_store.all(conn).await?;
+        *self.tokens.write().expect("no panics while held") =
+            tokens.into_iter().map(|t| (t.id.clone(), t)).collect();
         Ok(n)
     }
 
@@ -234,6 +243,37 @@ impl Gate {
 }
 
 impl Gate {
+    /// The role of an HTTP bearer token, if it is a valid one.
+    pub(crate) async fn token_role(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        token: &str,
+    ) -> Result<Option<TokenRole>, StoreError> {
+        let Some(id) = tokens::token_id(token) else {
+            return Ok(None);
+        };
+        let cached = self
+            .tokens
+            .read()
+            .expect("no panics while held")
+            .get(id)
+            .cloned();
+        let rec = match cached {
+            Some(r) => r,
+            None => match self.token_store.get(conn, id).await? {
+                Some(r) => {
+                    self.tokens
+                        .write()
+                        .expect("no panics while held")
+                        .insert(id.to_string(), r.clone());
+                    r
+                }
+                None => return Ok(None),
+            },
+        };
+        Ok(tokens::matches(&rec, token).then_some(rec.role))
+    }
+
     /// Takes one token from `subject`'s bucket; false when it is empty.
     fn take_token(&self, subject: &str, now: u64) -> bool {
         let mut buckets = self.buckets.lock().expect("no panics while held");

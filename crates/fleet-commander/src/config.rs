@@ -110,6 +110,9 @@ pub struct HttpConfig {
     /// A connection that moves no byte for this long is closed.
     #[serde(default = "default_http_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// `/metrics` needs a viewer token too (it is open by default, for scrapers).
+    #[serde(default)]
+    pub protect_metrics: bool,
 }
 
 fn default_http_max_connections() -> usize {

@@ -31,6 +31,7 @@ pub const QUEUE_DEPTH: &str = "fleet_queue_depth";
 pub const INBOUND_BACKLOG: &str = "fleet_inbound_backlog";
 pub const HTTP_CONNECTIONS: &str = "fleet_http_connections";
 pub const HTTP_IDLE_CLOSED: &str = "fleet_http_idle_closed_total";
+pub const HTTP_REJECTED: &str = "fleet_http_rejected_total";
 pub const INBOUND_LAG: &str = "fleet_inbound_lag_seconds";
 pub const AGENT_PROBATIONS: &str = "fleet_agent_probations_total";
 pub const AGENTS_QUARANTINED: &str = "fleet_agents_quarantined";
@@ -151,6 +152,10 @@ fn describe() {
     c!(
         CONTACT_LAPSES,
         "Times the commander lost Redis long enough to distrust heartbeat ages."
+    );
+    c!(
+        HTTP_REJECTED,
+        "HTTP requests refused for their token: missing_token, invalid_token, forbidden."
     );
     c!(
         HTTP_IDLE_CLOSED,

@@ -105,6 +105,14 @@ pub async fn run(
         .validate()
         .map_err(|(f, r)| anyhow::anyhow!("{f}: {r}"))?;
 
+    // And an operator's token for the HTTP API (status queries, submissions).
+    let http_token = match &issuer {
+        Some(i) => {
+            let mut conn = fleet_store::connection::connect(&config.redis.url).await?;
+            Some(i.operator_token(&mut conn, "demo").await?)
+        }
+        None => None,
+    };
     let commander = fleet_commander::start(config.clone(), shutdown.child_token()).await?;
     let base = format!("http://{}", commander.http_addr);
     println!(
@@ -143,6 +151,7 @@ pub async fn run(
             churn_per_sec: 0.0,
             commander_pid: None,
             issuer: issuer.clone(),
+            http_token: http_token.clone(),
         },
         shutdown.clone(),
     )
@@ -151,9 +160,17 @@ pub async fn run(
         println!("\nfleet summary:\n{}", status::render(s));
     }
     let autoscaling = match (&report, opts.autoscaling) {
-        (Ok(_), true) if !shutdown.is_cancelled() => {
-            Some(autoscale(&commander, &config, &base, issuer, shutdown.clone()).await)
-        }
+        (Ok(_), true) if !shutdown.is_cancelled() => Some(
+            autoscale(
+                &commander,
+                &config,
+                &base,
+                issuer,
+                http_token,
+                shutdown.clone(),
+            )
+            .await,
+        ),
         _ => None,
     };
     commander.shutdown();
@@ -175,6 +192,7 @@ async fn autoscale(
     config: &Config,
     base: &str,
     issuer: Option<Issuer>,
+    http_token: Option<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RampReport> {
     let mut pools = config.pools.clone();
@@ -200,6 +218,7 @@ async fn autoscale(
             phase_timeout: Duration::from_secs(60),
             progress: true,
             issuer,
+            http_token,
         },
         shutdown,
     )

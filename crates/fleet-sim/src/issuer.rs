@@ -13,6 +13,7 @@ use redis::aio::ConnectionManager;
 #[derive(Debug, Clone)]
 pub struct Issuer {
     store: KeyStore,
+    store_keys: Keys,
     commander: PublicKey,
 }
 
@@ -21,6 +22,7 @@ impl Issuer {
     pub fn new(prefix: &str, commander_secret: &[u8; 32]) -> Issuer {
         Issuer {
             store: KeyStore::new(Keys::new(prefix)),
+            store_keys: Keys::new(prefix),
             commander: Signer::new("-", commander_secret).public(),
         }
     }
@@ -61,6 +63,23 @@ impl Issuer {
             .await?)
     }
 
+    /// An operator's bearer token for the HTTP API (submitting, draining).
+    pub async fn operator_token(
+        &self,
+        conn: &mut ConnectionManager,
+        name: &str,
+    ) -> anyhow::Result<String> {
+        let store = fleet_store::tokens::TokenStore::new(self.store_keys.clone());
+        Ok(store
+            .issue(
+                conn,
+                name,
+                fleet_store::tokens::TokenRole::Operator,
+                now_ms(),
+            )
+            .await?)
+    }
+
     /// One agent's credential, for an agent of `pool` called `id`.
     pub async fn agent(
         &self,
@@ -73,4 +92,18 @@ impl Issuer {
             .issue(conn, Role::Agent, id, Some(pool), &self.commander, now_ms())
             .await?)
     }
+}
+
+/// An HTTP client that sends `token` as its bearer, if given.
+pub fn http_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse()?,
+        );
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }

@@ -36,6 +36,8 @@ pub struct RampOptions {
     pub progress: bool,
     /// Gives every agent a credential (None: the commander runs open).
     pub issuer: Option<crate::issuer::Issuer>,
+    /// The bearer token for the commander's HTTP API (None: it runs open).
+    pub http_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -143,7 +145,7 @@ impl Ramp {
             ..
         } = self;
         let mut progress = Progress::new(opts.progress);
-        let http = reqwest::Client::new();
+        let http = crate::issuer::http_client(opts.http_token.as_deref())?;
         let base = opts.commander_url.clone();
         let view = pool_view(&http, &base, opts.pool).await?;
         anyhow::ensure!(

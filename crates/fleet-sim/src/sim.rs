@@ -57,6 +57,8 @@ pub struct SimOptions {
     pub commander_pid: Option<u32>,
     /// Gives every agent a credential (None: the commander runs open).
     pub issuer: Option<crate::issuer::Issuer>,
+    /// The bearer token for the commander's HTTP API (None: it runs open).
+    pub http_token: Option<String>,
 }
 
 /// Tasks the simulator submits (over the commander's HTTP API) and its
@@ -465,7 +467,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
         ..Default::default()
     };
     let (live, answered) = register_all(&opts, agents, &mut report, &shutdown, &mut progress).await;
-    let http = reqwest::Client::new();
+    let http = crate::issuer::http_client(opts.http_token.as_deref())?;
     query_status(&opts, &http, &mut report, &mut progress).await?;
     let fleet = start_fleet(&opts, live, &answered, &load, &shutdown);
 
@@ -482,6 +484,7 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
             }
         }
         let t = run_tasks(
+            &http,
             &opts.tasks,
             &base,
             &distinct,
@@ -1297,6 +1300,7 @@ impl LoadState {
 
 /// Submits the task load over HTTP and waits until the agents have done it.
 async fn run_tasks(
+    http: &reqwest::Client,
     load: &TaskLoad,
     base: &str,
     pools: &[PoolType],
@@ -1304,7 +1308,7 @@ async fn run_tasks(
     progress: &mut Progress,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<TaskReport> {
-    let http = reqwest::Client::new();
+    let http = http.clone();
     let url = format!("{base}/v1/tasks");
     let started = Instant::now();
     let submit = |seq: usize| {

@@ -166,6 +166,11 @@ impl Keys {
     pub fn keystore(&self) -> String {
         format!("{}:keys", self.prefix)
     }
+    /// Hash: token id -> an operator token's record (`tokens::TokenRecord`,
+    /// JSON; the token's SHA-256, never the token).
+    pub fn tokens(&self) -> String {
+        format!("{}:tokens", self.prefix)
+    }
     /// String with a TTL: a nonce seen under a key (replay protection).
     pub fn nonce(&self, kid: &str, nonce: &str) -> String {
         format!("{}:nonce:{kid}:{nonce}", self.prefix)

@@ -3,6 +3,7 @@
 //! The map:
 //! - [`keys`]: every Redis key name (channels are `fleet_protocol::channels`).
 //! - [`acl`]: the fleet's Redis ACL users, from the key store.
+//! - [`tokens`]: operators' bearer tokens for the HTTP API (hashes only).
 //! - [`keystore`]: agents' and submitters' public keys, and recent nonces.
 //! - [`connection`]: every Redis client and connection (`TCP_NODELAY`, timeouts).
 //! - [`registry`]: agents: hashes, per-pool sets, heartbeat and failure sorted
@@ -24,6 +25,7 @@ pub mod registry;
 mod script;
 pub mod tasks;
 pub mod telemetry;
+pub mod tokens;
 
 pub use error::{Result, StoreError};
 

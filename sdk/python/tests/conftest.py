@@ -68,7 +68,10 @@ class Fleet:
         self.commander = subprocess.Popen(
             [self.bin, "--config", str(ROOT / "config" / "fleet.toml"), "run"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.token = ""
         wait_for(lambda: self.get("/readyz")[0] == 200, "the commander to be ready")
+        # An operator's token for the HTTP API, as `tokens issue` makes it.
+        self.token = self.cli("tokens", "issue", "--role", "operator", "--name", "pytest").stdout.strip()
 
     def close(self) -> None:
         for p in (self.commander, self.redis):
@@ -90,8 +93,10 @@ class Fleet:
 
     def request(self, method: str, path: str, body: Optional[Any] = None) -> "tuple[int, Any]":
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+        headers = {"content-type": "application/json"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, json.loads(r.read() or b"null")

@@ -1,7 +1,9 @@
 //! The HTTP API: fleet status, pools, agents, liveness, readiness, metrics.
 //! Connections are capped and idle ones closed ([`listener`]); a body over
-//! `fleet.max_message_bytes` is refused with 413.
+//! `fleet.max_message_bytes` is refused with 413; requests need a bearer
+//! token of the right role ([`auth`]).
 
+mod auth;
 mod listener;
 
 use crate::context::Shared;
@@ -42,6 +44,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            auth::require,
+        ))
         .with_state(shared)
 }
 

@@ -1,0 +1,200 @@
+//! Operators' bearer tokens for the HTTP API: one hash (`…:tokens`), a
+//! record per token id with its name, role and the SHA-256 of the token.
+//! The token itself is shown once, when issued, and never stored.
+
+use crate::keystore::sha256_hex;
+use crate::{Keys, StoreError};
+use redis::aio::ConnectionLike;
+use serde::{Deserialize, Serialize};
+
+/// What a token may do over HTTP. Each role may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    /// GET: read the fleet, pools, agents, tasks.
+    Viewer,
+    /// Also submit, cancel, drain, scale, requeue.
+    Operator,
+    /// Also manage keys and tokens and read the audit log.
+    Admin,
+}
+
+impl TokenRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Viewer => "viewer",
+            TokenRole::Operator => "operator",
+            TokenRole::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for TokenRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(TokenRole::Viewer),
+            "operator" => Ok(TokenRole::Operator),
+            "admin" => Ok(TokenRole::Admin),
+            _ => Err(format!("unknown role {s:?}: viewer, operator or admin")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: TokenRole,
+    /// SHA-256 (hex) of the whole token.
+    pub sha256: String,
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<u64>,
+}
+
+/// A token's id is the part between `fct_` and the next `_`.
+pub fn token_id(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix("fct_")?;
+    let (id, secret) = rest.split_once('_')?;
+    (id.len() == 12 && secret.len() == 32).then_some(id)
+}
+
+/// Whether `token` is the one `rec` was issued for: its hash, compared in
+/// constant time, and not revoked.
+pub fn matches(rec: &TokenRecord, token: &str) -> bool {
+    let (a, b) = (sha256_hex(token), &rec.sha256);
+    let same = a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0;
+    same && rec.revoked_ms.is_none()
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    keys: Keys,
+}
+
+impl TokenStore {
+    pub fn new(keys: Keys) -> TokenStore {
+        TokenStore { keys }
+    }
+
+    /// A new token for `name`: the record is stored, the token returned (once).
+    pub async fn issue(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        name: &str,
+        role: TokenRole,
+        now: u64,
+    ) -> Result<String, StoreError> {
+        let id = fleet_protocol::auth::nonce()[..12].to_string();
+        let token = format!("fct_{id}_{}", fleet_protocol::auth::nonce());
+        let rec = TokenRecord {
+            id: id.clone(),
+            name: name.to_string(),
+            role,
+            sha256: sha256_hex(&token),
+            created_ms: now,
+            revoked_ms: None,
+        };
+        self.put(conn, &rec).await?;
+        Ok(token)
+    }
+
+    async fn put(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        rec: &TokenRecord,
+    ) -> Result<(), StoreError> {
+        let mut p = redis::pipe();
+        p.hset(
+            self.keys.tokens(),
+            &rec.id,
+            serde_json::to_string(rec).expect("serializes"),
+        )
+        .ignore();
+        p.publish(self.keys.channels().keys(), "changed").ignore();
+        p.query_async::<()>(conn).await?;
+        Ok(())
+    }
+
+    pub async fn get(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        id: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.tokens())
+            .arg(id)
+            .query_async(conn)
+            .await?;
+        raw.map(|r| parse(id, &r)).transpose()
+    }
+
+    pub async fn all(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let raw: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.keys.tokens())
+            .query_async(conn)
+            .await?;
+        let mut out = raw
+            .iter()
+            .map(|(id, r)| parse(id, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| (&a.name, a.created_ms).cmp(&(&b.name, b.created_ms)));
+        Ok(out)
+    }
+
+    /// Revokes the tokens named `name` (or with that id); how many.
+    pub async fn revoke(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        name_or_id: &str,
+        now: u64,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for mut r in self.all(conn).await? {
+            if (r.name == name_or_id || r.id == name_or_id) && r.revoked_ms.is_none() {
+                r.revoked_ms = Some(now);
+                self.put(conn, &r).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn parse(id: &str, raw: &str) -> Result<TokenRecord, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Reply(format!("token record {id}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_matches_only_its_record_and_not_once_revoked() {
+        let token = format!("fct_{}_{}", "a".repeat(12), "b".repeat(32));
+        assert_eq!(token_id(&token), Some("aaaaaaaaaaaa"));
+        assert_eq!(token_id("fct_short_x"), None);
+        let mut rec = TokenRecord {
+            id: "aaaaaaaaaaaa".into(),
+            name: "ops".into(),
+            role: TokenRole::Operator,
+            sha256: sha256_hex(&token),
+            created_ms: 0,
+            revoked_ms: None,
+        };
+        assert!(matches(&rec, &token));
+        assert!(!matches(&rec, &token.replace('b', "c")));
+        rec.revoked_ms = Some(1);
+        assert!(!matches(&rec, &token));
+        assert!(TokenRole::Viewer < TokenRole::Operator && TokenRole::Operator < TokenRole::Admin);
+    }
+}

@@ -1,0 +1,111 @@
+//! `fleet-commander tokens`: operators' bearer tokens for the HTTP API.
+
+use super::keys::write_private;
+use super::load;
+use clap::Subcommand;
+use fleet_protocol::now_ms;
+use fleet_store::tokens::{TokenRole, TokenStore};
+use fleet_store::Keys;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub(crate) enum TokensAction {
+    /// Issue a token and print it, once (only its hash is kept).
+    Issue {
+        /// viewer (GET), operator (also submit, cancel, drain, scale,
+        /// requeue) or admin (also keys, tokens, audit).
+        #[arg(long)]
+        role: TokenRole,
+        /// Who holds it (for the list, the log and revocation).
+        #[arg(long)]
+        name: String,
+        /// Write it to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The tokens: id, name, role, state (never a token).
+    List,
+    /// Revoke the tokens with this name (or this id), at once.
+    Revoke { name: String },
+}
+
+pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Result<bool> {
+    let config = load(config)?;
+    let store = TokenStore::new(Keys::new(config.fleet.prefix.clone()));
+    let mut conn = fleet_store::connection::connect(&config.redis.url).await?;
+    match action {
+        TokensAction::Issue { role, name, out } => {
+            let token = store.issue(&mut conn, &name, role, now_ms()).await?;
+            match out {
+                Some(p) => {
+                    write_private(&p, &format!("{token}\n"))?;
+                    eprintln!(
+                        "{} token for {name} written to {}",
+                        role.as_str(),
+                        p.display()
+                    );
+                }
+                None => {
+                    eprintln!("{} token for {name} (shown once):", role.as_str());
+                    println!("{token}");
+                }
+            }
+        }
+        TokensAction::List => {
+            println!("{:<14} {:<24} {:<10} STATE", "ID", "NAME", "ROLE");
+            for t in store.all(&mut conn).await? {
+                let state = if t.revoked_ms.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<14} {:<24} {:<10} {state}",
+                    t.id,
+                    t.name,
+                    t.role.as_str()
+                );
+            }
+        }
+        TokensAction::Revoke { name } => {
+            let n = store.revoke(&mut conn, &name, now_ms()).await?;
+            if n == 0 {
+                eprintln!("no active token named {name}");
+                return Ok(false);
+            }
+            println!("revoked {n} token(s) of {name}");
+        }
+    }
+    Ok(true)
+}
+
+/// The bearer token the CLI sends: `FLEET_TOKEN`, else the file named by
+/// `FLEET_TOKEN_FILE`.
+pub(crate) fn bearer() -> anyhow::Result<Option<String>> {
+    if let Ok(t) = std::env::var("FLEET_TOKEN") {
+        return Ok(Some(t.trim().to_string()));
+    }
+    match std::env::var("FLEET_TOKEN_FILE") {
+        Ok(f) => Ok(Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| anyhow::anyhow!("reading FLEET_TOKEN_FILE {f}: {e}"))?
+                .trim()
+                .to_string(),
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+/// An HTTP client that sends the bearer token, if there is one.
+pub(crate) fn http_client() -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = bearer()? {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse()?,
+        );
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
