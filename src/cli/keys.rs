@@ -100,6 +100,14 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
             let cred = store
                 .issue(&mut conn, role, &subject, pool, &commander()?, now)
                 .await?;
+            super::audit::record(
+                &config,
+                &mut conn,
+                "key_issued",
+                &format!("{subject} ({})", cred.kid),
+                "ok",
+            )
+            .await?;
             hand_over(&cred, out.as_deref())?;
         }
         KeysAction::List { json } => {
@@ -130,6 +138,14 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
                 eprintln!("{subject} has no usable key");
                 return Ok(false);
             }
+            super::audit::record(
+                &config,
+                &mut conn,
+                "key_revoked",
+                &subject,
+                &format!("{n} key(s)"),
+            )
+            .await?;
             println!("revoked {n} key(s) of {subject}; the commander refuses them from now on");
         }
         KeysAction::Rotate {
@@ -145,6 +161,14 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
                 eprintln!("{subject} has no usable key to rotate; issue one");
                 return Ok(false);
             };
+            super::audit::record(
+                &config,
+                &mut conn,
+                "key_rotated",
+                &format!("{subject} ({})", cred.kid),
+                "ok",
+            )
+            .await?;
             eprintln!("the old key of {subject} keeps working for {overlap} ms");
             hand_over(&cred, out.as_deref())?;
         }

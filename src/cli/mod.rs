@@ -3,6 +3,7 @@
 
 pub(crate) mod acl;
 pub(crate) mod admin;
+pub(crate) mod audit;
 pub(crate) mod fleet;
 pub(crate) mod keys;
 pub(crate) mod tokens;
@@ -78,6 +79,11 @@ pub(crate) enum Command {
     Tokens {
         #[command(subcommand)]
         action: tokens::TokensAction,
+    },
+    /// The audit log: list, verify the chain, trim.
+    Audit {
+        #[command(subcommand)]
+        action: audit::AuditAction,
     },
     /// The fleet's Redis ACL users: print them, or --apply them.
     Acl(acl::AclArgs),
@@ -246,6 +252,7 @@ pub(crate) async fn execute(
         Command::Keys { action } => keys::keys(config, action).await,
         Command::Acl(args) => acl::acl(config, args).await,
         Command::Tokens { action } => tokens::tokens(config, action).await,
+        Command::Audit { action } => audit::audit_cmd(config, action).await,
         Command::Status { json } => admin::status(config, json).await,
         Command::Task { action, url } => admin::task(config, action, url).await,
         Command::Scale { pool, size, url } => admin::scale(config, pool, size, url).await,

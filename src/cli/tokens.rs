@@ -36,6 +36,14 @@ pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Resul
     match action {
         TokensAction::Issue { role, name, out } => {
             let token = store.issue(&mut conn, &name, role, now_ms()).await?;
+            super::audit::record(
+                &config,
+                &mut conn,
+                "token_issued",
+                &format!("{name} ({})", role.as_str()),
+                "ok",
+            )
+            .await?;
             match out {
                 Some(p) => {
                     write_private(&p, &format!("{token}\n"))?;
@@ -73,6 +81,14 @@ pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Resul
                 eprintln!("no active token named {name}");
                 return Ok(false);
             }
+            super::audit::record(
+                &config,
+                &mut conn,
+                "token_revoked",
+                &name,
+                &format!("{n} token(s)"),
+            )
+            .await?;
             println!("revoked {n} token(s) of {name}");
         }
     }

@@ -243,12 +243,12 @@ impl Gate {
 }
 
 impl Gate {
-    /// The role of an HTTP bearer token, if it is a valid one.
+    /// The name and role of an HTTP bearer token, if it is a valid one.
     pub(crate) async fn token_role(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         token: &str,
-    ) -> Result<Option<TokenRole>, StoreError> {
+    ) -> Result<Option<(String, TokenRole)>, StoreError> {
         let Some(id) = tokens::token_id(token) else {
             return Ok(None);
         };
@@ -271,7 +271,7 @@ impl Gate {
                 None => return Ok(None),
             },
         };
-        Ok(tokens::matches(&rec, token).then_some(rec.role))
+        Ok(tokens::matches(&rec, token).then_some((rec.name, rec.role)))
     }
 
     /// Takes one token from `subject`'s bucket; false when it is empty.

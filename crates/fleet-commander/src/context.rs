@@ -52,6 +52,8 @@ pub struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Checks who sent what (crate::auth).
     pub gate: Gate,
+    /// Privileged actions, chained and signed (fleet_store::audit).
+    pub(crate) audit: fleet_store::audit::AuditLog,
     /// How far the fleet has been heard: read and handled (crate::heard).
     pub(crate) heard: crate::heard::Heard,
     /// Signs what the commander sends to agents and submitters; None when
@@ -72,6 +74,7 @@ impl Shared {
         Shared {
             gate: Gate::new(&config, keys.clone()),
             heard: Default::default(),
+            audit: fleet_store::audit::AuditLog::new(keys.clone(), signer.clone()),
             signer,
             registry: Registry::new(keys.clone(), epoch),
             tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
@@ -235,6 +238,20 @@ impl Shared {
         };
         self.tell(conn, notice.into_iter().collect()).await?;
         Ok(Some((pool, holding)))
+    }
+
+    /// Writes one entry to the audit log; a failure is counted and logged
+    /// (the action it records has happened).
+    pub(crate) async fn audit(&self, actor: &str, action: &str, target: &str, result: &str) {
+        let mut conn = self.redis.clone();
+        if let Err(e) = self
+            .audit
+            .append(&mut conn, actor, action, target, result)
+            .await
+        {
+            crate::supervise::count("audit", &e);
+            error!(error = %e, actor, action, target, "cannot write the audit log");
+        }
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {

@@ -47,10 +47,18 @@ pub(crate) async fn watch(shared: Arc<Shared>, path: PathBuf) {
             Ok(changed) => {
                 metrics::counter!(m::CONFIG_RELOADS, "result" => "applied").increment(1);
                 info!(path = %path.display(), ?changed, "configuration reloaded");
+                let target = path.display().to_string();
+                shared
+                    .audit("config:file", "config_applied", &target, "ok")
+                    .await;
             }
             Err(e) => {
                 metrics::counter!(m::CONFIG_RELOADS, "result" => "rejected").increment(1);
                 error!(error = %e, "configuration edit refused; the running configuration stays");
+                let target = path.display().to_string();
+                shared
+                    .audit("config:file", "config_refused", &target, &e.to_string())
+                    .await;
             }
         }
     }

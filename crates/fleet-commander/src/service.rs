@@ -85,6 +85,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         signer,
         shutdown.clone(),
     ));
+    shared
+        .audit(
+            &format!("commander:{epoch}"),
+            "commander_took_over",
+            &format!("epoch {epoch}"),
+            "ok",
+        )
+        .await;
     if shared.gate.signed() {
         let mut conn = shared.redis.clone();
         let n = shared.gate.reload(&mut conn).await?;

@@ -218,6 +218,12 @@ impl Signer {
         self.key.verifying_key()
     }
 
+    /// The bare signature of `bytes` (for records that are not messages:
+    /// the audit log's entries).
+    pub fn sign_bytes(&self, bytes: &[u8]) -> [u8; 64] {
+        self.key.sign(bytes).to_bytes()
+    }
+
     /// The signed payload of `body` for `channel`, stamped `now`.
     pub fn sign(&self, channel: &str, body: &[u8], now: u64) -> Vec<u8> {
         let nonce = nonce();
@@ -249,6 +255,16 @@ pub fn new_secret() -> [u8; 32] {
 /// A fresh key id: `k` and 12 hex digits.
 pub fn new_kid() -> String {
     format!("k{}", &nonce()[..12])
+}
+
+/// A signature in base64.
+pub fn encode_sig(sig: &[u8; 64]) -> String {
+    B64.encode(sig)
+}
+
+/// A signature written in base64.
+pub fn decode_sig(s: &str) -> Option<[u8; 64]> {
+    B64.decode(s).ok()?.try_into().ok()
 }
 
 pub fn encode_key(bytes: &[u8; 32]) -> String {

@@ -171,6 +171,15 @@ impl Keys {
     pub fn tokens(&self) -> String {
         format!("{}:tokens", self.prefix)
     }
+    /// Stream: the audit log, one entry per privileged action, chained.
+    pub fn audit(&self) -> String {
+        format!("{}:audit", self.prefix)
+    }
+    /// Hash: the audit log's newest entry (seq, hash), and the anchor the
+    /// chain starts from after a trim (anchor_seq, anchor_hash).
+    pub fn audit_head(&self) -> String {
+        format!("{}:audit:head", self.prefix)
+    }
     /// String with a TTL: a nonce seen under a key (replay protection).
     pub fn nonce(&self, kid: &str, nonce: &str) -> String {
         format!("{}:nonce:{kid}:{nonce}", self.prefix)

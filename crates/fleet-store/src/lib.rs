@@ -2,6 +2,7 @@
 //!
 //! The map:
 //! - [`keys`]: every Redis key name (channels are `fleet_protocol::channels`).
+//! - [`audit`]: the audit log, a signed hash chain in a stream.
 //! - [`acl`]: the fleet's Redis ACL users, from the key store.
 //! - [`tokens`]: operators' bearer tokens for the HTTP API (hashes only).
 //! - [`keystore`]: agents' and submitters' public keys, and recent nonces.
@@ -17,6 +18,7 @@
 //! a commander that has been superseded can no longer write.
 
 pub mod acl;
+pub mod audit;
 pub mod connection;
 pub mod error;
 pub mod keys;

@@ -122,13 +122,17 @@ impl ScriptDef {
     /// A call of a state-changing script: the epoch key and the caller's
     /// epoch (the fencing check every such script begins with).
     pub(crate) fn fenced<'s>(&'s self, keys: &Keys, epoch: u64) -> Call<'s> {
+        self.call().key("epoch", keys.epoch()).arg("epoch", epoch)
+    }
+
+    /// A call of a script that any tool may run, commander or not (the
+    /// audit log's append): no fencing.
+    pub(crate) fn call(&self) -> Call<'_> {
         Call {
             def: self,
             keys: Vec::with_capacity(self.keys.len()),
             args: Vec::with_capacity(self.args.len()),
         }
-        .key("epoch", keys.epoch())
-        .arg("epoch", epoch)
     }
 }
 

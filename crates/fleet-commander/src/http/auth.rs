@@ -16,14 +16,19 @@ use std::sync::Arc;
 use tracing::warn;
 
 pub(crate) async fn require(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let open = matches!(path, "/healthz" | "/readyz")
-        || (path == "/metrics" && !s.config().http.protect_metrics)
-        || !s.gate.signed();
+    let path = req.uri().path().to_string();
+    let audited = audited(req.method(), &path);
+    let open = matches!(path.as_str(), "/healthz" | "/readyz")
+        || (path == "/metrics" && !s.config().http.protect_metrics);
     if open {
         return next.run(req).await;
     }
-    let need = if req.method() == Method::GET || req.method() == Method::HEAD {
+    if !s.gate.signed() {
+        return record(&s, "anonymous", audited, &path, next.run(req).await).await;
+    }
+    let need = if path.starts_with("/v1/audit") {
+        TokenRole::Admin
+    } else if req.method() == Method::GET || req.method() == Method::HEAD {
         TokenRole::Viewer
     } else {
         TokenRole::Operator
@@ -35,17 +40,53 @@ pub(crate) async fn require(State(s): State<Arc<Shared>>, req: Request, next: Ne
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = token else {
-        return refuse(StatusCode::UNAUTHORIZED, "missing_token", path);
+        return refuse(StatusCode::UNAUTHORIZED, "missing_token", &path);
     };
-    let role = match s.gate.token_role(&mut s.redis.clone(), token).await {
+    let (name, role) = match s.gate.token_role(&mut s.redis.clone(), token).await {
         Ok(Some(r)) => r,
-        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "invalid_token", path),
+        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "invalid_token", &path),
         Err(e) => return super::unavailable(e),
     };
     if role < need {
-        return refuse(StatusCode::FORBIDDEN, "forbidden", path);
+        return refuse(StatusCode::FORBIDDEN, "forbidden", &path);
     }
-    next.run(req).await
+    let actor = format!("token:{name}");
+    record(&s, &actor, audited, &path, next.run(req).await).await
+}
+
+/// The audit log's name for a privileged request, if it is one.
+fn audited(method: &Method, path: &str) -> Option<&'static str> {
+    if method != Method::POST {
+        return None;
+    }
+    let p: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match p.as_slice() {
+        ["v1", "agents", _, "drain"] | ["v1", "pools", _, "drain"] => Some("drain"),
+        ["v1", "pools", _, "size"] => Some("scale"),
+        ["v1", "tasks", _, "cancel"] => Some("cancel"),
+        ["v1", "dead-letters", _, "requeue"] => Some("requeue"),
+        _ => None,
+    }
+}
+
+/// Writes a privileged request and its outcome to the audit log.
+async fn record(
+    s: &Shared,
+    actor: &str,
+    action: Option<&'static str>,
+    path: &str,
+    response: Response,
+) -> Response {
+    if let Some(action) = action {
+        let status = response.status();
+        let result = if status.is_success() {
+            "ok".to_string()
+        } else {
+            status.as_u16().to_string()
+        };
+        s.audit(actor, action, path, &result).await;
+    }
+    response
 }
 
 fn refuse(status: StatusCode, reason: &'static str, path: &str) -> Response {

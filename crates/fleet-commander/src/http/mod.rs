@@ -39,6 +39,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/v1/tasks/{id}/evidence", get(task_evidence))
         .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/audit", get(audit_log))
         .route("/v1/dead-letters/{id}/requeue", post(requeue_dead))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -65,6 +66,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         .await
     {
         error!("HTTP server stopped: {e}");
+    }
+}
+
+/// `GET /v1/audit?limit=N` (admins): the newest entries of the audit log,
+/// newest first (100 by default, at most 10,000).
+async fn audit_log(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(100)
+        .clamp(1, 10_000);
+    match fleet_store::audit::list(&mut s.redis.clone(), &s.keys, limit).await {
+        Ok(entries) => Json(entries).into_response(),
+        Err(e) => unavailable(e),
     }
 }
 

@@ -1,0 +1,101 @@
+//! `fleet-commander audit`: the audit log (list, verify, trim), and the
+//! entries the CLI's own privileged commands write.
+
+use super::load;
+use clap::Subcommand;
+use fleet_commander::Config;
+use fleet_protocol::auth::Signer;
+use fleet_store::audit::{self, AuditLog, Verdict};
+use fleet_store::Keys;
+use std::path::Path;
+
+#[derive(Subcommand)]
+pub(crate) enum AuditAction {
+    /// The newest entries, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the chain and the commander's signatures; names the first entry
+    /// edited, deleted or inserted (exit status 1 then).
+    Verify,
+    /// Keep only the newest N entries; the last removed one becomes the
+    /// anchor the chain is checked from.
+    Trim {
+        #[arg(long)]
+        keep: usize,
+    },
+}
+
+/// The commander's signer, when security is on (the CLI runs on its host).
+fn signer(config: &Config) -> anyhow::Result<Option<Signer>> {
+    Ok(config
+        .commander_secret()?
+        .map(|s| Signer::new("commander:cli", &s)))
+}
+
+/// Writes what a CLI command did to the audit log.
+pub(crate) async fn record(
+    config: &Config,
+    conn: &mut redis::aio::ConnectionManager,
+    action: &str,
+    target: &str,
+    result: &str,
+) -> anyhow::Result<()> {
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    AuditLog::new(Keys::new(config.fleet.prefix.clone()), signer(config)?)
+        .append(conn, &actor, action, target, result)
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn audit_cmd(config: &Path, action: AuditAction) -> anyhow::Result<bool> {
+    let config = load(config)?;
+    let keys = Keys::new(config.fleet.prefix.clone());
+    let mut conn = fleet_store::connection::connect(&config.redis.url).await?;
+    match action {
+        AuditAction::List { limit, json } => {
+            let entries = audit::list(&mut conn, &keys, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                println!(
+                    "{:>6} {:<14} {:<24} {:<20} {:<32} RESULT",
+                    "SEQ", "TS", "ACTOR", "ACTION", "TARGET"
+                );
+                for e in entries {
+                    println!(
+                        "{:>6} {:<14} {:<24} {:<20} {:<32} {}",
+                        e.seq, e.ts, e.actor, e.action, e.target, e.result
+                    );
+                }
+            }
+            Ok(true)
+        }
+        AuditAction::Verify => {
+            let public = signer(&config)?.map(|s| s.public());
+            match audit::verify(&mut conn, &keys, public.as_ref()).await? {
+                Verdict::Intact { entries, head_seq } => {
+                    println!("intact: {entries} entries, through entry {head_seq}");
+                    Ok(true)
+                }
+                Verdict::Broken { seq, what } => {
+                    println!("broken at entry {seq}: {what}");
+                    Ok(false)
+                }
+            }
+        }
+        AuditAction::Trim { keep } => {
+            let n = AuditLog::new(keys, signer(&config)?)
+                .trim(&mut conn, keep)
+                .await?;
+            println!("removed {n} entries; the chain is checked from the last one removed");
+            Ok(true)
+        }
+    }
+}
