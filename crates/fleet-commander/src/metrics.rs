@@ -159,7 +159,7 @@ fn describe() {
     );
     c!(
         HTTP_IDLE_CLOSED,
-        "HTTP connections closed after http.idle_timeout_ms without progress."
+        "HTTP connections closed: why=idle (http.idle_timeout_ms without progress) or evicted (the quietest, to make room at http.max_connections)."
     );
     c!(
         DETECTION_SKIPPED,

@@ -1,34 +1,85 @@
-//! The HTTP API's listener: at most `http.max_connections` connections at
-//! once (the next waits in the kernel's backlog until one closes), and a
-//! connection that moves no byte either way for `http.idle_timeout_ms` is
-//! closed, so idle or half-sent connections cannot hold the API's slots or
-//! the process's file descriptors.
+//! The HTTP API's listener. At most `http.max_connections` connections are
+//! open at once: a new one beyond that closes the one that has gone longest
+//! without moving a byte (so idle or half-sent connections can never keep a
+//! client out), and a connection that moves no byte either way for
+//! `http.idle_timeout_ms` is closed. Either way the process's descriptors
+//! and the API's slots stay bounded.
 
 use crate::metrics as m;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
+/// One open connection as the listener sees it.
+#[derive(Debug, Default)]
+struct Conn {
+    /// When it last moved a byte (ms since the listener started).
+    progress_ms: AtomicU64,
+    /// Told to close: the next poll fails.
+    evicted: AtomicBool,
+    /// Woken to notice an eviction while it waits.
+    waker: Mutex<Option<Waker>>,
+}
+
+#[derive(Debug)]
+struct Open {
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    started: std::time::Instant,
+}
+
+impl Open {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
 pub(crate) struct Limited {
     inner: TcpListener,
-    slots: Arc<Semaphore>,
+    open: Arc<Open>,
+    max: usize,
     idle: Duration,
+    next_id: u64,
 }
 
 impl Limited {
     pub(crate) fn new(inner: TcpListener, max_connections: usize, idle: Duration) -> Limited {
         Limited {
             inner,
-            slots: Arc::new(Semaphore::new(max_connections)),
+            open: Arc::new(Open {
+                conns: Mutex::new(HashMap::new()),
+                started: std::time::Instant::now(),
+            }),
+            max: max_connections,
             idle,
+            next_id: 0,
+        }
+    }
+
+    /// At the limit: the connection quiet the longest is told to close.
+    fn make_room(&self) {
+        let conns = self.open.conns.lock().expect("no panics while held");
+        if conns.len() < self.max {
+            return;
+        }
+        let oldest = conns
+            .values()
+            .filter(|c| !c.evicted.load(Ordering::Acquire))
+            .min_by_key(|c| c.progress_ms.load(Ordering::Acquire));
+        if let Some(c) = oldest {
+            c.evicted.store(true, Ordering::Release);
+            if let Some(w) = c.waker.lock().expect("no panics while held").take() {
+                w.wake();
+            }
+            metrics::counter!(m::HTTP_IDLE_CLOSED, "why" => "evicted").increment(1);
         }
     }
 }
@@ -38,18 +89,30 @@ impl axum::serve::Listener for Limited {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Guarded, SocketAddr) {
-        let slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    self.make_room();
+                    self.next_id += 1;
+                    let conn = Arc::new(Conn::default());
+                    conn.progress_ms
+                        .store(self.open.now_ms(), Ordering::Release);
+                    self.open
+                        .conns
+                        .lock()
+                        .expect("no panics while held")
+                        .insert(self.next_id, conn.clone());
                     metrics::gauge!(m::HTTP_CONNECTIONS).increment(1.0);
-                    return (Guarded::new(stream, slot, self.idle), addr);
+                    let g = Guarded {
+                        stream,
+                        id: self.next_id,
+                        conn,
+                        open: self.open.clone(),
+                        idle: self.idle,
+                        deadline: Box::pin(tokio::time::sleep(self.idle)),
+                    };
+                    return (g, addr);
                 }
                 Err(e) => {
                     // Out of descriptors, a reset before accept: wait, retry.
@@ -65,34 +128,40 @@ impl axum::serve::Listener for Limited {
     }
 }
 
-/// A connection holding a slot; it fails with `TimedOut` after `idle`
-/// without progress.
+/// A connection that fails once it is evicted or after `idle` without progress.
 pub(crate) struct Guarded {
     stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
+    id: u64,
+    conn: Arc<Conn>,
+    open: Arc<Open>,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl Guarded {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, idle: Duration) -> Guarded {
-        Guarded {
-            stream,
-            _slot: slot,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-        }
-    }
-
     fn progress(&mut self) {
         self.deadline.as_mut().reset(Instant::now() + self.idle);
+        self.conn
+            .progress_ms
+            .store(self.open.now_ms(), Ordering::Release);
     }
 
-    /// While the inner stream is pending: an error once the deadline passed.
-    fn expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+    fn evicted(&self) -> Option<io::Error> {
+        self.conn
+            .evicted
+            .load(Ordering::Acquire)
+            .then(|| io::Error::new(io::ErrorKind::ConnectionAborted, "closed to make room"))
+    }
+
+    /// While the inner stream is pending: an error once evicted or idle too long.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        *self.conn.waker.lock().expect("no panics while held") = Some(cx.waker().clone());
+        if let Some(e) = self.evicted() {
+            return Poll::Ready(e);
+        }
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                metrics::counter!(m::HTTP_IDLE_CLOSED).increment(1);
+                metrics::counter!(m::HTTP_IDLE_CLOSED, "why" => "idle").increment(1);
                 Poll::Ready(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no progress within http.idle_timeout_ms",
@@ -105,6 +174,11 @@ impl Guarded {
 
 impl Drop for Guarded {
     fn drop(&mut self) {
+        self.open
+            .conns
+            .lock()
+            .expect("no panics while held")
+            .remove(&self.id);
         metrics::gauge!(m::HTTP_CONNECTIONS).decrement(1.0);
     }
 }
@@ -117,6 +191,9 @@ impl AsyncRead for Guarded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.evicted() {
+            return Poll::Ready(Err(e));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -125,7 +202,7 @@ impl AsyncRead for Guarded {
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => self.expired(cx).map(Err),
+            Poll::Pending => self.stalled(cx).map(Err),
         }
     }
 }
@@ -143,7 +220,7 @@ impl AsyncWrite for Guarded {
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => self.expired(cx).map(Err),
+            Poll::Pending => self.stalled(cx).map(Err),
         }
     }
 
