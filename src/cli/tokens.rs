@@ -114,14 +114,5 @@ pub(crate) fn bearer() -> anyhow::Result<Option<String>> {
 
 /// An HTTP client that sends the bearer token, if there is one.
 pub(crate) fn http_client() -> anyhow::Result<reqwest::Client> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(t) = bearer()? {
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {t}").parse()?,
-        );
-    }
-    Ok(reqwest::Client::builder()
-        .default_headers(headers)
-        .build()?)
+    fleet_sim::issuer::http_client(bearer()?.as_deref())
 }

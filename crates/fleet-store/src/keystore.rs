@@ -3,7 +3,7 @@
 //! expiring). No signing secret is ever stored: an agent's secret is printed
 //! once, when its key is issued.
 
-use crate::{Keys, StoreError};
+use crate::{records, Keys, StoreError};
 use fleet_protocol::auth::{self, Credential, KeyRecord, PublicKey, Role};
 use fleet_protocol::PoolType;
 use redis::aio::ConnectionLike;
@@ -25,14 +25,8 @@ impl KeyStore {
         conn: &mut (impl ConnectionLike + Send),
         records: &[KeyRecord],
     ) -> Result<(), StoreError> {
-        let mut p = redis::pipe();
-        for r in records {
-            let json = serde_json::to_string(r).expect("key records serialize");
-            p.hset(self.keys.keystore(), &r.kid, json).ignore();
-        }
-        p.publish(self.keys.channels().keys(), "changed").ignore();
-        p.query_async::<()>(conn).await?;
-        Ok(())
+        let by_id: Vec<(&str, &KeyRecord)> = records.iter().map(|r| (r.kid.as_str(), r)).collect();
+        records::put(conn, &self.keys, &self.keys.keystore(), &by_id).await
     }
 
     pub async fn get(
@@ -40,12 +34,7 @@ impl KeyStore {
         conn: &mut (impl ConnectionLike + Send),
         kid: &str,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.keystore())
-            .arg(kid)
-            .query_async(conn)
-            .await?;
-        raw.map(|r| parse(kid, &r)).transpose()
+        records::get(conn, &self.keys.keystore(), kid).await
     }
 
     /// Every record, in key id order.
@@ -53,14 +42,7 @@ impl KeyStore {
         &self,
         conn: &mut (impl ConnectionLike + Send),
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        let raw: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(self.keys.keystore())
-            .query_async(conn)
-            .await?;
-        let mut out = raw
-            .iter()
-            .map(|(kid, r)| parse(kid, r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out: Vec<KeyRecord> = records::all(conn, &self.keys.keystore()).await?;
         out.sort_by(|a, b| a.kid.cmp(&b.kid));
         Ok(out)
     }
@@ -200,8 +182,4 @@ pub fn sha256_hex(password: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn parse(kid: &str, raw: &str) -> Result<KeyRecord, StoreError> {
-    serde_json::from_str(raw).map_err(|e| StoreError::Reply(format!("key record {kid}: {e}")))
 }

@@ -23,6 +23,7 @@ pub mod connection;
 pub mod error;
 pub mod keys;
 pub mod keystore;
+mod records;
 pub mod registry;
 mod script;
 pub mod tasks;

@@ -3,7 +3,7 @@
 //! The token itself is shown once, when issued, and never stored.
 
 use crate::keystore::sha256_hex;
-use crate::{Keys, StoreError};
+use crate::{records, Keys, StoreError};
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 
@@ -110,16 +110,13 @@ impl TokenStore {
         conn: &mut (impl ConnectionLike + Send),
         rec: &TokenRecord,
     ) -> Result<(), StoreError> {
-        let mut p = redis::pipe();
-        p.hset(
-            self.keys.tokens(),
-            &rec.id,
-            serde_json::to_string(rec).expect("serializes"),
+        records::put(
+            conn,
+            &self.keys,
+            &self.keys.tokens(),
+            &[(rec.id.as_str(), rec)],
         )
-        .ignore();
-        p.publish(self.keys.channels().keys(), "changed").ignore();
-        p.query_async::<()>(conn).await?;
-        Ok(())
+        .await
     }
 
     pub async fn get(
@@ -127,26 +124,14 @@ impl TokenStore {
         conn: &mut (impl ConnectionLike + Send),
         id: &str,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.tokens())
-            .arg(id)
-            .query_async(conn)
-            .await?;
-        raw.map(|r| parse(id, &r)).transpose()
+        records::get(conn, &self.keys.tokens(), id).await
     }
 
     pub async fn all(
         &self,
         conn: &mut (impl ConnectionLike + Send),
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let raw: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(self.keys.tokens())
-            .query_async(conn)
-            .await?;
-        let mut out = raw
-            .iter()
-            .map(|(id, r)| parse(id, r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out: Vec<TokenRecord> = records::all(conn, &self.keys.tokens()).await?;
         out.sort_by(|a, b| (&a.name, a.created_ms).cmp(&(&b.name, b.created_ms)));
         Ok(out)
     }
@@ -168,10 +153,6 @@ impl TokenStore {
         }
         Ok(n)
     }
-}
-
-fn parse(id: &str, raw: &str) -> Result<TokenRecord, StoreError> {
-    serde_json::from_str(raw).map_err(|e| StoreError::Reply(format!("token record {id}: {e}")))
 }
 
 #[cfg(test)]
