@@ -276,7 +276,13 @@ async fn after_redis_restarts_empty_the_fleet_registers_again() {
 /// never declared dead, and a really dead one is still found afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_false_deaths_while_the_commander_works_through_a_backlog() {
-    let h = Harness::start().await;
+    // No rate limit: every one of the flood's messages is checked and
+    // handled (with one, all but the first few are refused before queueing).
+    let h = Harness::start_with(|c| {
+        c.security.sender_rate_per_sec = 1e6;
+        c.security.sender_burst = 1_000_000;
+    })
+    .await;
     let mut health = h.listen(&h.keys.channels().health()).await;
     let mut honest = Vec::new();
     for i in 0..8 {
@@ -287,15 +293,14 @@ async fn no_false_deaths_while_the_commander_works_through_a_backlog() {
     let mut flooder = h.agent("flood", PoolType::Ui).await;
     flooder.register(WAIT).await.unwrap();
 
-    // 12,000 heartbeats for the flooder, each signed with its own key (so
-    // every one is checked and handled), published in a few pipelines.
+    // 4,000 heartbeats for the flooder, each signed with its own key (so
+    // every one is checked and handled, in order: by one handler), published
+    // in two pipelines.
     let cred = h.credential("flood", PoolType::Ui).await.signer();
     let channel = h.keys.channels().health();
     let body = br#"{"v":1,"type":"heartbeat","agentId":"flood","status":"idle","load":0}"#;
     let now = fleet_protocol::now_ms();
-    let msgs: Vec<Vec<u8>> = (0..12_000)
-        .map(|_| cred.sign(&channel, body, now))
-        .collect();
+    let msgs: Vec<Vec<u8>> = (0..4_000).map(|_| cred.sign(&channel, body, now)).collect();
     let mut conn = h.conn().await;
     for chunk in msgs.chunks(2_000) {
         let mut p = redis::pipe();
@@ -334,4 +339,61 @@ async fn no_false_deaths_while_the_commander_works_through_a_backlog() {
     for (s, _) in honest {
         s.cancel();
     }
+}
+
+/// Issue 15: a message too big for the subscriber's output buffer makes
+/// Redis drop the commander's subscriber. Sent again and again, faster than
+/// the failure window, it must not postpone failure detection for ever: a
+/// deaf spell postpones detection by its own length only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_dropped_again_and_again_still_detects_a_dead_agent() {
+    let h = Harness::start().await;
+    let window = h.config.failure_window();
+    let mut health = h.listen(&h.keys.channels().health()).await;
+    let mut a = h.agent("dropped-1", PoolType::Ui).await;
+    a.register(T).await.unwrap();
+    let (stop, task) = beat(a);
+    // Any pub/sub client over 64 KiB of pending output is disconnected.
+    let mut admin = h.conn().await;
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("pubsub 64kb 0 0")
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let dropper = {
+        let mut conn = h.conn().await;
+        // On a channel the test's own listener is not on.
+        let channel = h.keys.channels().results();
+        tokio::spawn(async move {
+            let big = vec![b'x'; 100 * 1024];
+            loop {
+                // Twice per window: with the window restarted at each drop,
+                // nobody would ever be found dead.
+                let _: Result<(), _> = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&big)
+                    .query_async(&mut conn)
+                    .await;
+                tokio::time::sleep(window / 2).await;
+            }
+        })
+    };
+    wait_until(|| async { h.metric("fleet_subscriber_reconnects_total").await >= 3.0 }).await;
+    stop.cancel();
+    let _ = task.await;
+    let ev = health
+        .wait_for("agent_failed", is("agent_failed", "dropped-1"))
+        .await;
+    let silent = ev["ts"].as_u64().unwrap() - ev["lastHeartbeat"].as_u64().unwrap();
+    assert!(
+        silent >= window.as_millis() as u64,
+        "failed only after a window: silent {silent} ms"
+    );
+    assert!(
+        h.metric("fleet_subscriber_reconnects_total").await >= 5.0,
+        "the subscriber kept being dropped meanwhile"
+    );
+    dropper.abort();
 }

@@ -13,7 +13,17 @@
 //!
 //! Keys are cached in memory: read whole at start, again whenever the key
 //! channel says a key changed, and every `security.key_refresh_ms` in case
-//! that notice was lost; a key not in the cache is looked up at once.
+//! that notice was lost; a key not in the cache is looked up at once, and a
+//! key id found in no store is remembered as missing until the next reload.
+//!
+//! Before a message is queued for a handler, the subscriber [`Gate::screen`]s
+//! it: without Redis and without checking the signature, it refuses what is
+//! refused whatever the signature says (outside the window, a key missing,
+//! revoked or expired, a sender whose bucket is empty). A flooder's messages
+//! beyond its budget therefore cost a header parse and a map lookup, not a
+//! signature check, and never wait in a queue ahead of anyone else's. The
+//! screen only reads buckets; tokens are spent only after a good signature,
+//! so a forger cannot empty someone else's bucket.
 
 use crate::config::{Config, SecurityMode};
 use crate::context::{pause, Shared};
@@ -97,6 +107,8 @@ pub struct Gate {
     window_ms: u64,
     store: KeyStore,
     keys: RwLock<HashMap<String, Arc<(KeyRecord, PublicKey)>>>,
+    /// Key ids found in no store since the last reload (bounded).
+    missing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Wakes the refresher: a key changed.
     pub(crate) changed: tokio::sync::Notify,
     /// A token bucket per sender that proved who it is (by subject).
@@ -115,6 +127,17 @@ struct Bucket {
     at_ms: u64,
 }
 
+/// Key ids remembered as missing, at most (a flood of made-up ids clears it).
+const MAX_MISSING: usize = 65_536;
+
+impl Bucket {
+    fn refill(&mut self, now: u64, rate_per_ms: f64, burst: f64) {
+        let refill = now.saturating_sub(self.at_ms) as f64 * rate_per_ms;
+        self.tokens = (self.tokens + refill).min(burst);
+        self.at_ms = self.at_ms.max(now);
+    }
+}
+
 impl Gate {
     pub(crate) fn new(config: &Config, keys: Keys) -> Gate {
         Gate {
@@ -122,6 +145,7 @@ impl Gate {
             window_ms: config.security.window_ms,
             store: KeyStore::new(keys.clone()),
             keys: RwLock::new(HashMap::new()),
+            missing: Default::default(),
             changed: tokio::sync::Notify::new(),
             buckets: Default::default(),
             tokens: RwLock::new(HashMap::new()),
@@ -160,6 +184,7 @@ impl Gate {
             .collect();
         let n = map.len();
         *self.keys.write().expect("no panics while held") = map;
+        self.missing.lock().expect("no panics while held").clear();
         let tokens = self.token_store.all(conn).await?;
         *self.tokens.write().expect("no panics while held") =
             tokens.into_iter().map(|t| (t.id.clone(), t)).collect();
@@ -174,7 +199,20 @@ impl Gate {
         if let Some(k) = self.keys.read().expect("no panics while held").get(kid) {
             return Ok(Some(k.clone()));
         }
+        if self
+            .missing
+            .lock()
+            .expect("no panics while held")
+            .contains(kid)
+        {
+            return Ok(None);
+        }
         let Some(r) = self.store.get(conn, kid).await? else {
+            let mut missing = self.missing.lock().expect("no panics while held");
+            if missing.len() >= MAX_MISSING {
+                missing.clear(); // made-up ids by the million: forget, look up again
+            }
+            missing.insert(kid.to_string());
             return Ok(None);
         };
         let Some(pk) = auth::decode_public(&r.public) else {
@@ -186,6 +224,40 @@ impl Gate {
             .expect("no panics while held")
             .insert(kid.to_string(), k.clone());
         Ok(Some(k))
+    }
+
+    /// The subscriber's look before queueing a message signed with `kid` at
+    /// `ts`: refuses, without Redis or a signature check, what would be
+    /// refused anyway. A key not in the cache passes (the handler looks it up).
+    pub(crate) fn screen(&self, kid: &str, ts: u64, now: u64) -> Result<(), AuthError> {
+        if !self.signed() {
+            return Ok(());
+        }
+        if ts.abs_diff(now) > self.window_ms {
+            return Err(AuthError::Stale);
+        }
+        let cached = self
+            .keys
+            .read()
+            .expect("no panics while held")
+            .get(kid)
+            .cloned();
+        let Some(key) = cached else {
+            if self
+                .missing
+                .lock()
+                .expect("no panics while held")
+                .contains(kid)
+            {
+                return Err(AuthError::UnknownKey);
+            }
+            return Ok(());
+        };
+        key.0.usable(now)?;
+        if !self.has_token(&key.0.subject, now) {
+            return Err(AuthError::RateLimited);
+        }
+        Ok(())
     }
 
     /// Whether `msg`, sealed with `seal` (None: it came unsigned), may be
@@ -281,15 +353,23 @@ impl Gate {
             tokens: self.burst,
             at_ms: now,
         });
-        let refill = now.saturating_sub(b.at_ms) as f64 * self.rate_per_ms;
-        b.tokens = (b.tokens + refill).min(self.burst);
-        b.at_ms = b.at_ms.max(now);
+        b.refill(now, self.rate_per_ms, self.burst);
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// Whether `subject`'s bucket holds a token now (spends none).
+    fn has_token(&self, subject: &str, now: u64) -> bool {
+        let buckets = self.buckets.lock().expect("no panics while held");
+        buckets.get(subject).is_none_or(|b| {
+            let mut b = *b;
+            b.refill(now, self.rate_per_ms, self.burst);
+            b.tokens >= 1.0
+        })
     }
 }
 

@@ -5,13 +5,16 @@
 //! `missed_heartbeats x heartbeat_interval`, then one atomic script per stale
 //! agent that re-checks the score before failing it.
 //!
-//! No false deaths: an agent is only declared dead if the commander has been
-//! listening (subscribed, and in timely contact with Redis) for the whole
-//! window, and silence is measured up to what the commander has heard (read
-//! and handled: crate::heard), so its own backlog never counts as silence. After a lost subscription, a stalled Redis, a slow round trip or a
-//! commander restart, detection waits a full window before it resumes.
+//! No false deaths: an agent is only declared dead when the commander has
+//! *listened* (subscribed, and in timely contact with Redis) for a whole
+//! window since its last heartbeat, and silence is measured up to what the
+//! commander has heard (read and handled: crate::heard), so its own backlog
+//! never counts as silence. A lost subscription, a stalled Redis or a slow
+//! round trip postpones detection by its own length; after a start,
+//! detection waits a full window.
 
 use crate::context::{pause, publish, Shared};
+use crate::heard::Deafness;
 use crate::metrics as m;
 use crate::supervise::{round_failed, Backoff};
 use fleet_protocol::now_ms;
@@ -19,7 +22,6 @@ use fleet_protocol::{Event, VERSION};
 use fleet_store::registry::{FailOutcome, Registry};
 use fleet_store::StoreError;
 use redis::aio::ConnectionManager;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -37,55 +39,54 @@ pub(crate) async fn detector(shared: Arc<Shared>, mut conn: ConnectionManager) {
     // Contact with Redis is confirmed by each tick's query; a gap longer than
     // this between confirmations means we may have missed heartbeats.
     let max_gap = tick * 2 + SLOW_ROUND_TRIP;
-    let mut last_contact: Option<Instant> = None;
+    let mut last_contact: Option<(Instant, u64)> = None;
     let mut backoff = Backoff::new();
     while pause(shared.shutdown_token(), tick).await {
         let before = Instant::now();
         let c = &mut conn;
         let now = now_ms();
-        // Silence is judged against what has been heard (read and handled),
-        // not the clock: a heartbeat still queued in the commander counts.
-        let heard = shared.heard.through().min(now);
         metrics::gauge!(m::INBOUND_BACKLOG).set(shared.heard.backlog() as f64);
-        metrics::gauge!(m::INBOUND_LAG).set(now.saturating_sub(heard) as f64 / 1000.0);
-        let cutoff = heard.saturating_sub(window);
-        let stale = shared.registry.stale(c, cutoff, BATCH).await;
+        metrics::gauge!(m::INBOUND_LAG)
+            .set(now.saturating_sub(shared.heard.through().min(now)) as f64 / 1000.0);
+        // Silence counts only while listening (crate::heard), and up to
+        // what has been heard: a heartbeat still queued here counts.
+        let cutoff = shared.heard.cutoff(window, now);
+        let stale = shared.registry.stale(c, cutoff.unwrap_or(0), BATCH).await;
         let rtt = before.elapsed();
         let stale = match stale {
             Ok(s) if rtt <= SLOW_ROUND_TRIP => s,
             Ok(_) => {
-                lapse(&shared, "slow Redis round trip");
+                lapse(&shared, "slow Redis round trip", last_contact, now);
                 last_contact = None;
                 continue;
             }
             Err(e) => {
                 crate::supervise::count("detect", &e);
                 warn!(reason = e.reason(), error = %e, "detector query failed");
-                lapse(&shared, "Redis error");
+                lapse(&shared, "Redis error", last_contact, now);
                 last_contact = None;
                 continue;
             }
         };
-        let previous = last_contact.replace(Instant::now());
+        let previous = last_contact.replace((Instant::now(), now_ms()));
         match previous {
-            Some(t) if t.elapsed() <= max_gap => {}
+            Some((t, _)) if t.elapsed() <= max_gap => {}
             Some(_) => {
-                lapse(&shared, "gap in contact with Redis");
+                lapse(&shared, "gap in contact with Redis", previous, now);
                 continue;
             }
             None => {
-                // First contact (at start or after an error): the window starts now.
-                restart_window(&shared);
+                // In contact again (or for the first time).
+                shared.heard.hearing(Deafness::NoContact, now_ms());
                 continue;
             }
         }
-        let since = shared.listening_since.load(Ordering::Acquire);
-        if since == 0 || now.saturating_sub(since) < window {
+        let Some(cutoff) = cutoff else {
             if !stale.is_empty() {
                 metrics::counter!(m::DETECTION_SKIPPED).increment(1);
             }
-            continue; // not listening for a full window yet: cannot tell silence from deafness
-        }
+            continue; // not a full window listened to: cannot tell silence from deafness
+        };
         let result = fail_stale(&shared, c, &stale, cutoff, now).await;
         let result = match result {
             Ok(()) => expire_failed(&shared, c, now).await,
@@ -102,31 +103,20 @@ pub(crate) async fn detector(shared: Arc<Shared>, mut conn: ConnectionManager) {
     }
 }
 
-/// Marks a lapse in hearing the fleet: detection restarts its window.
-fn lapse(shared: &Shared, why: &str) {
-    if restart_window(shared) {
-        metrics::counter!(m::CONTACT_LAPSES).increment(1);
-        warn!(
-            why,
-            "lapse in contact: no agent is failed until a full window has been heard"
-        );
+/// A lapse in contact with Redis: messages may have been missed since the
+/// last confirmed contact (`since`; now, if none), until contact is back.
+fn lapse(shared: &Shared, why: &str, since: Option<(Instant, u64)>, now: u64) {
+    shared
+        .heard
+        .deaf(Deafness::NoContact, since.map_or(now, |(_, ms)| ms));
+    if since.is_none() {
+        return; // still out of contact: the span is open already
     }
-}
-
-/// Moves the start of the listening window to now; false if not listening.
-fn restart_window(shared: &Shared) -> bool {
-    let since = shared.listening_since.load(Ordering::Acquire);
-    if since == 0 {
-        return false;
-    }
-    // Only move forward; a concurrent re-subscribe may have set it already.
-    let _ = shared.listening_since.compare_exchange(
-        since,
-        now_ms().max(since),
-        Ordering::AcqRel,
-        Ordering::Acquire,
+    metrics::counter!(m::CONTACT_LAPSES).increment(1);
+    warn!(
+        why,
+        "lapse in contact: the time until contact is back does not count as silence"
     );
-    true
 }
 
 async fn fail_stale(

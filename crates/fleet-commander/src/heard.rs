@@ -10,9 +10,19 @@
 //! the order read; the handlers finish them in any order. The watermark is
 //! the stamp of the oldest message not yet finished, or, with none in
 //! flight, the subscriber's own caught-up time (now, while it waits).
+//!
+//! It also keeps the spans in which the commander may have missed messages
+//! (`Deaf`): not subscribed (from the last time it had read everything to
+//! the re-subscription, because Redis discards what it had buffered for a
+//! dropped subscriber), or out of timely contact with Redis. Silence counts
+//! only while listening: an agent is dead when the time *listened* since its
+//! last heartbeat exceeds the window. A deaf spell therefore postpones
+//! detection by its own length, and no more; a subscriber that Redis drops
+//! every two seconds delays detection by the few milliseconds each
+//! reconnection takes, instead of restarting the window each time.
 
 use fleet_protocol::now_ms;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -25,6 +35,8 @@ pub(crate) struct Heard {
     caught_up: AtomicU64,
     /// The subscriber is waiting for a message: caught up now.
     waiting: AtomicBool,
+    /// When messages may have been missed.
+    pub(crate) deaf: Mutex<Deaf>,
 }
 
 /// One message's place in the watermark; finishing it (or dropping it)
@@ -92,15 +104,169 @@ impl Heard {
         }
     }
 
+    /// The last time the subscriber had read everything published (ms).
+    pub(crate) fn caught_up(&self) -> u64 {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Messages may be missed from `since` on, for `cause`.
+    pub(crate) fn deaf(&self, cause: Deafness, since: u64) {
+        self.deaf
+            .lock()
+            .expect("no panics while held")
+            .begin(cause, since);
+    }
+
+    /// Hearing again, for `cause`.
+    pub(crate) fn hearing(&self, cause: Deafness, now: u64) {
+        self.deaf
+            .lock()
+            .expect("no panics while held")
+            .end(cause, now);
+    }
+
+    /// See [`Deaf::cutoff`], judged at [`Heard::through`].
+    pub(crate) fn cutoff(&self, window: u64, now: u64) -> Option<u64> {
+        let heard = self.through().min(now);
+        self.deaf
+            .lock()
+            .expect("no panics while held")
+            .cutoff(heard, window)
+    }
+
     /// Messages read and not yet handled.
     pub(crate) fn backlog(&self) -> usize {
         self.inflight.lock().expect("no panics while held").len()
     }
 }
 
+/// Why the commander may have missed messages; each cause opens and closes
+/// its own span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deafness {
+    /// Not subscribed.
+    Unsubscribed = 0,
+    /// Redis failed, stalled or answered too slowly.
+    NoContact = 1,
+}
+
+/// Spans of time (ms) in which messages may have been missed.
+#[derive(Debug, Default)]
+pub(crate) struct Deaf {
+    /// When the commander first listened (0: never yet). Nothing before it
+    /// was heard.
+    origin: u64,
+    /// Open spans, by cause: their start.
+    open: [Option<u64>; 2],
+    /// Closed spans, ordered and disjoint.
+    spans: VecDeque<(u64, u64)>,
+}
+
+/// Closed spans kept, at most; older ones move the origin forward.
+const MAX_SPANS: usize = 4096;
+
+impl Deaf {
+    /// From `since` on, messages may be missed (kept if already deaf
+    /// for this cause).
+    pub(crate) fn begin(&mut self, cause: Deafness, since: u64) {
+        let slot = &mut self.open[cause as usize];
+        if slot.is_none() {
+            *slot = Some(since);
+        }
+    }
+
+    /// Hearing again at `now` (for this cause). The first time anything is
+    /// heard sets the origin.
+    pub(crate) fn end(&mut self, cause: Deafness, now: u64) {
+        if self.origin == 0 {
+            if cause == Deafness::Unsubscribed {
+                self.origin = now;
+                self.open[cause as usize] = None;
+            }
+            return;
+        }
+        if let Some(start) = self.open[cause as usize].take() {
+            self.insert(start.min(now), now);
+        }
+    }
+
+    fn insert(&mut self, start: u64, end: u64) {
+        // Spans come roughly in time order: merge from the back.
+        let mut start = start;
+        let mut end = end;
+        while let Some(&(s, e)) = self.spans.back() {
+            if e < start {
+                break;
+            }
+            start = start.min(s);
+            end = end.max(e);
+            self.spans.pop_back();
+        }
+        self.spans.push_back((start, end));
+        while self.spans.len() > MAX_SPANS {
+            if let Some((_, e)) = self.spans.pop_front() {
+                self.origin = self.origin.max(e);
+            }
+        }
+    }
+
+    /// The heartbeat time before which an agent has been silent for more
+    /// than `window` ms of listening, judged at `heard` (crate::heard); None
+    /// while deaf, or before a full window has been listened to.
+    pub(crate) fn cutoff(&self, heard: u64, window: u64) -> Option<u64> {
+        if self.origin == 0 || self.open.iter().any(Option::is_some) {
+            return None;
+        }
+        let mut remaining = window;
+        let mut t = heard;
+        for &(s, e) in self.spans.iter().rev() {
+            if s >= t {
+                continue; // after the point judged
+            }
+            let listened = t.saturating_sub(e);
+            if listened >= remaining {
+                return Some(t - remaining);
+            }
+            remaining -= listened;
+            t = s;
+        }
+        let listened = t.saturating_sub(self.origin);
+        (listened >= remaining).then(|| t - remaining)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deaf_spells_postpone_detection_by_their_length_only() {
+        let mut d = Deaf::default();
+        assert_eq!(d.cutoff(10_000, 1000), None, "never listened");
+        d.end(Deafness::Unsubscribed, 1000);
+        assert_eq!(d.cutoff(1500, 1000), None, "listened 500 ms only");
+        assert_eq!(d.cutoff(2000, 1000), Some(1000));
+        // Dropped every 200 ms for 10 ms each: 50 ms lost per second.
+        for k in 0..20 {
+            let at = 2000 + k * 200;
+            d.begin(Deafness::Unsubscribed, at);
+            assert_eq!(d.cutoff(at + 5, 1000), None, "deaf now");
+            d.end(Deafness::Unsubscribed, at + 10);
+        }
+        assert_eq!(
+            d.cutoff(6000, 1000),
+            Some(4950),
+            "1000 ms listened back from 6000 skips five 10 ms spells"
+        );
+        // Two causes overlap: one span.
+        d.begin(Deafness::NoContact, 7000);
+        d.begin(Deafness::Unsubscribed, 7100);
+        d.end(Deafness::NoContact, 7200);
+        assert_eq!(d.cutoff(7300, 1000), None, "still unsubscribed");
+        d.end(Deafness::Unsubscribed, 7300);
+        assert_eq!(d.cutoff(8000, 1000), Some(6700), "700 after, 300 before");
+        assert_eq!(d.spans.back(), Some(&(7000, 7300)));
+    }
 
     #[test]
     fn the_watermark_waits_for_the_oldest_message_in_flight() {

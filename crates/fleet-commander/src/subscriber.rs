@@ -1,21 +1,30 @@
 //! The subscriber: one pub/sub connection on the registry, health, fleet,
-//! tasks and results channels. Each payload is size-checked and decoded
-//! here, then handed to a handler chosen by a hash of the agent id, so one
-//! agent's messages are handled in order while different agents' are
-//! handled concurrently.
+//! tasks and results channels. Each payload is size-checked, screened
+//! (crate::auth::Gate::screen) and decoded here, then handed to a handler
+//! chosen by a hash of the agent id, so one agent's messages are handled in
+//! order while different agents' are handled concurrently.
+//!
+//! The handlers' queues are bounded. What can be refused without a
+//! signature check (garbage, unknown keys, senders over their budget) never
+//! enters one. When a queue is full anyway, a message from a sender that
+//! has sent more than its sustained rate in the current second is shed
+//! (counted as `shed`); anyone else's waits for room, so a heartbeat is
+//! never shed for someone else's flood.
 
 use crate::auth::Seal;
 use crate::context::{pause, Shared};
+use crate::heard::Deafness;
 use crate::metrics as m;
 use fleet_protocol::auth::{unframe, AuthError, Unframed};
 use fleet_protocol::{decode, now_ms, Channel, Decoded, Inbound};
 use futures_util::{FutureExt, StreamExt};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Listens on the inbound channels, decodes and size-checks each payload,
 /// and hands it to the handler of its agent. Resubscribes after a lost
@@ -53,6 +62,7 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
         };
         backoff = Duration::from_millis(50);
         shared.listening_since.store(now_ms(), Ordering::Release);
+        shared.heard.hearing(Deafness::Unsubscribed, now_ms());
         info!("listening on the registry, health, fleet, tasks and results channels");
         let mut stream = ps.on_message();
         loop {
@@ -76,6 +86,11 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
             }
         }
         drop(stream);
+        // What Redis had buffered for us is gone: deaf since we last had
+        // read everything.
+        shared
+            .heard
+            .deaf(Deafness::Unsubscribed, shared.heard.caught_up());
         shared.listening_since.store(0, Ordering::Release);
         metrics::counter!(m::SUBSCRIBER_RECONNECTS).increment(1);
         warn!("lost the pub/sub connection; failure detection paused until re-subscribed");
@@ -102,6 +117,7 @@ struct Router {
     max_bytes: usize,
     /// Messages without an agent go round the handlers.
     next_shard: usize,
+    rates: Rates,
 }
 
 impl Router {
@@ -120,6 +136,7 @@ impl Router {
             senders,
             max_bytes: shared.config().fleet.max_message_bytes,
             next_shard: 0,
+            rates: Rates::new(shared.config().security.sender_rate_per_sec),
         }
     }
 
@@ -140,7 +157,13 @@ impl Router {
         let payload = msg.get_payload_bytes();
         let (body, signed) = match unframe(payload) {
             Ok(Unframed::Plain(b)) => (b, None),
-            Ok(Unframed::Signed(s)) => (s.body, Some(s)),
+            Ok(Unframed::Signed(s)) => {
+                if let Err(e) = self.shared.gate.screen(s.kid, s.ts, now_ms()) {
+                    refused(channel, e);
+                    return true;
+                }
+                (s.body, Some(s))
+            }
             Err(e) => {
                 refused(channel, e);
                 return true;
@@ -173,16 +196,14 @@ impl Router {
         } else {
             None
         };
-        let (seq, _) = self.shared.heard.read();
-        let inbound = Envelope {
-            msg: inbound,
-            seal,
-            channel,
-            seq,
+        let sender = match &signed {
+            Some(s) => s.kid,
+            None => inbound.agent_id().unwrap_or("-"),
         };
+        let heavy = self.rates.heavy(sender, now_ms());
         // One agent's messages always go to the same handler, in order.
         let n = self.senders.len();
-        let shard = match inbound.msg.agent_id() {
+        let shard = match inbound.agent_id() {
             Some(id) => {
                 let mut h = DefaultHasher::new();
                 id.hash(&mut h);
@@ -193,7 +214,66 @@ impl Router {
                 self.next_shard
             }
         };
-        self.senders[shard].send(inbound).await.is_ok()
+        let tx = &self.senders[shard];
+        let permit = match tx.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) if heavy => {
+                metrics::counter!(m::MESSAGES_REJECTED,
+                    "channel" => channel.as_str(), "reason" => "shed")
+                .increment(1);
+                debug!(
+                    channel = channel.as_str(),
+                    sender, "queue full: shed a message from a sender over its rate"
+                );
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Full(())) => match tx.reserve().await {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+            Err(mpsc::error::TrySendError::Closed(())) => return false,
+        };
+        let (seq, _) = self.shared.heard.read();
+        permit.send(Envelope {
+            msg: inbound,
+            seal,
+            channel,
+            seq,
+        });
+        true
+    }
+}
+
+/// Messages per sender (key id, or agent id unsigned) in the current second:
+/// who is over its sustained rate, to shed first when a queue is full.
+/// Cleared every second, so it holds at most one second's senders.
+struct Rates {
+    counts: HashMap<String, u32>,
+    since_ms: u64,
+    limit: u32,
+}
+
+impl Rates {
+    fn new(limit: f64) -> Rates {
+        Rates {
+            counts: HashMap::new(),
+            since_ms: 0,
+            limit: limit.ceil().max(1.0) as u32,
+        }
+    }
+
+    /// Counts one message from `sender`; true when it is over its rate.
+    fn heavy(&mut self, sender: &str, now: u64) -> bool {
+        if now.saturating_sub(self.since_ms) >= 1000 {
+            self.counts.clear();
+            self.since_ms = now;
+        }
+        let n = match self.counts.get_mut(sender) {
+            Some(n) => n,
+            None => self.counts.entry(sender.to_string()).or_default(),
+        };
+        *n = n.saturating_add(1);
+        *n > self.limit
     }
 }
 
