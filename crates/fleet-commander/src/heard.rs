@@ -4,12 +4,16 @@
 //! backlog in the commander itself (a flood, a slow spell) never makes it
 //! declare dead an agent whose heartbeat is still queued inside it.
 //!
-//! The subscriber stamps each message with the last time it found nothing
-//! more to read (everything published before then had been read, so it
-//! stands at or before this message in the stream). Messages are numbered in
-//! the order read; the handlers finish them in any order. The watermark is
-//! the stamp of the oldest message not yet finished, or, with none in
-//! flight, the subscriber's own caught-up time (now, while it waits).
+//! The commander publishes a tick to itself every few milliseconds
+//! (`Channels::ticks`), carrying a random token it remembers with the time
+//! it sent it. Redis delivers a subscriber's messages in the order they were
+//! published, so reading a tick proves that everything published before the
+//! tick was sent has been read: `caught_up` becomes the tick's time. (The
+//! token is unguessable and used once, so a tick forged or replayed by
+//! someone else moves nothing.) Each message read is stamped with
+//! `caught_up` and numbered; the handlers finish them in any order. The
+//! watermark is the stamp of the oldest message not yet finished, or, with
+//! none in flight, `caught_up`.
 //!
 //! It also keeps the spans in which the commander may have missed messages
 //! (`Deaf`): not subscribed (from the last time it had read everything to
@@ -23,7 +27,7 @@
 
 use fleet_protocol::now_ms;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]
@@ -31,10 +35,10 @@ pub(crate) struct Heard {
     /// Messages read, not yet handled: sequence number -> stamp.
     inflight: Mutex<BTreeMap<u64, u64>>,
     next_seq: AtomicU64,
-    /// The last time the subscriber had read everything (ms).
+    /// Every message published before this time (ms) has been read.
     caught_up: AtomicU64,
-    /// The subscriber is waiting for a message: caught up now.
-    waiting: AtomicBool,
+    /// Ticks sent and not yet read back: token, time sent.
+    ticks: Mutex<VecDeque<(String, u64)>>,
     /// When messages may have been missed.
     pub(crate) deaf: Mutex<Deaf>,
 }
@@ -58,19 +62,27 @@ impl Drop for Ticket<'_> {
 }
 
 impl Heard {
-    /// The subscriber waits for the next message: it has read everything.
-    pub(crate) fn waiting(&self) {
-        self.caught_up.store(now_ms(), Ordering::Release);
-        self.waiting.store(true, Ordering::Release);
+    /// A tick to publish: its payload (a fresh token), remembered with
+    /// the time it is sent.
+    pub(crate) fn tick(&self) -> String {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut sent = self.ticks.lock().expect("no panics while held");
+        while sent.len() >= MAX_TICKS_IN_FLIGHT {
+            sent.pop_front(); // lost on the way: forget the oldest
+        }
+        sent.push_back((token.clone(), now_ms()));
+        token
     }
 
-    /// A message came; `after_wait` when the subscriber had been waiting
-    /// for it (then nothing was pending before it).
-    pub(crate) fn arrived(&self, after_wait: bool) {
-        if after_wait {
-            self.caught_up.store(now_ms(), Ordering::Release);
-        }
-        self.waiting.store(false, Ordering::Release);
+    /// A tick was read: caught up to when it was sent (if it is ours).
+    pub(crate) fn ticked(&self, payload: &[u8]) {
+        let mut sent = self.ticks.lock().expect("no panics while held");
+        let Some(i) = sent.iter().position(|(t, _)| t.as_bytes() == payload) else {
+            return;
+        };
+        let (_, at) = sent[i];
+        sent.drain(..=i);
+        self.caught_up.fetch_max(at, Ordering::AcqRel);
     }
 
     /// The message that arrived goes to a handler: its number and stamp.
@@ -97,14 +109,10 @@ impl Heard {
             .expect("no panics while held")
             .first_key_value()
             .map(|(_, stamp)| *stamp);
-        match oldest {
-            Some(stamp) => stamp,
-            None if self.waiting.load(Ordering::Acquire) => now_ms(),
-            None => self.caught_up.load(Ordering::Acquire),
-        }
+        oldest.unwrap_or_else(|| self.caught_up.load(Ordering::Acquire))
     }
 
-    /// The last time the subscriber had read everything published (ms).
+    /// Every message published before this time (ms) has been read.
     pub(crate) fn caught_up(&self) -> u64 {
         self.caught_up.load(Ordering::Acquire)
     }
@@ -161,6 +169,9 @@ pub(crate) struct Deaf {
     /// Closed spans, ordered and disjoint.
     spans: VecDeque<(u64, u64)>,
 }
+
+/// Ticks awaited at most (more means they are being lost).
+const MAX_TICKS_IN_FLIGHT: usize = 256;
 
 /// Closed spans kept, at most; older ones move the origin forward.
 const MAX_SPANS: usize = 4096;
@@ -271,25 +282,33 @@ mod tests {
     #[test]
     fn the_watermark_waits_for_the_oldest_message_in_flight() {
         let h = Heard::default();
-        h.waiting();
+        assert_eq!(h.through(), 0, "nothing read back yet");
+        let first = h.tick();
+        let sent = now_ms();
+        h.ticked(b"forged");
+        assert_eq!(h.through(), 0, "not our tick");
+        h.ticked(first.as_bytes());
         let t0 = h.through();
-        assert!(t0 > 0 && t0 <= now_ms());
-        h.arrived(true);
+        assert!(t0 > 0 && t0 <= sent);
         let (a, stamp_a) = h.read();
-        h.arrived(false);
-        let (b, _) = h.read(); // read at once: stamped like a
+        let (b, _) = h.read();
+        assert_eq!(stamp_a, t0, "stamped with the last tick read");
         std::thread::sleep(std::time::Duration::from_millis(5));
+        let second = h.tick();
+        h.ticked(second.as_bytes());
+        assert!(h.caught_up() >= t0 + 5);
         assert_eq!(h.through(), stamp_a, "a and b in flight");
         drop(h.ticket(b)); // b done, a still in flight
         assert_eq!(h.through(), stamp_a);
         drop(h.ticket(a));
-        assert_eq!(
-            h.through(),
-            stamp_a,
-            "nothing in flight, not waiting: last caught up"
-        );
-        h.waiting();
-        assert!(h.through() >= stamp_a + 5, "waiting: caught up now");
+        assert!(h.through() >= t0 + 5, "nothing in flight: the last tick");
         assert_eq!(h.backlog(), 0);
+        // A tick read back again (a replay) moves nothing.
+        let third = h.tick();
+        let before = h.caught_up();
+        h.ticked(first.as_bytes());
+        assert_eq!(h.caught_up(), before);
+        h.ticked(third.as_bytes());
+        assert!(h.caught_up() >= before);
     }
 }

@@ -118,6 +118,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         "subscriber",
         crate::subscriber::run(shared.clone(), senders),
     );
+    sup.spawn("ticker", crate::subscriber::ticker(shared.clone()));
     sup.spawn(
         "detector",
         crate::health::detector(shared.clone(), detector_conn),

@@ -6,10 +6,12 @@
 //!
 //! The handlers' queues are bounded. What can be refused without a
 //! signature check (garbage, unknown keys, senders over their budget) never
-//! enters one. When a queue is full anyway, a message from a sender that
-//! has sent more than its sustained rate in the current second is shed
-//! (counted as `shed`); anyone else's waits for room, so a heartbeat is
-//! never shed for someone else's flood.
+//! enters one. A sender that has sent more than its sustained rate in the
+//! current second is *heavy*: it may have at most
+//! `MAX_QUEUED_PER_HEAVY_SENDER` messages queued, and when a queue is full
+//! its messages are shed rather than waited for (counted as `shed`). Anyone
+//! else's message waits for room, so a heartbeat is never shed for someone
+//! else's flood, and a flood never fills the queue the others wait on.
 
 use crate::auth::Seal;
 use crate::context::{pause, Shared};
@@ -17,14 +19,14 @@ use crate::heard::Deafness;
 use crate::metrics as m;
 use fleet_protocol::auth::{unframe, AuthError, Unframed};
 use fleet_protocol::{decode, now_ms, Channel, Decoded, Inbound};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 /// Listens on the inbound channels, decodes and size-checks each payload,
 /// and hands it to the handler of its agent. Resubscribes after a lost
@@ -45,6 +47,7 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
             let mut ps = client.get_async_pubsub().await?;
             let mut names: Vec<&str> = router.channels.iter().map(|(c, _)| c.as_str()).collect();
             names.push(&router.keys_channel);
+            names.push(&router.ticks_channel);
             ps.subscribe(names).await?;
             Ok::<_, redis::RedisError>(ps)
         }
@@ -66,21 +69,11 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
         info!("listening on the registry, health, fleet, tasks and results channels");
         let mut stream = ps.on_message();
         loop {
-            // A message already read is taken at once; otherwise the
-            // subscriber has read everything published so far (crate::heard).
-            let (msg, after_wait) = match stream.next().now_or_never() {
-                Some(msg) => (msg, false),
-                None => {
-                    shared.heard.waiting();
-                    let msg = tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        msg = stream.next() => msg,
-                    };
-                    (msg, true)
-                }
+            let msg = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                msg = stream.next() => msg,
             };
             let Some(msg) = msg else { break };
-            shared.heard.arrived(after_wait);
             if !router.route(&msg).await {
                 return; // handlers gone: shutting down
             }
@@ -106,6 +99,75 @@ pub(crate) struct Envelope {
     pub(crate) channel: Channel,
     /// Its place in the order read (crate::heard): handled when dropped.
     pub(crate) seq: u64,
+    /// Its place in its sender's count of queued messages.
+    pub(crate) _queued: QueuedGuard,
+}
+
+/// Messages queued for the handlers, by sender (key id, or agent id).
+#[derive(Debug, Default)]
+pub(crate) struct Queued(std::sync::Mutex<HashMap<String, u32>>);
+
+impl Queued {
+    fn count(&self, sender: &str) -> u32 {
+        let map = self.0.lock().expect("no panics while held");
+        map.get(sender).copied().unwrap_or(0)
+    }
+
+    fn add(self: &Arc<Self>, sender: &str) -> QueuedGuard {
+        let mut map = self.0.lock().expect("no panics while held");
+        match map.get_mut(sender) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(sender.to_string(), 1);
+            }
+        }
+        QueuedGuard {
+            queued: self.clone(),
+            sender: sender.to_string(),
+        }
+    }
+}
+
+/// Takes one message off its sender's count when dropped (handled).
+#[derive(Debug)]
+pub(crate) struct QueuedGuard {
+    queued: Arc<Queued>,
+    sender: String,
+}
+
+impl Drop for QueuedGuard {
+    fn drop(&mut self) {
+        let mut map = self.queued.0.lock().expect("no panics while held");
+        if let Some(n) = map.get_mut(&self.sender) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.sender);
+            }
+        }
+    }
+}
+
+/// A sender over its rate with this many messages queued already is shed:
+/// a flood never fills a queue that others wait on.
+const MAX_QUEUED_PER_HEAVY_SENDER: u32 = 16;
+
+/// Publishes the commander's ticks to itself (crate::heard), so that what
+/// it has read is known even when it is busy.
+pub(crate) async fn ticker(shared: Arc<Shared>) {
+    let every = Duration::from_millis(shared.config().fleet.detect_tick_ms.min(100));
+    let channel = shared.keys.channels().ticks();
+    let mut conn = shared.redis.clone();
+    while pause(&shared.shutdown, every).await {
+        let token = shared.heard.tick();
+        let sent = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(token)
+            .query_async::<()>(&mut conn)
+            .await;
+        if let Err(e) = sent {
+            crate::supervise::count("tick", &e.into());
+        }
+    }
 }
 
 /// Decodes a payload and sends it to its handler.
@@ -113,11 +175,13 @@ struct Router {
     shared: Arc<Shared>,
     channels: [(String, Channel); 5],
     keys_channel: String,
+    ticks_channel: String,
     senders: Vec<mpsc::Sender<Envelope>>,
     max_bytes: usize,
     /// Messages without an agent go round the handlers.
     next_shard: usize,
     rates: Rates,
+    queued: Arc<Queued>,
 }
 
 impl Router {
@@ -126,6 +190,7 @@ impl Router {
         Router {
             shared: shared.clone(),
             keys_channel: c.keys(),
+            ticks_channel: c.ticks(),
             channels: [
                 (c.registry(), Channel::Registry),
                 (c.health(), Channel::Health),
@@ -137,7 +202,14 @@ impl Router {
             max_bytes: shared.config().fleet.max_message_bytes,
             next_shard: 0,
             rates: Rates::new(shared.config().security.sender_rate_per_sec),
+            queued: Default::default(),
         }
+    }
+
+    /// Counts one message from `sender`; true when it is heavy (over its
+    /// rate this second) and has its share of the queues already.
+    fn over_share(&mut self, sender: &str, now: u64) -> bool {
+        self.rates.heavy(sender, now) && self.queued.count(sender) >= MAX_QUEUED_PER_HEAVY_SENDER
     }
 
     /// False when the handlers are gone.
@@ -149,16 +221,19 @@ impl Router {
             .find(|(n, _)| n == name)
             .map(|(_, c)| *c)
         else {
-            if name == self.keys_channel {
+            if name == self.ticks_channel {
+                self.shared.heard.ticked(msg.get_payload_bytes());
+            } else if name == self.keys_channel {
                 self.shared.gate.changed.notify_one();
             }
             return true;
         };
         let payload = msg.get_payload_bytes();
+        let now = now_ms();
         let (body, signed) = match unframe(payload) {
             Ok(Unframed::Plain(b)) => (b, None),
             Ok(Unframed::Signed(s)) => {
-                if let Err(e) = self.shared.gate.screen(s.kid, s.ts, now_ms()) {
+                if let Err(e) = self.shared.gate.screen(s.kid, s.ts, now) {
                     refused(channel, e);
                     return true;
                 }
@@ -169,6 +244,13 @@ impl Router {
                 return true;
             }
         };
+        // A flooder's surplus is shed before it costs a decode.
+        if let Some(s) = &signed {
+            if self.over_share(s.kid, now) {
+                shed(channel, s.kid);
+                return true;
+            }
+        }
         // The size limit is on the whole payload, header included.
         let inbound = match decode(
             channel,
@@ -181,7 +263,9 @@ impl Router {
                 metrics::counter!(m::MESSAGES_REJECTED,
                     "channel" => channel.as_str(), "reason" => rej.label())
                 .increment(1);
-                warn!(channel = channel.as_str(), reason = %rej, "message refused");
+                if let Some(suppressed) = LOG_LIMIT.admit(channel, rej.label()) {
+                    warn!(channel = channel.as_str(), reason = %rej, suppressed, "message refused");
+                }
                 return true;
             }
         };
@@ -198,9 +282,16 @@ impl Router {
         };
         let sender = match &signed {
             Some(s) => s.kid,
-            None => inbound.agent_id().unwrap_or("-"),
+            None => {
+                let sender = inbound.agent_id().unwrap_or("-");
+                if self.over_share(sender, now) {
+                    shed(channel, sender);
+                    return true;
+                }
+                sender
+            }
         };
-        let heavy = self.rates.heavy(sender, now_ms());
+        let heavy = self.rates.is_heavy(sender);
         // One agent's messages always go to the same handler, in order.
         let n = self.senders.len();
         let shard = match inbound.agent_id() {
@@ -218,13 +309,7 @@ impl Router {
         let permit = match tx.try_reserve() {
             Ok(p) => p,
             Err(mpsc::error::TrySendError::Full(())) if heavy => {
-                metrics::counter!(m::MESSAGES_REJECTED,
-                    "channel" => channel.as_str(), "reason" => "shed")
-                .increment(1);
-                debug!(
-                    channel = channel.as_str(),
-                    sender, "queue full: shed a message from a sender over its rate"
-                );
+                shed(channel, sender);
                 return true;
             }
             Err(mpsc::error::TrySendError::Full(())) => match tx.reserve().await {
@@ -234,11 +319,13 @@ impl Router {
             Err(mpsc::error::TrySendError::Closed(())) => return false,
         };
         let (seq, _) = self.shared.heard.read();
+        let _queued = self.queued.add(sender);
         permit.send(Envelope {
             msg: inbound,
             seal,
             channel,
             seq,
+            _queued,
         });
         true
     }
@@ -275,6 +362,26 @@ impl Rates {
         *n = n.saturating_add(1);
         *n > self.limit
     }
+
+    /// Whether `sender` is over its rate this second (counts nothing).
+    fn is_heavy(&self, sender: &str) -> bool {
+        self.counts.get(sender).is_some_and(|n| *n > self.limit)
+    }
+}
+
+/// Counts a message shed under overload (logged like a refusal).
+fn shed(channel: Channel, sender: &str) {
+    metrics::counter!(m::MESSAGES_REJECTED,
+        "channel" => channel.as_str(), "reason" => "shed")
+    .increment(1);
+    if let Some(suppressed) = LOG_LIMIT.admit(channel, "shed") {
+        warn!(
+            channel = channel.as_str(),
+            sender,
+            suppressed,
+            "message shed: its sender is over its rate and the commander is busy"
+        );
+    }
 }
 
 /// Counts and logs a message refused for who sent it.
@@ -282,9 +389,38 @@ pub(crate) fn refused(channel: Channel, e: AuthError) {
     metrics::counter!(m::MESSAGES_REJECTED,
         "channel" => channel.as_str(), "reason" => e.label())
     .increment(1);
-    warn!(
-        channel = channel.as_str(),
-        reason = e.label(),
-        "message refused: {e}"
-    );
+    if let Some(suppressed) = LOG_LIMIT.admit(channel, e.label()) {
+        warn!(
+            channel = channel.as_str(),
+            reason = e.label(),
+            suppressed,
+            "message refused: {e}"
+        );
+    }
+}
+
+/// Refusals are logged at most once a second per channel and reason, with
+/// how many were not logged since (each one is counted in the metric): a
+/// flood must not turn into a flood of log lines.
+static LOG_LIMIT: LogLimit = LogLimit(std::sync::Mutex::new(None));
+
+struct LogLimit(std::sync::Mutex<Option<HashMap<(&'static str, &'static str), (u64, u64)>>>);
+
+impl LogLimit {
+    /// Some(refusals not logged since the last line) when this one may be logged.
+    fn admit(&self, channel: Channel, reason: &'static str) -> Option<u64> {
+        let now = now_ms();
+        let mut map = self.0.lock().expect("no panics while held");
+        let (last, suppressed) = map
+            .get_or_insert_with(HashMap::new)
+            .entry((channel.as_str(), reason))
+            .or_insert((0, 0));
+        if now.saturating_sub(*last) >= 1000 {
+            *last = now;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
 }

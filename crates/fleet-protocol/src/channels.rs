@@ -58,6 +58,11 @@ impl Channels {
     pub fn keys(&self) -> String {
         format!("{}:keys", self.prefix)
     }
+    /// The commander's own clock ticks, published to itself: reading one
+    /// proves that everything published before it has been read.
+    pub fn ticks(&self) -> String {
+        format!("{}:commander:ticks", self.prefix)
+    }
     /// Submitters' reply channels must start with this.
     pub fn reply_prefix(&self) -> String {
         format!("{}:reply:", self.prefix)
