@@ -404,7 +404,10 @@ pub(crate) fn refused(channel: Channel, e: AuthError) {
 /// flood must not turn into a flood of log lines.
 static LOG_LIMIT: LogLimit = LogLimit(std::sync::Mutex::new(None));
 
-struct LogLimit(std::sync::Mutex<Option<HashMap<(&'static str, &'static str), (u64, u64)>>>);
+struct LogLimit(std::sync::Mutex<Option<HashMap<LogKey, (u64, u64)>>>);
+
+/// A channel and a reason; per key: when last logged, how many since.
+type LogKey = (&'static str, &'static str);
 
 impl LogLimit {
     /// Some(refusals not logged since the last line) when this one may be logged.
