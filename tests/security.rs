@@ -545,3 +545,79 @@ async fn a_full_queue_sheds_the_flooder_not_the_others() {
     }
     stop.cancel();
 }
+
+/// Issue 15's flood, as a test: one client publishes 100,000 messages (half
+/// validly signed heartbeats of one registered agent, half garbage) while
+/// the other agents beat and a newcomer joins. The others are served and
+/// none is declared dead; the flood is refused and counted. (Its effect on
+/// the others' p99s is a benchmark figure: benches/flood.sh.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_flooding_100k_messages_does_not_starve_the_others() {
+    let h = Harness::start().await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    for i in 0..6 {
+        let mut a = h.agent(&format!("flood-calm-{i}"), PoolType::Ui).await;
+        a.register(T).await.unwrap();
+        let s = stop.clone();
+        tokio::spawn(async move { a.run(Duration::from_millis(100), Duration::ZERO, s).await });
+    }
+    let mut flooder = h.agent("flood-100k", PoolType::Ui).await;
+    flooder.register(T).await.unwrap();
+    let signer = h.credential("flood-100k", PoolType::Ui).await.signer();
+    let channel = h.keys.channels().health();
+    let body = br#"{"v":1,"type":"heartbeat","agentId":"flood-100k","status":"idle","load":0}"#;
+    let now = now_ms();
+    let signed: Vec<Vec<u8>> = (0..50_000)
+        .map(|_| signer.sign(&channel, body, now))
+        .collect();
+    let checks_before = h.metric("fleet_signature_checks_total").await;
+    let mut conn = h.conn().await;
+    let flood = tokio::spawn(async move {
+        for (n, chunk) in signed.chunks(2_500).enumerate() {
+            let mut p = redis::pipe();
+            for (k, m) in chunk.iter().enumerate() {
+                p.publish(&channel, m.as_slice()).ignore();
+                p.publish(&channel, format!("garbage {n}-{k}")).ignore();
+            }
+            p.query_async::<()>(&mut conn).await.unwrap();
+        }
+    });
+    // While it floods: a newcomer is answered.
+    let mut late = h.agent("flood-late", PoolType::Ui).await;
+    late.register(WAIT)
+        .await
+        .expect("a newcomer is served during the flood");
+    flood.await.unwrap();
+    wait_until(|| async { h.metric(&rejected("health", "bad_json")).await >= 50_000.0 }).await;
+    wait_until(|| async {
+        h.metric(&rejected("health", "rate_limited")).await
+            + h.metric(&rejected("health", "shed")).await
+            >= 49_000.0
+    })
+    .await;
+    wait_until(|| async { h.metric("fleet_inbound_backlog").await == 0.0 }).await;
+    let deaths = health
+        .collect_for(Duration::from_millis(600), |v| {
+            v["type"] == "agent_failed"
+                && v["agentId"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("flood-calm-")
+        })
+        .await;
+    assert!(deaths.is_empty(), "false deaths: {deaths:?}");
+    // The flooder's surplus was refused before its signature was checked:
+    // it paid for its burst (200) and its refill (100/s), not for 50,000.
+    let checks = h.metric("fleet_signature_checks_total").await - checks_before;
+    assert!(
+        checks < 5_000.0,
+        "{checks} signatures checked for a flood of 50,000"
+    );
+    for i in 0..6 {
+        let (_, rec) = h.get(&format!("/v1/agents/flood-calm-{i}")).await;
+        assert_eq!(rec["status"], "idle", "{rec}");
+        assert_eq!(rec["health"]["failures"], 0, "{rec}");
+    }
+    stop.cancel();
+}

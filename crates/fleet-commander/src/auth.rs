@@ -289,6 +289,7 @@ impl Gate {
         if let Err(e) = may_speak(rec, &claim(msg)) {
             return Ok(Err(e));
         }
+        metrics::counter!(crate::metrics::SIGNATURE_CHECKS).increment(1);
         if !auth::verify(pk, &seal.input, &seal.sig) {
             return Ok(Err(AuthError::BadSignature));
         }

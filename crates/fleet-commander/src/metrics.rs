@@ -13,6 +13,7 @@ pub const AGENTS_FAILED: &str = "fleet_agents_failed_total";
 pub const AGENTS_RECOVERED: &str = "fleet_agents_recovered_total";
 pub const AGENTS_REMOVED: &str = "fleet_agents_removed_total";
 pub const MESSAGES_REJECTED: &str = "fleet_messages_rejected_total";
+pub const SIGNATURE_CHECKS: &str = "fleet_signature_checks_total";
 pub const REDIS_ERRORS: &str = "fleet_redis_errors_total";
 pub const SUBSCRIBER_RECONNECTS: &str = "fleet_subscriber_reconnects_total";
 pub const CONTACT_LAPSES: &str = "fleet_contact_lapses_total";
@@ -139,6 +140,10 @@ fn describe() {
     c!(
         MESSAGES_REJECTED,
         "Inbound messages refused, by channel and reason."
+    );
+    c!(
+        SIGNATURE_CHECKS,
+        "Ed25519 signatures checked (what passed every cheaper check first)."
     );
     c!(REDIS_ERRORS, "Redis commands that failed, by operation.");
     c!(
@@ -330,6 +335,7 @@ fn initialize() {
         DEREGISTRATIONS,
         DETECTION_SKIPPED,
         HEARTBEATS,
+        SIGNATURE_CHECKS,
         SUBSCRIBER_RECONNECTS,
         TASKS_CANCELLED,
     ] {
