@@ -1,5 +1,7 @@
 //! A commander process killed with SIGKILL while tasks are queued and in
-//! flight, then restarted: every accepted task completes exactly once.
+//! flight, then restarted: every accepted task completes exactly once, and
+//! is executed once: a result published while no commander listened is
+//! re-sent by its agent until acknowledged (`result_ack`).
 
 mod common;
 
@@ -62,13 +64,15 @@ async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill()
         });
     }
 
-    // 60 accepted tasks, with a 1 s timeout so lost results are retried quickly.
+    // 60 accepted tasks, with a 5 s timeout: longer than the commander is
+    // down, so a result it missed is re-sent (and counted) before the lease
+    // could run out and the task be run again.
     let http = authed(&admin_token(&redis.url()).await);
     let mut ids = Vec::new();
     for n in 0..60 {
         let r = http
             .post(format!("http://{addr}/v1/tasks"))
-            .json(&json!({"pool": "coder", "timeoutMs": 1000, "clientId": format!("job-{n}"), "payload": n}))
+            .json(&json!({"pool": "coder", "timeoutMs": 5000, "clientId": format!("job-{n}"), "payload": n}))
             .send()
             .await
             .unwrap();
@@ -133,6 +137,15 @@ async fn every_accepted_task_completes_exactly_once_across_a_commander_sigkill()
             per_task.get(id)
         );
     }
+    // And executed once: no result was lost while the commander was down.
+    let again: Vec<(String, u32)> = executions
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, n)| (id.clone(), *n))
+        .collect();
+    assert!(again.is_empty(), "tasks executed more than once: {again:?}");
     stop.cancel();
     while agents.join_next().await.is_some() {}
 }

@@ -398,6 +398,7 @@ impl Agent {
         let mut jobs = Jobs {
             done: done_tx,
             running: Default::default(),
+            unacked: Default::default(),
         };
         // Told to drain: finish what is running, then deregister and return.
         let mut draining = false;
@@ -423,6 +424,12 @@ impl Agent {
                     if let Err(e) = self.heartbeat(AgentStatus::Idle, 0.0).await {
                         warn!(agent_id = %self.spec.id, error = %e, "heartbeat not sent");
                     }
+                    self.resend(&mut jobs).await;
+                }
+                Wake::Message(ToAgent::ResultAck {
+                    task_id, attempt, ..
+                }) => {
+                    jobs.unacked.remove(&(task_id, attempt));
                 }
                 Wake::Message(ToAgent::Reregister { reason, .. }) => {
                     info!(agent_id = %self.spec.id, reason, "commander asked to re-register");
@@ -452,6 +459,7 @@ impl Agent {
                 Wake::Message(ToAgent::TaskCancel {
                     task_id, attempt, ..
                 }) => {
+                    jobs.unacked.remove(&(task_id.clone(), attempt));
                     if let Some(h) = jobs.running.remove(&(task_id.clone(), attempt)) {
                         h.abort();
                         info!(agent_id = %self.spec.id, task_id, attempt, "task cancelled");
@@ -464,10 +472,13 @@ impl Agent {
                 Wake::Message(other) => debug!(?other, "message from the commander"),
                 Wake::Done((task_id, attempt, outcome)) => {
                     jobs.running.remove(&(task_id.clone(), attempt));
-                    self.finish(&task_id, attempt, outcome).await;
+                    self.finish(&task_id, attempt, &outcome).await;
+                    if !matches!(outcome, Outcome::Vanish) {
+                        jobs.unacked.insert((task_id, attempt), (outcome, 1));
+                    }
                 }
             }
-            if draining && jobs.running.is_empty() {
+            if draining && jobs.running.is_empty() && jobs.unacked.is_empty() {
                 match self.deregister(interval).await {
                     Ok(_) => info!(agent_id = %self.spec.id, "drained and deregistered"),
                     Err(e) => warn!(agent_id = %self.spec.id, error = %e, "deregistration failed"),
@@ -508,15 +519,42 @@ impl Agent {
         jobs.running.insert(key, handle.abort_handle());
     }
 
+    /// Re-sends each result not acknowledged since the last beat, up to
+    /// `RESEND_TRIES` times in all (then the commander's lease decides).
+    async fn resend(&mut self, jobs: &mut Jobs) {
+        let due: Vec<_> = jobs.unacked.keys().cloned().collect();
+        for key in due {
+            let Some((outcome, tries)) = jobs.unacked.get_mut(&key) else {
+                continue;
+            };
+            if *tries >= RESEND_TRIES {
+                warn!(agent_id = %self.spec.id, task_id = key.0, attempt = key.1,
+                    "result never acknowledged; given up");
+                jobs.unacked.remove(&key);
+                continue;
+            }
+            *tries += 1;
+            let outcome = outcome.clone();
+            debug!(agent_id = %self.spec.id, task_id = key.0, attempt = key.1, "re-sending a result");
+            self.finish(&key.0, key.1, &outcome).await;
+        }
+    }
+
     /// Reports a finished attempt (a vanished one, never).
-    async fn finish(&mut self, task_id: &str, attempt: u32, outcome: Outcome) {
+    async fn finish(&mut self, task_id: &str, attempt: u32, outcome: &Outcome) {
         let sent = match outcome {
             Outcome::Complete(v) => {
-                self.report(ReportKind::Complete, task_id, attempt, Some(v), None)
-                    .await
+                self.report(
+                    ReportKind::Complete,
+                    task_id,
+                    attempt,
+                    Some(v.clone()),
+                    None,
+                )
+                .await
             }
             Outcome::Fail(e) => {
-                self.report(ReportKind::Fail, task_id, attempt, None, Some(e))
+                self.report(ReportKind::Fail, task_id, attempt, None, Some(e.clone()))
                     .await
             }
             Outcome::Vanish => Ok(()),
@@ -532,7 +570,13 @@ impl Agent {
 struct Jobs {
     done: tokio::sync::mpsc::UnboundedSender<(String, u32, Outcome)>,
     running: std::collections::HashMap<(String, u32), tokio::task::AbortHandle>,
+    /// Results sent and not yet acknowledged (`result_ack`), with how many
+    /// times each was sent: re-sent at every beat.
+    unacked: std::collections::HashMap<(String, u32), (Outcome, u32)>,
 }
+
+/// A result is sent at most this many times (once, then at each beat).
+const RESEND_TRIES: u32 = 20;
 
 /// Why [`Agent::run_with`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

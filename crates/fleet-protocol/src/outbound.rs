@@ -60,6 +60,17 @@ pub enum ToAgent {
         task_id: String,
         attempt: u32,
     },
+    /// The commander has read this attempt's `task_complete` or `task_fail`:
+    /// stop re-sending it. `recorded`: it counted (or, re-sent, had already
+    /// completed the task); false: the attempt was no longer current and the
+    /// report was ignored.
+    #[serde(rename_all = "camelCase")]
+    ResultAck {
+        v: u32,
+        task_id: String,
+        attempt: u32,
+        recorded: bool,
+    },
 }
 
 /// On `swarm:phase-1:scaling`, from the commander to spawners.

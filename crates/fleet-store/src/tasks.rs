@@ -438,6 +438,7 @@ impl TaskStore {
             "completed" => Some(ReportOutcome::Completed(pool())),
             "retrying" => Some(ReportOutcome::Retrying(pool())),
             "dead" => Some(ReportOutcome::Dead(pool())),
+            "recorded" => Some(ReportOutcome::Recorded),
             "stale" => None,
             _ => return Err(reply.unexpected()),
         })
@@ -545,6 +546,8 @@ pub enum ReportOutcome {
     Completed(Option<PoolType>),
     Retrying(Option<PoolType>),
     Dead(Option<PoolType>),
+    /// A re-sent result: this attempt had completed the task already.
+    Recorded,
 }
 
 impl TaskStore {

@@ -18,6 +18,7 @@ from .signing import CommanderCheck, Credential, Refused, sign, unframe
 log = logging.getLogger("fleet_agent")
 
 PREFIX = "swarm:phase-1"
+RESEND_TRIES = 20  # a result is sent at most this many times (once, then at each heartbeat)
 
 
 class RegistrationRefused(Exception):
@@ -86,6 +87,9 @@ class Agent:
         self._reader: Optional[asyncio.Task] = None
         self._replies: Dict[str, asyncio.Future] = {}
         self._running: Dict[Tuple[str, int], asyncio.Task] = {}
+        # Results sent and not yet acknowledged (result_ack): kind, fields,
+        # times sent. Re-sent at every heartbeat, RESEND_TRIES times at most.
+        self._unacked: Dict[Tuple[str, int], Tuple[str, Dict[str, Any], int]] = {}
         self._drained = asyncio.Event()
         self._seq = 0
         self._background: set = set()
@@ -178,6 +182,20 @@ class Agent:
         await self.send("results", {"type": kind, "taskId": task_id, "attempt": attempt,
                                     "agentId": self.id, **fields})
 
+    async def _result(self, kind: str, task: "Task", **fields: Any) -> None:
+        """Sends a result and keeps it until the commander acknowledges it."""
+        self._unacked[(task.task_id, task.attempt)] = (kind, fields, 1)
+        await self.report(kind, task.task_id, task.attempt, **fields)
+
+    async def _resend(self) -> None:
+        for key, (kind, fields, n) in list(self._unacked.items()):
+            if n >= RESEND_TRIES:
+                log.warning("result for %s attempt %d never acknowledged; given up", *key)
+                self._unacked.pop(key, None)
+                continue
+            self._unacked[key] = (kind, fields, n + 1)
+            await self.report(kind, key[0], key[1], **fields)
+
     # ---- the agent's channel ----
 
     async def _read(self) -> None:
@@ -215,7 +233,10 @@ class Agent:
                 t = asyncio.create_task(self._do(msg))
                 self._running[key] = t
                 t.add_done_callback(lambda _t, k=key: self._running.pop(k, None))
+        elif kind == "result_ack":
+            self._unacked.pop((msg["taskId"], int(msg["attempt"])), None)
         elif kind == "task_cancel":
+            self._unacked.pop((msg["taskId"], int(msg["attempt"])), None)
             t = self._running.get((msg["taskId"], int(msg["attempt"])))
             if t is not None:
                 t.cancel()
@@ -238,9 +259,9 @@ class Agent:
         except asyncio.CancelledError:
             return  # cancelled by the commander (or stopping): no report
         except Exception as e:  # the task failed, not the agent
-            await self.report("task_fail", task.task_id, task.attempt, error=f"{type(e).__name__}: {e}")
+            await self._result("task_fail", task, error=f"{type(e).__name__}: {e}")
             return
-        await self.report("task_complete", task.task_id, task.attempt, result=result)
+        await self._result("task_complete", task, result=result)
 
     # ---- the whole life ----
 
@@ -253,12 +274,17 @@ class Agent:
             await self.register()
             while not stop.is_set():
                 await self.heartbeat()
+                await self._resend()
                 waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self._drained.wait())]
                 await asyncio.wait(waits, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
                 for w in waits:
                     w.cancel()
                 if self._drained.is_set():
-                    while self._running and not stop.is_set():
+                    last = asyncio.get_running_loop().time()
+                    while (self._running or self._unacked) and not stop.is_set():
+                        if asyncio.get_running_loop().time() - last >= self.heartbeat_s:
+                            last = asyncio.get_running_loop().time()
+                            await self._resend()  # bounded: RESEND_TRIES
                         await asyncio.sleep(0.05)
                     break
             await self.deregister()

@@ -1,11 +1,14 @@
 //! `task_ack`, `task_progress`, `task_complete`, `task_fail`: an agent's
 //! report on the attempt it holds. A report for an attempt that is not
-//! current (late, duplicated) is ignored and counted.
+//! current (late, duplicated) is ignored and counted. Every result is
+//! acknowledged (`result_ack`), after its script has stored it: agents
+//! re-send a result until then, so one published while no commander
+//! listened (a restart, a takeover) is not lost.
 
 use super::{freed, wake};
 use crate::context::Shared;
 use crate::metrics as m;
-use fleet_protocol::{now_ms, PoolType, ReportKind, TaskReport};
+use fleet_protocol::{now_ms, PoolType, ReportKind, TaskReport, ToAgent, VERSION};
 use fleet_store::tasks::ReportOutcome;
 use fleet_store::{Once, StoreError};
 use redis::aio::ConnectionManager;
@@ -19,7 +22,23 @@ pub(super) async fn handle(
     once: Option<&Once>,
 ) -> Result<(), StoreError> {
     let pool = |p: Option<PoolType>| p.map(PoolType::as_str).unwrap_or("unknown");
-    match shared.tasks.report(conn, kind, &r, now_ms(), once).await? {
+    let outcome = shared.tasks.report(conn, kind, &r, now_ms(), once).await?;
+    if matches!(kind, ReportKind::Complete | ReportKind::Fail) {
+        // Read (and stored, if it counted): the agent may stop re-sending.
+        let ack = ToAgent::ResultAck {
+            v: VERSION,
+            task_id: r.task_id.clone(),
+            attempt: r.attempt,
+            recorded: outcome.is_some(),
+        };
+        shared
+            .send(conn, shared.keys.channels().agent(&r.agent_id), &ack)
+            .await?;
+    }
+    match outcome {
+        Some(ReportOutcome::Recorded) => {
+            debug!(task_id = %r.task_id, attempt = r.attempt, "result re-sent: already recorded");
+        }
         None => {
             metrics::counter!(m::RESULTS_IGNORED, "kind" => kind.as_str()).increment(1);
             debug!(task_id = %r.task_id, attempt = r.attempt, kind = kind.as_str(),

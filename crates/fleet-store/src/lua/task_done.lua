@@ -8,8 +8,9 @@
 -- A: epoch, id, attempt, agent_id, now, outcome ('completed' or 'failed'),
 --    detail (result JSON or error text), retention_ms, backoff_ms,
 --    backoff_max_ms, allocation_channel
--- Returns outcome (completed, retrying, dead, stale) and pool (or, when
--- stale, state).
+-- Returns outcome (completed, retrying, dead, stale, recorded) and pool (or,
+-- when stale, state). recorded: this attempt had already completed the task
+-- (a re-sent result: the agent missed the acknowledgement).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 if replayed() then return reply('replay') end
 local task, counts = KEY.task, KEY.counts
@@ -18,6 +19,9 @@ local t = redis.call('HMGET', task, 'state', 'attempt', 'agent', 'assignedAt', '
   'maxRetries', 'retryBase')
 if not t[1] then return reply('stale', {state = 'unknown'}) end
 if (t[1] ~= 'assigned' and t[1] ~= 'running') or t[2] ~= A.attempt or t[3] ~= A.agent_id then
+  if t[1] == 'completed' and t[2] == A.attempt and t[3] == A.agent_id then
+    return reply('recorded', {state = t[1]})
+  end
   return reply('stale', {state = t[1]})
 end
 local attempt = tonumber(t[2])
