@@ -56,6 +56,8 @@ pub struct Shared {
     pub(crate) audit: fleet_store::audit::AuditLog,
     /// How far the fleet has been heard: read and handled (crate::heard).
     pub(crate) heard: crate::heard::Heard,
+    /// Whether Redis answers (crate::breaker).
+    pub(crate) breaker: crate::breaker::Breaker,
     /// Signs what the commander sends to agents and submitters; None when
     /// security is open.
     pub(crate) signer: Option<Signer>,
@@ -74,6 +76,7 @@ impl Shared {
         Shared {
             gate: Gate::new(&config, keys.clone()),
             heard: Default::default(),
+            breaker: Default::default(),
             audit: fleet_store::audit::AuditLog::new(keys.clone(), signer.clone()),
             signer,
             registry: Registry::new(keys.clone(), epoch),

@@ -32,6 +32,9 @@ const BATCH: usize = 1000;
 /// A Redis round trip slower than this counts as a lapse in contact.
 const SLOW_ROUND_TRIP: Duration = Duration::from_millis(250);
 
+/// A probe unanswered for this long counts as failed (the breaker's).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+
 pub(crate) async fn detector(shared: Arc<Shared>, mut conn: ConnectionManager) {
     let cfg = &shared.config().fleet;
     let tick = Duration::from_millis(cfg.detect_tick_ms);
@@ -51,16 +54,32 @@ pub(crate) async fn detector(shared: Arc<Shared>, mut conn: ConnectionManager) {
         // Silence counts only while listening (crate::heard), and up to
         // what has been heard: a heartbeat still queued here counts.
         let cutoff = shared.heard.cutoff(window, now);
-        let stale = shared.registry.stale(c, cutoff.unwrap_or(0), BATCH).await;
+        // This query is also the circuit breaker's probe (crate::breaker).
+        let stale = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            shared.registry.stale(c, cutoff.unwrap_or(0), BATCH),
+        )
+        .await;
         let rtt = before.elapsed();
         let stale = match stale {
-            Ok(s) if rtt <= SLOW_ROUND_TRIP => s,
-            Ok(_) => {
+            Ok(Ok(s)) if rtt <= SLOW_ROUND_TRIP => {
+                shared.breaker.ok();
+                s
+            }
+            Ok(Ok(_)) => {
+                shared.breaker.ok();
                 lapse(&shared, "slow Redis round trip", last_contact, now);
                 last_contact = None;
                 continue;
             }
-            Err(e) => {
+            Err(_) => {
+                shared.breaker.failed();
+                lapse(&shared, "Redis does not answer", last_contact, now);
+                last_contact = None;
+                continue;
+            }
+            Ok(Err(e)) => {
+                shared.breaker.failed();
                 crate::supervise::count("detect", &e);
                 warn!(reason = e.reason(), error = %e, "detector query failed");
                 lapse(&shared, "Redis error", last_contact, now);

@@ -26,6 +26,7 @@ mod supervise;
 
 mod allocator;
 mod auth;
+mod breaker;
 mod health;
 mod heard;
 pub mod reload;

@@ -14,6 +14,7 @@ pub const AGENTS_RECOVERED: &str = "fleet_agents_recovered_total";
 pub const AGENTS_REMOVED: &str = "fleet_agents_removed_total";
 pub const MESSAGES_REJECTED: &str = "fleet_messages_rejected_total";
 pub const SIGNATURE_CHECKS: &str = "fleet_signature_checks_total";
+pub const BREAKER_OPEN: &str = "fleet_redis_breaker_open";
 pub const REDIS_ERRORS: &str = "fleet_redis_errors_total";
 pub const SUBSCRIBER_RECONNECTS: &str = "fleet_subscriber_reconnects_total";
 pub const CONTACT_LAPSES: &str = "fleet_contact_lapses_total";
@@ -217,6 +218,10 @@ fn describe() {
     g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
     g!(HTTP_CONNECTIONS, "Open connections to the HTTP API.");
     g!(
+        BREAKER_OPEN,
+        "1 while the circuit breaker on Redis is open (Redis does not answer), else 0."
+    );
+    g!(
         INBOUND_BACKLOG,
         "Messages read from Redis and not yet handled."
     );
@@ -341,4 +346,5 @@ fn initialize() {
     ] {
         counter!(name).absolute(0);
     }
+    metrics::gauge!(BREAKER_OPEN).set(0.0);
 }

@@ -49,6 +49,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             auth::require,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            fail_fast,
+        ))
         .with_state(shared)
 }
 
@@ -84,6 +88,53 @@ async fn audit_log(
         Ok(entries) => Json(entries).into_response(),
         Err(e) => unavailable(e),
     }
+}
+
+/// How long a request may wait on Redis before it is answered with 503.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Seconds a client is asked to wait before retrying while Redis is out.
+const RETRY_AFTER_S: u64 = 1;
+
+/// The circuit breaker's side of HTTP (crate::breaker): while it is open,
+/// every request that needs Redis is answered at once with 503 and
+/// `Retry-After` (reads say that no current data can be served); and no
+/// request waits on Redis longer than `REQUEST_TIMEOUT`. `/healthz`,
+/// `/readyz` and `/metrics` are always served.
+async fn fail_fast(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    if let Some(since) = s.breaker.open_since() {
+        return redis_out(since);
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => redis_out(s.breaker.open_since().unwrap_or(0)),
+    }
+}
+
+fn redis_out(since: u64) -> Response {
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "error": "redis_unavailable",
+            "current": false,
+            "detail": "Redis does not answer: nothing was changed, and no current data can be served",
+            "unavailableSince": since,
+            "retryAfterS": RETRY_AFTER_S,
+        })),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(RETRY_AFTER_S),
+    );
+    r
 }
 
 /// A store error, counted and logged here where it is handled, as a 503.
@@ -150,14 +201,19 @@ async fn agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response
 
 /// Ready when subscribed to the agent channels and Redis answers.
 async fn ready(State(s): State<Arc<Shared>>) -> Response {
-    let redis_ok = redis::cmd("PING")
-        .query_async::<String>(&mut s.redis.clone())
-        .await
-        .map_err(|e| crate::supervise::count("readyz", &StoreError::Redis(e)))
-        .is_ok();
+    let mut conn = s.redis.clone();
+    let cmd = redis::cmd("PING");
+    let ping = cmd.query_async::<String>(&mut conn);
+    let redis_ok = match tokio::time::timeout(std::time::Duration::from_secs(1), ping).await {
+        Ok(r) => r
+            .map_err(|e| crate::supervise::count("readyz", &StoreError::Redis(e)))
+            .is_ok(),
+        Err(_) => false,
+    };
     let listening = s.is_listening();
     let body = Json(
         json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening,
+            "breaker": if s.breaker.open_since().is_some() { "open" } else { "closed" },
             "security": s.gate.mode().as_str()}),
     );
     if redis_ok && listening {
