@@ -415,14 +415,14 @@ async fn while_redis_is_down_requests_fail_fast_and_the_service_recovers() {
     h.redis.pause();
     let down = std::time::Instant::now();
     wait_until(|| async { h.metric("fleet_redis_breaker_open").await == 1.0 }).await;
+    let submit = |n: u32| {
+        h.http
+            .post(format!("{}/v1/tasks", h.base()))
+            .json(&serde_json::json!({"pool": "ui", "payload": n}))
+            .send()
+    };
     let t = std::time::Instant::now();
-    let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
-        .json(&serde_json::json!({"pool": "ui", "payload": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = submit(1).await.unwrap();
     let write_ms = t.elapsed().as_millis();
     assert_eq!(r.status().as_u16(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
@@ -439,13 +439,7 @@ async fn while_redis_is_down_requests_fail_fast_and_the_service_recovers() {
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
     h.redis.resume();
     wait_until(|| async { h.metric("fleet_redis_breaker_open").await == 0.0 }).await;
-    let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
-        .json(&serde_json::json!({"pool": "ui", "payload": 2}))
-        .send()
-        .await
-        .unwrap();
+    let r = submit(2).await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "writes work again");
     let (_, rec) = h.get("/v1/agents/brk-1").await;
     assert_eq!(rec["health"]["failures"], 0, "no false death: {rec}");

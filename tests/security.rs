@@ -498,6 +498,19 @@ async fn a_made_up_key_id_is_looked_up_once_not_per_message() {
     assert_eq!(h.metric(&rejected("results", "bad_signature")).await, 0.0);
 }
 
+/// `n` agents `{prefix}-{i}` in the ui pool, heartbeating every 100 ms
+/// until the token is cancelled.
+async fn calm_agents(h: &Harness, prefix: &str, n: usize) -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    for i in 0..n {
+        let mut a = h.agent(&format!("{prefix}-{i}"), PoolType::Ui).await;
+        a.register(T).await.unwrap();
+        let s = stop.clone();
+        tokio::spawn(async move { a.run(Duration::from_millis(100), Duration::ZERO, s).await });
+    }
+    stop
+}
+
 /// Issue 15: when a handler's queue is full, the sender over its rate is
 /// shed first; everyone else waits for room and is served. (The bucket is
 /// made deep here so that the flood reaches the queue at all; with the
@@ -509,13 +522,7 @@ async fn a_full_queue_sheds_the_flooder_not_the_others() {
         c.security.sender_burst = 1_000_000;
     })
     .await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    for i in 0..4 {
-        let mut a = h.agent(&format!("shed-calm-{i}"), PoolType::Ui).await;
-        a.register(T).await.unwrap();
-        let s = stop.clone();
-        tokio::spawn(async move { a.run(Duration::from_millis(100), Duration::ZERO, s).await });
-    }
+    let stop = calm_agents(&h, "shed-calm", 4).await;
     let mut flooder = h.agent("shed-flood", PoolType::Ui).await;
     flooder.register(T).await.unwrap();
     let signer = h.credential("shed-flood", PoolType::Ui).await.signer();
@@ -555,13 +562,7 @@ async fn a_full_queue_sheds_the_flooder_not_the_others() {
 async fn one_client_flooding_100k_messages_does_not_starve_the_others() {
     let h = Harness::start().await;
     let mut health = h.listen(&h.keys.channels().health()).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    for i in 0..6 {
-        let mut a = h.agent(&format!("flood-calm-{i}"), PoolType::Ui).await;
-        a.register(T).await.unwrap();
-        let s = stop.clone();
-        tokio::spawn(async move { a.run(Duration::from_millis(100), Duration::ZERO, s).await });
-    }
+    let stop = calm_agents(&h, "flood-calm", 6).await;
     let mut flooder = h.agent("flood-100k", PoolType::Ui).await;
     flooder.register(T).await.unwrap();
     let signer = h.credential("flood-100k", PoolType::Ui).await.signer();
