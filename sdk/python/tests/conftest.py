@@ -65,13 +65,20 @@ class Fleet:
         wait_for(lambda: socket.create_connection(("127.0.0.1", self.redis_port), 0.2).close() or True,
                  "redis-server")
         self.apply_acl()
+        self.token = ""
+        self.start_commander()
+        # An operator's token for the HTTP API, as `tokens issue` makes it.
+        self.token = self.cli("tokens", "issue", "--role", "operator", "--name", "pytest").stdout.strip()
+
+    def start_commander(self) -> None:
         self.commander = subprocess.Popen(
             [self.bin, "--config", str(ROOT / "config" / "fleet.toml"), "run"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.token = ""
         wait_for(lambda: self.get("/readyz")[0] == 200, "the commander to be ready")
-        # An operator's token for the HTTP API, as `tokens issue` makes it.
-        self.token = self.cli("tokens", "issue", "--role", "operator", "--name", "pytest").stdout.strip()
+
+    def kill_commander(self) -> None:
+        self.commander.kill()
+        self.commander.wait(5)
 
     def close(self) -> None:
         for p in (self.commander, self.redis):

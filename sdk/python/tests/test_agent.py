@@ -96,6 +96,45 @@ def test_a_failing_handler_fails_the_attempt_and_cancel_stops_one(fleet):
     asyncio.run(main())
 
 
+def test_a_result_sent_while_no_commander_listens_is_sent_again(fleet):
+    """The commander is killed while the agent works; the agent's result is
+    published to nobody. After the restart the agent re-sends it (at its next
+    heartbeat) until acknowledged: the task completes, executed once."""
+    cred = fleet.issue("py-5", "analyst")
+
+    async def main() -> None:
+        agent = Agent(fleet.redis_url, cred)
+        release, runs = asyncio.Event(), []
+
+        @agent.task
+        async def handle(task):
+            runs.append(task.attempt)
+            await release.wait()
+            return {"done": True}
+
+        stop = asyncio.Event()
+        run = asyncio.create_task(agent.run(stop))
+        await until(lambda: fleet.get("/v1/agents/py-5")[0] == 200, "py-5 registered")
+        tid = fleet.submit({"pool": "analyst", "payload": 1})
+        await until(state(fleet, tid, "running"), "the task running")
+        await asyncio.to_thread(fleet.kill_commander)
+        release.set()  # the result goes out with no commander to hear it
+        await until(lambda: not agent._running, "the handler finished")
+        assert agent._unacked, "the result is kept until acknowledged"
+        await asyncio.to_thread(fleet.start_commander)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3 * WAIT
+        while fleet.task(tid).get("state") != "completed":
+            assert loop.time() < deadline, "the re-sent result never counted"
+            await asyncio.sleep(0.1)
+        await until(lambda: not agent._unacked, "the result acknowledged")
+        assert runs == [1], f"executed {len(runs)} times"
+        stop.set()
+        await asyncio.wait_for(run, WAIT)
+
+    asyncio.run(main())
+
+
 def test_a_drained_agent_finishes_and_leaves_by_itself(fleet):
     cred = fleet.issue("py-3", "database")
 
