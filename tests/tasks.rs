@@ -353,3 +353,63 @@ async fn payloads_and_results_are_kept_byte_for_byte() {
     assert!(text.contains(&format!(r#""payload":{payload}"#)), "{text}");
     assert!(text.contains(&format!(r#""result":{result}"#)), "{text}");
 }
+
+/// Issue 16, item 4: with `tasks.durability = "replicated"` a submission is
+/// acknowledged once a replica has it (WAIT); with no replica to confirm it,
+/// it is refused with 503 `not_replicated` within the timeout, not hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
+    let h = Harness::start_with(|c| {
+        c.tasks.durability = fleet_commander::config::Durability::Replicated;
+        c.tasks.replication_timeout_ms = 300;
+    })
+    .await;
+    let replica = fleet_testkit::RedisServer::start_replica_of(&h.redis).expect("a replica");
+    let mut rc = fleet_store::connection::client(&replica.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    wait_until(|| {
+        let mut rc = rc.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut rc)
+                .await
+                .unwrap_or_default();
+            info.contains("master_link_status:up")
+        }
+    })
+    .await;
+    let post = |n: u32| {
+        h.http
+            .post(format!("{}/v1/tasks", h.base()))
+            .json(&json!({"pool": "ui", "payload": n, "clientId": format!("rep-{n}")}))
+            .send()
+    };
+    let r = post(1).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201, "confirmed by the replica");
+    let v: Value = r.json().await.unwrap();
+    let id = v["task"]["id"].as_str().unwrap().to_string();
+    let on_replica: Option<String> = redis::cmd("HGET")
+        .arg(h.keys.task(&id))
+        .arg("state")
+        .query_async(&mut rc)
+        .await
+        .unwrap();
+    assert!(on_replica.is_some(), "the replica has the task once it is acknowledged");
+
+    drop(replica); // killed: nobody can confirm
+    let t = std::time::Instant::now();
+    let r = post(2).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "not_replicated", "{v}");
+    assert!(t.elapsed() < Duration::from_secs(2), "refused within the timeout");
+    assert!(
+        h.metric(r#"fleet_tasks_rejected_total{reason="not_replicated"}"#)
+            .await
+            >= 1.0
+    );
+}

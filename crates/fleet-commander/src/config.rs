@@ -384,6 +384,21 @@ pub struct TaskConfig {
     /// deregisters or is removed, so that leaving and registering again is
     /// no way out of quarantine.
     pub health_memory_ms: u64,
+    /// When a submission is acknowledged: `async` once the primary has it;
+    /// `replicated` once `WAIT` confirms that `replicas` replicas have it
+    /// too (within `replication_timeout_ms`, else it is refused as
+    /// `not_replicated`).
+    pub durability: Durability,
+    pub replicas: u32,
+    pub replication_timeout_ms: u64,
+}
+
+/// See [`TaskConfig::durability`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    Async,
+    Replicated,
 }
 
 impl Default for TaskConfig {
@@ -406,6 +421,9 @@ impl Default for TaskConfig {
             probation_until: 70,
             quota_window_ms: 60_000,
             health_memory_ms: 3_600_000,
+            durability: Durability::Async,
+            replicas: 1,
+            replication_timeout_ms: 500,
         }
     }
 }
@@ -711,10 +729,14 @@ impl Config {
             ("tasks.quarantine_ms", tk.quarantine_ms),
             ("tasks.quota_window_ms", tk.quota_window_ms),
             ("tasks.health_memory_ms", tk.health_memory_ms),
+            ("tasks.replication_timeout_ms", tk.replication_timeout_ms),
         ] {
             if v == 0 {
                 return err(name, "must be at least 1".into());
             }
+        }
+        if tk.replicas == 0 {
+            return err("tasks.replicas", "must be at least 1".into());
         }
         if !(tk.max_skew.is_finite() && tk.max_skew >= 1.5) {
             return err("tasks.max_skew", "must be a number >= 1.5".into());

@@ -61,6 +61,10 @@ pub struct Shared {
     /// Signs what the commander sends to agents and submitters; None when
     /// security is open.
     pub(crate) signer: Option<Signer>,
+    /// With `tasks.durability = "replicated"`: the connection submissions
+    /// are written and `WAIT`ed on (WAIT blocks its connection, and counts
+    /// only that connection's writes).
+    pub(crate) submit_conn: Option<ConnectionManager>,
 }
 
 impl Shared {
@@ -72,8 +76,10 @@ impl Shared {
         redis: ConnectionManager,
         signer: Option<Signer>,
         shutdown: CancellationToken,
+        submit_conn: Option<ConnectionManager>,
     ) -> Shared {
         Shared {
+            submit_conn,
             gate: Gate::new(&config, keys.clone()),
             heard: Default::default(),
             breaker: Default::default(),

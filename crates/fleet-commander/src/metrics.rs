@@ -15,6 +15,7 @@ pub const AGENTS_REMOVED: &str = "fleet_agents_removed_total";
 pub const MESSAGES_REJECTED: &str = "fleet_messages_rejected_total";
 pub const SIGNATURE_CHECKS: &str = "fleet_signature_checks_total";
 pub const BREAKER_OPEN: &str = "fleet_redis_breaker_open";
+pub const SUBMIT_REPLICATION_SECONDS: &str = "fleet_submit_replication_seconds";
 pub const REDIS_ERRORS: &str = "fleet_redis_errors_total";
 pub const SUBSCRIBER_RECONNECTS: &str = "fleet_subscriber_reconnects_total";
 pub const CONTACT_LAPSES: &str = "fleet_contact_lapses_total";
@@ -251,6 +252,11 @@ fn describe() {
         UPTIME,
         metrics::Unit::Seconds,
         "Seconds since the commander started."
+    );
+    h!(
+        SUBMIT_REPLICATION_SECONDS,
+        metrics::Unit::Seconds,
+        "With tasks.durability = \"replicated\": a submission's time to its WAIT's answer."
     );
     h!(
         REGISTRATION_SECONDS,

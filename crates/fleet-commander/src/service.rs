@@ -66,6 +66,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // that its batches do not queue behind the handlers' scripts.
     let detector_conn = fleet_store::connection::connect(&config.redis.url).await?;
     let allocator_conn = fleet_store::connection::connect(&config.redis.url).await?;
+    let submit_conn = match config.tasks.durability {
+        crate::config::Durability::Replicated => {
+            Some(fleet_store::connection::connect(&config.redis.url).await?)
+        }
+        crate::config::Durability::Async => None,
+    };
     let epoch = Registry::claim_epoch(&mut redis, &keys).await?;
     Registry::load_scripts(&mut redis).await?;
     TaskStore::load_scripts(&mut redis).await?;
@@ -84,6 +90,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         redis,
         signer,
         shutdown.clone(),
+        submit_conn,
     ));
     shared
         .audit(

@@ -138,6 +138,9 @@ pub enum SubmitRefusal {
     UnmatchedCapabilities,
     InvalidFields,
     Unavailable,
+    /// `tasks.durability = "replicated"` and no replica confirmed the task
+    /// in time: it is on the primary, but a failover could lose it.
+    NotReplicated,
 }
 
 impl SubmitRefusal {
@@ -147,6 +150,7 @@ impl SubmitRefusal {
             SubmitRefusal::UnmatchedCapabilities => "unmatched_capabilities",
             SubmitRefusal::InvalidFields => "invalid_fields",
             SubmitRefusal::Unavailable => "unavailable",
+            SubmitRefusal::NotReplicated => "not_replicated",
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct RedisServer {
     /// With TLS: the TLS port and the files (the plain port stays, for the
     /// test's own checks).
     tls: Option<(u16, TlsFiles)>,
+    /// A replica of the server on this port.
+    replica_of: Option<u16>,
 }
 
 /// A CA, a server certificate for 127.0.0.1, and a client certificate, all
@@ -144,16 +146,21 @@ impl RedisServer {
 
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> Result<RedisServer, RedisServerError> {
-        Self::start_inner(false)
+        Self::start_inner(false, None)
+    }
+
+    /// A replica of `primary` (`--replicaof`), on a free port of its own.
+    pub fn start_replica_of(primary: &RedisServer) -> Result<RedisServer, RedisServerError> {
+        Self::start_inner(false, Some(primary.port))
     }
 
     /// Also listens with TLS, on a second port, requiring client
     /// certificates: its certificates are generated for it.
     pub fn start_tls() -> Result<RedisServer, RedisServerError> {
-        Self::start_inner(true)
+        Self::start_inner(true, None)
     }
 
-    fn start_inner(tls: bool) -> Result<RedisServer, RedisServerError> {
+    fn start_inner(tls: bool, replica_of: Option<u16>) -> Result<RedisServer, RedisServerError> {
         if !Self::available() {
             return Err(RedisServerError::NotFound);
         }
@@ -178,6 +185,7 @@ impl RedisServer {
                 dir: dir.clone(),
                 child: None,
                 tls,
+                replica_of,
             };
             match s.spawn() {
                 Ok(()) => return Ok(s),
@@ -198,6 +206,9 @@ impl RedisServer {
                 .arg("--tls-ca-cert-file")
                 .arg(&f.ca)
                 .args(["--tls-auth-clients", "yes"]);
+        }
+        if let Some(p) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
         }
         let child = cmd
             .args(["--port", &self.port.to_string()])

@@ -28,10 +28,40 @@ pub(crate) async fn submit(
         }
     };
     let started = Instant::now();
+    let mut replicated = shared.submit_conn.clone();
+    let c = replicated.as_mut().unwrap_or(conn);
     let (out, allocated) = shared
         .tasks
-        .submit_and_allocate(conn, &valid, crate::allocator::BATCH, now_ms())
+        .submit_and_allocate(c, &valid, crate::allocator::BATCH, now_ms())
         .await?;
+    if let (Some(c), Submitted::Accepted(_)) = (replicated.as_mut(), &out) {
+        // Acknowledged only once enough replicas have it (a duplicate was
+        // acknowledged when it was first accepted).
+        let want = cfg.tasks.replicas;
+        let got: u32 = redis::cmd("WAIT")
+            .arg(want)
+            .arg(cfg.tasks.replication_timeout_ms)
+            .query_async(c)
+            .await?;
+        metrics::histogram!(m::SUBMIT_REPLICATION_SECONDS).record(started.elapsed());
+        if got < want {
+            metrics::counter!(m::TASKS_REJECTED, "reason" => "not_replicated").increment(1);
+            warn!(replicas = got, want, "task not confirmed by enough replicas: refused");
+            // It is on the primary and will run; the client may retry with
+            // the same clientId, which names the same task.
+            let id = match &out {
+                Submitted::Accepted(t) => t.id.clone(),
+                Submitted::Duplicate(id) => id.clone(),
+            };
+            if let Some(a) = allocated {
+                shared.tell(conn, a.notices).await?;
+            }
+            return Ok(Err((
+                SubmitRefusal::NotReplicated,
+                format!("task {id} is on the primary, but {got} of {want} replicas confirmed it within {} ms", cfg.tasks.replication_timeout_ms),
+            )));
+        }
+    }
     match allocated {
         Some(a) => {
             crate::allocator::record(shared, valid.pool, a.assigned, a.queued, started);

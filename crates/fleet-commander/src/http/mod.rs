@@ -381,7 +381,12 @@ async fn submit_task(
         }
         Ok(Ok(Submitted::Duplicate(id))) => id,
         Ok(Err((reason, detail))) => {
-            return error(StatusCode::UNPROCESSABLE_ENTITY, reason.as_str(), detail)
+            let status = match reason {
+                // On the primary, not yet safe from a failover: retry.
+                fleet_protocol::task::SubmitRefusal::NotReplicated => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            return error(status, reason.as_str(), detail);
         }
         Err(StoreError::Fenced) => {
             s.on_fenced();
