@@ -37,6 +37,9 @@ pub(super) async fn handle(
     }
     match outcome {
         Some(ReportOutcome::Recorded) => {
+            // A duplicate changes nothing (and is counted as such); its ack
+            // says recorded because its first copy counted.
+            metrics::counter!(m::RESULTS_IGNORED, "kind" => kind.as_str()).increment(1);
             debug!(task_id = %r.task_id, attempt = r.attempt, "result re-sent: already recorded");
         }
         None => {
