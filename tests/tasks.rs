@@ -398,7 +398,10 @@ async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
         .query_async(&mut rc)
         .await
         .unwrap();
-    assert!(on_replica.is_some(), "the replica has the task once it is acknowledged");
+    assert!(
+        on_replica.is_some(),
+        "the replica has the task once it is acknowledged"
+    );
 
     drop(replica); // killed: nobody can confirm
     let t = std::time::Instant::now();
@@ -406,7 +409,10 @@ async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
     assert_eq!(r.status().as_u16(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "not_replicated", "{v}");
-    assert!(t.elapsed() < Duration::from_secs(2), "refused within the timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "refused within the timeout"
+    );
     assert!(
         h.metric(r#"fleet_tasks_rejected_total{reason="not_replicated"}"#)
             .await

@@ -46,7 +46,10 @@ pub(crate) async fn submit(
         metrics::histogram!(m::SUBMIT_REPLICATION_SECONDS).record(started.elapsed());
         if got < want {
             metrics::counter!(m::TASKS_REJECTED, "reason" => "not_replicated").increment(1);
-            warn!(replicas = got, want, "task not confirmed by enough replicas: refused");
+            warn!(
+                replicas = got,
+                want, "task not confirmed by enough replicas: refused"
+            );
             // It is on the primary and will run; the client may retry with
             // the same clientId, which names the same task.
             let id = match &out {

@@ -383,7 +383,9 @@ async fn submit_task(
         Ok(Err((reason, detail))) => {
             let status = match reason {
                 // On the primary, not yet safe from a failover: retry.
-                fleet_protocol::task::SubmitRefusal::NotReplicated => StatusCode::SERVICE_UNAVAILABLE,
+                fleet_protocol::task::SubmitRefusal::NotReplicated => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             };
             return error(status, reason.as_str(), detail);
