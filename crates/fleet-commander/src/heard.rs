@@ -40,7 +40,7 @@ pub(crate) struct Heard {
     /// Ticks sent and not yet read back: token, time sent.
     ticks: Mutex<VecDeque<(String, u64)>>,
     /// When messages may have been missed.
-    pub(crate) deaf: Mutex<Deaf>,
+    deaf: Mutex<Deaf>,
 }
 
 /// One message's place in the watermark; finishing it (or dropping it)

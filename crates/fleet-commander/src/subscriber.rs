@@ -402,9 +402,9 @@ pub(crate) fn refused(channel: Channel, e: AuthError) {
 /// Refusals are logged at most once a second per channel and reason, with
 /// how many were not logged since (each one is counted in the metric): a
 /// flood must not turn into a flood of log lines.
-static LOG_LIMIT: LogLimit = LogLimit(std::sync::Mutex::new(None));
+static LOG_LIMIT: LogLimit = LogLimit(std::sync::LazyLock::new(Default::default));
 
-struct LogLimit(std::sync::Mutex<Option<HashMap<LogKey, (u64, u64)>>>);
+struct LogLimit(std::sync::LazyLock<std::sync::Mutex<HashMap<LogKey, (u64, u64)>>>);
 
 /// A channel and a reason; per key: when last logged, how many since.
 type LogKey = (&'static str, &'static str);
@@ -414,10 +414,7 @@ impl LogLimit {
     fn admit(&self, channel: Channel, reason: &'static str) -> Option<u64> {
         let now = now_ms();
         let mut map = self.0.lock().expect("no panics while held");
-        let (last, suppressed) = map
-            .get_or_insert_with(HashMap::new)
-            .entry((channel.as_str(), reason))
-            .or_insert((0, 0));
+        let (last, suppressed) = map.entry((channel.as_str(), reason)).or_insert((0, 0));
         if now.saturating_sub(*last) >= 1000 {
             *last = now;
             Some(std::mem::take(suppressed))

@@ -34,7 +34,7 @@ pub(crate) async fn submit(
         .tasks
         .submit_and_allocate(c, &valid, crate::allocator::BATCH, now_ms())
         .await?;
-    if let (Some(c), Submitted::Accepted(_)) = (replicated.as_mut(), &out) {
+    if let (Some(c), Submitted::Accepted(t)) = (replicated.as_mut(), &out) {
         // Acknowledged only once enough replicas have it (a duplicate was
         // acknowledged when it was first accepted).
         let want = cfg.tasks.replicas;
@@ -52,16 +52,12 @@ pub(crate) async fn submit(
             );
             // It is on the primary and will run; the client may retry with
             // the same clientId, which names the same task.
-            let id = match &out {
-                Submitted::Accepted(t) => t.id.clone(),
-                Submitted::Duplicate(id) => id.clone(),
-            };
             if let Some(a) = allocated {
                 shared.tell(conn, a.notices).await?;
             }
             return Ok(Err((
                 SubmitRefusal::NotReplicated,
-                format!("task {id} is on the primary, but {got} of {want} replicas confirmed it within {} ms", cfg.tasks.replication_timeout_ms),
+                format!("task {} is on the primary, but {got} of {want} replicas confirmed it within {} ms", t.id, cfg.tasks.replication_timeout_ms),
             )));
         }
     }

@@ -114,7 +114,12 @@ async fn fail_fast(
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => redis_out(s.breaker.open_since().unwrap_or(0)),
+        // Timed out: unavailable since the request came in, as far as it knows.
+        Err(_) => redis_out(
+            s.breaker
+                .open_since()
+                .unwrap_or_else(|| fleet_protocol::now_ms() - REQUEST_TIMEOUT.as_millis() as u64),
+        ),
     }
 }
 
