@@ -2,9 +2,9 @@
 //! signal, drain. The service is `fleet_commander`; the other subcommands
 //! are in [`cli`].
 //!
-//! Exit status: 0 a clean stop; 64 an invalid configuration (EX_USAGE); 75
-//! fenced by a newer commander (EX_TEMPFAIL: do not restart it blindly, it
-//! would take the fleet back); 1 any other failure.
+//! Exit status: 0 a clean stop; 64 an invalid configuration (EX_USAGE); 1
+//! any other failure. (A commander fenced by a newer one does not exit: it
+//! stands by, and leads again if the lease comes free.)
 
 mod cli;
 
@@ -121,9 +121,6 @@ fn run(config: Config) -> ExitCode {
         let exit = running.wait().await;
         match &exit {
             fleet_commander::Exit::Clean => tracing::info!("stopped"),
-            fleet_commander::Exit::Fenced => {
-                tracing::error!("stopped: superseded by a newer commander")
-            }
             fleet_commander::Exit::Failed(why) => tracing::error!(why, "stopped on a failure"),
         }
         ExitCode::from(exit.code())

@@ -257,7 +257,7 @@ async fn after_redis_restarts_empty_the_fleet_registers_again() {
         .commander
         .as_ref()
         .unwrap()
-        .shared
+        .shared()
         .shutdown_token()
         .is_cancelled());
     for (s, t) in running.drain(..) {
@@ -439,6 +439,10 @@ async fn while_redis_is_down_requests_fail_fast_and_the_service_recovers() {
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
     h.redis.resume();
     wait_until(|| async { h.metric("fleet_redis_breaker_open").await == 0.0 }).await;
+    // Unable to renew its lease, the commander stepped down meanwhile (a
+    // standby elsewhere might have taken over); with Redis back, it takes
+    // the lease again by itself.
+    wait_until(|| async { h.commander.as_ref().unwrap().leads() }).await;
     let r = submit(2).await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "writes work again");
     let (_, rec) = h.get("/v1/agents/brk-1").await;

@@ -146,7 +146,7 @@ async fn queue_orders_by_priority_and_ages_waiting_tasks_upwards() {
         .commander
         .as_ref()
         .unwrap()
-        .shared
+        .shared()
         .tasks
         .queued(&mut c, PoolType::Ui, 10)
         .await
@@ -165,7 +165,7 @@ async fn queue_orders_by_priority_and_ages_waiting_tasks_upwards() {
         .commander
         .as_ref()
         .unwrap()
-        .shared
+        .shared()
         .tasks
         .queued(&mut c, PoolType::Ui, 10)
         .await

@@ -102,6 +102,8 @@ pub fn test_config(redis_url: &str) -> Config {
     c.fleet.status_interval_ms = 200;
     c.fleet.workers = 4;
     c.security.commander_key_file = test_commander_key();
+    c.ha.lease_ms = 1000;
+    c.ha.renew_ms = 200;
     c.validate().expect("test config valid");
     c
 }
@@ -157,7 +159,7 @@ impl Harness {
         let running = fleet_commander::start(self.config.clone(), CancellationToken::new())
             .await
             .expect("commander starts");
-        wait_until(|| async { running.shared.is_listening() }).await;
+        wait_until(|| async { running.leads() }).await;
         self.commander = Some(running);
     }
 
@@ -454,15 +456,32 @@ where
     assert!(ok.is_ok(), "condition not met within {WAIT:?}");
 }
 
-/// The real `fleet-commander run` binary on `redis_url`, its HTTP API on
-/// `addr`, once it is ready (subscribed, Redis answering). Killed on drop.
+/// The shipped config with a short lease (1 s, renewed every 200 ms), for
+/// commander processes: written once per test binary.
+pub fn process_config() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"))
+            .expect("shipped config");
+        let text = text
+            .replace("lease_ms = 5000 ", "lease_ms = 1000 ")
+            .replace("renew_ms = 1000 ", "renew_ms = 200  ");
+        assert!(text.contains("lease_ms = 1000 "), "the [ha] section moved");
+        let path = std::env::temp_dir().join(format!("fleet-test-{}.toml", std::process::id()));
+        std::fs::write(&path, text).expect("test config written");
+        path
+    })
+    .clone()
+}
+
+/// The real `fleet-commander run` binary on `redis_url` (with
+/// [`process_config`]), its HTTP API on `addr`, once it is ready: leading
+/// (subscribed, Redis answering) or standing by. Killed on drop.
 pub async fn commander_process(redis_url: &str, addr: &str) -> tokio::process::Child {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-commander"))
-        .args([
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"),
-            "run",
-        ])
+        .arg("--config")
+        .arg(process_config())
+        .arg("run")
         .env("REDIS_URL", redis_url)
         .env("FLEET_HTTP_ADDR", addr)
         .env("FLEET_COMMANDER_KEY", test_commander_key())
@@ -480,6 +499,34 @@ pub async fn commander_process(redis_url: &str, addr: &str) -> tokio::process::C
     })
     .await;
     child
+}
+
+/// What `/readyz` of the commander at `addr` says (Null if it does not answer).
+pub async fn readyz(addr: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}/readyz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    match r {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Waits until the commander at `addr` leads and listens; its epoch.
+pub async fn wait_leader(addr: &str) -> u64 {
+    let r = tokio::time::timeout(WAIT, async {
+        loop {
+            let r = readyz(addr).await;
+            if r["role"] == "leader" && r["ready"] == true {
+                return r["epoch"].as_u64().expect("an epoch");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    r.unwrap_or_else(|_| panic!("{addr} did not lead within {WAIT:?}"))
 }
 
 /// A free loopback address for a server of the test's.

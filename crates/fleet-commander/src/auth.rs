@@ -400,18 +400,19 @@ pub(crate) fn commander_signer(secret: &[u8; 32], epoch: u64) -> Signer {
 }
 
 /// Keeps the key cache fresh: at once on a key-change notice, and on a
-/// timer in case a notice was lost.
+/// timer in case a notice was lost. (The gate outlives terms; a leader
+/// loads it before its first term, crate::service.)
 pub(crate) async fn refresh(shared: Arc<Shared>) {
     let every = Duration::from_millis(shared.config().security.key_refresh_ms);
     let mut conn = shared.redis.clone();
-    while !shared.shutdown.is_cancelled() {
-        if let Err(e) = shared.gate.reload(&mut conn).await {
-            crate::supervise::count("keys", &e);
-            warn!(error = %e, "cannot read the key store; keeping the keys known");
-        }
+    loop {
         tokio::select! {
             _ = shared.gate.changed.notified() => {}
             ok = pause(&shared.shutdown, every) => if !ok { return },
+        }
+        if let Err(e) = shared.gate.reload(&mut conn).await {
+            crate::supervise::count("keys", &e);
+            warn!(error = %e, "cannot read the key store; keeping the keys known");
         }
     }
 }

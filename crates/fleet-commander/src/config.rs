@@ -31,6 +31,9 @@ pub struct Config {
     /// Who may send what (docs/SECURITY.md).
     #[serde(default)]
     pub security: SecurityConfig,
+    /// Leadership among commanders sharing one Redis (docs/OPERATIONS.md).
+    #[serde(default)]
+    pub ha: HaConfig,
     #[serde(deserialize_with = "pools_by_name")]
     pub pools: BTreeMap<PoolType, PoolConfig>,
     /// The file this came from; the commander watches it and applies edits
@@ -121,6 +124,43 @@ fn default_http_max_connections() -> usize {
 
 fn default_http_idle_timeout_ms() -> u64 {
     30_000
+}
+
+/// `[ha]`: any number of commanders run against one Redis; the one holding
+/// the lease leads, the others stand by (crate::leader).
+///
+/// The defaults follow client-go's leader election (15 s lease, 10 s renew
+/// deadline, 2 s retry), scaled to this fleet's clock: agents heartbeat
+/// every 5 s and an unacknowledged assignment comes back after 5 s, so a
+/// takeover should fit within one heartbeat. The lease is 5 s and renewed
+/// every 1 s, so a leader survives four lost renewals in a row (a Redis
+/// blip, a slow disk, a long pause) before anyone may take over; it gives
+/// up leading itself once it has not renewed for `lease_ms - renew_ms`
+/// (4 s), a full renewal before the lease can lapse in Redis. Standbys try
+/// every `renew_ms`, so a dead leader is replaced within lease + renew (at
+/// most 6 s); a leader stopped with SIGTERM releases the lease and is
+/// replaced within one `renew_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// The lease lapses this long after its last renewal.
+    pub lease_ms: u64,
+    /// The leader renews, and standbys try to take the lease, this often.
+    pub renew_ms: u64,
+    /// The address other commanders and clients are told to reach this one
+    /// at (`GET /v1/commanders`, a standby's 503); the bound `http.addr` if
+    /// empty. Overridden by `FLEET_ADVERTISE_ADDR`.
+    pub advertise_addr: String,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            lease_ms: 5_000,
+            renew_ms: 1_000,
+            advertise_addr: String::new(),
+        }
+    }
 }
 
 /// `[security]`: signed messages (the default) or open.
@@ -574,7 +614,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Deployment overrides: `REDIS_URL` (or `FLEET_REDIS_URL`), `FLEET_HTTP_ADDR`, `FLEET_PREFIX`.
+    /// Deployment overrides: `REDIS_URL` (or `FLEET_REDIS_URL`), `FLEET_HTTP_ADDR`,
+    /// `FLEET_PREFIX`, `FLEET_ADVERTISE_ADDR`, `FLEET_COMMANDER_KEY`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(url) = get("FLEET_REDIS_URL").or_else(|| get("REDIS_URL")) {
             self.redis.url = url;
@@ -588,6 +629,9 @@ impl Config {
         }
         if let Some(prefix) = get("FLEET_PREFIX") {
             self.fleet.prefix = prefix;
+        }
+        if let Some(addr) = get("FLEET_ADVERTISE_ADDR") {
+            self.ha.advertise_addr = addr;
         }
         if let Some(file) = get("FLEET_COMMANDER_KEY") {
             // A path in the environment is relative to the working directory.
@@ -661,6 +705,24 @@ impl Config {
             }
         }
         self.validate_tasks()?;
+        let ha = &self.ha;
+        if !(50..=60_000).contains(&ha.renew_ms) {
+            return err(
+                "ha.renew_ms",
+                format!("must be 50..=60000, got {}", ha.renew_ms),
+            );
+        }
+        if ha.lease_ms < 3 * ha.renew_ms {
+            return err(
+                "ha.lease_ms",
+                format!(
+                    "must be at least 3 x ha.renew_ms ({}), so that one lost renewal does not \
+                     end a term; got {}",
+                    3 * ha.renew_ms,
+                    ha.lease_ms
+                ),
+            );
+        }
         self.scaling.validate("scaling")?;
         self.validate_pools()
     }

@@ -16,13 +16,28 @@ use fleet_store::{Keys, Notice, Registry, StoreError, TaskStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-/// State shared by the commander's tasks.
+/// What outlives a term (crate::service): the connections, this
+/// commander's identity and view of leadership, the breaker, the clock.
+#[derive(Clone)]
+pub(crate) struct Base {
+    pub(crate) keys: Keys,
+    pub(crate) redis: ConnectionManager,
+    pub(crate) submit_conn: Option<ConnectionManager>,
+    pub(crate) ha: Arc<crate::leader::Ha>,
+    pub(crate) breaker: Arc<crate::breaker::Breaker>,
+    /// Who is who: keys, token cache, senders' buckets.
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) started: Instant,
+}
+
+/// State shared by the commander's tasks during one term: as the leader
+/// (with its epoch) or standing by (epoch 0: any write would be fenced).
 pub struct Shared {
     /// The running configuration; pool settings are replaced on a reload.
     pub(crate) config: std::sync::RwLock<Arc<Config>>,
@@ -48,16 +63,22 @@ pub struct Shared {
     pub waiting_pools: AtomicU32,
     /// New registrations per pool since start (the scaler's fulfilment check).
     pub(crate) registered_counts: [AtomicU64; 16],
-    pub(crate) fenced: AtomicBool,
+    /// Why the term ended, once it has (crate::leader).
+    pub(crate) ended: std::sync::OnceLock<&'static str>,
+    /// The term's end: shutdown, or the lease lost.
     pub(crate) shutdown: CancellationToken,
+    /// Leading or standing by, for this whole term.
+    pub(crate) role: fleet_store::lease::Role,
+    /// This commander, and what it knows of who leads.
+    pub(crate) ha: Arc<crate::leader::Ha>,
     /// Checks who sent what (crate::auth).
-    pub gate: Gate,
+    pub gate: Arc<Gate>,
     /// Privileged actions, chained and signed (fleet_store::audit).
     pub(crate) audit: fleet_store::audit::AuditLog,
     /// How far the fleet has been heard: read and handled (crate::heard).
     pub(crate) heard: crate::heard::Heard,
     /// Whether Redis answers (crate::breaker).
-    pub(crate) breaker: crate::breaker::Breaker,
+    pub(crate) breaker: Arc<crate::breaker::Breaker>,
     /// Signs what the commander sends to agents and submitters; None when
     /// security is open.
     pub(crate) signer: Option<Signer>,
@@ -68,35 +89,38 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The state of a commander that holds `epoch`.
+    /// The state of a term: leading with `epoch` and `signer`, or standing
+    /// by (epoch 0, no signer).
     pub(crate) fn new(
         config: Arc<Config>,
-        keys: Keys,
+        base: &Base,
+        role: fleet_store::lease::Role,
         epoch: u64,
-        redis: ConnectionManager,
         signer: Option<Signer>,
         shutdown: CancellationToken,
-        submit_conn: Option<ConnectionManager>,
     ) -> Shared {
+        let keys = base.keys.clone();
         Shared {
-            submit_conn,
-            gate: Gate::new(&config, keys.clone()),
+            submit_conn: base.submit_conn.clone(),
+            gate: base.gate.clone(),
             heard: Default::default(),
-            breaker: Default::default(),
+            breaker: base.breaker.clone(),
+            ha: base.ha.clone(),
+            role,
             audit: fleet_store::audit::AuditLog::new(keys.clone(), signer.clone()),
             signer,
             registry: Registry::new(keys.clone(), epoch),
             tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
             keys,
-            redis,
+            redis: base.redis.clone(),
             metrics: m::install(),
-            started: Instant::now(),
+            started: base.started,
             listening_since: AtomicU64::new(0),
             alloc_wake: tokio::sync::Notify::new(),
             dirty_pools: AtomicU32::new(0),
             waiting_pools: AtomicU32::new(u32::MAX),
             registered_counts: Default::default(),
-            fenced: AtomicBool::new(false),
+            ended: std::sync::OnceLock::new(),
             shutdown,
             config: std::sync::RwLock::new(config),
         }
@@ -120,15 +144,28 @@ impl Shared {
         self.listening_since.load(Ordering::Acquire) != 0
     }
 
-    /// Another commander claimed a newer epoch: stop everything.
+    /// Another commander claimed a newer epoch: this term ends, and the
+    /// commander stands by (crate::service).
     pub(crate) fn on_fenced(&self) {
-        if !self.fenced.swap(true, Ordering::AcqRel) {
+        if self.ended.set("fenced").is_ok() {
             error!(
                 epoch = self.registry.epoch(),
-                "a newer commander took over; this one stops writing and shuts down"
+                "a newer commander took over: this one stops writing and stands by"
             );
             self.shutdown.cancel();
         }
+    }
+
+    /// Ends the term for `reason` (the first reason given wins).
+    pub(crate) fn end_term(&self, reason: &'static str) {
+        if self.ended.set(reason).is_ok() {
+            self.shutdown.cancel();
+        }
+    }
+
+    /// Whether this term leads.
+    pub fn is_leader(&self) -> bool {
+        self.role == fleet_store::lease::Role::Leader
     }
 
     /// Asks the allocator to look at one pool: a task arrived or came back.

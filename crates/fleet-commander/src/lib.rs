@@ -27,6 +27,7 @@ mod supervise;
 mod allocator;
 mod auth;
 mod breaker;
+mod leader;
 mod health;
 mod heard;
 pub mod reload;

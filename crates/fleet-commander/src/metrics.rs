@@ -15,6 +15,9 @@ pub const AGENTS_REMOVED: &str = "fleet_agents_removed_total";
 pub const MESSAGES_REJECTED: &str = "fleet_messages_rejected_total";
 pub const SIGNATURE_CHECKS: &str = "fleet_signature_checks_total";
 pub const BREAKER_OPEN: &str = "fleet_redis_breaker_open";
+pub const LEADER: &str = "fleet_commander_leader";
+pub const EPOCH: &str = "fleet_commander_epoch";
+pub const TERMS: &str = "fleet_commander_terms_total";
 pub const SUBMIT_REPLICATION_SECONDS: &str = "fleet_submit_replication_seconds";
 pub const REDIS_ERRORS: &str = "fleet_redis_errors_total";
 pub const SUBSCRIBER_RECONNECTS: &str = "fleet_subscriber_reconnects_total";
@@ -219,6 +222,18 @@ fn describe() {
     g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
     g!(HTTP_CONNECTIONS, "Open connections to the HTTP API.");
     g!(
+        LEADER,
+        "1 while this commander leads (holds the lease), 0 while it stands by."
+    );
+    g!(
+        EPOCH,
+        "The epoch this commander leads with; while it stands by, the leader's it last saw."
+    );
+    c!(
+        TERMS,
+        "Terms this commander has led, by how they ended (stepped_down, fenced, stopped, failed)."
+    );
+    g!(
         BREAKER_OPEN,
         "1 while the circuit breaker on Redis is open (Redis does not answer), else 0."
     );
@@ -353,4 +368,5 @@ fn initialize() {
         counter!(name).absolute(0);
     }
     metrics::gauge!(BREAKER_OPEN).set(0.0);
+    metrics::gauge!(LEADER).set(0.0);
 }

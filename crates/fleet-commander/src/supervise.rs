@@ -1,10 +1,10 @@
 //! One supervisor for every loop of the service.
 //!
 //! - A loop's failed round goes through [`round_failed`]: fenced → the
-//!   service stops; any other store error → counted
-//!   (`fleet_redis_errors_total{op}`, and `fleet_redis_reconnects_total` for
-//!   a dropped connection), logged with its reason, backed off, and the loop
-//!   goes on.
+//!   term ends (the commander stands by, crate::leader); any other store
+//!   error → counted (`fleet_redis_errors_total{op}`, and
+//!   `fleet_redis_reconnects_total` for a dropped connection), logged with
+//!   its reason, backed off, and the loop goes on.
 //! - Every loop is spawned by [`Supervisor::spawn`]. A loop that panics, or
 //!   that ends while the service is not stopping, stops the service, and the
 //!   process exits non-zero ([`Exit::Failed`]).
@@ -15,7 +15,6 @@ use crate::context::Shared;
 use crate::metrics as m;
 use fleet_store::StoreError;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -24,23 +23,19 @@ use tracing::{error, info_span, warn, Instrument};
 /// How the service stopped; the binary turns it into the exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
-    /// Asked to stop (SIGTERM, SIGINT) and drained in time.
+    /// Asked to stop (SIGTERM, SIGINT) and drained in time. (A commander
+    /// fenced by a newer one does not stop: it stands by, crate::leader.)
     Clean,
-    /// A newer commander claimed the epoch: this one stopped writing.
-    Fenced,
     /// A loop panicked or ended on its own, or the drain overran the grace
     /// period.
     Failed(String),
 }
 
 impl Exit {
-    /// 0 clean; 75 fenced by a newer commander (EX_TEMPFAIL: another
-    /// commander runs; restarting this one would take the fleet back from
-    /// it); 1 failure. 64 (EX_USAGE, an invalid config) is the binary's.
+    /// 0 clean; 1 failure. 64 (EX_USAGE, an invalid config) is the binary's.
     pub fn code(&self) -> u8 {
         match self {
             Exit::Clean => 0,
-            Exit::Fenced => 75,
             Exit::Failed(_) => 1,
         }
     }
@@ -133,9 +128,7 @@ impl Supervisor {
 
     /// Waits until every task has stopped, or the service must stop. After
     /// shutdown begins, the tasks get `grace` to finish, then are aborted.
-    /// `fenced` says whether the service stopped because a newer commander
-    /// took over.
-    pub(crate) async fn wait(mut self, grace: Duration, fenced: &AtomicBool) -> Exit {
+    pub(crate) async fn wait(mut self, grace: Duration) -> Exit {
         let mut failure: Option<String> = None;
         loop {
             let next = if self.shutdown.is_cancelled() {
@@ -178,9 +171,7 @@ impl Supervisor {
             // One task ending ends the service; the rest drain.
             self.shutdown.cancel();
         }
-        if fenced.load(Ordering::Acquire) {
-            Exit::Fenced
-        } else if let Some(f) = failure {
+        if let Some(f) = failure {
             Exit::Failed(f)
         } else {
             Exit::Clean
@@ -205,7 +196,7 @@ mod tests {
         let mut sup = Supervisor::new(token.clone());
         sup.spawn("steady", until_shutdown(token.clone()));
         sup.spawn("faulty", async { panic!("a bug in a loop") });
-        let exit = sup.wait(GRACE, &AtomicBool::new(false)).await;
+        let exit = sup.wait(GRACE).await;
         assert_eq!(exit, Exit::Failed("task faulty panicked".into()));
         assert_ne!(exit.code(), 0);
         assert!(token.is_cancelled(), "the other loops were told to stop");
@@ -217,24 +208,18 @@ mod tests {
         let mut sup = Supervisor::new(token.clone());
         sup.spawn("steady", until_shutdown(token.clone()));
         sup.spawn("http", async {});
-        let exit = sup.wait(GRACE, &AtomicBool::new(false)).await;
+        let exit = sup.wait(GRACE).await;
         assert_eq!(exit, Exit::Failed("task http ended on its own".into()));
     }
 
     #[tokio::test]
-    async fn shutdown_drains_cleanly_and_fenced_says_so() {
+    async fn shutdown_drains_cleanly() {
         let token = CancellationToken::new();
         let mut sup = Supervisor::new(token.clone());
         sup.spawn("steady", until_shutdown(token.clone()));
         token.cancel();
-        assert_eq!(sup.wait(GRACE, &AtomicBool::new(false)).await, Exit::Clean);
-
-        let token = CancellationToken::new();
-        let mut sup = Supervisor::new(token.clone());
-        sup.spawn("steady", until_shutdown(token.clone()));
-        token.cancel();
-        let exit = sup.wait(GRACE, &AtomicBool::new(true)).await;
-        assert_eq!((exit.code(), exit), (75, Exit::Fenced));
+        let exit = sup.wait(GRACE).await;
+        assert_eq!((exit.code(), exit), (0, Exit::Clean));
     }
 
     #[tokio::test(start_paused = true)]
@@ -245,7 +230,7 @@ mod tests {
         token.cancel();
         let started = tokio::time::Instant::now();
         let exit = sup
-            .wait(Duration::from_secs(3), &AtomicBool::new(false))
+            .wait(Duration::from_secs(3))
             .await;
         assert!(
             matches!(exit, Exit::Failed(ref why) if why.contains("grace")),

@@ -304,6 +304,7 @@ const OWN_TYPES: &[&str] = &[
     "agent_quarantined",
     "agent_probation",
     "fleet_status",
+    "commander_took_over",
 ];
 
 /// Size-checks, parses and validates one payload received on `channel`.

@@ -111,6 +111,24 @@ pub enum Scaling {
     },
 }
 
+/// Leadership events on `swarm:phase-1:fleet` (beside the fleet status):
+/// one each time a commander takes over as the leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Leadership {
+    #[serde(rename_all = "camelCase")]
+    CommanderTookOver {
+        v: u32,
+        commander_id: String,
+        epoch: u64,
+        /// Its HTTP API.
+        address: String,
+        /// The commander that led before, if the lease still named it.
+        previous: Option<String>,
+        ts: u64,
+    },
+}
+
 /// Health events on `swarm:phase-1:health` and registry events on
 /// `swarm:phase-1:registry`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

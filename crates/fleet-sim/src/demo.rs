@@ -115,9 +115,21 @@ pub async fn run(
     };
     let commander = fleet_commander::start(config.clone(), shutdown.child_token()).await?;
     let base = format!("http://{}", commander.http_addr);
+    // It leads at once on a Redis of its own; a lease left by another
+    // commander lapses within ha.lease_ms.
+    let lead_by = std::time::Instant::now()
+        + std::time::Duration::from_millis(config.ha.lease_ms + 2 * config.ha.renew_ms);
+    while !commander.leads() {
+        anyhow::ensure!(
+            std::time::Instant::now() < lead_by,
+            "the commander did not take the lead within {} ms",
+            config.ha.lease_ms + 2 * config.ha.renew_ms
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     println!(
         "commander up (epoch {}), HTTP API at {base} — try {base}/v1/fleet while the demo runs",
-        commander.epoch
+        commander.epoch()
     );
     println!(
         "heartbeats every {} ms; an agent silent for {} heartbeats is failed",
@@ -224,7 +236,7 @@ async fn autoscale(
     )
     .await?;
     // The spawner listens before the pool is retuned: no request is missed.
-    fleet_commander::reload::retune(&commander.shared, pools, quick_policy())
+    fleet_commander::reload::retune(&commander.shared(), pools, quick_policy())
         .await
         .map_err(|(f, r)| anyhow::anyhow!("{f}: {r}"))?;
     ramp.run().await

@@ -187,6 +187,14 @@ impl Keys {
     pub fn nonce_prefix(&self) -> String {
         format!("{}:nonce:", self.prefix)
     }
+    /// String `"<epoch> <commander id>"`, with a TTL: the leader's lease.
+    pub fn lease(&self) -> String {
+        format!("{}:commander:lease", self.prefix)
+    }
+    /// Hash: commander id → its JSON entry (role, epoch, address, last seen).
+    pub fn commanders(&self) -> String {
+        format!("{}:commanders", self.prefix)
+    }
     /// String: the epoch of the commander allowed to write (fencing token).
     pub fn epoch(&self) -> String {
         format!("{}:commander:epoch", self.prefix)

@@ -7,6 +7,7 @@
 //! - [`tokens`]: operators' bearer tokens for the HTTP API (hashes only).
 //! - [`keystore`]: agents' and submitters' public keys, and recent nonces.
 //! - [`connection`]: every Redis client and connection (`TCP_NODELAY`, timeouts).
+//! - [`lease`]: which commander leads: the lease and the commanders' directory.
 //! - [`registry`]: agents: hashes, per-pool sets, heartbeat and failure sorted
 //!   sets, status counters; changed only by fenced Lua scripts (`lua/`).
 //! - [`tasks`]: tasks: records, priority queues, leases, retries, dead
@@ -23,6 +24,7 @@ pub mod connection;
 pub mod error;
 pub mod keys;
 pub mod keystore;
+pub mod lease;
 mod records;
 pub mod registry;
 mod script;

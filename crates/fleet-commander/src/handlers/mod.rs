@@ -16,7 +16,6 @@ use crate::subscriber::{refused, Envelope};
 use fleet_protocol::{Inbound, PoolType};
 use fleet_store::{Once, StoreError};
 use redis::aio::ConnectionManager;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info_span, warn, Instrument};
@@ -29,8 +28,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
         // Handled (for the failure detector's watermark) when this drops.
         let _heard = shared.heard.ticket(env.seq);
         let msg = env.msg;
-        if shared.fenced.load(Ordering::Acquire) {
-            return;
+        if shared.ended.get().is_some() {
+            return; // the term is over: this commander may no longer write
         }
         let span = info_span!(
             "message",

@@ -41,10 +41,15 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/audit", get(audit_log))
         .route("/v1/dead-letters/{id}/requeue", post(requeue_dead))
+        .route("/v1/commanders", get(commanders))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            leader_only,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             auth::require,
@@ -56,15 +61,34 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
-    let token = shared.shutdown_token().clone();
-    let http = &shared.config().http;
+/// One router for the whole process that hands each request to the
+/// current term's (crate::service): a standby's, then a leader's.
+pub(crate) fn switching(current: impl Fn() -> Router + Clone + Send + Sync + 'static) -> Router {
+    Router::new().fallback(move |req: axum::extract::Request| {
+        let router = current();
+        async move {
+            use tower::ServiceExt;
+            match router.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
+    })
+}
+
+/// Serves `app` until `shutdown`.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    http: crate::config::HttpConfig,
+    app: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let token = shutdown;
     let listener = listener::Limited::new(
         listener,
         http.max_connections,
         std::time::Duration::from_millis(http.idle_timeout_ms),
     );
-    let app = router(shared);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await
@@ -204,7 +228,60 @@ async fn agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response
     }
 }
 
-/// Ready when subscribed to the agent channels and Redis answers.
+/// A standby serves reads; a write is refused with 503, `Retry-After`, and
+/// the leader's address (`leader`), where the client should send it. (Not
+/// forwarded: the client's token and its retry policy stay the client's,
+/// and a write is never applied twice by a forward that timed out.)
+async fn leader_only(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if s.is_leader() || matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD)
+    {
+        return next.run(req).await;
+    }
+    let view = s.ha.view();
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "error": "not_leader",
+            "detail": "this commander stands by: send writes to the leader",
+            "leader": view.leader,
+            "retryAfterS": RETRY_AFTER_S,
+        })),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(RETRY_AFTER_S),
+    );
+    r
+}
+
+/// `GET /v1/commanders`: who leads (the lease), and every commander heard
+/// from within a lease, with its role, epoch, address and last renewal.
+async fn commanders(State(s): State<Arc<Shared>>) -> Response {
+    let mut conn = s.redis.clone();
+    let mut conn2 = conn.clone();
+    let fresh = s.config().ha.lease_ms;
+    let (holder, list) = match tokio::try_join!(
+        fleet_store::lease::holder(&mut conn2, &s.keys),
+        fleet_store::lease::commanders(&mut conn, &s.keys, fleet_protocol::now_ms(), fresh)
+    ) {
+        Ok(x) => x,
+        Err(e) => return unavailable(e),
+    };
+    Json(json!({
+        "leader": holder.map(|h| json!({"id": h.id, "epoch": h.epoch})),
+        "self": s.ha.id(),
+        "commanders": list,
+    }))
+    .into_response()
+}
+
+/// Ready when Redis answers and, for the leader, when subscribed to the
+/// agent channels (a standby serves reads without listening). Says which.
 async fn ready(State(s): State<Arc<Shared>>) -> Response {
     let mut conn = s.redis.clone();
     let cmd = redis::cmd("PING");
@@ -216,12 +293,16 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
         Err(_) => false,
     };
     let listening = s.is_listening();
+    let ready = redis_ok && (listening || !s.is_leader());
+    let view = s.ha.view();
     let body = Json(
-        json!({"ready": redis_ok && listening, "redis": redis_ok, "listening": listening,
+        json!({"ready": ready, "redis": redis_ok, "listening": listening,
+            "role": view.role.as_str(), "epoch": view.epoch, "id": s.ha.id(),
+            "leader": view.leader,
             "breaker": if s.breaker.open_since().is_some() { "open" } else { "closed" },
             "security": s.gate.mode().as_str()}),
     );
-    if redis_ok && listening {
+    if ready {
         (StatusCode::OK, body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()

@@ -1,0 +1,222 @@
+//! Leadership among the commanders sharing one Redis (`[ha]`; the lease
+//! itself is `fleet_store::lease`).
+//!
+//! A commander process goes through terms (crate::service). Standing by, it
+//! serves the read API, refuses writes with 503 and the leader's address
+//! (crate::http), and tries to take the lease every `ha.renew_ms`
+//! ([`stand_by`]). Taking it claims the next epoch, which fences the
+//! previous leader; the new leader runs every loop of the service and
+//! renews the lease ([`keep`]). Its term ends when the lease is lost: a
+//! newer epoch was claimed (its next write, or renewal, is refused), or it
+//! could not renew for `lease_ms - renew_ms`, so it stops before the lease
+//! can lapse in Redis and another take over. It then stands by again, in
+//! the same process. A clean stop releases the lease, so a standby takes
+//! over at its next try instead of after the lease.
+
+use crate::context::{pause, Shared};
+use crate::metrics as m;
+use fleet_protocol::now_ms;
+use fleet_store::lease::{self, Acquire, Commander, Holder, Lease, Role};
+use serde::Serialize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// How long one lease command may take before it counts as failed.
+const LEASE_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// This commander: who it is, and what it knows of who leads.
+pub(crate) struct Ha {
+    pub(crate) lease: Lease,
+    /// Where its HTTP API is reached.
+    pub(crate) address: String,
+    view: Mutex<View>,
+}
+
+/// What a commander knows of leadership.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct View {
+    pub(crate) role: Role,
+    /// Its own epoch while it leads; the leader's as last seen while it
+    /// stands by (0: none seen).
+    pub(crate) epoch: u64,
+    /// When it took its role (ms).
+    pub(crate) since: u64,
+    /// The leader as last seen (itself while it leads).
+    pub(crate) leader: Option<LeaderInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LeaderInfo {
+    pub(crate) id: String,
+    pub(crate) epoch: u64,
+    /// Its HTTP address, if it has said.
+    pub(crate) address: Option<String>,
+}
+
+impl Ha {
+    pub(crate) fn new(lease: Lease, address: String) -> Ha {
+        Ha {
+            lease,
+            address,
+            view: Mutex::new(View {
+                role: Role::Standby,
+                epoch: 0,
+                since: now_ms(),
+                leader: None,
+            }),
+        }
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        self.lease.id()
+    }
+
+    pub(crate) fn view(&self) -> View {
+        self.view.lock().expect("no panics while held").clone()
+    }
+
+    /// This commander's entry in the directory, as of now.
+    pub(crate) fn entry(&self) -> Commander {
+        let v = self.view();
+        Commander {
+            id: self.id().to_string(),
+            role: v.role,
+            epoch: v.epoch,
+            address: self.address.clone(),
+            renewed_at: now_ms(),
+            since: v.since,
+        }
+    }
+
+    /// Takes `role` (with `epoch`): the gauges follow.
+    pub(crate) fn become_(&self, role: Role, epoch: u64) {
+        let mut v = self.view.lock().expect("no panics while held");
+        v.role = role;
+        v.epoch = epoch;
+        v.since = now_ms();
+        v.leader = match role {
+            Role::Leader => Some(LeaderInfo {
+                id: self.id().to_string(),
+                epoch,
+                address: Some(self.address.clone()),
+            }),
+            Role::Standby => None,
+        };
+        metrics::gauge!(m::LEADER).set(if role == Role::Leader { 1.0 } else { 0.0 });
+        metrics::gauge!(m::EPOCH).set(epoch as f64);
+    }
+
+    /// A standby saw `leader` hold the lease (None: nobody does).
+    fn saw(&self, leader: Option<LeaderInfo>) {
+        let mut v = self.view.lock().expect("no panics while held");
+        v.epoch = leader.as_ref().map_or(v.epoch, |l| l.epoch);
+        metrics::gauge!(m::EPOCH).set(v.epoch as f64);
+        v.leader = leader;
+    }
+}
+
+/// Stands by until this commander takes the lease (its epoch), or shutdown
+/// (None). Tries at once, then every `ha.renew_ms`; each try is the standby's
+/// probe of Redis for the circuit breaker.
+pub(crate) async fn stand_by(shared: &Shared) -> Option<u64> {
+    let ha = &shared.ha;
+    let every = Duration::from_millis(shared.config().ha.renew_ms);
+    let mut conn = shared.redis.clone();
+    let mut first = true;
+    let mut seen: Option<Holder> = None;
+    loop {
+        if !first && !pause(shared.shutdown_token(), every).await {
+            return None;
+        }
+        first = false;
+        match tokio::time::timeout(LEASE_CALL_TIMEOUT, ha.lease.acquire(&mut conn)).await {
+            Ok(Ok(Acquire::Leading(epoch))) => {
+                shared.breaker.ok();
+                return Some(epoch);
+            }
+            Ok(Ok(Acquire::Held(holder))) => {
+                shared.breaker.ok();
+                if holder != seen {
+                    let info = match &holder {
+                        Some(h) => Some(LeaderInfo {
+                            id: h.id.clone(),
+                            epoch: h.epoch,
+                            address: lease::commander(&mut conn, &shared.keys, &h.id)
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(|c| c.address),
+                        }),
+                        None => None,
+                    };
+                    if let Some(l) = &info {
+                        info!(leader = l.id, epoch = l.epoch, address = ?l.address, "standing by");
+                    }
+                    // Known once the leader's address is known.
+                    if info.as_ref().is_none_or(|l| l.address.is_some()) {
+                        seen = holder;
+                    }
+                    ha.saw(info);
+                }
+                if let Err(e) = lease::announce(&mut conn, &shared.keys, &ha.entry()).await {
+                    crate::supervise::count("lease", &e);
+                }
+            }
+            Ok(Err(e)) => {
+                shared.breaker.failed();
+                crate::supervise::count("lease", &e);
+                warn!(reason = e.reason(), error = %e, "cannot look at the lease");
+            }
+            Err(_) => shared.breaker.failed(),
+        }
+    }
+}
+
+/// The leader's side: renews the lease every `ha.renew_ms` and announces
+/// itself; ends the term when the lease is lost or has not been renewed for
+/// `lease_ms - renew_ms`. Returns on shutdown or at the end of the term.
+pub(crate) async fn keep(shared: std::sync::Arc<Shared>) {
+    let ha = &shared.ha;
+    let cfg = shared.config().ha.clone();
+    let every = Duration::from_millis(cfg.renew_ms);
+    let deadline = Duration::from_millis(cfg.lease_ms - cfg.renew_ms);
+    let epoch = shared.registry.epoch();
+    let mut conn = shared.redis.clone();
+    // Taken just before the term began.
+    let mut renewed = Instant::now();
+    while pause(shared.shutdown_token(), every).await {
+        // First, before anything else: a leader paused (SIGSTOP, a VM
+        // migration) past its deadline may have been replaced; it must not
+        // act as the leader for a moment longer.
+        if renewed.elapsed() > deadline {
+            warn!(
+                epoch,
+                since_ms = renewed.elapsed().as_millis() as u64,
+                "the lease was not renewed in time: stepping down"
+            );
+            shared.end_term("lease_not_renewed");
+            return;
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(LEASE_CALL_TIMEOUT, ha.lease.renew(&mut conn, epoch)).await {
+            Ok(Ok(true)) => {
+                renewed = started;
+                if let Err(e) = lease::announce(&mut conn, &shared.keys, &ha.entry()).await {
+                    crate::supervise::count("lease", &e);
+                }
+            }
+            Ok(Ok(false)) => {
+                shared.on_fenced();
+                return;
+            }
+            Ok(Err(e)) => {
+                crate::supervise::count("lease", &e);
+                warn!(reason = e.reason(), error = %e, "cannot renew the lease");
+            }
+            Err(_) => warn!("renewing the lease timed out"),
+        }
+    }
+}
