@@ -53,7 +53,10 @@ async fn a_fenced_commander_does_not_exit_it_stands_by_and_leads_again() {
     })
     .await;
     let again = wait_leader(&addr).await;
-    assert!(again > claimed && claimed > first, "{first} {claimed} {again}");
+    assert!(
+        again > claimed && claimed > first,
+        "{first} {claimed} {again}"
+    );
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()

@@ -30,11 +30,35 @@ pub(crate) async fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
         .await
         .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
     let counts = fleet_store::registry::read_counts(&mut conn, &keys).await?;
-    let s = fleet_commander::status::fleet(&config, &counts, fleet_protocol::now_ms());
+    let now = fleet_protocol::now_ms();
+    let s = fleet_commander::status::fleet(&config, &counts, now);
+    let leader = fleet_store::lease::holder(&mut conn, &keys).await?;
+    let commanders =
+        fleet_store::lease::commanders(&mut conn, &keys, now, config.ha.lease_ms).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        v["leader"] = match &leader {
+            Some(h) => serde_json::json!({"id": h.id, "epoch": h.epoch}),
+            None => serde_json::Value::Null,
+        };
+        v["commanders"] = serde_json::to_value(&commanders)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&s));
+        match &leader {
+            Some(h) => println!("\nleader: {} (epoch {})", h.id, h.epoch),
+            None => println!("\nleader: none (the lease is free)"),
+        }
+        for c in &commanders {
+            println!(
+                "  {:<8} {}  epoch {:<4} at {:<21} renewed {} ms ago",
+                c.role.as_str(),
+                c.id,
+                c.epoch,
+                c.address,
+                now.saturating_sub(c.renewed_at)
+            );
+        }
     }
     Ok(true)
 }

@@ -285,13 +285,34 @@ pub(crate) fn base_url(config: &Path, url: Option<String>) -> anyhow::Result<Str
 
 /// Sends a request to the HTTP API and prints the JSON answer; an error
 /// status is an error.
+/// Sends `req` and prints the answer. A write sent to a standby (503
+/// `not_leader`) is sent once more, to the leader the standby names.
 pub(crate) async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
-    let r = req
-        .send()
-        .await
-        .context("reaching the commander's HTTP API")?;
-    let status = r.status();
-    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    let (client, req) = req.build_split();
+    let req = req?;
+    let again = req.try_clone();
+    let send = |req| async {
+        let r = client
+            .execute(req)
+            .await
+            .context("reaching the commander's HTTP API")?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+        anyhow::Ok((status, body))
+    };
+    let (mut status, mut body) = send(req).await?;
+    let leader = body["leader"]["address"].as_str().map(str::to_string);
+    if let (true, Some(mut again), Some(leader)) = (body["error"] == "not_leader", again, leader) {
+        let (host, port) = leader
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .with_context(|| format!("the leader's address {leader:?}"))?;
+        let url = again.url_mut();
+        url.set_host(Some(&host))?;
+        let _ = url.set_port(Some(port));
+        eprintln!("this commander stands by: sending to the leader at {leader}");
+        (status, body) = send(again).await?;
+    }
     if !status.is_success() {
         anyhow::bail!("{status}: {body}");
     }

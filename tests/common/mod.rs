@@ -457,37 +457,63 @@ where
 }
 
 /// The shipped config with a short lease (1 s, renewed every 200 ms), for
-/// commander processes: written once per test binary.
+/// commander processes.
 pub fn process_config() -> std::path::PathBuf {
-    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"))
+    process_config_with("short-lease", &[])
+}
+
+/// [`process_config`] with more of its text replaced (`from`, `to`); the
+/// file is written once per name and test binary.
+pub fn process_config_with(name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"))
             .expect("shipped config");
-        let text = text
-            .replace("lease_ms = 5000 ", "lease_ms = 1000 ")
-            .replace("renew_ms = 1000 ", "renew_ms = 200  ");
-        assert!(text.contains("lease_ms = 1000 "), "the [ha] section moved");
-        let path = std::env::temp_dir().join(format!("fleet-test-{}.toml", std::process::id()));
-        std::fs::write(&path, text).expect("test config written");
-        path
-    })
-    .clone()
+    for (from, to) in [
+        ("lease_ms = 5000 ", "lease_ms = 1000 "),
+        ("renew_ms = 1000 ", "renew_ms = 200  "),
+    ]
+    .iter()
+    .chain(edits)
+    {
+        assert!(text.contains(from), "the shipped config has no {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    let path = std::env::temp_dir().join(format!("fleet-test-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("test config written");
+    path
 }
 
 /// The real `fleet-commander run` binary on `redis_url` (with
 /// [`process_config`]), its HTTP API on `addr`, once it is ready: leading
 /// (subscribed, Redis answering) or standing by. Killed on drop.
 pub async fn commander_process(redis_url: &str, addr: &str) -> tokio::process::Child {
+    commander_process_with(redis_url, addr, &process_config()).await
+}
+
+/// [`commander_process`] with the config file `config`.
+pub async fn commander_process_with(
+    redis_url: &str,
+    addr: &str,
+    config: &std::path::Path,
+) -> tokio::process::Child {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-commander"))
         .arg("--config")
-        .arg(process_config())
+        .arg(config)
         .arg("run")
         .env("REDIS_URL", redis_url)
         .env("FLEET_HTTP_ADDR", addr)
         .env("FLEET_COMMANDER_KEY", test_commander_key())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("FLEET_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        // FLEET_TEST_LOG=<filter> shows the commanders' logs.
+        .stderr(if std::env::var_os("FLEET_TEST_LOG").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
         .kill_on_drop(true)
         .spawn()
         .expect("commander binary starts");

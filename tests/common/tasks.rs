@@ -162,3 +162,116 @@ pub fn recorder(name: &str, log: &Arc<Mutex<Vec<String>>>, fail: bool) -> Work {
         }
     })
 }
+
+/// Agents of `pool` (one task at a time, heartbeats every 500 ms) run by
+/// this test against the Redis at `redis_url`, each task taking `work`;
+/// every execution is counted by task id.
+pub struct Workers {
+    pub executions: Arc<Mutex<HashMap<String, u32>>>,
+    stop: CancellationToken,
+    agents: tokio::task::JoinSet<()>,
+}
+
+impl Workers {
+    pub async fn start(
+        redis_url: &str,
+        prefix: &str,
+        n: usize,
+        pool: PoolType,
+        work: Duration,
+    ) -> Workers {
+        let client = fleet_store::connection::client(redis_url).unwrap();
+        let keys = Keys::new(prefix);
+        let executions: Arc<Mutex<HashMap<String, u32>>> = Default::default();
+        let stop = CancellationToken::new();
+        let mut agents = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let ex = executions.clone();
+            let w: Work = Arc::new(move |a: Assignment| {
+                let ex = ex.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(work).await;
+                    *ex.lock().unwrap().entry(a.task_id.clone()).or_default() += 1;
+                    Outcome::Complete(json!({"by": a.attempt}))
+                })
+            });
+            let id = format!("{}-{i}", pool.as_str());
+            let publisher = fleet_store::connection::connect(redis_url).await.unwrap();
+            let mut a =
+                Agent::connect(&client, publisher, keys.channels().clone(), spec(&id, pool))
+                    .await
+                    .unwrap()
+                    .with_credential(&credential(redis_url, &id, pool).await);
+            a.register(T).await.unwrap();
+            let s = stop.clone();
+            agents.spawn(async move {
+                a.run_with(Duration::from_millis(500), Duration::ZERO, s, Some(w))
+                    .await;
+            });
+        }
+        Workers {
+            executions,
+            stop,
+            agents,
+        }
+    }
+
+    /// Tasks executed at least once.
+    pub fn executed(&self) -> usize {
+        self.executions.lock().unwrap().len()
+    }
+
+    /// Tasks executed more than once, with how often.
+    pub fn again(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<_> = self
+            .executions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| (id.clone(), *n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        while self.agents.join_next().await.is_some() {}
+    }
+}
+
+/// Waits (up to `within`) until every task of `ids` is completed in Redis.
+pub async fn all_completed(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    ids: &[String],
+    within: Duration,
+) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            let mut p = redis::pipe();
+            for id in ids {
+                p.hget(keys.task(id), "state");
+            }
+            let states: Vec<Option<String>> = p.query_async(conn).await.unwrap();
+            if states.iter().all(|s| s.as_deref() == Some("completed")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// How many `task_completed` events each task of `ids` had.
+pub fn completions_per_task(events: &[Value]) -> HashMap<String, u32> {
+    let mut per_task: HashMap<String, u32> = HashMap::new();
+    for c in events.iter().filter(|v| v["type"] == "task_completed") {
+        *per_task
+            .entry(c["taskId"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    per_task
+}

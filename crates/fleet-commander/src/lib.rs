@@ -27,9 +27,9 @@ mod supervise;
 mod allocator;
 mod auth;
 mod breaker;
-mod leader;
 mod health;
 mod heard;
+mod leader;
 pub mod reload;
 pub mod scaler;
 

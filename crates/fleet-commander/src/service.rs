@@ -100,9 +100,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let detector_conn = fleet_store::connection::connect(url).await?;
     let allocator_conn = fleet_store::connection::connect(url).await?;
     let submit_conn = match config.tasks.durability {
-        crate::config::Durability::Replicated => {
-            Some(fleet_store::connection::connect(url).await?)
-        }
+        crate::config::Durability::Replicated => Some(fleet_store::connection::connect(url).await?),
         crate::config::Durability::Async => None,
     };
     Registry::load_scripts(&mut redis).await?;
@@ -261,8 +259,10 @@ impl Node {
                 self.install(shared.clone());
                 let sup = self.spawn_loops(&shared);
                 self.took_over(&shared, previous).await;
-                sup.wait(Duration::from_millis(shared.config().fleet.shutdown_grace_ms))
-                    .await
+                sup.wait(Duration::from_millis(
+                    shared.config().fleet.shutdown_grace_ms,
+                ))
+                .await
             }
             Err(e) => {
                 crate::supervise::count("lease", &e);

@@ -229,9 +229,7 @@ mod tests {
         sup.spawn("stuck", std::future::pending());
         token.cancel();
         let started = tokio::time::Instant::now();
-        let exit = sup
-            .wait(Duration::from_secs(3))
-            .await;
+        let exit = sup.wait(Duration::from_secs(3)).await;
         assert!(
             matches!(exit, Exit::Failed(ref why) if why.contains("grace")),
             "{exit:?}"

@@ -237,7 +237,11 @@ async fn leader_only(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if s.is_leader() || matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD)
+    if s.is_leader()
+        || matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        )
     {
         return next.run(req).await;
     }
