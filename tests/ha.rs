@@ -18,7 +18,6 @@ use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::process::Child;
 
 const PREFIX: &str = "swarm:phase-1";
 
@@ -36,110 +35,14 @@ fn config() -> std::path::PathBuf {
     )
 }
 
-/// A commander process and its HTTP address.
-struct Node {
-    addr: String,
-    child: Child,
-}
-
-impl Node {
-    async fn start(redis_url: &str) -> Node {
-        let addr = free_addr();
-        let child = commander_process_with(redis_url, &addr, &config()).await;
-        Node { addr, child }
-    }
-
-    async fn role(&self) -> Value {
-        readyz(&self.addr).await["role"].clone()
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill {sig} {pid}");
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-}
-
-/// Which of `nodes` leads, once exactly one does.
-async fn leader_of(nodes: &[Node]) -> usize {
-    let found = tokio::time::timeout(WAIT, async {
-        loop {
-            let mut leaders = Vec::new();
-            for (i, n) in nodes.iter().enumerate() {
-                let r = readyz(&n.addr).await;
-                if r["role"] == "leader" && r["ready"] == true {
-                    leaders.push(i);
-                }
-            }
-            if let [one] = leaders[..] {
-                return one;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    found.expect("one leader within the wait")
-}
-
-/// Submits `n` tasks, one every `every`, each to whichever commander takes
-/// it (a refusal or a dead commander: the next one, the same `clientId`).
-/// The accepted ids.
-fn submit_stream(
-    http: reqwest::Client,
-    addrs: Arc<Mutex<Vec<String>>>,
-    n: usize,
-    every: Duration,
-) -> tokio::task::JoinHandle<Vec<String>> {
-    tokio::spawn(async move {
-        let mut ids = Vec::new();
-        for k in 0..n {
-            let body = json!({"pool": "coder", "timeoutMs": 10000, "clientId": format!("ha-{k}"), "payload": k});
-            let deadline = Instant::now() + WAIT;
-            'accepted: loop {
-                assert!(Instant::now() < deadline, "task {k} accepted by nobody");
-                let targets = addrs.lock().unwrap().clone();
-                for a in targets {
-                    let r = http
-                        .post(format!("http://{a}/v1/tasks"))
-                        .json(&body)
-                        .timeout(Duration::from_secs(2))
-                        .send()
-                        .await;
-                    let Ok(r) = r else { continue };
-                    if matches!(r.status().as_u16(), 200 | 201) {
-                        let v: Value = r.json().await.unwrap();
-                        ids.push(v["task"]["id"].as_str().unwrap().to_string());
-                        break 'accepted;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(every).await;
-        }
-        ids
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_the_leader_three_times_under_load_and_nothing_is_lost_or_run_twice() {
     let redis = fleet_testkit::RedisServer::start().expect("redis-server");
     let client = fleet_store::connection::client(&redis.url()).unwrap();
     let keys = fleet_store::Keys::new(PREFIX);
-    let mut nodes = vec![Node::start(&redis.url()).await];
+    let mut nodes = vec![Node::start(&redis.url(), &config()).await];
     wait_leader(&nodes[0].addr).await;
-    nodes.push(Node::start(&redis.url()).await);
+    nodes.push(Node::start(&redis.url(), &config()).await);
     let mut health = Events::subscribe(&client, &keys.channels().health()).await;
     let mut assigned = Events::subscribe(&client, &keys.channels().allocation()).await;
     let mut all = Events::subscribe(&client, &keys.channels().allocation()).await;
@@ -175,7 +78,7 @@ async fn sigkill_the_leader_three_times_under_load_and_nothing_is_lost_or_run_tw
         takeovers.push(first["ts"].as_u64().unwrap() - killed);
         leader_of(&nodes).await;
         // A fresh standby for the next round.
-        let fresh = Node::start(&redis.url()).await;
+        let fresh = Node::start(&redis.url(), &config()).await;
         addrs.lock().unwrap().push(fresh.addr.clone());
         nodes.push(fresh);
     }
@@ -219,9 +122,9 @@ async fn a_leader_stopped_for_twice_its_lease_is_fenced_and_steps_down_when_it_w
     let redis = fleet_testkit::RedisServer::start().expect("redis-server");
     let client = fleet_store::connection::client(&redis.url()).unwrap();
     let keys = fleet_store::Keys::new(PREFIX);
-    let old = Node::start(&redis.url()).await;
+    let old = Node::start(&redis.url(), &config()).await;
     let old_epoch = wait_leader(&old.addr).await;
-    let new = Node::start(&redis.url()).await;
+    let new = Node::start(&redis.url(), &config()).await;
     assert_eq!(new.role().await, "standby");
     let mut health = Events::subscribe(&client, &keys.channels().health()).await;
     let mut all = Events::subscribe(&client, &keys.channels().allocation()).await;
@@ -325,10 +228,10 @@ async fn with_two_standbys_exactly_one_takes_over_and_says_so() {
     let redis = fleet_testkit::RedisServer::start().expect("redis-server");
     let client = fleet_store::connection::client(&redis.url()).unwrap();
     let keys = fleet_store::Keys::new(PREFIX);
-    let mut nodes = vec![Node::start(&redis.url()).await];
+    let mut nodes = vec![Node::start(&redis.url(), &config()).await];
     let first_epoch = wait_leader(&nodes[0].addr).await;
-    nodes.push(Node::start(&redis.url()).await);
-    nodes.push(Node::start(&redis.url()).await);
+    nodes.push(Node::start(&redis.url(), &config()).await);
+    nodes.push(Node::start(&redis.url(), &config()).await);
     let http = authed(&admin_token(&redis.url()).await);
 
     // Standbys serve reads, refuse writes with the leader's address, and

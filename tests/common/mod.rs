@@ -19,7 +19,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod ha;
 mod tasks;
+#[allow(unused_imports)]
+pub use ha::*;
 #[allow(unused_imports)]
 pub use tasks::*;
 
@@ -403,7 +406,17 @@ impl Events {
 
     /// The first message matching `pred`, or a panic after [`WAIT`].
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let found = tokio::time::timeout(WAIT, async {
+        self.wait_for_within(what, WAIT, pred).await
+    }
+
+    /// The first message matching `pred`, or a panic after `within`.
+    pub async fn wait_for_within(
+        &mut self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let found = tokio::time::timeout(within, async {
             while let Some(v) = self.rx.recv().await {
                 if pred(&v) {
                     return Some(v);
@@ -414,7 +427,7 @@ impl Events {
         .await;
         match found {
             Ok(Some(v)) => v,
-            _ => panic!("timed out after {WAIT:?} waiting for {what}"),
+            _ => panic!("timed out after {within:?} waiting for {what}"),
         }
     }
 
@@ -462,19 +475,22 @@ pub fn process_config() -> std::path::PathBuf {
     process_config_with("short-lease", &[])
 }
 
-/// [`process_config`] with more of its text replaced (`from`, `to`); the
-/// file is written once per name and test binary.
+/// [`process_config`] with more of its text replaced (`from`, `to`).
 pub fn process_config_with(name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let short = [
+        ("lease_ms = 5000 ", "lease_ms = 1000 "),
+        ("renew_ms = 1000 ", "renew_ms = 200  "),
+    ];
+    config_file(name, &[&short[..], edits].concat())
+}
+
+/// The shipped config with its text replaced (`from`, `to`), written under
+/// `name` for this process.
+pub fn config_file(name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
     let mut text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"))
             .expect("shipped config");
-    for (from, to) in [
-        ("lease_ms = 5000 ", "lease_ms = 1000 "),
-        ("renew_ms = 1000 ", "renew_ms = 200  "),
-    ]
-    .iter()
-    .chain(edits)
-    {
+    for (from, to) in edits {
         assert!(text.contains(from), "the shipped config has no {from:?}");
         text = text.replacen(from, to, 1);
     }

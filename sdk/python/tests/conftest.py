@@ -74,7 +74,9 @@ class Fleet:
         self.commander = subprocess.Popen(
             [self.bin, "--config", str(ROOT / "config" / "fleet.toml"), "run"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: self.get("/readyz")[0] == 200, "the commander to be ready")
+        # A restarted commander stands by until the killed one's lease
+        # lapses (ha.lease_ms, 5 s), then leads.
+        wait_for(lambda: self.get("/readyz")[1].get("role") == "leader", "the commander to lead")
 
     def kill_commander(self) -> None:
         self.commander.kill()
