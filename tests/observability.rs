@@ -76,6 +76,7 @@ fn scrape_config(target: &str) -> String {
         std::fs::read_to_string(format!("{ROOT}/docker/prometheus/prometheus.yml")).unwrap();
     assert!(shipped.contains("\"commander:8080\""), "shipped target");
     shipped
+        .replace(", \"commander-b:8080\"", "")
         .replace("\"commander:8080\"", &format!("\"{target}\""))
         .replace("scrape_interval: 5s", "scrape_interval: 1s")
 }
@@ -361,7 +362,14 @@ fn the_docker_stack_is_consistent() {
     let compose = yaml("docker/compose.yml");
     let services = compose["services"].as_hash().expect("services");
     let names: Vec<&str> = services.keys().filter_map(Yaml::as_str).collect();
-    for want in ["redis", "commander", "prometheus", "grafana", "sim"] {
+    for want in [
+        "redis",
+        "commander",
+        "commander-b",
+        "prometheus",
+        "grafana",
+        "sim",
+    ] {
         assert!(names.contains(&want), "service {want} in compose.yml");
     }
     let docker = Path::new(ROOT).join("docker");
@@ -391,10 +399,13 @@ fn the_docker_stack_is_consistent() {
     fleet_commander::config::Config::load(&Path::new(ROOT).join("config/fleet.toml")).unwrap();
     // Prometheus scrapes the commander service on its port.
     let prom = yaml("docker/prometheus/prometheus.yml");
-    let target = prom["scrape_configs"][0]["static_configs"][0]["targets"][0]
-        .as_str()
-        .unwrap();
-    assert_eq!(target, "commander:8080");
+    let targets: Vec<_> = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(targets, ["commander:8080", "commander-b:8080"]);
     // Grafana's datasource is that Prometheus, with the uid the dashboards use.
     let ds = yaml("grafana/provisioning/datasources/prometheus.yml");
     let ds = &ds["datasources"][0];

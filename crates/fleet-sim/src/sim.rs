@@ -1298,6 +1298,37 @@ impl LoadState {
     }
 }
 
+/// POSTs `body`; a standby's `503 not_leader` (refused, nothing written) is
+/// sent once more to the leader it names.
+async fn post_to_leader(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let r = http.post(url).json(body).send().await?;
+    if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        r.error_for_status()?;
+        return Ok(());
+    }
+    let refusal: serde_json::Value = r.json().await?;
+    let leader = refusal["leader"]["address"]
+        .as_str()
+        .filter(|_| refusal["error"] == "not_leader")
+        .ok_or_else(|| anyhow::anyhow!("503: {refusal}"))?;
+    let mut resent = reqwest::Url::parse(url)?;
+    let (host, port) = leader
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("the leader's address {leader:?}"))?;
+    resent.set_host(Some(host))?;
+    let _ = resent.set_port(Some(port.parse()?));
+    http.post(resent)
+        .json(body)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
 /// Submits the task load over HTTP and waits until the agents have done it.
 async fn run_tasks(
     http: &reqwest::Client,
@@ -1317,12 +1348,7 @@ async fn run_tasks(
         async move {
             let body = serde_json::json!({"pool": pool, "payload": {"seq": seq}, "maxRetries": 10});
             let _ = state.sent[seq].set(Instant::now());
-            http.post(&url)
-                .json(&body)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map(|_| ())
+            post_to_leader(&http, &url, &body).await
         }
     };
     let submitted = match load.rate {
