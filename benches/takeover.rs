@@ -91,15 +91,26 @@ async fn main() {
         let sig = if round < kills { "-KILL" } else { "-TERM" };
         let at = fleet_protocol::now_ms();
         old.signal(sig);
+        // An allocation a SIGKILLed leader made as the signal landed is not
+        // the new leader's: look only after it has gone. (On SIGTERM the old
+        // leader stops allocating at once, and releases the lease before it
+        // exits.)
+        let after = if round < kills {
+            let _ = old.child.wait().await;
+            fleet_protocol::now_ms()
+        } else {
+            at
+        };
         let first = assigned
             .wait_for_within(
                 "an allocation by the new leader",
                 Duration::from_secs(30),
-                |v| v["type"] == "task_assigned" && v["ts"].as_u64() > Some(at),
+                |v| v["type"] == "task_assigned" && v["ts"].as_u64() > Some(after),
             )
             .await;
         let took = first["ts"].as_u64().unwrap() - at;
         println!("round {round} {sig}: {took} ms");
+        let _ = old.child.wait().await;
         if round < kills {
             &mut by_kill
         } else {

@@ -94,6 +94,14 @@ async fn reap(shared: &Shared, conn: &mut ConnectionManager) -> Result<(), Store
         publish(conn, shared.keys.channels().health(), &ev).await?;
         shared.wake_all();
     }
+    // A deadline that passed while nobody listened (a takeover, a lost
+    // subscription) may have been met: an agent re-sends a result with
+    // every heartbeat until it is acknowledged. So attempts expire only once
+    // the commander has listened for two heartbeat intervals (crate::heard).
+    let listen = 2 * shared.config().fleet.heartbeat_interval_ms;
+    if shared.heard.cutoff(listen, now).is_none() {
+        return Ok(());
+    }
     let mut expired = Orphans::default();
     for id in shared.tasks.expired_leases(conn, now, 512).await? {
         let Some((outcome, notice)) = shared.tasks.expire(conn, &id, now).await? else {

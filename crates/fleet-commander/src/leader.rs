@@ -118,10 +118,11 @@ impl Ha {
     }
 }
 
-/// Stands by until this commander takes the lease (its epoch), or shutdown
-/// (None). Tries at once, then every `ha.renew_ms`; each try is the standby's
-/// probe of Redis for the circuit breaker.
-pub(crate) async fn stand_by(shared: &Shared) -> Option<u64> {
+/// Stands by until this commander takes the lease (its epoch, and when the
+/// try that took it began), or shutdown (None). Tries at once, then every
+/// `ha.renew_ms`; each try is the standby's probe of Redis for the circuit
+/// breaker.
+pub(crate) async fn stand_by(shared: &Shared) -> Option<(u64, Instant)> {
     let ha = &shared.ha;
     let every = Duration::from_millis(shared.config().ha.renew_ms);
     let mut conn = shared.redis.clone();
@@ -132,10 +133,11 @@ pub(crate) async fn stand_by(shared: &Shared) -> Option<u64> {
             return None;
         }
         first = false;
+        let tried = Instant::now();
         match tokio::time::timeout(LEASE_CALL_TIMEOUT, ha.lease.acquire(&mut conn)).await {
             Ok(Ok(Acquire::Leading(epoch))) => {
                 shared.breaker.ok();
-                return Some(epoch);
+                return Some((epoch, tried));
             }
             Ok(Ok(Acquire::Held(holder))) => {
                 shared.breaker.ok();
@@ -177,16 +179,16 @@ pub(crate) async fn stand_by(shared: &Shared) -> Option<u64> {
 
 /// The leader's side: renews the lease every `ha.renew_ms` and announces
 /// itself; ends the term when the lease is lost or has not been renewed for
-/// `lease_ms - renew_ms`. Returns on shutdown or at the end of the term.
-pub(crate) async fn keep(shared: std::sync::Arc<Shared>) {
+/// `lease_ms - renew_ms` (counted from `acquired`, when the try that took
+/// it began). Returns on shutdown or at the end of the term.
+pub(crate) async fn keep(shared: std::sync::Arc<Shared>, acquired: Instant) {
     let ha = &shared.ha;
     let cfg = shared.config().ha.clone();
     let every = Duration::from_millis(cfg.renew_ms);
     let deadline = Duration::from_millis(cfg.lease_ms - cfg.renew_ms);
     let epoch = shared.registry.epoch();
     let mut conn = shared.redis.clone();
-    // Taken just before the term began.
-    let mut renewed = Instant::now();
+    let mut renewed = acquired;
     while pause(shared.shutdown_token(), every).await {
         // First, before anything else: a leader paused (SIGSTOP, a VM
         // migration) past its deadline may have been replaced; it must not

@@ -203,10 +203,10 @@ impl Node {
                 s
             };
             self.base.ha.become_(Role::Standby, 0);
-            let Some(epoch) = self.stand_by(&standby).await else {
+            let Some((epoch, acquired)) = self.stand_by(&standby).await else {
                 break;
             };
-            match self.lead(epoch, &shutdown).await {
+            match self.lead(epoch, acquired, &shutdown).await {
                 Exit::Failed(why) => {
                     error!(why, "the leader's term failed: stopping");
                     return;
@@ -220,8 +220,9 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(1), forget).await;
     }
 
-    /// Stands by until this commander takes the lease (its epoch) or shutdown.
-    async fn stand_by(&self, shared: &Arc<Shared>) -> Option<u64> {
+    /// Stands by until this commander takes the lease (its epoch, and when)
+    /// or shutdown.
+    async fn stand_by(&self, shared: &Arc<Shared>) -> Option<(u64, Instant)> {
         let refresh = async {
             if shared.gate.signed() {
                 crate::auth::refresh(shared.clone()).await
@@ -239,7 +240,7 @@ impl Node {
 
     /// One term as the leader, with `epoch`: until the lease is lost or
     /// shutdown; the lease is released at the end.
-    async fn lead(&self, epoch: u64, shutdown: &CancellationToken) -> Exit {
+    async fn lead(&self, epoch: u64, acquired: Instant, shutdown: &CancellationToken) -> Exit {
         let previous = self.base.ha.view().leader.map(|l| l.id);
         self.base.ha.become_(Role::Leader, epoch);
         let config = self.config();
@@ -257,7 +258,7 @@ impl Node {
         let exit = match self.prepare(&shared).await {
             Ok(()) => {
                 self.install(shared.clone());
-                let sup = self.spawn_loops(&shared);
+                let sup = self.spawn_loops(&shared, acquired);
                 self.took_over(&shared, previous).await;
                 sup.wait(Duration::from_millis(
                     shared.config().fleet.shutdown_grace_ms,
@@ -340,7 +341,7 @@ impl Node {
     }
 
     /// Every loop of a leader's term, under one supervisor.
-    fn spawn_loops(&self, shared: &Arc<Shared>) -> Supervisor {
+    fn spawn_loops(&self, shared: &Arc<Shared>, acquired: Instant) -> Supervisor {
         let mut sup = Supervisor::new(shared.shutdown.clone());
         let mut senders = Vec::new();
         for _ in 0..shared.config().fleet.workers {
@@ -348,7 +349,7 @@ impl Node {
             senders.push(tx);
             sup.spawn("handler", crate::handlers::run(shared.clone(), rx));
         }
-        sup.spawn("lease", crate::leader::keep(shared.clone()));
+        sup.spawn("lease", crate::leader::keep(shared.clone(), acquired));
         sup.spawn(
             "subscriber",
             crate::subscriber::run(shared.clone(), senders),
