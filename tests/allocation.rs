@@ -111,7 +111,14 @@ async fn agents_joining_where_no_task_waits_cost_no_allocation_round_trip() {
     let h = Harness::start().await;
     // What Redis itself runs (the metrics are shared by the tests in this
     // process): an allocation is the one script call that names a queue.
-    let mut monitor = h.client.get_async_monitor().await.unwrap();
+    let mut monitor = h
+        .client
+        .resolve()
+        .await
+        .unwrap()
+        .get_async_monitor()
+        .await
+        .unwrap();
     let mut seen = monitor.on_message::<String>();
     let queue = format!("\"{}\"", h.keys.queue(PoolType::Tester));
     let mut agents = Vec::new();

@@ -39,7 +39,7 @@ fn signer(config: &Config) -> anyhow::Result<Option<Signer>> {
 /// Writes what a CLI command did to the audit log.
 pub(crate) async fn record(
     config: &Config,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut fleet_store::connection::Conn,
     action: &str,
     target: &str,
     result: &str,

@@ -116,7 +116,7 @@ pub struct Harness {
     pub config: Config,
     pub commander: Option<Running>,
     pub keys: Keys,
-    pub client: redis::Client,
+    pub client: fleet_store::connection::Client,
     /// Sends `token`, an admin's.
     pub http: reqwest::Client,
     pub token: String,
@@ -381,7 +381,7 @@ impl Drop for Events {
 }
 
 impl Events {
-    pub async fn subscribe(client: &redis::Client, channel: &str) -> Events {
+    pub async fn subscribe(client: &fleet_store::connection::Client, channel: &str) -> Events {
         let mut ps = client.get_async_pubsub().await.unwrap();
         ps.subscribe(channel).await.unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -500,13 +500,17 @@ pub fn config_file(name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
 }
 
 /// The real `fleet-commander run` binary on `redis_url` (with
-/// [`process_config`]), its HTTP API on `addr`, once it is ready: leading
-/// (subscribed, Redis answering) or standing by. Killed on drop.
+/// [`process_config`]), its HTTP API on `addr`, once it leads and listens.
+/// (A commander starts as a standby, and a standby's `/readyz` is 200: an
+/// agent that registered then could go unheard.) Killed on drop.
 pub async fn commander_process(redis_url: &str, addr: &str) -> tokio::process::Child {
-    commander_process_with(redis_url, addr, &process_config()).await
+    let child = commander_process_with(redis_url, addr, &process_config()).await;
+    wait_leader(addr).await;
+    child
 }
 
-/// [`commander_process`] with the config file `config`.
+/// The commander binary with the config file `config`, once it is ready:
+/// leading (subscribed, Redis answering) or standing by.
 pub async fn commander_process_with(
     redis_url: &str,
     addr: &str,

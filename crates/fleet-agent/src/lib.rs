@@ -8,8 +8,9 @@ use fleet_protocol::{
     Deregister, Heartbeat, RefusalReason, Register, ReportKind, Resources, TaskReport, ToAgent,
     VERSION,
 };
+use fleet_redis::Conn;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, PubSubStream};
+use redis::aio::PubSubStream;
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -56,7 +57,7 @@ pub struct Registration {
 pub struct Agent {
     spec: AgentSpec,
     channels: Channels,
-    publisher: ConnectionManager,
+    publisher: Conn,
     inbox: Inbox,
     /// Messages that arrived while a reply was awaited (a task can be
     /// assigned before the register reply arrives): handled next.
@@ -71,7 +72,7 @@ pub struct Agent {
 /// The agent's own channel: read in place (no relay task), resubscribed
 /// after a lost connection.
 struct Inbox {
-    client: redis::Client,
+    client: fleet_redis::Client,
     channel: String,
     /// With a credential: only what the commander signed is taken.
     check: Option<CommanderCheck>,
@@ -159,8 +160,8 @@ impl Agent {
     /// Subscribes to `…:agent:{id}` first, so that no reply can be missed, and
     /// keeps that subscription alive across Redis reconnects.
     pub async fn connect(
-        client: &redis::Client,
-        publisher: ConnectionManager,
+        client: &fleet_redis::Client,
+        publisher: Conn,
         channels: Channels,
         spec: AgentSpec,
     ) -> Result<Agent, AgentError> {

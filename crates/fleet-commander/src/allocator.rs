@@ -16,9 +16,9 @@ use crate::supervise::{round_failed, Backoff};
 use fleet_protocol::now_ms;
 use fleet_protocol::pool::PoolType;
 use fleet_protocol::{Event, VERSION};
+use fleet_store::connection::Conn;
 use fleet_store::registry::Orphans;
 use fleet_store::StoreError;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ pub(crate) const BATCH: usize = fleet_store::tasks::ALLOCATE_BATCH;
 /// How often the allocator looks even when nothing woke it.
 const TICK: Duration = Duration::from_millis(50);
 
-pub(crate) async fn allocator(shared: Arc<Shared>, mut conn: ConnectionManager) {
+pub(crate) async fn allocator(shared: Arc<Shared>, mut conn: Conn) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Backoff::new();
@@ -58,7 +58,7 @@ pub(crate) async fn allocator(shared: Arc<Shared>, mut conn: ConnectionManager) 
 /// Brings back retries whose backoff is over, ends quarantines whose period
 /// is over and takes back tasks whose lease ran out, every tick; wakes the
 /// allocator when that gave it something to do.
-pub(crate) async fn reaper(shared: Arc<Shared>, mut conn: ConnectionManager) {
+pub(crate) async fn reaper(shared: Arc<Shared>, mut conn: Conn) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Backoff::new();
@@ -78,7 +78,7 @@ pub(crate) async fn reaper(shared: Arc<Shared>, mut conn: ConnectionManager) {
     }
 }
 
-async fn reap(shared: &Shared, conn: &mut ConnectionManager) -> Result<(), StoreError> {
+async fn reap(shared: &Shared, conn: &mut Conn) -> Result<(), StoreError> {
     let now = now_ms();
     if shared.tasks.release_delayed(conn, now, 512).await? > 0 {
         shared.wake_all();
@@ -123,12 +123,7 @@ async fn reap(shared: &Shared, conn: &mut ConnectionManager) -> Result<(), Store
     Ok(())
 }
 
-async fn round(
-    shared: &Shared,
-    conn: &mut ConnectionManager,
-    full: bool,
-    dirty: u32,
-) -> Result<(), StoreError> {
+async fn round(shared: &Shared, conn: &mut Conn, full: bool, dirty: u32) -> Result<(), StoreError> {
     let started = Instant::now();
     let now = now_ms();
     // A pool is served when something changed in it, or, on the tick, when

@@ -64,7 +64,9 @@ where
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]`; overridden by `REDIS_URL`.
+    /// `redis://host:port[/db]`, `rediss://…` (TLS) or
+    /// `redis+sentinel://host:port,host:port/master` (fleet_redis::url);
+    /// overridden by `REDIS_URL`.
     pub url: String,
 }
 
@@ -644,17 +646,20 @@ impl Config {
     /// Checks every rule the types cannot express. Returns `(field, reason)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |field: &str, reason: String| Err((field.to_string(), reason));
-        if !["redis://", "rediss://", "unix://"]
+        if !["redis://", "rediss://", "unix://", "redis+sentinel://"]
             .iter()
             .any(|s| self.redis.url.starts_with(s))
         {
             return err(
                 "redis.url",
                 format!(
-                    "must start with redis://, rediss:// or unix://, got {:?}",
-                    self.redis.url
+                    "must start with redis://, rediss://, redis+sentinel:// or unix://, got {:?}",
+                    fleet_store::connection::url::redacted(&self.redis.url)
                 ),
             );
+        }
+        if let Err(e) = fleet_store::connection::url::parse(&self.redis.url) {
+            return err("redis.url", e.to_string());
         }
         if self.http.max_connections == 0 {
             return err("http.max_connections", "must be at least 1".into());

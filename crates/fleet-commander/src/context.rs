@@ -11,10 +11,11 @@ use crate::metrics as m;
 use fleet_protocol::auth::Signer;
 use fleet_protocol::status::FleetStatus;
 use fleet_protocol::{now_ms, PoolType};
+use fleet_store::connection::Conn;
 use fleet_store::registry::Orphans;
 use fleet_store::{Keys, Notice, Registry, StoreError, TaskStore};
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,8 +28,8 @@ use tracing::{error, info};
 #[derive(Clone)]
 pub(crate) struct Base {
     pub(crate) keys: Keys,
-    pub(crate) redis: ConnectionManager,
-    pub(crate) submit_conn: Option<ConnectionManager>,
+    pub(crate) redis: Conn,
+    pub(crate) submit_conn: Option<Conn>,
     pub(crate) ha: Arc<crate::leader::Ha>,
     pub(crate) breaker: Arc<crate::breaker::Breaker>,
     /// Who is who: keys, token cache, senders' buckets.
@@ -46,7 +47,7 @@ pub struct Shared {
     pub tasks: TaskStore,
     /// One multiplexed, self-reconnecting connection: concurrent commands
     /// from every handler are pipelined on it.
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     pub metrics: PrometheusHandle,
     pub started: Instant,
     /// When the current pub/sub subscription was confirmed (ms); 0 while not
@@ -85,7 +86,7 @@ pub struct Shared {
     /// With `tasks.durability = "replicated"`: the connection submissions
     /// are written and `WAIT`ed on (WAIT blocks its connection, and counts
     /// only that connection's writes).
-    pub(crate) submit_conn: Option<ConnectionManager>,
+    pub(crate) submit_conn: Option<Conn>,
 }
 
 impl Shared {

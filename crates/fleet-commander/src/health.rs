@@ -19,9 +19,9 @@ use crate::metrics as m;
 use crate::supervise::{round_failed, Backoff};
 use fleet_protocol::now_ms;
 use fleet_protocol::{Event, VERSION};
+use fleet_store::connection::Conn;
 use fleet_store::registry::{FailOutcome, Registry};
 use fleet_store::StoreError;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -35,7 +35,7 @@ const SLOW_ROUND_TRIP: Duration = Duration::from_millis(250);
 /// A probe unanswered for this long counts as failed (the breaker's).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 
-pub(crate) async fn detector(shared: Arc<Shared>, mut conn: ConnectionManager) {
+pub(crate) async fn detector(shared: Arc<Shared>, mut conn: Conn) {
     let cfg = &shared.config().fleet;
     let tick = Duration::from_millis(cfg.detect_tick_ms);
     let window = shared.config().failure_window().as_millis() as u64;
@@ -140,7 +140,7 @@ fn lapse(shared: &Shared, why: &str, since: Option<(Instant, u64)>, now: u64) {
 
 async fn fail_stale(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stale: &[String],
     cutoff: u64,
     now: u64,
@@ -198,11 +198,7 @@ async fn fail_stale(
 }
 
 /// Removes failed agents that never came back within the retention time.
-async fn expire_failed(
-    shared: &Shared,
-    conn: &mut ConnectionManager,
-    now: u64,
-) -> Result<(), StoreError> {
+async fn expire_failed(shared: &Shared, conn: &mut Conn, now: u64) -> Result<(), StoreError> {
     let cutoff = now.saturating_sub(shared.config().fleet.failed_retention_ms);
     let expired = shared.registry.failed_before(conn, cutoff, BATCH).await?;
     for id in expired {
@@ -220,7 +216,7 @@ async fn expire_failed(
 
 async fn removed_event(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     id: &str,
     pool: fleet_protocol::pool::PoolType,
     reason: &'static str,

@@ -19,8 +19,8 @@ use crate::supervise::{round_failed, Backoff};
 use fleet_protocol::now_ms;
 use fleet_protocol::pool::{AgentStatus, PoolType};
 use fleet_protocol::{Scaling, VERSION};
+use fleet_store::connection::Conn;
 use fleet_store::StoreError;
-use redis::aio::ConnectionManager;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -265,7 +265,7 @@ struct Request {
     deadline: u64,
 }
 
-pub(crate) async fn scaler(shared: Arc<Shared>, mut conn: ConnectionManager) {
+pub(crate) async fn scaler(shared: Arc<Shared>, mut conn: Conn) {
     let mut states: HashMap<PoolType, PoolState> = HashMap::new();
     let mut requests: Vec<Request> = Vec::new();
     let mut backoff = Backoff::new();
@@ -288,7 +288,7 @@ pub(crate) async fn scaler(shared: Arc<Shared>, mut conn: ConnectionManager) {
 /// Reads every pool's demand.
 async fn sample(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     now: u64,
 ) -> Result<Vec<(PoolType, Sample)>, StoreError> {
     let status = shared.fleet_status(conn).await?;
@@ -344,7 +344,7 @@ async fn sample(
 
 async fn round(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     states: &mut HashMap<PoolType, PoolState>,
     requests: &mut Vec<Request>,
 ) -> Result<(), StoreError> {
@@ -393,7 +393,7 @@ async fn round(
 #[allow(clippy::too_many_arguments)]
 async fn act(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     config: &Config,
     pool: PoolType,
     w: &Want,
@@ -467,7 +467,7 @@ async fn act(
 #[allow(clippy::too_many_arguments)]
 async fn record(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     pool: PoolType,
     w: &Want,
     count: u32,
@@ -506,7 +506,7 @@ async fn record(
 /// idle ones before ones holding tasks, the oldest first.
 async fn retirees(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     pool: PoolType,
     count: u32,
     min_lifetime_ms: u64,
@@ -551,7 +551,7 @@ async fn retirees(
 /// Marks requests fulfilled, and reports those past their deadline.
 async fn settle(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     requests: &mut Vec<Request>,
     states: &mut HashMap<PoolType, PoolState>,
     now: u64,

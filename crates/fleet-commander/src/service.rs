@@ -12,9 +12,9 @@ use crate::context::{Base, Shared};
 use crate::metrics as m;
 use crate::supervise::{Exit, Supervisor};
 use fleet_protocol::{now_ms, Leadership};
+use fleet_store::connection::Conn;
 use fleet_store::lease::{self, Lease, Role};
 use fleet_store::{Keys, Registry, TaskStore};
-use redis::aio::ConnectionManager;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -162,8 +162,8 @@ struct Node {
     secret: Option<[u8; 32]>,
     /// Whether the key store was loaded once (the refresh loop keeps it so).
     gate_loaded: AtomicBool,
-    detector_conn: ConnectionManager,
-    allocator_conn: ConnectionManager,
+    detector_conn: Conn,
+    allocator_conn: Conn,
     /// The configuration, carried from term to term (a reload applies to
     /// the next term too).
     config: RwLock<Arc<Config>>,

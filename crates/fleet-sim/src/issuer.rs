@@ -5,9 +5,9 @@
 use fleet_agent::Agent;
 use fleet_protocol::auth::{PublicKey, Role, Signer};
 use fleet_protocol::{now_ms, PoolType};
+use fleet_store::connection::Conn;
 use fleet_store::keystore::new_key;
 use fleet_store::{KeyStore, Keys};
-use redis::aio::ConnectionManager;
 
 /// Issues agents' keys, with the commander's public key.
 #[derive(Debug, Clone)]
@@ -28,11 +28,7 @@ impl Issuer {
     }
 
     /// Gives each agent a key of its own (one round trip for them all).
-    pub async fn equip(
-        &self,
-        conn: &mut ConnectionManager,
-        agents: Vec<Agent>,
-    ) -> anyhow::Result<Vec<Agent>> {
+    pub async fn equip(&self, conn: &mut Conn, agents: Vec<Agent>) -> anyhow::Result<Vec<Agent>> {
         let now = now_ms();
         let (records, creds): (Vec<_>, Vec<_>) = agents
             .iter()
@@ -54,7 +50,7 @@ impl Issuer {
     /// A submitter's credential.
     pub async fn submitter(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         name: &str,
     ) -> anyhow::Result<fleet_protocol::auth::Credential> {
         Ok(self
@@ -64,11 +60,7 @@ impl Issuer {
     }
 
     /// An operator's bearer token for the HTTP API (submitting, draining).
-    pub async fn operator_token(
-        &self,
-        conn: &mut ConnectionManager,
-        name: &str,
-    ) -> anyhow::Result<String> {
+    pub async fn operator_token(&self, conn: &mut Conn, name: &str) -> anyhow::Result<String> {
         let store = fleet_store::tokens::TokenStore::new(self.store_keys.clone());
         Ok(store
             .issue(
@@ -83,7 +75,7 @@ impl Issuer {
     /// One agent's credential, for an agent of `pool` called `id`.
     pub async fn agent(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         id: &str,
         pool: PoolType,
     ) -> anyhow::Result<fleet_protocol::auth::Credential> {

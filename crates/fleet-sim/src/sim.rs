@@ -568,7 +568,7 @@ type Failure = (Instant, String, u64);
 
 /// Every `agent_failed` on the health channel, from now on.
 async fn watch_failures(
-    client: &redis::Client,
+    client: &fleet_store::connection::Client,
     channels: &Channels,
 ) -> anyhow::Result<(
     tokio::task::JoinHandle<()>,
@@ -672,8 +672,8 @@ async fn connect_agents(
     opts: &SimOptions,
     run_id: &str,
     pools: &[PoolType],
-    client: &redis::Client,
-    publishers: &[redis::aio::ConnectionManager],
+    client: &fleet_store::connection::Client,
+    publishers: &[fleet_store::connection::Conn],
     channels: &Channels,
     progress: &mut Progress,
 ) -> anyhow::Result<Vec<Agent>> {

@@ -3,13 +3,13 @@
 
 use fleet_protocol::auth::Signer;
 use fleet_store::audit::{self, AuditLog, Verdict};
+use fleet_store::connection::Conn;
 use fleet_store::Keys;
 use fleet_testkit::RedisServer;
-use redis::aio::ConnectionManager;
 
 struct Log {
     _redis: RedisServer,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     commander: Signer,
 }

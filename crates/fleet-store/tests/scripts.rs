@@ -6,12 +6,12 @@ use fleet_protocol::task::{TaskDefaults, ValidTask};
 use fleet_protocol::{
     PoolType, ReportKind, Resources, TaskEvent, TaskEventKind, TaskReport, ToAgent,
 };
+use fleet_store::connection::Conn;
 use fleet_store::registry::{NewAgent, RegisterOutcome};
 use fleet_store::tasks::{HealthPolicy, PoolSettings, Submitted, TaskPolicy, ALLOCATE_BATCH};
 use fleet_store::{Keys, Registry, StoreError, TaskStore};
 use fleet_testkit::RedisServer;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -20,7 +20,7 @@ const POOL: PoolType = PoolType::Coder;
 struct Store {
     _redis: RedisServer,
     url: String,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     registry: Registry,
     tasks: TaskStore,

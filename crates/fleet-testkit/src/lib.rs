@@ -1,6 +1,7 @@
 //! A private `redis-server` on a free loopback port, for the demo and the
 //! tests (never the shared 6379). Killed when dropped; can be paused,
-//! resumed, killed and restarted on the same port.
+//! resumed, killed and restarted on the same port. [`Sentinels`] watch one
+//! of them, for failover tests.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -316,4 +317,151 @@ impl Drop for RedisServer {
 
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Sentinels (`redis-server --sentinel`) watching one master under a name,
+/// each on a free loopback port, quick to fail over (the master is down
+/// after 1 s without a reply). Killed when dropped.
+pub struct Sentinels {
+    name: String,
+    dir: PathBuf,
+    nodes: Vec<(u16, Child)>,
+}
+
+impl Sentinels {
+    /// `n` sentinels watching `master` as `name`, `quorum` of which must
+    /// agree it is down; returns once each knows the master.
+    pub fn start(
+        master: &RedisServer,
+        name: &str,
+        n: usize,
+        quorum: usize,
+    ) -> Result<Sentinels, RedisServerError> {
+        if !RedisServer::available() {
+            return Err(RedisServerError::NotFound);
+        }
+        let dir = std::env::temp_dir().join(format!("fleet-sentinel-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).map_err(|e| RedisServerError::Start(e.to_string()))?;
+        let mut s = Sentinels {
+            name: name.to_string(),
+            dir,
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            let mut last = String::new();
+            let mut started = false;
+            for _ in 0..5 {
+                let port = free_port().map_err(|e| RedisServerError::Start(e.to_string()))?;
+                match s.spawn(i, port, master.port, quorum) {
+                    Ok(child) => {
+                        s.nodes.push((port, child));
+                        started = true;
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            if !started {
+                return Err(RedisServerError::Start(format!("sentinel {i}: {last}")));
+            }
+        }
+        Ok(s)
+    }
+
+    fn spawn(&self, i: usize, port: u16, master: u16, quorum: usize) -> Result<Child, String> {
+        let conf = self.dir.join(format!("sentinel-{i}.conf"));
+        let name = &self.name;
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {name} 127.0.0.1 {master} {quorum}\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 10000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                self.dir.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .args(["--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited with {status}"));
+            }
+            if master_of(port, name).is_some() {
+                return Ok(child);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err("did not answer within 10 s".into())
+    }
+
+    /// `redis+sentinel://[userinfo@]127.0.0.1:p1,…/name`.
+    pub fn url(&self, userinfo: Option<&str>) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        format!("redis+sentinel://{auth}{}/{}", hosts.join(","), self.name)
+    }
+
+    /// The master's port, as the first sentinel that answers says.
+    pub fn master_port(&self) -> Option<u16> {
+        self.nodes
+            .iter()
+            .find_map(|(p, _)| master_of(*p, &self.name))
+    }
+
+    /// How many replicas the sentinels know of the current master.
+    pub fn replicas(&self) -> usize {
+        let Some((port, _)) = self.nodes.first() else {
+            return 0;
+        };
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+            .and_then(|mut c| {
+                redis::cmd("SENTINEL")
+                    .arg("REPLICAS")
+                    .arg(&self.name)
+                    .query::<Vec<redis::Value>>(&mut c)
+            })
+            .map(|v| v.len())
+            .unwrap_or(0)
+    }
+}
+
+/// `SENTINEL GET-MASTER-ADDR-BY-NAME` on the sentinel at `port`.
+fn master_of(port: u16, name: &str) -> Option<u16> {
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .ok()?
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    let (_, p): (String, u16) = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg(name)
+        .query(&mut c)
+        .ok()?;
+    Some(p)
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -3,13 +3,13 @@
 use crate::context::{json, Shared};
 use crate::metrics as m;
 use fleet_protocol::{now_ms, Deregister, Event, ToAgent, VERSION};
+use fleet_store::connection::Conn;
 use fleet_store::{Once, StoreError};
-use redis::aio::ConnectionManager;
 use tracing::debug;
 
 pub(super) async fn handle(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     d: Deregister,
     once: Option<&Once>,
 ) -> Result<(), StoreError> {

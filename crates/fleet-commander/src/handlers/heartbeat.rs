@@ -3,15 +3,15 @@
 use crate::context::{publish, Shared};
 use crate::metrics as m;
 use fleet_protocol::{now_ms, Event, Heartbeat, ToAgent, VERSION};
+use fleet_store::connection::Conn;
 use fleet_store::registry::HeartbeatOutcome;
 use fleet_store::{Once, StoreError};
-use redis::aio::ConnectionManager;
 use std::time::Instant;
 use tracing::info;
 
 pub(super) async fn handle(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     hb: Heartbeat,
     once: Option<&Once>,
 ) -> Result<(), StoreError> {

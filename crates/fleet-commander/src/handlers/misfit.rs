@@ -6,13 +6,13 @@ use crate::context::Shared;
 use crate::metrics as m;
 use fleet_protocol::task::SubmitRefusal;
 use fleet_protocol::{Misfit, RefusalReason, ToAgent, VERSION};
+use fleet_store::connection::Conn;
 use fleet_store::StoreError;
-use redis::aio::ConnectionManager;
 use tracing::warn;
 
 pub(super) async fn handle(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     misfit: Misfit,
 ) -> Result<(), StoreError> {
     match misfit {

@@ -14,8 +14,8 @@ pub(crate) mod task_submit;
 use crate::context::Shared;
 use crate::subscriber::{refused, Envelope};
 use fleet_protocol::{Inbound, PoolType};
+use fleet_store::connection::Conn;
 use fleet_store::{Once, StoreError};
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info_span, warn, Instrument};
@@ -75,7 +75,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
 
 async fn handle(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     msg: Inbound,
     once: Option<&Once>,
 ) -> Result<(), StoreError> {

@@ -10,9 +10,9 @@ use fleet_protocol::agent::AgentRecord;
 use fleet_protocol::{
     check_registration, now_ms, Event, RefusalReason, Register, ToAgent, VERSION,
 };
+use fleet_store::connection::Conn;
 use fleet_store::registry::{fresh_record, Announce, NewAgent, Orphans, RegisterOutcome};
 use fleet_store::{Once, StoreError};
-use redis::aio::ConnectionManager;
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -29,7 +29,7 @@ enum Answer {
 
 pub(super) async fn handle(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     r: Register,
     once: Option<&Once>,
 ) -> Result<(), StoreError> {
@@ -101,7 +101,7 @@ fn check<'a>(shared: &Shared, r: &'a Register) -> Result<NewAgent<'a>, (RefusalR
 /// Runs the register script, with the reply for a new agent pre-rendered.
 async fn store(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     r: &Register,
     new: &NewAgent<'_>,
     once: Option<&Once>,

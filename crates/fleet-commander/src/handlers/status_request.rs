@@ -2,12 +2,12 @@
 
 use crate::context::{publish, Shared};
 use fleet_protocol::{FleetStatusMessage, StatusRequest, VERSION};
+use fleet_store::connection::Conn;
 use fleet_store::StoreError;
-use redis::aio::ConnectionManager;
 
 pub(super) async fn handle(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     req: StatusRequest,
 ) -> Result<(), StoreError> {
     let status = shared.fleet_status(conn).await?;

@@ -9,14 +9,14 @@ use super::{freed, wake};
 use crate::context::Shared;
 use crate::metrics as m;
 use fleet_protocol::{now_ms, PoolType, ReportKind, TaskReport, ToAgent, VERSION};
+use fleet_store::connection::Conn;
 use fleet_store::tasks::ReportOutcome;
 use fleet_store::{Once, StoreError};
-use redis::aio::ConnectionManager;
 use tracing::{debug, warn};
 
 pub(super) async fn handle(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     kind: ReportKind,
     r: TaskReport,
     once: Option<&Once>,

@@ -6,16 +6,16 @@ use crate::context::Shared;
 use crate::metrics as m;
 use fleet_protocol::task::{Submission, SubmitRefusal};
 use fleet_protocol::{now_ms, TaskSubmit, TaskSubmitReply, VERSION};
+use fleet_store::connection::Conn;
 use fleet_store::tasks::Submitted;
 use fleet_store::StoreError;
-use redis::aio::ConnectionManager;
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
 /// Validates and persists a task; the outcome, and the reason for a refusal.
 pub(crate) async fn submit(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     s: &Submission,
 ) -> Result<Result<Submitted, (SubmitRefusal, String)>, StoreError> {
     let cfg = &shared.config();
@@ -78,7 +78,7 @@ pub(crate) async fn submit(
 
 pub(super) async fn handle(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     req: TaskSubmit,
 ) -> Result<(), StoreError> {
     let outcome = match submit(shared, conn, &req.task).await {
@@ -99,7 +99,7 @@ pub(super) async fn handle(
 /// Answers a submission on its reply channel, if it gave one under the reply prefix.
 pub(super) async fn reply(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     id: String,
     reply_channel: Option<String>,
     outcome: Result<Submitted, (SubmitRefusal, String)>,
