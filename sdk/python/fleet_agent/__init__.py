@@ -11,10 +11,10 @@
 
     asyncio.run(agent.run())
 """
-from .agent import Agent, RegistrationRefused, Task
+from .agent import Agent, RegistrationRefused, Task, connect_redis
 from .signing import CommanderCheck, Credential, Refused, sign, signing_input, unframe
 
 __all__ = [
-    "Agent", "Task", "RegistrationRefused", "Credential", "CommanderCheck", "Refused",
+    "Agent", "Task", "RegistrationRefused", "connect_redis", "Credential", "CommanderCheck", "Refused",
     "sign", "signing_input", "unframe",
 ]

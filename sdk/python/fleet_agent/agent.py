@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import redis.asyncio as redis
+from redis.asyncio.sentinel import Sentinel
+from urllib.parse import parse_qs, unquote
 
 from .signing import CommanderCheck, Credential, Refused, sign, unframe
 
@@ -19,6 +21,35 @@ log = logging.getLogger("fleet_agent")
 
 PREFIX = "swarm:phase-1"
 RESEND_TRIES = 20  # a result is sent at most this many times (once, then at each heartbeat)
+
+
+def connect_redis(url: str, **auth: Any) -> redis.Redis:
+    """A client for ``url``: ``redis://`` or ``rediss://`` (one server), or
+    ``redis+sentinel://[user:pass@]host:port[,host:port...]/MASTER[/DB]``
+    (``?sentinel_password=...``): the master the sentinels name, found again
+    whenever a connection is made, so that it follows a failover. ``auth``
+    (username, password) overrides the URL's."""
+    if not url.startswith("redis+sentinel://"):
+        return redis.Redis.from_url(url, **auth)
+    rest, _, query = url[len("redis+sentinel://"):].partition("?")
+    authority, _, path = rest.partition("/")
+    userinfo, _, hosts = authority.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        raise ValueError("redis+sentinel:// needs the master's name: .../MASTER")
+    addrs = []
+    for h in hosts.split(","):
+        host, _, port = h.rpartition(":") if ":" in h else (h, "", "26379")
+        addrs.append((host, int(port)))
+    q = {k: v[0] for k, v in parse_qs(query).items()}
+    sentinel_kwargs = {k[len("sentinel_"):]: q[k] for k in ("sentinel_username", "sentinel_password") if k in q}
+    node = {"username": unquote(user) or None, "password": unquote(password) or None, **auth}
+    sentinel = Sentinel(addrs, sentinel_kwargs=sentinel_kwargs, socket_timeout=2.0)
+    return sentinel.master_for(parts[0], db=int(parts[1]) if len(parts) > 1 else 0, socket_timeout=2.0, **node)
+
+
+LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class RegistrationRefused(Exception):
@@ -111,10 +142,14 @@ class Agent:
         auth = {}
         if self.credential and self.credential.redis_user:
             auth = {"username": self.credential.redis_user, "password": self.credential.redis_password}
-        self._pub = redis.Redis.from_url(self.redis_url, **auth)
+        self._pub = connect_redis(self.redis_url, **auth)
+        await self._subscribe()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _subscribe(self) -> None:
+        assert self._pub is not None
         self._ps = self._pub.pubsub(ignore_subscribe_messages=True)
         await self._ps.subscribe(self.channel(f"agent:{self.id}"))
-        self._reader = asyncio.create_task(self._read())
 
     async def close(self) -> None:
         for t in list(self._running.values()):
@@ -131,7 +166,12 @@ class Agent:
         body = json.dumps({"v": 1, **msg}, separators=(",", ":")).encode()
         payload = sign(self._key, self.credential.kid, name, body) if self._key else body
         assert self._pub is not None, "connect() first"
-        await self._pub.publish(name, payload)
+        try:
+            await self._pub.publish(name, payload)
+        except LOST as e:
+            # As if lost in transit: requests are retried, heartbeats come
+            # again, results are re-sent until acknowledged.
+            log.warning("not sent (Redis unreachable: %s)", e)
 
     # ---- requests ----
 
@@ -200,8 +240,22 @@ class Agent:
 
     async def _read(self) -> None:
         name = self.channel(f"agent:{self.id}")
+        lost = False
         while True:
-            m = await self._ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            try:
+                if lost:
+                    # Redis restarted or failed over: subscribe again
+                    # (behind Sentinel, on the master it names now).
+                    await asyncio.sleep(0.2)
+                    await self._ps.aclose()
+                    await self._subscribe()
+                    lost = False
+                m = await self._ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except LOST as e:
+                if not lost:
+                    log.warning("lost the agent's channel (%s); subscribing again", e)
+                lost = True
+                continue
             if m is None:
                 continue
             data: bytes = m["data"] if isinstance(m["data"], bytes) else str(m["data"]).encode()

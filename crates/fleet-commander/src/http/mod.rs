@@ -300,7 +300,7 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
     let ready = redis_ok && (listening || !s.is_leader());
     let view = s.ha.view();
     let body = Json(
-        json!({"ready": ready, "redis": redis_ok, "listening": listening,
+        json!({"ready": ready, "redis": redis_ok, "redisServer": s.redis.server(), "listening": listening,
             "role": view.role.as_str(), "epoch": view.epoch, "id": s.ha.id(),
             "leader": view.leader,
             "breaker": if s.breaker.open_since().is_some() { "open" } else { "closed" },
