@@ -7,7 +7,6 @@ use fleet_protocol::now_ms;
 use fleet_store::acl::{self, AclUser};
 use fleet_store::keystore::sha256_hex;
 use fleet_store::{KeyStore, Keys};
-use redis::IntoConnectionInfo;
 use std::path::Path;
 
 #[derive(clap::Args)]
@@ -32,15 +31,15 @@ const OPERATOR: &str = "fleet-operator";
 pub(crate) async fn acl(config: &Path, args: AclArgs) -> anyhow::Result<bool> {
     let config = load(config)?;
     let keys = Keys::new(config.fleet.prefix.clone());
-    let info = config.redis.url.as_str().into_connection_info()?;
-    let settings = info.redis_settings();
-    let (Some(user), Some(pass)) = (settings.username(), settings.password()) else {
+    let (Some(user), Some(pass)) =
+        fleet_store::connection::url::user_and_password(&config.redis.url)?
+    else {
         anyhow::bail!(
             "redis.url has no user and password for the commander: \
              write it as redis://fleet-commander:PASSWORD@host:port (or set REDIS_URL so)"
         );
     };
-    let mut users = vec![acl::commander(&keys, user, &sha256_hex(pass))];
+    let mut users = vec![acl::commander(&keys, &user, &sha256_hex(&pass))];
     match std::env::var("FLEET_OPERATOR_PASSWORD") {
         Ok(p) if !p.is_empty() => users.push(acl::operator(&keys, OPERATOR, &sha256_hex(&p))),
         _ => eprintln!("note: FLEET_OPERATOR_PASSWORD is not set: no {OPERATOR} user"),

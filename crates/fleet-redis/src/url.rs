@@ -166,6 +166,23 @@ fn parse_sentinel(rest: &str) -> RedisResult<SentinelTarget> {
     Ok(t)
 }
 
+/// The user and password connections authenticate with (behind Sentinel,
+/// to the master).
+pub fn user_and_password(url: &str) -> RedisResult<(Option<String>, Option<String>)> {
+    let settings = match parse(url)? {
+        Target::Direct { url, .. } => url
+            .as_str()
+            .into_connection_info()?
+            .redis_settings()
+            .clone(),
+        Target::Sentinel(t) => t.node_settings()?,
+    };
+    Ok((
+        settings.username().map(str::to_string),
+        settings.password().map(str::to_string),
+    ))
+}
+
 /// `url` with any password replaced by `***` (for logs and errors).
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -238,6 +255,10 @@ mod tests {
         assert_eq!(
             (node.username(), node.password(), node.db()),
             (Some("fleet-commander"), Some("pw"), 2)
+        );
+        assert_eq!(
+            user_and_password("redis+sentinel://fleet-commander:pw@h:1/fleet").unwrap(),
+            (Some("fleet-commander".into()), Some("pw".into()))
         );
         let s = &t.sentinel_infos().unwrap()[0];
         assert_eq!(s.redis_settings().password(), Some("s"));

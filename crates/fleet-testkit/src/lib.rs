@@ -150,7 +150,8 @@ impl RedisServer {
         Self::start_inner(false, None)
     }
 
-    /// A replica of `primary` (`--replicaof`), on a free port of its own.
+    /// A replica of `primary` (`--replicaof`), on a free port of its own;
+    /// returns once its first sync is done.
     pub fn start_replica_of(primary: &RedisServer) -> Result<RedisServer, RedisServerError> {
         Self::start_inner(false, Some(primary.port))
     }
@@ -219,6 +220,8 @@ impl RedisServer {
             .args(["--maxclients", "20000"])
             // As docs/OPERATIONS.md asks: no published message over 1 MB.
             .args(["--proto-max-bulk-len", "1mb"])
+            // A replica's first sync starts at once, not after Redis's 5 s.
+            .args(["--repl-diskless-sync-delay", "0"])
             .args(["--loglevel", "warning"])
             .arg("--dir")
             .arg(&self.dir)
@@ -235,7 +238,7 @@ impl RedisServer {
                     return Err(format!("exited with {status}"));
                 }
             }
-            if self.ping() {
+            if self.ping() && (self.replica_of.is_none() || self.synced()) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -249,6 +252,18 @@ impl RedisServer {
             .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
             .is_ok()
+    }
+
+    /// A replica whose link to its primary is up (its first sync done).
+    fn synced(&self) -> bool {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| {
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query::<String>(&mut c)
+            })
+            .is_ok_and(|info| info.contains("master_link_status:up"))
     }
 
     /// The TLS URL (`rediss://`), with the CA and the client certificate

@@ -49,26 +49,33 @@ class Fleet:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.bin = os.environ.get("FLEET_BIN", str(ROOT / "target" / "debug" / "fleet-commander"))
-        self.redis_port, self.http_port = free_port(), free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}"  # the default user: admin
-        self.commander_url = f"redis://fleet-commander:commander-pw@127.0.0.1:{self.redis_port}"
+        self.http_port = free_port()
+        self.redis: Optional[subprocess.Popen] = None
+        self.start_redis()
         self.base = f"http://127.0.0.1:{self.http_port}"
         self.key = tmp / "commander.key"
         self.key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
         self.key.chmod(0o600)
         self.env = {**os.environ, "REDIS_URL": self.commander_url, "FLEET_COMMANDER_KEY": str(self.key),
                     "FLEET_HTTP_ADDR": f"127.0.0.1:{self.http_port}", "RUST_LOG": "warn"}
-        self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: socket.create_connection(("127.0.0.1", self.redis_port), 0.2).close() or True,
-                 "redis-server")
         self.apply_acl()
         self.token = ""
         self.start_commander()
         # An operator's token for the HTTP API, as `tokens issue` makes it.
         self.token = self.cli("tokens", "issue", "--role", "operator", "--name", "pytest").stdout.strip()
+
+    def start_redis(self) -> None:
+        """A private redis-server; sets redis_url (the default user: admin)
+        and commander_url (the commander's ACL user)."""
+        self.redis_port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}"
+        self.commander_url = f"redis://fleet-commander:commander-pw@127.0.0.1:{self.redis_port}"
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: socket.create_connection(("127.0.0.1", self.redis_port), 0.2).close() or True,
+                 "redis-server")
 
     def start_commander(self) -> None:
         self.commander = subprocess.Popen(
@@ -84,8 +91,9 @@ class Fleet:
 
     def close(self) -> None:
         for p in (self.commander, self.redis):
-            p.kill()
-            p.wait(5)
+            if p is not None:
+                p.kill()
+                p.wait(5)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([self.bin, "--config", str(ROOT / "config" / "fleet.toml"), *args],
