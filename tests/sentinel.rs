@@ -135,5 +135,20 @@ async fn a_sentinel_failover_mid_load_loses_nothing_and_runs_nothing_twice() {
     assert_eq!(lost, 0, "accepted tasks missing after the failover");
     assert!(again.is_empty(), "executed more than once: {again:?}");
     assert_eq!(deaths, 0, "live agents declared dead");
+
+    // The CLI takes the same URL and reads from the new master.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-commander"))
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"),
+            "status",
+            "--json",
+        ])
+        .env("REDIS_URL", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["totalAgents"], 4, "{status}");
     workers.stop().await;
 }
