@@ -147,7 +147,11 @@ async fn a_sentinel_failover_mid_load_loses_nothing_and_runs_nothing_twice() {
         .env("REDIS_URL", &url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["totalAgents"], 4, "{status}");
     workers.stop().await;

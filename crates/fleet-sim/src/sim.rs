@@ -566,7 +566,8 @@ pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> anyhow::Resul
 /// long (ms) the agent had been silent then.
 type Failure = (Instant, String, u64);
 
-/// Every `agent_failed` on the health channel, from now on.
+/// Every `agent_failed` on the health channel, from now on (subscribed
+/// again after a lost connection: behind Sentinel, on the new master).
 async fn watch_failures(
     client: &fleet_store::connection::Client,
     channels: &Channels,
@@ -575,23 +576,38 @@ async fn watch_failures(
     mpsc::UnboundedReceiver<Failure>,
 )> {
     let (ev_tx, events) = mpsc::unbounded_channel::<Failure>();
+    let channel = channels.health();
     let mut health = client.get_async_pubsub().await?;
-    health.subscribe(channels.health()).await?;
+    health.subscribe(&channel).await?;
+    let client = client.clone();
     let watcher = tokio::spawn(async move {
-        let mut s = health.into_on_message();
-        while let Some(msg) = s.next().await {
-            if let Ok(Event::AgentFailed {
-                agent_id,
-                last_heartbeat,
-                ts,
-                ..
-            }) = serde_json::from_slice::<Event>(msg.get_payload_bytes())
-            {
-                let silent = ts.saturating_sub(last_heartbeat);
-                if ev_tx.send((Instant::now(), agent_id, silent)).is_err() {
-                    return;
+        loop {
+            let mut s = health.into_on_message();
+            while let Some(msg) = s.next().await {
+                if let Ok(Event::AgentFailed {
+                    agent_id,
+                    last_heartbeat,
+                    ts,
+                    ..
+                }) = serde_json::from_slice::<Event>(msg.get_payload_bytes())
+                {
+                    let silent = ts.saturating_sub(last_heartbeat);
+                    if ev_tx.send((Instant::now(), agent_id, silent)).is_err() {
+                        return;
+                    }
                 }
             }
+            health = loop {
+                if ev_tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(mut p) = client.get_async_pubsub().await {
+                    if p.subscribe(&channel).await.is_ok() {
+                        break p;
+                    }
+                }
+            };
         }
     });
     Ok((watcher, events))
