@@ -151,5 +151,16 @@ async fn main() {
         ids.len(),
         workers.again().len()
     );
+    // What each task run more than once went through (its record).
+    for (id, n) in workers.again() {
+        let rec: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.task(&id))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let mut rec: Vec<_> = rec.into_iter().filter(|(k, _)| k != "payload").collect();
+        rec.sort();
+        println!("  run {n} times: {id} {rec:?}");
+    }
     workers.stop().await;
 }

@@ -65,6 +65,11 @@ impl Keys {
     pub fn task(&self, task_id: &str) -> String {
         format!("{}{task_id}", self.task_prefix())
     }
+    /// Sorted set (capped): the most recently submitted tasks, scored by
+    /// submission time: the index the console and `GET /v1/tasks` list.
+    pub fn recent_tasks(&self) -> String {
+        format!("{}:recent-tasks", self.prefix)
+    }
     /// The prefix of [`Keys::task`], for Lua scripts that walk task ids.
     pub fn task_prefix(&self) -> String {
         format!("{}:tasks:", self.prefix)

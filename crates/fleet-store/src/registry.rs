@@ -513,6 +513,27 @@ impl Registry {
             .ok_or_else(|| StoreError::Reply(format!("agent {id}: bad record")))
     }
 
+    /// Every registered agent's record (16 SMEMBERS, then the records
+    /// pipelined 500 at a time): for listing, not for hot paths.
+    pub async fn all_agents(&self, conn: &mut impl ConnectionLike) -> Result<Vec<AgentRecord>> {
+        let mut p = redis::pipe();
+        for pool in PoolType::ALL {
+            p.cmd("SMEMBERS").arg(self.keys.pool_agents(pool));
+        }
+        let sets: Vec<Vec<String>> = p.query_async(conn).await?;
+        let ids: Vec<String> = sets.into_iter().flatten().collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut p = redis::pipe();
+            for id in chunk {
+                p.cmd("HGETALL").arg(self.keys.agent(id));
+            }
+            let rows: Vec<HashMap<String, String>> = p.query_async(conn).await?;
+            out.extend(rows.iter().filter_map(agent_from_fields));
+        }
+        Ok(out)
+    }
+
     /// One HGETALL of the counters: the whole fleet's shape.
     pub async fn counts(&self, conn: &mut impl ConnectionLike) -> Result<Counts> {
         read_counts(conn, &self.keys).await

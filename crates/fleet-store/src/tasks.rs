@@ -44,6 +44,10 @@ static PAROLE: LazyLock<ScriptDef> =
 /// served again at once.
 pub const ALLOCATE_BATCH: usize = 64;
 
+/// How many of the newest tasks [`Keys::recent_tasks`] indexes (what
+/// `GET /v1/tasks` can list; any task is found by its id or client id).
+pub const RECENT_TASKS: u64 = 10_000;
+
 /// Allocation decisions kept in the evidence stream (approximately).
 pub const EVIDENCE_CAP: u64 = 100_000;
 
@@ -233,6 +237,7 @@ impl TaskStore {
             .key("task", self.keys.task(id))
             .key("client", client_key)
             .key("queue", self.keys.queue(t.pool))
+            .key("recent", self.keys.recent_tasks())
             .arg("id", id)
             .arg("client_id", client)
             .arg("pool", t.pool.as_str())
@@ -244,6 +249,7 @@ impl TaskStore {
             .arg("now", now)
             .arg("score", queue_score(now, t.priority, &self.cfg))
             .arg("idempotency_ttl_ms", self.cfg.idempotency_ttl_ms)
+            .arg("recent_max", RECENT_TASKS)
     }
 
     fn submitted(reply: &Reply, id: String, t: &ValidTask, now: u64) -> Result<Submitted> {
@@ -285,6 +291,48 @@ impl TaskStore {
         task_from_fields(&fields)
             .map(Some)
             .ok_or_else(|| StoreError::Reply(format!("task {id}: bad record")))
+    }
+
+    /// The ids of the newest tasks, newest first (the recent index:
+    /// [`RECENT_TASKS`] at most).
+    pub async fn recent_ids(&self, conn: &mut impl ConnectionLike) -> Result<Vec<String>> {
+        Ok(redis::cmd("ZREVRANGE")
+            .arg(self.keys.recent_tasks())
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await?)
+    }
+
+    /// The id of the task a client id names, while it is remembered.
+    pub async fn by_client_id(
+        &self,
+        conn: &mut impl ConnectionLike,
+        client_id: &str,
+    ) -> Result<Option<String>> {
+        Ok(redis::cmd("GET")
+            .arg(self.keys.task_client(client_id))
+            .query_async(conn)
+            .await?)
+    }
+
+    /// A summary of each task of `ids`, in order, leaving out those whose
+    /// record has expired. Pipelined, 500 at a time.
+    pub async fn summaries(
+        &self,
+        conn: &mut impl ConnectionLike,
+        ids: &[String],
+    ) -> Result<Vec<TaskSummary>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut p = redis::pipe();
+            for id in chunk {
+                p.cmd("HMGET").arg(self.keys.task(id)).arg(&TaskSummary::FIELDS);
+            }
+            let rows: Vec<Vec<Option<String>>> = p.query_async(conn).await?;
+            out.extend(rows.into_iter().filter_map(TaskSummary::from_row));
+        }
+        Ok(out)
     }
 
     pub async fn cancel(
@@ -668,4 +716,52 @@ pub fn task_from_fields(f: &HashMap<String, String>) -> Option<TaskRecord> {
         result: s("result").and_then(|v| RawJson::from_text(v.to_string()).ok()),
         error: s("error").map(str::to_string),
     })
+}
+
+/// A task as listed (`GET /v1/tasks`): no payload or result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSummary {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub pool: String,
+    pub state: String,
+    pub priority: u8,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    pub submitted_at: u64,
+    pub updated_at: u64,
+}
+
+impl TaskSummary {
+    const FIELDS: [&'static str; 9] = [
+        "id",
+        "clientId",
+        "pool",
+        "state",
+        "priority",
+        "attempt",
+        "agent",
+        "submittedAt",
+        "updatedAt",
+    ];
+
+    fn from_row(row: Vec<Option<String>>) -> Option<TaskSummary> {
+        let [id, client, pool, state, priority, attempt, agent, submitted, updated]: [Option<String>; 9] =
+            row.try_into().ok()?;
+        let num = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Some(TaskSummary {
+            id: id?,
+            client_id: client.filter(|c| !c.is_empty()),
+            pool: pool?,
+            state: state?,
+            priority: num(priority).min(255) as u8,
+            attempt: num(attempt) as u32,
+            agent_id: agent.filter(|a| !a.is_empty()),
+            submitted_at: num(submitted),
+            updated_at: num(updated),
+        })
+    }
 }

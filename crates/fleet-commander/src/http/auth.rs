@@ -1,5 +1,6 @@
 //! Who may use the HTTP API: a bearer token (`fleet-commander tokens
-//! issue`) whose role covers the request. GET needs a viewer, anything
+//! issue`), or the console's session cookie holding one, whose role covers
+//! the request. GET needs a viewer, anything
 //! else an operator; `/healthz` and `/readyz` are open, and `/metrics`
 //! unless `http.protect_metrics`. With `security.mode = "open"` nothing is
 //! checked. A refusal is 401 (no or an unknown token) or 403 (a role too
@@ -19,6 +20,7 @@ pub(crate) async fn require(State(s): State<Arc<Shared>>, req: Request, next: Ne
     let path = req.uri().path().to_string();
     let audited = audited(req.method(), &path);
     let open = matches!(path.as_str(), "/healthz" | "/readyz")
+        || super::console::is_open(&path)
         || (path == "/metrics" && !s.config().http.protect_metrics);
     if open {
         return next.run(req).await;
@@ -33,12 +35,25 @@ pub(crate) async fn require(State(s): State<Arc<Shared>>, req: Request, next: Ne
     } else {
         TokenRole::Operator
     };
-    let token = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    // Else the console's session cookie; a write made with it must carry
+    // the console's header, which a cross-site form cannot set.
+    let token = match bearer {
+        Some(t) => Some(t),
+        None => {
+            let t = super::console::cookie_token(req.headers());
+            let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+            if t.is_some() && write && !req.headers().contains_key(super::console::CSRF_HEADER) {
+                return refuse(StatusCode::FORBIDDEN, "csrf", &path);
+            }
+            t
+        }
+    };
     let Some(token) = token else {
         return refuse(StatusCode::UNAUTHORIZED, "missing_token", &path);
     };

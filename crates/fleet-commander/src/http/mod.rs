@@ -4,7 +4,9 @@
 //! token of the right role ([`auth`]).
 
 mod auth;
+mod console;
 mod listener;
+mod lists;
 
 use crate::context::Shared;
 use crate::metrics as m;
@@ -30,11 +32,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/fleet", get(fleet))
         .route("/v1/pools", get(pools))
+        .route("/v1/agents", get(lists::agents))
         .route("/v1/agents/{id}", get(agent))
         .route("/v1/agents/{id}/drain", post(drain_agent))
         .route("/v1/pools/{pool}/drain", post(drain_pool))
         .route("/v1/pools/{pool}/size", post(set_pool_size))
-        .route("/v1/tasks", post(submit_task))
+        .route("/v1/tasks", post(submit_task).get(lists::tasks))
+        .route("/v1/scaling", get(lists::scaling))
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/v1/tasks/{id}/evidence", get(task_evidence))
@@ -42,6 +46,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/audit", get(audit_log))
         .route("/v1/dead-letters/{id}/requeue", post(requeue_dead))
         .route("/v1/commanders", get(commanders))
+        .route("/v1/events", get(console::events))
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
+        .route(
+            "/console/session",
+            get(console::session)
+                .post(console::sign_in)
+                .delete(console::sign_out),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
@@ -58,6 +72,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             fail_fast,
         ))
+        .layer(axum::middleware::from_fn(console::headers))
         .with_state(shared)
 }
 
@@ -130,7 +145,10 @@ async fn fail_fast(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+    if matches!(
+        req.uri().path(),
+        "/healthz" | "/readyz" | "/metrics" | "/" | "/console/app.js" | "/console/app.css"
+    ) {
         return next.run(req).await;
     }
     if let Some(since) = s.breaker.open_since() {
@@ -242,6 +260,7 @@ async fn leader_only(
             *req.method(),
             axum::http::Method::GET | axum::http::Method::HEAD
         )
+        || req.uri().path() == "/console/session"
     {
         return next.run(req).await;
     }

@@ -1,8 +1,9 @@
---! keys: epoch task client queue
---! args: epoch id client_id pool capabilities priority payload timeout_ms max_retries now score idempotency_ttl_ms
+--! keys: epoch task client queue recent
+--! args: epoch id client_id pool capabilities priority payload timeout_ms max_retries now score idempotency_ttl_ms recent_max
 -- Persist a new task and queue it. Idempotent by client id.
 -- KEYS: epoch, task (its hash), client (the client-id key; a placeholder
---       when none), queue (the pool's)
+--       when none), queue (the pool's), recent (the index of recent tasks,
+--       kept to its recent_max newest)
 -- A: epoch, id, client_id ('' for none), pool, capabilities (JSON),
 --    priority, payload (JSON), timeout_ms, max_retries, now, score (queue
 --    score), idempotency_ttl_ms
@@ -21,4 +22,6 @@ redis.call('HSET', task, 'id', id, 'clientId', A.client_id, 'pool', A.pool,
   'timeoutMs', A.timeout_ms, 'maxRetries', A.max_retries, 'state', 'queued', 'attempt', 0,
   'submittedAt', A.now, 'updatedAt', A.now, 'score', A.score)
 redis.call('ZADD', queue, A.score, id)
+redis.call('ZADD', KEY.recent, A.now, id)
+redis.call('ZREMRANGEBYRANK', KEY.recent, 0, -(tonumber(A.recent_max) + 1))
 return reply('accepted', {id = id})

@@ -1,0 +1,246 @@
+//! The operators' console: one page and its script and style, embedded in
+//! the binary and served at `/` by every commander (a standby's is
+//! read-only: its writes are refused like any other); signing in; and the
+//! live feed it listens to.
+//!
+//! - **Signing in** (`POST /console/session` with `{"token": …}`) checks a
+//!   bearer token (`fleet-commander tokens issue`) and sets it as an
+//!   `HttpOnly`, `SameSite=Strict` cookie: the token never travels in a URL
+//!   and the page's script cannot read it. `GET` says who is signed in;
+//!   `DELETE` signs out.
+//! - **Cross-site requests**: a request authenticated by the cookie that
+//!   changes anything must carry `X-Fleet-Console: 1`, a header a
+//!   cross-site form cannot set (besides the cookie being `SameSite=Strict`);
+//!   see `auth::require`.
+//! - **Live**: `GET /v1/events` is a server-sent event stream. It sends
+//!   `change` (with the kinds: registry, health, allocation, scaling,
+//!   fleet) at most every 250 ms while the fleet changes, and nothing
+//!   otherwise; agents' heartbeats are not changes. The page refetches
+//!   what it shows; it never polls.
+//! - Every response here carries a content security policy that allows
+//!   only this origin's script and style, no inline script, no framing.
+
+use super::{error, unavailable};
+use crate::context::Shared;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+const INDEX: &str = include_str!("console/index.html");
+const SCRIPT: &str = include_str!("console/app.js");
+const STYLE: &str = include_str!("console/app.css");
+
+/// The cookie that carries the signed-in token.
+pub(super) const COOKIE: &str = "fleet_session";
+/// The header every cookie-authenticated write must carry.
+pub(super) const CSRF_HEADER: &str = "x-fleet-console";
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Paths served without a token: the page, its assets, signing in.
+pub(super) fn is_open(path: &str) -> bool {
+    matches!(
+        path,
+        "/" | "/console/app.js" | "/console/app.css" | "/console/session"
+    )
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+pub(super) async fn index() -> Response {
+    asset(INDEX, "text/html; charset=utf-8")
+}
+
+pub(super) async fn script() -> Response {
+    asset(SCRIPT, "text/javascript; charset=utf-8")
+}
+
+pub(super) async fn style() -> Response {
+    asset(STYLE, "text/css; charset=utf-8")
+}
+
+/// Adds the console's security headers to every response.
+pub(super) async fn headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+/// The token in the session cookie, if any.
+pub(super) fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+#[derive(Deserialize)]
+pub(super) struct SignIn {
+    token: String,
+}
+
+/// `POST /console/session`: checks the token, sets the cookie.
+pub(super) async fn sign_in(
+    State(s): State<Arc<Shared>>,
+    Json(body): Json<SignIn>,
+) -> Response {
+    let token = body.token.trim();
+    // A cookie value cannot hold these; no token has them either.
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+        return error(StatusCode::UNAUTHORIZED, "invalid_token", "/console/session");
+    }
+    let (name, role) = match s.gate.token_role(&mut s.redis.clone(), token).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            metrics::counter!(crate::metrics::HTTP_REJECTED, "reason" => "invalid_token")
+                .increment(1);
+            tracing::warn!(reason = "invalid_token", "console sign-in refused");
+            return error(StatusCode::UNAUTHORIZED, "invalid_token", "/console/session");
+        }
+        Err(e) => return unavailable(e),
+    };
+    let mut r = Json(json!({"signedIn": true, "name": name, "userRole": role.as_str()})).into_response();
+    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `GET /console/session`: who is signed in (and whether anyone must be).
+pub(super) async fn session(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let view = s.ha.view();
+    let base = json!({"role": view.role.as_str(), "leader": view.leader});
+    if !s.gate.signed() {
+        return Json(json!({"signedIn": true, "name": "anonymous", "userRole": "admin",
+            "open": true, "commander": base}))
+        .into_response();
+    }
+    let Some(token) = cookie_token(&headers) else {
+        return Json(json!({"signedIn": false, "commander": base})).into_response();
+    };
+    match s.gate.token_role(&mut s.redis.clone(), token).await {
+        Ok(Some((name, role))) => Json(json!({"signedIn": true, "name": name,
+            "userRole": role.as_str(), "commander": base}))
+        .into_response(),
+        Ok(None) => Json(json!({"signedIn": false, "commander": base})).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `DELETE /console/session`: signs out (clears the cookie).
+pub(super) async fn sign_out() -> Response {
+    let mut r = Json(json!({"signedIn": false})).into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
+        ))
+        .expect("a valid header"),
+    );
+    r
+}
+
+/// `GET /v1/events`: a `change` event whenever the fleet changed (coalesced
+/// over 250 ms), on a pub/sub connection of its own.
+pub(super) async fn events(State(s): State<Arc<Shared>>) -> Response {
+    let c = s.keys.channels();
+    let channels = [
+        c.registry(),
+        c.health(),
+        c.allocation(),
+        c.scaling(),
+        c.fleet(),
+    ];
+    let client = match fleet_store::connection::client(&s.config().redis.url) {
+        Ok(c) => c,
+        Err(e) => return unavailable(e.into()),
+    };
+    let mut ps = match client.get_async_pubsub().await {
+        Ok(p) => p,
+        Err(e) => return unavailable(e.into()),
+    };
+    if let Err(e) = ps.subscribe(&channels).await {
+        return unavailable(e.into());
+    }
+    let channels = Arc::new(channels);
+    let messages = ps.into_on_message();
+    let stream = futures_util::stream::unfold(messages, move |mut msgs| {
+        let channels = channels.clone();
+        async move {
+        let kind_of = |m: &redis::Msg| change_kind(&channels, m);
+        let mut kinds = BTreeSet::new();
+        while kinds.is_empty() {
+            let m = msgs.next().await?;
+            kinds.extend(kind_of(&m));
+        }
+        let gather = tokio::time::sleep(Duration::from_millis(250));
+        tokio::pin!(gather);
+        loop {
+            tokio::select! {
+                _ = &mut gather => break,
+                m = msgs.next() => match m {
+                    Some(m) => kinds.extend(kind_of(&m)),
+                    None => break,
+                },
+            }
+        }
+        let data = json!({"kinds": kinds, "ts": fleet_protocol::now_ms()}).to_string();
+        let ev = Event::default().event("change").data(data);
+        Some((Ok::<_, std::convert::Infallible>(ev), msgs))
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response()
+}
+
+/// What a message on one of the event channels changed, if anything:
+/// agents' heartbeats and requests are not changes of state.
+fn change_kind(channels: &[String; 5], m: &redis::Msg) -> Option<&'static str> {
+    let name = m.get_channel_name();
+    let kind = ["registry", "health", "allocation", "scaling", "fleet"]
+        .into_iter()
+        .zip(channels.iter())
+        .find(|(_, c)| c.as_str() == name)?
+        .0;
+    let payload = m.get_payload_bytes();
+    let noise: [&[u8]; 2] = [b"\"type\":\"heartbeat\"", b"\"type\":\"status_request\""];
+    let is_noise = noise
+        .iter()
+        .any(|n| payload.windows(n.len()).any(|w| w == *n));
+    (!is_noise).then_some(kind)
+}
