@@ -21,6 +21,7 @@ pub(crate) async fn demo(args: DemoArgs, config: &Path) -> anyhow::Result<bool> 
         heartbeat_ms,
         tasks,
         skip_autoscaling,
+        hold,
         report,
     } = args;
     let config = load(config)?;
@@ -33,6 +34,7 @@ pub(crate) async fn demo(args: DemoArgs, config: &Path) -> anyhow::Result<bool> 
         redis_url: std::env::var("REDIS_URL").ok(),
         tasks,
         autoscaling: !skip_autoscaling,
+        hold_secs: hold,
     };
     let r = demo::run(config, opts, shutdown_on_signal()).await?;
     write_report(&report, &r)?;

@@ -115,6 +115,10 @@ pub(crate) struct DemoArgs {
     /// Skip the autoscaling phase (a pool growing and shrinking with load).
     #[arg(long)]
     pub(crate) skip_autoscaling: bool,
+    /// Keep the fleet running this long once its tasks are done, for a
+    /// look at the console (its URL and a sign-in token are printed).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) hold: u64,
     /// Write the measurements as JSON.
     #[arg(long)]
     pub(crate) report: Option<PathBuf>,

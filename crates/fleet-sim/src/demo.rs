@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub tasks: usize,
     /// Run the autoscaling phase.
     pub autoscaling: bool,
+    /// Keep the fleet up this long once its tasks are done (the console).
+    pub hold_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +133,10 @@ pub async fn run(
         "commander up (epoch {}), HTTP API at {base} — try {base}/v1/fleet while the demo runs",
         commander.epoch()
     );
+    match &http_token {
+        Some(t) => println!("console: {base}/ (sign in with the demo's operator token {t})"),
+        None => println!("console: {base}/"),
+    }
     println!(
         "heartbeats every {} ms; an agent silent for {} heartbeats is failed",
         config.fleet.heartbeat_interval_ms, config.fleet.missed_heartbeats
@@ -148,7 +154,7 @@ pub async fn run(
             failure_window: config.failure_window(),
             stop: opts.kill,
             status_queries: opts.status_queries,
-            hold: Duration::ZERO,
+            hold: Duration::from_secs(opts.hold_secs),
             deregister_at_end: true,
             pools: fleet_protocol::pool::PoolType::ALL
                 .iter()

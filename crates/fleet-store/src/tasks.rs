@@ -327,7 +327,9 @@ impl TaskStore {
         for chunk in ids.chunks(500) {
             let mut p = redis::pipe();
             for id in chunk {
-                p.cmd("HMGET").arg(self.keys.task(id)).arg(&TaskSummary::FIELDS);
+                p.cmd("HMGET")
+                    .arg(self.keys.task(id))
+                    .arg(&TaskSummary::FIELDS);
             }
             let rows: Vec<Vec<Option<String>>> = p.query_async(conn).await?;
             out.extend(rows.into_iter().filter_map(TaskSummary::from_row));
@@ -749,8 +751,9 @@ impl TaskSummary {
     ];
 
     fn from_row(row: Vec<Option<String>>) -> Option<TaskSummary> {
-        let [id, client, pool, state, priority, attempt, agent, submitted, updated]: [Option<String>; 9] =
-            row.try_into().ok()?;
+        let [id, client, pool, state, priority, attempt, agent, submitted, updated]: [Option<
+            String,
+        >; 9] = row.try_into().ok()?;
         let num = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         Some(TaskSummary {
             id: id?,

@@ -75,10 +75,7 @@ pub(super) async fn style() -> Response {
 }
 
 /// Adds the console's security headers to every response.
-pub(super) async fn headers(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+pub(super) async fn headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(
@@ -89,7 +86,10 @@ pub(super) async fn headers(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
 }
@@ -113,14 +113,15 @@ pub(super) struct SignIn {
 }
 
 /// `POST /console/session`: checks the token, sets the cookie.
-pub(super) async fn sign_in(
-    State(s): State<Arc<Shared>>,
-    Json(body): Json<SignIn>,
-) -> Response {
+pub(super) async fn sign_in(State(s): State<Arc<Shared>>, Json(body): Json<SignIn>) -> Response {
     let token = body.token.trim();
     // A cookie value cannot hold these; no token has them either.
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
-        return error(StatusCode::UNAUTHORIZED, "invalid_token", "/console/session");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "/console/session",
+        );
     }
     let (name, role) = match s.gate.token_role(&mut s.redis.clone(), token).await {
         Ok(Some(r)) => r,
@@ -128,11 +129,16 @@ pub(super) async fn sign_in(
             metrics::counter!(crate::metrics::HTTP_REJECTED, "reason" => "invalid_token")
                 .increment(1);
             tracing::warn!(reason = "invalid_token", "console sign-in refused");
-            return error(StatusCode::UNAUTHORIZED, "invalid_token", "/console/session");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "/console/session",
+            );
         }
         Err(e) => return unavailable(e),
     };
-    let mut r = Json(json!({"signedIn": true, "name": name, "userRole": role.as_str()})).into_response();
+    let mut r =
+        Json(json!({"signedIn": true, "name": name, "userRole": role.as_str()})).into_response();
     let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -145,8 +151,10 @@ pub(super) async fn session(State(s): State<Arc<Shared>>, headers: HeaderMap) ->
     let view = s.ha.view();
     let base = json!({"role": view.role.as_str(), "leader": view.leader});
     if !s.gate.signed() {
-        return Json(json!({"signedIn": true, "name": "anonymous", "userRole": "admin",
-            "open": true, "commander": base}))
+        return Json(
+            json!({"signedIn": true, "name": "anonymous", "userRole": "admin",
+            "open": true, "commander": base}),
+        )
         .into_response();
     }
     let Some(token) = cookie_token(&headers) else {
@@ -201,26 +209,26 @@ pub(super) async fn events(State(s): State<Arc<Shared>>) -> Response {
     let stream = futures_util::stream::unfold(messages, move |mut msgs| {
         let channels = channels.clone();
         async move {
-        let kind_of = |m: &redis::Msg| change_kind(&channels, m);
-        let mut kinds = BTreeSet::new();
-        while kinds.is_empty() {
-            let m = msgs.next().await?;
-            kinds.extend(kind_of(&m));
-        }
-        let gather = tokio::time::sleep(Duration::from_millis(250));
-        tokio::pin!(gather);
-        loop {
-            tokio::select! {
-                _ = &mut gather => break,
-                m = msgs.next() => match m {
-                    Some(m) => kinds.extend(kind_of(&m)),
-                    None => break,
-                },
+            let kind_of = |m: &redis::Msg| change_kind(&channels, m);
+            let mut kinds = BTreeSet::new();
+            while kinds.is_empty() {
+                let m = msgs.next().await?;
+                kinds.extend(kind_of(&m));
             }
-        }
-        let data = json!({"kinds": kinds, "ts": fleet_protocol::now_ms()}).to_string();
-        let ev = Event::default().event("change").data(data);
-        Some((Ok::<_, std::convert::Infallible>(ev), msgs))
+            let gather = tokio::time::sleep(Duration::from_millis(250));
+            tokio::pin!(gather);
+            loop {
+                tokio::select! {
+                    _ = &mut gather => break,
+                    m = msgs.next() => match m {
+                        Some(m) => kinds.extend(kind_of(&m)),
+                        None => break,
+                    },
+                }
+            }
+            let data = json!({"kinds": kinds, "ts": fleet_protocol::now_ms()}).to_string();
+            let ev = Event::default().event("change").data(data);
+            Some((Ok::<_, std::convert::Infallible>(ev), msgs))
         }
     });
     Sse::new(stream)

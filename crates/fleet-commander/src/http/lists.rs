@@ -67,11 +67,16 @@ pub(super) async fn agents(State(s): State<Arc<Shared>>, Query(q): Query<AgentQu
         Err(e) => return unavailable(e),
     };
     let now = fleet_protocol::now_ms();
-    let needle = q.q.as_deref().map(str::to_lowercase).filter(|n| !n.is_empty());
+    let needle =
+        q.q.as_deref()
+            .map(str::to_lowercase)
+            .filter(|n| !n.is_empty());
     let mut found: Vec<AgentRecord> = all
         .into_iter()
         .filter(|a| {
-            needle.as_deref().is_none_or(|n| a.id.to_lowercase().contains(n))
+            needle
+                .as_deref()
+                .is_none_or(|n| a.id.to_lowercase().contains(n))
                 && q.pool.as_deref().is_none_or(|p| a.pool.as_str() == p)
                 && q.status.as_deref().is_none_or(|st| a.status.as_str() == st)
                 && q.capability
@@ -106,6 +111,8 @@ pub(super) struct TaskQuery {
     q: Option<String>,
     pool: Option<String>,
     state: Option<String>,
+    /// The agent that holds (or last held) it.
+    agent: Option<String>,
     offset: usize,
     limit: Option<usize>,
 }
@@ -138,6 +145,9 @@ pub(super) async fn tasks(State(s): State<Arc<Shared>>, Query(q): Query<TaskQuer
         .filter(|t| {
             q.pool.as_deref().is_none_or(|p| t.pool == p)
                 && q.state.as_deref().is_none_or(|st| t.state == st)
+                && q.agent
+                    .as_deref()
+                    .is_none_or(|a| t.agent_id.as_deref() == Some(a))
         })
         .collect();
     Json(page(found, q.offset, q.limit.unwrap_or(50))).into_response()

@@ -210,9 +210,11 @@ async fn fleet(State(s): State<Arc<Shared>>) -> Response {
 async fn pools(State(s): State<Arc<Shared>>) -> Response {
     let mut conn = s.redis.clone();
     let mut conn2 = conn.clone();
-    let (counts, fair) = match tokio::try_join!(
+    let mut conn3 = conn.clone();
+    let (counts, fair, queued) = match tokio::try_join!(
         s.registry.counts(&mut conn2),
-        s.tasks.fairness_inputs(&mut conn)
+        s.tasks.fairness_inputs(&mut conn),
+        s.tasks.queue_depths(&mut conn3)
     ) {
         Ok(x) => x,
         Err(e) => return unavailable(e),
@@ -227,6 +229,16 @@ async fn pools(State(s): State<Arc<Shared>>) -> Response {
             s.config().tasks.max_skew,
         ));
     }
+    // Each pool's queue depth beside its view (`queued`).
+    let views: Vec<serde_json::Value> = views
+        .into_iter()
+        .zip(queued)
+        .map(|(v, q)| {
+            let mut v = serde_json::to_value(v).unwrap_or_default();
+            v["queued"] = json!(q);
+            v
+        })
+        .collect();
     Json(views).into_response()
 }
 

@@ -1,0 +1,504 @@
+// The operators' console. Plain DOM, no framework, no inline script (the
+// page's CSP forbids it). Every value from the fleet is put in the page as
+// text (Node.textContent / setAttribute), never as HTML. Live: one
+// EventSource on /v1/events; a `change` refreshes what the page shows.
+"use strict";
+
+const POOLS = ["coder", "tester", "reviewer", "architect", "researcher", "analyst", "optimizer",
+  "security", "performance", "ui", "mobile", "devops", "database", "network", "infrastructure",
+  "coordinator"];
+const STATUSES = ["idle", "active", "busy", "failed", "recovering"];
+const STATES = ["queued", "assigned", "running", "retrying", "completed", "dead", "cancelled"];
+const PAGE = 50;
+const TRUNCATE = 4000;
+
+let session = { signedIn: false };
+let current = null; // { name, params, refresh }
+let refreshing = false, again = false;
+let mounts = 0; // one per page shown: a form of an earlier one changes nothing
+
+// ---- DOM helpers ----
+
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "class") e.className = v;
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const k of kids.flat(Infinity)) {
+    if (k === null || k === undefined || k === false) continue;
+    e.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  }
+  return e;
+}
+const $ = (s) => document.querySelector(s);
+const link = (href, text) => el("a", { href }, text);
+const agentLink = (id) => id ? link("#/agents/" + encodeURIComponent(id), id) : "";
+const taskLink = (id) => link("#/tasks/" + encodeURIComponent(id), id);
+const when = (ms) => ms ? new Date(Number(ms)).toLocaleString() : "";
+const ago = (ms) => {
+  if (!ms) return "";
+  const s = Math.max(0, (Date.now() - Number(ms)) / 1000);
+  return s < 60 ? `${s.toFixed(0)} s ago` : s < 3600 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`;
+};
+function clip(v) {
+  const text = typeof v === "string" ? v : JSON.stringify(v, null, 2);
+  if (text === undefined) return "";
+  return text.length > TRUNCATE ? text.slice(0, TRUNCATE) + `\n… (${text.length - TRUNCATE} more characters)` : text;
+}
+function kv(pairs) {
+  return el("dl", { class: "kv" }, pairs.filter(p => p).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+function table(columns, rows, id) {
+  return el("div", { class: "table-wrap" },
+    el("table", { id },
+      el("thead", {}, el("tr", {}, columns.map(c => el("th", { scope: "col" }, c)))),
+      el("tbody", {}, rows.length ? rows.map(r => el("tr", {}, r.map(c => el("td", c && c.wrap ? { class: "wrap" } : {}, c && c.wrap ? c.wrap : c))))
+        : el("tr", {}, el("td", { colspan: columns.length, class: "muted" }, "nothing here")))));
+}
+function toast(text) {
+  const t = $("#toast");
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, 5000);
+}
+function confirmAction(text) {
+  const d = $("#confirm");
+  $("#confirm-text").textContent = text;
+  d.returnValue = "";
+  d.showModal();
+  $("#confirm-cancel").focus();
+  return new Promise(resolve => d.addEventListener("close", () => resolve(d.returnValue === "ok"), { once: true }));
+}
+
+// ---- the API ----
+
+async function api(method, path, body) {
+  const opts = { method, credentials: "same-origin", headers: { "x-fleet-console": "1" } };
+  if (body !== undefined) {
+    opts.headers["content-type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  let r;
+  try {
+    r = await fetch(path, opts);
+  } catch (e) {
+    return { status: 0, ok: false, data: { error: "unreachable", detail: String(e) } };
+  }
+  let data = null;
+  try { data = await r.json(); } catch (_) { /* no body */ }
+  if (r.status === 401 && path !== "/console/session") {
+    session = { signedIn: false };
+    route();
+  }
+  return { status: r.status, ok: r.ok, data };
+}
+async function get(path) {
+  const r = await api("GET", path);
+  if (!r.ok) throw new Error((r.data && (r.data.detail || r.data.error)) || `HTTP ${r.status}`);
+  return r.data;
+}
+
+const role = () => session.userRole || "viewer";
+const leading = () => !session.commander || session.commander.role === "leader";
+const mayAct = () => (role() === "operator" || role() === "admin") && leading();
+
+async function act(question, method, path, body, done) {
+  if (!await confirmAction(question)) return;
+  const r = await api(method, path, body);
+  if (r.ok) toast(done);
+  else toast(`refused (${r.status}): ${(r.data && (r.data.detail || r.data.error)) || "error"}`);
+  refresh();
+}
+
+// ---- frame: navigation, who is signed in, the live feed ----
+
+function frame() {
+  const pages = [["#/", "Overview"], ["#/agents", "Agents"], ["#/tasks", "Tasks"],
+    ["#/dead-letters", "Dead letters"], ["#/scaling", "Scaling"]];
+  if (role() === "admin") pages.push(["#/audit", "Audit log"]);
+  const here = "#/" + (location.hash.slice(2).split(/[/?]/)[0] || "");
+  $("#nav").replaceChildren(...(session.signedIn ? pages.map(([h, t]) =>
+    el("a", { href: h, "aria-current": (h === here || (h === "#/" && here === "#/")) ? "page" : null }, t)) : []));
+  $("#who").replaceChildren(session.signedIn
+    ? el("span", {}, `${session.name} (${role()})`, session.open ? "" :
+      el("button", { id: "sign-out", onclick: signOut }, "Sign out"))
+    : "");
+  const b = $("#banner");
+  const c = session.commander;
+  if (session.signedIn && c && c.role !== "leader") {
+    b.textContent = "This commander stands by: read-only." +
+      (c.leader && c.leader.address ? ` The leader is at ${c.leader.address}.` : "");
+    b.hidden = false;
+  } else b.hidden = true;
+}
+
+let feed = null;
+function live() {
+  if (feed || !session.signedIn) return;
+  feed = new EventSource("/v1/events");
+  feed.addEventListener("change", () => refresh());
+  feed.onerror = () => { /* the browser reconnects by itself */ };
+}
+
+async function signOut() {
+  await api("DELETE", "/console/session");
+  if (feed) { feed.close(); feed = null; }
+  session = { signedIn: false };
+  route();
+}
+
+function loginPage(main) {
+  const input = el("input", { id: "token", type: "password", autocomplete: "off", required: true, "aria-label": "token" });
+  const msg = el("p", { id: "login-error", class: "muted", "aria-live": "polite" });
+  const form = el("form", {
+    class: "login", onsubmit: async (e) => {
+      e.preventDefault();
+      const r = await api("POST", "/console/session", { token: input.value });
+      input.value = "";
+      if (!r.ok) { msg.textContent = "That token was not accepted."; return; }
+      await start();
+    }
+  },
+  el("h1", {}, "Sign in"),
+  el("p", { class: "muted" }, "With a token from ", el("code", {}, "fleet-commander tokens issue"),
+    ". It is kept in an HttpOnly cookie, never in the address."),
+  el("label", {}, "Token", input), " ",
+  el("p", {}, el("button", { type: "submit", id: "sign-in" }, "Sign in")), msg);
+  main.replaceChildren(form);
+  input.focus();
+}
+
+// ---- the router ----
+
+function parseHash() {
+  const h = location.hash.slice(1) || "/";
+  const [path, query] = h.split("?");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  return { parts, params: new URLSearchParams(query || "") };
+}
+function setParams(name, params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== "" && v !== null && v !== undefined) q.set(k, v);
+  const s = q.toString();
+  history.replaceState(null, "", "#/" + name + (s ? "?" + s : ""));
+}
+
+async function route() {
+  frame();
+  const main = $("#main");
+  if (!session.signedIn) { current = null; loginPage(main); return; }
+  const { parts, params } = parseHash();
+  const pages = {
+    "": overview, agents: parts[1] ? agentPage : agentsPage, tasks: parts[1] ? taskPage : tasksPage,
+    "dead-letters": deadPage, scaling: scalingPage, audit: auditPage,
+  };
+  const page = pages[parts[0] || ""] || overview;
+  mounts += 1;
+  current = page(main, parts, params);
+  await refresh();
+}
+
+async function refresh() {
+  if (!current) return;
+  if (refreshing) { again = true; return; }
+  refreshing = true;
+  try {
+    await current.refresh();
+  } catch (e) {
+    toast("Could not load: " + e.message);
+  } finally {
+    refreshing = false;
+    if (again) { again = false; setTimeout(refresh, 100); }
+  }
+}
+
+// ---- pages ----
+
+function overview(main) {
+  const summary = el("p", { id: "summary" });
+  const tiles = el("div", { class: "tiles", id: "tiles" });
+  const commanders = el("div");
+  const decisions = el("div");
+  main.replaceChildren(el("h1", {}, "Fleet"), summary, tiles,
+    el("h2", {}, "Commanders"), commanders, el("h2", {}, "Recent scaling decisions"), decisions);
+  return {
+    async refresh() {
+      const [fleet, pools, cmd, scaling] = await Promise.all([get("/v1/fleet"), get("/v1/pools"),
+        get("/v1/commanders"), get("/v1/scaling?limit=100")]);
+      const by = fleet.byStatus || {};
+      summary.replaceChildren(`${fleet.totalAgents} agents (max ${fleet.maxAgents}): `,
+        STATUSES.map(s => `${s} ${by[s] || 0}`).join(", "), ` — as of ${when(fleet.generatedAt)}`);
+      const last = {};
+      for (const d of scaling.items) if (!last[d.pool]) last[d.pool] = d;
+      tiles.replaceChildren(...pools.map(p => {
+        const s = p.byStatus || {};
+        const live = (s.idle || 0) + (s.active || 0) + (s.busy || 0);
+        const util = live ? ((s.active || 0) + (s.busy || 0)) / live : 0;
+        const d = last[p.type];
+        return el("section", { class: "tile", "data-pool": p.type, "aria-label": `pool ${p.type}` },
+          el("h3", {}, link("#/agents?pool=" + p.type, p.type),
+            el("span", { class: "size" }, `${p.currentAgents} / ${p.minAgents}..${p.maxAgents}`)),
+          el("div", { class: "bar", title: "size within its bounds" },
+            el("span", { style: null, "data-w": 0 })),
+          el("dl", {},
+            STATUSES.map(st => [el("dt", {}, st), el("dd", { class: `count-${st}` }, s[st] || 0)]),
+            el("dt", {}, "utilisation"), el("dd", {}, `${(util * 100).toFixed(0)}%`),
+            el("dt", {}, "queued"), el("dd", { class: "queued" }, p.queued ?? 0),
+            el("dt", {}, "oldest wait"), el("dd", {}, d && d.oldestWaitMs ? `${(d.oldestWaitMs / 1000).toFixed(1)} s` : "—"),
+            el("dt", {}, "fairness"), el("dd", {}, p.fairness ? p.fairness.label : "—"),
+            el("dt", {}, "last scaling"), el("dd", {}, d ? `${d.direction} ${d.count} (${d.reason}), ${ago(d.ts)}` : "—")));
+      }));
+      // The bar's width, set through the CSSOM (the CSP forbids inline styles).
+      tiles.querySelectorAll(".tile").forEach((t, i) => {
+        const p = pools[i];
+        t.querySelector(".bar span").style.width = `${Math.min(100, 100 * p.currentAgents / Math.max(1, p.maxAgents))}%`;
+      });
+      const list = cmd.commanders || cmd.list || [];
+      commanders.replaceChildren(table(["id", "role", "epoch", "address", "renewed"],
+        list.map(c => [c.id, c.role, c.epoch, c.address, when(c.renewedAt)]), "commanders"));
+      decisions.replaceChildren(scalingTable(scaling.items.slice(0, 10)));
+    }
+  };
+}
+
+function scalingTable(items) {
+  return table(["time", "pool", "decision", "reason", "live", "busy", "queued", "oldest wait", "utilisation"],
+    items.map(d => [when(d.ts), d.pool, `${d.direction} ${d.count}`, d.reason, d.live, d.busy, d.queued,
+      `${((d.oldestWaitMs || 0) / 1000).toFixed(1)} s`, `${((d.utilization || 0) * 100).toFixed(0)}%`]), "scaling");
+}
+
+function select(id, label, values, value) {
+  return el("label", {}, label, el("select", { id, name: id },
+    el("option", { value: "" }, "any"), values.map(v => el("option", { value: v, selected: v === value }, v))));
+}
+function text(id, label, value, placeholder) {
+  return el("label", {}, label, el("input", { id, name: id, type: "search", value: value || "", placeholder }));
+}
+function pager(total, offset, go) {
+  const end = Math.min(total, offset + PAGE);
+  return el("div", { class: "pager" },
+    el("button", { id: "prev", disabled: offset <= 0, onclick: () => go(Math.max(0, offset - PAGE)) }, "Previous"),
+    el("span", { id: "range" }, total ? `${offset + 1}–${end} of ${total}` : "none"),
+    el("button", { id: "next", disabled: end >= total, onclick: () => go(offset + PAGE) }, "Next"));
+}
+function filterForm(fields, name, params, onchange) {
+  const form = el("form", { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() }, fields);
+  let timer = null;
+  const mount = mounts;
+  const update = () => {
+    // A form of a page that was left (its inputs may fire `change` as they
+    // are removed) changes nothing.
+    if (mount !== mounts || !form.isConnected) return;
+    const p = {};
+    for (const f of form.querySelectorAll("input, select")) p[f.name] = f.value.trim();
+    p.offset = "";
+    setParams(name, p);
+    onchange();
+  };
+  form.addEventListener("change", update);
+  form.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(update, 300); });
+  return form;
+}
+
+function agentsPage(main, _parts, params) {
+  const body = el("div");
+  const form = filterForm([
+    text("q", "Agent id", params.get("q"), "part of an id"),
+    select("pool", "Pool", POOLS, params.get("pool")),
+    select("status", "Status", STATUSES, params.get("status")),
+    text("capability", "Capability", params.get("capability"), "exact"),
+    select("quarantined", "Quarantined", ["true", "false"], params.get("quarantined")),
+    select("draining", "Draining", ["true", "false"], params.get("draining")),
+    select("sort", "Sort by", ["id", "pool", "status", "lastHeartbeat", "score", "tasksCompleted", "load"], params.get("sort")),
+    select("order", "Order", ["asc", "desc"], params.get("order")),
+  ], "agents", params, () => refresh());
+  main.replaceChildren(el("h1", {}, "Agents"), form, body);
+  return {
+    async refresh() {
+      const p = parseHash().params;
+      const offset = Number(p.get("offset") || 0);
+      p.set("limit", PAGE);
+      const page = await get("/v1/agents?" + p.toString());
+      const now = Date.now();
+      body.replaceChildren(
+        table(["id", "pool", "status", "capabilities", "load", "health", "done", "last heartbeat", "flags"],
+          page.items.map(a => [agentLink(a.id), a.pool, el("span", { class: "status-" + a.status }, a.status),
+            { wrap: a.capabilities.join(", ") }, a.load.toFixed(2), a.health.score, a.performance.tasksCompleted,
+            ago(a.health.lastHeartbeat),
+            [a.health.quarantinedUntil > now ? "quarantined" : "", a.draining ? "draining" : ""].filter(Boolean).join(" ")]),
+          "agents"),
+        pager(page.total, offset, (o) => { p.set("offset", o); p.delete("limit"); setParams("agents", Object.fromEntries(p)); refresh(); }));
+    }
+  };
+}
+
+function agentPage(main, parts) {
+  const id = parts[1];
+  const body = el("div");
+  main.replaceChildren(el("h1", {}, "Agent ", el("span", { id: "agent-id" }, id)), body);
+  return {
+    async refresh() {
+      const r = await api("GET", "/v1/agents/" + encodeURIComponent(id));
+      if (r.status === 404) { body.replaceChildren(el("p", {}, "No such agent (it may have left).")); return; }
+      if (!r.ok) throw new Error(r.data && r.data.error || `HTTP ${r.status}`);
+      const a = r.data;
+      const [held, recent] = await Promise.all([
+        get(`/v1/tasks?agent=${encodeURIComponent(id)}&state=running&limit=50`),
+        get(`/v1/tasks?agent=${encodeURIComponent(id)}&limit=20`)]);
+      const assigned = await get(`/v1/tasks?agent=${encodeURIComponent(id)}&state=assigned&limit=50`);
+      const h = a.health, now = Date.now();
+      body.replaceChildren(
+        mayAct() && a.status !== "failed" && !a.draining ? el("div", { class: "actions" },
+          el("button", { id: "drain-agent", class: "danger",
+            onclick: () => act(`Drain agent ${id}? It takes no new tasks, finishes what it holds, then leaves.`,
+              "POST", `/v1/agents/${encodeURIComponent(id)}/drain`, undefined, `Agent ${id} is draining`) }, "Drain")) : "",
+        kv([["pool", a.pool], ["status", el("span", { id: "agent-status", class: "status-" + a.status }, a.status)],
+          ["draining", a.draining ? "yes" : "no"], ["capabilities", a.capabilities.join(", ")],
+          ["capacity", a.capacity], ["load", a.load], ["priority", a.priority], ["registered", when(a.registeredAt)],
+          ["health score", h.score], ["failures", h.failures], ["last heartbeat", `${when(h.lastHeartbeat)} (${ago(h.lastHeartbeat)})`],
+          ["quarantine", h.quarantinedUntil > now ? `until ${when(h.quarantinedUntil)}` : "no"],
+          h.probation ? ["probation", "yes: one task at a time until its score recovers"] : null,
+          ["tasks completed", a.performance.tasksCompleted], ["success rate", a.performance.successRate],
+          ["average task time", `${a.performance.avgTaskTime} ms`]]),
+        el("h2", {}, "Current tasks"), taskTable([...assigned.items, ...held.items], "agent-tasks"),
+        el("h2", {}, "Recent tasks"), taskTable(recent.items, "agent-recent"));
+    }
+  };
+}
+
+function taskTable(items, id) {
+  return table(["task", "client id", "pool", "state", "priority", "attempt", "agent", "submitted", "updated"],
+    items.map(t => [taskLink(t.id), t.clientId || "", t.pool, el("span", { class: "state-" + t.state }, t.state),
+      t.priority, t.attempt, agentLink(t.agentId), when(t.submittedAt), when(t.updatedAt)]), id);
+}
+
+function tasksPage(main, _parts, params) {
+  const body = el("div");
+  const form = filterForm([
+    text("q", "Task id or client id", params.get("q"), "exact"),
+    select("pool", "Pool", POOLS, params.get("pool")),
+    select("state", "State", STATES, params.get("state")),
+  ], "tasks", params, () => refresh());
+  main.replaceChildren(el("h1", {}, "Tasks"), form,
+    el("p", { class: "muted" }, "The 10,000 newest tasks; any task by its id or client id."), body);
+  return {
+    async refresh() {
+      const p = parseHash().params;
+      const offset = Number(p.get("offset") || 0);
+      p.set("limit", PAGE);
+      const page = await get("/v1/tasks?" + p.toString());
+      body.replaceChildren(taskTable(page.items, "tasks"),
+        pager(page.total, offset, (o) => { p.set("offset", o); p.delete("limit"); setParams("tasks", Object.fromEntries(p)); refresh(); }));
+    }
+  };
+}
+
+function taskPage(main, parts) {
+  const id = parts[1];
+  const body = el("div");
+  main.replaceChildren(el("h1", {}, "Task ", el("span", { id: "task-id" }, id)), body);
+  return {
+    async refresh() {
+      const r = await api("GET", "/v1/tasks/" + encodeURIComponent(id));
+      if (r.status === 404) { body.replaceChildren(el("p", {}, "No such task (finished tasks expire).")); return; }
+      if (!r.ok) throw new Error(r.data && r.data.error || `HTTP ${r.status}`);
+      const t = r.data.task || r.data;
+      const ev = await get(`/v1/tasks/${encodeURIComponent(id)}/evidence`);
+      const evidence = Array.isArray(ev) ? ev : (ev.evidence || ev.items || []);
+      const timeline = [["submitted", when(t.submittedAt)]];
+      for (const e of evidence) timeline.push([`attempt ${e.attempt ?? "?"} assigned`,
+        `${when(e.ts)} to ${e.agentId || e.agent || "?"}`]);
+      if (t.assignedAt) timeline.push([`attempt ${t.attempt} (current)`, `assigned ${when(t.assignedAt)} to ${t.agentId || "?"}`]);
+      timeline.push([t.state, when(t.updatedAt)]);
+      const open = ["queued", "assigned", "running", "retrying"].includes(t.state);
+      body.replaceChildren(
+        mayAct() && open ? el("div", { class: "actions" },
+          el("button", { id: "cancel-task", class: "danger",
+            onclick: () => act(`Cancel task ${id}?`, "POST", `/v1/tasks/${encodeURIComponent(id)}/cancel`, undefined, `Task ${id} cancelled`) },
+          "Cancel")) : "",
+        kv([["state", el("span", { id: "task-state", class: "state-" + t.state }, t.state)], ["pool", t.pool],
+          ["client id", t.clientId || ""], ["priority", t.priority], ["attempt", t.attempt],
+          ["agent", agentLink(t.agentId)], ["timeout", `${t.timeoutMs} ms`], ["retries", t.maxRetries],
+          ["capabilities", (t.capabilities || []).join(", ")], t.error ? ["error", t.error] : null]),
+        el("h2", {}, "Timeline"), el("ol", { id: "timeline" }, timeline.map(([k, v]) => el("li", {}, `${k}: ${v}`))),
+        el("h2", {}, "Allocation evidence"),
+        evidence.length ? el("ol", { id: "evidence" }, evidence.map(e => el("li", {},
+          el("strong", {}, `attempt ${e.attempt ?? "?"}: ${e.agentId || e.agent || "?"}`),
+          ` — strategy ${e.strategy || "?"}, score ${e.score ?? "?"}`, e.reason ? ` — ${e.reason}` : "",
+          el("pre", {}, clip(e))))) : el("p", { class: "muted" }, "No allocation yet."),
+        el("h2", {}, "Payload"), el("pre", { id: "payload" }, clip(t.payload)),
+        t.result !== undefined && t.result !== null ? [el("h2", {}, "Result"), el("pre", { id: "result" }, clip(t.result))] : "");
+    }
+  };
+}
+
+function deadPage(main) {
+  const body = el("div");
+  main.replaceChildren(el("h1", {}, "Dead letters"), body);
+  return {
+    async refresh() {
+      const list = await get("/v1/dead-letters");
+      body.replaceChildren(table(["task", "client id", "pool", "attempts", "error", "died", ""],
+        list.map(t => [taskLink(t.id), t.clientId || "", t.pool, t.attempt, { wrap: clip(t.error || "") }, when(t.updatedAt),
+          mayAct() ? el("button", { class: "requeue", "data-task": t.id,
+            onclick: () => act(`Requeue task ${t.id} with fresh retries?`, "POST",
+              `/v1/dead-letters/${encodeURIComponent(t.id)}/requeue`, undefined, `Task ${t.id} requeued`) }, "Requeue") : ""]),
+        "dead-letters"));
+    }
+  };
+}
+
+function scalingPage(main) {
+  const body = el("div");
+  const pools = el("div");
+  main.replaceChildren(el("h1", {}, "Scaling"), pools, el("h2", {}, "Decisions"), body);
+  return {
+    async refresh() {
+      const [scaling, views] = await Promise.all([get("/v1/scaling?limit=500"), get("/v1/pools")]);
+      pools.replaceChildren(table(["pool", "size", "bounds", "scaling", ""], views.map(p => [p.type, p.currentAgents,
+        `${p.minAgents}..${p.maxAgents}`, p.scalingEnabled ? "auto" : "off",
+        mayAct() ? el("span", { class: "actions" },
+          el("button", { class: "scale", "data-pool": p.type, onclick: () => scaleDialog(p) }, "Set size"),
+          el("button", { class: "drain-pool", "data-pool": p.type,
+            onclick: () => act(`Drain every agent of pool ${p.type}? The scaler refills it to its minimum.`,
+              "POST", `/v1/pools/${p.type}/drain`, undefined, `Pool ${p.type} is draining`) }, "Drain pool")) : ""]), "pools"));
+      body.replaceChildren(scalingTable(scaling.items));
+    }
+  };
+}
+
+async function scaleDialog(p) {
+  const size = prompt(`Size of pool ${p.type} (${p.minAgents}..${p.maxAgents}), or "auto":`, "auto");
+  if (size === null) return;
+  const body = size.trim() === "auto" ? { size: "auto" } : { size: Number(size) };
+  await act(`Set pool ${p.type} to ${size.trim()}?`, "POST", `/v1/pools/${p.type}/size`, body, `Pool ${p.type}: ${size.trim()}`);
+}
+
+function auditPage(main) {
+  const body = el("div");
+  main.replaceChildren(el("h1", {}, "Audit log"), body);
+  return {
+    async refresh() {
+      const list = await get("/v1/audit?limit=200");
+      const items = Array.isArray(list) ? list : (list.entries || []);
+      body.replaceChildren(table(["#", "time", "actor", "action", "target", "result"],
+        items.map(e => [e.seq, when(e.ts), e.actor, e.action, { wrap: e.target || "" }, e.result]), "audit"));
+    }
+  };
+}
+
+// ---- start ----
+
+async function start() {
+  const r = await api("GET", "/console/session");
+  session = r.ok ? r.data : { signedIn: false };
+  if (session.signedIn) live();
+  await route();
+}
+
+window.addEventListener("hashchange", route);
+document.addEventListener("DOMContentLoaded", start);

@@ -1,0 +1,369 @@
+//! Issue 17: the operators' console in a real browser (Debian's chromium,
+//! headless, through chromedriver) against a real commander with a small
+//! fleet of Rust SDK agents. Signs in as an operator and as a viewer and
+//! checks what each sees and may do; XSS probes (an agent whose capability
+//! is `<script>alert(1)</script>`, a task whose payload holds HTML) render
+//! as text. Screenshots of each page: `target/console-screenshots/`.
+
+mod common;
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use fleet_protocol::pool::PoolType;
+use fleet_store::tokens::{TokenRole, TokenStore};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const PREFIX: &str = "swarm:phase-1";
+const XSS_CAP: &str = "<script>alert(1)</script>";
+const XSS_PAYLOAD: &str = "<img src=x onerror=alert(2)><b>bold</b>";
+
+/// chromedriver on a free port, killed on drop.
+struct Driver(std::process::Child, String);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // chromedriver and the chromium it started (a failed test never
+        // closes its session, and chromium outlives chromedriver; its
+        // renderers go with it).
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-P", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn driver() -> Driver {
+    let port = free_addr().rsplit(':').next().unwrap().to_string();
+    let child = std::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver on PATH (apt-get install chromium chromium-driver)");
+    let url = format!("http://127.0.0.1:{port}");
+    let status = format!("{url}/status");
+    wait_until(|| async { reqwest::get(&status).await.is_ok() }).await;
+    Driver(child, url)
+}
+
+async fn browser(d: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+            "--disable-dev-shm-usage", "--window-size=1366,900"]}),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&d.1)
+        .await
+        .expect("a chromium session")
+}
+
+fn shots() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// The text of `css` once `ok` holds for it (within the wait).
+async fn text_when(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    let last = std::sync::Mutex::new(String::new());
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(e) = c.find(Locator::Css(css)).await {
+                if let Ok(t) = e.text().await {
+                    if ok(&t) {
+                        return t;
+                    }
+                    *last.lock().unwrap() = t;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| {
+        panic!(
+            "{css} never matched within {WAIT:?}; last seen: {:?}",
+            last.lock().unwrap()
+        )
+    })
+}
+
+/// The element at `css`, once the page has drawn it.
+async fn find(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+}
+
+async fn count(c: &Client, css: &str) -> usize {
+    c.find_all(Locator::Css(css)).await.unwrap().len()
+}
+
+/// Opens `hash` (a console route) as a person following a link would.
+async fn go(c: &Client, base: &str, hash: &str) {
+    if hash.is_empty() {
+        c.goto(&format!("{base}/")).await.unwrap();
+    } else {
+        c.execute("location.hash = arguments[0];", vec![json!(hash)])
+            .await
+            .unwrap();
+    }
+}
+
+async fn sign_in(c: &Client, base: &str, token: &str) {
+    go(c, base, "").await;
+    find(c, "#token").await.send_keys(token).await.unwrap();
+    find(c, "#sign-in").await.click().await.unwrap();
+    text_when(c, "#summary", |t| t.contains("agents")).await;
+}
+
+/// Evaluates `js` (a script returning a promise or a value) in the page.
+async fn eval(c: &Client, js: &str) -> Value {
+    c.execute_async(
+        &format!("const done = arguments[arguments.length - 1]; Promise.resolve(({js})).then(done, e => done(String(e)));"),
+        vec![],
+    )
+    .await
+    .unwrap()
+}
+
+async fn token(url: &str, name: &str, role: TokenRole) -> String {
+    let mut conn = fleet_store::connection::connect(url).await.unwrap();
+    TokenStore::new(fleet_store::Keys::new(PREFIX))
+        .issue(&mut conn, name, role, fleet_protocol::now_ms())
+        .await
+        .unwrap()
+}
+
+/// One agent of `pool` with `capabilities`, running until `stop`.
+async fn agent(
+    url: &str,
+    id: &str,
+    pool: PoolType,
+    capabilities: &[&str],
+    stop: &CancellationToken,
+) {
+    let client = fleet_store::connection::client(url).unwrap();
+    let publisher = fleet_store::connection::connect(url).await.unwrap();
+    let mut s = spec(id, pool);
+    s.capabilities = capabilities.iter().map(|c| c.to_string()).collect();
+    let mut a =
+        fleet_agent::Agent::connect(&client, publisher, fleet_protocol::Channels::default(), s)
+            .await
+            .unwrap()
+            .with_credential(&credential(url, id, pool).await);
+    a.register(T).await.unwrap();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        a.run_with(Duration::from_millis(500), Duration::ZERO, stop, None)
+            .await
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_a_real_browser() {
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let addr = free_addr();
+    let _commander = commander_process(&url, &addr).await;
+    let base = format!("http://{addr}");
+    let (operator, viewer, admin) = (
+        token(&url, "ops", TokenRole::Operator).await,
+        token(&url, "watcher", TokenRole::Viewer).await,
+        token(&url, "root", TokenRole::Admin).await,
+    );
+    let workers = Workers::start(&url, PREFIX, 3, PoolType::Coder, Duration::from_millis(20)).await;
+    let stop = CancellationToken::new();
+    agent(&url, "xss-probe", PoolType::Tester, &[XSS_CAP], &stop).await;
+    agent(&url, "ui-probe-7", PoolType::Ui, &["python"], &stop).await;
+    let api = authed(&admin);
+    let task = submit_to(
+        &api,
+        &base,
+        json!({"pool": "coder", "payload": {"html": XSS_PAYLOAD}, "clientId": "console-1"}),
+    )
+    .await;
+    let done = task_in_state(&api, &base, &task, "completed").await;
+    let ran_on = done["agentId"].as_str().unwrap().to_string();
+
+    let d = driver().await;
+    let c = browser(&d).await;
+
+    // The page and its assets carry a CSP; signing in keeps the token out of the URL.
+    let page = reqwest::get(format!("{base}/")).await.unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let started = Instant::now();
+    sign_in(&c, &base, &operator).await;
+    let first_render = started.elapsed();
+    assert!(!c.current_url().await.unwrap().as_str().contains(&operator));
+
+    // Overview: the tiles say what the fleet holds.
+    let coder = text_when(&c, "[data-pool=coder] .size", |t| t.starts_with("3 /")).await;
+    assert!(coder.starts_with("3 / "), "{coder}");
+    text_when(&c, "[data-pool=tester] .count-idle", |t| t == "1").await;
+    text_when(&c, "[data-pool=ui] .size", |t| t.starts_with("1 /")).await;
+    shot(&c, "overview").await;
+
+    // Live: a new agent shows on the open page (no reload).
+    let joined = Instant::now();
+    agent(&url, "ui-late", PoolType::Ui, &[], &stop).await;
+    text_when(&c, "[data-pool=ui] .size", |t| t.starts_with("2 /")).await;
+    let live = joined.elapsed();
+
+    // Agents: search an id, then filter by pool and status.
+    go(&c, &base, "#/agents").await;
+    let q = find(&c, "#q").await;
+    q.send_keys("probe-7").await.unwrap();
+    text_when(&c, "#agents tbody", |t| {
+        t.contains("ui-probe-7") && !t.contains("xss-probe")
+    })
+    .await;
+    assert_eq!(count(&c, "#agents tbody tr").await, 1);
+    go(&c, &base, "#/agents?pool=coder&status=idle").await;
+    c.refresh().await.unwrap();
+    text_when(&c, "#agents tbody", |t| t.contains("coder-0")).await;
+    let rows = c.find_all(Locator::Css("#agents tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let t = r.text().await.unwrap();
+        assert!(t.contains("coder") && !t.contains("tester"), "{t}");
+    }
+    shot(&c, "agents").await;
+
+    // XSS probes render as text: the capability, the payload.
+    go(&c, &base, "#/agents?pool=tester").await;
+    c.refresh().await.unwrap();
+    let caps = text_when(&c, "#agents tbody", |t| t.contains("xss-probe")).await;
+    assert!(caps.contains(XSS_CAP), "{caps}");
+    go(&c, &base, &format!("#/tasks/{task}")).await;
+    c.refresh().await.unwrap();
+    let payload = text_when(&c, "#payload", |t| t.contains("onerror")).await;
+    assert!(payload.contains(XSS_PAYLOAD), "{payload}");
+    assert_eq!(
+        eval(
+            &c,
+            "document.querySelectorAll('main img, main b, main script').length"
+        )
+        .await,
+        json!(0)
+    );
+    assert_eq!(
+        eval(&c, "document.querySelectorAll('script').length").await,
+        json!(1),
+        "only app.js"
+    );
+
+    // A task's evidence names the agent it went to.
+    let evidence = text_when(&c, "#evidence", |t| t.contains(&ran_on)).await;
+    assert!(evidence.contains("strategy"), "{evidence}");
+    shot(&c, "task").await;
+
+    // A cookie-authenticated write without the console's header: refused (CSRF).
+    let csrf = eval(
+        &c,
+        "fetch('/v1/agents/coder-1/drain', {method: 'POST'}).then(r => r.status)",
+    )
+    .await;
+    assert_eq!(csrf, json!(403));
+
+    // An operator drains an agent: confirmed, shown live, audited.
+    let target = if ran_on == "coder-2" {
+        "coder-1"
+    } else {
+        "coder-2"
+    };
+    go(&c, &base, &format!("#/agents/{target}")).await;
+    c.refresh().await.unwrap();
+    find(&c, "#drain-agent").await.click().await.unwrap();
+    find(&c, "#confirm-ok").await.click().await.unwrap();
+    text_when(&c, "#toast", |t| t.contains("draining")).await;
+    // The agent finishes and leaves; the open page follows by itself.
+    text_when(&c, "#main", |t| {
+        t.contains("No such agent") || t.contains("draining\nyes")
+    })
+    .await;
+    shot(&c, "agent-drained").await;
+    let audit: Value = api
+        .get(format!("{base}/v1/audit?limit=20"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let drained = audit.as_array().unwrap().iter().any(|e| {
+        e["action"] == "drain"
+            && e["actor"] == "token:ops"
+            && e["target"].as_str().unwrap().contains(target)
+    });
+    assert!(drained, "the drain is in the audit log: {audit}");
+
+    for (page, name) in [
+        ("#/dead-letters", "dead-letters"),
+        ("#/scaling", "scaling"),
+        ("#/tasks", "tasks"),
+    ] {
+        go(&c, &base, page).await;
+        c.refresh().await.unwrap();
+        text_when(&c, "main h1", |t| !t.is_empty()).await;
+        shot(&c, name).await;
+    }
+    assert_eq!(
+        count(&c, "nav a[href='#/audit']").await,
+        0,
+        "the audit log is for admins"
+    );
+    find(&c, "#sign-out").await.click().await.unwrap();
+    text_when(&c, "#sign-in", |_| true).await;
+
+    // A viewer sees no action, and is refused (403) if it tries anyway.
+    sign_in(&c, &base, &viewer).await;
+    go(&c, &base, "#/agents/coder-0").await;
+    c.refresh().await.unwrap();
+    text_when(&c, "#agent-status", |t| !t.is_empty()).await;
+    assert_eq!(count(&c, "#drain-agent").await, 0);
+    go(&c, &base, "#/scaling").await;
+    c.refresh().await.unwrap();
+    text_when(&c, "#pools tbody", |t| t.contains("coder")).await;
+    assert_eq!(count(&c, "button.scale, button.drain-pool").await, 0);
+    shot(&c, "viewer").await;
+    let tried = eval(
+        &c,
+        "fetch('/v1/agents/coder-0/drain', {method: 'POST', headers: {'x-fleet-console': '1'}}).then(r => r.status)",
+    )
+    .await;
+    assert_eq!(tried, json!(403));
+
+    println!(
+        "console: first render {} ms after signing in; a new agent on the open page {} ms after it registered; screenshots in {}",
+        first_render.as_millis(),
+        live.as_millis(),
+        shots().display()
+    );
+    c.close().await.unwrap();
+    stop.cancel();
+    workers.stop().await;
+}
