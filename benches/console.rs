@@ -1,0 +1,308 @@
+//! The console's figures (issue 17): a commander (release build, shipped
+//! config, security on) on a private redis-server with a simulated fleet of
+//! AGENTS agents (`fleet-commander sim`, 5 s heartbeats), and CONSOLES
+//! headless chromium pages on the overview, signed in.
+//!
+//! - the page and its assets: bytes;
+//! - first render: a reload of the signed-in overview, from navigation start
+//!   to the first page drawn with data (`fleet-first-render` mark), p50/max;
+//! - live: an agent of the `ui` pool registers and deregisters 20 times;
+//!   each page records (a MutationObserver) when the `ui` tile changed:
+//!   from the registration's reply (or the deregistration's) to the change
+//!   on the page, p50/p99 over every page;
+//! - the commander's CPU over 15 s without consoles, then with them open.
+//!
+//!   cargo bench --bench console                      # AGENTS=1000 CONSOLES=10
+//!   AGENTS=10000 cargo bench --bench console         # pool maxima x10
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use fleet_protocol::pool::PoolType;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The commander's CPU time (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Percent of one core the commander used over `window`.
+async fn cpu(pid: u32, window: Duration) -> f64 {
+    let t0 = cpu_ticks(pid);
+    tokio::time::sleep(window).await;
+    (cpu_ticks(pid) - t0) as f64 / 100.0 / window.as_secs_f64() * 100.0
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+async fn session(driver: &str, base: &str, token: &str) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+            "--disable-dev-shm-usage", "--window-size=1366,900"]}),
+    );
+    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(driver)
+        .await
+        .expect("a chromium session");
+    c.goto(&format!("{base}/")).await.unwrap();
+    let t = c
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#token"))
+        .await
+        .unwrap();
+    t.send_keys(token).await.unwrap();
+    c.find(Locator::Css("#sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("[data-pool=ui] .size"))
+        .await
+        .unwrap();
+    c
+}
+
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.unwrap()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let agents = env("AGENTS", 1000);
+    let consoles = env("CONSOLES", 10);
+    let bin = env!("CARGO_BIN_EXE_fleet-commander");
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let addr = free_addr();
+    let base = format!("http://{addr}");
+    // Room for the fleet (as benches/loadtest.sh): pool maxima x10, cap 12000.
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml")).unwrap();
+    let config =
+        std::env::temp_dir().join(format!("fleet-console-bench-{}.toml", std::process::id()));
+    let text: String = shipped
+        .lines()
+        .map(|l| match l.strip_prefix("max_agents = ") {
+            Some(rest) if agents > 1000 => {
+                let n: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                let tail = &rest[n.len()..];
+                let n: u64 = n.parse().unwrap_or(0);
+                let m = if n == 1000 { 12000 } else { n * 10 };
+                format!("max_agents = {m}{tail}\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&config, text).unwrap();
+    let commander = commander_process_with(&url, &addr, &config).await;
+    wait_leader(&addr).await;
+    let pid = commander.id().unwrap();
+    let token = admin_token(&url).await;
+    let api = authed(&token);
+
+    // The fleet.
+    let mut sim = tokio::process::Command::new(bin)
+        .args(["--config"])
+        .arg(&config)
+        .args([
+            "sim",
+            "--agents",
+            &agents.to_string(),
+            "--hold-secs",
+            "900",
+            "--stop",
+            "0",
+            "--status-queries",
+            "0",
+            "--tasks",
+            "0",
+            "--join-rate",
+            &(agents / 5).max(200).to_string(),
+        ])
+        .args(["--commander-url", &base])
+        .env("REDIS_URL", &url)
+        .env("FLEET_COMMANDER_KEY", test_commander_key())
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the simulator");
+    let joined = Instant::now();
+    loop {
+        let v: Value = api
+            .get(format!("{base}/v1/fleet"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["totalAgents"].as_u64() >= Some(agents as u64) {
+            break;
+        }
+        assert!(
+            joined.elapsed() < Duration::from_secs(120),
+            "the fleet did not join: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "{agents} agents registered in {:.1} s",
+        joined.elapsed().as_secs_f64()
+    );
+
+    // The page.
+    let mut bytes = 0;
+    for p in ["/", "/console/app.js", "/console/app.css"] {
+        bytes += reqwest::get(format!("{base}{p}"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len();
+    }
+
+    let quiet = cpu(pid, Duration::from_secs(15)).await;
+
+    // The consoles.
+    let port = free_addr().rsplit(':').next().unwrap().to_string();
+    let mut driver = std::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver");
+    let durl = format!("http://127.0.0.1:{port}");
+    let status = format!("{durl}/status");
+    wait_until(|| async { reqwest::get(&status).await.is_ok() }).await;
+    let mut pages = Vec::new();
+    for _ in 0..consoles {
+        pages.push(session(&durl, &base, &token).await);
+    }
+    // First render of a reload, signed in.
+    let mut first = Vec::new();
+    for c in &pages {
+        c.refresh().await.unwrap();
+        c.wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css("[data-pool=ui] .size"))
+            .await
+            .unwrap();
+        let ms = loop {
+            let v = js(c, "const m = performance.getEntriesByName('fleet-first-render'); return m.length ? m[0].startTime : null;").await;
+            if let Some(ms) = v.as_f64() {
+                break ms;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        first.push(ms);
+    }
+    let open = cpu(pid, Duration::from_secs(15)).await;
+
+    // Live: the ui tile, watched on every page.
+    for c in &pages {
+        js(c, "window.__changes = []; new MutationObserver(() => window.__changes.push(Date.now()))\
+               .observe(document.querySelector('#tiles'), {subtree: true, childList: true, characterData: true}); \
+               window.__ui = () => document.querySelector('[data-pool=ui] .size').textContent; return 1;").await;
+    }
+    let client = fleet_store::connection::client(&url).unwrap();
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        let id = format!("bench-ui-{i}");
+        let publisher = fleet_store::connection::connect(&url).await.unwrap();
+        let mut a = fleet_agent::Agent::connect(
+            &client,
+            publisher,
+            fleet_protocol::Channels::default(),
+            spec(&id, PoolType::Ui),
+        )
+        .await
+        .unwrap()
+        .with_credential(&credential(&url, &id, PoolType::Ui).await);
+        for step in 0..2 {
+            let before: Vec<Value> = {
+                let mut v = Vec::new();
+                for c in &pages {
+                    v.push(js(c, "return window.__ui();").await);
+                }
+                v
+            };
+            let at = if step == 0 {
+                a.register(T).await.unwrap();
+                fleet_protocol::now_ms()
+            } else {
+                a.deregister(T).await.unwrap();
+                fleet_protocol::now_ms()
+            };
+            for (c, was) in pages.iter().zip(&before) {
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    let v = js(
+                        c,
+                        "return [window.__ui(), window.__changes.slice(-1)[0] || 0];",
+                    )
+                    .await;
+                    if v[0] != *was {
+                        let changed = v[1].as_f64().unwrap_or(0.0);
+                        lat.push((changed - at as f64).max(0.0));
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "a page never showed the change");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    let (f50, fmax) = (pct(&mut first, 0.5), pct(&mut first, 1.0));
+    println!(
+        "console, {agents} agents, {consoles} consoles: page + assets {bytes} bytes; first render p50 {f50:.0} ms, max {fmax:.0} ms; \
+         change -> page p50 {p50:.0} ms, p99 {p99:.0} ms (n={}); commander CPU {quiet:.1}% of a core without consoles, {open:.1}% with them",
+        lat.len()
+    );
+    for c in pages {
+        let _ = c.close().await;
+    }
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-P", &driver.id().to_string()])
+        .status();
+    let _ = driver.kill();
+    let _ = driver.wait();
+    let _ = sim.kill().await;
+    let _ = std::fs::remove_file(&config);
+}
