@@ -357,6 +357,31 @@ async fn the_console_in_a_real_browser() {
     .await;
     assert_eq!(tried, json!(403));
 
+    // On a phone's screen.
+    c.set_window_size(390, 844).await.unwrap();
+    go(&c, &base, "#/").await;
+    text_when(&c, "[data-pool=coder] .size", |t| !t.is_empty()).await;
+    shot(&c, "phone-overview").await;
+
+    // A standby serves the console too, read-only: its writes are refused.
+    let standby_addr = free_addr();
+    let _standby = commander_process_with(&url, &standby_addr, &process_config()).await;
+    let standby = format!("http://{standby_addr}");
+    assert_eq!(readyz(&standby_addr).await["role"], "standby");
+    let page = reqwest::get(format!("{standby}/")).await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let cookie = format!("fleet_session={operator}");
+    let refused = reqwest::Client::new()
+        .post(format!("{standby}/v1/agents/coder-0/drain"))
+        .header("cookie", &cookie)
+        .header("x-fleet-console", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503, "a standby refuses writes");
+    let v: Value = refused.json().await.unwrap();
+    assert_eq!(v["error"], "not_leader");
+
     println!(
         "console: first render {} ms after signing in; a new agent on the open page {} ms after it registered; screenshots in {}",
         first_render.as_millis(),

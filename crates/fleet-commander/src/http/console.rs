@@ -14,8 +14,8 @@
 //!   see `auth::require`.
 //! - **Live**: `GET /v1/events` is a server-sent event stream. It sends
 //!   `change` (with the kinds: registry, health, allocation, scaling,
-//!   fleet) at most every 250 ms while the fleet changes, and nothing
-//!   otherwise; agents' heartbeats are not changes. The page refetches
+//!   fleet) when the fleet changes: the first at once, then at most every
+//!   250 ms while changes go on, and nothing otherwise; agents' heartbeats are not changes. The page refetches
 //!   what it shows; it never polls.
 //! - Every response here carries a content security policy that allows
 //!   only this origin's script and style, no inline script, no framing.
@@ -30,9 +30,11 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 
 const INDEX: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
@@ -40,6 +42,9 @@ const STYLE: &str = include_str!("console/app.css");
 
 /// The cookie that carries the signed-in token.
 pub(super) const COOKIE: &str = "fleet_session";
+/// Events to one page are at least this far apart.
+const COALESCE: Duration = Duration::from_millis(250);
+
 /// The header every cookie-authenticated write must carry.
 pub(super) const CSRF_HEADER: &str = "x-fleet-console";
 
@@ -182,10 +187,77 @@ pub(super) async fn sign_out() -> Response {
     r
 }
 
-/// `GET /v1/events`: a `change` event whenever the fleet changed (coalesced
-/// over 250 ms), on a pub/sub connection of its own.
+/// `GET /v1/events`: a `change` event whenever the fleet changed. Every
+/// page listens to one subscription of this process ([`hub`]), so ten open
+/// consoles cost Redis and the commander what one does (a subscription per
+/// page made Redis deliver every heartbeat once per page: at 10,000 agents
+/// and 10 pages, 20,000 messages a second).
 pub(super) async fn events(State(s): State<Arc<Shared>>) -> Response {
-    let c = s.keys.channels();
+    let changes = hub(&s).subscribe();
+    // The first change after a quiet spell goes out at once; more within
+    // 250 ms of the last event are gathered into the next one.
+    let state = (changes, None::<tokio::time::Instant>);
+    let stream = futures_util::stream::unfold(state, |(mut rx, last)| async move {
+        let mut kinds = BTreeSet::new();
+        let mut take = |r: Result<&'static str, RecvError>| match r {
+            Ok(k) => {
+                kinds.insert(k);
+                true
+            }
+            // Fell behind: something changed.
+            Err(RecvError::Lagged(_)) => {
+                kinds.insert("fleet");
+                true
+            }
+            Err(RecvError::Closed) => false,
+        };
+        if !take(rx.recv().await) {
+            return None;
+        }
+        if let Some(last) = last {
+            let gather = tokio::time::sleep_until(last + COALESCE);
+            tokio::pin!(gather);
+            loop {
+                tokio::select! {
+                    _ = &mut gather => break,
+                    r = rx.recv() => if !take(r) { break },
+                }
+            }
+        }
+        let data = json!({"kinds": kinds, "ts": fleet_protocol::now_ms()}).to_string();
+        let ev = Event::default().event("change").data(data);
+        Some((
+            Ok::<_, std::convert::Infallible>(ev),
+            (rx, Some(tokio::time::Instant::now())),
+        ))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response()
+}
+
+/// The process's one subscription to the event channels of a fleet (its
+/// Redis URL and prefix), started by the first page that listens and kept,
+/// resubscribing after a lost connection (behind Sentinel, on the new
+/// master), while the runtime runs: it outlives a leader's term, as the
+/// HTTP server does.
+fn hub(s: &Shared) -> broadcast::Sender<&'static str> {
+    type Hubs = HashMap<String, (broadcast::Sender<&'static str>, tokio::task::JoinHandle<()>)>;
+    static HUBS: OnceLock<Mutex<Hubs>> = OnceLock::new();
+    let url = s.config().redis.url.clone();
+    let c = s.keys.channels().clone();
+    let key = format!("{url} {}", c.fleet());
+    let mut hubs = HUBS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some((tx, task)) = hubs.get(&key) {
+        if !task.is_finished() {
+            return tx.clone();
+        }
+    }
+    let (tx, _) = broadcast::channel(256);
+    let out = tx.clone();
     let channels = [
         c.registry(),
         c.health(),
@@ -193,47 +265,30 @@ pub(super) async fn events(State(s): State<Arc<Shared>>) -> Response {
         c.scaling(),
         c.fleet(),
     ];
-    let client = match fleet_store::connection::client(&s.config().redis.url) {
-        Ok(c) => c,
-        Err(e) => return unavailable(e.into()),
-    };
-    let mut ps = match client.get_async_pubsub().await {
-        Ok(p) => p,
-        Err(e) => return unavailable(e.into()),
-    };
-    if let Err(e) = ps.subscribe(&channels).await {
-        return unavailable(e.into());
-    }
-    let channels = Arc::new(channels);
-    let messages = ps.into_on_message();
-    let stream = futures_util::stream::unfold(messages, move |mut msgs| {
-        let channels = channels.clone();
-        async move {
-            let kind_of = |m: &redis::Msg| change_kind(&channels, m);
-            let mut kinds = BTreeSet::new();
-            while kinds.is_empty() {
-                let m = msgs.next().await?;
-                kinds.extend(kind_of(&m));
+    let task = tokio::spawn(async move {
+        let Ok(client) = fleet_store::connection::client(&url) else {
+            return;
+        };
+        loop {
+            let subscribed = async {
+                let mut ps = client.get_async_pubsub().await?;
+                ps.subscribe(&channels).await?;
+                Ok::<_, redis::RedisError>(ps)
             }
-            let gather = tokio::time::sleep(Duration::from_millis(250));
-            tokio::pin!(gather);
-            loop {
-                tokio::select! {
-                    _ = &mut gather => break,
-                    m = msgs.next() => match m {
-                        Some(m) => kinds.extend(kind_of(&m)),
-                        None => break,
-                    },
+            .await;
+            if let Ok(ps) = subscribed {
+                let mut msgs = ps.into_on_message();
+                while let Some(m) = msgs.next().await {
+                    if let Some(kind) = change_kind(&channels, &m) {
+                        let _ = out.send(kind);
+                    }
                 }
             }
-            let data = json!({"kinds": kinds, "ts": fleet_protocol::now_ms()}).to_string();
-            let ev = Event::default().event("change").data(data);
-            Some((Ok::<_, std::convert::Infallible>(ev), msgs))
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
-        .into_response()
+    hubs.insert(key, (tx.clone(), task));
+    tx
 }
 
 /// What a message on one of the event channels changed, if anything:

@@ -218,19 +218,81 @@ async function refresh() {
   }
 }
 
+// ---- sparklines, from the commander's own counters and histograms ----
+
+const spark = { last: null, tput: [], lat: [] };
+
+function parseMetrics(text) {
+  const m = { done: 0, allocSum: 0, allocCount: 0, oldest: {} };
+  for (const line of text.split("\n")) {
+    if (!line || line[0] === "#") continue;
+    const cut = line.lastIndexOf(" ");
+    const key = line.slice(0, cut), v = Number(line.slice(cut + 1));
+    if (key.startsWith("fleet_tasks_completed_total")) m.done += v;
+    else if (key.startsWith("fleet_allocation_duration_seconds_sum")) m.allocSum += v;
+    else if (key.startsWith("fleet_allocation_duration_seconds_count")) m.allocCount += v;
+    else if (key.startsWith("fleet_queue_oldest_wait_seconds{")) {
+      const pool = /pool="([a-z]+)"/.exec(key);
+      if (pool) m.oldest[pool[1]] = v;
+    }
+  }
+  return m;
+}
+
+function sample(m) {
+  const now = Date.now();
+  if (spark.last && now - spark.last.t >= 500) {
+    const dt = (now - spark.last.t) / 1000;
+    spark.tput.push(Math.max(0, (m.done - spark.last.done) / dt));
+    const n = m.allocCount - spark.last.allocCount;
+    spark.lat.push(n > 0 ? 1000 * (m.allocSum - spark.last.allocSum) / n : 0);
+    spark.tput = spark.tput.slice(-60);
+    spark.lat = spark.lat.slice(-60);
+  }
+  if (!spark.last || now - spark.last.t >= 500) spark.last = { t: now, ...m };
+}
+
+function sparkline(values, label) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("width", "160");
+  svg.setAttribute("height", "32");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", label);
+  const max = Math.max(1e-9, ...values);
+  const pts = values.map((v, i) => `${(i * 160) / Math.max(1, values.length - 1)},${30 - (28 * v) / max}`).join(" ");
+  const line = document.createElementNS(NS, "polyline");
+  line.setAttribute("points", pts || "0,30 160,30");
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "#0b57d0");
+  line.setAttribute("stroke-width", "2");
+  svg.append(line);
+  return svg;
+}
+
 // ---- pages ----
 
 function overview(main) {
   const summary = el("p", { id: "summary" });
+  const sparks = el("div", { id: "sparks", class: "actions" });
   const tiles = el("div", { class: "tiles", id: "tiles" });
   const commanders = el("div");
   const decisions = el("div");
-  main.replaceChildren(el("h1", {}, "Fleet"), summary, tiles,
+  main.replaceChildren(el("h1", {}, "Fleet"), summary, sparks, tiles,
     el("h2", {}, "Commanders"), commanders, el("h2", {}, "Recent scaling decisions"), decisions);
   return {
+    overview: true,
     async refresh() {
-      const [fleet, pools, cmd, scaling] = await Promise.all([get("/v1/fleet"), get("/v1/pools"),
-        get("/v1/commanders"), get("/v1/scaling?limit=100")]);
+      const [fleet, pools, cmd, scaling, metrics] = await Promise.all([get("/v1/fleet"), get("/v1/pools"),
+        get("/v1/commanders"), get("/v1/scaling?limit=100"),
+        fetch("/metrics", { credentials: "same-origin" }).then(r => r.ok ? r.text() : "").catch(() => "")]);
+      const m = parseMetrics(metrics);
+      sample(m);
+      const lastOf = (a) => a.length ? a[a.length - 1] : 0;
+      sparks.replaceChildren(
+        el("span", {}, "tasks completed/s ", sparkline(spark.tput, "tasks completed per second"), ` ${lastOf(spark.tput).toFixed(1)}`),
+        el("span", {}, "allocation, mean ms ", sparkline(spark.lat, "mean allocation time in ms"), ` ${lastOf(spark.lat).toFixed(2)}`));
       const by = fleet.byStatus || {};
       summary.replaceChildren(`${fleet.totalAgents} agents (max ${fleet.maxAgents}): `,
         STATUSES.map(s => `${s} ${by[s] || 0}`).join(", "), ` — as of ${when(fleet.generatedAt)}`);
@@ -250,7 +312,7 @@ function overview(main) {
             STATUSES.map(st => [el("dt", {}, st), el("dd", { class: `count-${st}` }, s[st] || 0)]),
             el("dt", {}, "utilisation"), el("dd", {}, `${(util * 100).toFixed(0)}%`),
             el("dt", {}, "queued"), el("dd", { class: "queued" }, p.queued ?? 0),
-            el("dt", {}, "oldest wait"), el("dd", {}, d && d.oldestWaitMs ? `${(d.oldestWaitMs / 1000).toFixed(1)} s` : "—"),
+            el("dt", {}, "oldest wait"), el("dd", {}, m.oldest[p.type] ? `${m.oldest[p.type].toFixed(1)} s` : "—"),
             el("dt", {}, "fairness"), el("dd", {}, p.fairness ? p.fairness.label : "—"),
             el("dt", {}, "last scaling"), el("dd", {}, d ? `${d.direction} ${d.count} (${d.reason}), ${ago(d.ts)}` : "—")));
       }));
@@ -501,6 +563,10 @@ async function start() {
   if (session.signedIn) live();
   await route();
 }
+
+// The overview's sparklines move on when the fleet is quiet too (every
+// 10 s: not a poll of the state, which comes with the change events).
+setInterval(() => { if (current && current.overview) refresh(); }, 10000);
 
 window.addEventListener("hashchange", route);
 document.addEventListener("DOMContentLoaded", start);
