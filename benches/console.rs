@@ -24,7 +24,6 @@ use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -203,7 +202,9 @@ async fn run() {
     for _ in 0..20 {
         let t = Instant::now();
         let r = api
-            .get(format!("{base}/v1/agents?pool=coder&status=idle&sort=lastHeartbeat&limit=50"))
+            .get(format!(
+                "{base}/v1/agents?pool=coder&status=idle&sort=lastHeartbeat&limit=50"
+            ))
             .send()
             .await
             .unwrap();

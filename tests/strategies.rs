@@ -55,8 +55,12 @@ async fn least_loaded_prefers_the_agent_with_the_most_room() {
     a.heartbeat(AgentStatus::Idle, 0.9).await.unwrap();
     b.heartbeat(AgentStatus::Idle, 0.1).await.unwrap();
     let pool = json!({"pool": "architect"});
-    let (_, rec) = h.get("/v1/agents/ll-b").await;
-    assert_eq!(rec["load"], 0.1, "{rec}");
+    // The heartbeats travel over pub/sub: wait until both are recorded.
+    wait_until(|| async {
+        h.get("/v1/agents/ll-b").await.1["load"] == 0.1
+            && h.get("/v1/agents/ll-a").await.1["load"] == 0.9
+    })
+    .await;
     assert_eq!(chosen(&h, &mut events, pool.clone()).await, "ll-b");
     // ll-b holds 1 of 2 (50%), ll-a 0 of 4: ll-a.
     assert_eq!(chosen(&h, &mut events, pool.clone()).await, "ll-a");
