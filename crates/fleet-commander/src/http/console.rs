@@ -15,8 +15,9 @@
 //! - **Live**: `GET /v1/events` is a server-sent event stream. It sends
 //!   `change` (with the kinds: registry, health, allocation, scaling,
 //!   fleet) when the fleet changes: the first at once, then at most every
-//!   250 ms while changes go on, and nothing otherwise; agents' heartbeats are not changes. The page refetches
-//!   what it shows; it never polls.
+//!   250 ms while changes go on, and nothing otherwise; agents' heartbeats
+//!   are not changes. Every page listens to one subscription of the
+//!   process. The page refetches what it shows; it never polls.
 //! - Every response here carries a content security policy that allows
 //!   only this origin's script and style, no inline script, no framing.
 
