@@ -91,6 +91,13 @@ async fn js(c: &Client, script: &str) -> Value {
 }
 
 fn main() {
+    // The SDK's warnings (a reply refused, a lost subscription) on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

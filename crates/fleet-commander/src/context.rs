@@ -29,6 +29,7 @@ use tracing::{error, info};
 pub(crate) struct Base {
     pub(crate) keys: Keys,
     pub(crate) redis: Conn,
+    pub(crate) reads: Conn,
     pub(crate) submit_conn: Option<Conn>,
     pub(crate) ha: Arc<crate::leader::Ha>,
     pub(crate) breaker: Arc<crate::breaker::Breaker>,
@@ -48,6 +49,10 @@ pub struct Shared {
     /// One multiplexed, self-reconnecting connection: concurrent commands
     /// from every handler are pipelined on it.
     pub redis: Conn,
+    /// The HTTP API's reads (and token checks) go on a connection of their
+    /// own, so that a busy console or script cannot delay the handlers'
+    /// scripts queued on `redis`.
+    pub(crate) reads: Conn,
     pub metrics: PrometheusHandle,
     pub started: Instant,
     /// When the current pub/sub subscription was confirmed (ms); 0 while not
@@ -114,6 +119,7 @@ impl Shared {
             tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
             keys,
             redis: base.redis.clone(),
+            reads: base.reads.clone(),
             metrics: m::install(),
             started: base.started,
             listening_since: AtomicU64::new(0),

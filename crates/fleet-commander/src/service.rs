@@ -99,6 +99,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // that its batches do not queue behind the handlers' scripts.
     let detector_conn = fleet_store::connection::connect(url).await?;
     let allocator_conn = fleet_store::connection::connect(url).await?;
+    // And the HTTP API's reads, so that they never queue ahead of a script.
+    let reads = fleet_store::connection::connect(url).await?;
     let submit_conn = match config.tasks.durability {
         crate::config::Durability::Replicated => Some(fleet_store::connection::connect(url).await?),
         crate::config::Durability::Async => None,
@@ -120,6 +122,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let base = Base {
         keys: keys.clone(),
         redis,
+        reads,
         submit_conn,
         ha: Arc::new(ha),
         breaker: Default::default(),

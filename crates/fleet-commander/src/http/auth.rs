@@ -57,7 +57,7 @@ pub(crate) async fn require(State(s): State<Arc<Shared>>, req: Request, next: Ne
     let Some(token) = token else {
         return refuse(StatusCode::UNAUTHORIZED, "missing_token", &path);
     };
-    let (name, role) = match s.gate.token_role(&mut s.redis.clone(), token).await {
+    let (name, role) = match s.gate.token_role(&mut s.reads.clone(), token).await {
         Ok(Some(r)) => r,
         Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "invalid_token", &path),
         Err(e) => return super::unavailable(e),

@@ -129,7 +129,7 @@ pub(super) async fn sign_in(State(s): State<Arc<Shared>>, Json(body): Json<SignI
             "/console/session",
         );
     }
-    let (name, role) = match s.gate.token_role(&mut s.redis.clone(), token).await {
+    let (name, role) = match s.gate.token_role(&mut s.reads.clone(), token).await {
         Ok(Some(r)) => r,
         Ok(None) => {
             metrics::counter!(crate::metrics::HTTP_REJECTED, "reason" => "invalid_token")
@@ -166,7 +166,7 @@ pub(super) async fn session(State(s): State<Arc<Shared>>, headers: HeaderMap) ->
     let Some(token) = cookie_token(&headers) else {
         return Json(json!({"signedIn": false, "commander": base})).into_response();
     };
-    match s.gate.token_role(&mut s.redis.clone(), token).await {
+    match s.gate.token_role(&mut s.reads.clone(), token).await {
         Ok(Some((name, role))) => Json(json!({"signedIn": true, "name": name,
             "userRole": role.as_str(), "commander": base}))
         .into_response(),

@@ -62,7 +62,7 @@ pub(super) struct AgentQuery {
 
 /// `GET /v1/agents`: the registered agents that match, a page of them.
 pub(super) async fn agents(State(s): State<Arc<Shared>>, Query(q): Query<AgentQuery>) -> Response {
-    let all = match s.registry.all_agents(&mut s.redis.clone()).await {
+    let all = match s.registry.all_agents(&mut s.reads.clone()).await {
         Ok(a) => a,
         Err(e) => return unavailable(e),
     };
@@ -120,7 +120,7 @@ pub(super) struct TaskQuery {
 /// `GET /v1/tasks`: the newest tasks (the last `RECENT_TASKS` submitted)
 /// that match, newest first; `q` finds any task by its id or client id.
 pub(super) async fn tasks(State(s): State<Arc<Shared>>, Query(q): Query<TaskQuery>) -> Response {
-    let mut conn = s.redis.clone();
+    let mut conn = s.reads.clone();
     let ids = match q.q.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
         Some(needle) => {
             let mut ids = vec![needle.to_string()];
@@ -170,7 +170,7 @@ pub(super) async fn scaling(
         .arg("-")
         .arg("COUNT")
         .arg(limit)
-        .query_async(&mut s.redis.clone())
+        .query_async(&mut s.reads.clone())
         .await;
     let raw = match raw {
         Ok(r) => r,

@@ -123,7 +123,7 @@ async fn audit_log(
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(100)
         .clamp(1, 10_000);
-    match fleet_store::audit::list(&mut s.redis.clone(), &s.keys, limit).await {
+    match fleet_store::audit::list(&mut s.reads.clone(), &s.keys, limit).await {
         Ok(entries) => Json(entries).into_response(),
         Err(e) => unavailable(e),
     }
@@ -197,7 +197,7 @@ fn unavailable(e: StoreError) -> Response {
 
 async fn fleet(State(s): State<Arc<Shared>>) -> Response {
     let started = Instant::now();
-    let mut conn = s.redis.clone();
+    let mut conn = s.reads.clone();
     match s.fleet_status(&mut conn).await {
         Ok(status) => {
             metrics::histogram!(m::STATUS_QUERY_SECONDS).record(started.elapsed());
@@ -208,7 +208,7 @@ async fn fleet(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn pools(State(s): State<Arc<Shared>>) -> Response {
-    let mut conn = s.redis.clone();
+    let mut conn = s.reads.clone();
     let mut conn2 = conn.clone();
     let mut conn3 = conn.clone();
     let (counts, fair, queued) = match tokio::try_join!(
@@ -250,7 +250,7 @@ async fn agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response
         )
             .into_response();
     }
-    let mut conn = s.redis.clone();
+    let mut conn = s.reads.clone();
     match s.registry.agent(&mut conn, &id).await {
         Ok(Some(rec)) => Json(rec).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": "not_found"}))).into_response(),
@@ -297,7 +297,7 @@ async fn leader_only(
 /// `GET /v1/commanders`: who leads (the lease), and every commander heard
 /// from within a lease, with its role, epoch, address and last renewal.
 async fn commanders(State(s): State<Arc<Shared>>) -> Response {
-    let mut conn = s.redis.clone();
+    let mut conn = s.reads.clone();
     let mut conn2 = conn.clone();
     let fresh = s.config().ha.lease_ms;
     let (holder, list) = match tokio::try_join!(
@@ -550,7 +550,7 @@ async fn task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response 
     if !valid_agent_id(&id) {
         return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
     }
-    match s.tasks.get(&mut s.redis.clone(), &id).await {
+    match s.tasks.get(&mut s.reads.clone(), &id).await {
         Ok(Some(t)) => Json(t).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "not_found", &id),
         Err(e) => unavailable(e),
@@ -594,7 +594,7 @@ async fn cancel_task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Re
 
 /// `GET /v1/dead-letters`: tasks out of retries, most recent first (at most 500).
 async fn dead_letters(State(s): State<Arc<Shared>>) -> Response {
-    match s.tasks.dead_letters(&mut s.redis.clone(), 500).await {
+    match s.tasks.dead_letters(&mut s.reads.clone(), 500).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => unavailable(e),
     }
@@ -625,7 +625,7 @@ async fn task_evidence(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> 
     if !valid_agent_id(&id) {
         return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
     }
-    match s.tasks.evidence(&mut s.redis.clone(), &id).await {
+    match s.tasks.evidence(&mut s.reads.clone(), &id).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => unavailable(e),
     }
