@@ -18,10 +18,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::browser::{find, Driver};
 use common::*;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Client;
 use fleet_protocol::pool::PoolType;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 fn env(name: &str, default: usize) -> usize {
@@ -50,40 +51,6 @@ async fn cpu(pid: u32, window: Duration) -> f64 {
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
-}
-
-async fn session(driver: &str, base: &str, token: &str) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-            "--disable-dev-shm-usage", "--window-size=1366,900"]}),
-    );
-    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(driver)
-        .await
-        .expect("a chromium session");
-    c.goto(&format!("{base}/")).await.unwrap();
-    let t = c
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("#token"))
-        .await
-        .unwrap();
-    t.send_keys(token).await.unwrap();
-    c.find(Locator::Css("#sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("[data-pool=ui] .size"))
-        .await
-        .unwrap();
-    c
 }
 
 async fn js(c: &Client, script: &str) -> Value {
@@ -224,29 +191,18 @@ async fn run() {
     let quiet = cpu(pid, Duration::from_secs(15)).await;
 
     // The consoles.
-    let port = free_addr().rsplit(':').next().unwrap().to_string();
-    let mut driver = std::process::Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver");
-    let durl = format!("http://127.0.0.1:{port}");
-    let status = format!("{durl}/status");
-    wait_until(|| async { reqwest::get(&status).await.is_ok() }).await;
+    let driver = Driver::start().await;
     let mut pages = Vec::new();
     for _ in 0..consoles {
-        pages.push(session(&durl, &base, &token).await);
+        let c = driver.browser().await;
+        common::browser::sign_in(&c, &base, &token).await;
+        pages.push(c);
     }
     // First render of a reload, signed in.
     let mut first = Vec::new();
     for c in &pages {
         c.refresh().await.unwrap();
-        c.wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css("[data-pool=ui] .size"))
-            .await
-            .unwrap();
+        find(c, "[data-pool=ui] .size").await;
         let ms = loop {
             let v = js(c, "const m = performance.getEntriesByName('fleet-first-render'); return m.length ? m[0].startTime : null;").await;
             if let Some(ms) = v.as_f64() {
@@ -332,11 +288,7 @@ async fn run() {
     for c in pages {
         let _ = c.close().await;
     }
-    let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-P", &driver.id().to_string()])
-        .status();
-    let _ = driver.kill();
-    let _ = driver.wait();
+    drop(driver);
     let _ = sim.kill().await;
     let _ = std::fs::remove_file(&config);
 }

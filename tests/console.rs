@@ -7,8 +7,9 @@
 
 mod common;
 
+use common::browser::{find, Driver};
 use common::*;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use fleet_protocol::pool::PoolType;
 use fleet_store::tokens::{TokenRole, TokenStore};
 use serde_json::{json, Value};
@@ -18,50 +19,6 @@ use tokio_util::sync::CancellationToken;
 const PREFIX: &str = "swarm:phase-1";
 const XSS_CAP: &str = "<script>alert(1)</script>";
 const XSS_PAYLOAD: &str = "<img src=x onerror=alert(2)><b>bold</b>";
-
-/// chromedriver on a free port, killed on drop.
-struct Driver(std::process::Child, String);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // chromedriver and the chromium it started (a failed test never
-        // closes its session, and chromium outlives chromedriver; its
-        // renderers go with it).
-        let _ = std::process::Command::new("pkill")
-            .args(["-KILL", "-P", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn driver() -> Driver {
-    let port = free_addr().rsplit(':').next().unwrap().to_string();
-    let child = std::process::Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver on PATH (apt-get install chromium chromium-driver)");
-    let url = format!("http://127.0.0.1:{port}");
-    let status = format!("{url}/status");
-    wait_until(|| async { reqwest::get(&status).await.is_ok() }).await;
-    Driver(child, url)
-}
-
-async fn browser(d: &Driver) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-            "--disable-dev-shm-usage", "--window-size=1366,900"]}),
-    );
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&d.1)
-        .await
-        .expect("a chromium session")
-}
 
 fn shots() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -102,15 +59,6 @@ async fn text_when(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
     })
 }
 
-/// The element at `css`, once the page has drawn it.
-async fn find(c: &Client, css: &str) -> fantoccini::elements::Element {
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-}
-
 async fn count(c: &Client, css: &str) -> usize {
     c.find_all(Locator::Css(css)).await.unwrap().len()
 }
@@ -127,9 +75,7 @@ async fn go(c: &Client, base: &str, hash: &str) {
 }
 
 async fn sign_in(c: &Client, base: &str, token: &str) {
-    go(c, base, "").await;
-    find(c, "#token").await.send_keys(token).await.unwrap();
-    find(c, "#sign-in").await.click().await.unwrap();
+    browser::sign_in(c, base, token).await;
     text_when(c, "#summary", |t| t.contains("agents")).await;
 }
 
@@ -202,8 +148,8 @@ async fn the_console_in_a_real_browser() {
     let done = task_in_state(&api, &base, &task, "completed").await;
     let ran_on = done["agentId"].as_str().unwrap().to_string();
 
-    let d = driver().await;
-    let c = browser(&d).await;
+    let d = Driver::start().await;
+    let c = d.browser().await;
 
     // The page and its assets carry a CSP; signing in keeps the token out of the URL.
     let page = reqwest::get(format!("{base}/")).await.unwrap();

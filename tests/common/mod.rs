@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod browser;
 mod ha;
 mod tasks;
 #[allow(unused_imports)]
