@@ -265,6 +265,18 @@ async fn the_console_in_a_real_browser() {
     });
     assert!(drained, "the drain is in the audit log: {audit}");
 
+    // An operator gives a pool's size back to the scaler (prompt, confirm).
+    go(&c, &base, "#/scaling").await;
+    find(&c, "button.scale[data-pool=coder]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    c.send_alert_text("auto").await.unwrap();
+    c.accept_alert().await.unwrap();
+    find(&c, "#confirm-ok").await.click().await.unwrap();
+    text_when(&c, "#toast", |t| t.contains("Pool coder: auto")).await;
+
     for (page, name) in [
         ("#/dead-letters", "dead-letters"),
         ("#/scaling", "scaling"),

@@ -538,7 +538,7 @@ function scalingPage(main) {
 async function scaleDialog(p) {
   const size = prompt(`Size of pool ${p.type} (${p.minAgents}..${p.maxAgents}), or "auto":`, "auto");
   if (size === null) return;
-  const body = size.trim() === "auto" ? { size: "auto" } : { size: Number(size) };
+  const body = size.trim() === "auto" ? { auto: true } : { agents: Number(size) };
   await act(`Set pool ${p.type} to ${size.trim()}?`, "POST", `/v1/pools/${p.type}/size`, body, `Pool ${p.type}: ${size.trim()}`);
 }
 
