@@ -16,6 +16,14 @@ use std::sync::Arc;
 /// A page: at most this many items.
 const MAX_LIMIT: usize = 500;
 
+/// `?limit=N`, within `1..=max` (`default` when absent or unreadable).
+pub(super) fn limit(q: &HashMap<String, String>, default: usize, max: usize) -> usize {
+    q.get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(default)
+        .clamp(1, max)
+}
+
 #[derive(Serialize)]
 struct Page<T> {
     total: usize,
@@ -159,11 +167,7 @@ pub(super) async fn scaling(
     State(s): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(100)
-        .clamp(1, 1000);
+    let limit = limit(&q, 100, MAX_LIMIT);
     let raw: Result<Vec<(String, HashMap<String, String>)>, _> = redis::cmd("XREVRANGE")
         .arg(s.keys.events())
         .arg("+")

@@ -118,11 +118,7 @@ async fn audit_log(
     State(s): State<Arc<Shared>>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(100)
-        .clamp(1, 10_000);
+    let limit = lists::limit(&q, 100, 10_000);
     match fleet_store::audit::list(&mut s.reads.clone(), &s.keys, limit).await {
         Ok(entries) => Json(entries).into_response(),
         Err(e) => unavailable(e),
