@@ -18,6 +18,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// A request (register, deregister) with no reply yet is sent again this
+/// often, as docs/PROTOCOL.md asks.
+pub const REQUEST_RETRY: Duration = Duration::from_secs(2);
+
 /// Who the agent is.
 #[derive(Debug, Clone)]
 pub struct AgentSpec {
@@ -246,9 +250,10 @@ impl Agent {
                 instance: Some(self.instance.clone()),
             },
         };
-        self.send(self.channels.registry(), &msg).await?;
         let reply = self
-            .await_reply(
+            .request(
+                self.channels.registry(),
+                &msg,
                 timeout,
                 |m| matches!(m, ToAgent::RegisterReply { reply_to, .. } if *reply_to == id),
             )
@@ -302,9 +307,10 @@ impl Agent {
                 reason: Some("shutdown".into()),
             },
         };
-        self.send(self.channels.registry(), &msg).await?;
         match self
-            .await_reply(
+            .request(
+                self.channels.registry(),
+                &msg,
                 timeout,
                 |m| matches!(m, ToAgent::DeregisterReply { reply_to, .. } if *reply_to == id),
             )
@@ -320,6 +326,31 @@ impl Agent {
         match self.pending.pop_front() {
             Some(m) => m,
             None => self.inbox.recv().await,
+        }
+    }
+
+    /// Sends a request and waits up to `timeout` for the reply `want`
+    /// picks, sending it again every [`REQUEST_RETRY`] meanwhile: pub/sub
+    /// may lose the request or its reply, and requests are idempotent (every
+    /// copy carries the same id; the first reply to any of them counts).
+    async fn request(
+        &mut self,
+        channel: String,
+        msg: &impl Serialize,
+        timeout: Duration,
+        want: impl Fn(&ToAgent) -> bool,
+    ) -> Result<ToAgent, AgentError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.send(channel.clone(), msg).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.await_reply(left.min(REQUEST_RETRY), &want).await {
+                Err(AgentError::Timeout(_)) if tokio::time::Instant::now() < deadline => {
+                    debug!(agent_id = %self.spec.id, "no reply yet: sending the request again");
+                }
+                Err(AgentError::Timeout(_)) => return Err(AgentError::Timeout(timeout)),
+                other => return other,
+            }
         }
     }
 
