@@ -137,10 +137,15 @@ function frame() {
 }
 
 let feed = null;
+// What changed since a page last looked (the events' `kinds`).
+const changed = new Set();
 function live() {
   if (feed || !session.signedIn) return;
   feed = new EventSource("/v1/events");
-  feed.addEventListener("change", () => refresh());
+  feed.addEventListener("change", (e) => {
+    try { for (const k of JSON.parse(e.data).kinds || []) changed.add(k); } catch { changed.add("fleet"); }
+    refresh();
+  });
   feed.onerror = () => { /* the browser reconnects by itself */ };
 }
 
@@ -279,16 +284,29 @@ function overview(main) {
   const tiles = el("div", { class: "tiles", id: "tiles" });
   const commanders = el("div");
   const decisions = el("div");
+  const cache = { scaling: null, metrics: null, metricsAt: 0 };
   main.replaceChildren(el("h1", {}, "Fleet"), summary, sparks, tiles,
     el("h2", {}, "Commanders"), commanders, el("h2", {}, "Recent scaling decisions"), decisions);
   return {
     overview: true,
     async refresh() {
+      // Each change costs the commander three small reads per page: the
+      // scaling decisions are read again only when one was made, and the
+      // metrics (sparklines, oldest wait) at most every 5 s.
+      const now = Date.now();
+      const needScaling = !cache.scaling || changed.has("scaling") || changed.has("fleet");
+      const needMetrics = !cache.metrics || now - cache.metricsAt >= 5000;
+      changed.clear();
       const [fleet, pools, cmd, scaling, metrics] = await Promise.all([get("/v1/fleet"), get("/v1/pools"),
-        get("/v1/commanders"), get("/v1/scaling?limit=100"),
-        fetch("/metrics", { credentials: "same-origin" }).then(r => r.ok ? r.text() : "").catch(() => "")]);
-      const m = parseMetrics(metrics);
-      sample(m);
+        get("/v1/commanders"), needScaling ? get("/v1/scaling?limit=100") : cache.scaling,
+        needMetrics ? fetch("/metrics", { credentials: "same-origin" }).then(r => r.ok ? r.text() : "").catch(() => "") : null]);
+      cache.scaling = scaling;
+      if (needMetrics) {
+        cache.metrics = parseMetrics(metrics);
+        cache.metricsAt = now;
+        sample(cache.metrics);
+      }
+      const m = cache.metrics;
       const lastOf = (a) => a.length ? a[a.length - 1] : 0;
       sparks.replaceChildren(
         el("span", {}, "tasks completed/s ", sparkline(spark.tput, "tasks completed per second"), ` ${lastOf(spark.tput).toFixed(1)}`),
@@ -565,8 +583,8 @@ async function start() {
 }
 
 // The overview's sparklines move on when the fleet is quiet too (every
-// 10 s: not a poll of the state, which comes with the change events).
-setInterval(() => { if (current && current.overview) refresh(); }, 10000);
+// 5 s: not a poll of the state, which comes with the change events).
+setInterval(() => { if (current && current.overview) refresh(); }, 5000);
 
 window.addEventListener("hashchange", route);
 document.addEventListener("DOMContentLoaded", start);
