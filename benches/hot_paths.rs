@@ -186,6 +186,8 @@ fn allocation(c: &mut Criterion) {
         timeout_ms: 3_600_000,
         max_retries: 3,
         client_id: None,
+        progress_timeout_ms: None,
+        max_cost: None,
     };
     c.bench_function("allocation/submit_and_assign_1000_agents", |b| {
         b.to_async(&rt).iter(|| {

@@ -2,7 +2,7 @@
 //! `dead-letters` (the HTTP API) and `config check`. Each returns whether
 //! it succeeded.
 
-use super::{base_url, call, load, DeadLetterAction, DrainTarget, TaskAction};
+use super::{base_url, call, load, DeadLetterAction, DrainTarget, PoisonAction, TaskAction};
 use anyhow::Context;
 use fleet_protocol::status::render;
 use fleet_store::Keys;
@@ -149,6 +149,26 @@ pub(crate) async fn dead_letters(
         DeadLetterAction::List => call(http.get(format!("{base}/v1/dead-letters"))).await?,
         DeadLetterAction::Requeue { id } => {
             call(http.post(format!("{base}/v1/dead-letters/{id}/requeue"))).await?
+        }
+    }
+    Ok(true)
+}
+
+pub(crate) async fn poison(
+    config: &Path,
+    action: PoisonAction,
+    url: Option<String>,
+) -> anyhow::Result<bool> {
+    let base = base_url(config, url)?;
+    let http = super::tokens::http_client()?;
+    match action {
+        PoisonAction::List => call(http.get(format!("{base}/v1/poison"))).await?,
+        PoisonAction::Show { id } => {
+            call(http.get(format!("{base}/v1/tasks/{id}"))).await?;
+            call(http.get(format!("{base}/v1/tasks/{id}/evidence"))).await?
+        }
+        PoisonAction::Requeue { id } => {
+            call(http.post(format!("{base}/v1/poison/{id}/requeue"))).await?
         }
     }
     Ok(true)

@@ -54,6 +54,14 @@ pub(crate) enum Command {
         #[arg(long, global = true)]
         url: Option<String>,
     },
+    /// Poison tasks: their attempts took down `tasks.poison_after` agents
+    /// (dead, restarted, out of their lease or stuck); held until requeued.
+    Poison {
+        #[command(subcommand)]
+        action: PoisonAction,
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Fix a pool's size (within its bounds), or `auto` to hand it back to the scaler.
     Scale {
         pool: String,
@@ -233,6 +241,16 @@ pub(crate) enum DeadLetterAction {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum PoisonAction {
+    /// Poison tasks, most recent first.
+    List,
+    /// One task: its record, casualties and allocation evidence.
+    Show { id: String },
+    /// Send a poison task back to its queue with fresh retries and no casualties.
+    Requeue { id: String },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum ConfigAction {
     /// Validate a configuration file without running anything.
     Check { file: PathBuf },
@@ -262,6 +280,7 @@ pub(crate) async fn execute(
         Command::Scale { pool, size, url } => admin::scale(config, pool, size, url).await,
         Command::Drain { target, url } => admin::drain(config, target, url).await,
         Command::DeadLetters { action, url } => admin::dead_letters(config, action, url).await,
+        Command::Poison { action, url } => admin::poison(config, action, url).await,
         Command::Config {
             action: ConfigAction::Check { file },
         } => admin::config_check(&file),

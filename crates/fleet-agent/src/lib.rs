@@ -383,21 +383,59 @@ impl Agent {
         result: Option<Value>,
         error: Option<String>,
     ) -> Result<(), AgentError> {
+        let body = self.report_body(task_id, attempt, result, error);
+        self.send_report(kind, body).await
+    }
+
+    /// `task_progress`: `step` must rise from one report to the next for
+    /// the commander to count it as progress (see `progressTimeoutMs`).
+    pub async fn progress(
+        &mut self,
+        task_id: &str,
+        attempt: u32,
+        fraction: Option<f64>,
+        step: Option<u64>,
+    ) -> Result<(), AgentError> {
+        let mut body = self.report_body(task_id, attempt, None, None);
+        body.progress = fraction;
+        body.step = step;
+        self.send_report(ReportKind::Progress, body).await
+    }
+
+    /// A report with every field the caller's to set (`usage`, `step`, ...).
+    pub async fn send_report(
+        &mut self,
+        kind: ReportKind,
+        body: TaskReport,
+    ) -> Result<(), AgentError> {
         let msg = Tagged {
             v: VERSION,
             kind: kind.as_str(),
-            body: TaskReport {
-                task_id: task_id.to_string(),
-                attempt,
-                agent_id: self.spec.id.clone(),
-                progress: None,
-                result: result
-                    .as_ref()
-                    .map(fleet_protocol::task::RawJson::from_value),
-                error,
-            },
+            body,
         };
         self.send(self.channels.results(), &msg).await
+    }
+
+    /// This agent's report on an attempt, with a result or an error.
+    pub fn report_body(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        result: Option<Value>,
+        error: Option<String>,
+    ) -> TaskReport {
+        TaskReport {
+            task_id: task_id.to_string(),
+            attempt,
+            agent_id: self.spec.id.clone(),
+            progress: None,
+            step: None,
+            usage: None,
+            result: result
+                .as_ref()
+                .map(fleet_protocol::task::RawJson::from_value),
+            error,
+        }
     }
 
     /// Heartbeats every `interval` (the first after `first_after`) until
@@ -574,23 +612,23 @@ impl Agent {
 
     /// Reports a finished attempt (a vanished one, never).
     async fn finish(&mut self, task_id: &str, attempt: u32, outcome: &Outcome) {
-        let sent = match outcome {
-            Outcome::Complete(v) => {
-                self.report(
-                    ReportKind::Complete,
-                    task_id,
-                    attempt,
-                    Some(v.clone()),
-                    None,
-                )
-                .await
-            }
-            Outcome::Fail(e) => {
-                self.report(ReportKind::Fail, task_id, attempt, None, Some(e.clone()))
-                    .await
-            }
-            Outcome::Vanish => Ok(()),
+        let (outcome, usage) = match outcome {
+            Outcome::Used(inner, usage) => (&**inner, Some(*usage)),
+            o => (o, None),
         };
+        let (kind, mut body) = match outcome {
+            Outcome::Complete(v) => (
+                ReportKind::Complete,
+                self.report_body(task_id, attempt, Some(v.clone()), None),
+            ),
+            Outcome::Fail(e) => (
+                ReportKind::Fail,
+                self.report_body(task_id, attempt, None, Some(e.clone())),
+            ),
+            Outcome::Vanish | Outcome::Used(..) => return,
+        };
+        body.usage = usage;
+        let sent = self.send_report(kind, body).await;
         if let Err(e) = sent {
             warn!(agent_id = %self.spec.id, error = %e, "result not sent");
         }
@@ -637,6 +675,9 @@ pub enum Outcome {
     Fail(String),
     /// Say nothing (a crash mid-task; for tests and the simulator).
     Vanish,
+    /// A completion or failure that consumed this much of the agent's
+    /// budget (`usage`, in the fleet's budget unit).
+    Used(Box<Outcome>, f64),
 }
 
 /// What an agent does with a task.

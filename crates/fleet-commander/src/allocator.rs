@@ -18,11 +18,12 @@ use fleet_protocol::pool::PoolType;
 use fleet_protocol::{Event, VERSION};
 use fleet_store::connection::Conn;
 use fleet_store::registry::Orphans;
+use fleet_store::tasks::{Held, Takeback};
 use fleet_store::StoreError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Tasks one script call may assign; a pool that fills it is served again
 /// at once. Defined by the store: the script's queue window is the same number.
@@ -104,22 +105,50 @@ async fn reap(shared: &Shared, conn: &mut Conn) -> Result<(), StoreError> {
     }
     let mut expired = Orphans::default();
     for id in shared.tasks.expired_leases(conn, now, 512).await? {
-        let Some((outcome, notice)) = shared.tasks.expire(conn, &id, now).await? else {
-            continue;
-        };
-        match outcome.as_str() {
-            "queued" => expired.requeued += 1,
-            "dead" => expired.dead += 1,
-            _ => {}
-        }
-        shared.tell(conn, notice.into_iter().collect()).await?;
+        take_back(shared, conn, &id, now, Takeback::Lease, &mut expired).await?;
     }
-    if expired.requeued + expired.dead > 0 {
-        metrics::counter!(m::TASKS_ORPHANED, "reason" => "lease_expired")
-            .increment(u64::from(expired.requeued + expired.dead));
-        metrics::counter!(m::TASKS_DEAD, "pool" => "any").increment(u64::from(expired.dead));
-        shared.wake_all();
+    shared.on_orphans(expired, "lease_expired");
+    // An attempt is stuck when no progress was handled by its deadline: the
+    // deadline is judged against what the commander has handled, not the
+    // clock, so a report still queued in the commander counts.
+    let mut stuck = Orphans::default();
+    let handled = shared.heard.through().min(now);
+    for id in shared.tasks.stalled(conn, handled, 512).await? {
+        take_back(shared, conn, &id, handled, Takeback::Stuck, &mut stuck).await?;
     }
+    shared.on_orphans(stuck, "stuck");
+    let poison = shared.tasks.held_count(conn, Held::Poison).await?;
+    metrics::gauge!(m::POISON_TASKS).set(poison as f64);
+    Ok(())
+}
+
+/// Takes one attempt back from its agent (its lease ran out, or it is
+/// stuck) and tells the agent to stop.
+async fn take_back(
+    shared: &Shared,
+    conn: &mut Conn,
+    id: &str,
+    now: u64,
+    why: Takeback,
+    tally: &mut Orphans,
+) -> Result<(), StoreError> {
+    let Some((outcome, agent_id, notice)) = shared.tasks.expire(conn, id, now, why).await? else {
+        return Ok(());
+    };
+    match outcome.as_str() {
+        "queued" => tally.requeued += 1,
+        "dead" => tally.dead += 1,
+        "poison" => tally.poisoned += 1,
+        _ => {}
+    }
+    if why == Takeback::Stuck {
+        metrics::counter!(m::AGENTS_STUCK).increment(1);
+        warn!(
+            task_id = id,
+            agent_id, "agent stuck: no progress on its task in time; task taken back"
+        );
+    }
+    shared.tell(conn, notice.into_iter().collect()).await?;
     Ok(())
 }
 

@@ -433,6 +433,14 @@ pub struct TaskConfig {
     pub durability: Durability,
     pub replicas: u32,
     pub replication_timeout_ms: u64,
+    /// An attempt that shows no progress (a `task_progress` with a higher
+    /// step) for this long is taken back and its agent flagged stuck and
+    /// quarantined, unless the task or the pool says otherwise; 0: not watched.
+    pub progress_timeout_ms: u64,
+    /// A task whose attempts took down this many agents (dead, restarted,
+    /// out of their lease, stuck) is held as poison until an operator
+    /// requeues it; 0: never.
+    pub poison_after: u32,
 }
 
 /// See [`TaskConfig::durability`].
@@ -466,6 +474,8 @@ impl Default for TaskConfig {
             durability: Durability::Async,
             replicas: 1,
             replication_timeout_ms: 500,
+            progress_timeout_ms: 60_000,
+            poison_after: 2,
         }
     }
 }
@@ -493,6 +503,16 @@ pub struct PoolConfig {
     /// Overrides of the `[scaling]` defaults for this pool.
     #[serde(default)]
     pub scaling: ScalingOverrides,
+    /// Overrides `tasks.progress_timeout_ms` for this pool's tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_timeout_ms: Option<u64>,
+}
+
+/// Why a progress timeout is refused: 0 (off) or 100 ms ..= 24 h.
+fn progress_timeout_refused(v: u64) -> Option<String> {
+    let max = fleet_protocol::task::MAX_TIMEOUT_MS;
+    (v != 0 && !(100..=max).contains(&v))
+        .then(|| format!("must be 0 (off) or 100..={max}, got {v}"))
 }
 
 fn default_runtime_threads() -> usize {
@@ -555,6 +575,7 @@ impl Config {
             probation_until: t.probation_until,
             quota_window_ms: t.quota_window_ms,
             memory_ms: t.health_memory_ms,
+            poison_after: t.poison_after,
         }
     }
 
@@ -566,6 +587,9 @@ impl Config {
                 pool: *pool,
                 strategy: pc.strategy,
                 quota: pc.quota,
+                progress_timeout_ms: pc
+                    .progress_timeout_ms
+                    .unwrap_or(self.tasks.progress_timeout_ms),
             })
             .collect()
     }
@@ -840,6 +864,9 @@ impl Config {
         if tk.default_max_retries > fleet_protocol::task::MAX_RETRIES {
             return err("tasks.default_max_retries", "must be at most 100".into());
         }
+        if let Some(reason) = progress_timeout_refused(tk.progress_timeout_ms) {
+            return err("tasks.progress_timeout_ms", reason);
+        }
         Ok(())
     }
 
@@ -889,6 +916,9 @@ impl Config {
                         "applies only with strategy = \"weighted_fair\"".into(),
                     );
                 }
+            }
+            if let Some(reason) = p.progress_timeout_ms.and_then(progress_timeout_refused) {
+                return err(&at("progress_timeout_ms"), reason);
             }
             self.scaling_for(*pool)
                 .validate(&format!("pools.{pool}.scaling"))?;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// What outlives a term (crate::service): the connections, this
 /// commander's identity and view of leadership, the breaker, the clock.
@@ -217,15 +217,23 @@ impl Shared {
 
     /// Counts tasks given back by an agent and lets the allocator hand them out.
     pub(crate) fn on_orphans(&self, o: Orphans, reason: &'static str) {
-        if o.requeued + o.dead > 0 {
-            metrics::counter!(m::TASKS_ORPHANED, "reason" => reason)
-                .increment(u64::from(o.requeued + o.dead));
+        let all = o.requeued + o.dead + o.poisoned;
+        if all > 0 {
+            metrics::counter!(m::TASKS_ORPHANED, "reason" => reason).increment(u64::from(all));
             if o.dead > 0 {
                 metrics::counter!(m::TASKS_DEAD, "pool" => "any").increment(u64::from(o.dead));
+            }
+            if o.poisoned > 0 {
+                metrics::counter!(m::TASKS_POISONED).increment(u64::from(o.poisoned));
+                warn!(
+                    poisoned = o.poisoned,
+                    reason, "tasks held as poison: they took down too many agents"
+                );
             }
             info!(
                 requeued = o.requeued,
                 dead = o.dead,
+                poisoned = o.poisoned,
                 reason,
                 "tasks given back"
             );

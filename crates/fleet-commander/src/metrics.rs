@@ -32,6 +32,10 @@ pub const TASKS_FAILED: &str = "fleet_tasks_failed_total";
 pub const TASKS_RETRIED: &str = "fleet_tasks_retried_total";
 pub const TASKS_DEAD: &str = "fleet_tasks_dead_lettered_total";
 pub const TASKS_ORPHANED: &str = "fleet_tasks_orphaned_total";
+pub const TASKS_POISONED: &str = "fleet_tasks_poisoned_total";
+pub const POISON_TASKS: &str = "fleet_poison_tasks";
+pub const AGENTS_STUCK: &str = "fleet_agents_stuck_total";
+pub const PROGRESS_REPEATED: &str = "fleet_task_progress_repeated_total";
 pub const RESULTS_IGNORED: &str = "fleet_task_results_ignored_total";
 pub const QUEUE_DEPTH: &str = "fleet_queue_depth";
 pub const INBOUND_BACKLOG: &str = "fleet_inbound_backlog";
@@ -194,6 +198,18 @@ fn describe() {
         "Tasks taken back from an agent that died or left, by reason."
     );
     c!(
+        TASKS_POISONED,
+        "Tasks held as poison: their attempts took down tasks.poison_after agents."
+    );
+    c!(
+        AGENTS_STUCK,
+        "Attempts taken back because the agent showed no progress in time (agent flagged stuck)."
+    );
+    c!(
+        PROGRESS_REPEATED,
+        "task_progress reports whose step was not above the last (not progress)."
+    );
+    c!(
         RESULTS_IGNORED,
         "Task results ignored (stale attempt, unknown task), by reason."
     );
@@ -220,6 +236,10 @@ fn describe() {
     g!(AGENTS, "Registered agents, by pool and status.");
     g!(AGENTS_QUARANTINED, "Agents in quarantine (given no tasks).");
     g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
+    g!(
+        POISON_TASKS,
+        "Tasks held as poison, waiting for an operator."
+    );
     g!(HTTP_CONNECTIONS, "Open connections to the HTTP API.");
     g!(
         LEADER,
@@ -349,7 +369,13 @@ fn initialize() {
     }
     counter!(TASKS_REJECTED, "reason" => "invalid_fields").absolute(0);
     counter!(REDIS_RECONNECTS, "conn" => "commands").absolute(0);
-    for reason in ["agent_failed", "agent_left", "lease_expired"] {
+    for reason in [
+        "agent_failed",
+        "agent_left",
+        "agent_restarted",
+        "lease_expired",
+        "stuck",
+    ] {
         counter!(TASKS_ORPHANED, "reason" => reason).absolute(0);
     }
     for result in ["applied", "rejected"] {
@@ -364,9 +390,13 @@ fn initialize() {
         SIGNATURE_CHECKS,
         SUBSCRIBER_RECONNECTS,
         TASKS_CANCELLED,
+        TASKS_POISONED,
+        AGENTS_STUCK,
+        PROGRESS_REPEATED,
     ] {
         counter!(name).absolute(0);
     }
+    metrics::gauge!(POISON_TASKS).set(0.0);
     metrics::gauge!(BREAKER_OPEN).set(0.0);
     metrics::gauge!(LEADER).set(0.0);
 }

@@ -50,6 +50,13 @@ pub struct Health {
     pub quarantined_until: u64,
     /// Back from quarantine: one task at a time until the score recovers.
     pub probation: bool,
+    /// Times the agent was found stuck: heartbeating, but no progress on a
+    /// task within its progress timeout.
+    #[serde(default)]
+    pub stuck: u32,
+    /// When it was last found stuck, ms since the epoch; 0: never.
+    #[serde(default)]
+    pub stuck_at: u64,
 }
 
 fn one() -> u32 {

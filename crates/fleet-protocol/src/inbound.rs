@@ -130,6 +130,19 @@ pub struct TaskReport {
     /// `task_progress`: 0..=1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
+    /// `task_progress`: the step the agent is on, rising with each step.
+    /// A report whose step is not above the last one is not progress (an
+    /// agent looping on one step), however often it comes.
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub step: Option<u64>,
+    /// `task_complete` / `task_fail`: what the attempt consumed, in the
+    /// fleet's budget unit (`[budgets] unit`), debited from the agent's budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<f64>,
     /// `task_complete`: any JSON, kept byte for byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<crate::task::RawJson>,
@@ -303,6 +316,7 @@ const OWN_TYPES: &[&str] = &[
     "agent_removed",
     "agent_quarantined",
     "agent_probation",
+    "agent_stuck",
     "fleet_status",
     "commander_took_over",
 ];
@@ -500,9 +514,20 @@ fn validate(msg: &Inbound) -> Result<(), Rejection> {
             if !valid_agent_id(&m.task_id) {
                 return Err(Rejection::InvalidField("taskId: invalid".into()));
             }
+            if m.usage.is_some_and(|u| !(u.is_finite() && u >= 0.0)) {
+                return Err(Rejection::InvalidField(
+                    "usage: must be a number >= 0".into(),
+                ));
+            }
             match kind {
-                ReportKind::Progress if !m.progress.is_some_and(|p| (0.0..=1.0).contains(&p)) => {
-                    return Err(Rejection::InvalidField("progress: must be 0..=1".into()))
+                // A progress report says how far (0..=1), or which step, or both.
+                ReportKind::Progress
+                    if m.progress.is_some_and(|p| !(0.0..=1.0).contains(&p))
+                        || (m.progress.is_none() && m.step.is_none()) =>
+                {
+                    return Err(Rejection::InvalidField(
+                        "progress: must be 0..=1 (or give a step)".into(),
+                    ))
                 }
                 ReportKind::Fail if m.error.as_ref().is_some_and(|e| e.len() > 4096) => {
                     return Err(Rejection::InvalidField("error: at most 4096 bytes".into()))

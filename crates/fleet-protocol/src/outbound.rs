@@ -193,6 +193,18 @@ pub enum Event {
     /// Quarantine over: on probation, one task at a time.
     #[serde(rename_all = "camelCase")]
     AgentProbation { v: u32, agent_id: String, ts: u64 },
+    /// The agent heartbeats but showed no progress on `taskId` within its
+    /// progress timeout: the task was taken back (published by the script
+    /// with the agent's quarantine); `count` is how often it was stuck.
+    #[serde(rename_all = "camelCase")]
+    AgentStuck {
+        v: u32,
+        agent_id: String,
+        task_id: String,
+        attempt: u32,
+        count: u32,
+        ts: u64,
+    },
 }
 
 /// Task events on `swarm:phase-1:allocation`, published by the store's
@@ -227,9 +239,13 @@ pub enum TaskEventKind {
     TaskRetrying,
     /// Out of retries: dead-lettered.
     TaskDead,
-    /// Its lease ran out: back in its queue.
+    /// Taken back from its agent (lease ran out, agent dead or stuck):
+    /// back in its queue.
     TaskRequeued,
     TaskCancelled,
+    /// Taken back, and its attempts took down `tasks.poison_after` agents:
+    /// held in the poison set until an operator requeues it.
+    TaskPoisoned,
 }
 
 /// The reply to `task_submit`, on the submitter's reply channel.

@@ -68,6 +68,9 @@ pub enum TaskState {
     /// Out of retries: in the dead-letter set.
     Dead,
     Cancelled,
+    /// Its attempts ended with their agents dying or stuck too often: held
+    /// in the poison set until an operator requeues it.
+    Poison,
 }
 
 impl TaskState {
@@ -80,13 +83,14 @@ impl TaskState {
             TaskState::Completed => "completed",
             TaskState::Dead => "dead",
             TaskState::Cancelled => "cancelled",
+            TaskState::Poison => "poison",
         }
     }
 
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            TaskState::Completed | TaskState::Dead | TaskState::Cancelled
+            TaskState::Completed | TaskState::Dead | TaskState::Cancelled | TaskState::Poison
         )
     }
 }
@@ -102,6 +106,7 @@ impl std::str::FromStr for TaskState {
             "completed" => TaskState::Completed,
             "dead" => TaskState::Dead,
             "cancelled" => TaskState::Cancelled,
+            "poison" => TaskState::Poison,
             _ => return Err(()),
         })
     }
@@ -128,6 +133,15 @@ pub struct Submission {
     /// Idempotency key: the same client id always names the same task.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// An attempt with no progress (a `task_progress` with a higher step)
+    /// for this long is taken back and its agent flagged stuck; default:
+    /// the pool's `progress_timeout_ms` (0: not watched).
+    #[serde(default, deserialize_with = "crate::lenient::opt_u64")]
+    pub progress_timeout_ms: Option<u64>,
+    /// The most one attempt may consume (`usage`, in the budget unit); an
+    /// attempt that reports more fails as `over_budget`.
+    #[serde(default)]
+    pub max_cost: Option<f64>,
 }
 
 /// Why a submission was refused.
@@ -165,6 +179,11 @@ pub struct ValidTask {
     pub timeout_ms: u64,
     pub max_retries: u32,
     pub client_id: Option<String>,
+    /// None: the pool's `progress_timeout_ms`, read when the attempt starts;
+    /// 0: not watched.
+    pub progress_timeout_ms: Option<u64>,
+    /// None: no limit.
+    pub max_cost: Option<f64>,
 }
 
 /// What a submission gets for the fields it leaves out (`[tasks]` in the config).
@@ -234,8 +253,23 @@ impl Submission {
                 ));
             }
         }
+        let progress_timeout_ms = self.progress_timeout_ms;
+        if let Some(t) = progress_timeout_ms.filter(|&t| t != 0) {
+            if !(100..=MAX_TIMEOUT_MS).contains(&t) {
+                return Err(invalid(format!(
+                    "progressTimeoutMs: must be 0 (not watched) or 100..={MAX_TIMEOUT_MS}, got {t}"
+                )));
+            }
+        }
+        if let Some(c) = self.max_cost {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(invalid("maxCost: must be a number >= 0".into()));
+            }
+        }
         Ok(ValidTask {
             pool,
+            progress_timeout_ms,
+            max_cost: self.max_cost,
             capabilities: self.capabilities.clone(),
             priority,
             payload: self.payload.get().to_string(),
@@ -270,4 +304,16 @@ pub struct TaskRecord {
     pub result: Option<RawJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The submission's `progressTimeoutMs` (absent: the pool's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<f64>,
+    /// What its attempts consumed so far (`usage`, in the budget unit).
+    #[serde(default)]
+    pub usage: f64,
+    /// Attempts that ended with their agent dead, restarted, out of its
+    /// lease or stuck: at `tasks.poison_after` the task is held as poison.
+    #[serde(default)]
+    pub casualties: u32,
 }

@@ -166,6 +166,16 @@ impl Keys {
     pub fn dead(&self) -> String {
         format!("{}:dead", self.prefix)
     }
+    /// Sorted set: running attempts watched for progress, scored by when
+    /// they are stuck unless the agent reports a new step.
+    pub fn stalls(&self) -> String {
+        format!("{}:stalls", self.prefix)
+    }
+    /// Sorted set: poison tasks (too many of their attempts ended with the
+    /// agent dead or stuck), scored by when they were set aside.
+    pub fn poison(&self) -> String {
+        format!("{}:poison", self.prefix)
+    }
     /// Hash: key id -> the key's record (`fleet_protocol::auth::KeyRecord`,
     /// JSON; public keys only).
     pub fn keystore(&self) -> String {

@@ -50,6 +50,8 @@ pub fn fresh_record(a: &NewAgent<'_>, now: u64) -> AgentRecord {
             score: 100,
             quarantined_until: 0,
             probation: false,
+            stuck: 0,
+            stuck_at: 0,
         },
         resources: a.resources,
         capacity: a.capacity,
@@ -86,6 +88,8 @@ pub fn agent_from_fields(fields: &HashMap<String, String>) -> Option<AgentRecord
             score: s("health").and_then(|v| v.parse().ok()).unwrap_or(100),
             quarantined_until: u("quarantinedUntil"),
             probation: s("probation") == Some("1"),
+            stuck: u("stuck") as u32,
+            stuck_at: u("stuckAt"),
         },
         resources: Resources {
             memory: n("memory"),
@@ -108,10 +112,10 @@ pub enum RegisterOutcome {
         record: AgentRecord,
         announced: bool,
     },
-    /// `orphaned`: tasks the previous instance held, given back.
+    /// `orphans`: tasks the previous instance held, given back.
     ReRegistered {
         record: AgentRecord,
-        orphaned: u32,
+        orphans: Orphans,
     },
     PoolFull,
     FleetFull,
@@ -154,6 +158,8 @@ pub enum FailOutcome {
 pub struct Orphans {
     pub requeued: u32,
     pub dead: u32,
+    /// Held as poison: they took down `tasks.poison_after` agents.
+    pub poisoned: u32,
 }
 
 /// Agents per pool and status, from the counters hash.
@@ -311,6 +317,7 @@ impl Registry {
                     score: r.num("health")?,
                     quarantined_until: r.num("quarantinedUntil")?,
                     probation: r.text("probation")? == "1",
+                    ..fresh_record(a, now).health
                 },
                 registered_at: r.num("registeredAt")?,
                 ..fresh_record(a, now)
@@ -327,7 +334,11 @@ impl Registry {
             },
             "reregistered" => RegisterOutcome::ReRegistered {
                 record: record()?,
-                orphaned: r.num("orphaned")?,
+                orphans: Orphans {
+                    requeued: r.num("requeued")?,
+                    dead: r.num("dead")?,
+                    poisoned: r.num("poisoned")?,
+                },
             },
             "pool_full" => RegisterOutcome::PoolFull,
             "fleet_full" => RegisterOutcome::FleetFull,
@@ -397,6 +408,7 @@ impl Registry {
             Ok(Orphans {
                 requeued: r.num("requeued")?,
                 dead: r.num("dead")?,
+                poisoned: r.num("poisoned")?,
             })
         };
         Ok(match r.outcome()? {
@@ -444,6 +456,7 @@ impl Registry {
                 Orphans {
                     requeued: r.num("requeued")?,
                     dead: r.num("dead")?,
+                    poisoned: 0,
                 },
             ))),
             "kept" | "unknown" => Ok(None),

@@ -41,6 +41,8 @@ pub(crate) const TASK_KEYS: &[&str] = &[
     "delayed",
     "settings",
     "quarantine",
+    "stalls",
+    "poison",
 ];
 /// The arguments of the `+task` group: key prefixes, and the allocation channel.
 pub(crate) const TASK_ARGS: &[&str] = &[
@@ -171,6 +173,8 @@ impl<'s> Call<'s> {
             keys.delayed(),
             keys.settings(),
             keys.quarantine(),
+            keys.stalls(),
+            keys.poison(),
         ];
         let prefixes = [
             keys.agent_prefix(),

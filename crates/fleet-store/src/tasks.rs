@@ -142,6 +142,9 @@ pub struct HealthPolicy {
     pub quota_window_ms: u64,
     /// How long an agent's health and quarantine outlive its registration.
     pub memory_ms: u64,
+    /// A task whose attempts took down this many agents (dead, restarted,
+    /// out of their lease, stuck) is held as poison; 0: never.
+    pub poison_after: u32,
 }
 
 /// One pool's allocation settings, as the scripts read them.
@@ -151,6 +154,9 @@ pub struct PoolSettings {
     pub strategy: Strategy,
     /// Tasks per agent per quota window (`weighted_fair`).
     pub quota: Option<u32>,
+    /// An attempt with no new progress step for this long is stuck
+    /// (unless its task says otherwise); 0: not watched.
+    pub progress_timeout_ms: u64,
 }
 
 /// Queue score: lower runs first. One priority level is worth
@@ -246,6 +252,16 @@ impl TaskStore {
             .arg("payload", &t.payload)
             .arg("timeout_ms", t.timeout_ms)
             .arg("max_retries", t.max_retries)
+            .arg(
+                "progress_timeout_ms",
+                t.progress_timeout_ms
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                "max_cost",
+                t.max_cost.map(|v| v.to_string()).unwrap_or_default(),
+            )
             .arg("now", now)
             .arg("score", queue_score(now, t.priority, &self.cfg))
             .arg("idempotency_ttl_ms", self.cfg.idempotency_ttl_ms)
@@ -270,6 +286,10 @@ impl TaskStore {
                 updated_at: now,
                 result: None,
                 error: None,
+                progress_timeout_ms: t.progress_timeout_ms,
+                max_cost: t.max_cost,
+                usage: 0.0,
+                casualties: 0,
             }))),
             "duplicate" => Ok(Submitted::Duplicate(reply.text("id")?.to_string())),
             _ => Err(reply.unexpected()),
@@ -452,10 +472,13 @@ impl TaskStore {
                 .fenced(&self.keys, self.epoch)
                 .key("task", self.keys.task(&r.task_id))
                 .key("leases", self.keys.leases())
+                .key("stalls", self.keys.stalls())
+                .key("settings", self.keys.settings())
                 .arg(
                     "progress",
                     r.progress.map(|p| p.to_string()).unwrap_or_default(),
-                ),
+                )
+                .arg("step", r.step.map(|s| s.to_string()).unwrap_or_default()),
             ReportKind::Complete | ReportKind::Fail => {
                 let (outcome, detail) = match kind {
                     ReportKind::Complete => (
@@ -485,6 +508,7 @@ impl TaskStore {
         let pool = || reply.pool("pool").ok();
         Ok(match reply.outcome()? {
             "ok" => Some(ReportOutcome::Running),
+            "repeated" => Some(ReportOutcome::Repeated),
             "completed" => Some(ReportOutcome::Completed(pool())),
             "retrying" => Some(ReportOutcome::Retrying(pool())),
             "dead" => Some(ReportOutcome::Dead(pool())),
@@ -504,24 +528,39 @@ impl TaskStore {
         scored_upto(conn, &self.keys.leases(), now, limit).await
     }
 
-    /// Takes a task back from an agent whose lease ran out. Returns the
-    /// outcome ("queued" or "dead") and the agent's task_cancel if it did.
+    /// Attempts that showed no progress in time, at or before `now`.
+    pub async fn stalled(
+        &self,
+        conn: &mut impl ConnectionLike,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        scored_upto(conn, &self.keys.stalls(), now, limit).await
+    }
+
+    /// Takes a task back from an agent whose lease ran out, or that is
+    /// stuck on it. Returns the outcome ("queued", "dead" or "poison"), the
+    /// agent, and its task_cancel, if it did.
     pub async fn expire(
         &self,
         conn: &mut impl ConnectionLike,
         id: &str,
         now: u64,
-    ) -> Result<Option<(String, Option<Notice>)>> {
+        why: Takeback,
+    ) -> Result<Option<(String, String, Option<Notice>)>> {
         let r = EXPIRE
             .fenced(&self.keys, self.epoch)
             .key("task", self.keys.task(id))
             .task_keys(&self.keys)
             .arg("id", id)
             .arg("now", now)
+            .arg("why", why.as_str())
             .reply(conn)
             .await?;
         Ok(match r.outcome()? {
-            o @ ("queued" | "dead") => Some((o.to_string(), r.notice())),
+            o @ ("queued" | "dead" | "poison") => {
+                Some((o.to_string(), r.text("agent")?.to_string(), r.notice()))
+            }
             "fresh" | "stale" | "gone" => None,
             _ => return Err(r.unexpected()),
         })
@@ -544,14 +583,15 @@ impl TaskStore {
         Ok(pools.len())
     }
 
-    /// Dead-lettered tasks, most recent first.
-    pub async fn dead_letters(
+    /// Tasks held aside (dead letters or poison), most recent first.
+    pub async fn held(
         &self,
         conn: &mut impl ConnectionLike,
+        which: Held,
         limit: usize,
     ) -> Result<Vec<TaskRecord>> {
         let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(self.keys.dead())
+            .arg(self.held_key(which))
             .arg(0)
             .arg(limit.saturating_sub(1))
             .query_async(conn)
@@ -565,11 +605,27 @@ impl TaskStore {
         Ok(out)
     }
 
-    /// Sends a dead-lettered task back to its queue with fresh retries.
-    /// `Err(state)` if it is not dead.
-    pub async fn requeue_dead(
+    /// How many tasks are held aside.
+    pub async fn held_count(&self, conn: &mut impl ConnectionLike, which: Held) -> Result<u64> {
+        Ok(redis::cmd("ZCARD")
+            .arg(self.held_key(which))
+            .query_async(conn)
+            .await?)
+    }
+
+    fn held_key(&self, which: Held) -> String {
+        match which {
+            Held::Dead => self.keys.dead(),
+            Held::Poison => self.keys.poison(),
+        }
+    }
+
+    /// Sends a task held aside back to its queue with fresh retries (and,
+    /// from poison, no casualties). `Err(state)` if it is not held there.
+    pub async fn requeue_held(
         &self,
         conn: &mut impl ConnectionLike,
+        which: Held,
         id: &str,
         now: u64,
     ) -> Result<std::result::Result<(), String>> {
@@ -579,13 +635,50 @@ impl TaskStore {
             .task_keys(&self.keys)
             .arg("id", id)
             .arg("now", now)
+            .arg("from", which.as_str())
             .reply(conn)
             .await?;
         Ok(match r.outcome()? {
             "queued" => Ok(()),
-            "not_dead" => Err(r.text("state")?.to_string()),
+            "not_held" => Err(r.text("state")?.to_string()),
             _ => return Err(r.unexpected()),
         })
+    }
+}
+
+/// The sets where tasks are held aside until an operator acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Out of retries.
+    Dead,
+    /// Took down `tasks.poison_after` agents.
+    Poison,
+}
+
+impl Held {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Held::Dead => "dead",
+            Held::Poison => "poison",
+        }
+    }
+}
+
+/// Why a commander takes an attempt back from its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeback {
+    /// The attempt's lease ran out.
+    Lease,
+    /// The agent showed no progress within the progress timeout.
+    Stuck,
+}
+
+impl Takeback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Takeback::Lease => "lease",
+            Takeback::Stuck => "stuck",
+        }
     }
 }
 
@@ -593,6 +686,8 @@ impl TaskStore {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReportOutcome {
     Running,
+    /// A `task_progress` whose step was not above the last: not progress.
+    Repeated,
     Completed(Option<PoolType>),
     Retrying(Option<PoolType>),
     Dead(Option<PoolType>),
@@ -668,6 +763,7 @@ pub async fn write_settings(
     health: &HealthPolicy,
     pools: &[PoolSettings],
 ) -> Result<()> {
+    let poison_after = health.poison_after;
     let health = serde_json::json!({
         "up": health.success_step,
         "down": health.failure_step,
@@ -681,13 +777,19 @@ pub async fn write_settings(
     let mut pipe = redis::pipe();
     pipe.atomic()
         .hset(keys.settings(), "health", health.to_string())
-        .hset(keys.settings(), "healthChannel", keys.channels().health());
+        .hset(keys.settings(), "healthChannel", keys.channels().health())
+        .hset(keys.settings(), "poisonAfter", poison_after);
     for p in pools {
         pipe.hset(keys.settings(), p.pool.as_str(), p.strategy.as_str());
         match p.quota {
             Some(q) => pipe.hset(keys.settings(), format!("{}:quota", p.pool), q),
             None => pipe.hdel(keys.settings(), format!("{}:quota", p.pool)),
         };
+        pipe.hset(
+            keys.settings(),
+            format!("{}:progressTimeout", p.pool),
+            p.progress_timeout_ms,
+        );
     }
     pipe.query_async::<()>(conn).await?;
     Ok(())
@@ -717,6 +819,10 @@ pub fn task_from_fields(f: &HashMap<String, String>) -> Option<TaskRecord> {
         updated_at: u("updatedAt"),
         result: s("result").and_then(|v| RawJson::from_text(v.to_string()).ok()),
         error: s("error").map(str::to_string),
+        progress_timeout_ms: s("progressTimeoutMs").and_then(|v| v.parse().ok()),
+        max_cost: s("maxCost").and_then(|v| v.parse().ok()),
+        usage: s("usage").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        casualties: u("casualties") as u32,
     })
 }
 

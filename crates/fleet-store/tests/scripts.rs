@@ -41,6 +41,7 @@ async fn store() -> Store {
         probation_until: 70,
         quota_window_ms: 60_000,
         memory_ms: 60_000,
+        poison_after: 2,
     };
     let pools: Vec<PoolSettings> = PoolType::ALL
         .into_iter()
@@ -48,6 +49,7 @@ async fn store() -> Store {
             pool,
             strategy: Default::default(),
             quota: None,
+            progress_timeout_ms: 0,
         })
         .collect();
     fleet_store::tasks::write_settings(&mut conn, &keys, &health, &pools)
@@ -109,6 +111,8 @@ impl Store {
             timeout_ms: Some(5000),
             max_retries: Some(max_retries),
             client_id: None,
+            progress_timeout_ms: None,
+            max_cost: None,
         };
         let defaults = TaskDefaults {
             timeout_ms: 1000,
@@ -138,6 +142,8 @@ impl Store {
             attempt,
             agent_id: agent.into(),
             progress: None,
+            step: None,
+            usage: None,
             result: None,
             error: Some("it \"broke\"".into()),
         };
@@ -385,8 +391,12 @@ async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
 
     // The lease runs out: the agent is told to stop, everyone that it went back.
     let later = now() + 3_600_000;
-    let out = s.tasks.expire(&mut s.conn, &id, later).await.unwrap();
-    let Some((outcome, notice)) = out else {
+    let out = s
+        .tasks
+        .expire(&mut s.conn, &id, later, fleet_store::tasks::Takeback::Lease)
+        .await
+        .unwrap();
+    let Some((outcome, _agent, notice)) = out else {
         panic!("expired")
     };
     assert_eq!(outcome, "queued");

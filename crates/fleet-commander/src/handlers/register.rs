@@ -11,7 +11,7 @@ use fleet_protocol::{
     check_registration, now_ms, Event, RefusalReason, Register, ToAgent, VERSION,
 };
 use fleet_store::connection::Conn;
-use fleet_store::registry::{fresh_record, Announce, NewAgent, Orphans, RegisterOutcome};
+use fleet_store::registry::{fresh_record, Announce, NewAgent, RegisterOutcome};
 use fleet_store::{Once, StoreError};
 use std::time::Instant;
 use tracing::{debug, info, warn};
@@ -136,11 +136,7 @@ async fn store(
                 }
             }
         }
-        Ok(RegisterOutcome::ReRegistered { record, orphaned }) => {
-            let orphans = Orphans {
-                requeued: orphaned,
-                dead: 0,
-            };
+        Ok(RegisterOutcome::ReRegistered { record, orphans }) => {
             shared.on_orphans(orphans, "agent_restarted");
             Answer::Accepted {
                 record,

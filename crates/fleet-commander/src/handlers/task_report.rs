@@ -48,6 +48,11 @@ pub(super) async fn handle(
                 "report for an attempt that is not current: ignored");
         }
         Some(ReportOutcome::Running) => {}
+        Some(ReportOutcome::Repeated) => {
+            metrics::counter!(m::PROGRESS_REPEATED).increment(1);
+            debug!(task_id = %r.task_id, attempt = r.attempt, step = ?r.step,
+                "progress with a step already reported: not progress");
+        }
         Some(ReportOutcome::Completed(p)) => {
             metrics::counter!(m::TASKS_COMPLETED, "pool" => pool(p)).increment(1);
             freed(shared, p);

@@ -80,6 +80,7 @@ fn audited(method: &Method, path: &str) -> Option<&'static str> {
         ["v1", "pools", _, "size"] => Some("scale"),
         ["v1", "tasks", _, "cancel"] => Some("cancel"),
         ["v1", "dead-letters", _, "requeue"] => Some("requeue"),
+        ["v1", "poison", _, "requeue"] => Some("requeue_poison"),
         _ => None,
     }
 }

@@ -20,6 +20,7 @@ use axum::{Json, Router};
 use fleet_protocol::status::Fairness;
 use fleet_protocol::task::Submission;
 use fleet_protocol::valid_agent_id;
+use fleet_store::tasks::Held;
 use fleet_store::tasks::{Cancelled, Submitted};
 use fleet_store::StoreError;
 use serde_json::json;
@@ -42,9 +43,17 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/v1/tasks/{id}/evidence", get(task_evidence))
-        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters", get(|State(s)| held(s, Held::Dead)))
+        .route(
+            "/v1/dead-letters/{id}/requeue",
+            post(|State(s), Path(id)| requeue_held(s, Held::Dead, id)),
+        )
+        .route("/v1/poison", get(|State(s)| held(s, Held::Poison)))
+        .route(
+            "/v1/poison/{id}/requeue",
+            post(|State(s), Path(id)| requeue_held(s, Held::Poison, id)),
+        )
         .route("/v1/audit", get(audit_log))
-        .route("/v1/dead-letters/{id}/requeue", post(requeue_dead))
         .route("/v1/commanders", get(commanders))
         .route("/v1/events", get(console::events))
         .route("/", get(console::index))
@@ -588,29 +597,38 @@ async fn cancel_task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Re
     }
 }
 
-/// `GET /v1/dead-letters`: tasks out of retries, most recent first (at most 500).
-async fn dead_letters(State(s): State<Arc<Shared>>) -> Response {
-    match s.tasks.dead_letters(&mut s.reads.clone(), 500).await {
+/// `GET /v1/dead-letters` (tasks out of retries) and `GET /v1/poison`
+/// (tasks that took down `tasks.poison_after` agents): most recent first,
+/// at most 500.
+async fn held(s: Arc<Shared>, which: Held) -> Response {
+    match s.tasks.held(&mut s.reads.clone(), which, 500).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => unavailable(e),
     }
 }
 
-/// `POST /v1/dead-letters/{id}/requeue`: back to its queue with fresh retries.
-async fn requeue_dead(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+/// `POST /v1/dead-letters/{id}/requeue`, `POST /v1/poison/{id}/requeue`:
+/// back to its queue with fresh retries (and no casualties).
+async fn requeue_held(s: Arc<Shared>, which: Held, id: String) -> Response {
     if !valid_agent_id(&id) {
         return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
     }
     match s
         .tasks
-        .requeue_dead(&mut s.redis.clone(), &id, fleet_protocol::now_ms())
+        .requeue_held(&mut s.redis.clone(), which, &id, fleet_protocol::now_ms())
         .await
     {
         Ok(Ok(())) => {
             s.wake_all();
             Json(json!({"requeued": true, "taskId": id})).into_response()
         }
-        Ok(Err(state)) => error(StatusCode::CONFLICT, "not_dead", format!("task is {state}")),
+        Ok(Err(state)) => {
+            let reason = match which {
+                Held::Dead => "not_dead",
+                Held::Poison => "not_poison",
+            };
+            error(StatusCode::CONFLICT, reason, format!("task is {state}"))
+        }
         Err(e) => unavailable(e),
     }
 }

@@ -83,6 +83,7 @@ for _, tid in ipairs(tids) do
             redis.call('ZREM', queue, tid)
             redis.call('HSET', task, 'state', 'assigned', 'attempt', attempt, 'agent', aid,
               'updatedAt', now, 'assignedAt', now)
+            redis.call('HDEL', task, 'step')
             redis.call('ZADD', K.leases, now + ack, tid)
             redis.call('SADD', K.agent_tasks .. aid, tid)
             inflight = inflight + 1

@@ -17,6 +17,7 @@ local tell = {}
 if not state then return reply('unknown') end
 if state == 'assigned' or state == 'running' then
   redis.call('ZREM', K.leases, tid)
+  redis.call('ZREM', K.stalls, tid)
   release_agent(t[2], tid, now, 'gone', 0, KEY.counts)
   tell = {channel = K.agent_channel .. t[2], message = encode.task_cancel(tid, t[3])}
 elseif state == 'queued' or state == 'retrying' then

@@ -72,6 +72,10 @@ function encode.agent_quarantined(aid, health, untl, now)
   return '{"v":1,"type":"agent_quarantined","agentId":"' .. aid .. '","health":' .. health ..
     ',"until":' .. untl .. ',"ts":' .. now .. '}'
 end
+function encode.agent_stuck(aid, tid, attempt, n, now)
+  return '{"v":1,"type":"agent_stuck","agentId":"' .. aid .. '","taskId":"' .. tid ..
+    '","attempt":' .. attempt .. ',"count":' .. n .. ',"ts":' .. now .. '}'
+end
 function encode.decision(tid, attempt, aid, pool, strat, score, reason, now)
   return '{"taskId":"' .. tid .. '","attempt":' .. attempt .. ',"agentId":"' .. aid ..
     '","pool":"' .. pool .. '","strategy":"' .. strat .. '","score":' .. score ..
@@ -156,12 +160,26 @@ end
 
 -- Puts a task back at its place in its pool's queue (its original score, so
 -- it keeps its age), or dead-letters it when it has used up its attempts.
--- Returns 'queued' or 'dead' (or 'gone'), the task's pool and its attempt.
-local function requeue(tid, now, reason)
+-- A casualty (the attempt ended with its agent dead, restarted, silent past
+-- its lease or stuck) is counted on the task; at the `poisonAfter` setting's
+-- count the task goes to the poison set instead: it took down enough agents.
+-- Returns 'queued', 'dead' or 'poison' (or 'gone'), the task's pool and its
+-- attempt.
+local function requeue(tid, now, reason, casualty)
   local task = K.task .. tid
   local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries', 'retryBase')
   if not t[1] then return 'gone' end
   redis.call('ZREM', K.leases, tid)
+  redis.call('ZREM', K.stalls, tid)
+  if casualty then
+    local n = redis.call('HINCRBY', task, 'casualties', 1)
+    local k = tonumber(redis.call('HGET', K.settings, 'poisonAfter') or 0)
+    if k > 0 and n >= k then
+      redis.call('HSET', task, 'state', 'poison', 'agent', '', 'updatedAt', now, 'error', reason)
+      redis.call('ZADD', K.poison, now, tid)
+      return 'poison', t[1], tonumber(t[3])
+    end
+  end
   if tonumber(t[3]) - tonumber(t[5] or 0) > tonumber(t[4]) then
     redis.call('HSET', task, 'state', 'dead', 'agent', '', 'updatedAt', now, 'error', reason)
     redis.call('ZADD', K.dead, now, tid)
@@ -184,27 +202,32 @@ local function remember(aid)
   redis.call('PEXPIRE', key, health_policy().memory or 3600000)
 end
 
--- Gives back every task an agent holds (it failed, left or restarted).
--- Returns how many went back to a queue and how many died.
-local function orphan_all(agent_id, now)
+-- The event of a task taken back from its agent, by where it went.
+local requeued_event = {queued = 'task_requeued', dead = 'task_dead', poison = 'task_poisoned'}
+
+-- Gives back every task an agent holds (it failed, left or restarted; a
+-- casualty unless it left on purpose). Returns how many went back to a
+-- queue, how many died and how many were set aside as poison.
+local function orphan_all(agent_id, now, casualty)
   local set = K.agent_tasks .. agent_id
   local tids = redis.call('SMEMBERS', set)
-  local queued, dead = 0, 0
+  local queued, dead, poison = 0, 0, 0
   for _, tid in ipairs(tids) do
     local state = redis.call('HGET', K.task .. tid, 'state')
     if state == 'assigned' or state == 'running' then
-      local r, pool, attempt = requeue(tid, now, 'orphaned')
-      if r == 'dead' then dead = dead + 1 else queued = queued + 1 end
-      -- Taken back from the agent: the same event as a lease running out.
-      local kind = 'task_requeued'
-      if r == 'dead' then kind = 'task_dead' end
-      redis.call('PUBLISH', A.allocation_channel,
-        encode.task_event(kind, tid, pool, agent_id, attempt, now))
+      local r, pool, attempt = requeue(tid, now, 'orphaned', casualty)
+      if r == 'dead' then dead = dead + 1
+      elseif r == 'poison' then poison = poison + 1
+      else queued = queued + 1 end
+      if requeued_event[r] then
+        redis.call('PUBLISH', A.allocation_channel,
+          encode.task_event(requeued_event[r], tid, pool, agent_id, attempt, now))
+      end
     end
   end
   redis.call('DEL', set)
   redis.call('HSET', K.agent .. agent_id, 'inflight', 0)
-  return queued, dead
+  return queued, dead, poison
 end
 
 -- Whether one more of the pool's agents may go into quarantine: at most
@@ -236,9 +259,12 @@ local function judge(aid, pool, counts, a_health, a_probation, outcome, now, out
       table.insert(out, 'probation')
       table.insert(out, '0')
     end
-  elseif outcome == 'failed' then
+  elseif outcome == 'failed' or outcome == 'stuck' then
+    -- A stuck agent (heartbeating, no progress) goes to quarantine whatever
+    -- its health: its next task would most likely go the same way.
     health = math.max(0, health - hp.down)
-    if (health < hp.below or a_probation == '1') and may_quarantine(aid, pool, counts, now, hp) then
+    if (health < hp.below or a_probation == '1' or outcome == 'stuck')
+        and may_quarantine(aid, pool, counts, now, hp) then
       local n = redis.call('HINCRBY', K.agent .. aid, 'quarantines', 1)
       local untl = now + hp.period * 2 ^ math.min(n - 1, 3)
       redis.call('ZADD', K.quarantine, untl, aid)
@@ -256,7 +282,7 @@ local function judge(aid, pool, counts, a_health, a_probation, outcome, now, out
 end
 
 -- Frees an agent's slot after a task left it, and updates its performance
--- record and health (outcome: 'completed', 'failed' or 'gone').
+-- record and health (outcome: 'completed', 'failed', 'stuck' or 'gone').
 local function release_agent(aid, tid, now, outcome, duration, counts)
   redis.call('SREM', K.agent_tasks .. aid, tid)
   local key = K.agent .. aid
@@ -270,7 +296,7 @@ local function release_agent(aid, tid, now, outcome, duration, counts)
     avg = avg + (duration - avg) / done
     redis.call('ZADD', K.pool_done .. a[6], done, aid)
     redis.call('HINCRBY', counts, a[6] .. ':done', 1)
-  elseif outcome == 'failed' then
+  elseif outcome == 'failed' or outcome == 'stuck' then
     failed = failed + 1
   end
   local rate = 0

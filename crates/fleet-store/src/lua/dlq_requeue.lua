@@ -1,18 +1,23 @@
 --! keys: epoch task +task
---! args: epoch id now +task
--- An operator sends a dead-lettered task back to its queue with fresh retries.
+--! args: epoch id now from +task
+-- An operator sends a task held aside back to its queue: a dead letter
+-- (from = 'dead') with fresh retries, or a poison task (from = 'poison')
+-- with fresh retries and its casualties forgotten.
 -- Its attempt numbers go on from where they were (retries count from
 -- retryBase), so a result from an earlier life of the task names an attempt
 -- that is no longer current and is ignored.
 -- KEYS: epoch, task (its hash), and the task keys
--- A: epoch, id, now
--- Returns outcome (queued, not_dead) and pool (or, when not dead, state).
+-- A: epoch, id, now, from (dead, poison)
+-- Returns outcome (queued, not_held) and pool (or, when not held there, state).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local task = KEY.task
 local t = redis.call('HMGET', task, 'state', 'pool', 'score', 'attempt')
-if t[1] ~= 'dead' then return reply('not_dead', {state = t[1] or 'unknown'}) end
-redis.call('ZREM', K.dead, A.id)
-redis.call('HSET', task, 'state', 'queued', 'retryBase', t[4] or 0, 'error', '', 'updatedAt', A.now)
+if t[1] ~= A.from then return reply('not_held', {state = t[1] or 'unknown'}) end
+local set = K.dead
+if A.from == 'poison' then set = K.poison end
+redis.call('ZREM', set, A.id)
+redis.call('HSET', task, 'state', 'queued', 'retryBase', t[4] or 0, 'error', '', 'updatedAt', A.now,
+  'casualties', 0)
 redis.call('PERSIST', task)
 redis.call('ZADD', K.queue .. t[2], t[3], A.id)
 return reply('queued', {pool = t[2]})

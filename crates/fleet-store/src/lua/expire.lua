@@ -1,29 +1,46 @@
 --! keys: epoch task +task
---! args: epoch id now +task
--- A lease ran out (no ack in time, or no result within the task's timeout):
--- the agent loses the task and is sent task_cancel for the attempt; the task
--- goes back to its queue at once (or to the dead letters if it has used its
--- attempts: an expired attempt counts as one).
+--! args: epoch id now why +task
+-- An attempt is taken back from its agent, for one of two reasons (why):
+--   lease  its lease ran out (no ack in time, or no result within the
+--          task's timeout);
+--   stuck  the agent heartbeats but showed no progress (a higher step) within
+--          the task's progress timeout: it is flagged stuck, judged as a
+--          failure that quarantines it, and an agent_stuck event goes out.
+-- Either is a casualty of the task (common.lua, requeue): the task goes back
+-- to its queue at once, to the dead letters if it has used its attempts, or
+-- to the poison set if it took down `poisonAfter` agents. The agent is sent
+-- task_cancel for the attempt.
 -- KEYS: epoch, task (its hash), and the task keys
--- A: epoch, id, now, allocation_channel
--- Returns outcome (queued, dead, fresh, stale) and, when queued or dead,
--- pool, agent, and the task_cancel (channel, message) to publish.
+-- A: epoch, id, now, why (lease, stuck), allocation_channel
+-- Returns outcome (queued, dead, poison, fresh, stale) and, when queued,
+-- dead or poison: pool, agent, and the task_cancel (channel, message) to
+-- publish.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local tid, now = A.id, tonumber(A.now)
-local lease = redis.call('ZSCORE', K.leases, tid)
-if not lease or tonumber(lease) > now then return reply('fresh') end
+local watch = K.leases
+if A.why == 'stuck' then watch = K.stalls end
+local deadline = redis.call('ZSCORE', watch, tid)
+if not deadline or tonumber(deadline) > now then return reply('fresh') end
 local t = redis.call('HMGET', KEY.task, 'state', 'agent', 'pool', 'attempt')
 if t[1] ~= 'assigned' and t[1] ~= 'running' then
-  redis.call('ZREM', K.leases, tid)
+  redis.call('ZREM', watch, tid)
   return reply('stale')
 end
-release_agent(t[2], tid, now, 'failed', 0, KEY.counts)
-local r = requeue(tid, now, 'lease expired')
-if r == 'dead' then
-  task_event(A.allocation_channel, 'task_dead', tid, t[3], t[2], t[4], now)
-else
-  task_event(A.allocation_channel, 'task_requeued', tid, t[3], t[2], t[4], now)
+local outcome = 'failed'
+if A.why == 'stuck' then
+  outcome = 'stuck'
+  local n = redis.call('HINCRBY', K.agent .. t[2], 'stuck', 1)
+  redis.call('HSET', K.agent .. t[2], 'stuckAt', now)
+  local channel = redis.call('HGET', K.settings, 'healthChannel')
+  if channel then
+    redis.call('PUBLISH', channel, encode.agent_stuck(t[2], tid, t[4], n, now))
+  end
 end
+release_agent(t[2], tid, now, outcome, 0, KEY.counts)
+local reason = 'lease expired'
+if A.why == 'stuck' then reason = 'stuck: no progress' end
+local r = requeue(tid, now, reason, true)
+task_event(A.allocation_channel, requeued_event[r], tid, t[3], t[2], t[4], now)
 -- The agent is to be told, so that it stops working on an attempt that no
 -- longer counts: the caller signs and publishes the task_cancel.
 return reply(r, {pool = t[3], agent = t[2], channel = K.agent_channel .. t[2],

@@ -6,7 +6,7 @@
 -- KEYS: epoch, agent, heartbeats, failed, and the task keys
 -- A: epoch, id, cutoff, now, max_failures
 -- Returns outcome (fresh, gone, failed, removed) and, when failed or removed:
--- pool, failures, lastHeartbeat, requeued, dead (the tasks it held).
+-- pool, failures, lastHeartbeat, requeued, dead, poisoned (the tasks it held).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
 local id, now = A.id, A.now
@@ -18,11 +18,11 @@ local old, pool = cur[1], cur[2]
 redis.call('ZREM', hb, id)
 if not old then return reply('gone') end
 
-local queued, dead = orphan_all(id, now)
+local queued, dead, poison = orphan_all(id, now, true)
 redis.call('ZREM', K.available .. pool, id)
 local failures = redis.call('HINCRBY', agent, 'failures', 1)
 local out = {pool = pool, failures = failures, lastHeartbeat = score, requeued = queued,
-  dead = dead}
+  dead = dead, poisoned = poison}
 if failures >= tonumber(A.max_failures) then
   remember(id)
   redis.call('DEL', agent)

@@ -10,7 +10,7 @@
 -- Returns outcome (registered, announced, reregistered, pool_full,
 -- fleet_full, pool_mismatch) and, when registered: registeredAt,
 -- tasksCompleted, avgTaskTime, successRate, failures, recoveryAttempts,
--- orphaned (tasks given back), health, quarantinedUntil, probation. Health
+-- requeued, dead, poisoned (the tasks the previous instance held), health, quarantinedUntil, probation. Health
 -- and quarantine survive a re-registration.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 if replayed() then return reply('replay') end
@@ -22,14 +22,13 @@ local cur = redis.call('HMGET', agent, 'status', 'pool', 'registeredAt', 'tasksC
   'quarantinedUntil', 'probation')
 local old = cur[1]
 local outcome
-local orphaned = 0
+local orphaned = {queued = 0, dead = 0, poison = 0}
 if old then
   if cur[2] ~= pool then return reply('pool_mismatch', {pool = cur[2]}) end
   outcome = 'reregistered'
   -- Another instance: the agent restarted and lost whatever it held.
   if A.instance ~= '' and cur[9] ~= A.instance then
-    local queued, dead = orphan_all(id, now)
-    orphaned = queued + dead
+    orphaned.queued, orphaned.dead, orphaned.poison = orphan_all(id, now, true)
   end
   redis.call('HSET', agent, 'type', A.type, 'status', 'idle', 'priority', A.priority,
     'capabilities', A.capabilities, 'memory', A.memory, 'cpu', A.cpu, 'network', A.network,
@@ -80,5 +79,5 @@ redis.call('ZADD', hb, now, id)
 move(counts, pool, old, 'idle')
 refresh_available(id, pool)
 return reply(outcome, {registeredAt = cur[3], tasksCompleted = cur[4], avgTaskTime = cur[5],
-  successRate = cur[6], failures = cur[7], recoveryAttempts = cur[8], orphaned = orphaned,
+  successRate = cur[6], failures = cur[7], recoveryAttempts = cur[8], requeued = orphaned.queued, dead = orphaned.dead, poisoned = orphaned.poison,
   health = cur[10] or '100', quarantinedUntil = cur[11] or '0', probation = cur[12] or '0'})

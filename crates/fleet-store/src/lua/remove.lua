@@ -21,7 +21,8 @@ local old, pool = cur[1], cur[2]
 redis.call('ZREM', hb, id)
 redis.call('ZREM', failed, id)
 if not old then return reply('unknown') end
-local queued, dead = orphan_all(id, A.now)
+-- Leaving on purpose is no casualty of its tasks.
+local queued, dead = orphan_all(id, A.now, false)
 redis.call('ZREM', K.available .. pool, id)
 remember(id)
 redis.call('DEL', agent)

@@ -1,19 +1,31 @@
---! keys: epoch task leases once
---! args: epoch id attempt agent_id now progress once_ttl
+--! keys: epoch task leases stalls settings once
+--! args: epoch id attempt agent_id now progress step once_ttl
 -- An agent acknowledges its assignment, or reports progress: the task is
 -- running and its lease runs for the task's timeout from now.
--- KEYS: epoch, task (its hash), leases
--- A: epoch, id, attempt, agent_id, now, progress ('' for a plain ack)
--- Returns outcome (ok, stale) and, when stale, state.
+-- Progress is watched when the task (progressTimeoutMs) or its pool (the
+-- `<pool>:progressTimeout` setting) says so: the attempt must show progress
+-- within that time or it is stuck (stalls, expire.lua). A report with a step
+-- no higher than the last one is not progress: it moves neither deadline.
+-- KEYS: epoch, task (its hash), leases, stalls, settings
+-- A: epoch, id, attempt, agent_id, now, progress ('' for a plain ack),
+--    step ('' for none)
+-- Returns outcome (ok, repeated, stale) and, when stale, state.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 if replayed() then return reply('replay') end
-local task = KEY.task
-local t = redis.call('HMGET', task, 'state', 'attempt', 'agent', 'timeoutMs')
+local task, now = KEY.task, tonumber(A.now)
+local t = redis.call('HMGET', task, 'state', 'attempt', 'agent', 'timeoutMs', 'pool',
+  'progressTimeoutMs', 'step')
 if not t[1] then return reply('stale', {state = 'unknown'}) end
 if (t[1] ~= 'assigned' and t[1] ~= 'running') or t[2] ~= A.attempt or t[3] ~= A.agent_id then
   return reply('stale', {state = t[1]})
 end
-redis.call('HSET', task, 'state', 'running', 'updatedAt', A.now)
+if A.step ~= '' and t[7] and tonumber(A.step) <= tonumber(t[7]) then
+  return reply('repeated')
+end
+redis.call('HSET', task, 'state', 'running', 'updatedAt', now)
 if A.progress ~= '' then redis.call('HSET', task, 'progress', A.progress) end
-redis.call('ZADD', KEY.leases, tonumber(A.now) + tonumber(t[4]), A.id)
+if A.step ~= '' then redis.call('HSET', task, 'step', A.step) end
+redis.call('ZADD', KEY.leases, now + tonumber(t[4]), A.id)
+local watch = tonumber(t[6] or redis.call('HGET', KEY.settings, t[5] .. ':progressTimeout') or 0)
+if watch > 0 then redis.call('ZADD', KEY.stalls, now + watch, A.id) end
 return reply('ok')

@@ -26,6 +26,7 @@ if (t[1] ~= 'assigned' and t[1] ~= 'running') or t[2] ~= A.attempt or t[3] ~= A.
 end
 local attempt = tonumber(t[2])
 redis.call('ZREM', K.leases, tid)
+redis.call('ZREM', K.stalls, tid)
 release_agent(t[3], tid, now, A.outcome, now - tonumber(t[4] or now), counts)
 if A.outcome == 'completed' then
   redis.call('HSET', task, 'state', 'completed', 'result', A.detail, 'updatedAt', now)
