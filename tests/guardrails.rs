@@ -260,3 +260,51 @@ async fn a_task_that_kills_its_agents_is_held_as_poison_after_two() {
         let _ = task.await;
     }
 }
+
+/// An agent that heartbeats every 250 ms and dies (goes silent) the moment
+/// it is given a task, before acknowledging it.
+async fn doomed(mut a: Agent, died: CancellationToken) {
+    a.register(T).await.unwrap();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            m = a.recv() => if let ToAgent::TaskAssign { .. } = m {
+                died.cancel();
+                return;
+            },
+            _ = tick.tick() => {
+                let _ = a.heartbeat(AgentStatus::Idle, 0.0).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_agents_die_before_the_ack_still_takes_down_at_most_two() {
+    // The ack lease (200 ms) runs out before an agent is found dead (1 s of
+    // silence): the task waits out the failure window instead of going to
+    // the next agent, and the deaths count against it.
+    let h = Harness::start_with(|c| {
+        c.tasks.ack_timeout_ms = 200;
+        c.fleet.missed_heartbeats = 10;
+        c.tasks.poison_after = 2;
+    })
+    .await;
+    let mut deaths = Vec::new();
+    let mut runs = Vec::new();
+    for id in ["dz-1", "dz-2", "dz-3", "dz-4"] {
+        let died = CancellationToken::new();
+        let a = h.agent_with(spec(id, PoolType::Mobile)).await;
+        runs.push(tokio::spawn(doomed(a, died.clone())));
+        deaths.push(died);
+    }
+    wait_until(|| async { h.pool("mobile").await["currentAgents"] == 4 }).await;
+    let id = submit(&h, json!({"pool": "mobile", "payload": {"poison": true}})).await;
+    let held = wait_state(&h, &id, "poison").await;
+    assert_eq!(held["casualties"], 2, "{held}");
+    let dead = deaths.iter().filter(|d| d.is_cancelled()).count();
+    assert_eq!(dead, 2, "the task reached exactly two agents");
+    for r in runs {
+        r.abort();
+    }
+}

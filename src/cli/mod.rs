@@ -55,7 +55,7 @@ pub(crate) enum Command {
         url: Option<String>,
     },
     /// Poison tasks: their attempts took down `tasks.poison_after` agents
-    /// (dead, restarted, out of their lease or stuck); held until requeued.
+    /// (dead, restarted or stuck); held until requeued.
     Poison {
         #[command(subcommand)]
         action: PoisonAction,

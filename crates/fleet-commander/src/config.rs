@@ -438,7 +438,7 @@ pub struct TaskConfig {
     /// quarantined, unless the task or the pool says otherwise; 0: not watched.
     pub progress_timeout_ms: u64,
     /// A task whose attempts took down this many agents (dead, restarted,
-    /// out of their lease, stuck) is held as poison until an operator
+    /// stuck, or dead soon after its lease ran out) is held as poison until an operator
     /// requeues it; 0: never.
     pub poison_after: u32,
 }
@@ -576,6 +576,7 @@ impl Config {
             quota_window_ms: t.quota_window_ms,
             memory_ms: t.health_memory_ms,
             poison_after: t.poison_after,
+            failure_window_ms: self.failure_window().as_millis() as u64,
         }
     }
 

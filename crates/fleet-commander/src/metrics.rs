@@ -36,6 +36,11 @@ pub const TASKS_POISONED: &str = "fleet_tasks_poisoned_total";
 pub const POISON_TASKS: &str = "fleet_poison_tasks";
 pub const AGENTS_STUCK: &str = "fleet_agents_stuck_total";
 pub const PROGRESS_REPEATED: &str = "fleet_task_progress_repeated_total";
+pub const BUDGET_USAGE: &str = "fleet_budget_usage_total";
+pub const AGENTS_HALTED: &str = "fleet_agents_halted_total";
+pub const AGENTS_RESUMED: &str = "fleet_agents_resumed_total";
+pub const BUDGET_TOPUPS: &str = "fleet_budget_topups_total";
+pub const TASKS_OVER_BUDGET: &str = "fleet_tasks_over_budget_total";
 pub const RESULTS_IGNORED: &str = "fleet_task_results_ignored_total";
 pub const QUEUE_DEPTH: &str = "fleet_queue_depth";
 pub const INBOUND_BACKLOG: &str = "fleet_inbound_backlog";
@@ -208,6 +213,23 @@ fn describe() {
     c!(
         PROGRESS_REPEATED,
         "task_progress reports whose step was not above the last (not progress)."
+    );
+    c!(
+        BUDGET_USAGE,
+        "Budget units agents reported consuming (usage), rounded up per report."
+    );
+    c!(
+        AGENTS_HALTED,
+        "Agents halted: their budget fell below its minimum."
+    );
+    c!(
+        AGENTS_RESUMED,
+        "Halted agents resumed (a top-up, a reset, or a new budget window)."
+    );
+    c!(BUDGET_TOPUPS, "Budget top-ups and resets by operators.");
+    c!(
+        TASKS_OVER_BUDGET,
+        "Tasks dead-lettered as over_budget: an attempt used more than the task's maxCost."
     );
     c!(
         RESULTS_IGNORED,
@@ -393,6 +415,11 @@ fn initialize() {
         TASKS_POISONED,
         AGENTS_STUCK,
         PROGRESS_REPEATED,
+        BUDGET_USAGE,
+        AGENTS_HALTED,
+        AGENTS_RESUMED,
+        BUDGET_TOPUPS,
+        TASKS_OVER_BUDGET,
     ] {
         counter!(name).absolute(0);
     }

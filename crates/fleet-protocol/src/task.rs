@@ -312,8 +312,8 @@ pub struct TaskRecord {
     /// What its attempts consumed so far (`usage`, in the budget unit).
     #[serde(default)]
     pub usage: f64,
-    /// Attempts that ended with their agent dead, restarted, out of its
-    /// lease or stuck: at `tasks.poison_after` the task is held as poison.
+    /// Agents its attempts took down (dead, restarted or stuck on it): at
+    /// `tasks.poison_after` the task is held as poison.
     #[serde(default)]
     pub casualties: u32,
 }

@@ -136,6 +136,21 @@ impl Keys {
     pub fn quarantine(&self) -> String {
         format!("{}:quarantine", self.prefix)
     }
+    /// Hash: an agent's budget (balance, allowance, spent, windowEnds); it
+    /// outlives the agent's registration, so leaving is no way to a fresh one.
+    pub fn budget(&self, agent_id: &str) -> String {
+        format!("{}{agent_id}", self.budget_prefix())
+    }
+    pub fn budget_prefix(&self) -> String {
+        format!("{}:budget:", self.prefix)
+    }
+    /// Set with expiry: tasks whose lease ran out in an agent's hands lately;
+    /// if the agent is then declared dead (or restarts), each counts the
+    /// death as its casualty (a task that kills its agent before the ack
+    /// loses its lease before the agent is found dead).
+    pub fn lapsed_prefix(&self) -> String {
+        format!("{}:lapsed:", self.prefix)
+    }
     /// Hash with expiry: an agent's health and quarantine, kept for a while
     /// after it leaves so that registering again does not wipe them.
     pub fn agent_history_prefix(&self) -> String {

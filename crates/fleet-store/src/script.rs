@@ -56,6 +56,8 @@ pub(crate) const TASK_ARGS: &[&str] = &[
     "prefix.pool_agents",
     "prefix.agent_channel",
     "prefix.history",
+    "prefix.budget",
+    "prefix.lapsed",
     "allocation_channel",
 ];
 
@@ -187,6 +189,8 @@ impl<'s> Call<'s> {
             keys.pool_agents_prefix(),
             c.agent_prefix(),
             keys.agent_history_prefix(),
+            keys.budget_prefix(),
+            keys.lapsed_prefix(),
             c.allocation(),
         ];
         let mut call = self;

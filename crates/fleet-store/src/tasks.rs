@@ -143,8 +143,11 @@ pub struct HealthPolicy {
     /// How long an agent's health and quarantine outlive its registration.
     pub memory_ms: u64,
     /// A task whose attempts took down this many agents (dead, restarted,
-    /// out of their lease, stuck) is held as poison; 0: never.
+    /// stuck) is held as poison; 0: never.
     pub poison_after: u32,
+    /// Silence after which an agent is declared failed (a lease that ran
+    /// out in its hands counts as a casualty if it dies within twice this).
+    pub failure_window_ms: u64,
 }
 
 /// One pool's allocation settings, as the scripts read them.
@@ -457,8 +460,8 @@ impl TaskStore {
             .arg("prefix.task_evidence", self.keys.task_evidence_prefix())
     }
 
-    /// Applies an agent's report. `Ok(None)` for a report about an attempt
-    /// that is no longer current (duplicate or late): ignored.
+    /// Applies an agent's report. `outcome` is `None` for a report about an
+    /// attempt that is no longer current (duplicate or late): ignored.
     pub async fn report(
         &self,
         conn: &mut impl ConnectionLike,
@@ -466,7 +469,7 @@ impl TaskStore {
         r: &TaskReport,
         now: u64,
         once: Option<&Once>,
-    ) -> Result<Option<ReportOutcome>> {
+    ) -> Result<Reported> {
         let call = match kind {
             ReportKind::Ack | ReportKind::Progress => ACK
                 .fenced(&self.keys, self.epoch)
@@ -492,6 +495,7 @@ impl TaskStore {
                     .task_keys(&self.keys)
                     .arg("outcome", outcome)
                     .arg("detail", detail)
+                    .arg("usage", r.usage.map(|u| u.to_string()).unwrap_or_default())
                     .arg("retention_ms", self.cfg.retention_ms)
                     .arg("backoff_ms", self.cfg.retry_backoff_ms)
                     .arg("backoff_max_ms", self.cfg.retry_backoff_max_ms)
@@ -506,15 +510,20 @@ impl TaskStore {
             .reply(conn)
             .await?;
         let pool = || reply.pool("pool").ok();
-        Ok(match reply.outcome()? {
+        let outcome = match reply.outcome()? {
             "ok" => Some(ReportOutcome::Running),
             "repeated" => Some(ReportOutcome::Repeated),
             "completed" => Some(ReportOutcome::Completed(pool())),
             "retrying" => Some(ReportOutcome::Retrying(pool())),
+            "dead" if reply.text("overBudget").is_ok() => Some(ReportOutcome::OverBudget(pool())),
             "dead" => Some(ReportOutcome::Dead(pool())),
             "recorded" => Some(ReportOutcome::Recorded),
             "stale" => None,
             _ => return Err(reply.unexpected()),
+        };
+        Ok(Reported {
+            outcome,
+            halt: reply.notice(),
         })
     }
 
@@ -682,6 +691,14 @@ impl Takeback {
     }
 }
 
+/// What an agent's report did, and the halt to send the agent when its
+/// budget fell below the minimum with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reported {
+    pub outcome: Option<ReportOutcome>,
+    pub halt: Option<Notice>,
+}
+
 /// What an agent's report did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReportOutcome {
@@ -691,6 +708,9 @@ pub enum ReportOutcome {
     Completed(Option<PoolType>),
     Retrying(Option<PoolType>),
     Dead(Option<PoolType>),
+    /// The attempt consumed more than the task's `maxCost`: the task is
+    /// dead-lettered as `over_budget`.
+    OverBudget(Option<PoolType>),
     /// A re-sent result: this attempt had completed the task already.
     Recorded,
 }
@@ -763,7 +783,7 @@ pub async fn write_settings(
     health: &HealthPolicy,
     pools: &[PoolSettings],
 ) -> Result<()> {
-    let poison_after = health.poison_after;
+    let (poison_after, failure_window) = (health.poison_after, health.failure_window_ms);
     let health = serde_json::json!({
         "up": health.success_step,
         "down": health.failure_step,
@@ -778,7 +798,8 @@ pub async fn write_settings(
     pipe.atomic()
         .hset(keys.settings(), "health", health.to_string())
         .hset(keys.settings(), "healthChannel", keys.channels().health())
-        .hset(keys.settings(), "poisonAfter", poison_after);
+        .hset(keys.settings(), "poisonAfter", poison_after)
+        .hset(keys.settings(), "failureWindow", failure_window);
     for p in pools {
         pipe.hset(keys.settings(), p.pool.as_str(), p.strategy.as_str());
         match p.quota {

@@ -42,6 +42,7 @@ async fn store() -> Store {
         quota_window_ms: 60_000,
         memory_ms: 60_000,
         poison_after: 2,
+        failure_window_ms: 500,
     };
     let pools: Vec<PoolSettings> = PoolType::ALL
         .into_iter()
@@ -151,6 +152,7 @@ impl Store {
             .report(&mut self.conn, ReportKind::Fail, &report, now(), None)
             .await
             .unwrap()
+            .outcome
     }
 
     async fn listen(&self, channel: String) -> redis::aio::PubSubStream {

@@ -22,7 +22,16 @@ pub(super) async fn handle(
     once: Option<&Once>,
 ) -> Result<(), StoreError> {
     let pool = |p: Option<PoolType>| p.map(PoolType::as_str).unwrap_or("unknown");
-    let outcome = shared.tasks.report(conn, kind, &r, now_ms(), once).await?;
+    let reported = shared.tasks.report(conn, kind, &r, now_ms(), once).await?;
+    let outcome = reported.outcome;
+    if let Some(u) = r.usage.filter(|_| outcome.is_some()) {
+        metrics::counter!(m::BUDGET_USAGE).increment(u.ceil() as u64);
+    }
+    if let Some(halt) = reported.halt {
+        metrics::counter!(m::AGENTS_HALTED).increment(1);
+        warn!(agent_id = %r.agent_id, "budget below its minimum: agent halted");
+        shared.tell(conn, vec![halt]).await?;
+    }
     if matches!(kind, ReportKind::Complete | ReportKind::Fail) {
         // Read (and stored, if it counted): the agent may stop re-sending.
         let ack = ToAgent::ResultAck {
@@ -61,6 +70,13 @@ pub(super) async fn handle(
             metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
             metrics::counter!(m::TASKS_RETRIED, "pool" => pool(p)).increment(1);
             wake(shared, p);
+        }
+        Some(ReportOutcome::OverBudget(p)) => {
+            metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
+            metrics::counter!(m::TASKS_DEAD, "pool" => pool(p)).increment(1);
+            metrics::counter!(m::TASKS_OVER_BUDGET).increment(1);
+            warn!(task_id = %r.task_id, usage = ?r.usage, "attempt over the task's maxCost: dead-lettered as over_budget");
+            freed(shared, p);
         }
         Some(ReportOutcome::Dead(p)) => {
             metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);

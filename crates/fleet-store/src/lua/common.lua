@@ -76,6 +76,17 @@ function encode.agent_stuck(aid, tid, attempt, n, now)
   return '{"v":1,"type":"agent_stuck","agentId":"' .. aid .. '","taskId":"' .. tid ..
     '","attempt":' .. attempt .. ',"count":' .. n .. ',"ts":' .. now .. '}'
 end
+function encode.halt(balance, unit)
+  return '{"v":1,"type":"halt","reason":"budget","balance":' .. balance .. ',"unit":' ..
+    cjson.encode(unit) .. '}'
+end
+function encode.resume(balance)
+  return '{"v":1,"type":"resume","balance":' .. balance .. '}'
+end
+function encode.budget_event(kind, aid, balance, now)
+  return '{"v":1,"type":"' .. kind .. '","agentId":"' .. aid .. '","balance":' .. balance ..
+    ',"ts":' .. now .. '}'
+end
 function encode.decision(tid, attempt, aid, pool, strat, score, reason, now)
   return '{"taskId":"' .. tid .. '","attempt":' .. attempt .. ',"agentId":"' .. aid ..
     '","pool":"' .. pool .. '","strategy":"' .. strat .. '","score":' .. score ..
@@ -158,35 +169,52 @@ local function refresh_available(id, pool)
   redis.call('ZADD', set, score, id)
 end
 
+-- Counts an agent taken down by a task (its casualty); true when the task
+-- has now taken down `poisonAfter` agents (the setting; 0: never).
+local function casualty(task)
+  local n = redis.call('HINCRBY', task, 'casualties', 1)
+  local k = tonumber(redis.call('HGET', K.settings, 'poisonAfter') or 0)
+  return k > 0 and n >= k
+end
+
+-- Holds a task in the poison set until an operator requeues it.
+local function poison(tid, now, reason)
+  redis.call('HSET', K.task .. tid, 'state', 'poison', 'agent', '', 'updatedAt', now,
+    'error', reason)
+  redis.call('ZADD', K.poison, now, tid)
+end
+
 -- Puts a task back at its place in its pool's queue (its original score, so
 -- it keeps its age), or dead-letters it when it has used up its attempts.
--- A casualty (the attempt ended with its agent dead, restarted, silent past
--- its lease or stuck) is counted on the task; at the `poisonAfter` setting's
--- count the task goes to the poison set instead: it took down enough agents.
+-- A casualty (the attempt ended with its agent dead, restarted or stuck) is
+-- counted on the task, which goes to the poison set instead once it has
+-- taken down `poisonAfter` agents.
+-- With `hold` (ms), a task that goes back waits that long first (state
+-- retrying), as a retry waits out its backoff.
 -- Returns 'queued', 'dead' or 'poison' (or 'gone'), the task's pool and its
 -- attempt.
-local function requeue(tid, now, reason, casualty)
+local function requeue(tid, now, reason, took_down, hold)
   local task = K.task .. tid
   local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries', 'retryBase')
   if not t[1] then return 'gone' end
   redis.call('ZREM', K.leases, tid)
   redis.call('ZREM', K.stalls, tid)
-  if casualty then
-    local n = redis.call('HINCRBY', task, 'casualties', 1)
-    local k = tonumber(redis.call('HGET', K.settings, 'poisonAfter') or 0)
-    if k > 0 and n >= k then
-      redis.call('HSET', task, 'state', 'poison', 'agent', '', 'updatedAt', now, 'error', reason)
-      redis.call('ZADD', K.poison, now, tid)
-      return 'poison', t[1], tonumber(t[3])
-    end
+  if took_down and casualty(task) then
+    poison(tid, now, reason)
+    return 'poison', t[1], tonumber(t[3])
   end
   if tonumber(t[3]) - tonumber(t[5] or 0) > tonumber(t[4]) then
     redis.call('HSET', task, 'state', 'dead', 'agent', '', 'updatedAt', now, 'error', reason)
     redis.call('ZADD', K.dead, now, tid)
     return 'dead', t[1], tonumber(t[3])
   end
-  redis.call('HSET', task, 'state', 'queued', 'agent', '', 'updatedAt', now)
-  redis.call('ZADD', K.queue .. t[1], t[2], tid)
+  if hold then
+    redis.call('HSET', task, 'state', 'retrying', 'agent', '', 'updatedAt', now)
+    redis.call('ZADD', K.delayed, now + hold, tid)
+  else
+    redis.call('HSET', task, 'state', 'queued', 'agent', '', 'updatedAt', now)
+    redis.call('ZADD', K.queue .. t[1], t[2], tid)
+  end
   return 'queued', t[1], tonumber(t[3])
 end
 
@@ -211,13 +239,13 @@ local requeued_event = {queued = 'task_requeued', dead = 'task_dead', poison = '
 local function orphan_all(agent_id, now, casualty)
   local set = K.agent_tasks .. agent_id
   local tids = redis.call('SMEMBERS', set)
-  local queued, dead, poison = 0, 0, 0
+  local queued, dead, poisoned = 0, 0, 0
   for _, tid in ipairs(tids) do
     local state = redis.call('HGET', K.task .. tid, 'state')
     if state == 'assigned' or state == 'running' then
       local r, pool, attempt = requeue(tid, now, 'orphaned', casualty)
       if r == 'dead' then dead = dead + 1
-      elseif r == 'poison' then poison = poison + 1
+      elseif r == 'poison' then poisoned = poisoned + 1
       else queued = queued + 1 end
       if requeued_event[r] then
         redis.call('PUBLISH', A.allocation_channel,
@@ -227,7 +255,30 @@ local function orphan_all(agent_id, now, casualty)
   end
   redis.call('DEL', set)
   redis.call('HSET', K.agent .. agent_id, 'inflight', 0)
-  return queued, dead, poison
+  return queued, dead, poisoned
+end
+
+-- An agent found dead (or restarted): the tasks whose lease ran out in its
+-- hands lately (expire.lua) count it as their casualty too. One that waits
+-- in its queue and reaches `poisonAfter` goes to the poison set now, before
+-- it reaches another agent. Returns how many did.
+local function lapsed_casualties(agent_id, now)
+  local set = K.lapsed .. agent_id
+  local poisoned = 0
+  for _, tid in ipairs(redis.call('SMEMBERS', set)) do
+    local task = K.task .. tid
+    local t = redis.call('HMGET', task, 'state', 'pool', 'attempt')
+    if t[1] and casualty(task) and (t[1] == 'queued' or t[1] == 'retrying') then
+      redis.call('ZREM', K.queue .. t[2], tid)
+      redis.call('ZREM', K.delayed, tid)
+      poison(tid, now, 'its agent died')
+      poisoned = poisoned + 1
+      redis.call('PUBLISH', A.allocation_channel,
+        encode.task_event('task_poisoned', tid, t[2], agent_id, t[3], now))
+    end
+  end
+  redis.call('DEL', set)
+  return poisoned
 end
 
 -- Whether one more of the pool's agents may go into quarantine: at most
@@ -316,4 +367,75 @@ end
 -- The task event every outcome publishes on the allocation channel.
 local function task_event(channel, kind, tid, pool, aid, attempt, now)
   redis.call('PUBLISH', channel, encode.task_event(kind, tid, pool, aid, attempt, now))
+end
+
+-- ---- budgets ----
+-- The `budget` setting: {unit, min, window} (absent: budgets off); each
+-- pool's allowance per window is the `<pool>:allowance` setting (0: none).
+local budget_policy
+local function budgets()
+  if budget_policy == nil then
+    local raw = redis.call('HGET', K.settings, 'budget')
+    budget_policy = raw and cjson.decode(raw) or false
+  end
+  return budget_policy
+end
+
+-- An agent's budget now, its window renewed if it ended: balance and
+-- allowance, or nil when the agent's pool has none. A window ends at a
+-- multiple of its length since the epoch (a day: midnight UTC).
+local function budget(aid, pool, now)
+  local bp = budgets()
+  if not bp then return nil end
+  local key = K.budget .. aid
+  local b = redis.call('HMGET', key, 'balance', 'windowEnds', 'allowance')
+  local allowance = tonumber(b[3] or redis.call('HGET', K.settings, pool .. ':allowance') or 0)
+  if allowance <= 0 then return nil end
+  now = tonumber(now)
+  local window = tonumber(bp.window or 0)
+  if b[1] and (window == 0 or now < tonumber(b[2])) then return tonumber(b[1]), allowance end
+  local ends = 0
+  if window > 0 then ends = (math.floor(now / window) + 1) * window end
+  redis.call('HSET', key, 'balance', allowance, 'windowEnds', ends, 'spent', 0)
+  return allowance, allowance
+end
+
+-- Marks an agent halted (its budget fell below the minimum): no new work.
+-- Returns the halt message for the caller to sign and send.
+local function halt(aid, pool, balance, counts, now)
+  local key = K.agent .. aid
+  local old = redis.call('HGET', key, 'status')
+  redis.call('HSET', key, 'halted', '1')
+  if old == 'idle' or old == 'active' or old == 'busy' then
+    redis.call('HSET', key, 'status', 'halted')
+    move(counts, pool, old, 'halted')
+  end
+  redis.call('ZREM', K.available .. pool, aid)
+  local channel = redis.call('HGET', K.settings, 'healthChannel')
+  if channel then
+    redis.call('PUBLISH', channel, encode.budget_event('agent_halted', aid, balance, now))
+  end
+  return encode.halt(balance, budgets().unit or '')
+end
+
+-- Lifts an agent's halt (its budget is back above the minimum). Returns the
+-- resume message for the caller to sign and send, or nil if it was not halted.
+local function resume(aid, pool, balance, counts, now)
+  local key = K.agent .. aid
+  local a = redis.call('HMGET', key, 'status', 'halted', 'inflight', 'capacity')
+  if a[2] ~= '1' then return nil end
+  redis.call('HDEL', key, 'halted')
+  if a[1] == 'halted' then
+    local inflight, capacity = tonumber(a[3] or 0), tonumber(a[4] or 1)
+    local status = 'idle'
+    if inflight >= capacity then status = 'busy' elseif inflight > 0 then status = 'active' end
+    redis.call('HSET', key, 'status', status)
+    move(counts, pool, 'halted', status)
+  end
+  refresh_available(aid, pool)
+  local channel = redis.call('HGET', K.settings, 'healthChannel')
+  if channel then
+    redis.call('PUBLISH', channel, encode.budget_event('agent_resumed', aid, balance, now))
+  end
+  return encode.resume(balance)
 end

@@ -6,9 +6,9 @@
 --   stuck  the agent heartbeats but showed no progress (a higher step) within
 --          the task's progress timeout: it is flagged stuck, judged as a
 --          failure that quarantines it, and an agent_stuck event goes out.
--- Either is a casualty of the task (common.lua, requeue): the task goes back
--- to its queue at once, to the dead letters if it has used its attempts, or
--- to the poison set if it took down `poisonAfter` agents. The agent is sent
+-- The task goes back to its queue at once, to the dead letters if it has
+-- used its attempts, or (stuck: a casualty of the task, common.lua) to the
+-- poison set if it took down `poisonAfter` agents. The agent is sent
 -- task_cancel for the attempt.
 -- KEYS: epoch, task (its hash), and the task keys
 -- A: epoch, id, now, why (lease, stuck), allocation_channel
@@ -37,9 +37,28 @@ if A.why == 'stuck' then
   end
 end
 release_agent(t[2], tid, now, outcome, 0, KEY.counts)
-local reason = 'lease expired'
-if A.why == 'stuck' then reason = 'stuck: no progress' end
-local r = requeue(tid, now, reason, true)
+local r
+if A.why == 'stuck' then
+  r = requeue(tid, now, 'stuck: no progress', true)
+else
+  -- A lapsed lease alone is no casualty: the agent may be slow or mute. If
+  -- it has not been heard since it got the task, it may also be dead of
+  -- it: the task then waits out the failure window before it goes to
+  -- another agent, and if its agent is found dead meanwhile, that death is
+  -- the task's casualty (lapsed_casualties) and it may never run again.
+  local a = redis.call('HMGET', K.agent .. t[2], 'lastHeartbeat')
+  local task_at = redis.call('HGET', KEY.task, 'assignedAt')
+  local window = tonumber(redis.call('HGET', K.settings, 'failureWindow') or 0)
+  local silent = tonumber(a[1] or 0) <= tonumber(task_at or 0)
+  if silent and window > 0 then
+    r = requeue(tid, now, 'lease expired', false, window)
+    local lapsed = K.lapsed .. t[2]
+    redis.call('SADD', lapsed, tid)
+    redis.call('PEXPIRE', lapsed, 2 * window)
+  else
+    r = requeue(tid, now, 'lease expired', false)
+  end
+end
 task_event(A.allocation_channel, requeued_event[r], tid, t[3], t[2], t[4], now)
 -- The agent is to be told, so that it stops working on an attempt that no
 -- longer counts: the caller signs and publishes the task_cancel.

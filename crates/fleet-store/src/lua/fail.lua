@@ -19,6 +19,7 @@ redis.call('ZREM', hb, id)
 if not old then return reply('gone') end
 
 local queued, dead, poison = orphan_all(id, now, true)
+poison = poison + lapsed_casualties(id, now)
 redis.call('ZREM', K.available .. pool, id)
 local failures = redis.call('HINCRBY', agent, 'failures', 1)
 local out = {pool = pool, failures = failures, lastHeartbeat = score, requeued = queued,

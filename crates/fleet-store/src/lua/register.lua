@@ -29,6 +29,7 @@ if old then
   -- Another instance: the agent restarted and lost whatever it held.
   if A.instance ~= '' and cur[9] ~= A.instance then
     orphaned.queued, orphaned.dead, orphaned.poison = orphan_all(id, now, true)
+    orphaned.poison = orphaned.poison + lapsed_casualties(id, now)
   end
   redis.call('HSET', agent, 'type', A.type, 'status', 'idle', 'priority', A.priority,
     'capabilities', A.capabilities, 'memory', A.memory, 'cpu', A.cpu, 'network', A.network,
