@@ -48,10 +48,10 @@ async fn stepper(
                         .unwrap();
                     held = Some((task_id, attempt));
                 }
-                ToAgent::TaskCancel { task_id, .. } => {
-                    if held.as_ref().is_some_and(|(t, _)| *t == task_id) {
-                        held = None;
-                    }
+                ToAgent::TaskCancel { task_id, .. }
+                    if held.as_ref().is_some_and(|(t, _)| *t == task_id) =>
+                {
+                    held = None;
                 }
                 _ => {}
             },
@@ -307,4 +307,98 @@ async fn a_task_whose_agents_die_before_the_ack_still_takes_down_at_most_two() {
     for r in runs {
         r.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_out_of_budget_is_halted_until_topped_up_and_max_cost_is_enforced() {
+    let h = Harness::start_with(|c| {
+        c.budgets.allowance = 10.0;
+        c.budgets.min_balance = 1.0;
+        c.budgets.window_ms = 0;
+    })
+    .await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
+    // Every attempt consumes 4 units.
+    let spend = work(|_| async { Outcome::Used(Box::new(Outcome::Complete(json!({}))), 4.0) });
+    let (stop, agent) = start_agent(&h, "spend-1", PoolType::Ui, &[], Some(spend)).await;
+    for _ in 0..3 {
+        let id = submit(&h, json!({"pool": "ui", "payload": {}})).await;
+        let done = wait_state(&h, &id, "completed").await;
+        assert_eq!(done["usage"], 4.0);
+    }
+    // 10 - 12 = -2, below the minimum of 1: halted.
+    let ev = health
+        .wait_for("agent_halted", |v| {
+            v["type"] == "agent_halted" && v["agentId"] == "spend-1"
+        })
+        .await;
+    assert_eq!(ev["balance"], -2.0);
+    let (_, rec) = h.get("/v1/agents/spend-1").await;
+    assert_eq!(rec["status"], "halted", "{rec}");
+    let (_, b) = h.get("/v1/agents/spend-1/budget").await;
+    assert_eq!(
+        (b["balance"].as_f64(), b["spent"].as_f64()),
+        (Some(-2.0), Some(12.0)),
+        "{b}"
+    );
+    // It heartbeats on, and gets no work.
+    let waiting = submit(&h, json!({"pool": "ui", "payload": {}})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, t) = h.get(&format!("/v1/tasks/{waiting}")).await;
+    assert_eq!(t["state"], "queued", "{t}");
+    let (_, rec) = h.get("/v1/agents/spend-1").await;
+    assert_eq!(rec["status"], "halted", "heartbeats keep it halted: {rec}");
+    assert!(h.metric("fleet_agents_halted_total").await >= 1.0);
+
+    // Topped up: it resumes and takes the waiting task.
+    let r = h
+        .http
+        .post(format!("{}/v1/agents/spend-1/budget", h.base()))
+        .json(&json!({"topUp": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["resumed"].as_bool(), v["balance"].as_f64()),
+        (Some(true), Some(8.0)),
+        "{v}"
+    );
+    health
+        .wait_for("agent_resumed", |v| {
+            v["type"] == "agent_resumed" && v["agentId"] == "spend-1"
+        })
+        .await;
+    assert_eq!(
+        wait_state(&h, &waiting, "completed").await["agentId"],
+        "spend-1"
+    );
+    let (_, audit) = h.get("/v1/audit").await;
+    assert!(
+        audit.to_string().contains("\"budget\""),
+        "top-up audited: {audit}"
+    );
+    // Refused: two changes at once, and a negative amount.
+    for bad in [json!({"topUp": 1, "reset": true}), json!({"topUp": -5})] {
+        let r = h
+            .http
+            .post(format!("{}/v1/agents/spend-1/budget", h.base()))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 422, "{bad}");
+    }
+
+    // A task whose attempt costs more than its maxCost fails as over_budget.
+    let id = submit(&h, json!({"pool": "ui", "payload": {}, "maxCost": 3})).await;
+    let dead = wait_state(&h, &id, "dead").await;
+    assert!(
+        dead["error"].as_str().unwrap().starts_with("over_budget"),
+        "{dead}"
+    );
+    assert!(h.metric("fleet_tasks_over_budget_total").await >= 1.0);
+    stop.cancel();
+    let _ = agent.await;
 }

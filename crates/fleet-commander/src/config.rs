@@ -34,6 +34,9 @@ pub struct Config {
     /// Leadership among commanders sharing one Redis (docs/OPERATIONS.md).
     #[serde(default)]
     pub ha: HaConfig,
+    /// Agents' budgets (issue 18): what each may consume per window.
+    #[serde(default)]
+    pub budgets: BudgetConfig,
     #[serde(deserialize_with = "pools_by_name")]
     pub pools: BTreeMap<PoolType, PoolConfig>,
     /// The file this came from; the commander watches it and applies edits
@@ -506,6 +509,36 @@ pub struct PoolConfig {
     /// Overrides `tasks.progress_timeout_ms` for this pool's tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_timeout_ms: Option<u64>,
+    /// Overrides `budgets.allowance` for this pool's agents (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
+}
+
+/// `[budgets]`: each agent may consume `allowance` (its pool's `budget`, or
+/// this default; 0: no budget) per window; agents report what each attempt
+/// consumed (`usage`), debited with its result. Below `min_balance` the
+/// agent is halted until an operator tops it up or the window renews.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// What the numbers count (tokens, cents, ...): a label.
+    pub unit: String,
+    pub allowance: f64,
+    pub min_balance: f64,
+    /// Budgets renew every window (aligned to the epoch: a day renews at
+    /// midnight UTC); 0: never.
+    pub window_ms: u64,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            unit: "tokens".into(),
+            allowance: 0.0,
+            min_balance: 0.0,
+            window_ms: 86_400_000,
+        }
+    }
 }
 
 /// Why a progress timeout is refused: 0 (off) or 100 ms ..= 24 h.
@@ -591,6 +624,7 @@ impl Config {
                 progress_timeout_ms: pc
                     .progress_timeout_ms
                     .unwrap_or(self.tasks.progress_timeout_ms),
+                allowance: self.allowance(*pool),
             })
             .collect()
     }
@@ -735,6 +769,7 @@ impl Config {
             }
         }
         self.validate_tasks()?;
+        self.validate_budgets()?;
         let ha = &self.ha;
         if !(50..=60_000).contains(&ha.renew_ms) {
             return err(
@@ -871,6 +906,47 @@ impl Config {
         Ok(())
     }
 
+    fn validate_budgets(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, reason: String| Err((field.to_string(), reason));
+        let b = &self.budgets;
+        if b.unit.is_empty()
+            || b.unit.len() > 32
+            || !b
+                .unit
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return err(
+                "budgets.unit",
+                format!("must be 1..=32 of [A-Za-z0-9_], got {:?}", b.unit),
+            );
+        }
+        for (name, v) in [
+            ("budgets.allowance", b.allowance),
+            ("budgets.min_balance", b.min_balance),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return err(name, format!("must be a number >= 0, got {v}"));
+            }
+        }
+        for (pool, p) in &self.pools {
+            if let Some(v) = p.budget {
+                if !(v.is_finite() && v >= 0.0) {
+                    return err(
+                        &format!("pools.{pool}.budget"),
+                        format!("must be a number >= 0, got {v}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A pool's budget allowance per window (0: its agents have none).
+    pub fn allowance(&self, pool: PoolType) -> f64 {
+        self.pool(pool).budget.unwrap_or(self.budgets.allowance)
+    }
+
     fn validate_pools(&self) -> Result<(), (String, String)> {
         let err = |field: &str, reason: String| Err((field.to_string(), reason));
         let mut max_sum: u64 = 0;
@@ -960,8 +1036,20 @@ pub async fn write_settings(
     keys: &Keys,
     config: &Config,
 ) -> fleet_store::Result<()> {
-    fleet_store::tasks::write_settings(conn, keys, &config.health_policy(), &config.pool_settings())
-        .await
+    let b = &config.budgets;
+    let budget = fleet_store::tasks::BudgetPolicy {
+        unit: b.unit.clone(),
+        min_balance: b.min_balance,
+        window_ms: b.window_ms,
+    };
+    fleet_store::tasks::write_settings(
+        conn,
+        keys,
+        &config.health_policy(),
+        &budget,
+        &config.pool_settings(),
+    )
+    .await
 }
 
 #[cfg(test)]

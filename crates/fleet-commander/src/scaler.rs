@@ -39,7 +39,7 @@ pub struct Sample {
     /// Agents that can work: idle, active, busy (not failed or recovering;
     /// retiring ones count until they leave, and the scaler subtracts its own).
     pub live: u64,
-    /// Agents registered but not working (failed, recovering): they keep
+    /// Agents registered but not working (failed, recovering, halted): they keep
     /// their place against max_agents until they return or are removed.
     pub held: u64,
     /// Agents holding at least one task.
@@ -329,7 +329,7 @@ async fn sample(
         let s = Sample {
             at: now,
             live,
-            held: n(AgentStatus::Failed) + n(AgentStatus::Recovering),
+            held: n(AgentStatus::Failed) + n(AgentStatus::Recovering) + n(AgentStatus::Halted),
             busy: (n(AgentStatus::Active) + n(AgentStatus::Busy)).min(live),
             queued: depth[i],
             oldest_wait_ms: oldest,

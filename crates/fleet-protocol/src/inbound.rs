@@ -317,6 +317,8 @@ const OWN_TYPES: &[&str] = &[
     "agent_quarantined",
     "agent_probation",
     "agent_stuck",
+    "agent_halted",
+    "agent_resumed",
     "fleet_status",
     "commander_took_over",
 ];

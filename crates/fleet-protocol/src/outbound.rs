@@ -71,6 +71,20 @@ pub enum ToAgent {
         attempt: u32,
         recorded: bool,
     },
+    /// Your budget fell below its minimum (`balance`, in `unit`): you get no
+    /// new work until `resume`. Finish or drop what you hold; keep
+    /// heartbeating.
+    #[serde(rename_all = "camelCase")]
+    Halt {
+        v: u32,
+        reason: String,
+        balance: f64,
+        unit: String,
+    },
+    /// Your budget is above its minimum again (a top-up, a reset, a new
+    /// window): you get work again.
+    #[serde(rename_all = "camelCase")]
+    Resume { v: u32, balance: f64 },
 }
 
 /// On `swarm:phase-1:scaling`, from the commander to spawners.
@@ -193,6 +207,22 @@ pub enum Event {
     /// Quarantine over: on probation, one task at a time.
     #[serde(rename_all = "camelCase")]
     AgentProbation { v: u32, agent_id: String, ts: u64 },
+    /// The agent's budget fell below its minimum: halted, no new work.
+    #[serde(rename_all = "camelCase")]
+    AgentHalted {
+        v: u32,
+        agent_id: String,
+        balance: f64,
+        ts: u64,
+    },
+    /// A halted agent's budget is above its minimum again: it gets work.
+    #[serde(rename_all = "camelCase")]
+    AgentResumed {
+        v: u32,
+        agent_id: String,
+        balance: f64,
+        ts: u64,
+    },
     /// The agent heartbeats but showed no progress on `taskId` within its
     /// progress timeout: the task was taken back (published by the script
     /// with the agent's quarantine); `count` is how often it was stuck.

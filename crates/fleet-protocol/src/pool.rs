@@ -69,15 +69,19 @@ pub enum AgentStatus {
     Busy,
     Failed,
     Recovering,
+    /// Its budget fell below the minimum: heartbeating, given no work until
+    /// an operator tops it up or its budget window renews.
+    Halted,
 }
 
 impl AgentStatus {
-    pub const ALL: [AgentStatus; 5] = [
+    pub const ALL: [AgentStatus; 6] = [
         AgentStatus::Idle,
         AgentStatus::Active,
         AgentStatus::Busy,
         AgentStatus::Failed,
         AgentStatus::Recovering,
+        AgentStatus::Halted,
     ];
 
     /// Idle, active or busy: registered and heard from.
@@ -95,6 +99,7 @@ impl AgentStatus {
             AgentStatus::Busy => "busy",
             AgentStatus::Failed => "failed",
             AgentStatus::Recovering => "recovering",
+            AgentStatus::Halted => "halted",
         }
     }
 

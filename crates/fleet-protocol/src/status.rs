@@ -99,7 +99,7 @@ pub fn render(status: &FleetStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "fleet: {} agents (max {}) | idle {} active {} busy {} failed {} recovering {}",
+        "fleet: {} agents (max {}) | idle {} active {} busy {} failed {} recovering {} halted {}",
         status.total_agents,
         status.max_agents,
         status.by_status[&AgentStatus::Idle],
@@ -107,17 +107,18 @@ pub fn render(status: &FleetStatus) -> String {
         status.by_status[&AgentStatus::Busy],
         status.by_status[&AgentStatus::Failed],
         status.by_status[&AgentStatus::Recovering],
+        status.by_status[&AgentStatus::Halted],
     );
     let _ = writeln!(
         out,
-        "{:<15} {:>6} {:>9}  {:>5} {:>6} {:>5} {:>6} {:>10}",
-        "pool", "agents", "min..max", "idle", "active", "busy", "failed", "recovering"
+        "{:<15} {:>6} {:>9}  {:>5} {:>6} {:>5} {:>6} {:>10} {:>6}",
+        "pool", "agents", "min..max", "idle", "active", "busy", "failed", "recovering", "halted"
     );
     for (pool, p) in &status.pools {
         let g = |s| p.by_status[&s];
         let _ = writeln!(
             out,
-            "{:<15} {:>6} {:>9}  {:>5} {:>6} {:>5} {:>6} {:>10}",
+            "{:<15} {:>6} {:>9}  {:>5} {:>6} {:>5} {:>6} {:>10} {:>6}",
             pool.as_str(),
             p.current_agents,
             format!("{}..{}", p.min_agents, p.max_agents),
@@ -126,6 +127,7 @@ pub fn render(status: &FleetStatus) -> String {
             g(AgentStatus::Busy),
             g(AgentStatus::Failed),
             g(AgentStatus::Recovering),
+            g(AgentStatus::Halted),
         );
     }
     out

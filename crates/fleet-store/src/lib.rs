@@ -10,6 +10,7 @@
 //! - [`lease`]: which commander leads: the lease and the commanders' directory.
 //! - [`registry`]: agents: hashes, per-pool sets, heartbeat and failure sorted
 //!   sets, status counters; changed only by fenced Lua scripts (`lua/`).
+//! - [`budgets`]: agents' budgets (per window; halted below the minimum).
 //! - [`tasks`]: tasks: records, priority queues, leases, retries, dead
 //!   letters, evidence; changed only by fenced Lua scripts.
 //! - [`error`]: [`StoreError`], the one error of this crate.
@@ -20,6 +21,7 @@
 
 pub mod acl;
 pub mod audit;
+pub mod budgets;
 pub mod connection;
 pub mod error;
 pub mod keys;

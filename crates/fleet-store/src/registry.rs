@@ -108,14 +108,18 @@ pub fn agent_from_fields(fields: &HashMap<String, String>) -> Option<AgentRecord
 pub enum RegisterOutcome {
     /// A new agent. `announced`: the script already published the
     /// pre-rendered reply and event.
+    /// `halt`: its budget is below the minimum; the halt to send it after
+    /// the reply.
     Registered {
         record: AgentRecord,
         announced: bool,
+        halt: Option<crate::Notice>,
     },
     /// `orphans`: tasks the previous instance held, given back.
     ReRegistered {
         record: AgentRecord,
         orphans: Orphans,
+        halt: Option<crate::Notice>,
     },
     PoolFull,
     FleetFull,
@@ -132,6 +136,9 @@ pub enum HeartbeatOutcome {
     Recovering(PoolType),
     /// A recovering agent is back in service.
     Recovered(PoolType),
+    /// A halted agent's budget window renewed: it gets work again; the
+    /// resume to send it.
+    Resumed(Option<crate::Notice>),
 }
 
 /// What the failure check did.
@@ -247,14 +254,21 @@ impl Registry {
 
     /// Loads every script once so the first real calls do not pay for it.
     pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
-        for s in [&*REGISTER, &*HEARTBEAT, &*FAIL, &*REMOVE, &*DRAIN] {
+        for s in [
+            &*REGISTER,
+            &*HEARTBEAT,
+            &*FAIL,
+            &*REMOVE,
+            &*DRAIN,
+            crate::budgets::load(),
+        ] {
             s.script().prepare_invoke().load_async(conn).await?;
         }
         Ok(())
     }
 
     /// A call of one of the registry's scripts on agent `id`.
-    fn call<'s>(&self, script: &'s ScriptDef, id: &str) -> Call<'s> {
+    pub(crate) fn call<'s>(&self, script: &'s ScriptDef, id: &str) -> Call<'s> {
         script
             .fenced(&self.keys, self.epoch)
             .key("agent", self.keys.agent(id))
@@ -320,6 +334,11 @@ impl Registry {
                     ..fresh_record(a, now).health
                 },
                 registered_at: r.num("registeredAt")?,
+                status: if r.text("halted").is_ok() {
+                    AgentStatus::Halted
+                } else {
+                    AgentStatus::Idle
+                },
                 ..fresh_record(a, now)
             })
         };
@@ -327,13 +346,16 @@ impl Registry {
             "registered" => RegisterOutcome::Registered {
                 record: record()?,
                 announced: false,
+                halt: r.notice(),
             },
             "announced" => RegisterOutcome::Registered {
                 record: record()?,
                 announced: true,
+                halt: None,
             },
             "reregistered" => RegisterOutcome::ReRegistered {
                 record: record()?,
+                halt: r.notice(),
                 orphans: Orphans {
                     requeued: r.num("requeued")?,
                     dead: r.num("dead")?,
@@ -384,6 +406,7 @@ impl Registry {
             "ok" => HeartbeatOutcome::Ok,
             "recovering" => HeartbeatOutcome::Recovering(r.pool("pool")?),
             "recovered" => HeartbeatOutcome::Recovered(r.pool("pool")?),
+            "resumed" => HeartbeatOutcome::Resumed(r.notice()),
             _ => return Err(r.unexpected()),
         })
     }

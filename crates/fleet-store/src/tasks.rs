@@ -150,6 +150,17 @@ pub struct HealthPolicy {
     pub failure_window_ms: u64,
 }
 
+/// Agents' budgets, as the scripts read them (pools' allowances are in
+/// [`PoolSettings`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetPolicy {
+    pub unit: String,
+    /// Below this balance an agent is halted.
+    pub min_balance: f64,
+    /// Budgets renew every window (aligned to the epoch); 0: never.
+    pub window_ms: u64,
+}
+
 /// One pool's allocation settings, as the scripts read them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolSettings {
@@ -160,6 +171,8 @@ pub struct PoolSettings {
     /// An attempt with no new progress step for this long is stuck
     /// (unless its task says otherwise); 0: not watched.
     pub progress_timeout_ms: u64,
+    /// Each agent's budget per window; 0: none.
+    pub allowance: f64,
 }
 
 /// Queue score: lower runs first. One priority level is worth
@@ -781,6 +794,7 @@ pub async fn write_settings(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     health: &HealthPolicy,
+    budget: &BudgetPolicy,
     pools: &[PoolSettings],
 ) -> Result<()> {
     let (poison_after, failure_window) = (health.poison_after, health.failure_window_ms);
@@ -799,7 +813,14 @@ pub async fn write_settings(
         .hset(keys.settings(), "health", health.to_string())
         .hset(keys.settings(), "healthChannel", keys.channels().health())
         .hset(keys.settings(), "poisonAfter", poison_after)
-        .hset(keys.settings(), "failureWindow", failure_window);
+        .hset(keys.settings(), "failureWindow", failure_window)
+        .hset(
+            keys.settings(),
+            "budget",
+            serde_json::json!({"unit": budget.unit, "min": budget.min_balance,
+                "window": budget.window_ms})
+            .to_string(),
+        );
     for p in pools {
         pipe.hset(keys.settings(), p.pool.as_str(), p.strategy.as_str());
         match p.quota {
@@ -810,6 +831,11 @@ pub async fn write_settings(
             keys.settings(),
             format!("{}:progressTimeout", p.pool),
             p.progress_timeout_ms,
+        );
+        pipe.hset(
+            keys.settings(),
+            format!("{}:allowance", p.pool),
+            p.allowance,
         );
     }
     pipe.query_async::<()>(conn).await?;

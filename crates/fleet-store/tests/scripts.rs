@@ -51,9 +51,15 @@ async fn store() -> Store {
             strategy: Default::default(),
             quota: None,
             progress_timeout_ms: 0,
+            allowance: 0.0,
         })
         .collect();
-    fleet_store::tasks::write_settings(&mut conn, &keys, &health, &pools)
+    let budget = fleet_store::tasks::BudgetPolicy {
+        unit: "tokens".into(),
+        min_balance: 0.0,
+        window_ms: 0,
+    };
+    fleet_store::tasks::write_settings(&mut conn, &keys, &health, &budget, &pools)
         .await
         .unwrap();
     let policy = TaskPolicy {

@@ -22,6 +22,11 @@ pub(super) async fn handle(
     let ts = now_ms();
     match outcome {
         HeartbeatOutcome::Ok => {}
+        HeartbeatOutcome::Resumed(resume) => {
+            metrics::counter!(m::AGENTS_RESUMED).increment(1);
+            info!("budget window renewed: halted agent resumed");
+            shared.tell(conn, resume.into_iter().collect()).await?;
+        }
         HeartbeatOutcome::Unknown => {
             let reply = ToAgent::Reregister {
                 v: VERSION,

@@ -12,7 +12,7 @@ use fleet_protocol::{
 };
 use fleet_store::connection::Conn;
 use fleet_store::registry::{fresh_record, Announce, NewAgent, RegisterOutcome};
-use fleet_store::{Once, StoreError};
+use fleet_store::{Notice, Once, StoreError};
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -21,8 +21,10 @@ enum Answer {
     /// The script registered the agent and published the reply and event.
     Announced,
     Accepted {
-        record: AgentRecord,
+        record: Box<AgentRecord>,
         again: bool,
+        /// Its budget is spent: the halt, sent after the reply.
+        halt: Option<Notice>,
     },
     Refused(RefusalReason, String),
 }
@@ -45,14 +47,22 @@ pub(super) async fn handle(
                 .increment(1);
             debug!("registered");
         }
-        Answer::Accepted { record, again } => {
+        Answer::Accepted {
+            record,
+            again,
+            halt,
+        } => {
             shared.agent_free(record.pool);
-            let (reply, event) = accepted(shared, &r, record, again);
+            let (reply, event) = accepted(shared, &r, *record, again);
             let mut p = redis::pipe();
             let ch = channels.agent(&r.agent_id);
             p.publish(&ch, shared.seal(&ch, json(&reply))).ignore();
             p.publish(channels.registry(), json(&event)).ignore();
             p.query_async::<()>(conn).await?;
+            if let Some(halt) = halt {
+                info!("registered with its budget below the minimum: halted");
+                shared.tell(conn, vec![halt]).await?;
+            }
             metrics::counter!(m::REGISTRATIONS, "result" => "accepted", "reason" => "none")
                 .increment(1);
             debug!(again, "registered");
@@ -124,23 +134,33 @@ async fn store(
     let config = shared.config();
     let pool = new.pool;
     Ok(match outcome {
-        Ok(RegisterOutcome::Registered { announced, record }) => {
+        Ok(RegisterOutcome::Registered {
+            announced,
+            record,
+            halt,
+        }) => {
             crate::scaler::note_registered(shared, pool);
             if announced {
                 shared.agent_free(pool);
                 Answer::Announced
             } else {
                 Answer::Accepted {
-                    record,
+                    record: Box::new(record),
                     again: false,
+                    halt,
                 }
             }
         }
-        Ok(RegisterOutcome::ReRegistered { record, orphans }) => {
+        Ok(RegisterOutcome::ReRegistered {
+            record,
+            orphans,
+            halt,
+        }) => {
             shared.on_orphans(orphans, "agent_restarted");
             Answer::Accepted {
-                record,
+                record: Box::new(record),
                 again: true,
+                halt,
             }
         }
         Ok(RegisterOutcome::PoolFull) => Answer::Refused(

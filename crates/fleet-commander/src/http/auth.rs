@@ -78,6 +78,7 @@ fn audited(method: &Method, path: &str) -> Option<&'static str> {
     match p.as_slice() {
         ["v1", "agents", _, "drain"] | ["v1", "pools", _, "drain"] => Some("drain"),
         ["v1", "pools", _, "size"] => Some("scale"),
+        ["v1", "agents", _, "budget"] => Some("budget"),
         ["v1", "tasks", _, "cancel"] => Some("cancel"),
         ["v1", "dead-letters", _, "requeue"] => Some("requeue"),
         ["v1", "poison", _, "requeue"] => Some("requeue_poison"),

@@ -4,6 +4,7 @@
 //! token of the right role ([`auth`]).
 
 mod auth;
+mod budgets;
 mod console;
 mod listener;
 mod lists;
@@ -36,6 +37,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/agents", get(lists::agents))
         .route("/v1/agents/{id}", get(agent))
         .route("/v1/agents/{id}/drain", post(drain_agent))
+        .route(
+            "/v1/agents/{id}/budget",
+            get(budgets::get).post(budgets::post),
+        )
         .route("/v1/pools/{pool}/drain", post(drain_pool))
         .route("/v1/pools/{pool}/size", post(set_pool_size))
         .route("/v1/tasks", post(submit_task).get(lists::tasks))

@@ -31,11 +31,12 @@ local function fenced()
   return current ~= A.epoch
 end
 
--- A reply of named fields: {'outcome', outcome, name, value, ...}.
-local function reply(outcome, fields)
+-- A reply of named fields: {'outcome', outcome, name, value, ...}, from
+-- one table of fields or more.
+local function reply(outcome, fields, more)
   local out = {'outcome', outcome}
-  if fields then
-    for n, v in pairs(fields) do
+  for _, f in ipairs({fields or {}, more or {}}) do
+    for n, v in pairs(f) do
       table.insert(out, n)
       table.insert(out, tostring(v))
     end
@@ -397,6 +398,7 @@ local function budget(aid, pool, now)
   local ends = 0
   if window > 0 then ends = (math.floor(now / window) + 1) * window end
   redis.call('HSET', key, 'balance', allowance, 'windowEnds', ends, 'spent', 0)
+  if window > 0 then redis.call('PEXPIRE', key, 2 * window) end
   return allowance, allowance
 end
 

@@ -7,13 +7,16 @@
 -- A: epoch, id, now, status (reported), load, memory, cpu, network (the
 --    three empty when the heartbeat carried no resources: the declared
 --    ones stay)
--- Returns outcome (unknown, ok, recovering, recovered) and pool.
+-- A halted agent (its budget below the minimum) stays halted whatever it
+-- reports, until its budget window renews: then it resumes here.
+-- Returns outcome (unknown, ok, recovering, recovered, resumed) and pool;
+-- resumed: the resume (channel, message) for the caller to sign and send.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 if replayed() then return reply('replay') end
 local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
 local id, now = A.id, A.now
 
-local cur = redis.call('HMGET', agent, 'status', 'pool', 'inflight', 'capacity')
+local cur = redis.call('HMGET', agent, 'status', 'pool', 'inflight', 'capacity', 'halted')
 local old, pool = cur[1], cur[2]
 if not old then return reply('unknown') end
 
@@ -30,6 +33,22 @@ if new ~= 'recovering' then
   if inflight >= capacity then new = 'busy'
   elseif inflight > 0 and new == 'idle' then new = 'active' end
 end
+local out = {pool = pool}
+if cur[5] == '1' and new ~= 'recovering' then
+  local balance = budget(id, pool, now)
+  if balance and balance < tonumber(budgets().min or 0) then
+    new = 'halted'
+  else
+    redis.call('HDEL', agent, 'halted')
+    outcome = 'resumed'
+    out.channel = K.agent_channel .. id
+    out.message = encode.resume(balance or 0)
+    local channel = redis.call('HGET', K.settings, 'healthChannel')
+    if channel then
+      redis.call('PUBLISH', channel, encode.budget_event('agent_resumed', id, balance or 0, now))
+    end
+  end
+end
 redis.call('HSET', agent, 'status', new, 'load', A.load, 'lastHeartbeat', now)
 if A.memory ~= '' then
   redis.call('HSET', agent, 'memory', A.memory, 'cpu', A.cpu, 'network', A.network)
@@ -37,4 +56,4 @@ end
 redis.call('ZADD', hb, now, id)
 move(counts, pool, old, new)
 refresh_available(id, pool)
-return reply(outcome, {pool = pool})
+return reply(outcome, out)

@@ -17,6 +17,10 @@ if replayed() then return reply('replay') end
 local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
 local id, pool, now = A.id, A.pool, A.now
 
+-- Its budget outlives its registration: one spent below the minimum leaves
+-- it halted (no pre-rendered reply then: it says idle).
+local balance = budget(id, pool, now)
+local halted = balance and balance < tonumber(budgets().min or 0)
 local cur = redis.call('HMGET', agent, 'status', 'pool', 'registeredAt', 'tasksCompleted',
   'avgTaskTime', 'successRate', 'failures', 'recoveryAttempts', 'instance', 'health',
   'quarantinedUntil', 'probation')
@@ -70,15 +74,24 @@ else
     redis.call('DEL', K.history .. id)
   end
   -- The pre-rendered reply assumes a fresh record: not for a restored one.
-  if A.reply_channel ~= '' and not restored then
+  if A.reply_channel ~= '' and not restored and not halted then
     redis.call('PUBLISH', A.reply_channel, A.reply)
     redis.call('PUBLISH', A.event_channel, A.event)
     outcome = 'announced'
   end
 end
 redis.call('ZADD', hb, now, id)
-move(counts, pool, old, 'idle')
+local out = {}
+if halted then
+  redis.call('HSET', agent, 'status', 'halted', 'halted', '1')
+  move(counts, pool, old, 'halted')
+  out = {halted = balance, channel = K.agent_channel .. id,
+    message = encode.halt(balance, budgets().unit or '')}
+else
+  redis.call('HDEL', agent, 'halted')
+  move(counts, pool, old, 'idle')
+end
 refresh_available(id, pool)
-return reply(outcome, {registeredAt = cur[3], tasksCompleted = cur[4], avgTaskTime = cur[5],
+return reply(outcome, out, {registeredAt = cur[3], tasksCompleted = cur[4], avgTaskTime = cur[5],
   successRate = cur[6], failures = cur[7], recoveryAttempts = cur[8], requeued = orphaned.queued, dead = orphaned.dead, poisoned = orphaned.poison,
   health = cur[10] or '100', quarantinedUntil = cur[11] or '0', probation = cur[12] or '0'})
