@@ -223,6 +223,30 @@ async fn task_commands_submit_show_cancel_and_list_dead_letters() {
         tokio::task::block_in_place(|| run(s(&["dead-letters", "list", "--url", &base])));
     assert!(ok);
     assert_eq!(out.trim(), "[]");
+    let (ok, out, _) = tokio::task::block_in_place(|| run(s(&["poison", "list", "--url", &base])));
+    assert!(ok);
+    assert_eq!(out.trim(), "[]");
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| run(s(&["poison", "requeue", "--url", &base, &id])));
+    assert!(!ok && err.contains("not_poison"), "{err}");
+
+    // Budgets: the shipped allowance, a top-up, an agent that is not there.
+    let mut a = h.agent("cli-budget", PoolType::Coder).await;
+    a.register(Duration::from_secs(5)).await.unwrap();
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| run(s(&["budget", "show", "--url", &base, "cli-budget"])));
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["balance"], h.config.budgets.allowance, "{v}");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(s(&["budget", "topup", "--url", &base, "cli-budget", "500"]))
+    });
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["balance"], h.config.budgets.allowance + 500.0, "{v}");
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| run(s(&["budget", "reset", "--url", &base, "nobody"])));
+    assert!(!ok && err.contains("not_found"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

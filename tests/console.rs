@@ -279,6 +279,7 @@ async fn the_console_in_a_real_browser() {
 
     for (page, name) in [
         ("#/dead-letters", "dead-letters"),
+        ("#/poison", "poison"),
         ("#/scaling", "scaling"),
         ("#/tasks", "tasks"),
     ] {
@@ -300,7 +301,12 @@ async fn the_console_in_a_real_browser() {
     go(&c, &base, "#/agents/coder-0").await;
     c.refresh().await.unwrap();
     text_when(&c, "#agent-status", |t| !t.is_empty()).await;
-    assert_eq!(count(&c, "#drain-agent").await, 0);
+    // The agent's budget (the shipped allowance, untouched), without a top-up.
+    text_when(&c, "#agent-budget", |t| {
+        t.contains("of 1000000 tokens left")
+    })
+    .await;
+    assert_eq!(count(&c, "#drain-agent, #top-up").await, 0);
     go(&c, &base, "#/scaling").await;
     c.refresh().await.unwrap();
     text_when(&c, "#pools tbody", |t| t.contains("coder")).await;

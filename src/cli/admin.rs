@@ -2,7 +2,9 @@
 //! `dead-letters` (the HTTP API) and `config check`. Each returns whether
 //! it succeeded.
 
-use super::{base_url, call, load, DeadLetterAction, DrainTarget, PoisonAction, TaskAction};
+use super::{
+    base_url, call, load, BudgetAction, DeadLetterAction, DrainTarget, PoisonAction, TaskAction,
+};
 use anyhow::Context;
 use fleet_protocol::status::render;
 use fleet_store::Keys;
@@ -169,6 +171,30 @@ pub(crate) async fn poison(
         }
         PoisonAction::Requeue { id } => {
             call(http.post(format!("{base}/v1/poison/{id}/requeue"))).await?
+        }
+    }
+    Ok(true)
+}
+
+pub(crate) async fn budget(
+    config: &Path,
+    action: BudgetAction,
+    url: Option<String>,
+) -> anyhow::Result<bool> {
+    let base = base_url(config, url)?;
+    let http = super::tokens::http_client()?;
+    let at = |agent: &str| format!("{base}/v1/agents/{agent}/budget");
+    let change = |agent: &str, body: serde_json::Value| http.post(at(agent)).json(&body);
+    match action {
+        BudgetAction::Show { agent } => call(http.get(at(&agent))).await?,
+        BudgetAction::Topup { agent, amount } => {
+            call(change(&agent, serde_json::json!({"topUp": amount}))).await?
+        }
+        BudgetAction::Reset { agent } => {
+            call(change(&agent, serde_json::json!({"reset": true}))).await?
+        }
+        BudgetAction::Allowance { agent, amount } => {
+            call(change(&agent, serde_json::json!({"allowance": amount}))).await?
         }
     }
     Ok(true)

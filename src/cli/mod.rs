@@ -78,6 +78,14 @@ pub(crate) enum Command {
         #[arg(long, global = true)]
         url: Option<String>,
     },
+    /// An agent's budget: show it, top it up, reset it, or give it an
+    /// allowance of its own (a halted agent back above the minimum resumes).
+    Budget {
+        #[command(subcommand)]
+        action: BudgetAction,
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Keys: the commander's own, and agents' and submitters' credentials.
     Keys {
         #[command(subcommand)]
@@ -241,6 +249,18 @@ pub(crate) enum DeadLetterAction {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum BudgetAction {
+    /// Balance, allowance, spent and when the window renews.
+    Show { agent: String },
+    /// Add AMOUNT to the balance.
+    Topup { agent: String, amount: f64 },
+    /// Balance back to the allowance, a new window from now.
+    Reset { agent: String },
+    /// An allowance of the agent's own (instead of its pool's), and a reset.
+    Allowance { agent: String, amount: f64 },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum PoisonAction {
     /// Poison tasks, most recent first.
     List,
@@ -281,6 +301,7 @@ pub(crate) async fn execute(
         Command::Drain { target, url } => admin::drain(config, target, url).await,
         Command::DeadLetters { action, url } => admin::dead_letters(config, action, url).await,
         Command::Poison { action, url } => admin::poison(config, action, url).await,
+        Command::Budget { action, url } => admin::budget(config, action, url).await,
         Command::Config {
             action: ConfigAction::Check { file },
         } => admin::config_check(&file),

@@ -420,10 +420,22 @@ async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
         (TaskEventKind::TaskRequeued, "a1", 1)
     );
 
+    // a1 was not heard from since it got the task: it may have died of it,
+    // so the task waits out the failure window before anyone else gets it.
+    let held = s.tasks.get(&mut s.conn, &id).await.unwrap().unwrap();
+    assert_eq!(held.state, fleet_protocol::task::TaskState::Retrying);
+    assert_eq!(
+        s.tasks
+            .release_delayed(&mut s.conn, later + 500, 10)
+            .await
+            .unwrap(),
+        1
+    );
+
     // Another agent takes it and leaves: taken back, and announced the same way.
     s.agent("a2", 1).await;
     s.tasks
-        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, later + 500)
         .await
         .unwrap();
     let ev = next::<TaskEvent>(&mut allocation).await;

@@ -69,10 +69,27 @@ class Task:
     timeout_ms: int
     payload: Any
     _agent: "Agent" = field(repr=False)
+    #: What this attempt consumed (budget units), reported with its result.
+    usage: float = 0.0
 
-    async def progress(self, fraction: float) -> None:
-        """Tells the commander the work goes on (renews the lease)."""
-        await self._agent.report("task_progress", self.task_id, self.attempt, progress=fraction)
+    async def progress(self, fraction: Optional[float] = None, step: Optional[int] = None) -> None:
+        """Tells the commander the work goes on (renews the lease). With a
+        progress timeout, only a ``step`` higher than the last one counts as
+        progress: an agent repeating a step is found stuck."""
+        fields: Dict[str, Any] = {}
+        if fraction is not None:
+            fields["progress"] = fraction
+        if step is not None:
+            fields["step"] = step
+        if not fields:
+            raise ValueError("give a fraction (0..1), a step, or both")
+        await self._agent.report("task_progress", self.task_id, self.attempt, **fields)
+
+    def spend(self, amount: float) -> None:
+        """Counts ``amount`` budget units as consumed by this attempt."""
+        if amount < 0:
+            raise ValueError("usage is never negative")
+        self.usage += amount
 
 
 Handler = Callable[[Task], Awaitable[Any]]
@@ -122,6 +139,8 @@ class Agent:
         # times sent. Re-sent at every heartbeat, RESEND_TRIES times at most.
         self._unacked: Dict[Tuple[str, int], Tuple[str, Dict[str, Any], int]] = {}
         self._drained = asyncio.Event()
+        # Set while the commander has halted this agent (its budget is spent).
+        self.halted = False
         self._seq = 0
         self._background: set = set()
 
@@ -294,6 +313,13 @@ class Agent:
             t = self._running.get((msg["taskId"], int(msg["attempt"])))
             if t is not None:
                 t.cancel()
+        elif kind == "halt":
+            log.warning("halted: budget below its minimum (balance %s %s); no new work until resumed",
+                        msg.get("balance"), msg.get("unit"))
+            self.halted = True
+        elif kind == "resume":
+            log.info("resumed: budget balance %s", msg.get("balance"))
+            self.halted = False
         elif kind == "drain":
             log.info("drained (%s): finishing what is held, then leaving", msg.get("reason"))
             self._drained.set()
@@ -313,9 +339,11 @@ class Agent:
         except asyncio.CancelledError:
             return  # cancelled by the commander (or stopping): no report
         except Exception as e:  # the task failed, not the agent
-            await self._result("task_fail", task, error=f"{type(e).__name__}: {e}")
+            used = {"usage": task.usage} if task.usage else {}
+            await self._result("task_fail", task, error=f"{type(e).__name__}: {e}", **used)
             return
-        await self._result("task_complete", task, result=result)
+        used = {"usage": task.usage} if task.usage else {}
+        await self._result("task_complete", task, result=result, **used)
 
     # ---- the whole life ----
 

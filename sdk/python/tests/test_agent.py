@@ -211,3 +211,37 @@ def test_the_signing_format_round_trips_and_refuses_tampering():
     with pytest.raises(Refused) as e:
         check.check("ch", body)
     assert e.value.reason == "unsigned"
+
+
+def test_steps_and_usage_are_reported_and_a_spent_budget_halts_until_topped_up(fleet):
+    cred = fleet.issue("py-spend", "ui")
+
+    async def main() -> None:
+        agent = Agent(fleet.redis_url, cred)
+
+        @agent.task
+        async def handle(task):
+            for step in (1, 2, 3):
+                await task.progress(step=step)
+            task.spend(task.payload["cost"])
+            return {"ok": True}
+
+        stop = asyncio.Event()
+        run = asyncio.create_task(agent.run(stop))
+        await until(lambda: fleet.get("/v1/agents/py-spend")[0] == 200, "py-spend registered")
+        _, b = fleet.get("/v1/agents/py-spend/budget")
+        # Spend all but 500 of the allowance: below the 1000 minimum.
+        tid = fleet.submit({"pool": "ui", "payload": {"cost": b["allowance"] - 500}})
+        await until(state(fleet, tid, "completed"), "the task completed")
+        assert fleet.task(tid)["usage"] == b["allowance"] - 500
+        await until(lambda: fleet.get("/v1/agents/py-spend")[1]["status"] == "halted", "halted")
+        await until(lambda: agent.halted, "the agent heard its halt")
+        code, v = fleet.request("POST", "/v1/agents/py-spend/budget", {"topUp": 10000})
+        assert code == 200 and v["resumed"] is True, v
+        await until(lambda: not agent.halted, "the agent heard its resume")
+        tid = fleet.submit({"pool": "ui", "payload": {"cost": 1}})
+        await until(state(fleet, tid, "completed"), "a task after the top-up")
+        stop.set()
+        await asyncio.wait_for(run, WAIT)
+
+    asyncio.run(main())

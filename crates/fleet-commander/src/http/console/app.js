@@ -7,8 +7,8 @@
 const POOLS = ["coder", "tester", "reviewer", "architect", "researcher", "analyst", "optimizer",
   "security", "performance", "ui", "mobile", "devops", "database", "network", "infrastructure",
   "coordinator"];
-const STATUSES = ["idle", "active", "busy", "failed", "recovering"];
-const STATES = ["queued", "assigned", "running", "retrying", "completed", "dead", "cancelled"];
+const STATUSES = ["idle", "active", "busy", "failed", "recovering", "halted"];
+const STATES = ["queued", "assigned", "running", "retrying", "completed", "dead", "cancelled", "poison"];
 const PAGE = 50;
 const TRUNCATE = 4000;
 
@@ -118,7 +118,7 @@ async function act(question, method, path, body, done) {
 
 function frame() {
   const pages = [["#/", "Overview"], ["#/agents", "Agents"], ["#/tasks", "Tasks"],
-    ["#/dead-letters", "Dead letters"], ["#/scaling", "Scaling"]];
+    ["#/dead-letters", "Dead letters"], ["#/poison", "Poison"], ["#/scaling", "Scaling"]];
   if (role() === "admin") pages.push(["#/audit", "Audit log"]);
   const here = "#/" + (location.hash.slice(2).split(/[/?]/)[0] || "");
   $("#nav").replaceChildren(...(session.signedIn ? pages.map(([h, t]) =>
@@ -199,7 +199,7 @@ async function route() {
   const { parts, params } = parseHash();
   const pages = {
     "": overview, agents: parts[1] ? agentPage : agentsPage, tasks: parts[1] ? taskPage : tasksPage,
-    "dead-letters": deadPage, scaling: scalingPage, audit: auditPage,
+    "dead-letters": heldPage("dead"), poison: heldPage("poison"), scaling: scalingPage, audit: auditPage,
   };
   const page = pages[parts[0] || ""] || overview;
   mounts += 1;
@@ -432,17 +432,29 @@ function agentPage(main, parts) {
         get(`/v1/tasks?agent=${encodeURIComponent(id)}&state=running&limit=50`),
         get(`/v1/tasks?agent=${encodeURIComponent(id)}&limit=20`)]);
       const assigned = await get(`/v1/tasks?agent=${encodeURIComponent(id)}&state=assigned&limit=50`);
+      const budget = await get(`/v1/agents/${encodeURIComponent(id)}/budget`);
       const h = a.health, now = Date.now();
+      const topUp = async () => {
+        const amount = Number(prompt(`Top up agent ${id}'s budget by how many ${budget.unit}?`, String(budget.allowance)));
+        if (!(amount > 0)) return;
+        act(`Add ${amount} ${budget.unit} to agent ${id}'s budget?`, "POST",
+          `/v1/agents/${encodeURIComponent(id)}/budget`, { topUp: amount }, `Agent ${id} topped up by ${amount}`);
+      };
       body.replaceChildren(
         mayAct() && a.status !== "failed" && !a.draining ? el("div", { class: "actions" },
           el("button", { id: "drain-agent", class: "danger",
             onclick: () => act(`Drain agent ${id}? It takes no new tasks, finishes what it holds, then leaves.`,
-              "POST", `/v1/agents/${encodeURIComponent(id)}/drain`, undefined, `Agent ${id} is draining`) }, "Drain")) : "",
+              "POST", `/v1/agents/${encodeURIComponent(id)}/drain`, undefined, `Agent ${id} is draining`) }, "Drain"),
+          budget.allowance > 0 ? el("button", { id: "top-up", onclick: topUp }, "Top up budget") : "") : "",
         kv([["pool", a.pool], ["status", el("span", { id: "agent-status", class: "status-" + a.status }, a.status)],
           ["draining", a.draining ? "yes" : "no"], ["capabilities", a.capabilities.join(", ")],
           ["capacity", a.capacity], ["load", a.load], ["priority", a.priority], ["registered", when(a.registeredAt)],
           ["health score", h.score], ["failures", h.failures], ["last heartbeat", `${when(h.lastHeartbeat)} (${ago(h.lastHeartbeat)})`],
           ["quarantine", h.quarantinedUntil > now ? `until ${when(h.quarantinedUntil)}` : "no"],
+          ["stuck", h.stuck ? `${h.stuck} time(s), last ${when(h.stuckAt)}` : "never"],
+          ["budget", el("span", { id: "agent-budget" }, budget.allowance > 0
+            ? `${budget.balance} of ${budget.allowance} ${budget.unit} left (spent ${budget.spent}; halted below ${budget.minBalance}${budget.windowEnds ? `; renews ${when(budget.windowEnds)}` : ""})`
+            : "none")],
           h.probation ? ["probation", "yes: one task at a time until its score recovers"] : null,
           ["tasks completed", a.performance.tasksCompleted], ["success rate", a.performance.successRate],
           ["average task time", `${a.performance.avgTaskTime} ms`]]),
@@ -518,19 +530,27 @@ function taskPage(main, parts) {
   };
 }
 
-function deadPage(main) {
-  const body = el("div");
-  main.replaceChildren(el("h1", {}, "Dead letters"), body);
-  return {
-    async refresh() {
-      const list = await get("/v1/dead-letters");
-      body.replaceChildren(table(["task", "client id", "pool", "attempts", "error", "died", ""],
-        list.map(t => [taskLink(t.id), t.clientId || "", t.pool, t.attempt, { wrap: clip(t.error || "") }, when(t.updatedAt),
-          mayAct() ? el("button", { class: "requeue", "data-task": t.id,
-            onclick: () => act(`Requeue task ${t.id} with fresh retries?`, "POST",
-              `/v1/dead-letters/${encodeURIComponent(t.id)}/requeue`, undefined, `Task ${t.id} requeued`) }, "Requeue") : ""]),
-        "dead-letters"));
-    }
+// Tasks held aside until an operator acts: dead letters (out of retries)
+// and poison (they took down too many agents).
+function heldPage(which) {
+  const [title, path, note] = which === "dead"
+    ? ["Dead letters", "/v1/dead-letters", "Out of retries (or over their maxCost)."]
+    : ["Poison", "/v1/poison", "Each took down tasks.poison_after agents (dead, restarted or stuck on it); requeue once fixed."];
+  return (main) => {
+    const body = el("div");
+    main.replaceChildren(el("h1", {}, title), el("p", { class: "muted" }, note), body);
+    return {
+      async refresh() {
+        const list = await get(path);
+        body.replaceChildren(table(["task", "client id", "pool", "attempts", "agents taken down", "error", "since", ""],
+          list.map(t => [taskLink(t.id), t.clientId || "", t.pool, t.attempt, t.casualties || 0, { wrap: clip(t.error || "") },
+            when(t.updatedAt),
+            mayAct() ? el("button", { class: "requeue", "data-task": t.id,
+              onclick: () => act(`Requeue task ${t.id} with fresh retries?`, "POST",
+                `${path}/${encodeURIComponent(t.id)}/requeue`, undefined, `Task ${t.id} requeued`) }, "Requeue") : ""]),
+          which === "dead" ? "dead-letters" : "poison"));
+      }
+    };
   };
 }
 
