@@ -104,6 +104,7 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
                 work: Duration::from_millis(1),
                 fail_fraction: 0.1,
                 die_fraction: 0.05,
+                usage: 0.0,
             },
             spawner: false,
             churn_per_sec: 0.0,

@@ -253,6 +253,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
                 work: Duration::from_millis(5),
                 fail_fraction: 0.1,
                 die_fraction: 0.01,
+                usage: 1.0,
             },
             spawner: false,
             churn_per_sec: 2.0,

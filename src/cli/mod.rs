@@ -181,6 +181,9 @@ pub(crate) struct SimArgs {
     /// completed by another agent once the death is detected).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) die_fraction: f64,
+    /// Budget units each completed attempt reports consuming (usage).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) usage: f64,
     /// Act on the commander's scale requests: start agents on scale_up.
     #[arg(long)]
     pub(crate) spawner: bool,

@@ -75,6 +75,9 @@ pub struct TaskLoad {
     /// Fraction of attempts during which the agent dies (stops heartbeating
     /// and never reports); the commander must give the task to another.
     pub die_fraction: f64,
+    /// Budget units each completed attempt reports consuming (`usage`; 0:
+    /// none reported).
+    pub usage: f64,
 }
 
 /// What the task load measured.
@@ -1264,7 +1267,8 @@ impl LoadState {
         stop: &CancellationToken,
     ) -> fleet_agent::Work {
         let me = self.clone();
-        let (work, fail, die) = (load.work, load.fail_fraction, load.die_fraction);
+        let (work, fail, die, usage) =
+            (load.work, load.fail_fraction, load.die_fraction, load.usage);
         let (agent_id, stop) = (agent_id.to_string(), stop.clone());
         Arc::new(move |a: fleet_agent::Assignment| {
             let me = me.clone();
@@ -1308,7 +1312,12 @@ impl LoadState {
                 if n >= me.sent.len() {
                     me.all_done.notify_one();
                 }
-                fleet_agent::Outcome::Complete(serde_json::Value::Null)
+                let done = fleet_agent::Outcome::Complete(serde_json::Value::Null);
+                if usage > 0.0 {
+                    fleet_agent::Outcome::Used(Box::new(done), usage)
+                } else {
+                    done
+                }
             })
         })
     }
