@@ -28,10 +28,11 @@ for ((i = 1; i <= rounds; i++)); do
     fi
     export REDIS_URL="redis://127.0.0.1:$port" FLEET_HTTP_ADDR="127.0.0.1:$http" RUST_LOG=warn FLEET_COMMANDER_KEY="$dir/commander.key"
     "$bin" --config "$dir/fleet.toml" run & cmd=$!
+    trap 'kill $cmd 2>/dev/null; redis-cli -p "$port" shutdown nosave >/dev/null 2>&1' EXIT
     until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
     "$bin" --config "$dir/fleet.toml" sim --agents 1000 --status-queries 10 --tasks 10000 --usage "$usage" --report "$out/sat-$mode-$i.json" >/dev/null
     "$bin" --config "$dir/fleet.toml" sim --agents 1000 --status-queries 10 --tasks 1000 --task-rate 200 --usage "$usage" --report "$out/paced-$mode-$i.json" >/dev/null
-    spent=$(redis-cli -p "$port" --scan --pattern 'swarm:phase-1:budget:*' | head -1000 | while read -r k; do redis-cli -p "$port" hget "$k" spent; done | python3 -c 'import sys; print(sum(float(x) for x in sys.stdin if x.strip()))')
+    spent=$(curl -sf "http://127.0.0.1:$http/metrics" | awk '/^fleet_budget_usage_total/ { print $2 }')
     kill $cmd; wait $cmd 2>/dev/null || true
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"
     python3 - "$out" "$mode" "$i" "$spent" <<'PY'

@@ -71,6 +71,8 @@ pub struct Agent {
     instance: String,
     /// Signs what the agent sends (None: the commander runs open).
     signer: Option<Signer>,
+    /// Halted by the commander (its budget is spent) until resumed.
+    halted: bool,
 }
 
 /// The agent's own channel: read in place (no relay task), resubscribed
@@ -185,6 +187,7 @@ impl Agent {
                 refused: 0,
             },
             signer: None,
+            halted: false,
             pending: Default::default(),
             seq: 0,
             instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -197,6 +200,12 @@ impl Agent {
         self.signer = Some(c.signer());
         self.inbox.check = Some(c.commander_check());
         self
+    }
+
+    /// Whether the commander has halted this agent (`halt`: its budget is
+    /// spent) and not yet resumed it; [`Agent::run_with`] keeps track.
+    pub fn halted(&self) -> bool {
+        self.halted
     }
 
     /// Messages ignored because the commander did not sign them.
@@ -538,6 +547,14 @@ impl Agent {
                 Wake::Message(ToAgent::Drain { reason, .. }) => {
                     info!(agent_id = %self.spec.id, reason, tasks = jobs.running.len(), "draining");
                     draining = true;
+                }
+                Wake::Message(ToAgent::Halt { balance, unit, .. }) => {
+                    warn!(agent_id = %self.spec.id, balance, unit, "halted: budget below its minimum; no new work until resumed");
+                    self.halted = true;
+                }
+                Wake::Message(ToAgent::Resume { balance, .. }) => {
+                    info!(agent_id = %self.spec.id, balance, "resumed: budget above its minimum");
+                    self.halted = false;
                 }
                 Wake::Message(other) => debug!(?other, "message from the commander"),
                 Wake::Done((task_id, attempt, outcome)) => {
