@@ -5,6 +5,7 @@ pub(crate) mod acl;
 pub(crate) mod admin;
 pub(crate) mod audit;
 pub(crate) mod fleet;
+pub(crate) mod governance;
 pub(crate) mod keys;
 pub(crate) mod tokens;
 
@@ -95,6 +96,12 @@ pub(crate) enum Command {
     Tokens {
         #[command(subcommand)]
         action: tokens::TokensAction,
+    },
+    /// Governed actions: proposals, votes, sealed decisions (verify one
+    /// with `show`).
+    Governance {
+        #[command(subcommand)]
+        action: governance::GovernanceAction,
     },
     /// The audit log: list, verify the chain, trim.
     Audit {
@@ -298,6 +305,7 @@ pub(crate) async fn execute(
         Command::Acl(args) => acl::acl(config, args).await,
         Command::Tokens { action } => tokens::tokens(config, action).await,
         Command::Audit { action } => audit::audit_cmd(config, action).await,
+        Command::Governance { action } => governance::governance_cmd(config, action).await,
         Command::Status { json } => admin::status(config, json).await,
         Command::Task { action, url } => admin::task(config, action, url).await,
         Command::Scale { pool, size, url } => admin::scale(config, pool, size, url).await,

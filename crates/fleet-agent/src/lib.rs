@@ -411,6 +411,29 @@ impl Agent {
         self.send_report(ReportKind::Progress, body).await
     }
 
+    /// A validator's vote on a proposal (announced on the governance
+    /// channel with its `hash`), signed like everything the agent sends.
+    pub async fn vote(
+        &mut self,
+        proposal_id: &str,
+        choice: fleet_protocol::governance::Choice,
+        hash: &str,
+        reason: &str,
+    ) -> Result<(), AgentError> {
+        let msg = Tagged {
+            v: VERSION,
+            kind: "vote",
+            body: fleet_protocol::governance::Vote {
+                proposal_id: proposal_id.into(),
+                agent_id: self.spec.id.clone(),
+                vote: choice,
+                hash: hash.into(),
+                reason: reason.into(),
+            },
+        };
+        self.send(self.channels.governance(), &msg).await
+    }
+
     /// A report with every field the caller's to set (`usage`, `step`, ...).
     pub async fn send_report(
         &mut self,

@@ -117,6 +117,7 @@ async fn reap(shared: &Shared, conn: &mut Conn) -> Result<(), StoreError> {
         take_back(shared, conn, &id, handled, Takeback::Stuck, &mut stuck).await?;
     }
     shared.on_orphans(stuck, "stuck");
+    crate::governance::expire(shared).await?;
     let poison = shared.tasks.held_count(conn, Held::Poison).await?;
     metrics::gauge!(m::POISON_TASKS).set(poison as f64);
     Ok(())

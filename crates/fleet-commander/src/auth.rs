@@ -51,6 +51,26 @@ pub(crate) struct Seal {
 }
 
 impl Seal {
+    /// The signed message as it was published (header line and body), for
+    /// a record that anyone with the sender's public key can check again.
+    pub(crate) fn message(&self) -> String {
+        // The signing input is `FC1\n<channel>\n<kid>\n<ts>\n<nonce>\n<body>`.
+        let body = self
+            .input
+            .splitn(6, |b| *b == b'\n')
+            .nth(5)
+            .unwrap_or_default();
+        let sig = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.sig);
+        format!(
+            "{} {} {} {} {sig}\n{}",
+            auth::MAGIC,
+            self.kid,
+            self.ts,
+            self.nonce,
+            String::from_utf8_lossy(body)
+        )
+    }
+
     pub(crate) fn new(channel: &str, s: &Signed<'_>) -> Seal {
         Seal {
             kid: s.kid.to_string(),
@@ -89,6 +109,10 @@ fn claim(msg: &Inbound) -> Claim<'_> {
             pool: None,
         },
         Inbound::Report(_, m) => Claim::Agent {
+            agent_id: &m.agent_id,
+            pool: None,
+        },
+        Inbound::Vote(m) => Claim::Agent {
             agent_id: &m.agent_id,
             pool: None,
         },

@@ -37,6 +37,9 @@ pub struct Config {
     /// Agents' budgets (issue 18): what each may consume per window.
     #[serde(default)]
     pub budgets: BudgetConfig,
+    /// Actions that need a quorum of validators' votes (issue 18).
+    #[serde(default)]
+    pub governance: GovernanceConfig,
     #[serde(deserialize_with = "pools_by_name")]
     pub pools: BTreeMap<PoolType, PoolConfig>,
     /// The file this came from; the commander watches it and applies edits
@@ -514,6 +517,38 @@ pub struct PoolConfig {
     pub budget: Option<f64>,
 }
 
+/// The actions `[governance] actions` may name.
+pub const GOVERNABLE: &[&str] = &["drain_pool"];
+
+/// `[governance]`: the actions named here become proposals that the
+/// validator agents (capability `validator`, weight from a `weight:N`
+/// capability, else 1) vote on; each runs only once the weighted `allow`
+/// reaches `quorum` of the validators' total weight, before `deadline_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceConfig {
+    pub actions: Vec<String>,
+    /// Share of the registered validators' total weight that must allow.
+    pub quorum: f64,
+    pub deadline_ms: u64,
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        GovernanceConfig {
+            actions: Vec::new(),
+            quorum: 2.0 / 3.0,
+            deadline_ms: 30_000,
+        }
+    }
+}
+
+impl GovernanceConfig {
+    pub fn governs(&self, action: &str) -> bool {
+        self.actions.iter().any(|a| a == action)
+    }
+}
+
 /// `[budgets]`: each agent may consume `allowance` (its pool's `budget`, or
 /// this default; 0: no budget) per window; agents report what each attempt
 /// consumed (`usage`), debited with its result. Below `min_balance` the
@@ -770,6 +805,7 @@ impl Config {
         }
         self.validate_tasks()?;
         self.validate_budgets()?;
+        self.validate_governance()?;
         let ha = &self.ha;
         if !(50..=60_000).contains(&ha.renew_ms) {
             return err(
@@ -938,6 +974,32 @@ impl Config {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_governance(&self) -> Result<(), (String, String)> {
+        let g = &self.governance;
+        if !(g.quorum > 0.5 && g.quorum <= 1.0) {
+            return Err((
+                "governance.quorum".into(),
+                format!("must be above 0.5 and at most 1, got {}", g.quorum),
+            ));
+        }
+        if !(100..=3_600_000).contains(&g.deadline_ms) {
+            return Err((
+                "governance.deadline_ms".into(),
+                format!("must be 100..=3600000, got {}", g.deadline_ms),
+            ));
+        }
+        if let Some(a) = g.actions.iter().find(|a| !GOVERNABLE.contains(&a.as_str())) {
+            return Err((
+                "governance.actions".into(),
+                format!(
+                    "unknown action {a:?}; governable: {}",
+                    GOVERNABLE.join(", ")
+                ),
+            ));
         }
         Ok(())
     }

@@ -46,6 +46,7 @@ pub struct Shared {
     pub keys: Keys,
     pub registry: Registry,
     pub tasks: TaskStore,
+    pub governance: fleet_store::governance::Governance,
     /// One multiplexed, self-reconnecting connection: concurrent commands
     /// from every handler are pipelined on it.
     pub redis: Conn,
@@ -117,6 +118,7 @@ impl Shared {
             signer,
             registry: Registry::new(keys.clone(), epoch),
             tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
+            governance: fleet_store::governance::Governance::new(keys.clone()),
             keys,
             redis: base.redis.clone(),
             reads: base.reads.clone(),

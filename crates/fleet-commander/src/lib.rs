@@ -27,6 +27,7 @@ mod supervise;
 mod allocator;
 mod auth;
 mod breaker;
+mod governance;
 mod health;
 mod heard;
 mod leader;

@@ -37,6 +37,13 @@ pub const POISON_TASKS: &str = "fleet_poison_tasks";
 pub const AGENTS_STUCK: &str = "fleet_agents_stuck_total";
 pub const PROGRESS_REPEATED: &str = "fleet_task_progress_repeated_total";
 pub const BUDGET_USAGE: &str = "fleet_budget_usage_total";
+pub const VALIDATORS: &str = "fleet_validators";
+pub const VALIDATORS_LIVE: &str = "fleet_validators_live";
+pub const BYZANTINE_TOLERANCE: &str = "fleet_byzantine_tolerance";
+pub const PROPOSALS: &str = "fleet_proposals_total";
+pub const PROPOSAL_SECONDS: &str = "fleet_proposal_decision_seconds";
+pub const VOTES: &str = "fleet_votes_total";
+pub const VOTES_REJECTED: &str = "fleet_votes_rejected_total";
 pub const AGENTS_HALTED: &str = "fleet_agents_halted_total";
 pub const AGENTS_RESUMED: &str = "fleet_agents_resumed_total";
 pub const BUDGET_TOPUPS: &str = "fleet_budget_topups_total";
@@ -100,6 +107,15 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    // Votes come over seconds: 1 ms to 2 min.
+                    b.set_buckets_for_metric(
+                        Matcher::Full(PROPOSAL_SECONDS.into()),
+                        &[
+                            0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+                        ],
+                    )
+                })
                 .expect("static buckets are valid");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -228,6 +244,15 @@ fn describe() {
     );
     c!(BUDGET_TOPUPS, "Budget top-ups and resets by operators.");
     c!(
+        PROPOSALS,
+        "Governance proposals, by outcome (opened, refused, allowed, denied, quarantined, expired)."
+    );
+    c!(VOTES, "Validators' votes counted, by vote.");
+    c!(
+        VOTES_REJECTED,
+        "Votes refused, by reason (not_validator, duplicate, late, wrong_hash, unknown)."
+    );
+    c!(
         TASKS_OVER_BUDGET,
         "Tasks dead-lettered as over_budget: an attempt used more than the task's maxCost."
     );
@@ -258,6 +283,12 @@ fn describe() {
     g!(AGENTS, "Registered agents, by pool and status.");
     g!(AGENTS_QUARANTINED, "Agents in quarantine (given no tasks).");
     g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
+    g!(VALIDATORS, "Registered validator agents (n).");
+    g!(VALIDATORS_LIVE, "Validator agents live now.");
+    g!(
+        BYZANTINE_TOLERANCE,
+        "Lying validators a 2/3 quorum tolerates: f = (n-1)/3."
+    );
     g!(
         POISON_TASKS,
         "Tasks held as poison, waiting for an operator."
@@ -309,6 +340,11 @@ fn describe() {
         UPTIME,
         metrics::Unit::Seconds,
         "Seconds since the commander started."
+    );
+    h!(
+        PROPOSAL_SECONDS,
+        metrics::Unit::Seconds,
+        "Governance proposals: opened to decided (by the votes or the deadline)."
     );
     h!(
         SUBMIT_REPLICATION_SECONDS,

@@ -107,6 +107,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     Registry::load_scripts(&mut redis).await?;
     TaskStore::load_scripts(&mut redis).await?;
+    fleet_store::governance::Governance::load_scripts(&mut redis).await?;
     Lease::load_scripts(&mut redis).await?;
 
     let addr = config.http.addr;

@@ -66,7 +66,7 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
         backoff = Duration::from_millis(50);
         shared.listening_since.store(now_ms(), Ordering::Release);
         shared.heard.hearing(Deafness::Unsubscribed, now_ms());
-        info!("listening on the registry, health, fleet, tasks and results channels");
+        info!("listening on the registry, health, fleet, tasks, results and governance channels");
         let mut stream = ps.on_message();
         loop {
             let msg = tokio::select! {
@@ -173,7 +173,7 @@ pub(crate) async fn ticker(shared: Arc<Shared>) {
 /// Decodes a payload and sends it to its handler.
 struct Router {
     shared: Arc<Shared>,
-    channels: [(String, Channel); 5],
+    channels: [(String, Channel); 6],
     keys_channel: String,
     ticks_channel: String,
     senders: Vec<mpsc::Sender<Envelope>>,
@@ -197,6 +197,7 @@ impl Router {
                 (c.fleet(), Channel::Fleet),
                 (c.tasks(), Channel::Tasks),
                 (c.results(), Channel::Results),
+                (c.governance(), Channel::Governance),
             ],
             senders,
             max_bytes: shared.config().fleet.max_message_bytes,

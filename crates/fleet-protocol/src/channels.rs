@@ -53,6 +53,11 @@ impl Channels {
     pub fn results(&self) -> String {
         format!("{}:results", self.prefix)
     }
+    /// Governed actions: the commander's proposals and decisions out,
+    /// validators' signed votes in.
+    pub fn governance(&self) -> String {
+        format!("{}:governance", self.prefix)
+    }
     /// The commander's own: a key was issued, rotated or revoked (a hint to
     /// reload the key store; the store itself is the truth).
     pub fn keys(&self) -> String {

@@ -180,6 +180,8 @@ pub enum Inbound {
     StatusRequest(StatusRequest),
     TaskSubmit(TaskSubmit),
     Report(ReportKind, TaskReport),
+    /// A validator's signed vote on a proposal.
+    Vote(crate::governance::Vote),
     /// A request whose fields do not parse (a mistyped field) but whose
     /// sender can be answered: it gets `invalid_fields` with the detail.
     Misfit(Misfit),
@@ -209,6 +211,7 @@ impl Inbound {
             Inbound::Deregister(m) => Some(&m.agent_id),
             Inbound::Heartbeat(m) => Some(&m.agent_id),
             Inbound::Report(_, m) => Some(&m.agent_id),
+            Inbound::Vote(m) => Some(&m.agent_id),
             Inbound::Misfit(Misfit::Register { agent_id, .. }) => Some(agent_id),
             Inbound::StatusRequest(_) | Inbound::TaskSubmit(_) | Inbound::Misfit(_) => None,
         }
@@ -231,6 +234,7 @@ impl Inbound {
             Inbound::StatusRequest(_) => "status_request",
             Inbound::TaskSubmit(_) => "task_submit",
             Inbound::Report(k, _) => k.as_str(),
+            Inbound::Vote(_) => "vote",
             Inbound::Misfit(Misfit::Register { .. }) => "register",
             Inbound::Misfit(Misfit::TaskSubmit { .. }) => "task_submit",
         }
@@ -245,6 +249,7 @@ pub enum Channel {
     Fleet,
     Tasks,
     Results,
+    Governance,
 }
 
 impl Channel {
@@ -255,6 +260,7 @@ impl Channel {
             Channel::Fleet => "fleet",
             Channel::Tasks => "tasks",
             Channel::Results => "results",
+            Channel::Governance => "governance",
         }
     }
 }
@@ -358,11 +364,14 @@ pub fn decode(channel: Channel, payload: &[u8], max_bytes: usize) -> Result<Deco
             Inbound::Report(ReportKind::Complete, parse(payload)?)
         }
         (Channel::Results, "task_fail") => Inbound::Report(ReportKind::Fail, parse(payload)?),
+        (Channel::Governance, "vote") => Inbound::Vote(parse(payload)?),
+        // The commander's own announcements on the governance channel.
+        (Channel::Governance, "proposal" | "decision") => return Ok(Decoded::Own),
         (_, k) if OWN_TYPES.contains(&k) => return Ok(Decoded::Own),
         (
             _,
             "register" | "deregister" | "heartbeat" | "status_request" | "task_submit" | "task_ack"
-            | "task_progress" | "task_complete" | "task_fail",
+            | "task_progress" | "task_complete" | "task_fail" | "vote",
         ) => return Err(Rejection::WrongChannel(kind)),
         _ => return Err(Rejection::UnknownType(truncate(&kind, 64))),
     };
@@ -509,6 +518,18 @@ fn validate(msg: &Inbound) -> Result<(), Rejection> {
             }
         }
         Inbound::StatusRequest(m) => check_msg_id(&m.id)?,
+        Inbound::Vote(m) => {
+            check_agent_id(&m.agent_id)?;
+            if !valid_agent_id(&m.proposal_id) {
+                return Err(Rejection::InvalidField("proposalId: invalid".into()));
+            }
+            if m.hash.len() != 64 || !m.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Rejection::InvalidField("hash: 64 hex digits".into()));
+            }
+            if m.reason.len() > crate::governance::MAX_REASON_LEN {
+                return Err(Rejection::InvalidField("reason: at most 512 bytes".into()));
+            }
+        }
         // Checked as it was read (`misfit`).
         Inbound::Misfit(_) => {}
         Inbound::Report(kind, m) => {

@@ -23,6 +23,7 @@
 pub mod agent;
 pub mod auth;
 pub mod channels;
+pub mod governance;
 pub mod inbound;
 pub mod lenient;
 pub mod outbound;

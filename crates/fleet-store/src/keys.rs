@@ -144,6 +144,22 @@ impl Keys {
     pub fn budget_prefix(&self) -> String {
         format!("{}:budget:", self.prefix)
     }
+    /// Hash: a governance proposal (its fields, then its decision and seal).
+    pub fn proposal(&self, id: &str) -> String {
+        format!("{}:proposal:{id}", self.prefix)
+    }
+    /// Hash: a proposal's votes, by validator: the signed message as sent.
+    pub fn proposal_votes(&self, id: &str) -> String {
+        format!("{}:proposal-votes:{id}", self.prefix)
+    }
+    /// Sorted set: open proposals, scored by their deadline.
+    pub fn proposals_open(&self) -> String {
+        format!("{}:proposals:open", self.prefix)
+    }
+    /// Sorted set: every proposal, scored by when it was opened (capped).
+    pub fn proposals(&self) -> String {
+        format!("{}:proposals", self.prefix)
+    }
     /// Set with expiry: tasks whose lease ran out in an agent's hands lately;
     /// if the agent is then declared dead (or restarts), each counts the
     /// death as its casualty (a task that kills its agent before the ack

@@ -11,6 +11,7 @@
 //! - [`registry`]: agents: hashes, per-pool sets, heartbeat and failure sorted
 //!   sets, status counters; changed only by fenced Lua scripts (`lua/`).
 //! - [`budgets`]: agents' budgets (per window; halted below the minimum).
+//! - [`governance`]: proposals, validators' votes, sealed decisions.
 //! - [`tasks`]: tasks: records, priority queues, leases, retries, dead
 //!   letters, evidence; changed only by fenced Lua scripts.
 //! - [`error`]: [`StoreError`], the one error of this crate.
@@ -24,6 +25,7 @@ pub mod audit;
 pub mod budgets;
 pub mod connection;
 pub mod error;
+pub mod governance;
 pub mod keys;
 pub mod keystore;
 pub mod lease;

@@ -6,9 +6,12 @@ use fleet_protocol::task::{TaskDefaults, ValidTask};
 use fleet_protocol::{
     PoolType, ReportKind, Resources, TaskEvent, TaskEventKind, TaskReport, ToAgent,
 };
+use fleet_store::budgets::{Adjust, Adjusted};
 use fleet_store::connection::Conn;
 use fleet_store::registry::{NewAgent, RegisterOutcome};
-use fleet_store::tasks::{HealthPolicy, PoolSettings, Submitted, TaskPolicy, ALLOCATE_BATCH};
+use fleet_store::tasks::{
+    HealthPolicy, PoolSettings, ReportOutcome, Submitted, Takeback, TaskPolicy, ALLOCATE_BATCH,
+};
 use fleet_store::{Keys, Registry, StoreError, TaskStore};
 use fleet_testkit::RedisServer;
 use futures_util::StreamExt;
@@ -485,4 +488,180 @@ async fn leaving_and_registering_again_keeps_health_and_quarantine() {
         .await
         .unwrap();
     assert_eq!(a.assigned, 0, "a quarantined agent gets no task");
+}
+
+/// The guardrails' messages (issue 18), built by the scripts: a stuck
+/// agent's event, the poisoned task's, an agent's halt and resume with
+/// their events. Each decodes as its Rust type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardrail_messages_decode_as_their_rust_types() {
+    let mut s = store().await;
+    // One casualty poisons; attempts are watched for progress (100 ms);
+    // agents have 5 units, halted below 1.
+    let health = HealthPolicy {
+        success_step: 5,
+        failure_step: 20,
+        quarantine_below: 50,
+        quarantine_ms: 30_000,
+        quarantine_max_percent: 100,
+        probation_until: 70,
+        quota_window_ms: 60_000,
+        memory_ms: 60_000,
+        poison_after: 1,
+        failure_window_ms: 500,
+    };
+    let budget = fleet_store::tasks::BudgetPolicy {
+        unit: "tokens".into(),
+        min_balance: 1.0,
+        window_ms: 0,
+    };
+    let pools: Vec<PoolSettings> = PoolType::ALL
+        .into_iter()
+        .map(|pool| PoolSettings {
+            pool,
+            strategy: Default::default(),
+            quota: None,
+            progress_timeout_ms: 100,
+            allowance: 5.0,
+        })
+        .collect();
+    fleet_store::tasks::write_settings(&mut s.conn, &s.keys, &health, &budget, &pools)
+        .await
+        .unwrap();
+    let channels = s.keys.channels().clone();
+    let mut allocation = s.listen(channels.allocation()).await;
+    let mut health_events = s.listen(channels.health()).await;
+    let report = |task: &str, attempt: u32, agent: &str| TaskReport {
+        task_id: task.to_string(),
+        attempt,
+        agent_id: agent.into(),
+        progress: None,
+        step: Some(1),
+        usage: None,
+        result: None,
+        error: None,
+    };
+
+    // a1 acknowledges, then shows no progress: stuck, and the task poison.
+    s.agent("a1", 1).await;
+    let id = s.submit("{}").await;
+    s.tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        next::<TaskEvent>(&mut allocation).await.kind,
+        TaskEventKind::TaskAssigned
+    );
+    let acked = s
+        .tasks
+        .report(
+            &mut s.conn,
+            ReportKind::Ack,
+            &report(&id, 1, "a1"),
+            now(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked.outcome, Some(ReportOutcome::Running));
+    let repeated = s
+        .tasks
+        .report(
+            &mut s.conn,
+            ReportKind::Progress,
+            &report(&id, 1, "a1"),
+            now(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(repeated.outcome, Some(ReportOutcome::Repeated));
+    let later = now() + 1000;
+    let stalled = s.tasks.stalled(&mut s.conn, later, 10).await.unwrap();
+    assert_eq!(stalled, std::slice::from_ref(&id));
+    let out = s
+        .tasks
+        .expire(&mut s.conn, &id, later, Takeback::Stuck)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.map(|(o, a, _)| (o, a)),
+        Some(("poison".into(), "a1".into()))
+    );
+    match next::<fleet_protocol::Event>(&mut health_events).await {
+        fleet_protocol::Event::AgentStuck {
+            agent_id,
+            task_id,
+            count,
+            ..
+        } => assert_eq!(
+            (agent_id.as_str(), task_id.as_str(), count),
+            ("a1", id.as_str(), 1)
+        ),
+        other => panic!("{other:?}"),
+    }
+    // ... and quarantined by the health rules, whatever its score.
+    assert!(matches!(
+        next::<fleet_protocol::Event>(&mut health_events).await,
+        fleet_protocol::Event::AgentQuarantined { ref agent_id, .. } if agent_id == "a1"
+    ));
+    let ev = next::<TaskEvent>(&mut allocation).await;
+    assert_eq!(
+        said(&ev),
+        (TaskEventKind::TaskPoisoned, id.as_str(), "a1", 1)
+    );
+
+    // a2 completes a task that cost 5.5 of its 5: halted, then topped up.
+    s.agent("a2", 1).await;
+    let id = s.submit("{}").await;
+    s.tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    next::<TaskEvent>(&mut allocation).await;
+    let mut done = report(&id, 1, "a2");
+    (done.step, done.usage) = (None, Some(5.5));
+    let reported = s
+        .tasks
+        .report(&mut s.conn, ReportKind::Complete, &done, now(), None)
+        .await
+        .unwrap();
+    let halt = reported.halt.expect("a halt for a2");
+    assert_eq!(halt.channel, channels.agent("a2"));
+    match serde_json::from_str::<ToAgent>(&halt.message).unwrap() {
+        ToAgent::Halt { balance, unit, .. } => {
+            assert_eq!((balance, unit.as_str()), (-0.5, "tokens"))
+        }
+        other => panic!("{other:?}"),
+    }
+    match next::<fleet_protocol::Event>(&mut health_events).await {
+        fleet_protocol::Event::AgentHalted {
+            agent_id, balance, ..
+        } => {
+            assert_eq!((agent_id.as_str(), balance), ("a2", -0.5))
+        }
+        other => panic!("{other:?}"),
+    }
+    let adjusted = s
+        .registry
+        .adjust_budget(&mut s.conn, "a2", Adjust::TopUp(2.25), now())
+        .await
+        .unwrap();
+    let Adjusted::Done { budget, resume } = adjusted else {
+        panic!("{adjusted:?}")
+    };
+    assert_eq!(budget.balance, 1.75);
+    match serde_json::from_str::<ToAgent>(&resume.expect("a resume").message).unwrap() {
+        ToAgent::Resume { balance, .. } => assert_eq!(balance, 1.75),
+        other => panic!("{other:?}"),
+    }
+    match next::<fleet_protocol::Event>(&mut health_events).await {
+        fleet_protocol::Event::AgentResumed {
+            agent_id, balance, ..
+        } => {
+            assert_eq!((agent_id.as_str(), balance), ("a2", 1.75))
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -10,6 +10,7 @@ mod register;
 mod status_request;
 mod task_report;
 pub(crate) mod task_submit;
+mod vote;
 
 use crate::context::Shared;
 use crate::subscriber::{refused, Envelope};
@@ -44,7 +45,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
             .await;
         let outcome = match admitted {
             Ok(Ok(once)) => {
-                handle(&shared, &mut conn, msg, once.as_ref())
+                // A vote is kept as it was signed, for the decision's seal.
+                let signed = env.seal.as_ref().map(|s| s.message());
+                handle(&shared, &mut conn, msg, once.as_ref(), signed)
                     .instrument(span)
                     .await
             }
@@ -78,8 +81,14 @@ async fn handle(
     conn: &mut Conn,
     msg: Inbound,
     once: Option<&Once>,
+    signed: Option<String>,
 ) -> Result<(), StoreError> {
     match msg {
+        Inbound::Vote(v) => {
+            // Security open: the vote's JSON stands for itself.
+            let signed = signed.unwrap_or_else(|| serde_json::to_string(&v).unwrap_or_default());
+            vote::handle(shared, conn, v, signed).await
+        }
         Inbound::Register(r) => register::handle(shared, conn, r, once).await,
         Inbound::Deregister(d) => deregister::handle(shared, conn, d, once).await,
         Inbound::Heartbeat(hb) => heartbeat::handle(shared, conn, hb, once).await,

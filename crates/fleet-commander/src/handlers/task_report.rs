@@ -24,7 +24,17 @@ pub(super) async fn handle(
     let pool = |p: Option<PoolType>| p.map(PoolType::as_str).unwrap_or("unknown");
     let reported = shared.tasks.report(conn, kind, &r, now_ms(), once).await?;
     let outcome = reported.outcome;
-    if let Some(u) = r.usage.filter(|_| outcome.is_some()) {
+    // Debited once per attempt: not for a re-sent result (`Recorded`).
+    let debited = matches!(
+        outcome,
+        Some(
+            ReportOutcome::Completed(_)
+                | ReportOutcome::Retrying(_)
+                | ReportOutcome::Dead(_)
+                | ReportOutcome::OverBudget(_)
+        )
+    );
+    if let Some(u) = r.usage.filter(|_| debited) {
         metrics::counter!(m::BUDGET_USAGE).increment(u.ceil() as u64);
     }
     if let Some(halt) = reported.halt {

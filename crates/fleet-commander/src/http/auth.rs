@@ -16,7 +16,16 @@ use fleet_store::tokens::TokenRole;
 use std::sync::Arc;
 use tracing::warn;
 
-pub(crate) async fn require(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+/// Who made a request (`token:<name>`, or `anonymous` with security open),
+/// for the handlers that record it (a proposal's proposer).
+#[derive(Debug, Clone)]
+pub(crate) struct Actor(pub String);
+
+pub(crate) async fn require(
+    State(s): State<Arc<Shared>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let path = req.uri().path().to_string();
     let audited = audited(req.method(), &path);
     let open = matches!(path.as_str(), "/healthz" | "/readyz")
@@ -26,6 +35,7 @@ pub(crate) async fn require(State(s): State<Arc<Shared>>, req: Request, next: Ne
         return next.run(req).await;
     }
     if !s.gate.signed() {
+        req.extensions_mut().insert(Actor("anonymous".into()));
         return record(&s, "anonymous", audited, &path, next.run(req).await).await;
     }
     let need = if path.starts_with("/v1/audit") {
@@ -66,6 +76,7 @@ pub(crate) async fn require(State(s): State<Arc<Shared>>, req: Request, next: Ne
         return refuse(StatusCode::FORBIDDEN, "forbidden", &path);
     }
     let actor = format!("token:{name}");
+    req.extensions_mut().insert(Actor(actor.clone()));
     record(&s, &actor, audited, &path, next.run(req).await).await
 }
 

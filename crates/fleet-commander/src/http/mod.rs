@@ -60,6 +60,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/audit", get(audit_log))
         .route("/v1/commanders", get(commanders))
+        .route("/v1/governance", get(governance))
+        .route("/v1/governance/proposals/{id}", get(proposal))
         .route("/v1/events", get(console::events))
         .route("/", get(console::index))
         .route("/console/app.js", get(console::script))
@@ -386,33 +388,72 @@ fn pool_param(name: &str) -> Result<fleet_protocol::pool::PoolType, Box<Response
 }
 
 /// `POST /v1/pools/{pool}/drain`: drains every agent of the pool (the scaler
-/// then replaces them up to the pool's minimum: a rolling restart).
-async fn drain_pool(State(s): State<Arc<Shared>>, Path(pool): Path<String>) -> Response {
+/// then replaces them up to the pool's minimum: a rolling restart). When
+/// `[governance] actions` names `drain_pool`, it becomes a proposal to the
+/// validators instead: 202 with the proposal, or 409 if the quorum cannot
+/// be reached now.
+async fn drain_pool(
+    State(s): State<Arc<Shared>>,
+    Path(pool): Path<String>,
+    actor: Option<axum::Extension<auth::Actor>>,
+) -> Response {
     let pool = match pool_param(&pool) {
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let mut conn = s.redis.clone();
-    let ids: Vec<String> = match redis::cmd("SMEMBERS")
-        .arg(s.keys.pool_agents(pool))
-        .query_async(&mut conn)
-        .await
-    {
-        Ok(ids) => ids,
-        Err(e) => return unavailable(StoreError::from(e)),
-    };
-    let now = fleet_protocol::now_ms();
-    let mut drained = Vec::new();
-    for id in ids {
-        match s.drain(&mut conn, &id, now, "operator").await {
-            Ok(Some(_)) => drained.push(id),
-            Ok(None) => {}
-            Err(e) => return unavailable(e),
-        }
+    if s.config().governance.governs("drain_pool") {
+        let proposer = actor.map_or_else(|| "anonymous".into(), |a| a.0 .0.clone());
+        return match crate::governance::propose(&s, "drain_pool", json!({"pool": pool}), &proposer)
+            .await
+        {
+            Ok(Ok(opened)) => (
+                StatusCode::ACCEPTED,
+                Json(json!({"pool": pool, "proposal": opened})),
+            )
+                .into_response(),
+            Ok(Err(why)) => error(StatusCode::CONFLICT, "quorum_unreachable", why),
+            Err(e) => unavailable(e),
+        };
     }
-    metrics::counter!(m::AGENTS_DRAINED, "pool" => pool.as_str(), "reason" => "operator")
-        .increment(drained.len() as u64);
-    Json(json!({"pool": pool, "draining": drained})).into_response()
+    match crate::governance::drain_pool(&s, pool, "operator").await {
+        Ok(drained) => Json(json!({"pool": pool, "draining": drained})).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `GET /v1/governance`: the validators (n, f = (n-1)/3, live), the
+/// governed actions and the newest proposals.
+async fn governance(State(s): State<Arc<Shared>>) -> Response {
+    let mut conn = s.reads.clone();
+    let v = match crate::governance::validators(&s, &mut conn).await {
+        Ok(v) => v,
+        Err(e) => return unavailable(e),
+    };
+    let proposals = match s.governance.list(&mut conn, 50).await {
+        Ok(p) => p,
+        Err(e) => return unavailable(e),
+    };
+    let g = s.config().governance.clone();
+    Json(json!({
+        "validators": v.count(), "live": v.live, "totalWeight": v.total_weight(),
+        "liveWeight": v.live_weight, "tolerance": v.tolerance(), "weights": v.weights,
+        "actions": g.actions, "quorum": g.quorum, "deadlineMs": g.deadline_ms,
+        "proposals": proposals,
+    }))
+    .into_response()
+}
+
+/// `GET /v1/governance/proposals/{id}`: a proposal, its votes as signed, its
+/// outcome and seal.
+async fn proposal(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if !valid_agent_id(&id) {
+        return error(StatusCode::BAD_REQUEST, "invalid_proposal_id", &id);
+    }
+    match s.governance.get(&mut s.reads.clone(), &id).await {
+        Ok(Some(r)) => Json(r).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", &id),
+        Err(e) => unavailable(e),
+    }
 }
 
 /// `POST /v1/pools/{pool}/size` with `{"agents": N}` fixes the pool's size

@@ -29,11 +29,14 @@ end
 local outcome = 'failed'
 if A.why == 'stuck' then
   outcome = 'stuck'
-  local n = redis.call('HINCRBY', K.agent .. t[2], 'stuck', 1)
-  redis.call('HSET', K.agent .. t[2], 'stuckAt', now)
-  local channel = redis.call('HGET', K.settings, 'healthChannel')
-  if channel then
-    redis.call('PUBLISH', channel, encode.agent_stuck(t[2], tid, t[4], n, now))
+  local agent = K.agent .. t[2]
+  if redis.call('EXISTS', agent) == 1 then
+    local n = redis.call('HINCRBY', agent, 'stuck', 1)
+    redis.call('HSET', agent, 'stuckAt', now)
+    local channel = redis.call('HGET', K.settings, 'healthChannel')
+    if channel then
+      redis.call('PUBLISH', channel, encode.agent_stuck(t[2], tid, t[4], n, now))
+    end
   end
 end
 release_agent(t[2], tid, now, outcome, 0, KEY.counts)
