@@ -21,7 +21,8 @@ const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml");
 
 async fn harness(deadline_ms: u64) -> Harness {
     Harness::start_with(|c| {
-        c.governance.actions = vec!["drain_pool".into()];
+        c.governance.actions = vec!["drain_pool".into(), "scale_pool".into()];
+        c.governance.scale_threshold = 10;
         c.governance.quorum = 0.6;
         c.governance.deadline_ms = deadline_ms;
     })
@@ -262,6 +263,31 @@ async fn a_proposal_expires_and_too_few_live_validators_refuse_one() {
     let rec = decided(&h, p["proposalId"].as_str().unwrap()).await;
     assert_eq!(rec["state"], "expired", "{rec}");
     assert!(tokio::task::block_in_place(|| show(&h, p["proposalId"].as_str().unwrap())).0);
+
+    // A pool's size: up to the threshold at once, above it by a quorum.
+    let size = |n: u64| {
+        h.http
+            .post(format!("{}/v1/pools/coder/size", h.base()))
+            .json(&json!({"agents": n}))
+            .send()
+    };
+    assert_eq!(size(8).await.unwrap().status().as_u16(), 200);
+    let r = size(50).await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let p: Value = r.json::<Value>().await.unwrap()["proposal"].clone();
+    let manual = || async {
+        let v: Option<u64> = redis::cmd("HGET")
+            .arg(h.keys.manual_sizes())
+            .arg("coder")
+            .query_async(&mut h.conn().await)
+            .await
+            .unwrap();
+        v
+    };
+    assert_eq!(manual().await, Some(8), "not before the votes");
+    v[0].vote(&p, Choice::Allow);
+    v[1].vote(&p, Choice::Allow);
+    wait_until(|| async { manual().await == Some(50) }).await;
 
     // Two of the three validators go silent and are declared failed: the
     // live weight (1) is below the quorum (2), so no proposal opens.

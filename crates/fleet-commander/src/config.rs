@@ -518,7 +518,7 @@ pub struct PoolConfig {
 }
 
 /// The actions `[governance] actions` may name.
-pub const GOVERNABLE: &[&str] = &["drain_pool"];
+pub const GOVERNABLE: &[&str] = &["drain_pool", "scale_pool"];
 
 /// `[governance]`: the actions named here become proposals that the
 /// validator agents (capability `validator`, weight from a `weight:N`
@@ -531,6 +531,8 @@ pub struct GovernanceConfig {
     /// Share of the registered validators' total weight that must allow.
     pub quorum: f64,
     pub deadline_ms: u64,
+    /// `scale_pool`: setting a pool's size above this needs a quorum.
+    pub scale_threshold: u32,
 }
 
 impl Default for GovernanceConfig {
@@ -539,6 +541,7 @@ impl Default for GovernanceConfig {
             actions: Vec::new(),
             quorum: 2.0 / 3.0,
             deadline_ms: 30_000,
+            scale_threshold: 100,
         }
     }
 }

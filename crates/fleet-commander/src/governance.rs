@@ -202,12 +202,33 @@ async fn execute(shared: &Shared, p: &Proposal) -> Result<(), StoreError> {
             let drained = drain_pool(shared, pool, "governance").await?;
             info!(proposal_id = p.id, pool = %pool, agents = drained.len(), "allowed: pool draining");
         }
+        "scale_pool" => {
+            let pool = p.params["pool"].as_str().and_then(|s| s.parse::<PoolType>().ok());
+            match (pool, p.params["agents"].as_u64()) {
+                (Some(pool), Some(n)) => {
+                    set_size(shared, pool, n).await?;
+                    info!(proposal_id = p.id, pool = %pool, agents = n, "allowed: pool size set");
+                }
+                _ => warn!(proposal_id = p.id, "scale_pool without a pool and a size: nothing done"),
+            }
+        }
         other => warn!(
             proposal_id = p.id,
             action = other,
             "no such action: nothing done"
         ),
     }
+    Ok(())
+}
+
+/// Fixes `pool`'s size at `n` agents until it is handed back to the scaler.
+pub(crate) async fn set_size(shared: &Shared, pool: PoolType, n: u64) -> Result<(), StoreError> {
+    redis::cmd("HSET")
+        .arg(shared.keys.manual_sizes())
+        .arg(pool.as_str())
+        .arg(n)
+        .query_async::<()>(&mut shared.redis.clone())
+        .await?;
     Ok(())
 }
 

@@ -461,6 +461,7 @@ async fn proposal(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respo
 async fn set_pool_size(
     State(s): State<Arc<Shared>>,
     Path(pool): Path<String>,
+    actor: Option<axum::Extension<auth::Actor>>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
     let pool = match pool_param(&pool) {
@@ -481,6 +482,7 @@ async fn set_pool_size(
             .query_async::<()>(&mut conn)
             .await
             .map(|_| json!({"pool": pool, "size": "auto"}))
+            .map_err(StoreError::from)
     } else {
         let Some(n) = body["agents"].as_u64() else {
             return error(
@@ -499,17 +501,28 @@ async fn set_pool_size(
                 ),
             );
         }
-        redis::cmd("HSET")
-            .arg(&key)
-            .arg(pool.as_str())
-            .arg(n)
-            .query_async::<()>(&mut conn)
+        // Past the threshold, a governed size waits for the validators.
+        let g = &config.governance;
+        if g.governs("scale_pool") && n > u64::from(g.scale_threshold) {
+            let proposer = actor.map_or_else(|| "anonymous".into(), |a| a.0 .0.clone());
+            let params = json!({"pool": pool, "agents": n});
+            return match crate::governance::propose(&s, "scale_pool", params, &proposer).await {
+                Ok(Ok(opened)) => (
+                    StatusCode::ACCEPTED,
+                    Json(json!({"pool": pool, "proposal": opened})),
+                )
+                    .into_response(),
+                Ok(Err(why)) => error(StatusCode::CONFLICT, "quorum_unreachable", why),
+                Err(e) => unavailable(e),
+            };
+        }
+        crate::governance::set_size(&s, pool, n)
             .await
             .map(|_| json!({"pool": pool, "size": n}))
     };
     match r {
         Ok(v) => Json(v).into_response(),
-        Err(e) => unavailable(StoreError::from(e)),
+        Err(e) => unavailable(e),
     }
 }
 
