@@ -203,13 +203,18 @@ async fn execute(shared: &Shared, p: &Proposal) -> Result<(), StoreError> {
             info!(proposal_id = p.id, pool = %pool, agents = drained.len(), "allowed: pool draining");
         }
         "scale_pool" => {
-            let pool = p.params["pool"].as_str().and_then(|s| s.parse::<PoolType>().ok());
+            let pool = p.params["pool"]
+                .as_str()
+                .and_then(|s| s.parse::<PoolType>().ok());
             match (pool, p.params["agents"].as_u64()) {
                 (Some(pool), Some(n)) => {
                     set_size(shared, pool, n).await?;
                     info!(proposal_id = p.id, pool = %pool, agents = n, "allowed: pool size set");
                 }
-                _ => warn!(proposal_id = p.id, "scale_pool without a pool and a size: nothing done"),
+                _ => warn!(
+                    proposal_id = p.id,
+                    "scale_pool without a pool and a size: nothing done"
+                ),
             }
         }
         other => warn!(

@@ -4,9 +4,10 @@
 //!
 //! - the commander: every key and channel under the prefix, no dangerous
 //!   commands (FLUSHALL, CONFIG, KEYS, DEBUG…);
-//! - one user per agent: PUBLISH on the registry, health and results
-//!   channels only; SUBSCRIBE to its own `agent:{id}` channel and its pool's
-//!   channel only; no key at all;
+//! - one user per agent: PUBLISH on the registry, health, results and
+//!   governance (votes) channels only; SUBSCRIBE to its own `agent:{id}`
+//!   channel, its pool's channel and the governance channel (proposals)
+//!   only; no key at all;
 //! - one user per submitter: PUBLISH on the tasks channel; SUBSCRIBE to
 //!   `reply:{name}…` channels; no key;
 //! - the operator: read-only commands on the fleet's keys, SUBSCRIBE to its
@@ -84,8 +85,15 @@ pub fn holders(keys: &Keys, records: &[KeyRecord], now: u64) -> (Vec<AclUser>, V
                 if let Some(pool) = r.pool {
                     sub.push(format!("&{}", c.pool(pool)));
                 }
+                sub.push(format!("&{}", c.governance()));
                 (
-                    format!("&{} &{} &{}", c.registry(), c.health(), c.results()),
+                    format!(
+                        "&{} &{} &{} &{}",
+                        c.registry(),
+                        c.health(),
+                        c.results(),
+                        c.governance()
+                    ),
                     sub.join(" "),
                 )
             }
@@ -140,10 +148,10 @@ mod tests {
         let line = a1.line();
         assert!(line.contains("#hk1 #hk2"), "{line}");
         assert!(line.contains(
-            "(+publish &swarm:phase-1:registry &swarm:phase-1:health &swarm:phase-1:results)"
+            "(+publish &swarm:phase-1:registry &swarm:phase-1:health &swarm:phase-1:results &swarm:phase-1:governance)"
         ));
         assert!(line.contains(
-            "(+subscribe +unsubscribe &swarm:phase-1:agent:a1 &swarm:phase-1:pool:coder)"
+            "(+subscribe +unsubscribe &swarm:phase-1:agent:a1 &swarm:phase-1:pool:coder &swarm:phase-1:governance)"
         ));
         assert!(!line.contains('~'), "no key pattern: {line}");
         let ci = users

@@ -241,6 +241,14 @@ class Agent:
         await self.send("results", {"type": kind, "taskId": task_id, "attempt": attempt,
                                     "agentId": self.id, **fields})
 
+    async def vote(self, proposal_id: str, vote: str, proposal_hash: str, reason: str = "") -> None:
+        """A validator's vote (``allow``, ``quarantine`` or ``deny``) on a
+        proposal announced on the governance channel, naming its ``hash``."""
+        if vote not in ("allow", "quarantine", "deny"):
+            raise ValueError("vote is allow, quarantine or deny")
+        await self.send("governance", {"type": "vote", "proposalId": proposal_id, "agentId": self.id,
+                                       "vote": vote, "hash": proposal_hash, "reason": reason})
+
     async def _result(self, kind: str, task: "Task", **fields: Any) -> None:
         """Sends a result and keeps it until the commander acknowledges it."""
         self._unacked[(task.task_id, task.attempt)] = (kind, fields, 1)

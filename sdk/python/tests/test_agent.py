@@ -245,3 +245,31 @@ def test_steps_and_usage_are_reported_and_a_spent_budget_halts_until_topped_up(f
         await asyncio.wait_for(run, WAIT)
 
     asyncio.run(main())
+
+
+def test_a_vote_is_signed_and_heard(fleet):
+    """No proposal of that id is open: the commander hears the signed vote
+    (through the agent's ACL user) and refuses it as unknown, counted."""
+    cred = fleet.issue("py-voter", "coordinator")
+
+    def refused_unknown() -> float:
+        import urllib.request
+        with urllib.request.urlopen(fleet.base + "/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith('fleet_votes_rejected_total{reason="unknown"}'):
+                    return float(line.split()[-1])
+        return 0.0
+
+    async def main() -> None:
+        agent = Agent(fleet.redis_url, cred, capabilities=["validator"])
+        await agent.connect()
+        before = await asyncio.to_thread(refused_unknown)
+        await agent.register()
+        await agent.vote("no-such-proposal", "allow", "0" * 64, "looks fine")
+        await until(lambda: refused_unknown() > before, "the vote refused as unknown")
+        with pytest.raises(ValueError):
+            await agent.vote("p", "maybe", "0" * 64)
+        await agent.deregister()
+        await agent.close()
+
+    asyncio.run(main())
