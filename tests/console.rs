@@ -170,6 +170,11 @@ async fn the_console_in_a_real_browser() {
     let coder = text_when(&c, "[data-pool=coder] .size", |t| t.starts_with("3 /")).await;
     assert!(coder.starts_with("3 / "), "{coder}");
     text_when(&c, "[data-pool=tester] .count-idle", |t| t == "1").await;
+    // Governance: no validator in this fleet, so f = 0 and nothing governed.
+    text_when(&c, "#validators", |t| {
+        t.starts_with("0 validators") && t.contains("f = 0")
+    })
+    .await;
     text_when(&c, "[data-pool=ui] .size", |t| t.starts_with("1 /")).await;
     shot(&c, "overview").await;
 

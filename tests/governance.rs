@@ -155,7 +155,12 @@ async fn a_governed_drain_runs_only_on_a_quorum_and_its_seal_verifies() {
         })
         .await;
     assert_eq!(decision["outcome"], "allowed");
-    wait_until(|| async { h.get("/v1/agents/dev-1").await.1["draining"] == true }).await;
+    // Drained: it finishes what it holds (nothing) and leaves at once.
+    wait_until(|| async {
+        let (code, a) = h.get("/v1/agents/dev-1").await;
+        code == 404 || a["draining"] == true
+    })
+    .await;
     // Late: a vote after the decision.
     v[2].vote(&p, Choice::Deny);
     wait_until(|| async {
@@ -176,13 +181,16 @@ async fn a_governed_drain_runs_only_on_a_quorum_and_its_seal_verifies() {
     let p2 = body["proposal"].clone();
     let id2 = p2["proposalId"].as_str().unwrap().to_string();
     v[0].vote(&p2, Choice::Deny);
-    v[1].vote(&p2, Choice::Quarantine);
-    v[2].vote(&p2, Choice::Quarantine);
+    v[1].vote(&p2, Choice::Deny);
     let rec = decided(&h, &id2).await;
-    assert_eq!(
-        rec["state"], "quarantined",
-        "more quarantine than deny: {rec}"
-    );
+    assert_eq!(rec["state"], "denied", "{rec}");
+    // Quarantined: refused, with more weight for quarantine than deny.
+    let (_, body) = propose_drain(&h, "coordinator").await;
+    let p3 = body["proposal"].clone();
+    v[1].vote(&p3, Choice::Quarantine);
+    v[2].vote(&p3, Choice::Quarantine);
+    let rec = decided(&h, p3["proposalId"].as_str().unwrap()).await;
+    assert_eq!(rec["state"], "quarantined", "{rec}");
     let (_, vr) = h.get("/v1/agents/v1").await;
     assert_eq!(vr["draining"], false, "nothing drained: {vr}");
 

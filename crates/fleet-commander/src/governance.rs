@@ -52,7 +52,14 @@ pub(crate) async fn validators(
     conn: &mut (impl ConnectionLike + Send),
 ) -> Result<Validators, StoreError> {
     let mut v = Validators::default();
-    for a in shared.registry.all_agents(conn).await? {
+    let ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(shared.keys.validators())
+        .query_async(conn)
+        .await?;
+    for id in ids {
+        let Some(a) = shared.registry.agent(conn, &id).await? else {
+            continue;
+        };
         if !a.capabilities.iter().any(|c| c == VALIDATOR) {
             continue;
         }

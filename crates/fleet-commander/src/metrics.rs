@@ -460,6 +460,28 @@ fn initialize() {
         counter!(name).absolute(0);
     }
     metrics::gauge!(POISON_TASKS).set(0.0);
+    for name in [VALIDATORS, VALIDATORS_LIVE, BYZANTINE_TOLERANCE] {
+        metrics::gauge!(name).set(0.0);
+    }
+    for outcome in [
+        "opened",
+        "refused",
+        "allowed",
+        "denied",
+        "quarantined",
+        "expired",
+    ] {
+        counter!(PROPOSALS, "outcome" => outcome).absolute(0);
+    }
+    for reason in [
+        "not_validator",
+        "duplicate",
+        "late",
+        "wrong_hash",
+        "unknown",
+    ] {
+        counter!(VOTES_REJECTED, "reason" => reason).absolute(0);
+    }
     metrics::gauge!(BREAKER_OPEN).set(0.0);
     metrics::gauge!(LEADER).set(0.0);
 }

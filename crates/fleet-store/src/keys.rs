@@ -144,6 +144,12 @@ impl Keys {
     pub fn budget_prefix(&self) -> String {
         format!("{}:budget:", self.prefix)
     }
+    /// Set: the registered agents with the `validator` capability (kept by
+    /// the registration and removal scripts, so counting them reads no
+    /// agent it does not need).
+    pub fn validators(&self) -> String {
+        format!("{}:validators", self.prefix)
+    }
     /// Hash: a governance proposal (its fields, then its decision and seal).
     pub fn proposal(&self, id: &str) -> String {
         format!("{}:proposal:{id}", self.prefix)

@@ -43,6 +43,7 @@ pub(crate) const TASK_KEYS: &[&str] = &[
     "quarantine",
     "stalls",
     "poison",
+    "validators",
 ];
 /// The arguments of the `+task` group: key prefixes, and the allocation channel.
 pub(crate) const TASK_ARGS: &[&str] = &[
@@ -177,6 +178,7 @@ impl<'s> Call<'s> {
             keys.quarantine(),
             keys.stalls(),
             keys.poison(),
+            keys.validators(),
         ];
         let prefixes = [
             keys.agent_prefix(),

@@ -30,6 +30,7 @@ if failures >= tonumber(A.max_failures) then
   redis.call('SREM', K.pool_agents .. pool, id)
   redis.call('ZREM', K.pool_done .. pool, id)
   redis.call('ZREM', failed, id)
+  redis.call('SREM', K.validators, id)
   move(counts, pool, old, nil)
   return reply('removed', out)
 end

@@ -81,6 +81,12 @@ else
   end
 end
 redis.call('ZADD', hb, now, id)
+-- A validator (governance) is one that declares the capability.
+if string.find(A.capabilities, '"validator"', 1, true) then
+  redis.call('SADD', K.validators, id)
+else
+  redis.call('SREM', K.validators, id)
+end
 local out = {}
 if halted then
   redis.call('HSET', agent, 'status', 'halted', 'halted', '1')

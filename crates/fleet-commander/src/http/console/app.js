@@ -284,9 +284,11 @@ function overview(main) {
   const tiles = el("div", { class: "tiles", id: "tiles" });
   const commanders = el("div");
   const decisions = el("div");
-  const cache = { scaling: null, metrics: null, metricsAt: 0 };
+  const cache = { scaling: null, metrics: null, metricsAt: 0, governance: null };
+  const governance = el("div", { id: "governance" });
   main.replaceChildren(el("h1", {}, "Fleet"), summary, sparks, tiles,
-    el("h2", {}, "Commanders"), commanders, el("h2", {}, "Recent scaling decisions"), decisions);
+    el("h2", {}, "Commanders"), commanders, el("h2", {}, "Recent scaling decisions"), decisions,
+    el("h2", {}, "Governance"), governance);
   return {
     overview: true,
     async refresh() {
@@ -297,9 +299,19 @@ function overview(main) {
       const needScaling = !cache.scaling || changed.has("scaling") || changed.has("fleet");
       const needMetrics = !cache.metrics || now - cache.metricsAt >= 5000;
       changed.clear();
-      const [fleet, pools, cmd, scaling, metrics] = await Promise.all([get("/v1/fleet"), get("/v1/pools"),
+      const [fleet, pools, cmd, scaling, metrics, gov] = await Promise.all([get("/v1/fleet"), get("/v1/pools"),
         get("/v1/commanders"), needScaling ? get("/v1/scaling?limit=100") : cache.scaling,
-        needMetrics ? fetch("/metrics", { credentials: "same-origin" }).then(r => r.ok ? r.text() : "").catch(() => "") : null]);
+        needMetrics ? fetch("/metrics", { credentials: "same-origin" }).then(r => r.ok ? r.text() : "").catch(() => "") : null,
+        needMetrics ? get("/v1/governance") : cache.governance]);
+      cache.governance = gov;
+      governance.replaceChildren(
+        el("p", { id: "validators" }, `${gov.validators} validators (${gov.live} live, weight ${gov.liveWeight} of ${gov.totalWeight}); ` +
+          `tolerates f = ${gov.tolerance} lying; governed: ${gov.actions.length ? gov.actions.join(", ") : "nothing"}; ` +
+          `quorum ${Math.round(gov.quorum * 100)}% of the weight`),
+        table(["opened", "action", "params", "state", "allow / quarantine / deny", "proposer"],
+          gov.proposals.slice(0, 10).map(p => [when(p.proposal.createdAt), p.proposal.action, JSON.stringify(p.proposal.params),
+            p.state, `${p.weights.allow} / ${p.weights.quarantine} / ${p.weights.deny} (need ${p.proposal.quorum})`, p.proposal.proposer]),
+          "proposals"));
       cache.scaling = scaling;
       if (needMetrics) {
         cache.metrics = parseMetrics(metrics);
