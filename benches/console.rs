@@ -12,6 +12,10 @@
 //!   on the page, p50/p99 over every page;
 //! - the commander's CPU over 15 s without consoles, then with them open.
 //!
+//! HTTP_CONSOLES=1: the consoles are HTTP clients asking what the overview
+//! page asks (events, then its reads), without a browser: the commander's
+//! side of ten consoles, on a machine that cannot also run ten chromiums.
+//!
 //! The browsers run at `nice 19` (BROWSER_NICE): they stand for operators on
 //! their own machines, and ten chromiums at the fleet's priority take the
 //! CPU 10,000 agents' commander needs on a 2-core machine.
@@ -55,6 +59,144 @@ async fn cpu(pid: u32, window: Duration) -> f64 {
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// A console without a browser: what the overview page asks of the
+/// commander, from an HTTP client. The events stream; after each `change`,
+/// the fleet, the pools and the commanders; every 5 s, /metrics and the
+/// governance view. It notes when it saw the `ui` pool's size change.
+async fn http_console(
+    base: String,
+    token: String,
+    seen: std::sync::Arc<std::sync::Mutex<(u64, u64)>>,
+) {
+    let http = authed(&token);
+    let mut events = http.get(format!("{base}/v1/events")).send().await.unwrap();
+    let mut slow_at = Instant::now() - Duration::from_secs(10);
+    let mut buf = String::new();
+    let mut refresh = true;
+    loop {
+        if refresh {
+            refresh = false;
+            let get = |p: &str| http.get(format!("{base}{p}")).send();
+            let (_fleet, pools, _cmd) =
+                tokio::join!(get("/v1/fleet"), get("/v1/pools"), get("/v1/commanders"));
+            if slow_at.elapsed() >= Duration::from_secs(5) {
+                slow_at = Instant::now();
+                let _ = tokio::join!(get("/metrics"), get("/v1/governance"));
+            }
+            if let Ok(r) = pools {
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if let Some(ui) = v
+                    .as_array()
+                    .and_then(|a| a.iter().find(|p| p["type"] == "ui"))
+                {
+                    let n = ui["currentAgents"].as_u64().unwrap_or(0);
+                    let mut s = seen.lock().unwrap();
+                    if s.0 != n {
+                        *s = (n, fleet_protocol::now_ms());
+                    }
+                }
+            }
+        }
+        match events.chunk().await {
+            Ok(Some(c)) => {
+                buf.push_str(&String::from_utf8_lossy(&c));
+                while let Some(i) = buf.find("\n\n") {
+                    if buf[..i].contains("event: change") {
+                        refresh = true;
+                    }
+                    buf.drain(..i + 2);
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn http_consoles(
+    base: &str,
+    url: &str,
+    token: &str,
+    consoles: usize,
+    pid: u32,
+    quiet: f64,
+    bytes: usize,
+    (l50, l99): (f64, f64),
+    agents: usize,
+    mut sim: tokio::process::Child,
+    config: &std::path::Path,
+) {
+    let mut seen = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..consoles {
+        let s = std::sync::Arc::new(std::sync::Mutex::new((u64::MAX, 0u64)));
+        tasks.push(tokio::spawn(http_console(
+            base.to_string(),
+            token.to_string(),
+            s.clone(),
+        )));
+        seen.push(s);
+    }
+    wait_until(|| async { seen.iter().all(|s| s.lock().unwrap().0 != u64::MAX) }).await;
+    let open = cpu(pid, Duration::from_secs(15)).await;
+    let client = fleet_store::connection::client(url).unwrap();
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        let id = format!("bench-ui-{i}");
+        let publisher = fleet_store::connection::connect(url).await.unwrap();
+        let mut a = fleet_agent::Agent::connect(
+            &client,
+            publisher,
+            fleet_protocol::Channels::default(),
+            spec(&id, PoolType::Ui),
+        )
+        .await
+        .unwrap()
+        .with_credential(&credential(url, &id, PoolType::Ui).await);
+        for step in 0..2 {
+            let before: Vec<u64> = seen.iter().map(|s| s.lock().unwrap().0).collect();
+            let mut tries = 0;
+            let at = loop {
+                tries += 1;
+                let r = if step == 0 {
+                    a.register(T).await.map(|_| ())
+                } else {
+                    a.deregister(T).await.map(|_| ())
+                };
+                match r {
+                    Ok(()) => break fleet_protocol::now_ms(),
+                    Err(e) if tries < 5 => eprintln!("retrying: {e}"),
+                    Err(e) => panic!("no reply after {tries} tries: {e}"),
+                }
+            };
+            for (s, was) in seen.iter().zip(&before) {
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    let (n, t) = *s.lock().unwrap();
+                    if n != *was {
+                        lat.push(t.saturating_sub(at) as f64);
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "a console never saw the change");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    println!(
+        "console (HTTP clients, no browser), {agents} agents, {consoles} consoles: page + assets {bytes} bytes; \
+         change -> client p50 {p50:.0} ms, p99 {p99:.0} ms (n={}); commander CPU {quiet:.1}% of a core without consoles, {open:.1}% with them; \
+         GET /v1/agents (filtered, a page of 50) p50 {l50:.1} ms, max {l99:.1} ms",
+        lat.len()
+    );
+    for t in tasks {
+        t.abort();
+    }
+    let _ = sim.kill().await;
+    let _ = std::fs::remove_file(config);
 }
 
 async fn js(c: &Client, script: &str) -> Value {
@@ -194,6 +336,22 @@ async fn run() {
 
     let quiet = cpu(pid, Duration::from_secs(15)).await;
 
+    if std::env::var("HTTP_CONSOLES").is_ok() {
+        return http_consoles(
+            &base,
+            &url,
+            &token,
+            consoles,
+            pid,
+            quiet,
+            bytes,
+            (l50, l99),
+            agents,
+            sim,
+            &config,
+        )
+        .await;
+    }
     // The consoles.
     let driver = Driver::start_niced(env("BROWSER_NICE", 19) as u8).await;
     let mut pages = Vec::new();

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::browser::{find, Driver};
+use common::browser::{click, find, Driver};
 use common::*;
 use fantoccini::{Client, Locator};
 use fleet_protocol::pool::PoolType;
@@ -248,7 +248,7 @@ async fn the_console_in_a_real_browser() {
     };
     go(&c, &base, &format!("#/agents/{target}")).await;
     c.refresh().await.unwrap();
-    find(&c, "#drain-agent").await.click().await.unwrap();
+    click(&c, "#drain-agent").await;
     find(&c, "#confirm-ok").await.click().await.unwrap();
     text_when(&c, "#toast", |t| t.contains("draining")).await;
     // The agent (holding nothing) leaves at once; the open page follows by
@@ -272,11 +272,8 @@ async fn the_console_in_a_real_browser() {
 
     // An operator gives a pool's size back to the scaler (prompt, confirm).
     go(&c, &base, "#/scaling").await;
-    find(&c, "button.scale[data-pool=coder]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    // (Found again if a live refresh redrew the table in between.)
+    click(&c, "button.scale[data-pool=coder]").await;
     c.send_alert_text("auto").await.unwrap();
     c.accept_alert().await.unwrap();
     find(&c, "#confirm-ok").await.click().await.unwrap();

@@ -73,6 +73,20 @@ pub async fn find(c: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{css}: {e}"))
 }
 
+/// Clicks the element at `css`, finding it again if the page redrew it
+/// between finding and clicking (a live refresh: a stale element).
+pub async fn click(c: &Client, css: &str) {
+    for _ in 0..20 {
+        match find(c, css).await.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+    panic!("{css}: stale 20 times");
+}
+
 /// Opens the console at `base` and signs in with `token`; returns once the
 /// overview has drawn its tiles.
 pub async fn sign_in(c: &Client, base: &str, token: &str) {
