@@ -814,13 +814,9 @@ pub async fn write_settings(
         .hset(keys.settings(), "healthChannel", keys.channels().health())
         .hset(keys.settings(), "poisonAfter", poison_after)
         .hset(keys.settings(), "failureWindow", failure_window)
-        .hset(
-            keys.settings(),
-            "budget",
-            serde_json::json!({"unit": budget.unit, "min": budget.min_balance,
-                "window": budget.window_ms})
-            .to_string(),
-        );
+        .hset(keys.settings(), "budgetMin", budget.min_balance)
+        .hset(keys.settings(), "budgetWindow", budget.window_ms)
+        .hset(keys.settings(), "budgetUnit", &budget.unit);
     for p in pools {
         pipe.hset(keys.settings(), p.pool.as_str(), p.strategy.as_str());
         match p.quota {

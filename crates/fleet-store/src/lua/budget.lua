@@ -29,7 +29,7 @@ end
 local out = {balance = balance, allowance = allowance,
   spent = redis.call('HGET', key, 'spent') or 0,
   windowEnds = redis.call('HGET', key, 'windowEnds') or 0}
-if balance >= tonumber(budgets().min or 0) then
+if balance >= budgets().min then
   local msg = resume(id, pool, balance, KEY.counts, now)
   if msg then
     out.channel = K.agent_channel .. id

@@ -371,35 +371,39 @@ local function task_event(channel, kind, tid, pool, aid, attempt, now)
 end
 
 -- ---- budgets ----
--- The `budget` setting: {unit, min, window} (absent: budgets off); each
--- pool's allowance per window is the `<pool>:allowance` setting (0: none).
+-- The budget settings (`budgetMin`, `budgetWindow`, `budgetUnit`) and, when
+-- asked with a pool, its allowance per window (`<pool>:allowance`, 0: none),
+-- read in one call and kept for the rest of the script.
 local budget_policy
-local function budgets()
-  if budget_policy == nil then
-    local raw = redis.call('HGET', K.settings, 'budget')
-    budget_policy = raw and cjson.decode(raw) or false
+local function budgets(pool)
+  if budget_policy == nil or (pool and budget_policy.pool ~= pool) then
+    local s = redis.call('HMGET', K.settings, 'budgetMin', 'budgetWindow', 'budgetUnit',
+      (pool or '-') .. ':allowance')
+    budget_policy = {min = tonumber(s[1] or 0), window = tonumber(s[2] or 0), unit = s[3] or '',
+      pool = pool, allowance = tonumber(s[4] or 0)}
   end
   return budget_policy
 end
 
--- An agent's budget now, its window renewed if it ended: balance and
--- allowance, or nil when the agent's pool has none. A window ends at a
--- multiple of its length since the epoch (a day: midnight UTC).
+-- An agent's budget now, its window renewed if it ended: balance, allowance
+-- and spent, or nil when the agent has none. A window ends at a multiple of
+-- its length since the epoch (a day: midnight UTC).
 local function budget(aid, pool, now)
-  local bp = budgets()
-  if not bp then return nil end
+  local bp = budgets(pool)
   local key = K.budget .. aid
-  local b = redis.call('HMGET', key, 'balance', 'windowEnds', 'allowance')
-  local allowance = tonumber(b[3] or redis.call('HGET', K.settings, pool .. ':allowance') or 0)
+  local b = redis.call('HMGET', key, 'balance', 'windowEnds', 'allowance', 'spent')
+  local allowance = tonumber(b[3] or bp.allowance)
   if allowance <= 0 then return nil end
   now = tonumber(now)
-  local window = tonumber(bp.window or 0)
-  if b[1] and (window == 0 or now < tonumber(b[2])) then return tonumber(b[1]), allowance end
+  local window = bp.window
+  if b[1] and (window == 0 or now < tonumber(b[2])) then
+    return tonumber(b[1]), allowance, tonumber(b[4] or 0)
+  end
   local ends = 0
   if window > 0 then ends = (math.floor(now / window) + 1) * window end
   redis.call('HSET', key, 'balance', allowance, 'windowEnds', ends, 'spent', 0)
   if window > 0 then redis.call('PEXPIRE', key, 2 * window) end
-  return allowance, allowance
+  return allowance, allowance, 0
 end
 
 -- Marks an agent halted (its budget fell below the minimum): no new work.
@@ -417,7 +421,7 @@ local function halt(aid, pool, balance, counts, now)
   if channel then
     redis.call('PUBLISH', channel, encode.budget_event('agent_halted', aid, balance, now))
   end
-  return encode.halt(balance, budgets().unit or '')
+  return encode.halt(balance, budgets().unit)
 end
 
 -- Lifts an agent's halt (its budget is back above the minimum). Returns the

@@ -36,7 +36,7 @@ end
 local out = {pool = pool}
 if cur[5] == '1' and new ~= 'recovering' then
   local balance = budget(id, pool, now)
-  if balance and balance < tonumber(budgets().min or 0) then
+  if balance and balance < budgets().min then
     new = 'halted'
   else
     redis.call('HDEL', agent, 'halted')

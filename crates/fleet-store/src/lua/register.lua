@@ -20,7 +20,7 @@ local id, pool, now = A.id, A.pool, A.now
 -- Its budget outlives its registration: one spent below the minimum leaves
 -- it halted (no pre-rendered reply then: it says idle).
 local balance = budget(id, pool, now)
-local halted = balance and balance < tonumber(budgets().min or 0)
+local halted = balance and balance < budgets().min
 local cur = redis.call('HMGET', agent, 'status', 'pool', 'registeredAt', 'tasksCompleted',
   'avgTaskTime', 'successRate', 'failures', 'recoveryAttempts', 'instance', 'health',
   'quarantinedUntil', 'probation')
@@ -92,7 +92,7 @@ if halted then
   redis.call('HSET', agent, 'status', 'halted', 'halted', '1')
   move(counts, pool, old, 'halted')
   out = {halted = balance, channel = K.agent_channel .. id,
-    message = encode.halt(balance, budgets().unit or '')}
+    message = encode.halt(balance, budgets().unit)}
 else
   redis.call('HDEL', agent, 'halted')
   move(counts, pool, old, 'idle')

@@ -46,14 +46,11 @@ release_agent(aid, tid, now, outcome, now - tonumber(t[4] or now), counts)
 local out = {pool = pool}
 if usage then
   redis.call('HINCRBYFLOAT', task, 'usage', usage)
-  local balance = budget(aid, pool, now)
+  local balance, _, spent = budget(aid, pool, now)
   if balance then
     balance = balance - usage
-    local key = K.budget .. aid
-    redis.call('HSET', key, 'balance', balance)
-    redis.call('HINCRBYFLOAT', key, 'spent', usage)
-    local halted = redis.call('HGET', K.agent .. aid, 'halted')
-    if balance < tonumber(budgets().min or 0) and halted ~= '1' then
+    redis.call('HSET', K.budget .. aid, 'balance', balance, 'spent', spent + usage)
+    if balance < budgets().min and redis.call('HGET', K.agent .. aid, 'halted') ~= '1' then
       out.channel = K.agent_channel .. aid
       out.message = halt(aid, pool, balance, counts, now)
       out.halted = balance
