@@ -25,6 +25,14 @@ async fn status_command_prints_the_fleet_from_redis() {
             .await
             .unwrap();
     }
+    // One validator (governance).
+    let mut v = spec("cli-validator", PoolType::Coordinator);
+    v.capabilities = vec!["validator".into()];
+    h.agent_with(v)
+        .await
+        .register(Duration::from_secs(5))
+        .await
+        .unwrap();
     let out = Command::new(BIN)
         .args(["--config", CONFIG, "status", "--json"])
         .env("REDIS_URL", h.redis.url())
@@ -36,8 +44,9 @@ async fn status_command_prints_the_fleet_from_redis() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["totalAgents"], 3);
+    assert_eq!(s["totalAgents"], 4);
     assert_eq!(s["pools"]["coder"]["byStatus"]["idle"], 2);
+    assert_eq!(s["validators"], serde_json::json!({"n": 1, "f": 0}));
 
     let out = Command::new(BIN)
         .args(["--config", CONFIG, "status"])
@@ -45,7 +54,11 @@ async fn status_command_prints_the_fleet_from_redis() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.starts_with("fleet: 3 agents"), "{table}");
+    assert!(table.starts_with("fleet: 4 agents"), "{table}");
+    assert!(
+        table.contains("validators: 1 (tolerates f = 0 lying)"),
+        "{table}"
+    );
     assert!(
         table
             .lines()

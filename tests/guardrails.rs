@@ -402,3 +402,42 @@ async fn an_agent_out_of_budget_is_halted_until_topped_up_and_max_cost_is_enforc
     stop.cancel();
     let _ = agent.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_agent_resumes_when_its_budget_window_renews() {
+    // Windows of 1.5 s: an agent halted in one works again in the next.
+    let h = Harness::start_with(|c| {
+        c.budgets.allowance = 5.0;
+        c.budgets.min_balance = 1.0;
+        c.budgets.window_ms = 1500;
+    })
+    .await;
+    let mut health = h.listen(&h.keys.channels().health()).await;
+    let spend = work(|_| async { Outcome::Used(Box::new(Outcome::Complete(json!({}))), 6.0) });
+    let (stop, agent) = start_agent(&h, "window-1", PoolType::Ui, &[], Some(spend)).await;
+    let id = submit(&h, json!({"pool": "ui", "payload": {}})).await;
+    wait_state(&h, &id, "completed").await;
+    let halted = health
+        .wait_for("agent_halted", |v| {
+            v["type"] == "agent_halted" && v["agentId"] == "window-1"
+        })
+        .await;
+    let resumed = health
+        .wait_for("agent_resumed", |v| {
+            v["type"] == "agent_resumed" && v["agentId"] == "window-1"
+        })
+        .await;
+    assert_eq!(resumed["balance"], 5.0, "a full allowance: {resumed}");
+    let (_, b) = h.get("/v1/agents/window-1/budget").await;
+    assert!(
+        b["windowEnds"].as_u64().unwrap() > halted["ts"].as_u64().unwrap(),
+        "a new window: {b}"
+    );
+    let id = submit(&h, json!({"pool": "ui", "payload": {}})).await;
+    assert_eq!(
+        wait_state(&h, &id, "completed").await["agentId"],
+        "window-1"
+    );
+    stop.cancel();
+    let _ = agent.await;
+}

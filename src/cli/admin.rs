@@ -37,6 +37,12 @@ pub(crate) async fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
     let leader = fleet_store::lease::holder(&mut conn, &keys).await?;
     let commanders =
         fleet_store::lease::commanders(&mut conn, &keys, now, config.ha.lease_ms).await?;
+    // Governance: the validators (n) and the lying ones a 2/3 quorum tolerates.
+    let validators: u64 = redis::cmd("SCARD")
+        .arg(keys.validators())
+        .query_async(&mut conn)
+        .await?;
+    let tolerance = fleet_protocol::governance::tolerance(validators);
     if json {
         let mut v = serde_json::to_value(&s)?;
         v["leader"] = match &leader {
@@ -44,9 +50,11 @@ pub(crate) async fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
             None => serde_json::Value::Null,
         };
         v["commanders"] = serde_json::to_value(&commanders)?;
+        v["validators"] = serde_json::json!({"n": validators, "f": tolerance});
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&s));
+        println!("validators: {validators} (tolerates f = {tolerance} lying)");
         match &leader {
             Some(h) => println!("\nleader: {} (epoch {})", h.id, h.epoch),
             None => println!("\nleader: none (the lease is free)"),
