@@ -157,20 +157,7 @@ async fn http_consoles(
         .with_credential(&credential(url, &id, PoolType::Ui).await);
         for step in 0..2 {
             let before: Vec<u64> = seen.iter().map(|s| s.lock().unwrap().0).collect();
-            let mut tries = 0;
-            let at = loop {
-                tries += 1;
-                let r = if step == 0 {
-                    a.register(T).await.map(|_| ())
-                } else {
-                    a.deregister(T).await.map(|_| ())
-                };
-                match r {
-                    Ok(()) => break fleet_protocol::now_ms(),
-                    Err(e) if tries < 5 => eprintln!("retrying: {e}"),
-                    Err(e) => panic!("no reply after {tries} tries: {e}"),
-                }
-            };
+            let at = toggle(&mut a, step == 0).await;
             for (s, was) in seen.iter().zip(&before) {
                 let deadline = Instant::now() + WAIT;
                 loop {
@@ -197,6 +184,26 @@ async fn http_consoles(
     }
     let _ = sim.kill().await;
     let _ = std::fs::remove_file(config);
+}
+
+/// Registers (`up`) or deregisters the bench's agent; when the reply came
+/// (ms). Both are idempotent: a request that got no reply in time (a
+/// saturated machine) is sent again, up to five times.
+async fn toggle(a: &mut fleet_agent::Agent, up: bool) -> u64 {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let r = if up {
+            a.register(T).await.map(|_| ())
+        } else {
+            a.deregister(T).await.map(|_| ())
+        };
+        match r {
+            Ok(()) => return fleet_protocol::now_ms(),
+            Err(e) if tries < 5 => eprintln!("retrying: {e}"),
+            Err(e) => panic!("no reply after {tries} tries: {e}"),
+        }
+    }
 }
 
 async fn js(c: &Client, script: &str) -> Value {
@@ -404,22 +411,7 @@ async fn run() {
                 }
                 v
             };
-            // Both are idempotent: a request that got no reply in time (a
-            // saturated machine) is sent again.
-            let mut tries = 0;
-            let at = loop {
-                tries += 1;
-                let r = if step == 0 {
-                    a.register(T).await.map(|_| ())
-                } else {
-                    a.deregister(T).await.map(|_| ())
-                };
-                match r {
-                    Ok(()) => break fleet_protocol::now_ms(),
-                    Err(e) if tries < 5 => eprintln!("retrying: {e}"),
-                    Err(e) => panic!("no reply after {tries} tries: {e}"),
-                }
-            };
+            let at = toggle(&mut a, step == 0).await;
             for (c, was) in pages.iter().zip(&before) {
                 let deadline = Instant::now() + WAIT;
                 loop {

@@ -361,7 +361,9 @@ async fn payloads_and_results_are_kept_byte_for_byte() {
 async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
     let h = Harness::start_with(|c| {
         c.tasks.durability = fleet_commander::config::Durability::Replicated;
-        c.tasks.replication_timeout_ms = 300;
+        // Wide enough for a replica on a loaded machine (a CI run saw 300 ms
+        // miss with the link up), short enough to see the refusal in time.
+        c.tasks.replication_timeout_ms = 1000;
     })
     .await;
     let replica = fleet_testkit::RedisServer::start_replica_of(&h.redis).expect("a replica");
@@ -379,6 +381,20 @@ async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
                 .await
                 .unwrap_or_default();
             info.contains("master_link_status:up")
+        }
+    })
+    .await;
+    // ... and the primary counts it as an online replica (what WAIT counts).
+    let primary = h.conn().await;
+    wait_until(|| {
+        let mut p = primary.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut p)
+                .await
+                .unwrap_or_default();
+            info.contains("state=online")
         }
     })
     .await;
@@ -410,7 +426,7 @@ async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "not_replicated", "{v}");
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < Duration::from_secs(3),
         "refused within the timeout"
     );
     assert!(

@@ -402,21 +402,31 @@ async fn drain_pool(
         Err(r) => return *r,
     };
     if s.config().governance.governs("drain_pool") {
-        let proposer = actor.map_or_else(|| "anonymous".into(), |a| a.0 .0.clone());
-        return match crate::governance::propose(&s, "drain_pool", json!({"pool": pool}), &proposer)
-            .await
-        {
-            Ok(Ok(opened)) => (
-                StatusCode::ACCEPTED,
-                Json(json!({"pool": pool, "proposal": opened})),
-            )
-                .into_response(),
-            Ok(Err(why)) => error(StatusCode::CONFLICT, "quorum_unreachable", why),
-            Err(e) => unavailable(e),
-        };
+        return proposed(&s, actor, "drain_pool", json!({"pool": pool})).await;
     }
     match crate::governance::drain_pool(&s, pool, "operator").await {
         Ok(drained) => Json(json!({"pool": pool, "draining": drained})).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// A governed action asked for: 202 with the proposal opened for it, or 409
+/// when the live validators cannot reach the quorum now.
+async fn proposed(
+    s: &Shared,
+    actor: Option<axum::Extension<auth::Actor>>,
+    action: &str,
+    params: serde_json::Value,
+) -> Response {
+    let proposer = actor.map_or_else(|| "anonymous".into(), |a| a.0 .0.clone());
+    let pool = params["pool"].clone();
+    match crate::governance::propose(s, action, params, &proposer).await {
+        Ok(Ok(opened)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"pool": pool, "proposal": opened})),
+        )
+            .into_response(),
+        Ok(Err(why)) => error(StatusCode::CONFLICT, "quorum_unreachable", why),
         Err(e) => unavailable(e),
     }
 }
@@ -504,17 +514,8 @@ async fn set_pool_size(
         // Past the threshold, a governed size waits for the validators.
         let g = &config.governance;
         if g.governs("scale_pool") && n > u64::from(g.scale_threshold) {
-            let proposer = actor.map_or_else(|| "anonymous".into(), |a| a.0 .0.clone());
             let params = json!({"pool": pool, "agents": n});
-            return match crate::governance::propose(&s, "scale_pool", params, &proposer).await {
-                Ok(Ok(opened)) => (
-                    StatusCode::ACCEPTED,
-                    Json(json!({"pool": pool, "proposal": opened})),
-                )
-                    .into_response(),
-                Ok(Err(why)) => error(StatusCode::CONFLICT, "quorum_unreachable", why),
-                Err(e) => unavailable(e),
-            };
+            return proposed(&s, actor, "scale_pool", params).await;
         }
         crate::governance::set_size(&s, pool, n)
             .await
