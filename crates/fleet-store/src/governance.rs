@@ -275,12 +275,7 @@ impl Governance {
 
     /// The newest proposals, newest first.
     pub async fn list(&self, conn: &mut impl ConnectionLike, limit: usize) -> Result<Vec<Record>> {
-        let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(self.keys.proposals())
-            .arg(0)
-            .arg(limit.saturating_sub(1))
-            .query_async(conn)
-            .await?;
+        let ids = crate::registry::newest(conn, &self.keys.proposals(), limit).await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(r) = self.get(conn, &id).await? {

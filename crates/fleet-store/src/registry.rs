@@ -602,6 +602,24 @@ pub async fn read_counts(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<
     Ok(counts)
 }
 
+/// The `limit` members of a sorted set with the highest scores (the newest,
+/// where the score is a time), highest first.
+pub(crate) async fn newest(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+    limit: usize,
+) -> Result<Vec<String>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(redis::cmd("ZREVRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(limit - 1)
+        .query_async(conn)
+        .await?)
+}
+
 /// Members of a sorted set scored at or below `max`, lowest first.
 pub(crate) async fn scored_upto(
     conn: &mut impl ConnectionLike,

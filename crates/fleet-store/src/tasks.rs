@@ -612,12 +612,7 @@ impl TaskStore {
         which: Held,
         limit: usize,
     ) -> Result<Vec<TaskRecord>> {
-        let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(self.held_key(which))
-            .arg(0)
-            .arg(limit.saturating_sub(1))
-            .query_async(conn)
-            .await?;
+        let ids = crate::registry::newest(conn, &self.held_key(which), limit).await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(t) = self.get(conn, &id).await? {
