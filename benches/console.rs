@@ -145,16 +145,7 @@ async fn http_consoles(
     let mut lat = Vec::new();
     for i in 0..20 {
         let id = format!("bench-ui-{i}");
-        let publisher = fleet_store::connection::connect(url).await.unwrap();
-        let mut a = fleet_agent::Agent::connect(
-            &client,
-            publisher,
-            fleet_protocol::Channels::default(),
-            spec(&id, PoolType::Ui),
-        )
-        .await
-        .unwrap()
-        .with_credential(&credential(url, &id, PoolType::Ui).await);
+        let mut a = bench_agent(&client, url, &id).await;
         for step in 0..2 {
             let before: Vec<u64> = seen.iter().map(|s| s.lock().unwrap().0).collect();
             let at = toggle(&mut a, step == 0).await;
@@ -184,6 +175,24 @@ async fn http_consoles(
     }
     let _ = sim.kill().await;
     let _ = std::fs::remove_file(config);
+}
+
+/// The bench's agent of the `ui` pool, signed with a key of its own.
+async fn bench_agent(
+    client: &fleet_store::connection::Client,
+    url: &str,
+    id: &str,
+) -> fleet_agent::Agent {
+    let publisher = fleet_store::connection::connect(url).await.unwrap();
+    fleet_agent::Agent::connect(
+        client,
+        publisher,
+        fleet_protocol::Channels::default(),
+        spec(id, PoolType::Ui),
+    )
+    .await
+    .unwrap()
+    .with_credential(&credential(url, id, PoolType::Ui).await)
 }
 
 /// Registers (`up`) or deregisters the bench's agent; when the reply came
@@ -393,16 +402,7 @@ async fn run() {
     let mut lat = Vec::new();
     for i in 0..20 {
         let id = format!("bench-ui-{i}");
-        let publisher = fleet_store::connection::connect(&url).await.unwrap();
-        let mut a = fleet_agent::Agent::connect(
-            &client,
-            publisher,
-            fleet_protocol::Channels::default(),
-            spec(&id, PoolType::Ui),
-        )
-        .await
-        .unwrap()
-        .with_credential(&credential(&url, &id, PoolType::Ui).await);
+        let mut a = bench_agent(&client, &url, &id).await;
         for step in 0..2 {
             let before: Vec<Value> = {
                 let mut v = Vec::new();

@@ -406,6 +406,18 @@ local function budget(aid, pool, now)
   return allowance, allowance, 0
 end
 
+-- An agent's balance as stored, if its budget exists and its window has
+-- not ended (nil otherwise: a fresh or renewed budget starts at the
+-- allowance). Reads only: for registration, which must not create a budget
+-- for every agent that joins.
+local function stored_balance(aid, now)
+  local b = redis.call('HMGET', K.budget .. aid, 'balance', 'windowEnds')
+  if not b[1] then return nil end
+  local ends = tonumber(b[2] or 0)
+  if ends > 0 and tonumber(now) >= ends then return nil end
+  return tonumber(b[1])
+end
+
 -- Marks an agent halted (its budget fell below the minimum): no new work.
 -- Returns the halt message for the caller to sign and send.
 local function halt(aid, pool, balance, counts, now)

@@ -19,7 +19,7 @@ local id, pool, now = A.id, A.pool, A.now
 
 -- Its budget outlives its registration: one spent below the minimum leaves
 -- it halted (no pre-rendered reply then: it says idle).
-local balance = budget(id, pool, now)
+local balance = stored_balance(id, now)
 local halted = balance and balance < budgets().min
 local cur = redis.call('HMGET', agent, 'status', 'pool', 'registeredAt', 'tasksCompleted',
   'avgTaskTime', 'successRate', 'failures', 'recoveryAttempts', 'instance', 'health',
