@@ -185,6 +185,95 @@ async fn oscillating_load_changes_direction_at_most_once_per_cooldown() {
     stop.cancel();
 }
 
+/// No spawner runs: a pool below its minimum asks, nobody answers, and it
+/// asks again ever later (the request timeout doubling) instead of at every
+/// sample; the gauge counts the unanswered requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_spawner_unanswered_requests_back_off() {
+    let h = Harness::start_with(|c| {
+        scaling_config(c, &[(PoolType::Reviewer, 2, 6)]);
+        c.scaling.request_timeout_ms = 200;
+    })
+    .await;
+    let mut scaling = h.listen(&h.keys.channels().scaling()).await;
+    let ups = scaling
+        .collect_for(Duration::from_secs(4), |v| {
+            v["type"] == "scale_up" && v["pool"] == "reviewer"
+        })
+        .await;
+    // Asked at 0, then after 200 + 200, 400, 800, 1600 ms: 5 in 4 s (at
+    // every 250 ms without the backoff: 16).
+    assert!(
+        (2..=6).contains(&ups.len()),
+        "{} requests in 4 s: {ups:?}",
+        ups.len()
+    );
+    let gaps: Vec<u64> = ups
+        .windows(2)
+        .map(|w| w[1]["ts"].as_u64().unwrap() - w[0]["ts"].as_u64().unwrap())
+        .collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0]),
+        "each wait longer than the last: {gaps:?}"
+    );
+    let unanswered = h
+        .metric(r#"fleet_scale_requests_unanswered{pool="reviewer"}"#)
+        .await;
+    assert!(unanswered >= 2.0, "gauge: {unanswered}");
+    // An agent comes after all: answered, the gauge back to 0.
+    let (stop, _) = start_agent(&h, "r-1", PoolType::Reviewer, &[], None).await;
+    wait_until(|| async {
+        h.metric(r#"fleet_scale_requests_unanswered{pool="reviewer"}"#)
+            .await
+            == 0.0
+    })
+    .await;
+    stop.cancel();
+}
+
+/// A task that needs a capability no agent of its pool declares (the pool
+/// declares none, so it is accepted) never grows the pool: it is announced
+/// once as unschedulable and counted in the gauge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_nobody_in_the_pool_can_run_grows_nothing() {
+    let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Tester, 1, 6)])).await;
+    let (stop_t1, _) = start_agent(&h, "t-1", PoolType::Tester, &["rust"], None).await;
+    wait_until(|| async { live(&h, "tester").await == 1 }).await;
+    let mut scaling = h.listen(&h.keys.channels().scaling()).await;
+    let id = submit(&h, json!({"pool": "tester", "capabilities": ["gpu"]})).await;
+    // Queue wait 300 ms, window 200 ms, up cooldown 500 ms: without the
+    // check the pool grows about every 500 ms.
+    let seen = scaling
+        .collect_for(Duration::from_secs(3), |v| v["pool"] == "tester")
+        .await;
+    let ups: Vec<_> = seen.iter().filter(|v| v["type"] == "scale_up").collect();
+    assert!(ups.is_empty(), "grew for a task nobody can run: {ups:?}");
+    let flagged: Vec<_> = seen
+        .iter()
+        .filter(|v| v["type"] == "unschedulable")
+        .collect();
+    assert_eq!(flagged.len(), 1, "announced once: {seen:?}");
+    assert_eq!(flagged[0]["taskId"], id.as_str());
+    assert_eq!(flagged[0]["capabilities"], json!(["gpu"]));
+    assert_eq!(
+        h.metric(r#"fleet_tasks_unschedulable{pool="tester"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(live(&h, "tester").await, 1);
+    // Once an agent that has the capability joins, the task runs.
+    let (stop, _) = start_agent(&h, "t-gpu", PoolType::Tester, &["gpu"], None).await;
+    wait_state(&h, &id, "completed").await;
+    wait_until(|| async {
+        h.metric(r#"fleet_tasks_unschedulable{pool="tester"}"#)
+            .await
+            == 0.0
+    })
+    .await;
+    stop.cancel();
+    stop_t1.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_minimum_is_restored_after_agents_die() {
     let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Mobile, 2, 4)])).await;
@@ -417,4 +506,104 @@ async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
         report.spawned
     );
     assert_eq!(report.false_deaths, 0);
+}
+
+/// The real binary with the shipped config, no spawner anywhere and a task
+/// that no agent of its pool can run: once started it logs next to nothing
+/// (here with the scaler's request timeout and window at 1 s, 30 and 10
+/// times quicker than shipped, so 6 s stand for minutes), every line it
+/// writes to a pipe is plain JSON, and no pool is asked to grow for the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commander_without_a_spawner_stays_quiet() {
+    use tokio::io::AsyncBufReadExt;
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let addr = free_addr();
+    let config = process_config_with(
+        "quiet",
+        &[
+            ("sample_ms = 1000 ", "sample_ms = 100  "),
+            ("window_ms = 10000 ", "window_ms = 1000  "),
+            ("request_timeout_ms = 30000", "request_timeout_ms = 1000 "),
+        ],
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-commander"))
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--log-format", "json"])
+        .env("REDIS_URL", redis.url())
+        .env("FLEET_HTTP_ADDR", &addr)
+        .env("FLEET_COMMANDER_KEY", test_commander_key())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("commander binary starts");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
+    let mut reader = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = reader.next_line().await {
+            sink.lock().unwrap().push((Instant::now(), l));
+        }
+    });
+    wait_leader(&addr).await;
+    let http = authed(&admin_token(&redis.url()).await);
+    let id = submit_to(
+        &http,
+        &format!("http://{addr}"),
+        json!({"pool": "coder", "capabilities": ["gpu"]}),
+    )
+    .await;
+    // Start-up: the first requests (one line per pool), their timeout (one
+    // line for all), the unschedulable task (one line).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let all = lines.lock().unwrap().clone();
+    let after: Vec<&String> = all
+        .iter()
+        .filter(|(at, _)| *at >= settled)
+        .map(|(_, l)| l)
+        .collect();
+    assert!(
+        after.len() < 10,
+        "{} lines in 6 s once started: {after:#?}",
+        after.len()
+    );
+    for (_, l) in &all {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(!l.contains('\u{1b}'), "colour codes in a pipe: {l}");
+        // A key twice in one object (e.g. a span's name and a field
+        // called name) would be lost by most JSON readers.
+        let spans = v["spans"].as_array().cloned().unwrap_or_default();
+        for s in spans.iter().chain(std::iter::once(&v["span"])) {
+            let text = s.to_string();
+            assert_eq!(
+                text.matches("\"name\"").count(),
+                usize::from(s.is_object()),
+                "{l}"
+            );
+        }
+    }
+    assert!(
+        all.iter()
+            .any(|(_, l)| l.contains("unschedulable") && l.contains(&id)),
+        "the unschedulable task is logged once: {all:#?}"
+    );
+    let (_, scaling) = {
+        let r = http
+            .get(format!("http://{addr}/v1/scaling?limit=500"))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    let grown: Vec<&Value> = scaling
+        .as_array()
+        .or_else(|| scaling["items"].as_array())
+        .expect("a list of decisions")
+        .iter()
+        .filter(|d| d["pool"] == "coder" && d["reason"] != "below_min")
+        .collect();
+    assert!(grown.is_empty(), "coder grew for the task: {grown:?}");
 }

@@ -62,6 +62,8 @@ pub const POOL_UTILIZATION: &str = "fleet_pool_utilization_ratio";
 pub const QUEUE_OLDEST_SECONDS: &str = "fleet_queue_oldest_wait_seconds";
 pub const SCALING_DECISIONS: &str = "fleet_scaling_decisions_total";
 pub const SCALE_REQUESTS_UNFULFILLED: &str = "fleet_scale_requests_unfulfilled_total";
+pub const SCALE_REQUESTS_UNANSWERED: &str = "fleet_scale_requests_unanswered";
+pub const TASKS_UNSCHEDULABLE: &str = "fleet_tasks_unschedulable";
 pub const AGENTS_DRAINED: &str = "fleet_agents_drained_total";
 pub const CONFIG_RELOADS: &str = "fleet_config_reloads_total";
 pub const POOL_TASKS_PER_AGENT: &str = "fleet_pool_tasks_per_agent";
@@ -280,6 +282,14 @@ fn describe() {
         CONFIG_RELOADS,
         "Configuration reloads, by result (applied, rejected)."
     );
+    g!(
+        SCALE_REQUESTS_UNANSWERED,
+        "Scale-up requests in a row that no spawner answered, by pool (0: answered, or none asked); the scaler backs off while it is above 0."
+    );
+    g!(
+        TASKS_UNSCHEDULABLE,
+        "Tasks at the head of the pool's queue that need capabilities no agent of the pool declares, waiting longer than the pool's scaling window; they never grow the pool."
+    );
     g!(AGENTS, "Registered agents, by pool and status.");
     g!(AGENTS_QUARANTINED, "Agents in quarantine (given no tasks).");
     g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
@@ -408,6 +418,8 @@ fn initialize() {
             counter!(SCALE_REQUESTS_UNFULFILLED, "pool" => pool, "direction" => direction)
                 .absolute(0);
         }
+        metrics::gauge!(SCALE_REQUESTS_UNANSWERED, "pool" => pool).set(0.0);
+        metrics::gauge!(TASKS_UNSCHEDULABLE, "pool" => pool).set(0.0);
     }
     for channel in ["registry", "health", "fleet", "tasks", "results"] {
         for reason in [

@@ -11,6 +11,14 @@
 //! channel, each with an id, and a spawner acts on them. Retired agents are
 //! drained: no new tasks, they finish what they hold, then deregister. A
 //! request not fulfilled in time is reported (`scale_timeout`).
+//!
+//! Safe without a spawner: a growth request that nobody answers (no agent
+//! came) makes the pool wait before asking again, the request timeout
+//! doubling each time up to [`MAX_RETRY_MS`]; it is logged once, and the
+//! gauge `fleet_scale_requests_unanswered` says how many in a row went
+//! unanswered. And a queued task that needs capabilities no agent of its
+//! pool declares never drives growth: it is left out of the demand, and once
+//! it has waited a whole window it is announced (`unschedulable`).
 
 use crate::config::{Config, ScalingPolicy};
 use crate::context::{pause, publish, Shared};
@@ -21,16 +29,21 @@ use fleet_protocol::pool::{AgentStatus, PoolType};
 use fleet_protocol::{Scaling, VERSION};
 use fleet_store::connection::Conn;
 use fleet_store::StoreError;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Scaling events kept in the fleet event stream (approximately).
 const EVENTS_CAP: u64 = 10_000;
 /// Tasks at the head of a queue whose age is looked at.
 const HEAD: isize = 8;
+/// The longest a pool waits between growth requests that nobody answers.
+pub const MAX_RETRY_MS: u64 = 600_000;
+/// How long an agent's declared capabilities are trusted before they are
+/// read again (only for pools with a task that needs some at the head).
+const CAPS_TTL_MS: u64 = 5_000;
 
 /// One reading of a pool's demand.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,6 +57,8 @@ pub struct Sample {
     pub held: u64,
     /// Agents holding at least one task.
     pub busy: u64,
+    /// Tasks waiting that an agent of the pool could run (tasks needing
+    /// capabilities that no agent declares are left out).
     pub queued: u64,
     /// How long the longest-waiting of the next tasks to run has waited (ms).
     pub oldest_wait_ms: u64,
@@ -96,6 +111,20 @@ pub struct PoolState {
     pub pending_up: u32,
     /// Agents retiring and not yet gone.
     pub pending_down: u32,
+    /// Growth requests in a row that nobody answered (no agent came).
+    pub unanswered: u32,
+    /// While nobody answers: no growth request before this time.
+    pub retry_at: Option<u64>,
+    /// The pool's registrations when the last request went unanswered: one
+    /// more means somebody answers after all.
+    pub registered_then: u64,
+}
+
+/// How long a pool waits before asking again after its `unanswered`-th
+/// request in a row went unanswered: the request timeout, doubling, capped.
+pub fn retry_delay(request_timeout_ms: u64, unanswered: u32) -> u64 {
+    let doubled = request_timeout_ms.saturating_mul(1u64 << unanswered.saturating_sub(1).min(20));
+    doubled.min(MAX_RETRY_MS.max(request_timeout_ms))
 }
 
 impl PoolState {
@@ -148,6 +177,12 @@ pub fn decide(
     // and asking for an agent that could not register would only time out.
     let room =
         max.saturating_sub(size.saturating_add(u32::try_from(last.held).unwrap_or(u32::MAX)));
+    // Nobody answered the last request: no growth until the retry is due.
+    let room = if st.retry_at.is_some_and(|t| now < t) {
+        0
+    } else {
+        room
+    };
     let floor = manual.unwrap_or(min).clamp(min, max);
     if size < floor && room > 0 {
         let reason = if manual.is_some() {
@@ -258,6 +293,8 @@ struct Request {
     id: String,
     pool: PoolType,
     direction: Direction,
+    /// Up: the agents asked for.
+    count: u32,
     /// Up: the pool's registration count at which it is fulfilled.
     until_registered: u64,
     /// Down: the agents still to leave.
@@ -265,16 +302,37 @@ struct Request {
     deadline: u64,
 }
 
+/// A queued task that no agent of its pool declares the capabilities for.
+#[derive(Debug)]
+struct Stranded {
+    pool: PoolType,
+    task_id: String,
+    capabilities: Vec<String>,
+    waited_ms: u64,
+}
+
+/// What the scaler remembers between rounds.
+#[derive(Debug, Default)]
+struct Memory {
+    states: HashMap<PoolType, PoolState>,
+    requests: Vec<Request>,
+    /// Per pool: when its agents' capabilities were read, and them.
+    caps: HashMap<PoolType, (u64, Vec<HashSet<String>>)>,
+    /// Tasks announced as unschedulable (each is announced once).
+    flagged: HashSet<String>,
+    /// Per pool: its unschedulable tasks at the last round.
+    stranded: HashMap<PoolType, u64>,
+}
+
 pub(crate) async fn scaler(shared: Arc<Shared>, mut conn: Conn) {
-    let mut states: HashMap<PoolType, PoolState> = HashMap::new();
-    let mut requests: Vec<Request> = Vec::new();
+    let mut mem = Memory::default();
     let mut backoff = Backoff::new();
     loop {
         let every = Duration::from_millis(shared.config().scaling.sample_ms);
         if !pause(shared.shutdown_token(), every).await {
             return;
         }
-        match round(&shared, &mut conn, &mut states, &mut requests).await {
+        match round(&shared, &mut conn, &mut mem).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
                 if !round_failed(&shared, "scale", e, &mut backoff).await {
@@ -285,12 +343,14 @@ pub(crate) async fn scaler(shared: Arc<Shared>, mut conn: Conn) {
     }
 }
 
-/// Reads every pool's demand.
+/// Reads every pool's demand; returns it with the queued tasks (at the
+/// head of each queue) that no agent of their pool could run.
 async fn sample(
     shared: &Shared,
     conn: &mut Conn,
     now: u64,
-) -> Result<Vec<(PoolType, Sample)>, StoreError> {
+    caps: &mut HashMap<PoolType, (u64, Vec<HashSet<String>>)>,
+) -> Result<(Vec<(PoolType, Sample)>, Vec<Stranded>), StoreError> {
     let status = shared.fleet_status(conn).await?;
     let keys = &shared.keys;
     let mut p = redis::pipe();
@@ -307,31 +367,67 @@ async fn sample(
     }
     let mut p = redis::pipe();
     for id in heads.iter().flatten() {
-        p.hget(keys.task(id), "submittedAt");
+        p.cmd("HMGET")
+            .arg(keys.task(id))
+            .arg(&["submittedAt", "capabilities"]);
     }
-    let submitted: Vec<Option<u64>> = if heads.iter().all(Vec::is_empty) {
+    let rows: Vec<(Option<u64>, Option<String>)> = if heads.iter().all(Vec::is_empty) {
         Vec::new()
     } else {
         p.query_async(conn).await?
     };
-    let mut at = submitted.into_iter();
+    let mut rows = rows.into_iter();
     let mut out = Vec::new();
+    let mut stranded = Vec::new();
     for (i, pool) in PoolType::ALL.into_iter().enumerate() {
         let c = &status.pools[&pool].by_status;
         let n = |s: AgentStatus| c.get(&s).copied().unwrap_or(0);
-        let oldest = heads[i]
+        // The head's tasks that still exist: (id, waited, capabilities).
+        let head: Vec<(&String, u64, Vec<String>)> = heads[i]
             .iter()
-            .filter_map(|_| at.next().flatten())
-            .map(|t| now.saturating_sub(t))
-            .max()
-            .unwrap_or(0);
+            .filter_map(|id| {
+                let (at, need) = rows.next()?;
+                let need = need
+                    .and_then(|j| serde_json::from_str::<Vec<String>>(&j).ok())
+                    .unwrap_or_default();
+                Some((id, now.saturating_sub(at?), need))
+            })
+            .collect();
+        let mut oldest = 0;
+        let (mut servable, mut unservable) = (0u64, 0u64);
+        for (id, waited, need) in head {
+            let fits = need.is_empty()
+                || pool_caps(shared, conn, pool, now, caps)
+                    .await?
+                    .iter()
+                    .any(|have| need.iter().all(|c| have.contains(c)));
+            if fits {
+                servable += 1;
+                oldest = oldest.max(waited);
+            } else {
+                unservable += 1;
+                stranded.push(Stranded {
+                    pool,
+                    task_id: id.clone(),
+                    capabilities: need,
+                    waited_ms: waited,
+                });
+            }
+        }
+        // The queue's depth in tasks the pool could run, estimated from its
+        // head when some there cannot be run.
+        let queued = if unservable == 0 {
+            depth[i]
+        } else {
+            (depth[i] * servable).div_ceil(servable + unservable)
+        };
         let live = n(AgentStatus::Idle) + n(AgentStatus::Active) + n(AgentStatus::Busy);
         let s = Sample {
             at: now,
             live,
             held: n(AgentStatus::Failed) + n(AgentStatus::Recovering) + n(AgentStatus::Halted),
             busy: (n(AgentStatus::Active) + n(AgentStatus::Busy)).min(live),
-            queued: depth[i],
+            queued,
             oldest_wait_ms: oldest,
         };
         metrics::gauge!(m::POOL_UTILIZATION, "pool" => pool.as_str()).set(s.utilization());
@@ -339,19 +435,53 @@ async fn sample(
             .set(oldest as f64 / 1000.0);
         out.push((pool, s));
     }
-    Ok(out)
+    Ok((out, stranded))
 }
 
-async fn round(
+/// The capabilities each registered agent of `pool` declares, read again
+/// after [`CAPS_TTL_MS`].
+async fn pool_caps<'a>(
     shared: &Shared,
     conn: &mut Conn,
-    states: &mut HashMap<PoolType, PoolState>,
-    requests: &mut Vec<Request>,
-) -> Result<(), StoreError> {
+    pool: PoolType,
+    now: u64,
+    cache: &'a mut HashMap<PoolType, (u64, Vec<HashSet<String>>)>,
+) -> Result<&'a [HashSet<String>], StoreError> {
+    let fresh = cache
+        .get(&pool)
+        .is_some_and(|(at, _)| now < at + CAPS_TTL_MS);
+    if !fresh {
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(shared.keys.pool_agents(pool))
+            .query_async(conn)
+            .await?;
+        let mut p = redis::pipe();
+        for id in &ids {
+            p.hget(shared.keys.agent(id), "capabilities");
+        }
+        let raw: Vec<Option<String>> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            p.query_async(conn).await?
+        };
+        let sets = raw
+            .into_iter()
+            .map(|j| {
+                j.and_then(|j| serde_json::from_str::<HashSet<String>>(&j).ok())
+                    .unwrap_or_default()
+            })
+            .collect();
+        cache.insert(pool, (now, sets));
+    }
+    Ok(&cache[&pool].1)
+}
+
+async fn round(shared: &Shared, conn: &mut Conn, mem: &mut Memory) -> Result<(), StoreError> {
     let config = shared.config();
     let now = now_ms();
-    settle(shared, conn, requests, states, now).await?;
-    let samples = sample(shared, conn, now).await?;
+    settle(shared, conn, mem, now).await?;
+    let (samples, stranded) = sample(shared, conn, now, &mut mem.caps).await?;
+    strand(shared, conn, &config, mem, stranded, now).await?;
     let manual: HashMap<String, u32> = redis::cmd("HGETALL")
         .arg(shared.keys.manual_sizes())
         .query_async(conn)
@@ -360,8 +490,12 @@ async fn round(
     let mut heading: u64 = 0;
     for (pool, s) in samples {
         let p = config.scaling_for(pool);
-        let st = states.entry(pool).or_default();
+        let st = mem.states.entry(pool).or_default();
         st.record(s, p.window_ms);
+        if st.unanswered > 0 && shared.registered(pool) > st.registered_then {
+            info!(pool = %pool, "an agent registered: scale requests are answered again");
+            answered(st, pool);
+        }
         // Failed agents count against the fleet cap too, as at registration.
         heading +=
             (s.live + s.held + u64::from(st.pending_up)).saturating_sub(u64::from(st.pending_down));
@@ -378,13 +512,77 @@ async fn round(
     let wanted: Vec<_> = wants.iter().map(|(p, w)| (*p, w.count)).collect();
     for (pool, w) in share_cap(&config, wants, room) {
         let asked = wanted.iter().find(|(p, _)| *p == pool).map_or(0, |x| x.1);
-        let st = states.get_mut(&pool).expect("sampled");
+        let st = mem.states.get_mut(&pool).expect("sampled");
         let inputs = *st.samples.back().expect("sampled");
         act(
-            shared, conn, &config, pool, &w, asked, inputs, st, requests, now,
+            shared,
+            conn,
+            &config,
+            pool,
+            &w,
+            asked,
+            inputs,
+            st,
+            &mut mem.requests,
+            now,
         )
         .await?;
         st.samples.clear(); // the next decision sees a fresh window
+    }
+    Ok(())
+}
+
+/// A pool's requests are answered (again): it may grow when it needs to.
+fn answered(st: &mut PoolState, pool: PoolType) {
+    st.unanswered = 0;
+    st.retry_at = None;
+    metrics::gauge!(m::SCALE_REQUESTS_UNANSWERED, "pool" => pool.as_str()).set(0.0);
+}
+
+/// Tasks no agent of their pool can run: once one has waited a whole
+/// window it is announced on the scaling channel (once), counted in the
+/// gauge, and its pool logged once while it has any.
+async fn strand(
+    shared: &Shared,
+    conn: &mut Conn,
+    config: &Config,
+    mem: &mut Memory,
+    stranded: Vec<Stranded>,
+    now: u64,
+) -> Result<(), StoreError> {
+    let mut counts: HashMap<PoolType, u64> = HashMap::new();
+    let mut seen = HashSet::new();
+    for t in stranded {
+        if t.waited_ms < config.scaling_for(t.pool).window_ms {
+            continue;
+        }
+        *counts.entry(t.pool).or_default() += 1;
+        seen.insert(t.task_id.clone());
+        if mem.flagged.contains(&t.task_id) {
+            continue;
+        }
+        if mem.stranded.get(&t.pool).copied().unwrap_or(0) == 0 {
+            warn!(pool = %t.pool, task_id = %t.task_id, capabilities = ?t.capabilities,
+                waited_ms = t.waited_ms,
+                "unschedulable: no agent of the pool declares the capabilities this task needs; it does not grow the pool (fleet_tasks_unschedulable)");
+        }
+        let msg = Scaling::Unschedulable {
+            v: VERSION,
+            pool: t.pool,
+            task_id: t.task_id.clone(),
+            capabilities: t.capabilities,
+            waited_ms: t.waited_ms,
+            ts: now,
+        };
+        publish(conn, shared.keys.channels().scaling(), &msg).await?;
+        mem.flagged.insert(t.task_id);
+    }
+    mem.flagged.retain(|id| seen.contains(id));
+    for pool in PoolType::ALL {
+        let n = counts.get(&pool).copied().unwrap_or(0);
+        if mem.stranded.insert(pool, n).unwrap_or(0) != n {
+            metrics::gauge!(m::TASKS_UNSCHEDULABLE, "pool" => pool.as_str()).set(n as f64);
+        }
     }
     Ok(())
 }
@@ -414,6 +612,7 @@ async fn act(
                 id: id.clone(),
                 pool,
                 direction: Direction::Up,
+                count: w.count,
                 until_registered: shared.registered(pool) + u64::from(w.count),
                 agents: Vec::new(),
                 deadline,
@@ -441,6 +640,7 @@ async fn act(
                 id: id.clone(),
                 pool,
                 direction: Direction::Down,
+                count: agents.len() as u32,
                 until_registered: 0,
                 agents: agents.clone(),
                 deadline,
@@ -459,11 +659,26 @@ async fn act(
         Scaling::ScaleDown { agents, .. } => agents.len() as u32,
         _ => w.count,
     };
+    metrics::counter!(m::SCALING_DECISIONS, "pool" => pool.as_str(), "direction" => w.direction.as_str())
+        .increment(1);
+    // A retry nobody is expected to answer was said once already.
+    macro_rules! decision {
+        ($level:ident) => {
+            $level!(pool = %pool, direction = w.direction.as_str(), count, asked, reason = w.reason,
+                live = inputs.live, busy = inputs.busy, queued = inputs.queued,
+                oldest_wait_ms = inputs.oldest_wait_ms, "scaling decision")
+        };
+    }
+    if st.unanswered > 0 {
+        decision!(debug);
+    } else {
+        decision!(info);
+    }
     record(shared, conn, pool, w, count, asked, &inputs, &id, now).await?;
     publish(conn, shared.keys.channels().scaling(), &msg).await
 }
 
-/// A decision in the log, the metric and the events stream, with its inputs.
+/// A decision in the events stream, with its inputs.
 #[allow(clippy::too_many_arguments)]
 async fn record(
     shared: &Shared,
@@ -476,11 +691,6 @@ async fn record(
     id: &str,
     now: u64,
 ) -> Result<(), StoreError> {
-    metrics::counter!(m::SCALING_DECISIONS, "pool" => pool.as_str(), "direction" => w.direction.as_str())
-        .increment(1);
-    info!(pool = %pool, direction = w.direction.as_str(), count, asked, reason = w.reason,
-        live = inputs.live, busy = inputs.busy, queued = inputs.queued,
-        oldest_wait_ms = inputs.oldest_wait_ms, "scaling decision");
     let record = serde_json::json!({
         "id": id, "pool": pool, "direction": w.direction.as_str(), "count": count,
         "asked": asked, "reason": w.reason, "live": inputs.live, "busy": inputs.busy,
@@ -548,17 +758,19 @@ async fn retirees(
         .collect())
 }
 
-/// Marks requests fulfilled, and reports those past their deadline.
+/// Marks requests fulfilled, and reports those past their deadline. A
+/// growth request nobody answered at all makes its pool back off; the
+/// pools newly without an answer are logged in one line.
 async fn settle(
     shared: &Shared,
     conn: &mut Conn,
-    requests: &mut Vec<Request>,
-    states: &mut HashMap<PoolType, PoolState>,
+    mem: &mut Memory,
     now: u64,
 ) -> Result<(), StoreError> {
     let mut kept = Vec::new();
-    for mut r in std::mem::take(requests) {
-        let st = states.entry(r.pool).or_default();
+    let mut unanswered: Vec<(PoolType, u64)> = Vec::new();
+    for mut r in std::mem::take(&mut mem.requests) {
+        let st = mem.states.entry(r.pool).or_default();
         let missing = match r.direction {
             Direction::Up => {
                 let have = shared.registered(r.pool);
@@ -585,17 +797,38 @@ async fn settle(
             }
         };
         if missing == 0 {
+            if r.direction == Direction::Up && st.unanswered > 0 {
+                info!(pool = %r.pool, "scale_up answered again");
+                answered(st, r.pool);
+            }
             continue;
         }
         if now >= r.deadline {
             metrics::counter!(m::SCALE_REQUESTS_UNFULFILLED, "pool" => r.pool.as_str(),
                 "direction" => r.direction.as_str())
             .increment(1);
-            warn!(request = %r.id, pool = %r.pool, direction = r.direction.as_str(), missing,
-                "scaling request not fulfilled in time");
             match r.direction {
                 Direction::Up => st.pending_up = st.pending_up.saturating_sub(missing),
                 Direction::Down => st.pending_down = st.pending_down.saturating_sub(missing),
+            }
+            if r.direction == Direction::Up && missing >= r.count {
+                // Nobody answered: ask again later, each time later still.
+                st.unanswered += 1;
+                st.registered_then = shared.registered(r.pool);
+                let timeout = shared.config().scaling_for(r.pool).request_timeout_ms;
+                let delay = retry_delay(timeout, st.unanswered);
+                st.retry_at = Some(now + delay);
+                metrics::gauge!(m::SCALE_REQUESTS_UNANSWERED, "pool" => r.pool.as_str())
+                    .set(f64::from(st.unanswered));
+                if st.unanswered == 1 {
+                    unanswered.push((r.pool, delay));
+                } else {
+                    debug!(request = %r.id, pool = %r.pool, unanswered = st.unanswered,
+                        retry_in_ms = delay, "scale_up still unanswered");
+                }
+            } else {
+                warn!(request = %r.id, pool = %r.pool, direction = r.direction.as_str(), missing,
+                    "scaling request not fulfilled in time");
             }
             let msg = Scaling::ScaleTimeout {
                 v: VERSION,
@@ -610,7 +843,13 @@ async fn settle(
         }
         kept.push(r);
     }
-    *requests = kept;
+    mem.requests = kept;
+    if let Some(&(_, delay)) = unanswered.first() {
+        let pools: Vec<&str> = unanswered.iter().map(|(p, _)| p.as_str()).collect();
+        warn!(pools = %pools.join(","), retry_in_ms = delay, max_retry_ms = MAX_RETRY_MS,
+            "no spawner answered scale_up (no agent came): asking again later, the wait doubling each time; \
+             run a spawner on the scaling channel (docs/OPERATIONS.md, Autoscaling) or start agents by hand");
+    }
     Ok(())
 }
 
@@ -734,6 +973,27 @@ mod tests {
         let mut st = state(&[(1, 0, 0)], 0);
         st.samples.back_mut().unwrap().held = 3;
         assert_eq!(decide(&policy(), 2, 4, None, &st, 0), None);
+    }
+
+    #[test]
+    fn a_pool_nobody_answers_waits_longer_each_time_before_asking_again() {
+        let mut st = state(&[(0, 0, 0)], 0);
+        st.unanswered = 1;
+        st.retry_at = Some(5_000);
+        assert_eq!(decide(&policy(), 2, 20, None, &st, 4_999), None);
+        let w = decide(&policy(), 2, 20, None, &st, 5_000).unwrap();
+        assert_eq!((w.direction, w.reason), (Direction::Up, "below_min"));
+        let delays: Vec<u64> = (1..=7).map(|n| retry_delay(30_000, n)).collect();
+        assert_eq!(
+            delays,
+            [30_000, 60_000, 120_000, 240_000, 480_000, 600_000, 600_000]
+        );
+        assert_eq!(retry_delay(30_000, u32::MAX), MAX_RETRY_MS);
+        // Backing off stops growth, not shrinking.
+        let mut quiet = state(&[(6, 0, 0), (6, 0, 0), (6, 0, 0)], 0);
+        quiet.retry_at = Some(u64::MAX);
+        let w = decide(&policy(), 2, 20, None, &quiet, 200).unwrap();
+        assert_eq!(w.direction, Direction::Down);
     }
 
     #[test]

@@ -114,7 +114,9 @@ impl Supervisor {
         name: &'static str,
         task: impl Future<Output = ()> + Send + 'static,
     ) {
-        let h = self.tasks.spawn(task.instrument(info_span!("task", name)));
+        let h = self
+            .tasks
+            .spawn(task.instrument(info_span!("task", task = name)));
         self.names.push((h.id(), name));
     }
 

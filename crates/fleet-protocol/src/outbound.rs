@@ -123,6 +123,18 @@ pub enum Scaling {
         missing: u32,
         ts: u64,
     },
+    /// `taskId` has waited a whole scaling window for capabilities that no
+    /// agent of `pool` declares: it does not grow the pool (a spawner that
+    /// can start such an agent may). Sent once per task.
+    #[serde(rename_all = "camelCase")]
+    Unschedulable {
+        v: u32,
+        pool: PoolType,
+        task_id: String,
+        capabilities: Vec<String>,
+        waited_ms: u64,
+        ts: u64,
+    },
 }
 
 /// Leadership events on `swarm:phase-1:fleet` (beside the fleet status):

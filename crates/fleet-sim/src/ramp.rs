@@ -184,6 +184,12 @@ impl Ramp {
                         missing,
                         ..
                     } => format!("scale_timeout {pool} {direction}: {missing} missing"),
+                    Scaling::Unschedulable {
+                        pool,
+                        task_id,
+                        capabilities,
+                        ..
+                    } => format!("unschedulable {pool} {task_id} needs {capabilities:?}"),
                 };
                 progress.line(&format!("  t={t:>5.1}s {line}"));
             }
@@ -343,6 +349,7 @@ fn kind(e: &Scaling) -> &'static str {
         Scaling::ScaleUp { .. } => "scale_up",
         Scaling::ScaleDown { .. } => "scale_down",
         Scaling::ScaleTimeout { .. } => "scale_timeout",
+        Scaling::Unschedulable { .. } => "unschedulable",
     }
 }
 
