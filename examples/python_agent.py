@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
 """A fleet-commander agent in Python, with the SDK in sdk/python (asyncio, redis-py).
 
-    pip install "redis>=5" cryptography
+    python3 -m pip install ./sdk/python          # or run it from the clone as is
     fleet-commander keys issue py-1 --pool ui --out py-1.cred
-    PYTHONPATH=sdk/python python3 examples/python_agent.py --credential py-1.cred
+    python3 examples/python_agent.py --credential py-1.cred
 
 It signs everything it sends, believes only what the commander signed, echoes each
-task's payload back as its result, and with --tasks N leaves after N tasks (the test
-suite uses this). docs/PROTOCOL.md describes the same protocol without the SDK.
+task's payload back as its result, leaves cleanly on SIGTERM or Ctrl-C, and with
+--tasks N leaves after N tasks (the test suite uses this). The Redis URL is --url, else
+REDIS_URL, else redis://127.0.0.1:6379. docs/PROTOCOL.md describes the same protocol
+without the SDK.
 """
 import argparse
 import asyncio
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sdk", "python"))
+# Run from a clone, the SDK is found beside this file even if not installed.
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sdk", "python"))
 
 from fleet_agent import Agent, Credential  # noqa: E402
 

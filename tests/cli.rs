@@ -342,3 +342,107 @@ async fn keys_commands_init_issue_list_rotate_and_revoke() {
         "nothing left to revoke"
     );
 }
+
+/// `agent` as a newcomer runs it: without a credential under the shipped
+/// (signed) config it says at once what to run; with one, the pool comes
+/// from the credential, the agent does a task, and SIGTERM makes it leave
+/// cleanly (deregistered, exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_command_takes_its_pool_from_the_credential_and_leaves_on_sigterm() {
+    let h = Harness::start().await;
+    let out = Command::new(BIN)
+        .args(["--config", CONFIG, "agent", "--pool", "coder"])
+        .env("REDIS_URL", h.redis.url())
+        .env("FLEET_COMMANDER_KEY", test_commander_key())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("needs a credential") && err.contains("keys issue"),
+        "{err}"
+    );
+
+    let cred = h.credential("cli-agent", PoolType::Tester).await;
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-agent.cred");
+    std::fs::write(&file, serde_json::to_string(&cred).unwrap()).unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--config", CONFIG, "agent", "--credential"])
+        .arg(&file)
+        .env("REDIS_URL", h.redis.url())
+        .env("FLEET_COMMANDER_KEY", test_commander_key())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until(|| async { h.get("/v1/agents/cli-agent").await.0 == 200 }).await;
+    let (_, a) = h.get("/v1/agents/cli-agent").await;
+    assert_eq!(a["pool"], "tester", "{a}");
+    let id = submit(
+        &h,
+        serde_json::json!({"pool": "tester", "payload": {"n": 1}}),
+    )
+    .await;
+    let t = wait_state(&h, &id, "completed").await;
+    assert_eq!(t["agentId"], "cli-agent", "{t}");
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the agent leaves in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(h.get("/v1/agents/cli-agent").await.0, 404, "deregistered");
+}
+
+/// A reader that went away (`status | head -1`, here a reader gone before
+/// the first write) ends the command quietly
+/// with status 0, not a panic (101); a request without a token says how to
+/// get one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_is_a_clean_exit_and_a_401_says_what_to_do() {
+    let h = Harness::start().await;
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; (sleep 0.3; {BIN} --config {CONFIG} status) | true"
+        ))
+        .env("REDIS_URL", h.redis.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            CONFIG,
+            "dead-letters",
+            "list",
+            "--url",
+            &h.base(),
+        ])
+        .env_remove("FLEET_TOKEN")
+        .env_remove("FLEET_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("401") && err.contains("tokens issue") && err.contains("FLEET_TOKEN_FILE"),
+        "{err}"
+    );
+}

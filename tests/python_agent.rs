@@ -16,11 +16,11 @@ async fn the_python_example_agent_registers_does_a_task_and_leaves() {
         serde_json::json!({"pool": "ui", "payload": {"say": "hello"}}),
     )
     .await;
-    let mut cred = h
+    // This Redis runs without ACLs (sdk/python's tests run with them): the
+    // agent is refused its ACL user, says so, and connects as the URL says.
+    let cred = h
         .credential("py-1", fleet_protocol::pool::PoolType::Ui)
         .await;
-    // This Redis runs without ACLs (sdk/python's tests run with them).
-    (cred.redis_user, cred.redis_password) = (None, None);
     let out = python_example(&h.redis.url(), &cred, 1).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -30,6 +30,11 @@ async fn the_python_example_agent_registers_does_a_task_and_leaves() {
     );
     assert!(stdout.contains("registering py-1 in ui"), "{stdout}");
     assert!(stdout.contains("left after 1 task(s)"), "{stdout}");
+    assert_eq!(
+        stderr.matches("acl --apply").count(),
+        1,
+        "one warning about the missing ACL user: {stderr}"
+    );
     registry
         .wait_for("agent_registered", is("agent_registered", "py-1"))
         .await;

@@ -25,21 +25,35 @@ pub(crate) struct AclArgs {
     lock_default: bool,
 }
 
+/// The commander's user the docs suggest.
+const COMMANDER: &str = "fleet-commander";
+
 /// The read-only operator's user (its password: `FLEET_OPERATOR_PASSWORD`).
 const OPERATOR: &str = "fleet-operator";
 
 pub(crate) async fn acl(config: &Path, args: AclArgs) -> anyhow::Result<bool> {
     let config = load(config)?;
     let keys = Keys::new(config.fleet.prefix.clone());
-    let (Some(user), Some(pass)) =
-        fleet_store::connection::url::user_and_password(&config.redis.url)?
-    else {
-        anyhow::bail!(
-            "redis.url has no user and password for the commander: \
-             write it as redis://fleet-commander:PASSWORD@host:port (or set REDIS_URL so)"
-        );
+    let named = fleet_store::connection::url::user_and_password(&config.redis.url)?;
+    let (user, pass_hash) = match named {
+        (Some(user), Some(pass)) => (user, sha256_hex(&pass)),
+        _ if args.apply => anyhow::bail!(
+            "redis.url names no user for the commander, so it would connect as Redis's default user \
+             and gain nothing from ACLs. Give it one first: \
+             export REDIS_URL=redis://fleet-commander:PASSWORD@127.0.0.1:6379 (or redis.url in the config), \
+             then run this again with --admin-url naming a user that may run ACL SETUSER \
+             (e.g. --admin-url redis://127.0.0.1:6379 while Redis has no ACLs yet); docs/SECURITY.md, Redis ACLs"
+        ),
+        _ => {
+            eprintln!(
+                "note: redis.url names no user: the commander's rules are shown for user {COMMANDER} \
+                 with the password hash <sha256-of-PASSWORD>; before --apply, set \
+                 REDIS_URL=redis://{COMMANDER}:PASSWORD@host:port (docs/SECURITY.md, Redis ACLs)"
+            );
+            (COMMANDER.to_string(), "<sha256-of-PASSWORD>".to_string())
+        }
     };
-    let mut users = vec![acl::commander(&keys, &user, &sha256_hex(&pass))];
+    let mut users = vec![acl::commander(&keys, &user, &pass_hash)];
     match std::env::var("FLEET_OPERATOR_PASSWORD") {
         Ok(p) if !p.is_empty() => users.push(acl::operator(&keys, OPERATOR, &sha256_hex(&p))),
         _ => eprintln!("note: FLEET_OPERATOR_PASSWORD is not set: no {OPERATOR} user"),
@@ -52,10 +66,10 @@ pub(crate) async fn acl(config: &Path, args: AclArgs) -> anyhow::Result<bool> {
 
     if !args.apply {
         for u in &users {
-            println!("{}", u.line());
+            out!("{}", u.line());
         }
         for g in &gone {
-            println!("ACL DELUSER {g}");
+            out!("ACL DELUSER {g}");
         }
         return Ok(true);
     }
@@ -85,7 +99,7 @@ pub(crate) async fn acl(config: &Path, args: AclArgs) -> anyhow::Result<bool> {
             .await
             .context("ACL SETUSER default off")?;
     }
-    println!(
+    out!(
         "applied {} user(s), removed {}{}",
         users.len(),
         gone.len(),

@@ -3,7 +3,8 @@
 //! it succeeded.
 
 use super::{
-    base_url, call, load, BudgetAction, DeadLetterAction, DrainTarget, PoisonAction, TaskAction,
+    base_url, call, load, request, BudgetAction, DeadLetterAction, DrainTarget, PoisonAction,
+    TaskAction,
 };
 use anyhow::Context;
 use fleet_protocol::status::render;
@@ -12,7 +13,7 @@ use std::path::Path;
 
 pub(crate) fn config_check(file: &Path) -> anyhow::Result<bool> {
     let c = load(file)?;
-    println!(
+    out!(
         "{}: valid ({} pools, heartbeat {} ms, failure after {} missed)",
         file.display(),
         c.pools.len(),
@@ -51,16 +52,16 @@ pub(crate) async fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
         };
         v["commanders"] = serde_json::to_value(&commanders)?;
         v["validators"] = serde_json::json!({"n": validators, "f": tolerance});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", render(&s));
-        println!("validators: {validators} (tolerates f = {tolerance} lying)");
+        out_raw!("{}", render(&s));
+        out!("validators: {validators} (tolerates f = {tolerance} lying)");
         match &leader {
-            Some(h) => println!("\nleader: {} (epoch {})", h.id, h.epoch),
-            None => println!("\nleader: none (the lease is free)"),
+            Some(h) => out!("\nleader: {} (epoch {})", h.id, h.epoch),
+            None => out!("\nleader: none (the lease is free)"),
         }
         for c in &commanders {
-            println!(
+            out!(
                 "  {:<8} {}  epoch {:<4} at {:<21} renewed {} ms ago",
                 c.role.as_str(),
                 c.id,
@@ -89,6 +90,7 @@ pub(crate) async fn task(
             timeout_ms,
             max_retries,
             client_id,
+            wait,
         } => {
             let payload: serde_json::Value =
                 serde_json::from_str(&payload).context("--payload is not JSON")?;
@@ -97,7 +99,36 @@ pub(crate) async fn task(
                 "capabilities": capabilities, "timeoutMs": timeout_ms,
                 "maxRetries": max_retries, "clientId": client_id,
             });
-            call(http.post(format!("{base}/v1/tasks")).json(&body)).await?;
+            let Some(wait) = wait else {
+                call(http.post(format!("{base}/v1/tasks")).json(&body)).await?;
+                return Ok(true);
+            };
+            let submitted = request(http.post(format!("{base}/v1/tasks")).json(&body)).await?;
+            let id = submitted["task"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            eprintln!(
+                "submitted {id}; waiting up to {}",
+                humantime::format_duration(wait)
+            );
+            let deadline = std::time::Instant::now() + wait;
+            loop {
+                let t = request(http.get(format!("{base}/v1/tasks/{id}"))).await?;
+                let state = t["state"].as_str().unwrap_or_default();
+                if matches!(state, "completed" | "dead" | "cancelled" | "poison") {
+                    out!("{}", serde_json::to_string_pretty(&t)?);
+                    return Ok(state == "completed");
+                }
+                if std::time::Instant::now() >= deadline {
+                    out!("{}", serde_json::to_string_pretty(&t)?);
+                    anyhow::bail!(
+                        "task {id} is still {state} after {}: is an agent of pool {pool} running?",
+                        humantime::format_duration(wait)
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
         }
         TaskAction::Get { id } => call(http.get(format!("{base}/v1/tasks/{id}"))).await?,
         TaskAction::Cancel { id } => {

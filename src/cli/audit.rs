@@ -62,16 +62,25 @@ pub(crate) async fn audit_cmd(config: &Path, action: AuditAction) -> anyhow::Res
         AuditAction::List { limit, json } => {
             let entries = audit::list(&mut conn, &keys, limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                out!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
-                println!(
+                out!(
                     "{:>6} {:<14} {:<24} {:<20} {:<32} RESULT",
-                    "SEQ", "TS", "ACTOR", "ACTION", "TARGET"
+                    "SEQ",
+                    "TS",
+                    "ACTOR",
+                    "ACTION",
+                    "TARGET"
                 );
                 for e in entries {
-                    println!(
+                    out!(
                         "{:>6} {:<14} {:<24} {:<20} {:<32} {}",
-                        e.seq, e.ts, e.actor, e.action, e.target, e.result
+                        e.seq,
+                        e.ts,
+                        e.actor,
+                        e.action,
+                        e.target,
+                        e.result
                     );
                 }
             }
@@ -81,11 +90,11 @@ pub(crate) async fn audit_cmd(config: &Path, action: AuditAction) -> anyhow::Res
             let public = signer(&config)?.map(|s| s.public());
             match audit::verify(&mut conn, &keys, public.as_ref()).await? {
                 Verdict::Intact { entries, head_seq } => {
-                    println!("intact: {entries} entries, through entry {head_seq}");
+                    out!("intact: {entries} entries, through entry {head_seq}");
                     Ok(true)
                 }
                 Verdict::Broken { seq, what } => {
-                    println!("broken at entry {seq}: {what}");
+                    out!("broken at entry {seq}: {what}");
                     Ok(false)
                 }
             }
@@ -94,7 +103,7 @@ pub(crate) async fn audit_cmd(config: &Path, action: AuditAction) -> anyhow::Res
             let n = AuditLog::new(keys, signer(&config)?)
                 .trim(&mut conn, keep)
                 .await?;
-            println!("removed {n} entries; the chain is checked from the last one removed");
+            out!("removed {n} entries; the chain is checked from the last one removed");
             Ok(true)
         }
     }

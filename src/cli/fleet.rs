@@ -3,6 +3,7 @@
 
 use super::{load, shutdown_on_signal, write_report, DemoArgs, SimArgs};
 use fleet_agent::{Agent, AgentSpec};
+use fleet_commander::config::SecurityMode;
 use fleet_protocol::auth::Credential;
 use fleet_protocol::{Channels, PoolType, Resources};
 use fleet_sim::issuer::Issuer;
@@ -162,7 +163,7 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
 /// One agent, registered until Ctrl-C.
 pub(crate) async fn agent(
     config: &Path,
-    pool: String,
+    pool: Option<String>,
     id: Option<String>,
     capabilities: Vec<String>,
     credential: Option<PathBuf>,
@@ -172,15 +173,30 @@ pub(crate) async fn agent(
         Some(p) => Some(Credential::parse(&std::fs::read_to_string(&p).map_err(
             |e| anyhow::anyhow!("reading the credential {}: {e}", p.display()),
         )?)?),
+        None if config.security.mode == SecurityMode::Signed => anyhow::bail!(
+            "security is on (security.mode = \"signed\"): an agent needs a credential. \
+             Issue one with `fleet-commander keys issue coder-1 --pool coder --out coder-1.cred`, \
+             then run `fleet-commander agent --credential coder-1.cred`"
+        ),
         None => None,
     };
     let id = id.or_else(|| credential.as_ref().map(|c| c.subject.clone()));
-    let pool: PoolType = pool
-        .parse()
-        .map_err(|_| anyhow::anyhow!("unknown pool {pool:?}"))?;
-    let channels = Channels::new(config.fleet.prefix.clone());
-    let client = fleet_store::connection::client(&config.redis.url)?;
-    let publisher = fleet_store::connection::connect(&config.redis.url).await?;
+    // The credential names the pool; --pool may only repeat it.
+    let pool: PoolType = match (pool, credential.as_ref().and_then(|c| c.pool)) {
+        (Some(p), Some(c)) if p != c.as_str() => {
+            anyhow::bail!(
+                "--pool {p} but the credential is for pool {c}: its key is refused in any other"
+            )
+        }
+        (_, Some(c)) => c,
+        (Some(p), None) => p.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "unknown pool {p:?} (one of: {})",
+                PoolType::ALL.map(PoolType::as_str).join(", ")
+            )
+        })?,
+        (None, None) => anyhow::bail!("--pool is needed (or --credential, which names it)"),
+    };
     let spec = AgentSpec {
         id: id.unwrap_or_else(|| format!("{pool}-{}", uuid::Uuid::new_v4().simple())),
         pool,
@@ -189,20 +205,26 @@ pub(crate) async fn agent(
         resources: Resources::default(),
         capacity: 1,
     };
-    let mut agent = Agent::connect(&client, publisher, channels, spec).await?;
-    if let Some(c) = &credential {
-        agent = agent.with_credential(c);
-    }
-    let reg = agent.register(Duration::from_secs(5)).await?;
-    println!(
-        "registered {} in pool {} (re-registered: {}); heartbeating every {:?}; Ctrl-C to leave",
+    let channels = Channels::new(config.fleet.prefix.clone());
+    let mut agent = Agent::open(&config.redis.url, credential.as_ref(), channels, spec).await?;
+    let reg = agent.register(Duration::from_secs(5)).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: is a commander running on this Redis (fleet-commander run), and is the \
+             credential's key issued there (fleet-commander keys list)? The commander's log says \
+             why it refused a message"
+        )
+    })?;
+    out!(
+        "registered {} in pool {} (re-registered: {}); heartbeating every {:?}; Ctrl-C or SIGTERM to leave",
         reg.record.id, reg.record.pool, reg.re_registered, reg.heartbeat_interval
     );
     let stop = shutdown_on_signal();
-    agent
-        .run(reg.heartbeat_interval, Duration::ZERO, stop)
+    let exit = agent
+        .serve(reg.heartbeat_interval, None, stop, LEAVE_GRACE)
         .await;
-    let removed = agent.deregister(Duration::from_secs(5)).await?;
-    println!("deregistered: {removed}");
+    out!("left ({exit:?}): deregistered");
     Ok(true)
 }
+
+/// How long `agent` finishes its work on SIGTERM before it hands it back.
+const LEAVE_GRACE: Duration = Duration::from_secs(30);

@@ -36,7 +36,7 @@ pub(crate) async fn governance_cmd(
     let gov = Governance::new(keys.clone());
     match action {
         GovernanceAction::List { limit } => {
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&gov.list(&mut conn, limit).await?)?
             );
@@ -116,7 +116,7 @@ pub(crate) async fn governance_cmd(
                 problems.push(format!("the audit log is broken at entry {seq}: {what}"));
             }
             let valid = problems.is_empty();
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&json!({
                     "proposalId": id, "action": rec.proposal.action, "params": rec.proposal.params,

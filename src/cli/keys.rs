@@ -63,7 +63,7 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
         let secret = auth::new_secret();
         write_private(&path, &format!("{}\n", auth::encode_key(&secret)))?;
         let public = Signer::new("-", &secret).public();
-        println!(
+        out!(
             "commander key written to {} (public key {})",
             path.display(),
             auth::encode_key(&public.to_bytes())
@@ -113,15 +113,18 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
         KeysAction::List { json } => {
             let all = store.all(&mut conn).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                out!("{}", serde_json::to_string_pretty(&all)?);
             } else {
-                println!(
+                out!(
                     "{:<14} {:<10} {:<28} {:<15} STATE",
-                    "KID", "ROLE", "SUBJECT", "POOL"
+                    "KID",
+                    "ROLE",
+                    "SUBJECT",
+                    "POOL"
                 );
                 for r in all {
                     let role = serde_json::to_value(r.role)?;
-                    println!(
+                    out!(
                         "{:<14} {:<10} {:<28} {:<15} {}",
                         r.kid,
                         role.as_str().unwrap_or("?"),
@@ -146,7 +149,7 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
                 &format!("{n} key(s)"),
             )
             .await?;
-            println!("revoked {n} key(s) of {subject}; the commander refuses them from now on");
+            out!("revoked {n} key(s) of {subject}; the commander refuses them from now on");
         }
         KeysAction::Rotate {
             subject,

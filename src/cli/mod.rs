@@ -1,6 +1,37 @@
 //! The subcommands other than `run`: operators' tools (over the HTTP API or
 //! a read of Redis) in [`admin`], simulated fleets and the demo in [`fleet`].
 
+/// `println!` for the CLI's output: a reader that went away (`status |
+/// head`) ends the command quietly with status 0 instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+
+/// `print!`, as [`out!`].
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+
+/// Standard output failed: a closed pipe is a reader that has had enough
+/// (exit 0); anything else is an error (exit 1).
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1);
+}
+
 pub(crate) mod acl;
 pub(crate) mod admin;
 pub(crate) mod audit;
@@ -27,12 +58,16 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run one agent until Ctrl-C.
+    /// Run one agent (it echoes each task's payload) until Ctrl-C or SIGTERM,
+    /// then leave cleanly.
     Agent {
+        /// The agent's pool (default: the credential's).
         #[arg(long)]
-        pool: String,
+        pool: Option<String>,
+        /// The agent's id (default: the credential's subject, else POOL-<random>).
         #[arg(long)]
         id: Option<String>,
+        /// A capability the agent declares (repeat for more).
         #[arg(long = "capability")]
         capabilities: Vec<String>,
         /// The agent's credential file (`keys issue --out`); it names the
@@ -219,22 +254,32 @@ pub(crate) struct SimArgs {
 pub(crate) enum TaskAction {
     /// Submit a task; prints it once the commander has persisted it.
     Submit {
+        /// The pool whose agents run it.
         #[arg(long)]
         pool: String,
+        /// 1 (lowest) to 10 (default: the pool's priority level).
         #[arg(long)]
         priority: Option<u8>,
         /// JSON handed to the agent as is.
         #[arg(long, default_value = "null")]
         payload: String,
+        /// A capability an agent needs to take it (repeat for more).
         #[arg(long = "capability")]
         capabilities: Vec<String>,
+        /// How long one attempt may run (default: tasks.default_timeout_ms).
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// Failed attempts retried before the dead letters (default: tasks.default_max_retries).
         #[arg(long)]
         max_retries: Option<u32>,
         /// Idempotency key: submitting again with it returns the same task.
         #[arg(long)]
         client_id: Option<String>,
+        /// Wait until the task is finished (completed, dead, cancelled or
+        /// poison), at most this long (e.g. 60s, 5m), and print it then;
+        /// the exit status is 0 only if it completed.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
     },
     /// Show a task.
     Get { id: String },
@@ -338,22 +383,49 @@ pub(crate) fn base_url(config: &Path, url: Option<String>) -> anyhow::Result<Str
     }
 }
 
-/// Sends a request to the HTTP API and prints the JSON answer; an error
-/// status is an error.
-/// Sends `req` and prints the answer. A write sent to a standby (503
-/// `not_leader`) is sent once more, to the leader the standby names.
-pub(crate) async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+/// Sends a request to the HTTP API and returns the JSON answer; an error
+/// status is an error (with what to do about a 401 or 403). A write sent to
+/// a standby (503 `not_leader`) is sent once more, to the leader the standby
+/// names.
+pub(crate) async fn request(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
     let (client, req) = req.build_split();
     let req = req?;
     let again = req.try_clone();
-    let send = |req| async {
-        let r = client
-            .execute(req)
-            .await
-            .context("reaching the commander's HTTP API")?;
-        let status = r.status();
-        let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
-        anyhow::Ok((status, body))
+    let send = |req: reqwest::Request| {
+        let client = client.clone();
+        async move {
+            // A commander just started may not listen yet: wait a little for it.
+            let deadline = std::time::Instant::now() + CONNECT_WAIT;
+            let mut said = false;
+            let r = loop {
+                let again = req.try_clone().expect("no streaming bodies");
+                match client.execute(again).await {
+                Ok(r) => break r,
+                Err(e) if e.is_connect() && std::time::Instant::now() < deadline => {
+                    if !said {
+                        eprintln!(
+                            "no commander answers at {} yet; trying for {} s (is `fleet-commander run` started? \
+                             --url or FLEET_HTTP_ADDR name another address)",
+                            req.url().origin().ascii_serialization(),
+                            CONNECT_WAIT.as_secs()
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "reaching the commander's HTTP API at {} (is `fleet-commander run` started? \
+                         --url or FLEET_HTTP_ADDR name another address)",
+                        req.url().origin().ascii_serialization()
+                    )))
+                }
+            }
+            };
+            let status = r.status();
+            let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+            anyhow::Ok((status, body))
+        }
     };
     let (mut status, mut body) = send(req).await?;
     let leader = body["leader"]["address"].as_str().map(str::to_string);
@@ -368,10 +440,28 @@ pub(crate) async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
         eprintln!("this commander stands by: sending to the leader at {leader}");
         (status, body) = send(again).await?;
     }
-    if !status.is_success() {
-        anyhow::bail!("{status}: {body}");
+    match status.as_u16() {
+        401 => anyhow::bail!(
+            "{status}: {body}\nthe HTTP API needs a token: `fleet-commander tokens issue --role operator \
+             --name me > me.token`, then `export FLEET_TOKEN_FILE=me.token` (or FLEET_TOKEN=<token>)"
+        ),
+        403 => anyhow::bail!(
+            "{status}: {body}\nthe token's role is too weak for this: a viewer may read, an operator \
+             may act, an admin may read the audit log (fleet-commander tokens issue --role ...)"
+        ),
+        _ if !status.is_success() => anyhow::bail!("{status}: {body}"),
+        _ => {}
     }
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(body)
+}
+
+/// How long the CLI waits for a commander that does not answer yet.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends `req` ([`request`]) and prints the answer as JSON.
+pub(crate) async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let body = request(req).await?;
+    out!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())
 }
 
@@ -402,7 +492,7 @@ pub(crate) fn write_report(
     if let Some(p) = path {
         std::fs::write(p, serde_json::to_string_pretty(report)?)
             .with_context(|| format!("writing {}", p.display()))?;
-        println!("report written to {}", p.display());
+        out!("report written to {}", p.display());
     }
     Ok(())
 }

@@ -55,19 +55,19 @@ pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Resul
                 }
                 None => {
                     eprintln!("{} token for {name} (shown once):", role.as_str());
-                    println!("{token}");
+                    out!("{token}");
                 }
             }
         }
         TokensAction::List => {
-            println!("{:<14} {:<24} {:<10} STATE", "ID", "NAME", "ROLE");
+            out!("{:<14} {:<24} {:<10} STATE", "ID", "NAME", "ROLE");
             for t in store.all(&mut conn).await? {
                 let state = if t.revoked_ms.is_some() {
                     "revoked"
                 } else {
                     "active"
                 };
-                println!(
+                out!(
                     "{:<14} {:<24} {:<10} {state}",
                     t.id,
                     t.name,
@@ -89,7 +89,7 @@ pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Resul
                 &format!("{n} token(s)"),
             )
             .await?;
-            println!("revoked {n} token(s) of {name}");
+            out!("revoked {n} token(s) of {name}");
         }
     }
     Ok(true)

@@ -49,6 +49,14 @@ pub enum AgentError {
     Closed,
 }
 
+/// Redis refused the user and password (WRONGPASS: no such user, or
+/// another password).
+fn refused_user(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || e.code() == Some("WRONGPASS")
+        || e.to_string().contains("WRONGPASS")
+}
+
 /// An accepted registration.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -163,6 +171,43 @@ impl Inbox {
 }
 
 impl Agent {
+    /// Connects to Redis at `url` and subscribes, as [`Agent::connect`], and
+    /// with a credential signs with it ([`Agent::with_credential`]). The
+    /// connection is made as the credential's Redis ACL user, in place of
+    /// any user the URL names (`fleet-commander acl --apply` creates those
+    /// users). If Redis refuses that user (ACLs not applied yet), the agent
+    /// connects as the URL says, and says so once. The Python SDK does the
+    /// same.
+    pub async fn open(
+        url: &str,
+        credential: Option<&Credential>,
+        channels: Channels,
+        spec: AgentSpec,
+    ) -> Result<Agent, AgentError> {
+        let mut target = url.to_string();
+        if let Some(c) = credential {
+            let as_user = c.redis_url(url);
+            if as_user != url {
+                match fleet_redis::connect(&as_user).await {
+                    Ok(_) => target = as_user,
+                    Err(e) if refused_user(&e.source) => warn!(
+                        user = c.redis_user.as_deref().unwrap_or(""),
+                        "Redis has no ACL user for this credential: connecting as the URL says; \
+                         run `fleet-commander acl --apply` to confine the agent (docs/SECURITY.md)"
+                    ),
+                    Err(e) => return Err(e.source.into()),
+                }
+            }
+        }
+        let client = fleet_redis::client(&target)?;
+        let publisher = fleet_redis::connect(&target).await.map_err(|e| e.source)?;
+        let agent = Agent::connect(&client, publisher, channels, spec).await?;
+        Ok(match credential {
+            Some(c) => agent.with_credential(c),
+            None => agent,
+        })
+    }
+
     /// Subscribes to `…:agent:{id}` first, so that no reply can be missed, and
     /// keeps that subscription alive across Redis reconnects.
     pub async fn connect(
@@ -493,6 +538,34 @@ impl Agent {
         stop: CancellationToken,
         work: Option<Work>,
     ) -> Exit {
+        self.life(interval, first_after, stop, work, None).await
+    }
+
+    /// As [`Agent::run_with`], but `stop` is a request to leave, as on
+    /// SIGTERM in a rolling restart: the agent takes no new task, keeps
+    /// heartbeating while it finishes what it holds (and has its results
+    /// acknowledged), then deregisters; work still running after `grace` is
+    /// abandoned and handed back by the deregistration (at once, and no
+    /// casualty of the task). Returns [`Exit::Left`].
+    pub async fn serve(
+        &mut self,
+        interval: Duration,
+        work: Option<Work>,
+        stop: CancellationToken,
+        grace: Duration,
+    ) -> Exit {
+        self.life(interval, Duration::ZERO, stop, work, Some(grace))
+            .await
+    }
+
+    async fn life(
+        &mut self,
+        interval: Duration,
+        first_after: Duration,
+        stop: CancellationToken,
+        work: Option<Work>,
+        grace: Option<Duration>,
+    ) -> Exit {
         let start = tokio::time::Instant::now() + first_after;
         let mut tick = tokio::time::interval_at(start, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -504,26 +577,57 @@ impl Agent {
         };
         // Told to drain: finish what is running, then deregister and return.
         let mut draining = false;
+        // Leaving (stop with a grace): as draining, until the deadline.
+        let mut leaving: Option<tokio::time::Instant> = None;
         enum Wake {
             Stop,
             Beat,
             Message(ToAgent),
             Done((String, u32, Outcome)),
+            Deadline,
         }
         loop {
+            let deadline = leaving.unwrap_or_else(tokio::time::Instant::now);
             let wake = match self.pending.pop_front() {
-                Some(m) if !stop.is_cancelled() => Wake::Message(m),
+                Some(m) if !stop.is_cancelled() || leaving.is_some() => Wake::Message(m),
                 _ => tokio::select! {
-                    _ = stop.cancelled() => Wake::Stop,
+                    _ = stop.cancelled(), if leaving.is_none() => Wake::Stop,
+                    _ = tokio::time::sleep_until(deadline), if leaving.is_some() => Wake::Deadline,
                     _ = tick.tick() => Wake::Beat,
                     m = self.inbox.recv() => Wake::Message(m),
                     Some(d) = done_rx.recv() => Wake::Done(d),
                 },
             };
             match wake {
-                Wake::Stop => return Exit::Stopped,
+                Wake::Stop => {
+                    let Some(grace) = grace else {
+                        return Exit::Stopped;
+                    };
+                    info!(agent_id = %self.spec.id, tasks = jobs.running.len(), ?grace,
+                        "leaving: finishing what is held, then deregistering");
+                    leaving = Some(tokio::time::Instant::now() + grace);
+                    draining = true;
+                }
+                Wake::Deadline => {
+                    warn!(agent_id = %self.spec.id, tasks = jobs.running.len(),
+                        "grace over: handing back unfinished work");
+                    for (_, h) in jobs.running.drain() {
+                        h.abort();
+                    }
+                    jobs.unacked.clear();
+                }
                 Wake::Beat => {
-                    if let Err(e) = self.heartbeat(AgentStatus::Idle, 0.0).await {
+                    let n = jobs.running.len() as u32;
+                    let capacity = self.spec.capacity.max(1);
+                    let status = if n >= capacity {
+                        AgentStatus::Busy
+                    } else if n > 0 {
+                        AgentStatus::Active
+                    } else {
+                        AgentStatus::Idle
+                    };
+                    let load = f64::from(n) / f64::from(capacity);
+                    if let Err(e) = self.heartbeat(status, load).await {
                         warn!(agent_id = %self.spec.id, error = %e, "heartbeat not sent");
                     }
                     self.resend(&mut jobs).await;
@@ -548,6 +652,11 @@ impl Agent {
                     payload,
                     ..
                 }) => {
+                    if leaving.is_some() {
+                        // Not taken: the deregistration hands it back.
+                        debug!(agent_id = %self.spec.id, task_id, "leaving: task not taken");
+                        continue;
+                    }
                     let a = Assignment {
                         task_id,
                         attempt,
@@ -593,7 +702,11 @@ impl Agent {
                     Ok(_) => info!(agent_id = %self.spec.id, "drained and deregistered"),
                     Err(e) => warn!(agent_id = %self.spec.id, error = %e, "deregistration failed"),
                 }
-                return Exit::Drained;
+                return if leaving.is_some() {
+                    Exit::Left
+                } else {
+                    Exit::Drained
+                };
             }
         }
     }
@@ -695,6 +808,9 @@ pub enum Exit {
     Stopped,
     /// The commander drained it: its work is done and it deregistered.
     Drained,
+    /// It was asked to leave ([`Agent::serve`]): it finished or handed back
+    /// its work and deregistered.
+    Left,
 }
 
 /// A task handed to an agent.

@@ -396,18 +396,21 @@ impl Credential {
         Ok(c)
     }
 
-    /// `base` (a `redis://` or `rediss://` URL without a user) with this
-    /// credential's Redis user and password, if it has them.
+    /// `base` (any Redis URL: `redis://`, `rediss://`, `redis+sentinel://`)
+    /// with this credential's Redis user and password in place of any the
+    /// URL names, if the credential has them. The Python SDK does the same.
     pub fn redis_url(&self, base: &str) -> String {
         let (Some(user), Some(pass)) = (&self.redis_user, &self.redis_password) else {
             return base.to_string();
         };
-        match base.split_once("://") {
-            Some((scheme, rest)) if !rest.contains('@') => {
-                format!("{scheme}://{user}:{pass}@{rest}")
-            }
-            _ => base.to_string(),
-        }
+        let Some((scheme, rest)) = base.split_once("://") else {
+            return base.to_string();
+        };
+        // The authority ends at the first '/' or '?'; a user in it ends at its last '@'.
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        format!("{scheme}://{user}:{pass}@{hosts}{tail}")
     }
 
     pub fn signer(&self) -> Signer {
@@ -578,6 +581,15 @@ mod tests {
         assert_eq!(
             c.redis_url("redis://127.0.0.1:6379/0"),
             "redis://fleet-agent-coder-1:pw@127.0.0.1:6379/0"
+        );
+        // The credential's user replaces the URL's, as in the Python SDK.
+        assert_eq!(
+            c.redis_url("redis://default:admin@127.0.0.1:6379"),
+            "redis://fleet-agent-coder-1:pw@127.0.0.1:6379"
+        );
+        assert_eq!(
+            c.redis_url("redis+sentinel://u:p@s1:26379,s2:26379/fleet?sentinel_password=x"),
+            "redis+sentinel://fleet-agent-coder-1:pw@s1:26379,s2:26379/fleet?sentinel_password=x"
         );
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(Credential::parse(&text).unwrap(), c);

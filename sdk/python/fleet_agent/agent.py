@@ -139,6 +139,8 @@ class Agent:
         # times sent. Re-sent at every heartbeat, RESEND_TRIES times at most.
         self._unacked: Dict[Tuple[str, int], Tuple[str, Dict[str, Any], int]] = {}
         self._drained = asyncio.Event()
+        # Set once a signal asked the agent to leave: no new task is taken.
+        self._leaving = False
         # Set while the commander has halted this agent (its budget is spent).
         self.halted = False
         self._seq = 0
@@ -156,12 +158,26 @@ class Agent:
         return fn
 
     async def connect(self) -> None:
-        """Subscribes to the agent's channel (before anything is sent, so no
-        reply is missed) and starts reading it."""
-        auth = {}
+        """Connects as the credential's Redis ACL user, in place of any user
+        the URL names (``fleet-commander acl --apply`` creates those users);
+        if Redis refuses that user (ACLs not applied yet), as the URL says,
+        with one warning. The Rust SDK does the same. Then subscribes to the
+        agent's channel (before anything is sent, so no reply is missed) and
+        starts reading it."""
+        self._pub = None
         if self.credential and self.credential.redis_user:
             auth = {"username": self.credential.redis_user, "password": self.credential.redis_password}
-        self._pub = connect_redis(self.redis_url, **auth)
+            client = connect_redis(self.redis_url, **auth)
+            try:
+                await client.ping()
+                self._pub = client
+            except redis.AuthenticationError:
+                await client.aclose()
+                log.warning("Redis has no ACL user %s for this credential: connecting as the URL says; "
+                            "run `fleet-commander acl --apply` to confine the agent (docs/SECURITY.md)",
+                            self.credential.redis_user)
+        if self._pub is None:
+            self._pub = connect_redis(self.redis_url)
         await self._subscribe()
         self._reader = asyncio.create_task(self._read())
 
@@ -310,6 +326,8 @@ class Agent:
                 fut.set_result(msg)
         elif kind == "task_assign":
             key = (msg["taskId"], int(msg["attempt"]))
+            if self._leaving:
+                return  # not taken: the deregistration hands it back
             if key not in self._running:
                 t = asyncio.create_task(self._do(msg))
                 self._running[key] = t
@@ -355,28 +373,76 @@ class Agent:
 
     # ---- the whole life ----
 
-    async def run(self, stop: Optional[asyncio.Event] = None) -> None:
+    async def run(self, stop: Optional[asyncio.Event] = None, *, grace: float = 30.0,
+                  handle_signals: bool = True) -> None:
         """Connects, registers, heartbeats and takes tasks until ``stop`` is
-        set or the commander drains the agent; then deregisters."""
+        set or the commander drains the agent; then deregisters.
+
+        SIGTERM or SIGINT (a rolling restart, Ctrl-C) makes the agent leave
+        cleanly: it takes no new task, keeps heartbeating while it finishes
+        what it holds and has the results acknowledged (for at most
+        ``grace`` seconds; what is still running then is abandoned), then
+        deregisters, which hands back anything unfinished at once and counts
+        no casualty. A second signal leaves at once. ``stop`` leaves at once
+        too. ``handle_signals=False`` leaves the signals to the caller."""
         stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        leave = asyncio.Event()
+        installed = []
+        if handle_signals:
+            import signal
+
+            def on_signal(sig: "signal.Signals") -> None:
+                if leave.is_set():
+                    log.warning("%s again: leaving now", sig.name)
+                    stop.set()
+                    return
+                log.info("%s: finishing %d task(s) (at most %.0f s), then leaving", sig.name,
+                         len(self._running), grace)
+                self._leaving = True
+                leave.set()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, on_signal, sig)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass  # not the main thread, or no signals here
         await self.connect()
         try:
             await self.register()
+            deadline = None
             while not stop.is_set():
                 await self.heartbeat()
                 await self._resend()
-                waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self._drained.wait())]
-                await asyncio.wait(waits, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
+                if self._drained.is_set() or leave.is_set():
+                    if deadline is None and leave.is_set():
+                        deadline = loop.time() + grace
+                    if not (self._running or self._unacked):
+                        break
+                    if deadline is not None and loop.time() >= deadline:
+                        log.warning("grace over: handing back %d unfinished task(s)", len(self._running))
+                        break
+                # Wake for what has not happened yet (an event already set
+                # would wake at once, again and again).
+                waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self._settled())]
+                waits += [asyncio.create_task(e.wait()) for e in (self._drained, leave) if not e.is_set()]
+                timeout = self.heartbeat_s
+                if deadline is not None:
+                    timeout = max(0.0, min(timeout, deadline - loop.time()))
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for w in waits:
                     w.cancel()
-                if self._drained.is_set():
-                    last = asyncio.get_running_loop().time()
-                    while (self._running or self._unacked) and not stop.is_set():
-                        if asyncio.get_running_loop().time() - last >= self.heartbeat_s:
-                            last = asyncio.get_running_loop().time()
-                            await self._resend()  # bounded: RESEND_TRIES
-                        await asyncio.sleep(0.05)
-                    break
+            for t in list(self._running.values()):
+                t.cancel()
             await self.deregister()
         finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
             await self.close()
+
+    async def _settled(self) -> None:
+        """Returns once the agent is leaving (drained or signalled) and holds
+        nothing: no task running, no result unacknowledged."""
+        while not ((self._drained.is_set() or self._leaving) and not self._running and not self._unacked):
+            await asyncio.sleep(0.05)

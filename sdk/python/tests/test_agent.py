@@ -273,3 +273,71 @@ def test_a_vote_is_signed_and_heard(fleet):
         await agent.close()
 
     asyncio.run(main())
+
+
+# An agent in its own process, as deployed: a handler that sleeps
+# payload["sleep"] seconds, run() with the given grace.
+AGENT_PROCESS = """
+import asyncio, sys
+sys.path.insert(0, {sdk!r})
+from fleet_agent import Agent, Credential
+agent = Agent({url!r}, Credential.load({cred!r}))
+
+@agent.task
+async def slow(task):
+    await asyncio.sleep(task.payload["sleep"])
+    return {{"slept": task.payload["sleep"]}}
+
+asyncio.run(agent.run(grace={grace}))
+print("exited", flush=True)
+"""
+
+
+def agent_process(fleet, agent_id: str, pool: str, grace: float):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fleet.issue(agent_id, pool)
+    script = AGENT_PROCESS.format(sdk=str(Path(__file__).resolve().parents[1]), url=fleet.redis_url,
+                                  cred=str(fleet.tmp / f"{agent_id}.cred"), grace=grace)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    from conftest import wait_for
+    wait_for(lambda: fleet.get(f"/v1/agents/{agent_id}")[0] == 200, f"{agent_id} registered")
+    return p
+
+
+def test_sigterm_finishes_the_task_then_deregisters_and_exits_0(fleet):
+    import signal
+    from conftest import wait_for
+
+    p = agent_process(fleet, "py-term", "mobile", grace=30)
+    tid = fleet.submit({"pool": "mobile", "payload": {"sleep": 1.5}})
+    wait_for(lambda: fleet.task(tid).get("state") == "running", "the task running")
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=WAIT)
+    assert p.returncode == 0, err
+    assert "exited" in out
+    t = fleet.task(tid)
+    assert (t["state"], t["agentId"], t["attempt"]) == ("completed", "py-term", 1), t
+    assert not t.get("casualties"), t
+    assert fleet.get("/v1/agents/py-term")[0] == 404, "deregistered"
+
+
+def test_sigterm_past_the_grace_hands_the_task_back_with_no_casualty(fleet):
+    import signal
+    from conftest import wait_for
+
+    p = agent_process(fleet, "py-term2", "network", grace=0.5)
+    tid = fleet.submit({"pool": "network", "payload": {"sleep": 60}})
+    wait_for(lambda: fleet.task(tid).get("state") == "running", "the task running")
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=WAIT)
+    assert p.returncode == 0, err
+    t = fleet.task(tid)
+    # Handed back at once by the deregistration: waiting for another agent,
+    # its attempt no casualty (two rolling restarts never make it poison).
+    assert t["state"] == "queued", t
+    assert not t.get("casualties"), t
+    assert fleet.get("/v1/agents/py-term2")[0] == 404, "deregistered"
