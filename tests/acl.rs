@@ -226,3 +226,62 @@ async fn agents_submitters_and_operators_get_only_what_they_need() {
     );
     assert_eq!(try_cmd(&mut oc, &["FLUSHALL"]).await, "NOPERM");
 }
+
+/// docs/SECURITY.md's ACL steps, in the order printed, on a fresh Redis
+/// (its port in place of 6379): they work, the agent connects as its own
+/// ACL user (no warning about a missing one) and does a task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_security_docs_acl_steps_work_in_the_order_printed() {
+    use common::docs::{bash, block_after, workdir};
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SECURITY.md")).unwrap();
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let port = redis.port().to_string();
+    let steps = block_after(&text, "<!-- acl-steps -->", "sh")
+        .replace("127.0.0.1:6379", &format!("127.0.0.1:{port}"))
+        .replace("-p 6379 ", &format!("-p {port} "));
+    assert!(steps.contains("acl --apply"), "{steps}");
+    let dir = workdir();
+    let addr = free_addr();
+    let bin = std::path::Path::new(BIN)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let env = [
+        (
+            "PATH",
+            format!("{bin}:{}", std::env::var("PATH").unwrap_or_default()),
+        ),
+        ("FLEET_HTTP_ADDR", addr.clone()),
+        (
+            "FLEET_COMMANDER_KEY",
+            test_commander_key().display().to_string(),
+        ),
+    ];
+    // The doc's lines, then a task for the agent (the test's own lines).
+    let script = format!(
+        "set -euo pipefail\n{steps}\n\
+         fleet-commander tokens issue --role operator --name t > t.token\n\
+         FLEET_TOKEN_FILE=t.token fleet-commander task submit --pool coder --payload '{{\"n\":1}}' --wait 30s\n\
+         redis-cli -p {port} --user default --pass admin-secret --no-auth-warning CLIENT LIST\n\
+         kill %2; wait %2; kill %1; wait %1\n"
+    );
+    let out = bash(&dir, &env, &script).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let log = std::fs::read_to_string(dir.join("commander.log")).unwrap_or_default();
+    let all = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- commander.log\n{log}");
+    assert!(out.status.success(), "{all}");
+    assert!(stdout.contains(r#""state": "completed""#), "{all}");
+    assert!(
+        stdout.contains("user=fleet-agent-coder-7"),
+        "the agent connected as its ACL user: {all}"
+    );
+    assert!(
+        stdout.contains("user=fleet-commander"),
+        "the commander connected as its own user: {all}"
+    );
+    assert!(!stderr.contains("no ACL user"), "{all}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -427,7 +427,17 @@ pub(crate) async fn request(req: reqwest::RequestBuilder) -> anyhow::Result<serd
             anyhow::Ok((status, body))
         }
     };
-    let (mut status, mut body) = send(req).await?;
+    let (mut status, mut body) = send(req.try_clone().expect("no streaming bodies")).await?;
+    // No commander leads yet (one just started stands by until the last
+    // leader's lease runs out): wait a little for one to.
+    let deadline = std::time::Instant::now() + CONNECT_WAIT;
+    while body["error"] == "not_leader"
+        && body["leader"].is_null()
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        (status, body) = send(req.try_clone().expect("no streaming bodies")).await?;
+    }
     let leader = body["leader"]["address"].as_str().map(str::to_string);
     if let (true, Some(mut again), Some(leader)) = (body["error"] == "not_leader", again, leader) {
         let (host, port) = leader

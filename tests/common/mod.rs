@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub mod browser;
+pub mod docs;
 mod ha;
 mod tasks;
 #[allow(unused_imports)]

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from .signing import CommanderCheck, Credential, Refused, sign, unframe
 
@@ -30,6 +30,10 @@ def connect_redis(url: str, **auth: Any) -> redis.Redis:
     whenever a connection is made, so that it follows a failover. ``auth``
     (username, password) overrides the URL's."""
     if not url.startswith("redis+sentinel://"):
+        if auth:
+            # from_url lets the URL's user win over keyword arguments: drop it.
+            parts = urlsplit(url)
+            url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         return redis.Redis.from_url(url, **auth)
     rest, _, query = url[len("redis+sentinel://"):].partition("?")
     authority, _, path = rest.partition("/")
