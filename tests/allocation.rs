@@ -199,9 +199,6 @@ async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
     let h = Harness::start_with(|c| {
         c.tasks.retry_backoff_ms = 20;
         c.tasks.retry_backoff_max_ms = 100;
-        // Three failures (100 - 3 x 10) stay above the quarantine line, so the
-        // one agent still gets the requeued task (quarantine is tested apart).
-        c.tasks.health_failure_step = 10;
     })
     .await;
     let healthy = Arc::new(AtomicBool::new(false));
@@ -235,7 +232,47 @@ async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
     );
     let (_, a) = h.get("/v1/agents/f-1").await;
     assert_eq!(a["performance"]["successRate"], 0.0);
-    assert_eq!(a["health"]["score"], 70, "{a}");
+    // Failures the agent reports are the task's: its health is untouched,
+    // so the pool's only agent is never quarantined by a bad task.
+    assert_eq!(a["health"]["score"], 100, "{a}");
+    // The dead task keeps its agent, and every attempt is in its history.
+    assert_eq!(t["agentId"], "f-1", "{t}");
+    let history: Vec<(u64, &str, &str, &str)> = t["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap(),
+                a["agentId"].as_str().unwrap(),
+                a["outcome"].as_str().unwrap(),
+                a["error"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (1, "f-1", "failed", "disk full"),
+            (2, "f-1", "failed", "disk full"),
+            (3, "f-1", "failed", "disk full")
+        ],
+        "{t}"
+    );
+    assert!(t["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["endedAt"].as_u64() >= a["startedAt"].as_u64()));
+    let (_, listed) = h.get("/v1/tasks?agent=f-1").await;
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == id.as_str()),
+        "the agent's failed task is listed under it: {listed}"
+    );
 
     healthy.store(true, Ordering::SeqCst);
     let r = h
@@ -506,7 +543,7 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
             if ok {
                 Outcome::Complete(Value::Null)
             } else {
-                Outcome::Fail("broken".into())
+                mute().await
             }
         }
     });
@@ -520,10 +557,16 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
     };
     let (stop, task) = start_agent_with(&h, spec, Some(w)).await;
 
-    // Three failures: 100 - 3 x 20 = 40, below the line of 50.
+    // Three attempts that time out (no result within 300 ms): 100 - 3 x 20
+    // = 40, below the line of 50.
     for _ in 0..3 {
-        let id = submit(&h, json!({"pool": "security", "maxRetries": 0})).await;
-        wait_state(&h, &id, "dead").await;
+        let id = submit(
+            &h,
+            json!({"pool": "security", "maxRetries": 0, "timeoutMs": 300}),
+        )
+        .await;
+        let t = wait_state(&h, &id, "dead").await;
+        assert_eq!(t["attempts"][0]["outcome"], "timed_out", "{t}");
     }
     let q = health
         .wait_for("agent_quarantined", |v| v["type"] == "agent_quarantined")
@@ -601,7 +644,7 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
         async move {
             match rx.lock().await.recv().await {
                 Some(true) => Outcome::Complete(Value::Null),
-                _ => Outcome::Fail("told to".into()),
+                _ => mute().await,
             }
         }
     });
@@ -614,7 +657,8 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
         capacity: 3,
     };
     let (stop, task) = start_agent_with(&h, spec, Some(w)).await;
-    // Put it straight into quarantine: health just above the line, one failure.
+    // Put it straight into quarantine: health just above the line, one
+    // attempt that times out.
     let mut c = h.conn().await;
     let _: () = redis::cmd("HSET")
         .arg(h.keys.agent("probe"))
@@ -623,7 +667,11 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let id = submit(&h, json!({"pool": "coordinator", "maxRetries": 0})).await;
+    let id = submit(
+        &h,
+        json!({"pool": "coordinator", "maxRetries": 0, "timeoutMs": 300}),
+    )
+    .await;
     tx.send(false).unwrap();
     wait_state(&h, &id, "dead").await;
     let q = health
@@ -637,7 +685,11 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
     // On probation with capacity 3: of three tasks, one runs, two wait.
     let mut alloc = h.listen(&h.keys.channels().allocation()).await;
     let ids = [
-        submit(&h, json!({"pool": "coordinator", "maxRetries": 0})).await,
+        submit(
+            &h,
+            json!({"pool": "coordinator", "maxRetries": 0, "timeoutMs": 300}),
+        )
+        .await,
         submit(&h, json!({"pool": "coordinator"})).await,
         submit(&h, json!({"pool": "coordinator"})).await,
     ];
@@ -659,7 +711,7 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
     };
     assert_eq!(running, 1);
 
-    // A failure on probation: back to quarantine, for twice as long.
+    // A timed-out attempt on probation: back to quarantine, twice as long.
     tx.send(false).unwrap();
     let q = health
         .wait_for("second quarantine", |v| v["type"] == "agent_quarantined")
@@ -736,8 +788,9 @@ async fn cancelling_a_running_task_stops_it_and_frees_the_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_agents_never_quarantine_more_than_the_pools_cap() {
-    // Four agents that fail everything; quarantine lasts far longer than the
-    // test; at most half of the pool (2 of 4) may be out at once.
+    // Four agents that never answer (every attempt times out); quarantine
+    // lasts far longer than the test; at most half of the pool (2 of 4)
+    // may be out at once.
     let h = Harness::start_with(|c| {
         c.tasks.quarantine_ms = 600_000;
         c.tasks.quarantine_max_percent = 50;
@@ -753,7 +806,7 @@ async fn failing_agents_never_quarantine_more_than_the_pools_cap() {
             resources: Default::default(),
             capacity: 1,
         };
-        let w = work(|_a: Assignment| async { Outcome::Fail("broken".into()) });
+        let w = work(|_a: Assignment| mute());
         running.push(start_agent_with(&h, spec, Some(w)).await);
     }
     let agent = |i: usize| {
@@ -776,7 +829,11 @@ async fn failing_agents_never_quarantine_more_than_the_pools_cap() {
             tasks < 40,
             "40 failures and not three agents below the line"
         );
-        let id = submit(&h, json!({"pool": "database", "maxRetries": 0})).await;
+        let id = submit(
+            &h,
+            json!({"pool": "database", "maxRetries": 0, "timeoutMs": 200}),
+        )
+        .await;
         wait_state(&h, &id, "dead").await;
         tasks += 1;
     }
@@ -793,9 +850,15 @@ async fn failing_agents_never_quarantine_more_than_the_pools_cap() {
     assert_eq!(quarantined, 2, "half of the pool, after {tasks} failures");
     // The other two keep the pool in service: a new task is still tried
     // (within the 10 s wait, where a quarantined pool would take 10 minutes).
-    let id = submit(&h, json!({"pool": "database", "maxRetries": 0})).await;
+    let id = submit(
+        &h,
+        json!({"pool": "database", "maxRetries": 0, "timeoutMs": 200}),
+    )
+    .await;
     wait_state(&h, &id, "dead").await;
-    println!("FIGURES quarantine cap: 4 failing agents, {tasks} failures, 2 quarantined, pool still served");
+    println!(
+        "FIGURES quarantine cap: 4 mute agents, {tasks} failures, 2 quarantined, pool still served"
+    );
     for (s, task) in running {
         s.cancel();
         let _ = task.await;
@@ -821,4 +884,72 @@ async fn a_submission_after_redis_forgot_the_scripts_is_kept_and_served() {
     assert_eq!(t["result"], json!("done"));
     stop.cancel();
     let _ = task.await;
+}
+
+/// Work that never answers: its attempt runs until its lease runs out (the
+/// agent's failure, unlike a reported one) and the commander cancels it.
+async fn mute() -> Outcome {
+    std::future::pending().await
+}
+
+/// A retry goes to another agent than the attempt that failed when one can
+/// take it, and the evidence says so and how many agents were available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_goes_to_another_agent_when_one_is_free() {
+    let h = Harness::start_with(|c| {
+        c.tasks.retry_backoff_ms = 20;
+        c.tasks.retry_backoff_max_ms = 40;
+    })
+    .await;
+    // Both agents fail the first two attempts and complete the third.
+    let w = || {
+        work(|a: Assignment| async move {
+            if a.attempt < 3 {
+                Outcome::Fail(format!("attempt {} failed", a.attempt))
+            } else {
+                Outcome::Complete(json!("done"))
+            }
+        })
+    };
+    let (s1, t1) = start_agent(&h, "re-1", PoolType::Analyst, &[], Some(w())).await;
+    let (s2, t2) = start_agent(&h, "re-2", PoolType::Analyst, &[], Some(w())).await;
+    let id = submit(&h, json!({"pool": "analyst", "maxRetries": 3})).await;
+    let t = wait_state(&h, &id, "completed").await;
+    let who: Vec<&str> = t["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agentId"].as_str().unwrap())
+        .collect();
+    assert_eq!(who.len(), 3, "{t}");
+    assert_ne!(
+        who[0], who[1],
+        "the retry went to the agent that failed: {t}"
+    );
+    assert_ne!(
+        who[1], who[2],
+        "the retry went to the agent that failed: {t}"
+    );
+    // Completed: the earlier attempts' errors are in the history only.
+    assert!(t.get("error").is_none(), "{t}");
+    assert_eq!(t["attempts"][2]["outcome"], "completed", "{t}");
+    let (_, ev) = h.get(&format!("/v1/tasks/{id}/evidence")).await;
+    let reasons: Vec<&str> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons[0].contains("among 2 available agents"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains(&format!("a retry: not {}", who[0])),
+        "{reasons:?}"
+    );
+    for (s, t) in [(s1, t1), (s2, t2)] {
+        s.cancel();
+        let _ = t.await;
+    }
 }

@@ -230,6 +230,12 @@ async fn the_console_in_a_real_browser() {
     // A task's evidence names the agent it went to.
     let evidence = text_when(&c, "#evidence", |t| t.contains(&ran_on)).await;
     assert!(evidence.contains("strategy"), "{evidence}");
+    // The timeline is the task's attempts: who, when, how it ended.
+    let timeline = text_when(&c, "#timeline", |t| t.contains("attempt 1 by")).await;
+    assert!(
+        timeline.contains(&format!("attempt 1 by {ran_on}")) && timeline.contains("completed"),
+        "{timeline}"
+    );
     shot(&c, "task").await;
 
     // A cookie-authenticated write without the console's header: refused (CSRF).

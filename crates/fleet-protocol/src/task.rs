@@ -316,4 +316,26 @@ pub struct TaskRecord {
     /// `tasks.poison_after` the task is held as poison.
     #[serde(default)]
     pub casualties: u32,
+    /// Every attempt, oldest first (the newest 50): the ended ones with
+    /// their outcome, then the current one while assigned or running.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One attempt at a task: who, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub attempt: u32,
+    pub agent_id: String,
+    pub started_at: u64,
+    /// Absent while the attempt runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    /// `completed`, `failed` (the agent reported it), `over_budget`,
+    /// `timed_out` (its lease ran out), `stuck`, `agent_lost` (died or
+    /// restarted), `agent_left`, `cancelled`; `running` while it runs.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -306,6 +306,7 @@ impl TaskStore {
                 max_cost: t.max_cost,
                 usage: 0.0,
                 casualties: 0,
+                attempts: Vec::new(),
             }))),
             "duplicate" => Ok(Submitted::Duplicate(reply.text("id")?.to_string())),
             _ => Err(reply.unexpected()),
@@ -861,7 +862,32 @@ pub fn task_from_fields(f: &HashMap<String, String>) -> Option<TaskRecord> {
         max_cost: s("maxCost").and_then(|v| v.parse().ok()),
         usage: s("usage").and_then(|v| v.parse().ok()).unwrap_or(0.0),
         casualties: u("casualties") as u32,
+        attempts: attempts(f),
     })
+}
+
+/// The attempts of a task: its history (`history`, written by the scripts'
+/// `attempt_ended`), then the current attempt while one is held.
+fn attempts(f: &HashMap<String, String>) -> Vec<fleet_protocol::task::Attempt> {
+    let mut all: Vec<fleet_protocol::task::Attempt> = f
+        .get("history")
+        .and_then(|h| serde_json::from_str(h).ok())
+        .unwrap_or_default();
+    let state = f.get("state").map(String::as_str);
+    if let (Some("assigned" | "running"), Some(agent)) = (state, f.get("agent")) {
+        all.push(fleet_protocol::task::Attempt {
+            attempt: f.get("attempt").and_then(|a| a.parse().ok()).unwrap_or(0),
+            agent_id: agent.clone(),
+            started_at: f
+                .get("assignedAt")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            ended_at: None,
+            outcome: "running".into(),
+            error: None,
+        });
+    }
+    all
 }
 
 /// A task as listed (`GET /v1/tasks`): no payload or result.
@@ -882,7 +908,7 @@ pub struct TaskSummary {
 }
 
 impl TaskSummary {
-    const FIELDS: [&'static str; 9] = [
+    const FIELDS: [&'static str; 10] = [
         "id",
         "clientId",
         "pool",
@@ -892,12 +918,14 @@ impl TaskSummary {
         "agent",
         "submittedAt",
         "updatedAt",
+        "lastAgent",
     ];
 
     fn from_row(row: Vec<Option<String>>) -> Option<TaskSummary> {
-        let [id, client, pool, state, priority, attempt, agent, submitted, updated]: [Option<
+        let [id, client, pool, state, priority, attempt, agent, submitted, updated, last]: [Option<
             String,
-        >; 9] = row.try_into().ok()?;
+        >;
+            10] = row.try_into().ok()?;
         let num = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         Some(TaskSummary {
             id: id?,
@@ -906,7 +934,10 @@ impl TaskSummary {
             state: state?,
             priority: num(priority).min(255) as u8,
             attempt: num(attempt) as u32,
-            agent_id: agent.filter(|a| !a.is_empty()),
+            // The agent that holds it, else the last one that tried it.
+            agent_id: agent
+                .filter(|a| !a.is_empty())
+                .or(last.filter(|a| !a.is_empty())),
             submitted_at: num(submitted),
             updated_at: num(updated),
         })

@@ -274,8 +274,8 @@ async fn lua_built_messages_decode_as_their_rust_types() {
     let ev = next::<TaskEvent>(&mut allocation).await;
     assert_eq!((ev.kind, ev.strategy), (TaskEventKind::TaskCancelled, None));
 
-    // A failed attempt with no retries left: task_dead, and the agent's
-    // health falls below the line: agent_quarantined.
+    // A failed attempt with no retries left: task_dead. The failure was
+    // reported, so it is the task's: the agent's health is untouched.
     let id = s.submit("null").await;
     let a = s
         .tasks
@@ -296,8 +296,37 @@ async fn lua_built_messages_decode_as_their_rust_types() {
     let ev = next::<TaskEvent>(&mut allocation).await;
     assert_eq!(
         (ev.kind, ev.task_id, ev.agent_id.as_str()),
-        (TaskEventKind::TaskDead, id, "a1")
+        (TaskEventKind::TaskDead, id.clone(), "a1")
     );
+    let rec = s.registry.agent(&mut s.conn, "a1").await.unwrap().unwrap();
+    assert_eq!(rec.health.score, 100, "{rec:?}");
+    let dead = s.tasks.get(&mut s.conn, &id).await.unwrap().unwrap();
+    assert_eq!(
+        dead.agent_id.as_deref(),
+        Some("a1"),
+        "a dead task keeps its agent"
+    );
+    let outcomes: Vec<_> = dead
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.agent_id.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(outcomes, [(1, "a1", "failed")], "{dead:?}");
+    assert_eq!(dead.attempts[0].error.as_deref(), Some("it \"broke\""));
+
+    // An attempt whose lease runs out is the agent's failure: its health
+    // falls below the line: agent_quarantined.
+    let id = s.submit("null").await;
+    s.tasks
+        .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
+        .await
+        .unwrap();
+    let ev = next::<TaskEvent>(&mut allocation).await;
+    assert_eq!(ev.kind, TaskEventKind::TaskAssigned);
+    s.tasks
+        .expire(&mut s.conn, &id, now() + 3_600_000, Takeback::Lease)
+        .await
+        .unwrap();
     match next::<fleet_protocol::Event>(&mut health).await {
         fleet_protocol::Event::AgentQuarantined {
             agent_id, health, ..
@@ -468,7 +497,11 @@ async fn leaving_and_registering_again_keeps_health_and_quarantine() {
         .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
         .await
         .unwrap();
-    s.fail(&id, 1, "a1").await;
+    // Its lease runs out (a failure of the agent's, unlike a reported one).
+    s.tasks
+        .expire(&mut s.conn, &id, now() + 3_600_000, Takeback::Lease)
+        .await
+        .unwrap();
     let rec = s.registry.agent(&mut s.conn, "a1").await.unwrap().unwrap();
     assert!(rec.health.quarantined_until > now(), "quarantined: {rec:?}");
 

@@ -44,6 +44,14 @@ local function agent_caps(aid)
   return c
 end
 
+local function fits(aid, need)
+  local have = agent_caps(aid)
+  for _, c in ipairs(need) do
+    if not have[c] then return false end
+  end
+  return true
+end
+
 local rotate = {round_robin = true, least_loaded = true, weighted_fair = true}
 local assigned = 0
 local free = #agents
@@ -51,84 +59,98 @@ for _, tid in ipairs(tids) do
   if assigned >= max_n or free == 0 then break end
   local task = K.task .. tid
   local t = redis.call('HMGET', task, 'state', 'capabilities', 'attempt', 'timeoutMs',
-    'payload', 'priority')
+    'payload', 'priority', 'lastAgent')
   if t[1] ~= 'queued' then
     redis.call('ZREM', queue, tid) -- cancelled or gone: a stale entry
   else
     local need = cjson.decode(t[2] or '[]')
-    for i, aid in ipairs(agents) do
-      if aid then
-        local have = agent_caps(aid)
-        local fits = true
-        for _, c in ipairs(need) do
-          if not have[c] then fits = false break end
+    -- A retry goes to another agent than the last attempt's when one can
+    -- take it; to the same one only when none can.
+    local avoid, skipped = t[7], nil
+    local function try(i, aid)
+      local a = redis.call('HMGET', K.agent .. aid, 'status', 'inflight', 'capacity',
+        'probation', 'quarantinedUntil', 'draining')
+      local inflight, capacity = tonumber(a[2] or 0), tonumber(a[3] or 1)
+      if a[4] == '1' then capacity = 1 end
+      local used = 0
+      if strat == 'weighted_fair' then
+        used = tonumber(redis.call('GET', K.quota .. aid) or 0)
+      end
+      if not (a[1] == 'idle' or a[1] == 'active') or inflight >= capacity
+          or tonumber(a[5] or 0) > 0 or a[6] == '1' or (quota > 0 and used >= quota) then
+        agents[i] = false
+        free = free - 1
+        if a[1] then refresh_available(aid, pool) else
+          redis.call('ZREM', K.available .. pool, aid) end
+        return false
+      end
+      local among = free
+      local attempt = tonumber(t[3]) + 1
+      redis.call('ZREM', queue, tid)
+      redis.call('HSET', task, 'state', 'assigned', 'attempt', attempt, 'agent', aid,
+        'updatedAt', now, 'assignedAt', now)
+      redis.call('HDEL', task, 'step')
+      redis.call('ZADD', K.leases, now + ack, tid)
+      redis.call('SADD', K.agent_tasks .. aid, tid)
+      inflight = inflight + 1
+      local status = 'active'
+      if inflight >= capacity then
+        status = 'busy'
+        agents[i] = false
+        free = free - 1
+      end
+      if strat == 'weighted_fair' then
+        used = redis.call('INCR', K.quota .. aid)
+        if used == 1 then redis.call('PEXPIRE', K.quota .. aid, window) end
+        if quota > 0 and used >= quota and status ~= 'busy' then
+          agents[i] = false
+          free = free - 1
         end
-        if fits then
-          local a = redis.call('HMGET', K.agent .. aid, 'status', 'inflight', 'capacity',
-            'probation', 'quarantinedUntil', 'draining')
-          local inflight, capacity = tonumber(a[2] or 0), tonumber(a[3] or 1)
-          if a[4] == '1' then capacity = 1 end
-          local used = 0
-          if strat == 'weighted_fair' then
-            used = tonumber(redis.call('GET', K.quota .. aid) or 0)
-          end
-          if not (a[1] == 'idle' or a[1] == 'active') or inflight >= capacity
-              or tonumber(a[5] or 0) > 0 or a[6] == '1' or (quota > 0 and used >= quota) then
-            agents[i] = false
-            free = free - 1
-            if a[1] then refresh_available(aid, pool) else
-              redis.call('ZREM', K.available .. pool, aid) end
-          else
-            local attempt = tonumber(t[3]) + 1
-            redis.call('ZREM', queue, tid)
-            redis.call('HSET', task, 'state', 'assigned', 'attempt', attempt, 'agent', aid,
-              'updatedAt', now, 'assignedAt', now)
-            redis.call('HDEL', task, 'step')
-            redis.call('ZADD', K.leases, now + ack, tid)
-            redis.call('SADD', K.agent_tasks .. aid, tid)
-            inflight = inflight + 1
-            local status = 'active'
-            if inflight >= capacity then
-              status = 'busy'
-              agents[i] = false
-              free = free - 1
-            end
-            if strat == 'weighted_fair' then
-              used = redis.call('INCR', K.quota .. aid)
-              if used == 1 then redis.call('PEXPIRE', K.quota .. aid, window) end
-              if quota > 0 and used >= quota and status ~= 'busy' then
-                agents[i] = false
-                free = free - 1
-              end
-            end
-            redis.call('HSET', K.agent .. aid, 'inflight', inflight, 'status', status,
-              'lastActive', now, 'lastAssigned', now)
-            move(counts, pool, a[1], status)
-            refresh_available(aid, pool)
-            table.insert(out, K.agent_channel .. aid)
-            table.insert(out, encode.task_assign(tid, attempt, pool, t[6], t[4], t[5]))
-            redis.call('PUBLISH', A.allocation_channel,
-              encode.task_assigned(tid, pool, aid, attempt, strat, now))
-            local reason = 'best ' .. strat .. ' score among ' .. free ..
-              ' available agents with capabilities ' .. (t[2] or '[]')
-            local entry = encode.decision(tid, attempt, aid, pool, strat, scores[i], reason, now)
-            redis.call('XADD', KEY.evidence, 'MAXLEN', '~', A.evidence_cap, '*', 'task', tid,
-              'decision', entry)
-            local elist = K.task_evidence .. tid
-            redis.call('RPUSH', elist, entry)
-            redis.call('PEXPIRE', elist, A.retention_ms)
-            assigned = assigned + 1
-            -- Strategies that spread work send the agent to the back of the line.
-            if agents[i] and rotate[strat] then
-              table.remove(agents, i)
-              table.insert(agents, aid)
-              table.insert(scores, table.remove(scores, i))
-            end
-            break
-          end
+      end
+      redis.call('HSET', K.agent .. aid, 'inflight', inflight, 'status', status,
+        'lastActive', now, 'lastAssigned', now)
+      move(counts, pool, a[1], status)
+      refresh_available(aid, pool)
+      table.insert(out, K.agent_channel .. aid)
+      table.insert(out, encode.task_assign(tid, attempt, pool, t[6], t[4], t[5]))
+      redis.call('PUBLISH', A.allocation_channel,
+        encode.task_assigned(tid, pool, aid, attempt, strat, now))
+      local reason = 'best ' .. strat .. ' score among ' .. among ..
+        ' available agents with capabilities ' .. (t[2] or '[]')
+      if avoid and avoid ~= '' then
+        if aid == avoid then
+          reason = reason .. '; the previous attempt\'s agent again: no other could take it'
+        else
+          reason = reason .. '; a retry: not ' .. avoid .. ', the previous attempt\'s agent'
+        end
+      end
+      local entry = encode.decision(tid, attempt, aid, pool, strat, scores[i], reason, now)
+      redis.call('XADD', KEY.evidence, 'MAXLEN', '~', A.evidence_cap, '*', 'task', tid,
+        'decision', entry)
+      local elist = K.task_evidence .. tid
+      redis.call('RPUSH', elist, entry)
+      redis.call('PEXPIRE', elist, A.retention_ms)
+      assigned = assigned + 1
+      -- Strategies that spread work send the agent to the back of the line.
+      if agents[i] and rotate[strat] then
+        table.remove(agents, i)
+        table.insert(agents, aid)
+        table.insert(scores, table.remove(scores, i))
+      end
+      return true
+    end
+    local done = false
+    for i, aid in ipairs(agents) do
+      if aid and fits(aid, need) then
+        if aid == avoid and skipped == nil then
+          skipped = i
+        elseif try(i, aid) then
+          done = true
+          break
         end
       end
     end
+    if not done and skipped and agents[skipped] == avoid then try(skipped, avoid) end
   end
 end
 local r = {assigned, redis.call('ZCARD', queue)}

@@ -11,7 +11,7 @@
 -- task_cancel for the caller to sign and publish.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local task, tid, now = KEY.task, A.id, tonumber(A.now)
-local t = redis.call('HMGET', task, 'state', 'agent', 'attempt', 'pool')
+local t = redis.call('HMGET', task, 'state', 'agent', 'attempt', 'pool', 'assignedAt')
 local state = t[1]
 local tell = {}
 if not state then return reply('unknown') end
@@ -19,6 +19,7 @@ if state == 'assigned' or state == 'running' then
   redis.call('ZREM', K.leases, tid)
   redis.call('ZREM', K.stalls, tid)
   release_agent(t[2], tid, now, 'gone', 0, KEY.counts)
+  attempt_ended(tid, t[2], t[3], t[5], now, 'cancelled', 'cancelled by an operator')
   tell = {channel = K.agent_channel .. t[2], message = encode.task_cancel(tid, t[3])}
 elseif state == 'queued' or state == 'retrying' then
   redis.call('ZREM', KEY.queue, tid)

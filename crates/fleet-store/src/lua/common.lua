@@ -180,9 +180,30 @@ end
 
 -- Holds a task in the poison set until an operator requeues it.
 local function poison(tid, now, reason)
-  redis.call('HSET', K.task .. tid, 'state', 'poison', 'agent', '', 'updatedAt', now,
-    'error', reason)
+  redis.call('HSET', K.task .. tid, 'state', 'poison', 'updatedAt', now, 'error', reason)
   redis.call('ZADD', K.poison, now, tid)
+end
+
+-- ---- a task's attempts ----
+-- Appends an ended attempt to the task's history: the hash field `history`,
+-- a JSON list of the newest HISTORY_MAX entries {attempt, agentId,
+-- startedAt, endedAt, outcome, error}, kept as long as the task; and the
+-- agent as `lastAgent`, whom a retry avoids when another agent can take it.
+-- outcome: completed, failed (reported by the agent), over_budget,
+-- timed_out (its lease ran out), stuck, agent_lost (died or restarted),
+-- agent_left, cancelled.
+local HISTORY_MAX = 50
+local function attempt_ended(tid, aid, attempt, started, now, outcome, err)
+  if not aid or aid == '' then return end
+  local task = K.task .. tid
+  local raw = redis.call('HGET', task, 'history')
+  local h = {}
+  if raw then h = cjson.decode(raw) end
+  table.insert(h, {attempt = tonumber(attempt) or 0, agentId = aid,
+    startedAt = tonumber(started) or 0, endedAt = tonumber(now), outcome = outcome,
+    error = err or cjson.null})
+  while #h > HISTORY_MAX do table.remove(h, 1) end
+  redis.call('HSET', task, 'history', cjson.encode(h), 'lastAgent', aid)
 end
 
 -- Puts a task back at its place in its pool's queue (its original score, so
@@ -194,10 +215,12 @@ end
 -- retrying), as a retry waits out its backoff.
 -- Returns 'queued', 'dead' or 'poison' (or 'gone'), the task's pool and its
 -- attempt.
-local function requeue(tid, now, reason, took_down, hold)
+local function requeue(tid, now, reason, took_down, hold, outcome)
   local task = K.task .. tid
-  local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries', 'retryBase')
+  local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries', 'retryBase',
+    'agent', 'assignedAt')
   if not t[1] then return 'gone' end
+  attempt_ended(tid, t[6], t[3], t[7], now, outcome or reason, reason)
   redis.call('ZREM', K.leases, tid)
   redis.call('ZREM', K.stalls, tid)
   if took_down and casualty(task) then
@@ -205,7 +228,7 @@ local function requeue(tid, now, reason, took_down, hold)
     return 'poison', t[1], tonumber(t[3])
   end
   if tonumber(t[3]) - tonumber(t[5] or 0) > tonumber(t[4]) then
-    redis.call('HSET', task, 'state', 'dead', 'agent', '', 'updatedAt', now, 'error', reason)
+    redis.call('HSET', task, 'state', 'dead', 'updatedAt', now, 'error', reason)
     redis.call('ZADD', K.dead, now, tid)
     return 'dead', t[1], tonumber(t[3])
   end
@@ -244,7 +267,9 @@ local function orphan_all(agent_id, now, casualty)
   for _, tid in ipairs(tids) do
     local state = redis.call('HGET', K.task .. tid, 'state')
     if state == 'assigned' or state == 'running' then
-      local r, pool, attempt = requeue(tid, now, 'orphaned', casualty)
+      local why = 'agent_left'
+      if casualty then why = 'agent_lost' end
+      local r, pool, attempt = requeue(tid, now, 'orphaned', casualty, nil, why)
       if r == 'dead' then dead = dead + 1
       elseif r == 'poison' then poisoned = poisoned + 1
       else queued = queued + 1 end
@@ -334,7 +359,10 @@ local function judge(aid, pool, counts, a_health, a_probation, outcome, now, out
 end
 
 -- Frees an agent's slot after a task left it, and updates its performance
--- record and health (outcome: 'completed', 'failed', 'stuck' or 'gone').
+-- record and health. outcome: 'completed'; 'task_failed' (the agent reported
+-- the failure: the task's, which costs the agent no health); 'failed' (its
+-- lease ran out: no ack or no result in time) and 'stuck', which are the
+-- agent's and cost health; or 'gone'.
 local function release_agent(aid, tid, now, outcome, duration, counts)
   redis.call('SREM', K.agent_tasks .. aid, tid)
   local key = K.agent .. aid
@@ -348,7 +376,7 @@ local function release_agent(aid, tid, now, outcome, duration, counts)
     avg = avg + (duration - avg) / done
     redis.call('ZADD', K.pool_done .. a[6], done, aid)
     redis.call('HINCRBY', counts, a[6] .. ':done', 1)
-  elseif outcome == 'failed' or outcome == 'stuck' then
+  elseif outcome == 'failed' or outcome == 'stuck' or outcome == 'task_failed' then
     failed = failed + 1
   end
   local rate = 0

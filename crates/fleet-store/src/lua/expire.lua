@@ -42,7 +42,7 @@ end
 release_agent(t[2], tid, now, outcome, 0, KEY.counts)
 local r
 if A.why == 'stuck' then
-  r = requeue(tid, now, 'stuck: no progress', true)
+  r = requeue(tid, now, 'stuck: no progress', true, nil, 'stuck')
 else
   -- A lapsed lease alone is no casualty: the agent may be slow or mute. If
   -- it has not been heard since it got the task, it may also be dead of
@@ -54,12 +54,12 @@ else
   local window = tonumber(redis.call('HGET', K.settings, 'failureWindow') or 0)
   local silent = tonumber(a[1] or 0) <= tonumber(task_at or 0)
   if silent and window > 0 then
-    r = requeue(tid, now, 'lease expired', false, window)
+    r = requeue(tid, now, 'lease expired', false, window, 'timed_out')
     local lapsed = K.lapsed .. t[2]
     redis.call('SADD', lapsed, tid)
     redis.call('PEXPIRE', lapsed, 2 * window)
   else
-    r = requeue(tid, now, 'lease expired', false)
+    r = requeue(tid, now, 'lease expired', false, nil, 'timed_out')
   end
 end
 task_event(A.allocation_channel, requeued_event[r], tid, t[3], t[2], t[4], now)

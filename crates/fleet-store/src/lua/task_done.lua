@@ -41,7 +41,10 @@ if over then
 end
 redis.call('ZREM', K.leases, tid)
 redis.call('ZREM', K.stalls, tid)
-release_agent(aid, tid, now, outcome, now - tonumber(t[4] or now), counts)
+-- A failure the agent reports is the task's, not a sign the agent is sick.
+local released = outcome
+if outcome == 'failed' then released = 'task_failed' end
+release_agent(aid, tid, now, released, now - tonumber(t[4] or now), counts)
 
 local out = {pool = pool}
 if usage then
@@ -58,17 +61,22 @@ if usage then
   end
 end
 
+local ended = outcome
+if over then ended = 'over_budget' end
 if outcome == 'completed' then
+  attempt_ended(tid, aid, attempt, t[4], now, 'completed', nil)
+  redis.call('HDEL', task, 'error') -- an earlier attempt's error is in the history
   redis.call('HSET', task, 'state', 'completed', 'result', detail, 'updatedAt', now)
   redis.call('PEXPIRE', task, A.retention_ms)
   task_event(A.allocation_channel, 'task_completed', tid, pool, aid, attempt, now)
   return reply('completed', out)
 end
+attempt_ended(tid, aid, attempt, t[4], now, ended, detail)
 redis.call('HSET', task, 'error', detail, 'updatedAt', now)
 -- Retries count from retryBase: a requeued dead letter has fresh ones.
 local tries = attempt - tonumber(t[7] or 0)
 if over or tries > tonumber(t[6]) then
-  redis.call('HSET', task, 'state', 'dead', 'agent', '')
+  redis.call('HSET', task, 'state', 'dead') -- its agent stays: the last to try it
   redis.call('ZADD', K.dead, now, tid)
   task_event(A.allocation_channel, 'task_dead', tid, pool, aid, attempt, now)
   if over then out.overBudget = 1 end

@@ -38,6 +38,8 @@ const link = (href, text) => el("a", { href }, text);
 const agentLink = (id) => id ? link("#/agents/" + encodeURIComponent(id), id) : "";
 const taskLink = (id) => link("#/tasks/" + encodeURIComponent(id), id);
 const when = (ms) => ms ? new Date(Number(ms)).toLocaleString() : "";
+// A number for people: at most 3 significant decimals, grouped thousands.
+const num = (v) => typeof v === "number" ? v.toLocaleString(undefined, { maximumFractionDigits: 3 }) : (v ?? "?");
 const ago = (ms) => {
   if (!ms) return "";
   const s = Math.max(0, (Date.now() - Number(ms)) / 1000);
@@ -515,10 +517,14 @@ function taskPage(main, parts) {
       const t = r.data.task || r.data;
       const ev = await get(`/v1/tasks/${encodeURIComponent(id)}/evidence`);
       const evidence = Array.isArray(ev) ? ev : (ev.evidence || ev.items || []);
+      // Every attempt from the task's own history: who, when, how long, how it ended.
       const timeline = [["submitted", when(t.submittedAt)]];
-      for (const e of evidence) timeline.push([`attempt ${e.attempt ?? "?"} assigned`,
-        `${when(e.ts)} to ${e.agentId || e.agent || "?"}`]);
-      if (t.assignedAt) timeline.push([`attempt ${t.attempt} (current)`, `assigned ${when(t.assignedAt)} to ${t.agentId || "?"}`]);
+      for (const a of t.attempts || []) {
+        const took = a.endedAt ? ` (${((a.endedAt - a.startedAt) / 1000).toFixed(1)} s)` : "";
+        timeline.push([`attempt ${a.attempt} by ${a.agentId}`,
+          `${when(a.startedAt)} → ${a.endedAt ? when(a.endedAt) : "now"}${took}: ${a.outcome}${a.error ? " — " + a.error : ""}`,
+          "outcome-" + a.outcome]);
+      }
       timeline.push([t.state, when(t.updatedAt)]);
       const open = ["queued", "assigned", "running", "retrying"].includes(t.state);
       body.replaceChildren(
@@ -530,12 +536,12 @@ function taskPage(main, parts) {
           ["client id", t.clientId || ""], ["priority", t.priority], ["attempt", t.attempt],
           ["agent", agentLink(t.agentId)], ["timeout", `${t.timeoutMs} ms`], ["retries", t.maxRetries],
           ["capabilities", (t.capabilities || []).join(", ")], t.error ? ["error", t.error] : null]),
-        el("h2", {}, "Timeline"), el("ol", { id: "timeline" }, timeline.map(([k, v]) => el("li", {}, `${k}: ${v}`))),
+        el("h2", {}, "Timeline"), el("ol", { id: "timeline" }, timeline.map(([k, v, c]) => el("li", { class: c || "" }, `${k}: ${v}`))),
         el("h2", {}, "Allocation evidence"),
         evidence.length ? el("ol", { id: "evidence" }, evidence.map(e => el("li", {},
           el("strong", {}, `attempt ${e.attempt ?? "?"}: ${e.agentId || e.agent || "?"}`),
-          ` — strategy ${e.strategy || "?"}, score ${e.score ?? "?"}`, e.reason ? ` — ${e.reason}` : "",
-          el("pre", {}, clip(e))))) : el("p", { class: "muted" }, "No allocation yet."),
+          ` chosen by the ${e.strategy || "?"} strategy (score ${num(e.score)})${e.reason ? ": " + e.reason : ""}.`,
+          el("details", {}, el("summary", {}, "raw"), el("pre", {}, clip(e)))))) : el("p", { class: "muted" }, "No allocation yet."),
         el("h2", {}, "Payload"), el("pre", { id: "payload" }, clip(t.payload)),
         t.result !== undefined && t.result !== null ? [el("h2", {}, "Result"), el("pre", { id: "result" }, clip(t.result))] : "");
     }
