@@ -649,6 +649,8 @@ impl Agent {
                     pool,
                     priority,
                     timeout_ms,
+                    progress_timeout_ms,
+                    max_cost,
                     payload,
                     ..
                 }) => {
@@ -663,6 +665,8 @@ impl Agent {
                         pool,
                         priority,
                         timeout_ms,
+                        progress_timeout_ms,
+                        max_cost,
                         payload,
                     };
                     self.take(a, work.as_ref(), &mut jobs).await;
@@ -821,6 +825,10 @@ pub struct Assignment {
     pub pool: PoolType,
     pub priority: u8,
     pub timeout_ms: u64,
+    /// Report a rising step at least this often (0: not watched).
+    pub progress_timeout_ms: u64,
+    /// The most usage the attempt may report.
+    pub max_cost: Option<f64>,
     pub payload: Value,
 }
 

@@ -43,6 +43,14 @@ pub enum ToAgent {
         pool: PoolType,
         priority: u8,
         timeout_ms: u64,
+        /// Report a rising `step` at least this often, or the attempt is
+        /// taken back as stuck (0: not watched).
+        #[serde(default)]
+        progress_timeout_ms: u64,
+        /// The most `usage` this attempt may report before the task fails
+        /// as `over_budget`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_cost: Option<f64>,
         payload: serde_json::Value,
     },
     /// The commander does not know this agent (never registered, or removed

@@ -239,8 +239,11 @@ async fn lua_built_messages_decode_as_their_rust_types() {
             pool,
             priority,
             timeout_ms,
+            progress_timeout_ms,
+            max_cost,
             payload: p,
         } => {
+            assert_eq!((progress_timeout_ms, max_cost), (0, None));
             assert_eq!(
                 (v, task_id.as_str(), attempt, pool),
                 (1, id.as_str(), 1, POOL)
@@ -576,12 +579,24 @@ async fn guardrail_messages_decode_as_their_rust_types() {
     };
 
     // a1 acknowledges, then shows no progress: stuck, and the task poison.
+    // Its task_assign says how often it must show progress (the pool's
+    // 100 ms).
     s.agent("a1", 1).await;
     let id = s.submit("{}").await;
-    s.tasks
+    let a = s
+        .tasks
         .allocate(&mut s.conn, POOL, ALLOCATE_BATCH, now())
         .await
         .unwrap();
+    let n = a.notices.first().expect("a task_assign");
+    match serde_json::from_str::<ToAgent>(&n.message).expect("a ToAgent") {
+        ToAgent::TaskAssign {
+            progress_timeout_ms,
+            max_cost,
+            ..
+        } => assert_eq!((progress_timeout_ms, max_cost), (100, None)),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         next::<TaskEvent>(&mut allocation).await.kind,
         TaskEventKind::TaskAssigned

@@ -73,6 +73,11 @@ class Task:
     timeout_ms: int
     payload: Any
     _agent: "Agent" = field(repr=False)
+    #: Report a rising ``step`` at least this often, or the attempt is taken
+    #: back as stuck (0: not watched).
+    progress_timeout_ms: int = 0
+    #: The most ``usage`` this attempt may report (None: no cap).
+    max_cost: Optional[float] = None
     #: What this attempt consumed (budget units), reported with its result.
     usage: float = 0.0
 
@@ -360,7 +365,8 @@ class Agent:
 
     async def _do(self, msg: dict) -> None:
         task = Task(msg["taskId"], int(msg["attempt"]), msg["pool"], int(msg["priority"]),
-                    int(msg["timeoutMs"]), msg.get("payload"), self)
+                    int(msg["timeoutMs"]), msg.get("payload"), self,
+                    progress_timeout_ms=int(msg.get("progressTimeoutMs", 0)), max_cost=msg.get("maxCost"))
         await self.report("task_ack", task.task_id, task.attempt)
         try:
             if self.handler is None:

@@ -19,6 +19,7 @@ local pool, max_n, now, ack = A.pool, tonumber(A.max), tonumber(A.now), tonumber
 
 local strat = strategy(pool)
 local quota = tonumber(redis.call('HGET', K.settings, pool .. ':quota') or 0)
+local pool_progress = tonumber(redis.call('HGET', K.settings, pool .. ':progressTimeout') or 0)
 local window = health_policy().window
 -- The batch's tasks, and twice as many agents to choose among.
 local tids = redis.call('ZRANGE', queue, 0, max_n - 1)
@@ -59,7 +60,7 @@ for _, tid in ipairs(tids) do
   if assigned >= max_n or free == 0 then break end
   local task = K.task .. tid
   local t = redis.call('HMGET', task, 'state', 'capabilities', 'attempt', 'timeoutMs',
-    'payload', 'priority', 'lastAgent')
+    'payload', 'priority', 'lastAgent', 'progressTimeoutMs', 'maxCost')
   if t[1] ~= 'queued' then
     redis.call('ZREM', queue, tid) -- cancelled or gone: a stale entry
   else
@@ -112,7 +113,8 @@ for _, tid in ipairs(tids) do
       move(counts, pool, a[1], status)
       refresh_available(aid, pool)
       table.insert(out, K.agent_channel .. aid)
-      table.insert(out, encode.task_assign(tid, attempt, pool, t[6], t[4], t[5]))
+      table.insert(out, encode.task_assign(tid, attempt, pool, t[6], t[4], t[5],
+        tonumber(t[8] or pool_progress), t[9]))
       redis.call('PUBLISH', A.allocation_channel,
         encode.task_assigned(tid, pool, aid, attempt, strat, now))
       local reason = 'best ' .. strat .. ' score among ' .. among ..

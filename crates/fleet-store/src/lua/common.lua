@@ -49,10 +49,14 @@ end
 -- Ids are validated by the commander ([A-Za-z0-9._:-]); free text goes
 -- through cjson; a task's payload is stored as JSON and embedded as is.
 local encode = {}
-function encode.task_assign(tid, attempt, pool, priority, timeout, payload)
+-- progress: the attempt's progress timeout in ms (0: not watched);
+-- max_cost: the task's maxCost as stored, or nil.
+function encode.task_assign(tid, attempt, pool, priority, timeout, payload, progress, max_cost)
+  local cost = ''
+  if max_cost then cost = ',"maxCost":' .. max_cost end
   return '{"v":1,"type":"task_assign","taskId":"' .. tid .. '","attempt":' .. attempt ..
     ',"pool":"' .. pool .. '","priority":' .. priority .. ',"timeoutMs":' .. timeout ..
-    ',"payload":' .. payload .. '}'
+    ',"progressTimeoutMs":' .. progress .. cost .. ',"payload":' .. payload .. '}'
 end
 function encode.task_cancel(tid, attempt)
   return '{"v":1,"type":"task_cancel","taskId":"' .. tid .. '","attempt":' .. attempt .. '}'
