@@ -72,6 +72,8 @@ async fn privileged_actions_are_recorded_and_tampering_is_found() {
     assert_eq!(drain["target"], "/v1/agents/aud-1/drain");
     assert_eq!(drain["result"], "ok");
     assert_eq!(find("scale")["result"], "ok");
+    // The entry says what was set, not only where.
+    assert_eq!(find("scale")["target"], "/v1/pools/tester/size agents=5");
     assert_eq!(
         find("requeue")["result"],
         "409",

@@ -283,6 +283,9 @@ async fn keys_commands_init_issue_list_rotate_and_revoke() {
             .args(args)
             .env("REDIS_URL", h.redis.url())
             .env("FLEET_COMMANDER_KEY", &key)
+            // As in a container: no USER or LOGNAME.
+            .env_remove("USER")
+            .env_remove("LOGNAME")
             .output()
             .unwrap()
     };
@@ -302,6 +305,20 @@ async fn keys_commands_init_issue_list_rotate_and_revoke() {
     assert!(issued.status.success(), "{issued:?}");
     let cred = fleet_protocol::auth::Credential::parse(&String::from_utf8_lossy(&issued.stdout))
         .expect("the credential on stdout");
+    // Audited under the operator's name and host, even without USER.
+    let mut conn = fleet_store::connection::connect(&h.redis.url())
+        .await
+        .unwrap();
+    let entries = fleet_store::audit::list(&mut conn, &h.keys, 10).await.unwrap();
+    let issued_by = entries
+        .iter()
+        .find(|e| e.action == "key_issued")
+        .map(|e| e.actor.clone())
+        .expect("key_issued audited");
+    assert!(
+        issued_by.starts_with("cli:") && issued_by != "cli:unknown" && issued_by.contains('@'),
+        "{issued_by}"
+    );
     assert_eq!(
         (cred.subject.as_str(), cred.pool),
         ("cli-1", Some(PoolType::Coder))

@@ -44,14 +44,48 @@ pub(crate) async fn record(
     target: &str,
     result: &str,
 ) -> anyhow::Result<()> {
-    let actor = format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    );
+    let actor = format!("cli:{}", operator());
     AuditLog::new(Keys::new(config.fleet.prefix.clone()), signer(config)?)
         .append(conn, &actor, action, target, result)
         .await?;
     Ok(())
+}
+
+/// Who runs the CLI, as `user@host`: `USER` or `LOGNAME`, else the name
+/// /etc/passwd gives the process's uid (a container may set neither), else
+/// `uid:N`; the host from the kernel.
+fn operator() -> String {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .or_else(|| {
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .to_string();
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            Some(
+                passwd
+                    .lines()
+                    .find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+                    })
+                    .unwrap_or(format!("uid:{uid}")),
+            )
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
 }
 
 pub(crate) async fn audit_cmd(config: &Path, action: AuditAction) -> anyhow::Result<bool> {

@@ -48,16 +48,47 @@ pub(crate) async fn demo(args: DemoArgs, config: &Path) -> anyhow::Result<bool> 
         .tasks
         .as_ref()
         .is_none_or(|t| t.completed == t.submitted && t.submitted == tasks);
-    let ok = r.registered == r.agents
-        && r.detected == r.stopped
-        && r.false_deaths == 0
-        && tasks_done
-        && scaled;
-    if !ok {
-        eprintln!("demo finished with problems: see the figures above");
-        return Ok(false);
+    // Each check: whether it held, what it says when it did, and when not.
+    let checks = [
+        (
+            r.registered == r.agents,
+            "every agent registered".to_string(),
+            format!("{} of {} agents registered", r.registered, r.agents),
+        ),
+        (
+            r.detected == r.stopped,
+            "every stopped agent detected".to_string(),
+            format!("{} of {} stopped agents detected", r.detected, r.stopped),
+        ),
+        (
+            r.false_deaths == 0,
+            "no live agent declared dead".to_string(),
+            format!("{} live agents declared dead", r.false_deaths),
+        ),
+        (
+            tasks_done,
+            "every task completed".to_string(),
+            "not every task completed".to_string(),
+        ),
+        (
+            scaled,
+            "the pool grew under load and shrank back, losing no task".to_string(),
+            "autoscaling did not grow and shrink back without loss".to_string(),
+        ),
+    ];
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.0)
+        .map(|c| c.2.as_str())
+        .collect();
+    if failed.is_empty() {
+        let held: Vec<&str> = checks.iter().map(|c| c.1.as_str()).collect();
+        out!("\ndemo: all checks passed ({})", held.join("; "));
+        Ok(true)
+    } else {
+        out!("\ndemo: FAILED: {}", failed.join("; "));
+        Ok(false)
     }
-    Ok(true)
 }
 
 /// The simulator against a running commander.

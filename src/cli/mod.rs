@@ -154,6 +154,7 @@ pub(crate) enum Command {
 
 #[derive(Args)]
 pub(crate) struct DemoArgs {
+    /// Simulated agents in the fleet.
     #[arg(long, default_value_t = 1000)]
     pub(crate) agents: usize,
     /// Agents to kill (they stop heartbeating) once the fleet is up.
@@ -162,6 +163,7 @@ pub(crate) struct DemoArgs {
     /// Registrations in flight at once.
     #[arg(long, default_value_t = 50)]
     pub(crate) batch: usize,
+    /// Fleet status queries made over HTTP once the fleet is up.
     #[arg(long, default_value_t = 1000)]
     pub(crate) status_queries: usize,
     /// Override the heartbeat interval (ms) for a quicker demo.
@@ -173,9 +175,9 @@ pub(crate) struct DemoArgs {
     /// Skip the autoscaling phase (a pool growing and shrinking with load).
     #[arg(long)]
     pub(crate) skip_autoscaling: bool,
-    /// Keep the fleet running this long once its tasks are done, for a
-    /// look at the console (its URL and a sign-in token are printed).
-    #[arg(long, default_value_t = 0)]
+    /// Keep the fleet running this many seconds once its tasks are done,
+    /// for a look at the console (its URL and a sign-in token are printed).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub(crate) hold: u64,
     /// Write the measurements as JSON.
     #[arg(long)]

@@ -726,7 +726,7 @@ async fn connect_agents(
     while let Some(a) = connecting.next().await {
         agents.push(a.context("connecting an agent")?);
         progress.update(&format!(
-            "connected {}/{} agents",
+            "connecting agents (each subscribes to its own channel): {}/{}",
             agents.len(),
             opts.agents
         ));
@@ -734,9 +734,13 @@ async fn connect_agents(
     drop(connecting);
     if let Some(issuer) = &opts.issuer {
         agents = issuer.equip(&mut publishers[0].clone(), agents).await?;
-        progress.line(&format!("issued {} agent keys", agents.len()));
+        progress.line(&format!(
+            "connected {} agents, each signing with a key issued for it",
+            agents.len()
+        ));
+    } else {
+        progress.line(&format!("connected {} agents", agents.len()));
     }
-    progress.line(&format!("connected {} agents", agents.len()));
     Ok(agents)
 }
 
@@ -1169,13 +1173,13 @@ fn floor_figures(
     stop_ping.cancel();
     report.redis_ping = Latency::from(&ping_hist.lock().expect("no panics while held"));
     progress.line(&format!(
-        "the machine's floor: PING to Redis every 10 ms, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "the machine's floor (no figure above can beat it here): PING to Redis every 10 ms, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         report.redis_ping.p50_ms, report.redis_ping.p99_ms, report.redis_ping.max_ms
     ));
     report.wakeup_delay = probe.finish();
     let w = &report.wakeup_delay;
     progress.line(&format!(
-        "the machine's floor: a thread sleeping 1 ms wakes late by p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} times by {} ms or more ({:.2}% of the run)",
+        "the machine's floor (how busy this machine is): a thread sleeping 1 ms wakes late by p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} times by {} ms or more ({:.2}% of the run)",
         w.late.p50_ms, w.late.p99_ms, w.late.max_ms, w.long, Stalls::LONG.as_millis(), w.long_time_percent
     ));
     if report.churned > 0 {
@@ -1435,7 +1439,7 @@ async fn run_tasks(
         agents_died: state.died.lock().expect("no panics while held").len(),
     };
     progress.line(&format!(
-        "tasks: {}/{} completed in {:.0} ms ({:.0}/s); dispatch p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {} attempts failed and were retried; {} agents died mid-task",
+        "tasks: {}/{} completed in {:.0} ms ({:.0}/s); dispatch (submitted -> in an agent's hands; all submitted at once, so this is mostly the wait in the queue) p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {} attempts failed and were retried; {} agents died mid-task",
         report.completed,
         report.submitted,
         report.elapsed_ms,

@@ -97,6 +97,12 @@ fn audited(method: &Method, path: &str) -> Option<&'static str> {
     }
 }
 
+/// What a privileged handler did, for its audit entry (e.g. `agents=12`):
+/// set on the response, read by [`record`]. The request's body is the
+/// handler's, so the middleware cannot see it.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditDetail(pub(crate) String);
+
 /// Writes a privileged request and its outcome to the audit log.
 async fn record(
     s: &Shared,
@@ -112,7 +118,11 @@ async fn record(
         } else {
             status.as_u16().to_string()
         };
-        s.audit(actor, action, path, &result).await;
+        let target = match response.extensions().get::<AuditDetail>() {
+            Some(d) => format!("{path} {}", d.0),
+            None => path.to_string(),
+        };
+        s.audit(actor, action, &target, &result).await;
     }
     response
 }

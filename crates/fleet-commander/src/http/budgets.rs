@@ -89,6 +89,17 @@ pub(super) async fn post(
         Ok(a) => a,
         Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_fields", why),
     };
+    let detail = match &adjust {
+        Adjust::TopUp(v) => format!("topUp={v}"),
+        Adjust::Reset => "reset".to_string(),
+        Adjust::Allowance(v) => format!("allowance={v}"),
+    };
+    let mut r = apply(&s, &id, adjust).await;
+    r.extensions_mut().insert(super::auth::AuditDetail(detail));
+    r
+}
+
+async fn apply(s: &Shared, id: &str, adjust: Adjust) -> Response {
     let mut conn = s.redis.clone();
     let now = fleet_protocol::now_ms();
     match s.registry.adjust_budget(&mut conn, &id, adjust, now).await {

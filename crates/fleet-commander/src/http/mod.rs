@@ -522,7 +522,15 @@ async fn set_pool_size(
             .map(|_| json!({"pool": pool, "size": n}))
     };
     match r {
-        Ok(v) => Json(v).into_response(),
+        Ok(v) => {
+            let detail = match &v["size"] {
+                serde_json::Value::String(auto) => format!("size={auto}"),
+                n => format!("agents={n}"),
+            };
+            let mut r = Json(v).into_response();
+            r.extensions_mut().insert(auth::AuditDetail(detail));
+            r
+        }
         Err(e) => unavailable(e),
     }
 }
