@@ -309,7 +309,9 @@ async fn keys_commands_init_issue_list_rotate_and_revoke() {
     let mut conn = fleet_store::connection::connect(&h.redis.url())
         .await
         .unwrap();
-    let entries = fleet_store::audit::list(&mut conn, &h.keys, 10).await.unwrap();
+    let entries = fleet_store::audit::list(&mut conn, &h.keys, 10)
+        .await
+        .unwrap();
     let issued_by = entries
         .iter()
         .find(|e| e.action == "key_issued")

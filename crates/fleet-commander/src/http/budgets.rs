@@ -102,7 +102,7 @@ pub(super) async fn post(
 async fn apply(s: &Shared, id: &str, adjust: Adjust) -> Response {
     let mut conn = s.redis.clone();
     let now = fleet_protocol::now_ms();
-    match s.registry.adjust_budget(&mut conn, &id, adjust, now).await {
+    match s.registry.adjust_budget(&mut conn, id, adjust, now).await {
         Ok(Adjusted::Done { budget, resume }) => {
             metrics::counter!(m::BUDGET_TOPUPS).increment(1);
             let resumed = resume.is_some();
@@ -123,7 +123,7 @@ async fn apply(s: &Shared, id: &str, adjust: Adjust) -> Response {
             v["unit"] = json!(s.config().budgets.unit);
             Json(v).into_response()
         }
-        Ok(Adjusted::UnknownAgent) => error(StatusCode::NOT_FOUND, "not_found", &id),
+        Ok(Adjusted::UnknownAgent) => error(StatusCode::NOT_FOUND, "not_found", id),
         Ok(Adjusted::NoBudget) => error(
             StatusCode::CONFLICT,
             "no_budget",
