@@ -31,6 +31,13 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// Print JSON (what the HTTP API serves) instead of tables and lines.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The commander's HTTP API, for the commands that use it (default:
+    /// http://{http.addr} from the config, or FLEET_HTTP_ADDR).
+    #[arg(long, global = true, env = "FLEET_URL")]
+    url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,7 +53,7 @@ fn main() -> ExitCode {
     let config = Config::load(&cli.config);
     let quiet = matches!(
         cli.command,
-        Command::Demo(_) | Command::Sim(_) | Command::Status { .. }
+        Command::Demo(_) | Command::Sim(_) | Command::Status
     );
     // RUST_LOG, else the config's log.level, else info (warn for the noisy commands).
     let level = config.as_ref().ok().and_then(|c| c.log.level.clone());
@@ -70,7 +77,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::execute(cli.command, &cli.config)) {
+    cli::set_json(cli.json);
+    match runtime.block_on(cli::execute(cli.command, &cli.config, cli.url)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

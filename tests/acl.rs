@@ -273,7 +273,7 @@ async fn the_security_docs_acl_steps_work_in_the_order_printed() {
     let log = std::fs::read_to_string(dir.join("commander.log")).unwrap_or_default();
     let all = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- commander.log\n{log}");
     assert!(out.status.success(), "{all}");
-    assert!(stdout.contains(r#""state": "completed""#), "{all}");
+    assert!(stdout.contains("state: completed\n"), "{all}");
     assert!(
         stdout.contains("user=fleet-agent-coder-7"),
         "the agent connected as its ACL user: {all}"

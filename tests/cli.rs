@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_fleet-commander");
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_command_prints_the_fleet_from_redis() {
+async fn status_command_prints_the_fleet_over_http() {
     let h = Harness::start().await;
     for (i, pool) in [PoolType::Coder, PoolType::Coder, PoolType::Ui]
         .iter()
@@ -34,8 +34,8 @@ async fn status_command_prints_the_fleet_from_redis() {
         .await
         .unwrap();
     let out = Command::new(BIN)
-        .args(["--config", CONFIG, "status", "--json"])
-        .env("REDIS_URL", h.redis.url())
+        .args(["--config", CONFIG, "status", "--json", "--url", &h.base()])
+        .env("FLEET_TOKEN", &h.token)
         .output()
         .unwrap();
     assert!(
@@ -49,11 +49,15 @@ async fn status_command_prints_the_fleet_from_redis() {
     assert_eq!(s["validators"], serde_json::json!({"n": 1, "f": 0}));
 
     let out = Command::new(BIN)
-        .args(["--config", CONFIG, "status"])
-        .env("REDIS_URL", h.redis.url())
+        .args(["--config", CONFIG, "status", "--url", &h.base()])
+        .env("FLEET_TOKEN", &h.token)
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l.contains("queued")),
+        "a queue column: {table}"
+    );
     assert!(table.starts_with("fleet: 4 agents"), "{table}");
     assert!(
         table.contains("validators: 1 (tolerates f = 0 lying)"),
@@ -62,7 +66,7 @@ async fn status_command_prints_the_fleet_from_redis() {
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("ui ") && l.contains(" 1 ")),
+            .any(|l| l.trim_start().starts_with("ui ") && l.contains(" 1 ")),
         "{table}"
     );
 }
@@ -195,6 +199,7 @@ async fn task_commands_submit_show_cancel_and_list_dead_letters() {
         run(s(&[
             "task",
             "submit",
+            "--json",
             "--url",
             &base,
             "--pool",
@@ -213,13 +218,40 @@ async fn task_commands_submit_show_cancel_and_list_dead_letters() {
     assert_eq!(v["task"]["priority"], 9);
     assert_eq!(v["task"]["payload"]["job"], 1);
 
+    // For people: `key: value` lines; for scripts: --json.
     let (ok, out, _) =
         tokio::task::block_in_place(|| run(s(&["task", "get", "--url", &base, &id])));
     assert!(ok);
+    assert!(out.contains("state: queued\n"), "{out}");
+    assert!(out.contains(" ago)"), "a human time: {out}");
+    let (ok, out, _) =
+        tokio::task::block_in_place(|| run(s(&["tasks", "get", "--json", "--url", &base, &id])));
+    assert!(ok);
     assert!(out.contains("\"state\": \"queued\""), "{out}");
+    // Lists with filters: a table by default.
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(s(&[
+            "tasks", "list", "--url", &base, "--pool", "coder", "--state", "queued",
+        ]))
+    });
+    assert!(ok, "{err}");
+    let header = out.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("id") && header.contains("state") && header.contains("submitted"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains(&id) && l.contains("queued")),
+        "{out}"
+    );
+    let (ok, out, _) = tokio::task::block_in_place(|| {
+        run(s(&["tasks", "list", "--url", &base, "--pool", "tester"]))
+    });
+    assert!(ok && !out.contains(&id), "{out}");
     // No agent yet, so no allocation decision yet.
-    let (ok, out, err) =
-        tokio::task::block_in_place(|| run(s(&["task", "evidence", "--url", &base, &id])));
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(s(&["task", "evidence", "--json", "--url", &base, &id]))
+    });
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "[]");
     let (ok, _, err) = tokio::task::block_in_place(|| {
@@ -237,12 +269,12 @@ async fn task_commands_submit_show_cancel_and_list_dead_letters() {
     });
     assert!(!ok && err.contains("unknown_pool"), "{err}");
     let (ok, out, _) =
-        tokio::task::block_in_place(|| run(s(&["dead-letters", "list", "--url", &base])));
+        tokio::task::block_in_place(|| run(s(&["dead-letters", "list", "--json", "--url", &base])));
     assert!(ok);
     assert_eq!(out.trim(), "[]");
     let (ok, out, _) = tokio::task::block_in_place(|| run(s(&["poison", "list", "--url", &base])));
     assert!(ok);
-    assert_eq!(out.trim(), "[]");
+    assert!(out.trim().ends_with("0 task(s)"), "{out}");
     let (ok, _, err) =
         tokio::task::block_in_place(|| run(s(&["poison", "requeue", "--url", &base, &id])));
     assert!(!ok && err.contains("not_poison"), "{err}");
@@ -250,13 +282,50 @@ async fn task_commands_submit_show_cancel_and_list_dead_letters() {
     // Budgets: the shipped allowance, a top-up, an agent that is not there.
     let mut a = h.agent("cli-budget", PoolType::Coder).await;
     a.register(Duration::from_secs(5)).await.unwrap();
-    let (ok, out, err) =
-        tokio::task::block_in_place(|| run(s(&["budget", "show", "--url", &base, "cli-budget"])));
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(s(&[
+            "budget",
+            "show",
+            "--json",
+            "--url",
+            &base,
+            "cli-budget",
+        ]))
+    });
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["balance"], h.config.budgets.allowance, "{v}");
+    // Agents: a list with filters, one agent's record.
     let (ok, out, err) = tokio::task::block_in_place(|| {
-        run(s(&["budget", "topup", "--url", &base, "cli-budget", "500"]))
+        run(s(&["agents", "list", "--url", &base, "--pool", "coder"]))
+    });
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("cli-budget") && l.contains("idle")),
+        "{out}"
+    );
+    assert!(out.contains("1 of 1 agents"), "{out}");
+    let (ok, out, _) =
+        tokio::task::block_in_place(|| run(s(&["agents", "list", "--url", &base, "--pool", "ui"])));
+    assert!(ok && out.contains("0 of 0 agents"), "{out}");
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| run(s(&["agents", "get", "--url", &base, "cli-budget"])));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("pool: coder\n") && out.contains("health:\n"),
+        "{out}"
+    );
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(s(&[
+            "budget",
+            "topup",
+            "--json",
+            "--url",
+            &base,
+            "cli-budget",
+            "500",
+        ]))
     });
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -429,9 +498,10 @@ async fn a_closed_pipe_is_a_clean_exit_and_a_401_says_what_to_do() {
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "set -o pipefail; (sleep 0.3; {BIN} --config {CONFIG} status) | true"
+            "set -o pipefail; (sleep 0.3; {BIN} --config {CONFIG} status --url {}) | true",
+            h.base()
         ))
-        .env("REDIS_URL", h.redis.url())
+        .env("FLEET_TOKEN", &h.token)
         .output()
         .unwrap();
     assert!(

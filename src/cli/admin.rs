@@ -1,14 +1,15 @@
-//! Operators' tools: `status` (a read of Redis), `task`, `scale`, `drain`,
-//! `dead-letters` (the HTTP API) and `config check`. Each returns whether
-//! it succeeded.
+//! Operators' tools over the HTTP API (`--url`, a token from FLEET_TOKEN or
+//! FLEET_TOKEN_FILE): `status`, `agents`, `tasks`, `scale`, `drain`,
+//! `dead-letters`, `poison`, `budget`; and `config check`. Each returns
+//! whether it succeeded. Tables and lines for people, `--json` for scripts.
 
 use super::{
-    base_url, call, load, request, BudgetAction, DeadLetterAction, DrainTarget, PoisonAction,
-    TaskAction,
+    base_url, call, load, render, request, AgentsAction, BudgetAction, DeadLetterAction,
+    DrainTarget, PoisonAction, TaskAction,
 };
 use anyhow::Context;
-use fleet_protocol::status::render;
-use fleet_store::Keys;
+use fleet_protocol::pool::AgentStatus;
+use fleet_protocol::status::FleetStatus;
 use std::path::Path;
 
 pub(crate) fn config_check(file: &Path) -> anyhow::Result<bool> {
@@ -23,55 +24,179 @@ pub(crate) fn config_check(file: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// The fleet table (or JSON), from one read of the counters in Redis.
-pub(crate) async fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
-    let config = load(config)?;
-    let keys = Keys::new(config.fleet.prefix.clone());
-    let client = fleet_store::connection::client(&config.redis.url)?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
-    let counts = fleet_store::registry::read_counts(&mut conn, &keys).await?;
-    let now = fleet_protocol::now_ms();
-    let s = fleet_commander::status::fleet(&config, &counts, now);
-    let leader = fleet_store::lease::holder(&mut conn, &keys).await?;
-    let commanders =
-        fleet_store::lease::commanders(&mut conn, &keys, now, config.ha.lease_ms).await?;
-    // Governance: the validators (n) and the lying ones a 2/3 quorum tolerates.
-    let validators: u64 = redis::cmd("SCARD")
-        .arg(keys.validators())
-        .query_async(&mut conn)
-        .await?;
-    let tolerance = fleet_protocol::governance::tolerance(validators);
-    if json {
-        let mut v = serde_json::to_value(&s)?;
-        v["leader"] = match &leader {
-            Some(h) => serde_json::json!({"id": h.id, "epoch": h.epoch}),
-            None => serde_json::Value::Null,
-        };
-        v["commanders"] = serde_json::to_value(&commanders)?;
-        v["validators"] = serde_json::json!({"n": validators, "f": tolerance});
+/// The fleet: a table of pools (agents by status, queued tasks), who leads,
+/// the validators; over the HTTP API (a viewer's token).
+pub(crate) async fn status(config: &Path, url: Option<String>) -> anyhow::Result<bool> {
+    let base = base_url(config, url)?;
+    let http = super::tokens::http_client()?;
+    let fleet = request(http.get(format!("{base}/v1/fleet"))).await?;
+    let pools = request(http.get(format!("{base}/v1/pools"))).await?;
+    let commanders = request(http.get(format!("{base}/v1/commanders"))).await?;
+    let gov = request(http.get(format!("{base}/v1/governance"))).await?;
+    let (n, f) = (gov["validators"].clone(), gov["tolerance"].clone());
+    if super::json() {
+        let mut v = fleet;
+        v["leader"] = commanders["leader"].clone();
+        v["commanders"] = commanders["commanders"].clone();
+        v["validators"] = serde_json::json!({"n": n, "f": f});
+        for p in pools.as_array().into_iter().flatten() {
+            if let Some(name) = p["type"].as_str() {
+                v["pools"][name]["queued"] = p["queued"].clone();
+            }
+        }
         out!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        out_raw!("{}", render(&s));
-        out!("validators: {validators} (tolerates f = {tolerance} lying)");
-        match &leader {
-            Some(h) => out!("\nleader: {} (epoch {})", h.id, h.epoch),
-            None => out!("\nleader: none (the lease is free)"),
-        }
-        for c in &commanders {
-            out!(
-                "  {:<8} {}  epoch {:<4} at {:<21} renewed {} ms ago",
-                c.role.as_str(),
-                c.id,
-                c.epoch,
-                c.address,
-                now.saturating_sub(c.renewed_at)
-            );
-        }
+        return Ok(true);
+    }
+    let s: FleetStatus = serde_json::from_value(fleet).context("GET /v1/fleet")?;
+    let queued = |pool: &str| {
+        pools
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["type"] == pool)
+            .and_then(|p| p["queued"].as_u64())
+            .unwrap_or(0)
+    };
+    let by =
+        |c: &std::collections::BTreeMap<AgentStatus, u64>, st| c.get(&st).copied().unwrap_or(0);
+    out!(
+        "fleet: {} agents (max {}) | idle {} active {} busy {} failed {} recovering {} halted {}",
+        s.total_agents,
+        s.max_agents,
+        by(&s.by_status, AgentStatus::Idle),
+        by(&s.by_status, AgentStatus::Active),
+        by(&s.by_status, AgentStatus::Busy),
+        by(&s.by_status, AgentStatus::Failed),
+        by(&s.by_status, AgentStatus::Recovering),
+        by(&s.by_status, AgentStatus::Halted),
+    );
+    let rows: Vec<serde_json::Value> = s
+        .pools
+        .iter()
+        .map(|(pool, p)| {
+            let c = &p.by_status;
+            serde_json::json!({
+                "pool": pool.as_str(), "agents": p.current_agents,
+                "bounds": format!("{}..{}", p.min_agents, p.max_agents),
+                "idle": by(c, AgentStatus::Idle), "active": by(c, AgentStatus::Active),
+                "busy": by(c, AgentStatus::Busy), "failed": by(c, AgentStatus::Failed),
+                "recovering": by(c, AgentStatus::Recovering), "halted": by(c, AgentStatus::Halted),
+                "queued": queued(pool.as_str()),
+            })
+        })
+        .collect();
+    let cols = [
+        ("pool", "/pool"),
+        ("agents", "/agents"),
+        ("min..max", "/bounds"),
+        ("idle", "/idle"),
+        ("active", "/active"),
+        ("busy", "/busy"),
+        ("failed", "/failed"),
+        ("recovering", "/recovering"),
+        ("halted", "/halted"),
+        ("queued", "/queued"),
+    ];
+    out!("{}", render::table(&rows, &cols));
+    out!("validators: {n} (tolerates f = {f} lying)");
+    match commanders["leader"].as_object() {
+        Some(l) => out!(
+            "\nleader: {} (epoch {})",
+            l["id"].as_str().unwrap_or("?"),
+            l["epoch"]
+        ),
+        None => out!("\nleader: none (the lease is free)"),
+    }
+    for c in commanders["commanders"].as_array().into_iter().flatten() {
+        out!(
+            "  {:<8} {}  epoch {:<4} at {:<21} renewed {}",
+            c["role"].as_str().unwrap_or("?"),
+            c["id"].as_str().unwrap_or("?"),
+            c["epoch"],
+            c["address"].as_str().unwrap_or("?"),
+            render::ago(c["renewedAt"].as_u64().unwrap_or(0))
+        );
     }
     Ok(true)
+}
+
+/// `agents list|get`.
+pub(crate) async fn agents(
+    config: &Path,
+    action: AgentsAction,
+    url: Option<String>,
+) -> anyhow::Result<bool> {
+    let base = base_url(config, url)?;
+    let http = super::tokens::http_client()?;
+    match action {
+        AgentsAction::List {
+            pool,
+            status,
+            capability,
+            query,
+            limit,
+        } => {
+            let q = [
+                ("pool", pool),
+                ("status", status),
+                ("capability", capability),
+                ("q", query),
+                ("limit", Some(limit.to_string())),
+            ];
+            let q: Vec<(&str, String)> = q.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+            let page = request(http.get(format!("{base}/v1/agents")).query(&q)).await?;
+            super::print(&page, |p| {
+                let items = p["items"].as_array().cloned().unwrap_or_default();
+                let cols = [
+                    ("id", "/id"),
+                    ("pool", "/pool"),
+                    ("status", "/status"),
+                    ("load", "/load"),
+                    ("health", "/health/score"),
+                    ("done", "/performance/tasksCompleted"),
+                    ("success", "/performance/successRate"),
+                    ("heartbeat", "/health/lastHeartbeat"),
+                    ("quarantined until", "/health/quarantinedUntil"),
+                    ("draining", "/draining"),
+                ];
+                format!(
+                    "{}\n{} of {} agents\n",
+                    render::table(&items, &cols),
+                    items.len(),
+                    p["total"]
+                )
+            });
+        }
+        AgentsAction::Get { id } => call(http.get(format!("{base}/v1/agents/{id}"))).await?,
+    }
+    Ok(true)
+}
+
+/// The columns of a task list.
+const TASK_COLUMNS: [(&str, &str); 7] = [
+    ("id", "/id"),
+    ("pool", "/pool"),
+    ("state", "/state"),
+    ("attempt", "/attempt"),
+    ("agent", "/agentId"),
+    ("submitted", "/submittedAt"),
+    ("updated", "/updatedAt"),
+];
+
+/// A list of tasks as a table (or JSON).
+fn tasks_table(list: &serde_json::Value) {
+    super::print(list, |l| {
+        let items = l
+            .as_array()
+            .or_else(|| l["items"].as_array())
+            .cloned()
+            .unwrap_or_default();
+        format!(
+            "{}\n{} task(s)\n",
+            render::table(&items, &TASK_COLUMNS),
+            items.len()
+        )
+    });
 }
 
 pub(crate) async fn task(
@@ -117,11 +242,11 @@ pub(crate) async fn task(
                 let t = request(http.get(format!("{base}/v1/tasks/{id}"))).await?;
                 let state = t["state"].as_str().unwrap_or_default();
                 if matches!(state, "completed" | "dead" | "cancelled" | "poison") {
-                    out!("{}", serde_json::to_string_pretty(&t)?);
+                    super::print(&t, render::record);
                     return Ok(state == "completed");
                 }
                 if std::time::Instant::now() >= deadline {
-                    out!("{}", serde_json::to_string_pretty(&t)?);
+                    super::print(&t, render::record);
                     anyhow::bail!(
                         "task {id} is still {state} after {}: is an agent of pool {pool} running?",
                         humantime::format_duration(wait)
@@ -129,6 +254,23 @@ pub(crate) async fn task(
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
+        }
+        TaskAction::List {
+            pool,
+            state,
+            agent,
+            query,
+            limit,
+        } => {
+            let q = [
+                ("pool", pool),
+                ("state", state),
+                ("agent", agent),
+                ("q", query),
+                ("limit", Some(limit.to_string())),
+            ];
+            let q: Vec<(&str, String)> = q.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+            tasks_table(&request(http.get(format!("{base}/v1/tasks")).query(&q)).await?);
         }
         TaskAction::Get { id } => call(http.get(format!("{base}/v1/tasks/{id}"))).await?,
         TaskAction::Cancel { id } => {
@@ -187,7 +329,9 @@ pub(crate) async fn dead_letters(
     let base = base_url(config, url)?;
     let http = super::tokens::http_client()?;
     match action {
-        DeadLetterAction::List => call(http.get(format!("{base}/v1/dead-letters"))).await?,
+        DeadLetterAction::List => {
+            tasks_table(&request(http.get(format!("{base}/v1/dead-letters"))).await?)
+        }
         DeadLetterAction::Requeue { id } => {
             call(http.post(format!("{base}/v1/dead-letters/{id}/requeue"))).await?
         }
@@ -203,7 +347,7 @@ pub(crate) async fn poison(
     let base = base_url(config, url)?;
     let http = super::tokens::http_client()?;
     match action {
-        PoisonAction::List => call(http.get(format!("{base}/v1/poison"))).await?,
+        PoisonAction::List => tasks_table(&request(http.get(format!("{base}/v1/poison"))).await?),
         PoisonAction::Show { id } => {
             call(http.get(format!("{base}/v1/tasks/{id}"))).await?;
             call(http.get(format!("{base}/v1/tasks/{id}/evidence"))).await?

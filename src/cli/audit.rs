@@ -13,10 +13,9 @@ use std::path::Path;
 pub(crate) enum AuditAction {
     /// The newest entries, newest first.
     List {
+        /// How many entries, newest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[arg(long)]
-        json: bool,
     },
     /// Check the chain and the commander's signatures; names the first entry
     /// edited, deleted or inserted (exit status 1 then).
@@ -93,9 +92,9 @@ pub(crate) async fn audit_cmd(config: &Path, action: AuditAction) -> anyhow::Res
     let keys = Keys::new(config.fleet.prefix.clone());
     let mut conn = fleet_store::connection::connect(&config.redis.url).await?;
     match action {
-        AuditAction::List { limit, json } => {
+        AuditAction::List { limit } => {
             let entries = audit::list(&mut conn, &keys, limit).await?;
-            if json {
+            if super::json() {
                 out!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
                 out!(

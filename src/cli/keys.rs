@@ -33,10 +33,7 @@ pub(crate) enum KeysAction {
         out: Option<PathBuf>,
     },
     /// List the keys: id, role, subject, pool, state (never a secret).
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Revoke every key of an agent or submitter, at once.
     Revoke { subject: String },
     /// Issue a new key; the old one keeps working for the overlap, then stops.
@@ -110,9 +107,9 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
             .await?;
             hand_over(&cred, out.as_deref())?;
         }
-        KeysAction::List { json } => {
+        KeysAction::List => {
             let all = store.all(&mut conn).await?;
-            if json {
+            if super::json() {
                 out!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 out!(

@@ -38,6 +38,7 @@ pub(crate) mod audit;
 pub(crate) mod fleet;
 pub(crate) mod governance;
 pub(crate) mod keys;
+pub(crate) mod render;
 pub(crate) mod tokens;
 
 use anyhow::Context;
@@ -53,10 +54,12 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Simulate agents against a running commander.
     Sim(SimArgs),
-    /// Print the fleet status (read from Redis).
-    Status {
-        #[arg(long)]
-        json: bool,
+    /// The fleet: agents by pool and status, who leads (over the HTTP API).
+    Status,
+    /// List agents, or show one (over the HTTP API).
+    Agents {
+        #[command(subcommand)]
+        action: AgentsAction,
     },
     /// Run one agent (it echoes each task's payload) until Ctrl-C or SIGTERM,
     /// then leave cleanly.
@@ -75,52 +78,41 @@ pub(crate) enum Command {
         #[arg(long, env = "FLEET_CREDENTIAL")]
         credential: Option<PathBuf>,
     },
-    /// Submit, inspect and cancel tasks (through the commander's HTTP API).
-    Task {
+    /// Submit, list, show and cancel tasks (over the HTTP API; `task` works too).
+    #[command(alias = "task")]
+    Tasks {
         #[command(subcommand)]
         action: TaskAction,
-        /// Commander HTTP API (default: http://{http.addr} from the config).
-        #[arg(long, global = true)]
-        url: Option<String>,
     },
-    /// List and requeue dead-lettered tasks (through the HTTP API).
+    /// List and requeue dead-lettered tasks (over the HTTP API).
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
-        #[arg(long, global = true)]
-        url: Option<String>,
     },
     /// Poison tasks: their attempts took down `tasks.poison_after` agents
     /// (dead, restarted or stuck); held until requeued.
     Poison {
         #[command(subcommand)]
         action: PoisonAction,
-        #[arg(long, global = true)]
-        url: Option<String>,
     },
     /// Fix a pool's size (within its bounds), or `auto` to hand it back to the scaler.
     Scale {
+        /// The pool.
         pool: String,
         /// A number of agents, or `auto`.
         size: String,
-        #[arg(long)]
-        url: Option<String>,
     },
     /// Retire an agent or every agent of a pool without losing work: no new
     /// tasks, they finish what they hold, then deregister.
     Drain {
         #[command(subcommand)]
         target: DrainTarget,
-        #[arg(long, global = true)]
-        url: Option<String>,
     },
     /// An agent's budget: show it, top it up, reset it, or give it an
     /// allowance of its own (a halted agent back above the minimum resumes).
     Budget {
         #[command(subcommand)]
         action: BudgetAction,
-        #[arg(long, global = true)]
-        url: Option<String>,
     },
     /// Keys: the commander's own, and agents' and submitters' credentials.
     Keys {
@@ -283,18 +275,80 @@ pub(crate) enum TaskAction {
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         wait: Option<std::time::Duration>,
     },
-    /// Show a task.
-    Get { id: String },
+    /// The newest tasks that match, newest first.
+    List {
+        /// Only this pool's.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Only in this state (queued, assigned, running, retrying, completed, dead, cancelled, poison).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only those this agent holds or last tried.
+        #[arg(long)]
+        agent: Option<String>,
+        /// A task id or client id (or part of one).
+        #[arg(long, short)]
+        query: Option<String>,
+        /// How many at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show a task: its state, result or error, and every attempt.
+    Get {
+        /// The task's id.
+        id: String,
+    },
     /// Cancel a task that has not finished (a running one is taken from its agent).
-    Cancel { id: String },
+    Cancel {
+        /// The task's id.
+        id: String,
+    },
     /// Why each attempt went to the agent it did (strategy, score, reason).
-    Evidence { id: String },
+    Evidence {
+        /// The task's id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AgentsAction {
+    /// The agents that match, a page of them.
+    List {
+        /// Only this pool's.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Only in this status (idle, active, busy, failed, recovering, halted).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only those that declare this capability.
+        #[arg(long)]
+        capability: Option<String>,
+        /// An agent id (or part of one).
+        #[arg(long, short)]
+        query: Option<String>,
+        /// How many at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One agent's record: status, load, health, performance, resources.
+    Get {
+        /// The agent's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub(crate) enum DrainTarget {
-    Agent { id: String },
-    Pool { pool: String },
+    /// One agent: it finishes what it holds, then deregisters.
+    Agent {
+        /// The agent's id.
+        id: String,
+    },
+    /// Every agent of a pool (a rolling restart: the scaler refills it to its minimum).
+    Pool {
+        /// The pool.
+        pool: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -302,19 +356,38 @@ pub(crate) enum DeadLetterAction {
     /// Tasks out of retries, most recent first.
     List,
     /// Send a dead-lettered task back to its queue with fresh retries.
-    Requeue { id: String },
+    Requeue {
+        /// The task's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub(crate) enum BudgetAction {
     /// Balance, allowance, spent and when the window renews.
-    Show { agent: String },
+    Show {
+        /// The agent's id.
+        agent: String,
+    },
     /// Add AMOUNT to the balance.
-    Topup { agent: String, amount: f64 },
+    Topup {
+        /// The agent's id.
+        agent: String,
+        /// Budget units to add.
+        amount: f64,
+    },
     /// Balance back to the allowance, a new window from now.
-    Reset { agent: String },
+    Reset {
+        /// The agent's id.
+        agent: String,
+    },
     /// An allowance of the agent's own (instead of its pool's), and a reset.
-    Allowance { agent: String, amount: f64 },
+    Allowance {
+        /// The agent's id.
+        agent: String,
+        /// Budget units per window.
+        amount: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -322,21 +395,33 @@ pub(crate) enum PoisonAction {
     /// Poison tasks, most recent first.
     List,
     /// One task: its record, casualties and allocation evidence.
-    Show { id: String },
+    Show {
+        /// The task's id.
+        id: String,
+    },
     /// Send a poison task back to its queue with fresh retries and no casualties.
-    Requeue { id: String },
+    Requeue {
+        /// The task's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub(crate) enum ConfigAction {
     /// Validate a configuration file without running anything.
-    Check { file: PathBuf },
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 /// Runs a subcommand other than `run`; the process's exit status.
+/// Runs a subcommand. `url`: the commander's HTTP API (`--url`), for the
+/// commands that use it.
 pub(crate) async fn execute(
     command: Command,
     config: &Path,
+    url: Option<String>,
 ) -> anyhow::Result<std::process::ExitCode> {
     match command {
         Command::Run => unreachable!("`run` is the binary's own"),
@@ -353,13 +438,14 @@ pub(crate) async fn execute(
         Command::Tokens { action } => tokens::tokens(config, action).await,
         Command::Audit { action } => audit::audit_cmd(config, action).await,
         Command::Governance { action } => governance::governance_cmd(config, action).await,
-        Command::Status { json } => admin::status(config, json).await,
-        Command::Task { action, url } => admin::task(config, action, url).await,
-        Command::Scale { pool, size, url } => admin::scale(config, pool, size, url).await,
-        Command::Drain { target, url } => admin::drain(config, target, url).await,
-        Command::DeadLetters { action, url } => admin::dead_letters(config, action, url).await,
-        Command::Poison { action, url } => admin::poison(config, action, url).await,
-        Command::Budget { action, url } => admin::budget(config, action, url).await,
+        Command::Status => admin::status(config, url).await,
+        Command::Agents { action } => admin::agents(config, action, url).await,
+        Command::Tasks { action } => admin::task(config, action, url).await,
+        Command::Scale { pool, size } => admin::scale(config, pool, size, url).await,
+        Command::Drain { target } => admin::drain(config, target, url).await,
+        Command::DeadLetters { action } => admin::dead_letters(config, action, url).await,
+        Command::Poison { action } => admin::poison(config, action, url).await,
+        Command::Budget { action } => admin::budget(config, action, url).await,
         Command::Config {
             action: ConfigAction::Check { file },
         } => admin::config_check(&file),
@@ -470,10 +556,35 @@ pub(crate) async fn request(req: reqwest::RequestBuilder) -> anyhow::Result<serd
 /// How long the CLI waits for a commander that does not answer yet.
 const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Sends `req` ([`request`]) and prints the answer as JSON.
+/// `--json`: print what the HTTP API served (and lists as JSON), not tables.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn set_json(on: bool) {
+    JSON.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `--json` was given.
+pub(crate) fn json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Prints `body`: as JSON with `--json`, else as `human` renders it.
+pub(crate) fn print(body: &serde_json::Value, human: impl FnOnce(&serde_json::Value) -> String) {
+    if json() {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(body).expect("a JSON value")
+        );
+    } else {
+        out_raw!("{}", human(body));
+    }
+}
+
+/// Sends `req` ([`request`]) and prints the answer: `key: value` lines, or
+/// JSON with `--json`.
 pub(crate) async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
     let body = request(req).await?;
-    out!("{}", serde_json::to_string_pretty(&body)?);
+    print(&body, render::record);
     Ok(())
 }
 

@@ -60,8 +60,13 @@ pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Resul
             }
         }
         TokensAction::List => {
+            let all = store.all(&mut conn).await?;
+            if super::json() {
+                out!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(true);
+            }
             out!("{:<14} {:<24} {:<10} STATE", "ID", "NAME", "ROLE");
-            for t in store.all(&mut conn).await? {
+            for t in all {
                 let state = if t.revoked_ms.is_some() {
                     "revoked"
                 } else {

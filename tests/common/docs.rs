@@ -74,6 +74,7 @@ pub async fn bash(dir: &Path, env: &[(&str, String)], script: &str) -> std::proc
     let status = tokio::time::timeout(std::time::Duration::from_secs(180), child.wait()).await;
     let _ = std::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
         .status();
     let status = status
         .expect("the lines finish within 3 minutes")
