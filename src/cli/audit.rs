@@ -23,6 +23,7 @@ pub(crate) enum AuditAction {
     /// Keep only the newest N entries; the last removed one becomes the
     /// anchor the chain is checked from.
     Trim {
+        /// How many of the newest entries to keep.
         #[arg(long)]
         keep: usize,
     },

@@ -18,12 +18,16 @@ use std::path::Path;
 pub(crate) enum GovernanceAction {
     /// The newest proposals, newest first.
     List {
+        /// How many proposals.
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
     /// One proposal, its votes and decision, with the seal and every
     /// signature verified.
-    Show { id: String },
+    Show {
+        /// The proposal's id.
+        id: String,
+    },
 }
 
 pub(crate) async fn governance_cmd(

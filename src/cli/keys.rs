@@ -35,13 +35,18 @@ pub(crate) enum KeysAction {
     /// List the keys: id, role, subject, pool, state (never a secret).
     List,
     /// Revoke every key of an agent or submitter, at once.
-    Revoke { subject: String },
+    Revoke {
+        /// The agent's id, or the submitter's name.
+        subject: String,
+    },
     /// Issue a new key; the old one keeps working for the overlap, then stops.
     Rotate {
+        /// The agent's id, or the submitter's name.
         subject: String,
         /// How long the old key keeps working (default security.rotation_overlap_ms).
         #[arg(long)]
         overlap_ms: Option<u64>,
+        /// Write the new credential to this file (mode 0600) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
     },

@@ -178,8 +178,10 @@ pub(crate) struct DemoArgs {
 
 #[derive(Args)]
 pub(crate) struct SimArgs {
+    /// Simulated agents.
     #[arg(long, default_value_t = 1000)]
     pub(crate) agents: usize,
+    /// Registrations in flight at once (a wave).
     #[arg(long, default_value_t = 50)]
     pub(crate) batch: usize,
     /// Instead of waves of --batch: agents join one after another at this
@@ -190,6 +192,7 @@ pub(crate) struct SimArgs {
     /// Agents that stop heartbeating after registration.
     #[arg(long, default_value_t = 0)]
     pub(crate) stop: usize,
+    /// Fleet status queries made over HTTP once the fleet is up.
     #[arg(long, default_value_t = 1000)]
     pub(crate) status_queries: usize,
     /// Commander HTTP API, for status queries (default: http://{http.addr} from the config).
@@ -240,6 +243,7 @@ pub(crate) struct SimArgs {
     /// How long the load step lasts.
     #[arg(long, default_value_t = 6)]
     pub(crate) ramp_secs: u64,
+    /// Write the measurements as JSON to this file.
     #[arg(long)]
     pub(crate) report: Option<PathBuf>,
 }

@@ -26,7 +26,10 @@ pub(crate) enum TokensAction {
     /// The tokens: id, name, role, state (never a token).
     List,
     /// Revoke the tokens with this name (or this id), at once.
-    Revoke { name: String },
+    Revoke {
+        /// The token's name (or id).
+        name: String,
+    },
 }
 
 pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Result<bool> {
