@@ -272,6 +272,17 @@ async fn task_commands_submit_show_cancel_and_list_dead_letters() {
         tokio::task::block_in_place(|| run(s(&["dead-letters", "list", "--json", "--url", &base])));
     assert!(ok);
     assert_eq!(out.trim(), "[]");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(s(&["dead-letters", "delete", "--all", "--url", &base]))
+    });
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted: -"), "{out}");
+    for verb in ["pause", "resume", "clear"] {
+        let (ok, out, err) =
+            tokio::task::block_in_place(|| run(s(&["queue", verb, "tester", "--url", &base])));
+        assert!(ok, "queue {verb}: {err}");
+        assert!(out.contains("pool: tester"), "{out}");
+    }
     let (ok, out, _) = tokio::task::block_in_place(|| run(s(&["poison", "list", "--url", &base])));
     assert!(ok);
     assert!(out.trim().ends_with("0 task(s)"), "{out}");

@@ -435,3 +435,111 @@ async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
             >= 1.0
     );
 }
+
+/// An operator pauses a pool's queue: its tasks are accepted and wait, none
+/// is handed out (an idle agent stands by), the pool says since when; resumed,
+/// they run. Cleared, every waiting task is cancelled; each action audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_queue_holds_its_tasks_until_resumed_and_can_be_cleared() {
+    let h = Harness::start().await;
+    let (stop, _) = start_agent(&h, "pq-1", PoolType::Mobile, &[], None).await;
+    let (code, v) = post(&h, "/v1/pools/mobile/pause", json!({})).await;
+    assert_eq!((code, &v["paused"]), (200, &json!(true)), "{v}");
+    let mut alloc = h.listen(&h.keys.channels().allocation()).await;
+    let id = submit(&h, json!({"pool": "mobile"})).await;
+    let handed = alloc
+        .collect_for(Duration::from_millis(500), |v| v["type"] == "task_assigned")
+        .await;
+    assert!(handed.is_empty(), "a paused queue handed out {handed:?}");
+    assert_eq!(h.get(&format!("/v1/tasks/{id}")).await.1["state"], "queued");
+    assert!(h.pool("mobile").await["pausedAt"].as_u64().is_some());
+    let (code, _) = post(&h, "/v1/pools/mobile/resume", json!({})).await;
+    assert_eq!(code, 200);
+    wait_state(&h, &id, "completed").await;
+    assert!(h.pool("mobile").await.get("pausedAt").is_none());
+
+    // Cleared: the waiting tasks are cancelled, nothing else.
+    post(&h, "/v1/pools/mobile/pause", json!({})).await;
+    let ids: Vec<String> =
+        futures_util::future::join_all((0..3).map(|_| submit(&h, json!({"pool": "mobile"})))).await;
+    let (code, v) = post(&h, "/v1/pools/mobile/clear", json!({})).await;
+    assert_eq!((code, &v["cancelled"]), (200, &json!(3)), "{v}");
+    for id in &ids {
+        assert_eq!(
+            h.get(&format!("/v1/tasks/{id}")).await.1["state"],
+            "cancelled"
+        );
+    }
+    let (_, log) = h.get("/v1/audit").await;
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for a in ["pause_queue", "resume_queue", "clear_queue"] {
+        assert!(actions.contains(&a), "{a} audited: {actions:?}");
+    }
+    stop.cancel();
+}
+
+/// Dead letters in bulk: some requeued by id, the rest deleted with `all`
+/// (their records gone), audited with the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_requeued_and_deleted_in_bulk() {
+    let h = Harness::start_with(|c| c.tasks.retry_backoff_ms = 10).await;
+    let failing = work(|_a| async { fleet_agent::Outcome::Fail("no".into()) });
+    let (stop, agent) = start_agent(&h, "dl-1", PoolType::Database, &[], Some(failing)).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = submit(&h, json!({"pool": "database", "maxRetries": 0})).await;
+        wait_state(&h, &id, "dead").await;
+        ids.push(id);
+    }
+    // The agent leaves, so that requeued tasks wait in their queue.
+    stop.cancel();
+    let mut agent = agent.await.unwrap();
+    agent.deregister(T).await.unwrap();
+    let (code, v) = post(
+        &h,
+        "/v1/dead-letters/requeue",
+        json!({"ids": [ids[0], ids[1], "not-a-dead-one"]}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["requeued"], json!([ids[0], ids[1]]), "{v}");
+    assert_eq!(v["notDead"], json!(["not-a-dead-one"]), "{v}");
+    for id in &ids[..2] {
+        assert_eq!(h.get(&format!("/v1/tasks/{id}")).await.1["state"], "queued");
+    }
+    let (code, v) = post(&h, "/v1/dead-letters/delete", json!({"all": true})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["deleted"].as_array().map(Vec::len), Some(2), "{v}");
+    for id in &ids[2..] {
+        assert_eq!(h.get(&format!("/v1/tasks/{id}")).await.0, 404);
+    }
+    assert_eq!(h.get("/v1/dead-letters").await.1, json!([]));
+    let (code, _) = post(
+        &h,
+        "/v1/dead-letters/delete",
+        json!({"ids": [], "all": false}),
+    )
+    .await;
+    assert_eq!(code, 422, "ids or all");
+    let (_, log) = h.get("/v1/audit").await;
+    let targets: Vec<String> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "delete_dead_letters" || e["action"] == "requeue_bulk")
+        .map(|e| e["target"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        targets.iter().any(|t| t.ends_with("deleted=2")),
+        "{targets:?}"
+    );
+    assert!(
+        targets.iter().any(|t| t.ends_with("requeued=2")),
+        "{targets:?}"
+    );
+}

@@ -5,7 +5,7 @@
 
 use super::{
     base_url, call, load, render, request, AgentsAction, BudgetAction, DeadLetterAction,
-    DrainTarget, PoisonAction, TaskAction,
+    DrainTarget, PoisonAction, QueueAction, TaskAction,
 };
 use anyhow::Context;
 use fleet_protocol::pool::AgentStatus;
@@ -332,10 +332,51 @@ pub(crate) async fn dead_letters(
         DeadLetterAction::List => {
             tasks_table(&request(http.get(format!("{base}/v1/dead-letters"))).await?)
         }
-        DeadLetterAction::Requeue { id } => {
-            call(http.post(format!("{base}/v1/dead-letters/{id}/requeue"))).await?
+        DeadLetterAction::Requeue { ids, all } if !all && ids.len() == 1 => {
+            call(http.post(format!("{base}/v1/dead-letters/{}/requeue", ids[0]))).await?
+        }
+        DeadLetterAction::Requeue { ids, all } => {
+            let body = if all {
+                serde_json::json!({"all": true})
+            } else {
+                serde_json::json!({"ids": ids})
+            };
+            call(
+                http.post(format!("{base}/v1/dead-letters/requeue"))
+                    .json(&body),
+            )
+            .await?
+        }
+        DeadLetterAction::Delete { ids, all } => {
+            let body = if all {
+                serde_json::json!({"all": true})
+            } else {
+                serde_json::json!({"ids": ids})
+            };
+            call(
+                http.post(format!("{base}/v1/dead-letters/delete"))
+                    .json(&body),
+            )
+            .await?
         }
     }
+    Ok(true)
+}
+
+/// `queue pause|resume|clear POOL`.
+pub(crate) async fn queue(
+    config: &Path,
+    action: QueueAction,
+    url: Option<String>,
+) -> anyhow::Result<bool> {
+    let base = base_url(config, url)?;
+    let http = super::tokens::http_client()?;
+    let (pool, verb) = match &action {
+        QueueAction::Pause { pool } => (pool, "pause"),
+        QueueAction::Resume { pool } => (pool, "resume"),
+        QueueAction::Clear { pool } => (pool, "clear"),
+    };
+    call(http.post(format!("{base}/v1/pools/{pool}/{verb}"))).await?;
     Ok(true)
 }
 

@@ -89,6 +89,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Pause, resume or clear a pool's queue (over the HTTP API).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Poison tasks: their attempts took down `tasks.poison_after` agents
     /// (dead, restarted or stuck); held until requeued.
     Poison {
@@ -359,10 +364,42 @@ pub(crate) enum DrainTarget {
 pub(crate) enum DeadLetterAction {
     /// Tasks out of retries, most recent first.
     List,
-    /// Send a dead-lettered task back to its queue with fresh retries.
+    /// Send dead-lettered tasks back to their queues with fresh retries.
     Requeue {
-        /// The task's id.
-        id: String,
+        /// The tasks' ids.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Every dead letter (up to 500 a call).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete dead-lettered tasks for good (record and evidence).
+    Delete {
+        /// The tasks' ids.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Every dead letter (up to 500 a call).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum QueueAction {
+    /// Hand out none of the pool's tasks until resumed (they are still accepted and wait).
+    Pause {
+        /// The pool.
+        pool: String,
+    },
+    /// Hand out the pool's tasks again.
+    Resume {
+        /// The pool.
+        pool: String,
+    },
+    /// Cancel every task waiting in the pool's queue (not those running), up to 500 a call.
+    Clear {
+        /// The pool.
+        pool: String,
     },
 }
 
@@ -449,6 +486,7 @@ pub(crate) async fn execute(
         Command::Drain { target } => admin::drain(config, target, url).await,
         Command::DeadLetters { action } => admin::dead_letters(config, action, url).await,
         Command::Poison { action } => admin::poison(config, action, url).await,
+        Command::Queue { action } => admin::queue(config, action, url).await,
         Command::Budget { action } => admin::budget(config, action, url).await,
         Command::Config {
             action: ConfigAction::Check { file },

@@ -18,7 +18,7 @@ use fleet_protocol::pool::PoolType;
 use fleet_protocol::{Event, VERSION};
 use fleet_store::connection::Conn;
 use fleet_store::registry::Orphans;
-use fleet_store::tasks::{Held, Takeback};
+use fleet_store::tasks::Takeback;
 use fleet_store::StoreError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -118,7 +118,8 @@ async fn reap(shared: &Shared, conn: &mut Conn) -> Result<(), StoreError> {
     }
     shared.on_orphans(stuck, "stuck");
     crate::governance::expire(shared).await?;
-    let poison = shared.tasks.held_count(conn, Held::Poison).await?;
+    let (dead, poison) = shared.tasks.held_counts(conn).await?;
+    metrics::gauge!(m::DEAD_LETTERS).set(dead as f64);
     metrics::gauge!(m::POISON_TASKS).set(poison as f64);
     Ok(())
 }

@@ -34,6 +34,7 @@ pub const TASKS_DEAD: &str = "fleet_tasks_dead_lettered_total";
 pub const TASKS_ORPHANED: &str = "fleet_tasks_orphaned_total";
 pub const TASKS_POISONED: &str = "fleet_tasks_poisoned_total";
 pub const POISON_TASKS: &str = "fleet_poison_tasks";
+pub const DEAD_LETTERS: &str = "fleet_dead_letters";
 pub const AGENTS_STUCK: &str = "fleet_agents_stuck_total";
 pub const PROGRESS_REPEATED: &str = "fleet_task_progress_repeated_total";
 pub const BUDGET_USAGE: &str = "fleet_budget_usage_total";
@@ -303,6 +304,10 @@ fn describe() {
         POISON_TASKS,
         "Tasks held as poison, waiting for an operator."
     );
+    g!(
+        DEAD_LETTERS,
+        "Tasks in the dead letters (out of retries), waiting for an operator."
+    );
     g!(HTTP_CONNECTIONS, "Open connections to the HTTP API.");
     g!(
         LEADER,
@@ -472,6 +477,7 @@ fn initialize() {
         counter!(name).absolute(0);
     }
     metrics::gauge!(POISON_TASKS).set(0.0);
+    metrics::gauge!(DEAD_LETTERS).set(0.0);
     for name in [VALIDATORS, VALIDATORS_LIVE, BYZANTINE_TOLERANCE] {
         metrics::gauge!(name).set(0.0);
     }

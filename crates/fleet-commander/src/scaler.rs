@@ -18,7 +18,8 @@
 //! gauge `fleet_scale_requests_unanswered` says how many in a row went
 //! unanswered. And a queued task that needs capabilities no agent of its
 //! pool declares never drives growth: it is left out of the demand, and once
-//! it has waited a whole window it is announced (`unschedulable`).
+//! it has waited a whole window it is announced (`unschedulable`). Nor does
+//! a queue an operator paused.
 
 use crate::config::{Config, ScalingPolicy};
 use crate::context::{pause, publish, Shared};
@@ -377,6 +378,8 @@ async fn sample(
         p.query_async(conn).await?
     };
     let mut rows = rows.into_iter();
+    // A paused queue waits for an operator, not for more agents.
+    let paused = shared.tasks.paused(conn).await?;
     let mut out = Vec::new();
     let mut stranded = Vec::new();
     for (i, pool) in PoolType::ALL.into_iter().enumerate() {
@@ -420,6 +423,11 @@ async fn sample(
             depth[i]
         } else {
             (depth[i] * servable).div_ceil(servable + unservable)
+        };
+        let (queued, oldest) = if paused.contains_key(pool.as_str()) {
+            (0, 0)
+        } else {
+            (queued, oldest)
         };
         let live = n(AgentStatus::Idle) + n(AgentStatus::Active) + n(AgentStatus::Busy);
         let s = Sample {

@@ -76,7 +76,11 @@ impl Keys {
     }
     /// String: client id (idempotency key) -> task id, expiring.
     pub fn task_client(&self, client_id: &str) -> String {
-        format!("{}:task-client:{client_id}", self.prefix)
+        format!("{}{client_id}", self.task_client_prefix())
+    }
+    /// The prefix of [`Keys::task_client`], for Lua scripts.
+    pub fn task_client_prefix(&self) -> String {
+        format!("{}:task-client:", self.prefix)
     }
     /// Sorted set: a pool's waiting tasks, lowest score first
     /// (enqueue time minus priority x aging step).
@@ -181,6 +185,11 @@ impl Keys {
     /// String with expiry: tasks an agent was given in the current quota window.
     pub fn agent_quota_prefix(&self) -> String {
         format!("{}:agent-quota:", self.prefix)
+    }
+    /// Hash: pool -> when an operator paused its queue (`fleet-commander
+    /// queue pause`): its tasks are accepted and wait, none is handed out.
+    pub fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
     }
     /// Hash: pool -> agents an operator fixed it at (`fleet-commander scale`);
     /// absent: the scaler decides.

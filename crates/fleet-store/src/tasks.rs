@@ -26,6 +26,10 @@ static CANCEL: LazyLock<ScriptDef> =
     LazyLock::new(|| ScriptDef::new("cancel", include_str!("lua/cancel.lua")));
 static ALLOCATE: LazyLock<ScriptDef> =
     LazyLock::new(|| ScriptDef::new("allocate", include_str!("lua/allocate.lua")));
+static DLQ_DELETE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("dlq_delete", include_str!("lua/dlq_delete.lua")));
+static PAUSE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("pool_pause", include_str!("lua/pool_pause.lua")));
 static ACK: LazyLock<ScriptDef> =
     LazyLock::new(|| ScriptDef::new("task_ack", include_str!("lua/task_ack.lua")));
 static DONE: LazyLock<ScriptDef> =
@@ -464,6 +468,7 @@ impl TaskStore {
             .fenced(&self.keys, self.epoch)
             .key("queue", self.keys.queue(pool))
             .key("evidence", self.keys.evidence())
+            .key("paused", self.keys.paused())
             .task_keys(&self.keys)
             .arg("pool", pool.as_str())
             .arg("max", max)
@@ -614,19 +619,99 @@ impl TaskStore {
         limit: usize,
     ) -> Result<Vec<TaskRecord>> {
         let ids = crate::registry::newest(conn, &self.held_key(which), limit).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(t) = self.get(conn, &id).await? {
-                out.push(t);
-            }
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // One round trip for the page, not one per task.
+        let mut p = redis::pipe();
+        for id in &ids {
+            p.hgetall(self.keys.task(id));
+        }
+        let rows: Vec<HashMap<String, String>> = p.query_async(conn).await?;
+        Ok(rows.iter().filter_map(task_from_fields).collect())
     }
 
-    /// How many tasks are held aside.
-    pub async fn held_count(&self, conn: &mut impl ConnectionLike, which: Held) -> Result<u64> {
-        Ok(redis::cmd("ZCARD")
-            .arg(self.held_key(which))
+    /// The ids of the newest `limit` tasks held aside.
+    pub async fn held_ids(
+        &self,
+        conn: &mut impl ConnectionLike,
+        which: Held,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        crate::registry::newest(conn, &self.held_key(which), limit).await
+    }
+
+    /// Deletes a dead letter for good (record, evidence, client id); false
+    /// if the task is not in the dead letters.
+    pub async fn delete_dead(&self, conn: &mut impl ConnectionLike, id: &str) -> Result<bool> {
+        let r = DLQ_DELETE
+            .fenced(&self.keys, self.epoch)
+            .key("task", self.keys.task(id))
+            .key("dead", self.keys.dead())
+            .key("evidence", self.keys.task_evidence(id))
+            .key("recent", self.keys.recent_tasks())
+            .arg("id", id)
+            .arg("prefix.task_client", self.keys.task_client_prefix())
+            .reply(conn)
+            .await?;
+        Ok(match r.outcome()? {
+            "deleted" => true,
+            "not_dead" => false,
+            _ => return Err(r.unexpected()),
+        })
+    }
+
+    /// Pauses (`true`) or resumes a pool's queue; whether that changed it.
+    pub async fn set_paused(
+        &self,
+        conn: &mut impl ConnectionLike,
+        pool: PoolType,
+        paused: bool,
+        now: u64,
+    ) -> Result<bool> {
+        let r = PAUSE
+            .fenced(&self.keys, self.epoch)
+            .key("paused", self.keys.paused())
+            .arg("pool", pool.as_str())
+            .arg("paused", if paused { "1" } else { "0" })
+            .arg("now", now)
+            .reply(conn)
+            .await?;
+        Ok(match r.outcome()? {
+            "paused" | "resumed" => true,
+            "unchanged" => false,
+            _ => return Err(r.unexpected()),
+        })
+    }
+
+    /// The paused pools, with when each was paused.
+    pub async fn paused(&self, conn: &mut impl ConnectionLike) -> Result<HashMap<String, u64>> {
+        Ok(redis::cmd("HGETALL")
+            .arg(self.keys.paused())
+            .query_async(conn)
+            .await?)
+    }
+
+    /// The ids of up to `max` tasks waiting in a pool's queue, first first.
+    pub async fn queued_ids(
+        &self,
+        conn: &mut impl ConnectionLike,
+        pool: PoolType,
+        max: usize,
+    ) -> Result<Vec<String>> {
+        Ok(redis::cmd("ZRANGE")
+            .arg(self.keys.queue(pool))
+            .arg(0)
+            .arg(max.saturating_sub(1))
+            .query_async(conn)
+            .await?)
+    }
+
+    /// How many tasks are held aside: (dead letters, poison), in one round trip.
+    pub async fn held_counts(&self, conn: &mut impl ConnectionLike) -> Result<(u64, u64)> {
+        Ok(redis::pipe()
+            .zcard(self.held_key(Held::Dead))
+            .zcard(self.held_key(Held::Poison))
             .query_async(conn)
             .await?)
     }

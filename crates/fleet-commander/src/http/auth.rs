@@ -89,6 +89,11 @@ fn audited(method: &Method, path: &str) -> Option<&'static str> {
     match p.as_slice() {
         ["v1", "agents", _, "drain"] | ["v1", "pools", _, "drain"] => Some("drain"),
         ["v1", "pools", _, "size"] => Some("scale"),
+        ["v1", "pools", _, "pause"] => Some("pause_queue"),
+        ["v1", "pools", _, "resume"] => Some("resume_queue"),
+        ["v1", "pools", _, "clear"] => Some("clear_queue"),
+        ["v1", "dead-letters", "requeue"] => Some("requeue_bulk"),
+        ["v1", "dead-letters", "delete"] => Some("delete_dead_letters"),
         ["v1", "agents", _, "budget"] => Some("budget"),
         ["v1", "tasks", _, "cancel"] => Some("cancel"),
         ["v1", "dead-letters", _, "requeue"] => Some("requeue"),

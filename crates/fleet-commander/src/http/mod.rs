@@ -8,6 +8,7 @@ mod budgets;
 mod console;
 mod listener;
 mod lists;
+mod queues;
 
 use crate::context::Shared;
 use crate::metrics as m;
@@ -43,6 +44,23 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/pools/{pool}/drain", post(drain_pool))
         .route("/v1/pools/{pool}/size", post(set_pool_size))
+        .route(
+            "/v1/pools/{pool}/pause",
+            post(|State(s), Path(p)| queues::pause(s, p, true)),
+        )
+        .route(
+            "/v1/pools/{pool}/resume",
+            post(|State(s), Path(p)| queues::pause(s, p, false)),
+        )
+        .route("/v1/pools/{pool}/clear", post(queues::clear))
+        .route(
+            "/v1/dead-letters/requeue",
+            post(|State(s), body| queues::bulk(s, body, false)),
+        )
+        .route(
+            "/v1/dead-letters/delete",
+            post(|State(s), body| queues::bulk(s, body, true)),
+        )
         .route("/v1/tasks", post(submit_task).get(lists::tasks))
         .route("/v1/scaling", get(lists::scaling))
         .route("/v1/tasks/{id}", get(task))
@@ -223,10 +241,12 @@ async fn pools(State(s): State<Arc<Shared>>) -> Response {
     let mut conn = s.reads.clone();
     let mut conn2 = conn.clone();
     let mut conn3 = conn.clone();
-    let (counts, fair, queued) = match tokio::try_join!(
+    let mut conn4 = conn.clone();
+    let (counts, fair, queued, paused) = match tokio::try_join!(
         s.registry.counts(&mut conn2),
         s.tasks.fairness_inputs(&mut conn),
-        s.tasks.queue_depths(&mut conn3)
+        s.tasks.queue_depths(&mut conn3),
+        s.tasks.paused(&mut conn4)
     ) {
         Ok(x) => x,
         Err(e) => return unavailable(e),
@@ -241,13 +261,17 @@ async fn pools(State(s): State<Arc<Shared>>) -> Response {
             s.config().tasks.max_skew,
         ));
     }
-    // Each pool's queue depth beside its view (`queued`).
+    // Each pool's queue depth beside its view (`queued`), and since when
+    // an operator paused its queue (`pausedAt`, absent: running).
     let views: Vec<serde_json::Value> = views
         .into_iter()
         .zip(queued)
         .map(|(v, q)| {
             let mut v = serde_json::to_value(v).unwrap_or_default();
             v["queued"] = json!(q);
+            if let Some(at) = v["type"].as_str().and_then(|p| paused.get(p)) {
+                v["pausedAt"] = json!(at);
+            }
             v
         })
         .collect();

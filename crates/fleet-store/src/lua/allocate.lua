@@ -1,4 +1,4 @@
---! keys: epoch queue evidence +task
+--! keys: epoch queue evidence paused +task
 --! args: epoch pool max now ack_ms evidence_cap retention_ms prefix.task_evidence +task
 -- Hands a pool's waiting tasks to its available agents, best task first,
 -- each to the best agent whose capabilities cover the task's. The claim is
@@ -7,7 +7,8 @@
 -- caller to sign and publish.
 -- Every decision is recorded, with the strategy and the chosen agent's score,
 -- in the capped evidence stream and in the task's own evidence list.
--- KEYS: epoch, queue (the pool's), evidence (the stream), and the task keys
+-- KEYS: epoch, queue (the pool's), evidence (the stream), paused (the
+-- paused pools), and the task keys
 -- A: epoch, pool, max (tasks at most: the batch, fleet_store::tasks::ALLOCATE_BATCH),
 --    now, ack_ms, allocation_channel, evidence_cap, retention_ms,
 --    prefix.task_evidence
@@ -15,6 +16,10 @@
 -- task_assign) pairs}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local queue, counts = KEY.queue, KEY.counts
+-- A paused queue hands nothing out (an operator paused it: pool_pause.lua).
+if redis.call('HEXISTS', KEY.paused, A.pool) == 1 then
+  return {0, redis.call('ZCARD', queue)}
+end
 local pool, max_n, now, ack = A.pool, tonumber(A.max), tonumber(A.now), tonumber(A.ack_ms)
 
 local strat = strategy(pool)
