@@ -106,7 +106,7 @@ pub(super) async fn bulk(
             "expected {\"ids\": [...]} or {\"all\": true}",
         );
     };
-    if which.all == !which.ids.is_empty() || which.ids.len() > BULK_MAX {
+    if which.all != which.ids.is_empty() || which.ids.len() > BULK_MAX {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_fields",
