@@ -176,13 +176,39 @@ async fn the_console_in_a_real_browser() {
     })
     .await;
     text_when(&c, "[data-pool=ui] .size", |t| t.starts_with("1 /")).await;
+    // What needs an operator, said in words: pools below their minimum
+    // (this fleet has no spawner), and the totals.
+    let warnings = text_when(&c, "#warnings", |t| t.contains("below their minimum")).await;
+    assert!(warnings.contains("tester (1 of 3)"), "{warnings}");
+    text_when(&c, "#totals", |t| t.contains("tasks completed")).await;
+    // Counts in the navigation.
+    text_when(&c, "nav", |t| t.contains("Dead letters (0)")).await;
+    // Fairness is not judged on a pool that had almost no work.
+    let fairness = text_when(&c, "[data-pool=coder]", |t| t.contains("fairness")).await;
+    assert!(fairness.contains("too little work to judge"), "{fairness}");
     shot(&c, "overview").await;
 
-    // Live: a new agent shows on the open page (no reload).
+    // Live: a new agent shows on the open page (no reload), and the tile
+    // that shows it is the same element, updated in place (nothing under
+    // the pointer is rebuilt).
+    eval(
+        &c,
+        "(window.__tile = document.querySelector('[data-pool=ui]'), 1)",
+    )
+    .await;
     let joined = Instant::now();
     agent(&url, "ui-late", PoolType::Ui, &[], &stop).await;
     text_when(&c, "[data-pool=ui] .size", |t| t.starts_with("2 /")).await;
     let live = joined.elapsed();
+    assert_eq!(
+        eval(
+            &c,
+            "window.__tile === document.querySelector('[data-pool=ui]')"
+        )
+        .await,
+        json!(true),
+        "the tile was rebuilt by a live refresh"
+    );
 
     // Agents: search an id, then filter by pool and status.
     go(&c, &base, "#/agents").await;
@@ -284,6 +310,14 @@ async fn the_console_in_a_real_browser() {
     c.accept_alert().await.unwrap();
     find(&c, "#confirm-ok").await.click().await.unwrap();
     text_when(&c, "#toast", |t| t.contains("Pool coder: auto")).await;
+    // Pause a pool's queue, then resume it, from the same page.
+    click(&c, "button.pause-queue[data-pool=ui]").await;
+    find(&c, "#confirm-ok").await.click().await.unwrap();
+    text_when(&c, "#toast", |t| t.contains("ui's queue paused")).await;
+    text_when(&c, "#pools", |t| t.contains("paused")).await;
+    click(&c, "button.resume-queue[data-pool=ui]").await;
+    find(&c, "#confirm-ok").await.click().await.unwrap();
+    text_when(&c, "#toast", |t| t.contains("ui's queue resumed")).await;
 
     for (page, name) in [
         ("#/dead-letters", "dead-letters"),
@@ -311,7 +345,7 @@ async fn the_console_in_a_real_browser() {
     text_when(&c, "#agent-status", |t| !t.is_empty()).await;
     // The agent's budget (the shipped allowance, untouched), without a top-up.
     text_when(&c, "#agent-budget", |t| {
-        t.contains("of 1000000 tokens left")
+        t.contains("of 1,000,000 tokens left")
     })
     .await;
     assert_eq!(count(&c, "#drain-agent, #top-up").await, 0);

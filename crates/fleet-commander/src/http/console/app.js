@@ -23,7 +23,7 @@ function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
-    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    if (k.startsWith("on")) { e.addEventListener(k.slice(2), v); (e._on = e._on || {})[k.slice(2)] = v; }
     else if (k === "class") e.className = v;
     else e.setAttribute(k, v === true ? "" : String(v));
   }
@@ -32,6 +32,33 @@ function el(tag, attrs, ...kids) {
     e.append(k instanceof Node ? k : document.createTextNode(String(k)));
   }
   return e;
+}
+// Makes `target` look like `fresh` in place: a node of the same kind (and
+// the same data-key, where rows carry one) is kept and only what differs
+// changes, so a live refresh never rebuilds the row or button under the
+// pointer; a row of another item is replaced, never re-aimed.
+function morph(target, fresh) {
+  const same = target.nodeType === fresh.nodeType && target.nodeName === fresh.nodeName &&
+    (target.nodeType !== 1 || target.getAttribute("data-key") === fresh.getAttribute("data-key"));
+  if (!same) { target.replaceWith(fresh); return; }
+  if (target.nodeType !== 1) { if (target.nodeValue !== fresh.nodeValue) target.nodeValue = fresh.nodeValue; return; }
+  for (const a of [...target.attributes]) if (!fresh.hasAttribute(a.name)) target.removeAttribute(a.name);
+  for (const a of fresh.attributes) if (target.getAttribute(a.name) !== a.value) target.setAttribute(a.name, a.value);
+  if (target._on || fresh._on) {
+    for (const [t, f] of Object.entries(target._on || {})) target.removeEventListener(t, f);
+    for (const [t, f] of Object.entries(fresh._on || {})) target.addEventListener(t, f);
+    target._on = fresh._on;
+  }
+  morphKids(target, [...fresh.childNodes]);
+}
+function morphKids(parent, kids) {
+  const old = [...parent.childNodes];
+  kids.forEach((k, i) => { if (i < old.length) morph(old[i], k); else parent.append(k); });
+  for (let i = kids.length; i < old.length; i++) old[i].remove();
+}
+// replaceChildren for a live refresh: updates in place (see morph).
+function update(parent, ...kids) {
+  morphKids(parent, [...el("div", {}, ...kids).childNodes]);
 }
 const $ = (s) => document.querySelector(s);
 const link = (href, text) => el("a", { href }, text);
@@ -50,6 +77,8 @@ function clip(v) {
   if (text === undefined) return "";
   return text.length > TRUNCATE ? text.slice(0, TRUNCATE) + `\n… (${text.length - TRUNCATE} more characters)` : text;
 }
+// A table row that stays the same node while it shows the same item.
+const keyed = (key, cells) => Object.assign(cells, { key });
 function kv(pairs) {
   return el("dl", { class: "kv" }, pairs.filter(p => p).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
@@ -57,7 +86,7 @@ function table(columns, rows, id) {
   return el("div", { class: "table-wrap" },
     el("table", { id },
       el("thead", {}, el("tr", {}, columns.map(c => el("th", { scope: "col" }, c)))),
-      el("tbody", {}, rows.length ? rows.map(r => el("tr", {}, r.map(c => el("td", c && c.wrap ? { class: "wrap" } : {}, c && c.wrap ? c.wrap : c))))
+      el("tbody", {}, rows.length ? rows.map(r => el("tr", { "data-key": r.key }, r.map(c => el("td", c && c.wrap ? { class: "wrap" } : {}, c && c.wrap ? c.wrap : c))))
         : el("tr", {}, el("td", { colspan: columns.length, class: "muted" }, "nothing here")))));
 }
 function toast(text) {
@@ -118,12 +147,15 @@ async function act(question, method, path, body, done) {
 
 // ---- frame: navigation, who is signed in, the live feed ----
 
+// What the navigation counts (from the commander's metrics, every 5 s).
+const navCounts = { dead: null, poison: null };
 function frame() {
+  const n = (c) => c === null ? "" : ` (${num(c)})`;
   const pages = [["#/", "Overview"], ["#/agents", "Agents"], ["#/tasks", "Tasks"],
-    ["#/dead-letters", "Dead letters"], ["#/poison", "Poison"], ["#/scaling", "Scaling"]];
+    ["#/dead-letters", "Dead letters" + n(navCounts.dead)], ["#/poison", "Poison" + n(navCounts.poison)], ["#/scaling", "Scaling"]];
   if (role() === "admin") pages.push(["#/audit", "Audit log"]);
   const here = "#/" + (location.hash.slice(2).split(/[/?]/)[0] || "");
-  $("#nav").replaceChildren(...(session.signedIn ? pages.map(([h, t]) =>
+  update($("#nav"), ...(session.signedIn ? pages.map(([h, t]) =>
     el("a", { href: h, "aria-current": (h === here || (h === "#/" && here === "#/")) ? "page" : null }, t)) : []));
   $("#who").replaceChildren(session.signedIn
     ? el("span", {}, `${session.name} (${role()})`, session.open ? "" :
@@ -230,11 +262,21 @@ async function refresh() {
 const spark = { last: null, tput: [], lat: [] };
 
 function parseMetrics(text) {
-  const m = { done: 0, allocSum: 0, allocCount: 0, oldest: {} };
+  const m = { done: 0, allocSum: 0, allocCount: 0, oldest: {}, failed: 0, retried: 0, deadTotal: 0,
+    dead: 0, poison: 0, quarantined: 0, unschedulable: {}, unanswered: {} };
+  const byPool = (key) => (/pool="([a-z]+)"/.exec(key) || [])[1];
   for (const line of text.split("\n")) {
     if (!line || line[0] === "#") continue;
     const cut = line.lastIndexOf(" ");
     const key = line.slice(0, cut), v = Number(line.slice(cut + 1));
+    if (key.startsWith("fleet_tasks_failed_total")) m.failed += v;
+    else if (key.startsWith("fleet_tasks_retried_total")) m.retried += v;
+    else if (key.startsWith("fleet_tasks_dead_lettered_total")) m.deadTotal += v;
+    else if (key === "fleet_dead_letters") m.dead = v;
+    else if (key === "fleet_poison_tasks") m.poison = v;
+    else if (key === "fleet_agents_quarantined") m.quarantined = v;
+    else if (key.startsWith("fleet_tasks_unschedulable{") && v > 0) m.unschedulable[byPool(key)] = v;
+    else if (key.startsWith("fleet_scale_requests_unanswered{") && v > 0) m.unanswered[byPool(key)] = v;
     if (key.startsWith("fleet_tasks_completed_total")) m.done += v;
     else if (key.startsWith("fleet_allocation_duration_seconds_sum")) m.allocSum += v;
     else if (key.startsWith("fleet_allocation_duration_seconds_count")) m.allocCount += v;
@@ -282,13 +324,15 @@ function sparkline(values, label) {
 
 function overview(main) {
   const summary = el("p", { id: "summary" });
+  const totals = el("p", { id: "totals", class: "muted" });
+  const warnings = el("ul", { id: "warnings", class: "warnings" });
   const sparks = el("div", { id: "sparks", class: "actions" });
   const tiles = el("div", { class: "tiles", id: "tiles" });
   const commanders = el("div");
   const decisions = el("div");
   const cache = { scaling: null, metrics: null, metricsAt: 0, governance: null };
   const governance = el("div", { id: "governance" });
-  main.replaceChildren(el("h1", {}, "Fleet"), summary, sparks, tiles,
+  main.replaceChildren(el("h1", {}, "Fleet"), summary, totals, warnings, sparks, tiles,
     el("h2", {}, "Commanders"), commanders, el("h2", {}, "Recent scaling decisions"), decisions,
     el("h2", {}, "Governance"), governance);
   return {
@@ -306,7 +350,7 @@ function overview(main) {
         needMetrics ? fetch("/metrics", { credentials: "same-origin" }).then(r => r.ok ? r.text() : "").catch(() => "") : null,
         needMetrics ? get("/v1/governance") : cache.governance]);
       cache.governance = gov;
-      governance.replaceChildren(
+      update(governance, 
         el("p", { id: "validators" }, `${gov.validators} validators (${gov.live} live, weight ${gov.liveWeight} of ${gov.totalWeight}); ` +
           `tolerates f = ${gov.tolerance} lying; governed: ${gov.actions.length ? gov.actions.join(", ") : "nothing"}; ` +
           `quorum ${Math.round(gov.quorum * 100)}% of the weight`),
@@ -322,20 +366,47 @@ function overview(main) {
       }
       const m = cache.metrics;
       const lastOf = (a) => a.length ? a[a.length - 1] : 0;
-      sparks.replaceChildren(
+      update(sparks, 
         el("span", {}, "tasks completed/s ", sparkline(spark.tput, "tasks completed per second"), ` ${lastOf(spark.tput).toFixed(1)}`),
         el("span", {}, "allocation, mean ms ", sparkline(spark.lat, "mean allocation time in ms"), ` ${lastOf(spark.lat).toFixed(2)}`));
+      navCounts.dead = m.dead;
+      navCounts.poison = m.poison;
+      frame();
+      update(totals, `Since this commander started: ${num(m.done)} tasks completed, ${num(m.failed)} attempts failed, ` +
+        `${num(m.retried)} retried, ${num(m.deadTotal)} dead-lettered.`);
+      // What needs an operator, each a sentence with where to look.
+      const warn = [];
+      const short = pools.filter(p => p.currentAgents < p.minAgents);
+      const unanswered = short.filter(p => m.unanswered[p.type]).length;
+      const why = unanswered ? `; no spawner answered the scale-up requests of ${unanswered}` : "";
+      if (short.length > 3) warn.push([`${short.length} pools are below their minimum: ` +
+        short.map(p => `${p.type} (${p.currentAgents} of ${p.minAgents})`).join(", ") + why, "#/scaling"]);
+      else for (const p of short) warn.push([`pool ${p.type} has ${p.currentAgents} agents, below its minimum of ${p.minAgents}` +
+        (m.unanswered[p.type] ? `: no spawner answered its last ${m.unanswered[p.type]} scale-up request(s)` : ""), "#/scaling"]);
+      for (const p of pools) {
+        const s = p.byStatus || {};
+        const live = (s.idle || 0) + (s.active || 0) + (s.busy || 0);
+        if (m.unschedulable[p.type]) warn.push([`pool ${p.type}: ${m.unschedulable[p.type]} queued task(s) need capabilities no agent of the pool declares`, `#/tasks?pool=${p.type}&state=queued`]);
+        if (p.pausedAt) warn.push([`pool ${p.type}'s queue is paused (${num(p.queued)} waiting) since ${when(p.pausedAt)}`, "#/scaling"]);
+        else if (p.queued > 0 && live === 0) warn.push([`pool ${p.type}: ${num(p.queued)} task(s) wait and no live agent can take them`, `#/agents?pool=${p.type}`]);
+      }
+      if (m.quarantined > 0) warn.push([`${m.quarantined} agent(s) in quarantine (given no tasks)`, "#/agents?quarantined=true"]);
+      if (m.dead > 0) warn.push([`${num(m.dead)} dead letter(s) wait for an operator`, "#/dead-letters"]);
+      if (m.poison > 0) warn.push([`${num(m.poison)} poison task(s) wait for an operator`, "#/poison"]);
+      update(warnings, warn.map(([t, h]) => el("li", { "data-key": t }, link(h, t))));
       const by = fleet.byStatus || {};
-      summary.replaceChildren(`${fleet.totalAgents} agents (max ${fleet.maxAgents}): `,
+      update(summary, `${fleet.totalAgents} agents (max ${fleet.maxAgents}): `,
         STATUSES.map(s => `${s} ${by[s] || 0}`).join(", "), ` — as of ${when(fleet.generatedAt)}`);
       const last = {};
       for (const d of scaling.items) if (!last[d.pool]) last[d.pool] = d;
-      tiles.replaceChildren(...pools.map(p => {
+      update(tiles, ...pools.map(p => {
         const s = p.byStatus || {};
         const live = (s.idle || 0) + (s.active || 0) + (s.busy || 0);
         const util = live ? ((s.active || 0) + (s.busy || 0)) / live : 0;
         const d = last[p.type];
-        return el("section", { class: "tile", "data-pool": p.type, "aria-label": `pool ${p.type}` },
+        // Fairness means something only once the agents have had work to share.
+        const judged = p.fairness && live >= 2 && p.fairness.tasksPerAgent >= 5;
+        return el("section", { class: "tile", "data-pool": p.type, "data-key": p.type, "aria-label": `pool ${p.type}` },
           el("h3", {}, link("#/agents?pool=" + p.type, p.type),
             el("span", { class: "size" }, `${p.currentAgents} / ${p.minAgents}..${p.maxAgents}`)),
           el("div", { class: "bar", title: "size within its bounds" },
@@ -343,9 +414,11 @@ function overview(main) {
           el("dl", {},
             STATUSES.map(st => [el("dt", {}, st), el("dd", { class: `count-${st}` }, s[st] || 0)]),
             el("dt", {}, "utilisation"), el("dd", {}, `${(util * 100).toFixed(0)}%`),
-            el("dt", {}, "queued"), el("dd", { class: "queued" }, p.queued ?? 0),
+            el("dt", {}, "queued"), el("dd", { class: "queued" }, num(p.queued ?? 0)),
             el("dt", {}, "oldest wait"), el("dd", {}, m.oldest[p.type] ? `${m.oldest[p.type].toFixed(1)} s` : "—"),
-            el("dt", {}, "fairness"), el("dd", {}, p.fairness ? p.fairness.label : "—"),
+            el("dt", {}, "fairness"), el("dd", { title: p.fairness ? `skew ${num(p.fairness.skewRatio)}, ${num(p.fairness.tasksPerAgent)} tasks per agent` : "" },
+              judged ? p.fairness.label.replace("_", " ") : "— (too little work to judge)"),
+            p.pausedAt ? [el("dt", {}, "queue"), el("dd", { class: "paused" }, "paused")] : "",
             el("dt", {}, "last scaling"), el("dd", {}, d ? `${d.direction} ${d.count} (${d.reason}), ${ago(d.ts)}` : "—")));
       }));
       // The bar's width, set through the CSSOM (the CSP forbids inline styles).
@@ -354,9 +427,9 @@ function overview(main) {
         t.querySelector(".bar span").style.width = `${Math.min(100, 100 * p.currentAgents / Math.max(1, p.maxAgents))}%`;
       });
       const list = cmd.commanders || cmd.list || [];
-      commanders.replaceChildren(table(["id", "role", "epoch", "address", "renewed"],
+      update(commanders, table(["id", "role", "epoch", "address", "renewed"],
         list.map(c => [c.id, c.role, c.epoch, c.address, when(c.renewedAt)]), "commanders"));
-      decisions.replaceChildren(scalingTable(scaling.items.slice(0, 10)));
+      update(decisions, scalingTable(scaling.items.slice(0, 10)));
     }
   };
 }
@@ -420,12 +493,12 @@ function agentsPage(main, _parts, params) {
       p.set("limit", PAGE);
       const page = await get("/v1/agents?" + p.toString());
       const now = Date.now();
-      body.replaceChildren(
+      update(body, 
         table(["id", "pool", "status", "capabilities", "load", "health", "done", "last heartbeat", "flags"],
-          page.items.map(a => [agentLink(a.id), a.pool, el("span", { class: "status-" + a.status }, a.status),
+          page.items.map(a => keyed(a.id, [agentLink(a.id), a.pool, el("span", { class: "status-" + a.status }, a.status),
             { wrap: a.capabilities.join(", ") }, a.load.toFixed(2), a.health.score, a.performance.tasksCompleted,
             ago(a.health.lastHeartbeat),
-            [a.health.quarantinedUntil > now ? "quarantined" : "", a.draining ? "draining" : ""].filter(Boolean).join(" ")]),
+            [a.health.quarantinedUntil > now ? "quarantined" : "", a.draining ? "draining" : ""].filter(Boolean).join(" ")])),
           "agents"),
         pager(page.total, offset, (o) => { p.set("offset", o); p.delete("limit"); setParams("agents", Object.fromEntries(p)); refresh(); }));
     }
@@ -439,7 +512,7 @@ function agentPage(main, parts) {
   return {
     async refresh() {
       const r = await api("GET", "/v1/agents/" + encodeURIComponent(id));
-      if (r.status === 404) { body.replaceChildren(el("p", {}, "No such agent (it may have left).")); return; }
+      if (r.status === 404) { update(body, el("p", {}, "No such agent (it may have left).")); return; }
       if (!r.ok) throw new Error(r.data && r.data.error || `HTTP ${r.status}`);
       const a = r.data;
       const [held, recent] = await Promise.all([
@@ -454,7 +527,7 @@ function agentPage(main, parts) {
         act(`Add ${amount} ${budget.unit} to agent ${id}'s budget?`, "POST",
           `/v1/agents/${encodeURIComponent(id)}/budget`, { topUp: amount }, `Agent ${id} topped up by ${amount}`);
       };
-      body.replaceChildren(
+      update(body, 
         mayAct() && a.status !== "failed" && !a.draining ? el("div", { class: "actions" },
           el("button", { id: "drain-agent", class: "danger",
             onclick: () => act(`Drain agent ${id}? It takes no new tasks, finishes what it holds, then leaves.`,
@@ -462,16 +535,16 @@ function agentPage(main, parts) {
           budget.allowance > 0 ? el("button", { id: "top-up", onclick: topUp }, "Top up budget") : "") : "",
         kv([["pool", a.pool], ["status", el("span", { id: "agent-status", class: "status-" + a.status }, a.status)],
           ["draining", a.draining ? "yes" : "no"], ["capabilities", a.capabilities.join(", ")],
-          ["capacity", a.capacity], ["load", a.load], ["priority", a.priority], ["registered", when(a.registeredAt)],
+          ["capacity", a.capacity], ["load", num(a.load)], ["priority", a.priority], ["registered", when(a.registeredAt)],
           ["health score", h.score], ["failures", h.failures], ["last heartbeat", `${when(h.lastHeartbeat)} (${ago(h.lastHeartbeat)})`],
           ["quarantine", h.quarantinedUntil > now ? `until ${when(h.quarantinedUntil)}` : "no"],
           ["stuck", h.stuck ? `${h.stuck} time(s), last ${when(h.stuckAt)}` : "never"],
           ["budget", el("span", { id: "agent-budget" }, budget.allowance > 0
-            ? `${budget.balance} of ${budget.allowance} ${budget.unit} left (spent ${budget.spent}; halted below ${budget.minBalance}${budget.windowEnds ? `; renews ${when(budget.windowEnds)}` : ""})`
+            ? `${num(budget.balance)} of ${num(budget.allowance)} ${budget.unit} left (spent ${num(budget.spent)}; halted below ${num(budget.minBalance)}${budget.windowEnds ? `; renews ${when(budget.windowEnds)}` : ""})`
             : "none")],
           h.probation ? ["probation", "yes: one task at a time until its score recovers"] : null,
-          ["tasks completed", a.performance.tasksCompleted], ["success rate", a.performance.successRate],
-          ["average task time", `${a.performance.avgTaskTime} ms`]]),
+          ["tasks completed", num(a.performance.tasksCompleted)], ["success rate", `${num(100 * a.performance.successRate)}%`],
+          ["average task time", `${num(a.performance.avgTaskTime)} ms`]]),
         el("h2", {}, "Current tasks"), taskTable([...assigned.items, ...held.items], "agent-tasks"),
         el("h2", {}, "Recent tasks"), taskTable(recent.items, "agent-recent"));
     }
@@ -480,8 +553,8 @@ function agentPage(main, parts) {
 
 function taskTable(items, id) {
   return table(["task", "client id", "pool", "state", "priority", "attempt", "agent", "submitted", "updated"],
-    items.map(t => [taskLink(t.id), t.clientId || "", t.pool, el("span", { class: "state-" + t.state }, t.state),
-      t.priority, t.attempt, agentLink(t.agentId), when(t.submittedAt), when(t.updatedAt)]), id);
+    items.map(t => keyed(t.id, [taskLink(t.id), t.clientId || "", t.pool, el("span", { class: "state-" + t.state }, t.state),
+      t.priority, t.attempt, agentLink(t.agentId), when(t.submittedAt), when(t.updatedAt)])), id);
 }
 
 function tasksPage(main, _parts, params) {
@@ -499,7 +572,7 @@ function tasksPage(main, _parts, params) {
       const offset = Number(p.get("offset") || 0);
       p.set("limit", PAGE);
       const page = await get("/v1/tasks?" + p.toString());
-      body.replaceChildren(taskTable(page.items, "tasks"),
+      update(body, taskTable(page.items, "tasks"),
         pager(page.total, offset, (o) => { p.set("offset", o); p.delete("limit"); setParams("tasks", Object.fromEntries(p)); refresh(); }));
     }
   };
@@ -512,7 +585,7 @@ function taskPage(main, parts) {
   return {
     async refresh() {
       const r = await api("GET", "/v1/tasks/" + encodeURIComponent(id));
-      if (r.status === 404) { body.replaceChildren(el("p", {}, "No such task (finished tasks expire).")); return; }
+      if (r.status === 404) { update(body, el("p", {}, "No such task (finished tasks expire).")); return; }
       if (!r.ok) throw new Error(r.data && r.data.error || `HTTP ${r.status}`);
       const t = r.data.task || r.data;
       const ev = await get(`/v1/tasks/${encodeURIComponent(id)}/evidence`);
@@ -527,7 +600,7 @@ function taskPage(main, parts) {
       }
       timeline.push([t.state, when(t.updatedAt)]);
       const open = ["queued", "assigned", "running", "retrying"].includes(t.state);
-      body.replaceChildren(
+      update(body, 
         mayAct() && open ? el("div", { class: "actions" },
           el("button", { id: "cancel-task", class: "danger",
             onclick: () => act(`Cancel task ${id}?`, "POST", `/v1/tasks/${encodeURIComponent(id)}/cancel`, undefined, `Task ${id} cancelled`) },
@@ -560,12 +633,20 @@ function heldPage(which) {
     return {
       async refresh() {
         const list = await get(path);
-        body.replaceChildren(table(["task", "client id", "pool", "attempts", "agents taken down", "error", "since", ""],
-          list.map(t => [taskLink(t.id), t.clientId || "", t.pool, t.attempt, t.casualties || 0, { wrap: clip(t.error || "") },
+        // Dead letters in bulk: all of them at once (500 a click).
+        const bulk = which === "dead" && mayAct() && list.length ? el("div", { class: "actions" },
+          el("button", { id: "requeue-all",
+            onclick: () => act(`Requeue all ${list.length} dead letters with fresh retries?`, "POST",
+              "/v1/dead-letters/requeue", { all: true }, "Dead letters requeued") }, `Requeue all (${list.length})`),
+          el("button", { id: "delete-all", class: "danger",
+            onclick: () => act(`Delete all ${list.length} dead letters for good (records and evidence)?`, "POST",
+              "/v1/dead-letters/delete", { all: true }, "Dead letters deleted") }, `Delete all (${list.length})`)) : "";
+        update(body, bulk, table(["task", "client id", "pool", "attempts", "agents taken down", "error", "since", ""],
+          list.map(t => keyed(t.id, [taskLink(t.id), t.clientId || "", t.pool, t.attempt, t.casualties || 0, { wrap: clip(t.error || "") },
             when(t.updatedAt),
             mayAct() ? el("button", { class: "requeue", "data-task": t.id,
               onclick: () => act(`Requeue task ${t.id} with fresh retries?`, "POST",
-                `${path}/${encodeURIComponent(t.id)}/requeue`, undefined, `Task ${t.id} requeued`) }, "Requeue") : ""]),
+                `${path}/${encodeURIComponent(t.id)}/requeue`, undefined, `Task ${t.id} requeued`) }, "Requeue") : ""])),
           which === "dead" ? "dead-letters" : "poison"));
       }
     };
@@ -578,15 +659,24 @@ function scalingPage(main) {
   main.replaceChildren(el("h1", {}, "Scaling"), pools, el("h2", {}, "Decisions"), body);
   return {
     async refresh() {
-      const [scaling, views] = await Promise.all([get("/v1/scaling?limit=500"), get("/v1/pools")]);
-      pools.replaceChildren(table(["pool", "size", "bounds", "scaling", ""], views.map(p => [p.type, p.currentAgents,
+      // The newest 100 decisions: a drain makes many, and the page stays short.
+      const [scaling, views] = await Promise.all([get("/v1/scaling?limit=100"), get("/v1/pools")]);
+      update(pools, table(["pool", "size", "bounds", "scaling", "queue", ""], views.map(p => keyed(p.type, [p.type, p.currentAgents,
         `${p.minAgents}..${p.maxAgents}`, p.scalingEnabled ? "auto" : "off",
+        p.pausedAt ? el("span", { class: "paused" }, `paused ${ago(p.pausedAt)}, ${num(p.queued)} waiting`) : `${num(p.queued)} waiting`,
         mayAct() ? el("span", { class: "actions" },
           el("button", { class: "scale", "data-pool": p.type, onclick: () => scaleDialog(p) }, "Set size"),
           el("button", { class: "drain-pool", "data-pool": p.type,
             onclick: () => act(`Drain every agent of pool ${p.type}? The scaler refills it to its minimum.`,
-              "POST", `/v1/pools/${p.type}/drain`, undefined, `Pool ${p.type} is draining`) }, "Drain pool")) : ""]), "pools"));
-      body.replaceChildren(scalingTable(scaling.items));
+              "POST", `/v1/pools/${p.type}/drain`, undefined, `Pool ${p.type} is draining`) }, "Drain pool"),
+          p.pausedAt
+            ? el("button", { class: "resume-queue", "data-pool": p.type,
+              onclick: () => act(`Resume pool ${p.type}'s queue?`, "POST", `/v1/pools/${p.type}/resume`, undefined, `Pool ${p.type}'s queue resumed`) }, "Resume queue")
+            : el("button", { class: "pause-queue", "data-pool": p.type,
+              onclick: () => act(`Pause pool ${p.type}'s queue? Its tasks wait; none is handed out.`, "POST", `/v1/pools/${p.type}/pause`, undefined, `Pool ${p.type}'s queue paused`) }, "Pause queue"),
+          el("button", { class: "clear-queue danger", "data-pool": p.type, disabled: !p.queued,
+            onclick: () => act(`Cancel all ${p.queued} tasks waiting in pool ${p.type}'s queue?`, "POST", `/v1/pools/${p.type}/clear`, undefined, `Pool ${p.type}'s queue cleared`) }, "Clear queue")) : ""])), "pools"));
+      update(body, scalingTable(scaling.items));
     }
   };
 }
@@ -605,7 +695,7 @@ function auditPage(main) {
     async refresh() {
       const list = await get("/v1/audit?limit=200");
       const items = Array.isArray(list) ? list : (list.entries || []);
-      body.replaceChildren(table(["#", "time", "actor", "action", "target", "result"],
+      update(body, table(["#", "time", "actor", "action", "target", "result"],
         items.map(e => [e.seq, when(e.ts), e.actor, e.action, { wrap: e.target || "" }, e.result]), "audit"));
     }
   };
