@@ -22,9 +22,11 @@ if redis.call('HEXISTS', KEY.paused, A.pool) == 1 then
 end
 local pool, max_n, now, ack = A.pool, tonumber(A.max), tonumber(A.now), tonumber(A.ack_ms)
 
-local strat = strategy(pool)
-local quota = tonumber(redis.call('HGET', K.settings, pool .. ':quota') or 0)
-local pool_progress = tonumber(redis.call('HGET', K.settings, pool .. ':progressTimeout') or 0)
+-- The pool's settings in one read: strategy, quota, progress timeout.
+local set = redis.call('HMGET', K.settings, pool, pool .. ':quota', pool .. ':progressTimeout')
+local strat = set[1] or 'priority'
+local quota = tonumber(set[2] or 0)
+local pool_progress = tonumber(set[3] or 0)
 local window = health_policy().window
 -- The batch's tasks, and twice as many agents to choose among.
 local tids = redis.call('ZRANGE', queue, 0, max_n - 1)

@@ -190,35 +190,36 @@ end
 
 -- ---- a task's attempts ----
 -- Appends an ended attempt to the task's history: the hash field `history`,
--- a JSON list of the newest HISTORY_MAX entries {attempt, agentId,
--- startedAt, endedAt, outcome, error}, kept as long as the task; and the
+-- a JSON list of {attempt, agentId, startedAt, endedAt, outcome, error},
+-- kept as long as the task (appended as text, never decoded here; at most
+-- HISTORY_MAX bytes, past which later attempts are not added); and the
 -- agent as `lastAgent`, whom a retry avoids when another agent can take it.
 -- outcome: completed, failed (reported by the agent), over_budget,
 -- timed_out (its lease ran out), stuck, agent_lost (died or restarted),
 -- agent_left, cancelled.
-local HISTORY_MAX = 50
+local HISTORY_MAX = 16384
+-- One attempt's entry (JSON text).
+local function attempt_entry(aid, attempt, started, now, outcome, err)
+  local entry = '{"attempt":' .. (tonumber(attempt) or 0) .. ',"agentId":' .. cjson.encode(aid) ..
+    ',"startedAt":' .. (tonumber(started) or 0) .. ',"endedAt":' .. now ..
+    ',"outcome":"' .. outcome .. '"'
+  if err then entry = entry .. ',"error":' .. cjson.encode(err) end
+  return entry .. '}'
+end
+-- The history `raw` (or nil: none yet) with `entry` appended.
+local function history_with(raw, entry)
+  if not raw then return '[' .. entry .. ']' end
+  if #raw + #entry >= HISTORY_MAX then return raw end
+  return string.sub(raw, 1, -2) .. ',' .. entry .. ']'
+end
 local function attempt_ended(tid, aid, attempt, started, now, outcome, err)
   if not aid or aid == '' then return end
   local task = K.task .. tid
   local raw = redis.call('HGET', task, 'history')
-  local h = {}
-  if raw then h = cjson.decode(raw) end
-  table.insert(h, {attempt = tonumber(attempt) or 0, agentId = aid,
-    startedAt = tonumber(started) or 0, endedAt = tonumber(now), outcome = outcome,
-    error = err or cjson.null})
-  while #h > HISTORY_MAX do table.remove(h, 1) end
-  redis.call('HSET', task, 'history', cjson.encode(h), 'lastAgent', aid)
+  redis.call('HSET', task, 'history',
+    history_with(raw, attempt_entry(aid, attempt, started, now, outcome, err)), 'lastAgent', aid)
 end
 
--- Puts a task back at its place in its pool's queue (its original score, so
--- it keeps its age), or dead-letters it when it has used up its attempts.
--- A casualty (the attempt ended with its agent dead, restarted or stuck) is
--- counted on the task, which goes to the poison set instead once it has
--- taken down `poisonAfter` agents.
--- With `hold` (ms), a task that goes back waits that long first (state
--- retrying), as a retry waits out its backoff.
--- Returns 'queued', 'dead' or 'poison' (or 'gone'), the task's pool and its
--- attempt.
 local function requeue(tid, now, reason, took_down, hold, outcome)
   local task = K.task .. tid
   local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries', 'retryBase',

@@ -23,7 +23,7 @@ if replayed() then return reply('replay') end
 local task, counts = KEY.task, KEY.counts
 local tid, now = A.id, tonumber(A.now)
 local t = redis.call('HMGET', task, 'state', 'attempt', 'agent', 'assignedAt', 'pool',
-  'maxRetries', 'retryBase', 'maxCost')
+  'maxRetries', 'retryBase', 'maxCost', 'error', 'history')
 if not t[1] then return reply('stale', {state = 'unknown'}) end
 if (t[1] ~= 'assigned' and t[1] ~= 'running') or t[2] ~= A.attempt or t[3] ~= A.agent_id then
   if t[1] == 'completed' and t[2] == A.attempt and t[3] == A.agent_id then
@@ -61,18 +61,22 @@ if usage then
   end
 end
 
+-- The attempt goes into the task's history, written with the outcome.
 local ended = outcome
 if over then ended = 'over_budget' end
+local err = nil
+if outcome ~= 'completed' then err = detail end
+local history = history_with(t[10], attempt_entry(aid, attempt, t[4], now, ended, err))
 if outcome == 'completed' then
-  attempt_ended(tid, aid, attempt, t[4], now, 'completed', nil)
-  redis.call('HDEL', task, 'error') -- an earlier attempt's error is in the history
-  redis.call('HSET', task, 'state', 'completed', 'result', detail, 'updatedAt', now)
+  -- An earlier attempt's error is in the history, not the completed task.
+  if t[9] then redis.call('HDEL', task, 'error') end
+  redis.call('HSET', task, 'state', 'completed', 'result', detail, 'updatedAt', now,
+    'history', history, 'lastAgent', aid)
   redis.call('PEXPIRE', task, A.retention_ms)
   task_event(A.allocation_channel, 'task_completed', tid, pool, aid, attempt, now)
   return reply('completed', out)
 end
-attempt_ended(tid, aid, attempt, t[4], now, ended, detail)
-redis.call('HSET', task, 'error', detail, 'updatedAt', now)
+redis.call('HSET', task, 'error', detail, 'updatedAt', now, 'history', history, 'lastAgent', aid)
 -- Retries count from retryBase: a requeued dead letter has fresh ones.
 local tries = attempt - tonumber(t[7] or 0)
 if over or tries > tonumber(t[6]) then
