@@ -543,3 +543,33 @@ async fn dead_letters_are_requeued_and_deleted_in_bulk() {
         "{targets:?}"
     );
 }
+
+/// The commander samples the fleet (every status interval) and serves the
+/// last hour at `GET /v1/history`: the console's charts survive a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recent_past_is_sampled_and_served() {
+    let h = Harness::start().await;
+    let (stop, _) = start_agent(&h, "hist-1", PoolType::Analyst, &[], None).await;
+    for _ in 0..3 {
+        let id = submit(&h, json!({"pool": "analyst"})).await;
+        wait_state(&h, &id, "completed").await;
+    }
+    wait_until(|| async {
+        let (_, v) = h.get("/v1/history").await;
+        v["samples"]
+            .as_array()
+            .and_then(|s| s.last().cloned())
+            .is_some_and(|s| s["completed"].as_u64() >= Some(3) && s["live"].as_u64() >= Some(1))
+    })
+    .await;
+    let (_, v) = h.get("/v1/history").await;
+    assert_eq!(v["intervalMs"], h.config.fleet.status_interval_ms);
+    let ts: Vec<u64> = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ts"].as_u64().unwrap())
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "oldest first: {ts:?}");
+    stop.cancel();
+}

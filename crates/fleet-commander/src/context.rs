@@ -36,6 +36,8 @@ pub(crate) struct Base {
     /// Who is who: keys, token cache, senders' buckets.
     pub(crate) gate: Arc<Gate>,
     pub(crate) started: Instant,
+    /// The fleet's recent past (crate::history), across terms.
+    pub(crate) history: Arc<crate::history::History>,
 }
 
 /// State shared by the commander's tasks during one term: as the leader
@@ -56,6 +58,8 @@ pub struct Shared {
     pub(crate) reads: Conn,
     pub metrics: PrometheusHandle,
     pub started: Instant,
+    /// The fleet's recent past, as this commander sampled it.
+    pub history: Arc<crate::history::History>,
     /// When the current pub/sub subscription was confirmed (ms); 0 while not
     /// listening. The detector never declares an agent dead for a time the
     /// commander could not hear it.
@@ -124,6 +128,7 @@ impl Shared {
             reads: base.reads.clone(),
             metrics: m::install(),
             started: base.started,
+            history: base.history.clone(),
             listening_since: AtomicU64::new(0),
             alloc_wake: tokio::sync::Notify::new(),
             dirty_pools: AtomicU32::new(0),

@@ -6,7 +6,8 @@
 //! - [`context`]: what the running service shares ([`Shared`]) and the helpers
 //!   every loop uses (pause, publish).
 //! - [`supervise`]: the one supervisor: a failed round, a panic, the exit.
-//! - [`status`]: fleet and pool status from the counters, and its publisher loop.
+//! - [`status`]: fleet and pool status from the counters, and its publisher
+//!   loop, which also samples the fleet's recent past ([`history`]).
 //! - the loops: [`allocator`] (allocation and the reaper of leases and
 //!   retries), [`health`] (failure detection without false deaths),
 //!   [`scaler`] (pool sizing, drains), [`reload`] (live pool tuning).
@@ -33,6 +34,8 @@ mod heard;
 mod leader;
 pub mod reload;
 pub mod scaler;
+
+pub mod history;
 
 mod handlers;
 mod subscriber;

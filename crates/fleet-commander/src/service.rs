@@ -129,6 +129,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         breaker: Default::default(),
         gate: Arc::new(crate::auth::Gate::new(&config, keys.clone())),
         started: Instant::now(),
+        history: Default::default(),
     };
     let config = Arc::new(config);
     let http_config = config.http.clone();

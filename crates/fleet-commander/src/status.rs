@@ -132,6 +132,15 @@ async fn publish_status(shared: &Shared) -> Result<(), StoreError> {
         .arg(shared.keys.quarantine())
         .query_async(&mut conn)
         .await?;
+    // The fleet's recent past, for the console's charts.
+    let by = |s: AgentStatus| status.by_status.get(&s).copied().unwrap_or(0);
+    let queued: u64 = shared.tasks.queue_depths(&mut conn).await?.iter().sum();
+    shared.history.record(
+        status.generated_at,
+        by(AgentStatus::Idle) + by(AgentStatus::Active) + by(AgentStatus::Busy),
+        by(AgentStatus::Active) + by(AgentStatus::Busy),
+        queued,
+    );
     metrics::gauge!(m::AGENTS_QUARANTINED).set(quarantined as f64);
     let mut p = redis::pipe();
     let msg = FleetStatusMessage {

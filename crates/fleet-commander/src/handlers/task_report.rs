@@ -74,15 +74,18 @@ pub(super) async fn handle(
         }
         Some(ReportOutcome::Completed(p)) => {
             metrics::counter!(m::TASKS_COMPLETED, "pool" => pool(p)).increment(1);
+            shared.history.completed();
             freed(shared, p);
         }
         Some(ReportOutcome::Retrying(p)) => {
             metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
+            shared.history.failed();
             metrics::counter!(m::TASKS_RETRIED, "pool" => pool(p)).increment(1);
             wake(shared, p);
         }
         Some(ReportOutcome::OverBudget(p)) => {
             metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
+            shared.history.failed();
             metrics::counter!(m::TASKS_DEAD, "pool" => pool(p)).increment(1);
             metrics::counter!(m::TASKS_OVER_BUDGET).increment(1);
             warn!(task_id = %r.task_id, usage = ?r.usage, "attempt over the task's maxCost: dead-lettered as over_budget");
@@ -90,6 +93,7 @@ pub(super) async fn handle(
         }
         Some(ReportOutcome::Dead(p)) => {
             metrics::counter!(m::TASKS_FAILED, "pool" => pool(p)).increment(1);
+            shared.history.failed();
             metrics::counter!(m::TASKS_DEAD, "pool" => pool(p)).increment(1);
             warn!(task_id = %r.task_id, "task out of retries: dead-lettered");
             freed(shared, p);

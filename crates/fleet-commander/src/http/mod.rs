@@ -78,6 +78,15 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/audit", get(audit_log))
         .route("/v1/commanders", get(commanders))
+        .route(
+            "/v1/history",
+            get(|State(s): State<Arc<Shared>>| async move {
+                Json(json!({
+                    "intervalMs": s.config().fleet.status_interval_ms,
+                    "samples": s.history.samples(),
+                }))
+            }),
+        )
         .route("/v1/governance", get(governance))
         .route("/v1/governance/proposals/{id}", get(proposal))
         .route("/v1/events", get(console::events))

@@ -345,10 +345,12 @@ function overview(main) {
       const needScaling = !cache.scaling || changed.has("scaling") || changed.has("fleet");
       const needMetrics = !cache.metrics || now - cache.metricsAt >= 5000;
       changed.clear();
-      const [fleet, pools, cmd, scaling, metrics, gov] = await Promise.all([get("/v1/fleet"), get("/v1/pools"),
+      const [fleet, pools, cmd, scaling, metrics, gov, history] = await Promise.all([get("/v1/fleet"), get("/v1/pools"),
         get("/v1/commanders"), needScaling ? get("/v1/scaling?limit=100") : cache.scaling,
         needMetrics ? fetch("/metrics", { credentials: "same-origin" }).then(r => r.ok ? r.text() : "").catch(() => "") : null,
-        needMetrics ? get("/v1/governance") : cache.governance]);
+        needMetrics ? get("/v1/governance") : cache.governance,
+        needMetrics ? get("/v1/history").catch(() => ({ samples: [] })) : cache.history]);
+      cache.history = history;
       cache.governance = gov;
       update(governance, 
         el("p", { id: "validators" }, `${gov.validators} validators (${gov.live} live, weight ${gov.liveWeight} of ${gov.totalWeight}); ` +
@@ -366,9 +368,15 @@ function overview(main) {
       }
       const m = cache.metrics;
       const lastOf = (a) => a.length ? a[a.length - 1] : 0;
-      update(sparks, 
-        el("span", {}, "tasks completed/s ", sparkline(spark.tput, "tasks completed per second"), ` ${lastOf(spark.tput).toFixed(1)}`),
-        el("span", {}, "allocation, mean ms ", sparkline(spark.lat, "mean allocation time in ms"), ` ${lastOf(spark.lat).toFixed(2)}`));
+      // Throughput and queue from the commander's own samples (the last
+      // hour, so they survive a reload); allocation time from this page's.
+      const hs = (history.samples || []).slice(-120);
+      const tput = hs.slice(1).map((h, i) => Math.max(0, (h.completed - hs[i].completed) / Math.max(0.001, (h.ts - hs[i].ts) / 1000)));
+      const queued = hs.map(h => h.queued);
+      update(sparks,
+        el("span", { id: "spark-tput" }, "tasks completed/s ", sparkline(tput, "tasks completed per second, last 10 minutes"), ` ${num(lastOf(tput))}`),
+        el("span", { id: "spark-queued" }, "queued ", sparkline(queued, "tasks queued, last 10 minutes"), ` ${num(lastOf(queued))}`),
+        el("span", {}, "allocation, mean ms ", sparkline(spark.lat, "mean allocation time in ms"), ` ${num(lastOf(spark.lat))}`));
       navCounts.dead = m.dead;
       navCounts.poison = m.poison;
       frame();
