@@ -287,6 +287,10 @@ async fn the_console_in_a_real_browser() {
     // itself (no reload: the deregistration's event).
     text_when(&c, "#main", |t| t.contains("No such agent")).await;
     shot(&c, "agent-drained").await;
+    // The agents page lists it among those that left, and why.
+    go(&c, &base, "#/agents").await;
+    let left = text_when(&c, "#departed", |t| t.contains(target)).await;
+    assert!(left.contains("left"), "{left}");
     let audit: Value = api
         .get(format!("{base}/v1/audit?limit=20"))
         .send()

@@ -420,3 +420,34 @@ async fn a_mistyped_field_is_answered_and_integral_floats_are_whole_numbers() {
         "{m}"
     );
 }
+
+/// Agents that left are listed for a while, with why and what they did;
+/// one that comes back is no longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_that_left_are_listed_until_they_come_back() {
+    let h = Harness::start().await;
+    let mut a = h.agent("gone-1", PoolType::Tester).await;
+    a.register(Duration::from_secs(5)).await.unwrap();
+    a.deregister(Duration::from_secs(5)).await.unwrap();
+    let (code, list) = h.get("/v1/departed").await;
+    assert_eq!(code, 200);
+    let gone = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "gone-1")
+        .unwrap_or_else(|| panic!("gone-1 in {list}"))
+        .clone();
+    assert_eq!(
+        (&gone["pool"], &gone["leftBecause"]),
+        (&json!("tester"), &json!("left")),
+        "{gone}"
+    );
+    assert!(gone["leftAt"].as_u64().unwrap() > 0);
+    a.register(Duration::from_secs(5)).await.unwrap();
+    let (_, list) = h.get("/v1/departed").await;
+    assert!(
+        !list.as_array().unwrap().iter().any(|d| d["id"] == "gone-1"),
+        "back again: {list}"
+    );
+}

@@ -168,6 +168,26 @@ pub(crate) async fn agents(
             });
         }
         AgentsAction::Get { id } => call(http.get(format!("{base}/v1/agents/{id}"))).await?,
+        AgentsAction::Departed { limit } => {
+            let list = request(http.get(format!("{base}/v1/departed?limit={limit}"))).await?;
+            super::print(&list, |l| {
+                let items = l.as_array().cloned().unwrap_or_default();
+                let cols = [
+                    ("id", "/id"),
+                    ("pool", "/pool"),
+                    ("left", "/leftAt"),
+                    ("why", "/leftBecause"),
+                    ("done", "/tasksCompleted"),
+                    ("failed", "/tasksFailed"),
+                    ("health", "/health"),
+                ];
+                format!(
+                    "{}\n{} agent(s)\n",
+                    render::table(&items, &cols),
+                    items.len()
+                )
+            });
+        }
     }
     Ok(true)
 }

@@ -344,6 +344,12 @@ pub(crate) enum AgentsAction {
         /// The agent's id.
         id: String,
     },
+    /// Agents that left lately (deregistered, expired, removed), newest first.
+    Departed {
+        /// How many at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]

@@ -177,6 +177,12 @@ impl Keys {
     pub fn lapsed_prefix(&self) -> String {
         format!("{}:lapsed:", self.prefix)
     }
+    /// Sorted set (capped): agents that left the registry lately
+    /// (deregistered, expired, removed after repeated failures), scored by
+    /// when; what each was is in its history hash ([`Keys::agent_history_prefix`]).
+    pub fn departed(&self) -> String {
+        format!("{}:departed", self.prefix)
+    }
     /// Hash with expiry: an agent's health and quarantine, kept for a while
     /// after it leaves so that registering again does not wipe them.
     pub fn agent_history_prefix(&self) -> String {

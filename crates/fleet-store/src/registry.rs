@@ -230,7 +230,70 @@ pub struct Registry {
     epoch: u64,
 }
 
+/// An agent that left the registry lately (`GET /v1/departed`): what it was
+/// and why it went, kept for the health memory (`tasks.health_memory_ms`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Departed {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    pub left_at: u64,
+    /// `left` (deregistered), `expired` (failed, never came back),
+    /// `max_failures` (removed after repeated failures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_because: Option<String>,
+    pub registered_at: u64,
+    pub tasks_completed: u64,
+    pub tasks_failed: u64,
+    pub health: u64,
+}
+
 impl Registry {
+    /// The newest `limit` agents that left and have not come back.
+    pub async fn departed(
+        &self,
+        conn: &mut impl ConnectionLike,
+        limit: usize,
+    ) -> Result<Vec<Departed>> {
+        let ids: Vec<(String, u64)> = redis::cmd("ZREVRANGE")
+            .arg(self.keys.departed())
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .arg("WITHSCORES")
+            .query_async(conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for (id, _) in &ids {
+            p.hgetall(format!("{}{id}", self.keys.agent_history_prefix()))
+                .exists(self.keys.agent(id));
+        }
+        let raw: Vec<redis::Value> = p.query_async(conn).await?;
+        let mut out = Vec::new();
+        for ((id, at), pair) in ids.into_iter().zip(raw.chunks(2)) {
+            let back: bool = redis::from_redis_value_ref(&pair[1])?;
+            if back {
+                continue;
+            }
+            let h: HashMap<String, String> = redis::from_redis_value_ref(&pair[0])?;
+            let n = |k: &str| h.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+            out.push(Departed {
+                pool: h.get("pool").filter(|p| !p.is_empty()).cloned(),
+                left_at: at,
+                left_because: h.get("leftBecause").cloned(),
+                registered_at: n("registeredAt"),
+                tasks_completed: n("tasksCompleted"),
+                tasks_failed: n("tasksFailed"),
+                health: h.get("health").and_then(|v| v.parse().ok()).unwrap_or(100),
+                id,
+            });
+        }
+        Ok(out)
+    }
+
     pub fn new(keys: Keys, epoch: u64) -> Self {
         Self { keys, epoch }
     }

@@ -44,6 +44,7 @@ pub(crate) const TASK_KEYS: &[&str] = &[
     "stalls",
     "poison",
     "validators",
+    "departed",
 ];
 /// The arguments of the `+task` group: key prefixes, and the allocation channel.
 pub(crate) const TASK_ARGS: &[&str] = &[
@@ -179,6 +180,7 @@ impl<'s> Call<'s> {
             keys.stalls(),
             keys.poison(),
             keys.validators(),
+            keys.departed(),
         ];
         let prefixes = [
             keys.agent_prefix(),

@@ -77,6 +77,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(|State(s), Path(id)| requeue_held(s, Held::Poison, id)),
         )
         .route("/v1/audit", get(audit_log))
+        .route("/v1/departed", get(departed))
         .route("/v1/commanders", get(commanders))
         .route(
             "/v1/history",
@@ -285,6 +286,23 @@ async fn pools(State(s): State<Arc<Shared>>) -> Response {
         })
         .collect();
     Json(views).into_response()
+}
+
+/// `GET /v1/departed?limit=N`: agents that left lately, newest first (at
+/// most 1,000, each kept for `tasks.health_memory_ms`).
+async fn departed(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100usize)
+        .min(1000);
+    match s.registry.departed(&mut s.reads.clone(), limit).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => unavailable(e),
+    }
 }
 
 async fn agent(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {

@@ -250,13 +250,20 @@ end
 -- Keeps an agent's health and quarantine for the policy's `memory` after it
 -- leaves (deregistration, removal), so that registering again is no way out
 -- of quarantine; register.lua restores them.
-local function remember(aid)
+-- It is also listed as departed (why: left, expired, max_failures; when),
+-- with its pool and what it had done, for operators (GET /v1/agents/departed).
+local DEPARTED_MAX = 1000
+local function remember(aid, why, now)
   local h = redis.call('HMGET', K.agent .. aid, 'health', 'quarantinedUntil', 'probation',
-    'quarantines')
+    'quarantines', 'pool', 'tasksCompleted', 'tasksFailed', 'registeredAt')
   local key = K.history .. aid
   redis.call('HSET', key, 'health', h[1] or '100', 'quarantinedUntil', h[2] or '0',
-    'probation', h[3] or '0', 'quarantines', h[4] or '0')
+    'probation', h[3] or '0', 'quarantines', h[4] or '0', 'pool', h[5] or '',
+    'tasksCompleted', h[6] or '0', 'tasksFailed', h[7] or '0', 'registeredAt', h[8] or '0',
+    'leftAt', now, 'leftBecause', why)
   redis.call('PEXPIRE', key, health_policy().memory or 3600000)
+  redis.call('ZADD', K.departed, now, aid)
+  redis.call('ZREMRANGEBYRANK', K.departed, 0, -(DEPARTED_MAX + 1))
 end
 
 -- The event of a task taken back from its agent, by where it went.

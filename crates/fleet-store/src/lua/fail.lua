@@ -25,7 +25,7 @@ local failures = redis.call('HINCRBY', agent, 'failures', 1)
 local out = {pool = pool, failures = failures, lastHeartbeat = score, requeued = queued,
   dead = dead, poisoned = poison}
 if failures >= tonumber(A.max_failures) then
-  remember(id)
+  remember(id, 'max_failures', now)
   redis.call('DEL', agent)
   redis.call('SREM', K.pool_agents .. pool, id)
   redis.call('ZREM', K.pool_done .. pool, id)

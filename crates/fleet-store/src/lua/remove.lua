@@ -24,7 +24,9 @@ if not old then return reply('unknown') end
 -- Leaving on purpose is no casualty of its tasks.
 local queued, dead = orphan_all(id, A.now, false)
 redis.call('ZREM', K.available .. pool, id)
-remember(id)
+local why = 'left'
+if A.failed_before ~= '' then why = 'expired' end
+remember(id, why, A.now)
 redis.call('DEL', agent)
 redis.call('SREM', K.pool_agents .. pool, id)
 redis.call('ZREM', K.pool_done .. pool, id)

@@ -499,8 +499,13 @@ function agentsPage(main, _parts, params) {
       const p = parseHash().params;
       const offset = Number(p.get("offset") || 0);
       p.set("limit", PAGE);
-      const page = await get("/v1/agents?" + p.toString());
+      const [page, departed] = await Promise.all([get("/v1/agents?" + p.toString()),
+        offset ? [] : get("/v1/departed?limit=20").catch(() => [])]);
       const now = Date.now();
+      const left = departed.length ? [el("h2", {}, "Left lately"),
+        table(["id", "pool", "left", "why", "done", "failed", "health"],
+          departed.map(d => keyed(d.id, [d.id, d.pool || "", ago(d.leftAt), d.leftBecause || "",
+            num(d.tasksCompleted), num(d.tasksFailed), d.health])), "departed")] : [];
       update(body, 
         table(["id", "pool", "status", "capabilities", "load", "health", "done", "last heartbeat", "flags"],
           page.items.map(a => keyed(a.id, [agentLink(a.id), a.pool, el("span", { class: "status-" + a.status }, a.status),
@@ -508,7 +513,8 @@ function agentsPage(main, _parts, params) {
             ago(a.health.lastHeartbeat),
             [a.health.quarantinedUntil > now ? "quarantined" : "", a.draining ? "draining" : ""].filter(Boolean).join(" ")])),
           "agents"),
-        pager(page.total, offset, (o) => { p.set("offset", o); p.delete("limit"); setParams("agents", Object.fromEntries(p)); refresh(); }));
+        pager(page.total, offset, (o) => { p.set("offset", o); p.delete("limit"); setParams("agents", Object.fromEntries(p)); refresh(); }),
+        left);
     }
   };
 }
