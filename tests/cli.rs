@@ -55,8 +55,11 @@ async fn status_command_prints_the_fleet_over_http() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.lines().nth(1).is_some_and(|l| l.contains("queued")),
-        "a queue column: {table}"
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("queued") && l.contains("quarantined")),
+        "queue and quarantine columns: {table}"
     );
     assert!(table.starts_with("fleet: 4 agents"), "{table}");
     assert!(

@@ -33,6 +33,16 @@ pub(crate) async fn status(config: &Path, url: Option<String>) -> anyhow::Result
     let pools = request(http.get(format!("{base}/v1/pools"))).await?;
     let commanders = request(http.get(format!("{base}/v1/commanders"))).await?;
     let gov = request(http.get(format!("{base}/v1/governance"))).await?;
+    // Agents in quarantine (given no tasks), by pool.
+    let q = request(http.get(format!("{base}/v1/agents?quarantined=true&limit=500"))).await?;
+    let quarantined = |pool: &str| {
+        q["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["pool"] == pool)
+            .count()
+    };
     let (n, f) = (gov["validators"].clone(), gov["tolerance"].clone());
     if super::json() {
         let mut v = fleet;
@@ -42,6 +52,7 @@ pub(crate) async fn status(config: &Path, url: Option<String>) -> anyhow::Result
         for p in pools.as_array().into_iter().flatten() {
             if let Some(name) = p["type"].as_str() {
                 v["pools"][name]["queued"] = p["queued"].clone();
+                v["pools"][name]["quarantined"] = quarantined(name).into();
             }
         }
         out!("{}", serde_json::to_string_pretty(&v)?);
@@ -81,6 +92,7 @@ pub(crate) async fn status(config: &Path, url: Option<String>) -> anyhow::Result
                 "idle": by(c, AgentStatus::Idle), "active": by(c, AgentStatus::Active),
                 "busy": by(c, AgentStatus::Busy), "failed": by(c, AgentStatus::Failed),
                 "recovering": by(c, AgentStatus::Recovering), "halted": by(c, AgentStatus::Halted),
+                "quarantined": quarantined(pool.as_str()),
                 "queued": queued(pool.as_str()),
             })
         })
@@ -95,6 +107,7 @@ pub(crate) async fn status(config: &Path, url: Option<String>) -> anyhow::Result
         ("failed", "/failed"),
         ("recovering", "/recovering"),
         ("halted", "/halted"),
+        ("quarantined", "/quarantined"),
         ("queued", "/queued"),
     ];
     out!("{}", render::table(&rows, &cols));

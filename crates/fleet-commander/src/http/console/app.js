@@ -532,7 +532,8 @@ function agentPage(main, parts) {
       const [held, recent] = await Promise.all([
         get(`/v1/tasks?agent=${encodeURIComponent(id)}&state=running&limit=50`),
         get(`/v1/tasks?agent=${encodeURIComponent(id)}&limit=20`)]);
-      const assigned = await get(`/v1/tasks?agent=${encodeURIComponent(id)}&state=assigned&limit=50`);
+      const [assigned, dead, retrying] = await Promise.all(["assigned", "dead", "retrying"].map(st =>
+        get(`/v1/tasks?agent=${encodeURIComponent(id)}&state=${st}&limit=50`)));
       const budget = await get(`/v1/agents/${encodeURIComponent(id)}/budget`);
       const h = a.health, now = Date.now();
       const topUp = async () => {
@@ -560,7 +561,9 @@ function agentPage(main, parts) {
           ["tasks completed", num(a.performance.tasksCompleted)], ["success rate", `${num(100 * a.performance.successRate)}%`],
           ["average task time", `${num(a.performance.avgTaskTime)} ms`]]),
         el("h2", {}, "Current tasks"), taskTable([...assigned.items, ...held.items], "agent-tasks"),
-        el("h2", {}, "Recent tasks"), taskTable(recent.items, "agent-recent"));
+        el("h2", {}, "Recent tasks"), taskTable(recent.items, "agent-recent"),
+        el("h2", {}, "Failed tasks it tried last (dead or waiting to retry)"),
+        taskTable([...dead.items, ...retrying.items], "agent-failed"));
     }
   };
 }
