@@ -1,5 +1,8 @@
-//! The subcommands other than `run`: operators' tools (over the HTTP API or
-//! a read of Redis) in [`admin`], simulated fleets and the demo in [`fleet`].
+//! The subcommands other than `run`: operators' tools over the HTTP API in
+//! [`admin`] (printed by [`render`]: tables and lines, or `--json`); the
+//! set-up tools that work on Redis directly in [`keys`], [`tokens`], [`acl`],
+//! [`audit`], [`governance`]; simulated fleets, one agent and the demo in
+//! [`fleet`].
 
 /// `println!` for the CLI's output: a reader that went away (`status |
 /// head`) ends the command quietly with status 0 instead of a panic.

@@ -199,7 +199,17 @@ impl TaskStore {
 
     pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
         for s in [
-            &*SUBMIT, &*CANCEL, &*ALLOCATE, &*ACK, &*DONE, &*EXPIRE, &*RELEASE, &*REQUEUE, &*PAROLE,
+            &*SUBMIT,
+            &*CANCEL,
+            &*ALLOCATE,
+            &*ACK,
+            &*DONE,
+            &*EXPIRE,
+            &*RELEASE,
+            &*REQUEUE,
+            &*PAROLE,
+            &*PAUSE,
+            &*DLQ_DELETE,
         ] {
             s.script().prepare_invoke().load_async(conn).await?;
         }

@@ -1,7 +1,9 @@
-//! The HTTP API: fleet status, pools, agents, liveness, readiness, metrics.
-//! Connections are capped and idle ones closed ([`listener`]); a body over
-//! `fleet.max_message_bytes` is refused with 413; requests need a bearer
-//! token of the right role ([`auth`]).
+//! The HTTP API: fleet status, pools, agents, tasks, liveness, readiness,
+//! metrics, history. Connections are capped and idle ones closed
+//! ([`listener`]); a body over `fleet.max_message_bytes` is refused with
+//! 413; requests need a bearer token of the right role ([`auth`]). The
+//! lists are in [`lists`], budgets in [`budgets`], operators' actions on
+//! queues and dead letters in [`queues`], the console in [`console`].
 
 mod auth;
 mod budgets;
