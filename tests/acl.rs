@@ -285,3 +285,21 @@ async fn the_security_docs_acl_steps_work_in_the_order_printed() {
     assert!(!stderr.contains("no ACL user"), "{all}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `acl` prints the rules before anything is applied, even while the
+/// commander's URL names no user; `--apply` then says exactly what to do.
+#[test]
+fn acl_prints_without_a_user_and_apply_says_what_to_do() {
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let printed = cli(&redis.url(), &["acl"]);
+    assert!(printed.status.success(), "{printed:?}");
+    let out = String::from_utf8_lossy(&printed.stdout);
+    assert!(out.contains("ACL SETUSER fleet-commander "), "{out}");
+    let applied = cli(&redis.url(), &["acl", "--apply"]);
+    assert!(!applied.status.success());
+    let err = String::from_utf8_lossy(&applied.stderr);
+    assert!(
+        err.contains("export REDIS_URL=redis://fleet-commander:PASSWORD@"),
+        "{err}"
+    );
+}

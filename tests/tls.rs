@@ -85,14 +85,20 @@ async fn registration_and_a_task_over_tls() {
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"),
         ])
-        .args(["status", "--json"])
+        .args(["keys", "list", "--json"])
         .env("REDIS_URL", &url)
         .output()
         .await
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["totalAgents"], 1, "{status}");
+    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["subject"] == "tls-1"),
+        "the key store read over TLS: {keys}"
+    );
     stop.cancel();
     let _ = run.await;
 
