@@ -254,8 +254,10 @@ pub async fn all_completed(
             for id in ids {
                 p.hget(keys.task(id), "state");
             }
-            let states: Vec<Option<String>> = p.query_async(conn).await.unwrap();
-            if states.iter().all(|s| s.as_deref() == Some("completed")) {
+            // A read may fail once while its connection follows a failover
+            // (the connection reconnects by itself): read again.
+            let states: Option<Vec<Option<String>>> = p.query_async(conn).await.ok();
+            if states.is_some_and(|s| s.iter().all(|s| s.as_deref() == Some("completed"))) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
