@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use fleet_protocol::pool::PoolType;
+use serde_json::Value;
 
 /// The page's "A minimal agent in Python" code block.
 fn minimal_agent() -> String {
@@ -17,6 +18,14 @@ fn minimal_agent() -> String {
         .expect("the section");
     let code = section.split("```python\n").nth(1).expect("a python block");
     code.split("\n```").next().unwrap().to_string()
+}
+
+/// Waits until the agent's record shows a heartbeat newer than now's.
+async fn heartbeats_go_on(h: &Harness, id: &str) {
+    let path = format!("/v1/agents/{id}");
+    let last = |v: Value| v["health"]["lastHeartbeat"].as_u64().unwrap_or(0);
+    let first = last(h.get(&path).await.1);
+    wait_until(|| async { last(h.get(&path).await.1) > first }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,16 +52,7 @@ async fn the_minimal_agent_of_the_protocol_doc_registers_and_heartbeats() {
         .wait_for("agent_registered", is("agent_registered", "doc-1"))
         .await;
     // It heartbeats (every 100 ms here): its record's lastHeartbeat moves on.
-    let first = h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"]
-        .as_u64()
-        .unwrap();
-    wait_until(|| async {
-        h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"]
-            .as_u64()
-            .unwrap()
-            > first
-    })
-    .await;
+    heartbeats_go_on(&h, "doc-1").await;
     // Anything may arrive on its channel while ACLs are off: it survives
     // every kind of garbage and keeps heartbeating.
     let channel = h.keys.channels().agent("doc-1");
@@ -73,16 +73,7 @@ async fn the_minimal_agent_of_the_protocol_doc_registers_and_heartbeats() {
     for g in &garbage {
         h.publish_raw(&channel, g).await;
     }
-    let after = h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"]
-        .as_u64()
-        .unwrap();
-    wait_until(|| async {
-        h.get("/v1/agents/doc-1").await.1["health"]["lastHeartbeat"]
-            .as_u64()
-            .unwrap()
-            > after
-    })
-    .await;
+    heartbeats_go_on(&h, "doc-1").await;
     if let Some(status) = child.try_wait().unwrap() {
         let mut err = String::new();
         use tokio::io::AsyncReadExt;

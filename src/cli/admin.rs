@@ -365,30 +365,20 @@ pub(crate) async fn dead_letters(
         DeadLetterAction::List => {
             tasks_table(&request(http.get(format!("{base}/v1/dead-letters"))).await?)
         }
-        DeadLetterAction::Requeue { ids, all } if !all && ids.len() == 1 => {
-            call(http.post(format!("{base}/v1/dead-letters/{}/requeue", ids[0]))).await?
+        DeadLetterAction::Requeue(w) if !w.all && w.ids.len() == 1 => {
+            call(http.post(format!("{base}/v1/dead-letters/{}/requeue", w.ids[0]))).await?
         }
-        DeadLetterAction::Requeue { ids, all } => {
-            let body = if all {
-                serde_json::json!({"all": true})
-            } else {
-                serde_json::json!({"ids": ids})
-            };
+        DeadLetterAction::Requeue(w) => {
             call(
                 http.post(format!("{base}/v1/dead-letters/requeue"))
-                    .json(&body),
+                    .json(&w.body()),
             )
             .await?
         }
-        DeadLetterAction::Delete { ids, all } => {
-            let body = if all {
-                serde_json::json!({"all": true})
-            } else {
-                serde_json::json!({"ids": ids})
-            };
+        DeadLetterAction::Delete(w) => {
             call(
                 http.post(format!("{base}/v1/dead-letters/delete"))
-                    .json(&body),
+                    .json(&w.body()),
             )
             .await?
         }

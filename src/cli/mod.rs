@@ -374,23 +374,31 @@ pub(crate) enum DeadLetterAction {
     /// Tasks out of retries, most recent first.
     List,
     /// Send dead-lettered tasks back to their queues with fresh retries.
-    Requeue {
-        /// The tasks' ids.
-        #[arg(required_unless_present = "all")]
-        ids: Vec<String>,
-        /// Every dead letter (up to 500 a call).
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
-    },
+    Requeue(DeadLetters),
     /// Delete dead-lettered tasks for good (record and evidence).
-    Delete {
-        /// The tasks' ids.
-        #[arg(required_unless_present = "all")]
-        ids: Vec<String>,
-        /// Every dead letter (up to 500 a call).
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
-    },
+    Delete(DeadLetters),
+}
+
+/// Which dead letters a bulk action is for.
+#[derive(Args)]
+pub(crate) struct DeadLetters {
+    /// The tasks' ids.
+    #[arg(required_unless_present = "all")]
+    pub(crate) ids: Vec<String>,
+    /// Every dead letter (up to 500 a call).
+    #[arg(long, conflicts_with = "ids")]
+    pub(crate) all: bool,
+}
+
+impl DeadLetters {
+    /// The body of the bulk endpoints.
+    pub(crate) fn body(&self) -> serde_json::Value {
+        if self.all {
+            serde_json::json!({"all": true})
+        } else {
+            serde_json::json!({"ids": self.ids})
+        }
+    }
 }
 
 #[derive(Subcommand)]
