@@ -435,8 +435,10 @@ class Agent:
                         break
                 # Wake for what has not happened yet (an event already set
                 # would wake at once, again and again).
-                waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self._settled())]
+                waits = [asyncio.create_task(stop.wait())]
                 waits += [asyncio.create_task(e.wait()) for e in (self._drained, leave) if not e.is_set()]
+                if self._drained.is_set() or leave.is_set():
+                    waits.append(asyncio.create_task(self._settled()))
                 timeout = self.heartbeat_s
                 if deadline is not None:
                     timeout = max(0.0, min(timeout, deadline - loop.time()))
