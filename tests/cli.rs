@@ -549,3 +549,41 @@ async fn a_closed_pipe_is_a_clean_exit_and_a_401_says_what_to_do() {
         "{err}"
     );
 }
+
+/// The demo, small: every figure it prints, then its closing verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_demo_ends_with_its_verdict() {
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "--config", CONFIG, "demo", "--agents", "20", "--tasks", "50",
+        ])
+        .args([
+            "--kill",
+            "0",
+            "--status-queries",
+            "10",
+            "--skip-autoscaling",
+        ])
+        .env("REDIS_URL", redis.url())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the demo finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("connected 20 agents, each signing"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("mostly the wait in the queue"), "{stdout}");
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert!(
+        verdict.starts_with("demo: all checks passed (every agent registered;")
+            && verdict.contains("50 tasks completed")
+            && !verdict.contains("grew"),
+        "{verdict}"
+    );
+}
