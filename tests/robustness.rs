@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use fleet_protocol::pool::PoolType;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,6 +80,16 @@ async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
             "wrong_channel",
         ),
         ("fleet", fleet.clone(), "[1,2,3]".to_string(), "bad_json"),
+        (
+            "results",
+            h.keys.channels().results(),
+            format!(
+                r#"{{"v":1,"type":"task_complete","taskId":"t","attempt":1,"agentId":"a","result":{}{}}}"#,
+                "[".repeat(3000),
+                "]".repeat(3000)
+            ),
+            "too_deep",
+        ),
         (
             "registry",
             reg.clone(),
@@ -248,4 +258,36 @@ fn a_missing_commander_key_or_a_bad_security_mode_stops_the_start_with_the_field
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("security.mode"), "{err}");
+}
+
+/// A task payload nested deeper than agents' parsers can follow is refused
+/// at submission over HTTP too (it would be handed to an agent otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_nested_too_deep_is_refused() {
+    let h = Harness::start().await;
+    let deep = format!("{}{}", "[".repeat(8000), "]".repeat(8000));
+    let body = format!(r#"{{"pool":"coder","payload":{deep}}}"#);
+    let r = h
+        .http
+        .post(format!("{}/v1/tasks", h.base()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(code, 422, "{v}");
+    assert!(v.to_string().contains("nested deeper than 64"), "{v}");
+    // 64 levels are fine.
+    let ok = format!("{}{}", "[".repeat(63), "]".repeat(63));
+    let r = h
+        .http
+        .post(format!("{}/v1/tasks", h.base()))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"pool":"coder","payload":{ok}}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
 }

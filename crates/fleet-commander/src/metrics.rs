@@ -426,9 +426,17 @@ fn initialize() {
         metrics::gauge!(SCALE_REQUESTS_UNANSWERED, "pool" => pool).set(0.0);
         metrics::gauge!(TASKS_UNSCHEDULABLE, "pool" => pool).set(0.0);
     }
-    for channel in ["registry", "health", "fleet", "tasks", "results"] {
+    for channel in [
+        "registry",
+        "health",
+        "fleet",
+        "tasks",
+        "results",
+        "governance",
+    ] {
         for reason in [
             "oversized",
+            "too_deep",
             "bad_json",
             "unsupported_version",
             "unknown_type",

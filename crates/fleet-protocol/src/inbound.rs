@@ -15,6 +15,43 @@ pub const MAX_CAPABILITIES: usize = 32;
 pub const MAX_CAPABILITY_LEN: usize = 64;
 /// Longest message id (correlation id).
 pub const MAX_MSG_ID_LEN: usize = 128;
+/// How deeply a message (payloads and results included) may nest arrays and
+/// objects: deeper is refused at the edge (`too_deep`), over pub/sub and
+/// HTTP alike, before any parser recurses into it (an agent's JSON parser
+/// may fail on what it cannot recurse into: Python's raises RecursionError).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// How deeply `json` nests arrays and objects (0 for a scalar), read as
+/// bytes without parsing: brackets inside strings do not count. Stops
+/// counting past `MAX_JSON_DEPTH + 1`.
+pub fn json_depth(json: &[u8]) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+                if max > MAX_JSON_DEPTH {
+                    return max;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
 
 /// Declared resource use of an agent (memory MB, CPU cores, network Mbps).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -280,6 +317,8 @@ pub enum Rejection {
     WrongChannel(String),
     #[error("invalid_fields: {0}")]
     InvalidField(String),
+    #[error("too_deep: arrays and objects nested deeper than {MAX_JSON_DEPTH}")]
+    TooDeep,
 }
 
 impl Rejection {
@@ -292,6 +331,7 @@ impl Rejection {
             Rejection::UnknownType(_) => "unknown_type",
             Rejection::WrongChannel(_) => "wrong_channel",
             Rejection::InvalidField(_) => "invalid_fields",
+            Rejection::TooDeep => "too_deep",
         }
     }
 }
@@ -333,6 +373,9 @@ const OWN_TYPES: &[&str] = &[
 pub fn decode(channel: Channel, payload: &[u8], max_bytes: usize) -> Result<Decoded, Rejection> {
     if payload.len() > max_bytes {
         return Err(Rejection::Oversized(payload.len()));
+    }
+    if json_depth(payload) > MAX_JSON_DEPTH {
+        return Err(Rejection::TooDeep);
     }
     let env: Envelope =
         serde_json::from_slice(payload).map_err(|e| Rejection::BadJson(e.to_string()))?;
@@ -656,6 +699,30 @@ pub struct RegisterRefusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_is_measured_without_parsing_and_bounded_at_the_edge() {
+        assert_eq!(json_depth(br#"{"a":[1,{"b":"[[[{{{"}]}"#), 3);
+        assert_eq!(json_depth(br#""\"[[""#), 0);
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(json_depth(deep(MAX_JSON_DEPTH).as_bytes()), MAX_JSON_DEPTH);
+        let msg = |n| {
+            format!(
+                r#"{{"v":1,"type":"task_complete","taskId":"t","attempt":1,"agentId":"a","result":{}}}"#,
+                deep(n)
+            )
+        };
+        assert!(decode(
+            Channel::Results,
+            msg(MAX_JSON_DEPTH - 1).as_bytes(),
+            1 << 20
+        )
+        .is_ok());
+        assert_eq!(
+            decode(Channel::Results, msg(8000).as_bytes(), 1 << 20),
+            Err(Rejection::TooDeep)
+        );
+    }
     use crate::Event;
 
     const MAX: usize = 16 * 1024;

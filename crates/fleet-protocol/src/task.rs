@@ -205,6 +205,14 @@ impl Submission {
         defaults: TaskDefaults,
     ) -> Result<ValidTask, (SubmitRefusal, String)> {
         let invalid = |d: String| (SubmitRefusal::InvalidFields, d);
+        if crate::inbound::json_depth(self.payload.get().as_bytes())
+            > crate::inbound::MAX_JSON_DEPTH
+        {
+            return Err(invalid(format!(
+                "payload: arrays and objects nested deeper than {}",
+                crate::inbound::MAX_JSON_DEPTH
+            )));
+        }
         let pool: PoolType = self.pool.parse().map_err(|_| {
             (
                 SubmitRefusal::UnknownPool,
