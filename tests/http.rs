@@ -184,3 +184,51 @@ async fn every_request_needs_a_token_of_the_right_role() {
             >= 1.0
     );
 }
+
+/// A write made with the console's cookie needs the console's header, and
+/// exactly `1`; signing out is such a write too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_writes_need_the_console_header_exactly() {
+    let h = Harness::start().await;
+    let base = h.base();
+    let plain = reqwest::Client::new();
+    let signed_in = plain
+        .post(format!("{base}/console/session"))
+        .header("x-fleet-console", "1")
+        .json(&serde_json::json!({"token": h.token}))
+        .send()
+        .await
+        .unwrap();
+    assert!(signed_in.status().is_success(), "{signed_in:?}");
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let drain = |header: Option<&'static str>| {
+        let mut r = plain
+            .post(format!("{base}/v1/agents/nobody/drain"))
+            .header("cookie", &cookie);
+        if let Some(v) = header {
+            r = r.header("x-fleet-console", v);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    for refused in [None, Some("0"), Some(""), Some("true")] {
+        assert_eq!(drain(refused).await, 403, "x-fleet-console: {refused:?}");
+    }
+    assert_eq!(drain(Some("1")).await, 404, "through to the handler");
+    let out = |header: Option<&'static str>| {
+        let mut r = plain
+            .delete(format!("{base}/console/session"))
+            .header("cookie", &cookie);
+        if let Some(v) = header {
+            r = r.header("x-fleet-console", v);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(out(None).await, 403, "a cross-site sign-out is refused");
+    assert_eq!(out(Some("1")).await, 200);
+}

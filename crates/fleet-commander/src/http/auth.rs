@@ -58,7 +58,7 @@ pub(crate) async fn require(
         None => {
             let t = super::console::cookie_token(req.headers());
             let write = !matches!(*req.method(), Method::GET | Method::HEAD);
-            if t.is_some() && write && !req.headers().contains_key(super::console::CSRF_HEADER) {
+            if t.is_some() && write && !super::console::from_console(req.headers()) {
                 return refuse(StatusCode::FORBIDDEN, "csrf", &path);
             }
             t

@@ -49,6 +49,15 @@ const COALESCE: Duration = Duration::from_millis(250);
 /// The header every cookie-authenticated write must carry.
 pub(super) const CSRF_HEADER: &str = "x-fleet-console";
 
+/// Whether a request carries the console's header, exactly `1` (a
+/// cross-site form can set no header at all; any other value is refused
+/// too, so that the rule is the one the docs state).
+pub(super) fn from_console(headers: &HeaderMap) -> bool {
+    headers
+        .get(CSRF_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1")
+}
+
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -175,8 +184,13 @@ pub(super) async fn session(State(s): State<Arc<Shared>>, headers: HeaderMap) ->
     }
 }
 
-/// `DELETE /console/session`: signs out (clears the cookie).
-pub(super) async fn sign_out() -> Response {
+/// `DELETE /console/session`: signs out (clears the cookie). Like every
+/// write with the cookie, only from the console (its header).
+pub(super) async fn sign_out(headers: HeaderMap) -> Response {
+    if !from_console(&headers) {
+        metrics::counter!(crate::metrics::HTTP_REJECTED, "reason" => "csrf").increment(1);
+        return super::error(StatusCode::FORBIDDEN, "csrf", "/console/session");
+    }
     let mut r = Json(json!({"signedIn": false})).into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,
