@@ -95,9 +95,13 @@ async fn refuses_unknown_pool_bad_fields_and_excess_resources_with_a_reason() {
     assert_eq!(r["accepted"], false);
     assert_eq!(r["reason"], "unknown_pool");
 
+    let rejected = r#"fleet_messages_rejected_total{channel="registry",reason="invalid_fields"}"#;
+    let before = h.metric(rejected).await;
     let r = raw_register(&h, "x-2", json!({"pool": "coder", "priority": 42})).await;
     assert_eq!(r["reason"], "invalid_fields");
     assert!(r["detail"].as_str().unwrap().contains("priority"), "{r}");
+    // A field out of its range is counted as a refused message too.
+    assert!(h.metric(rejected).await >= before + 1.0);
 
     let r = raw_register(
         &h,

@@ -74,6 +74,11 @@ pub(super) async fn handle(
                 .await?;
             metrics::counter!(m::REGISTRATIONS, "result" => "rejected", "reason" => reason.as_str())
                 .increment(1);
+            if reason == RefusalReason::InvalidFields {
+                // A field out of its range is a refused message like any other.
+                metrics::counter!(m::MESSAGES_REJECTED, "channel" => "registry", "reason" => "invalid_fields")
+                    .increment(1);
+            }
             info!(reason = reason.as_str(), detail, "registration refused");
         }
     }

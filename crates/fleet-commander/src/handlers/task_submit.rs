@@ -93,6 +93,11 @@ pub(super) async fn handle(
             ))
         }
     };
+    if let Err((SubmitRefusal::InvalidFields, _)) = &outcome {
+        // A field out of its range is a refused message like any other.
+        metrics::counter!(m::MESSAGES_REJECTED, "channel" => "tasks", "reason" => "invalid_fields")
+            .increment(1);
+    }
     reply(shared, conn, req.id, req.reply_channel, outcome).await
 }
 
