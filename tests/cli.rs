@@ -436,6 +436,15 @@ async fn keys_commands_init_issue_list_rotate_and_revoke() {
     );
     assert_eq!(state(&new.kid), (false, false));
 
+    // The old key alone, by its id, while the new one stays in use.
+    assert!(keys(&["revoke", "--kid", &cred.kid]).status.success());
+    let list = String::from_utf8_lossy(&keys(&["list"]).stdout).to_string();
+    assert_eq!(list.matches("revoked").count(), 1, "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.contains(&new.kid) && !l.contains("revoked")),
+        "{list}"
+    );
     assert!(keys(&["revoke", "cli-1"]).status.success());
     let list = String::from_utf8_lossy(&keys(&["list"]).stdout).to_string();
     assert_eq!(list.matches("revoked").count(), 2, "{list}");

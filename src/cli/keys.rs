@@ -34,10 +34,15 @@ pub(crate) enum KeysAction {
     },
     /// List the keys: id, role, subject, pool, state (never a secret).
     List,
-    /// Revoke every key of an agent or submitter, at once.
+    /// Revoke every key of an agent or submitter at once, or one key by its
+    /// id (`--kid`: the old key after a rotation, the new one kept).
     Revoke {
         /// The agent's id, or the submitter's name.
-        subject: String,
+        #[arg(required_unless_present = "kid")]
+        subject: Option<String>,
+        /// One key's id (`keys list` shows them).
+        #[arg(long, conflicts_with = "subject")]
+        kid: Option<String>,
     },
     /// Issue a new key; the old one keeps working for the overlap, then stops.
     Rotate {
@@ -137,8 +142,12 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
                 }
             }
         }
-        KeysAction::Revoke { subject } => {
-            let n = store.revoke(&mut conn, &subject, now).await?;
+        KeysAction::Revoke { subject, kid } => {
+            let (n, subject) = match (subject, kid) {
+                (Some(s), _) => (store.revoke(&mut conn, &s, now).await?, s),
+                (None, Some(k)) => (store.revoke_key(&mut conn, &k, now).await?, k),
+                (None, None) => unreachable!("clap requires one"),
+            };
             if n == 0 {
                 eprintln!("{subject} has no usable key");
                 return Ok(false);

@@ -70,11 +70,31 @@ impl KeyStore {
         subject: &str,
         now: u64,
     ) -> Result<usize, StoreError> {
+        self.revoke_where(conn, now, |r| r.subject == subject).await
+    }
+
+    /// Revokes one key, by its id (the old key after a rotation, while the
+    /// new one stays in use); 0 if it is not usable.
+    pub async fn revoke_key(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        kid: &str,
+        now: u64,
+    ) -> Result<usize, StoreError> {
+        self.revoke_where(conn, now, |r| r.kid == kid).await
+    }
+
+    async fn revoke_where(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        now: u64,
+        which: impl Fn(&KeyRecord) -> bool,
+    ) -> Result<usize, StoreError> {
         let mut hit: Vec<KeyRecord> = self
             .all(conn)
             .await?
             .into_iter()
-            .filter(|r| r.subject == subject && r.usable(now).is_ok())
+            .filter(|r| which(r) && r.usable(now).is_ok())
             .collect();
         for r in &mut hit {
             r.revoked_ms = Some(now);
