@@ -201,8 +201,17 @@ async fn agents_submitters_and_operators_get_only_what_they_need() {
         "NOPERM"
     );
     assert_eq!(
-        try_subscribe(&sub_url, "swarm:phase-1:reply:ci-7").await,
+        try_subscribe(&sub_url, "swarm:phase-1:reply:ci").await,
         "OK"
+    );
+    assert_eq!(
+        try_subscribe(&sub_url, "swarm:phase-1:reply:ci:job-1").await,
+        "OK"
+    );
+    // Not another submitter's whose name starts the same (`ci-7`).
+    assert_eq!(
+        try_subscribe(&sub_url, "swarm:phase-1:reply:ci-7").await,
+        "NOPERM"
     );
 
     // The operator: reads, never writes or publishes.

@@ -326,7 +326,7 @@ async fn keys_are_bound_to_their_pool_and_revocation_and_rotation_take_effect() 
 async fn task_submit_needs_a_submitter_key() {
     let h = Harness::start().await;
     let tasks = h.keys.channels().tasks();
-    let reply = format!("{}s1", h.keys.channels().reply_prefix());
+    let reply = format!("{}ci", h.keys.channels().reply_prefix());
     let mut answers = h.listen(&reply).await;
     let msg = |id: &str| {
         json!({"v": 1, "type": "task_submit", "id": id, "replyChannel": reply,
@@ -344,6 +344,15 @@ async fn task_submit_needs_a_submitter_key() {
     refused(&h, "tasks", "wrong_role").await;
 
     let submitter = h.submitter("ci").await.signer();
+    // Another submitter's reply channel (`c` asking for `ci`'s, or the
+    // other way round): refused, so no submitter hears another's replies.
+    let other = h.submitter("c").await.signer();
+    h.publish_raw(
+        &tasks,
+        other.sign(&tasks, msg("not-yours").as_bytes(), now_ms()),
+    )
+    .await;
+    refused(&h, "tasks", "wrong_reply").await;
     h.publish_raw(
         &tasks,
         submitter.sign(&tasks, msg("ok").as_bytes(), now_ms()),

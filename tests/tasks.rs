@@ -180,7 +180,8 @@ async fn queue_orders_by_priority_and_ages_waiting_tasks_upwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_submission_is_acknowledged_after_it_is_persisted() {
     let h = Harness::start().await;
-    let reply_channel = format!("{}me", h.keys.channels().reply_prefix());
+    // A submitter's replies come on its own channel: reply:{its name}[:…].
+    let reply_channel = format!("{}test-submitter:me", h.keys.channels().reply_prefix());
     let mut replies = h.listen(&reply_channel).await;
     let msg = json!({"v": 1, "type": "task_submit", "id": "s-1", "replyChannel": reply_channel,
                      "pool": "devops", "priority": 7, "payload": {"deploy": "web"}});

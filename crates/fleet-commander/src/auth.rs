@@ -89,7 +89,8 @@ enum Claim<'a> {
         /// Only `register` names the pool.
         pool: Option<&'a str>,
     },
-    Submitter,
+    /// A submission, with the channel it wants its reply on.
+    Submitter { reply: Option<&'a str> },
     /// Any known key (status requests).
     Anyone,
 }
@@ -120,7 +121,12 @@ fn claim(msg: &Inbound) -> Claim<'_> {
             agent_id,
             pool: None,
         },
-        Inbound::TaskSubmit(_) | Inbound::Misfit(Misfit::TaskSubmit { .. }) => Claim::Submitter,
+        Inbound::TaskSubmit(t) => Claim::Submitter {
+            reply: t.reply_channel.as_deref(),
+        },
+        Inbound::Misfit(Misfit::TaskSubmit { reply_channel, .. }) => Claim::Submitter {
+            reply: reply_channel.as_deref(),
+        },
         Inbound::StatusRequest(_) => Claim::Anyone,
     }
 }
@@ -413,7 +419,26 @@ fn may_speak(rec: &KeyRecord, claim: &Claim<'_>) -> Result<(), AuthError> {
                 _ => Ok(()),
             }
         }
-        (Role::Submitter, Claim::Submitter) | (_, Claim::Anyone) => Ok(()),
+        (Role::Submitter, Claim::Submitter { reply }) => match reply {
+            // A submitter hears only its own replies (its ACL user may
+            // subscribe to nothing else): `…:reply:{name}` or
+            // `…:reply:{name}:{anything}`.
+            Some(r) => {
+                let own = r.split_once(":reply:").is_some_and(|(_, rest)| {
+                    rest == rec.subject
+                        || rest
+                            .strip_prefix(rec.subject.as_str())
+                            .is_some_and(|t| t.starts_with(':'))
+                });
+                if own {
+                    Ok(())
+                } else {
+                    Err(AuthError::WrongReply)
+                }
+            }
+            None => Ok(()),
+        },
+        (_, Claim::Anyone) => Ok(()),
         _ => Err(AuthError::WrongRole),
     }
 }

@@ -55,6 +55,8 @@ pub enum AuthError {
     WrongAgent,
     #[error("key of another pool")]
     WrongPool,
+    #[error("reply channel of another submitter")]
+    WrongReply,
     #[error("timestamp outside the window")]
     Stale,
     #[error("bad signature")]
@@ -79,6 +81,7 @@ impl AuthError {
             AuthError::WrongRole => "wrong_role",
             AuthError::WrongAgent => "wrong_agent",
             AuthError::WrongPool => "wrong_pool",
+            AuthError::WrongReply => "wrong_reply",
             AuthError::Stale => "stale_timestamp",
             AuthError::BadSignature => "bad_signature",
             AuthError::Replay => "replay",

@@ -9,7 +9,7 @@
 //!   channel, its pool's channel and the governance channel (proposals)
 //!   only; no key at all;
 //! - one user per submitter: PUBLISH on the tasks channel; SUBSCRIBE to
-//!   `reply:{name}…` channels; no key;
+//!   `reply:{name}` and `reply:{name}:…` channels; no key;
 //! - the operator: read-only commands on the fleet's keys, SUBSCRIBE to its
 //!   channels, no PUBLISH.
 
@@ -97,9 +97,11 @@ pub fn holders(keys: &Keys, records: &[KeyRecord], now: u64) -> (Vec<AclUser>, V
                     sub.join(" "),
                 )
             }
+            // Its own reply channels only: `reply:{name}` and
+            // `reply:{name}:…` (a bare `{name}*` would let `c` hear `ci`).
             Role::Submitter => (
                 format!("&{}", c.tasks()),
-                format!("&{}{}*", c.reply_prefix(), r.subject),
+                format!("&{p}{s} &{p}{s}:*", p = c.reply_prefix(), s = r.subject),
             ),
         };
         let mut rules = words(&format!("reset on {} -@all {BASICS}", passwords.join(" ")));
