@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use fleet_protocol::pool::PoolType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,4 +232,76 @@ async fn cookie_writes_need_the_console_header_exactly() {
     };
     assert_eq!(out(None).await, 403, "a cross-site sign-out is refused");
     assert_eq!(out(Some("1")).await, 200);
+}
+
+/// An event stream opened with a token ends once the token is revoked: no
+/// change is streamed to it after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_ends_its_event_stream() {
+    use futures_util::StreamExt;
+    let h = Harness::start().await;
+    let mut conn = fleet_store::connection::connect(&h.redis.url())
+        .await
+        .unwrap();
+    let store = fleet_store::tokens::TokenStore::new(h.keys.clone());
+    let now = fleet_protocol::now_ms();
+    let token = store
+        .issue(
+            &mut conn,
+            "watcher",
+            fleet_store::tokens::TokenRole::Viewer,
+            now,
+        )
+        .await
+        .unwrap();
+    let r = authed(&token)
+        .get(format!("{}/v1/events", h.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut stream = r.bytes_stream();
+    // Changes flow: an agent joins.
+    let mut a = h.agent("ev-1", PoolType::Coder).await;
+    a.register(std::time::Duration::from_secs(5)).await.unwrap();
+    let first = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(b)) if String::from_utf8_lossy(&b).contains("change") => return true,
+                Some(Ok(_)) => continue,
+                _ => return false,
+            }
+        }
+    })
+    .await
+    .expect("a change in time");
+    assert!(first, "the stream carries changes");
+    // Revoked; then more changes: the stream ends instead of carrying them.
+    assert_eq!(store.revoke(&mut conn, "watcher", now).await.unwrap(), 1);
+    wait_until(|| async {
+        authed(&token)
+            .get(format!("{}/v1/fleet", h.base()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+            == 401
+    })
+    .await;
+    a.deregister(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(b)) if String::from_utf8_lossy(&b).contains("change") => return false,
+                Some(Ok(_)) => continue,
+                _ => return true,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time");
+    assert!(ended, "a change was streamed to a revoked token");
 }

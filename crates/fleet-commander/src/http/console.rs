@@ -207,44 +207,66 @@ pub(super) async fn sign_out(headers: HeaderMap) -> Response {
 /// consoles cost Redis and the commander what one does (a subscription per
 /// page made Redis deliver every heartbeat once per page: at 10,000 agents
 /// and 10 pages, 20,000 messages a second).
-pub(super) async fn events(State(s): State<Arc<Shared>>) -> Response {
+///
+/// The stream ends at its next event once the token that opened it is
+/// revoked (revocation takes effect at once here too).
+pub(super) async fn events(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let changes = hub(&s).subscribe();
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or_else(|| cookie_token(&headers))
+        .map(str::to_string);
     // The first change after a quiet spell goes out at once; more within
     // 250 ms of the last event are gathered into the next one.
     let state = (changes, None::<tokio::time::Instant>);
-    let stream = futures_util::stream::unfold(state, |(mut rx, last)| async move {
-        let mut kinds = BTreeSet::new();
-        let mut take = |r: Result<&'static str, RecvError>| match r {
-            Ok(k) => {
-                kinds.insert(k);
-                true
+    let stream = futures_util::stream::unfold(state, move |(mut rx, last)| {
+        let (s, token) = (s.clone(), token.clone());
+        async move {
+            let mut kinds = BTreeSet::new();
+            let mut take = |r: Result<&'static str, RecvError>| match r {
+                Ok(k) => {
+                    kinds.insert(k);
+                    true
+                }
+                // Fell behind: something changed.
+                Err(RecvError::Lagged(_)) => {
+                    kinds.insert("fleet");
+                    true
+                }
+                Err(RecvError::Closed) => false,
+            };
+            if !take(rx.recv().await) {
+                return None;
             }
-            // Fell behind: something changed.
-            Err(RecvError::Lagged(_)) => {
-                kinds.insert("fleet");
-                true
-            }
-            Err(RecvError::Closed) => false,
-        };
-        if !take(rx.recv().await) {
-            return None;
-        }
-        if let Some(last) = last {
-            let gather = tokio::time::sleep_until(last + COALESCE);
-            tokio::pin!(gather);
-            loop {
-                tokio::select! {
-                    _ = &mut gather => break,
-                    r = rx.recv() => if !take(r) { break },
+            if let Some(last) = last {
+                let gather = tokio::time::sleep_until(last + COALESCE);
+                tokio::pin!(gather);
+                loop {
+                    tokio::select! {
+                        _ = &mut gather => break,
+                        r = rx.recv() => if !take(r) { break },
+                    }
                 }
             }
+            // Only to a token still valid now: a revoked one ends the stream.
+            if s.gate.signed() {
+                let Some(t) = &token else { return None };
+                match s.gate.token_role(&mut s.reads.clone(), t).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return None, // revoked: the stream ends
+                    Err(_) => {}             // Redis trouble: the breaker answers the next request
+                }
+            }
+            let data = json!({"kinds": kinds, "ts": fleet_protocol::now_ms()}).to_string();
+            let ev = Event::default().event("change").data(data);
+            Some((
+                Ok::<_, std::convert::Infallible>(ev),
+                (rx, Some(tokio::time::Instant::now())),
+            ))
         }
-        let data = json!({"kinds": kinds, "ts": fleet_protocol::now_ms()}).to_string();
-        let ev = Event::default().event("change").data(data);
-        Some((
-            Ok::<_, std::convert::Infallible>(ev),
-            (rx, Some(tokio::time::Instant::now())),
-        ))
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
