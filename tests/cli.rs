@@ -411,6 +411,15 @@ async fn keys_commands_init_issue_list_rotate_and_revoke() {
     assert!(!keys(&["issue", "cli-2", "--pool", "wizard"])
         .status
         .success());
+    // Issuing again for the same agent would leave two keys working: refused,
+    // with what to run instead.
+    let twice = keys(&["issue", "cli-1", "--pool", "coder"]);
+    assert!(!twice.status.success());
+    let err = String::from_utf8_lossy(&twice.stderr);
+    assert!(
+        err.contains("already has 1 usable key") && err.contains("keys rotate cli-1"),
+        "{err}"
+    );
 
     let list = String::from_utf8_lossy(&keys(&["list"]).stdout).to_string();
     assert!(

@@ -31,6 +31,10 @@ pub(crate) enum KeysAction {
         /// Write the credential to this file (mode 0600) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Issue one more key even though the subject has a usable one
+        /// (both then work: usually `rotate` is what you want).
+        #[arg(long)]
+        again: bool,
     },
     /// List the keys: id, role, subject, pool, state (never a secret).
     List,
@@ -93,6 +97,7 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
             pool,
             submitter,
             out,
+            again,
         } => {
             let (role, pool) = if submitter {
                 (Role::Submitter, None)
@@ -104,6 +109,21 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
                 (Role::Agent, Some(p))
             };
             check_subject(&subject)?;
+            // A second key for the same subject would silently keep the
+            // first one working: say so instead.
+            let usable = store
+                .all(&mut conn)
+                .await?
+                .into_iter()
+                .filter(|r| r.subject == subject && r.usable(now).is_ok())
+                .count();
+            if usable > 0 && !again {
+                anyhow::bail!(
+                    "{subject} already has {usable} usable key(s): `keys rotate {subject}` replaces it \
+                     (the old one keeps working for the overlap), `keys revoke {subject}` ends it, \
+                     and --again issues one more beside it"
+                );
+            }
             let cred = store
                 .issue(&mut conn, role, &subject, pool, &commander()?, now)
                 .await?;
