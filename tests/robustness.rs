@@ -81,6 +81,22 @@ async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
         ),
         ("fleet", fleet.clone(), "[1,2,3]".to_string(), "bad_json"),
         (
+            "registry",
+            reg.clone(),
+            json!({"v": 1, "type": "register", "id": "r-arr", "agentId": "arr", "pool": "ui",
+                   "resources": []})
+            .to_string(),
+            "invalid_fields",
+        ),
+        (
+            "results",
+            h.keys.channels().results(),
+            json!({"v": 1, "type": "task_fail", "taskId": "t", "attempt": 1, "agentId": "a",
+                   "error": null})
+            .to_string(),
+            "invalid_fields",
+        ),
+        (
             "results",
             h.keys.channels().results(),
             format!(

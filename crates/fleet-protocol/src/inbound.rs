@@ -65,6 +65,17 @@ pub struct Resources {
     pub network: f64,
 }
 
+/// `resources` as an object only (serde would also take `[]` for a struct).
+fn resources_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Resources, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    if !v.is_object() {
+        return Err(serde::de::Error::custom(
+            "expected an object {memory, cpu, network}",
+        ));
+    }
+    serde_json::from_value(v).map_err(serde::de::Error::custom)
+}
+
 /// `register` on the registry channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,7 +96,7 @@ pub struct Register {
     pub priority: Option<u8>,
     #[serde(default)]
     pub capabilities: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "resources_object")]
     pub resources: Resources,
     /// Tasks the agent takes at once (1..=64, default 1).
     #[serde(
@@ -597,6 +608,11 @@ fn validate(msg: &Inbound) -> Result<(), Rejection> {
                 }
                 ReportKind::Fail if m.error.as_ref().is_some_and(|e| e.len() > 4096) => {
                     return Err(Rejection::InvalidField("error: at most 4096 bytes".into()))
+                }
+                ReportKind::Fail if m.error.is_none() => {
+                    return Err(Rejection::InvalidField(
+                        "error: task_fail needs a text saying why".into(),
+                    ))
                 }
                 _ => {}
             }
