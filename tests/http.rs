@@ -234,11 +234,31 @@ async fn cookie_writes_need_the_console_header_exactly() {
     assert_eq!(out(Some("1")).await, 200);
 }
 
+/// Reads an event stream until its next `change` (true) or its end (false),
+/// within [`WAIT`].
+async fn next_change<B: AsRef<[u8]>>(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin),
+) -> bool {
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(b)) if String::from_utf8_lossy(b.as_ref()).contains("change") => {
+                    return true
+                }
+                Some(Ok(_)) => continue,
+                _ => return false,
+            }
+        }
+    })
+    .await
+    .expect("a change or the end, in time")
+}
+
 /// An event stream opened with a token ends once the token is revoked: no
 /// change is streamed to it after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_ends_its_event_stream() {
-    use futures_util::StreamExt;
     let h = Harness::start().await;
     let mut conn = fleet_store::connection::connect(&h.redis.url())
         .await
@@ -264,18 +284,7 @@ async fn a_revoked_token_ends_its_event_stream() {
     // Changes flow: an agent joins.
     let mut a = h.agent("ev-1", PoolType::Coder).await;
     a.register(std::time::Duration::from_secs(5)).await.unwrap();
-    let first = tokio::time::timeout(WAIT, async {
-        loop {
-            match stream.next().await {
-                Some(Ok(b)) if String::from_utf8_lossy(&b).contains("change") => return true,
-                Some(Ok(_)) => continue,
-                _ => return false,
-            }
-        }
-    })
-    .await
-    .expect("a change in time");
-    assert!(first, "the stream carries changes");
+    assert!(next_change(&mut stream).await, "the stream carries changes");
     // Revoked; then more changes: the stream ends instead of carrying them.
     assert_eq!(store.revoke(&mut conn, "watcher", now).await.unwrap(), 1);
     wait_until(|| async {
@@ -292,16 +301,8 @@ async fn a_revoked_token_ends_its_event_stream() {
     a.deregister(std::time::Duration::from_secs(5))
         .await
         .unwrap();
-    let ended = tokio::time::timeout(WAIT, async {
-        loop {
-            match stream.next().await {
-                Some(Ok(b)) if String::from_utf8_lossy(&b).contains("change") => return false,
-                Some(Ok(_)) => continue,
-                _ => return true,
-            }
-        }
-    })
-    .await
-    .expect("the stream ends in time");
-    assert!(ended, "a change was streamed to a revoked token");
+    assert!(
+        !next_change(&mut stream).await,
+        "a change was streamed to a revoked token"
+    );
 }

@@ -146,17 +146,13 @@ pub(crate) async fn agents(
             pool,
             status,
             capability,
-            query,
-            limit,
+            page,
         } => {
-            let q = [
+            let q = page.query(&[
                 ("pool", pool),
                 ("status", status),
                 ("capability", capability),
-                ("q", query),
-                ("limit", Some(limit.to_string())),
-            ];
-            let q: Vec<(&str, String)> = q.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+            ]);
             let page = request(http.get(format!("{base}/v1/agents")).query(&q)).await?;
             super::print(&page, |p| {
                 let items = p["items"].as_array().cloned().unwrap_or_default();
@@ -292,17 +288,9 @@ pub(crate) async fn task(
             pool,
             state,
             agent,
-            query,
-            limit,
+            page,
         } => {
-            let q = [
-                ("pool", pool),
-                ("state", state),
-                ("agent", agent),
-                ("q", query),
-                ("limit", Some(limit.to_string())),
-            ];
-            let q: Vec<(&str, String)> = q.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+            let q = page.query(&[("pool", pool), ("state", state), ("agent", agent)]);
             tasks_table(&request(http.get(format!("{base}/v1/tasks")).query(&q)).await?);
         }
         TaskAction::Get { id } => call(http.get(format!("{base}/v1/tasks/{id}"))).await?,

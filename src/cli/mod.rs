@@ -298,12 +298,8 @@ pub(crate) enum TaskAction {
         /// Only those this agent holds or last tried.
         #[arg(long)]
         agent: Option<String>,
-        /// A task id or client id (or part of one).
-        #[arg(long, short)]
-        query: Option<String>,
-        /// How many at most.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        #[command(flatten)]
+        page: Page,
     },
     /// Show a task: its state, result or error, and every attempt.
     Get {
@@ -322,6 +318,35 @@ pub(crate) enum TaskAction {
     },
 }
 
+/// What every list takes besides its filters.
+#[derive(Args)]
+pub(crate) struct Page {
+    /// An id (a task's: also its client id), or part of one.
+    #[arg(long, short)]
+    pub(crate) query: Option<String>,
+    /// How many at most.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) limit: usize,
+}
+
+impl Page {
+    /// The list's query string: the filters given, then `q` and `limit`.
+    pub(crate) fn query<'a>(
+        &self,
+        filters: &[(&'a str, Option<String>)],
+    ) -> Vec<(&'a str, String)> {
+        let mut q: Vec<(&str, String)> = filters
+            .iter()
+            .filter_map(|(k, v)| Some((*k, v.clone()?)))
+            .collect();
+        if let Some(s) = &self.query {
+            q.push(("q", s.clone()));
+        }
+        q.push(("limit", self.limit.to_string()));
+        q
+    }
+}
+
 #[derive(Subcommand)]
 pub(crate) enum AgentsAction {
     /// The agents that match, a page of them.
@@ -335,12 +360,8 @@ pub(crate) enum AgentsAction {
         /// Only those that declare this capability.
         #[arg(long)]
         capability: Option<String>,
-        /// An agent id (or part of one).
-        #[arg(long, short)]
-        query: Option<String>,
-        /// How many at most.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        #[command(flatten)]
+        page: Page,
     },
     /// One agent's record: status, load, health, performance, resources.
     Get {
