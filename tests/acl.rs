@@ -68,11 +68,11 @@ async fn agents_submitters_and_operators_get_only_what_they_need() {
     let mut c = fleet_store::connection::connect(&admin).await.unwrap();
     let issuer = test_issuer("swarm:phase-1");
     let a = issuer
-        .agent(&mut c, "acl-a", PoolType::Coder)
+        .agent(&mut c, "acl-a", PoolType::Coder, Default::default())
         .await
         .unwrap();
     let _b = issuer
-        .agent(&mut c, "acl-b", PoolType::Tester)
+        .agent(&mut c, "acl-b", PoolType::Tester, Default::default())
         .await
         .unwrap();
     let sub = issuer.submitter(&mut c, "ci").await.unwrap();

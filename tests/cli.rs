@@ -461,6 +461,78 @@ async fn keys_commands_init_issue_list_rotate_and_revoke() {
         !keys(&["revoke", "cli-1"]).status.success(),
         "nothing left to revoke"
     );
+
+    // Grants: given at issue, listed, audited, kept by a rotation unless
+    // replaced; refused for a submitter and out of range.
+    let v = keys(&[
+        "issue",
+        "cli-v",
+        "--pool",
+        "coordinator",
+        "--validator-weight",
+        "3",
+        "--max-capacity",
+        "4",
+    ]);
+    assert!(v.status.success(), "{v:?}");
+    let list = String::from_utf8_lossy(&keys(&["list"]).stdout).to_string();
+    assert!(
+        list.lines()
+            .any(|l| l.contains("cli-v") && l.ends_with("validator:3 capacity<=4")),
+        "{list}"
+    );
+    let entries = fleet_store::audit::list(&mut conn, &h.keys, 10)
+        .await
+        .unwrap();
+    let issued = entries
+        .iter()
+        .find(|e| e.action == "key_issued" && e.target.starts_with("cli-v"))
+        .unwrap();
+    assert_eq!(issued.result, "grants validator:3 capacity<=4");
+    assert!(keys(&["rotate", "cli-v", "--overlap-ms", "0"])
+        .status
+        .success());
+    assert!(keys(&[
+        "rotate",
+        "cli-v",
+        "--overlap-ms",
+        "0",
+        "--max-priority",
+        "9"
+    ])
+    .status
+    .success());
+    let recs: Vec<serde_json::Value> =
+        serde_json::from_slice(&keys(&["list", "--json"]).stdout).unwrap();
+    let mut grants: Vec<(u64, serde_json::Value)> = recs
+        .iter()
+        .filter(|r| r["subject"] == "cli-v")
+        .map(|r| (r["createdMs"].as_u64().unwrap(), r["grants"].clone()))
+        .collect();
+    grants.sort_by_key(|g| g.0);
+    let grants: Vec<_> = grants.into_iter().map(|g| g.1).collect();
+    assert_eq!(
+        grants,
+        [
+            serde_json::json!({"validatorWeight": 3, "maxCapacity": 4}),
+            serde_json::json!({"validatorWeight": 3, "maxCapacity": 4}),
+            serde_json::json!({"maxPriority": 9}),
+        ],
+        "{recs:?}"
+    );
+    let sub = keys(&["issue", "cli-s", "--submitter", "--max-capacity", "4"]);
+    assert!(!sub.status.success());
+    assert!(String::from_utf8_lossy(&sub.stderr).contains("a submitter's key has none"));
+    assert!(!keys(&[
+        "issue",
+        "cli-w",
+        "--pool",
+        "coder",
+        "--validator-weight",
+        "101"
+    ])
+    .status
+    .success());
 }
 
 /// `agent` as a newcomer runs it: without a credential under the shipped

@@ -3,14 +3,17 @@
 //! made impossible by denials, one that expires; forged, duplicate, late
 //! and non-validator votes refused and counted; too few live validators;
 //! the seal verified by `fleet-commander governance show`, and failing once
-//! the audit stream or a stored vote is edited.
+//! the audit stream or a stored vote is edited; a stolen agent key claims
+//! no more than its grants (validator, weight, priority, capacity).
 
 mod common;
 
 use common::*;
-use fleet_agent::Agent;
+use fleet_agent::{Agent, AgentError};
+use fleet_protocol::auth::Grants;
 use fleet_protocol::governance::Choice;
 use fleet_protocol::pool::{AgentStatus, PoolType};
+use fleet_protocol::RefusalReason;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -36,10 +39,16 @@ struct Voter {
 }
 
 impl Voter {
+    /// Its key granted what its capabilities claim.
     async fn start(h: &Harness, id: &str, caps: &[&str]) -> Voter {
         let mut spec = spec(id, PoolType::Coordinator);
         spec.capabilities = caps.iter().map(|c| c.to_string()).collect();
-        let mut a: Agent = h.agent_with(spec).await;
+        let grants = fleet_sim::issuer::Issuer::grants_for(&spec);
+        Voter::start_keyed(h, spec, grants).await
+    }
+
+    async fn start_keyed(h: &Harness, spec: fleet_agent::AgentSpec, grants: Grants) -> Voter {
+        let mut a: Agent = h.agent_keyed(spec, grants).await;
         a.register(T).await.unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, Choice, String)>();
         let stop = CancellationToken::new();
@@ -103,7 +112,12 @@ async fn a_governed_drain_runs_only_on_a_quorum_and_its_seal_verifies() {
         ["v1", "v2", "v3"].map(|id| Voter::start(&h, id, &["validator"])),
     )
     .await;
-    let outsider = Voter::start(&h, "nv", &[]).await;
+    // Its key may vote, but it did not register as a validator.
+    let validator_key = Grants {
+        validator_weight: Some(1),
+        ..Grants::default()
+    };
+    let outsider = Voter::start_keyed(&h, spec("nv", PoolType::Coordinator), validator_key).await;
     let (stop_d, d) = start_agent(&h, "dev-1", PoolType::Devops, &[], None).await;
     let (_, g) = h.get("/v1/governance").await;
     assert_eq!(
@@ -363,4 +377,130 @@ async fn a_forged_vote_is_refused_and_counted() {
         ))
         .await;
     assert_eq!(rec["votes"], json!({}), "nothing counted: {rec}");
+}
+
+/// Issue 25, item 1: what gives an agent power is granted with its key, not
+/// declared. A stolen key of no grants cannot make itself a validator (or a
+/// heavier one), vote, or claim a higher priority or capacity than granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_key_claims_no_more_than_its_grants() {
+    let h = harness(30_000).await;
+    let mut gov = h.listen(&h.keys.channels().governance()).await;
+    let v: Vec<Voter> = futures_util::future::join_all(
+        ["g1", "g2", "g3"].map(|id| Voter::start(&h, id, &["validator"])),
+    )
+    .await;
+    let (stop_d, d) = start_agent(&h, "dev-g", PoolType::Devops, &[], None).await;
+    let refused = |r: Result<_, AgentError>| match r {
+        Err(AgentError::Refused { reason, detail }) => (reason, detail),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let claim = |id: &str, pool, caps: &[&str], priority, capacity| {
+        let mut s = spec(id, pool);
+        s.capabilities = caps.iter().map(|c| c.to_string()).collect();
+        s.priority = priority;
+        s.capacity = capacity;
+        s
+    };
+
+    // The thief's key was issued plainly: no validator, no weight.
+    let mut thief = h
+        .agent_keyed(
+            claim(
+                "thief",
+                PoolType::Coordinator,
+                &["validator", "weight:100"],
+                None,
+                1,
+            ),
+            Grants::default(),
+        )
+        .await;
+    let (reason, detail) = refused(thief.register(T).await);
+    assert_eq!(reason, RefusalReason::NotGranted, "{detail}");
+    assert!(detail.contains("--validator-weight"), "says how: {detail}");
+    // A key granted weight 2 may be a validator of weight 2, not 100.
+    let heavy = Grants {
+        validator_weight: Some(2),
+        ..Grants::default()
+    };
+    let mut w = h
+        .agent_keyed(
+            claim(
+                "w2",
+                PoolType::Coordinator,
+                &["validator", "weight:100"],
+                None,
+                1,
+            ),
+            heavy,
+        )
+        .await;
+    let (reason, detail) = refused(w.register(T).await);
+    assert_eq!(reason, RefusalReason::NotGranted, "{detail}");
+    assert!(detail.contains("weight 100"), "{detail}");
+    // Priority above its pool's (coder: 8) and capacity above 1: refused
+    // unless granted.
+    for (id, priority, capacity) in [("hog-p", Some(10), 1), ("hog-c", None, 64)] {
+        let mut hog = h
+            .agent_keyed(
+                claim(id, PoolType::Coder, &[], priority, capacity),
+                Grants::default(),
+            )
+            .await;
+        let (reason, detail) = refused(hog.register(T).await);
+        assert_eq!(reason, RefusalReason::NotGranted, "{id}: {detail}");
+    }
+    let granted = Grants {
+        max_priority: Some(10),
+        max_capacity: Some(64),
+        ..Grants::default()
+    };
+    h.agent_keyed(claim("big", PoolType::Coder, &[], Some(10), 64), granted)
+        .await
+        .register(T)
+        .await
+        .expect("granted: accepted");
+    let rejected = r#"fleet_messages_rejected_total{channel="registry",reason="not_granted"}"#;
+    assert_eq!(h.metric(rejected).await, 4.0);
+    let (_, g) = h.get("/v1/governance").await;
+    assert_eq!(
+        (g["validators"].as_u64(), g["totalWeight"].as_u64()),
+        (Some(3), Some(3)),
+        "{g}"
+    );
+
+    // Registered plainly, the thief hears a proposal and votes: refused,
+    // counted, and one true allow does not decide (quorum 2 of 3).
+    let mut thief = h
+        .agent_keyed(
+            claim("thief", PoolType::Coordinator, &[], None, 1),
+            Grants::default(),
+        )
+        .await;
+    thief.register(T).await.unwrap();
+    let (code, body) = propose_drain(&h, "devops").await;
+    assert_eq!(code, 202, "{body}");
+    let p = body["proposal"].clone();
+    gov.wait_for("proposal", |m| m["type"] == "proposal").await;
+    let (id, hash) = (
+        p["proposalId"].as_str().unwrap(),
+        p["hash"].as_str().unwrap(),
+    );
+    thief.vote(id, Choice::Allow, hash, "lgtm").await.unwrap();
+    v[0].vote(&p, Choice::Allow);
+    wait_until(|| async {
+        h.metric(r#"fleet_votes_rejected_total{reason="not_granted"}"#)
+            .await
+            >= 1.0
+            && h.metric(r#"fleet_votes_total{vote="allow"}"#).await >= 1.0
+    })
+    .await;
+    let rec = h.get(&format!("/v1/governance/proposals/{id}")).await.1;
+    assert_eq!(rec["state"], "open", "the thief's vote decided: {rec}");
+    assert_eq!(rec["votes"].as_object().map(|v| v.len()), Some(1), "{rec}");
+    let (_, agent) = h.get("/v1/agents/dev-g").await;
+    assert_eq!(agent["draining"], false, "{agent}");
+    stop_d.cancel();
+    let _ = d.await;
 }

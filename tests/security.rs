@@ -264,6 +264,7 @@ async fn keys_are_bound_to_their_pool_and_revocation_and_rotation_take_effect() 
             Role::Agent,
             "p1",
             Some(PoolType::Coder),
+            Default::default(),
             &commander,
             now_ms(),
         )
@@ -299,13 +300,14 @@ async fn keys_are_bound_to_their_pool_and_revocation_and_rotation_take_effect() 
             Role::Agent,
             "o1",
             Some(PoolType::Ui),
+            Default::default(),
             &commander,
             now_ms(),
         )
         .await
         .unwrap();
     let new = store
-        .rotate(&mut conn, "o1", 1500, &commander, now_ms())
+        .rotate(&mut conn, "o1", 1500, None, &commander, now_ms())
         .await
         .unwrap()
         .expect("o1 has a key");

@@ -115,7 +115,7 @@ pub(crate) async fn governance_cmd(
                 .commander_secret()?
                 .map(|s| fleet_protocol::auth::Signer::new("commander:cli", &s).public());
             if let Verdict::Broken { seq, what } =
-                audit::verify(&mut conn, &keys, commander.as_ref()).await?
+                audit::verify(&mut conn, &keys, commander.as_ref(), &[]).await?
             {
                 problems.push(format!("the audit log is broken at entry {seq}: {what}"));
             }

@@ -2,8 +2,8 @@
 //! submitters' credentials (docs/SECURITY.md).
 
 use super::load;
-use clap::Subcommand;
-use fleet_protocol::auth::{self, Credential, PublicKey, Role, Signer};
+use clap::{Args, Subcommand};
+use fleet_protocol::auth::{self, Credential, Grants, PublicKey, Role, Signer};
 use fleet_protocol::{now_ms, PoolType};
 use fleet_store::{KeyStore, Keys};
 use std::io::Write;
@@ -35,6 +35,8 @@ pub(crate) enum KeysAction {
         /// (both then work: usually `rotate` is what you want).
         #[arg(long)]
         again: bool,
+        #[command(flatten)]
+        grants: GrantArgs,
     },
     /// List the keys: id, role, subject, pool, state (never a secret).
     List,
@@ -58,7 +60,41 @@ pub(crate) enum KeysAction {
         /// Write the new credential to this file (mode 0600) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Grants of the new key (unset: the old key's).
+        #[command(flatten)]
+        grants: GrantArgs,
     },
+}
+
+/// What an agent's key may claim when it registers (docs/SECURITY.md,
+/// "Grants"): without them, no validator, its pool's priority, capacity 1.
+#[derive(Args, Default)]
+pub(crate) struct GrantArgs {
+    /// The agent may register as a validator of at most this weight.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
+    validator_weight: Option<u64>,
+    /// The highest priority it may register with (default: its pool's).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
+    max_priority: Option<u8>,
+    /// The most tasks it may take at once (default 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    max_capacity: Option<u32>,
+}
+
+impl GrantArgs {
+    fn given(&self) -> bool {
+        self.validator_weight.is_some()
+            || self.max_priority.is_some()
+            || self.max_capacity.is_some()
+    }
+
+    fn grants(&self) -> Grants {
+        Grants {
+            validator_weight: self.validator_weight,
+            max_priority: self.max_priority,
+            max_capacity: self.max_capacity,
+        }
+    }
 }
 
 pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bool> {
@@ -98,7 +134,14 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
             submitter,
             out,
             again,
+            grants,
         } => {
+            anyhow::ensure!(
+                !(submitter && grants.given()),
+                "grants (--validator-weight, --max-priority, --max-capacity) are an agent's; \
+                 a submitter's key has none"
+            );
+            let grants = grants.grants();
             let (role, pool) = if submitter {
                 (Role::Submitter, None)
             } else {
@@ -125,14 +168,14 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
                 );
             }
             let cred = store
-                .issue(&mut conn, role, &subject, pool, &commander()?, now)
+                .issue(&mut conn, role, &subject, pool, grants, &commander()?, now)
                 .await?;
             super::audit::record(
                 &config,
                 &mut conn,
                 "key_issued",
                 &format!("{subject} ({})", cred.kid),
-                "ok",
+                &format!("grants {}", grants.describe()),
             )
             .await?;
             hand_over(&cred, out.as_deref())?;
@@ -143,21 +186,23 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
                 out!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 out!(
-                    "{:<14} {:<10} {:<28} {:<15} STATE",
+                    "{:<14} {:<10} {:<28} {:<15} {:<13} GRANTS",
                     "KID",
                     "ROLE",
                     "SUBJECT",
-                    "POOL"
+                    "POOL",
+                    "STATE"
                 );
                 for r in all {
                     let role = serde_json::to_value(r.role)?;
                     out!(
-                        "{:<14} {:<10} {:<28} {:<15} {}",
+                        "{:<14} {:<10} {:<28} {:<15} {:<13} {}",
                         r.kid,
                         role.as_str().unwrap_or("?"),
                         r.subject,
                         r.pool.map(|p| p.as_str()).unwrap_or("-"),
-                        r.state(now)
+                        r.state(now),
+                        r.grants.describe()
                     );
                 }
             }
@@ -186,10 +231,12 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
             subject,
             overlap_ms,
             out,
+            grants,
         } => {
             let overlap = overlap_ms.unwrap_or(config.security.rotation_overlap_ms);
+            let grants = grants.given().then(|| grants.grants());
             let Some(cred) = store
-                .rotate(&mut conn, &subject, overlap, &commander()?, now)
+                .rotate(&mut conn, &subject, overlap, grants, &commander()?, now)
                 .await?
             else {
                 eprintln!("{subject} has no usable key to rotate; issue one");
@@ -200,7 +247,10 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
                 &mut conn,
                 "key_rotated",
                 &format!("{subject} ({})", cred.kid),
-                "ok",
+                &match grants {
+                    Some(g) => format!("grants {}", g.describe()),
+                    None => "grants kept".into(),
+                },
             )
             .await?;
             eprintln!("the old key of {subject} keeps working for {overlap} ms");

@@ -5,7 +5,7 @@
 use fleet_agent::{Agent, AgentSpec};
 use fleet_commander::config::Config;
 use fleet_commander::Running;
-use fleet_protocol::auth::{self, Credential, Signer};
+use fleet_protocol::auth::{self, Credential, Grants, Signer};
 use fleet_protocol::pool::PoolType;
 use fleet_protocol::Resources;
 use fleet_sim::issuer::Issuer;
@@ -88,7 +88,7 @@ pub fn test_issuer(prefix: &str) -> Issuer {
 pub async fn credential(redis_url: &str, id: &str, pool: PoolType) -> Credential {
     let mut conn = fleet_store::connection::connect(redis_url).await.unwrap();
     test_issuer("swarm:phase-1")
-        .agent(&mut conn, id, pool)
+        .agent(&mut conn, id, pool, Grants::default())
         .await
         .unwrap()
 }
@@ -101,6 +101,10 @@ pub fn test_config(redis_url: &str) -> Config {
     let mut c = Config::parse("config/fleet.toml", &text).expect("valid");
     c.redis.url = redis_url.to_string();
     c.http.addr = "127.0.0.1:0".parse().unwrap();
+    // Each commander's audit checkpoints in a file of its own, not config/.
+    c.security.audit_checkpoint_file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(
+        format!("audit-{}.checkpoints", uuid::Uuid::new_v4().simple()),
+    );
     c.fleet.heartbeat_interval_ms = 100;
     c.fleet.missed_heartbeats = 5;
     c.fleet.detect_tick_ms = 20;
@@ -254,23 +258,42 @@ impl Harness {
             .await
             .unwrap();
         if self.signed() {
-            a.with_credential(&self.credential(&id, pool).await)
+            let grants = Issuer::grants_for(a.spec());
+            a.with_credential(&self.credential_with(&id, pool, grants).await)
         } else {
             a
         }
+    }
+
+    /// An agent whose key carries exactly `grants`, whatever its spec claims.
+    pub async fn agent_keyed(&self, spec: AgentSpec, grants: Grants) -> Agent {
+        let publisher = fleet_store::connection::connect(&self.redis.url())
+            .await
+            .unwrap();
+        let (id, pool) = (spec.id.clone(), spec.pool);
+        let cred = self.credential_with(&id, pool, grants).await;
+        Agent::connect(&self.client, publisher, self.keys.channels().clone(), spec)
+            .await
+            .unwrap()
+            .with_credential(&cred)
     }
 
     pub fn signed(&self) -> bool {
         self.config.security.mode == fleet_commander::config::SecurityMode::Signed
     }
 
-    /// Issues a key for an agent.
+    /// Issues a key for an agent, granted nothing beyond its pool.
     pub async fn credential(&self, id: &str, pool: PoolType) -> Credential {
+        self.credential_with(id, pool, Grants::default()).await
+    }
+
+    /// Issues a key for an agent, with `grants`.
+    pub async fn credential_with(&self, id: &str, pool: PoolType, grants: Grants) -> Credential {
         let mut conn = fleet_store::connection::connect(&self.redis.url())
             .await
             .unwrap();
         test_issuer(self.keys.prefix())
-            .agent(&mut conn, id, pool)
+            .agent(&mut conn, id, pool, grants)
             .await
             .unwrap()
     }
@@ -305,8 +328,9 @@ impl Harness {
                     self.submitter("test-submitter").await
                 } else {
                     let pool = v["pool"].as_str().and_then(|p| p.parse().ok());
-                    self.credential(&agent, pool.unwrap_or(PoolType::Coder))
-                        .await
+                    // Raw messages claim what a test needs them to.
+                    let pool = pool.unwrap_or(PoolType::Coder);
+                    self.credential_with(&agent, pool, Grants::ANY).await
                 };
                 let s = cred.signer();
                 self.signers.lock().unwrap().insert(agent, s.clone());

@@ -28,7 +28,7 @@
 use crate::config::{Config, SecurityMode};
 use crate::context::{pause, Shared};
 use fleet_protocol::auth::{
-    self, signing_input, AuthError, KeyRecord, PublicKey, Role, Signed, Signer,
+    self, signing_input, AuthError, Grants, KeyRecord, PublicKey, Role, Signed, Signer,
 };
 use fleet_protocol::{now_ms, Inbound, Misfit};
 use fleet_store::tokens::{self, TokenRecord, TokenRole, TokenStore};
@@ -80,6 +80,14 @@ impl Seal {
             input: signing_input(channel, s.kid, s.ts, s.nonce, s.body),
         }
     }
+}
+
+/// A message the gate let through: the nonce its script records (if it is
+/// one of those) and what its key was granted (everything in open mode).
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub once: Option<Once>,
+    pub grants: Grants,
 }
 
 /// Who a message says it is from.
@@ -292,15 +300,18 @@ impl Gate {
 
     /// Whether `msg`, sealed with `seal` (None: it came unsigned), may be
     /// acted on; and, for a message whose script records its nonce, the
-    /// nonce to hand it. Open mode admits everything.
+    /// nonce to hand it. Open mode admits everything, granted everything.
     pub(crate) async fn admit(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         seal: Option<&Seal>,
         msg: &Inbound,
-    ) -> Result<Result<Option<Once>, AuthError>, StoreError> {
+    ) -> Result<Result<Admitted, AuthError>, StoreError> {
         if !self.signed() {
-            return Ok(Ok(None));
+            return Ok(Ok(Admitted {
+                once: None,
+                grants: Grants::ANY,
+            }));
         }
         let Some(seal) = seal else {
             return Ok(Err(AuthError::Unsigned));
@@ -331,13 +342,17 @@ impl Gate {
             key: self.store.nonce_key(&seal.kid, &seal.nonce),
             ttl_ms: 2 * self.window_ms,
         };
+        let grants = rec.grants;
         match msg {
             Inbound::Register(_)
             | Inbound::Heartbeat(_)
             | Inbound::Deregister(_)
-            | Inbound::Report(..) => Ok(Ok(Some(once))),
+            | Inbound::Report(..) => Ok(Ok(Admitted {
+                once: Some(once),
+                grants,
+            })),
             _ => Ok(if self.store.first_sight(conn, &once).await? {
-                Ok(None)
+                Ok(Admitted { once: None, grants })
             } else {
                 Err(AuthError::Replay)
             }),

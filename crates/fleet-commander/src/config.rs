@@ -190,6 +190,12 @@ pub struct SecurityConfig {
     pub sender_rate_per_sec: f64,
     /// ... with bursts of up to this many (a token bucket per sender).
     pub sender_burst: u32,
+    /// Where the leader appends signed checkpoints of the audit log's head,
+    /// one JSON line each (relative to the config file's directory; ""
+    /// for none). Ship the file off the host: `audit verify --checkpoint`.
+    pub audit_checkpoint_file: std::path::PathBuf,
+    /// How often a checkpoint is written (when the log has grown).
+    pub audit_checkpoint_ms: u64,
 }
 
 impl Default for SecurityConfig {
@@ -202,6 +208,8 @@ impl Default for SecurityConfig {
             key_refresh_ms: 5_000,
             sender_rate_per_sec: 100.0,
             sender_burst: 200,
+            audit_checkpoint_file: "audit.checkpoints".into(),
+            audit_checkpoint_ms: 60_000,
         }
     }
 }
@@ -230,10 +238,20 @@ impl Config {
     /// Where the commander's key is: relative paths are under the config
     /// file's directory.
     pub fn commander_key_path(&self) -> std::path::PathBuf {
-        let f = &self.security.commander_key_file;
+        self.beside(&self.security.commander_key_file)
+    }
+
+    /// Where the audit checkpoints go, if anywhere.
+    pub fn audit_checkpoint_path(&self) -> Option<std::path::PathBuf> {
+        let f = &self.security.audit_checkpoint_file;
+        (!f.as_os_str().is_empty()).then(|| self.beside(f))
+    }
+
+    /// `f`, relative to the config file's directory unless absolute.
+    fn beside(&self, f: &Path) -> std::path::PathBuf {
         match self.source.as_deref().and_then(Path::parent) {
             Some(dir) if f.is_relative() => dir.join(f),
-            _ => f.clone(),
+            _ => f.to_path_buf(),
         }
     }
 
@@ -790,6 +808,12 @@ impl Config {
             return err(
                 "security.key_refresh_ms",
                 format!("must be 100..=600000, got {}", sec.key_refresh_ms),
+            );
+        }
+        if !(1_000..=86_400_000).contains(&sec.audit_checkpoint_ms) {
+            return err(
+                "security.audit_checkpoint_ms",
+                format!("must be 1000..=86400000, got {}", sec.audit_checkpoint_ms),
             );
         }
         if let Some(level) = &self.log.level {

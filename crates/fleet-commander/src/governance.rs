@@ -7,7 +7,7 @@
 
 use crate::context::Shared;
 use crate::metrics as m;
-use fleet_protocol::governance::{tolerance, Announcement, Outcome, VALIDATOR};
+use fleet_protocol::governance::{tolerance, weight, Announcement, Outcome, VALIDATOR};
 use fleet_protocol::{now_ms, AgentStatus, PoolType, VERSION};
 use fleet_store::governance::{seal, Proposal};
 use fleet_store::StoreError;
@@ -37,14 +37,6 @@ impl Validators {
     pub(crate) fn tolerance(&self) -> u64 {
         tolerance(self.count())
     }
-}
-
-/// A validator's weight: its `weight:N` capability (1..=100), else 1.
-fn weight(capabilities: &[String]) -> u64 {
-    capabilities
-        .iter()
-        .find_map(|c| c.strip_prefix("weight:")?.parse::<u64>().ok())
-        .map_or(1, |w| w.clamp(1, 100))
 }
 
 pub(crate) async fn validators(

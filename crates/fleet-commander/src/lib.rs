@@ -10,7 +10,8 @@
 //!   loop, which also samples the fleet's recent past ([`history`]).
 //! - the loops: [`allocator`] (allocation and the reaper of leases and
 //!   retries), [`health`] (failure detection without false deaths),
-//!   [`scaler`] (pool sizing, drains), [`reload`] (live pool tuning).
+//!   [`scaler`] (pool sizing, drains), [`reload`] (live pool tuning),
+//!   [`checkpoint`] (the audit log's signed head, written off Redis).
 //! - [`handlers`]: one file per inbound message kind.
 //! - [`subscriber`]: the pub/sub connection feeding the handlers in order.
 //! - [`http`]: the HTTP API.
@@ -28,6 +29,7 @@ mod supervise;
 mod allocator;
 mod auth;
 mod breaker;
+pub mod checkpoint;
 mod governance;
 mod health;
 mod heard;

@@ -40,6 +40,7 @@ pub const PROGRESS_REPEATED: &str = "fleet_task_progress_repeated_total";
 pub const BUDGET_USAGE: &str = "fleet_budget_usage_total";
 pub const VALIDATORS: &str = "fleet_validators";
 pub const VALIDATORS_LIVE: &str = "fleet_validators_live";
+pub const AUDIT_CHECKPOINT_SEQ: &str = "fleet_audit_checkpoint_seq";
 pub const BYZANTINE_TOLERANCE: &str = "fleet_byzantine_tolerance";
 pub const PROPOSALS: &str = "fleet_proposals_total";
 pub const PROPOSAL_SECONDS: &str = "fleet_proposal_decision_seconds";
@@ -296,6 +297,10 @@ fn describe() {
     g!(QUEUE_DEPTH, "Tasks waiting in the queue, by pool.");
     g!(VALIDATORS, "Registered validator agents (n).");
     g!(VALIDATORS_LIVE, "Validator agents live now.");
+    g!(
+        AUDIT_CHECKPOINT_SEQ,
+        "The audit entry the newest checkpoint written to security.audit_checkpoint_file names."
+    );
     g!(
         BYZANTINE_TOLERANCE,
         "Lying validators a 2/3 quorum tolerates: f = (n-1)/3."

@@ -387,6 +387,15 @@ impl Node {
         if let Some(path) = shared.config().source.clone() {
             sup.spawn("reload", crate::reload::watch(shared.clone(), path));
         }
+        if let (Some(path), true) = (
+            shared.config().audit_checkpoint_path(),
+            shared.gate.signed(),
+        ) {
+            sup.spawn(
+                "checkpoint",
+                crate::checkpoint::writer(shared.clone(), path),
+            );
+        }
         sup
     }
 }

@@ -322,10 +322,107 @@ pub struct KeyRecord {
     /// Rotated out: accepted until then (the overlap), refused after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
+    /// What the operator granted the key's agent beyond its pool
+    /// (`keys issue --validator-weight --max-priority --max-capacity`).
+    #[serde(default, skip_serializing_if = "Grants::is_least")]
+    pub grants: Grants,
     /// SHA-256 (hex) of the key's Redis ACL password (`fleet-commander
     /// acl` makes a Redis user of it; the password is in the credential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_password_sha256: Option<String>,
+}
+
+/// The power an agent's key carries, set by the operator when the key is
+/// issued: a registration that claims more (validator, its weight, its
+/// priority or capacity) is refused `not_granted`, and a vote signed by a
+/// key that is no validator's is refused. Without grants a key is no
+/// validator, and registers at its pool's priority or below with capacity 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grants {
+    /// A validator, of at most this weight (1..=100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator_weight: Option<u64>,
+    /// The highest `priority` it may register with (0..=10); none: its
+    /// pool's `priority_level`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_priority: Option<u8>,
+    /// The highest `capacity` (1..=64); none: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_capacity: Option<u32>,
+}
+
+impl Grants {
+    /// All a registration can claim: what security "open" amounts to.
+    pub const ANY: Grants = Grants {
+        validator_weight: Some(crate::governance::MAX_WEIGHT),
+        max_priority: Some(crate::MAX_PRIORITY),
+        max_capacity: Some(crate::MAX_CAPACITY),
+    };
+
+    pub fn is_least(&self) -> bool {
+        *self == Grants::default()
+    }
+
+    /// Whether `r` claims no more than granted; `pool_priority` is the
+    /// pool's default priority (the ceiling when none is granted). The
+    /// error says what was claimed and how an operator grants it.
+    pub fn allow(&self, r: &crate::Register, pool_priority: u8) -> Result<(), String> {
+        use crate::governance::{weight, VALIDATOR};
+        if r.capabilities.iter().any(|c| c == VALIDATOR) {
+            let w = weight(&r.capabilities);
+            match self.validator_weight {
+                None => {
+                    return Err("capability validator is not granted to this key \
+                                (keys issue --validator-weight N)"
+                        .into())
+                }
+                Some(g) if w > g => {
+                    return Err(format!(
+                        "validator weight {w} exceeds the key's grant of {g} \
+                         (keys rotate --validator-weight N)"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let priority = r.priority.unwrap_or(pool_priority);
+        let max_priority = self.max_priority.unwrap_or(pool_priority);
+        if priority > max_priority {
+            return Err(format!(
+                "priority {priority} exceeds the key's grant of {max_priority} \
+                 (keys issue --max-priority N)"
+            ));
+        }
+        let capacity = r.capacity.unwrap_or(1);
+        let max_capacity = self.max_capacity.unwrap_or(1);
+        if capacity > max_capacity {
+            return Err(format!(
+                "capacity {capacity} exceeds the key's grant of {max_capacity} \
+                 (keys issue --max-capacity N)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// As `keys list` shows it: `validator:5 priority<=7 capacity<=4`, or `-`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(w) = self.validator_weight {
+            parts.push(format!("validator:{w}"));
+        }
+        if let Some(p) = self.max_priority {
+            parts.push(format!("priority<={p}"));
+        }
+        if let Some(c) = self.max_capacity {
+            parts.push(format!("capacity<={c}"));
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(" ")
+        }
+    }
 }
 
 impl KeyRecord {

@@ -112,6 +112,18 @@ pub enum Announcement {
     },
 }
 
+/// Heaviest weight a validator may have.
+pub const MAX_WEIGHT: u64 = 100;
+
+/// A validator's weight as its capabilities declare it: `weight:N`
+/// (1..=100), else 1. Its key's grant bounds it (crate::auth::Grants).
+pub fn weight(capabilities: &[String]) -> u64 {
+    capabilities
+        .iter()
+        .find_map(|c| c.strip_prefix("weight:")?.parse::<u64>().ok())
+        .map_or(1, |w| w.clamp(1, MAX_WEIGHT))
+}
+
 /// Byzantine tolerance of `n` validators of equal weight: f = (n-1)/3.
 pub fn tolerance(n: u64) -> u64 {
     n.saturating_sub(1) / 3

@@ -20,6 +20,10 @@ pub const MAX_MSG_ID_LEN: usize = 128;
 /// HTTP alike, before any parser recurses into it (an agent's JSON parser
 /// may fail on what it cannot recurse into: Python's raises RecursionError).
 pub const MAX_JSON_DEPTH: usize = 64;
+/// The highest priority an agent registers with (1..=10).
+pub const MAX_PRIORITY: u8 = 10;
+/// The most tasks an agent takes at once (1..=64).
+pub const MAX_CAPACITY: u32 = 64;
 
 /// How deeply `json` nests arrays and objects (0 for a scalar), read as
 /// bytes without parsing: brackets inside strings do not count. Stops
@@ -641,8 +645,10 @@ pub fn check_registration(m: &Register) -> Result<PoolType, RegisterRefusal> {
         detail,
     };
     if let Some(p) = m.priority {
-        if !(1..=10).contains(&p) {
-            return Err(invalid(format!("priority: must be 1..=10, got {p}")));
+        if !(1..=MAX_PRIORITY).contains(&p) {
+            return Err(invalid(format!(
+                "priority: must be 1..={MAX_PRIORITY}, got {p}"
+            )));
         }
     }
     if let Some(t) = &m.agent_type {
@@ -667,8 +673,10 @@ pub fn check_registration(m: &Register) -> Result<PoolType, RegisterRefusal> {
     }
     check_resources(&m.resources).map_err(|e| invalid(e.to_string()))?;
     if let Some(c) = m.capacity {
-        if !(1..=64).contains(&c) {
-            return Err(invalid(format!("capacity: must be 1..=64, got {c}")));
+        if !(1..=MAX_CAPACITY).contains(&c) {
+            return Err(invalid(format!(
+                "capacity: must be 1..={MAX_CAPACITY}, got {c}"
+            )));
         }
     }
     if let Some(i) = &m.instance {
@@ -689,6 +697,8 @@ pub enum RefusalReason {
     InvalidFields,
     ResourcesExceedLimits,
     PoolMismatch,
+    /// The key's grants do not cover what the registration claims.
+    NotGranted,
     Unavailable,
 }
 
@@ -701,6 +711,7 @@ impl RefusalReason {
             RefusalReason::InvalidFields => "invalid_fields",
             RefusalReason::ResourcesExceedLimits => "resources_exceed_limits",
             RefusalReason::PoolMismatch => "pool_mismatch",
+            RefusalReason::NotGranted => "not_granted",
             RefusalReason::Unavailable => "unavailable",
         }
     }

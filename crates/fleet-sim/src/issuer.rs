@@ -2,8 +2,8 @@
 //! `fleet-commander keys issue`: the public half into the key store, the
 //! credential to the agent.
 
-use fleet_agent::Agent;
-use fleet_protocol::auth::{PublicKey, Role, Signer};
+use fleet_agent::{Agent, AgentSpec};
+use fleet_protocol::auth::{Grants, PublicKey, Role, Signer};
 use fleet_protocol::{now_ms, PoolType};
 use fleet_store::connection::Conn;
 use fleet_store::keystore::new_key;
@@ -27,14 +27,38 @@ impl Issuer {
         }
     }
 
-    /// Gives each agent a key of its own (one round trip for them all).
+    /// What an operator grants an agent of this spec: the priority and
+    /// capacity it asks for, and validator weight if it is one.
+    pub fn grants_for(spec: &AgentSpec) -> Grants {
+        let validator = spec
+            .capabilities
+            .iter()
+            .any(|c| c == fleet_protocol::governance::VALIDATOR);
+        Grants {
+            validator_weight: validator
+                .then(|| fleet_protocol::governance::weight(&spec.capabilities)),
+            max_priority: spec.priority,
+            max_capacity: (spec.capacity > 1).then_some(spec.capacity),
+        }
+    }
+
+    /// Gives each agent a key of its own, granted what its spec asks (one
+    /// round trip for them all).
     pub async fn equip(&self, conn: &mut Conn, agents: Vec<Agent>) -> anyhow::Result<Vec<Agent>> {
         let now = now_ms();
         let (records, creds): (Vec<_>, Vec<_>) = agents
             .iter()
             .map(|a| {
                 let s = a.spec();
-                new_key(Role::Agent, &s.id, Some(s.pool), &self.commander, now)
+                let grants = Issuer::grants_for(s);
+                new_key(
+                    Role::Agent,
+                    &s.id,
+                    Some(s.pool),
+                    grants,
+                    &self.commander,
+                    now,
+                )
             })
             .unzip();
         for chunk in records.chunks(500) {
@@ -55,7 +79,15 @@ impl Issuer {
     ) -> anyhow::Result<fleet_protocol::auth::Credential> {
         Ok(self
             .store
-            .issue(conn, Role::Submitter, name, None, &self.commander, now_ms())
+            .issue(
+                conn,
+                Role::Submitter,
+                name,
+                None,
+                Grants::default(),
+                &self.commander,
+                now_ms(),
+            )
             .await?)
     }
 
@@ -72,16 +104,26 @@ impl Issuer {
             .await?)
     }
 
-    /// One agent's credential, for an agent of `pool` called `id`.
+    /// One agent's credential, for an agent of `pool` called `id`, with
+    /// `grants`.
     pub async fn agent(
         &self,
         conn: &mut Conn,
         id: &str,
         pool: PoolType,
+        grants: Grants,
     ) -> anyhow::Result<fleet_protocol::auth::Credential> {
         Ok(self
             .store
-            .issue(conn, Role::Agent, id, Some(pool), &self.commander, now_ms())
+            .issue(
+                conn,
+                Role::Agent,
+                id,
+                Some(pool),
+                grants,
+                &self.commander,
+                now_ms(),
+            )
             .await?)
     }
 }

@@ -7,6 +7,7 @@
 //! `scale_down` needs no action here: the named agents are drained and
 //! deregister by themselves.
 
+use crate::issuer::Issuer;
 use fleet_agent::{Agent, AgentSpec, Exit, Work};
 use fleet_protocol::pool::PoolType;
 use fleet_protocol::Channels;
@@ -135,13 +136,16 @@ impl InProcess {
                     let (work, stop, s, beat) =
                         (self.work.clone(), stop.clone(), s.clone(), self.heartbeat);
                     let issuer = self.issuer.clone();
+                    let grants = Issuer::grants_for(&spec);
                     tokio::spawn(async move {
                         let (id, pool) = (spec.id.clone(), spec.pool);
                         let mut conn = publisher.clone();
                         let connected = async {
                             let a = Agent::connect(&client, publisher, keys, spec).await?;
                             Ok::<_, anyhow::Error>(match &issuer {
-                                Some(i) => a.with_credential(&i.agent(&mut conn, &id, pool).await?),
+                                Some(i) => {
+                                    a.with_credential(&i.agent(&mut conn, &id, pool, grants).await?)
+                                }
                                 None => a,
                             })
                         };

@@ -131,6 +131,7 @@ mod tests {
             created_ms: 0,
             revoked_ms: revoked.then_some(1),
             expires_ms: None,
+            grants: Default::default(),
             redis_password_sha256: Some(format!("h{kid}")),
         }
     }

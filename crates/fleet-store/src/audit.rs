@@ -5,13 +5,20 @@
 //! on its host, holds the commander's key). So an entry edited, deleted or
 //! inserted by anyone without that key breaks the chain, and
 //! [`verify`] names the first entry where it breaks. Trimming records the
-//! last removed entry as the anchor the chain starts from.
+//! last removed entry as the anchor the chain starts from, and writes an
+//! `audit_trimmed` entry that vouches for that anchor.
+//!
+//! What the chain alone cannot show is its own end: whoever can write Redis
+//! may remove the newest entries and set the head back, or restore an older
+//! copy of the whole log. A [`Checkpoint`] (the head's seq and hash at a
+//! time, signed by the commander) kept outside Redis catches that: the log
+//! must still reach every checkpoint, through the same entries.
 
 use crate::script::ScriptDef;
 use crate::{Keys, StoreError};
 use fleet_protocol::auth::{self, PublicKey, Signer};
 use redis::aio::ConnectionLike;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -49,6 +56,43 @@ pub enum Verdict {
     Intact { entries: usize, head_seq: u64 },
     /// It breaks at `seq`: `what` says how.
     Broken { seq: u64, what: String },
+}
+
+/// The action of the entry a trim writes, vouching for the new anchor.
+pub const TRIMMED: &str = "audit_trimmed";
+
+/// The head of the log at `ts`, signed by the commander: kept off the box
+/// (a file the commander appends to, `fleet-commander audit checkpoint`),
+/// it lets `verify` see a log cut short or rolled back to before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub ts: u64,
+    /// The commander's signature of `fleet-audit-checkpoint\n{seq}\n{hash}\n{ts}`.
+    pub sig: String,
+}
+
+impl Checkpoint {
+    fn message(seq: u64, hash: &str, ts: u64) -> String {
+        format!("fleet-audit-checkpoint\n{seq}\n{hash}\n{ts}")
+    }
+
+    pub fn sign(seq: u64, hash: &str, ts: u64, signer: &Signer) -> Checkpoint {
+        let sig = signer.sign_bytes(Checkpoint::message(seq, hash, ts).as_bytes());
+        Checkpoint {
+            seq,
+            hash: hash.to_string(),
+            ts,
+            sig: auth::encode_sig(&sig),
+        }
+    }
+
+    /// Whether the commander signed it.
+    pub fn valid(&self, commander: &PublicKey) -> bool {
+        let msg = Checkpoint::message(self.seq, &self.hash, self.ts);
+        auth::decode_sig(&self.sig).is_some_and(|s| auth::verify(commander, msg.as_bytes(), &s))
+    }
 }
 
 /// The chained hash of an entry's fields.
@@ -131,11 +175,13 @@ impl AuditLog {
     }
 
     /// Removes all but the newest `keep` entries; the last one removed
-    /// becomes the anchor. How many were removed.
+    /// becomes the anchor, and an `audit_trimmed` entry by `actor` (kept,
+    /// and chained like any other) names it. How many were removed.
     pub async fn trim(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         keep: usize,
+        actor: &str,
     ) -> Result<usize, StoreError> {
         let all = read_all(conn, &self.keys).await?;
         if all.len() <= keep {
@@ -143,6 +189,9 @@ impl AuditLog {
         }
         let cut = all.len() - keep;
         let last = &all[cut - 1];
+        let (first, anchor) = (all[0].seq, anchor_result(last.seq, &last.hash));
+        let target = format!("entries {first}..={}", last.seq);
+        self.append(conn, actor, TRIMMED, &target, &anchor).await?;
         let mut p = redis::pipe();
         p.hset(self.keys.audit_head(), "anchor_seq", last.seq)
             .ignore();
@@ -154,6 +203,33 @@ impl AuditLog {
         p.query_async::<()>(conn).await?;
         Ok(cut)
     }
+
+    /// The head, signed at `ts` (None: the log is empty, or there is no key
+    /// to sign with).
+    pub async fn checkpoint(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        ts: u64,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let head: (Option<u64>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.audit_head())
+            .arg("seq")
+            .arg("hash")
+            .query_async(conn)
+            .await?;
+        Ok(match head {
+            (Some(seq), Some(hash)) => Some(Checkpoint::sign(seq, &hash, ts, signer)),
+            _ => None,
+        })
+    }
+}
+
+/// What an `audit_trimmed` entry says of the anchor it leaves.
+fn anchor_result(seq: u64, hash: &str) -> String {
+    format!("anchor {seq} {hash}")
 }
 
 /// The newest `limit` entries, newest first.
@@ -203,18 +279,85 @@ fn entry(id: String, mut f: HashMap<String, String>) -> AuditEntry {
 }
 
 /// Checks the whole chain, from the anchor (or the start) to the head. With
-/// `commander`, every entry must also carry its signature.
+/// `commander`, every entry must also carry its signature. The log must
+/// reach every one of `checkpoints` (checked as the commander's by the
+/// caller) through the entry it names.
 pub async fn verify(
     conn: &mut (impl ConnectionLike + Send),
     keys: &Keys,
     commander: Option<&PublicKey>,
+    checkpoints: &[Checkpoint],
 ) -> Result<Verdict, StoreError> {
     let head: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(keys.audit_head())
         .query_async(conn)
         .await?;
     let entries = read_all(conn, keys).await?;
-    Ok(check(&entries, &head, commander))
+    let verdict = check(&entries, &head, commander);
+    let Verdict::Intact { head_seq, .. } = verdict else {
+        return Ok(verdict);
+    };
+    Ok(against(&entries, &head, head_seq, checkpoints).unwrap_or(verdict))
+}
+
+/// The log against its checkpoints and its trims: the first way it falls
+/// short, if any.
+fn against(
+    entries: &[AuditEntry],
+    head: &HashMap<String, String>,
+    head_seq: u64,
+    checkpoints: &[Checkpoint],
+) -> Option<Verdict> {
+    let anchor_seq = head
+        .get("anchor_seq")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let anchor_hash = head.get("anchor_hash").map_or("", String::as_str);
+    if anchor_seq > 0 {
+        let said = anchor_result(anchor_seq, anchor_hash);
+        if !entries
+            .iter()
+            .any(|e| e.action == TRIMMED && e.result == said)
+        {
+            return Some(Verdict::Broken {
+                seq: anchor_seq,
+                what: format!(
+                    "trimmed without record: entries through {anchor_seq} are gone and no \
+                     {TRIMMED} entry names that anchor"
+                ),
+            });
+        }
+    }
+    for cp in checkpoints {
+        if cp.seq > head_seq {
+            return Some(Verdict::Broken {
+                seq: head_seq + 1,
+                what: format!(
+                    "truncated or rolled back: the checkpoint of {} saw entry {}, the log ends at {head_seq}",
+                    cp.ts, cp.seq
+                ),
+            });
+        }
+        let hash = if cp.seq == anchor_seq {
+            Some(anchor_hash)
+        } else {
+            entries
+                .iter()
+                .find(|e| e.seq == cp.seq)
+                .map(|e| e.hash.as_str())
+        };
+        // Before the anchor: trimmed away, by a trim the log records.
+        if matches!(hash, Some(h) if h != cp.hash) {
+            return Some(Verdict::Broken {
+                seq: cp.seq,
+                what: format!(
+                    "rewritten: entry {} is not the one the checkpoint of {} saw",
+                    cp.seq, cp.ts
+                ),
+            });
+        }
+    }
+    None
 }
 
 fn check(

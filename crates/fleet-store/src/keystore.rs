@@ -4,7 +4,7 @@
 //! once, when its key is issued.
 
 use crate::{records, Keys, StoreError};
-use fleet_protocol::auth::{self, Credential, KeyRecord, PublicKey, Role};
+use fleet_protocol::auth::{self, Credential, Grants, KeyRecord, PublicKey, Role};
 use fleet_protocol::PoolType;
 use redis::aio::ConnectionLike;
 
@@ -47,18 +47,20 @@ impl KeyStore {
         Ok(out)
     }
 
-    /// Issues a new key for `subject`: stores its public half and returns
-    /// the credential (with the secret) to hand over, once.
+    /// Issues a new key for `subject` with `grants`: stores its public half
+    /// and returns the credential (with the secret) to hand over, once.
+    #[allow(clippy::too_many_arguments)]
     pub async fn issue(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         role: Role,
         subject: &str,
         pool: Option<PoolType>,
+        grants: Grants,
         commander: &PublicKey,
         now: u64,
     ) -> Result<Credential, StoreError> {
-        let (rec, cred) = new_key(role, subject, pool, commander, now);
+        let (rec, cred) = new_key(role, subject, pool, grants, commander, now);
         self.put(conn, &[rec]).await?;
         Ok(cred)
     }
@@ -105,13 +107,15 @@ impl KeyStore {
         Ok(hit.len())
     }
 
-    /// Issues `subject` a new key like its newest one; its other usable keys
-    /// keep working for `overlap_ms`, then stop. None if it has no usable key.
+    /// Issues `subject` a new key like its newest one (with `grants`, or
+    /// the newest one's); its other usable keys keep working for
+    /// `overlap_ms`, then stop. None if it has no usable key.
     pub async fn rotate(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         subject: &str,
         overlap_ms: u64,
+        grants: Option<Grants>,
         commander: &PublicKey,
         now: u64,
     ) -> Result<Option<Credential>, StoreError> {
@@ -128,7 +132,8 @@ impl KeyStore {
             let until = now + overlap_ms;
             r.expires_ms = Some(r.expires_ms.map_or(until, |t| t.min(until)));
         }
-        let (rec, cred) = new_key(newest.role, subject, newest.pool, commander, now);
+        let grants = grants.unwrap_or(newest.grants);
+        let (rec, cred) = new_key(newest.role, subject, newest.pool, grants, commander, now);
         old.push(rec);
         self.put(conn, &old).await?;
         Ok(Some(cred))
@@ -164,6 +169,7 @@ pub fn new_key(
     role: Role,
     subject: &str,
     pool: Option<PoolType>,
+    grants: Grants,
     commander: &PublicKey,
     now: u64,
 ) -> (KeyRecord, Credential) {
@@ -180,6 +186,7 @@ pub fn new_key(
         created_ms: now,
         revoked_ms: None,
         expires_ms: None,
+        grants,
         redis_password_sha256: Some(sha256_hex(&password)),
     };
     let cred = Credential {

@@ -1,8 +1,9 @@
 //! The audit log's chain against a real redis-server: each kind of
-//! tampering is found and named.
+//! tampering is found and named; with checkpoints kept elsewhere, so are a
+//! log cut short, emptied or rolled back, and a trim nobody recorded.
 
 use fleet_protocol::auth::Signer;
-use fleet_store::audit::{self, AuditLog, Verdict};
+use fleet_store::audit::{self, AuditLog, Checkpoint, Verdict};
 use fleet_store::connection::Conn;
 use fleet_store::Keys;
 use fleet_testkit::RedisServer;
@@ -37,10 +38,48 @@ async fn log_of(n: u64) -> Log {
 
 impl Log {
     async fn verdict(&mut self) -> Verdict {
+        self.verdict_with(&[]).await
+    }
+
+    async fn verdict_with(&mut self, checkpoints: &[Checkpoint]) -> Verdict {
         let pk = self.commander.public();
-        audit::verify(&mut self.conn, &self.keys, Some(&pk))
+        audit::verify(&mut self.conn, &self.keys, Some(&pk), checkpoints)
             .await
             .unwrap()
+    }
+
+    fn log(&self) -> AuditLog {
+        AuditLog::new(self.keys.clone(), Some(self.commander.clone()))
+    }
+
+    async fn checkpoint(&mut self) -> Checkpoint {
+        let cp = self.log().checkpoint(&mut self.conn, 1_000).await.unwrap();
+        let cp = cp.expect("a head to sign");
+        assert!(cp.valid(&self.commander.public()));
+        cp
+    }
+
+    async fn append(&mut self, n: u64) {
+        let log = self.log();
+        for i in 0..n {
+            log.append(
+                &mut self.conn,
+                "token:ops",
+                "scale",
+                &format!("pool-{i}"),
+                "ok",
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    async fn redis(&mut self, args: &[&str]) {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        let _: redis::Value = c.query_async(&mut self.conn).await.unwrap();
     }
 
     /// The stream's entries as (id, fields).
@@ -155,23 +194,135 @@ async fn an_inserted_or_forged_entry_is_named() {
 #[tokio::test]
 async fn a_trimmed_log_verifies_from_its_anchor() {
     let mut l = log_of(6).await;
-    let log = AuditLog::new(l.keys.clone(), Some(l.commander.clone()));
-    assert_eq!(log.trim(&mut l.conn, 2).await.unwrap(), 4);
+    let log = l.log();
+    let before = l.checkpoint().await;
+    assert_eq!(log.trim(&mut l.conn, 2, "cli:root").await.unwrap(), 4);
+    // Kept: 5, 6 and the trim's own entry, 7, which names the anchor.
     assert_eq!(
-        l.verdict().await,
-        Verdict::Intact {
-            entries: 2,
-            head_seq: 6
-        }
-    );
-    log.append(&mut l.conn, "cli:root", "token_issued", "ci", "ok")
-        .await
-        .unwrap();
-    assert_eq!(
-        l.verdict().await,
+        l.verdict_with(std::slice::from_ref(&before)).await,
         Verdict::Intact {
             entries: 3,
             head_seq: 7
         }
     );
+    let trim = &audit::list(&mut l.conn, &l.keys, 1).await.unwrap()[0];
+    assert_eq!(
+        (
+            trim.action.as_str(),
+            trim.actor.as_str(),
+            trim.target.as_str()
+        ),
+        (audit::TRIMMED, "cli:root", "entries 1..=4")
+    );
+    log.append(&mut l.conn, "cli:root", "token_issued", "ci", "ok")
+        .await
+        .unwrap();
+    assert_eq!(
+        l.verdict_with(&[before]).await,
+        Verdict::Intact {
+            entries: 4,
+            head_seq: 8
+        }
+    );
+}
+
+/// Issue 25, item 5: what the chain alone passed. Each is seen with and
+/// without the checkpoint that catches it.
+#[tokio::test]
+async fn checkpoints_catch_a_log_cut_short_emptied_or_rolled_back() {
+    // The tail removed and the head set back: a consistent, shorter chain.
+    let mut l = log_of(5).await;
+    let cp = l.checkpoint().await;
+    let raw = l.raw().await;
+    let (id4, id5) = (raw[3].0.clone(), raw[4].0.clone());
+    let fields4 = &raw[2].1; // entry 3 is the new head
+    let hash3 = fields4.iter().find(|(k, _)| k == "hash").unwrap().1.clone();
+    let head = l.keys.audit_head();
+    let stream = l.keys.audit();
+    l.redis(&["XDEL", &stream, &id4, &id5]).await;
+    l.redis(&["HSET", &head, "seq", "3", "hash", &hash3]).await;
+    assert!(matches!(
+        l.verdict().await,
+        Verdict::Intact { head_seq: 3, .. }
+    ));
+    assert_eq!(
+        broken_at(&l.verdict_with(&[cp]).await),
+        (4, "truncated or rolled back")
+    );
+
+    // Everything deleted.
+    let mut l = log_of(4).await;
+    let cp = l.checkpoint().await;
+    let (stream, head) = (l.keys.audit(), l.keys.audit_head());
+    l.redis(&["DEL", &stream, &head]).await;
+    assert!(matches!(
+        l.verdict().await,
+        Verdict::Intact { entries: 0, .. }
+    ));
+    assert_eq!(
+        broken_at(&l.verdict_with(&[cp]).await),
+        (1, "truncated or rolled back")
+    );
+
+    // Rolled back to an earlier genuine state (a restored copy).
+    let mut l = log_of(3).await;
+    let (stream, head) = (l.keys.audit(), l.keys.audit_head());
+    let saved: (Vec<u8>, Vec<u8>) = redis::pipe()
+        .cmd("DUMP")
+        .arg(&stream)
+        .cmd("DUMP")
+        .arg(&head)
+        .query_async(&mut l.conn)
+        .await
+        .unwrap();
+    l.append(3).await;
+    let cp = l.checkpoint().await;
+    let _: () = redis::pipe()
+        .cmd("RESTORE")
+        .arg(&stream)
+        .arg(0)
+        .arg(&saved.0)
+        .arg("REPLACE")
+        .ignore()
+        .cmd("RESTORE")
+        .arg(&head)
+        .arg(0)
+        .arg(&saved.1)
+        .arg("REPLACE")
+        .ignore()
+        .query_async(&mut l.conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        l.verdict().await,
+        Verdict::Intact { head_seq: 3, .. }
+    ));
+    assert_eq!(
+        broken_at(&l.verdict_with(&[cp]).await),
+        (4, "truncated or rolled back")
+    );
+
+    // A forged checkpoint is no checkpoint.
+    let forged = Checkpoint::sign(9, "x", 1, &Signer::new("x", &[6; 32]));
+    assert!(!forged.valid(&l.commander.public()));
+}
+
+/// A trim by someone with Redis write access but not the commander's key:
+/// the anchor moved with no signed entry naming it.
+#[tokio::test]
+async fn a_trim_nobody_recorded_is_named() {
+    let mut l = log_of(5).await;
+    let raw = l.raw().await;
+    let hash2 = raw[1]
+        .1
+        .iter()
+        .find(|(k, _)| k == "hash")
+        .unwrap()
+        .1
+        .clone();
+    let (stream, head) = (l.keys.audit(), l.keys.audit_head());
+    l.redis(&["XDEL", &stream, &raw[0].0, &raw[1].0]).await;
+    l.redis(&["HSET", &head, "anchor_seq", "2", "anchor_hash", &hash2])
+        .await;
+    assert_eq!(broken_at(&l.verdict().await), (2, "trimmed without record"));
 }

@@ -102,9 +102,9 @@ class Fleet:
     def apply_acl(self) -> None:
         self.cli("acl", "--apply", "--admin-url", self.redis_url)
 
-    def issue(self, agent_id: str, pool: str) -> Credential:
+    def issue(self, agent_id: str, pool: str, *grants: str) -> Credential:
         out = self.tmp / f"{agent_id}.cred"
-        self.cli("keys", "issue", agent_id, "--pool", pool, "--out", str(out))
+        self.cli("keys", "issue", agent_id, "--pool", pool, "--out", str(out), *grants)
         self.apply_acl()  # the agent's Redis user
         return Credential.load(str(out))
 

@@ -250,7 +250,7 @@ def test_steps_and_usage_are_reported_and_a_spent_budget_halts_until_topped_up(f
 def test_a_vote_is_signed_and_heard(fleet):
     """No proposal of that id is open: the commander hears the signed vote
     (through the agent's ACL user) and refuses it as unknown, counted."""
-    cred = fleet.issue("py-voter", "coordinator")
+    cred = fleet.issue("py-voter", "coordinator", "--validator-weight", "1")
 
     def refused_unknown() -> float:
         import urllib.request

@@ -12,11 +12,12 @@ mod task_report;
 pub(crate) mod task_submit;
 mod vote;
 
+use crate::auth::Admitted;
 use crate::context::Shared;
 use crate::subscriber::{refused, Envelope};
 use fleet_protocol::{Inbound, PoolType};
 use fleet_store::connection::Conn;
-use fleet_store::{Once, StoreError};
+use fleet_store::StoreError;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info_span, warn, Instrument};
@@ -44,10 +45,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
             .instrument(span.clone())
             .await;
         let outcome = match admitted {
-            Ok(Ok(once)) => {
+            Ok(Ok(admitted)) => {
                 // A vote is kept as it was signed, for the decision's seal.
                 let signed = env.seal.as_ref().map(|s| s.message());
-                handle(&shared, &mut conn, msg, once.as_ref(), signed)
+                handle(&shared, &mut conn, msg, admitted, signed)
                     .instrument(span)
                     .await
             }
@@ -80,16 +81,17 @@ async fn handle(
     shared: &Shared,
     conn: &mut Conn,
     msg: Inbound,
-    once: Option<&Once>,
+    admitted: Admitted,
     signed: Option<String>,
 ) -> Result<(), StoreError> {
+    let (once, grants) = (admitted.once.as_ref(), admitted.grants);
     match msg {
         Inbound::Vote(v) => {
             // Security open: the vote's JSON stands for itself.
             let signed = signed.unwrap_or_else(|| serde_json::to_string(&v).unwrap_or_default());
-            vote::handle(shared, conn, v, signed).await
+            vote::handle(shared, conn, v, signed, &grants).await
         }
-        Inbound::Register(r) => register::handle(shared, conn, r, once).await,
+        Inbound::Register(r) => register::handle(shared, conn, r, once, &grants).await,
         Inbound::Deregister(d) => deregister::handle(shared, conn, d, once).await,
         Inbound::Heartbeat(hb) => heartbeat::handle(shared, conn, hb, once).await,
         Inbound::TaskSubmit(req) => task_submit::handle(shared, conn, req).await,

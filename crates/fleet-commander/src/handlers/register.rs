@@ -7,6 +7,7 @@
 use crate::context::{json, Shared};
 use crate::metrics as m;
 use fleet_protocol::agent::AgentRecord;
+use fleet_protocol::auth::Grants;
 use fleet_protocol::{
     check_registration, now_ms, Event, RefusalReason, Register, ToAgent, VERSION,
 };
@@ -34,9 +35,10 @@ pub(super) async fn handle(
     conn: &mut Conn,
     r: Register,
     once: Option<&Once>,
+    grants: &Grants,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
-    let answer = match check(shared, &r) {
+    let answer = match check(shared, &r, grants) {
         Ok(new) => store(shared, conn, &r, &new, once).await?,
         Err((reason, detail)) => Answer::Refused(reason, detail),
     };
@@ -74,9 +76,13 @@ pub(super) async fn handle(
                 .await?;
             metrics::counter!(m::REGISTRATIONS, "result" => "rejected", "reason" => reason.as_str())
                 .increment(1);
-            if reason == RefusalReason::InvalidFields {
-                // A field out of its range is a refused message like any other.
-                metrics::counter!(m::MESSAGES_REJECTED, "channel" => "registry", "reason" => "invalid_fields")
+            if matches!(
+                reason,
+                RefusalReason::InvalidFields | RefusalReason::NotGranted
+            ) {
+                // A field out of its range, or a claim beyond the key's
+                // grants, is a refused message like any other.
+                metrics::counter!(m::MESSAGES_REJECTED, "channel" => "registry", "reason" => reason.as_str())
                     .increment(1);
             }
             info!(reason = reason.as_str(), detail, "registration refused");
@@ -86,11 +92,19 @@ pub(super) async fn handle(
     Ok(())
 }
 
-/// The registration's fields against the protocol and the pool's limits.
-fn check<'a>(shared: &Shared, r: &'a Register) -> Result<NewAgent<'a>, (RefusalReason, String)> {
+/// The registration's fields against the protocol, its key's grants and
+/// the pool's limits.
+fn check<'a>(
+    shared: &Shared,
+    r: &'a Register,
+    grants: &Grants,
+) -> Result<NewAgent<'a>, (RefusalReason, String)> {
     let pool = check_registration(r).map_err(|x| (x.reason, x.detail))?;
     let config = shared.config();
     let pc = config.pool(pool);
+    grants
+        .allow(r, pc.priority_level)
+        .map_err(|detail| (RefusalReason::NotGranted, detail))?;
     let (lim, res) = (pc.resource_limits, r.resources);
     if res.memory > lim.memory_mb || res.cpu > lim.cpu || res.network > lim.network_mbps {
         let detail = format!(

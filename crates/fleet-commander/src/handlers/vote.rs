@@ -5,6 +5,7 @@
 
 use crate::context::Shared;
 use crate::metrics as m;
+use fleet_protocol::auth::Grants;
 use fleet_protocol::governance::Vote;
 use fleet_protocol::now_ms;
 use fleet_store::connection::Conn;
@@ -17,7 +18,19 @@ pub(super) async fn handle(
     conn: &mut Conn,
     vote: Vote,
     signed: String,
+    grants: &Grants,
 ) -> Result<(), StoreError> {
+    // The registry's validator set follows registrations, which a grant
+    // bounds; the key that signed this vote must still be a validator's.
+    if grants.validator_weight.is_none() {
+        metrics::counter!(m::VOTES_REJECTED, "reason" => "not_granted").increment(1);
+        warn!(
+            proposal_id = vote.proposal_id,
+            reason = "not_granted",
+            "vote refused: its key is not granted validator"
+        );
+        return Ok(());
+    }
     let voted = shared
         .governance
         .vote(conn, &vote, &signed, now_ms())
