@@ -253,6 +253,23 @@ async fn after_redis_restarts_empty_the_fleet_registers_again() {
         h.metric(drops).await > before,
         "the dropped connection is counted"
     );
+    // The keys the commander knew are written back (a reload of the empty
+    // store would otherwise have forgotten every agent).
+    let _: () = redis::cmd("PUBLISH")
+        .arg(h.keys.channels().keys())
+        .arg("changed")
+        .query_async(&mut h.conn().await)
+        .await
+        .unwrap();
+    wait_until(|| async {
+        let n: u64 = redis::cmd("HLEN")
+            .arg(h.keys.keystore())
+            .query_async(&mut h.conn().await)
+            .await
+            .unwrap();
+        n >= 4
+    })
+    .await;
     assert!(!h
         .commander
         .as_ref()

@@ -509,6 +509,33 @@ async fn a_made_up_key_id_is_looked_up_once_not_per_message() {
     assert_eq!(h.metric(&rejected("results", "bad_signature")).await, 0.0);
 }
 
+/// Issue 25, item 6: without Redis ACLs anyone may publish on the key
+/// channel; 5,000 notices make a few key store reads, not 5,000, and a real
+/// key change after them still takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_key_notices_is_debounced() {
+    let h = Harness::start().await;
+    let reloads = "fleet_key_reloads_total";
+    let before = h.metric(reloads).await;
+    let started = std::time::Instant::now();
+    let channel = h.keys.channels().keys();
+    let mut p = redis::pipe();
+    for _ in 0..5_000 {
+        p.publish(&channel, "changed").ignore();
+    }
+    p.query_async::<()>(&mut h.conn().await).await.unwrap();
+    // Then a key issued: heard after the flood, in order.
+    let mut a = h.agent("after-flood", PoolType::Ui).await;
+    a.register(T).await.unwrap();
+    let made = h.metric(reloads).await - before;
+    let allowed = 3.0 + started.elapsed().as_millis() as f64 / 200.0;
+    assert!(
+        made <= allowed,
+        "{made} key store reads for 5,000 notices in {:?}",
+        started.elapsed()
+    );
+}
+
 /// `n` agents `{prefix}-{i}` in the ui pool, heartbeating every 100 ms
 /// until the token is cancelled.
 async fn calm_agents(h: &Harness, prefix: &str, n: usize) -> tokio_util::sync::CancellationToken {

@@ -201,31 +201,70 @@ impl Gate {
         self.mode == SecurityMode::Signed
     }
 
-    /// Re-reads every key.
+    /// Re-reads every key and token. A store found empty while this
+    /// commander knows some is a Redis that lost its data (restarted
+    /// without persistence, or emptied), not a revocation of everything
+    /// (revoking keeps the record): the known ones are kept, and written
+    /// back so that the CLI and other commanders see them again.
     pub(crate) async fn reload(
         &self,
         conn: &mut (impl ConnectionLike + Send),
     ) -> Result<usize, StoreError> {
         let all = self.store.all(conn).await?;
-        let map: HashMap<_, _> = all
-            .into_iter()
-            .filter_map(|r| {
-                let Some(pk) = auth::decode_public(&r.public) else {
-                    warn!(
-                        kid = r.kid,
-                        "key record with an unreadable public key; ignored"
-                    );
-                    return None;
-                };
-                Some((r.kid.clone(), Arc::new((r, pk))))
-            })
+        let known: Vec<KeyRecord> = self
+            .keys
+            .read()
+            .expect("no panics while held")
+            .values()
+            .map(|k| k.0.clone())
             .collect();
-        let n = map.len();
-        *self.keys.write().expect("no panics while held") = map;
-        self.missing.lock().expect("no panics while held").clear();
+        if all.is_empty() && !known.is_empty() {
+            warn!(
+                keys = known.len(),
+                "the key store is empty but keys are known: Redis lost its data? \
+                 writing the known keys back"
+            );
+            for chunk in known.chunks(500) {
+                self.store.put(conn, chunk).await?;
+            }
+        } else {
+            let map: HashMap<_, _> = all
+                .into_iter()
+                .filter_map(|r| {
+                    let Some(pk) = auth::decode_public(&r.public) else {
+                        warn!(
+                            kid = r.kid,
+                            "key record with an unreadable public key; ignored"
+                        );
+                        return None;
+                    };
+                    Some((r.kid.clone(), Arc::new((r, pk))))
+                })
+                .collect();
+            *self.keys.write().expect("no panics while held") = map;
+            self.missing.lock().expect("no panics while held").clear();
+        }
+        let n = self.keys.read().expect("no panics while held").len();
         let tokens = self.token_store.all(conn).await?;
-        *self.tokens.write().expect("no panics while held") =
-            tokens.into_iter().map(|t| (t.id.clone(), t)).collect();
+        let known: Vec<TokenRecord> = self
+            .tokens
+            .read()
+            .expect("no panics while held")
+            .values()
+            .cloned()
+            .collect();
+        if tokens.is_empty() && !known.is_empty() {
+            warn!(
+                tokens = known.len(),
+                "the token store is empty but tokens are known: writing them back"
+            );
+            for t in &known {
+                self.token_store.put(conn, t).await?;
+            }
+        } else {
+            *self.tokens.write().expect("no panics while held") =
+                tokens.into_iter().map(|t| (t.id.clone(), t)).collect();
+        }
         Ok(n)
     }
 
@@ -465,18 +504,28 @@ pub(crate) fn commander_signer(secret: &[u8; 32], epoch: u64) -> Signer {
 
 /// Keeps the key cache fresh: at once on a key-change notice, and on a
 /// timer in case a notice was lost. (The gate outlives terms; a leader
-/// loads it before its first term, crate::service.)
+/// loads it before its first term, crate::service.) Notices are taken at
+/// most one per [`NOTICE_GAP`]: the key channel has no ACL of its own
+/// without Redis ACLs, and a flood of notices must not become a flood of
+/// key store reads (those in a gap make one reload after it).
 pub(crate) async fn refresh(shared: Arc<Shared>) {
     let every = Duration::from_millis(shared.config().security.key_refresh_ms);
     let mut conn = shared.redis.clone();
     loop {
-        tokio::select! {
-            _ = shared.gate.changed.notified() => {}
-            ok = pause(&shared.shutdown, every) => if !ok { return },
-        }
+        let noticed = tokio::select! {
+            _ = shared.gate.changed.notified() => true,
+            ok = pause(&shared.shutdown, every) => if ok { false } else { return },
+        };
+        metrics::counter!(crate::metrics::KEY_RELOADS).increment(1);
         if let Err(e) = shared.gate.reload(&mut conn).await {
             crate::supervise::count("keys", &e);
             warn!(error = %e, "cannot read the key store; keeping the keys known");
         }
+        if noticed && !pause(&shared.shutdown, NOTICE_GAP).await {
+            return;
+        }
     }
 }
+
+/// The least time between two reloads that key-change notices ask for.
+const NOTICE_GAP: Duration = Duration::from_millis(200);

@@ -41,6 +41,7 @@ pub const BUDGET_USAGE: &str = "fleet_budget_usage_total";
 pub const VALIDATORS: &str = "fleet_validators";
 pub const VALIDATORS_LIVE: &str = "fleet_validators_live";
 pub const AUDIT_CHECKPOINT_SEQ: &str = "fleet_audit_checkpoint_seq";
+pub const KEY_RELOADS: &str = "fleet_key_reloads_total";
 pub const BYZANTINE_TOLERANCE: &str = "fleet_byzantine_tolerance";
 pub const PROPOSALS: &str = "fleet_proposals_total";
 pub const PROPOSAL_SECONDS: &str = "fleet_proposal_decision_seconds";
@@ -178,6 +179,10 @@ fn describe() {
     c!(
         SIGNATURE_CHECKS,
         "Ed25519 signatures checked (what passed every cheaper check first)."
+    );
+    c!(
+        KEY_RELOADS,
+        "Reads of the whole key store (on a key-change notice, at most 5/s, or on the refresh timer)."
     );
     c!(REDIS_ERRORS, "Redis commands that failed, by operation.");
     c!(
@@ -475,6 +480,7 @@ fn initialize() {
         DEREGISTRATIONS,
         DETECTION_SKIPPED,
         HEARTBEATS,
+        KEY_RELOADS,
         SIGNATURE_CHECKS,
         SUBSCRIBER_RECONNECTS,
         TASKS_CANCELLED,

@@ -105,7 +105,8 @@ impl TokenStore {
         Ok(token)
     }
 
-    async fn put(
+    /// Stores (or replaces) a record.
+    pub async fn put(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         rec: &TokenRecord,
