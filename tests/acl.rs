@@ -1,6 +1,8 @@
 //! Redis ACLs from `fleet-commander acl --apply`, on a real redis-server: the
 //! commander and an agent work under their users, and an agent, a submitter
-//! and the operator are refused (NOPERM) everything else.
+//! and the operator are refused (NOPERM) everything else; a withdrawn
+//! password ends the connections opened with it; only validators reach the
+//! governance channel; the default user is locked only with an admin left.
 
 mod common;
 
@@ -89,9 +91,29 @@ async fn agents_submitters_and_operators_get_only_what_they_need() {
     ] {
         assert!(!rules.contains(secret), "a password in the rules: {rules}");
     }
+    // Locking the default user needs another admin first.
+    let mut d = conn(&admin).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("fleet-admin")
+        .arg("on")
+        .arg(">admin-pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut d)
+        .await
+        .unwrap();
+    let admin_user = format!("redis://fleet-admin:admin-pw@{hostport}");
     let applied = cli(
         &commander_url,
-        &["acl", "--apply", "--admin-url", &admin, "--lock-default"],
+        &[
+            "acl",
+            "--apply",
+            "--admin-url",
+            &admin_user,
+            "--lock-default",
+        ],
     );
     assert!(applied.status.success(), "{applied:?}");
 
@@ -234,6 +256,154 @@ async fn agents_submitters_and_operators_get_only_what_they_need() {
         "NOPERM"
     );
     assert_eq!(try_cmd(&mut oc, &["FLUSHALL"]).await, "NOPERM");
+}
+
+/// Issue 25, item 6: Redis checks a password only at AUTH, so a connection
+/// opened with a key's password outlives that key's rotation or revocation
+/// unless `acl --apply` ends it; and an agent hears governance only if its
+/// key is a validator's; and `--lock-default` keeps someone able to apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_password_ends_its_connections() {
+    use futures_util::StreamExt;
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let admin = redis.url();
+    let hostport = admin.trim_start_matches("redis://").to_string();
+    let commander_url = format!("redis://fleet-commander:commander-pw@{hostport}");
+    let mut c = fleet_store::connection::connect(&admin).await.unwrap();
+    let issuer = test_issuer("swarm:phase-1");
+    let old = issuer
+        .agent(&mut c, "acl-r", PoolType::Coder, Default::default())
+        .await
+        .unwrap();
+    let validator = fleet_protocol::auth::Grants {
+        validator_weight: Some(1),
+        ..Default::default()
+    };
+    let v = issuer
+        .agent(&mut c, "acl-v", PoolType::Coordinator, validator)
+        .await
+        .unwrap();
+    let apply = |admin: &str| cli(&commander_url, &["acl", "--apply", "--admin-url", admin]);
+    let applied = apply(&admin);
+    assert!(applied.status.success(), "{applied:?}");
+
+    // Governance: the validator's key only.
+    let governance = "swarm:phase-1:governance";
+    let (old_url, v_url) = (old.redis_url(&admin), v.redis_url(&admin));
+    assert_eq!(
+        try_cmd(&mut conn(&old_url).await, &["PUBLISH", governance, "{}"]).await,
+        "NOPERM"
+    );
+    assert_eq!(try_subscribe(&old_url, governance).await, "NOPERM");
+    assert_eq!(
+        try_cmd(&mut conn(&v_url).await, &["PUBLISH", governance, "{}"]).await,
+        "OK"
+    );
+    assert_eq!(try_subscribe(&v_url, governance).await, "OK");
+
+    // Listening with the old password, then rotated out at once.
+    let mut ps = redis::Client::open(old_url.as_str())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    ps.subscribe("swarm:phase-1:agent:acl-r").await.unwrap();
+    let rotated = cli(
+        &commander_url,
+        &["keys", "rotate", "acl-r", "--overlap-ms", "0"],
+    );
+    assert!(rotated.status.success(), "{rotated:?}");
+    let new =
+        fleet_protocol::auth::Credential::parse(&String::from_utf8_lossy(&rotated.stdout)).unwrap();
+    let applied = apply(&admin);
+    let said = String::from_utf8_lossy(&applied.stdout);
+    assert!(said.contains("ended 1 connection(s)"), "{applied:?}");
+    // The old subscription ends (nothing more is delivered on it) ...
+    let mut stream = ps.into_on_message();
+    let ended = tokio::time::timeout(WAIT, stream.next()).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the old connection still listens: {ended:?}"
+    );
+    // ... the old password is refused, and the new one works.
+    let refused = redis::Client::open(old_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await;
+    assert!(refused.is_err(), "the old password still works");
+    assert_eq!(
+        try_cmd(&mut conn(&new.redis_url(&admin)).await, &["PING"]).await,
+        "OK"
+    );
+
+    // Locking the default user while applying as it: refused, still on.
+    let locked = cli(
+        &commander_url,
+        &["acl", "--apply", "--admin-url", &admin, "--lock-default"],
+    );
+    assert!(!locked.status.success());
+    let err = String::from_utf8_lossy(&locked.stderr);
+    assert!(err.contains("fleet-admin"), "says what to do: {err}");
+    assert_eq!(try_cmd(&mut conn(&admin).await, &["PING"]).await, "OK");
+}
+
+/// Issue 25, item 6: the end of a rotation's overlap reaches Redis without
+/// anyone running `acl --apply` again: `acl --apply --watch` applies on
+/// every key change and at every overlap's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_watch_ends_an_old_password_when_its_overlap_ends() {
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let admin = redis.url();
+    let hostport = admin.trim_start_matches("redis://").to_string();
+    let commander_url = format!("redis://fleet-commander:commander-pw@{hostport}");
+    let mut c = fleet_store::connection::connect(&admin).await.unwrap();
+    let old = test_issuer("swarm:phase-1")
+        .agent(&mut c, "acl-w", PoolType::Coder, Default::default())
+        .await
+        .unwrap();
+    let mut watcher = Command::new(BIN)
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleet.toml"),
+        ])
+        .args(["acl", "--apply", "--watch", "--admin-url", &admin])
+        .env("REDIS_URL", &commander_url)
+        .env("FLEET_COMMANDER_KEY", test_commander_key())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let works = |url: String| async move {
+        match redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+        {
+            Ok(mut c) => try_cmd(&mut c, &["PING"]).await == "OK",
+            Err(_) => false,
+        }
+    };
+    let old_url = old.redis_url(&admin);
+    wait_until(|| works(old_url.clone())).await;
+    let rotated = cli(
+        &commander_url,
+        &["keys", "rotate", "acl-w", "--overlap-ms", "1500"],
+    );
+    assert!(rotated.status.success(), "{rotated:?}");
+    let new =
+        fleet_protocol::auth::Credential::parse(&String::from_utf8_lossy(&rotated.stdout)).unwrap();
+    let new_url = new.redis_url(&admin);
+    // The new key's password at once; both during the overlap ...
+    wait_until(|| works(new_url.clone())).await;
+    assert!(
+        works(old_url.clone()).await,
+        "the old password ended before its overlap"
+    );
+    // ... and the old one no more once it is over, with nobody applying.
+    wait_until(|| async { !works(old_url.clone()).await }).await;
+    assert!(works(new_url.clone()).await);
+    watcher.kill().unwrap();
+    let _ = watcher.wait();
 }
 
 /// docs/SECURITY.md's ACL steps, in the order printed, on a fresh Redis

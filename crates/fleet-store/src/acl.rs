@@ -4,10 +4,11 @@
 //!
 //! - the commander: every key and channel under the prefix, no dangerous
 //!   commands (FLUSHALL, CONFIG, KEYS, DEBUG…);
-//! - one user per agent: PUBLISH on the registry, health, results and
-//!   governance (votes) channels only; SUBSCRIBE to its own `agent:{id}`
-//!   channel, its pool's channel and the governance channel (proposals)
-//!   only; no key at all;
+//! - one user per agent: PUBLISH on the registry, health and results
+//!   channels only; SUBSCRIBE to its own `agent:{id}` channel and its
+//!   pool's channel only; no key at all. A validator (its key granted
+//!   validator weight) may also PUBLISH and SUBSCRIBE on the governance
+//!   channel (votes and proposals);
 //! - one user per submitter: PUBLISH on the tasks channel; SUBSCRIBE to
 //!   `reply:{name}` and `reply:{name}:…` channels; no key;
 //! - the operator: read-only commands on the fleet's keys, SUBSCRIBE to its
@@ -64,17 +65,21 @@ pub fn operator(keys: &Keys, name: &str, password_sha256: &str) -> AclUser {
 /// and the names of users whose every key is revoked or expired.
 pub fn holders(keys: &Keys, records: &[KeyRecord], now: u64) -> (Vec<AclUser>, Vec<String>) {
     let c = keys.channels();
-    let mut by_user: BTreeMap<String, (Role, &KeyRecord, Vec<String>)> = BTreeMap::new();
+    // By user: its role, a record, its usable keys' passwords, and whether
+    // one of those keys is a validator's.
+    let mut by_user: BTreeMap<String, (Role, &KeyRecord, Vec<String>, bool)> = BTreeMap::new();
     for r in records {
-        let e = by_user
-            .entry(redis_user(r.role, &r.subject))
-            .or_insert((r.role, r, Vec::new()));
+        let e =
+            by_user
+                .entry(redis_user(r.role, &r.subject))
+                .or_insert((r.role, r, Vec::new(), false));
         if let (Ok(()), Some(h)) = (r.usable(now), &r.redis_password_sha256) {
             e.2.push(format!("#{h}"));
+            e.3 |= r.grants.validator_weight.is_some();
         }
     }
     let (mut users, mut gone) = (Vec::new(), Vec::new());
-    for (name, (role, r, passwords)) in by_user {
+    for (name, (role, r, passwords, validator)) in by_user {
         if passwords.is_empty() {
             gone.push(name);
             continue;
@@ -85,17 +90,16 @@ pub fn holders(keys: &Keys, records: &[KeyRecord], now: u64) -> (Vec<AclUser>, V
                 if let Some(pool) = r.pool {
                     sub.push(format!("&{}", c.pool(pool)));
                 }
-                sub.push(format!("&{}", c.governance()));
-                (
-                    format!(
-                        "&{} &{} &{} &{}",
-                        c.registry(),
-                        c.health(),
-                        c.results(),
-                        c.governance()
-                    ),
-                    sub.join(" "),
-                )
+                let mut publish = vec![
+                    format!("&{}", c.registry()),
+                    format!("&{}", c.health()),
+                    format!("&{}", c.results()),
+                ];
+                if validator {
+                    sub.push(format!("&{}", c.governance()));
+                    publish.push(format!("&{}", c.governance()));
+                }
+                (publish.join(" "), sub.join(" "))
             }
             // Its own reply channels only: `reply:{name}` and
             // `reply:{name}:…` (a bare `{name}*` would let `c` hear `ci`).
@@ -139,11 +143,16 @@ mod tests {
     #[test]
     fn agents_publish_to_three_channels_and_hear_only_their_own() {
         let keys = Keys::new("swarm:phase-1");
+        let mut plain = rec("k5", Role::Agent, "plain", false);
+        plain.pool = Some(PoolType::Ui);
+        let mut validator = rec("k2", Role::Agent, "a1", false);
+        validator.grants.validator_weight = Some(1);
         let recs = [
             rec("k1", Role::Agent, "a1", false),
-            rec("k2", Role::Agent, "a1", false),
+            validator,
             rec("k3", Role::Submitter, "ci", false),
             rec("k4", Role::Agent, "gone", true),
+            plain,
         ];
         let (users, gone) = holders(&keys, &recs, 10);
         assert_eq!(gone, vec!["fleet-agent-gone"]);
@@ -157,6 +166,19 @@ mod tests {
             "(+subscribe +unsubscribe &swarm:phase-1:agent:a1 &swarm:phase-1:pool:coder &swarm:phase-1:governance)"
         ));
         assert!(!line.contains('~'), "no key pattern: {line}");
+        // Not a validator: no governance channel at all.
+        let plain = users
+            .iter()
+            .find(|u| u.name == "fleet-agent-plain")
+            .unwrap();
+        assert!(
+            plain.line().ends_with(
+                "(+publish &swarm:phase-1:registry &swarm:phase-1:health &swarm:phase-1:results) \
+             (+subscribe +unsubscribe &swarm:phase-1:agent:plain &swarm:phase-1:pool:ui)"
+            ),
+            "{}",
+            plain.line()
+        );
         let ci = users
             .iter()
             .find(|u| u.name == "fleet-submitter-ci")
