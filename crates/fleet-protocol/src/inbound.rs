@@ -80,6 +80,16 @@ fn resources_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Resources,
     serde_json::from_value(v).map_err(serde::de::Error::custom)
 }
 
+/// As [`resources_object`], for a field that may be absent (or null).
+fn opt_resources_object<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Resources>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        v => resources_object(v).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// `register` on the registry channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -137,7 +147,11 @@ pub struct Heartbeat {
     #[serde(default)]
     pub load: f64,
     /// Current use; when absent, what the agent declared at registration stays.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_resources_object",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub resources: Option<Resources>,
     /// Optional sequence number, for the agent's own bookkeeping.
     #[serde(
@@ -807,10 +821,18 @@ mod tests {
         assert!(
             hb(r#"{"v":1,"type":"heartbeat","agentId":"a","status":"busy","load":0.9}"#).is_ok()
         );
+        let with = r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","resources":{"cpu":0.5}}"#;
+        assert!(hb(with).is_ok());
+        let null = r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","resources":null}"#;
+        assert!(hb(null).is_ok());
         for bad in [
             r#"{"v":1,"type":"heartbeat","agentId":"a","status":"failed"}"#,
             r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","load":1.5}"#,
             r#"{"v":1,"type":"heartbeat","agentId":"a","status":"sleeping"}"#,
+            // resources as an array: serde would take it for the struct.
+            r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","resources":[1,2,3]}"#,
+            r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","resources":[]}"#,
+            r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","resources":7}"#,
         ] {
             assert_eq!(hb(bad).unwrap_err().label(), "invalid_fields", "{bad}");
         }
