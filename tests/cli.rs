@@ -520,6 +520,52 @@ async fn keys_commands_init_issue_list_rotate_and_revoke() {
         ],
         "{recs:?}"
     );
+    // Many at once: ids as arguments and from a file, each credential to
+    // its own private file; one already keyed refuses the whole batch.
+    let list_file = dir.join("agents.txt");
+    std::fs::write(&list_file, "# the batch\nb-2\nb-3  # trailing comment\n\n").unwrap();
+    let out_dir = dir.join("creds");
+    let batch = keys(&[
+        "issue",
+        "b-1",
+        "--from",
+        list_file.to_str().unwrap(),
+        "--pool",
+        "ui",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(batch.status.success(), "{batch:?}");
+    for id in ["b-1", "b-2", "b-3"] {
+        let path = out_dir.join(format!("{id}.cred"));
+        let c = fleet_protocol::auth::Credential::parse(&std::fs::read_to_string(&path).unwrap())
+            .unwrap();
+        assert_eq!((c.subject.as_str(), c.pool), (id, Some(PoolType::Ui)));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let again = keys(&[
+        "issue",
+        "b-9",
+        "b-3",
+        "--pool",
+        "ui",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        !out_dir.join("b-9.cred").exists(),
+        "nothing issued when one is refused"
+    );
+    let many = keys(&["issue", "b-7", "b-8", "--pool", "ui"]);
+    assert!(
+        String::from_utf8_lossy(&many.stderr).contains("--out-dir"),
+        "{many:?}"
+    );
+
     let sub = keys(&["issue", "cli-s", "--submitter", "--max-capacity", "4"]);
     assert!(!sub.status.success());
     assert!(String::from_utf8_lossy(&sub.stderr).contains("a submitter's key has none"));

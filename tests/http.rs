@@ -63,6 +63,28 @@ async fn idle_connections_are_closed_and_cannot_starve_the_api() {
     );
 }
 
+/// Issue 25, item 10: the listen backlog is the configured one, not std's
+/// 128 (2,000 simultaneous connects stalled a probe about a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_backlog_is_configurable() {
+    let h = Harness::start_with(|c| c.http.listen_backlog = 1000).await;
+    let port = h.commander.as_ref().unwrap().http_addr.port();
+    // `ss -ltn` shows a listening socket's backlog as its Send-Q.
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlog: Vec<&str> = text.split_whitespace().collect();
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .map_or(4096, |s| s.trim().parse().unwrap_or(4096));
+    assert_eq!(
+        backlog.get(2).copied(),
+        Some(&*1000.min(somaxconn).to_string()),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_body_is_refused_with_413() {
     let h = Harness::start().await;

@@ -18,10 +18,20 @@ pub(crate) enum KeysAction {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a credential and print it, once (it holds the secret).
+    /// Issue a credential and print it, once (it holds the secret); or
+    /// many at once, each to its own file in --out-dir.
     Issue {
-        /// The agent's id (or, with --submitter, the submitter's name).
-        subject: String,
+        /// The agent's id (or, with --submitter, the submitter's name);
+        /// several with --out-dir.
+        #[arg(required_unless_present = "from")]
+        subjects: Vec<String>,
+        /// Also issue for every id in this file (one per line; # comments).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Write each credential to DIR/<id>.cred (mode 0600): needed for
+        /// more than one.
+        #[arg(long, conflicts_with = "out")]
+        out_dir: Option<PathBuf>,
         /// The agent's pool: its key is refused in any other.
         #[arg(long, required_unless_present = "submitter")]
         pool: Option<String>,
@@ -129,13 +139,31 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
     match action {
         KeysAction::Init { .. } => unreachable!("handled above"),
         KeysAction::Issue {
-            subject,
+            mut subjects,
+            from,
+            out_dir,
             pool,
             submitter,
             out,
             again,
             grants,
         } => {
+            if let Some(f) = &from {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?;
+                subjects.extend(
+                    text.lines()
+                        .map(|l| l.split('#').next().unwrap_or("").trim())
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+            }
+            anyhow::ensure!(!subjects.is_empty(), "no id to issue a key for");
+            anyhow::ensure!(
+                subjects.len() == 1 || out_dir.is_some(),
+                "{} ids: pass --out-dir DIR, and each credential goes to DIR/<id>.cred",
+                subjects.len()
+            );
             anyhow::ensure!(
                 !(submitter && grants.given()),
                 "grants (--validator-weight, --max-priority, --max-capacity) are an agent's; \
@@ -151,34 +179,60 @@ pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bo
                     .map_err(|_| anyhow::anyhow!("unknown pool {p:?}"))?;
                 (Role::Agent, Some(p))
             };
-            check_subject(&subject)?;
+            let mut seen = std::collections::HashSet::new();
+            for s in &subjects {
+                check_subject(s)?;
+                anyhow::ensure!(seen.insert(s.as_str()), "{s} is named twice");
+            }
             // A second key for the same subject would silently keep the
             // first one working: say so instead.
-            let usable = store
-                .all(&mut conn)
-                .await?
-                .into_iter()
-                .filter(|r| r.subject == subject && r.usable(now).is_ok())
-                .count();
-            if usable > 0 && !again {
-                anyhow::bail!(
-                    "{subject} already has {usable} usable key(s): `keys rotate {subject}` replaces it \
-                     (the old one keeps working for the overlap), `keys revoke {subject}` ends it, \
-                     and --again issues one more beside it"
-                );
+            let all = store.all(&mut conn).await?;
+            for subject in &subjects {
+                let usable = all
+                    .iter()
+                    .filter(|r| r.subject == *subject && r.usable(now).is_ok())
+                    .count();
+                if usable > 0 && !again {
+                    anyhow::bail!(
+                        "{subject} already has {usable} usable key(s): `keys rotate {subject}` replaces it \
+                         (the old one keeps working for the overlap), `keys revoke {subject}` ends it, \
+                         and --again issues one more beside it (nothing was issued)"
+                    );
+                }
             }
-            let cred = store
-                .issue(&mut conn, role, &subject, pool, grants, &commander()?, now)
+            let commander = commander()?;
+            let (records, creds): (Vec<_>, Vec<_>) = subjects
+                .iter()
+                .map(|s| fleet_store::keystore::new_key(role, s, pool, grants, &commander, now))
+                .unzip();
+            // Written before the store learns of them: no key without its credential.
+            if let Some(dir) = &out_dir {
+                for c in &creds {
+                    let text = format!("{}\n", serde_json::to_string(c)?);
+                    write_private(&dir.join(format!("{}.cred", c.subject)), &text)?;
+                }
+            }
+            for chunk in records.chunks(500) {
+                store.put(&mut conn, chunk).await?;
+            }
+            for c in &creds {
+                super::audit::record(
+                    &config,
+                    &mut conn,
+                    "key_issued",
+                    &format!("{} ({})", c.subject, c.kid),
+                    &format!("grants {}", grants.describe()),
+                )
                 .await?;
-            super::audit::record(
-                &config,
-                &mut conn,
-                "key_issued",
-                &format!("{subject} ({})", cred.kid),
-                &format!("grants {}", grants.describe()),
-            )
-            .await?;
-            hand_over(&cred, out.as_deref())?;
+            }
+            match &out_dir {
+                None => hand_over(&creds[0], out.as_deref())?,
+                Some(dir) => eprintln!(
+                    "{} credential(s) written to {}/<id>.cred; run `fleet-commander acl --apply` for their Redis users",
+                    creds.len(),
+                    dir.display()
+                ),
+            }
         }
         KeysAction::List => {
             let all = store.all(&mut conn).await?;

@@ -124,6 +124,15 @@ pub struct HttpConfig {
     /// `/metrics` needs a viewer token too (it is open by default, for scrapers).
     #[serde(default)]
     pub protect_metrics: bool,
+    /// Connections the kernel queues before they are accepted (capped by
+    /// net.core.somaxconn): a burst of connects beyond it waits for a
+    /// retransmit, about a second.
+    #[serde(default = "default_http_listen_backlog")]
+    pub listen_backlog: u32,
+}
+
+fn default_http_listen_backlog() -> u32 {
+    4096
 }
 
 fn default_http_max_connections() -> usize {
@@ -778,6 +787,12 @@ impl Config {
         }
         if self.http.max_connections == 0 {
             return err("http.max_connections", "must be at least 1".into());
+        }
+        if !(1..=65_535).contains(&self.http.listen_backlog) {
+            return err(
+                "http.listen_backlog",
+                format!("must be 1..=65535, got {}", self.http.listen_backlog),
+            );
         }
         if !(100..=3_600_000).contains(&self.http.idle_timeout_ms) {
             return err(

@@ -112,7 +112,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let addr = config.http.addr;
     let bind = |source| StartError::Bind { addr, source };
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+    let listener = listen(addr, config.http.listen_backlog).map_err(bind)?;
     let http_addr = listener.local_addr().map_err(bind)?;
     let address = match config.ha.advertise_addr.as_str() {
         "" => http_addr.to_string(),
@@ -398,4 +398,16 @@ impl Node {
         }
         sup
     }
+}
+
+/// Binds the HTTP API's socket with `backlog` (std's bind uses 128).
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

@@ -86,7 +86,9 @@ fn opt_resources_object<'de, D: serde::Deserializer<'de>>(
 ) -> Result<Option<Resources>, D::Error> {
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::Null => Ok(None),
-        v => resources_object(v).map(Some).map_err(serde::de::Error::custom),
+        v => resources_object(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -821,7 +823,8 @@ mod tests {
         assert!(
             hb(r#"{"v":1,"type":"heartbeat","agentId":"a","status":"busy","load":0.9}"#).is_ok()
         );
-        let with = r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","resources":{"cpu":0.5}}"#;
+        let with =
+            r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","resources":{"cpu":0.5}}"#;
         assert!(hb(with).is_ok());
         let null = r#"{"v":1,"type":"heartbeat","agentId":"a","status":"idle","resources":null}"#;
         assert!(hb(null).is_ok());
