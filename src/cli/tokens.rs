@@ -22,6 +22,9 @@ pub(crate) enum TokensAction {
         /// Write it to this file (mode 0600) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// How long it works (`90d`, `12h`, ...), or `never`.
+        #[arg(long, default_value = "90d")]
+        ttl: String,
     },
     /// The tokens: id, name, role, state (never a token).
     List,
@@ -37,14 +40,33 @@ pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Resul
     let store = TokenStore::new(Keys::new(config.fleet.prefix.clone()));
     let mut conn = fleet_store::connection::connect(&config.redis.url).await?;
     match action {
-        TokensAction::Issue { role, name, out } => {
-            let token = store.issue(&mut conn, &name, role, now_ms()).await?;
+        TokensAction::Issue {
+            role,
+            name,
+            out,
+            ttl,
+        } => {
+            let now = now_ms();
+            let expires = match ttl.as_str() {
+                "never" => None,
+                t => {
+                    let d = humantime::parse_duration(t)
+                        .map_err(|e| anyhow::anyhow!("--ttl {t:?}: {e} (say 90d, 12h or never)"))?;
+                    Some(now + d.as_millis() as u64)
+                }
+            };
+            let token = store
+                .issue_until(&mut conn, &name, role, now, expires, None)
+                .await?;
             super::audit::record(
                 &config,
                 &mut conn,
                 "token_issued",
                 &format!("{name} ({})", role.as_str()),
-                "ok",
+                &match expires {
+                    Some(t) => format!("expires {}", super::render::when(t)),
+                    None => "never expires".into(),
+                },
             )
             .await?;
             match out {
@@ -68,18 +90,30 @@ pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Resul
                 out!("{}", serde_json::to_string_pretty(&all)?);
                 return Ok(true);
             }
-            out!("{:<14} {:<24} {:<10} STATE", "ID", "NAME", "ROLE");
+            out!(
+                "{:<14} {:<24} {:<10} {:<8} {:<26} KIND",
+                "ID",
+                "NAME",
+                "ROLE",
+                "STATE",
+                "EXPIRES"
+            );
+            let now = now_ms();
             for t in all {
-                let state = if t.revoked_ms.is_some() {
-                    "revoked"
-                } else {
-                    "active"
+                let expires = t
+                    .expires_ms
+                    .map_or("never".to_string(), super::render::when);
+                let kind = match &t.session_of {
+                    Some(p) => format!("console session of {p}"),
+                    None => "token".into(),
                 };
                 out!(
-                    "{:<14} {:<24} {:<10} {state}",
+                    "{:<14} {:<24} {:<10} {:<8} {:<26} {kind}",
                     t.id,
                     t.name,
-                    t.role.as_str()
+                    t.role.as_str(),
+                    t.state(now),
+                    expires
                 );
             }
         }

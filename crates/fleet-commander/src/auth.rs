@@ -156,7 +156,22 @@ pub struct Gate {
     /// Operators' HTTP tokens, by id.
     tokens: RwLock<HashMap<String, TokenRecord>>,
     token_store: TokenStore,
+    /// Tokens refused since the last audit entry saying so, and when that was.
+    refused_tokens: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
 }
+
+/// When a refused token is audited ([`Gate::refused_token`]).
+pub(crate) enum Refused {
+    /// Now, with this many refused since the last entry.
+    Now(u64),
+    /// The first since the last entry, which was too recent: after this.
+    Later(Duration),
+    /// Counted into the entry already due.
+    Counted,
+}
+
+/// At most one audit entry of refused tokens per this long.
+const REFUSED_TOKENS_EVERY: Duration = Duration::from_secs(60);
 
 /// Tokens left and when they were counted.
 #[derive(Debug, Clone, Copy)]
@@ -188,6 +203,7 @@ impl Gate {
             buckets: Default::default(),
             tokens: RwLock::new(HashMap::new()),
             token_store: TokenStore::new(keys.clone()),
+            refused_tokens: Default::default(),
             rate_per_ms: config.security.sender_rate_per_sec / 1000.0,
             burst: f64::from(config.security.sender_burst),
         }
@@ -428,7 +444,84 @@ impl Gate {
                 None => return Ok(None),
             },
         };
-        Ok(tokens::matches(&rec, token).then_some((rec.name, rec.role)))
+        Ok(tokens::matches(&rec, token, now_ms()).then_some((rec.name, rec.role)))
+    }
+
+    /// Counts a refused token and says when to audit: the first at once,
+    /// then at most one entry a minute for those since (a guessing storm is
+    /// a few entries, not a flood).
+    pub(crate) fn refused_token(&self) -> Refused {
+        let mut r = self.refused_tokens.lock().expect("no panics while held");
+        r.0 += 1;
+        match r.1.map(|at| at.elapsed()) {
+            Some(e) if e < REFUSED_TOKENS_EVERY => {
+                if r.0 == 1 {
+                    Refused::Later(REFUSED_TOKENS_EVERY - e)
+                } else {
+                    Refused::Counted
+                }
+            }
+            _ => {
+                let n = r.0;
+                *r = (0, Some(std::time::Instant::now()));
+                Refused::Now(n)
+            }
+        }
+    }
+
+    /// The refused tokens counted since the last entry, if any (and the
+    /// entry is written now).
+    pub(crate) fn refused_tokens_due(&self) -> Option<u64> {
+        let mut r = self.refused_tokens.lock().expect("no panics while held");
+        let n = r.0;
+        *r = (0, Some(std::time::Instant::now()));
+        (n > 0).then_some(n)
+    }
+
+    /// A console session for `token` (checked first): a token of its own,
+    /// named and ranked like it, expiring after `ttl_ms`; None if `token`
+    /// is not valid.
+    pub(crate) async fn open_session(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        token: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<(String, TokenRole, String)>, StoreError> {
+        let Some((name, role)) = self.token_role(conn, token).await? else {
+            return Ok(None);
+        };
+        let parent = tokens::token_id(token).unwrap_or_default().to_string();
+        let now = now_ms();
+        let session = self
+            .token_store
+            .issue_until(conn, &name, role, now, Some(now + ttl_ms), Some(&parent))
+            .await?;
+        Ok(Some((name, role, session)))
+    }
+
+    /// Ends the console session `token` (revokes it, here at once and in
+    /// the store); a token that is not a session is left alone.
+    pub(crate) async fn close_session(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(id) = tokens::token_id(token) else {
+            return Ok(false);
+        };
+        let Some(mut rec) = self.token_store.get(conn, id).await? else {
+            return Ok(false);
+        };
+        if rec.session_of.is_none() || !tokens::matches(&rec, token, now_ms()) {
+            return Ok(false);
+        }
+        rec.revoked_ms = Some(now_ms());
+        self.token_store.put(conn, &rec).await?;
+        self.tokens
+            .write()
+            .expect("no panics while held")
+            .insert(rec.id.clone(), rec);
+        Ok(true)
     }
 
     /// Takes one token from `subject`'s bucket; false when it is empty.

@@ -1,6 +1,9 @@
 //! Operators' bearer tokens for the HTTP API: one hash (`…:tokens`), a
-//! record per token id with its name, role and the SHA-256 of the token.
-//! The token itself is shown once, when issued, and never stored.
+//! record per token id with its name, role, expiry and the SHA-256 of the
+//! token. The token itself is shown once, when issued, and never stored.
+//! A console sign-in opens a session: a token of its own, named like the
+//! one signed in with (so revoking that name ends its sessions too), that
+//! expires and that signing out revokes.
 
 use crate::keystore::sha256_hex;
 use crate::{records, Keys, StoreError};
@@ -52,6 +55,22 @@ pub struct TokenRecord {
     pub created_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_ms: Option<u64>,
+    /// Refused from then on (none: it does not expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// A console session: the id of the token it was opened with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_of: Option<String>,
+}
+
+impl TokenRecord {
+    pub fn state(&self, now: u64) -> &'static str {
+        match (self.revoked_ms, self.expires_ms) {
+            (Some(_), _) => "revoked",
+            (None, Some(t)) if t <= now => "expired",
+            _ => "active",
+        }
+    }
 }
 
 /// A token's id is the part between `fct_` and the next `_`.
@@ -62,15 +81,15 @@ pub fn token_id(token: &str) -> Option<&str> {
 }
 
 /// Whether `token` is the one `rec` was issued for: its hash, compared in
-/// constant time, and not revoked.
-pub fn matches(rec: &TokenRecord, token: &str) -> bool {
+/// constant time, and neither revoked nor expired at `now`.
+pub fn matches(rec: &TokenRecord, token: &str, now: u64) -> bool {
     let (a, b) = (sha256_hex(token), &rec.sha256);
     let same = a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0;
-    same && rec.revoked_ms.is_none()
+    same && rec.state(now) == "active"
 }
 
 #[derive(Debug, Clone)]
@@ -83,13 +102,28 @@ impl TokenStore {
         TokenStore { keys }
     }
 
-    /// A new token for `name`: the record is stored, the token returned (once).
+    /// A new token for `name` that never expires: the record is stored,
+    /// the token returned (once).
     pub async fn issue(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         name: &str,
         role: TokenRole,
         now: u64,
+    ) -> Result<String, StoreError> {
+        self.issue_until(conn, name, role, now, None, None).await
+    }
+
+    /// A new token that expires at `expires_ms` (if given); `session_of`
+    /// makes it a console session opened with that token id.
+    pub async fn issue_until(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        name: &str,
+        role: TokenRole,
+        now: u64,
+        expires_ms: Option<u64>,
+        session_of: Option<&str>,
     ) -> Result<String, StoreError> {
         let id = fleet_protocol::auth::nonce()[..12].to_string();
         let token = format!("fct_{id}_{}", fleet_protocol::auth::nonce());
@@ -100,6 +134,8 @@ impl TokenStore {
             sha256: sha256_hex(&token),
             created_ms: now,
             revoked_ms: None,
+            expires_ms,
+            session_of: session_of.map(str::to_string),
         };
         self.put(conn, &rec).await?;
         Ok(token)
@@ -161,7 +197,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_token_matches_only_its_record_and_not_once_revoked() {
+    fn a_token_matches_only_its_record_and_not_once_revoked_or_expired() {
         let token = format!("fct_{}_{}", "a".repeat(12), "b".repeat(32));
         assert_eq!(token_id(&token), Some("aaaaaaaaaaaa"));
         assert_eq!(token_id("fct_short_x"), None);
@@ -172,11 +208,14 @@ mod tests {
             sha256: sha256_hex(&token),
             created_ms: 0,
             revoked_ms: None,
+            expires_ms: Some(100),
+            session_of: None,
         };
-        assert!(matches(&rec, &token));
-        assert!(!matches(&rec, &token.replace('b', "c")));
+        assert!(matches(&rec, &token, 99));
+        assert!(!matches(&rec, &token, 100), "expired");
+        assert!(!matches(&rec, &token.replace('b', "c"), 0));
         rec.revoked_ms = Some(1);
-        assert!(!matches(&rec, &token));
+        assert!(!matches(&rec, &token, 0));
         assert!(TokenRole::Viewer < TokenRole::Operator && TokenRole::Operator < TokenRole::Admin);
     }
 }

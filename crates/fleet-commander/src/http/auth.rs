@@ -69,7 +69,10 @@ pub(crate) async fn require(
     };
     let (name, role) = match s.gate.token_role(&mut s.reads.clone(), token).await {
         Ok(Some(r)) => r,
-        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "invalid_token", &path),
+        Ok(None) => {
+            refused_token(&s, &path).await;
+            return refuse(StatusCode::UNAUTHORIZED, "invalid_token", &path);
+        }
         Err(e) => return super::unavailable(e),
     };
     if role < need {
@@ -130,6 +133,31 @@ async fn record(
         s.audit(actor, action, &target, &result).await;
     }
     response
+}
+
+/// A request with a token that is not valid (unknown, revoked, expired):
+/// audited as `token_refused`, the first at once and then at most one entry
+/// a minute counting those since (only the leader writes the log).
+pub(super) async fn refused_token(s: &Arc<Shared>, path: &str) {
+    let write = |s: Arc<Shared>, n: u64, path: String| async move {
+        if s.signer.is_some() {
+            let result = format!("{n} refused since the last such entry");
+            s.audit("http", "token_refused", &path, &result).await;
+        }
+    };
+    match s.gate.refused_token() {
+        crate::auth::Refused::Now(n) => write(s.clone(), n, path.to_string()).await,
+        crate::auth::Refused::Later(wait) => {
+            let (s, path) = (s.clone(), path.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(n) = s.gate.refused_tokens_due() {
+                    write(s, n, path).await;
+                }
+            });
+        }
+        crate::auth::Refused::Counted => {}
+    }
 }
 
 fn refuse(status: StatusCode, reason: &'static str, path: &str) -> Response {

@@ -43,6 +43,9 @@ const STYLE: &str = include_str!("console/app.css");
 
 /// The cookie that carries the signed-in token.
 pub(super) const COOKIE: &str = "fleet_session";
+
+/// How long a console session lasts (its cookie too).
+const SESSION_MS: u64 = 12 * 3600 * 1000;
 /// Events to one page are at least this far apart.
 const COALESCE: Duration = Duration::from_millis(250);
 
@@ -138,12 +141,14 @@ pub(super) async fn sign_in(State(s): State<Arc<Shared>>, Json(body): Json<SignI
             "/console/session",
         );
     }
-    let (name, role) = match s.gate.token_role(&mut s.reads.clone(), token).await {
+    let mut conn = s.redis.clone();
+    let (name, role, session) = match s.gate.open_session(&mut conn, token, SESSION_MS).await {
         Ok(Some(r)) => r,
         Ok(None) => {
             metrics::counter!(crate::metrics::HTTP_REJECTED, "reason" => "invalid_token")
                 .increment(1);
             tracing::warn!(reason = "invalid_token", "console sign-in refused");
+            super::auth::refused_token(&s, "/console/session").await;
             return error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
@@ -154,7 +159,11 @@ pub(super) async fn sign_in(State(s): State<Arc<Shared>>, Json(body): Json<SignI
     };
     let mut r =
         Json(json!({"signedIn": true, "name": name, "userRole": role.as_str()})).into_response();
-    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200");
+    // The cookie holds the session, never the token signed in with.
+    let cookie = format!(
+        "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_MS / 1000
+    );
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -184,12 +193,18 @@ pub(super) async fn session(State(s): State<Arc<Shared>>, headers: HeaderMap) ->
     }
 }
 
-/// `DELETE /console/session`: signs out (clears the cookie). Like every
-/// write with the cookie, only from the console (its header).
-pub(super) async fn sign_out(headers: HeaderMap) -> Response {
+/// `DELETE /console/session`: signs out: the session is revoked (a copy of
+/// the cookie no longer works) and the cookie cleared. Like every write
+/// with the cookie, only from the console (its header).
+pub(super) async fn sign_out(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if !from_console(&headers) {
         metrics::counter!(crate::metrics::HTTP_REJECTED, "reason" => "csrf").increment(1);
         return super::error(StatusCode::FORBIDDEN, "csrf", "/console/session");
+    }
+    if let Some(session) = cookie_token(&headers) {
+        if let Err(e) = s.gate.close_session(&mut s.redis.clone(), session).await {
+            return unavailable(e);
+        }
     }
     let mut r = Json(json!({"signedIn": false})).into_response();
     r.headers_mut().insert(
