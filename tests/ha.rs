@@ -128,9 +128,23 @@ async fn a_leader_stopped_for_twice_its_lease_is_fenced_and_steps_down_when_it_w
     let redis = fleet_testkit::RedisServer::start().expect("redis-server");
     let client = fleet_store::connection::client(&redis.url()).unwrap();
     let keys = fleet_store::Keys::new(PREFIX);
-    let old = Node::start(&redis.url(), &config()).await;
+    // Pool status every 200 ms: one is due the moment the old leader wakes.
+    let config = process_config_with(
+        "ha-stop",
+        &[
+            (
+                "heartbeat_interval_ms = 5000",
+                "heartbeat_interval_ms = 400",
+            ),
+            ("missed_heartbeats = 3 ", "missed_heartbeats = 2 "),
+            ("ack_timeout_ms = 5000", "ack_timeout_ms = 800"),
+            ("detect_tick_ms = 250", "detect_tick_ms = 50"),
+            ("status_interval_ms = 5000", "status_interval_ms = 200"),
+        ],
+    );
+    let old = Node::start(&redis.url(), &config).await;
     let old_epoch = wait_leader(&old.addr).await;
-    let new = Node::start(&redis.url(), &config()).await;
+    let new = Node::start(&redis.url(), &config).await;
     assert_eq!(new.role().await, "standby");
     let mut health = Events::subscribe(&client, &keys.channels().health()).await;
     let mut all = Events::subscribe(&client, &keys.channels().allocation()).await;
@@ -153,10 +167,48 @@ async fn a_leader_stopped_for_twice_its_lease_is_fenced_and_steps_down_when_it_w
     assert!(new_epoch > old_epoch);
     // Twice the lease in all (the scenario, not a synchronisation).
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(stopped.elapsed())).await;
+    // What is said on a pool's channel from now on (pool_status, signed).
+    let said = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut ps = client.get_async_pubsub().await.unwrap();
+    ps.subscribe(keys.channels().pool(PoolType::Coder))
+        .await
+        .unwrap();
+    let listening = {
+        let said = said.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut s = ps.into_on_message();
+            while let Some(m) = s.next().await {
+                let text = String::from_utf8_lossy(m.get_payload_bytes()).to_string();
+                said.lock().unwrap().push(text);
+            }
+        })
+    };
     old.signal("-CONT");
     // It wakes as a leader past its deadline: it steps down (in the same
-    // process) instead of writing, and stands by behind the new leader.
+    // process) instead of writing, and stands by behind the new leader;
+    // it says nothing in its old term's name first (no pool_status).
     wait_until(|| async { old.role().await == "standby" }).await;
+    let zombie = format!("FC1 commander:{old_epoch} ");
+    let heard_new = format!("FC1 commander:{new_epoch} ");
+    wait_until(|| async {
+        said.lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.starts_with(&heard_new))
+    })
+    .await;
+    listening.abort();
+    let old_said = said
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.starts_with(&zombie))
+        .count();
+    assert_eq!(
+        old_said, 0,
+        "the woken leader published under its old epoch"
+    );
     let metrics = old.metrics().await;
     let ended = parse_metric(
         &metrics,
@@ -330,4 +382,33 @@ async fn with_two_standbys_exactly_one_takes_over_and_says_so() {
     assert_eq!(parse_metric(&m, "fleet_commander_leader"), 1.0);
     let m = nodes[other].metrics().await;
     assert_eq!(parse_metric(&m, "fleet_commander_leader"), 0.0);
+}
+
+/// Issue 25, item 9: a leader cut off from Redis (frozen) steps down within
+/// lease - renew of its last renewal (800 ms here) and says so at once
+/// (`fleet_commander_leader` 0), not when its stuck calls give up; when
+/// Redis is back it takes its own lease again at once, with a new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_redis_steps_down_within_its_deadline() {
+    let redis = fleet_testkit::RedisServer::start().expect("redis-server");
+    let node = Node::start(&redis.url(), &config()).await;
+    let first = wait_leader(&node.addr).await;
+    let leading = || async { parse_metric(&node.metrics().await, "fleet_commander_leader") };
+    wait_until(|| async { leading().await == 1.0 }).await;
+    redis.pause();
+    let frozen = Instant::now();
+    wait_until(|| async { leading().await == 0.0 }).await;
+    let took = frozen.elapsed();
+    redis.resume();
+    assert!(
+        took <= Duration::from_millis(800 + 400),
+        "stepped down {took:?} after Redis froze (deadline 800 ms after the last renewal)"
+    );
+    // Back: it leads again under a new epoch, without waiting out the
+    // lease that still names it.
+    wait_until(|| async {
+        let r = readyz(&node.addr).await;
+        r["role"] == "leader" && r["epoch"].as_u64() > Some(first)
+    })
+    .await;
 }

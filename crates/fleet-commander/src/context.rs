@@ -76,6 +76,9 @@ pub struct Shared {
     pub(crate) registered_counts: [AtomicU64; 16],
     /// Why the term ended, once it has (crate::leader).
     pub(crate) ended: std::sync::OnceLock<&'static str>,
+    /// Until when (ms since `started`) the lease is surely still this
+    /// term's: its last renewal plus `lease_ms - renew_ms`.
+    lease_until_ms: AtomicU64,
     /// The term's end: shutdown, or the lease lost.
     pub(crate) shutdown: CancellationToken,
     /// Leading or standing by, for this whole term.
@@ -135,6 +138,7 @@ impl Shared {
             waiting_pools: AtomicU32::new(u32::MAX),
             registered_counts: Default::default(),
             ended: std::sync::OnceLock::new(),
+            lease_until_ms: AtomicU64::new(0),
             shutdown,
             config: std::sync::RwLock::new(config),
         }
@@ -162,6 +166,7 @@ impl Shared {
     /// commander stands by (crate::service).
     pub(crate) fn on_fenced(&self) {
         if self.ended.set("fenced").is_ok() {
+            metrics::gauge!(m::LEADER).set(0.0);
             error!(
                 epoch = self.registry.epoch(),
                 "a newer commander took over: this one stops writing and stands by"
@@ -173,6 +178,7 @@ impl Shared {
     /// Ends the term for `reason` (the first reason given wins).
     pub(crate) fn end_term(&self, reason: &'static str) {
         if self.ended.set(reason).is_ok() {
+            metrics::gauge!(m::LEADER).set(0.0);
             self.shutdown.cancel();
         }
     }
@@ -180,6 +186,22 @@ impl Shared {
     /// Whether this term leads.
     pub fn is_leader(&self) -> bool {
         self.role == fleet_store::lease::Role::Leader
+    }
+
+    /// The lease is surely this term's until `t` (crate::leader::keep).
+    pub(crate) fn lease_until(&self, t: Instant) {
+        let ms = t.saturating_duration_since(self.started).as_millis() as u64;
+        self.lease_until_ms.store(ms, Ordering::Release);
+    }
+
+    /// Whether this term may still act as the leader now: not ended, and
+    /// within its lease. What it publishes unfenced (pool status, scaling
+    /// requests) waits on this, so a leader woken from a pause says nothing
+    /// before it steps down.
+    pub(crate) fn leading(&self) -> bool {
+        self.ended.get().is_none()
+            && (self.started.elapsed().as_millis() as u64)
+                < self.lease_until_ms.load(Ordering::Acquire)
     }
 
     /// Asks the allocator to look at one pool: a task arrived or came back.

@@ -178,9 +178,11 @@ pub(crate) async fn stand_by(shared: &Shared) -> Option<(u64, Instant)> {
 }
 
 /// The leader's side: renews the lease every `ha.renew_ms` and announces
-/// itself; ends the term when the lease is lost or has not been renewed for
-/// `lease_ms - renew_ms` (counted from `acquired`, when the try that took
-/// it began). Returns on shutdown or at the end of the term.
+/// itself; ends the term when the lease is lost, or the moment it has not
+/// been renewed for `lease_ms - renew_ms` (counted from `acquired`, when the
+/// try that took it began): a timer, not the next round, so a renewal stuck
+/// on a frozen Redis cannot hold the term past that bound. Returns on
+/// shutdown or at the end of the term.
 pub(crate) async fn keep(shared: std::sync::Arc<Shared>, acquired: Instant) {
     let ha = &shared.ha;
     let cfg = shared.config().ha.clone();
@@ -189,36 +191,65 @@ pub(crate) async fn keep(shared: std::sync::Arc<Shared>, acquired: Instant) {
     let epoch = shared.registry.epoch();
     let mut conn = shared.redis.clone();
     let mut renewed = acquired;
-    while pause(shared.shutdown_token(), every).await {
-        // First, before anything else: a leader paused (SIGSTOP, a VM
-        // migration) past its deadline may have been replaced; it must not
-        // act as the leader for a moment longer.
-        if renewed.elapsed() > deadline {
-            warn!(
-                epoch,
-                since_ms = renewed.elapsed().as_millis() as u64,
-                "the lease was not renewed in time: stepping down"
-            );
-            shared.end_term("lease_not_renewed");
-            return;
-        }
-        let started = Instant::now();
-        match tokio::time::timeout(LEASE_CALL_TIMEOUT, ha.lease.renew(&mut conn, epoch)).await {
-            Ok(Ok(true)) => {
-                renewed = started;
-                if let Err(e) = lease::announce(&mut conn, &shared.keys, &ha.entry()).await {
+    shared.lease_until(renewed + deadline);
+    loop {
+        let until = renewed + deadline;
+        let round = async {
+            if !pause(shared.shutdown_token(), every).await {
+                return Round::Stop;
+            }
+            let started = Instant::now();
+            match tokio::time::timeout(LEASE_CALL_TIMEOUT, ha.lease.renew(&mut conn, epoch)).await {
+                Ok(Ok(true)) => {
+                    if let Err(e) = lease::announce(&mut conn, &shared.keys, &ha.entry()).await {
+                        crate::supervise::count("lease", &e);
+                    }
+                    Round::Renewed(started)
+                }
+                Ok(Ok(false)) => Round::Lost,
+                Ok(Err(e)) => {
                     crate::supervise::count("lease", &e);
+                    warn!(reason = e.reason(), error = %e, "cannot renew the lease");
+                    Round::Failed
+                }
+                Err(_) => {
+                    warn!("renewing the lease timed out");
+                    Round::Failed
                 }
             }
-            Ok(Ok(false)) => {
-                shared.on_fenced();
+        };
+        tokio::select! {
+            // A leader paused (SIGSTOP, a VM migration) or cut off past its
+            // deadline may have been replaced: it stops at once.
+            _ = tokio::time::sleep_until(until.into()) => {
+                warn!(
+                    epoch,
+                    since_ms = renewed.elapsed().as_millis() as u64,
+                    "the lease was not renewed in time: stepping down"
+                );
+                shared.end_term("lease_not_renewed");
                 return;
             }
-            Ok(Err(e)) => {
-                crate::supervise::count("lease", &e);
-                warn!(reason = e.reason(), error = %e, "cannot renew the lease");
-            }
-            Err(_) => warn!("renewing the lease timed out"),
+            r = round => match r {
+                Round::Stop => return,
+                Round::Renewed(at) => {
+                    renewed = at;
+                    shared.lease_until(renewed + deadline);
+                }
+                Round::Lost => {
+                    shared.on_fenced();
+                    return;
+                }
+                Round::Failed => {}
+            },
         }
     }
+}
+
+/// How one renewal round of [`keep`] went.
+enum Round {
+    Stop,
+    Renewed(Instant),
+    Lost,
+    Failed,
 }

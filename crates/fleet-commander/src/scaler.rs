@@ -333,6 +333,9 @@ pub(crate) async fn scaler(shared: Arc<Shared>, mut conn: Conn) {
         if !pause(shared.shutdown_token(), every).await {
             return;
         }
+        if !shared.leading() {
+            continue; // past its lease: no requests in an old term's name
+        }
         match round(&shared, &mut conn, &mut mem).await {
             Ok(()) => backoff.reset(),
             Err(e) => {

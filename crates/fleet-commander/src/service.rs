@@ -354,6 +354,8 @@ impl Node {
             senders.push(tx);
             sup.spawn("handler", crate::handlers::run(shared.clone(), rx));
         }
+        let ha = shared.config().ha.clone();
+        shared.lease_until(acquired + Duration::from_millis(ha.lease_ms - ha.renew_ms));
         sup.spawn("lease", crate::leader::keep(shared.clone(), acquired));
         sup.spawn(
             "subscriber",

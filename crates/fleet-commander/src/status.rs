@@ -110,6 +110,9 @@ pub(crate) async fn publisher(shared: Arc<Shared>) {
 }
 
 async fn publish_status(shared: &Shared) -> Result<(), StoreError> {
+    if !shared.leading() {
+        return Ok(()); // past its lease: a paused leader's last words
+    }
     let mut conn = shared.redis.clone();
     let status = shared.fleet_status(&mut conn).await?;
     for (pool, pc) in &status.pools {

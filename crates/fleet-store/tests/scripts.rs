@@ -713,3 +713,37 @@ async fn guardrail_messages_decode_as_their_rust_types() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Issue 25, item 9: a commander that stepped down (its Redis froze, say)
+/// takes its own lease back at once, with a new epoch, rather than waiting
+/// it out; anyone else still waits for it to lapse.
+#[tokio::test]
+async fn a_lease_that_names_its_taker_is_taken_back_with_a_new_epoch() {
+    use fleet_store::lease::{Acquire, Lease};
+    let mut s = store().await;
+    let keys = fleet_store::Keys::new("swarm:phase-1");
+    let a = Lease::new(keys.clone(), "commander-a", 60_000);
+    let b = Lease::new(keys.clone(), "commander-a2", 60_000);
+    let Acquire::Leading(first) = a.acquire(&mut s.conn).await.unwrap() else {
+        panic!("a free lease is taken");
+    };
+    // Another (whose id ends like it) waits.
+    assert!(matches!(
+        b.acquire(&mut s.conn).await.unwrap(),
+        Acquire::Held(_)
+    ));
+    // Its own: taken back, a newer epoch, and the old term is fenced.
+    let Acquire::Leading(second) = a.acquire(&mut s.conn).await.unwrap() else {
+        panic!("its own lease is taken back");
+    };
+    assert!(second > first);
+    assert!(
+        !a.renew(&mut s.conn, first).await.unwrap(),
+        "the old term is fenced"
+    );
+    assert!(a.renew(&mut s.conn, second).await.unwrap());
+    assert!(matches!(
+        b.acquire(&mut s.conn).await.unwrap(),
+        Acquire::Held(_)
+    ));
+}
