@@ -83,6 +83,19 @@ async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
         (
             "registry",
             reg.clone(),
+            json!({"v": 1, "type": "register", "id": "r-pool", "agentId": "wiz", "pool": "wizards"})
+                .to_string(),
+            "unknown_pool",
+        ),
+        (
+            "tasks",
+            h.keys.channels().tasks(),
+            json!({"v": 1, "type": "task_submit", "id": "s-pool", "pool": "wizards"}).to_string(),
+            "unknown_pool",
+        ),
+        (
+            "registry",
+            reg.clone(),
             json!({"v": 1, "type": "register", "id": "r-arr", "agentId": "arr", "pool": "ui",
                    "resources": []})
             .to_string(),

@@ -509,6 +509,51 @@ async fn a_made_up_key_id_is_looked_up_once_not_per_message() {
     assert_eq!(h.metric(&rejected("results", "bad_signature")).await, 0.0);
 }
 
+/// Issue 25, item 2: copies of an agent's signed message with its body
+/// changed (what a fuzzer or a thief does with what it overhears) are
+/// refused as replays before any signature check, and do not count against
+/// that agent's rate: its own next heartbeat is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_copies_of_a_message_cost_no_signature_check() {
+    let h = Harness::start().await;
+    let mut a = h.agent("copied", PoolType::Ui).await;
+    a.register(T).await.unwrap();
+    let signer = h.credential("copied-2", PoolType::Ui).await.signer();
+    let mut b = h.agent("copied-2", PoolType::Ui).await;
+    b.register(T).await.unwrap();
+    let channel = h.keys.channels().health();
+    let body = br#"{"v":1,"type":"heartbeat","agentId":"copied-2","status":"idle","load":0}"#;
+    let original = signer.sign(&channel, body, now_ms());
+    let header_end = original.iter().position(|b| *b == b'\n').unwrap() + 1;
+    let checks = "fleet_signature_checks_total";
+    let before = h.metric(checks).await;
+    let mut p = redis::pipe();
+    p.publish(&channel, original.clone()).ignore();
+    for i in 0..5_000u32 {
+        let mut copy = original[..header_end].to_vec();
+        copy.extend_from_slice(format!(r#"{{"v":1,"type":"heartbeat","agentId":"copied-2","status":"idle","load":0,"x":{i}}}"#).as_bytes());
+        p.publish(&channel, copy).ignore();
+    }
+    p.query_async::<()>(&mut h.conn().await).await.unwrap();
+    wait_until(|| async { h.metric(&rejected("health", "replay")).await >= 5_000.0 }).await;
+    assert!(
+        h.metric(checks).await - before < 100.0,
+        "signature checks spent on copies"
+    );
+    assert_eq!(h.metric(&rejected("health", "bad_signature")).await, 0.0);
+    assert_eq!(
+        h.metric(&rejected("health", "shed")).await,
+        0.0,
+        "the copied agent was shed"
+    );
+    // Both agents' own heartbeats are still handled.
+    for agent in [&mut a, &mut b] {
+        let beats = h.metric("fleet_heartbeats_total").await;
+        agent.heartbeat(AgentStatus::Idle, 0.0).await.unwrap();
+        wait_until(|| async { h.metric("fleet_heartbeats_total").await > beats }).await;
+    }
+}
+
 /// Issue 25, item 6: without Redis ACLs anyone may publish on the key
 /// channel; 5,000 notices make a few key store reads, not 5,000, and a real
 /// key change after them still takes effect.

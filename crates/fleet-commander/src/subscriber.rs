@@ -12,6 +12,13 @@
 //! its messages are shed rather than waited for (counted as `shed`). Anyone
 //! else's message waits for room, so a heartbeat is never shed for someone
 //! else's flood, and a flood never fills the queue the others wait on.
+//!
+//! A signature header seen before (the same key id and nonce) is refused as
+//! a replay here, before it counts against its key's rate: copies of an
+//! agent's message, tampered or not, cannot make that agent look heavy and
+//! have its own messages shed. Pub/sub delivers in publish order, so the
+//! first seen is the original. (The nonce kept in Redis stays the rule;
+//! this is its cheap first look.)
 
 use crate::auth::Seal;
 use crate::context::{pause, Shared};
@@ -182,6 +189,7 @@ struct Router {
     next_shard: usize,
     rates: Rates,
     queued: Arc<Queued>,
+    seen: Seen,
 }
 
 impl Router {
@@ -204,6 +212,7 @@ impl Router {
             next_shard: 0,
             rates: Rates::new(shared.config().security.sender_rate_per_sec),
             queued: Default::default(),
+            seen: Seen::default(),
         }
     }
 
@@ -245,6 +254,12 @@ impl Router {
                 return true;
             }
         };
+        if let Some(s) = &signed {
+            if !self.seen.first(s.kid, s.nonce) {
+                refused(channel, AuthError::Replay);
+                return true;
+            }
+        }
         // A flooder's surplus is shed before it costs a decode.
         if let Some(s) = &signed {
             if self.over_share(s.kid, now) {
@@ -328,6 +343,37 @@ impl Router {
             seq,
             _queued,
         });
+        true
+    }
+}
+
+/// The signature headers (key id and nonce, hashed) seen lately: the newest
+/// [`Seen::CAPACITY`], a few MB, many seconds of any flood this machine
+/// can carry.
+#[derive(Default)]
+struct Seen {
+    set: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+    /// Keyed per process: nobody can aim a header at another's hash.
+    keys: std::collections::hash_map::RandomState,
+}
+
+impl Seen {
+    const CAPACITY: usize = 1 << 18;
+
+    /// True the first time this key id and nonce are seen.
+    fn first(&mut self, kid: &str, nonce: &str) -> bool {
+        use std::hash::BuildHasher;
+        let h = self.keys.hash_one((kid, nonce));
+        if !self.set.insert(h) {
+            return false;
+        }
+        self.order.push_back(h);
+        if self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
         true
     }
 }

@@ -78,10 +78,15 @@ pub(super) async fn handle(
                 .increment(1);
             if matches!(
                 reason,
-                RefusalReason::InvalidFields | RefusalReason::NotGranted
+                RefusalReason::InvalidFields
+                    | RefusalReason::NotGranted
+                    | RefusalReason::UnknownPool
+                    | RefusalReason::ResourcesExceedLimits
             ) {
-                // A field out of its range, or a claim beyond the key's
-                // grants, is a refused message like any other.
+                // A field out of its range, an unknown pool, or a claim
+                // beyond the key's grants or the pool's limits, is a refused
+                // message like any other (a full pool is not the sender's
+                // fault, and is counted only as a refused registration).
                 metrics::counter!(m::MESSAGES_REJECTED, "channel" => "registry", "reason" => reason.as_str())
                     .increment(1);
             }

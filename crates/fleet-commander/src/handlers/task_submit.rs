@@ -93,9 +93,16 @@ pub(super) async fn handle(
             ))
         }
     };
-    if let Err((SubmitRefusal::InvalidFields, _)) = &outcome {
-        // A field out of its range is a refused message like any other.
-        metrics::counter!(m::MESSAGES_REJECTED, "channel" => "tasks", "reason" => "invalid_fields")
+    if let Err((
+        r @ (SubmitRefusal::InvalidFields
+        | SubmitRefusal::UnknownPool
+        | SubmitRefusal::UnmatchedCapabilities),
+        _,
+    )) = &outcome
+    {
+        // A field out of its range, or a task no pool can run, is a refused
+        // message like any other.
+        metrics::counter!(m::MESSAGES_REJECTED, "channel" => "tasks", "reason" => r.as_str())
             .increment(1);
     }
     reply(shared, conn, req.id, req.reply_channel, outcome).await
