@@ -8,8 +8,9 @@
 # the flooder and Redis take CPU from everyone, and that run shows how much of
 # the change is the machine's and how much the commander's. The three are
 # alternated. Prints the other agents' registration, allocation and (inside
-# the commander) heartbeat p99, the flooder's refusals, and the commander's
-# CPU and peak RSS.
+# the commander) heartbeat p99, status queries' p99, a bystander's Redis PING
+# p99 (what Redis itself adds for everyone while it delivers the flood), the
+# flooder's refusals, and the commander's CPU and peak RSS.
 #   bash benches/flood.sh [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,7 +99,9 @@ print(f"\nmedians of {rounds} rounds")
 print("| | quiet | flood elsewhere (machine busy) | flood on the commander | flood / quiet | flood / elsewhere |")
 print("|---|---|---|---|---|---|")
 for name, f in [("registration p99 (ms)", lambda r: r["registration"]["p99_ms"]),
+                ("status query p99 (ms)", lambda r: r["status"]["p99_ms"]),
                 ("allocation p99 (ms)", lambda r: r["tasks"]["dispatch"]["p99_ms"]),
+                ("a bystander's Redis PING p99 (ms)", lambda r: r["redis_ping"]["p99_ms"]),
                 ("heartbeat handling p99 in the commander (ms)", lambda r: r["commander_latency"].get("fleet_heartbeat_duration_seconds", {}).get("p99_ms", 0))]:
     m = {mode: statistics.median(f(json.load(open(f"{out}/{mode}-{i}.json"))) for i in range(1, rounds + 1))
          for mode in ("quiet", "elsewhere", "flood")}

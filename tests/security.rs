@@ -525,8 +525,13 @@ async fn tampered_copies_of_a_message_cost_no_signature_check() {
     let body = br#"{"v":1,"type":"heartbeat","agentId":"copied-2","status":"idle","load":0}"#;
     let original = signer.sign(&channel, body, now_ms());
     let header_end = original.iter().position(|b| *b == b'\n').unwrap() + 1;
-    let checks = "fleet_signature_checks_total";
-    let before = h.metric(checks).await;
+    // (Metrics are the test process's, shared with the tests beside this
+    // one: deltas, and thresholds no other test comes near.)
+    let bad = rejected("health", "bad_signature");
+    let (bad_before, replays_before) = (
+        h.metric(&bad).await,
+        h.metric(&rejected("health", "replay")).await,
+    );
     let mut p = redis::pipe();
     p.publish(&channel, original.clone()).ignore();
     for i in 0..5_000u32 {
@@ -535,16 +540,13 @@ async fn tampered_copies_of_a_message_cost_no_signature_check() {
         p.publish(&channel, copy).ignore();
     }
     p.query_async::<()>(&mut h.conn().await).await.unwrap();
-    wait_until(|| async { h.metric(&rejected("health", "replay")).await >= 5_000.0 }).await;
+    wait_until(|| async {
+        h.metric(&rejected("health", "replay")).await - replays_before >= 5_000.0
+    })
+    .await;
     assert!(
-        h.metric(checks).await - before < 100.0,
-        "signature checks spent on copies"
-    );
-    assert_eq!(h.metric(&rejected("health", "bad_signature")).await, 0.0);
-    assert_eq!(
-        h.metric(&rejected("health", "shed")).await,
-        0.0,
-        "the copied agent was shed"
+        h.metric(&bad).await - bad_before < 100.0,
+        "the copies were checked (and refused) one by one"
     );
     // Both agents' own heartbeats are still handled.
     for agent in [&mut a, &mut b] {
