@@ -129,12 +129,15 @@ impl Supervisor {
     }
 
     /// Waits until every task has stopped, or the service must stop. After
-    /// shutdown begins, the tasks get `grace` to finish, then are aborted.
+    /// shutdown begins, the tasks get `grace` *in all* to finish (one
+    /// deadline, however many there are), then are aborted.
     pub(crate) async fn wait(mut self, grace: Duration) -> Exit {
         let mut failure: Option<String> = None;
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let next = if self.shutdown.is_cancelled() {
-                match tokio::time::timeout(grace, self.tasks.join_next_with_id()).await {
+                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
+                match tokio::time::timeout_at(until, self.tasks.join_next_with_id()).await {
                     Ok(n) => n,
                     Err(_) => {
                         let left = self.tasks.len();
@@ -240,6 +243,30 @@ mod tests {
             started.elapsed().as_secs(),
             3,
             "waited the grace period, no more"
+        );
+    }
+
+    /// Issue 26: the grace is one deadline for all the tasks, not one each.
+    /// Two tasks that each take two thirds of it to stop are aborted when it
+    /// is over (re-arming the wait per task let them run 4/3 of it).
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_is_one_deadline_for_every_task() {
+        let token = CancellationToken::new();
+        let mut sup = Supervisor::new(token.clone());
+        for (name, delay) in [("slow-1", 2), ("slow-2", 4)] {
+            let t = token.clone();
+            sup.spawn(name, async move {
+                t.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(delay)).await;
+            });
+        }
+        token.cancel();
+        let started = tokio::time::Instant::now();
+        let exit = sup.wait(Duration::from_secs(3)).await;
+        assert_eq!(started.elapsed().as_secs(), 3, "the stop overran the grace");
+        assert!(
+            matches!(exit, Exit::Failed(ref why) if why.contains("1 tasks still running")),
+            "{exit:?}"
         );
     }
 }
