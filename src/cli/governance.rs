@@ -37,7 +37,7 @@ pub(crate) async fn governance_cmd(
     let config = load(config)?;
     let keys = Keys::new(config.fleet.prefix.clone());
     let mut conn = fleet_store::connection::connect(&config.redis.url).await?;
-    let gov = Governance::new(keys.clone());
+    let gov = Governance::new(keys.clone(), 0); // reads only
     match action {
         GovernanceAction::List { limit } => {
             out!(

@@ -125,7 +125,7 @@ impl Shared {
             signer,
             registry: Registry::new(keys.clone(), epoch),
             tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
-            governance: fleet_store::governance::Governance::new(keys.clone()),
+            governance: fleet_store::governance::Governance::new(keys.clone(), epoch),
             keys,
             redis: base.redis.clone(),
             reads: base.reads.clone(),

@@ -1,7 +1,8 @@
 //! Governance proposals: a governed action waits for a weighted quorum of
 //! validators' signed votes (`lua/vote.lua` counts each and decides,
 //! atomically). A decided proposal is sealed: the sha256 of its hash, every
-//! vote as signed, and the outcome; the seal goes into the audit log.
+//! vote as signed, and the outcome; the seal goes into the audit log. Every
+//! write is a script fenced by the commander's epoch, like the registry's.
 
 use crate::keys::Keys;
 use crate::script::ScriptDef;
@@ -15,6 +16,12 @@ use std::sync::LazyLock;
 
 static VOTE: LazyLock<ScriptDef> =
     LazyLock::new(|| ScriptDef::new("vote", include_str!("lua/vote.lua")));
+static OPEN: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("proposal_open", include_str!("lua/proposal_open.lua")));
+static EXPIRE: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("proposal_expire", include_str!("lua/proposal_expire.lua")));
+static SEAL: LazyLock<ScriptDef> =
+    LazyLock::new(|| ScriptDef::new("proposal_seal", include_str!("lua/proposal_seal.lua")));
 
 /// Proposals kept in the listing (older ones stay readable by id).
 const KEPT: usize = 1_000;
@@ -102,15 +109,19 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct Governance {
     keys: Keys,
+    /// The writer's epoch (0 for one that only reads).
+    epoch: u64,
 }
 
 impl Governance {
-    pub fn new(keys: Keys) -> Governance {
-        Governance { keys }
+    pub fn new(keys: Keys, epoch: u64) -> Governance {
+        Governance { keys, epoch }
     }
 
     pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
-        VOTE.script().prepare_invoke().load_async(conn).await?;
+        for s in [&*VOTE, &*OPEN, &*EXPIRE, &*SEAL] {
+            s.script().prepare_invoke().load_async(conn).await?;
+        }
         Ok(())
     }
 
@@ -119,33 +130,28 @@ impl Governance {
         let hash = p.hash();
         let validators = serde_json::to_string(&p.validators).expect("weights serialize");
         let params = serde_json::to_string(&p.params).expect("params serialize");
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                self.keys.proposal(&p.id),
-                &[
-                    ("id", p.id.clone()),
-                    ("action", p.action.clone()),
-                    ("params", params),
-                    ("proposer", p.proposer.clone()),
-                    ("createdAt", p.created_at.to_string()),
-                    ("deadline", p.deadline.to_string()),
-                    ("quorum", p.quorum.to_string()),
-                    ("totalWeight", p.total_weight.to_string()),
-                    ("validators", validators),
-                    ("hash", hash.clone()),
-                    ("state", "open".into()),
-                ],
-            )
-            .ignore()
-            .zadd(self.keys.proposals_open(), &p.id, p.deadline)
-            .ignore()
-            .zadd(self.keys.proposals(), &p.id, p.created_at)
-            .ignore()
-            .zremrangebyrank(self.keys.proposals(), 0, -(KEPT as isize) - 1)
-            .ignore();
-        pipe.query_async::<()>(conn).await?;
-        Ok(hash)
+        let r = OPEN
+            .fenced(&self.keys, self.epoch)
+            .key("proposal", self.keys.proposal(&p.id))
+            .key("open", self.keys.proposals_open())
+            .key("all", self.keys.proposals())
+            .arg("id", &p.id)
+            .arg("action", &p.action)
+            .arg("params", params)
+            .arg("proposer", &p.proposer)
+            .arg("created_at", p.created_at)
+            .arg("deadline", p.deadline)
+            .arg("quorum", p.quorum)
+            .arg("total_weight", p.total_weight)
+            .arg("validators", validators)
+            .arg("hash", hash.as_str())
+            .arg("kept", KEPT)
+            .reply(conn)
+            .await?;
+        match r.outcome()? {
+            "opened" => Ok(hash),
+            _ => Err(r.unexpected()),
+        }
     }
 
     /// Counts a validator's vote (`message`: the vote as signed).
@@ -157,7 +163,7 @@ impl Governance {
         now: u64,
     ) -> Result<Voted> {
         let r = VOTE
-            .call()
+            .fenced(&self.keys, self.epoch)
             .key("proposal", self.keys.proposal(&vote.proposal_id))
             .key("votes", self.keys.proposal_votes(&vote.proposal_id))
             .key("open", self.keys.proposals_open())
@@ -196,21 +202,18 @@ impl Governance {
             .await?;
         let mut out = Vec::new();
         for id in due {
-            // Only an open one: a vote may have decided it meanwhile.
-            let expired: i64 = redis::Script::new(
-                "if redis.call('HGET', KEYS[1], 'state') == 'open' then \
-                   redis.call('HSET', KEYS[1], 'state', 'expired', 'decidedAt', ARGV[2]) \
-                   redis.call('ZREM', KEYS[2], ARGV[1]) return 1 end \
-                 redis.call('ZREM', KEYS[2], ARGV[1]) return 0",
-            )
-            .key(self.keys.proposal(&id))
-            .key(self.keys.proposals_open())
-            .arg(&id)
-            .arg(now)
-            .invoke_async(conn)
-            .await?;
-            if expired == 1 {
-                out.push(id);
+            let r = EXPIRE
+                .fenced(&self.keys, self.epoch)
+                .key("proposal", self.keys.proposal(&id))
+                .key("open", self.keys.proposals_open())
+                .arg("id", &id)
+                .arg("now", now)
+                .reply(conn)
+                .await?;
+            match r.outcome()? {
+                "expired" => out.push(id),
+                "decided" => {}
+                _ => return Err(r.unexpected()),
             }
         }
         Ok(out)
@@ -223,13 +226,16 @@ impl Governance {
         id: &str,
         seal: &str,
     ) -> Result<()> {
-        redis::cmd("HSET")
-            .arg(self.keys.proposal(id))
-            .arg("seal")
-            .arg(seal)
-            .query_async::<()>(conn)
+        let r = SEAL
+            .fenced(&self.keys, self.epoch)
+            .key("proposal", self.keys.proposal(id))
+            .arg("seal", seal)
+            .reply(conn)
             .await?;
-        Ok(())
+        match r.outcome()? {
+            "sealed" => Ok(()),
+            _ => Err(r.unexpected()),
+        }
     }
 
     /// A proposal with its votes; `None` if unknown.

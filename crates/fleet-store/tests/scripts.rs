@@ -747,3 +747,66 @@ async fn a_lease_that_names_its_taker_is_taken_back_with_a_new_epoch() {
         Acquire::Held(_)
     ));
 }
+
+/// Issue 26: governance writes are fenced like every other: a commander
+/// whose epoch was superseded can neither open a proposal, count a vote,
+/// expire one nor seal one.
+#[tokio::test]
+async fn governance_writes_are_fenced() {
+    use fleet_protocol::governance::{Choice, Vote};
+    use fleet_store::governance::{Governance, Proposal, Voted};
+    let mut s = store().await;
+    let epoch: u64 = redis::cmd("GET")
+        .arg(s.keys.epoch())
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    Governance::load_scripts(&mut s.conn).await.unwrap();
+    let old = Governance::new(s.keys.clone(), epoch);
+    let p = |id: &str| Proposal {
+        id: id.into(),
+        action: "drain_pool".into(),
+        params: serde_json::json!({"pool": "ui"}),
+        proposer: "ops".into(),
+        created_at: now(),
+        deadline: now() + 60_000,
+        quorum: 1,
+        total_weight: 1,
+        validators: [("v1".to_string(), 1)].into_iter().collect(),
+    };
+    // While current: opened.
+    let hash = old.open(&mut s.conn, &p("p1")).await.unwrap();
+    // A newer commander claims the epoch: every write of the old one is refused.
+    Registry::claim_epoch(&mut s.conn, &s.keys).await.unwrap();
+    let opened = old.open(&mut s.conn, &p("p2")).await;
+    assert!(matches!(opened, Err(StoreError::Fenced)), "{opened:?}");
+    assert!(
+        old.get(&mut s.conn, "p2").await.unwrap().is_none(),
+        "opened anyway"
+    );
+    let vote = Vote {
+        proposal_id: "p1".into(),
+        agent_id: "v1".into(),
+        vote: Choice::Allow,
+        hash,
+        reason: String::new(),
+    };
+    let voted = old.vote(&mut s.conn, &vote, "signed", now()).await;
+    assert!(matches!(voted, Err(StoreError::Fenced)), "{voted:?}");
+    let expired = old.expire_due(&mut s.conn, now() + 120_000).await;
+    assert!(matches!(expired, Err(StoreError::Fenced)), "{expired:?}");
+    let sealed = old.set_seal(&mut s.conn, "p1", "x").await;
+    assert!(matches!(sealed, Err(StoreError::Fenced)), "{sealed:?}");
+    let rec = old.get(&mut s.conn, "p1").await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state.as_str(), rec.votes.len(), rec.seal),
+        ("open", 0, None)
+    );
+    // The current commander's vote counts.
+    let current = Governance::new(s.keys.clone(), epoch + 1);
+    let voted = current
+        .vote(&mut s.conn, &vote, "signed", now())
+        .await
+        .unwrap();
+    assert!(matches!(voted, Voted::Decided(_)), "{voted:?}");
+}

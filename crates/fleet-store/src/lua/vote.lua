@@ -1,17 +1,19 @@
---! keys: proposal votes open
---! args: agent_id vote hash message now
+--! keys: epoch proposal votes open
+--! args: epoch agent_id vote hash message now
 -- A validator's signed vote on an open proposal (the signature was checked
 -- by the commander; `message` is the signed vote as it was published, kept
 -- for the seal). The proposal is decided here, atomically with the vote,
 -- when the weighted allow reaches the quorum (allowed) or when the weight
 -- that has not refused can no longer reach it (denied, or quarantined when
 -- more weight said quarantine than deny).
--- KEYS: proposal (its hash), votes (its votes' hash), open (open proposals)
--- A: agent_id, vote (allow, quarantine, deny), hash (the proposal hash the
---    vote names), message, now
+-- KEYS: epoch, proposal (its hash), votes (its votes' hash), open (open
+--   proposals)
+-- A: epoch, agent_id, vote (allow, quarantine, deny), hash (the proposal hash
+--    the vote names), message, now
 -- Returns outcome: unknown, late (decided already, or past its deadline),
 -- not_validator, wrong_hash, duplicate, counted (still open), or decided
 -- with the decision (allowed, denied, quarantined).
+if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local p = redis.call('HMGET', KEY.proposal, 'state', 'deadline', 'hash', 'validators', 'quorum',
   'totalWeight')
 if not p[1] then return reply('unknown') end
