@@ -15,14 +15,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
-cargo build --release --quiet
-bin=target/release/fleet-commander
+# BIN=path: another build of the commander (an A/B: run this twice with two
+# binaries, or compare rounds); MODES: which of quiet, elsewhere and flood.
+if [[ -z ${BIN:-} ]]; then cargo build --release --quiet; fi
+bin=${BIN:-target/release/fleet-commander}
+modes=${MODES:-quiet elsewhere flood}
 out=.bench/flood
 mkdir -p "$out"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 for ((i = 1; i <= rounds; i++)); do
-  for mode in quiet elsewhere flood; do
+  for mode in $modes; do
     port=$(free_port); http=$(free_port); dir=$(mktemp -d)
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --maxclients 20000 --daemonize yes >/dev/null
     until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
@@ -78,13 +81,13 @@ PY
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"
   done
 done
-python3 - "$out" "$rounds" <<'PY'
+python3 - "$out" "$rounds" "$modes" <<'PY'
 import json, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 print("| run | registration p99 | allocation p99 | heartbeat handling p99 (commander) | tasks | false deaths | commander CPU (tasks) | peak RSS | flooder refused |")
 print("|---|---|---|---|---|---|---|---|---|")
 for i in range(1, rounds + 1):
-    for mode in ("quiet", "elsewhere", "flood"):
+    for mode in modes:
         r = json.load(open(f"{out}/{mode}-{i}.json"))
         hb = r["commander_latency"].get("fleet_heartbeat_duration_seconds", {}).get("p99_ms", 0)
         rej = open(f"{out}/{mode}-{i}.rejected").read().strip().replace("\n", "; ") or "-"
@@ -92,7 +95,7 @@ for i in range(1, rounds + 1):
         print(f"| {mode} {i} | {r['registration']['p99_ms']:.2f} ms | {r['tasks']['dispatch']['p99_ms']:.2f} ms | {hb:.3f} ms | "
               f"{r['tasks']['completed']}/{r['tasks']['submitted']} | {r['false_deaths']} | {c['tasks_cpu_percent']:.1f}% | {c['peak_rss_mb']:.1f} MB | {rej} |")
 PY
-python3 - "$out" "$rounds" <<'PY'
+if [[ $modes == "quiet elsewhere flood" ]]; then python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 print(f"\nmedians of {rounds} rounds")
@@ -107,3 +110,4 @@ for name, f in [("registration p99 (ms)", lambda r: r["registration"]["p99_ms"])
          for mode in ("quiet", "elsewhere", "flood")}
     print(f"| {name} | {m['quiet']:.2f} | {m['elsewhere']:.2f} | {m['flood']:.2f} | {m['flood'] / m['quiet']:.1f}x | {m['flood'] / m['elsewhere']:.1f}x |")
 PY
+fi

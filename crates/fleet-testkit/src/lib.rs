@@ -198,6 +198,8 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        // (Again: a failed try's drop removed it.)
+        std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         let mut cmd = Command::new("redis-server");
         if let Some((port, f)) = &self.tls {
             cmd.args(["--tls-port", &port.to_string()])
@@ -222,7 +224,10 @@ impl RedisServer {
             .args(["--proto-max-bulk-len", "1mb"])
             // A replica's first sync starts at once, not after Redis's 5 s.
             .args(["--repl-diskless-sync-delay", "0"])
-            .args(["--loglevel", "warning"])
+            // Notices: start, replication, failovers (what a failing test needs).
+            .args(["--loglevel", "notice"])
+            .arg("--logfile")
+            .arg(self.log_path())
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -235,7 +240,10 @@ impl RedisServer {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     self.child = None;
-                    return Err(format!("exited with {status}"));
+                    return Err(format!(
+                        "exited with {status}; its log:\n{}",
+                        self.log_tail(20)
+                    ));
                 }
             }
             if self.ping() && (self.replica_of.is_none() || self.synced()) {
@@ -286,6 +294,18 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's log file (notices and above).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("redis-{}.log", self.port))
+    }
+
+    /// The last `n` lines of the server's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -326,6 +346,16 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.resume();
         self.kill();
+        // A failing test shows what Redis said (as redis-rs's test support does).
+        if std::thread::panicking() {
+            let tail = self.log_tail(30);
+            if !tail.is_empty() {
+                eprintln!(
+                    "--- redis-server :{} log (last 30 lines) ---\n{tail}",
+                    self.port
+                );
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -478,5 +508,22 @@ impl Drop for Sentinels {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server keeps a log a failing test can show (its tail is printed
+    /// when a test panics with the server alive).
+    #[test]
+    fn the_server_keeps_a_log() {
+        let r = RedisServer::start().expect("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !r.log_tail(50).contains("Ready to accept connections") {
+            assert!(Instant::now() < deadline, "no log at {}", r.log_path().display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
