@@ -522,7 +522,11 @@ mod tests {
         let r = RedisServer::start().expect("redis-server");
         let deadline = Instant::now() + Duration::from_secs(5);
         while !r.log_tail(50).contains("Ready to accept connections") {
-            assert!(Instant::now() < deadline, "no log at {}", r.log_path().display());
+            assert!(
+                Instant::now() < deadline,
+                "no log at {}",
+                r.log_path().display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
