@@ -58,17 +58,27 @@ pub async fn submit(h: &Harness, body: Value) -> String {
     submit_to(&h.http, &h.base(), body).await
 }
 
-/// Submits a task to the commander whose HTTP API is at `base`; its id.
+/// Submits a task to the commander whose HTTP API is at `base`; its id. A
+/// 503 (a term changing hands, Redis slow on a busy machine) is retried as
+/// its `Retry-After` says a client should, within [`WAIT`].
 pub async fn submit_to(http: &reqwest::Client, base: &str, body: Value) -> String {
-    let r = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let v: Value = r.json().await.unwrap();
-    v["task"]["id"].as_str().unwrap().to_string()
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = http
+            .post(format!("{base}/v1/tasks"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        if status == 503 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 201, "{v}");
+        return v["task"]["id"].as_str().unwrap().to_string();
+    }
 }
 
 /// A task as the commander at `base` serves it, once it is in `state`.

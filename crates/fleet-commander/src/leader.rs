@@ -192,10 +192,14 @@ pub(crate) async fn keep(shared: std::sync::Arc<Shared>, acquired: Instant) {
     let mut conn = shared.redis.clone();
     let mut renewed = acquired;
     shared.lease_until(renewed + deadline);
+    // The first renewal at once: getting the term ready (settings, the key
+    // store) may have taken a good part of the deadline on a busy machine.
+    let mut first = true;
     loop {
         let until = renewed + deadline;
+        let wait = !std::mem::take(&mut first);
         let round = async {
-            if !pause(shared.shutdown_token(), every).await {
+            if wait && !pause(shared.shutdown_token(), every).await {
                 return Round::Stop;
             }
             let started = Instant::now();
