@@ -1,5 +1,13 @@
-//! The subscriber: one pub/sub connection on the registry, health, fleet,
-//! tasks and results channels. Each payload is size-checked, screened
+//! The subscriber: two pub/sub connections, one for the health channel
+//! (heartbeats, and the ticks the failure detector's watermark reads) and
+//! one for the rest (registry, fleet, tasks, results, governance, keys), so
+//! that a flood of one never waits in the same socket ahead of the other:
+//! registrations and results are not read behind a backlog of heartbeats,
+//! nor heartbeats behind a flood of anything else. An agent's messages on
+//! one channel stay in order; the SDKs wait for the register reply before
+//! heartbeating. Each lane keeps its own per-sender rates (who is heavy is
+//! judged per lane) and replay pre-check; the queue shares are common. Each
+//! payload is size-checked, screened
 //! (crate::auth::Gate::screen) and decoded here, then handed to a handler
 //! chosen by a hash of the agent id, so one agent's messages are handled in
 //! order while different agents' are handled concurrently.
@@ -35,10 +43,38 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-/// Listens on the inbound channels, decodes and size-checks each payload,
-/// and hands it to the handler of its agent. Resubscribes after a lost
-/// connection; failure detection pauses until it is listening again.
+/// Which of the two connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// The health channel and the ticks: what failure detection hears.
+    Health,
+    /// Every other inbound channel, and key-change notices.
+    Rest,
+}
+
+/// Listens on the inbound channels (two connections, [`Lane`]), decodes and
+/// size-checks each payload, and hands it to the handler of its agent.
 pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>>) {
+    let queued: Arc<Queued> = Default::default();
+    tokio::join!(
+        listen(
+            shared.clone(),
+            senders.clone(),
+            Lane::Health,
+            queued.clone()
+        ),
+        listen(shared, senders, Lane::Rest, queued),
+    );
+}
+
+/// One connection's loop. Resubscribes after a lost connection; failure
+/// detection pauses until the health lane is listening again.
+async fn listen(
+    shared: Arc<Shared>,
+    senders: Vec<mpsc::Sender<Envelope>>,
+    lane: Lane,
+    queued: Arc<Queued>,
+) {
     let client = match fleet_store::connection::client(&shared.config().redis.url) {
         Ok(c) => c,
         Err(e) => {
@@ -47,14 +83,21 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
             return;
         }
     };
-    let mut router = Router::new(&shared, senders);
+    let mut router = Router::new(&shared, senders, queued);
     let mut backoff = Duration::from_millis(50);
     while !shared.shutdown.is_cancelled() {
         let connected = async {
             let mut ps = client.get_async_pubsub().await?;
-            let mut names: Vec<&str> = router.channels.iter().map(|(c, _)| c.as_str()).collect();
-            names.push(&router.keys_channel);
-            names.push(&router.ticks_channel);
+            let mut names: Vec<&str> = router
+                .channels
+                .iter()
+                .filter(|(_, c)| (*c == Channel::Health) == (lane == Lane::Health))
+                .map(|(c, _)| c.as_str())
+                .collect();
+            match lane {
+                Lane::Health => names.push(&router.ticks_channel),
+                Lane::Rest => names.push(&router.keys_channel),
+            }
             ps.subscribe(names).await?;
             Ok::<_, redis::RedisError>(ps)
         }
@@ -71,9 +114,13 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
             }
         };
         backoff = Duration::from_millis(50);
-        shared.listening_since.store(now_ms(), Ordering::Release);
-        shared.heard.hearing(Deafness::Unsubscribed, now_ms());
-        info!("listening on the registry, health, fleet, tasks, results and governance channels");
+        if lane == Lane::Health {
+            shared.listening_since.store(now_ms(), Ordering::Release);
+            shared.heard.hearing(Deafness::Unsubscribed, now_ms());
+            info!("listening on the health channel");
+        } else {
+            info!("listening on the registry, fleet, tasks, results and governance channels");
+        }
         let mut stream = ps.on_message();
         loop {
             let msg = tokio::select! {
@@ -86,13 +133,17 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
             }
         }
         drop(stream);
+        metrics::counter!(m::SUBSCRIBER_RECONNECTS).increment(1);
+        if lane == Lane::Rest {
+            warn!("lost the pub/sub connection of the registry, tasks and results; resubscribing");
+            continue;
+        }
         // What Redis had buffered for us is gone: deaf since we last had
         // read everything.
         shared
             .heard
             .deaf(Deafness::Unsubscribed, shared.heard.caught_up());
         shared.listening_since.store(0, Ordering::Release);
-        metrics::counter!(m::SUBSCRIBER_RECONNECTS).increment(1);
         warn!("lost the pub/sub connection; failure detection paused until re-subscribed");
     }
 }
@@ -193,7 +244,11 @@ struct Router {
 }
 
 impl Router {
-    fn new(shared: &Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>>) -> Router {
+    fn new(
+        shared: &Arc<Shared>,
+        senders: Vec<mpsc::Sender<Envelope>>,
+        queued: Arc<Queued>,
+    ) -> Router {
         let c = shared.keys.channels();
         Router {
             shared: shared.clone(),
@@ -211,7 +266,7 @@ impl Router {
             max_bytes: shared.config().fleet.max_message_bytes,
             next_shard: 0,
             rates: Rates::new(shared.config().security.sender_rate_per_sec),
-            queued: Default::default(),
+            queued,
             seen: Seen::default(),
         }
     }
