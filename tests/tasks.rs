@@ -41,8 +41,22 @@ async fn submitted_task_is_persisted_with_defaults_and_served() {
     let (code, got) = h.get(&format!("/v1/tasks/{id}")).await;
     assert_eq!(code, 200);
     assert_eq!(got, *t);
-    assert_eq!(h.get("/v1/tasks/nope").await.0, 404);
+    // A well-formed id that names no task, and ids that cannot name one
+    // (not the commander's UUIDs: refused before any Redis key is built).
+    assert_eq!(
+        h.get(&format!("/v1/tasks/{NO_TASK}")).await.0,
+        404
+    );
+    for bad in ["nope", "a:b", "agent-1", "6F1C2A4E-0B1D-4C7E-9A3F-2D5E8B7C1A90"] {
+        let (code, body) = h.get(&format!("/v1/tasks/{bad}")).await;
+        assert_eq!((code, &body["error"]), (400, &json!("invalid_task_id")), "{bad}");
+        let (code, _) = post(&h, &format!("/v1/tasks/{bad}/cancel"), json!({})).await;
+        assert_eq!(code, 400, "cancel {bad}");
+    }
 }
+
+/// A well-formed task id that names no task.
+const NO_TASK: &str = "00000000-0000-4000-8000-000000000000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_is_idempotent_by_client_id() {
@@ -504,12 +518,12 @@ async fn dead_letters_are_requeued_and_deleted_in_bulk() {
     let (code, v) = post(
         &h,
         "/v1/dead-letters/requeue",
-        json!({"ids": [ids[0], ids[1], "not-a-dead-one"]}),
+        json!({"ids": [ids[0], ids[1], NO_TASK]}),
     )
     .await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["requeued"], json!([ids[0], ids[1]]), "{v}");
-    assert_eq!(v["notDead"], json!(["not-a-dead-one"]), "{v}");
+    assert_eq!(v["notDead"], json!([NO_TASK]), "{v}");
     for id in &ids[..2] {
         assert_eq!(h.get(&format!("/v1/tasks/{id}")).await.1["state"], "queued");
     }

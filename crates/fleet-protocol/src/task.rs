@@ -6,6 +6,17 @@ use crate::pool::PoolType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Task and proposal ids are the commander's own: lowercase hyphenated UUIDs
+/// (`8-4-4-4-12` hex digits). Anything else names no task, and is refused
+/// before it reaches a Redis key.
+pub fn valid_task_id(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
 /// JSON kept as it was written, byte for byte: key order, number literals
 /// (`1e2`, integers past 64 bits) and all. Payloads and results are opaque to
 /// the commander, so it never re-serialises them.
@@ -346,4 +357,28 @@ pub struct Attempt {
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_task_id;
+
+    #[test]
+    fn task_ids_are_the_commanders_uuids() {
+        assert!(valid_task_id("6f1c2a4e-0b1d-4c7e-9a3f-2d5e8b7c1a90"));
+        for bad in [
+            "",
+            "nope",
+            "agent-1",
+            "a:b",
+            "6F1C2A4E-0B1D-4C7E-9A3F-2D5E8B7C1A90",
+            "6f1c2a4e0b1d4c7e9a3f2d5e8b7c1a90",
+            "{6f1c2a4e-0b1d-4c7e-9a3f-2d5e8b7c1a90}",
+            "6f1c2a4e-0b1d-4c7e-9a3f-2d5e8b7c1a9g",
+            "6f1c2a4e-0b1d-4c7e-9a3f-2d5e8b7c1a90x",
+            "6f1c2a4e-0b1d-4c7e-9a3f_2d5e8b7c1a90",
+        ] {
+            assert!(!valid_task_id(bad), "{bad:?} accepted");
+        }
+    }
 }

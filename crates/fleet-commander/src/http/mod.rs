@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleet_protocol::status::Fairness;
 use fleet_protocol::task::Submission;
+use fleet_protocol::task::valid_task_id;
 use fleet_protocol::valid_agent_id;
 use fleet_store::tasks::Held;
 use fleet_store::tasks::{Cancelled, Submitted};
@@ -509,7 +510,7 @@ async fn governance(State(s): State<Arc<Shared>>) -> Response {
 /// `GET /v1/governance/proposals/{id}`: a proposal, its votes as signed, its
 /// outcome and seal.
 async fn proposal(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    if !valid_agent_id(&id) {
+    if !valid_task_id(&id) {
         return error(StatusCode::BAD_REQUEST, "invalid_proposal_id", &id);
     }
     match s.governance.get(&mut s.reads.clone(), &id).await {
@@ -673,7 +674,7 @@ struct SubmitAnswer<'a> {
 }
 
 async fn task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    if !valid_agent_id(&id) {
+    if !valid_task_id(&id) {
         return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
     }
     match s.tasks.get(&mut s.reads.clone(), &id).await {
@@ -686,7 +687,7 @@ async fn task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response 
 /// `POST /v1/tasks/{id}/cancel`: a task that has not finished. A running one
 /// is taken from its agent (told with `task_cancel`), whose slot frees at once.
 async fn cancel_task(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    if !valid_agent_id(&id) {
+    if !valid_task_id(&id) {
         return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
     }
     let mut conn = s.redis.clone();
@@ -731,7 +732,7 @@ async fn held(s: Arc<Shared>, which: Held) -> Response {
 /// `POST /v1/dead-letters/{id}/requeue`, `POST /v1/poison/{id}/requeue`:
 /// back to its queue with fresh retries (and no casualties).
 async fn requeue_held(s: Arc<Shared>, which: Held, id: String) -> Response {
-    if !valid_agent_id(&id) {
+    if !valid_task_id(&id) {
         return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
     }
     match s
@@ -757,7 +758,7 @@ async fn requeue_held(s: Arc<Shared>, which: Held, id: String) -> Response {
 /// `GET /v1/tasks/{id}/evidence`: every allocation decision for the task,
 /// with the strategy, the chosen agent's score and the reason.
 async fn task_evidence(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    if !valid_agent_id(&id) {
+    if !valid_task_id(&id) {
         return error(StatusCode::BAD_REQUEST, "invalid_task_id", &id);
     }
     match s.tasks.evidence(&mut s.reads.clone(), &id).await {

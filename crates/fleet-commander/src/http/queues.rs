@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleet_protocol::valid_agent_id;
+use fleet_protocol::task::valid_task_id;
 use fleet_store::tasks::{Cancelled, Held};
 use serde::Deserialize;
 use serde_json::json;
@@ -113,7 +113,7 @@ pub(super) async fn bulk(
             format!("give ids (at most {BULK_MAX}) or all: true"),
         );
     }
-    if let Some(bad) = which.ids.iter().find(|id| !valid_agent_id(id)) {
+    if let Some(bad) = which.ids.iter().find(|id| !valid_task_id(id)) {
         return error(StatusCode::BAD_REQUEST, "invalid_task_id", bad);
     }
     let mut conn = s.redis.clone();
