@@ -140,8 +140,7 @@ fn allocation(c: &mut Criterion) {
         let client = fleet_store::connection::client(&redis.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let epoch = Registry::claim_epoch(&mut conn, &keys).await.unwrap();
-        Registry::load_scripts(&mut conn).await.unwrap();
-        TaskStore::load_scripts(&mut conn).await.unwrap();
+        fleet_store::scripts::load_all(&mut conn).await.unwrap();
         write_settings(&mut conn, &keys, &config).await.unwrap();
         let registry = Registry::new(keys.clone(), epoch);
         let tasks = TaskStore::new(keys.clone(), epoch, config.task_policy());

@@ -61,7 +61,11 @@ async fn privileged_actions_are_recorded_and_tampering_is_found() {
         200
     );
     assert_eq!(
-        post(format!("{base}/v1/dead-letters/00000000-0000-4000-8000-000000000000/requeue"), json!({})).await,
+        post(
+            format!("{base}/v1/dead-letters/00000000-0000-4000-8000-000000000000/requeue"),
+            json!({})
+        )
+        .await,
         409
     );
 

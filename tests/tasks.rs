@@ -43,13 +43,19 @@ async fn submitted_task_is_persisted_with_defaults_and_served() {
     assert_eq!(got, *t);
     // A well-formed id that names no task, and ids that cannot name one
     // (not the commander's UUIDs: refused before any Redis key is built).
-    assert_eq!(
-        h.get(&format!("/v1/tasks/{NO_TASK}")).await.0,
-        404
-    );
-    for bad in ["nope", "a:b", "agent-1", "6F1C2A4E-0B1D-4C7E-9A3F-2D5E8B7C1A90"] {
+    assert_eq!(h.get(&format!("/v1/tasks/{NO_TASK}")).await.0, 404);
+    for bad in [
+        "nope",
+        "a:b",
+        "agent-1",
+        "6F1C2A4E-0B1D-4C7E-9A3F-2D5E8B7C1A90",
+    ] {
         let (code, body) = h.get(&format!("/v1/tasks/{bad}")).await;
-        assert_eq!((code, &body["error"]), (400, &json!("invalid_task_id")), "{bad}");
+        assert_eq!(
+            (code, &body["error"]),
+            (400, &json!("invalid_task_id")),
+            "{bad}"
+        );
         let (code, _) = post(&h, &format!("/v1/tasks/{bad}/cancel"), json!({})).await;
         assert_eq!(code, 400, "cancel {bad}");
     }

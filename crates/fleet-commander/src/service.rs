@@ -14,7 +14,7 @@ use crate::supervise::{Exit, Supervisor};
 use fleet_protocol::{now_ms, Leadership};
 use fleet_store::connection::Conn;
 use fleet_store::lease::{self, Lease, Role};
-use fleet_store::{Keys, Registry, TaskStore};
+use fleet_store::Keys;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -105,10 +105,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         crate::config::Durability::Replicated => Some(fleet_store::connection::connect(url).await?),
         crate::config::Durability::Async => None,
     };
-    Registry::load_scripts(&mut redis).await?;
-    TaskStore::load_scripts(&mut redis).await?;
-    fleet_store::governance::Governance::load_scripts(&mut redis).await?;
-    Lease::load_scripts(&mut redis).await?;
+    fleet_store::scripts::load_all(&mut redis).await?;
 
     let addr = config.http.addr;
     let bind = |source| StartError::Bind { addr, source };

@@ -14,16 +14,12 @@
 //! time, signed by the commander) kept outside Redis catches that: the log
 //! must still reach every checkpoint, through the same entries.
 
-use crate::script::ScriptDef;
+use crate::scripts::AUDIT_APPEND;
 use crate::{Keys, StoreError};
 use fleet_protocol::auth::{self, PublicKey, Signer};
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::LazyLock;
-
-static APPEND: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("audit_append", include_str!("lua/audit_append.lua")));
 
 /// The hash the first entry chains to.
 pub const GENESIS: &str = "genesis";
@@ -150,7 +146,7 @@ impl AuditLog {
                 .as_ref()
                 .map(|s| auth::encode_sig(&s.sign_bytes(hash.as_bytes())))
                 .unwrap_or_default();
-            let r = APPEND
+            let r = AUDIT_APPEND
                 .call()
                 .key("stream", self.keys.audit())
                 .key("head", self.keys.audit_head())

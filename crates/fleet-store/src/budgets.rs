@@ -4,15 +4,11 @@
 //! agent's registration.
 
 use crate::registry::Registry;
-use crate::script::ScriptDef;
+use crate::scripts::BUDGET;
 use crate::{Notice, Result};
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::LazyLock;
-
-static BUDGET: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("budget", include_str!("lua/budget.lua")));
 
 /// An operator's change to an agent's budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,10 +46,6 @@ pub enum Adjusted {
     UnknownAgent,
     /// The agent's pool has no budget (allowance 0).
     NoBudget,
-}
-
-pub(crate) fn load() -> &'static ScriptDef {
-    &BUDGET
 }
 
 impl Registry {

@@ -5,23 +5,13 @@
 //! write is a script fenced by the commander's epoch, like the registry's.
 
 use crate::keys::Keys;
-use crate::script::ScriptDef;
+use crate::scripts::{PROPOSAL_EXPIRE, PROPOSAL_OPEN, PROPOSAL_SEAL, VOTE};
 use crate::Result;
 use fleet_protocol::governance::{Outcome, Vote};
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
-
-static VOTE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("vote", include_str!("lua/vote.lua")));
-static OPEN: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("proposal_open", include_str!("lua/proposal_open.lua")));
-static EXPIRE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("proposal_expire", include_str!("lua/proposal_expire.lua")));
-static SEAL: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("proposal_seal", include_str!("lua/proposal_seal.lua")));
 
 /// Proposals kept in the listing (older ones stay readable by id).
 const KEPT: usize = 1_000;
@@ -118,19 +108,12 @@ impl Governance {
         Governance { keys, epoch }
     }
 
-    pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
-        for s in [&*VOTE, &*OPEN, &*EXPIRE, &*SEAL] {
-            s.script().prepare_invoke().load_async(conn).await?;
-        }
-        Ok(())
-    }
-
     /// Stores a new proposal, open until its deadline; returns its hash.
     pub async fn open(&self, conn: &mut impl ConnectionLike, p: &Proposal) -> Result<String> {
         let hash = p.hash();
         let validators = serde_json::to_string(&p.validators).expect("weights serialize");
         let params = serde_json::to_string(&p.params).expect("params serialize");
-        let r = OPEN
+        let r = PROPOSAL_OPEN
             .fenced(&self.keys, self.epoch)
             .key("proposal", self.keys.proposal(&p.id))
             .key("open", self.keys.proposals_open())
@@ -202,7 +185,7 @@ impl Governance {
             .await?;
         let mut out = Vec::new();
         for id in due {
-            let r = EXPIRE
+            let r = PROPOSAL_EXPIRE
                 .fenced(&self.keys, self.epoch)
                 .key("proposal", self.keys.proposal(&id))
                 .key("open", self.keys.proposals_open())
@@ -226,7 +209,7 @@ impl Governance {
         id: &str,
         seal: &str,
     ) -> Result<()> {
-        let r = SEAL
+        let r = PROPOSAL_SEAL
             .fenced(&self.keys, self.epoch)
             .key("proposal", self.keys.proposal(id))
             .arg("seal", seal)

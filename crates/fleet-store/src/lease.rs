@@ -11,19 +11,11 @@
 //! role, epoch, address and when. It is for people (`GET /v1/commanders`,
 //! `fleet-commander status`); leadership is decided by the lease alone.
 
-use crate::script::ScriptDef;
+use crate::scripts::{LEASE_ACQUIRE, LEASE_RELEASE, LEASE_RENEW};
 use crate::{Keys, Result, StoreError};
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::LazyLock;
-
-static ACQUIRE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("lease_acquire", include_str!("lua/lease_acquire.lua")));
-static RENEW: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("lease_renew", include_str!("lua/lease_renew.lua")));
-static RELEASE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("lease_release", include_str!("lua/lease_release.lua")));
 
 /// Who holds the lease: its epoch and commander id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +67,7 @@ impl Lease {
 
     /// Takes the lease if it is free (claiming the next epoch).
     pub async fn acquire(&self, conn: &mut impl ConnectionLike) -> Result<Acquire> {
-        let r = ACQUIRE
+        let r = LEASE_ACQUIRE
             .call()
             .key("epoch", self.keys.epoch())
             .key("lease", self.keys.lease())
@@ -93,7 +85,7 @@ impl Lease {
     /// Extends the lease held with `epoch`: false if it is no longer this
     /// commander's (lapsed, taken, or a newer epoch claimed).
     pub async fn renew(&self, conn: &mut impl ConnectionLike, epoch: u64) -> Result<bool> {
-        let r = RENEW
+        let r = LEASE_RENEW
             .call()
             .key("epoch", self.keys.epoch())
             .key("lease", self.keys.lease())
@@ -111,7 +103,7 @@ impl Lease {
 
     /// Gives up the lease held with `epoch`; false if it was not held.
     pub async fn release(&self, conn: &mut impl ConnectionLike, epoch: u64) -> Result<bool> {
-        let r = RELEASE
+        let r = LEASE_RELEASE
             .call()
             .key("epoch", self.keys.epoch())
             .key("lease", self.keys.lease())
@@ -124,14 +116,6 @@ impl Lease {
             "not_held" => Ok(false),
             _ => Err(r.unexpected()),
         }
-    }
-
-    /// Loads the scripts once.
-    pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
-        for s in [&*ACQUIRE, &*RENEW, &*RELEASE] {
-            s.script().prepare_invoke().load_async(conn).await?;
-        }
-        Ok(())
     }
 }
 

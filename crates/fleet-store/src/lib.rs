@@ -14,6 +14,9 @@
 //! - [`governance`]: proposals, validators' votes, sealed decisions.
 //! - [`tasks`]: tasks: records, priority queues, leases, retries, dead
 //!   letters, evidence; changed only by fenced Lua scripts.
+//! - [`scripts`]: the one registry of Lua scripts (`lua/`), and `load_all`;
+//!   `script` is the typed contract each is called through (keys and
+//!   arguments by name, replies read by name); `records` parses stored hashes.
 //! - [`error`]: [`StoreError`], the one error of this crate.
 //! - [`telemetry`]: the script-duration histogram the store records.
 //!
@@ -32,6 +35,7 @@ pub mod lease;
 mod records;
 pub mod registry;
 mod script;
+pub mod scripts;
 pub mod tasks;
 pub mod telemetry;
 pub mod tokens;

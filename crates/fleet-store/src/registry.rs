@@ -10,23 +10,12 @@
 pub use crate::error::{Result, StoreError};
 use crate::keys::Keys;
 use crate::script::{Call, ScriptDef};
+use crate::scripts::{DRAIN, FAIL, HEARTBEAT, REGISTER, REMOVE};
 use crate::{Notice, Once};
 use fleet_protocol::agent::{AgentRecord, Health, Performance};
 use fleet_protocol::{AgentStatus, PoolType, Resources};
 use redis::aio::ConnectionLike;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
-
-static REGISTER: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("register", include_str!("lua/register.lua")));
-static HEARTBEAT: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("heartbeat", include_str!("lua/heartbeat.lua")));
-static FAIL: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("fail", include_str!("lua/fail.lua")));
-static REMOVE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("remove", include_str!("lua/remove.lua")));
-static DRAIN: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("drain", include_str!("lua/drain.lua")));
 
 /// The record of a newly registered agent.
 pub fn fresh_record(a: &NewAgent<'_>, now: u64) -> AgentRecord {
@@ -313,21 +302,6 @@ impl Registry {
             .arg(keys.epoch())
             .query_async(conn)
             .await?)
-    }
-
-    /// Loads every script once so the first real calls do not pay for it.
-    pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
-        for s in [
-            &*REGISTER,
-            &*HEARTBEAT,
-            &*FAIL,
-            &*REMOVE,
-            &*DRAIN,
-            crate::budgets::load(),
-        ] {
-            s.script().prepare_invoke().load_async(conn).await?;
-        }
-        Ok(())
     }
 
     /// A call of one of the registry's scripts on agent `id`.

@@ -10,7 +10,11 @@
 use crate::error::{from_script, Result, StoreError};
 use crate::keys::Keys;
 use crate::registry::scored_upto;
-use crate::script::{Call, Reply, ScriptDef};
+use crate::script::{Call, Reply};
+use crate::scripts::{
+    ALLOCATE, CANCEL, DLQ_DELETE, DLQ_REQUEUE, EXPIRE, PAROLE, POOL_PAUSE, RELEASE, SUBMIT,
+    TASK_ACK, TASK_DONE,
+};
 use crate::{Notice, Once};
 use fleet_protocol::pool::Strategy;
 use fleet_protocol::task::{RawJson, TaskRecord, ValidTask};
@@ -18,30 +22,6 @@ use fleet_protocol::{PoolType, ReportKind, TaskReport};
 use redis::aio::ConnectionLike;
 use redis::Value;
 use std::collections::HashMap;
-use std::sync::LazyLock;
-
-static SUBMIT: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("submit", include_str!("lua/submit.lua")));
-static CANCEL: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("cancel", include_str!("lua/cancel.lua")));
-static ALLOCATE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("allocate", include_str!("lua/allocate.lua")));
-static DLQ_DELETE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("dlq_delete", include_str!("lua/dlq_delete.lua")));
-static PAUSE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("pool_pause", include_str!("lua/pool_pause.lua")));
-static ACK: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("task_ack", include_str!("lua/task_ack.lua")));
-static DONE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("task_done", include_str!("lua/task_done.lua")));
-static EXPIRE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("expire", include_str!("lua/expire.lua")));
-static RELEASE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("release", include_str!("lua/release.lua")));
-static REQUEUE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("dlq_requeue", include_str!("lua/dlq_requeue.lua")));
-static PAROLE: LazyLock<ScriptDef> =
-    LazyLock::new(|| ScriptDef::new("parole", include_str!("lua/parole.lua")));
 
 /// Tasks one allocate call may assign (and the window of the queue it reads;
 /// it chooses among twice as many agents). A pool that fills a batch is
@@ -195,25 +175,6 @@ pub struct TaskStore {
 impl TaskStore {
     pub fn new(keys: Keys, epoch: u64, cfg: TaskPolicy) -> Self {
         Self { keys, epoch, cfg }
-    }
-
-    pub async fn load_scripts(conn: &mut impl ConnectionLike) -> Result<()> {
-        for s in [
-            &*SUBMIT,
-            &*CANCEL,
-            &*ALLOCATE,
-            &*ACK,
-            &*DONE,
-            &*EXPIRE,
-            &*RELEASE,
-            &*REQUEUE,
-            &*PAROLE,
-            &*PAUSE,
-            &*DLQ_DELETE,
-        ] {
-            s.script().prepare_invoke().load_async(conn).await?;
-        }
-        Ok(())
     }
 
     pub async fn submit(
@@ -500,7 +461,7 @@ impl TaskStore {
         once: Option<&Once>,
     ) -> Result<Reported> {
         let call = match kind {
-            ReportKind::Ack | ReportKind::Progress => ACK
+            ReportKind::Ack | ReportKind::Progress => TASK_ACK
                 .fenced(&self.keys, self.epoch)
                 .key("task", self.keys.task(&r.task_id))
                 .key("leases", self.keys.leases())
@@ -519,7 +480,8 @@ impl TaskStore {
                     ),
                     _ => ("failed", r.error.clone().unwrap_or_default()),
                 };
-                DONE.fenced(&self.keys, self.epoch)
+                TASK_DONE
+                    .fenced(&self.keys, self.epoch)
                     .key("task", self.keys.task(&r.task_id))
                     .task_keys(&self.keys)
                     .arg("outcome", outcome)
@@ -679,7 +641,7 @@ impl TaskStore {
         paused: bool,
         now: u64,
     ) -> Result<bool> {
-        let r = PAUSE
+        let r = POOL_PAUSE
             .fenced(&self.keys, self.epoch)
             .key("paused", self.keys.paused())
             .arg("pool", pool.as_str())
@@ -742,7 +704,7 @@ impl TaskStore {
         id: &str,
         now: u64,
     ) -> Result<std::result::Result<(), String>> {
-        let r = REQUEUE
+        let r = DLQ_REQUEUE
             .fenced(&self.keys, self.epoch)
             .key("task", self.keys.task(id))
             .task_keys(&self.keys)

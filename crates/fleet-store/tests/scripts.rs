@@ -761,7 +761,7 @@ async fn governance_writes_are_fenced() {
         .query_async(&mut s.conn)
         .await
         .unwrap();
-    Governance::load_scripts(&mut s.conn).await.unwrap();
+    fleet_store::scripts::load_all(&mut s.conn).await.unwrap();
     let old = Governance::new(s.keys.clone(), epoch);
     let p = |id: &str| Proposal {
         id: id.into(),
