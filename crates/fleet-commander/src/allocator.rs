@@ -18,7 +18,7 @@ use fleet_protocol::pool::PoolType;
 use fleet_protocol::{Event, VERSION};
 use fleet_store::connection::Conn;
 use fleet_store::registry::Orphans;
-use fleet_store::tasks::Takeback;
+use fleet_store::tasks::{Requeued, Takeback};
 use fleet_store::StoreError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -134,15 +134,15 @@ async fn take_back(
     why: Takeback,
     tally: &mut Orphans,
 ) -> Result<(), StoreError> {
-    let Some((outcome, agent_id, notice)) = shared.tasks.expire(conn, id, now, why).await? else {
+    let Some(taken) = shared.tasks.expire(conn, id, now, why).await? else {
         return Ok(());
     };
-    match outcome.as_str() {
-        "queued" => tally.requeued += 1,
-        "dead" => tally.dead += 1,
-        "poison" => tally.poisoned += 1,
-        _ => {}
+    match taken.to {
+        Requeued::Queued => tally.requeued += 1,
+        Requeued::Dead => tally.dead += 1,
+        Requeued::Poison => tally.poisoned += 1,
     }
+    let agent_id = taken.agent;
     if why == Takeback::Stuck {
         metrics::counter!(m::AGENTS_STUCK).increment(1);
         warn!(
@@ -150,7 +150,9 @@ async fn take_back(
             agent_id, "agent stuck: no progress on its task in time; task taken back"
         );
     }
-    shared.tell(conn, notice.into_iter().collect()).await?;
+    shared
+        .tell(conn, taken.notice.into_iter().collect())
+        .await?;
     Ok(())
 }
 

@@ -124,8 +124,15 @@ async fn publish_status(shared: &Shared) -> Result<(), StoreError> {
         }
     }
     if let Ok(fair) = shared.tasks.fairness_inputs(&mut conn).await {
-        for (pool, agents, min, max, total) in fair {
-            let f = Fairness::compute(agents, min, max, total, shared.config().tasks.max_skew);
+        for c in fair {
+            let pool = c.pool;
+            let f = Fairness::compute(
+                c.agents,
+                c.fewest,
+                c.most,
+                c.total,
+                shared.config().tasks.max_skew,
+            );
             metrics::gauge!(m::POOL_SKEW, "pool" => pool.as_str()).set(f.skew_ratio);
             metrics::gauge!(m::POOL_TASKS_PER_AGENT, "pool" => pool.as_str())
                 .set(f.tasks_per_agent);

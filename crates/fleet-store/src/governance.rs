@@ -70,8 +70,36 @@ pub enum Voted {
     Counted,
     /// Counted, and it decided the proposal.
     Decided(Outcome),
-    /// Refused: `unknown`, `late`, `not_validator`, `wrong_hash`, `duplicate`.
-    Refused(&'static str),
+    /// Refused, and why.
+    Refused(VoteRefusal),
+}
+
+/// Why a vote was not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoteRefusal {
+    /// No such proposal.
+    Unknown,
+    /// The proposal is decided or past its deadline.
+    Late,
+    /// The voter is not among the proposal's validators.
+    NotValidator,
+    /// The vote names another version of the proposal.
+    WrongHash,
+    /// The validator has voted on it already.
+    Duplicate,
+}
+
+impl VoteRefusal {
+    /// Its name in metrics (`reason`) and logs, as the script says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoteRefusal::Unknown => "unknown",
+            VoteRefusal::Late => "late",
+            VoteRefusal::NotValidator => "not_validator",
+            VoteRefusal::WrongHash => "wrong_hash",
+            VoteRefusal::Duplicate => "duplicate",
+        }
+    }
 }
 
 /// The seal of a decision: sha256 (hex) over the proposal's hash, each vote
@@ -160,11 +188,11 @@ impl Governance {
         Ok(match r.outcome()? {
             "counted" => Voted::Counted,
             "decided" => Voted::Decided(r.text("decision")?.parse().map_err(|_| r.unexpected())?),
-            "unknown" => Voted::Refused("unknown"),
-            "late" => Voted::Refused("late"),
-            "not_validator" => Voted::Refused("not_validator"),
-            "wrong_hash" => Voted::Refused("wrong_hash"),
-            "duplicate" => Voted::Refused("duplicate"),
+            "unknown" => Voted::Refused(VoteRefusal::Unknown),
+            "late" => Voted::Refused(VoteRefusal::Late),
+            "not_validator" => Voted::Refused(VoteRefusal::NotValidator),
+            "wrong_hash" => Voted::Refused(VoteRefusal::WrongHash),
+            "duplicate" => Voted::Refused(VoteRefusal::Duplicate),
             _ => return Err(r.unexpected()),
         })
     }

@@ -539,15 +539,15 @@ impl TaskStore {
     }
 
     /// Takes a task back from an agent whose lease ran out, or that is
-    /// stuck on it. Returns the outcome ("queued", "dead" or "poison"), the
-    /// agent, and its task_cancel, if it did.
+    /// stuck on it: `None` if there was nothing to take back (the attempt
+    /// finished, or its lease is still fresh).
     pub async fn expire(
         &self,
         conn: &mut impl ConnectionLike,
         id: &str,
         now: u64,
         why: Takeback,
-    ) -> Result<Option<(String, String, Option<Notice>)>> {
+    ) -> Result<Option<TakenBack>> {
         let r = EXPIRE
             .fenced(&self.keys, self.epoch)
             .key("task", self.keys.task(id))
@@ -557,13 +557,18 @@ impl TaskStore {
             .arg("why", why.as_str())
             .reply(conn)
             .await?;
-        Ok(match r.outcome()? {
-            o @ ("queued" | "dead" | "poison") => {
-                Some((o.to_string(), r.text("agent")?.to_string(), r.notice()))
-            }
-            "fresh" | "stale" | "gone" => None,
+        let to = match r.outcome()? {
+            "queued" => Requeued::Queued,
+            "dead" => Requeued::Dead,
+            "poison" => Requeued::Poison,
+            "fresh" | "stale" | "gone" => return Ok(None),
             _ => return Err(r.unexpected()),
-        })
+        };
+        Ok(Some(TakenBack {
+            to,
+            agent: r.text("agent")?.to_string(),
+            notice: r.notice(),
+        }))
     }
 
     /// Moves retries whose backoff is over back to their queues; returns how many pools got tasks.
@@ -781,13 +786,50 @@ pub enum ReportOutcome {
     Recorded,
 }
 
+/// How a pool's completed tasks are shared among its agents: the inputs of
+/// its fairness figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completions {
+    pub pool: PoolType,
+    /// Agents that completed at least one task.
+    pub agents: u64,
+    /// The fewest tasks one of them completed.
+    pub fewest: u64,
+    /// The most.
+    pub most: u64,
+    /// The pool's completions in all.
+    pub total: u64,
+}
+
+/// An attempt taken back from its agent ([`TaskStore::expire`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenBack {
+    /// Where the task went.
+    pub to: Requeued,
+    /// The agent it was taken from.
+    pub agent: String,
+    /// The agent's `task_cancel`, to publish.
+    pub notice: Option<Notice>,
+}
+
+/// Where a task taken back goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeued {
+    /// Back to its queue, for another attempt.
+    Queued,
+    /// Out of retries: dead-lettered.
+    Dead,
+    /// It took down too many agents: held as poison.
+    Poison,
+}
+
 impl TaskStore {
-    /// Per pool: (agents, fewest tasks completed, most, total), from the
+    /// Per pool, how its completions are shared ([`Completions`]), from the
     /// pool's completion sorted set and the counters hash; one round trip.
     pub async fn fairness_inputs(
         &self,
         conn: &mut impl ConnectionLike,
-    ) -> Result<Vec<(PoolType, u64, u64, u64, u64)>> {
+    ) -> Result<Vec<Completions>> {
         let mut p = redis::pipe();
         for pool in PoolType::ALL {
             let key = self.keys.pool_done(pool);
@@ -817,7 +859,13 @@ impl TaskStore {
             .zip(rows)
             .map(|(pool, (n, lo, hi, total))| {
                 let score = |v: &[(String, f64)]| v.first().map(|x| x.1 as u64).unwrap_or(0);
-                (pool, n, score(&lo), score(&hi), total.unwrap_or(0))
+                Completions {
+                    pool,
+                    agents: n,
+                    fewest: score(&lo),
+                    most: score(&hi),
+                    total: total.unwrap_or(0),
+                }
             })
             .collect())
     }

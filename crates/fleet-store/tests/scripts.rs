@@ -439,11 +439,9 @@ async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
         .expire(&mut s.conn, &id, later, fleet_store::tasks::Takeback::Lease)
         .await
         .unwrap();
-    let Some((outcome, _agent, notice)) = out else {
-        panic!("expired")
-    };
-    assert_eq!(outcome, "queued");
-    match told(notice.as_ref()) {
+    let Some(taken) = out else { panic!("expired") };
+    assert_eq!(taken.to, fleet_store::tasks::Requeued::Queued);
+    match told(taken.notice.as_ref()) {
         ToAgent::TaskCancel {
             task_id, attempt, ..
         } => assert_eq!((task_id.as_str(), attempt), (id.as_str(), 1)),
@@ -634,8 +632,8 @@ async fn guardrail_messages_decode_as_their_rust_types() {
         .await
         .unwrap();
     assert_eq!(
-        out.map(|(o, a, _)| (o, a)),
-        Some(("poison".into(), "a1".into()))
+        out.map(|t| (t.to, t.agent)),
+        Some((fleet_store::tasks::Requeued::Poison, "a1".into()))
     );
     match next::<fleet_protocol::Event>(&mut health_events).await {
         fleet_protocol::Event::AgentStuck {

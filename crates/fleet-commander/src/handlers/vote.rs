@@ -48,7 +48,8 @@ pub(super) async fn handle(
             metrics::counter!(m::VOTES, "vote" => vote.vote.as_str()).increment(1);
             crate::governance::decided(shared, &vote.proposal_id, outcome).await?;
         }
-        Voted::Refused(reason) => {
+        Voted::Refused(why) => {
+            let reason = why.as_str();
             metrics::counter!(m::VOTES_REJECTED, "reason" => reason).increment(1);
             warn!(proposal_id = vote.proposal_id, reason, "vote refused");
         }

@@ -265,12 +265,12 @@ async fn pools(State(s): State<Arc<Shared>>) -> Response {
         Err(e) => return unavailable(e),
     };
     let mut views = crate::status::pools(&s.config(), &counts);
-    for (view, (_, agents, min, max, total)) in views.iter_mut().zip(fair) {
+    for (view, c) in views.iter_mut().zip(fair) {
         view.fairness = Some(Fairness::compute(
-            agents,
-            min,
-            max,
-            total,
+            c.agents,
+            c.fewest,
+            c.most,
+            c.total,
             s.config().tasks.max_skew,
         ));
     }
