@@ -21,6 +21,7 @@
 //! - [`status`]: fleet and pool status as served, and the CLI's table.
 
 pub mod agent;
+pub mod api;
 pub mod auth;
 pub mod channels;
 pub mod governance;

@@ -73,7 +73,7 @@ pub(crate) async fn require(
             refused_token(&s, &path).await;
             return refuse(StatusCode::UNAUTHORIZED, "invalid_token", &path);
         }
-        Err(e) => return super::unavailable(e),
+        Err(e) => return super::ApiError::from(e).into_response(),
     };
     if role < need {
         return refuse(StatusCode::FORBIDDEN, "forbidden", &path);
@@ -163,7 +163,7 @@ pub(super) async fn refused_token(s: &Arc<Shared>, path: &str) {
 fn refuse(status: StatusCode, reason: &'static str, path: &str) -> Response {
     metrics::counter!(m::HTTP_REJECTED, "reason" => reason).increment(1);
     warn!(reason, path, "HTTP request refused");
-    let mut r = super::error(status, reason, path);
+    let mut r = super::ApiError::new(status, reason, path).into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

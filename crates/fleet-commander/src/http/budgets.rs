@@ -2,17 +2,17 @@
 //! budget, and an operator's top-up, reset or own allowance (audited as
 //! `budget`). A halted agent back above the minimum resumes at once.
 
-use super::{error, unavailable};
+use super::agents::agent_param;
+use super::ApiError;
 use crate::context::Shared;
 use crate::metrics as m;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleet_protocol::valid_agent_id;
 use fleet_store::budgets::{Adjust, Adjusted, Budget};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use tracing::info;
 
@@ -43,7 +43,7 @@ impl Change {
     }
 }
 
-fn view(s: &Shared, id: &str, pool: fleet_protocol::PoolType, b: Option<Budget>) -> Response {
+fn view(s: &Shared, id: &str, pool: fleet_protocol::PoolType, b: Option<Budget>) -> Json<Value> {
     let config = s.config();
     let own = b.as_ref().and_then(|b| b.allowance);
     let allowance = own.unwrap_or(config.allowance(pool));
@@ -58,52 +58,48 @@ fn view(s: &Shared, id: &str, pool: fleet_protocol::PoolType, b: Option<Budget>)
         "spent": b.as_ref().map_or(0.0, |b| b.spent),
         "windowEnds": b.as_ref().map_or(0, |b| b.window_ends),
     }))
-    .into_response()
 }
 
-pub(super) async fn get(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    if !valid_agent_id(&id) {
-        return error(StatusCode::BAD_REQUEST, "invalid_agent_id", &id);
-    }
+pub(super) async fn get(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    agent_param(&id)?;
     let mut conn = s.reads.clone();
-    let rec = match s.registry.agent(&mut conn, &id).await {
-        Ok(Some(rec)) => rec,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", &id),
-        Err(e) => return unavailable(e),
+    let Some(rec) = s.registry.agent(&mut conn, &id).await? else {
+        return Err(ApiError::not_found(id));
     };
-    match s.registry.budget(&mut conn, &id).await {
-        Ok(b) => view(&s, &id, rec.pool, b),
-        Err(e) => unavailable(e),
-    }
+    let budget = s.registry.budget(&mut conn, &id).await?;
+    Ok(view(&s, &id, rec.pool, budget))
 }
 
+/// `POST /v1/agents/{id}/budget` with exactly one of `{"topUp": X}`,
+/// `{"reset": true}`, `{"allowance": X}`.
 pub(super) async fn post(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
-    Json(change): Json<Change>,
-) -> Response {
-    if !valid_agent_id(&id) {
-        return error(StatusCode::BAD_REQUEST, "invalid_agent_id", &id);
-    }
-    let adjust = match change.adjust() {
-        Ok(a) => a,
-        Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_fields", why),
-    };
+    body: Result<Json<Change>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    agent_param(&id)?;
+    let Json(change) = body?;
+    let adjust = change
+        .adjust()
+        .map_err(|why| ApiError::unprocessable("invalid_fields", why))?;
     let detail = match &adjust {
         Adjust::TopUp(v) => format!("topUp={v}"),
         Adjust::Reset => "reset".to_string(),
         Adjust::Allowance(v) => format!("allowance={v}"),
     };
-    let mut r = apply(&s, &id, adjust).await;
+    let mut r = apply(&s, &id, adjust).await?.into_response();
     r.extensions_mut().insert(super::auth::AuditDetail(detail));
-    r
+    Ok(r)
 }
 
-async fn apply(s: &Shared, id: &str, adjust: Adjust) -> Response {
+async fn apply(s: &Shared, id: &str, adjust: Adjust) -> Result<Json<Value>, ApiError> {
     let mut conn = s.redis.clone();
     let now = fleet_protocol::now_ms();
-    match s.registry.adjust_budget(&mut conn, id, adjust, now).await {
-        Ok(Adjusted::Done { budget, resume }) => {
+    match s.registry.adjust_budget(&mut conn, id, adjust, now).await? {
+        Adjusted::Done { budget, resume } => {
             metrics::counter!(m::BUDGET_TOPUPS).increment(1);
             let resumed = resume.is_some();
             if let Some(r) = resume {
@@ -112,23 +108,19 @@ async fn apply(s: &Shared, id: &str, adjust: Adjust) -> Response {
                     agent_id = id,
                     "budget above its minimum again: agent resumed"
                 );
-                if let Err(e) = s.tell(&mut conn, vec![r]).await {
-                    return unavailable(e);
-                }
+                s.tell(&mut conn, vec![r]).await?;
                 s.wake_all();
             }
             let mut v = json!({"agentId": id, "resumed": resumed, "balance": budget.balance,
                 "allowance": budget.allowance, "spent": budget.spent,
                 "windowEnds": budget.window_ends});
             v["unit"] = json!(s.config().budgets.unit);
-            Json(v).into_response()
+            Ok(Json(v))
         }
-        Ok(Adjusted::UnknownAgent) => error(StatusCode::NOT_FOUND, "not_found", id),
-        Ok(Adjusted::NoBudget) => error(
-            StatusCode::CONFLICT,
+        Adjusted::UnknownAgent => Err(ApiError::not_found(id)),
+        Adjusted::NoBudget => Err(ApiError::conflict(
             "no_budget",
             "the agent's pool has no budget (allowance 0)",
-        ),
-        Err(e) => unavailable(e),
+        )),
     }
 }

@@ -21,13 +21,14 @@
 //! - Every response here carries a content security policy that allows
 //!   only this origin's script and style, no inline script, no framing.
 
-use super::{error, unavailable};
+use super::ApiError;
 use crate::context::Shared;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use fleet_protocol::api;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -68,7 +69,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 pub(super) fn is_open(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/console/app.js" | "/console/app.css" | "/console/session"
+        api::CONSOLE | api::CONSOLE_SCRIPT | api::CONSOLE_STYLE | api::CONSOLE_SESSION
     )
 }
 
@@ -131,15 +132,23 @@ pub(super) struct SignIn {
 }
 
 /// `POST /console/session`: checks the token, sets the cookie.
-pub(super) async fn sign_in(State(s): State<Arc<Shared>>, Json(body): Json<SignIn>) -> Response {
+pub(super) async fn sign_in(
+    State(s): State<Arc<Shared>>,
+    body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let token = body.token.trim();
     // A cookie value cannot hold these; no token has them either.
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
-        return error(
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
-            "/console/session",
-        );
+            api::CONSOLE_SESSION,
+        )
+        .into_response();
     }
     let mut conn = s.redis.clone();
     let (name, role, session) = match s.gate.open_session(&mut conn, token, SESSION_MS).await {
@@ -148,14 +157,15 @@ pub(super) async fn sign_in(State(s): State<Arc<Shared>>, Json(body): Json<SignI
             metrics::counter!(crate::metrics::HTTP_REJECTED, "reason" => "invalid_token")
                 .increment(1);
             tracing::warn!(reason = "invalid_token", "console sign-in refused");
-            super::auth::refused_token(&s, "/console/session").await;
-            return error(
+            super::auth::refused_token(&s, api::CONSOLE_SESSION).await;
+            return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
-                "/console/session",
-            );
+                api::CONSOLE_SESSION,
+            )
+            .into_response();
         }
-        Err(e) => return unavailable(e),
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let mut r =
         Json(json!({"signedIn": true, "name": name, "userRole": role.as_str()})).into_response();
@@ -189,7 +199,7 @@ pub(super) async fn session(State(s): State<Arc<Shared>>, headers: HeaderMap) ->
             "userRole": role.as_str(), "commander": base}))
         .into_response(),
         Ok(None) => Json(json!({"signedIn": false, "commander": base})).into_response(),
-        Err(e) => unavailable(e),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -199,11 +209,11 @@ pub(super) async fn session(State(s): State<Arc<Shared>>, headers: HeaderMap) ->
 pub(super) async fn sign_out(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if !from_console(&headers) {
         metrics::counter!(crate::metrics::HTTP_REJECTED, "reason" => "csrf").increment(1);
-        return super::error(StatusCode::FORBIDDEN, "csrf", "/console/session");
+        return ApiError::new(StatusCode::FORBIDDEN, "csrf", api::CONSOLE_SESSION).into_response();
     }
     if let Some(session) = cookie_token(&headers) {
         if let Err(e) = s.gate.close_session(&mut s.redis.clone(), session).await {
-            return unavailable(e);
+            return ApiError::from(e).into_response();
         }
     }
     let mut r = Json(json!({"signedIn": false})).into_response();
