@@ -12,8 +12,8 @@
 //! (The load scenario is benches/loadtest.sh.)
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use fleet_commander::config::write_settings;
 use fleet_commander::config::Config;
+use fleet_commander::reload::write_settings;
 use fleet_commander::scaler::{decide, PoolState, Sample};
 use fleet_protocol::auth::{unframe, Signer, Unframed};
 use fleet_protocol::now_ms;

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use fleet_agent::{Assignment, Outcome};
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -41,7 +42,7 @@ async fn a_task_is_assigned_acknowledged_and_completed() {
             v["type"] == "task_completed" && v["taskId"] == id.as_str()
         })
         .await;
-    let (code, ev) = h.get(&format!("/v1/tasks/{id}/evidence")).await;
+    let (code, ev) = h.get(&api::path(api::TASK_EVIDENCE, &id)).await;
     assert_eq!(code, 200);
     let ev = ev.as_array().unwrap();
     assert_eq!(ev.len(), 1, "{ev:?}");
@@ -57,7 +58,7 @@ async fn a_task_is_assigned_acknowledged_and_completed() {
         .await
         .unwrap();
     assert!(n >= 1);
-    let (_, a) = h.get("/v1/agents/w-1").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "w-1")).await;
     assert_eq!(a["performance"]["tasksCompleted"], 1, "{a}");
     assert_eq!(a["performance"]["successRate"], 1.0);
     assert_eq!(a["status"], "idle");
@@ -90,7 +91,7 @@ async fn a_task_waits_for_an_agent_with_its_capabilities() {
     let (s1, t1) = start_agent(&h, "cpu-1", PoolType::Performance, &["cpu"], None).await;
     let id = submit(&h, json!({"pool": "performance", "capabilities": ["gpu"]})).await;
     // Several allocator ticks with only a cpu agent: still queued.
-    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, &id)).await;
     assert_eq!(t["state"], "queued");
     let mut events = h.listen(&h.keys.channels().allocation()).await;
     let unassigned = events
@@ -180,7 +181,7 @@ async fn duplicate_and_late_results_are_ignored_and_counted() {
     }
     wait_until(|| async { h.metric("fleet_task_results_ignored_total").await >= before + 3.0 })
         .await;
-    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, &id)).await;
     assert_eq!(t["result"], done["result"], "the first result stands");
     let completions = events
         .collect_for(Duration::from_millis(300), |v| {
@@ -188,7 +189,7 @@ async fn duplicate_and_late_results_are_ignored_and_counted() {
         })
         .await;
     assert!(completions.len() <= 1, "completed once: {completions:?}");
-    let (_, a) = h.get("/v1/agents/d-1").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "d-1")).await;
     assert_eq!(a["performance"]["tasksCompleted"], 1);
     stop.cancel();
     let _ = task.await;
@@ -221,7 +222,7 @@ async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
     assert_eq!(t["attempt"], 3, "1 try + 2 retries");
     assert_eq!(t["error"], "disk full");
     assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3]);
-    let (code, dl) = h.get("/v1/dead-letters").await;
+    let (code, dl) = h.get(api::DEAD_LETTERS).await;
     assert_eq!(code, 200);
     assert!(
         dl.as_array()
@@ -230,7 +231,7 @@ async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
             .any(|t| t["id"] == id.as_str()),
         "{dl}"
     );
-    let (_, a) = h.get("/v1/agents/f-1").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "f-1")).await;
     assert_eq!(a["performance"]["successRate"], 0.0);
     // Failures the agent reports are the task's: its health is untouched,
     // so the pool's only agent is never quarantined by a bad task.
@@ -288,7 +289,7 @@ async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
     // life's attempt is not one that an old result could name.
     assert_eq!(t["attempt"], 4, "{t}");
     assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3, 4]);
-    let (_, dl) = h.get("/v1/dead-letters").await;
+    let (_, dl) = h.get(api::DEAD_LETTERS).await;
     assert!(!dl
         .as_array()
         .unwrap()
@@ -372,7 +373,7 @@ async fn an_unacknowledged_assignment_goes_back_when_its_lease_runs_out() {
             >= 1.0
     })
     .await;
-    let (_, a) = h.get("/v1/agents/mute").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "mute")).await;
     assert!(
         a["performance"]["successRate"].as_f64().unwrap() < 1.0,
         "{a}"
@@ -384,7 +385,7 @@ async fn an_unacknowledged_assignment_goes_back_when_its_lease_runs_out() {
     let t = wait_state(&h, &id, "completed").await;
     assert_eq!(t["agentId"], "speaker");
     assert!(t["attempt"].as_u64().unwrap() >= 2, "{t}");
-    let (_, a) = h.get("/v1/agents/mute").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "mute")).await;
     assert_eq!(a["status"], "idle", "still registered: {a}");
     assert!(a["health"]["score"].as_u64().unwrap() < 100, "{a}");
     stop_mute.cancel();
@@ -423,7 +424,7 @@ async fn a_restarted_agent_gives_back_what_it_held_at_once() {
             .await
             >= 1.0
     );
-    let (_, a) = h.get("/v1/agents/phoenix").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "phoenix")).await;
     assert_eq!(a["health"]["failures"], 0, "never declared failed: {a}");
     stop.cancel();
     let _ = task.await;
@@ -576,7 +577,7 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
         (Some("flaky"), Some(40))
     );
     let until = q["until"].as_u64().unwrap();
-    let (_, a) = h.get("/v1/agents/flaky").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "flaky")).await;
     assert_eq!(a["health"]["quarantinedUntil"].as_u64(), Some(until), "{a}");
 
     // Quarantined: a new task waits for the period to end, not a moment less.
@@ -599,12 +600,12 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
     );
     wait_state(&h, &first, "completed").await;
     wait_state(&h, &second, "completed").await;
-    let evidence = h.get(&format!("/v1/tasks/{second}/evidence")).await.1;
+    let evidence = h.get(&api::path(api::TASK_EVIDENCE, &second)).await.1;
     assert_eq!(evidence.as_array().map(Vec::len), Some(1), "{evidence}");
 
     // On probation (health 50, one task at a time) until health reaches 70:
     // two successes so far (60), two more free it.
-    let (_, a) = h.get("/v1/agents/flaky").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "flaky")).await;
     assert_eq!(
         (
             a["health"]["score"].as_u64(),
@@ -617,7 +618,7 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
         let id = submit(&h, json!({"pool": "security"})).await;
         wait_state(&h, &id, "completed").await;
     }
-    let (_, a) = h.get("/v1/agents/flaky").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "flaky")).await;
     assert_eq!(
         (
             a["health"]["score"].as_u64(),
@@ -703,7 +704,7 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
     let running = {
         let mut n = 0;
         for id in &ids {
-            if h.get(&format!("/v1/tasks/{id}")).await.1["state"] != "queued" {
+            if h.get(&api::path(api::TASK, id)).await.1["state"] != "queued" {
                 n += 1;
             }
         }
@@ -718,7 +719,7 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
         .await;
     let second_period = q["until"].as_u64().unwrap() - q["ts"].as_u64().unwrap();
     assert_eq!(second_period, 2 * first_period);
-    let (_, a) = h.get("/v1/agents/probe").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "probe")).await;
     assert_eq!(a["health"]["probation"], false, "{a}");
     // After it, the waiting tasks run (one at a time) and complete.
     for _ in 0..2 {
@@ -933,7 +934,7 @@ async fn a_retry_goes_to_another_agent_when_one_is_free() {
     // Completed: the earlier attempts' errors are in the history only.
     assert!(t.get("error").is_none(), "{t}");
     assert_eq!(t["attempts"][2]["outcome"], "completed", "{t}");
-    let (_, ev) = h.get(&format!("/v1/tasks/{id}/evidence")).await;
+    let (_, ev) = h.get(&api::path(api::TASK_EVIDENCE, &id)).await;
     let reasons: Vec<&str> = ev
         .as_array()
         .unwrap()

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 
@@ -69,7 +70,7 @@ async fn privileged_actions_are_recorded_and_tampering_is_found() {
         409
     );
 
-    let (code, log) = h.get("/v1/audit").await;
+    let (code, log) = h.get(api::AUDIT).await;
     assert_eq!(code, 200);
     let log = log.as_array().unwrap().clone();
     let find = |action: &str| {
@@ -80,7 +81,10 @@ async fn privileged_actions_are_recorded_and_tampering_is_found() {
     };
     let drain = find("drain");
     assert_eq!(drain["actor"], "token:tests");
-    assert_eq!(drain["target"], "/v1/agents/aud-1/drain");
+    assert_eq!(
+        drain["target"],
+        api::path(api::AGENT_DRAIN, "aud-1").as_str()
+    );
     assert_eq!(drain["result"], "ok");
     assert_eq!(find("scale")["result"], "ok");
     // The entry says what was set, not only where.

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use fleet_sim::sim::{self, SimOptions};
 use std::process::Command;
@@ -175,7 +176,7 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["registration"]["p99_ms"].is_number());
     // Survivors deregistered at the end; the 4 stopped ones remain, failed.
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["totalAgents"], 4, "{fleet}");
     assert_eq!(fleet["byStatus"]["failed"], 4);
 }
@@ -614,8 +615,8 @@ async fn the_agent_command_takes_its_pool_from_the_credential_and_leaves_on_sigt
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_until(|| async { h.get("/v1/agents/cli-agent").await.0 == 200 }).await;
-    let (_, a) = h.get("/v1/agents/cli-agent").await;
+    wait_until(|| async { h.get(&api::path(api::AGENT, "cli-agent")).await.0 == 200 }).await;
+    let (_, a) = h.get(&api::path(api::AGENT, "cli-agent")).await;
     assert_eq!(a["pool"], "tester", "{a}");
     let id = submit(
         &h,
@@ -635,7 +636,11 @@ async fn the_agent_command_takes_its_pool_from_the_credential_and_leaves_on_sigt
         .expect("the agent leaves in time")
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert_eq!(h.get("/v1/agents/cli-agent").await.0, 404, "deregistered");
+    assert_eq!(
+        h.get(&api::path(api::AGENT, "cli-agent")).await.0,
+        404,
+        "deregistered"
+    );
 }
 
 /// A reader that went away (`status | head -1`, here a reader gone before

@@ -10,6 +10,7 @@ mod common;
 
 use common::*;
 use fleet_agent::{Agent, AgentError};
+use fleet_protocol::api;
 use fleet_protocol::auth::Grants;
 use fleet_protocol::governance::Choice;
 use fleet_protocol::pool::{AgentStatus, PoolType};
@@ -86,7 +87,7 @@ async fn propose_drain(h: &Harness, pool: &str) -> (u16, Value) {
 }
 
 async fn decided(h: &Harness, id: &str) -> Value {
-    let path = format!("/v1/governance/proposals/{id}");
+    let path = api::path(api::PROPOSAL, id);
     wait_until(|| async { h.get(&path).await.1["seal"].is_string() }).await;
     h.get(&path).await.1
 }
@@ -119,7 +120,7 @@ async fn a_governed_drain_runs_only_on_a_quorum_and_its_seal_verifies() {
     };
     let outsider = Voter::start_keyed(&h, spec("nv", PoolType::Coordinator), validator_key).await;
     let (stop_d, d) = start_agent(&h, "dev-1", PoolType::Devops, &[], None).await;
-    let (_, g) = h.get("/v1/governance").await;
+    let (_, g) = h.get(api::GOVERNANCE).await;
     assert_eq!(
         (g["validators"].as_u64(), g["tolerance"].as_u64()),
         (Some(3), Some(0)),
@@ -157,7 +158,7 @@ async fn a_governed_drain_runs_only_on_a_quorum_and_its_seal_verifies() {
                 >= 1.0
     })
     .await;
-    let (_, agent) = h.get("/v1/agents/dev-1").await;
+    let (_, agent) = h.get(&api::path(api::AGENT, "dev-1")).await;
     assert_eq!(
         agent["draining"], false,
         "drained before the quorum: {agent}"
@@ -171,7 +172,7 @@ async fn a_governed_drain_runs_only_on_a_quorum_and_its_seal_verifies() {
     assert_eq!(decision["outcome"], "allowed");
     // Drained: it finishes what it holds (nothing) and leaves at once.
     wait_until(|| async {
-        let (code, a) = h.get("/v1/agents/dev-1").await;
+        let (code, a) = h.get(&api::path(api::AGENT, "dev-1")).await;
         code == 404 || a["draining"] == true
     })
     .await;
@@ -205,7 +206,7 @@ async fn a_governed_drain_runs_only_on_a_quorum_and_its_seal_verifies() {
     v[2].vote(&p3, Choice::Quarantine);
     let rec = decided(&h, p3["proposalId"].as_str().unwrap()).await;
     assert_eq!(rec["state"], "quarantined", "{rec}");
-    let (_, vr) = h.get("/v1/agents/v1").await;
+    let (_, vr) = h.get(&api::path(api::AGENT, "v1")).await;
     assert_eq!(vr["draining"], false, "nothing drained: {vr}");
 
     // Edited afterwards: a stored vote, then the audit stream. Each is caught.
@@ -315,7 +316,7 @@ async fn a_proposal_expires_and_too_few_live_validators_refuse_one() {
     // live weight (1) is below the quorum (2), so no proposal opens.
     v[1].stop.cancel();
     v[2].stop.cancel();
-    wait_until(|| async { h.get("/v1/governance").await.1["live"] == 1 }).await;
+    wait_until(|| async { h.get(api::GOVERNANCE).await.1["live"] == 1 }).await;
     let (code, body) = propose_drain(&h, "mobile").await;
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["error"], "quorum_unreachable");
@@ -463,7 +464,7 @@ async fn a_stolen_key_claims_no_more_than_its_grants() {
         .expect("granted: accepted");
     let rejected = r#"fleet_messages_rejected_total{channel="registry",reason="not_granted"}"#;
     assert_eq!(h.metric(rejected).await, 4.0);
-    let (_, g) = h.get("/v1/governance").await;
+    let (_, g) = h.get(api::GOVERNANCE).await;
     assert_eq!(
         (g["validators"].as_u64(), g["totalWeight"].as_u64()),
         (Some(3), Some(3)),
@@ -496,10 +497,10 @@ async fn a_stolen_key_claims_no_more_than_its_grants() {
             && h.metric(r#"fleet_votes_total{vote="allow"}"#).await >= 1.0
     })
     .await;
-    let rec = h.get(&format!("/v1/governance/proposals/{id}")).await.1;
+    let rec = h.get(&api::path(api::PROPOSAL, id)).await.1;
     assert_eq!(rec["state"], "open", "the thief's vote decided: {rec}");
     assert_eq!(rec["votes"].as_object().map(|v| v.len()), Some(1), "{rec}");
-    let (_, agent) = h.get("/v1/agents/dev-g").await;
+    let (_, agent) = h.get(&api::path(api::AGENT, "dev-g")).await;
     assert_eq!(agent["draining"], false, "{agent}");
     stop_d.cancel();
     let _ = d.await;

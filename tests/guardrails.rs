@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use fleet_agent::{Agent, Outcome};
+use fleet_protocol::api;
 use fleet_protocol::pool::{AgentStatus, PoolType};
 use fleet_protocol::ToAgent;
 use serde_json::{json, Value};
@@ -103,7 +104,7 @@ async fn an_agent_that_heartbeats_but_never_progresses_loses_the_task_and_is_fla
     let done = wait_state(&h, &id, "completed").await;
     assert_eq!(done["agentId"], "ok-1");
     assert_eq!(done["casualties"], 1);
-    let (_, rec) = h.get("/v1/agents/hang-1").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "hang-1")).await;
     assert_eq!(rec["health"]["stuck"], 1, "{rec}");
     assert!(rec["health"]["stuckAt"].as_u64().unwrap() > 0);
     assert!(
@@ -132,7 +133,7 @@ async fn a_repeated_step_is_not_progress_and_a_rising_one_is() {
     let stop = CancellationToken::new();
     let a = h.agent("climb-1", PoolType::Tester).await;
     let climber = tokio::spawn(stepper(a, true, Some(15), stop.clone()));
-    wait_until(|| async { h.get("/v1/agents/climb-1").await.0 == 200 }).await;
+    wait_until(|| async { h.get(&api::path(api::AGENT, "climb-1")).await.0 == 200 }).await;
     let id = submit(
         &h,
         json!({"pool": "tester", "payload": {}, "timeoutMs": 60000, "progressTimeoutMs": 500}),
@@ -152,7 +153,7 @@ async fn a_repeated_step_is_not_progress_and_a_rising_one_is() {
     let stop = CancellationToken::new();
     let a = h.agent("loop-1", PoolType::Reviewer).await;
     let looper = tokio::spawn(stepper(a, false, None, stop.clone()));
-    wait_until(|| async { h.get("/v1/agents/loop-1").await.0 == 200 }).await;
+    wait_until(|| async { h.get(&api::path(api::AGENT, "loop-1")).await.0 == 200 }).await;
     let id = submit(
         &h,
         json!({"pool": "reviewer", "payload": {}, "timeoutMs": 60000, "progressTimeoutMs": 500}),
@@ -218,7 +219,7 @@ async fn a_task_that_kills_its_agents_is_held_as_poison_after_two() {
     let other = submit(&h, json!({"pool": "analyst", "payload": {"n": 2}})).await;
     assert_eq!(wait_state(&h, &other, "completed").await["agentId"], alive);
 
-    let (code, list) = h.get("/v1/poison").await;
+    let (code, list) = h.get(api::POISON).await;
     assert_eq!(code, 200);
     let ids: Vec<&str> = list
         .as_array()
@@ -250,7 +251,7 @@ async fn a_task_that_kills_its_agents_is_held_as_poison_after_two() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 409);
-    let (_, audit) = h.get("/v1/audit").await;
+    let (_, audit) = h.get(api::AUDIT).await;
     assert!(
         audit.to_string().contains("requeue_poison"),
         "the requeue is audited: {audit}"
@@ -333,9 +334,9 @@ async fn an_agent_out_of_budget_is_halted_until_topped_up_and_max_cost_is_enforc
         })
         .await;
     assert_eq!(ev["balance"], -2.0);
-    let (_, rec) = h.get("/v1/agents/spend-1").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "spend-1")).await;
     assert_eq!(rec["status"], "halted", "{rec}");
-    let (_, b) = h.get("/v1/agents/spend-1/budget").await;
+    let (_, b) = h.get(&api::path(api::AGENT_BUDGET, "spend-1")).await;
     assert_eq!(
         (b["balance"].as_f64(), b["spent"].as_f64()),
         (Some(-2.0), Some(12.0)),
@@ -344,9 +345,9 @@ async fn an_agent_out_of_budget_is_halted_until_topped_up_and_max_cost_is_enforc
     // It heartbeats on, and gets no work.
     let waiting = submit(&h, json!({"pool": "ui", "payload": {}})).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, t) = h.get(&format!("/v1/tasks/{waiting}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, &waiting)).await;
     assert_eq!(t["state"], "queued", "{t}");
-    let (_, rec) = h.get("/v1/agents/spend-1").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "spend-1")).await;
     assert_eq!(rec["status"], "halted", "heartbeats keep it halted: {rec}");
     assert!(h.metric("fleet_agents_halted_total").await >= 1.0);
 
@@ -374,7 +375,7 @@ async fn an_agent_out_of_budget_is_halted_until_topped_up_and_max_cost_is_enforc
         wait_state(&h, &waiting, "completed").await["agentId"],
         "spend-1"
     );
-    let (_, audit) = h.get("/v1/audit").await;
+    let (_, audit) = h.get(api::AUDIT).await;
     assert!(
         audit.to_string().contains("\"budget\""),
         "top-up audited: {audit}"
@@ -428,7 +429,7 @@ async fn a_halted_agent_resumes_when_its_budget_window_renews() {
         })
         .await;
     assert_eq!(resumed["balance"], 5.0, "a full allowance: {resumed}");
-    let (_, b) = h.get("/v1/agents/window-1/budget").await;
+    let (_, b) = h.get(&api::path(api::AGENT_BUDGET, "window-1")).await;
     assert!(
         b["windowEnds"].as_u64().unwrap() > halted["ts"].as_u64().unwrap(),
         "a new window: {b}"

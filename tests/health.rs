@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use fleet_agent::Agent;
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -48,9 +49,9 @@ async fn silent_agent_fails_then_recovers_when_heard_again() {
         silent >= h.config.failure_window().as_millis() as u64,
         "failed only after the window: silent {silent} ms"
     );
-    let (_, rec) = h.get("/v1/agents/hb-1").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "hb-1")).await;
     assert_eq!(rec["status"], "failed");
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["byStatus"]["failed"], 1);
     assert_eq!(
         fleet["byStatus"]["idle"], 1,
@@ -65,7 +66,7 @@ async fn silent_agent_fails_then_recovers_when_heard_again() {
     health
         .wait_for("agent_recovered", is("agent_recovered", "hb-1"))
         .await;
-    let (_, rec) = h.get("/v1/agents/hb-1").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "hb-1")).await;
     assert_eq!(rec["status"], "idle");
     assert_eq!(rec["health"]["failures"], 1);
     assert_eq!(rec["health"]["recoveryAttempts"], 1);
@@ -74,7 +75,7 @@ async fn silent_agent_fails_then_recovers_when_heard_again() {
     assert!(parse_metric(&m, r#"fleet_agents_recovered_total{pool="tester"}"#) >= 1.0);
 
     // The agent that kept beating was never failed.
-    let (_, rec) = h.get("/v1/agents/hb-2").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "hb-2")).await;
     assert_eq!(rec["health"]["failures"], 0);
     stop.cancel();
     stop_other.cancel();
@@ -110,8 +111,8 @@ async fn repeated_failures_remove_the_agent_and_it_can_register_again() {
         .wait_for("agent_removed", is("agent_removed", "flaky-1"))
         .await;
     assert_eq!(ev["reason"], "max_failures");
-    assert_eq!(h.get("/v1/agents/flaky-1").await.0, 404);
-    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(h.get(&api::path(api::AGENT, "flaky-1")).await.0, 404);
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["totalAgents"], 0);
 
     // When it comes back, the commander tells it to register again, and it does.
@@ -121,7 +122,7 @@ async fn repeated_failures_remove_the_agent_and_it_can_register_again() {
         .wait_for("re-registration", is("agent_registered", "flaky-1"))
         .await;
     assert_eq!(ev["reRegistered"], false, "a fresh record after removal");
-    let (_, rec) = h.get("/v1/agents/flaky-1").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "flaky-1")).await;
     assert_eq!(rec["health"]["failures"], 0, "{rec}");
     stop.cancel();
     let _ = task.await;
@@ -141,7 +142,7 @@ async fn failed_agent_that_never_returns_is_removed_after_retention() {
         .wait_for("agent_removed", is("agent_removed", "gone-1"))
         .await;
     assert_eq!(ev["reason"], "expired");
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["totalAgents"], 0);
 }
 
@@ -167,7 +168,7 @@ async fn no_false_deaths_while_redis_is_frozen_and_detection_resumes_after() {
         deaths.is_empty(),
         "false deaths after a Redis stall: {deaths:?}"
     );
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["byStatus"]["idle"], 5, "{fleet}");
     assert!(h.metric("fleet_contact_lapses_total").await >= 1.0);
 
@@ -216,7 +217,7 @@ async fn subscriber_reconnects_after_its_connection_is_killed() {
         .unwrap();
     assert_eq!(killed, 1);
     wait_until(|| async { h.metric("fleet_subscriber_reconnects_total").await > before }).await;
-    wait_until(|| async { h.get("/readyz").await.0 == 200 }).await;
+    wait_until(|| async { h.get(api::READYZ).await.0 == 200 }).await;
     // Still serving registrations (the agent retries, as the protocol says).
     let mut a = h.agent("after-1", PoolType::Ui).await;
     let mut ok = false;
@@ -245,7 +246,7 @@ async fn after_redis_restarts_empty_the_fleet_registers_again() {
     // The commander survives (not fenced by the lost epoch), tells the agents
     // it does not know them, and they register again.
     wait_until(|| async {
-        let (code, f) = h.get("/v1/fleet").await;
+        let (code, f) = h.get(api::FLEET).await;
         code == 200 && f["totalAgents"] == 4 && f["byStatus"]["idle"] == 4
     })
     .await;
@@ -445,11 +446,11 @@ async fn while_redis_is_down_requests_fail_fast_and_the_service_recovers() {
     assert_eq!(r.headers()["retry-after"], "1");
     assert!(write_ms < 1000, "a write waited {write_ms} ms");
     let t = std::time::Instant::now();
-    let (code, body) = h.get("/v1/fleet").await;
+    let (code, body) = h.get(api::FLEET).await;
     assert_eq!(code, 503);
     assert_eq!(body["current"], false, "{body}");
     assert!(t.elapsed() < Duration::from_secs(1));
-    let (code, ready) = h.get("/readyz").await;
+    let (code, ready) = h.get(api::READYZ).await;
     assert_eq!((code, ready["breaker"].as_str()), (503, Some("open")));
 
     // Down for 10 s in all (the scenario, not a synchronisation).
@@ -462,7 +463,7 @@ async fn while_redis_is_down_requests_fail_fast_and_the_service_recovers() {
     wait_until(|| async { h.commander.as_ref().unwrap().leads() }).await;
     let r = submit(2).await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "writes work again");
-    let (_, rec) = h.get("/v1/agents/brk-1").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "brk-1")).await;
     assert_eq!(rec["health"]["failures"], 0, "no false death: {rec}");
     stop.cancel();
     let _ = task.await;

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use fleet_store::tokens::TokenRole;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,7 +109,7 @@ async fn every_request_needs_a_token_of_the_right_role() {
     let anon = reqwest::Client::new();
     let code = |r: reqwest::Response| r.status().as_u16();
     // Open: liveness, readiness, metrics (for scrapers; http.protect_metrics closes it).
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    for path in [api::HEALTHZ, api::READYZ, api::METRICS] {
         assert_eq!(
             code(anon.get(format!("{base}{path}")).send().await.unwrap()),
             200,
@@ -375,7 +376,7 @@ async fn sessions_end_at_sign_out_tokens_expire_and_refusals_are_audited() {
             entries[0].target.as_str(),
             entries[0].result.as_str()
         ),
-        ("http", "/v1/fleet", "1 refused since the last such entry")
+        ("http", api::FLEET, "1 refused since the last such entry")
     );
 }
 

@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use fleet_commander::config::ScalingPolicy;
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use fleet_sim::sim::{self, SimOptions, TaskLoad};
 use serde_json::Value;
@@ -324,7 +325,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         }
     };
     let report = outcome.unwrap().unwrap();
-    let (_, pools) = h.get("/v1/pools").await;
+    let (_, pools) = h.get(api::POOLS).await;
     assert!(
         finished,
         "the simulator did not finish in 60 s: {}\npools: {pools}",

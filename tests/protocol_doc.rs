@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use serde_json::Value;
 
@@ -22,7 +23,7 @@ fn minimal_agent() -> String {
 
 /// Waits until the agent's record shows a heartbeat newer than now's.
 async fn heartbeats_go_on(h: &Harness, id: &str) {
-    let path = format!("/v1/agents/{id}");
+    let path = api::path(api::AGENT, id);
     let last = |v: Value| v["health"]["lastHeartbeat"].as_u64().unwrap_or(0);
     let first = last(h.get(&path).await.1);
     wait_until(|| async { last(h.get(&path).await.1) > first }).await;

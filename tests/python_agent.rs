@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use fleet_protocol::api;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_example_agent_registers_does_a_task_and_leaves() {
@@ -42,11 +43,11 @@ async fn the_python_example_agent_registers_does_a_task_and_leaves() {
         .wait_for("agent_deregistered", is("agent_deregistered", "py-1"))
         .await;
     assert!(h.metric("fleet_heartbeats_total").await >= 1.0);
-    let (_, t) = h.get(&format!("/v1/tasks/{task_id}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, &task_id)).await;
     assert_eq!(t["state"], "completed", "{t}\n{stdout}");
     assert_eq!(t["result"]["echo"]["say"], "hello");
     assert_eq!(t["result"]["by"], "python");
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["totalAgents"], 0);
 }
 

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use fleet_agent::{AgentError, AgentSpec};
+use fleet_protocol::api;
 use fleet_protocol::pool::{AgentStatus, PoolType};
 use fleet_protocol::{RefusalReason, Resources};
 use serde_json::{json, Value};
@@ -32,18 +33,18 @@ async fn registers_an_agent_and_serves_its_record() {
         .await;
 
     // Fresh: status already counts what was acknowledged.
-    let (code, fleet) = h.get("/v1/fleet").await;
+    let (code, fleet) = h.get(api::FLEET).await;
     assert_eq!(code, 200);
     assert_eq!(fleet["totalAgents"], 1);
     assert_eq!(fleet["pools"]["coder"]["byStatus"]["idle"], 1);
 
-    let (code, rec) = h.get("/v1/agents/coder-1").await;
+    let (code, rec) = h.get(&api::path(api::AGENT, "coder-1")).await;
     assert_eq!(code, 200);
     assert_eq!(rec["pool"], "coder");
     assert_eq!(rec["resources"]["cpu"], 0.25);
     assert_eq!(rec["health"]["failures"], 0);
     assert!(rec["health"]["lastHeartbeat"].as_u64().unwrap() > 0);
-    assert_eq!(h.get("/v1/agents/nobody").await.0, 404);
+    assert_eq!(h.get(&api::path(api::AGENT, "nobody")).await.0, 404);
     assert_eq!(h.get("/v1/agents/bad%20id").await.0, 400);
 }
 
@@ -60,7 +61,7 @@ async fn duplicate_registration_is_idempotent() {
     assert_eq!(second.record.registered_at, first.record.registered_at);
     let third = again.register(T).await.unwrap();
     assert!(third.re_registered);
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["totalAgents"], 1, "{fleet}");
     assert_eq!(fleet["pools"]["tester"]["currentAgents"], 1);
 
@@ -111,7 +112,7 @@ async fn refuses_unknown_pool_bad_fields_and_excess_resources_with_a_reason() {
     .await;
     assert_eq!(r["reason"], "resources_exceed_limits");
 
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["totalAgents"], 0);
     let m = h.metrics().await;
     assert!(
@@ -147,7 +148,7 @@ async fn refuses_registration_into_a_full_pool() {
     // A member re-registering is still welcome in a full pool.
     let mut again = h.agent("co-0", PoolType::Coordinator).await;
     assert!(again.register(T).await.unwrap().re_registered);
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["pools"]["coordinator"]["currentAgents"], 2);
 }
 
@@ -186,8 +187,8 @@ async fn deregistration_removes_the_agent_everywhere() {
     registry
         .wait_for("agent_deregistered", is("agent_deregistered", "db-1"))
         .await;
-    assert_eq!(h.get("/v1/agents/db-1").await.0, 404);
-    let (_, fleet) = h.get("/v1/fleet").await;
+    assert_eq!(h.get(&api::path(api::AGENT, "db-1")).await.0, 404);
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["totalAgents"], 0);
     let mut c = h.conn().await;
     let members: Vec<String> = redis::cmd("SMEMBERS")
@@ -228,11 +229,11 @@ async fn status_reports_totals_by_status_and_pool_on_http_and_pubsub() {
     agents[1].heartbeat(AgentStatus::Busy, 0.9).await.unwrap();
     agents[2].heartbeat(AgentStatus::Active, 0.4).await.unwrap();
     wait_until(|| async {
-        let (_, f) = h.get("/v1/fleet").await;
+        let (_, f) = h.get(api::FLEET).await;
         f["byStatus"]["busy"] == 1 && f["byStatus"]["active"] == 1
     })
     .await;
-    let (_, f) = h.get("/v1/fleet").await;
+    let (_, f) = h.get(api::FLEET).await;
     assert_eq!(f["totalAgents"], 4);
     assert_eq!(f["maxAgents"], 1000);
     assert_eq!(f["byStatus"]["idle"], 2);
@@ -242,7 +243,7 @@ async fn status_reports_totals_by_status_and_pool_on_http_and_pubsub() {
     assert_eq!(f["pools"]["security"]["byStatus"]["active"], 1);
     assert_eq!(f["pools"].as_object().unwrap().len(), 16);
 
-    let (code, pools) = h.get("/v1/pools").await;
+    let (code, pools) = h.get(api::POOLS).await;
     assert_eq!(code, 200);
     let pools = pools.as_array().unwrap();
     assert_eq!(pools.len(), 16);
@@ -276,8 +277,8 @@ async fn status_reports_totals_by_status_and_pool_on_http_and_pubsub() {
         .await;
     assert_eq!(ps["status"]["currentAgents"], 2);
 
-    assert_eq!(h.get("/healthz").await.0, 200);
-    let (code, ready) = h.get("/readyz").await;
+    assert_eq!(h.get(api::HEALTHZ).await.0, 200);
+    let (code, ready) = h.get(api::READYZ).await;
     assert_eq!(code, 200, "{ready}");
 }
 
@@ -314,10 +315,10 @@ async fn a_restarted_commander_picks_up_the_fleet_where_it_was() {
     h.start_commander().await;
     assert!(h.commander.as_ref().unwrap().epoch() > old_epoch);
 
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["totalAgents"], 10, "{fleet}");
     assert_eq!(fleet["byStatus"]["idle"], 10);
-    let (_, rec) = h.get("/v1/agents/r-3").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "r-3")).await;
     assert_eq!(rec["priority"], 3);
 
     // The restarted commander does not declare the silent-while-it-was-down agents dead.
@@ -350,7 +351,7 @@ async fn a_heartbeat_without_resources_keeps_the_declared_ones_and_the_record_ha
         reg.record.capacity, 3,
         "register_reply's record has the capacity"
     );
-    let (_, rec) = h.get("/v1/agents/cap-1").await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "cap-1")).await;
     assert_eq!(rec["capacity"], 3);
     assert_eq!(rec["resources"]["memory"], 300.0);
 
@@ -361,8 +362,8 @@ async fn a_heartbeat_without_resources_keeps_the_declared_ones_and_the_record_ha
             .to_string(),
     )
     .await;
-    wait_until(|| async { h.get("/v1/agents/cap-1").await.1["load"] == 0.7 }).await;
-    let (_, rec) = h.get("/v1/agents/cap-1").await;
+    wait_until(|| async { h.get(&api::path(api::AGENT, "cap-1")).await.1["load"] == 0.7 }).await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "cap-1")).await;
     assert_eq!(rec["resources"]["memory"], 300.0, "kept: {rec}");
     assert_eq!(rec["resources"]["cpu"], 0.5, "kept: {rec}");
     spec.resources.memory = 128.0;
@@ -373,8 +374,8 @@ async fn a_heartbeat_without_resources_keeps_the_declared_ones_and_the_record_ha
         .to_string(),
     )
     .await;
-    wait_until(|| async { h.get("/v1/agents/cap-1").await.1["load"] == 0.2 }).await;
-    let (_, rec) = h.get("/v1/agents/cap-1").await;
+    wait_until(|| async { h.get(&api::path(api::AGENT, "cap-1")).await.1["load"] == 0.2 }).await;
+    let (_, rec) = h.get(&api::path(api::AGENT, "cap-1")).await;
     assert_eq!(
         rec["resources"]["memory"], 128.0,
         "current use reported: {rec}"
@@ -413,7 +414,7 @@ async fn a_mistyped_field_is_answered_and_integral_floats_are_whole_numbers() {
     let r = raw_register(&h, "py-3", json!({"pool": "coder", "capabilities": "rust"})).await;
     assert_eq!(r["reason"], "invalid_fields", "{r}");
 
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(fleet["totalAgents"], 1, "only py-1 joined");
     let m = h.metrics().await;
     assert!(
@@ -433,7 +434,7 @@ async fn agents_that_left_are_listed_until_they_come_back() {
     let mut a = h.agent("gone-1", PoolType::Tester).await;
     a.register(Duration::from_secs(5)).await.unwrap();
     a.deregister(Duration::from_secs(5)).await.unwrap();
-    let (code, list) = h.get("/v1/departed").await;
+    let (code, list) = h.get(api::DEPARTED).await;
     assert_eq!(code, 200);
     let gone = list
         .as_array()
@@ -449,7 +450,7 @@ async fn agents_that_left_are_listed_until_they_come_back() {
     );
     assert!(gone["leftAt"].as_u64().unwrap() > 0);
     a.register(Duration::from_secs(5)).await.unwrap();
-    let (_, list) = h.get("/v1/departed").await;
+    let (_, list) = h.get(api::DEPARTED).await;
     assert!(
         !list.as_array().unwrap().iter().any(|d| d["id"] == "gone-1"),
         "back again: {list}"

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -183,7 +184,7 @@ async fn a_flood_of_garbage_does_not_stall_the_commander() {
     a.register(Duration::from_secs(5))
         .await
         .expect("served after the flood");
-    let (code, _) = h.get("/v1/fleet").await;
+    let (code, _) = h.get(api::FLEET).await;
     assert_eq!(code, 200);
     // Every piece counted (the health channel has its own connection: the
     // registration above need not wait until the flood is read).
@@ -209,7 +210,7 @@ async fn heartbeat_from_an_unknown_agent_is_told_to_register() {
         .wait_for("reregister", |v| v["type"] == "reregister")
         .await;
     assert_eq!(m["reason"], "unknown_agent");
-    let (_, fleet) = h.get("/v1/fleet").await;
+    let (_, fleet) = h.get(api::FLEET).await;
     assert_eq!(
         fleet["totalAgents"], 0,
         "a heartbeat never creates an agent"

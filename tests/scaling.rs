@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use fleet_agent::{Assignment, Outcome, Work};
 use fleet_commander::config::{Config, ScalingPolicy};
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use fleet_sim::spawner::{InProcess, Spawned};
 use serde_json::{json, Value};
@@ -134,7 +135,7 @@ async fn the_pool_follows_demand_up_and_down_without_losing_a_task() {
     let downs = all.iter().filter(|v| v["type"] == "scale_down").count();
     let changes = assert_no_flapping(&all, 500);
     for id in &ids {
-        let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+        let (_, t) = h.get(&api::path(api::TASK, id)).await;
         assert_eq!(t["state"], "completed", "{t}");
         assert_eq!(t["attempt"], 1, "never taken from an agent: {t}");
     }
@@ -342,7 +343,7 @@ async fn an_operator_drain_finishes_the_work_then_the_agent_leaves() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let (_, a) = h.get("/v1/agents/retiree").await;
+    let (_, a) = h.get(&api::path(api::AGENT, "retiree")).await;
     assert_eq!(a["draining"], true, "{a}");
     // Draining: a new task waits rather than go to it.
     let other = submit(&h, json!({"pool": "devops"})).await;
@@ -352,9 +353,9 @@ async fn an_operator_drain_finishes_the_work_then_the_agent_leaves() {
         .await
         .expect("the agent stops")
         .unwrap();
-    let (code, _) = h.get("/v1/agents/retiree").await;
+    let (code, _) = h.get(&api::path(api::AGENT, "retiree")).await;
     assert_eq!(code, 404, "deregistered");
-    let (_, t) = h.get(&format!("/v1/tasks/{other}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, &other)).await;
     assert_eq!(t["state"], "queued");
 }
 
@@ -377,7 +378,11 @@ async fn an_edited_config_is_applied_live_and_an_invalid_one_changes_nothing() {
     std::fs::write(&path, &edited).unwrap();
     wait_until(|| async { h.pool("reviewer").await["maxAgents"] == 40 }).await;
     assert_eq!(h.pool("reviewer").await["strategy"], "round_robin");
-    assert_eq!(h.get("/v1/agents/stayer").await.0, 200, "agents stay");
+    assert_eq!(
+        h.get(&api::path(api::AGENT, "stayer")).await.0,
+        200,
+        "agents stay"
+    );
     let id = submit(&h, json!({"pool": "reviewer"})).await;
     let ev = wait_state(&h, &id, "completed").await;
     assert_eq!(ev["agentId"], "stayer");

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use fleet_agent::{AgentError, AgentSpec, Outcome};
+use fleet_protocol::api;
 use fleet_protocol::auth::{Role, Signer};
 use fleet_protocol::pool::PoolType;
 use fleet_protocol::{now_ms, AgentStatus};
@@ -106,7 +107,7 @@ async fn forged_results_change_nothing_and_only_the_holder_completes() {
     refused(&h, "results", "wrong_agent").await;
     refused(&h, "results", "unknown_key").await;
     refused(&h, "results", "bad_signature").await;
-    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, &id)).await;
     assert_eq!(t["state"], "running", "{t}");
     assert_eq!(t["result"], Value::Null);
 
@@ -144,10 +145,10 @@ async fn forged_register_and_deregister_leave_the_agent_and_its_task_alone() {
     wait_until(|| async { h.metric(&rejected("registry", "unsigned")).await >= 2.0 }).await;
     refused(&h, "registry", "wrong_agent").await;
 
-    let (code, a) = h.get("/v1/agents/a").await;
+    let (code, a) = h.get(&api::path(api::AGENT, "a")).await;
     assert_eq!(code, 200, "still registered");
     assert_eq!(a["capabilities"], json!(["rust"]), "{a}");
-    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, &id)).await;
     assert_eq!(
         (t["state"].as_str(), t["attempt"].as_u64()),
         (Some("running"), Some(1)),
@@ -184,7 +185,7 @@ async fn forged_heartbeats_do_not_keep_a_dead_agent_alive() {
             }
         })
     };
-    wait_until(|| async { h.get("/v1/agents/k").await.1["status"] == "failed" }).await;
+    wait_until(|| async { h.get(&api::path(api::AGENT, "k")).await.1["status"] == "failed" }).await;
     assert!(h.metric(&rejected("health", "unsigned")).await >= 1.0);
     stop.cancel();
     forger.await.unwrap();
@@ -210,19 +211,19 @@ async fn replayed_register_and_deregister_are_refused() {
     // A replayed register after the deregister: no phantom agent.
     h.publish_raw(&registry, &register).await;
     refused(&h, "registry", "replay").await;
-    assert_eq!(h.get("/v1/agents/r").await.0, 404);
+    assert_eq!(h.get(&api::path(api::AGENT, "r")).await.0, 404);
 
     // Back for real; a replayed deregister does not remove it.
     a.register(T).await.unwrap();
     h.publish_raw(&registry, &deregister).await;
     wait_until(|| async { h.metric(&rejected("registry", "replay")).await >= 2.0 }).await;
-    assert_eq!(h.get("/v1/agents/r").await.0, 200);
+    assert_eq!(h.get(&api::path(api::AGENT, "r")).await.0, 200);
 
     // Once out of the window, the replay is refused for its age.
     tokio::time::sleep(Duration::from_millis(1100)).await; // the window is time itself
     h.publish_raw(&registry, &deregister).await;
     refused(&h, "registry", "stale_timestamp").await;
-    assert_eq!(h.get("/v1/agents/r").await.0, 200);
+    assert_eq!(h.get(&api::path(api::AGENT, "r")).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +424,7 @@ async fn malformed_headers_are_refused_and_counted() {
 async fn open_mode_is_reported_and_checks_nothing() {
     let h = Harness::start_with(|c| c.security.mode = fleet_commander::config::SecurityMode::Open)
         .await;
-    let (code, ready) = h.get("/readyz").await;
+    let (code, ready) = h.get(api::READYZ).await;
     assert_eq!((code, ready["security"].as_str()), (200, Some("open")));
     let mut inbox = h.listen(&h.keys.channels().agent("plain")).await;
     h.publish_raw(
@@ -441,7 +442,7 @@ async fn open_mode_is_reported_and_checks_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_mode_is_reported() {
     let h = Harness::start().await;
-    let (_, ready) = h.get("/readyz").await;
+    let (_, ready) = h.get(api::READYZ).await;
     assert_eq!(ready["security"], "signed");
 }
 

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use fleet_agent::AgentSpec;
 use fleet_commander::config::Strategy;
+use fleet_protocol::api;
 use fleet_protocol::pool::{AgentStatus, PoolType};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -57,8 +58,8 @@ async fn least_loaded_prefers_the_agent_with_the_most_room() {
     let pool = json!({"pool": "architect"});
     // The heartbeats travel over pub/sub: wait until both are recorded.
     wait_until(|| async {
-        h.get("/v1/agents/ll-b").await.1["load"] == 0.1
-            && h.get("/v1/agents/ll-a").await.1["load"] == 0.9
+        h.get(&api::path(api::AGENT, "ll-b")).await.1["load"] == 0.1
+            && h.get(&api::path(api::AGENT, "ll-a")).await.1["load"] == 0.9
     })
     .await;
     assert_eq!(chosen(&h, &mut events, pool.clone()).await, "ll-b");
@@ -151,9 +152,9 @@ async fn weighted_fair_shares_by_weight_and_stops_at_the_quota() {
         })
         .await;
     assert!(later.is_empty(), "both at quota: {later:?}");
-    let (_, t) = h.get(&format!("/v1/tasks/{waiting}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, &waiting)).await;
     assert_eq!(t["state"], "queued");
-    let (_, ev) = h.get(&format!("/v1/tasks/{waiting}/evidence")).await;
+    let (_, ev) = h.get(&api::path(api::TASK_EVIDENCE, &waiting)).await;
     assert_eq!(ev.as_array().map(Vec::len), Some(0));
     for (s, t) in running {
         s.cancel();

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -25,7 +26,7 @@ async fn submitted_task_is_persisted_with_defaults_and_served() {
     let h = Harness::start().await;
     let (code, body) = post(
         &h,
-        "/v1/tasks",
+        api::TASKS,
         json!({"pool": "coder", "payload": {"file": "main.rs", "n": [1, 2]}, "capabilities": ["rust"]}),
     )
     .await;
@@ -38,25 +39,25 @@ async fn submitted_task_is_persisted_with_defaults_and_served() {
     assert_eq!(t["maxRetries"], 3);
     assert_eq!(t["payload"], json!({"file": "main.rs", "n": [1, 2]}));
     let id = t["id"].as_str().unwrap();
-    let (code, got) = h.get(&format!("/v1/tasks/{id}")).await;
+    let (code, got) = h.get(&api::path(api::TASK, id)).await;
     assert_eq!(code, 200);
     assert_eq!(got, *t);
     // A well-formed id that names no task, and ids that cannot name one
     // (not the commander's UUIDs: refused before any Redis key is built).
-    assert_eq!(h.get(&format!("/v1/tasks/{NO_TASK}")).await.0, 404);
+    assert_eq!(h.get(&api::path(api::TASK, NO_TASK)).await.0, 404);
     for bad in [
         "nope",
         "a:b",
         "agent-1",
         "6F1C2A4E-0B1D-4C7E-9A3F-2D5E8B7C1A90",
     ] {
-        let (code, body) = h.get(&format!("/v1/tasks/{bad}")).await;
+        let (code, body) = h.get(&api::path(api::TASK, bad)).await;
         assert_eq!(
             (code, &body["error"]),
             (400, &json!("invalid_task_id")),
             "{bad}"
         );
-        let (code, _) = post(&h, &format!("/v1/tasks/{bad}/cancel"), json!({})).await;
+        let (code, _) = post(&h, &api::path(api::TASK_CANCEL, bad), json!({})).await;
         assert_eq!(code, 400, "cancel {bad}");
     }
 }
@@ -68,8 +69,8 @@ const NO_TASK: &str = "00000000-0000-4000-8000-000000000000";
 async fn submission_is_idempotent_by_client_id() {
     let h = Harness::start().await;
     let body = json!({"pool": "tester", "clientId": "build-42", "payload": 1});
-    let (c1, first) = post(&h, "/v1/tasks", body.clone()).await;
-    let (c2, second) = post(&h, "/v1/tasks", body.clone()).await;
+    let (c1, first) = post(&h, api::TASKS, body.clone()).await;
+    let (c2, second) = post(&h, api::TASKS, body.clone()).await;
     assert_eq!((c1, c2), (201, 200));
     assert_eq!(second["duplicate"], true);
     assert_eq!(first["task"]["id"], second["task"]["id"]);
@@ -114,7 +115,7 @@ async fn tasks_that_can_never_run_are_refused_with_a_reason() {
         (json!({"pool": 7}), 400, "invalid_fields"),
     ];
     for (body, code, reason) in cases {
-        let (got, resp) = post(&h, "/v1/tasks", body.clone()).await;
+        let (got, resp) = post(&h, api::TASKS, body.clone()).await;
         assert_eq!(
             (got, resp["error"].as_str().unwrap_or("")),
             (code, reason),
@@ -124,7 +125,7 @@ async fn tasks_that_can_never_run_are_refused_with_a_reason() {
     // Offered capabilities are fine.
     let (code, _) = post(
         &h,
-        "/v1/tasks",
+        api::TASKS,
         json!({"pool": "security", "capabilities": ["audit"]}),
     )
     .await;
@@ -150,17 +151,15 @@ async fn queue_orders_by_priority_and_ages_waiting_tasks_upwards() {
     // One priority level is worth 20 ms of waiting.
     let h = Harness::start_with(|c| c.tasks.aging_ms_per_priority = 20).await;
     let id = |v: &Value| v["task"]["id"].as_str().unwrap().to_string();
-    let low = id(&post(&h, "/v1/tasks", json!({"pool": "ui", "priority": 1}))
+    let low = id(&post(&h, api::TASKS, json!({"pool": "ui", "priority": 1}))
         .await
         .1);
-    let mid = id(&post(&h, "/v1/tasks", json!({"pool": "ui", "priority": 5}))
+    let mid = id(&post(&h, api::TASKS, json!({"pool": "ui", "priority": 5}))
         .await
         .1);
-    let high = id(
-        &post(&h, "/v1/tasks", json!({"pool": "ui", "priority": 10}))
-            .await
-            .1,
-    );
+    let high = id(&post(&h, api::TASKS, json!({"pool": "ui", "priority": 10}))
+        .await
+        .1);
     let mut c = h.conn().await;
     let order = h
         .commander
@@ -176,11 +175,9 @@ async fn queue_orders_by_priority_and_ages_waiting_tasks_upwards() {
     // Nine levels = 180 ms. Once the low task has waited longer than that, a
     // new high-priority task no longer jumps it.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let late = id(
-        &post(&h, "/v1/tasks", json!({"pool": "ui", "priority": 10}))
-            .await
-            .1,
-    );
+    let late = id(&post(&h, api::TASKS, json!({"pool": "ui", "priority": 10}))
+        .await
+        .1);
     let order = h
         .commander
         .as_ref()
@@ -213,7 +210,7 @@ async fn pubsub_submission_is_acknowledged_after_it_is_persisted() {
         .await;
     assert_eq!(r["accepted"], true, "{r}");
     let id = r["taskId"].as_str().unwrap();
-    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, id)).await;
     assert_eq!(t["state"], "queued");
     assert_eq!(t["payload"]["deploy"], "web");
 
@@ -267,13 +264,13 @@ async fn pubsub_submission_is_acknowledged_after_it_is_persisted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_tasks_can_be_cancelled_once() {
     let h = Harness::start().await;
-    let (_, b) = post(&h, "/v1/tasks", json!({"pool": "mobile"})).await;
+    let (_, b) = post(&h, api::TASKS, json!({"pool": "mobile"})).await;
     let id = b["task"]["id"].as_str().unwrap();
-    let (code, r) = post(&h, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    let (code, r) = post(&h, &api::path(api::TASK_CANCEL, id), json!({})).await;
     assert_eq!(code, 200, "{r}");
-    let (_, t) = h.get(&format!("/v1/tasks/{id}")).await;
+    let (_, t) = h.get(&api::path(api::TASK, id)).await;
     assert_eq!(t["state"], "cancelled");
-    let (code, r) = post(&h, &format!("/v1/tasks/{id}/cancel"), json!({})).await;
+    let (code, r) = post(&h, &api::path(api::TASK_CANCEL, id), json!({})).await;
     assert_eq!(
         (code, r["error"].as_str().unwrap()),
         (409, "not_cancellable")
@@ -292,13 +289,13 @@ async fn accepted_tasks_survive_a_commander_restart() {
     let mut h = Harness::start().await;
     let mut ids = Vec::new();
     for p in 1..=5 {
-        let (_, b) = post(&h, "/v1/tasks", json!({"pool": "database", "priority": p})).await;
+        let (_, b) = post(&h, api::TASKS, json!({"pool": "database", "priority": p})).await;
         ids.push(b["task"]["id"].as_str().unwrap().to_string());
     }
     h.stop_commander().await.unwrap();
     h.start_commander().await;
     for id in &ids {
-        let (code, t) = h.get(&format!("/v1/tasks/{id}")).await;
+        let (code, t) = h.get(&api::path(api::TASK, id)).await;
         assert_eq!((code, t["state"].as_str().unwrap()), (200, "queued"));
     }
 }
@@ -360,7 +357,7 @@ async fn payloads_and_results_are_kept_byte_for_byte() {
         r#"{{"v":1,"type":"task_complete","taskId":"{id}","attempt":1,"agentId":"raw-1","result":{result}}}"#
     );
     h.publish(&h.keys.channels().results(), done).await;
-    wait_until(|| async { h.get(&format!("/v1/tasks/{id}")).await.1["state"] == "completed" })
+    wait_until(|| async { h.get(&api::path(api::TASK, &id)).await.1["state"] == "completed" })
         .await;
     let text = h
         .http
@@ -464,7 +461,7 @@ async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
 async fn a_paused_queue_holds_its_tasks_until_resumed_and_can_be_cleared() {
     let h = Harness::start().await;
     let (stop, _) = start_agent(&h, "pq-1", PoolType::Mobile, &[], None).await;
-    let (code, v) = post(&h, "/v1/pools/mobile/pause", json!({})).await;
+    let (code, v) = post(&h, &api::path(api::POOL_PAUSE, "mobile"), json!({})).await;
     assert_eq!((code, &v["paused"]), (200, &json!(true)), "{v}");
     let mut alloc = h.listen(&h.keys.channels().allocation()).await;
     let id = submit(&h, json!({"pool": "mobile"})).await;
@@ -472,26 +469,26 @@ async fn a_paused_queue_holds_its_tasks_until_resumed_and_can_be_cleared() {
         .collect_for(Duration::from_millis(500), |v| v["type"] == "task_assigned")
         .await;
     assert!(handed.is_empty(), "a paused queue handed out {handed:?}");
-    assert_eq!(h.get(&format!("/v1/tasks/{id}")).await.1["state"], "queued");
+    assert_eq!(h.get(&api::path(api::TASK, &id)).await.1["state"], "queued");
     assert!(h.pool("mobile").await["pausedAt"].as_u64().is_some());
-    let (code, _) = post(&h, "/v1/pools/mobile/resume", json!({})).await;
+    let (code, _) = post(&h, &api::path(api::POOL_RESUME, "mobile"), json!({})).await;
     assert_eq!(code, 200);
     wait_state(&h, &id, "completed").await;
     assert!(h.pool("mobile").await.get("pausedAt").is_none());
 
     // Cleared: the waiting tasks are cancelled, nothing else.
-    post(&h, "/v1/pools/mobile/pause", json!({})).await;
+    post(&h, &api::path(api::POOL_PAUSE, "mobile"), json!({})).await;
     let ids: Vec<String> =
         futures_util::future::join_all((0..3).map(|_| submit(&h, json!({"pool": "mobile"})))).await;
-    let (code, v) = post(&h, "/v1/pools/mobile/clear", json!({})).await;
+    let (code, v) = post(&h, &api::path(api::POOL_CLEAR, "mobile"), json!({})).await;
     assert_eq!((code, &v["cancelled"]), (200, &json!(3)), "{v}");
     for id in &ids {
         assert_eq!(
-            h.get(&format!("/v1/tasks/{id}")).await.1["state"],
+            h.get(&api::path(api::TASK, id)).await.1["state"],
             "cancelled"
         );
     }
-    let (_, log) = h.get("/v1/audit").await;
+    let (_, log) = h.get(api::AUDIT).await;
     let actions: Vec<&str> = log
         .as_array()
         .unwrap()
@@ -523,7 +520,7 @@ async fn dead_letters_are_requeued_and_deleted_in_bulk() {
     agent.deregister(T).await.unwrap();
     let (code, v) = post(
         &h,
-        "/v1/dead-letters/requeue",
+        api::DEAD_LETTERS_REQUEUE,
         json!({"ids": [ids[0], ids[1], NO_TASK]}),
     )
     .await;
@@ -531,23 +528,23 @@ async fn dead_letters_are_requeued_and_deleted_in_bulk() {
     assert_eq!(v["requeued"], json!([ids[0], ids[1]]), "{v}");
     assert_eq!(v["notDead"], json!([NO_TASK]), "{v}");
     for id in &ids[..2] {
-        assert_eq!(h.get(&format!("/v1/tasks/{id}")).await.1["state"], "queued");
+        assert_eq!(h.get(&api::path(api::TASK, id)).await.1["state"], "queued");
     }
-    let (code, v) = post(&h, "/v1/dead-letters/delete", json!({"all": true})).await;
+    let (code, v) = post(&h, api::DEAD_LETTERS_DELETE, json!({"all": true})).await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["deleted"].as_array().map(Vec::len), Some(2), "{v}");
     for id in &ids[2..] {
-        assert_eq!(h.get(&format!("/v1/tasks/{id}")).await.0, 404);
+        assert_eq!(h.get(&api::path(api::TASK, id)).await.0, 404);
     }
-    assert_eq!(h.get("/v1/dead-letters").await.1, json!([]));
+    assert_eq!(h.get(api::DEAD_LETTERS).await.1, json!([]));
     let (code, _) = post(
         &h,
-        "/v1/dead-letters/delete",
+        api::DEAD_LETTERS_DELETE,
         json!({"ids": [], "all": false}),
     )
     .await;
     assert_eq!(code, 422, "ids or all");
-    let (_, log) = h.get("/v1/audit").await;
+    let (_, log) = h.get(api::AUDIT).await;
     let targets: Vec<String> = log
         .as_array()
         .unwrap()
@@ -576,14 +573,14 @@ async fn the_recent_past_is_sampled_and_served() {
         wait_state(&h, &id, "completed").await;
     }
     wait_until(|| async {
-        let (_, v) = h.get("/v1/history").await;
+        let (_, v) = h.get(api::HISTORY).await;
         v["samples"]
             .as_array()
             .and_then(|s| s.last().cloned())
             .is_some_and(|s| s["completed"].as_u64() >= Some(3) && s["live"].as_u64() >= Some(1))
     })
     .await;
-    let (_, v) = h.get("/v1/history").await;
+    let (_, v) = h.get(api::HISTORY).await;
     assert_eq!(v["intervalMs"], h.config.fleet.status_interval_ms);
     let ts: Vec<u64> = v["samples"]
         .as_array()

@@ -8,6 +8,7 @@ use super::{
     DrainTarget, PoisonAction, QueueAction, TaskAction,
 };
 use anyhow::Context;
+use fleet_protocol::api;
 use fleet_protocol::pool::AgentStatus;
 use fleet_protocol::status::FleetStatus;
 use std::path::Path;
@@ -29,12 +30,12 @@ pub(crate) fn config_check(file: &Path) -> anyhow::Result<bool> {
 pub(crate) async fn status(config: &Path, url: Option<String>) -> anyhow::Result<bool> {
     let base = base_url(config, url)?;
     let http = super::tokens::http_client()?;
-    let fleet = request(http.get(format!("{base}/v1/fleet"))).await?;
-    let pools = request(http.get(format!("{base}/v1/pools"))).await?;
-    let commanders = request(http.get(format!("{base}/v1/commanders"))).await?;
-    let gov = request(http.get(format!("{base}/v1/governance"))).await?;
+    let fleet = request(http.get(format!("{base}{}", api::FLEET))).await?;
+    let pools = request(http.get(format!("{base}{}", api::POOLS))).await?;
+    let commanders = request(http.get(format!("{base}{}", api::COMMANDERS))).await?;
+    let gov = request(http.get(format!("{base}{}", api::GOVERNANCE))).await?;
     // Agents in quarantine (given no tasks), by pool.
-    let q = request(http.get(format!("{base}/v1/agents?quarantined=true&limit=500"))).await?;
+    let q = request(http.get(format!("{base}{}?quarantined=true&limit=500", api::AGENTS))).await?;
     let quarantined = |pool: &str| {
         q["items"]
             .as_array()
@@ -153,7 +154,7 @@ pub(crate) async fn agents(
                 ("status", status),
                 ("capability", capability),
             ]);
-            let page = request(http.get(format!("{base}/v1/agents")).query(&q)).await?;
+            let page = request(http.get(format!("{base}{}", api::AGENTS)).query(&q)).await?;
             super::print(&page, |p| {
                 let items = p["items"].as_array().cloned().unwrap_or_default();
                 let cols = [
@@ -176,9 +177,11 @@ pub(crate) async fn agents(
                 )
             });
         }
-        AgentsAction::Get { id } => call(http.get(format!("{base}/v1/agents/{id}"))).await?,
+        AgentsAction::Get { id } => {
+            call(http.get(format!("{base}{}", api::path(api::AGENT, &id)))).await?
+        }
         AgentsAction::Departed { limit } => {
-            let list = request(http.get(format!("{base}/v1/departed?limit={limit}"))).await?;
+            let list = request(http.get(format!("{base}{}?limit={limit}", api::DEPARTED))).await?;
             super::print(&list, |l| {
                 let items = l.as_array().cloned().unwrap_or_default();
                 let cols = [
@@ -254,10 +257,10 @@ pub(crate) async fn task(
                 "maxRetries": max_retries, "clientId": client_id,
             });
             let Some(wait) = wait else {
-                call(http.post(format!("{base}/v1/tasks")).json(&body)).await?;
+                call(http.post(format!("{base}{}", api::TASKS)).json(&body)).await?;
                 return Ok(true);
             };
-            let submitted = request(http.post(format!("{base}/v1/tasks")).json(&body)).await?;
+            let submitted = request(http.post(format!("{base}{}", api::TASKS)).json(&body)).await?;
             let id = submitted["task"]["id"]
                 .as_str()
                 .unwrap_or_default()
@@ -268,7 +271,7 @@ pub(crate) async fn task(
             );
             let deadline = std::time::Instant::now() + wait;
             loop {
-                let t = request(http.get(format!("{base}/v1/tasks/{id}"))).await?;
+                let t = request(http.get(format!("{base}{}", api::path(api::TASK, &id)))).await?;
                 let state = t["state"].as_str().unwrap_or_default();
                 if matches!(state, "completed" | "dead" | "cancelled" | "poison") {
                     super::print(&t, render::record);
@@ -291,14 +294,16 @@ pub(crate) async fn task(
             page,
         } => {
             let q = page.query(&[("pool", pool), ("state", state), ("agent", agent)]);
-            tasks_table(&request(http.get(format!("{base}/v1/tasks")).query(&q)).await?);
+            tasks_table(&request(http.get(format!("{base}{}", api::TASKS)).query(&q)).await?);
         }
-        TaskAction::Get { id } => call(http.get(format!("{base}/v1/tasks/{id}"))).await?,
+        TaskAction::Get { id } => {
+            call(http.get(format!("{base}{}", api::path(api::TASK, &id)))).await?
+        }
         TaskAction::Cancel { id } => {
-            call(http.post(format!("{base}/v1/tasks/{id}/cancel"))).await?
+            call(http.post(format!("{base}{}", api::path(api::TASK_CANCEL, &id)))).await?
         }
         TaskAction::Evidence { id } => {
-            call(http.get(format!("{base}/v1/tasks/{id}/evidence"))).await?
+            call(http.get(format!("{base}{}", api::path(api::TASK_EVIDENCE, &id)))).await?
         }
     }
     Ok(true)
@@ -321,7 +326,7 @@ pub(crate) async fn scale(
     };
     let http = super::tokens::http_client()?;
     call(
-        http.post(format!("{base}/v1/pools/{pool}/size"))
+        http.post(format!("{base}{}", api::path(api::POOL_SIZE, &pool)))
             .json(&body),
     )
     .await?;
@@ -335,8 +340,8 @@ pub(crate) async fn drain(
 ) -> anyhow::Result<bool> {
     let base = base_url(config, url)?;
     let path = match target {
-        DrainTarget::Agent { id } => format!("{base}/v1/agents/{id}/drain"),
-        DrainTarget::Pool { pool } => format!("{base}/v1/pools/{pool}/drain"),
+        DrainTarget::Agent { id } => format!("{base}{}", api::path(api::AGENT_DRAIN, &id)),
+        DrainTarget::Pool { pool } => format!("{base}{}", api::path(api::POOL_DRAIN, &pool)),
     };
     call(super::tokens::http_client()?.post(path)).await?;
     Ok(true)
@@ -351,21 +356,25 @@ pub(crate) async fn dead_letters(
     let http = super::tokens::http_client()?;
     match action {
         DeadLetterAction::List => {
-            tasks_table(&request(http.get(format!("{base}/v1/dead-letters"))).await?)
+            tasks_table(&request(http.get(format!("{base}{}", api::DEAD_LETTERS))).await?)
         }
         DeadLetterAction::Requeue(w) if !w.all && w.ids.len() == 1 => {
-            call(http.post(format!("{base}/v1/dead-letters/{}/requeue", w.ids[0]))).await?
+            call(http.post(format!(
+                "{base}{}",
+                api::path(api::DEAD_LETTER_REQUEUE, &w.ids[0])
+            )))
+            .await?
         }
         DeadLetterAction::Requeue(w) => {
             call(
-                http.post(format!("{base}/v1/dead-letters/requeue"))
+                http.post(format!("{base}{}", api::DEAD_LETTERS_REQUEUE))
                     .json(&w.body()),
             )
             .await?
         }
         DeadLetterAction::Delete(w) => {
             call(
-                http.post(format!("{base}/v1/dead-letters/delete"))
+                http.post(format!("{base}{}", api::DEAD_LETTERS_DELETE))
                     .json(&w.body()),
             )
             .await?
@@ -382,12 +391,12 @@ pub(crate) async fn queue(
 ) -> anyhow::Result<bool> {
     let base = base_url(config, url)?;
     let http = super::tokens::http_client()?;
-    let (pool, verb) = match &action {
-        QueueAction::Pause { pool } => (pool, "pause"),
-        QueueAction::Resume { pool } => (pool, "resume"),
-        QueueAction::Clear { pool } => (pool, "clear"),
+    let (pool, path) = match &action {
+        QueueAction::Pause { pool } => (pool, api::POOL_PAUSE),
+        QueueAction::Resume { pool } => (pool, api::POOL_RESUME),
+        QueueAction::Clear { pool } => (pool, api::POOL_CLEAR),
     };
-    call(http.post(format!("{base}/v1/pools/{pool}/{verb}"))).await?;
+    call(http.post(format!("{base}{}", api::path(path, pool)))).await?;
     Ok(true)
 }
 
@@ -399,13 +408,15 @@ pub(crate) async fn poison(
     let base = base_url(config, url)?;
     let http = super::tokens::http_client()?;
     match action {
-        PoisonAction::List => tasks_table(&request(http.get(format!("{base}/v1/poison"))).await?),
+        PoisonAction::List => {
+            tasks_table(&request(http.get(format!("{base}{}", api::POISON))).await?)
+        }
         PoisonAction::Show { id } => {
-            call(http.get(format!("{base}/v1/tasks/{id}"))).await?;
-            call(http.get(format!("{base}/v1/tasks/{id}/evidence"))).await?
+            call(http.get(format!("{base}{}", api::path(api::TASK, &id)))).await?;
+            call(http.get(format!("{base}{}", api::path(api::TASK_EVIDENCE, &id)))).await?
         }
         PoisonAction::Requeue { id } => {
-            call(http.post(format!("{base}/v1/poison/{id}/requeue"))).await?
+            call(http.post(format!("{base}{}", api::path(api::POISON_REQUEUE, &id)))).await?
         }
     }
     Ok(true)
@@ -418,7 +429,7 @@ pub(crate) async fn budget(
 ) -> anyhow::Result<bool> {
     let base = base_url(config, url)?;
     let http = super::tokens::http_client()?;
-    let at = |agent: &str| format!("{base}/v1/agents/{agent}/budget");
+    let at = |agent: &str| format!("{base}{}", api::path(api::AGENT_BUDGET, agent));
     let change = |agent: &str, body: serde_json::Value| http.post(at(agent)).json(&body);
     match action {
         BudgetAction::Show { agent } => call(http.get(at(&agent))).await?,

@@ -5,6 +5,7 @@
 use fleet_agent::{Agent, AgentSpec};
 use fleet_commander::config::Config;
 use fleet_commander::Running;
+use fleet_protocol::api;
 use fleet_protocol::auth::{self, Credential, Grants, Signer};
 use fleet_protocol::pool::PoolType;
 use fleet_protocol::Resources;
@@ -205,7 +206,7 @@ impl Harness {
 
     /// One pool's entry in `GET /v1/pools`.
     pub async fn pool(&self, name: &str) -> Value {
-        let (_, pools) = self.get("/v1/pools").await;
+        let (_, pools) = self.get(api::POOLS).await;
         pools
             .as_array()
             .expect("GET /v1/pools is a list")

@@ -3,6 +3,7 @@
 
 use super::*;
 use fleet_agent::{Agent, AgentSpec, Assignment, Outcome, Work};
+use fleet_protocol::api;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
@@ -139,7 +140,7 @@ pub async fn python_example(
 }
 
 pub async fn wait_state(h: &Harness, id: &str, state: &str) -> Value {
-    let path = format!("/v1/tasks/{id}");
+    let path = api::path(api::TASK, id);
     wait_until(|| async { h.get(&path).await.1["state"] == state }).await;
     h.get(&path).await.1
 }

@@ -1,12 +1,13 @@
 //! `config/fleet.toml`: loading, environment overrides and validation.
 //!
-//! A bad file fails at start with the field and the reason; nothing is guessed.
+//! A bad file fails at start with the field and the reason of every problem
+//! it has (each section's `validate` adds to one [`Problems`]); nothing is
+//! guessed. Writing what the scripts read into Redis is `crate::reload`'s.
 
 use fleet_protocol::pool::PoolType;
 pub use fleet_protocol::pool::{ResourceLimits, Strategy};
 use fleet_protocol::task::TaskDefaults;
 use fleet_store::tasks::{HealthPolicy, PoolSettings, TaskPolicy};
-use fleet_store::Keys;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -270,15 +271,12 @@ impl Config {
             return Ok(None);
         }
         let path = self.commander_key_path();
-        let err = |reason: String| ConfigError {
-            source_name: self
-                .source
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "config".into()),
-            field: "security.commander_key_file".into(),
-            reason,
-        };
+        let source = self
+            .source
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "config".into());
+        let err = |reason: String| ConfigError::one(&source, "security.commander_key_file", reason);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             err(format!(
                 "cannot read {}: {e} (create it with `fleet-commander keys init`, \
@@ -381,23 +379,22 @@ impl ScalingPolicy {
         self
     }
 
-    fn validate(&self, at: &str) -> Result<(), (String, String)> {
+    fn validate(&self, at: &str, p: &mut Problems) {
         let f = |k: &str| format!("{at}.{k}");
         let (up, down) = (self.scale_up_utilization, self.scale_down_utilization);
         if !(up.is_finite() && up > 0.0 && up <= 1.0) {
-            return Err((
+            p.add(
                 f("scale_up_utilization"),
                 format!("must be in (0, 1], got {up}"),
-            ));
-        }
-        if !(down.is_finite() && down >= 0.0 && down < up) {
-            return Err((
+            );
+        } else if !(down.is_finite() && down >= 0.0 && down < up) {
+            p.add(
                 f("scale_down_utilization"),
                 format!("must be >= 0 and below scale_up_utilization ({up}), got {down}"),
-            ));
+            );
         }
         if self.max_step == 0 {
-            return Err((f("max_step"), "must be at least 1".into()));
+            p.add(f("max_step"), "must be at least 1");
         }
         for (k, v) in [
             ("sample_ms", self.sample_ms),
@@ -405,13 +402,12 @@ impl ScalingPolicy {
             ("request_timeout_ms", self.request_timeout_ms),
         ] {
             if v == 0 {
-                return Err((f(k), "must be at least 1".into()));
+                p.add(f(k), "must be at least 1");
             }
         }
         if self.window_ms < self.sample_ms {
-            return Err((f("window_ms"), "must be >= sample_ms".into()));
+            p.add(f("window_ms"), "must be >= sample_ms");
         }
-        Ok(())
     }
 }
 
@@ -630,13 +626,93 @@ fn default_workers() -> usize {
     8
 }
 
-/// Why a configuration was refused: the field and the reason.
+/// Why a configuration was refused: the field and the reason (the first
+/// problem found), and any other problem of the same file (`also`).
 #[derive(Debug, thiserror::Error)]
-#[error("{source_name}: {field}: {reason}")]
+#[error("{source_name}: {field}: {reason}{}", also_text(also))]
 pub struct ConfigError {
     pub source_name: String,
     pub field: String,
     pub reason: String,
+    pub also: Vec<Problem>,
+}
+
+fn also_text(also: &[Problem]) -> String {
+    also.iter()
+        .map(|p| format!("\n  and {}: {}", p.field, p.reason))
+        .collect()
+}
+
+impl ConfigError {
+    /// One problem, from somewhere other than validation.
+    fn one(source_name: impl Into<String>, field: &str, reason: String) -> ConfigError {
+        ConfigError {
+            source_name: source_name.into(),
+            field: field.into(),
+            reason,
+            also: Vec::new(),
+        }
+    }
+}
+
+/// A rule a setting breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub reason: String,
+}
+
+/// Every problem validation found, in the order found; each section's
+/// `validate` adds to it.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn into_result(self) -> Result<(), Problems> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The problems as the error of the file `source_name`.
+    pub fn into_error(self, source_name: impl Into<String>) -> ConfigError {
+        let mut all = self.0.into_iter();
+        let first = all.next().unwrap_or_else(|| Problem {
+            field: "(config)".into(),
+            reason: "refused".into(),
+        });
+        ConfigError {
+            source_name: source_name.into(),
+            field: first.field,
+            reason: first.reason,
+            also: all.collect(),
+        }
+    }
+
+    /// Every problem.
+    pub fn all(&self) -> &[Problem] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self
+            .0
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.reason))
+            .collect();
+        f.write_str(&lines.join("; "))
+    }
 }
 
 impl Config {
@@ -700,43 +776,29 @@ impl Config {
     /// Reads, parses and validates a file, then applies environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            source_name: name.clone(),
-            field: "(file)".into(),
-            reason: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one(&name, "(file)", format!("cannot read: {e}")))?;
         let mut config = Config::parse(&name, &text)?;
         config.apply_env(|k| std::env::var(k).ok())?;
-        config.validate().map_err(|(field, reason)| ConfigError {
-            source_name: format!("{name} (after environment overrides)"),
-            field,
-            reason,
-        })?;
+        config
+            .validate()
+            .map_err(|p| p.into_error(format!("{name} (after environment overrides)")))?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
     /// Parses and validates TOML text without reading the environment.
     pub fn parse(source_name: &str, text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
-            source_name: source_name.into(),
-            field: "(syntax)".into(),
-            reason: e.to_string().trim().replace('\n', " "),
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let reason = e.to_string().trim().replace('\n', " ");
+            ConfigError::one(source_name, "(syntax)", reason)
         })?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
-            ConfigError {
-                source_name: source_name.into(),
-                field,
-                reason: inner.message().trim().to_string(),
-            }
+            ConfigError::one(source_name, &field, inner.message().trim().to_string())
         })?;
-        config.validate().map_err(|(field, reason)| ConfigError {
-            source_name: source_name.into(),
-            field,
-            reason,
-        })?;
+        config.validate().map_err(|p| p.into_error(source_name))?;
         Ok(config)
     }
 
@@ -747,10 +809,9 @@ impl Config {
             self.redis.url = url;
         }
         if let Some(addr) = get("FLEET_HTTP_ADDR") {
-            self.http.addr = addr.parse().map_err(|e| ConfigError {
-                source_name: "environment".into(),
-                field: "FLEET_HTTP_ADDR".into(),
-                reason: format!("not a socket address ({e}): {addr:?}"),
+            self.http.addr = addr.parse().map_err(|e| {
+                let reason = format!("not a socket address ({e}): {addr:?}");
+                ConfigError::one("environment", "FLEET_HTTP_ADDR", reason)
             })?;
         }
         if let Some(prefix) = get("FLEET_PREFIX") {
@@ -767,225 +828,34 @@ impl Config {
         Ok(())
     }
 
-    /// Checks every rule the types cannot express. Returns `(field, reason)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |field: &str, reason: String| Err((field.to_string(), reason));
-        if !["redis://", "rediss://", "unix://", "redis+sentinel://"]
-            .iter()
-            .any(|s| self.redis.url.starts_with(s))
-        {
-            return err(
-                "redis.url",
-                format!(
-                    "must start with redis://, rediss://, redis+sentinel:// or unix://, got {:?}",
-                    fleet_store::connection::url::redacted(&self.redis.url)
-                ),
-            );
-        }
-        if let Err(e) = fleet_store::connection::url::parse(&self.redis.url) {
-            return err("redis.url", e.to_string());
-        }
-        if self.http.max_connections == 0 {
-            return err("http.max_connections", "must be at least 1".into());
-        }
-        if !(1..=65_535).contains(&self.http.listen_backlog) {
-            return err(
-                "http.listen_backlog",
-                format!("must be 1..=65535, got {}", self.http.listen_backlog),
-            );
-        }
-        if !(100..=3_600_000).contains(&self.http.idle_timeout_ms) {
-            return err(
-                "http.idle_timeout_ms",
-                format!("must be 100..=3600000, got {}", self.http.idle_timeout_ms),
-            );
-        }
-        let sec = &self.security;
-        if !(1_000..=600_000).contains(&sec.window_ms) {
-            return err(
-                "security.window_ms",
-                format!("must be 1000..=600000, got {}", sec.window_ms),
-            );
-        }
-        if !(sec.sender_rate_per_sec > 0.0 && sec.sender_rate_per_sec <= 1e6) {
-            return err(
-                "security.sender_rate_per_sec",
-                format!(
-                    "must be above 0 and at most 1e6, got {}",
-                    sec.sender_rate_per_sec
-                ),
-            );
-        }
-        if sec.sender_burst == 0 {
-            return err("security.sender_burst", "must be at least 1".into());
-        }
-        if !(100..=600_000).contains(&sec.key_refresh_ms) {
-            return err(
-                "security.key_refresh_ms",
-                format!("must be 100..=600000, got {}", sec.key_refresh_ms),
-            );
-        }
-        if !(1_000..=86_400_000).contains(&sec.audit_checkpoint_ms) {
-            return err(
-                "security.audit_checkpoint_ms",
-                format!("must be 1000..=86400000, got {}", sec.audit_checkpoint_ms),
-            );
-        }
-        if let Some(level) = &self.log.level {
-            if let Err(e) = level.parse::<tracing_subscriber::EnvFilter>() {
-                return err("log.level", format!("not a log filter: {e}"));
-            }
-        }
-        self.validate_fleet()?;
+    /// Checks every rule the types cannot express, section by section, and
+    /// returns every broken one, not only the first.
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut p = Problems::default();
+        self.redis.validate(&mut p);
+        self.http.validate(&mut p);
+        self.security.validate(&mut p);
+        self.log.validate(&mut p);
+        self.fleet.validate(&mut p);
         for pool in PoolType::ALL {
             if !self.pools.contains_key(&pool) {
-                return err(
-                    &format!("pools.{pool}"),
-                    "missing: all 16 pools must be configured".into(),
+                p.add(
+                    format!("pools.{pool}"),
+                    "missing: all 16 pools must be configured",
                 );
             }
         }
-        self.validate_tasks()?;
-        self.validate_budgets()?;
-        self.validate_governance()?;
-        let ha = &self.ha;
-        if !(50..=60_000).contains(&ha.renew_ms) {
-            return err(
-                "ha.renew_ms",
-                format!("must be 50..=60000, got {}", ha.renew_ms),
-            );
-        }
-        if ha.lease_ms < 3 * ha.renew_ms {
-            return err(
-                "ha.lease_ms",
-                format!(
-                    "must be at least 3 x ha.renew_ms ({}), so that one lost renewal does not \
-                     end a term; got {}",
-                    3 * ha.renew_ms,
-                    ha.lease_ms
-                ),
-            );
-        }
-        self.scaling.validate("scaling")?;
-        self.validate_pools()
+        self.tasks.validate(&mut p);
+        self.validate_budgets(&mut p);
+        self.governance.validate(&mut p);
+        self.ha.validate(&mut p);
+        self.scaling.validate("scaling", &mut p);
+        self.validate_pools(&mut p);
+        p.into_result()
     }
 
-    fn validate_fleet(&self) -> Result<(), (String, String)> {
-        let err = |field: &str, reason: String| Err((field.to_string(), reason));
-        let f = &self.fleet;
-        if f.prefix.is_empty() || f.prefix.contains(char::is_whitespace) {
-            return err(
-                "fleet.prefix",
-                "must be non-empty without whitespace".into(),
-            );
-        }
-        if f.max_agents == 0 {
-            return err("fleet.max_agents", "must be at least 1".into());
-        }
-        if !(10..=600_000).contains(&f.heartbeat_interval_ms) {
-            return err(
-                "fleet.heartbeat_interval_ms",
-                format!("must be 10..=600000, got {}", f.heartbeat_interval_ms),
-            );
-        }
-        if !(1..=100).contains(&f.missed_heartbeats) {
-            return err("fleet.missed_heartbeats", "must be 1..=100".into());
-        }
-        if f.max_failures == 0 {
-            return err("fleet.max_failures", "must be at least 1".into());
-        }
-        if f.detect_tick_ms == 0 || f.detect_tick_ms > f.heartbeat_interval_ms {
-            return err(
-                "fleet.detect_tick_ms",
-                "must be 1..=heartbeat_interval_ms".into(),
-            );
-        }
-        if f.status_interval_ms == 0 {
-            return err("fleet.status_interval_ms", "must be at least 1".into());
-        }
-        if !(256..=1 << 20).contains(&f.max_message_bytes) {
-            return err("fleet.max_message_bytes", "must be 256..=1048576".into());
-        }
-        if !(1..=256).contains(&f.workers) {
-            return err("fleet.workers", "must be 1..=256".into());
-        }
-        if !(100..=300_000).contains(&f.shutdown_grace_ms) {
-            return err("fleet.shutdown_grace_ms", "must be 100..=300000".into());
-        }
-        if f.runtime_threads > 64 {
-            return err(
-                "fleet.runtime_threads",
-                "must be 0..=64 (0: one per core)".into(),
-            );
-        }
-        Ok(())
-    }
-
-    fn validate_tasks(&self) -> Result<(), (String, String)> {
-        let err = |field: &str, reason: String| Err((field.to_string(), reason));
-        let tk = &self.tasks;
-        for (name, v) in [
-            ("tasks.default_timeout_ms", tk.default_timeout_ms),
-            ("tasks.aging_ms_per_priority", tk.aging_ms_per_priority),
-            ("tasks.ack_timeout_ms", tk.ack_timeout_ms),
-            ("tasks.retry_backoff_ms", tk.retry_backoff_ms),
-            ("tasks.idempotency_ttl_ms", tk.idempotency_ttl_ms),
-            ("tasks.retention_ms", tk.retention_ms),
-            ("tasks.quarantine_ms", tk.quarantine_ms),
-            ("tasks.quota_window_ms", tk.quota_window_ms),
-            ("tasks.health_memory_ms", tk.health_memory_ms),
-            ("tasks.replication_timeout_ms", tk.replication_timeout_ms),
-        ] {
-            if v == 0 {
-                return err(name, "must be at least 1".into());
-            }
-        }
-        if tk.replicas == 0 {
-            return err("tasks.replicas", "must be at least 1".into());
-        }
-        if !(tk.max_skew.is_finite() && tk.max_skew >= 1.5) {
-            return err("tasks.max_skew", "must be a number >= 1.5".into());
-        }
-        if tk.retry_backoff_max_ms < tk.retry_backoff_ms {
-            return err(
-                "tasks.retry_backoff_max_ms",
-                "must be >= tasks.retry_backoff_ms".into(),
-            );
-        }
-        for (name, v) in [
-            ("tasks.health_success_step", tk.health_success_step),
-            ("tasks.health_failure_step", tk.health_failure_step),
-        ] {
-            if !(1..=100).contains(&v) {
-                return err(name, format!("must be 1..=100, got {v}"));
-            }
-        }
-        if !(1..=100).contains(&tk.quarantine_max_percent) {
-            return err(
-                "tasks.quarantine_max_percent",
-                format!("must be 1..=100, got {}", tk.quarantine_max_percent),
-            );
-        }
-        if !(tk.quarantine_below <= 100 && tk.quarantine_below < tk.probation_until) {
-            return err(
-                "tasks.quarantine_below",
-                "must be below tasks.probation_until (both 0..=100)".into(),
-            );
-        }
-        if tk.probation_until > 100 {
-            return err("tasks.probation_until", "must be at most 100".into());
-        }
-        if tk.default_max_retries > fleet_protocol::task::MAX_RETRIES {
-            return err("tasks.default_max_retries", "must be at most 100".into());
-        }
-        if let Some(reason) = progress_timeout_refused(tk.progress_timeout_ms) {
-            return err("tasks.progress_timeout_ms", reason);
-        }
-        Ok(())
-    }
-
-    fn validate_budgets(&self) -> Result<(), (String, String)> {
-        let err = |field: &str, reason: String| Err((field.to_string(), reason));
+    /// `[budgets]`, and each pool's own allowance.
+    fn validate_budgets(&self, p: &mut Problems) {
         let b = &self.budgets;
         if b.unit.is_empty()
             || b.unit.len() > 32
@@ -994,7 +864,7 @@ impl Config {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return err(
+            p.add(
                 "budgets.unit",
                 format!("must be 1..=32 of [A-Za-z0-9_], got {:?}", b.unit),
             );
@@ -1004,46 +874,19 @@ impl Config {
             ("budgets.min_balance", b.min_balance),
         ] {
             if !(v.is_finite() && v >= 0.0) {
-                return err(name, format!("must be a number >= 0, got {v}"));
+                p.add(name, format!("must be a number >= 0, got {v}"));
             }
         }
-        for (pool, p) in &self.pools {
-            if let Some(v) = p.budget {
+        for (pool, pc) in &self.pools {
+            if let Some(v) = pc.budget {
                 if !(v.is_finite() && v >= 0.0) {
-                    return err(
-                        &format!("pools.{pool}.budget"),
+                    p.add(
+                        format!("pools.{pool}.budget"),
                         format!("must be a number >= 0, got {v}"),
                     );
                 }
             }
         }
-        Ok(())
-    }
-
-    fn validate_governance(&self) -> Result<(), (String, String)> {
-        let g = &self.governance;
-        if !(g.quorum > 0.5 && g.quorum <= 1.0) {
-            return Err((
-                "governance.quorum".into(),
-                format!("must be above 0.5 and at most 1, got {}", g.quorum),
-            ));
-        }
-        if !(100..=3_600_000).contains(&g.deadline_ms) {
-            return Err((
-                "governance.deadline_ms".into(),
-                format!("must be 100..=3600000, got {}", g.deadline_ms),
-            ));
-        }
-        if let Some(a) = g.actions.iter().find(|a| !GOVERNABLE.contains(&a.as_str())) {
-            return Err((
-                "governance.actions".into(),
-                format!(
-                    "unknown action {a:?}; governable: {}",
-                    GOVERNABLE.join(", ")
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// A pool's budget allowance per window (0: its agents have none).
@@ -1051,67 +894,65 @@ impl Config {
         self.pool(pool).budget.unwrap_or(self.budgets.allowance)
     }
 
-    fn validate_pools(&self) -> Result<(), (String, String)> {
-        let err = |field: &str, reason: String| Err((field.to_string(), reason));
-        let mut max_sum: u64 = 0;
-        for (pool, p) in &self.pools {
+    /// Each `[pools.NAME]`, and their minima against the fleet's cap.
+    fn validate_pools(&self, p: &mut Problems) {
+        let mut min_sum: u64 = 0;
+        for (pool, pc) in &self.pools {
             let at = |k: &str| format!("pools.{pool}.{k}");
-            if p.max_agents == 0 {
-                return err(&at("max_agents"), "must be at least 1".into());
+            if pc.max_agents == 0 {
+                p.add(at("max_agents"), "must be at least 1");
             }
-            if p.min_agents > p.max_agents {
-                return err(
-                    &at("min_agents"),
+            if pc.min_agents > pc.max_agents {
+                p.add(
+                    at("min_agents"),
                     format!(
                         "must be <= max_agents ({}), got {}",
-                        p.max_agents, p.min_agents
+                        pc.max_agents, pc.min_agents
                     ),
                 );
             }
-            if !(1..=10).contains(&p.priority_level) {
-                return err(
-                    &at("priority_level"),
-                    format!("must be 1..=10, got {}", p.priority_level),
+            if !(1..=10).contains(&pc.priority_level) {
+                p.add(
+                    at("priority_level"),
+                    format!("must be 1..=10, got {}", pc.priority_level),
                 );
             }
-            let r = &p.resource_limits;
+            let r = &pc.resource_limits;
             for (name, v) in [
                 ("memory_mb", r.memory_mb),
                 ("cpu", r.cpu),
                 ("network_mbps", r.network_mbps),
             ] {
                 if !(v.is_finite() && v > 0.0) {
-                    return err(
-                        &at(&format!("resource_limits.{name}")),
+                    p.add(
+                        at(&format!("resource_limits.{name}")),
                         format!("must be a positive number, got {v}"),
                     );
                 }
             }
-            if let Some(q) = p.quota {
+            if let Some(q) = pc.quota {
                 if q == 0 {
-                    return err(&at("quota"), "must be at least 1".into());
-                }
-                if p.strategy != Strategy::WeightedFair {
-                    return err(
-                        &at("quota"),
-                        "applies only with strategy = \"weighted_fair\"".into(),
+                    p.add(at("quota"), "must be at least 1");
+                } else if pc.strategy != Strategy::WeightedFair {
+                    p.add(
+                        at("quota"),
+                        "applies only with strategy = \"weighted_fair\"",
                     );
                 }
             }
-            if let Some(reason) = p.progress_timeout_ms.and_then(progress_timeout_refused) {
-                return err(&at("progress_timeout_ms"), reason);
+            if let Some(reason) = pc.progress_timeout_ms.and_then(progress_timeout_refused) {
+                p.add(at("progress_timeout_ms"), reason);
             }
             self.scaling_for(*pool)
-                .validate(&format!("pools.{pool}.scaling"))?;
-            max_sum += u64::from(p.min_agents);
+                .validate(&format!("pools.{pool}.scaling"), p);
+            min_sum += u64::from(pc.min_agents);
         }
-        if max_sum > u64::from(self.fleet.max_agents) {
-            return err(
+        if min_sum > u64::from(self.fleet.max_agents) {
+            p.add(
                 "fleet.max_agents",
-                format!("is below the sum of the pools' min_agents ({max_sum})"),
+                format!("is below the sum of the pools' min_agents ({min_sum})"),
             );
         }
-        Ok(())
     }
 
     /// A pool's scaling policy: the fleet defaults with its overrides.
@@ -1133,27 +974,239 @@ impl Config {
     }
 }
 
-/// Writes what the scripts read from `config` into Redis (at start, and on
-/// a reload).
-pub async fn write_settings(
-    conn: &mut impl redis::aio::ConnectionLike,
-    keys: &Keys,
-    config: &Config,
-) -> fleet_store::Result<()> {
-    let b = &config.budgets;
-    let budget = fleet_store::tasks::BudgetPolicy {
-        unit: b.unit.clone(),
-        min_balance: b.min_balance,
-        window_ms: b.window_ms,
-    };
-    fleet_store::tasks::write_settings(
-        conn,
-        keys,
-        &config.health_policy(),
-        &budget,
-        &config.pool_settings(),
-    )
-    .await
+impl RedisConfig {
+    fn validate(&self, p: &mut Problems) {
+        let schemes = ["redis://", "rediss://", "unix://", "redis+sentinel://"];
+        if !schemes.iter().any(|s| self.url.starts_with(s)) {
+            p.add(
+                "redis.url",
+                format!(
+                    "must start with redis://, rediss://, redis+sentinel:// or unix://, got {:?}",
+                    fleet_store::connection::url::redacted(&self.url)
+                ),
+            );
+        } else if let Err(e) = fleet_store::connection::url::parse(&self.url) {
+            p.add("redis.url", e.to_string());
+        }
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self, p: &mut Problems) {
+        if self.max_connections == 0 {
+            p.add("http.max_connections", "must be at least 1");
+        }
+        if !(1..=65_535).contains(&self.listen_backlog) {
+            p.add(
+                "http.listen_backlog",
+                format!("must be 1..=65535, got {}", self.listen_backlog),
+            );
+        }
+        if !(100..=3_600_000).contains(&self.idle_timeout_ms) {
+            p.add(
+                "http.idle_timeout_ms",
+                format!("must be 100..=3600000, got {}", self.idle_timeout_ms),
+            );
+        }
+    }
+}
+
+impl SecurityConfig {
+    fn validate(&self, p: &mut Problems) {
+        if !(1_000..=600_000).contains(&self.window_ms) {
+            p.add(
+                "security.window_ms",
+                format!("must be 1000..=600000, got {}", self.window_ms),
+            );
+        }
+        if !(self.sender_rate_per_sec > 0.0 && self.sender_rate_per_sec <= 1e6) {
+            p.add(
+                "security.sender_rate_per_sec",
+                format!(
+                    "must be above 0 and at most 1e6, got {}",
+                    self.sender_rate_per_sec
+                ),
+            );
+        }
+        if self.sender_burst == 0 {
+            p.add("security.sender_burst", "must be at least 1");
+        }
+        if !(100..=600_000).contains(&self.key_refresh_ms) {
+            p.add(
+                "security.key_refresh_ms",
+                format!("must be 100..=600000, got {}", self.key_refresh_ms),
+            );
+        }
+        if !(1_000..=86_400_000).contains(&self.audit_checkpoint_ms) {
+            p.add(
+                "security.audit_checkpoint_ms",
+                format!("must be 1000..=86400000, got {}", self.audit_checkpoint_ms),
+            );
+        }
+    }
+}
+
+impl LogConfig {
+    fn validate(&self, p: &mut Problems) {
+        if let Some(level) = &self.level {
+            if let Err(e) = level.parse::<tracing_subscriber::EnvFilter>() {
+                p.add("log.level", format!("not a log filter: {e}"));
+            }
+        }
+    }
+}
+
+impl FleetConfig {
+    fn validate(&self, p: &mut Problems) {
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            p.add("fleet.prefix", "must be non-empty without whitespace");
+        }
+        if self.max_agents == 0 {
+            p.add("fleet.max_agents", "must be at least 1");
+        }
+        if !(10..=600_000).contains(&self.heartbeat_interval_ms) {
+            p.add(
+                "fleet.heartbeat_interval_ms",
+                format!("must be 10..=600000, got {}", self.heartbeat_interval_ms),
+            );
+        }
+        if !(1..=100).contains(&self.missed_heartbeats) {
+            p.add("fleet.missed_heartbeats", "must be 1..=100");
+        }
+        if self.max_failures == 0 {
+            p.add("fleet.max_failures", "must be at least 1");
+        }
+        if self.detect_tick_ms == 0 || self.detect_tick_ms > self.heartbeat_interval_ms {
+            p.add("fleet.detect_tick_ms", "must be 1..=heartbeat_interval_ms");
+        }
+        if self.status_interval_ms == 0 {
+            p.add("fleet.status_interval_ms", "must be at least 1");
+        }
+        if !(256..=1 << 20).contains(&self.max_message_bytes) {
+            p.add("fleet.max_message_bytes", "must be 256..=1048576");
+        }
+        if !(1..=256).contains(&self.workers) {
+            p.add("fleet.workers", "must be 1..=256");
+        }
+        if !(100..=300_000).contains(&self.shutdown_grace_ms) {
+            p.add("fleet.shutdown_grace_ms", "must be 100..=300000");
+        }
+        if self.runtime_threads > 64 {
+            p.add("fleet.runtime_threads", "must be 0..=64 (0: one per core)");
+        }
+    }
+}
+
+impl TaskConfig {
+    fn validate(&self, p: &mut Problems) {
+        for (name, v) in [
+            ("tasks.default_timeout_ms", self.default_timeout_ms),
+            ("tasks.aging_ms_per_priority", self.aging_ms_per_priority),
+            ("tasks.ack_timeout_ms", self.ack_timeout_ms),
+            ("tasks.retry_backoff_ms", self.retry_backoff_ms),
+            ("tasks.idempotency_ttl_ms", self.idempotency_ttl_ms),
+            ("tasks.retention_ms", self.retention_ms),
+            ("tasks.quarantine_ms", self.quarantine_ms),
+            ("tasks.quota_window_ms", self.quota_window_ms),
+            ("tasks.health_memory_ms", self.health_memory_ms),
+            ("tasks.replication_timeout_ms", self.replication_timeout_ms),
+        ] {
+            if v == 0 {
+                p.add(name, "must be at least 1");
+            }
+        }
+        if self.replicas == 0 {
+            p.add("tasks.replicas", "must be at least 1");
+        }
+        if !(self.max_skew.is_finite() && self.max_skew >= 1.5) {
+            p.add("tasks.max_skew", "must be a number >= 1.5");
+        }
+        if self.retry_backoff_max_ms < self.retry_backoff_ms {
+            p.add(
+                "tasks.retry_backoff_max_ms",
+                "must be >= tasks.retry_backoff_ms",
+            );
+        }
+        for (name, v) in [
+            ("tasks.health_success_step", self.health_success_step),
+            ("tasks.health_failure_step", self.health_failure_step),
+        ] {
+            if !(1..=100).contains(&v) {
+                p.add(name, format!("must be 1..=100, got {v}"));
+            }
+        }
+        if !(1..=100).contains(&self.quarantine_max_percent) {
+            p.add(
+                "tasks.quarantine_max_percent",
+                format!("must be 1..=100, got {}", self.quarantine_max_percent),
+            );
+        }
+        if self.probation_until > 100 {
+            p.add("tasks.probation_until", "must be at most 100");
+        } else if self.quarantine_below >= self.probation_until {
+            p.add(
+                "tasks.quarantine_below",
+                "must be below tasks.probation_until (both 0..=100)",
+            );
+        }
+        if self.default_max_retries > fleet_protocol::task::MAX_RETRIES {
+            p.add("tasks.default_max_retries", "must be at most 100");
+        }
+        if let Some(reason) = progress_timeout_refused(self.progress_timeout_ms) {
+            p.add("tasks.progress_timeout_ms", reason);
+        }
+    }
+}
+
+impl GovernanceConfig {
+    fn validate(&self, p: &mut Problems) {
+        if !(self.quorum > 0.5 && self.quorum <= 1.0) {
+            p.add(
+                "governance.quorum",
+                format!("must be above 0.5 and at most 1, got {}", self.quorum),
+            );
+        }
+        if !(100..=3_600_000).contains(&self.deadline_ms) {
+            p.add(
+                "governance.deadline_ms",
+                format!("must be 100..=3600000, got {}", self.deadline_ms),
+            );
+        }
+        if let Some(a) = self
+            .actions
+            .iter()
+            .find(|a| !GOVERNABLE.contains(&a.as_str()))
+        {
+            p.add(
+                "governance.actions",
+                format!(
+                    "unknown action {a:?}; governable: {}",
+                    GOVERNABLE.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+impl HaConfig {
+    fn validate(&self, p: &mut Problems) {
+        if !(50..=60_000).contains(&self.renew_ms) {
+            p.add(
+                "ha.renew_ms",
+                format!("must be 50..=60000, got {}", self.renew_ms),
+            );
+        } else if self.lease_ms < 3 * self.renew_ms {
+            p.add(
+                "ha.lease_ms",
+                format!(
+                    "must be at least 3 x ha.renew_ms ({}), so that one lost renewal does not \
+                     end a term; got {}",
+                    3 * self.renew_ms,
+                    self.lease_ms
+                ),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1211,6 +1264,35 @@ mod tests {
         let bad = shipped().replacen("heartbeat_interval_ms", "heartbeat_intervall_ms", 1);
         let e = Config::parse("f", &bad).unwrap_err();
         assert!(e.reason.contains("heartbeat_intervall_ms"), "{e}");
+    }
+
+    /// A file with several mistakes names them all at once, in one error.
+    #[test]
+    fn every_problem_is_reported_not_only_the_first() {
+        let bad = shipped()
+            .replacen("priority_level = 8", "priority_level = 11", 1)
+            .replacen(
+                "quarantine_max_percent = 50",
+                "quarantine_max_percent = 0",
+                1,
+            )
+            .replacen("runtime_threads = 1", "runtime_threads = 100", 1);
+        let e = Config::parse("f", &bad).unwrap_err();
+        let mut fields: Vec<&str> = std::iter::once(e.field.as_str())
+            .chain(e.also.iter().map(|p| p.field.as_str()))
+            .collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "fleet.runtime_threads",
+                "pools.coder.priority_level",
+                "tasks.quarantine_max_percent"
+            ],
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(text.contains("\n  and "), "{text}");
     }
 
     #[test]

@@ -259,8 +259,34 @@ pub(crate) async fn drain_pool(
     Ok(drained)
 }
 
+/// How often proposals past their deadline are looked for.
+const EXPIRY_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The loop that expires proposals past their deadline.
+pub(crate) async fn expiry(shared: std::sync::Arc<Shared>) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = crate::supervise::Backoff::new();
+    loop {
+        tokio::select! {
+            _ = shared.shutdown_token().cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match expire(&shared).await {
+            Ok(()) => backoff.reset(),
+            Err(e) => {
+                if !crate::supervise::round_failed(&shared, "proposal_expiry", e, &mut backoff)
+                    .await
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Proposals past their deadline: expired, sealed, announced.
-pub(crate) async fn expire(shared: &Shared) -> Result<(), StoreError> {
+async fn expire(shared: &Shared) -> Result<(), StoreError> {
     let mut conn = shared.redis.clone();
     for id in shared.governance.expire_due(&mut conn, now_ms()).await? {
         decided(shared, &id, Outcome::Expired).await?;

@@ -18,14 +18,16 @@
 //!   detector's watermark).
 //! - [`status`]: fleet and pool status from the counters, and its publisher
 //!   loop, which also samples the fleet's recent past ([`history`]).
-//! - the loops: [`allocator`] (allocation and the reaper of leases and
-//!   retries), [`health`] (failure detection without false deaths),
+//! - the loops: [`allocator`] (allocation), [`reaper`] (retries back
+//!   after their backoff, quarantines ended, leases and stuck attempts taken
+//!   back), [`health`] (failure detection without false deaths),
 //!   [`scaler`] (pool sizing, drains), [`reload`] (live pool tuning),
 //!   [`checkpoint`] (the audit log's signed head, written off Redis).
-//! - [`governance`]: proposals to the validators, their seals and what an
-//!   allowed one does.
+//! - [`governance`]: proposals to the validators, their seals, what an
+//!   allowed one does, and the loop that expires them.
 //! - [`handlers`]: one file per inbound message kind.
-//! - [`subscriber`]: the pub/sub connection feeding the handlers in order.
+//! - [`subscriber`]: the two pub/sub connections feeding the handlers (one
+//!   agent's messages on one channel in order).
 //! - [`http`]: the HTTP API and the console.
 //! - [`service`]: start, supervise, stop: [`start`] returns a [`Running`]
 //!   whose [`Running::wait`] says how it stopped ([`Exit`]).
@@ -46,6 +48,7 @@ mod governance;
 mod health;
 mod heard;
 mod leader;
+mod reaper;
 pub mod reload;
 pub mod scaler;
 

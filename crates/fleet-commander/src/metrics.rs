@@ -22,7 +22,7 @@ pub const SUBMIT_REPLICATION_SECONDS: &str = "fleet_submit_replication_seconds";
 pub const REDIS_ERRORS: &str = "fleet_redis_errors_total";
 /// Every `op` of [`REDIS_ERRORS`] (crate::supervise::count and
 /// round_failed callers), shown at 0 from the start.
-pub const OPS: [&str; 15] = [
+pub const OPS: [&str; 16] = [
     "allocate",
     "audit",
     "checkpoint",
@@ -31,6 +31,7 @@ pub const OPS: [&str; 15] = [
     "http",
     "keys",
     "lease",
+    "proposal_expiry",
     "readyz",
     "reap",
     "register",

@@ -1,12 +1,15 @@
 //! Live pool tuning: the commander watches its config file (and re-reads it
 //! on SIGHUP) and applies the pool settings and scaling policy of a valid
 //! edit without a restart. An invalid edit is refused with its reason; the
-//! running configuration stays.
+//! running configuration stays. [`write_settings`] writes what the scripts
+//! read from the config (health policy, budgets, each pool's strategy and
+//! quota) into Redis, at start and on each applied edit.
 
-use crate::config::{Config, ConfigError, PoolConfig, ScalingPolicy};
+use crate::config::{Config, ConfigError, PoolConfig, Problems, ScalingPolicy};
 use crate::context::{pause, Shared};
 use crate::metrics as m;
 use fleet_protocol::pool::PoolType;
+use fleet_store::Keys;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,21 +87,17 @@ pub async fn apply(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
     }
     retune(shared, file.pools, file.scaling)
         .await
-        .map_err(|(field, reason)| ConfigError {
-            source_name: path.display().to_string(),
-            field,
-            reason,
-        })
+        .map_err(|p| p.into_error(path.display().to_string()))
 }
 
 /// Validates and applies new pool settings and scaling policy to a running
 /// commander, keeping its agents and tasks. Returns the pools that changed,
-/// or the offending field and why.
+/// or every offending field and why.
 pub async fn retune(
     shared: &Shared,
     pools: BTreeMap<PoolType, PoolConfig>,
     scaling: ScalingPolicy,
-) -> Result<Vec<String>, (String, String)> {
+) -> Result<Vec<String>, Problems> {
     let old = shared.config();
     let mut new = (*old).clone();
     new.pools = pools;
@@ -110,14 +109,11 @@ pub async fn retune(
         .filter(|(p, pc)| old.pools.get(p) != Some(pc))
         .map(|(p, _)| p.to_string())
         .collect();
-    crate::config::write_settings(&mut shared.redis.clone(), &shared.keys, &new)
-        .await
-        .map_err(|e| {
-            (
-                "(redis)".to_string(),
-                format!("could not store the pool settings: {e}"),
-            )
-        })?;
+    if let Err(e) = write_settings(&mut shared.redis.clone(), &shared.keys, &new).await {
+        let mut p = Problems::default();
+        p.add("(redis)", format!("could not store the pool settings: {e}"));
+        return Err(p);
+    }
     shared.set_config(new);
     shared.wake_all();
     Ok(changed)
@@ -125,4 +121,27 @@ pub async fn retune(
 
 fn to_json(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Writes what the scripts read from `config` into Redis (at start, and on
+/// a reload).
+pub async fn write_settings(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    config: &Config,
+) -> fleet_store::Result<()> {
+    let b = &config.budgets;
+    let budget = fleet_store::tasks::BudgetPolicy {
+        unit: b.unit.clone(),
+        min_balance: b.min_balance,
+        window_ms: b.window_ms,
+    };
+    fleet_store::tasks::write_settings(
+        conn,
+        keys,
+        &config.health_policy(),
+        &budget,
+        &config.pool_settings(),
+    )
+    .await
 }

@@ -295,7 +295,7 @@ impl Node {
     /// scripts read, and the key store.
     async fn prepare(&self, shared: &Shared) -> Result<(), fleet_store::StoreError> {
         let mut conn = shared.redis.clone();
-        crate::config::write_settings(&mut conn, &shared.keys, &shared.config()).await?;
+        crate::reload::write_settings(&mut conn, &shared.keys, &shared.config()).await?;
         if shared.gate.signed() && !self.gate_loaded.load(Ordering::Acquire) {
             let n = shared.gate.reload(&mut conn).await?;
             self.gate_loaded.store(true, Ordering::Release);
@@ -374,8 +374,9 @@ impl Node {
         );
         sup.spawn(
             "reaper",
-            crate::allocator::reaper(shared.clone(), shared.redis.clone()),
+            crate::reaper::reaper(shared.clone(), shared.redis.clone()),
         );
+        sup.spawn("proposal_expiry", crate::governance::expiry(shared.clone()));
         if shared.gate.signed() {
             sup.spawn("keys", crate::auth::refresh(shared.clone()));
         }

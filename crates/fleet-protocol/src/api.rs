@@ -82,7 +82,7 @@ pub const ALL: &[&str] = &[
 
 /// `template` with its one placeholder (`{id}`, `{pool}`) replaced by
 /// `value`: `path(TASK, "abc")` is `/v1/tasks/abc`.
-pub fn path(template: &str, value: &str) -> String {
+pub fn path(template: &str, value: impl std::fmt::Display) -> String {
     match (template.find('{'), template.find('}')) {
         (Some(a), Some(b)) if a < b => format!("{}{value}{}", &template[..a], &template[b + 1..]),
         _ => template.to_string(),

@@ -103,9 +103,7 @@ pub async fn run(
         }
         SecurityMode::Open => None,
     };
-    config
-        .validate()
-        .map_err(|(f, r)| anyhow::anyhow!("{f}: {r}"))?;
+    config.validate().map_err(|p| anyhow::anyhow!("{p}"))?;
 
     // And an operator's token for the HTTP API (status queries, submissions).
     let http_token = match &issuer {
@@ -244,7 +242,7 @@ async fn autoscale(
     // The spawner listens before the pool is retuned: no request is missed.
     fleet_commander::reload::retune(&commander.shared(), pools, quick_policy())
         .await
-        .map_err(|(f, r)| anyhow::anyhow!("{f}: {r}"))?;
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
     ramp.run().await
 }
 

@@ -369,3 +369,57 @@ fn change_kind(channels: &[String; 5], m: &redis::Msg) -> Option<&'static str> {
         .any(|n| payload.windows(n.len()).any(|w| w == *n));
     (!is_noise).then_some(kind)
 }
+
+#[cfg(test)]
+mod tests {
+    /// `{id}`, `${encodeURIComponent(id)}`, `${p.type}` and a trailing `/`
+    /// that a variable is appended to all become `{}`; a query is dropped.
+    fn shape(path: &str) -> String {
+        let path = path.split('?').next().unwrap_or(path);
+        let mut out = String::new();
+        let mut depth = 0;
+        let mut chars = path.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '$' if chars.peek() == Some(&'{') => {}
+                '{' => {
+                    if depth == 0 {
+                        out.push_str("{}");
+                    }
+                    depth += 1;
+                }
+                '}' => depth -= 1,
+                _ if depth > 0 => {}
+                _ => out.push(c),
+            }
+        }
+        if out.ends_with('/') {
+            out.push_str("{}");
+        }
+        out
+    }
+
+    /// Every API path the console's script asks for is one the commander
+    /// routes (the script cannot import `fleet_protocol::api`).
+    #[test]
+    fn the_console_asks_only_for_routed_paths() {
+        let routed: Vec<String> = fleet_protocol::api::ALL.iter().map(|p| shape(p)).collect();
+        let mut asked = 0;
+        for (i, line) in super::SCRIPT.lines().enumerate() {
+            for quote in ['"', '\'', '`'] {
+                for (n, part) in line.split(quote).enumerate() {
+                    if n % 2 == 1 && (part.starts_with("/v1/") || part.starts_with("/console/")) {
+                        asked += 1;
+                        let s = shape(part);
+                        assert!(
+                            routed.contains(&s),
+                            "app.js:{}: {part} ({s}) is not routed",
+                            i + 1
+                        );
+                    }
+                }
+            }
+        }
+        assert!(asked > 30, "found only {asked} paths in app.js");
+    }
+}
