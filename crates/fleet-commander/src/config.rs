@@ -303,7 +303,7 @@ pub struct LogConfig {
     pub level: Option<String>,
 }
 
-/// When a pool grows or shrinks (see `src/scaler.rs`). Fleet defaults in
+/// When a pool grows or shrinks (see `src/scaler/README.md`). Fleet defaults in
 /// `[scaling]`; a pool overrides any of them in `[pools.NAME.scaling]`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
