@@ -26,7 +26,6 @@
 //! so a forger cannot empty someone else's bucket.
 
 use crate::config::{Config, SecurityMode};
-use crate::context::{pause, Shared};
 use fleet_protocol::auth::{
     self, signing_input, AuthError, Grants, KeyRecord, PublicKey, Role, Signed, Signer,
 };
@@ -140,7 +139,7 @@ fn claim(msg: &Inbound) -> Claim<'_> {
 }
 
 /// The commander's signing key and its cache of everyone else's.
-pub struct Gate {
+pub(crate) struct Gate {
     mode: SecurityMode,
     window_ms: u64,
     store: KeyStore,
@@ -209,7 +208,7 @@ impl Gate {
         }
     }
 
-    pub fn mode(&self) -> SecurityMode {
+    pub(crate) fn mode(&self) -> SecurityMode {
         self.mode
     }
 
@@ -594,31 +593,3 @@ fn may_speak(rec: &KeyRecord, claim: &Claim<'_>) -> Result<(), AuthError> {
 pub(crate) fn commander_signer(secret: &[u8; 32], epoch: u64) -> Signer {
     Signer::new(format!("{}{epoch}", auth::COMMANDER_KID), secret)
 }
-
-/// Keeps the key cache fresh: at once on a key-change notice, and on a
-/// timer in case a notice was lost. (The gate outlives terms; a leader
-/// loads it before its first term, crate::service.) Notices are taken at
-/// most one per [`NOTICE_GAP`]: the key channel has no ACL of its own
-/// without Redis ACLs, and a flood of notices must not become a flood of
-/// key store reads (those in a gap make one reload after it).
-pub(crate) async fn refresh(shared: Arc<Shared>) {
-    let every = Duration::from_millis(shared.config().security.key_refresh_ms);
-    let mut conn = shared.redis.clone();
-    loop {
-        let noticed = tokio::select! {
-            _ = shared.gate.changed.notified() => true,
-            ok = pause(&shared.shutdown, every) => if ok { false } else { return },
-        };
-        metrics::counter!(crate::metrics::KEY_RELOADS).increment(1);
-        if let Err(e) = shared.gate.reload(&mut conn).await {
-            crate::supervise::count("keys", &e);
-            warn!(error = %e, "cannot read the key store; keeping the keys known");
-        }
-        if noticed && !pause(&shared.shutdown, NOTICE_GAP).await {
-            return;
-        }
-    }
-}
-
-/// The least time between two reloads that key-change notices ask for.
-const NOTICE_GAP: Duration = Duration::from_millis(200);

@@ -4,8 +4,9 @@
 //! they let `fleet-commander audit verify --checkpoint` see a log that was
 //! cut short or rolled back in Redis (fleet_store::audit).
 
-use crate::context::{pause, Shared};
+use crate::context::Shared;
 use crate::metrics as m;
+use crate::supervise::pause;
 use fleet_store::audit::Checkpoint;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ pub(crate) async fn writer(shared: Arc<Shared>, path: PathBuf) {
         {
             Ok(cp) => cp,
             Err(e) => {
-                crate::supervise::count("checkpoint", &e);
+                crate::metrics::redis_error("checkpoint", &e);
                 None
             }
         };

@@ -1,15 +1,19 @@
-//! What every part of the running service shares: the configuration, the
-//! store, the command connection, the allocator's wake-ups, the shutdown
-//! signal; and the small helpers every loop uses (pausing, publishing).
+//! What every part of the running service shares. [`Base`] lives as long
+//! as the process: the connections, the gate, the breaker, this
+//! commander's view of leadership, the clock, the fleet's recent past.
+//! [`Shared`] lives as long as a term: the configuration in force, the
+//! stores bound to the term's epoch, the allocator's wake-ups, the term's
+//! shutdown; it derefs to its `Base`. And the helpers every loop uses
+//! (publishing, sealing, telling agents).
 //!
-//! This is the bottom of the service's modules: the loops, the handlers and
-//! the HTTP API use it; it uses none of them.
+//! It uses only the data it holds (config, metrics, auth's gate, breaker,
+//! ha, heard, history); the loops, the handlers and the HTTP API use it
+//! (lib.rs has the map, and a test that keeps it true).
 
 use crate::auth::Gate;
 use crate::config::Config;
 use crate::metrics as m;
 use fleet_protocol::auth::Signer;
-use fleet_protocol::status::FleetStatus;
 use fleet_protocol::{now_ms, PoolType};
 use fleet_store::connection::Conn;
 use fleet_store::registry::Orphans;
@@ -19,19 +23,21 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// What outlives a term (crate::service): the connections, this
-/// commander's identity and view of leadership, the breaker, the clock.
+/// What lives as long as the process, across terms (crate::service): the
+/// connections, this commander's identity and view of leadership, the
+/// breaker, the gate, the clock, the fleet's recent past. A [`Shared`]
+/// derefs to it.
 #[derive(Clone)]
-pub(crate) struct Base {
+pub struct Base {
     pub(crate) keys: Keys,
     pub(crate) redis: Conn,
     pub(crate) reads: Conn,
     pub(crate) submit_conn: Option<Conn>,
-    pub(crate) ha: Arc<crate::leader::Ha>,
+    pub(crate) ha: Arc<crate::ha::Ha>,
     pub(crate) breaker: Arc<crate::breaker::Breaker>,
     /// Who is who: keys, token cache, senders' buckets.
     pub(crate) gate: Arc<Gate>,
@@ -42,24 +48,16 @@ pub(crate) struct Base {
 
 /// State shared by the commander's tasks during one term: as the leader
 /// (with its epoch) or standing by (epoch 0: any write would be fenced).
+/// What outlives the term is its [`Base`] (`shared.redis`, `shared.gate`,
+/// ... through `Deref`).
 pub struct Shared {
+    base: Base,
     /// The running configuration; pool settings are replaced on a reload.
     pub(crate) config: std::sync::RwLock<Arc<Config>>,
-    pub keys: Keys,
     pub registry: Registry,
     pub tasks: TaskStore,
     pub governance: fleet_store::governance::Governance,
-    /// One multiplexed, self-reconnecting connection: concurrent commands
-    /// from every handler are pipelined on it.
-    pub redis: Conn,
-    /// The HTTP API's reads (and token checks) go on a connection of their
-    /// own, so that a busy console or script cannot delay the handlers'
-    /// scripts queued on `redis`.
-    pub(crate) reads: Conn,
     pub metrics: PrometheusHandle,
-    pub started: Instant,
-    /// The fleet's recent past, as this commander sampled it.
-    pub history: Arc<crate::history::History>,
     /// When the current pub/sub subscription was confirmed (ms); 0 while not
     /// listening. The detector never declares an agent dead for a time the
     /// commander could not hear it.
@@ -83,23 +81,21 @@ pub struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Leading or standing by, for this whole term.
     pub(crate) role: fleet_store::lease::Role,
-    /// This commander, and what it knows of who leads.
-    pub(crate) ha: Arc<crate::leader::Ha>,
-    /// Checks who sent what (crate::auth).
-    pub gate: Arc<Gate>,
     /// Privileged actions, chained and signed (fleet_store::audit).
     pub(crate) audit: fleet_store::audit::AuditLog,
     /// How far the fleet has been heard: read and handled (crate::heard).
     pub(crate) heard: crate::heard::Heard,
-    /// Whether Redis answers (crate::breaker).
-    pub(crate) breaker: Arc<crate::breaker::Breaker>,
     /// Signs what the commander sends to agents and submitters; None when
     /// security is open.
     pub(crate) signer: Option<Signer>,
-    /// With `tasks.durability = "replicated"`: the connection submissions
-    /// are written and `WAIT`ed on (WAIT blocks its connection, and counts
-    /// only that connection's writes).
-    pub(crate) submit_conn: Option<Conn>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Base;
+
+    fn deref(&self) -> &Base {
+        &self.base
+    }
 }
 
 impl Shared {
@@ -115,23 +111,15 @@ impl Shared {
     ) -> Shared {
         let keys = base.keys.clone();
         Shared {
-            submit_conn: base.submit_conn.clone(),
-            gate: base.gate.clone(),
             heard: Default::default(),
-            breaker: base.breaker.clone(),
-            ha: base.ha.clone(),
             role,
             audit: fleet_store::audit::AuditLog::new(keys.clone(), signer.clone()),
             signer,
             registry: Registry::new(keys.clone(), epoch),
             tasks: TaskStore::new(keys.clone(), epoch, config.task_policy()),
-            governance: fleet_store::governance::Governance::new(keys.clone(), epoch),
-            keys,
-            redis: base.redis.clone(),
-            reads: base.reads.clone(),
+            governance: fleet_store::governance::Governance::new(keys, epoch),
             metrics: m::install(),
-            started: base.started,
-            history: base.history.clone(),
+            base: base.clone(),
             listening_since: AtomicU64::new(0),
             alloc_wake: tokio::sync::Notify::new(),
             dirty_pools: AtomicU32::new(0),
@@ -339,30 +327,13 @@ impl Shared {
             .append(&mut conn, actor, action, target, result)
             .await
         {
-            crate::supervise::count("audit", &e);
+            crate::metrics::redis_error("audit", &e);
             error!(error = %e, actor, action, target, "cannot write the audit log");
         }
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
-    }
-
-    /// Counters read and assembled into the fleet view.
-    pub async fn fleet_status(
-        &self,
-        conn: &mut impl ConnectionLike,
-    ) -> Result<FleetStatus, StoreError> {
-        let counts = self.registry.counts(conn).await?;
-        Ok(crate::status::fleet(&self.config(), &counts, now_ms()))
-    }
-}
-
-/// Sleeps for `d` unless shutdown comes first; false on shutdown.
-pub(crate) async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
     }
 }
 

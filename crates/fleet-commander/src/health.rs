@@ -13,9 +13,10 @@
 //! round trip postpones detection by its own length; after a start,
 //! detection waits a full window.
 
-use crate::context::{pause, publish, Shared};
+use crate::context::{publish, Shared};
 use crate::heard::Deafness;
 use crate::metrics as m;
+use crate::supervise::pause;
 use crate::supervise::{round_failed, Backoff};
 use fleet_protocol::now_ms;
 use fleet_protocol::{Event, VERSION};
@@ -80,7 +81,7 @@ pub(crate) async fn detector(shared: Arc<Shared>, mut conn: Conn) {
             }
             Ok(Err(e)) => {
                 shared.breaker.failed();
-                crate::supervise::count("detect", &e);
+                crate::metrics::redis_error("detect", &e);
                 warn!(reason = e.reason(), error = %e, "detector query failed");
                 lapse(&shared, "Redis error", last_contact, now);
                 last_contact = None;

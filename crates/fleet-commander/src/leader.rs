@@ -13,110 +13,15 @@
 //! the same process. A clean stop releases the lease, so a standby takes
 //! over at its next try instead of after the lease.
 
-use crate::context::{pause, Shared};
-use crate::metrics as m;
-use fleet_protocol::now_ms;
-use fleet_store::lease::{self, Acquire, Commander, Holder, Lease, Role};
-use serde::Serialize;
-use std::sync::Mutex;
+use crate::context::Shared;
+use crate::ha::LeaderInfo;
+use crate::supervise::pause;
+use fleet_store::lease::{self, Acquire, Holder};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// How long one lease command may take before it counts as failed.
 const LEASE_CALL_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// This commander: who it is, and what it knows of who leads.
-pub(crate) struct Ha {
-    pub(crate) lease: Lease,
-    /// Where its HTTP API is reached.
-    pub(crate) address: String,
-    view: Mutex<View>,
-}
-
-/// What a commander knows of leadership.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct View {
-    pub(crate) role: Role,
-    /// Its own epoch while it leads; the leader's as last seen while it
-    /// stands by (0: none seen).
-    pub(crate) epoch: u64,
-    /// When it took its role (ms).
-    pub(crate) since: u64,
-    /// The leader as last seen (itself while it leads).
-    pub(crate) leader: Option<LeaderInfo>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct LeaderInfo {
-    pub(crate) id: String,
-    pub(crate) epoch: u64,
-    /// Its HTTP address, if it has said.
-    pub(crate) address: Option<String>,
-}
-
-impl Ha {
-    pub(crate) fn new(lease: Lease, address: String) -> Ha {
-        Ha {
-            lease,
-            address,
-            view: Mutex::new(View {
-                role: Role::Standby,
-                epoch: 0,
-                since: now_ms(),
-                leader: None,
-            }),
-        }
-    }
-
-    pub(crate) fn id(&self) -> &str {
-        self.lease.id()
-    }
-
-    pub(crate) fn view(&self) -> View {
-        self.view.lock().expect("no panics while held").clone()
-    }
-
-    /// This commander's entry in the directory, as of now.
-    pub(crate) fn entry(&self) -> Commander {
-        let v = self.view();
-        Commander {
-            id: self.id().to_string(),
-            role: v.role,
-            epoch: v.epoch,
-            address: self.address.clone(),
-            renewed_at: now_ms(),
-            since: v.since,
-        }
-    }
-
-    /// Takes `role` (with `epoch`): the gauges follow.
-    pub(crate) fn become_(&self, role: Role, epoch: u64) {
-        let mut v = self.view.lock().expect("no panics while held");
-        v.role = role;
-        v.epoch = epoch;
-        v.since = now_ms();
-        v.leader = match role {
-            Role::Leader => Some(LeaderInfo {
-                id: self.id().to_string(),
-                epoch,
-                address: Some(self.address.clone()),
-            }),
-            Role::Standby => None,
-        };
-        metrics::gauge!(m::LEADER).set(if role == Role::Leader { 1.0 } else { 0.0 });
-        metrics::gauge!(m::EPOCH).set(epoch as f64);
-    }
-
-    /// A standby saw `leader` hold the lease (None: nobody does).
-    fn saw(&self, leader: Option<LeaderInfo>) {
-        let mut v = self.view.lock().expect("no panics while held");
-        v.epoch = leader.as_ref().map_or(v.epoch, |l| l.epoch);
-        metrics::gauge!(m::EPOCH).set(v.epoch as f64);
-        v.leader = leader;
-    }
-}
 
 /// Stands by until this commander takes the lease (its epoch, and when the
 /// try that took it began), or shutdown (None). Tries at once, then every
@@ -164,12 +69,12 @@ pub(crate) async fn stand_by(shared: &Shared) -> Option<(u64, Instant)> {
                     ha.saw(info);
                 }
                 if let Err(e) = lease::announce(&mut conn, &shared.keys, &ha.entry()).await {
-                    crate::supervise::count("lease", &e);
+                    crate::metrics::redis_error("lease", &e);
                 }
             }
             Ok(Err(e)) => {
                 shared.breaker.failed();
-                crate::supervise::count("lease", &e);
+                crate::metrics::redis_error("lease", &e);
                 warn!(reason = e.reason(), error = %e, "cannot look at the lease");
             }
             Err(_) => shared.breaker.failed(),
@@ -206,13 +111,13 @@ pub(crate) async fn keep(shared: std::sync::Arc<Shared>, acquired: Instant) {
             match tokio::time::timeout(LEASE_CALL_TIMEOUT, ha.lease.renew(&mut conn, epoch)).await {
                 Ok(Ok(true)) => {
                     if let Err(e) = lease::announce(&mut conn, &shared.keys, &ha.entry()).await {
-                        crate::supervise::count("lease", &e);
+                        crate::metrics::redis_error("lease", &e);
                     }
                     Round::Renewed(started)
                 }
                 Ok(Ok(false)) => Round::Lost,
                 Ok(Err(e)) => {
-                    crate::supervise::count("lease", &e);
+                    crate::metrics::redis_error("lease", &e);
                     warn!(reason = e.reason(), error = %e, "cannot renew the lease");
                     Round::Failed
                 }

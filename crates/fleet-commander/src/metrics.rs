@@ -20,7 +20,7 @@ pub const EPOCH: &str = "fleet_commander_epoch";
 pub const TERMS: &str = "fleet_commander_terms_total";
 pub const SUBMIT_REPLICATION_SECONDS: &str = "fleet_submit_replication_seconds";
 pub const REDIS_ERRORS: &str = "fleet_redis_errors_total";
-/// Every `op` of [`REDIS_ERRORS`] (crate::supervise::count and
+/// Every `op` of [`REDIS_ERRORS`] ([`redis_error`] and
 /// round_failed callers), shown at 0 from the start.
 pub const OPS: [&str; 16] = [
     "allocate",
@@ -543,6 +543,16 @@ fn initialize() {
     metrics::gauge!(LEADER).set(0.0);
 }
 
+/// Counts a store error where it is handled: `fleet_redis_errors_total{op}`,
+/// and `fleet_redis_reconnects_total{conn="commands"}` when the connection
+/// dropped (the connection manager reconnects).
+pub(crate) fn redis_error(op: &'static str, e: &fleet_store::StoreError) {
+    metrics::counter!(REDIS_ERRORS, "op" => op).increment(1);
+    if e.is_connection_dropped() {
+        metrics::counter!(REDIS_RECONNECTS, "conn" => "commands").increment(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every op the code counts Redis errors under is in [`super::OPS`]
@@ -567,7 +577,7 @@ mod tests {
         let mut ops = std::collections::BTreeSet::new();
         for text in &files {
             for marker in [
-                "supervise::count(\"",
+                "metrics::redis_error(\"",
                 "round_failed(&shared, \"",
                 "round_failed(shared, \"",
             ] {

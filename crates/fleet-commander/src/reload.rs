@@ -6,8 +6,9 @@
 //! quota) into Redis, at start and on each applied edit.
 
 use crate::config::{Config, ConfigError, PoolConfig, Problems, ScalingPolicy};
-use crate::context::{pause, Shared};
+use crate::context::Shared;
 use crate::metrics as m;
+use crate::supervise::pause;
 use fleet_protocol::pool::PoolType;
 use fleet_store::Keys;
 use std::collections::BTreeMap;

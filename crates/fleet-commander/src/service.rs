@@ -116,7 +116,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         a => a.to_string(),
     };
     let id = format!("commander-{}", uuid::Uuid::new_v4().simple());
-    let ha = crate::leader::Ha::new(Lease::new(keys.clone(), id, config.ha.lease_ms), address);
+    let ha = crate::ha::Ha::new(Lease::new(keys.clone(), id, config.ha.lease_ms), address);
     let base = Base {
         keys: keys.clone(),
         redis,
@@ -227,7 +227,7 @@ impl Node {
     async fn stand_by(&self, shared: &Arc<Shared>) -> Option<(u64, Instant)> {
         let refresh = async {
             if shared.gate.signed() {
-                crate::auth::refresh(shared.clone()).await
+                crate::key_refresh::refresh(shared.clone()).await
             } else {
                 std::future::pending().await
             }
@@ -268,7 +268,7 @@ impl Node {
                 .await
             }
             Err(e) => {
-                crate::supervise::count("lease", &e);
+                crate::metrics::redis_error("lease", &e);
                 warn!(error = %e, "cannot prepare to lead: standing by");
                 shared.end_term("not_prepared");
                 Exit::Clean
@@ -337,7 +337,7 @@ impl Node {
         let mut conn = shared.redis.clone();
         let channel = shared.keys.channels().fleet();
         if let Err(e) = crate::context::publish(&mut conn, channel, &ev).await {
-            crate::supervise::count("status", &e);
+            crate::metrics::redis_error("status", &e);
         }
         let _ = lease::announce(&mut conn, &shared.keys, &ha.entry()).await;
     }
@@ -378,7 +378,7 @@ impl Node {
         );
         sup.spawn("proposal_expiry", crate::governance::expiry(shared.clone()));
         if shared.gate.signed() {
-            sup.spawn("keys", crate::auth::refresh(shared.clone()));
+            sup.spawn("keys", crate::key_refresh::refresh(shared.clone()));
         }
         sup.spawn(
             "scaler",

@@ -19,6 +19,15 @@ fn zeroed() -> BTreeMap<AgentStatus, u64> {
     AgentStatus::ALL.into_iter().map(|s| (s, 0)).collect()
 }
 
+/// The fleet's status now: its counters read and assembled.
+pub(crate) async fn current(
+    shared: &Shared,
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> Result<FleetStatus, StoreError> {
+    let counts = shared.registry.counts(conn).await?;
+    Ok(fleet(&shared.config(), &counts, fleet_protocol::now_ms()))
+}
+
 /// `GET /v1/fleet` and the `fleet_status` message.
 pub fn fleet(config: &Config, counts: &Counts, now: u64) -> FleetStatus {
     let mut by_status = zeroed();
@@ -114,7 +123,7 @@ async fn publish_status(shared: &Shared) -> Result<(), StoreError> {
         return Ok(()); // past its lease: a paused leader's last words
     }
     let mut conn = shared.redis.clone();
-    let status = shared.fleet_status(&mut conn).await?;
+    let status = current(shared, &mut conn).await?;
     for (pool, pc) in &status.pools {
         metrics::gauge!(m::POOL_MIN_AGENTS, "pool" => pool.as_str()).set(pc.min_agents);
         metrics::gauge!(m::POOL_MAX_AGENTS, "pool" => pool.as_str()).set(pc.max_agents);

@@ -29,9 +29,10 @@
 //! this is its cheap first look.)
 
 use crate::auth::Seal;
-use crate::context::{pause, Shared};
+use crate::context::Shared;
 use crate::heard::Deafness;
 use crate::metrics as m;
+use crate::supervise::pause;
 use fleet_protocol::auth::{unframe, AuthError, Unframed};
 use fleet_protocol::{decode, now_ms, Channel, Decoded, Inbound};
 use futures_util::StreamExt;
@@ -223,7 +224,7 @@ pub(crate) async fn ticker(shared: Arc<Shared>) {
             .query_async::<()>(&mut conn)
             .await;
         if let Err(e) = sent {
-            crate::supervise::count("tick", &e.into());
+            crate::metrics::redis_error("tick", &e.into());
         }
     }
 }

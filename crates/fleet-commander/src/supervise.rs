@@ -64,16 +64,6 @@ impl Backoff {
     }
 }
 
-/// Counts a store error where it is handled: `fleet_redis_errors_total{op}`,
-/// and `fleet_redis_reconnects_total{conn="commands"}` when the connection
-/// dropped (the connection manager reconnects).
-pub(crate) fn count(op: &'static str, e: &StoreError) {
-    metrics::counter!(m::REDIS_ERRORS, "op" => op).increment(1);
-    if e.is_connection_dropped() {
-        metrics::counter!(m::REDIS_RECONNECTS, "conn" => "commands").increment(1);
-    }
-}
-
 /// What a loop does after a round failed: false means stop (fenced, or
 /// shutdown during the back-off); true means go on.
 pub(crate) async fn round_failed(
@@ -86,10 +76,10 @@ pub(crate) async fn round_failed(
         shared.on_fenced();
         return false;
     }
-    count(op, &e);
+    m::redis_error(op, &e);
     let wait = backoff.next();
     warn!(op, reason = e.reason(), error = %e, retry_in = ?wait, "round failed; retrying");
-    crate::context::pause(shared.shutdown_token(), wait).await
+    pause(shared.shutdown_token(), wait).await
 }
 
 /// The service's tasks, under one shutdown signal.
@@ -181,6 +171,14 @@ impl Supervisor {
         } else {
             Exit::Clean
         }
+    }
+}
+
+/// Sleeps for `d` unless shutdown comes first; false on shutdown.
+pub(crate) async fn pause(shutdown: &tokio_util::sync::CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
     }
 }
 

@@ -70,7 +70,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
                 return;
             }
             Err(e) => {
-                crate::supervise::count("handle", &e);
+                crate::metrics::redis_error("handle", &e);
                 warn!(reason = e.reason(), error = %e, "handling failed; message dropped (agents retry)");
             }
         }

@@ -201,7 +201,7 @@ async fn store(
         ),
         Err(e @ (StoreError::Fenced | StoreError::Replay)) => return Err(e),
         Err(e) => {
-            crate::supervise::count("register", &e);
+            crate::metrics::redis_error("register", &e);
             warn!(reason = e.reason(), error = %e, "registration failed in Redis");
             Answer::Refused(
                 RefusalReason::Unavailable,

@@ -10,7 +10,7 @@ pub(super) async fn handle(
     conn: &mut Conn,
     req: StatusRequest,
 ) -> Result<(), StoreError> {
-    let status = shared.fleet_status(conn).await?;
+    let status = crate::status::current(shared, conn).await?;
     let msg = FleetStatusMessage {
         v: VERSION,
         reply_to: Some(&req.id),

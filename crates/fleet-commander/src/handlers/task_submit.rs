@@ -85,7 +85,7 @@ pub(super) async fn handle(
         Ok(o) => o,
         Err(StoreError::Fenced) => return Err(StoreError::Fenced),
         Err(e) => {
-            crate::supervise::count("submit", &e);
+            crate::metrics::redis_error("submit", &e);
             warn!(reason = e.reason(), error = %e, "task submission failed in Redis");
             Err((
                 SubmitRefusal::Unavailable,

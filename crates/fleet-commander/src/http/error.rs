@@ -138,7 +138,7 @@ pub(crate) async fn count_failures(
     let path = req.uri().path().to_string();
     let r = next.run(req).await;
     if let Some(Failure(e)) = r.extensions().get::<Failure>() {
-        crate::supervise::count("http", e);
+        crate::metrics::redis_error("http", e);
         warn!(reason = e.reason(), error = %e, path, "HTTP request failed on Redis");
         if matches!(**e, StoreError::Fenced) {
             s.on_fenced();

@@ -18,7 +18,7 @@ use std::time::Instant;
 /// `GET /v1/fleet`: every pool's agents by status, tasks and fairness.
 pub(super) async fn status(State(s): State<Arc<Shared>>) -> Result<Json<FleetStatus>, ApiError> {
     let started = Instant::now();
-    let status = s.fleet_status(&mut s.reads.clone()).await?;
+    let status = crate::status::current(&s, &mut s.reads.clone()).await?;
     metrics::histogram!(m::STATUS_QUERY_SECONDS).record(started.elapsed());
     Ok(Json(status))
 }
@@ -57,7 +57,7 @@ pub(super) async fn ready(State(s): State<Arc<Shared>>) -> (StatusCode, Json<Val
     let ping = cmd.query_async::<String>(&mut conn);
     let redis_ok = match tokio::time::timeout(std::time::Duration::from_secs(1), ping).await {
         Ok(r) => r
-            .map_err(|e| crate::supervise::count("readyz", &StoreError::Redis(e)))
+            .map_err(|e| crate::metrics::redis_error("readyz", &StoreError::Redis(e)))
             .is_ok(),
         Err(_) => false,
     };

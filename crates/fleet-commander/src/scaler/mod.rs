@@ -22,8 +22,9 @@
 //! a queue an operator paused.
 
 use crate::config::Config;
-use crate::context::{pause, publish, Shared};
+use crate::context::{publish, Shared};
 use crate::metrics as m;
+use crate::supervise::pause;
 use crate::supervise::{round_failed, Backoff};
 
 mod policy;
@@ -114,7 +115,7 @@ async fn sample(
     now: u64,
     caps: &mut HashMap<PoolType, (u64, Vec<HashSet<String>>)>,
 ) -> Result<(Vec<(PoolType, Sample)>, Vec<Stranded>), StoreError> {
-    let status = shared.fleet_status(conn).await?;
+    let status = crate::status::current(shared, conn).await?;
     let keys = &shared.keys;
     let mut p = redis::pipe();
     for pool in PoolType::ALL {
