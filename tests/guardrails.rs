@@ -44,9 +44,7 @@ async fn stepper(
             _ = stop.cancelled() => return a,
             m = a.recv() => match m {
                 ToAgent::TaskAssign { task_id, attempt, .. } if held.is_none() => {
-                    a.report(fleet_protocol::ReportKind::Ack, &task_id, attempt, None, None)
-                        .await
-                        .unwrap();
+                    a.ack(&task_id, attempt).await.unwrap();
                     held = Some((task_id, attempt));
                 }
                 ToAgent::TaskCancel { task_id, .. }
@@ -67,8 +65,7 @@ async fn stepper(
                     }
                     a.progress(&task, attempt, None, Some(step)).await.unwrap();
                     if finish_after.is_some_and(|n| step >= n) {
-                        a.report(fleet_protocol::ReportKind::Complete, &task, attempt,
-                            Some(json!({"steps": step})), None).await.unwrap();
+                        a.complete(&task, attempt, json!({"steps": step})).await.unwrap();
                         held = None;
                     }
                 }

@@ -428,17 +428,33 @@ impl Agent {
             .map_err(|_| AgentError::Timeout(timeout))?
     }
 
-    /// Reports on a task attempt on the results channel.
-    pub async fn report(
+    /// `task_ack`: the attempt is taken; its lease becomes the task's
+    /// timeout.
+    pub async fn ack(&mut self, task_id: &str, attempt: u32) -> Result<(), AgentError> {
+        let body = self.report_body(task_id, attempt, None, None);
+        self.send_report(ReportKind::Ack, body).await
+    }
+
+    /// `task_complete` with the attempt's result.
+    pub async fn complete(
         &mut self,
-        kind: ReportKind,
         task_id: &str,
         attempt: u32,
-        result: Option<Value>,
-        error: Option<String>,
+        result: Value,
     ) -> Result<(), AgentError> {
-        let body = self.report_body(task_id, attempt, result, error);
-        self.send_report(kind, body).await
+        let body = self.report_body(task_id, attempt, Some(result), None);
+        self.send_report(ReportKind::Complete, body).await
+    }
+
+    /// `task_fail` with what went wrong (retried while retries are left).
+    pub async fn fail(
+        &mut self,
+        task_id: &str,
+        attempt: u32,
+        error: impl Into<String>,
+    ) -> Result<(), AgentError> {
+        let body = self.report_body(task_id, attempt, None, Some(error.into()));
+        self.send_report(ReportKind::Fail, body).await
     }
 
     /// `task_progress`: `step` must rise from one report to the next for
@@ -696,7 +712,7 @@ impl Agent {
                 Wake::Done((task_id, attempt, outcome)) => {
                     jobs.running.remove(&(task_id.clone(), attempt));
                     self.finish(&task_id, attempt, &outcome).await;
-                    if !matches!(outcome, Outcome::Vanish) {
+                    if !outcome.silent() {
                         jobs.unacked.insert((task_id, attempt), (outcome, 1));
                     }
                 }
@@ -731,10 +747,7 @@ impl Agent {
             let _ = jobs.done.send((key.0, key.1, out));
             return;
         }
-        if let Err(e) = self
-            .report(ReportKind::Ack, &key.0, key.1, None, None)
-            .await
-        {
+        if let Err(e) = self.ack(&key.0, key.1).await {
             warn!(agent_id = %self.spec.id, error = %e, "ack not sent");
         }
         let tx = jobs.done.clone();
@@ -782,7 +795,9 @@ impl Agent {
                 ReportKind::Fail,
                 self.report_body(task_id, attempt, None, Some(e.clone())),
             ),
-            Outcome::Vanish | Outcome::Used(..) => return,
+            #[cfg(feature = "simulate")]
+            Outcome::Vanish => return,
+            Outcome::Used(..) => return,
         };
         body.usage = usage;
         let sent = self.send_report(kind, body).await;
@@ -837,11 +852,24 @@ pub struct Assignment {
 pub enum Outcome {
     Complete(Value),
     Fail(String),
-    /// Say nothing (a crash mid-task; for tests and the simulator).
+    /// Say nothing (a crash mid-task): for tests and the simulator only,
+    /// behind the `simulate` feature.
+    #[cfg(feature = "simulate")]
     Vanish,
     /// A completion or failure that consumed this much of the agent's
     /// budget (`usage`, in the fleet's budget unit).
     Used(Box<Outcome>, f64),
+}
+
+impl Outcome {
+    /// Nothing is reported (a simulated crash).
+    fn silent(&self) -> bool {
+        #[cfg(feature = "simulate")]
+        if matches!(self, Outcome::Vanish) {
+            return true;
+        }
+        false
+    }
 }
 
 /// What an agent does with a task.

@@ -10,11 +10,16 @@
         return {"echo": task.payload}
 
     asyncio.run(agent.run())
+
+``async with agent:`` connects and closes around ``run``; an agent takes a
+``redis.asyncio.Redis`` in place of the URL. What the commander sends is
+read into the dataclasses of ``fleet_agent.messages``.
 """
+from . import messages
 from .agent import Agent, RegistrationRefused, Task, connect_redis
 from .signing import CommanderCheck, Credential, Refused, sign, signing_input, unframe
 
 __all__ = [
     "Agent", "Task", "RegistrationRefused", "connect_redis", "Credential", "CommanderCheck", "Refused",
-    "sign", "signing_input", "unframe",
+    "sign", "signing_input", "unframe", "messages",
 ]

@@ -1,7 +1,14 @@
 """An asyncio agent: register, heartbeat, take tasks (ack, progress,
 complete, fail), obey cancel, drain and reregister, leave. Every message it
 sends is signed with its credential, and it believes only what the
-commander signed."""
+commander signed. What the commander sends is read into the dataclasses of
+``fleet_agent.messages``.
+
+    async with Agent(url, credential) as agent:   # connects; leaves at the end
+        await agent.run()
+
+An ``Agent`` takes a Redis URL, or a ``redis.asyncio.Redis`` the caller
+made (and keeps: the agent never closes it)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,12 +16,13 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
+from . import messages as msgs
 from .signing import CommanderCheck, Credential, Refused, sign, unframe
 
 log = logging.getLogger("fleet_agent")
@@ -109,7 +117,7 @@ class Agent:
 
     def __init__(
         self,
-        redis_url: str,
+        redis_url: Union[str, redis.Redis],
         credential: Optional[Credential] = None,
         *,
         agent_id: Optional[str] = None,
@@ -120,7 +128,12 @@ class Agent:
         priority: Optional[int] = None,
         prefix: str = PREFIX,
     ) -> None:
-        self.redis_url = redis_url
+        # A client the caller made is used as it is, and never closed here.
+        self._given: Optional[redis.Redis] = None
+        if isinstance(redis_url, str):
+            self.redis_url = redis_url
+        else:
+            self._given, self.redis_url = redis_url, ""
         self.credential = credential
         self.id = agent_id or (credential.subject if credential else None)
         self.pool = pool or (credential.pool if credential else None)
@@ -170,11 +183,12 @@ class Agent:
         """Connects as the credential's Redis ACL user, in place of any user
         the URL names (``fleet-commander acl --apply`` creates those users);
         if Redis refuses that user (ACLs not applied yet), as the URL says,
-        with one warning. The Rust SDK does the same. Then subscribes to the
-        agent's channel (before anything is sent, so no reply is missed) and
-        starts reading it."""
-        self._pub = None
-        if self.credential and self.credential.redis_user:
+        with one warning. The Rust SDK does the same. (A client given to the
+        constructor is used as it is.) Then subscribes to the agent's channel
+        (before anything is sent, so no reply is missed) and starts reading
+        it."""
+        self._pub = self._given
+        if self._pub is None and self.credential and self.credential.redis_user:
             auth = {"username": self.credential.redis_user, "password": self.credential.redis_password}
             client = connect_redis(self.redis_url, **auth)
             try:
@@ -200,10 +214,22 @@ class Agent:
             t.cancel()
         if self._reader:
             self._reader.cancel()
+            self._reader = None
         if self._ps is not None:
             await self._ps.aclose()
-        if self._pub is not None:
+            self._ps = None
+        if self._pub is not None and self._pub is not self._given:
             await self._pub.aclose()
+        self._pub = None
+
+    async def __aenter__(self) -> "Agent":
+        """Connects (and subscribes); ``run`` or ``register`` next."""
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        """Closes what the agent opened (not a client it was given)."""
+        await self.close()
 
     async def send(self, channel: str, msg: Dict[str, Any]) -> None:
         name = self.channel(channel)
@@ -219,7 +245,7 @@ class Agent:
 
     # ---- requests ----
 
-    async def _request(self, channel: str, msg: Dict[str, Any], timeout: float, tries: int) -> Optional[dict]:
+    async def _request(self, channel: str, msg: Dict[str, Any], timeout: float, tries: int) -> Optional[msgs.Message]:
         for _ in range(tries):
             mid = str(uuid.uuid4())
             fut = asyncio.get_running_loop().create_future()
@@ -233,7 +259,9 @@ class Agent:
                 self._replies.pop(mid, None)
         return None
 
-    async def register(self, timeout: float = 2.0, tries: int = 5) -> dict:
+    async def register(self, timeout: float = 2.0, tries: int = 5) -> msgs.RegisterReply:
+        """Registers (idempotent) and returns the accepted reply; raises
+        ``RegistrationRefused`` with the reason, or ``TimeoutError``."""
         msg: Dict[str, Any] = {
             "type": "register", "agentId": self.id, "pool": self.pool,
             "capabilities": self.capabilities, "capacity": self.capacity,
@@ -244,16 +272,18 @@ class Agent:
         reply = await self._request("registry", msg, timeout, tries)
         if reply is None:
             raise TimeoutError("no register_reply: is the commander running, and the key issued?")
-        if not reply["accepted"]:
-            raise RegistrationRefused(reply.get("reason", "?"), reply.get("detail", ""))
-        self.heartbeat_s = reply["heartbeatIntervalMs"] / 1000.0
+        if not isinstance(reply, msgs.RegisterReply):
+            raise TimeoutError(f"a reply to register that is not a register_reply: {reply!r}")
+        if not reply.accepted:
+            raise RegistrationRefused(reply.reason or "?", reply.detail)
+        self.heartbeat_s = reply.heartbeat_interval_ms / 1000.0
         return reply
 
     async def deregister(self, timeout: float = 2.0, tries: int = 3) -> bool:
         reply = await self._request(
             "registry", {"type": "deregister", "agentId": self.id, "reason": "shutdown"}, timeout, tries
         )
-        return bool(reply and reply.get("removed"))
+        return isinstance(reply, msgs.DeregisterReply) and reply.removed
 
     async def heartbeat(self) -> None:
         n = len(self._running)
@@ -317,56 +347,55 @@ class Agent:
                 else:
                     s = unframe(data)
                     body = s.body if s else data
-                msg = json.loads(body)
+                msg = msgs.parse(json.loads(body))
             except Refused as e:
                 self.refused += 1
                 log.warning("ignoring a message not from the commander: %s", e.reason)
                 continue
-            except ValueError:
+            except (ValueError, KeyError, TypeError) as e:
+                log.debug("ignoring a message this SDK cannot read: %s", e)
                 continue
-            self._dispatch(msg)
+            if msg is not None:
+                self._dispatch(msg)
 
-    def _dispatch(self, msg: dict) -> None:
-        kind = msg.get("type")
-        reply_to = msg.get("replyTo")
-        if reply_to is not None:
-            fut = self._replies.get(reply_to)
+    def _dispatch(self, msg: msgs.Message) -> None:
+        if isinstance(msg, (msgs.RegisterReply, msgs.DeregisterReply)):
+            fut = self._replies.get(msg.reply_to)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
-        elif kind == "task_assign":
-            key = (msg["taskId"], int(msg["attempt"]))
+        elif isinstance(msg, msgs.TaskAssign):
+            key = (msg.task_id, msg.attempt)
             if self._leaving:
                 return  # not taken: the deregistration hands it back
             if key not in self._running:
                 t = asyncio.create_task(self._do(msg))
                 self._running[key] = t
                 t.add_done_callback(lambda _t, k=key: self._running.pop(k, None))
-        elif kind == "result_ack":
-            self._unacked.pop((msg["taskId"], int(msg["attempt"])), None)
-        elif kind == "task_cancel":
-            self._unacked.pop((msg["taskId"], int(msg["attempt"])), None)
-            t = self._running.get((msg["taskId"], int(msg["attempt"])))
+        elif isinstance(msg, msgs.ResultAck):
+            self._unacked.pop((msg.task_id, msg.attempt), None)
+        elif isinstance(msg, msgs.TaskCancel):
+            self._unacked.pop((msg.task_id, msg.attempt), None)
+            t = self._running.get((msg.task_id, msg.attempt))
             if t is not None:
                 t.cancel()
-        elif kind == "halt":
+        elif isinstance(msg, msgs.Halt):
             log.warning("halted: budget below its minimum (balance %s %s); no new work until resumed",
-                        msg.get("balance"), msg.get("unit"))
+                        msg.balance, msg.unit)
             self.halted = True
-        elif kind == "resume":
-            log.info("resumed: budget balance %s", msg.get("balance"))
+        elif isinstance(msg, msgs.Resume):
+            log.info("resumed: budget balance %s", msg.balance)
             self.halted = False
-        elif kind == "drain":
-            log.info("drained (%s): finishing what is held, then leaving", msg.get("reason"))
+        elif isinstance(msg, msgs.Drain):
+            log.info("drained (%s): finishing what is held, then leaving", msg.reason)
             self._drained.set()
-        elif kind == "reregister":
+        elif isinstance(msg, msgs.Reregister):
             t = asyncio.create_task(self.register())
             self._background.add(t)
             t.add_done_callback(self._background.discard)
 
-    async def _do(self, msg: dict) -> None:
-        task = Task(msg["taskId"], int(msg["attempt"]), msg["pool"], int(msg["priority"]),
-                    int(msg["timeoutMs"]), msg.get("payload"), self,
-                    progress_timeout_ms=int(msg.get("progressTimeoutMs", 0)), max_cost=msg.get("maxCost"))
+    async def _do(self, msg: msgs.TaskAssign) -> None:
+        task = Task(msg.task_id, msg.attempt, msg.pool, msg.priority, msg.timeout_ms, msg.payload, self,
+                    progress_timeout_ms=msg.progress_timeout_ms, max_cost=msg.max_cost)
         await self.report("task_ack", task.task_id, task.attempt)
         try:
             if self.handler is None:
@@ -418,7 +447,9 @@ class Agent:
                     installed.append(sig)
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass  # not the main thread, or no signals here
-        await self.connect()
+        connected_here = self._pub is None  # else: inside `async with`
+        if connected_here:
+            await self.connect()
         try:
             await self.register()
             deadline = None
@@ -451,7 +482,8 @@ class Agent:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            await self.close()
+            if connected_here:
+                await self.close()
 
     async def _settled(self) -> None:
         """Returns once the agent is leaving (drained or signalled) and holds

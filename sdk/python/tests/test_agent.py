@@ -9,7 +9,7 @@ import os
 import pytest
 import redis.asyncio as aioredis
 
-from fleet_agent import Agent, Credential, Refused, sign, unframe
+from fleet_agent import Agent, Credential, Refused, messages, sign, unframe
 from fleet_agent.signing import CommanderCheck
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -149,6 +149,40 @@ def test_a_drained_agent_finishes_and_leaves_by_itself(fleet):
         assert fleet.get("/v1/agents/py-3")[0] == 404
 
     asyncio.run(main())
+
+
+def test_async_with_a_client_of_ones_own_and_typed_replies(fleet):
+    """``async with`` connects and closes; a ``redis.asyncio.Redis`` the
+    caller made is used as it is and left open; what the commander sends
+    arrives as dataclasses."""
+    cred = fleet.issue("py-with", "tester")
+    auth = {"username": cred.redis_user, "password": cred.redis_password} if cred.redis_user else {}
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(fleet.redis_url, **auth)
+        async with Agent(client, cred) as agent:
+            reply = await agent.register()
+            assert isinstance(reply, messages.RegisterReply)
+            assert reply.accepted and reply.agent["id"] == "py-with"
+            assert reply.heartbeat_interval_ms > 0
+            await until(lambda: fleet.get("/v1/agents/py-with")[0] == 200, "py-with registered")
+            assert await agent.deregister()
+        # The agent closed what it opened, not the client it was given.
+        assert await client.ping()
+        await client.aclose()
+        assert fleet.get("/v1/agents/py-with")[0] == 404
+
+    asyncio.run(main())
+
+
+def test_messages_parse_into_dataclasses_and_unknown_kinds_are_none():
+    m = messages.parse({"type": "task_assign", "taskId": "t", "attempt": 2, "pool": "ui", "priority": 5,
+                        "timeoutMs": 1000, "payload": {"a": 1}, "maxCost": 3.5})
+    assert m == messages.TaskAssign("t", 2, "ui", 5, 1000, {"a": 1}, 0, 3.5)
+    assert messages.parse({"type": "drain", "reason": "x"}) == messages.Drain("x")
+    assert messages.parse({"type": "something_new"}) is None
+    with pytest.raises(KeyError):
+        messages.parse({"type": "task_cancel", "attempt": 1})
 
 
 def test_forged_commands_are_ignored_and_a_wrong_key_is_not_heard(fleet):
