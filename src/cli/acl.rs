@@ -37,6 +37,8 @@ const COMMANDER: &str = "fleet-commander";
 /// The read-only operator's user (its password: `FLEET_OPERATOR_PASSWORD`).
 const OPERATOR: &str = "fleet-operator";
 
+/// `acl`: prints the ACL file for the key store, or applies it (and
+/// watches); the steps in order, kept in one piece to read as the docs tell them.
 pub(crate) async fn acl(config: &Path, args: AclArgs) -> anyhow::Result<bool> {
     let config = load(config)?;
     let keys = Keys::new(config.fleet.prefix.clone());

@@ -26,7 +26,8 @@ pub(crate) fn config_check(file: &Path) -> anyhow::Result<bool> {
 }
 
 /// The fleet: a table of pools (agents by status, queued tasks), who leads,
-/// the validators; over the HTTP API (a viewer's token).
+/// the validators; over the HTTP API (a viewer's token). Long because it
+/// prints four sections in a row, each read straight from one response.
 pub(crate) async fn status(config: &Path, url: Option<String>) -> anyhow::Result<bool> {
     let base = base_url(config, url)?;
     let http = super::tokens::http_client()?;

@@ -127,6 +127,7 @@ fn operator() -> String {
     }
 }
 
+/// `audit ...`: one arm per subcommand (kept as one match, as clap declares them).
 pub(crate) async fn audit_cmd(config: &Path, action: AuditAction) -> anyhow::Result<bool> {
     let config = load(config)?;
     let keys = Keys::new(config.fleet.prefix.clone());

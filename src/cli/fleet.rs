@@ -12,7 +12,8 @@ use fleet_sim::{demo, ramp};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The demo; false if any figure says something went wrong.
+/// The demo; false if any figure says something went wrong. One script,
+/// top to bottom, as the README tells it: kept in one piece to read so.
 pub(crate) async fn demo(args: DemoArgs, config: &Path) -> anyhow::Result<bool> {
     let DemoArgs {
         agents,
@@ -96,7 +97,8 @@ pub(crate) async fn demo(args: DemoArgs, config: &Path) -> anyhow::Result<bool> 
     }
 }
 
-/// The simulator against a running commander.
+/// The simulator against a running commander: its options turned into a
+/// run, then the report. Mostly option plumbing, kept in one place.
 pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
     let SimArgs {
         agents,

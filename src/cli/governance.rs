@@ -30,6 +30,7 @@ pub(crate) enum GovernanceAction {
     },
 }
 
+/// `governance ...`: one arm per subcommand (kept as one match, as clap declares them).
 pub(crate) async fn governance_cmd(
     config: &Path,
     action: GovernanceAction,

@@ -107,6 +107,7 @@ impl GrantArgs {
     }
 }
 
+/// `keys ...`: one arm per subcommand (kept as one match, as clap declares them).
 pub(crate) async fn keys(config: &Path, action: KeysAction) -> anyhow::Result<bool> {
     let config = load(config)?;
     if let KeysAction::Init { force } = action {

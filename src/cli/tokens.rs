@@ -35,6 +35,7 @@ pub(crate) enum TokensAction {
     },
 }
 
+/// `tokens ...`: one arm per subcommand (kept as one match, as clap declares them).
 pub(crate) async fn tokens(config: &Path, action: TokensAction) -> anyhow::Result<bool> {
     let config = load(config)?;
     let store = TokenStore::new(Keys::new(config.fleet.prefix.clone()));

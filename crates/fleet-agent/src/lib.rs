@@ -590,11 +590,9 @@ impl Agent {
             done: done_tx,
             running: Default::default(),
             unacked: Default::default(),
+            draining: false,
+            leaving: None,
         };
-        // Told to drain: finish what is running, then deregister and return.
-        let mut draining = false;
-        // Leaving (stop with a grace): as draining, until the deadline.
-        let mut leaving: Option<tokio::time::Instant> = None;
         enum Wake {
             Stop,
             Beat,
@@ -603,6 +601,7 @@ impl Agent {
             Deadline,
         }
         loop {
+            let leaving = jobs.leaving;
             let deadline = leaving.unwrap_or_else(tokio::time::Instant::now);
             let wake = match self.pending.pop_front() {
                 Some(m) if !stop.is_cancelled() || leaving.is_some() => Wake::Message(m),
@@ -621,8 +620,8 @@ impl Agent {
                     };
                     info!(agent_id = %self.spec.id, tasks = jobs.running.len(), ?grace,
                         "leaving: finishing what is held, then deregistering");
-                    leaving = Some(tokio::time::Instant::now() + grace);
-                    draining = true;
+                    jobs.leaving = Some(tokio::time::Instant::now() + grace);
+                    jobs.draining = true;
                 }
                 Wake::Deadline => {
                     warn!(agent_id = %self.spec.id, tasks = jobs.running.len(),
@@ -632,83 +631,8 @@ impl Agent {
                     }
                     jobs.unacked.clear();
                 }
-                Wake::Beat => {
-                    let n = jobs.running.len() as u32;
-                    let capacity = self.spec.capacity.max(1);
-                    let status = if n >= capacity {
-                        AgentStatus::Busy
-                    } else if n > 0 {
-                        AgentStatus::Active
-                    } else {
-                        AgentStatus::Idle
-                    };
-                    let load = f64::from(n) / f64::from(capacity);
-                    if let Err(e) = self.heartbeat(status, load).await {
-                        warn!(agent_id = %self.spec.id, error = %e, "heartbeat not sent");
-                    }
-                    self.resend(&mut jobs).await;
-                }
-                Wake::Message(ToAgent::ResultAck {
-                    task_id, attempt, ..
-                }) => {
-                    jobs.unacked.remove(&(task_id, attempt));
-                }
-                Wake::Message(ToAgent::Reregister { reason, .. }) => {
-                    info!(agent_id = %self.spec.id, reason, "commander asked to re-register");
-                    if let Err(e) = self.register(interval).await {
-                        warn!(agent_id = %self.spec.id, error = %e, "re-registration failed");
-                    }
-                }
-                Wake::Message(ToAgent::TaskAssign {
-                    task_id,
-                    attempt,
-                    pool,
-                    priority,
-                    timeout_ms,
-                    progress_timeout_ms,
-                    max_cost,
-                    payload,
-                    ..
-                }) => {
-                    if leaving.is_some() {
-                        // Not taken: the deregistration hands it back.
-                        debug!(agent_id = %self.spec.id, task_id, "leaving: task not taken");
-                        continue;
-                    }
-                    let a = Assignment {
-                        task_id,
-                        attempt,
-                        pool,
-                        priority,
-                        timeout_ms,
-                        progress_timeout_ms,
-                        max_cost,
-                        payload,
-                    };
-                    self.take(a, work.as_ref(), &mut jobs).await;
-                }
-                Wake::Message(ToAgent::TaskCancel {
-                    task_id, attempt, ..
-                }) => {
-                    jobs.unacked.remove(&(task_id.clone(), attempt));
-                    if let Some(h) = jobs.running.remove(&(task_id.clone(), attempt)) {
-                        h.abort();
-                        info!(agent_id = %self.spec.id, task_id, attempt, "task cancelled");
-                    }
-                }
-                Wake::Message(ToAgent::Drain { reason, .. }) => {
-                    info!(agent_id = %self.spec.id, reason, tasks = jobs.running.len(), "draining");
-                    draining = true;
-                }
-                Wake::Message(ToAgent::Halt { balance, unit, .. }) => {
-                    warn!(agent_id = %self.spec.id, balance, unit, "halted: budget below its minimum; no new work until resumed");
-                    self.halted = true;
-                }
-                Wake::Message(ToAgent::Resume { balance, .. }) => {
-                    info!(agent_id = %self.spec.id, balance, "resumed: budget above its minimum");
-                    self.halted = false;
-                }
-                Wake::Message(other) => debug!(?other, "message from the commander"),
+                Wake::Beat => self.beat(&mut jobs).await,
+                Wake::Message(m) => self.on_message(m, work.as_ref(), &mut jobs, interval).await,
                 Wake::Done((task_id, attempt, outcome)) => {
                     jobs.running.remove(&(task_id.clone(), attempt));
                     self.finish(&task_id, attempt, &outcome).await;
@@ -717,17 +641,109 @@ impl Agent {
                     }
                 }
             }
-            if draining && jobs.running.is_empty() && jobs.unacked.is_empty() {
+            if jobs.draining && jobs.running.is_empty() && jobs.unacked.is_empty() {
                 match self.deregister(interval).await {
                     Ok(_) => info!(agent_id = %self.spec.id, "drained and deregistered"),
                     Err(e) => warn!(agent_id = %self.spec.id, error = %e, "deregistration failed"),
                 }
-                return if leaving.is_some() {
+                return if jobs.leaving.is_some() {
                     Exit::Left
                 } else {
                     Exit::Drained
                 };
             }
+        }
+    }
+
+    /// A heartbeat with the real status and load, and the results not yet
+    /// acknowledged sent again.
+    async fn beat(&mut self, jobs: &mut Jobs) {
+        let n = jobs.running.len() as u32;
+        let capacity = self.spec.capacity.max(1);
+        let status = if n >= capacity {
+            AgentStatus::Busy
+        } else if n > 0 {
+            AgentStatus::Active
+        } else {
+            AgentStatus::Idle
+        };
+        let load = f64::from(n) / f64::from(capacity);
+        if let Err(e) = self.heartbeat(status, load).await {
+            warn!(agent_id = %self.spec.id, error = %e, "heartbeat not sent");
+        }
+        self.resend(jobs).await;
+    }
+
+    /// What the commander said, acted on.
+    async fn on_message(
+        &mut self,
+        m: ToAgent,
+        work: Option<&Work>,
+        jobs: &mut Jobs,
+        interval: Duration,
+    ) {
+        match m {
+            ToAgent::ResultAck {
+                task_id, attempt, ..
+            } => {
+                jobs.unacked.remove(&(task_id, attempt));
+            }
+            ToAgent::Reregister { reason, .. } => {
+                info!(agent_id = %self.spec.id, reason, "commander asked to re-register");
+                if let Err(e) = self.register(interval).await {
+                    warn!(agent_id = %self.spec.id, error = %e, "re-registration failed");
+                }
+            }
+            ToAgent::TaskAssign {
+                task_id,
+                attempt,
+                pool,
+                priority,
+                timeout_ms,
+                progress_timeout_ms,
+                max_cost,
+                payload,
+                ..
+            } => {
+                if jobs.leaving.is_some() {
+                    // Not taken: the deregistration hands it back.
+                    debug!(agent_id = %self.spec.id, task_id, "leaving: task not taken");
+                    return;
+                }
+                let a = Assignment {
+                    task_id,
+                    attempt,
+                    pool,
+                    priority,
+                    timeout_ms,
+                    progress_timeout_ms,
+                    max_cost,
+                    payload,
+                };
+                self.take(a, work, jobs).await;
+            }
+            ToAgent::TaskCancel {
+                task_id, attempt, ..
+            } => {
+                jobs.unacked.remove(&(task_id.clone(), attempt));
+                if let Some(h) = jobs.running.remove(&(task_id.clone(), attempt)) {
+                    h.abort();
+                    info!(agent_id = %self.spec.id, task_id, attempt, "task cancelled");
+                }
+            }
+            ToAgent::Drain { reason, .. } => {
+                info!(agent_id = %self.spec.id, reason, tasks = jobs.running.len(), "draining");
+                jobs.draining = true;
+            }
+            ToAgent::Halt { balance, unit, .. } => {
+                warn!(agent_id = %self.spec.id, balance, unit, "halted: budget below its minimum; no new work until resumed");
+                self.halted = true;
+            }
+            ToAgent::Resume { balance, .. } => {
+                info!(agent_id = %self.spec.id, balance, "resumed: budget above its minimum");
+                self.halted = false;
+            }
+            other => debug!(?other, "message from the commander"),
         }
     }
 
@@ -815,6 +831,10 @@ struct Jobs {
     /// Results sent and not yet acknowledged (`result_ack`), with how many
     /// times each was sent: re-sent at every beat.
     unacked: std::collections::HashMap<(String, u32), (Outcome, u32)>,
+    /// Told to drain: finish what is running, then deregister and return.
+    draining: bool,
+    /// Leaving (stop with a grace): as draining, until this deadline.
+    leaving: Option<tokio::time::Instant>,
 }
 
 /// A result is sent at most this many times (once, then at each beat).

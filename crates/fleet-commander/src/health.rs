@@ -46,7 +46,6 @@ pub(crate) async fn detector(shared: Arc<Shared>, mut conn: Conn) {
     let mut last_contact: Option<(Instant, u64)> = None;
     let mut backoff = Backoff::new();
     while pause(shared.shutdown_token(), tick).await {
-        let before = Instant::now();
         let c = &mut conn;
         let now = now_ms();
         metrics::gauge!(m::INBOUND_BACKLOG).set(shared.heard.backlog() as f64);
@@ -55,35 +54,10 @@ pub(crate) async fn detector(shared: Arc<Shared>, mut conn: Conn) {
         // Silence counts only while listening (crate::heard), and up to
         // what has been heard: a heartbeat still queued here counts.
         let cutoff = shared.heard.cutoff(window, now);
-        // This query is also the circuit breaker's probe (crate::breaker).
-        let stale = tokio::time::timeout(
-            PROBE_TIMEOUT,
-            shared.registry.stale(c, cutoff.unwrap_or(0), BATCH),
-        )
-        .await;
-        let rtt = before.elapsed();
-        let stale = match stale {
-            Ok(Ok(s)) if rtt <= SLOW_ROUND_TRIP => {
-                shared.breaker.ok();
-                s
-            }
-            Ok(Ok(_)) => {
-                shared.breaker.ok();
-                lapse(&shared, "slow Redis round trip", last_contact, now);
-                last_contact = None;
-                continue;
-            }
-            Err(_) => {
-                shared.breaker.failed();
-                lapse(&shared, "Redis does not answer", last_contact, now);
-                last_contact = None;
-                continue;
-            }
-            Ok(Err(e)) => {
-                shared.breaker.failed();
-                crate::metrics::redis_error("detect", &e);
-                warn!(reason = e.reason(), error = %e, "detector query failed");
-                lapse(&shared, "Redis error", last_contact, now);
+        let stale = match probe(&shared, c, cutoff.unwrap_or(0)).await {
+            Ok(s) => s,
+            Err(why) => {
+                lapse(&shared, why, last_contact, now);
                 last_contact = None;
                 continue;
             }
@@ -119,6 +93,36 @@ pub(crate) async fn detector(shared: Arc<Shared>, mut conn: Conn) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// The tick's query for silent agents, which is also the circuit breaker's
+/// probe (crate::breaker): the agents silent since `cutoff`, or why contact
+/// with Redis lapsed (an error, no answer in time, or a slow round trip).
+async fn probe(shared: &Shared, conn: &mut Conn, cutoff: u64) -> Result<Vec<String>, &'static str> {
+    let before = Instant::now();
+    let stale =
+        tokio::time::timeout(PROBE_TIMEOUT, shared.registry.stale(conn, cutoff, BATCH)).await;
+    let rtt = before.elapsed();
+    match stale {
+        Ok(Ok(s)) if rtt <= SLOW_ROUND_TRIP => {
+            shared.breaker.ok();
+            Ok(s)
+        }
+        Ok(Ok(_)) => {
+            shared.breaker.ok();
+            Err("slow Redis round trip")
+        }
+        Err(_) => {
+            shared.breaker.failed();
+            Err("Redis does not answer")
+        }
+        Ok(Err(e)) => {
+            shared.breaker.failed();
+            crate::metrics::redis_error("detect", &e);
+            warn!(reason = e.reason(), error = %e, "detector query failed");
+            Err("Redis error")
         }
     }
 }

@@ -430,7 +430,8 @@ fn describe() {
 
 /// Creates the series of the fixed label sets at zero, so that a dashboard
 /// shows 0 rather than "no data" before the first event, and `rate()` sees
-/// the first increment.
+/// the first increment. Long (a list, label set by label set) on purpose:
+/// each line is one series a dashboard reads.
 fn initialize() {
     use fleet_protocol::pool::PoolType;
     use metrics::counter;

@@ -172,17 +172,17 @@ impl Queued {
         map.get(sender).copied().unwrap_or(0)
     }
 
-    fn add(self: &Arc<Self>, sender: &str) -> QueuedGuard {
+    fn add(self: &Arc<Self>, sender: String) -> QueuedGuard {
         let mut map = self.0.lock().expect("no panics while held");
-        match map.get_mut(sender) {
+        match map.get_mut(&sender) {
             Some(n) => *n += 1,
             None => {
-                map.insert(sender.to_string(), 1);
+                map.insert(sender.clone(), 1);
             }
         }
         QueuedGuard {
             queued: self.clone(),
-            sender: sender.to_string(),
+            sender,
         }
     }
 }
@@ -294,43 +294,53 @@ impl Router {
             }
             return true;
         };
-        let payload = msg.get_payload_bytes();
-        let now = now_ms();
+        match self.admit(channel, name, msg.get_payload_bytes(), now_ms()) {
+            Some(admitted) => self.enqueue(channel, admitted).await,
+            None => true,
+        }
+    }
+
+    /// The checks that need neither Redis nor a signature, in order of
+    /// cost: the header and the gate's screen, a replay seen here, a sender
+    /// over its share, the body's decoding, a signature required. None: the
+    /// message was refused (counted and logged) or is the commander's own.
+    fn admit(
+        &mut self,
+        channel: Channel,
+        name: &str,
+        payload: &[u8],
+        now: u64,
+    ) -> Option<Admitted> {
         let (body, signed) = match unframe(payload) {
             Ok(Unframed::Plain(b)) => (b, None),
             Ok(Unframed::Signed(s)) => {
                 if let Err(e) = self.shared.gate.screen(s.kid, s.ts, now) {
                     refused(channel, e);
-                    return true;
+                    return None;
                 }
                 (s.body, Some(s))
             }
             Err(e) => {
                 refused(channel, e);
-                return true;
+                return None;
             }
         };
         if let Some(s) = &signed {
             if !self.seen.first(s.kid, s.nonce) {
                 refused(channel, AuthError::Replay);
-                return true;
+                return None;
             }
-        }
-        // A flooder's surplus is shed before it costs a decode.
-        if let Some(s) = &signed {
+            // A flooder's surplus is shed before it costs a decode.
             if self.over_share(s.kid, now) {
                 shed(channel, s.kid);
-                return true;
+                return None;
             }
         }
         // The size limit is on the whole payload, header included.
-        let inbound = match decode(
-            channel,
-            body,
-            self.max_bytes.saturating_sub(payload.len() - body.len()),
-        ) {
+        let limit = self.max_bytes.saturating_sub(payload.len() - body.len());
+        let msg = match decode(channel, body, limit) {
             Ok(Decoded::Message(i)) => i,
-            Ok(Decoded::Own) => return true,
+            Ok(Decoded::Own) => return None,
             Err(rej) => {
                 metrics::counter!(m::MESSAGES_REJECTED,
                     "channel" => channel.as_str(), "reason" => rej.label())
@@ -338,35 +348,39 @@ impl Router {
                 if let Some(suppressed) = LOG_LIMIT.admit(channel, rej.label()) {
                     warn!(channel = channel.as_str(), reason = %rej, suppressed, "message refused");
                 }
-                return true;
+                return None;
             }
         };
-        let seal = if self.shared.gate.signed() {
-            match &signed {
-                Some(s) => Some(Seal::new(name, s)),
-                None => {
-                    refused(channel, AuthError::Unsigned);
-                    return true;
-                }
+        let seal = match (&signed, self.shared.gate.signed()) {
+            (Some(s), true) => Some(Seal::new(name, s)),
+            (None, true) => {
+                refused(channel, AuthError::Unsigned);
+                return None;
             }
-        } else {
-            None
+            (_, false) => None,
         };
         let sender = match &signed {
-            Some(s) => s.kid,
+            Some(s) => s.kid.to_string(),
             None => {
-                let sender = inbound.agent_id().unwrap_or("-");
+                let sender = msg.agent_id().unwrap_or("-");
                 if self.over_share(sender, now) {
                     shed(channel, sender);
-                    return true;
+                    return None;
                 }
-                sender
+                sender.to_string()
             }
         };
-        let heavy = self.rates.is_heavy(sender);
-        // One agent's messages always go to the same handler, in order.
+        Some(Admitted { msg, seal, sender })
+    }
+
+    /// Hands an admitted message to its agent's handler (one agent's
+    /// messages always go to the same one, in order); a heavy sender's is
+    /// shed when that queue is full, anyone else's waits for room. False
+    /// when the handlers are gone.
+    async fn enqueue(&mut self, channel: Channel, a: Admitted) -> bool {
+        let heavy = self.rates.is_heavy(&a.sender);
         let n = self.senders.len();
-        let shard = match inbound.agent_id() {
+        let shard = match a.msg.agent_id() {
             Some(id) => {
                 let mut h = DefaultHasher::new();
                 id.hash(&mut h);
@@ -381,7 +395,7 @@ impl Router {
         let permit = match tx.try_reserve() {
             Ok(p) => p,
             Err(mpsc::error::TrySendError::Full(())) if heavy => {
-                shed(channel, sender);
+                shed(channel, &a.sender);
                 return true;
             }
             Err(mpsc::error::TrySendError::Full(())) => match tx.reserve().await {
@@ -391,16 +405,23 @@ impl Router {
             Err(mpsc::error::TrySendError::Closed(())) => return false,
         };
         let (seq, _) = self.shared.heard.read();
-        let _queued = self.queued.add(sender);
         permit.send(Envelope {
-            msg: inbound,
-            seal,
+            msg: a.msg,
+            seal: a.seal,
             channel,
             seq,
-            _queued,
+            _queued: self.queued.add(a.sender),
         });
         true
     }
+}
+
+/// A message past the subscriber's checks, and who sent it (key id, or
+/// agent id unsigned).
+struct Admitted {
+    msg: Inbound,
+    seal: Option<Seal>,
+    sender: String,
 }
 
 /// The signature headers (key id and nonce, hashed) seen lately: the newest

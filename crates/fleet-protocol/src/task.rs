@@ -209,7 +209,8 @@ pub const MAX_RETRIES: u32 = 100;
 
 impl Submission {
     /// Checks every rule; `offered` is the pool's declared capabilities
-    /// (empty: the pool accepts any).
+    /// (empty: the pool accepts any). One rule after another, each a few
+    /// lines: kept whole so that the rules read as one list.
     pub fn validate(
         &self,
         offered: impl Fn(PoolType) -> Vec<String>,

@@ -9,7 +9,7 @@
 
 pub use crate::error::{Result, StoreError};
 use crate::keys::Keys;
-use crate::script::{Call, ScriptDef};
+use crate::script::{Call, Reply, ScriptDef};
 use crate::scripts::{DRAIN, FAIL, HEARTBEAT, REGISTER, REMOVE};
 use crate::{Notice, Once};
 use fleet_protocol::agent::{AgentRecord, Health, Performance};
@@ -352,33 +352,7 @@ impl Registry {
             .arg("event_channel", x.registry_channel)
             .arg("event", x.event);
         let r = call.reply(conn).await?;
-        // What the agent just declared, plus the history a re-registration keeps.
-        let record = || -> Result<AgentRecord> {
-            Ok(AgentRecord {
-                performance: Performance {
-                    tasks_completed: r.num("tasksCompleted")?,
-                    avg_task_time: r.float("avgTaskTime")?,
-                    success_rate: r.float("successRate")?,
-                    last_active: now,
-                },
-                health: Health {
-                    last_heartbeat: now,
-                    failures: r.num("failures")?,
-                    recovery_attempts: r.num("recoveryAttempts")?,
-                    score: r.num("health")?,
-                    quarantined_until: r.num("quarantinedUntil")?,
-                    probation: r.text("probation")? == "1",
-                    ..fresh_record(a, now).health
-                },
-                registered_at: r.num("registeredAt")?,
-                status: if r.text("halted").is_ok() {
-                    AgentStatus::Halted
-                } else {
-                    AgentStatus::Idle
-                },
-                ..fresh_record(a, now)
-            })
-        };
+        let record = || registered_record(&r, a, now);
         Ok(match r.outcome()? {
             "registered" => RegisterOutcome::Registered {
                 record: record()?,
@@ -673,4 +647,33 @@ pub(crate) async fn scored_upto(
         .arg(limit)
         .query_async(conn)
         .await?)
+}
+
+/// The record of an agent just registered: what it declared, plus the
+/// history a re-registration keeps, as the register script replied.
+fn registered_record(r: &Reply, a: &NewAgent<'_>, now: u64) -> Result<AgentRecord> {
+    Ok(AgentRecord {
+        performance: Performance {
+            tasks_completed: r.num("tasksCompleted")?,
+            avg_task_time: r.float("avgTaskTime")?,
+            success_rate: r.float("successRate")?,
+            last_active: now,
+        },
+        health: Health {
+            last_heartbeat: now,
+            failures: r.num("failures")?,
+            recovery_attempts: r.num("recoveryAttempts")?,
+            score: r.num("health")?,
+            quarantined_until: r.num("quarantinedUntil")?,
+            probation: r.text("probation")? == "1",
+            ..fresh_record(a, now).health
+        },
+        registered_at: r.num("registeredAt")?,
+        status: if r.text("halted").is_ok() {
+            AgentStatus::Halted
+        } else {
+            AgentStatus::Idle
+        },
+        ..fresh_record(a, now)
+    })
 }

@@ -21,7 +21,6 @@ pub(super) async fn handle(
     r: TaskReport,
     once: Option<&Once>,
 ) -> Result<(), StoreError> {
-    let pool = |p: Option<PoolType>| p.map(PoolType::as_str).unwrap_or("unknown");
     let reported = shared.tasks.report(conn, kind, &r, now_ms(), once).await?;
     let outcome = reported.outcome;
     // Debited once per attempt: not for a re-sent result (`Recorded`).
@@ -54,6 +53,14 @@ pub(super) async fn handle(
             .send(conn, shared.keys.channels().agent(&r.agent_id), &ack)
             .await?;
     }
+    counted(shared, kind, &r, outcome);
+    Ok(())
+}
+
+/// Counts what the report did, logs what deserves it, and wakes the
+/// allocator where a slot freed or a task came back.
+fn counted(shared: &Shared, kind: ReportKind, r: &TaskReport, outcome: Option<ReportOutcome>) {
+    let pool = |p: Option<PoolType>| p.map(PoolType::as_str).unwrap_or("unknown");
     match outcome {
         Some(ReportOutcome::Recorded) => {
             // A duplicate changes nothing (and is counted as such); its ack
@@ -99,5 +106,4 @@ pub(super) async fn handle(
             freed(shared, p);
         }
     }
-    Ok(())
 }

@@ -38,6 +38,8 @@ use tracing::error;
 
 pub(crate) use error::ApiError;
 
+/// Every route, then the layers. Kept as one table on purpose (one line per
+/// route): the API at a glance, in the order of `fleet_protocol::api`.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let body_limit = shared.config().fleet.max_message_bytes;
     Router::new()

@@ -116,6 +116,72 @@ async fn sample(
     caps: &mut HashMap<PoolType, (u64, Vec<HashSet<String>>)>,
 ) -> Result<(Vec<(PoolType, Sample)>, Vec<Stranded>), StoreError> {
     let status = crate::status::current(shared, conn).await?;
+    let heads = queue_heads(shared, conn, now).await?;
+    // A paused queue waits for an operator, not for more agents.
+    let paused = shared.tasks.paused(conn).await?;
+    let mut out = Vec::new();
+    let mut stranded = Vec::new();
+    for (pool, (depth, head)) in PoolType::ALL.into_iter().zip(heads) {
+        let c = &status.pools[&pool].by_status;
+        let n = |s: AgentStatus| c.get(&s).copied().unwrap_or(0);
+        let mut oldest = 0;
+        let (mut servable, mut unservable) = (0u64, 0u64);
+        for (id, waited, need) in head {
+            let fits = need.is_empty()
+                || pool_caps(shared, conn, pool, now, caps)
+                    .await?
+                    .iter()
+                    .any(|have| need.iter().all(|c| have.contains(c)));
+            if fits {
+                servable += 1;
+                oldest = oldest.max(waited);
+            } else {
+                unservable += 1;
+                stranded.push(Stranded {
+                    pool,
+                    task_id: id,
+                    capabilities: need,
+                    waited_ms: waited,
+                });
+            }
+        }
+        // The queue's depth in tasks the pool could run, estimated from its
+        // head when some there cannot be run.
+        let queued = if unservable == 0 {
+            depth
+        } else {
+            (depth * servable).div_ceil(servable + unservable)
+        };
+        let (queued, oldest) = if paused.contains_key(pool.as_str()) {
+            (0, 0)
+        } else {
+            (queued, oldest)
+        };
+        let live = n(AgentStatus::Idle) + n(AgentStatus::Active) + n(AgentStatus::Busy);
+        let s = Sample {
+            at: now,
+            live,
+            held: n(AgentStatus::Failed) + n(AgentStatus::Recovering) + n(AgentStatus::Halted),
+            busy: (n(AgentStatus::Active) + n(AgentStatus::Busy)).min(live),
+            queued,
+            oldest_wait_ms: oldest,
+        };
+        metrics::gauge!(m::POOL_UTILIZATION, "pool" => pool.as_str()).set(s.utilization());
+        metrics::gauge!(m::QUEUE_OLDEST_SECONDS, "pool" => pool.as_str())
+            .set(oldest as f64 / 1000.0);
+        out.push((pool, s));
+    }
+    Ok((out, stranded))
+}
+
+/// Each pool's queue depth, and the tasks at the head of its queue that
+/// still exist: id, how long it has waited, the capabilities it needs.
+/// Two pipelines, whatever the number of pools.
+async fn queue_heads(
+    shared: &Shared,
+    conn: &mut Conn,
+    now: u64,
+) -> Result<Vec<(u64, Vec<(String, u64, Vec<String>)>)>, StoreError> {
     let keys = &shared.keys;
     let mut p = redis::pipe();
     for pool in PoolType::ALL {
@@ -141,72 +207,23 @@ async fn sample(
         p.query_async(conn).await?
     };
     let mut rows = rows.into_iter();
-    // A paused queue waits for an operator, not for more agents.
-    let paused = shared.tasks.paused(conn).await?;
-    let mut out = Vec::new();
-    let mut stranded = Vec::new();
-    for (i, pool) in PoolType::ALL.into_iter().enumerate() {
-        let c = &status.pools[&pool].by_status;
-        let n = |s: AgentStatus| c.get(&s).copied().unwrap_or(0);
-        // The head's tasks that still exist: (id, waited, capabilities).
-        let head: Vec<(&String, u64, Vec<String>)> = heads[i]
-            .iter()
-            .filter_map(|id| {
-                let (at, need) = rows.next()?;
-                let need = need
-                    .and_then(|j| serde_json::from_str::<Vec<String>>(&j).ok())
-                    .unwrap_or_default();
-                Some((id, now.saturating_sub(at?), need))
-            })
-            .collect();
-        let mut oldest = 0;
-        let (mut servable, mut unservable) = (0u64, 0u64);
-        for (id, waited, need) in head {
-            let fits = need.is_empty()
-                || pool_caps(shared, conn, pool, now, caps)
-                    .await?
-                    .iter()
-                    .any(|have| need.iter().all(|c| have.contains(c)));
-            if fits {
-                servable += 1;
-                oldest = oldest.max(waited);
-            } else {
-                unservable += 1;
-                stranded.push(Stranded {
-                    pool,
-                    task_id: id.clone(),
-                    capabilities: need,
-                    waited_ms: waited,
-                });
-            }
-        }
-        // The queue's depth in tasks the pool could run, estimated from its
-        // head when some there cannot be run.
-        let queued = if unservable == 0 {
-            depth[i]
-        } else {
-            (depth[i] * servable).div_ceil(servable + unservable)
-        };
-        let (queued, oldest) = if paused.contains_key(pool.as_str()) {
-            (0, 0)
-        } else {
-            (queued, oldest)
-        };
-        let live = n(AgentStatus::Idle) + n(AgentStatus::Active) + n(AgentStatus::Busy);
-        let s = Sample {
-            at: now,
-            live,
-            held: n(AgentStatus::Failed) + n(AgentStatus::Recovering) + n(AgentStatus::Halted),
-            busy: (n(AgentStatus::Active) + n(AgentStatus::Busy)).min(live),
-            queued,
-            oldest_wait_ms: oldest,
-        };
-        metrics::gauge!(m::POOL_UTILIZATION, "pool" => pool.as_str()).set(s.utilization());
-        metrics::gauge!(m::QUEUE_OLDEST_SECONDS, "pool" => pool.as_str())
-            .set(oldest as f64 / 1000.0);
-        out.push((pool, s));
-    }
-    Ok((out, stranded))
+    Ok(depth
+        .into_iter()
+        .zip(heads)
+        .map(|(d, ids)| {
+            let head = ids
+                .into_iter()
+                .filter_map(|id| {
+                    let (at, need) = rows.next()?;
+                    let need = need
+                        .and_then(|j| serde_json::from_str::<Vec<String>>(&j).ok())
+                        .unwrap_or_default();
+                    Some((id, now.saturating_sub(at?), need))
+                })
+                .collect();
+            (d, head)
+        })
+        .collect())
 }
 
 /// The capabilities each registered agent of `pool` declares, read again
@@ -372,7 +389,7 @@ async fn act(
     requests: &mut Vec<Request>,
     now: u64,
 ) -> Result<(), StoreError> {
-    let (pool, w, asked, inputs) = (d.pool, d.want, d.asked, d.inputs);
+    let (pool, w) = (d.pool, d.want);
     let p = config.scaling_for(pool);
     let id = uuid::Uuid::new_v4().to_string();
     let deadline = now + p.request_timeout_ms;
@@ -434,6 +451,15 @@ async fn act(
     metrics::counter!(m::SCALING_DECISIONS, "pool" => pool.as_str(), "direction" => w.direction.as_str())
         .increment(1);
     // A retry nobody is expected to answer was said once already.
+    log_decision(d, count, st.unanswered > 0);
+    record(shared, conn, d, count, &id, now).await?;
+    publish(conn, shared.keys.channels().scaling(), &msg).await
+}
+
+/// Logs a decision with its inputs: at debug when it repeats a request
+/// nobody answered (said once already), else at info.
+fn log_decision(d: &Decision<'_>, count: u32, quiet: bool) {
+    let (pool, w, asked, inputs) = (d.pool, d.want, d.asked, d.inputs);
     macro_rules! decision {
         ($level:ident) => {
             $level!(pool = %pool, direction = w.direction.as_str(), count, asked, reason = w.reason,
@@ -441,13 +467,11 @@ async fn act(
                 oldest_wait_ms = inputs.oldest_wait_ms, "scaling decision")
         };
     }
-    if st.unanswered > 0 {
+    if quiet {
         decision!(debug);
     } else {
         decision!(info);
     }
-    record(shared, conn, d, count, &id, now).await?;
-    publish(conn, shared.keys.channels().scaling(), &msg).await
 }
 
 /// A decision in the events stream, with its inputs.
