@@ -133,15 +133,15 @@ pub struct HttpConfig {
 }
 
 fn default_http_listen_backlog() -> u32 {
-    4096
+    defaults::HTTP_LISTEN_BACKLOG
 }
 
 fn default_http_max_connections() -> usize {
-    512
+    defaults::HTTP_MAX_CONNECTIONS
 }
 
 fn default_http_idle_timeout_ms() -> u64 {
-    30_000
+    defaults::HTTP_IDLE_TIMEOUT_MS
 }
 
 /// `[ha]`: any number of commanders run against one Redis; the one holding
@@ -174,8 +174,8 @@ pub struct HaConfig {
 impl Default for HaConfig {
     fn default() -> Self {
         HaConfig {
-            lease_ms: 5_000,
-            renew_ms: 1_000,
+            lease_ms: defaults::HA_LEASE_MS,
+            renew_ms: defaults::HA_RENEW_MS,
             advertise_addr: String::new(),
         }
     }
@@ -214,12 +214,12 @@ impl Default for SecurityConfig {
             mode: SecurityMode::Signed,
             commander_key_file: "commander.key".into(),
             window_ms: fleet_protocol::auth::DEFAULT_WINDOW_MS,
-            rotation_overlap_ms: 3_600_000,
-            key_refresh_ms: 5_000,
-            sender_rate_per_sec: 100.0,
-            sender_burst: 200,
+            rotation_overlap_ms: defaults::SECURITY_ROTATION_OVERLAP_MS,
+            key_refresh_ms: defaults::SECURITY_KEY_REFRESH_MS,
+            sender_rate_per_sec: defaults::SECURITY_SENDER_RATE_PER_SEC,
+            sender_burst: defaults::SECURITY_SENDER_BURST,
             audit_checkpoint_file: "audit.checkpoints".into(),
-            audit_checkpoint_ms: 60_000,
+            audit_checkpoint_ms: defaults::SECURITY_AUDIT_CHECKPOINT_MS,
         }
     }
 }
@@ -335,16 +335,16 @@ pub struct ScalingPolicy {
 impl Default for ScalingPolicy {
     fn default() -> Self {
         ScalingPolicy {
-            sample_ms: 1_000,
-            window_ms: 10_000,
-            scale_up_utilization: 0.8,
-            scale_up_queue_wait_ms: 2_000,
-            scale_down_utilization: 0.3,
-            up_cooldown_ms: 15_000,
-            down_cooldown_ms: 60_000,
-            max_step: 10,
-            min_lifetime_ms: 60_000,
-            request_timeout_ms: 30_000,
+            sample_ms: defaults::SCALING_SAMPLE_MS,
+            window_ms: defaults::SCALING_WINDOW_MS,
+            scale_up_utilization: defaults::SCALING_SCALE_UP_UTILIZATION,
+            scale_up_queue_wait_ms: defaults::SCALING_SCALE_UP_QUEUE_WAIT_MS,
+            scale_down_utilization: defaults::SCALING_SCALE_DOWN_UTILIZATION,
+            up_cooldown_ms: defaults::SCALING_UP_COOLDOWN_MS,
+            down_cooldown_ms: defaults::SCALING_DOWN_COOLDOWN_MS,
+            max_step: defaults::SCALING_MAX_STEP,
+            min_lifetime_ms: defaults::SCALING_MIN_LIFETIME_MS,
+            request_timeout_ms: defaults::SCALING_REQUEST_TIMEOUT_MS,
         }
     }
 }
@@ -483,28 +483,28 @@ pub enum Durability {
 impl Default for TaskConfig {
     fn default() -> Self {
         TaskConfig {
-            default_timeout_ms: 30_000,
-            default_max_retries: 3,
-            aging_ms_per_priority: 2_000,
-            ack_timeout_ms: 5_000,
-            retry_backoff_ms: 500,
-            retry_backoff_max_ms: 30_000,
-            idempotency_ttl_ms: 24 * 3600 * 1000,
-            retention_ms: 24 * 3600 * 1000,
-            max_skew: 3.0,
-            health_success_step: 5,
-            health_failure_step: 20,
-            quarantine_below: 50,
-            quarantine_ms: 30_000,
-            quarantine_max_percent: 50,
-            probation_until: 70,
-            quota_window_ms: 60_000,
-            health_memory_ms: 3_600_000,
+            default_timeout_ms: defaults::TASKS_DEFAULT_TIMEOUT_MS,
+            default_max_retries: defaults::TASKS_DEFAULT_MAX_RETRIES,
+            aging_ms_per_priority: defaults::TASKS_AGING_MS_PER_PRIORITY,
+            ack_timeout_ms: defaults::TASKS_ACK_TIMEOUT_MS,
+            retry_backoff_ms: defaults::TASKS_RETRY_BACKOFF_MS,
+            retry_backoff_max_ms: defaults::TASKS_RETRY_BACKOFF_MAX_MS,
+            idempotency_ttl_ms: defaults::TASKS_IDEMPOTENCY_TTL_MS,
+            retention_ms: defaults::TASKS_RETENTION_MS,
+            max_skew: defaults::TASKS_MAX_SKEW,
+            health_success_step: defaults::TASKS_HEALTH_SUCCESS_STEP,
+            health_failure_step: defaults::TASKS_HEALTH_FAILURE_STEP,
+            quarantine_below: defaults::TASKS_QUARANTINE_BELOW,
+            quarantine_ms: defaults::TASKS_QUARANTINE_MS,
+            quarantine_max_percent: defaults::TASKS_QUARANTINE_MAX_PERCENT,
+            probation_until: defaults::TASKS_PROBATION_UNTIL,
+            quota_window_ms: defaults::TASKS_QUOTA_WINDOW_MS,
+            health_memory_ms: defaults::TASKS_HEALTH_MEMORY_MS,
             durability: Durability::Async,
-            replicas: 1,
-            replication_timeout_ms: 500,
-            progress_timeout_ms: 60_000,
-            poison_after: 2,
+            replicas: defaults::TASKS_REPLICAS,
+            replication_timeout_ms: defaults::TASKS_REPLICATION_TIMEOUT_MS,
+            progress_timeout_ms: defaults::TASKS_PROGRESS_TIMEOUT_MS,
+            poison_after: defaults::TASKS_POISON_AFTER,
         }
     }
 }
@@ -562,9 +562,9 @@ impl Default for GovernanceConfig {
     fn default() -> Self {
         GovernanceConfig {
             actions: Vec::new(),
-            quorum: 2.0 / 3.0,
-            deadline_ms: 30_000,
-            scale_threshold: 100,
+            quorum: defaults::GOVERNANCE_QUORUM,
+            deadline_ms: defaults::GOVERNANCE_DEADLINE_MS,
+            scale_threshold: defaults::GOVERNANCE_SCALE_THRESHOLD,
         }
     }
 }
@@ -595,11 +595,69 @@ impl Default for BudgetConfig {
     fn default() -> Self {
         BudgetConfig {
             unit: "tokens".into(),
-            allowance: 0.0,
-            min_balance: 0.0,
-            window_ms: 86_400_000,
+            allowance: defaults::BUDGETS_ALLOWANCE,
+            min_balance: defaults::BUDGETS_MIN_BALANCE,
+            window_ms: defaults::BUDGETS_WINDOW_MS,
         }
     }
+}
+
+/// Every default a setting takes when the file leaves it out, by section
+/// (`SECTION_FIELD`); what each means is on its field.
+pub mod defaults {
+    /// Long enough for the handlers to work through a full queue and for
+    /// HTTP requests in flight to finish; short of the 30 s most supervisors
+    /// (systemd, Kubernetes) wait before SIGKILL.
+    pub const FLEET_SHUTDOWN_GRACE_MS: u64 = 10_000;
+    pub const FLEET_WORKERS: usize = 8;
+    pub const FLEET_RUNTIME_THREADS: usize = 1;
+    pub const HTTP_IDLE_TIMEOUT_MS: u64 = 30_000;
+    pub const HTTP_MAX_CONNECTIONS: usize = 512;
+    pub const HTTP_LISTEN_BACKLOG: u32 = 4096;
+    pub const HA_LEASE_MS: u64 = 5_000;
+    pub const HA_RENEW_MS: u64 = 1_000;
+    pub const SECURITY_ROTATION_OVERLAP_MS: u64 = 3_600_000;
+    pub const SECURITY_KEY_REFRESH_MS: u64 = 5_000;
+    pub const SECURITY_SENDER_RATE_PER_SEC: f64 = 100.0;
+    pub const SECURITY_SENDER_BURST: u32 = 200;
+    pub const SECURITY_AUDIT_CHECKPOINT_MS: u64 = 60_000;
+    pub const SCALING_SAMPLE_MS: u64 = 1_000;
+    pub const SCALING_WINDOW_MS: u64 = 10_000;
+    pub const SCALING_SCALE_UP_UTILIZATION: f64 = 0.8;
+    pub const SCALING_SCALE_UP_QUEUE_WAIT_MS: u64 = 2_000;
+    pub const SCALING_SCALE_DOWN_UTILIZATION: f64 = 0.3;
+    pub const SCALING_UP_COOLDOWN_MS: u64 = 15_000;
+    pub const SCALING_DOWN_COOLDOWN_MS: u64 = 60_000;
+    pub const SCALING_MAX_STEP: u32 = 10;
+    pub const SCALING_MIN_LIFETIME_MS: u64 = 60_000;
+    pub const SCALING_REQUEST_TIMEOUT_MS: u64 = 30_000;
+    pub const TASKS_DEFAULT_TIMEOUT_MS: u64 = 30_000;
+    pub const TASKS_DEFAULT_MAX_RETRIES: u32 = 3;
+    pub const TASKS_AGING_MS_PER_PRIORITY: u64 = 2_000;
+    pub const TASKS_ACK_TIMEOUT_MS: u64 = 5_000;
+    pub const TASKS_RETRY_BACKOFF_MS: u64 = 500;
+    pub const TASKS_RETRY_BACKOFF_MAX_MS: u64 = 30_000;
+    pub const TASKS_IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+    pub const TASKS_RETENTION_MS: u64 = 24 * 3600 * 1000;
+    pub const TASKS_MAX_SKEW: f64 = 3.0;
+    pub const TASKS_HEALTH_SUCCESS_STEP: u32 = 5;
+    pub const TASKS_HEALTH_FAILURE_STEP: u32 = 20;
+    pub const TASKS_QUARANTINE_BELOW: u32 = 50;
+    pub const TASKS_QUARANTINE_MS: u64 = 30_000;
+    pub const TASKS_QUARANTINE_MAX_PERCENT: u32 = 50;
+    pub const TASKS_PROBATION_UNTIL: u32 = 70;
+    pub const TASKS_QUOTA_WINDOW_MS: u64 = 60_000;
+    pub const TASKS_HEALTH_MEMORY_MS: u64 = 3_600_000;
+    pub const TASKS_REPLICAS: u32 = 1;
+    pub const TASKS_REPLICATION_TIMEOUT_MS: u64 = 500;
+    pub const TASKS_PROGRESS_TIMEOUT_MS: u64 = 60_000;
+    pub const TASKS_POISON_AFTER: u32 = 2;
+    pub const GOVERNANCE_QUORUM: f64 = 2.0 / 3.0;
+    pub const GOVERNANCE_DEADLINE_MS: u64 = 30_000;
+    pub const GOVERNANCE_SCALE_THRESHOLD: u32 = 100;
+    pub const BUDGETS_ALLOWANCE: f64 = 0.0;
+    pub const BUDGETS_MIN_BALANCE: f64 = 0.0;
+    pub const BUDGETS_WINDOW_MS: u64 = 86_400_000;
 }
 
 /// Why a progress timeout is refused: 0 (off) or 100 ms ..= 24 h.
@@ -610,20 +668,15 @@ fn progress_timeout_refused(v: u64) -> Option<String> {
 }
 
 fn default_runtime_threads() -> usize {
-    1
+    defaults::FLEET_RUNTIME_THREADS
 }
 
-/// Long enough for the handlers to work through a full queue and for HTTP
-/// requests in flight to finish; short of the 30 s most supervisors (systemd,
-/// Kubernetes) wait before SIGKILL.
-const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
-
 fn default_shutdown_grace_ms() -> u64 {
-    DEFAULT_SHUTDOWN_GRACE_MS
+    defaults::FLEET_SHUTDOWN_GRACE_MS
 }
 
 fn default_workers() -> usize {
-    8
+    defaults::FLEET_WORKERS
 }
 
 /// Why a configuration was refused: the field and the reason (the first
