@@ -81,6 +81,20 @@ impl Seal {
     }
 }
 
+/// Why a message may not be acted on: refused for who sent it, or the key
+/// store could not be read (Redis).
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    Refused(AuthError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
 /// A message the gate let through: the nonce its script records (if it is
 /// one of those) and what its key was granted (everything in open mode).
 #[derive(Debug)]
@@ -360,37 +374,37 @@ impl Gate {
         conn: &mut (impl ConnectionLike + Send),
         seal: Option<&Seal>,
         msg: &Inbound,
-    ) -> Result<Result<Admitted, AuthError>, StoreError> {
+    ) -> Result<Admitted, Refusal> {
         if !self.signed() {
-            return Ok(Ok(Admitted {
+            return Ok(Admitted {
                 once: None,
                 grants: Grants::ANY,
-            }));
+            });
         }
         let Some(seal) = seal else {
-            return Ok(Err(AuthError::Unsigned));
+            return Err(Refusal::Refused(AuthError::Unsigned));
         };
         let now = now_ms();
         if seal.ts.abs_diff(now) > self.window_ms {
-            return Ok(Err(AuthError::Stale));
+            return Err(Refusal::Refused(AuthError::Stale));
         }
         let Some(key) = self.key(conn, &seal.kid).await? else {
-            return Ok(Err(AuthError::UnknownKey));
+            return Err(Refusal::Refused(AuthError::UnknownKey));
         };
         let (rec, pk) = &*key;
         if let Err(e) = rec.usable(now) {
-            return Ok(Err(e));
+            return Err(Refusal::Refused(e));
         }
         if let Err(e) = may_speak(rec, &claim(msg)) {
-            return Ok(Err(e));
+            return Err(Refusal::Refused(e));
         }
         metrics::counter!(crate::metrics::SIGNATURE_CHECKS).increment(1);
         if !auth::verify(pk, &seal.input, &seal.sig) {
-            return Ok(Err(AuthError::BadSignature));
+            return Err(Refusal::Refused(AuthError::BadSignature));
         }
         // Only after the signature: a forger cannot spend someone else's tokens.
         if !self.take_token(&rec.subject, now) {
-            return Ok(Err(AuthError::RateLimited));
+            return Err(Refusal::Refused(AuthError::RateLimited));
         }
         let once = Once {
             key: self.store.nonce_key(&seal.kid, &seal.nonce),
@@ -401,15 +415,12 @@ impl Gate {
             Inbound::Register(_)
             | Inbound::Heartbeat(_)
             | Inbound::Deregister(_)
-            | Inbound::Report(..) => Ok(Ok(Admitted {
+            | Inbound::Report(..) => Ok(Admitted {
                 once: Some(once),
                 grants,
-            })),
-            _ => Ok(if self.store.first_sight(conn, &once).await? {
-                Ok(Admitted { once: None, grants })
-            } else {
-                Err(AuthError::Replay)
             }),
+            _ if self.store.first_sight(conn, &once).await? => Ok(Admitted { once: None, grants }),
+            _ => Err(Refusal::Refused(AuthError::Replay)),
         }
     }
 }

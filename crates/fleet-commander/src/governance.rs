@@ -79,6 +79,20 @@ pub(crate) struct Opened {
     pub deadline: u64,
 }
 
+/// Why a governed action was not proposed: the live validators cannot reach
+/// the quorum now (said why), or Redis failed under it.
+#[derive(Debug)]
+pub(crate) enum ProposeError {
+    Unreachable(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for ProposeError {
+    fn from(e: StoreError) -> Self {
+        ProposeError::Store(e)
+    }
+}
+
 /// Opens a proposal for `action` and announces it to the validators, or
 /// says why it cannot be: no validators, or fewer live than the quorum
 /// needs (refused at once rather than left to expire).
@@ -87,7 +101,7 @@ pub(crate) async fn propose(
     action: &str,
     params: serde_json::Value,
     proposer: &str,
-) -> Result<Result<Opened, String>, StoreError> {
+) -> Result<Opened, ProposeError> {
     let mut conn = shared.redis.clone();
     let v = validators(shared, &mut conn).await?;
     let g = shared.config().governance.clone();
@@ -95,11 +109,13 @@ pub(crate) async fn propose(
     let quorum = ((g.quorum * total as f64).ceil() as u64).max(1);
     if total == 0 {
         metrics::counter!(m::PROPOSALS, "outcome" => "refused").increment(1);
-        return Ok(Err("no validators are registered".into()));
+        return Err(ProposeError::Unreachable(
+            "no validators are registered".into(),
+        ));
     }
     if v.live_weight < quorum {
         metrics::counter!(m::PROPOSALS, "outcome" => "refused").increment(1);
-        return Ok(Err(format!(
+        return Err(ProposeError::Unreachable(format!(
             "live validators' weight {} is below the quorum {quorum} (of {total})",
             v.live_weight
         )));
@@ -132,13 +148,13 @@ pub(crate) async fn propose(
         .await?;
     metrics::counter!(m::PROPOSALS, "outcome" => "opened").increment(1);
     info!(proposal_id = p.id, action, quorum, total, "proposal opened");
-    Ok(Ok(Opened {
+    Ok(Opened {
         proposal_id: p.id,
         hash,
         quorum,
         total_weight: total,
         deadline: p.deadline,
-    }))
+    })
 }
 
 /// A proposal was decided (by a vote, or its deadline): seal it into the

@@ -45,19 +45,19 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
             .instrument(span.clone())
             .await;
         let outcome = match admitted {
-            Ok(Ok(admitted)) => {
+            Ok(admitted) => {
                 // A vote is kept as it was signed, for the decision's seal.
                 let signed = env.seal.as_ref().map(|s| s.message());
                 handle(&shared, &mut conn, msg, admitted, signed)
                     .instrument(span)
                     .await
             }
-            Ok(Err(e)) => {
+            Err(crate::auth::Refusal::Refused(e)) => {
                 let _g = span.enter();
                 refused(env.channel, e);
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(crate::auth::Refusal::Store(e)) => Err(e),
         };
         match outcome {
             Ok(()) => {}

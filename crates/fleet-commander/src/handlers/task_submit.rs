@@ -12,19 +12,40 @@ use fleet_store::StoreError;
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Validates and persists a task; the outcome, and the reason for a refusal.
+/// Why a submission was not taken: refused (a reason and a detail for the
+/// submitter), or Redis failed under it.
+#[derive(Debug)]
+pub(crate) enum SubmitError {
+    Refused(SubmitRefusal, String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for SubmitError {
+    fn from(e: StoreError) -> Self {
+        SubmitError::Store(e)
+    }
+}
+
+impl From<redis::RedisError> for SubmitError {
+    fn from(e: redis::RedisError) -> Self {
+        SubmitError::Store(e.into())
+    }
+}
+
+/// Validates and persists a task: accepted, or a duplicate of the task its
+/// client id names.
 pub(crate) async fn submit(
     shared: &Shared,
     conn: &mut Conn,
     s: &Submission,
-) -> Result<Result<Submitted, (SubmitRefusal, String)>, StoreError> {
+) -> Result<Submitted, SubmitError> {
     let cfg = &shared.config();
     let valid = match s.validate(|p| cfg.pool(p).capabilities.clone(), cfg.task_defaults()) {
         Ok(v) => v,
         Err((reason, detail)) => {
             metrics::counter!(m::TASKS_REJECTED, "reason" => reason.as_str()).increment(1);
             info!(reason = reason.as_str(), detail, "task refused");
-            return Ok(Err((reason, detail)));
+            return Err(SubmitError::Refused(reason, detail));
         }
     };
     let started = Instant::now();
@@ -55,10 +76,10 @@ pub(crate) async fn submit(
             if let Some(a) = allocated {
                 shared.tell(conn, a.notices).await?;
             }
-            return Ok(Err((
+            return Err(SubmitError::Refused(
                 SubmitRefusal::NotReplicated,
                 format!("task {} is on the primary, but {got} of {want} replicas confirmed it within {} ms", t.id, cfg.tasks.replication_timeout_ms),
-            )));
+            ));
         }
     }
     match allocated {
@@ -73,7 +94,7 @@ pub(crate) async fn submit(
         metrics::counter!(m::TASKS_SUBMITTED, "pool" => valid.pool.as_str()).increment(1);
         debug!(task_id = %id, pool = %valid.pool, "task accepted");
     }
-    Ok(Ok(out))
+    Ok(out)
 }
 
 pub(super) async fn handle(
@@ -82,9 +103,10 @@ pub(super) async fn handle(
     req: TaskSubmit,
 ) -> Result<(), StoreError> {
     let outcome = match submit(shared, conn, &req.task).await {
-        Ok(o) => o,
-        Err(StoreError::Fenced) => return Err(StoreError::Fenced),
-        Err(e) => {
+        Ok(o) => Ok(o),
+        Err(SubmitError::Refused(reason, detail)) => Err((reason, detail)),
+        Err(SubmitError::Store(StoreError::Fenced)) => return Err(StoreError::Fenced),
+        Err(SubmitError::Store(e)) => {
             crate::metrics::redis_error("submit", &e);
             warn!(reason = e.reason(), error = %e, "task submission failed in Redis");
             Err((

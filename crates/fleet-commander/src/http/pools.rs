@@ -7,6 +7,7 @@ use super::auth::{Actor, AuditDetail};
 use super::lists::{limit, page, Page, MAX_LIMIT};
 use super::ApiError;
 use crate::context::Shared;
+use crate::governance::ProposeError;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -93,13 +94,14 @@ async fn proposed(
 ) -> Result<Response, ApiError> {
     let proposer = actor.map_or_else(|| "anonymous".into(), |a| a.0 .0.clone());
     let pool = params["pool"].clone();
-    match crate::governance::propose(s, action, params, &proposer).await? {
+    match crate::governance::propose(s, action, params, &proposer).await {
         Ok(opened) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({"pool": pool, "proposal": opened})),
         )
             .into_response()),
-        Err(why) => Err(ApiError::conflict("quorum_unreachable", why)),
+        Err(ProposeError::Unreachable(why)) => Err(ApiError::conflict("quorum_unreachable", why)),
+        Err(ProposeError::Store(e)) => Err(e.into()),
     }
 }
 

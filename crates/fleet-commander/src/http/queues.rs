@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet_protocol::task::{valid_task_id, TaskRecord};
-use fleet_store::tasks::{Cancelled, Held};
+use fleet_store::tasks::{Cancelled, Held, Requeue};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -125,7 +125,7 @@ pub(super) async fn bulk(
             s.tasks
                 .requeue_held(&mut conn, Held::Dead, &id, now)
                 .await?
-                .is_ok()
+                == Requeue::Queued
         };
         if acted {
             done.push(id);
@@ -164,11 +164,11 @@ pub(super) async fn requeue_held(
         .requeue_held(&mut s.redis.clone(), which, &id, now)
         .await?
     {
-        Ok(()) => {
+        Requeue::Queued => {
             s.wake_all();
             Ok(Json(json!({"requeued": true, "taskId": id})))
         }
-        Err(state) => {
+        Requeue::NotHeld(state) => {
             let reason = match which {
                 Held::Dead => "not_dead",
                 Held::Poison => "not_poison",

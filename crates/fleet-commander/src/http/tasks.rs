@@ -5,6 +5,7 @@
 use super::lists::{page, Page};
 use super::ApiError;
 use crate::context::Shared;
+use crate::handlers::task_submit::SubmitError;
 use crate::metrics as m;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -54,7 +55,7 @@ pub(super) async fn submit(
         e.with_error(reason)
     })?;
     let mut conn = s.redis.clone();
-    let id = match crate::handlers::task_submit::submit(&s, &mut conn, &sub).await? {
+    let id = match crate::handlers::task_submit::submit(&s, &mut conn, &sub).await {
         Ok(Submitted::Accepted(task)) => {
             // The record as persisted: no need to read it back.
             let answer = SubmitAnswer {
@@ -64,7 +65,8 @@ pub(super) async fn submit(
             return Ok((StatusCode::CREATED, Json(answer)).into_response());
         }
         Ok(Submitted::Duplicate(id)) => id,
-        Err((reason, detail)) => {
+        Err(SubmitError::Store(e)) => return Err(e.into()),
+        Err(SubmitError::Refused(reason, detail)) => {
             let status = match reason {
                 // On the primary, not yet safe from a failover: retry.
                 SubmitRefusal::NotReplicated => StatusCode::SERVICE_UNAVAILABLE,

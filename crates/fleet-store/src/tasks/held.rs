@@ -96,7 +96,7 @@ impl TaskStore {
         which: Held,
         id: &str,
         now: u64,
-    ) -> Result<std::result::Result<(), String>> {
+    ) -> Result<Requeue> {
         let r = DLQ_REQUEUE
             .fenced(&self.keys, self.epoch)
             .key("task", self.keys.task(id))
@@ -107,9 +107,18 @@ impl TaskStore {
             .reply(conn)
             .await?;
         Ok(match r.outcome()? {
-            "queued" => Ok(()),
-            "not_held" => Err(r.text("state")?.to_string()),
+            "queued" => Requeue::Queued,
+            "not_held" => Requeue::NotHeld(r.text("state")?.to_string()),
             _ => return Err(r.unexpected()),
         })
     }
+}
+
+/// What asking to requeue a held task did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    /// Back in its queue with fresh retries.
+    Queued,
+    /// Not in that held set: the task's state.
+    NotHeld(String),
 }
