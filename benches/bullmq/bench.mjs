@@ -3,7 +3,8 @@
 //  - saturated: 10,000 no-op jobs through workers of total concurrency 1000
 //    (10 workers x 100, in this one Node process); jobs per second from the
 //    first add to the last completion.
-// Usage: node bench.mjs PORT  -> prints one JSON line.
+// Usage: node bench.mjs PORT [paced|saturated]  -> prints one JSON line
+// (both workloads by default; one of them alone for benches/cost.sh).
 import { Queue, Worker } from "bullmq";
 import { performance } from "node:perf_hooks";
 
@@ -75,6 +76,9 @@ async function saturated() {
   return { completed, elapsed_ms: elapsed, per_sec: (completed / elapsed) * 1000 };
 }
 
-const result = { paced: await paced(), saturated: await saturated() };
+const mode = process.argv[3] ?? "both";
+const result = {};
+if (mode !== "saturated") result.paced = await paced();
+if (mode !== "paced") result.saturated = await saturated();
 console.log(JSON.stringify(result));
 process.exit(0);
