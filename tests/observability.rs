@@ -448,3 +448,41 @@ fn the_docker_stack_is_consistent() {
     assert!(dockerfile.contains("\nUSER "), "non-root user");
     assert!(dockerfile.matches("FROM ").count() >= 2, "multi-stage");
 }
+
+/// `fleet_redis_round_trips_per_message{kind}` counts the round trips each
+/// handled message took: a heartbeat is one script call (its nonce recorded
+/// in it), and so is a registration (the script publishes its reply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_handled_message_counts_its_redis_round_trips() {
+    let h = Harness::start().await;
+    let series = |kind: &str, part: &str| {
+        format!("fleet_redis_round_trips_per_message_{part}{{kind=\"{kind}\"}}")
+    };
+    let before = (
+        h.metric(&series("heartbeat", "count")).await,
+        h.metric(&series("heartbeat", "sum")).await,
+        h.metric(&series("register", "count")).await,
+        h.metric(&series("register", "sum")).await,
+    );
+    let mut a = h.agent("trips-1", PoolType::Tester).await;
+    a.register(T).await.unwrap();
+    for _ in 0..3 {
+        a.heartbeat(fleet_protocol::AgentStatus::Idle, 0.0)
+            .await
+            .unwrap();
+    }
+    wait_until(|| async { h.metric(&series("heartbeat", "count")).await >= before.0 + 3.0 }).await;
+    let beats = h.metric(&series("heartbeat", "count")).await - before.0;
+    let trips = h.metric(&series("heartbeat", "sum")).await - before.1;
+    assert!(
+        (beats..=beats * 1.5).contains(&trips),
+        "{trips} round trips for {beats} heartbeats"
+    );
+    let regs = h.metric(&series("register", "count")).await - before.2;
+    let trips = h.metric(&series("register", "sum")).await - before.3;
+    assert!(regs >= 1.0, "the registration is counted");
+    assert!(
+        (regs..=3.0 * regs).contains(&trips),
+        "{trips} round trips for {regs} registrations"
+    );
+}

@@ -96,6 +96,8 @@ pub const BUILD_INFO: &str = "fleet_build_info";
 pub const UPTIME: &str = "fleet_uptime_seconds";
 pub const REGISTRATION_SECONDS: &str = "fleet_registration_duration_seconds";
 pub const HEARTBEAT_SECONDS: &str = "fleet_heartbeat_duration_seconds";
+/// Redis round trips each handled message took (by message kind).
+pub const ROUND_TRIPS: &str = "fleet_redis_round_trips_per_message";
 pub const STATUS_QUERY_SECONDS: &str = "fleet_status_query_duration_seconds";
 pub const REDIS_RECONNECTS: &str = "fleet_redis_reconnects_total";
 pub use fleet_store::telemetry::REDIS_COMMAND_SECONDS;
@@ -139,6 +141,13 @@ pub fn install() -> PrometheusHandle {
                         &[
                             0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0,
                         ],
+                    )
+                })
+                .and_then(|b| {
+                    // Round trips are counted: one, two, a few.
+                    b.set_buckets_for_metric(
+                        Matcher::Full(ROUND_TRIPS.into()),
+                        &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0],
                     )
                 })
                 .expect("static buckets are valid");
@@ -410,6 +419,10 @@ fn describe() {
         HEARTBEAT_SECONDS,
         metrics::Unit::Seconds,
         "Time to handle a heartbeat."
+    );
+    h!(
+        ROUND_TRIPS,
+        "Redis round trips one handled agent or submitter message took (its checks, scripts and replies), by message kind."
     );
     h!(
         ALLOCATION_SECONDS,

@@ -157,8 +157,30 @@ impl Following {
     }
 }
 
+tokio::task_local! {
+    /// Round trips made on any [`Conn`] by the task inside [`count_round_trips`].
+    static ROUND_TRIPS: std::cell::Cell<u32>;
+}
+
+/// Runs `work`, and says how many Redis round trips it made on [`Conn`]s
+/// (a command, or a whole pipeline, is one; a script loaded again after
+/// NOSCRIPT is two more). Costs nothing outside such a scope.
+pub async fn count_round_trips<F: std::future::Future>(work: F) -> (F::Output, u32) {
+    ROUND_TRIPS
+        .scope(std::cell::Cell::new(0), async {
+            let out = work.await;
+            (out, ROUND_TRIPS.with(std::cell::Cell::get))
+        })
+        .await
+}
+
+fn round_trip() {
+    let _ = ROUND_TRIPS.try_with(|n| n.set(n.get() + 1));
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        round_trip();
         Box::pin(async move {
             let r = self.manager().req_packed_command(cmd).await;
             if let Err(e) = &r {
@@ -174,6 +196,7 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        round_trip();
         Box::pin(async move {
             let r = self
                 .manager()

@@ -9,7 +9,8 @@
 //! - [`Client`]: opens connections to whichever server is the master now
 //!   (asking the sentinels each time it connects).
 //! - [`Conn`]: a command connection that reconnects by itself and, behind
-//!   Sentinel, moves to the new master after a failover.
+//!   Sentinel, moves to the new master after a failover; [`count_round_trips`]
+//!   says how many round trips a piece of work made on it.
 //!
 //! Every connection sets `TCP_NODELAY`. redis-rs leaves Nagle's algorithm on;
 //! on a connection that carries several requests at once (the commander's
@@ -22,7 +23,7 @@ mod conn;
 pub mod url;
 
 pub use client::Client;
-pub use conn::Conn;
+pub use conn::{count_round_trips, Conn};
 
 /// A client for `url` (no I/O yet: a bad URL fails here).
 pub fn client(url: &str) -> redis::RedisResult<Client> {

@@ -2,4 +2,4 @@
 //! [`fleet_redis`] (URLs, TLS, Sentinel, failover); re-exported here so that
 //! the store's callers need one crate.
 
-pub use fleet_redis::{client, connect, url, Client, Conn, ConnectError};
+pub use fleet_redis::{client, connect, count_round_trips, url, Client, Conn, ConnectError};

@@ -39,26 +39,31 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
             agent_id = msg.agent_id().unwrap_or("-"),
             task_id = msg.task_id().unwrap_or("-")
         );
-        let admitted = shared
-            .gate
-            .admit(&mut conn, env.seal.as_ref(), &msg)
-            .instrument(span.clone())
-            .await;
-        let outcome = match admitted {
-            Ok(admitted) => {
-                // A vote is kept as it was signed, for the decision's seal.
-                let signed = env.seal.as_ref().map(|s| s.message());
-                handle(&shared, &mut conn, msg, admitted, signed)
-                    .instrument(span)
-                    .await
+        let kind = msg.kind();
+        let work = async {
+            let admitted = shared
+                .gate
+                .admit(&mut conn, env.seal.as_ref(), &msg)
+                .instrument(span.clone())
+                .await;
+            match admitted {
+                Ok(admitted) => {
+                    // A vote is kept as it was signed, for the decision's seal.
+                    let signed = env.seal.as_ref().map(|s| s.message());
+                    handle(&shared, &mut conn, msg, admitted, signed)
+                        .instrument(span)
+                        .await
+                }
+                Err(crate::auth::Refusal::Refused(e)) => {
+                    let _g = span.enter();
+                    refused(env.channel, e);
+                    Ok(())
+                }
+                Err(crate::auth::Refusal::Store(e)) => Err(e),
             }
-            Err(crate::auth::Refusal::Refused(e)) => {
-                let _g = span.enter();
-                refused(env.channel, e);
-                Ok(())
-            }
-            Err(crate::auth::Refusal::Store(e)) => Err(e),
         };
+        let (outcome, trips) = fleet_store::connection::count_round_trips(work).await;
+        metrics::histogram!(crate::metrics::ROUND_TRIPS, "kind" => kind).record(f64::from(trips));
         match outcome {
             Ok(()) => {}
             // The script found the nonce recorded: a replay, nothing changed.
