@@ -169,7 +169,7 @@ print(f"| Redis commands per task (scripts' inner calls included) | {span('bullm
 print(f"| commander CPU per task | (none) | {span('fc_commander_us')} µs |")
 print(f"| clients' CPU per task (node workers and producer / simulated agents and submitter) | {span('bullmq_client_us')} µs | {span('fc_client_us')} µs |")
 print()
-print("| per heartbeat, 1000 agents at 5 s | fleet-commander |")
+print("| per heartbeat, 1000 agents at 5 s (all that holding the fleet costs: heartbeats, detection, status to their channels) | fleet-commander |")
 print("|---|---|")
 print(f"| heartbeats measured | {span('hb')} |")
 print(f"| commander CPU per heartbeat | {span('hb_commander_us', '{:.1f}')} µs |")
