@@ -9,6 +9,8 @@
 --    ones stay)
 -- A halted agent (its budget below the minimum) stays halted whatever it
 -- reports, until its budget window renews: then it resumes here.
+-- A heartbeat that changes neither status nor load does not re-rank the
+-- agent among the pool's available ones (it costs three commands less).
 -- Returns outcome (unknown, ok, recovering, recovered, resumed) and pool;
 -- resumed: the resume (channel, message) for the caller to sign and send.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
@@ -16,7 +18,7 @@ if replayed() then return reply('replay') end
 local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
 local id, now = A.id, A.now
 
-local cur = redis.call('HMGET', agent, 'status', 'pool', 'inflight', 'capacity', 'halted')
+local cur = redis.call('HMGET', agent, 'status', 'pool', 'inflight', 'capacity', 'halted', 'load')
 local old, pool = cur[1], cur[2]
 if not old then return reply('unknown') end
 
@@ -55,5 +57,12 @@ if A.memory ~= '' then
 end
 redis.call('ZADD', hb, now, id)
 move(counts, pool, old, new)
-refresh_available(id, pool)
+-- A heartbeat that changes nothing the allocator ranks by (status, load)
+-- leaves the agent's place among the available as it was: every other
+-- change (tasks in hand, health, quarantine, draining) refreshes it where
+-- it happens. Not so under weighted_fair: an agent at its quota comes back
+-- when the window ends, which only a heartbeat notices.
+if new ~= old or A.load ~= cur[6] or strategy(pool) == 'weighted_fair' then
+  refresh_available(id, pool)
+end
 return reply(outcome, out)
