@@ -154,15 +154,36 @@ async fn setup(id: &str) -> (RedisServer, Commander, Agent) {
     (redis, commander, agent)
 }
 
+/// `agent.register` running on its own task, so that the test can play the
+/// commander's side meanwhile.
+fn register_in_background(
+    mut agent: Agent,
+) -> tokio::task::JoinHandle<(
+    Agent,
+    Result<fleet_agent::Registration, fleet_agent::AgentError>,
+)> {
+    tokio::spawn(async move {
+        let r = agent.register(BOUND).await;
+        (agent, r)
+    })
+}
+
+/// The agent registered, its registration accepted at once.
+async fn registered(c: &mut Commander, agent: Agent) -> Agent {
+    let registering = register_in_background(agent);
+    let reg = c.next("register").await;
+    c.accept(&reg).await;
+    let (agent, r) = registering.await.unwrap();
+    r.expect("registered");
+    agent
+}
+
 /// No reply to a `register`: it is sent again (every `REQUEST_RETRY`), and
 /// the reply to the second is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_reply_is_sent_again() {
-    let (_redis, mut c, mut agent) = setup("retry-1").await;
-    let registering = tokio::spawn(async move {
-        let r = agent.register(BOUND).await;
-        (agent, r)
-    });
+    let (_redis, mut c, agent) = setup("retry-1").await;
+    let registering = register_in_background(agent);
     let first = c.next("register").await;
     // Not answered: the agent must ask again.
     let second = c.next("register").await;
@@ -182,11 +203,8 @@ async fn a_request_without_a_reply_is_sent_again() {
 /// handed out after the reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_before_the_reply_is_kept_for_later() {
-    let (_redis, mut c, mut agent) = setup("early-1").await;
-    let registering = tokio::spawn(async move {
-        let r = agent.register(BOUND).await;
-        (agent, r)
-    });
+    let (_redis, mut c, agent) = setup("early-1").await;
+    let registering = register_in_background(agent);
     let reg = c.next("register").await;
     c.tell("early-1", &assign("t-early")).await;
     c.accept(&reg).await;
@@ -213,7 +231,7 @@ impl Drop for Dropped {
 /// A `task_cancel` stops the attempt's work, which reports nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_task_is_stopped() {
-    let (_redis, mut c, mut agent) = setup("cancel-1").await;
+    let (_redis, mut c, agent) = setup("cancel-1").await;
     let (tx, stopped) = tokio::sync::oneshot::channel();
     let guard = Arc::new(std::sync::Mutex::new(Some(tx)));
     let work: Work = Arc::new(move |_a| {
@@ -224,14 +242,7 @@ async fn a_cancelled_task_is_stopped() {
             Outcome::Complete(Value::Null)
         })
     });
-    let registering = tokio::spawn(async move {
-        let r = agent.register(BOUND).await;
-        (agent, r)
-    });
-    let reg = c.next("register").await;
-    c.accept(&reg).await;
-    let (mut agent, r) = registering.await.unwrap();
-    r.unwrap();
+    let mut agent = registered(&mut c, agent).await;
     let stop = CancellationToken::new();
     let running = {
         let stop = stop.clone();
@@ -277,7 +288,7 @@ async fn a_cancelled_task_is_stopped() {
 /// real load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_agent_finishes_its_work_then_leaves() {
-    let (_redis, mut c, mut agent) = setup("drain-1").await;
+    let (_redis, mut c, agent) = setup("drain-1").await;
     let (go_tx, go_rx) = tokio::sync::watch::channel(false);
     let work: Work = Arc::new(move |a| {
         let mut go = go_rx.clone();
@@ -286,14 +297,7 @@ async fn a_drained_agent_finishes_its_work_then_leaves() {
             Outcome::Complete(serde_json::json!({"done": a.task_id}))
         })
     });
-    let registering = tokio::spawn(async move {
-        let r = agent.register(BOUND).await;
-        (agent, r)
-    });
-    let reg = c.next("register").await;
-    c.accept(&reg).await;
-    let (mut agent, r) = registering.await.unwrap();
-    r.unwrap();
+    let mut agent = registered(&mut c, agent).await;
     let running = tokio::spawn(async move {
         let stop = CancellationToken::new();
         agent
