@@ -135,11 +135,12 @@ pub(crate) async fn count_failures(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let path = req.uri().path().to_string();
+    // A shared buffer's count, not a copy: this runs for every request.
+    let uri = req.uri().clone();
     let r = next.run(req).await;
     if let Some(Failure(e)) = r.extensions().get::<Failure>() {
         crate::metrics::redis_error("http", e);
-        warn!(reason = e.reason(), error = %e, path, "HTTP request failed on Redis");
+        warn!(reason = e.reason(), error = %e, path = uri.path(), "HTTP request failed on Redis");
         if matches!(**e, StoreError::Fenced) {
             s.on_fenced();
         }
