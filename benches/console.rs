@@ -23,7 +23,7 @@
 //!   cargo bench --bench console                      # AGENTS=1000 CONSOLES=10
 //!   AGENTS=10000 cargo bench --bench console         # pool maxima x10
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use common::browser::{find, Driver};

@@ -7,7 +7,7 @@
 //!
 //!   cargo bench --bench governance
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use common::*;

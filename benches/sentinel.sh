@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 16: the time for everything to be back after a Sentinel failover.
-# Runs tests/sentinel.rs N times (a master, two replicas, three sentinels
+# Runs tests/it/sentinel.rs N times (a master, two replicas, three sentinels
 # with down-after-milliseconds 1000, the commander and four agents on
 # redis+sentinel://, tasks.durability = "replicated"; the master SIGKILLed
 # mid-load) and prints each run's line: when the first submission after
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-5}
-cargo test -q --test sentinel --no-run
+cargo test -q --test it --no-run
 for i in $(seq "$n"); do
-  cargo test -q --test sentinel -- --nocapture 2>&1 | grep "Sentinel failover:"
+  cargo test -q --test it sentinel:: -- --nocapture 2>&1 | grep "Sentinel failover:"
 done

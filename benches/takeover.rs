@@ -9,7 +9,7 @@
 //!
 //!   cargo bench --bench takeover            # KILLS=10 TERMS=3 by default
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use common::*;

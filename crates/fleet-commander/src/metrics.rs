@@ -1,4 +1,5 @@
-//! Metric names (Prometheus conventions) and the process-wide exporter.
+//! Metric names (Prometheus conventions) and the exporter: process-wide,
+//! or one per runtime for several commanders in one process.
 //!
 //! Labels come from small fixed sets (pool, status, reason, channel, op),
 //! never an agent id.
@@ -117,51 +118,94 @@ static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 /// The exposition text, with the process metrics (`process_cpu_seconds_total`,
 /// `process_resident_memory_bytes`, ...) read at this moment.
 pub fn render(handle: &PrometheusHandle) -> String {
-    PROCESS
-        .get_or_init(|| {
-            let c = metrics_process::Collector::default();
-            c.describe();
-            c
-        })
-        .collect();
+    PROCESS.get_or_init(Default::default).collect();
     handle.render()
 }
 
-/// Installs the global recorder once per process and returns its handle.
-/// (Several commanders in one process, as in tests, share it.)
+/// The recorder with the commander's buckets.
+fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| {
+            // Votes come over seconds: 1 ms to 2 min.
+            b.set_buckets_for_metric(
+                Matcher::Full(PROPOSAL_SECONDS.into()),
+                &[
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+                ],
+            )
+        })
+        .and_then(|b| {
+            // Round trips are counted: one, two, a few.
+            b.set_buckets_for_metric(
+                Matcher::Full(ROUND_TRIPS.into()),
+                &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0],
+            )
+        })
+        .expect("static buckets are valid")
+        .build_recorder()
+}
+
+/// Describes every metric and shows the fixed label sets at 0, in
+/// whichever recorder is current.
+fn announce() {
+    PROCESS.get_or_init(Default::default).describe();
+    describe();
+    initialize();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+thread_local! {
+    /// Set on the threads of a [`private_runtime`]: their recorder's handle.
+    static PRIVATE: std::cell::RefCell<Option<PrometheusHandle>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The handle `/metrics` renders: the process-wide recorder, installed on
+/// first use, or on a [`private_runtime`]'s threads that runtime's own.
 pub fn install() -> PrometheusHandle {
+    if let Some(handle) = PRIVATE.with(|p| p.borrow().clone()) {
+        return handle;
+    }
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| {
-                    // Votes come over seconds: 1 ms to 2 min.
-                    b.set_buckets_for_metric(
-                        Matcher::Full(PROPOSAL_SECONDS.into()),
-                        &[
-                            0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0,
-                        ],
-                    )
-                })
-                .and_then(|b| {
-                    // Round trips are counted: one, two, a few.
-                    b.set_buckets_for_metric(
-                        Matcher::Full(ROUND_TRIPS.into()),
-                        &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0],
-                    )
-                })
-                .expect("static buckets are valid");
-            let recorder = builder.build_recorder();
+            let recorder = recorder();
             let handle = recorder.handle();
             // If another recorder is already installed, keep ours private:
             // /metrics still renders what this handle sees.
             let _ = metrics::set_global_recorder(recorder);
-            describe();
-            initialize();
-            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            announce();
             handle
         })
         .clone()
+}
+
+/// A multi-threaded runtime whose threads record into a recorder of their
+/// own (and log to `logs`, if given), so that several commanders in one
+/// process each count only their own: the test suite runs a commander per
+/// test, concurrently, in one binary. A commander started on it (every task
+/// it spawns stays on it) serves only its own figures on `/metrics`. The
+/// recorder lives as long as the process.
+pub fn private_runtime(
+    threads: usize,
+    logs: Option<tracing::Dispatch>,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    let recorder: &'static metrics_exporter_prometheus::PrometheusRecorder =
+        Box::leak(Box::new(recorder()));
+    let handle = recorder.handle();
+    metrics::with_local_recorder(recorder, announce);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("commander")
+        .enable_all()
+        .on_thread_start(move || {
+            // For the thread's life: the guards are never dropped.
+            std::mem::forget(metrics::set_default_local_recorder(recorder));
+            if let Some(d) = &logs {
+                std::mem::forget(tracing::dispatcher::set_default(d));
+            }
+            PRIVATE.with(|p| *p.borrow_mut() = Some(handle.clone()));
+        })
+        .build()
 }
 
 /// Records in `fleet_runtime_lag_seconds`, every 100 ms, how late the

@@ -122,6 +122,10 @@ pub struct Harness {
     pub redis: RedisServer,
     pub config: Config,
     pub commander: Option<Running>,
+    /// The commander's runtime, with its own metrics recorder and logs.
+    runtime: Option<CommanderRuntime>,
+    /// Where the commander's logs go; `None`: the test's output.
+    logs: Option<tracing::Dispatch>,
     pub keys: Keys,
     pub client: fleet_store::connection::Client,
     /// Sends `token`, an admin's.
@@ -137,6 +141,13 @@ impl Harness {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Harness {
+        Self::start_inner(tune, None).await
+    }
+
+    async fn start_inner(
+        tune: impl FnOnce(&mut Config),
+        logs: Option<tracing::Dispatch>,
+    ) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -155,6 +166,8 @@ impl Harness {
             redis,
             config,
             commander: None,
+            runtime: None,
+            logs,
             keys,
             client,
             http: authed(&token),
@@ -165,12 +178,38 @@ impl Harness {
         h
     }
 
+    /// Like [`Harness::start_with`], with the commander's warnings written
+    /// to the returned [`Logs`] instead of the test's output.
+    pub async fn start_logged(tune: impl FnOnce(&mut Config)) -> (Harness, Logs) {
+        let logs = Logs::default();
+        let w = logs.clone();
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_env_filter("warn")
+                .with_ansi(false)
+                .with_writer(move || w.clone())
+                .finish(),
+        );
+        (Self::start_inner(tune, Some(dispatch)).await, logs)
+    }
+
+    /// Starts the commander on a runtime of its own: its `/metrics` counts
+    /// only what it did, though other tests' commanders run beside it.
     pub async fn start_commander(&mut self) {
-        let running = fleet_commander::start(self.config.clone(), CancellationToken::new())
+        let runtime = CommanderRuntime(Some(
+            fleet_commander::metrics::private_runtime(2, self.logs.clone())
+                .expect("commander runtime"),
+        ));
+        let config = self.config.clone();
+        let running = runtime
+            .handle()
+            .spawn(fleet_commander::start(config, CancellationToken::new()))
             .await
+            .expect("start does not panic")
             .expect("commander starts");
         wait_until(|| async { running.leads() }).await;
         self.commander = Some(running);
+        self.runtime = Some(runtime);
     }
 
     /// Stops the commander and waits for every task to end.
@@ -181,6 +220,7 @@ impl Harness {
         let exit = tokio::time::timeout(WAIT, c.wait())
             .await
             .expect("commander stops in time");
+        self.runtime = None;
         anyhow::ensure!(
             exit == fleet_commander::Exit::Clean,
             "commander stopped: {exit:?}"
@@ -361,6 +401,44 @@ impl Harness {
     /// with its labels exactly as rendered, e.g. `fleet_x_total{reason="a"}`.
     pub async fn metric(&self, series: &str) -> f64 {
         parse_metric(&self.metrics().await, series)
+    }
+}
+
+/// A commander's runtime; dropped from async code, so it shuts down in the
+/// background rather than blocking (which would panic).
+struct CommanderRuntime(Option<tokio::runtime::Runtime>);
+
+impl CommanderRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("live").handle()
+    }
+}
+
+impl Drop for CommanderRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A commander's log output, captured.
+#[derive(Clone, Default)]
+pub struct Logs(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

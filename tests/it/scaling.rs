@@ -1,9 +1,7 @@
 //! Pools that size themselves: the scaler with a spawner, against a real
 //! commander and Redis. Prints the figures the README quotes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_agent::{Assignment, Outcome, Work};
 use fleet_commander::config::{Config, ScalingPolicy};
 use fleet_protocol::api;

@@ -1,49 +1,15 @@
 //! Bad input is refused, counted and logged with its reason; the commander
 //! keeps serving. Bad configuration stops the binary with the field named.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Captures log output for this test binary.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() -> Captured {
-    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let c = Captured::default();
-        let w = c.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("warn")
-            .with_ansi(false)
-            .with_writer(move || w.clone())
-            .init();
-        c
-    })
-    .clone()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
-    let logs = capture_logs();
-    let h = Harness::start().await;
+    let (h, logs) = Harness::start_logged(|_| {}).await;
     let reg = h.keys.channels().registry();
     let hb = h.keys.channels().health();
     let fleet = h.keys.channels().fleet();
@@ -154,7 +120,7 @@ async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
         let after = h.metric(&series).await;
         assert!(after > b, "{series} not counted ({b} -> {after})");
     }
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     for reason in [
         "bad_json",
         "unsupported_version",
@@ -171,8 +137,8 @@ async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_garbage_does_not_stall_the_commander() {
-    let _ = capture_logs();
-    let h = Harness::start().await;
+    // Its warnings kept out of the test's output.
+    let (h, _logs) = Harness::start_logged(|_| {}).await;
     let mut c = h.conn().await;
     let mut p = redis::pipe();
     for i in 0..5000 {
@@ -198,8 +164,8 @@ async fn a_flood_of_garbage_does_not_stall_the_commander() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_from_an_unknown_agent_is_told_to_register() {
-    let _ = capture_logs();
-    let h = Harness::start().await;
+    // Its warnings kept out of the test's output.
+    let (h, _logs) = Harness::start_logged(|_| {}).await;
     let mut inbox = h.listen(&h.keys.channels().agent("stranger")).await;
     h.publish(
         &h.keys.channels().health(),

@@ -6,9 +6,7 @@
 //! the audit stream or a stored vote is edited; a stolen agent key claims
 //! no more than its grants (validator, weight, priority, capacity).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_agent::{Agent, AgentError};
 use fleet_protocol::api;
 use fleet_protocol::auth::Grants;

@@ -3,9 +3,7 @@
 //! is executed once: a result published while no commander listened is
 //! re-sent by its agent until acknowledged (`result_ack`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::time::Duration;

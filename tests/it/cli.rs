@@ -1,9 +1,7 @@
 //! The binary as an operator drives it: `status`, `demo` without Redis, and
 //! the simulator's report.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use fleet_sim::sim::{self, SimOptions};

@@ -3,9 +3,7 @@
 //! http.max_connections, so they cannot hold the API; a body over the limit
 //! is refused with 413; every request needs a token of the right role.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use fleet_store::tokens::TokenRole;

@@ -3,9 +3,7 @@
 //! Rust SDK and the Python SDK work over rediss://; a client without the
 //! client certificate, or that does not trust the CA, gets nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -3,9 +3,7 @@
 //! config's 64 is in robustness.rs; a panicking loop's 1 is in the
 //! supervisor's unit tests).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tokio::process::Child;
 
 async fn exit_code(mut child: Child) -> Option<i32> {

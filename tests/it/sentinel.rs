@@ -9,9 +9,7 @@
 //! completed (everything back: the sentinels' failover, the commander and
 //! the agents following it, a replica confirming writes again) is printed.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::pool::PoolType;
 use fleet_testkit::{RedisServer, Sentinels};
 use serde_json::{json, Value};

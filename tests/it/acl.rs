@@ -4,9 +4,7 @@
 //! password ends the connections opened with it; only validators reach the
 //! governance channel; the default user is locked only with an admin left.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::pool::PoolType;
 use serde_json::json;
 use std::process::Command;
@@ -411,7 +409,7 @@ async fn acl_watch_ends_an_old_password_when_its_overlap_ends() {
 /// ACL user (no warning about a missing one) and does a task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_security_docs_acl_steps_work_in_the_order_printed() {
-    use common::docs::{bash, block_after, workdir};
+    use crate::common::docs::{bash, block_after, workdir};
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SECURITY.md")).unwrap();
     let redis = fleet_testkit::RedisServer::start().expect("redis-server");

@@ -5,9 +5,7 @@
 //! which must answer with at least one series. Also the docker stack's files,
 //! checked without a Docker engine.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_commander::config::ScalingPolicy;
 use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
@@ -484,5 +482,25 @@ async fn each_handled_message_counts_its_redis_round_trips() {
     assert!(
         (regs..=3.0 * regs).contains(&trips),
         "{trips} round trips for {regs} registrations"
+    );
+}
+
+/// Two commanders in one process count apart: each `/metrics` shows only
+/// what its own commander did (the suite runs every test's commander in one
+/// binary, concurrently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commanders_in_one_process_count_apart() {
+    let a = Harness::start().await;
+    let b = Harness::start().await;
+    let series = r#"fleet_messages_rejected_total{channel="registry",reason="bad_json"}"#;
+    a.publish_raw(&a.keys.channels().registry(), "{not json")
+        .await;
+    wait_until(|| async { a.metric(series).await >= 1.0 }).await;
+    assert_eq!(b.metric(series).await, 0.0, "b counted a's refusal");
+    assert!(
+        b.metrics()
+            .await
+            .contains("# HELP process_cpu_seconds_total"),
+        "each registry describes the process metrics"
     );
 }

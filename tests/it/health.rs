@@ -1,9 +1,7 @@
 //! Heartbeats, failure detection, recovery and removal, and no false deaths
 //! when the commander cannot hear the fleet.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_agent::Agent;
 use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;

@@ -12,10 +12,8 @@
 //! pip fetches only its build backend, setuptools, from PyPI), and the
 //! Python lines' Redis URL is the test's.
 
-mod common;
-
-use common::docs::{bash, block_after, workdir};
-use common::*;
+use crate::common::docs::{bash, block_after, workdir};
+use crate::common::*;
 use std::path::Path;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -3,9 +3,7 @@
 //! others may not, and `audit verify` names tampering; the leader's signed
 //! checkpoints catch a log cut short, and a trim is itself recorded.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};

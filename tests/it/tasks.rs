@@ -1,9 +1,7 @@
 //! Task submission, idempotency, refusals, priority queues with aging,
 //! cancellation, persistence across a commander restart.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};

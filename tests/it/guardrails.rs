@@ -2,9 +2,7 @@
 //! no progress), and poison tasks (a task that takes down every agent that
 //! runs it), on a real redis-server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_agent::{Agent, Outcome};
 use fleet_protocol::api;
 use fleet_protocol::pool::{AgentStatus, PoolType};

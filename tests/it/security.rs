@@ -3,9 +3,7 @@
 //! (The metrics recorder is one per process: each test counts refusals
 //! under a channel and reason that no other test in this file produces.)
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_agent::{AgentError, AgentSpec, Outcome};
 use fleet_protocol::api;
 use fleet_protocol::auth::{Role, Signer};

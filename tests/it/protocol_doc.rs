@@ -2,9 +2,7 @@
 //! against a real commander with security on: it must register (signed) and
 //! heartbeat.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;
 use serde_json::Value;

@@ -15,9 +15,7 @@
 //! agent's next heartbeat, which a new leader expiring attempts at once
 //! would not wait for.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::pool::PoolType;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};

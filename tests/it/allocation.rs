@@ -1,9 +1,7 @@
 //! Allocation and outcomes: tasks reach the best agent, complete exactly
 //! once, survive agents dying, and retry into the dead-letter set.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_agent::{Assignment, Outcome};
 use fleet_protocol::api;
 use fleet_protocol::pool::PoolType;

@@ -1,8 +1,6 @@
 //! Registration, deregistration and status against a real redis-server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_agent::{AgentError, AgentSpec};
 use fleet_protocol::api;
 use fleet_protocol::pool::{AgentStatus, PoolType};

@@ -5,10 +5,8 @@
 //! is `<script>alert(1)</script>`, a task whose payload holds HTML) render
 //! as text. Screenshots of each page: `target/console-screenshots/`.
 
-mod common;
-
-use common::browser::{click, find, Driver};
-use common::*;
+use crate::common::browser::{click, find, Driver};
+use crate::common::*;
 use fantoccini::{Client, Locator};
 use fleet_protocol::pool::PoolType;
 use fleet_store::tokens::{TokenRole, TokenStore};

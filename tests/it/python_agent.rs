@@ -2,9 +2,7 @@
 //! (examples/python_agent.py, on the SDK) joins, does a task and leaves;
 //! the SDK's own pytest suite (sdk/python/tests) runs against the binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_protocol::api;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,7 @@
 //! Each allocation strategy chooses the agent it should (the priority,
 //! round-robin and performance strategies are in `allocation.rs`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_agent::AgentSpec;
 use fleet_commander::config::Strategy;
 use fleet_protocol::api;
