@@ -16,7 +16,8 @@
 //!   letters, evidence; changed only by fenced Lua scripts.
 //! - [`scripts`]: the one registry of Lua scripts (`lua/`), and `load_all`;
 //!   `script` is the typed contract each is called through (keys and
-//!   arguments by name, replies read by name); `records` parses stored hashes.
+//!   arguments by name, replies read by name); `records` parses stored hashes;
+//!   [`fields`] lists a task's and an agent's hash fields, once.
 //! - [`error`]: [`StoreError`], the one error of this crate.
 //! - [`telemetry`]: the script-duration histogram the store records.
 //!
@@ -28,6 +29,7 @@ pub mod audit;
 pub mod budgets;
 pub mod connection;
 pub mod error;
+pub mod fields;
 pub mod governance;
 pub mod keys;
 pub mod keystore;

@@ -167,6 +167,44 @@ mod tests {
         assert!(found.is_empty(), "{}", found.join("\n"));
     }
 
+    /// The scripts read a task's or an agent's hash by names that
+    /// [`crate::fields`] lists: a misspelt name would read as a missing
+    /// field, silently. (The call is `read(key, 'name', ...)`; keys named
+    /// otherwise than below are other hashes.)
+    #[test]
+    fn scripts_read_only_listed_fields() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/lua");
+        let mut found = Vec::new();
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for call in text.split(concat!(" read", "(")).skip(1) {
+                let args = &call[..call.find(')').expect("a closed call")];
+                let (key, names) = args.split_once(',').unwrap_or((args, ""));
+                let key = key.trim();
+                let listed = match key {
+                    "task" | "KEY.task" => crate::fields::TASK,
+                    _ if key.starts_with("K.task ..") => crate::fields::TASK,
+                    "agent" | "KEY.agent" => crate::fields::AGENT,
+                    _ if key.starts_with("K.agent ..") => crate::fields::AGENT,
+                    _ => continue,
+                };
+                for name in names.split(',').map(|n| n.trim().trim_matches('\'')) {
+                    checked += 1;
+                    if !listed.contains(&name) {
+                        found.push(format!("{}: {key}: '{name}'", path.display()));
+                    }
+                }
+            }
+        }
+        assert!(
+            checked > 50,
+            "only {checked} names found: is the parser right?"
+        );
+        assert!(found.is_empty(), "not in fields.rs:\n{}", found.join("\n"));
+    }
+
     /// Every file in `src/lua/` but the prelude is in the registry.
     #[test]
     fn every_lua_file_is_registered() {

@@ -84,6 +84,42 @@ async fn store() -> Store {
 }
 
 impl Store {
+    /// Every field a task's or an agent's hash holds now is one that
+    /// `fleet_store::fields` lists (the scripts and Rust write only those).
+    async fn stored_fields_are_listed(&mut self) {
+        let all: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut self.conn)
+            .await
+            .unwrap();
+        let mut seen = 0;
+        for key in all {
+            let (task, agent) = (self.keys.task(""), self.keys.agent(""));
+            let listed = match () {
+                _ if key.strip_prefix(&task).is_some_and(|id| !id.contains(':')) => {
+                    fleet_store::fields::TASK
+                }
+                _ if key.strip_prefix(&agent).is_some_and(|id| !id.contains(':')) => {
+                    fleet_store::fields::AGENT
+                }
+                _ => continue,
+            };
+            let names: Vec<String> = redis::cmd("HKEYS")
+                .arg(&key)
+                .query_async(&mut self.conn)
+                .await
+                .unwrap();
+            for n in names {
+                seen += 1;
+                assert!(
+                    listed.contains(&n.as_str()),
+                    "{key} holds {n}: not in fields.rs"
+                );
+            }
+        }
+        assert!(seen > 0, "no task or agent hash to check");
+    }
+
     async fn agent(&mut self, id: &str, capacity: u32) {
         let caps: Vec<String> = vec![];
         let new = NewAgent {
@@ -353,6 +389,7 @@ async fn lua_built_messages_decode_as_their_rust_types() {
         ToAgent::Drain { reason, .. } => assert_eq!(reason, "operator: \"retire\""),
         other => panic!("{other:?}"),
     }
+    s.stored_fields_are_listed().await;
 }
 
 #[tokio::test]
@@ -487,6 +524,7 @@ async fn tasks_taken_back_are_announced_and_their_agent_is_told() {
         said(&ev),
         (TaskEventKind::TaskRequeued, id.as_str(), "a2", 2)
     );
+    s.stored_fields_are_listed().await;
 }
 
 #[tokio::test]
@@ -522,6 +560,7 @@ async fn leaving_and_registering_again_keeps_health_and_quarantine() {
         .await
         .unwrap();
     assert_eq!(a.assigned, 0, "a quarantined agent gets no task");
+    s.stored_fields_are_listed().await;
 }
 
 /// The guardrails' messages (issue 18), built by the scripts: a stuck
@@ -710,6 +749,7 @@ async fn guardrail_messages_decode_as_their_rust_types() {
         }
         other => panic!("{other:?}"),
     }
+    s.stored_fields_are_listed().await;
 }
 
 /// Issue 25, item 9: a commander that stepped down (its Redis froze, say)

@@ -23,10 +23,10 @@ end
 local pool, max_n, now, ack = A.pool, tonumber(A.max), tonumber(A.now), tonumber(A.ack_ms)
 
 -- The pool's settings in one read: strategy, quota, progress timeout.
-local set = redis.call('HMGET', K.settings, pool, pool .. ':quota', pool .. ':progressTimeout')
-local strat = set[1] or 'priority'
-local quota = tonumber(set[2] or 0)
-local pool_progress = tonumber(set[3] or 0)
+local set = read(K.settings, pool, pool .. ':quota', pool .. ':progressTimeout')
+local strat = set[pool] or 'priority'
+local quota = tonumber(set[pool .. ':quota'] or 0)
+local pool_progress = tonumber(set[pool .. ':progressTimeout'] or 0)
 local window = health_policy().window
 -- The batch's tasks, and twice as many agents to choose among.
 local tids = redis.call('ZRANGE', queue, 0, max_n - 1)
@@ -66,34 +66,34 @@ local free = #agents
 for _, tid in ipairs(tids) do
   if assigned >= max_n or free == 0 then break end
   local task = K.task .. tid
-  local t = redis.call('HMGET', task, 'state', 'capabilities', 'attempt', 'timeoutMs',
+  local t = read(task, 'state', 'capabilities', 'attempt', 'timeoutMs',
     'payload', 'priority', 'lastAgent', 'progressTimeoutMs', 'maxCost')
-  if t[1] ~= 'queued' then
+  if t.state ~= 'queued' then
     redis.call('ZREM', queue, tid) -- cancelled or gone: a stale entry
   else
-    local need = cjson.decode(t[2] or '[]')
+    local need = cjson.decode(t.capabilities or '[]')
     -- A retry goes to another agent than the last attempt's when one can
     -- take it; to the same one only when none can.
-    local avoid, skipped = t[7], nil
+    local avoid, skipped = t.lastAgent, nil
     local function try(i, aid)
-      local a = redis.call('HMGET', K.agent .. aid, 'status', 'inflight', 'capacity',
+      local a = read(K.agent .. aid, 'status', 'inflight', 'capacity',
         'probation', 'quarantinedUntil', 'draining')
-      local inflight, capacity = tonumber(a[2] or 0), tonumber(a[3] or 1)
-      if a[4] == '1' then capacity = 1 end
+      local inflight, capacity = tonumber(a.inflight or 0), tonumber(a.capacity or 1)
+      if a.probation == '1' then capacity = 1 end
       local used = 0
       if strat == 'weighted_fair' then
         used = tonumber(redis.call('GET', K.quota .. aid) or 0)
       end
-      if not (a[1] == 'idle' or a[1] == 'active') or inflight >= capacity
-          or tonumber(a[5] or 0) > 0 or a[6] == '1' or (quota > 0 and used >= quota) then
+      if not (a.status == 'idle' or a.status == 'active') or inflight >= capacity
+          or tonumber(a.quarantinedUntil or 0) > 0 or a.draining == '1' or (quota > 0 and used >= quota) then
         agents[i] = false
         free = free - 1
-        if a[1] then refresh_available(aid, pool) else
+        if a.status then refresh_available(aid, pool) else
           redis.call('ZREM', K.available .. pool, aid) end
         return false
       end
       local among = free
-      local attempt = tonumber(t[3]) + 1
+      local attempt = tonumber(t.attempt) + 1
       redis.call('ZREM', queue, tid)
       redis.call('HSET', task, 'state', 'assigned', 'attempt', attempt, 'agent', aid,
         'updatedAt', now, 'assignedAt', now)
@@ -117,15 +117,15 @@ for _, tid in ipairs(tids) do
       end
       redis.call('HSET', K.agent .. aid, 'inflight', inflight, 'status', status,
         'lastActive', now, 'lastAssigned', now)
-      move(counts, pool, a[1], status)
+      move(counts, pool, a.status, status)
       refresh_available(aid, pool)
       table.insert(out, K.agent_channel .. aid)
-      table.insert(out, encode.task_assign(tid, attempt, pool, t[6], t[4], t[5],
-        tonumber(t[8] or pool_progress), t[9]))
+      table.insert(out, encode.task_assign(tid, attempt, pool, t.priority, t.timeoutMs, t.payload,
+        tonumber(t.progressTimeoutMs or pool_progress), t.maxCost))
       redis.call('PUBLISH', A.allocation_channel,
         encode.task_assigned(tid, pool, aid, attempt, strat, now))
       local reason = 'best ' .. strat .. ' score among ' .. among ..
-        ' available agents with capabilities ' .. (t[2] or '[]')
+        ' available agents with capabilities ' .. (t.capabilities or '[]')
       if avoid and avoid ~= '' then
         if aid == avoid then
           reason = reason .. '; the previous attempt\'s agent again: no other could take it'

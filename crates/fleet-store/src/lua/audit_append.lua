@@ -8,8 +8,8 @@
 --    result, hash (of this entry, chained to prev), sig (the commander's
 --    signature of hash)
 -- Returns outcome (appended, moved).
-local h = redis.call('HMGET', KEY.head, 'seq', 'hash')
-local seq, hash = h[1] or '0', h[2] or 'genesis'
+local h = read(KEY.head, 'seq', 'hash')
+local seq, hash = h.seq or '0', h.hash or 'genesis'
 if hash ~= A.prev or tonumber(seq) + 1 ~= tonumber(A.seq) then return reply('moved') end
 redis.call('XADD', KEY.stream, '*', 'seq', A.seq, 'ts', A.ts, 'actor', A.actor,
   'action', A.action, 'target', A.target, 'result', A.result, 'prev', A.prev,

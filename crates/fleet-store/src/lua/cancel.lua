@@ -11,16 +11,16 @@
 -- task_cancel for the caller to sign and publish.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local task, tid, now = KEY.task, A.id, tonumber(A.now)
-local t = redis.call('HMGET', task, 'state', 'agent', 'attempt', 'pool', 'assignedAt')
-local state = t[1]
+local t = read(task, 'state', 'agent', 'attempt', 'pool', 'assignedAt')
+local state = t.state
 local tell = {}
 if not state then return reply('unknown') end
 if state == 'assigned' or state == 'running' then
   redis.call('ZREM', K.leases, tid)
   redis.call('ZREM', K.stalls, tid)
-  release_agent(t[2], tid, now, 'gone', 0, KEY.counts)
-  attempt_ended(tid, t[2], t[3], t[5], now, 'cancelled', 'cancelled by an operator')
-  tell = {channel = K.agent_channel .. t[2], message = encode.task_cancel(tid, t[3])}
+  release_agent(t.agent, tid, now, 'gone', 0, KEY.counts)
+  attempt_ended(tid, t.agent, t.attempt, t.assignedAt, now, 'cancelled', 'cancelled by an operator')
+  tell = {channel = K.agent_channel .. t.agent, message = encode.task_cancel(tid, t.attempt)}
 elseif state == 'queued' or state == 'retrying' then
   redis.call('ZREM', KEY.queue, tid)
   redis.call('ZREM', K.delayed, tid)
@@ -29,6 +29,6 @@ else
 end
 redis.call('HSET', task, 'state', 'cancelled', 'agent', '', 'updatedAt', now)
 redis.call('PEXPIRE', task, A.retention_ms)
-task_event(A.allocation_channel, 'task_cancelled', tid, t[4], t[2], t[3], now)
+task_event(A.allocation_channel, 'task_cancelled', tid, t.pool, t.agent, t.attempt, now)
 tell.state = state
 return reply('cancelled', tell)

@@ -31,6 +31,19 @@ local function fenced()
   return current ~= A.epoch
 end
 
+-- A hash's fields by name: read(key, 'state', 'pool') is {state = ..., pool
+-- = ...}, a missing field false (as HMGET gives it). Scripts read hashes
+-- through this, never HMGET results by position; the names they read from a
+-- task's or an agent's hash are checked against Rust's lists of those
+-- hashes' fields (crates/fleet-store/src/fields.rs) by the lint test.
+local function read(key, ...)
+  local names = {...}
+  local values = redis.call('HMGET', key, unpack(names))
+  local r = {}
+  for i, n in ipairs(names) do r[n] = values[i] end
+  return r
+end
+
 -- A reply of named fields: {'outcome', outcome, name, value, ...}, from
 -- one table of fields or more.
 local function reply(outcome, fields, more)
@@ -133,33 +146,33 @@ end
 --   weighted_fair     the fewest tasks given in the quota window per unit of weight
 --                     (its priority); at the pool's quota, none until the window ends
 local function refresh_available(id, pool)
-  local a = redis.call('HMGET', K.agent .. id, 'status', 'inflight', 'capacity', 'priority',
+  local a = read(K.agent .. id, 'status', 'inflight', 'capacity', 'priority',
     'lastAssigned', 'load', 'capabilities', 'tasksCompleted', 'tasksFailed', 'avgTaskTime',
     'quarantinedUntil', 'probation', 'draining')
-  local status, inflight, capacity = a[1], tonumber(a[2] or 0), tonumber(a[3] or 1)
-  if a[12] == '1' then capacity = 1 end
+  local status, inflight, capacity = a.status, tonumber(a.inflight or 0), tonumber(a.capacity or 1)
+  if a.probation == '1' then capacity = 1 end
   local set = K.available .. pool
   if not (status and (status == 'idle' or status == 'active') and inflight < capacity)
-      or tonumber(a[11] or 0) > 0 or a[13] == '1' then
+      or tonumber(a.quarantinedUntil or 0) > 0 or a.draining == '1' then
     redis.call('ZREM', set, id)
     return
   end
   local s = strategy(pool)
-  local priority = tonumber(a[4] or 5)
+  local priority = tonumber(a.priority or 5)
   local score
   if s == 'round_robin' then
-    score = tonumber(a[5] or 0)
+    score = tonumber(a.lastAssigned or 0)
   elseif s == 'least_loaded' then
-    score = (inflight / capacity) * 1000 + tonumber(a[6] or 0)
+    score = (inflight / capacity) * 1000 + tonumber(a.load or 0)
   elseif s == 'capability_match' then
     local n = 0
-    if a[7] then n = #cjson.decode(a[7]) end
+    if a.capabilities then n = #cjson.decode(a.capabilities) end
     score = n * 1000 + inflight
   elseif s == 'performance' then
-    local done, failed = tonumber(a[8] or 0), tonumber(a[9] or 0)
+    local done, failed = tonumber(a.tasksCompleted or 0), tonumber(a.tasksFailed or 0)
     local rate = 1
     if done + failed > 0 then rate = done / (done + failed) end
-    score = (1 - rate) * 1e9 + tonumber(a[10] or 0)
+    score = (1 - rate) * 1e9 + tonumber(a.avgTaskTime or 0)
   elseif s == 'weighted_fair' then
     local used = tonumber(redis.call('GET', K.quota .. id) or 0)
     local quota = tonumber(redis.call('HGET', K.settings, pool .. ':quota') or 0)
@@ -222,29 +235,29 @@ end
 
 local function requeue(tid, now, reason, took_down, hold, outcome)
   local task = K.task .. tid
-  local t = redis.call('HMGET', task, 'pool', 'score', 'attempt', 'maxRetries', 'retryBase',
+  local t = read(task, 'pool', 'score', 'attempt', 'maxRetries', 'retryBase',
     'agent', 'assignedAt')
-  if not t[1] then return 'gone' end
-  attempt_ended(tid, t[6], t[3], t[7], now, outcome or reason, reason)
+  if not t.pool then return 'gone' end
+  attempt_ended(tid, t.agent, t.attempt, t.assignedAt, now, outcome or reason, reason)
   redis.call('ZREM', K.leases, tid)
   redis.call('ZREM', K.stalls, tid)
   if took_down and casualty(task) then
     poison(tid, now, reason)
-    return 'poison', t[1], tonumber(t[3])
+    return 'poison', t.pool, tonumber(t.attempt)
   end
-  if tonumber(t[3]) - tonumber(t[5] or 0) > tonumber(t[4]) then
+  if tonumber(t.attempt) - tonumber(t.retryBase or 0) > tonumber(t.maxRetries) then
     redis.call('HSET', task, 'state', 'dead', 'updatedAt', now, 'error', reason)
     redis.call('ZADD', K.dead, now, tid)
-    return 'dead', t[1], tonumber(t[3])
+    return 'dead', t.pool, tonumber(t.attempt)
   end
   if hold then
     redis.call('HSET', task, 'state', 'retrying', 'agent', '', 'updatedAt', now)
     redis.call('ZADD', K.delayed, now + hold, tid)
   else
     redis.call('HSET', task, 'state', 'queued', 'agent', '', 'updatedAt', now)
-    redis.call('ZADD', K.queue .. t[1], t[2], tid)
+    redis.call('ZADD', K.queue .. t.pool, t.score, tid)
   end
-  return 'queued', t[1], tonumber(t[3])
+  return 'queued', t.pool, tonumber(t.attempt)
 end
 
 -- Keeps an agent's health and quarantine for the policy's `memory` after it
@@ -254,12 +267,12 @@ end
 -- with its pool and what it had done, for operators (GET /v1/agents/departed).
 local DEPARTED_MAX = 1000
 local function remember(aid, why, now)
-  local h = redis.call('HMGET', K.agent .. aid, 'health', 'quarantinedUntil', 'probation',
+  local h = read(K.agent .. aid, 'health', 'quarantinedUntil', 'probation',
     'quarantines', 'pool', 'tasksCompleted', 'tasksFailed', 'registeredAt')
   local key = K.history .. aid
-  redis.call('HSET', key, 'health', h[1] or '100', 'quarantinedUntil', h[2] or '0',
-    'probation', h[3] or '0', 'quarantines', h[4] or '0', 'pool', h[5] or '',
-    'tasksCompleted', h[6] or '0', 'tasksFailed', h[7] or '0', 'registeredAt', h[8] or '0',
+  redis.call('HSET', key, 'health', h.health or '100', 'quarantinedUntil', h.quarantinedUntil or '0',
+    'probation', h.probation or '0', 'quarantines', h.quarantines or '0', 'pool', h.pool or '',
+    'tasksCompleted', h.tasksCompleted or '0', 'tasksFailed', h.tasksFailed or '0', 'registeredAt', h.registeredAt or '0',
     'leftAt', now, 'leftBecause', why)
   redis.call('PEXPIRE', key, health_policy().memory or 3600000)
   redis.call('ZADD', K.departed, now, aid)
@@ -305,14 +318,14 @@ local function lapsed_casualties(agent_id, now)
   local poisoned = 0
   for _, tid in ipairs(redis.call('SMEMBERS', set)) do
     local task = K.task .. tid
-    local t = redis.call('HMGET', task, 'state', 'pool', 'attempt')
-    if t[1] and casualty(task) and (t[1] == 'queued' or t[1] == 'retrying') then
-      redis.call('ZREM', K.queue .. t[2], tid)
+    local t = read(task, 'state', 'pool', 'attempt')
+    if t.state and casualty(task) and (t.state == 'queued' or t.state == 'retrying') then
+      redis.call('ZREM', K.queue .. t.pool, tid)
       redis.call('ZREM', K.delayed, tid)
       poison(tid, now, 'its agent died')
       poisoned = poisoned + 1
       redis.call('PUBLISH', A.allocation_channel,
-        encode.task_event('task_poisoned', tid, t[2], agent_id, t[3], now))
+        encode.task_event('task_poisoned', tid, t.pool, agent_id, t.attempt, now))
     end
   end
   redis.call('DEL', set)
@@ -324,8 +337,9 @@ end
 local function may_quarantine(aid, pool, counts, now, hp)
   local cap = tonumber(hp.cap or 100)
   if cap >= 100 then return true end
-  local c = redis.call('HMGET', counts, pool .. ':idle', pool .. ':active', pool .. ':busy')
-  local live = tonumber(c[1] or 0) + tonumber(c[2] or 0) + tonumber(c[3] or 0)
+  local c = read(counts, pool .. ':idle', pool .. ':active', pool .. ':busy')
+  local live = 0
+  for _, n in pairs(c) do live = live + tonumber(n or 0) end
   local allowed = math.max(1, math.floor(live * cap / 100))
   local held = 0
   for _, q in ipairs(redis.call('ZRANGE', K.quarantine, '(' .. now, '+inf', 'BYSCORE')) do
@@ -378,31 +392,31 @@ end
 local function release_agent(aid, tid, now, outcome, duration, counts)
   redis.call('SREM', K.agent_tasks .. aid, tid)
   local key = K.agent .. aid
-  local a = redis.call('HMGET', key, 'status', 'inflight', 'tasksCompleted', 'tasksFailed',
+  local a = read(key, 'status', 'inflight', 'tasksCompleted', 'tasksFailed',
     'avgTaskTime', 'pool', 'health', 'probation')
-  if not a[1] then return end
-  local inflight = math.max(0, tonumber(a[2] or 0) - 1)
-  local done, failed, avg = tonumber(a[3] or 0), tonumber(a[4] or 0), tonumber(a[5] or 0)
+  if not a.status then return end
+  local inflight = math.max(0, tonumber(a.inflight or 0) - 1)
+  local done, failed, avg = tonumber(a.tasksCompleted or 0), tonumber(a.tasksFailed or 0), tonumber(a.avgTaskTime or 0)
   if outcome == 'completed' then
     done = done + 1
     avg = avg + (duration - avg) / done
-    redis.call('ZADD', K.pool_done .. a[6], done, aid)
-    redis.call('HINCRBY', counts, a[6] .. ':done', 1)
+    redis.call('ZADD', K.pool_done .. a.pool, done, aid)
+    redis.call('HINCRBY', counts, a.pool .. ':done', 1)
   elseif outcome == 'failed' or outcome == 'stuck' or outcome == 'task_failed' then
     failed = failed + 1
   end
   local rate = 0
   if done + failed > 0 then rate = done / (done + failed) end
-  local status = a[1]
+  local status = a.status
   if status == 'busy' or status == 'active' then
     if inflight == 0 then status = 'idle' else status = 'active' end
   end
   local fields = {'inflight', inflight, 'tasksCompleted', done, 'tasksFailed', failed,
     'avgTaskTime', avg, 'successRate', rate, 'status', status, 'lastActive', now}
-  judge(aid, a[6], counts, a[7], a[8], outcome, now, fields)
+  judge(aid, a.pool, counts, a.health, a.probation, outcome, now, fields)
   redis.call('HSET', key, unpack(fields))
-  move(counts, a[6], a[1], status)
-  refresh_available(aid, a[6])
+  move(counts, a.pool, a.status, status)
+  refresh_available(aid, a.pool)
 end
 
 -- The task event every outcome publishes on the allocation channel.
@@ -417,10 +431,10 @@ end
 local budget_policy
 local function budgets(pool)
   if budget_policy == nil or (pool and budget_policy.pool ~= pool) then
-    local s = redis.call('HMGET', K.settings, 'budgetMin', 'budgetWindow', 'budgetUnit',
-      (pool or '-') .. ':allowance')
-    budget_policy = {min = tonumber(s[1] or 0), window = tonumber(s[2] or 0), unit = s[3] or '',
-      pool = pool, allowance = tonumber(s[4] or 0)}
+    local allowance = (pool or '-') .. ':allowance'
+    local s = read(K.settings, 'budgetMin', 'budgetWindow', 'budgetUnit', allowance)
+    budget_policy = {min = tonumber(s.budgetMin or 0), window = tonumber(s.budgetWindow or 0),
+      unit = s.budgetUnit or '', pool = pool, allowance = tonumber(s[allowance] or 0)}
   end
   return budget_policy
 end
@@ -431,13 +445,13 @@ end
 local function budget(aid, pool, now)
   local bp = budgets(pool)
   local key = K.budget .. aid
-  local b = redis.call('HMGET', key, 'balance', 'windowEnds', 'allowance', 'spent')
-  local allowance = tonumber(b[3] or bp.allowance)
+  local b = read(key, 'balance', 'windowEnds', 'allowance', 'spent')
+  local allowance = tonumber(b.allowance or bp.allowance)
   if allowance <= 0 then return nil end
   now = tonumber(now)
   local window = bp.window
-  if b[1] and (window == 0 or now < tonumber(b[2])) then
-    return tonumber(b[1]), allowance, tonumber(b[4] or 0)
+  if b.balance and (window == 0 or now < tonumber(b.windowEnds)) then
+    return tonumber(b.balance), allowance, tonumber(b.spent or 0)
   end
   local ends = 0
   if window > 0 then ends = (math.floor(now / window) + 1) * window end
@@ -451,11 +465,11 @@ end
 -- allowance). Reads only: for registration, which must not create a budget
 -- for every agent that joins.
 local function stored_balance(aid, now)
-  local b = redis.call('HMGET', K.budget .. aid, 'balance', 'windowEnds')
-  if not b[1] then return nil end
-  local ends = tonumber(b[2] or 0)
+  local b = read(K.budget .. aid, 'balance', 'windowEnds')
+  if not b.balance then return nil end
+  local ends = tonumber(b.windowEnds or 0)
   if ends > 0 and tonumber(now) >= ends then return nil end
-  return tonumber(b[1])
+  return tonumber(b.balance)
 end
 
 -- Marks an agent halted (its budget fell below the minimum): no new work.
@@ -480,11 +494,11 @@ end
 -- resume message for the caller to sign and send, or nil if it was not halted.
 local function resume(aid, pool, balance, counts, now)
   local key = K.agent .. aid
-  local a = redis.call('HMGET', key, 'status', 'halted', 'inflight', 'capacity')
-  if a[2] ~= '1' then return nil end
+  local a = read(key, 'status', 'halted', 'inflight', 'capacity')
+  if a.halted ~= '1' then return nil end
   redis.call('HDEL', key, 'halted')
-  if a[1] == 'halted' then
-    local inflight, capacity = tonumber(a[3] or 0), tonumber(a[4] or 1)
+  if a.status == 'halted' then
+    local inflight, capacity = tonumber(a.inflight or 0), tonumber(a.capacity or 1)
     local status = 'idle'
     if inflight >= capacity then status = 'busy' elseif inflight > 0 then status = 'active' end
     redis.call('HSET', key, 'status', status)

@@ -11,13 +11,13 @@
 -- Returns outcome (queued, not_held) and pool (or, when not held there, state).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local task = KEY.task
-local t = redis.call('HMGET', task, 'state', 'pool', 'score', 'attempt')
-if t[1] ~= A.from then return reply('not_held', {state = t[1] or 'unknown'}) end
+local t = read(task, 'state', 'pool', 'score', 'attempt')
+if t.state ~= A.from then return reply('not_held', {state = t.state or 'unknown'}) end
 local set = K.dead
 if A.from == 'poison' then set = K.poison end
 redis.call('ZREM', set, A.id)
-redis.call('HSET', task, 'state', 'queued', 'retryBase', t[4] or 0, 'error', '', 'updatedAt', A.now,
+redis.call('HSET', task, 'state', 'queued', 'retryBase', t.attempt or 0, 'error', '', 'updatedAt', A.now,
   'casualties', 0)
 redis.call('PERSIST', task)
-redis.call('ZADD', K.queue .. t[2], t[3], A.id)
-return reply('queued', {pool = t[2]})
+redis.call('ZADD', K.queue .. t.pool, t.score, A.id)
+return reply('queued', {pool = t.pool})

@@ -9,9 +9,9 @@
 -- channel, message.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local id, key = A.id, K.agent .. A.id
-local a = redis.call('HMGET', key, 'pool', 'inflight')
-if not a[1] then return reply('unknown') end
+local a = read(key, 'pool', 'inflight')
+if not a.pool then return reply('unknown') end
 redis.call('HSET', key, 'draining', 1, 'drainingSince', A.now)
-refresh_available(id, a[1])
-return reply('draining', {pool = a[1], inflight = tonumber(a[2] or 0),
+refresh_available(id, a.pool)
+return reply('draining', {pool = a.pool, inflight = tonumber(a.inflight or 0),
   channel = K.agent_channel .. id, message = encode.drain(A.reason)})

@@ -21,25 +21,25 @@ local watch = K.leases
 if A.why == 'stuck' then watch = K.stalls end
 local deadline = redis.call('ZSCORE', watch, tid)
 if not deadline or tonumber(deadline) > now then return reply('fresh') end
-local t = redis.call('HMGET', KEY.task, 'state', 'agent', 'pool', 'attempt')
-if t[1] ~= 'assigned' and t[1] ~= 'running' then
+local t = read(KEY.task, 'state', 'agent', 'pool', 'attempt')
+if t.state ~= 'assigned' and t.state ~= 'running' then
   redis.call('ZREM', watch, tid)
   return reply('stale')
 end
 local outcome = 'failed'
 if A.why == 'stuck' then
   outcome = 'stuck'
-  local agent = K.agent .. t[2]
+  local agent = K.agent .. t.agent
   if redis.call('EXISTS', agent) == 1 then
     local n = redis.call('HINCRBY', agent, 'stuck', 1)
     redis.call('HSET', agent, 'stuckAt', now)
     local channel = redis.call('HGET', K.settings, 'healthChannel')
     if channel then
-      redis.call('PUBLISH', channel, encode.agent_stuck(t[2], tid, t[4], n, now))
+      redis.call('PUBLISH', channel, encode.agent_stuck(t.agent, tid, t.attempt, n, now))
     end
   end
 end
-release_agent(t[2], tid, now, outcome, 0, KEY.counts)
+release_agent(t.agent, tid, now, outcome, 0, KEY.counts)
 local r
 if A.why == 'stuck' then
   r = requeue(tid, now, 'stuck: no progress', true, nil, 'stuck')
@@ -49,21 +49,21 @@ else
   -- it: the task then waits out the failure window before it goes to
   -- another agent, and if its agent is found dead meanwhile, that death is
   -- the task's casualty (lapsed_casualties) and it may never run again.
-  local a = redis.call('HMGET', K.agent .. t[2], 'lastHeartbeat')
+  local a = read(K.agent .. t.agent, 'lastHeartbeat')
   local task_at = redis.call('HGET', KEY.task, 'assignedAt')
   local window = tonumber(redis.call('HGET', K.settings, 'failureWindow') or 0)
-  local silent = tonumber(a[1] or 0) <= tonumber(task_at or 0)
+  local silent = tonumber(a.lastHeartbeat or 0) <= tonumber(task_at or 0)
   if silent and window > 0 then
     r = requeue(tid, now, 'lease expired', false, window, 'timed_out')
-    local lapsed = K.lapsed .. t[2]
+    local lapsed = K.lapsed .. t.agent
     redis.call('SADD', lapsed, tid)
     redis.call('PEXPIRE', lapsed, 2 * window)
   else
     r = requeue(tid, now, 'lease expired', false, nil, 'timed_out')
   end
 end
-task_event(A.allocation_channel, requeued_event[r], tid, t[3], t[2], t[4], now)
+task_event(A.allocation_channel, requeued_event[r], tid, t.pool, t.agent, t.attempt, now)
 -- The agent is to be told, so that it stops working on an attempt that no
 -- longer counts: the caller signs and publishes the task_cancel.
-return reply(r, {pool = t[3], agent = t[2], channel = K.agent_channel .. t[2],
-  message = encode.task_cancel(tid, t[4])})
+return reply(r, {pool = t.pool, agent = t.agent, channel = K.agent_channel .. t.agent,
+  message = encode.task_cancel(tid, t.attempt)})

@@ -13,8 +13,8 @@ local id, now = A.id, A.now
 
 local score = redis.call('ZSCORE', hb, id)
 if not score or tonumber(score) > tonumber(A.cutoff) then return reply('fresh') end
-local cur = redis.call('HMGET', agent, 'status', 'pool')
-local old, pool = cur[1], cur[2]
+local cur = read(agent, 'status', 'pool')
+local old, pool = cur.status, cur.pool
 redis.call('ZREM', hb, id)
 if not old then return reply('gone') end
 

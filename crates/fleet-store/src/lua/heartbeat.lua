@@ -18,8 +18,8 @@ if replayed() then return reply('replay') end
 local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
 local id, now = A.id, A.now
 
-local cur = redis.call('HMGET', agent, 'status', 'pool', 'inflight', 'capacity', 'halted', 'load')
-local old, pool = cur[1], cur[2]
+local cur = read(agent, 'status', 'pool', 'inflight', 'capacity', 'halted', 'load')
+local old, pool = cur.status, cur.pool
 if not old then return reply('unknown') end
 
 local new, outcome = A.status, 'ok'
@@ -31,12 +31,12 @@ elseif old == 'recovering' then
   new, outcome = 'idle', 'recovered'
 end
 if new ~= 'recovering' then
-  local inflight, capacity = tonumber(cur[3] or 0), tonumber(cur[4] or 1)
+  local inflight, capacity = tonumber(cur.inflight or 0), tonumber(cur.capacity or 1)
   if inflight >= capacity then new = 'busy'
   elseif inflight > 0 and new == 'idle' then new = 'active' end
 end
 local out = {pool = pool}
-if cur[5] == '1' and new ~= 'recovering' then
+if cur.halted == '1' and new ~= 'recovering' then
   local balance = budget(id, pool, now)
   if balance and balance < budgets().min then
     new = 'halted'
@@ -62,7 +62,7 @@ move(counts, pool, old, new)
 -- change (tasks in hand, health, quarantine, draining) refreshes it where
 -- it happens. Not so under weighted_fair: an agent at its quota comes back
 -- when the window ends, which only a heartbeat notices.
-if new ~= old or A.load ~= cur[6] or strategy(pool) == 'weighted_fair' then
+if new ~= old or A.load ~= cur.load or strategy(pool) == 'weighted_fair' then
   refresh_available(id, pool)
 end
 return reply(outcome, out)

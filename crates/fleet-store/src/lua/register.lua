@@ -21,17 +21,17 @@ local id, pool, now = A.id, A.pool, A.now
 -- it halted (no pre-rendered reply then: it says idle).
 local balance = stored_balance(id, now)
 local halted = balance and balance < budgets().min
-local cur = redis.call('HMGET', agent, 'status', 'pool', 'registeredAt', 'tasksCompleted',
+local cur = read(agent, 'status', 'pool', 'registeredAt', 'tasksCompleted',
   'avgTaskTime', 'successRate', 'failures', 'recoveryAttempts', 'instance', 'health',
   'quarantinedUntil', 'probation')
-local old = cur[1]
+local old = cur.status
 local outcome
 local orphaned = {queued = 0, dead = 0, poison = 0}
 if old then
-  if cur[2] ~= pool then return reply('pool_mismatch', {pool = cur[2]}) end
+  if cur.pool ~= pool then return reply('pool_mismatch', {pool = cur.pool}) end
   outcome = 'reregistered'
   -- Another instance: the agent restarted and lost whatever it held.
-  if A.instance ~= '' and cur[9] ~= A.instance then
+  if A.instance ~= '' and cur.instance ~= A.instance then
     orphaned.queued, orphaned.dead, orphaned.poison = orphan_all(id, now, true)
     orphaned.poison = orphaned.poison + lapsed_casualties(id, now)
   end
@@ -47,7 +47,9 @@ else
     return reply('fleet_full')
   end
   outcome = 'registered'
-  cur = {false, pool, now, '0', '0', '0', '0', '0', false, '100', '0', '0'}
+  cur = {status = false, pool = pool, registeredAt = now, tasksCompleted = '0',
+    avgTaskTime = '0', successRate = '0', failures = '0', recoveryAttempts = '0',
+    instance = false, health = '100', quarantinedUntil = '0', probation = '0'}
   redis.call('HSET', agent, 'id', id, 'pool', pool, 'registeredAt', now,
     'tasksCompleted', 0, 'tasksFailed', 0, 'avgTaskTime', 0, 'successRate', 0, 'failures', 0,
     'recoveryAttempts', 0, 'type', A.type, 'status', 'idle', 'priority', A.priority,
@@ -59,18 +61,18 @@ else
   -- The same identity back within the health memory: its health and
   -- quarantine are what they were (a quarantine that ran out meanwhile
   -- ends as parole.lua ends it: on probation).
-  local past = redis.call('HMGET', K.history .. id, 'health', 'quarantinedUntil', 'probation',
+  local past = read(K.history .. id, 'health', 'quarantinedUntil', 'probation',
     'quarantines')
-  local restored = past[1] ~= false
+  local restored = past.health ~= false
   if restored then
-    local untl, probation, health = tonumber(past[2]), past[3], past[1]
+    local untl, probation, health = tonumber(past.quarantinedUntil), past.probation, past.health
     if untl > 0 and untl <= tonumber(now) then
       untl, probation, health = 0, '1', tostring(health_policy().below)
     end
     if untl > 0 then redis.call('ZADD', K.quarantine, untl, id) end
     redis.call('HSET', agent, 'health', health, 'quarantinedUntil', untl, 'probation', probation,
-      'quarantines', past[4])
-    cur[10], cur[11], cur[12] = health, tostring(untl), probation
+      'quarantines', past.quarantines)
+    cur.health, cur.quarantinedUntil, cur.probation = health, tostring(untl), probation
     redis.call('DEL', K.history .. id)
   end
   -- The pre-rendered reply assumes a fresh record: not for a restored one.
@@ -98,6 +100,6 @@ else
   move(counts, pool, old, 'idle')
 end
 refresh_available(id, pool)
-return reply(outcome, out, {registeredAt = cur[3], tasksCompleted = cur[4], avgTaskTime = cur[5],
-  successRate = cur[6], failures = cur[7], recoveryAttempts = cur[8], requeued = orphaned.queued, dead = orphaned.dead, poisoned = orphaned.poison,
-  health = cur[10] or '100', quarantinedUntil = cur[11] or '0', probation = cur[12] or '0'})
+return reply(outcome, out, {registeredAt = cur.registeredAt, tasksCompleted = cur.tasksCompleted, avgTaskTime = cur.avgTaskTime,
+  successRate = cur.successRate, failures = cur.failures, recoveryAttempts = cur.recoveryAttempts, requeued = orphaned.queued, dead = orphaned.dead, poisoned = orphaned.poison,
+  health = cur.health or '100', quarantinedUntil = cur.quarantinedUntil or '0', probation = cur.probation or '0'})

@@ -9,13 +9,13 @@ local due = redis.call('ZRANGEBYSCORE', K.delayed, '-inf', A.now, 'LIMIT', 0, A.
 local pools, seen = {}, {}
 for _, tid in ipairs(due) do
   redis.call('ZREM', K.delayed, tid)
-  local t = redis.call('HMGET', K.task .. tid, 'state', 'pool', 'score')
-  if t[1] == 'retrying' then
+  local t = read(K.task .. tid, 'state', 'pool', 'score')
+  if t.state == 'retrying' then
     redis.call('HSET', K.task .. tid, 'state', 'queued', 'updatedAt', A.now)
-    redis.call('ZADD', K.queue .. t[2], t[3], tid)
-    if not seen[t[2]] then
-      seen[t[2]] = true
-      table.insert(pools, t[2])
+    redis.call('ZADD', K.queue .. t.pool, t.score, tid)
+    if not seen[t.pool] then
+      seen[t.pool] = true
+      table.insert(pools, t.pool)
     end
   end
 end

@@ -16,8 +16,8 @@ if A.failed_before ~= '' then
   local score = redis.call('ZSCORE', failed, id)
   if not score or tonumber(score) > tonumber(A.failed_before) then return reply('kept') end
 end
-local cur = redis.call('HMGET', agent, 'status', 'pool')
-local old, pool = cur[1], cur[2]
+local cur = read(agent, 'status', 'pool')
+local old, pool = cur.status, cur.pool
 redis.call('ZREM', hb, id)
 redis.call('ZREM', failed, id)
 if not old then return reply('unknown') end

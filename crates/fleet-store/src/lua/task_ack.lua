@@ -13,19 +13,19 @@
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 if replayed() then return reply('replay') end
 local task, now = KEY.task, tonumber(A.now)
-local t = redis.call('HMGET', task, 'state', 'attempt', 'agent', 'timeoutMs', 'pool',
+local t = read(task, 'state', 'attempt', 'agent', 'timeoutMs', 'pool',
   'progressTimeoutMs', 'step')
-if not t[1] then return reply('stale', {state = 'unknown'}) end
-if (t[1] ~= 'assigned' and t[1] ~= 'running') or t[2] ~= A.attempt or t[3] ~= A.agent_id then
-  return reply('stale', {state = t[1]})
+if not t.state then return reply('stale', {state = 'unknown'}) end
+if (t.state ~= 'assigned' and t.state ~= 'running') or t.attempt ~= A.attempt or t.agent ~= A.agent_id then
+  return reply('stale', {state = t.state})
 end
-if A.step ~= '' and t[7] and tonumber(A.step) <= tonumber(t[7]) then
+if A.step ~= '' and t.step and tonumber(A.step) <= tonumber(t.step) then
   return reply('repeated')
 end
 redis.call('HSET', task, 'state', 'running', 'updatedAt', now)
 if A.progress ~= '' then redis.call('HSET', task, 'progress', A.progress) end
 if A.step ~= '' then redis.call('HSET', task, 'step', A.step) end
-redis.call('ZADD', KEY.leases, now + tonumber(t[4]), A.id)
-local watch = tonumber(t[6] or redis.call('HGET', KEY.settings, t[5] .. ':progressTimeout') or 0)
+redis.call('ZADD', KEY.leases, now + tonumber(t.timeoutMs), A.id)
+local watch = tonumber(t.progressTimeoutMs or redis.call('HGET', KEY.settings, t.pool .. ':progressTimeout') or 0)
 if watch > 0 then redis.call('ZADD', KEY.stalls, now + watch, A.id) end
 return reply('ok')

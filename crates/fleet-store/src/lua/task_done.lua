@@ -22,29 +22,29 @@ if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 if replayed() then return reply('replay') end
 local task, counts = KEY.task, KEY.counts
 local tid, now = A.id, tonumber(A.now)
-local t = redis.call('HMGET', task, 'state', 'attempt', 'agent', 'assignedAt', 'pool',
+local t = read(task, 'state', 'attempt', 'agent', 'assignedAt', 'pool',
   'maxRetries', 'retryBase', 'maxCost', 'error', 'history')
-if not t[1] then return reply('stale', {state = 'unknown'}) end
-if (t[1] ~= 'assigned' and t[1] ~= 'running') or t[2] ~= A.attempt or t[3] ~= A.agent_id then
-  if t[1] == 'completed' and t[2] == A.attempt and t[3] == A.agent_id then
-    return reply('recorded', {state = t[1]})
+if not t.state then return reply('stale', {state = 'unknown'}) end
+if (t.state ~= 'assigned' and t.state ~= 'running') or t.attempt ~= A.attempt or t.agent ~= A.agent_id then
+  if t.state == 'completed' and t.attempt == A.attempt and t.agent == A.agent_id then
+    return reply('recorded', {state = t.state})
   end
-  return reply('stale', {state = t[1]})
+  return reply('stale', {state = t.state})
 end
-local attempt, aid, pool = tonumber(t[2]), t[3], t[5]
+local attempt, aid, pool = tonumber(t.attempt), t.agent, t.pool
 local outcome, detail = A.outcome, A.detail
 local usage = tonumber(A.usage)
-local over = usage and t[8] and usage > tonumber(t[8])
+local over = usage and t.maxCost and usage > tonumber(t.maxCost)
 if over then
   outcome = 'failed'
-  detail = 'over_budget: used ' .. A.usage .. ', maxCost ' .. t[8]
+  detail = 'over_budget: used ' .. A.usage .. ', maxCost ' .. t.maxCost
 end
 redis.call('ZREM', K.leases, tid)
 redis.call('ZREM', K.stalls, tid)
 -- A failure the agent reports is the task's, not a sign the agent is sick.
 local released = outcome
 if outcome == 'failed' then released = 'task_failed' end
-release_agent(aid, tid, now, released, now - tonumber(t[4] or now), counts)
+release_agent(aid, tid, now, released, now - tonumber(t.assignedAt or now), counts)
 
 local out = {pool = pool}
 if usage then
@@ -66,10 +66,10 @@ local ended = outcome
 if over then ended = 'over_budget' end
 local err = nil
 if outcome ~= 'completed' then err = detail end
-local history = history_with(t[10], attempt_entry(aid, attempt, t[4], now, ended, err))
+local history = history_with(t.history, attempt_entry(aid, attempt, t.assignedAt, now, ended, err))
 if outcome == 'completed' then
   -- An earlier attempt's error is in the history, not the completed task.
-  if t[9] then redis.call('HDEL', task, 'error') end
+  if t.error then redis.call('HDEL', task, 'error') end
   redis.call('HSET', task, 'state', 'completed', 'result', detail, 'updatedAt', now,
     'history', history, 'lastAgent', aid)
   redis.call('PEXPIRE', task, A.retention_ms)
@@ -78,8 +78,8 @@ if outcome == 'completed' then
 end
 redis.call('HSET', task, 'error', detail, 'updatedAt', now, 'history', history, 'lastAgent', aid)
 -- Retries count from retryBase: a requeued dead letter has fresh ones.
-local tries = attempt - tonumber(t[7] or 0)
-if over or tries > tonumber(t[6]) then
+local tries = attempt - tonumber(t.retryBase or 0)
+if over or tries > tonumber(t.maxRetries) then
   redis.call('HSET', task, 'state', 'dead') -- its agent stays: the last to try it
   redis.call('ZADD', K.dead, now, tid)
   task_event(A.allocation_channel, 'task_dead', tid, pool, aid, attempt, now)

@@ -14,14 +14,14 @@
 -- not_validator, wrong_hash, duplicate, counted (still open), or decided
 -- with the decision (allowed, denied, quarantined).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
-local p = redis.call('HMGET', KEY.proposal, 'state', 'deadline', 'hash', 'validators', 'quorum',
+local p = read(KEY.proposal, 'state', 'deadline', 'hash', 'validators', 'quorum',
   'totalWeight')
-if not p[1] then return reply('unknown') end
-if p[1] ~= 'open' or tonumber(A.now) > tonumber(p[2]) then return reply('late') end
-local weights = cjson.decode(p[4])
+if not p.state then return reply('unknown') end
+if p.state ~= 'open' or tonumber(A.now) > tonumber(p.deadline) then return reply('late') end
+local weights = cjson.decode(p.validators)
 local weight = weights[A.agent_id]
 if not weight then return reply('not_validator') end
-if A.hash ~= p[3] then return reply('wrong_hash') end
+if A.hash ~= p.hash then return reply('wrong_hash') end
 if redis.call('HSETNX', KEY.votes, A.agent_id, A.message) == 0 then return reply('duplicate') end
 local w = {}
 for _, choice in ipairs({'allow', 'quarantine', 'deny'}) do w[choice] = 0 end
@@ -31,7 +31,7 @@ for _, choice in ipairs({'allow', 'quarantine', 'deny'}) do
     w[choice] = tonumber(redis.call('HGET', KEY.proposal, 'w_' .. choice) or 0)
   end
 end
-local quorum, total = tonumber(p[5]), tonumber(p[6])
+local quorum, total = tonumber(p.quorum), tonumber(p.totalWeight)
 local decision
 if w.allow >= quorum then
   decision = 'allowed'
