@@ -90,13 +90,11 @@ async fn an_oversized_body_is_refused_with_413() {
     let h = Harness::start().await;
     let big = "x".repeat(h.config.fleet.max_message_bytes + 1);
     let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"pool":"coder","payload":"{big}"}}"#))
-        .send()
-        .await
-        .unwrap();
+        .post_text(
+            api::TASKS,
+            format!(r#"{{"pool":"coder","payload":"{big}"}}"#),
+        )
+        .await;
     assert_eq!(r.status().as_u16(), 413);
 }
 

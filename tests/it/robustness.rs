@@ -266,14 +266,7 @@ async fn a_payload_nested_too_deep_is_refused() {
     let h = Harness::start().await;
     let deep = format!("{}{}", "[".repeat(8000), "]".repeat(8000));
     let body = format!(r#"{{"pool":"coder","payload":{deep}}}"#);
-    let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = h.post_text(api::TASKS, body).await;
     let code = r.status().as_u16();
     let v: Value = r.json().await.unwrap_or(Value::Null);
     assert_eq!(code, 422, "{v}");
@@ -281,12 +274,7 @@ async fn a_payload_nested_too_deep_is_refused() {
     // 64 levels are fine.
     let ok = format!("{}{}", "[".repeat(63), "]".repeat(63));
     let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"pool":"coder","payload":{ok}}}"#))
-        .send()
-        .await
-        .unwrap();
+        .post_text(api::TASKS, format!(r#"{{"pool":"coder","payload":{ok}}}"#))
+        .await;
     assert_eq!(r.status().as_u16(), 201);
 }

@@ -128,14 +128,7 @@ async fn tasks_that_can_never_run_are_refused_with_a_reason() {
     )
     .await;
     assert_eq!(code, 201);
-    let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let r = h.post_text(api::TASKS, "{not json").await;
     assert_eq!(r.status().as_u16(), 400);
     assert!(
         h.metric(r#"fleet_tasks_rejected_total{reason="unknown_pool"}"#)
@@ -328,14 +321,7 @@ async fn payloads_and_results_are_kept_byte_for_byte() {
     // Unsorted keys, an exponent and an integer past 64 bits: all as written.
     let payload = r#"{"zeta":1,"alpha":1e2,"big":123456789012345678901234567890,"s":"é\n"}"#;
     let body = format!(r#"{{"pool":"analyst","payload":{payload}}}"#);
-    let r = h
-        .http
-        .post(format!("{}/v1/tasks", h.base()))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = h.post_text(api::TASKS, body).await;
     assert_eq!(r.status(), 201);
     let text = r.text().await.unwrap();
     assert!(text.contains(&format!(r#""payload":{payload}"#)), "{text}");
@@ -388,32 +374,10 @@ async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    wait_until(|| {
-        let mut rc = rc.clone();
-        async move {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query_async(&mut rc)
-                .await
-                .unwrap_or_default();
-            info.contains("master_link_status:up")
-        }
-    })
-    .await;
+    wait_for_replication(&rc, "master_link_status:up").await;
     // ... and the primary counts it as an online replica (what WAIT counts).
     let primary = h.conn().await;
-    wait_until(|| {
-        let mut p = primary.clone();
-        async move {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query_async(&mut p)
-                .await
-                .unwrap_or_default();
-            info.contains("state=online")
-        }
-    })
-    .await;
+    wait_for_replication(&primary, "state=online").await;
     let post = |n: u32| {
         h.http
             .post(format!("{}/v1/tasks", h.base()))

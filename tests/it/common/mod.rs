@@ -256,6 +256,18 @@ impl Harness {
             .clone()
     }
 
+    /// POSTs `body` as written (JSON that may be malformed or oversized) to
+    /// `path`.
+    pub async fn post_text(&self, path: &str, body: impl Into<String>) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base()))
+            .header("content-type", "application/json")
+            .body(body.into())
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base()))
@@ -556,13 +568,38 @@ pub fn is(kind: &'static str, agent: &str) -> impl Fn(&Value) -> bool {
     move |v: &Value| v["type"] == kind && v["agentId"] == agent.as_str()
 }
 
+/// Waits until `INFO replication` on `conn` contains `needle`.
+pub async fn wait_for_replication(conn: &redis::aio::MultiplexedConnection, needle: &str) {
+    wait_until(|| {
+        let mut c = conn.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            info.contains(needle)
+        }
+    })
+    .await
+}
+
 /// Polls `cond` every 10 ms until true; panics after [`WAIT`].
 pub async fn wait_until<F, Fut>(cond: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let ok = tokio::time::timeout(WAIT, async {
+    wait_until_within(WAIT, cond).await
+}
+
+/// [`wait_until`] with a bound of its own.
+pub async fn wait_until_within<F, Fut>(bound: Duration, cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let ok = tokio::time::timeout(bound, async {
         loop {
             if cond().await {
                 return;
@@ -571,7 +608,7 @@ where
         }
     })
     .await;
-    assert!(ok.is_ok(), "condition not met within {WAIT:?}");
+    assert!(ok.is_ok(), "condition not met within {bound:?}");
 }
 
 /// The shipped config with a short lease (1 s, renewed every 200 ms), for
