@@ -418,65 +418,6 @@ async fn one_allocate_call_hands_out_one_batch() {
     assert_eq!((a.assigned, a.queued), (extra as u64, 0));
 }
 
-/// Complete-and-claim-next: the result's own script hands the slot it
-/// freed the pool's next task, as one allocation (no allocate call).
-#[tokio::test]
-async fn a_result_claims_the_next_task_for_the_freed_slot() {
-    let mut s = store().await;
-    s.agent("a1", 1).await;
-    let first = s.submit("{}").await;
-    let second = s.submit("{}").await;
-    let a = s.tasks.allocate(&mut s.conn, POOL, 8, now()).await.unwrap();
-    assert_eq!((a.assigned, a.queued), (1, 1));
-    let report = TaskReport {
-        task_id: first.clone(),
-        attempt: 1,
-        agent_id: "a1".into(),
-        progress: None,
-        step: None,
-        usage: None,
-        result: Some(fleet_protocol::task::RawJson::from_text("1".into()).unwrap()),
-        error: None,
-    };
-    let done = s
-        .tasks
-        .report(&mut s.conn, ReportKind::Complete, &report, now(), None)
-        .await
-        .unwrap();
-    assert_eq!(done.outcome, Some(ReportOutcome::Completed(Some(POOL))));
-    let claimed = done.claimed.expect("a final outcome claims");
-    assert_eq!(
-        (claimed.pool, claimed.assigned, claimed.queued),
-        (POOL, 1, 0)
-    );
-    let next = claimed.assignment.expect("the next task's assignment");
-    assert_eq!(next.channel, s.keys.channels().agent("a1"));
-    match serde_json::from_str::<ToAgent>(&next.message).unwrap() {
-        ToAgent::TaskAssign {
-            task_id, attempt, ..
-        } => {
-            assert_eq!((task_id.as_str(), attempt), (second.as_str(), 1))
-        }
-        other => panic!("{other:?}"),
-    }
-    // The second result frees the slot with nothing left to claim.
-    let report = TaskReport {
-        task_id: second,
-        ..report
-    };
-    let done = s
-        .tasks
-        .report(&mut s.conn, ReportKind::Complete, &report, now(), None)
-        .await
-        .unwrap();
-    let claimed = done.claimed.expect("a final outcome claims");
-    assert_eq!(
-        (claimed.assigned, claimed.queued, claimed.assignment),
-        (0, 0, None)
-    );
-    s.stored_fields_are_listed().await;
-}
-
 #[tokio::test]
 async fn a_superseded_epoch_is_fenced_and_changes_nothing() {
     let mut s = store().await;

@@ -21,7 +21,6 @@ pub(super) async fn handle(
     r: TaskReport,
     once: Option<&Once>,
 ) -> Result<(), StoreError> {
-    let started = std::time::Instant::now();
     let reported = shared.tasks.report(conn, kind, &r, now_ms(), once).await?;
     let outcome = reported.outcome;
     // Debited once per attempt: not for a re-sent result (`Recorded`).
@@ -54,34 +53,13 @@ pub(super) async fn handle(
             .send(conn, shared.keys.channels().agent(&r.agent_id), &ack)
             .await?;
     }
-    // The freed slot's next task, claimed by the result's own script.
-    let mut claimed = false;
-    if let Some(c) = reported.claimed {
-        crate::allocator::record(shared, c.pool, c.assigned, c.queued, started);
-        if let Some(assignment) = c.assignment {
-            claimed = true;
-            shared.tell(conn, vec![assignment]).await?;
-        }
-    }
-    counted(shared, kind, &r, outcome, claimed);
+    counted(shared, kind, &r, outcome);
     Ok(())
 }
 
 /// Counts what the report did, logs what deserves it, and wakes the
-/// allocator where a slot freed (and did not claim the next task itself) or
-/// a task came back.
-fn counted(
-    shared: &Shared,
-    kind: ReportKind,
-    r: &TaskReport,
-    outcome: Option<ReportOutcome>,
-    claimed: bool,
-) {
-    let freed = |shared: &Shared, p: Option<PoolType>| {
-        if !claimed {
-            freed(shared, p)
-        }
-    };
+/// allocator where a slot freed or a task came back.
+fn counted(shared: &Shared, kind: ReportKind, r: &TaskReport, outcome: Option<ReportOutcome>) {
     let pool = |p: Option<PoolType>| p.map(PoolType::as_str).unwrap_or("unknown");
     match outcome {
         Some(ReportOutcome::Recorded) => {

@@ -1,5 +1,5 @@
---! keys: epoch task evidence paused +task once
---! args: epoch id attempt agent_id now outcome detail usage retention_ms backoff_ms backoff_max_ms ack_ms evidence_cap prefix.task_evidence +task once_ttl
+--! keys: epoch task +task once
+--! args: epoch id attempt agent_id now outcome detail usage retention_ms backoff_ms backoff_max_ms +task once_ttl
 -- An agent completes or fails its current attempt. Results for an attempt
 -- that is no longer current (duplicates, late ones) change nothing.
 -- A failure is retried after a backoff, or dead-lettered once the task has
@@ -10,22 +10,14 @@
 -- the halt). An attempt that consumed more than the task's maxCost fails
 -- the task as over_budget (dead-lettered: running it again would cost as
 -- much again).
--- The slot the attempt freed takes its pool's next task in the same call
--- (complete-and-claim-next: allocate_pool with a batch of one), so a busy
--- pool needs no allocation call of its own per task.
--- KEYS: epoch, task (its hash), evidence and paused (as allocate.lua's),
--- and the task keys
+-- KEYS: epoch, task (its hash), and the task keys
 -- A: epoch, id, attempt, agent_id, now, outcome ('completed' or 'failed'),
 --    detail (result JSON or error text), usage ('' for none), retention_ms,
---    backoff_ms, backoff_max_ms, ack_ms, evidence_cap,
---    prefix.task_evidence, allocation_channel
+--    backoff_ms, backoff_max_ms, allocation_channel
 -- Returns outcome (completed, retrying, dead, stale, recorded) and pool (or,
 -- when stale, state), and when the agent was halted, the halt (channel,
--- message) to send; with a final outcome, assigned (0 or 1) and queued (the
--- pool's queue after), and the claimed task's assignment (nextChannel,
--- nextMessage) to sign and publish. recorded: this attempt had already
--- completed the task (a re-sent result: the agent missed the
--- acknowledgement).
+-- message) to send. recorded: this attempt had already completed the task
+-- (a re-sent result: the agent missed the acknowledgement).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 if replayed() then return reply('replay') end
 local task, counts = KEY.task, KEY.counts
@@ -55,13 +47,6 @@ if outcome == 'failed' then released = 'task_failed' end
 release_agent(aid, tid, now, released, now - tonumber(t.assignedAt or now), counts)
 
 local out = {pool = pool}
--- Every final outcome ends here: the freed slot claims the next task.
-local function claimed(outcome)
-  local n, queued, next = allocate_pool(pool, 1, now)
-  out.assigned, out.queued = n, queued
-  if next[1] then out.nextChannel, out.nextMessage = next[1], next[2] end
-  return reply(outcome, out)
-end
 if usage then
   redis.call('HINCRBYFLOAT', task, 'usage', usage)
   local balance, _, spent = budget(aid, pool, now)
@@ -89,7 +74,7 @@ if outcome == 'completed' then
     'history', history, 'lastAgent', aid)
   redis.call('PEXPIRE', task, A.retention_ms)
   task_event(A.allocation_channel, 'task_completed', tid, pool, aid, attempt, now)
-  return claimed('completed')
+  return reply('completed', out)
 end
 redis.call('HSET', task, 'error', detail, 'updatedAt', now, 'history', history, 'lastAgent', aid)
 -- Retries count from retryBase: a requeued dead letter has fresh ones.
@@ -99,10 +84,10 @@ if over or tries > tonumber(t.maxRetries) then
   redis.call('ZADD', K.dead, now, tid)
   task_event(A.allocation_channel, 'task_dead', tid, pool, aid, attempt, now)
   if over then out.overBudget = 1 end
-  return claimed('dead')
+  return reply('dead', out)
 end
 local backoff = math.min(tonumber(A.backoff_ms) * 2 ^ (tries - 1), tonumber(A.backoff_max_ms))
 redis.call('HSET', task, 'state', 'retrying', 'agent', '')
 redis.call('ZADD', K.delayed, now + backoff, tid)
 task_event(A.allocation_channel, 'task_retrying', tid, pool, aid, attempt, now)
-return claimed('retrying')
+return reply('retrying', out)

@@ -2,27 +2,12 @@
 
 use super::*;
 
-/// What an agent's report did, the halt to send the agent when its budget
-/// fell below the minimum with it, and, for a result, what the freed slot
-/// claimed.
+/// What an agent's report did, and the halt to send the agent when its
+/// budget fell below the minimum with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reported {
     pub outcome: Option<ReportOutcome>,
     pub halt: Option<Notice>,
-    pub claimed: Option<Claimed>,
-}
-
-/// Complete-and-claim-next: a result's script hands the slot it freed the
-/// pool's next task, as an allocation of one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Claimed {
-    pub pool: PoolType,
-    /// 0 or 1.
-    pub assigned: u64,
-    /// The pool's queue after.
-    pub queued: u64,
-    /// The assignment to sign and publish, when one was made.
-    pub assignment: Option<Notice>,
 }
 
 /// What an agent's report did.
@@ -82,11 +67,6 @@ impl TaskStore {
                     .arg("retention_ms", self.cfg.retention_ms)
                     .arg("backoff_ms", self.cfg.retry_backoff_ms)
                     .arg("backoff_max_ms", self.cfg.retry_backoff_max_ms)
-                    .key("evidence", self.keys.evidence())
-                    .key("paused", self.keys.paused())
-                    .arg("ack_ms", self.cfg.ack_timeout_ms)
-                    .arg("evidence_cap", EVIDENCE_CAP)
-                    .arg("prefix.task_evidence", self.keys.task_evidence_prefix())
             }
         };
         let reply = call
@@ -109,26 +89,9 @@ impl TaskStore {
             "stale" => None,
             _ => return Err(reply.unexpected()),
         };
-        let claimed = match (pool(), reply.num::<u64>("assigned")) {
-            (Some(pool), Ok(assigned)) => Some(Claimed {
-                pool,
-                assigned,
-                queued: reply.num("queued")?,
-                assignment: reply
-                    .text("nextChannel")
-                    .ok()
-                    .zip(reply.text("nextMessage").ok())
-                    .map(|(c, m)| Notice {
-                        channel: c.to_string(),
-                        message: m.to_string(),
-                    }),
-            }),
-            _ => None,
-        };
         Ok(Reported {
             outcome,
             halt: reply.notice(),
-            claimed,
         })
     }
 }
