@@ -34,6 +34,7 @@ pub const TASK: &[&str] = &[
     "usage",
     "casualties",
     "history",
+    "decisions",
 ];
 
 /// An agent's hash (`{prefix}:agent:{id}`).

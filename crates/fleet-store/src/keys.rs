@@ -123,7 +123,9 @@ impl Keys {
     pub fn evidence(&self) -> String {
         format!("{}:evidence", self.prefix)
     }
-    /// List: one task's allocation decisions (expires with the task record).
+    /// List: one task's allocation decisions, as written before they moved
+    /// into the task's record (field `decisions`): read for such tasks and
+    /// deleted with a dead letter; nothing writes it now.
     pub fn task_evidence(&self, task_id: &str) -> String {
         format!("{}{task_id}", self.task_evidence_prefix())
     }

@@ -1,17 +1,16 @@
 --! keys: epoch queue evidence paused +task
---! args: epoch pool max now ack_ms evidence_cap retention_ms prefix.task_evidence +task
+--! args: epoch pool max now ack_ms evidence_cap +task
 -- Hands a pool's waiting tasks to its available agents, best task first,
 -- each to the best agent whose capabilities cover the task's. The claim is
 -- atomic: a task leaves the queue exactly once, here, and its assignment is
 -- leased (ack timeout); the task_assign messages are returned for the
 -- caller to sign and publish.
 -- Every decision is recorded, with the strategy and the chosen agent's score,
--- in the capped evidence stream and in the task's own evidence list.
+-- in the capped evidence stream and in the task's own record (decisions).
 -- KEYS: epoch, queue (the pool's), evidence (the stream), paused (the
 -- paused pools), and the task keys
 -- A: epoch, pool, max (tasks at most: the batch, fleet_store::tasks::ALLOCATE_BATCH),
---    now, ack_ms, allocation_channel, evidence_cap, retention_ms,
---    prefix.task_evidence
+--    now, ack_ms, allocation_channel, evidence_cap
 -- Returns {tasks assigned, tasks still queued, then (agent channel,
 -- task_assign) pairs}.
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
@@ -21,13 +20,19 @@ if redis.call('HEXISTS', KEY.paused, A.pool) == 1 then
   return {0, redis.call('ZCARD', queue)}
 end
 local pool, max_n, now, ack = A.pool, tonumber(A.max), tonumber(A.now), tonumber(A.ack_ms)
+-- No agent free: nothing to hand out, said in two reads (the common case
+-- beside a submission while the pool is saturated), before any setting is
+-- read or decoded.
+if redis.call('EXISTS', K.available .. pool) == 0 then
+  return {0, redis.call('ZCARD', queue)}
+end
 
 -- The pool's settings in one read: strategy, quota, progress timeout.
 local set = read(K.settings, pool, pool .. ':quota', pool .. ':progressTimeout')
 local strat = set[pool] or 'priority'
 local quota = tonumber(set[pool .. ':quota'] or 0)
 local pool_progress = tonumber(set[pool .. ':progressTimeout'] or 0)
-local window = health_policy().window
+strategies[pool] = strat
 -- The batch's tasks, and twice as many agents to choose among.
 local tids = redis.call('ZRANGE', queue, 0, max_n - 1)
 if #tids == 0 then return {0, 0} end
@@ -67,7 +72,7 @@ for _, tid in ipairs(tids) do
   if assigned >= max_n or free == 0 then break end
   local task = K.task .. tid
   local t = read(task, 'state', 'capabilities', 'attempt', 'timeoutMs',
-    'payload', 'priority', 'lastAgent', 'progressTimeoutMs', 'maxCost')
+    'payload', 'priority', 'lastAgent', 'progressTimeoutMs', 'maxCost', 'decisions')
   if t.state ~= 'queued' then
     redis.call('ZREM', queue, tid) -- cancelled or gone: a stale entry
   else
@@ -95,8 +100,6 @@ for _, tid in ipairs(tids) do
       local among = free
       local attempt = tonumber(t.attempt) + 1
       redis.call('ZREM', queue, tid)
-      redis.call('HSET', task, 'state', 'assigned', 'attempt', attempt, 'agent', aid,
-        'updatedAt', now, 'assignedAt', now)
       redis.call('HDEL', task, 'step')
       redis.call('ZADD', K.leases, now + ack, tid)
       redis.call('SADD', K.agent_tasks .. aid, tid)
@@ -109,7 +112,7 @@ for _, tid in ipairs(tids) do
       end
       if strat == 'weighted_fair' then
         used = redis.call('INCR', K.quota .. aid)
-        if used == 1 then redis.call('PEXPIRE', K.quota .. aid, window) end
+        if used == 1 then redis.call('PEXPIRE', K.quota .. aid, health_policy().window) end
         if quota > 0 and used >= quota and status ~= 'busy' then
           agents[i] = false
           free = free - 1
@@ -136,9 +139,10 @@ for _, tid in ipairs(tids) do
       local entry = encode.decision(tid, attempt, aid, pool, strat, scores[i], reason, now)
       redis.call('XADD', KEY.evidence, 'MAXLEN', '~', A.evidence_cap, '*', 'task', tid,
         'decision', entry)
-      local elist = K.task_evidence .. tid
-      redis.call('RPUSH', elist, entry)
-      redis.call('PEXPIRE', elist, A.retention_ms)
+      -- The task keeps its own decisions (GET /v1/tasks/{id}/evidence), in
+      -- the write that assigns it.
+      redis.call('HSET', task, 'state', 'assigned', 'attempt', attempt, 'agent', aid,
+        'updatedAt', now, 'assignedAt', now, 'decisions', history_with(t.decisions, entry))
       assigned = assigned + 1
       -- Strategies that spread work send the agent to the back of the line.
       if agents[i] and rotate[strat] then

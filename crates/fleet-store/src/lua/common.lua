@@ -119,8 +119,15 @@ local function move(counts, pool, from, to)
 end
 
 -- The pool's allocation strategy (from the config), 'priority' by default.
+-- A pool's strategy, read once per script call.
+local strategies = {}
 local function strategy(pool)
-  return redis.call('HGET', K.settings, pool) or 'priority'
+  local s = strategies[pool]
+  if not s then
+    s = redis.call('HGET', K.settings, pool) or 'priority'
+    strategies[pool] = s
+  end
+  return s
 end
 
 -- The health policy (from the config): up, down, below, clear, period, window.

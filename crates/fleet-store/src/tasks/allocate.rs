@@ -81,8 +81,6 @@ impl TaskStore {
             .arg("now", now)
             .arg("ack_ms", self.cfg.ack_timeout_ms)
             .arg("evidence_cap", EVIDENCE_CAP)
-            .arg("retention_ms", self.cfg.retention_ms)
-            .arg("prefix.task_evidence", self.keys.task_evidence_prefix())
     }
 
     /// Tasks waiting in a pool's queue.
@@ -215,6 +213,15 @@ impl TaskStore {
         conn: &mut impl ConnectionLike,
         id: &str,
     ) -> Result<Vec<serde_json::Value>> {
+        let decisions: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.task(id))
+            .arg("decisions")
+            .query_async(conn)
+            .await?;
+        if let Some(d) = decisions {
+            return Ok(serde_json::from_str(&d).unwrap_or_default());
+        }
+        // Written before decisions moved into the record: a list of its own.
         let raw: Vec<String> = redis::cmd("LRANGE")
             .arg(self.keys.task_evidence(id))
             .arg(0)
