@@ -82,7 +82,8 @@ for _, tid in ipairs(tids) do
     local avoid, skipped = t.lastAgent, nil
     local function try(i, aid)
       local a = read(K.agent .. aid, 'status', 'inflight', 'capacity',
-        'probation', 'quarantinedUntil', 'draining')
+        'probation', 'quarantinedUntil', 'draining', 'priority', 'lastAssigned', 'load',
+        'capabilities', 'tasksCompleted', 'tasksFailed', 'avgTaskTime')
       local inflight, capacity = tonumber(a.inflight or 0), tonumber(a.capacity or 1)
       if a.probation == '1' then capacity = 1 end
       local used = 0
@@ -93,7 +94,7 @@ for _, tid in ipairs(tids) do
           or tonumber(a.quarantinedUntil or 0) > 0 or a.draining == '1' or (quota > 0 and used >= quota) then
         agents[i] = false
         free = free - 1
-        if a.status then refresh_available(aid, pool) else
+        if a.status then place(aid, pool, a) else
           redis.call('ZREM', K.available .. pool, aid) end
         return false
       end
@@ -121,7 +122,8 @@ for _, tid in ipairs(tids) do
       redis.call('HSET', K.agent .. aid, 'inflight', inflight, 'status', status,
         'lastActive', now, 'lastAssigned', now)
       move(counts, pool, a.status, status)
-      refresh_available(aid, pool)
+      a.status, a.inflight, a.lastAssigned = status, tostring(inflight), tostring(now)
+      place(aid, pool, a)
       table.insert(out, K.agent_channel .. aid)
       table.insert(out, encode.task_assign(tid, attempt, pool, t.priority, t.timeoutMs, t.payload,
         tonumber(t.progressTimeoutMs or pool_progress), t.maxCost))

@@ -152,10 +152,9 @@ end
 --   performance       the best success rate, then the fastest average task (new agents count as perfect)
 --   weighted_fair     the fewest tasks given in the quota window per unit of weight
 --                     (its priority); at the pool's quota, none until the window ends
-local function refresh_available(id, pool)
-  local a = read(K.agent .. id, 'status', 'inflight', 'capacity', 'priority',
-    'lastAssigned', 'load', 'capabilities', 'tasksCompleted', 'tasksFailed', 'avgTaskTime',
-    'quarantinedUntil', 'probation', 'draining')
+-- `place` takes the agent's fields as a caller already holds them (read with
+-- every field below, and updated with what it wrote): no second read.
+local function place(id, pool, a)
   local status, inflight, capacity = a.status, tonumber(a.inflight or 0), tonumber(a.capacity or 1)
   if a.probation == '1' then capacity = 1 end
   local set = K.available .. pool
@@ -192,6 +191,11 @@ local function refresh_available(id, pool)
     score = (10 - priority) * 1000 + inflight
   end
   redis.call('ZADD', set, score, id)
+end
+local function refresh_available(id, pool)
+  place(id, pool, read(K.agent .. id, 'status', 'inflight', 'capacity', 'priority',
+    'lastAssigned', 'load', 'capabilities', 'tasksCompleted', 'tasksFailed', 'avgTaskTime',
+    'quarantinedUntil', 'probation', 'draining'))
 end
 
 -- Counts an agent taken down by a task (its casualty); true when the task
@@ -400,7 +404,8 @@ local function release_agent(aid, tid, now, outcome, duration, counts)
   redis.call('SREM', K.agent_tasks .. aid, tid)
   local key = K.agent .. aid
   local a = read(key, 'status', 'inflight', 'tasksCompleted', 'tasksFailed',
-    'avgTaskTime', 'pool', 'health', 'probation')
+    'avgTaskTime', 'pool', 'health', 'probation', 'capacity', 'priority', 'lastAssigned', 'load',
+    'capabilities', 'quarantinedUntil', 'draining')
   if not a.status then return end
   local inflight = math.max(0, tonumber(a.inflight or 0) - 1)
   local done, failed, avg = tonumber(a.tasksCompleted or 0), tonumber(a.tasksFailed or 0), tonumber(a.avgTaskTime or 0)
@@ -423,7 +428,9 @@ local function release_agent(aid, tid, now, outcome, duration, counts)
   judge(aid, a.pool, counts, a.health, a.probation, outcome, now, fields)
   redis.call('HSET', key, unpack(fields))
   move(counts, a.pool, a.status, status)
-  refresh_available(aid, a.pool)
+  -- What was just written (judge may have added health and quarantine).
+  for i = 1, #fields, 2 do a[fields[i]] = tostring(fields[i + 1]) end
+  place(aid, a.pool, a)
 end
 
 -- The task event every outcome publishes on the allocation channel.
