@@ -58,6 +58,7 @@ local function agent_caps(aid)
 end
 
 local function fits(aid, need)
+  if #need == 0 then return true end
   local have = agent_caps(aid)
   for _, c in ipairs(need) do
     if not have[c] then return false end
@@ -72,7 +73,7 @@ for _, tid in ipairs(tids) do
   if assigned >= max_n or free == 0 then break end
   local task = K.task .. tid
   local t = read(task, 'state', 'capabilities', 'attempt', 'timeoutMs',
-    'payload', 'priority', 'lastAgent', 'progressTimeoutMs', 'maxCost', 'decisions')
+    'payload', 'priority', 'lastAgent', 'progressTimeoutMs', 'maxCost', 'decisions', 'step')
   if t.state ~= 'queued' then
     redis.call('ZREM', queue, tid) -- cancelled or gone: a stale entry
   else
@@ -101,7 +102,7 @@ for _, tid in ipairs(tids) do
       local among = free
       local attempt = tonumber(t.attempt) + 1
       redis.call('ZREM', queue, tid)
-      redis.call('HDEL', task, 'step')
+      if t.step then redis.call('HDEL', task, 'step') end
       redis.call('ZADD', K.leases, now + ack, tid)
       redis.call('SADD', K.agent_tasks .. aid, tid)
       inflight = inflight + 1
