@@ -51,9 +51,11 @@ if cur.halted == '1' and new ~= 'recovering' then
     end
   end
 end
-redis.call('HSET', agent, 'status', new, 'load', A.load, 'lastHeartbeat', now)
 if A.memory ~= '' then
-  redis.call('HSET', agent, 'memory', A.memory, 'cpu', A.cpu, 'network', A.network)
+  redis.call('HSET', agent, 'status', new, 'load', A.load, 'lastHeartbeat', now,
+    'memory', A.memory, 'cpu', A.cpu, 'network', A.network)
+else
+  redis.call('HSET', agent, 'status', new, 'load', A.load, 'lastHeartbeat', now)
 end
 redis.call('ZADD', hb, now, id)
 move(counts, pool, old, new)
