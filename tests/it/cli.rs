@@ -89,6 +89,7 @@ fn demo_without_redis_says_how_to_get_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
+    let _heavy = heavy().await;
     // This test also runs a task phase in the same process, alongside the
     // other tests of this binary: a 2 s failure window keeps a loaded 2-core
     // machine from faking deaths (1 s produced 5 in one full-suite run).

@@ -40,6 +40,7 @@ fn config() -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_the_leader_three_times_under_load_and_nothing_is_lost_or_run_twice() {
+    let _heavy = heavy().await;
     let redis = fleet_testkit::RedisServer::start().expect("redis-server");
     let client = fleet_store::connection::client(&redis.url()).unwrap();
     let keys = fleet_store::Keys::new(PREFIX);

@@ -292,6 +292,7 @@ async fn after_redis_restarts_empty_the_fleet_registers_again() {
 /// never declared dead, and a really dead one is still found afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_false_deaths_while_the_commander_works_through_a_backlog() {
+    let _heavy = heavy().await;
     // No rate limit: every one of the flood's messages is checked and
     // handled (with one, all but the first few are refused before queueing).
     let h = Harness::start_with(|c| {
@@ -465,4 +466,60 @@ async fn while_redis_is_down_requests_fail_fast_and_the_service_recovers() {
     assert_eq!(rec["health"]["failures"], 0, "no false death: {rec}");
     stop.cancel();
     let _ = task.await;
+}
+
+/// Heartbeats queued together are recorded in one script call
+/// (`heartbeats.lua`), each as if alone: bursts of 60 agents' heartbeats
+/// all land (every agent's `lastHeartbeat` moves), and some call recorded
+/// several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_queued_together_are_recorded_in_one_call() {
+    let h = Harness::start().await;
+    let mut agents = Vec::new();
+    for i in 0..60 {
+        let mut a = h.agent(&format!("batch-{i}"), PoolType::Tester).await;
+        a.register(T).await.unwrap();
+        agents.push(a);
+    }
+    let batched = r#"fleet_redis_command_duration_seconds_count{op="heartbeats"}"#;
+    let c = h.conn().await;
+    for _round in 0..5 {
+        let since = fleet_protocol::now_ms();
+        futures_util::future::join_all(
+            agents
+                .iter_mut()
+                .map(|a| a.heartbeat(fleet_protocol::AgentStatus::Idle, 0.25)),
+        )
+        .await
+        .into_iter()
+        .for_each(|r| r.unwrap());
+        for i in 0..60 {
+            let key = h.keys.agent(&format!("batch-{i}"));
+            wait_until(|| {
+                let (mut c, key) = (c.clone(), key.clone());
+                async move {
+                    let at: Option<u64> = redis::cmd("HGET")
+                        .arg(&key)
+                        .arg("lastHeartbeat")
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    at.is_some_and(|at| at >= since)
+                }
+            })
+            .await;
+        }
+        if h.metric(batched).await >= 1.0 {
+            break;
+        }
+    }
+    assert!(
+        h.metric(batched).await >= 1.0,
+        "no heartbeats were recorded together in 5 bursts of 60"
+    );
+    assert_eq!(
+        h.metric(r#"fleet_messages_rejected_total{channel="health",reason="replay"}"#)
+            .await,
+        0.0
+    );
 }

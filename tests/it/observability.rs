@@ -202,6 +202,7 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let _heavy = heavy().await;
     let queries = dashboard_queries();
     assert!(queries.len() >= 40, "four dashboards: {}", queries.len());
     // A fleet with something of everything: tasks failing and retried, an
@@ -472,8 +473,9 @@ async fn each_handled_message_counts_its_redis_round_trips() {
     wait_until(|| async { h.metric(&series("heartbeat", "count")).await >= before.0 + 3.0 }).await;
     let beats = h.metric(&series("heartbeat", "count")).await - before.0;
     let trips = h.metric(&series("heartbeat", "sum")).await - before.1;
+    // One round trip each, or a share of one when recorded together.
     assert!(
-        (beats..=beats * 1.5).contains(&trips),
+        trips > 0.0 && trips <= beats * 1.5,
         "{trips} round trips for {beats} heartbeats"
     );
     let regs = h.metric(&series("register", "count")).await - before.2;

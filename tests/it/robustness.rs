@@ -137,6 +137,7 @@ async fn malformed_and_oversized_messages_are_refused_counted_and_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_garbage_does_not_stall_the_commander() {
+    let _heavy = heavy().await;
     // Its warnings kept out of the test's output.
     let (h, _logs) = Harness::start_logged(|_| {}).await;
     let mut c = h.conn().await;

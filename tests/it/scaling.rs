@@ -463,6 +463,7 @@ async fn the_ramp_scenario_grows_shrinks_and_reports_no_loss() {
 /// sim's tasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
+    let _heavy = heavy().await;
     let h = Harness::start_with(|c| scaling_config(c, &[(PoolType::Mobile, 0, 4)])).await;
     let mut scaling = h.listen(&h.keys.channels().scaling()).await;
     let report = fleet_sim::sim::run(

@@ -446,6 +446,7 @@ async fn signed_mode_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_agent_is_rate_limited_and_the_others_are_not() {
+    let _heavy = heavy().await;
     let h = Harness::start_with(|c| {
         c.security.sender_rate_per_sec = 5.0;
         c.security.sender_burst = 10;
@@ -601,6 +602,7 @@ async fn calm_agents(h: &Harness, prefix: &str, n: usize) -> tokio_util::sync::C
 /// default one, all but 200 of its messages are refused before queueing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_sheds_the_flooder_not_the_others() {
+    let _heavy = heavy().await;
     let h = Harness::start_with(|c| {
         c.security.sender_rate_per_sec = 20.0;
         c.security.sender_burst = 1_000_000;
@@ -644,6 +646,7 @@ async fn a_full_queue_sheds_the_flooder_not_the_others() {
 /// the others' p99s is a benchmark figure: benches/flood.sh.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_flooding_100k_messages_does_not_starve_the_others() {
+    let _heavy = heavy().await;
     let h = Harness::start().await;
     let mut health = h.listen(&h.keys.channels().health()).await;
     let stop = calm_agents(&h, "flood-calm", 6).await;

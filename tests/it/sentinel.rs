@@ -63,6 +63,7 @@ async fn submit(http: &reqwest::Client, addr: &str, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_mid_load_loses_nothing_and_runs_nothing_twice() {
+    let _heavy = heavy().await;
     let mut master = RedisServer::start().expect("redis-server");
     let replicas = [
         RedisServer::start_replica_of(&master).expect("replica"),

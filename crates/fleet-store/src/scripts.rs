@@ -37,8 +37,10 @@ scripts! {
     // Agents.
     /// Registration (and re-registration), with its nonce.
     REGISTER = "register";
-    /// A batch of heartbeats.
+    /// One heartbeat.
     HEARTBEAT = "heartbeat";
+    /// Heartbeats queued together, in one call.
+    HEARTBEATS = "heartbeats";
     /// Marks agents failed (missed heartbeats) and hands their work back.
     FAIL = "fail";
     /// Removes an agent (deregistration or long failure).

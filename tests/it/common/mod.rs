@@ -568,6 +568,15 @@ pub fn is(kind: &'static str, agent: &str) -> impl Fn(&Value) -> bool {
     move |v: &Value| v["type"] == kind && v["agentId"] == agent.as_str()
 }
 
+/// Held for the whole of a test that loads the machine (a simulated fleet,
+/// a flood, a failover under load): one such test at a time, so that in the
+/// one test binary two of them never starve each other's commanders (their
+/// bounds are set for one). The other tests run beside them as before.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// Waits until `INFO replication` on `conn` contains `needle`.
 pub async fn wait_for_replication(conn: &redis::aio::MultiplexedConnection, needle: &str) {
     wait_until(|| {
