@@ -466,7 +466,7 @@ fn describe() {
     );
     h!(
         ROUND_TRIPS,
-        "Redis round trips one handled agent or submitter message took (its checks, scripts and replies), by message kind; heartbeats recorded together each count their share of the call."
+        "Redis round trips one handled agent or submitter message took (its checks, scripts and replies), by message kind."
     );
     h!(
         ALLOCATION_SECONDS,

@@ -10,7 +10,7 @@
 pub use crate::error::{Result, StoreError};
 use crate::keys::Keys;
 use crate::script::{Call, Reply, ScriptDef};
-use crate::scripts::{DRAIN, FAIL, HEARTBEAT, HEARTBEATS, REGISTER, REMOVE};
+use crate::scripts::{DRAIN, FAIL, HEARTBEAT, REGISTER, REMOVE};
 use crate::{Notice, Once};
 use fleet_protocol::agent::{AgentRecord, Health, Performance};
 use fleet_protocol::{AgentStatus, PoolType, Resources};
@@ -392,7 +392,7 @@ impl Registry {
             .once(&self.keys, once)
             .arg("now", now)
             .arg("status", hb.status.as_str())
-            .arg("load", hb.load.to_string())
+            .arg("load", hb.load)
             // Empty: keep what the agent declared at registration.
             .arg(
                 "memory",
@@ -412,10 +412,6 @@ impl Registry {
             )
             .reply(conn)
             .await?;
-        Self::heartbeat_outcome(&r)
-    }
-
-    fn heartbeat_outcome(r: &Reply) -> Result<HeartbeatOutcome> {
         Ok(match r.outcome()? {
             "unknown" => HeartbeatOutcome::Unknown,
             "ok" => HeartbeatOutcome::Ok,
@@ -424,66 +420,6 @@ impl Registry {
             "resumed" => HeartbeatOutcome::Resumed(r.notice()),
             _ => return Err(r.unexpected()),
         })
-    }
-
-    /// Records `batch` in one script call, in order, each as
-    /// [`Registry::heartbeat`] would: one outcome per heartbeat, or
-    /// [`StoreError::Replay`] for one whose nonce was recorded already.
-    /// The nonces of a batch share one ttl (the gate gives them all the
-    /// same).
-    pub async fn heartbeats(
-        &self,
-        conn: &mut impl ConnectionLike,
-        batch: &[(&fleet_protocol::Heartbeat, Option<&Once>)],
-        now: u64,
-    ) -> Result<Vec<Result<HeartbeatOutcome>>> {
-        let ttl = batch
-            .iter()
-            .find_map(|(_, o)| o.map(|o| o.ttl_ms))
-            .unwrap_or(0);
-        let items: Vec<serde_json::Value> = batch
-            .iter()
-            .map(|(hb, once)| {
-                let r = hb.resources;
-                serde_json::json!({
-                    "id": hb.agent_id,
-                    "key": self.keys.agent(&hb.agent_id),
-                    "once": once.map(|o| o.key.as_str()).unwrap_or(""),
-                    "status": hb.status.as_str(),
-                    "load": hb.load.to_string(),
-                    "memory": r.map(|r| r.memory.to_string()).unwrap_or_default(),
-                    "cpu": r.map(|r| r.cpu.to_string()).unwrap_or_default(),
-                    "network": r.map(|r| r.network.to_string()).unwrap_or_default(),
-                })
-            })
-            .collect();
-        let replies: Vec<redis::Value> = HEARTBEATS
-            .fenced(&self.keys, self.epoch)
-            .key("heartbeats", self.keys.heartbeats())
-            .key("failed", self.keys.failed())
-            .task_keys(&self.keys)
-            .arg("now", now)
-            .arg("batch", serde_json::Value::Array(items).to_string())
-            .arg("once_ttl", ttl)
-            .run(conn)
-            .await?;
-        if replies.len() != batch.len() {
-            return Err(StoreError::Reply(format!(
-                "heartbeats: {} replies for {} heartbeats",
-                replies.len(),
-                batch.len()
-            )));
-        }
-        Ok(replies
-            .into_iter()
-            .map(|v| {
-                let r = Reply::parse("heartbeats", v)?;
-                if r.outcome()? == "replay" {
-                    return Err(StoreError::Replay);
-                }
-                Self::heartbeat_outcome(&r)
-            })
-            .collect())
     }
 
     /// Fails `id` if its last heartbeat is still at or before `cutoff`.

@@ -37,10 +37,8 @@ scripts! {
     // Agents.
     /// Registration (and re-registration), with its nonce.
     REGISTER = "register";
-    /// One heartbeat.
+    /// A batch of heartbeats.
     HEARTBEAT = "heartbeat";
-    /// Heartbeats queued together, in one call.
-    HEARTBEATS = "heartbeats";
     /// Marks agents failed (missed heartbeats) and hands their work back.
     FAIL = "fail";
     /// Removes an agent (deregistration or long failure).

@@ -8,7 +8,7 @@ use fleet_protocol::{
 };
 use fleet_store::budgets::{Adjust, Adjusted};
 use fleet_store::connection::Conn;
-use fleet_store::registry::{HeartbeatOutcome, NewAgent, RegisterOutcome};
+use fleet_store::registry::{NewAgent, RegisterOutcome};
 use fleet_store::tasks::{
     HealthPolicy, PoolSettings, ReportOutcome, Submitted, Takeback, TaskPolicy, ALLOCATE_BATCH,
 };
@@ -416,74 +416,6 @@ async fn one_allocate_call_hands_out_one_batch() {
         .await
         .unwrap();
     assert_eq!((a.assigned, a.queued), (extra as u64, 0));
-}
-
-/// Heartbeats recorded together (`heartbeats.lua`), in order, each as
-/// alone: a known agent's is recorded, an unknown one's says so, and a
-/// replayed nonce within the same batch changes nothing.
-#[tokio::test]
-async fn heartbeats_in_one_call_are_each_recorded_as_alone() {
-    let mut s = store().await;
-    s.agent("a1", 1).await;
-    s.agent("a2", 1).await;
-    let hb = |id: &str, load: f64| fleet_protocol::Heartbeat {
-        agent_id: id.into(),
-        status: fleet_protocol::AgentStatus::Idle,
-        load,
-        resources: Some(Resources {
-            memory: 0.5,
-            cpu: 0.25,
-            network: 0.1,
-        }),
-        seq: None,
-    };
-    let once = fleet_store::Once {
-        key: s.keys.nonce("k1", "n1"),
-        ttl_ms: 60_000,
-    };
-    let (a1, ghost, a2, again) = (
-        hb("a1", 0.3),
-        hb("ghost", 0.0),
-        hb("a2", 0.7),
-        hb("a1", 0.9),
-    );
-    let batch = [
-        (&a1, Some(&once)),
-        (&ghost, None),
-        (&a2, None),
-        (&again, Some(&once)),
-    ];
-    let at = now();
-    let out = s
-        .registry
-        .heartbeats(&mut s.conn, &batch, at)
-        .await
-        .unwrap();
-    assert_eq!(out.len(), 4);
-    assert!(matches!(out[0], Ok(HeartbeatOutcome::Ok)), "{:?}", out[0]);
-    assert!(
-        matches!(out[1], Ok(HeartbeatOutcome::Unknown)),
-        "{:?}",
-        out[1]
-    );
-    assert!(matches!(out[2], Ok(HeartbeatOutcome::Ok)), "{:?}", out[2]);
-    assert!(matches!(out[3], Err(StoreError::Replay)), "{:?}", out[3]);
-    for (id, load) in [("a1", "0.3"), ("a2", "0.7")] {
-        let (stored_load, last, cpu): (String, u64, String) = redis::cmd("HMGET")
-            .arg(s.keys.agent(id))
-            .arg("load")
-            .arg("lastHeartbeat")
-            .arg("cpu")
-            .query_async(&mut s.conn)
-            .await
-            .unwrap();
-        assert_eq!(
-            (stored_load.as_str(), last, cpu.as_str()),
-            (load, at, "0.25"),
-            "{id}"
-        );
-    }
-    s.stored_fields_are_listed().await;
 }
 
 #[tokio::test]

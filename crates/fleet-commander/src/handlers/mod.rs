@@ -22,124 +22,62 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info_span, warn, Instrument};
 
-/// The most heartbeats one script call records (`heartbeats.lua`).
-pub(crate) const HEARTBEAT_BATCH: usize = 64;
-
 /// One handler: takes its agents' messages in order until the subscriber
 /// stops (on shutdown it works through what is queued, then returns).
-/// Heartbeats of distinct agents queued one behind another are recorded
-/// together, in one script call: the first message that is not one waits
-/// for them, so each agent's messages are still handled in the order they
-/// came.
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
     let mut conn = shared.redis.clone();
-    let mut next: Option<Envelope> = None;
-    loop {
-        let env = match next.take() {
-            Some(env) => env,
-            None => match rx.recv().await {
-                Some(env) => env,
-                None => return,
-            },
-        };
+    while let Some(env) = rx.recv().await {
+        // Handled (for the failure detector's watermark) when this drops.
+        let _heard = shared.heard.ticket(env.seq);
+        let msg = env.msg;
         if shared.ended.get().is_some() {
             return; // the term is over: this commander may no longer write
         }
-        let going_on = if matches!(env.msg, Inbound::Heartbeat(_)) {
-            // Distinct agents only: an agent's second heartbeat in a row (a
-            // backlog, or a flood) waits for the next call, so a flooder is
-            // handled no faster than before batching and pays as much.
-            let mut batch = vec![env];
-            while batch.len() < HEARTBEAT_BATCH {
-                match rx.try_recv() {
-                    Ok(env)
-                        if matches!(env.msg, Inbound::Heartbeat(_))
-                            && !batch.iter().any(|b| b.msg.agent_id() == env.msg.agent_id()) =>
-                    {
-                        batch.push(env)
-                    }
-                    Ok(env) => {
-                        next = Some(env);
-                        break;
-                    }
-                    Err(_) => break,
+        let span = info_span!(
+            "message",
+            kind = msg.kind(),
+            agent_id = msg.agent_id().unwrap_or("-"),
+            task_id = msg.task_id().unwrap_or("-")
+        );
+        let kind = msg.kind();
+        let work = async {
+            let admitted = shared
+                .gate
+                .admit(&mut conn, env.seal.as_ref(), &msg)
+                .instrument(span.clone())
+                .await;
+            match admitted {
+                Ok(admitted) => {
+                    // A vote is kept as it was signed, for the decision's seal.
+                    let signed = env.seal.as_ref().map(|s| s.message());
+                    handle(&shared, &mut conn, msg, admitted, signed)
+                        .instrument(span)
+                        .await
                 }
+                Err(crate::auth::Refusal::Refused(e)) => {
+                    let _g = span.enter();
+                    refused(env.channel, e);
+                    Ok(())
+                }
+                Err(crate::auth::Refusal::Store(e)) => Err(e),
             }
-            if batch.len() == 1 {
-                one(&shared, &mut conn, batch.pop().expect("one")).await
-            } else {
-                heartbeat::batch(&shared, &mut conn, batch).await
-            }
-        } else {
-            one(&shared, &mut conn, env).await
         };
-        if !going_on {
-            return;
-        }
-    }
-}
-
-/// Handles one message; false when this commander was fenced (it stops).
-async fn one(shared: &Shared, conn: &mut Conn, env: Envelope) -> bool {
-    // Handled (for the failure detector's watermark) when this drops.
-    let _heard = shared.heard.ticket(env.seq);
-    let msg = env.msg;
-    let span = info_span!(
-        "message",
-        kind = msg.kind(),
-        agent_id = msg.agent_id().unwrap_or("-"),
-        task_id = msg.task_id().unwrap_or("-")
-    );
-    let kind = msg.kind();
-    let work = async {
-        let admitted = shared
-            .gate
-            .admit(conn, env.seal.as_ref(), &msg)
-            .instrument(span.clone())
-            .await;
-        match admitted {
-            Ok(admitted) => {
-                // A vote is kept as it was signed, for the decision's seal.
-                let signed = env.seal.as_ref().map(|s| s.message());
-                handle(shared, conn, msg, admitted, signed)
-                    .instrument(span)
-                    .await
+        let (outcome, trips) = fleet_store::connection::count_round_trips(work).await;
+        metrics::histogram!(crate::metrics::ROUND_TRIPS, "kind" => kind).record(f64::from(trips));
+        match outcome {
+            Ok(()) => {}
+            // The script found the nonce recorded: a replay, nothing changed.
+            Err(StoreError::Replay) => {
+                refused(env.channel, fleet_protocol::auth::AuthError::Replay)
             }
-            Err(crate::auth::Refusal::Refused(e)) => {
-                let _g = span.enter();
-                refused(env.channel, e);
-                Ok(())
+            Err(StoreError::Fenced) => {
+                shared.on_fenced();
+                return;
             }
-            Err(crate::auth::Refusal::Store(e)) => Err(e),
-        }
-    };
-    let (outcome, trips) = fleet_store::connection::count_round_trips(work).await;
-    metrics::histogram!(crate::metrics::ROUND_TRIPS, "kind" => kind).record(f64::from(trips));
-    settled(shared, env.channel, outcome)
-}
-
-/// What a handled message's error means; false when this commander was
-/// fenced (it stops).
-fn settled(
-    shared: &Shared,
-    channel: fleet_protocol::Channel,
-    outcome: Result<(), StoreError>,
-) -> bool {
-    match outcome {
-        Ok(()) => true,
-        // The script found the nonce recorded: a replay, nothing changed.
-        Err(StoreError::Replay) => {
-            refused(channel, fleet_protocol::auth::AuthError::Replay);
-            true
-        }
-        Err(StoreError::Fenced) => {
-            shared.on_fenced();
-            false
-        }
-        Err(e) => {
-            crate::metrics::redis_error("handle", &e);
-            warn!(reason = e.reason(), error = %e, "handling failed; message dropped (agents retry)");
-            true
+            Err(e) => {
+                crate::metrics::redis_error("handle", &e);
+                warn!(reason = e.reason(), error = %e, "handling failed; message dropped (agents retry)");
+            }
         }
     }
 }
