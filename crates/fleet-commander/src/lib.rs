@@ -3,8 +3,9 @@
 //! The map, from the bottom up. Each module uses only modules above it in
 //! this list (a test, `layers_hold`, keeps it so):
 //! - [`config`]: `config/fleet.toml`, environment overrides, validation.
-//! - [`metrics`]: metric names, their help, the Prometheus exporter, and
-//!   the count of a Redis error where it is handled.
+//! - [`metrics`]: metric names, their help, the Prometheus exporter (one per
+//!   process, or one per runtime for several commanders in one process),
+//!   and the count of a Redis error where it is handled.
 //! - [`heard`]: how far the commander has heard the fleet (the failure
 //!   detector's watermark).
 //! - [`history`]: the fleet's recent past, for the console's charts.
