@@ -17,6 +17,8 @@
 #   bash benches/cost.sh [rounds]          # 1 round by default
 #   FLEET_BIN=... bash benches/cost.sh     # another build (a before/after)
 #   SECURITY=open bash benches/cost.sh     # security.mode = "open"
+#   BUDGETS=off bash benches/cost.sh       # budgets.allowance = 0 (no budget)
+#   USAGE=10 bash benches/cost.sh          # each attempt reports usage 10 (debited)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-1}
@@ -65,10 +67,14 @@ cpu_of() {
 
 metric() { curl -s "http://127.0.0.1:$http/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
-config=config/fleet.toml
+config="$dir/fleet.toml"
+cp config/fleet.toml "$config"
+if [[ ${BUDGETS:-on} == off ]]; then
+  sed -i 's/^allowance = [0-9]*/allowance = 0/' "$config"
+  grep -q '^allowance = 0' "$config"
+fi
 if [[ ${SECURITY:-signed} == open ]]; then
-  config="$dir/fleet.toml"
-  sed 's/^mode = "signed"/mode = "open"/' config/fleet.toml > "$config"
+  sed -i 's/^mode = "signed"/mode = "open"/' "$config"
   grep -q '^mode = "open"' "$config" || printf '\n[security]\nmode = "open"\n' >> "$config"
 else
   python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' > "$dir/commander.key"
@@ -88,7 +94,7 @@ for round in $(seq 1 "$rounds"); do
   redis-cli -p "$port" flushall >/dev/null
   "$bin" --config "$config" run > "$dir/commander.log" 2>&1 & cmd_pid=$!
   until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
-  sim=("$bin" --config "$config" sim --agents 1000 --status-queries 0)
+  sim=("$bin" --config "$config" sim --agents 1000 --status-queries 0 --usage "${USAGE:-0}")
   # With tasks.
   read -r r0 c0 p0 < <(snap "$cmd_pid")
   sim_cpu=$(cpu_of /dev/null "${sim[@]}" --tasks 10000 --report "$out/cost-fc.json")
