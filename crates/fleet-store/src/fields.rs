@@ -35,6 +35,7 @@ pub const TASK: &[&str] = &[
     "casualties",
     "history",
     "decisions",
+    "watchMs",
 ];
 
 /// An agent's hash (`{prefix}:agent:{id}`).

@@ -101,6 +101,7 @@ for _, tid in ipairs(tids) do
       end
       local among = free
       local attempt = tonumber(t.attempt) + 1
+      local progress = tonumber(t.progressTimeoutMs or pool_progress)
       redis.call('ZREM', queue, tid)
       if t.step then redis.call('HDEL', task, 'step') end
       redis.call('ZADD', K.leases, now + ack, tid)
@@ -127,7 +128,7 @@ for _, tid in ipairs(tids) do
       place(aid, pool, a)
       table.insert(out, K.agent_channel .. aid)
       table.insert(out, encode.task_assign(tid, attempt, pool, t.priority, t.timeoutMs, t.payload,
-        tonumber(t.progressTimeoutMs or pool_progress), t.maxCost))
+        progress, t.maxCost))
       redis.call('PUBLISH', A.allocation_channel,
         encode.task_assigned(tid, pool, aid, attempt, strat, now))
       local reason = 'best ' .. strat .. ' score among ' .. among ..
@@ -144,8 +145,11 @@ for _, tid in ipairs(tids) do
         'decision', entry)
       -- The task keeps its own decisions (GET /v1/tasks/{id}/evidence), in
       -- the write that assigns it.
+      -- watchMs: the progress timeout this attempt was told (task_ack.lua
+      -- arms it), so that a pool setting changed meanwhile cannot differ.
       redis.call('HSET', task, 'state', 'assigned', 'attempt', attempt, 'agent', aid,
-        'updatedAt', now, 'assignedAt', now, 'decisions', history_with(t.decisions, entry))
+        'updatedAt', now, 'assignedAt', now, 'decisions', history_with(t.decisions, entry),
+        'watchMs', progress)
       assigned = assigned + 1
       -- Strategies that spread work send the agent to the back of the line.
       if agents[i] and rotate[strat] then

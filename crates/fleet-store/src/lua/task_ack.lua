@@ -14,7 +14,7 @@ if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 if replayed() then return reply('replay') end
 local task, now = KEY.task, tonumber(A.now)
 local t = read(task, 'state', 'attempt', 'agent', 'timeoutMs', 'pool',
-  'progressTimeoutMs', 'step')
+  'progressTimeoutMs', 'step', 'watchMs')
 if not t.state then return reply('stale', {state = 'unknown'}) end
 if (t.state ~= 'assigned' and t.state ~= 'running') or t.attempt ~= A.attempt or t.agent ~= A.agent_id then
   return reply('stale', {state = t.state})
@@ -22,10 +22,14 @@ end
 if A.step ~= '' and t.step and tonumber(A.step) <= tonumber(t.step) then
   return reply('repeated')
 end
-redis.call('HSET', task, 'state', 'running', 'updatedAt', now)
-if A.progress ~= '' then redis.call('HSET', task, 'progress', A.progress) end
-if A.step ~= '' then redis.call('HSET', task, 'step', A.step) end
+local set = {'state', 'running', 'updatedAt', now}
+if A.progress ~= '' then table.insert(set, 'progress'); table.insert(set, A.progress) end
+if A.step ~= '' then table.insert(set, 'step'); table.insert(set, A.step) end
+redis.call('HSET', task, unpack(set))
 redis.call('ZADD', KEY.leases, now + tonumber(t.timeoutMs), A.id)
-local watch = tonumber(t.progressTimeoutMs or redis.call('HGET', KEY.settings, t.pool .. ':progressTimeout') or 0)
+-- The progress timeout the attempt was told at assignment (watchMs); for
+-- an attempt assigned before that was kept, the task's or the pool's.
+local watch = tonumber(t.watchMs or t.progressTimeoutMs
+  or redis.call('HGET', KEY.settings, t.pool .. ':progressTimeout') or 0)
 if watch > 0 then redis.call('ZADD', KEY.stalls, now + watch, A.id) end
 return reply('ok')
