@@ -54,7 +54,8 @@ fn decoding(c: &mut Criterion) {
 
 /// Signing one heartbeat (an agent's cost per message, and the commander's
 /// per task_assign) and checking one (the commander's per inbound message:
-/// header split, signing input, Ed25519 verify).
+/// header split, signing input, Ed25519 verify); and the same with a
+/// session's MAC.
 fn signing(c: &mut Criterion) {
     let mut g = c.benchmark_group("signature");
     let heartbeat = br#"{"v":1,"type":"heartbeat","agentId":"coder-7","status":"busy","load":0.8,"resources":{"memory":310,"cpu":0.4,"network":12},"seq":42}"#;
@@ -68,6 +69,21 @@ fn signing(c: &mut Criterion) {
     g.bench_function("verify_heartbeat", |b| {
         b.iter(|| match unframe(black_box(&signed)) {
             Ok(Unframed::Signed(s)) => assert!(s.verify(channel, &public)),
+            _ => unreachable!(),
+        })
+    });
+    // The same with a session (FS1): an HMAC-SHA256 in place of Ed25519.
+    let x = fleet_protocol::session::Exchange::random();
+    let session = x
+        .session(&x.public_b64(), "coder-7", &x.public_b64())
+        .unwrap();
+    g.bench_function("mac_heartbeat", |b| {
+        b.iter(|| session.seal("k0123456789ab", channel, black_box(heartbeat), now_ms()))
+    });
+    let maced = session.seal("k0123456789ab", channel, heartbeat, now_ms());
+    g.bench_function("check_mac_heartbeat", |b| {
+        b.iter(|| match unframe(black_box(&maced)) {
+            Ok(Unframed::Signed(s)) => assert!(session.verify(channel, &s)),
             _ => unreachable!(),
         })
     });
@@ -168,6 +184,7 @@ fn allocation(c: &mut Criterion) {
                         // Room for every iteration without completing tasks.
                         capacity: 100_000,
                         instance: "bench",
+                        session_key: "",
                     },
                     now_ms(),
                     None,

@@ -30,6 +30,7 @@ mod robustness;
 mod scaling;
 mod security;
 mod sentinel;
+mod sessions;
 mod strategies;
 mod tasks;
 mod tls;

@@ -87,3 +87,66 @@ async fn the_minimal_agent_of_the_protocol_doc_registers_and_heartbeats() {
     }
     child.kill().await.unwrap();
 }
+
+/// The page's "Sessions" Python code, exactly as printed, run on the page's
+/// worked example (its fixed keys, time and nonce): it must derive the
+/// printed secret and MAC (which `fleet_protocol::session` is tested
+/// against too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_code_of_the_protocol_doc_matches_its_worked_example() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+    let section = doc
+        .split("## Sessions")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the section");
+    let code = section.split("```python\n").nth(1).expect("a python block");
+    let code = code.split("\n```").next().unwrap();
+    let printed = |what: &str| {
+        section
+            .split(&format!("- {what}: `"))
+            .nth(1)
+            .and_then(|s| s.split('`').next())
+            .unwrap_or_else(|| panic!("the example's {what}"))
+            .to_string()
+    };
+    let check = format!(
+        r#"
+import base64, os, time
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+cred = {{"kid": "k3f9c1a0b2d4e"}}
+commander = X25519PrivateKey.from_private_bytes(b"\x01" * 32)
+exchange = X25519PrivateKey.from_private_bytes(b"\x02" * 32)
+public = exchange.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+commander_public = commander.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+assert base64.b64encode(commander_public).decode() == "{commander}", "commander public"
+assert base64.b64encode(public).decode() == "{agent}", "agent public"
+secret = session_secret("coder-7", "{commander}")
+assert base64.b64encode(secret).decode() == "{secret}", "secret"
+time.time = lambda: 1700000000.0
+os.urandom = lambda n: bytes.fromhex("00112233445566778899aabbccddeeff")
+frame = maced(secret, "swarm:phase-1:health", b'{{"type":"heartbeat"}}')
+header = frame.split(b"\n", 1)[0].decode().split(" ")
+assert header[:4] == ["FS1", "k3f9c1a0b2d4e", "1700000000000", "00112233445566778899aabbccddeeff"], header
+assert header[4] == "{mac}", header[4]
+print("ok")
+"#,
+        commander = printed("commander public"),
+        agent = printed("agent public"),
+        secret = printed("secret"),
+        mac = printed("mac"),
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!("{code}\n{check}"))
+        .output()
+        .await
+        .expect("python3 with cryptography");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

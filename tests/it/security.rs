@@ -10,44 +10,10 @@ use fleet_protocol::auth::{Role, Signer};
 use fleet_protocol::pool::PoolType;
 use fleet_protocol::{now_ms, AgentStatus};
 use fleet_store::KeyStore;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
-
-fn rejected(channel: &str, reason: &str) -> String {
-    format!(r#"fleet_messages_rejected_total{{channel="{channel}",reason="{reason}"}}"#)
-}
-
-/// Waits until the commander has counted a refusal.
-async fn refused(h: &Harness, channel: &str, reason: &str) {
-    let series = rejected(channel, reason);
-    wait_until(|| async { h.metric(&series).await >= 1.0 }).await;
-}
-
-/// Every payload published on `channel`, byte for byte.
-async fn tap(h: &Harness, channel: &str) -> mpsc::UnboundedReceiver<Vec<u8>> {
-    let mut ps = h.client.get_async_pubsub().await.unwrap();
-    ps.subscribe(channel).await.unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut s = ps.into_on_message();
-        while let Some(m) = s.next().await {
-            if tx.send(m.get_payload_bytes().to_vec()).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-async fn next_bytes(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>, what: &str) -> Vec<u8> {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-        .expect("tap open")
-}
+use tokio::sync::Notify;
 
 /// A coder agent that holds each task until released.
 async fn holder(

@@ -3,6 +3,7 @@
 
 use fleet_protocol::agent::AgentRecord;
 use fleet_protocol::auth::{unframe, CommanderCheck, Credential, Signer, Unframed};
+use fleet_protocol::session::{Exchange, Session};
 use fleet_protocol::{AgentStatus, Channels, PoolType};
 use fleet_protocol::{
     Deregister, Heartbeat, RefusalReason, Register, ReportKind, Resources, TaskReport, ToAgent,
@@ -79,6 +80,12 @@ pub struct Agent {
     instance: String,
     /// Signs what the agent sends (None: the commander runs open).
     signer: Option<Signer>,
+    /// This process's X25519 key, offered at registration for a session
+    /// (None: no credential, or sessions turned off).
+    exchange: Option<Exchange>,
+    /// The session the commander agreed to: what the agent sends after
+    /// registering is MACed with it (`FS1`) instead of signed.
+    session: Option<Session>,
     /// Halted by the commander (its budget is spent) until resumed.
     halted: bool,
 }
@@ -232,6 +239,8 @@ impl Agent {
                 refused: 0,
             },
             signer: None,
+            exchange: None,
+            session: None,
             halted: false,
             pending: Default::default(),
             seq: 0,
@@ -241,10 +250,32 @@ impl Agent {
 
     /// Signs every message with the credential's key and takes only what
     /// the commander signed (its public key is in the credential).
+    ///
+    /// It also offers a session at registration: once the commander agrees,
+    /// both MAC (HMAC-SHA256) instead of signing, about 40 times cheaper to
+    /// check (`docs/PROTOCOL.md`, "Sessions"). [`Agent::with_sessions`]
+    /// turns that off.
     pub fn with_credential(mut self, c: &Credential) -> Agent {
         self.signer = Some(c.signer());
         self.inbox.check = Some(c.commander_check());
+        self.exchange = Some(Exchange::random());
         self
+    }
+
+    /// Whether to offer a session at registration (on by default with a
+    /// credential); off, every message is signed.
+    pub fn with_sessions(mut self, on: bool) -> Agent {
+        self.exchange = match (on, self.signer.is_some()) {
+            (true, true) => self.exchange.or_else(|| Some(Exchange::random())),
+            _ => None,
+        };
+        self
+    }
+
+    /// Whether the commander agreed to a session (what the agent sends is
+    /// MACed).
+    pub fn in_session(&self) -> bool {
+        self.session.is_some()
     }
 
     /// Whether the commander has halted this agent (`halt`: its budget is
@@ -272,11 +303,28 @@ impl Agent {
         &self.spec
     }
 
+    /// Publishes `msg`: MACed in a session, else signed (plain without a
+    /// credential).
     async fn send(&mut self, channel: String, msg: &impl Serialize) -> Result<(), AgentError> {
+        self.publish(channel, msg, true).await
+    }
+
+    /// Publishes `msg`, signed even in a session (`register` and votes
+    /// must be) unless `session_ok`.
+    async fn publish(
+        &mut self,
+        channel: String,
+        msg: &impl Serialize,
+        session_ok: bool,
+    ) -> Result<(), AgentError> {
         let body = serde_json::to_string(msg).expect("serializable");
-        let payload = match &self.signer {
-            Some(s) => s.sign(&channel, body.as_bytes(), fleet_protocol::now_ms()),
-            None => body.into_bytes(),
+        let now = fleet_protocol::now_ms();
+        let payload = match (&self.signer, &self.session) {
+            (Some(signer), Some(session)) if session_ok => {
+                session.seal(signer.kid(), &channel, body.as_bytes(), now)
+            }
+            (Some(signer), _) => signer.sign(&channel, body.as_bytes(), now),
+            (None, _) => body.into_bytes(),
         };
         redis::cmd("PUBLISH")
             .arg(channel)
@@ -302,12 +350,14 @@ impl Agent {
                 resources: self.spec.resources,
                 capacity: Some(self.spec.capacity),
                 instance: Some(self.instance.clone()),
+                session_key: self.exchange.as_ref().map(Exchange::public_b64),
             },
         };
         let reply = self
             .request(
                 self.channels.registry(),
                 &msg,
+                false, // a session is set up by a signed registration
                 timeout,
                 |m| matches!(m, ToAgent::RegisterReply { reply_to, .. } if *reply_to == id),
             )
@@ -318,17 +368,41 @@ impl Agent {
                 agent: Some(record),
                 re_registered,
                 heartbeat_interval_ms,
+                session_key,
                 ..
-            } => Ok(Registration {
-                record: *record,
-                re_registered: re_registered.unwrap_or(false),
-                heartbeat_interval: Duration::from_millis(heartbeat_interval_ms.unwrap_or(5000)),
-            }),
+            } => {
+                self.set_session(session_key.as_deref());
+                Ok(Registration {
+                    record: *record,
+                    re_registered: re_registered.unwrap_or(false),
+                    heartbeat_interval: Duration::from_millis(
+                        heartbeat_interval_ms.unwrap_or(5000),
+                    ),
+                })
+            }
             ToAgent::RegisterReply { reason, detail, .. } => Err(AgentError::Refused {
                 reason: reason.unwrap_or(RefusalReason::InvalidFields),
                 detail: detail.unwrap_or_default(),
             }),
             _ => unreachable!("filtered above"),
+        }
+    }
+
+    /// The session the commander answered with (its key), or none.
+    fn set_session(&mut self, commander: Option<&str>) {
+        let own = self.exchange.as_ref();
+        self.session = match (own, commander) {
+            (Some(x), Some(c)) => {
+                let s = x.session(c, &self.spec.id, &x.public_b64());
+                if s.is_none() {
+                    warn!("the commander's session key is unusable: signing everything");
+                }
+                s
+            }
+            _ => None,
+        };
+        if let Some(check) = &mut self.inbox.check {
+            check.set_session(self.session.clone());
         }
     }
 
@@ -365,12 +439,17 @@ impl Agent {
             .request(
                 self.channels.registry(),
                 &msg,
+                true,
                 timeout,
                 |m| matches!(m, ToAgent::DeregisterReply { reply_to, .. } if *reply_to == id),
             )
             .await?
         {
-            ToAgent::DeregisterReply { removed, .. } => Ok(removed),
+            ToAgent::DeregisterReply { removed, .. } => {
+                // The session ended with the record: sign until registered again.
+                self.set_session(None);
+                Ok(removed)
+            }
             _ => unreachable!("filtered above"),
         }
     }
@@ -391,12 +470,13 @@ impl Agent {
         &mut self,
         channel: String,
         msg: &impl Serialize,
+        session_ok: bool,
         timeout: Duration,
         want: impl Fn(&ToAgent) -> bool,
     ) -> Result<ToAgent, AgentError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            self.send(channel.clone(), msg).await?;
+            self.publish(channel.clone(), msg, session_ok).await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.await_reply(left.min(REQUEST_RETRY), &want).await {
                 Err(AgentError::Timeout(_)) if tokio::time::Instant::now() < deadline => {
@@ -492,7 +572,8 @@ impl Agent {
                 reason: reason.into(),
             },
         };
-        self.send(self.channels.governance(), &msg).await
+        // Signed even in a session: the vote's signature is its proof.
+        self.publish(self.channels.governance(), &msg, false).await
     }
 
     /// A report with every field the caller's to set (`usage`, `step`, ...).

@@ -85,6 +85,7 @@ impl Commander {
             heartbeat_interval_ms: Some(200),
             reason: None,
             detail: None,
+            session_key: None,
         };
         self.tell(&id, &reply).await;
     }

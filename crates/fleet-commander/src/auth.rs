@@ -26,10 +26,12 @@
 //! so a forger cannot empty someone else's bucket.
 
 use crate::config::{Config, SecurityMode};
+use crate::sessions::Sessions;
 use fleet_protocol::auth::{
-    self, signing_input, AuthError, Grants, KeyRecord, PublicKey, Role, Signed, Signer,
+    self, AuthError, Grants, KeyRecord, Proof, PublicKey, Role, Signed, Signer,
 };
 use fleet_protocol::{now_ms, Inbound, Misfit};
+use fleet_store::registry::Registry;
 use fleet_store::tokens::{self, TokenRecord, TokenRole, TokenStore};
 use fleet_store::{KeyStore, Keys, Once, StoreError};
 use redis::aio::ConnectionLike;
@@ -38,34 +40,36 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tracing::warn;
 
-/// A signature header and what it covers, owned: checked by the handler.
+/// A signature (or session MAC) header and what it covers, owned: checked
+/// by the handler.
 #[derive(Debug)]
 pub(crate) struct Seal {
     kid: String,
     ts: u64,
     nonce: String,
-    sig: [u8; 64],
-    /// The signed bytes (header fields, channel and body).
+    proof: Proof,
+    /// The covered bytes (scheme, header fields, channel and body).
     input: Vec<u8>,
 }
 
 impl Seal {
-    /// The signed message as it was published (header line and body), for
-    /// a record that anyone with the sender's public key can check again.
+    /// The message as it was published (header line and body), for a
+    /// record that anyone with the sender's public key can check again
+    /// (votes, which are always signed).
     pub(crate) fn message(&self) -> String {
-        // The signing input is `FC1\n<channel>\n<kid>\n<ts>\n<nonce>\n<body>`.
+        // The input is `FC1\n<channel>\n<kid>\n<ts>\n<nonce>\n<body>`.
         let body = self
             .input
             .splitn(6, |b| *b == b'\n')
             .nth(5)
             .unwrap_or_default();
-        let sig = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.sig);
         format!(
-            "{} {} {} {} {sig}\n{}",
-            auth::MAGIC,
+            "{} {} {} {} {}\n{}",
+            self.proof.magic(),
             self.kid,
             self.ts,
             self.nonce,
+            self.proof.encode(),
             String::from_utf8_lossy(body)
         )
     }
@@ -75,8 +79,8 @@ impl Seal {
             kid: s.kid.to_string(),
             ts: s.ts,
             nonce: s.nonce.to_string(),
-            sig: s.sig,
-            input: signing_input(channel, s.kid, s.ts, s.nonce, s.body),
+            proof: s.proof,
+            input: s.input(channel),
         }
     }
 }
@@ -372,6 +376,8 @@ impl Gate {
     pub(crate) async fn admit(
         &self,
         conn: &mut (impl ConnectionLike + Send),
+        sessions: &Sessions,
+        registry: &Registry,
         seal: Option<&Seal>,
         msg: &Inbound,
     ) -> Result<Admitted, Refusal> {
@@ -398,8 +404,27 @@ impl Gate {
         if let Err(e) = may_speak(rec, &claim(msg)) {
             return Err(Refusal::Refused(e));
         }
-        metrics::counter!(crate::metrics::SIGNATURE_CHECKS).increment(1);
-        if !auth::verify(pk, &seal.input, &seal.sig) {
+        let good = match &seal.proof {
+            Proof::Signature(sig) => {
+                metrics::counter!(crate::metrics::SIGNATURE_CHECKS, "scheme" => "ed25519")
+                    .increment(1);
+                auth::verify(pk, &seal.input, sig)
+            }
+            // A session is set up by a signed registration, and a vote's
+            // signature is kept as its proof: both must be signed.
+            Proof::Mac(_) if matches!(msg, Inbound::Register(_) | Inbound::Vote(_)) => {
+                return Err(Refusal::Refused(AuthError::Unsigned));
+            }
+            Proof::Mac(_) => {
+                let Some(session) = sessions.get(conn, registry, &rec.subject).await? else {
+                    return Err(Refusal::Refused(AuthError::NoSession));
+                };
+                metrics::counter!(crate::metrics::SIGNATURE_CHECKS, "scheme" => "session")
+                    .increment(1);
+                session.verify_input(&seal.input, &seal.proof)
+            }
+        };
+        if !good {
             return Err(Refusal::Refused(AuthError::BadSignature));
         }
         // Only after the signature: a forger cannot spend someone else's tokens.

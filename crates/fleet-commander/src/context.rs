@@ -88,6 +88,9 @@ pub struct Shared {
     /// Signs what the commander sends to agents and submitters; None when
     /// security is open.
     pub(crate) signer: Option<Signer>,
+    /// Agents' session secrets: what they send is MACed, not signed, and
+    /// so is what the commander sends them.
+    pub(crate) sessions: crate::sessions::Sessions,
 }
 
 impl std::ops::Deref for Shared {
@@ -107,10 +110,12 @@ impl Shared {
         role: fleet_store::lease::Role,
         epoch: u64,
         signer: Option<Signer>,
+        sessions: crate::sessions::Sessions,
         shutdown: CancellationToken,
     ) -> Shared {
         let keys = base.keys.clone();
         Shared {
+            sessions,
             heard: Default::default(),
             role,
             audit: fleet_store::audit::AuditLog::new(keys.clone(), signer.clone()),
@@ -258,8 +263,28 @@ impl Shared {
         }
     }
 
-    /// `body` as published on `channel`: signed unless security is open.
+    /// `body` as published on `channel`: MACed with the agent's session on
+    /// an agent's channel when it has one, else signed; as it is when
+    /// security is open.
     pub(crate) fn seal(&self, channel: &str, body: String) -> String {
+        let Some(signer) = &self.signer else {
+            return body;
+        };
+        let session = self
+            .keys
+            .channels()
+            .agent_of(channel)
+            .and_then(|id| self.sessions.cached(id));
+        let framed = match session {
+            Some(s) => s.seal(signer.kid(), channel, body.as_bytes(), now_ms()),
+            None => signer.sign(channel, body.as_bytes(), now_ms()),
+        };
+        String::from_utf8(framed).expect("an ASCII header on UTF-8 JSON")
+    }
+
+    /// `body` as published on `channel`, signed whatever the session (a
+    /// `register_reply`: the agent learns its session from it).
+    pub(crate) fn sign(&self, channel: &str, body: String) -> String {
         match &self.signer {
             Some(s) => String::from_utf8(s.sign(channel, body.as_bytes(), now_ms()))
                 .expect("an ASCII header on UTF-8 JSON"),
@@ -342,16 +367,25 @@ pub(crate) fn json(v: &impl Serialize) -> String {
     serde_json::to_string(v).expect("protocol types always serialize")
 }
 
-/// Publishes one message.
+/// Publishes one payload as it is.
+async fn publish_raw(
+    conn: &mut impl ConnectionLike,
+    channel: String,
+    payload: String,
+) -> Result<(), StoreError> {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Publishes one message, unsigned (events).
 pub(crate) async fn publish(
     conn: &mut impl ConnectionLike,
     channel: String,
     msg: &impl Serialize,
 ) -> Result<(), StoreError> {
-    redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(json(msg))
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
+    publish_raw(conn, channel, json(msg)).await
 }

@@ -9,6 +9,8 @@
 //! - [`heard`]: how far the commander has heard the fleet (the failure
 //!   detector's watermark).
 //! - [`history`]: the fleet's recent past, for the console's charts.
+//! - [`sessions`]: agents' session secrets (the `FS1` MACs agreed at
+//!   registration), one term's cache of them.
 //! - [`auth`]: the gate (who sent a message, and what its key was granted)
 //!   and operators' tokens and console sessions.
 //! - [`breaker`]: the circuit breaker on Redis.
@@ -48,6 +50,7 @@ pub mod history;
 mod auth;
 mod breaker;
 mod ha;
+mod sessions;
 
 mod context;
 mod supervise;
@@ -84,6 +87,7 @@ mod tests {
         "metrics",
         "heard",
         "history",
+        "sessions",
         "auth",
         "breaker",
         "ha",

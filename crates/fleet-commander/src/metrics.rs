@@ -251,7 +251,7 @@ fn describe() {
     );
     c!(
         SIGNATURE_CHECKS,
-        "Ed25519 signatures checked (what passed every cheaper check first)."
+        "Signatures (scheme=ed25519) and session MACs (scheme=session) checked (what passed every cheaper check first)."
     );
     c!(
         KEY_RELOADS,
@@ -552,6 +552,9 @@ fn initialize() {
     for result in ["applied", "rejected"] {
         counter!(CONFIG_RELOADS, "result" => result).absolute(0);
     }
+    for scheme in ["ed25519", "session"] {
+        counter!(SIGNATURE_CHECKS, "scheme" => scheme).absolute(0);
+    }
     for name in [
         AGENT_PROBATIONS,
         CONTACT_LAPSES,
@@ -559,7 +562,6 @@ fn initialize() {
         DETECTION_SKIPPED,
         HEARTBEATS,
         KEY_RELOADS,
-        SIGNATURE_CHECKS,
         SUBSCRIBER_RECONNECTS,
         TASKS_CANCELLED,
         TASKS_POISONED,

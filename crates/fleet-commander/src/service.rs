@@ -174,7 +174,15 @@ struct Node {
 }
 
 fn standby_state(config: Arc<Config>, base: &Base, token: CancellationToken) -> Arc<Shared> {
-    Arc::new(Shared::new(config, base, Role::Standby, 0, None, token))
+    Arc::new(Shared::new(
+        config,
+        base,
+        Role::Standby,
+        0,
+        None,
+        crate::sessions::Sessions::new(None),
+        token,
+    ))
 }
 
 impl Node {
@@ -255,6 +263,7 @@ impl Node {
             Role::Leader,
             epoch,
             signer,
+            crate::sessions::Sessions::new(self.secret.as_ref()),
             shutdown.child_token(),
         ));
         let exit = match self.prepare(&shared).await {

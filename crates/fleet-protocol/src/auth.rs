@@ -19,6 +19,10 @@
 //! `commander:<epoch>`, so an agent can also refuse a commander older than
 //! one it has heard. `docs/PROTOCOL.md` ("Signing") is the reference and
 //! `docs/SECURITY.md` says why Ed25519.
+//!
+//! After a signed registration an agent and the commander may share a
+//! session secret ([`crate::session`]) and send `FS1` frames instead: the
+//! same header and input with an HMAC-SHA256 in place of the signature.
 
 use crate::pool::PoolType;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -29,6 +33,8 @@ use std::collections::HashMap;
 
 /// The header's first word: the signing scheme's version.
 pub const MAGIC: &str = "FC1";
+/// The header's first word of a frame authenticated by a session's MAC.
+pub const SESSION_MAGIC: &str = "FS1";
 /// The commander's key id is this and its epoch.
 pub const COMMANDER_KID: &str = "commander:";
 /// How far a message's timestamp may be from the receiver's clock, by default.
@@ -67,6 +73,8 @@ pub enum AuthError {
     OldEpoch,
     #[error("over the sender's rate limit")]
     RateLimited,
+    #[error("a session frame from a sender with no session")]
+    NoSession,
 }
 
 impl AuthError {
@@ -87,6 +95,7 @@ impl AuthError {
             AuthError::Replay => "replay",
             AuthError::OldEpoch => "old_epoch",
             AuthError::RateLimited => "rate_limited",
+            AuthError::NoSession => "no_session",
         }
     }
 }
@@ -98,19 +107,49 @@ pub enum Unframed<'a> {
     Signed(Signed<'a>),
 }
 
-/// A signed payload's parts, borrowed from it.
+/// What vouches for a frame: a signature (`FC1`) or a session's MAC (`FS1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    Signature([u8; 64]),
+    Mac([u8; 32]),
+}
+
+impl Proof {
+    /// The header's first word for this proof.
+    pub fn magic(&self) -> &'static str {
+        match self {
+            Proof::Signature(_) => MAGIC,
+            Proof::Mac(_) => SESSION_MAGIC,
+        }
+    }
+
+    /// The proof as written in the header (base64).
+    pub fn encode(&self) -> String {
+        match self {
+            Proof::Signature(s) => B64.encode(s),
+            Proof::Mac(m) => B64.encode(m),
+        }
+    }
+}
+
+/// A signed (or MACed) payload's parts, borrowed from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed<'a> {
     pub kid: &'a str,
     pub ts: u64,
     pub nonce: &'a str,
-    pub sig: [u8; 64],
+    pub proof: Proof,
     pub body: &'a [u8],
 }
 
-/// Splits a payload: a signed one starts with `FC1 `, anything else is plain.
+/// Splits a payload: a signed one starts with `FC1 `, a MACed one with
+/// `FS1 `, anything else is plain.
 pub fn unframe(payload: &[u8]) -> Result<Unframed<'_>, AuthError> {
-    let Some(rest) = payload.strip_prefix(b"FC1 ") else {
+    let (rest, mac) = if let Some(rest) = payload.strip_prefix(b"FC1 ") {
+        (rest, false)
+    } else if let Some(rest) = payload.strip_prefix(b"FS1 ") {
+        (rest, true)
+    } else {
         return Ok(Unframed::Plain(payload));
     };
     let end = rest
@@ -133,16 +172,17 @@ pub fn unframe(payload: &[u8]) -> Result<Unframed<'_>, AuthError> {
         return Err(AuthError::BadHeader);
     }
     let ts = ts.parse().map_err(|_| AuthError::BadHeader)?;
-    let sig = B64
-        .decode(sig)
-        .ok()
-        .and_then(|s| <[u8; 64]>::try_from(s).ok())
-        .ok_or(AuthError::BadHeader)?;
+    let bytes = B64.decode(sig).map_err(|_| AuthError::BadHeader)?;
+    let proof = if mac {
+        Proof::Mac(bytes.try_into().map_err(|_| AuthError::BadHeader)?)
+    } else {
+        Proof::Signature(bytes.try_into().map_err(|_| AuthError::BadHeader)?)
+    };
     Ok(Unframed::Signed(Signed {
         kid,
         ts,
         nonce,
-        sig,
+        proof,
         body: &rest[end + 1..],
     }))
 }
@@ -156,10 +196,23 @@ fn token(s: &str) -> bool {
 
 /// What the signature covers.
 pub fn signing_input(channel: &str, kid: &str, ts: u64, nonce: &str, body: &[u8]) -> Vec<u8> {
+    input_of(MAGIC, channel, kid, ts, nonce, body)
+}
+
+/// What a signature (`FC1`) or a MAC (`FS1`) covers: the scheme, channel,
+/// key id, time and nonce, a line each, then the body.
+pub fn input_of(
+    magic: &str,
+    channel: &str,
+    kid: &str,
+    ts: u64,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<u8> {
     let ts = ts.to_string();
     let mut m = Vec::with_capacity(16 + channel.len() + kid.len() + nonce.len() + body.len());
     for part in [
-        MAGIC.as_bytes(),
+        magic.as_bytes(),
         channel.as_bytes(),
         kid.as_bytes(),
         ts.as_bytes(),
@@ -178,10 +231,24 @@ pub fn verify(key: &VerifyingKey, input: &[u8], sig: &[u8; 64]) -> bool {
 }
 
 impl Signed<'_> {
-    /// True when `key` signed this on `channel`.
+    /// What this frame's proof covers, on `channel`.
+    pub fn input(&self, channel: &str) -> Vec<u8> {
+        input_of(
+            self.proof.magic(),
+            channel,
+            self.kid,
+            self.ts,
+            self.nonce,
+            self.body,
+        )
+    }
+
+    /// True when `key` signed this on `channel` (a MACed frame: false).
     pub fn verify(&self, channel: &str, key: &VerifyingKey) -> bool {
-        let input = signing_input(channel, self.kid, self.ts, self.nonce, self.body);
-        verify(key, &input, &self.sig)
+        match &self.proof {
+            Proof::Signature(sig) => verify(key, &self.input(channel), sig),
+            Proof::Mac(_) => false,
+        }
     }
 
     /// Whether the timestamp is within `window_ms` of `now`.
@@ -535,6 +602,8 @@ pub struct CommanderCheck {
     epoch: u64,
     /// Nonces seen, with their timestamps; forgotten once out of the window.
     seen: HashMap<String, u64>,
+    /// The session agreed at registration: `FS1` frames are checked with it.
+    session: Option<crate::session::Session>,
 }
 
 impl CommanderCheck {
@@ -544,7 +613,14 @@ impl CommanderCheck {
             window_ms: DEFAULT_WINDOW_MS,
             epoch: 0,
             seen: HashMap::new(),
+            session: None,
         }
+    }
+
+    /// Takes `FS1` frames MACed with `session` from now on (None: only
+    /// signed ones).
+    pub fn set_session(&mut self, session: Option<crate::session::Session>) {
+        self.session = session;
     }
 
     /// The body of `payload` if the commander signed it for `channel`.
@@ -566,7 +642,12 @@ impl CommanderCheck {
         if !s.fresh(now, self.window_ms) {
             return Err(AuthError::Stale);
         }
-        if !s.verify(channel, &self.key) {
+        let good = match (&s.proof, &self.session) {
+            (Proof::Signature(_), _) => s.verify(channel, &self.key),
+            (Proof::Mac(_), Some(session)) => session.verify(channel, &s),
+            (Proof::Mac(_), None) => return Err(AuthError::NoSession),
+        };
+        if !good {
             return Err(AuthError::BadSignature);
         }
         if epoch < self.epoch {

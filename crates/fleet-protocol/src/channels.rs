@@ -76,6 +76,13 @@ impl Channels {
     pub fn agent(&self, agent_id: &str) -> String {
         format!("{}{agent_id}", self.agent_prefix())
     }
+    /// The agent whose channel `channel` is, if it is one.
+    pub fn agent_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":agent:")
+            .filter(|id| !id.is_empty())
+    }
     pub fn agent_prefix(&self) -> String {
         format!("{}:agent:", self.prefix)
     }

@@ -126,6 +126,11 @@ pub struct Register {
     /// it held are given to others at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The agent's X25519 public key (base64, 32 bytes), offering a session:
+    /// a commander that takes it answers with its own, and both may MAC
+    /// what they send next (`FS1`) instead of signing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_key: Option<String>,
 }
 
 /// `deregister` on the registry channel.
@@ -369,6 +374,9 @@ impl Rejection {
 
 /// What decoding one pub/sub payload gave.
 #[derive(Debug, PartialEq)]
+// Returned once per payload and unwrapped at once: boxing the message would
+// cost an allocation per message to save a move of ~200 bytes.
+#[allow(clippy::large_enum_variant)]
 pub enum Decoded {
     Message(Inbound),
     /// A message the commander itself publishes on a channel it also listens
@@ -701,6 +709,13 @@ pub fn check_registration(m: &Register) -> Result<PoolType, RegisterRefusal> {
             return Err(invalid("instance: at most 128 printable characters".into()));
         }
     }
+    if let Some(k) = &m.session_key {
+        if !crate::session::valid_public(k) {
+            return Err(invalid(
+                "sessionKey: must be an X25519 public key, 32 bytes in base64".into(),
+            ));
+        }
+    }
     Ok(pool)
 }
 
@@ -890,6 +905,7 @@ mod tests {
             resources: Resources::default(),
             capacity: None,
             instance: None,
+            session_key: None,
         };
         assert_eq!(
             check_registration(&r).unwrap_err().reason,

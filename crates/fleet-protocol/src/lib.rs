@@ -1,7 +1,7 @@
 //! fleet-protocol: what travels between agents, tools and the commander.
 //!
 //! Everything an SDK author needs and nothing about how the commander keeps
-//! state: serde types and Ed25519 signing, no Redis. `docs/PROTOCOL.md` is the reference
+//! state: serde types, Ed25519 signing and session MACs, no Redis. `docs/PROTOCOL.md` is the reference
 //! for agent authors; this crate is its implementation.
 //!
 //! The map:
@@ -16,6 +16,8 @@
 //! - [`agent`]: an agent's record as served and sent.
 //! - [`auth`]: signing and checking messages (Ed25519 over the exact bytes),
 //!   keys and credentials.
+//! - [`session`]: the cheaper MAC (`FS1`) an agent and the commander share
+//!   after a signed registration (X25519, HKDF and HMAC-SHA256).
 //! - [`lenient`]: whole numbers written as `7` or `7.0`.
 //! - [`task`]: task submissions, validation, records and states.
 //! - [`status`]: fleet and pool status as served, and the CLI's table.
@@ -29,6 +31,7 @@ pub mod inbound;
 pub mod lenient;
 pub mod outbound;
 pub mod pool;
+pub mod session;
 pub mod status;
 pub mod task;
 

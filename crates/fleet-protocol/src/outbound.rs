@@ -26,6 +26,10 @@ pub enum ToAgent {
         reason: Option<RefusalReason>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// The commander's X25519 public key, when it took the agent's
+        /// `sessionKey`: the session is set up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_key: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     DeregisterReply {

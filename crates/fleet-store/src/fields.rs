@@ -41,6 +41,7 @@ pub const TASK: &[&str] = &[
 /// An agent's hash (`{prefix}:agent:{id}`).
 pub const AGENT: &[&str] = &[
     "id",
+    "sessionKey",
     "type",
     "pool",
     "instance",

@@ -209,6 +209,8 @@ pub struct NewAgent<'a> {
     /// The agent process's instance id: a new one on re-registration means
     /// the agent restarted and lost what it held.
     pub instance: &'a str,
+    /// The X25519 public key (base64) of the session it set up; empty for none.
+    pub session_key: &'a str,
 }
 
 /// The Redis-backed registry. Cheap to clone.
@@ -338,7 +340,8 @@ impl Registry {
             .arg("cpu", a.resources.cpu)
             .arg("network", a.resources.network)
             .arg("capacity", a.capacity)
-            .arg("instance", a.instance);
+            .arg("instance", a.instance)
+            .arg("session", a.session_key);
         // Declared arguments are always given: empty when there is no announcement.
         let x = announce.copied().unwrap_or(Announce {
             agent_channel: "",
@@ -378,6 +381,19 @@ impl Registry {
             "pool_mismatch" => RegisterOutcome::PoolMismatch(r.text("pool")?.to_string()),
             _ => return Err(r.unexpected()),
         })
+    }
+
+    /// The X25519 public key of agent `id`'s session, if it has one.
+    pub async fn session_key(
+        &self,
+        conn: &mut impl ConnectionLike,
+        id: &str,
+    ) -> Result<Option<String>> {
+        Ok(redis::cmd("HGET")
+            .arg(self.keys.agent(id))
+            .arg("sessionKey")
+            .query_async(conn)
+            .await?)
     }
 
     pub async fn heartbeat(

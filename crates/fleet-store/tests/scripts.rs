@@ -133,6 +133,8 @@ impl Store {
             fleet_max: 10_000,
             capacity,
             instance: "i1",
+            // Any text: the store keeps it, the commander checks it.
+            session_key: "zo060cy2M+x7cMF4FKXHbs0CloUFDTRHRboFhw5YfVk=",
         };
         let out = self
             .registry

@@ -17,9 +17,9 @@ read into the dataclasses of ``fleet_agent.messages``.
 """
 from . import messages
 from .agent import Agent, RegistrationRefused, Task, connect_redis
-from .signing import CommanderCheck, Credential, Refused, sign, signing_input, unframe
+from .signing import CommanderCheck, Credential, Exchange, Refused, Session, sign, signing_input, unframe
 
 __all__ = [
     "Agent", "Task", "RegistrationRefused", "connect_redis", "Credential", "CommanderCheck", "Refused",
-    "sign", "signing_input", "unframe", "messages",
+    "sign", "signing_input", "unframe", "messages", "Exchange", "Session",
 ]

@@ -23,7 +23,7 @@ from redis.asyncio.sentinel import Sentinel
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from . import messages as msgs
-from .signing import CommanderCheck, Credential, Refused, sign, unframe
+from .signing import CommanderCheck, Credential, Exchange, Refused, Session, sign, unframe
 
 log = logging.getLogger("fleet_agent")
 
@@ -127,6 +127,7 @@ class Agent:
         resources: Optional[Dict[str, float]] = None,
         priority: Optional[int] = None,
         prefix: str = PREFIX,
+        sessions: bool = True,
     ) -> None:
         # A client the caller made is used as it is, and never closed here.
         self._given: Optional[redis.Redis] = None
@@ -149,9 +150,15 @@ class Agent:
         self.heartbeat_s = 5.0
         self.refused = 0  # messages ignored: not signed by the commander
         self._key, self._check = None, None
+        # With a credential, a session is offered at registration: once the
+        # commander agrees, messages are MACed (FS1) instead of signed.
+        self._exchange: Optional[Exchange] = None
+        self._session: Optional[Session] = None
         if credential:
             key, commander = credential.keys()
             self._key, self._check = key, CommanderCheck(commander)
+            if sessions:
+                self._exchange = Exchange()
         self._pub: Optional[redis.Redis] = None
         self._ps: Any = None
         self._reader: Optional[asyncio.Task] = None
@@ -231,10 +238,22 @@ class Agent:
         """Closes what the agent opened (not a client it was given)."""
         await self.close()
 
-    async def send(self, channel: str, msg: Dict[str, Any]) -> None:
+    @property
+    def in_session(self) -> bool:
+        """Whether the commander agreed to a session (messages are MACed)."""
+        return self._session is not None
+
+    async def send(self, channel: str, msg: Dict[str, Any], signed: bool = False) -> None:
+        """Publishes ``msg``: MACed in a session unless ``signed`` (register
+        and votes must be signed), else signed; plain without a credential."""
         name = self.channel(channel)
         body = json.dumps({"v": 1, **msg}, separators=(",", ":")).encode()
-        payload = sign(self._key, self.credential.kid, name, body) if self._key else body
+        if self._key is None:
+            payload = body
+        elif self._session is not None and not signed:
+            payload = self._session.seal(self.credential.kid, name, body)
+        else:
+            payload = sign(self._key, self.credential.kid, name, body)
         assert self._pub is not None, "connect() first"
         try:
             await self._pub.publish(name, payload)
@@ -245,13 +264,14 @@ class Agent:
 
     # ---- requests ----
 
-    async def _request(self, channel: str, msg: Dict[str, Any], timeout: float, tries: int) -> Optional[msgs.Message]:
+    async def _request(self, channel: str, msg: Dict[str, Any], timeout: float, tries: int,
+                       signed: bool = False) -> Optional[msgs.Message]:
         for _ in range(tries):
             mid = str(uuid.uuid4())
             fut = asyncio.get_running_loop().create_future()
             self._replies[mid] = fut
             try:
-                await self.send(channel, {**msg, "id": mid})
+                await self.send(channel, {**msg, "id": mid}, signed)
                 return await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:
                 continue  # lost or late: the request is idempotent, send again
@@ -269,7 +289,9 @@ class Agent:
         }
         if self.priority is not None:
             msg["priority"] = self.priority
-        reply = await self._request("registry", msg, timeout, tries)
+        if self._exchange is not None:
+            msg["sessionKey"] = self._exchange.public_b64()
+        reply = await self._request("registry", msg, timeout, tries, signed=True)
         if reply is None:
             raise TimeoutError("no register_reply: is the commander running, and the key issued?")
         if not isinstance(reply, msgs.RegisterReply):
@@ -277,12 +299,25 @@ class Agent:
         if not reply.accepted:
             raise RegistrationRefused(reply.reason or "?", reply.detail)
         self.heartbeat_s = reply.heartbeat_interval_ms / 1000.0
+        self._session = None
+        if self._exchange is not None and reply.session_key:
+            try:
+                self._session = self._exchange.session(reply.session_key, self.id)
+            except ValueError as e:
+                log.warning("the commander's session key is unusable (%s): signing everything", e)
+        if self._check is not None:
+            self._check.session = self._session
         return reply
 
     async def deregister(self, timeout: float = 2.0, tries: int = 3) -> bool:
         reply = await self._request(
             "registry", {"type": "deregister", "agentId": self.id, "reason": "shutdown"}, timeout, tries
         )
+        if isinstance(reply, msgs.DeregisterReply):
+            # The session ended with the record: sign until registered again.
+            self._session = None
+            if self._check is not None:
+                self._check.session = None
         return isinstance(reply, msgs.DeregisterReply) and reply.removed
 
     async def heartbeat(self) -> None:
@@ -302,7 +337,8 @@ class Agent:
         if vote not in ("allow", "quarantine", "deny"):
             raise ValueError("vote is allow, quarantine or deny")
         await self.send("governance", {"type": "vote", "proposalId": proposal_id, "agentId": self.id,
-                                       "vote": vote, "hash": proposal_hash, "reason": reason})
+                                       "vote": vote, "hash": proposal_hash, "reason": reason},
+                        signed=True)  # a vote's signature is its proof
 
     async def _result(self, kind: str, task: "Task", **fields: Any) -> None:
         """Sends a result and keeps it until the commander acknowledges it."""

@@ -20,6 +20,7 @@ class RegisterReply:
     re_registered: bool = False
     reason: str = ""
     detail: str = ""
+    session_key: str = ""  # the commander's X25519 key: a session is set up
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def parse(m: Dict[str, Any]) -> Optional[Message]:
             reply_to=str(m["replyTo"]), accepted=bool(m["accepted"]), agent=m.get("agent") or {},
             heartbeat_interval_ms=int(m.get("heartbeatIntervalMs", 5000)),
             re_registered=bool(m.get("reRegistered", False)), reason=str(m.get("reason", "")),
-            detail=str(m.get("detail", "")))
+            detail=str(m.get("detail", "")), session_key=str(m.get("sessionKey", "")))
     if kind == "deregister_reply":
         return DeregisterReply(reply_to=str(m["replyTo"]), removed=bool(m.get("removed")))
     if kind == "task_assign":

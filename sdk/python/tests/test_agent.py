@@ -5,6 +5,7 @@ import asyncio
 import base64
 import json
 import os
+import urllib.request
 
 import pytest
 import redis.asyncio as aioredis
@@ -245,6 +246,66 @@ def test_the_signing_format_round_trips_and_refuses_tampering():
     with pytest.raises(Refused) as e:
         check.check("ch", body)
     assert e.value.reason == "unsigned"
+
+
+def metric(fleet, series: str) -> float:
+    text = urllib.request.urlopen(fleet.base + "/metrics", timeout=WAIT).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " "))
+
+
+def test_a_session_is_set_up_and_its_macs_replace_signatures_both_ways(fleet):
+    cred = fleet.issue("py-s1", "ui")
+    macs = 'fleet_signature_checks_total{scheme="session"}'
+    signatures = 'fleet_signature_checks_total{scheme="ed25519"}'
+
+    async def main() -> None:
+        agent = Agent(fleet.redis_url, cred)
+
+        @agent.task
+        async def handle(task):
+            return {"ok": True}
+
+        stop = asyncio.Event()
+        run = asyncio.create_task(agent.run(stop))
+        await until(lambda: agent.in_session, "the session")
+        m0, s0 = metric(fleet, macs), metric(fleet, signatures)
+        tid = fleet.submit({"pool": "ui", "payload": {"n": 1}})
+        await until(state(fleet, tid, "completed"), "the task completed")
+        # The result (and heartbeats) were MACed, nothing signed; the
+        # assignment came MACed and was taken.
+        assert metric(fleet, macs) > m0
+        assert metric(fleet, signatures) == s0
+        assert agent.refused == 0
+        stop.set()
+        await asyncio.wait_for(run, WAIT)
+        assert fleet.get("/v1/agents/py-s1")[0] == 404, "a MACed deregister is taken"
+        assert not agent.in_session, "the session ends with the record"
+
+    asyncio.run(main())
+
+
+def test_the_session_frames_round_trip_and_refuse_tampering():
+    from fleet_agent import Exchange, Session
+    a, b = Exchange(), Exchange()
+    # Either side's view of one exchange gives one secret only for the same agent id.
+    s = a.session(b.public_b64(), "py-x")
+    framed = s.seal("k1", "ch", b'{"type":"drain"}')
+    parts = unframe(framed)
+    assert parts is not None and parts.magic == b"FS1" and s.verify("ch", parts)
+    assert not s.verify("other", parts)
+    assert not a.session(b.public_b64(), "py-y").verify("ch", parts)
+    check = CommanderCheck(Ed25519PrivateKey.generate().public_key())
+    commander_framed = s.seal("commander:1", "ch", b"{}")
+    with pytest.raises(Refused) as e:
+        check.check("ch", commander_framed)
+    assert e.value.reason == "no_session"
+    check.session = s
+    assert check.check("ch", commander_framed) == b"{}"
+    with pytest.raises(Refused) as e:
+        check.check("ch", commander_framed.replace(b"{}", b"[]"))
+    assert e.value.reason == "bad_signature"
+    with pytest.raises(ValueError):
+        a.session(base64.b64encode(bytes(32)).decode(), "py-x")
 
 
 def test_steps_and_usage_are_reported_and_a_spent_budget_halts_until_topped_up(fleet):

@@ -731,3 +731,38 @@ pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
 }
+
+/// The series of refused messages on `channel` for `reason`.
+pub fn rejected(channel: &str, reason: &str) -> String {
+    format!(r#"fleet_messages_rejected_total{{channel="{channel}",reason="{reason}"}}"#)
+}
+
+/// Waits until the commander has counted a refusal.
+pub async fn refused(h: &Harness, channel: &str, reason: &str) {
+    let series = rejected(channel, reason);
+    wait_until(|| async { h.metric(&series).await >= 1.0 }).await;
+}
+
+/// Every payload published on `channel`, byte for byte.
+pub async fn tap(h: &Harness, channel: &str) -> mpsc::UnboundedReceiver<Vec<u8>> {
+    let mut ps = h.client.get_async_pubsub().await.unwrap();
+    ps.subscribe(channel).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut s = ps.into_on_message();
+        while let Some(m) = s.next().await {
+            if tx.send(m.get_payload_bytes().to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next payload `tap` saw.
+pub async fn next_bytes(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>, what: &str) -> Vec<u8> {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .expect("tap open")
+}

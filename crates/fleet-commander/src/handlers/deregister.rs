@@ -42,5 +42,7 @@ pub(super) async fn handle(
         debug!(pool = %pool, "deregistered");
     }
     p.query_async::<()>(conn).await?;
+    // Its session ended with its record (the reply above was sealed first).
+    shared.sessions.forget(&d.agent_id);
     Ok(())
 }

@@ -33,6 +33,7 @@ pub(super) async fn handle(
                 heartbeat_interval_ms: None,
                 reason: Some(RefusalReason::InvalidFields),
                 detail: Some(detail),
+                session_key: None,
             };
             shared
                 .send(conn, shared.keys.channels().agent(&agent_id), &reply)

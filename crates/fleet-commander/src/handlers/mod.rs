@@ -15,6 +15,7 @@ mod vote;
 use crate::auth::Admitted;
 use crate::context::Shared;
 use crate::subscriber::{refused, Envelope};
+use fleet_protocol::auth::AuthError;
 use fleet_protocol::{Inbound, PoolType};
 use fleet_store::connection::Conn;
 use fleet_store::StoreError;
@@ -43,21 +44,37 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
         let work = async {
             let admitted = shared
                 .gate
-                .admit(&mut conn, env.seal.as_ref(), &msg)
+                .admit(
+                    &mut conn,
+                    &shared.sessions,
+                    &shared.registry,
+                    env.seal.as_ref(),
+                    &msg,
+                )
                 .instrument(span.clone())
                 .await;
             match admitted {
                 Ok(admitted) => {
                     // A vote is kept as it was signed, for the decision's seal.
-                    let signed = env.seal.as_ref().map(|s| s.message());
+                    let signed = match &msg {
+                        Inbound::Vote(_) => env.seal.as_ref().map(|s| s.message()),
+                        _ => None,
+                    };
                     handle(&shared, &mut conn, msg, admitted, signed)
                         .instrument(span)
                         .await
                 }
                 Err(crate::auth::Refusal::Refused(e)) => {
-                    let _g = span.enter();
-                    refused(env.channel, e);
-                    Ok(())
+                    {
+                        let _g = span.enter();
+                        refused(env.channel, e);
+                    }
+                    match (e, msg.agent_id()) {
+                        (AuthError::NoSession, Some(id)) => {
+                            no_session(&shared, &mut conn, id).instrument(span).await
+                        }
+                        _ => Ok(()),
+                    }
                 }
                 Err(crate::auth::Refusal::Store(e)) => Err(e),
             }
@@ -104,6 +121,22 @@ async fn handle(
         Inbound::StatusRequest(req) => status_request::handle(shared, conn, req).await,
         Inbound::Misfit(m) => misfit::handle(shared, conn, m).await,
     }
+}
+
+/// An agent MACed a message with a session this commander has no record of
+/// (its record expired, or Redis lost it): it is told, signed and at most
+/// once per [`crate::sessions::TELL_EVERY`], to register again.
+async fn no_session(shared: &Shared, conn: &mut Conn, agent_id: &str) -> Result<(), StoreError> {
+    if !shared.sessions.tell_now(agent_id) {
+        return Ok(());
+    }
+    let reply = fleet_protocol::ToAgent::Reregister {
+        v: fleet_protocol::VERSION,
+        reason: "no_session".into(),
+    };
+    shared
+        .send(conn, shared.keys.channels().agent(agent_id), &reply)
+        .await
 }
 
 /// A task of `pool` went back to its queue (a retry).

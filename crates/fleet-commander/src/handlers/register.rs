@@ -3,6 +3,8 @@
 //! The common case, a new agent, is answered by the script itself: the reply
 //! and the event are rendered here and published by `register.lua` in the
 //! same round trip. Every other outcome is answered after the script returns.
+//! A reply is always signed, never MACed: it is how the agent learns the
+//! commander's session key.
 
 use crate::context::{json, Shared};
 use crate::metrics as m;
@@ -58,7 +60,7 @@ pub(super) async fn handle(
             let (reply, event) = accepted(shared, &r, *record, again);
             let mut p = redis::pipe();
             let ch = channels.agent(&r.agent_id);
-            p.publish(&ch, shared.seal(&ch, json(&reply))).ignore();
+            p.publish(&ch, shared.sign(&ch, json(&reply))).ignore();
             p.publish(channels.registry(), json(&event)).ignore();
             p.query_async::<()>(conn).await?;
             if let Some(halt) = halt {
@@ -71,8 +73,11 @@ pub(super) async fn handle(
         }
         Answer::Refused(reason, detail) => {
             let reply = refused(&r, reason, detail.clone());
-            shared
-                .send(conn, channels.agent(&r.agent_id), &reply)
+            let ch = channels.agent(&r.agent_id);
+            redis::cmd("PUBLISH")
+                .arg(&ch)
+                .arg(shared.sign(&ch, json(&reply)))
+                .query_async::<()>(conn)
                 .await?;
             metrics::counter!(m::REGISTRATIONS, "result" => "rejected", "reason" => reason.as_str())
                 .increment(1);
@@ -105,6 +110,13 @@ fn check<'a>(
     grants: &Grants,
 ) -> Result<NewAgent<'a>, (RefusalReason, String)> {
     let pool = check_registration(r).map_err(|x| (x.reason, x.detail))?;
+    if !shared
+        .sessions
+        .usable(&r.agent_id, r.session_key.as_deref())
+    {
+        let detail = "sessionKey: not a usable X25519 public key (a low-order point)";
+        return Err((RefusalReason::InvalidFields, detail.into()));
+    }
     let config = shared.config();
     let pc = config.pool(pool);
     grants
@@ -129,6 +141,7 @@ fn check<'a>(
         fleet_max: config.fleet.max_agents,
         capacity: r.capacity.unwrap_or(1),
         instance: r.instance.as_deref().unwrap_or(""),
+        session_key: shared.sessions.stored(r.session_key.as_deref()),
     })
 }
 
@@ -144,7 +157,7 @@ async fn store(
     let (reply, event) = accepted(shared, r, fresh_record(new, now), false);
     let channels = shared.keys.channels();
     let (agent_channel, registry_channel) = (channels.agent(&r.agent_id), channels.registry());
-    let (reply, event) = (shared.seal(&agent_channel, json(&reply)), json(&event));
+    let (reply, event) = (shared.sign(&agent_channel, json(&reply)), json(&event));
     let announce = Announce {
         agent_channel: &agent_channel,
         reply: &reply,
@@ -157,6 +170,14 @@ async fn store(
         .await;
     let config = shared.config();
     let pool = new.pool;
+    if matches!(
+        outcome,
+        Ok(RegisterOutcome::Registered { .. } | RegisterOutcome::ReRegistered { .. })
+    ) {
+        shared
+            .sessions
+            .registered(&r.agent_id, r.session_key.as_deref());
+    }
     Ok(match outcome {
         Ok(RegisterOutcome::Registered {
             announced,
@@ -229,6 +250,7 @@ fn accepted(shared: &Shared, r: &Register, rec: AgentRecord, again: bool) -> (To
         heartbeat_interval_ms: Some(shared.config().fleet.heartbeat_interval_ms),
         reason: None,
         detail: None,
+        session_key: shared.sessions.answer(r.session_key.as_deref()),
     };
     (reply, event)
 }
@@ -243,5 +265,6 @@ fn refused(r: &Register, reason: RefusalReason, detail: String) -> ToAgent {
         heartbeat_interval_ms: None,
         reason: Some(reason),
         detail: Some(detail),
+        session_key: None,
     }
 }

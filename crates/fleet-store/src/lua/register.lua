@@ -1,9 +1,10 @@
 --! keys: epoch agent heartbeats failed +task once
---! args: epoch id pool pool_max fleet_max now type priority capabilities memory cpu network capacity instance reply_channel reply event_channel event +task once_ttl
+--! args: epoch id pool pool_max fleet_max now type priority capabilities memory cpu network capacity instance session reply_channel reply event_channel event +task once_ttl
 -- Register (or idempotently re-register) an agent.
 -- KEYS: epoch, agent (its hash), heartbeats, failed, and the task keys
 -- A: epoch, id, pool, pool_max, fleet_max, now, type, priority, capabilities
---    (JSON), memory, cpu, network, capacity, instance; for a new agent,
+--    (JSON), memory, cpu, network, capacity, instance, session (the X25519
+--    public key of the session it set up, '' for none); for a new agent,
 --    optionally, the pre-rendered reply and event with their channels
 --    (reply_channel, reply, event_channel, event: published here, saving the
 --    caller a round trip)
@@ -39,6 +40,7 @@ if old then
     'capabilities', A.capabilities, 'memory', A.memory, 'cpu', A.cpu, 'network', A.network,
     'load', 0, 'lastHeartbeat', now, 'lastActive', now, 'capacity', A.capacity,
     'instance', A.instance)
+  if A.session == '' then redis.call('HDEL', agent, 'sessionKey') end
   redis.call('ZREM', failed, id)
 else
   local poolset = K.pool_agents .. pool
@@ -82,6 +84,7 @@ else
     outcome = 'announced'
   end
 end
+if A.session ~= '' then redis.call('HSET', agent, 'sessionKey', A.session) end
 redis.call('ZADD', hb, now, id)
 -- A validator (governance) is one that declares the capability.
 if string.find(A.capabilities, '"validator"', 1, true) then
