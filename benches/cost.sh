@@ -19,6 +19,7 @@
 #   SECURITY=open bash benches/cost.sh     # security.mode = "open"
 #   BUDGETS=off bash benches/cost.sh       # budgets.allowance = 0 (no budget)
 #   USAGE=10 bash benches/cost.sh          # each attempt reports usage 10 (debited)
+#   THREADS=2 bash benches/cost.sh         # fleet.runtime_threads = 2 (1 as shipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-1}
@@ -72,6 +73,10 @@ cp config/fleet.toml "$config"
 if [[ ${BUDGETS:-on} == off ]]; then
   sed -i 's/^allowance = [0-9]*/allowance = 0/' "$config"
   grep -q '^allowance = 0' "$config"
+fi
+if [[ -n ${THREADS:-} ]]; then
+  sed -i "s/^runtime_threads = [0-9]*/runtime_threads = $THREADS/" "$config"
+  grep -q "^runtime_threads = $THREADS" "$config"
 fi
 if [[ ${SECURITY:-signed} == open ]]; then
   sed -i 's/^mode = "signed"/mode = "open"/' "$config"
