@@ -20,6 +20,7 @@
 #   BUDGETS=off bash benches/cost.sh       # budgets.allowance = 0 (no budget)
 #   USAGE=10 bash benches/cost.sh          # each attempt reports usage 10 (debited)
 #   THREADS=2 bash benches/cost.sh         # fleet.runtime_threads = 2 (1 as shipped)
+#   SUBMIT_BATCH=100 bash benches/cost.sh  # 100 tasks per POST /v1/tasks (an array)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-1}
@@ -100,6 +101,7 @@ for round in $(seq 1 "$rounds"); do
   "$bin" --config "$config" run > "$dir/commander.log" 2>&1 & cmd_pid=$!
   until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
   sim=("$bin" --config "$config" sim --agents 1000 --status-queries 0 --usage "${USAGE:-0}")
+  if [[ ${SUBMIT_BATCH:-1} != 1 ]]; then sim+=(--submit-batch "$SUBMIT_BATCH"); fi
   # With tasks.
   read -r r0 c0 p0 < <(snap "$cmd_pid")
   sim_cpu=$(cpu_of /dev/null "${sim[@]}" --tasks 10000 --report "$out/cost-fc.json")

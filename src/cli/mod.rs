@@ -218,6 +218,10 @@ pub(crate) struct SimArgs {
     /// Submissions per second (default: as fast as possible).
     #[arg(long)]
     pub(crate) task_rate: Option<f64>,
+    /// Tasks per request when submitting as fast as possible: above 1, each
+    /// `POST /v1/tasks` carries an array of this many.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) submit_batch: usize,
     /// How long an agent works on one task.
     #[arg(long, default_value_t = 0)]
     pub(crate) work_ms: u64,

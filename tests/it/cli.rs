@@ -128,6 +128,8 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
                 fail_fraction: 0.1,
                 die_fraction: 0.05,
                 usage: 0.0,
+                // Submitted as arrays of 10 (POST /v1/tasks with an array).
+                batch: 10,
             },
             spawner: false,
             churn_per_sec: 0.0,

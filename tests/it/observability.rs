@@ -256,6 +256,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
                 fail_fraction: 0.1,
                 die_fraction: 0.01,
                 usage: 1.0,
+                batch: 1,
             },
             spawner: false,
             churn_per_sec: 2.0,

@@ -553,3 +553,70 @@ async fn the_recent_past_is_sampled_and_served() {
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "oldest first: {ts:?}");
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_array_of_tasks_is_submitted_in_one_round_trip_each_answered_in_order() {
+    let h = Harness::start().await;
+    let w = work(|a| async move { fleet_agent::Outcome::Complete(json!({"attempt": a.attempt})) });
+    let (stop, _agent) = start_agent(&h, "batch-1", PoolType::Coder, &[], Some(w)).await;
+    let round_trips = r#"fleet_redis_command_duration_seconds_count{op="submit"}"#;
+    let before = h.metric(round_trips).await;
+    // A good one, one for no pool, one whose payload must keep its bytes,
+    // and the first one's clientId again.
+    let r = h
+        .post_text(
+            api::TASKS,
+            r#"[{"pool":"coder","payload":{"n":1},"clientId":"batch-a"},
+                {"pool":"wizard"},
+                {"pool":"coder","payload":{"big":12345678901234567890123}},
+                {"pool":"coder","payload":{"n":4},"clientId":"batch-a"}]"#,
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(r#"{"big":12345678901234567890123}"#),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let answers = v["tasks"].as_array().expect("one answer per task");
+    assert_eq!(answers.len(), 4, "{v}");
+    let first = answers[0]["task"]["id"].as_str().unwrap();
+    assert_eq!(answers[0]["duplicate"], false);
+    assert_eq!(answers[1]["error"], "unknown_pool", "{v}");
+    let third = answers[2]["task"]["id"].as_str().unwrap();
+    assert_eq!(answers[3]["duplicate"], true);
+    assert_eq!(
+        answers[3]["task"]["id"], first,
+        "the same clientId names the same task"
+    );
+    assert_eq!(
+        h.metric(round_trips).await - before,
+        1.0,
+        "one round trip for the batch"
+    );
+    for id in [first, third] {
+        task_in_state(&h.http, &h.base(), id, "completed").await;
+    }
+    // An empty array, one over the limit, or one with a task over one
+    // message's size, is refused whole.
+    let big = json!({"pool": "coder", "payload": {"pad": "x".repeat(17_000)}});
+    let r = h
+        .post_text(
+            api::TASKS,
+            serde_json::to_string(&json!([{"pool": "coder"}, big])).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "too_large", "{v}");
+    assert!(v["detail"].as_str().unwrap().starts_with("task 1:"), "{v}");
+    for n in [0, fleet_protocol::task::MAX_BATCH + 1] {
+        let body = serde_json::to_string(&vec![json!({"pool": "coder"}); n]).unwrap();
+        let r = h.post_text(api::TASKS, body).await;
+        assert_eq!(r.status().as_u16(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "invalid_fields", "{v}");
+    }
+    stop.cancel();
+}

@@ -206,6 +206,8 @@ pub struct TaskDefaults {
 
 pub const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 pub const MAX_RETRIES: u32 = 100;
+/// Tasks in one `POST /v1/tasks` with an array, at most.
+pub const MAX_BATCH: usize = 1000;
 
 impl Submission {
     /// Checks every rule; `offered` is the pool's declared capabilities

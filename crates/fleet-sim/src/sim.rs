@@ -78,6 +78,9 @@ pub struct TaskLoad {
     /// Budget units each completed attempt reports consuming (`usage`; 0:
     /// none reported).
     pub usage: f64,
+    /// Tasks per `POST /v1/tasks` when submitting as fast as possible (an
+    /// array when above 1; 0 or 1: one task per request).
+    pub batch: usize,
 }
 
 /// What the task load measured.
@@ -1400,6 +1403,33 @@ async fn run_tasks(
                 ok += usize::from(matches!(r, Ok(Ok(()))));
             }
             ok
+        }
+        None if load.batch > 1 => {
+            let batches: Vec<Vec<usize>> = (0..load.count)
+                .collect::<Vec<_>>()
+                .chunks(load.batch)
+                .map(<[usize]>::to_vec)
+                .collect();
+            stream::iter(batches)
+                .map(|seqs| {
+                    let (http, url, state) = (http.clone(), url.clone(), state.clone());
+                    let body: Vec<serde_json::Value> = seqs
+                        .iter()
+                        .map(|&seq| {
+                            let pool = pools[seq % pools.len()];
+                            let _ = state.sent[seq].set(Instant::now());
+                            serde_json::json!({"pool": pool, "payload": {"seq": seq}, "maxRetries": 10})
+                        })
+                        .collect();
+                    async move {
+                        let body = serde_json::Value::Array(body);
+                        post_to_leader(&http, &url, &body).await.map(|()| seqs.len())
+                    }
+                })
+                .buffer_unordered(8)
+                .filter_map(|r| std::future::ready(r.ok()))
+                .fold(0, |n, k| std::future::ready(n + k))
+                .await
         }
         None => {
             stream::iter(0..load.count)

@@ -32,6 +32,57 @@ impl From<redis::RedisError> for SubmitError {
     }
 }
 
+/// Validates a submission against the pools' settings (counted and logged
+/// when refused).
+fn validate(
+    shared: &Shared,
+    s: &Submission,
+) -> Result<fleet_protocol::task::ValidTask, SubmitError> {
+    let cfg = &shared.config();
+    s.validate(|p| cfg.pool(p).capabilities.clone(), cfg.task_defaults())
+        .map_err(|(reason, detail)| {
+            metrics::counter!(m::TASKS_REJECTED, "reason" => reason.as_str()).increment(1);
+            info!(reason = reason.as_str(), detail, "task refused");
+            SubmitError::Refused(reason, detail)
+        })
+}
+
+/// With `tasks.replicas` set: how many replicas confirmed the writes so far
+/// on this connection, and whether that is enough (else counted and logged).
+async fn replicated(
+    shared: &Shared,
+    c: &mut Conn,
+    started: Instant,
+) -> Result<Result<(), String>, StoreError> {
+    let cfg = shared.config();
+    let want = cfg.tasks.replicas;
+    let got: u32 = redis::cmd("WAIT")
+        .arg(want)
+        .arg(cfg.tasks.replication_timeout_ms)
+        .query_async(c)
+        .await?;
+    metrics::histogram!(m::SUBMIT_REPLICATION_SECONDS).record(started.elapsed());
+    if got >= want {
+        return Ok(Ok(()));
+    }
+    warn!(
+        replicas = got,
+        want, "task not confirmed by enough replicas: refused"
+    );
+    Ok(Err(format!(
+        "{got} of {want} replicas confirmed it within {} ms",
+        cfg.tasks.replication_timeout_ms
+    )))
+}
+
+/// Counts an accepted task.
+fn accepted(out: &Submitted, pool: fleet_protocol::PoolType) {
+    if let Submitted::Accepted(t) = out {
+        metrics::counter!(m::TASKS_SUBMITTED, "pool" => pool.as_str()).increment(1);
+        debug!(task_id = %t.id, pool = %pool, "task accepted");
+    }
+}
+
 /// Validates and persists a task: accepted, or a duplicate of the task its
 /// client id names.
 pub(crate) async fn submit(
@@ -39,38 +90,19 @@ pub(crate) async fn submit(
     conn: &mut Conn,
     s: &Submission,
 ) -> Result<Submitted, SubmitError> {
-    let cfg = &shared.config();
-    let valid = match s.validate(|p| cfg.pool(p).capabilities.clone(), cfg.task_defaults()) {
-        Ok(v) => v,
-        Err((reason, detail)) => {
-            metrics::counter!(m::TASKS_REJECTED, "reason" => reason.as_str()).increment(1);
-            info!(reason = reason.as_str(), detail, "task refused");
-            return Err(SubmitError::Refused(reason, detail));
-        }
-    };
+    let valid = validate(shared, s)?;
     let started = Instant::now();
-    let mut replicated = shared.submit_conn.clone();
-    let c = replicated.as_mut().unwrap_or(conn);
+    let mut replicated_conn = shared.submit_conn.clone();
+    let c = replicated_conn.as_mut().unwrap_or(conn);
     let (out, allocated) = shared
         .tasks
         .submit_and_allocate(c, &valid, crate::allocator::BATCH, now_ms())
         .await?;
-    if let (Some(c), Submitted::Accepted(t)) = (replicated.as_mut(), &out) {
+    if let (Some(c), Submitted::Accepted(t)) = (replicated_conn.as_mut(), &out) {
         // Acknowledged only once enough replicas have it (a duplicate was
         // acknowledged when it was first accepted).
-        let want = cfg.tasks.replicas;
-        let got: u32 = redis::cmd("WAIT")
-            .arg(want)
-            .arg(cfg.tasks.replication_timeout_ms)
-            .query_async(c)
-            .await?;
-        metrics::histogram!(m::SUBMIT_REPLICATION_SECONDS).record(started.elapsed());
-        if got < want {
+        if let Err(short) = replicated(shared, c, started).await? {
             metrics::counter!(m::TASKS_REJECTED, "reason" => "not_replicated").increment(1);
-            warn!(
-                replicas = got,
-                want, "task not confirmed by enough replicas: refused"
-            );
             // It is on the primary and will run; the client may retry with
             // the same clientId, which names the same task.
             if let Some(a) = allocated {
@@ -78,7 +110,7 @@ pub(crate) async fn submit(
             }
             return Err(SubmitError::Refused(
                 SubmitRefusal::NotReplicated,
-                format!("task {} is on the primary, but {got} of {want} replicas confirmed it within {} ms", t.id, cfg.tasks.replication_timeout_ms),
+                format!("task {} is on the primary, but {short}", t.id),
             ));
         }
     }
@@ -89,10 +121,71 @@ pub(crate) async fn submit(
         }
         None => shared.wake_pool(valid.pool),
     }
-    if let Submitted::Accepted(t) = &out {
-        let id = &t.id;
-        metrics::counter!(m::TASKS_SUBMITTED, "pool" => valid.pool.as_str()).increment(1);
-        debug!(task_id = %id, pool = %valid.pool, "task accepted");
+    accepted(&out, valid.pool);
+    Ok(out)
+}
+
+/// Validates and persists several tasks in one round trip (`POST /v1/tasks`
+/// with an array): what each came to, in order. A refused one refuses only
+/// itself; a Redis failure fails them all.
+pub(crate) async fn submit_many(
+    shared: &Shared,
+    conn: &mut Conn,
+    subs: &[Submission],
+) -> Result<Vec<Result<Submitted, SubmitError>>, StoreError> {
+    let mut out: Vec<Result<Submitted, SubmitError>> = Vec::with_capacity(subs.len());
+    let mut valid = Vec::new();
+    for s in subs {
+        match validate(shared, s) {
+            Ok(v) => {
+                valid.push(v);
+                out.push(Ok(Submitted::Duplicate(String::new()))); // placeholder, set below
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    if valid.is_empty() {
+        return Ok(out);
+    }
+    let started = Instant::now();
+    let mut replicated_conn = shared.submit_conn.clone();
+    let c = replicated_conn.as_mut().unwrap_or(conn);
+    let refs: Vec<_> = valid.iter().collect();
+    let (stored, allocations) = shared
+        .tasks
+        .submit_many(c, &refs, crate::allocator::BATCH, now_ms())
+        .await?;
+    let short = match replicated_conn.as_mut() {
+        Some(c) if stored.iter().any(|s| matches!(s, Submitted::Accepted(_))) => {
+            replicated(shared, c, started).await?.err()
+        }
+        _ => None,
+    };
+    for (pool, allocated) in allocations {
+        match allocated {
+            Some(a) => {
+                crate::allocator::record(shared, pool, a.assigned, a.queued, started);
+                shared.tell(conn, a.notices).await?;
+            }
+            None => shared.wake_pool(pool),
+        }
+    }
+    let mut stored = stored.into_iter().zip(&valid);
+    for slot in out.iter_mut().filter(|o| o.is_ok()) {
+        let (s, v) = stored.next().expect("one stored per valid submission");
+        *slot = match (&s, &short) {
+            (Submitted::Accepted(t), Some(short)) => {
+                metrics::counter!(m::TASKS_REJECTED, "reason" => "not_replicated").increment(1);
+                Err(SubmitError::Refused(
+                    SubmitRefusal::NotReplicated,
+                    format!("task {} is on the primary, but {short}", t.id),
+                ))
+            }
+            _ => {
+                accepted(&s, v.pool);
+                Ok(s)
+            }
+        };
     }
     Ok(out)
 }

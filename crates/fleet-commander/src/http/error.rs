@@ -67,6 +67,22 @@ impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The same, its detail saying what it is about (`task 3: ...`).
+    pub(crate) fn about(mut self, what: &str) -> Self {
+        self.detail = format!("{what}: {}", self.detail);
+        self
+    }
+
+    /// Whether Redis failed under the request (not a refusal).
+    pub(crate) fn is_failure(&self) -> bool {
+        self.cause.is_some()
+    }
+
+    /// The body as answered: `{"error", "detail"}` (an item of a batch's answer).
+    pub(crate) fn body(&self) -> serde_json::Value {
+        json!({"error": self.error, "detail": self.detail})
+    }
 }
 
 /// Redis failed under the request: 503 (`fenced` when another commander took
@@ -116,11 +132,7 @@ struct Failure(Arc<StoreError>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (
-            self.status,
-            Json(json!({"error": self.error, "detail": self.detail})),
-        )
-            .into_response();
+        let mut r = (self.status, Json(self.body())).into_response();
         if let Some(cause) = self.cause {
             r.extensions_mut().insert(Failure(cause));
         }

@@ -67,7 +67,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(api::AGENT_DRAIN, post(agents::drain))
         .route(api::AGENT_BUDGET, get(budgets::get).post(budgets::post))
         .route(api::DEPARTED, get(agents::departed))
-        .route(api::TASKS, post(tasks::submit).get(tasks::list))
+        .route(
+            api::TASKS,
+            // An array of tasks may be larger than one message; each task in
+            // it is held to the one-message limit by the handler.
+            post(tasks::submit)
+                .layer(DefaultBodyLimit::max(body_limit * tasks::BATCH_BODY_FACTOR))
+                .get(tasks::list),
+        )
         .route(api::TASK, get(tasks::get))
         .route(api::TASK_CANCEL, post(tasks::cancel))
         .route(api::TASK_EVIDENCE, get(tasks::evidence))

@@ -12,9 +12,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleet_protocol::task::{valid_task_id, Submission, SubmitRefusal, TaskRecord};
+use fleet_protocol::task::{valid_task_id, Submission, SubmitRefusal, TaskRecord, MAX_BATCH};
 use fleet_store::tasks::{Cancelled, Submitted, TaskSummary};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -37,32 +38,98 @@ pub(super) struct SubmitAnswer {
     duplicate: bool,
 }
 
+/// A batch's body may be this many times `fleet.max_message_bytes` (1 MiB
+/// as shipped); each task in it, and a single task, at most one message.
+pub(super) const BATCH_BODY_FACTOR: usize = 64;
+
 /// `POST /v1/tasks`: 201 with the task once it is persisted; 200 with the
 /// same task for a repeated `clientId`; 422 with the reason if it can never
-/// run; 503 if it is not yet safe from a failover (retry).
+/// run; 503 if it is not yet safe from a failover (retry). With an array of
+/// up to [`MAX_BATCH`] tasks, all are persisted in one round trip: 200 with
+/// what each came to, in order (`SubmitAnswer`, or its error and detail).
 pub(super) async fn submit(
     State(s): State<Arc<Shared>>,
-    body: Result<Json<Submission>, JsonRejection>,
+    body: Result<Json<Box<RawValue>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(sub) = body.map_err(|e| {
-        let e = ApiError::from(e);
-        let reason = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "invalid_fields"
-        };
-        metrics::counter!(m::TASKS_REJECTED, "reason" => reason).increment(1);
-        e.with_error(reason)
-    })?;
+    let Json(raw) = body.map_err(|e| refused(ApiError::from(e)))?;
+    let limit = s.config().fleet.max_message_bytes;
+    let text = raw.get();
+    if text.trim_start().starts_with('[') {
+        let items: Vec<Box<RawValue>> = serde_json::from_str(text)
+            .map_err(|e| refused(ApiError::bad_request("invalid_fields", e)))?;
+        let mut subs = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            subs.push(parse(item.get(), limit).map_err(|e| e.about(&format!("task {i}")))?);
+        }
+        return submit_many(&s, &subs).await;
+    }
+    let sub = parse(text, limit)?;
     let mut conn = s.redis.clone();
-    let id = match crate::handlers::task_submit::submit(&s, &mut conn, &sub).await {
+    let outcome = crate::handlers::task_submit::submit(&s, &mut conn, &sub).await;
+    let (status, answer) = answer(&s, &mut conn, outcome).await?;
+    Ok((status, Json(answer)).into_response())
+}
+
+/// One task's submission from its JSON: 413 `too_large` over one message's
+/// limit, 400 `invalid_fields` if it does not parse (both counted).
+fn parse(text: &str, limit: usize) -> Result<Submission, ApiError> {
+    if text.len() > limit {
+        let detail = format!("a task is at most {limit} bytes (fleet.max_message_bytes)");
+        return Err(refused(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            detail,
+        )));
+    }
+    serde_json::from_str(text).map_err(|e| refused(ApiError::bad_request("invalid_fields", e)))
+}
+
+/// A body the submission could not be read from, counted.
+fn refused(e: ApiError) -> ApiError {
+    let reason = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else {
+        "invalid_fields"
+    };
+    metrics::counter!(m::TASKS_REJECTED, "reason" => reason).increment(1);
+    e.with_error(reason)
+}
+
+async fn submit_many(s: &Shared, subs: &[Submission]) -> Result<Response, ApiError> {
+    if subs.is_empty() || subs.len() > MAX_BATCH {
+        metrics::counter!(m::TASKS_REJECTED, "reason" => "invalid_fields").increment(1);
+        return Err(ApiError::bad_request(
+            "invalid_fields",
+            format!("an array of 1 to {MAX_BATCH} tasks, got {}", subs.len()),
+        ));
+    }
+    let mut conn = s.redis.clone();
+    let outcomes = crate::handlers::task_submit::submit_many(s, &mut conn, subs).await?;
+    let mut answers = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        answers.push(match answer(s, &mut conn, outcome).await {
+            Ok((_, a)) => a,
+            Err(e) if e.is_failure() => return Err(e),
+            Err(e) => Answer::Refused(e.body()),
+        });
+    }
+    Ok(Json(BatchAnswer { tasks: answers }).into_response())
+}
+
+/// What one submission came to, as `POST /v1/tasks` answers it.
+async fn answer(
+    s: &Shared,
+    conn: &mut fleet_store::connection::Conn,
+    outcome: Result<Submitted, SubmitError>,
+) -> Result<(StatusCode, Answer), ApiError> {
+    let id = match outcome {
         Ok(Submitted::Accepted(task)) => {
             // The record as persisted: no need to read it back.
             let answer = SubmitAnswer {
                 task: *task,
                 duplicate: false,
             };
-            return Ok((StatusCode::CREATED, Json(answer)).into_response());
+            return Ok((StatusCode::CREATED, Answer::Task(Box::new(answer))));
         }
         Ok(Submitted::Duplicate(id)) => id,
         Err(SubmitError::Store(e)) => return Err(e.into()),
@@ -75,15 +142,37 @@ pub(super) async fn submit(
             return Err(ApiError::new(status, reason.as_str(), detail));
         }
     };
-    Ok(match s.tasks.get(&mut conn, &id).await? {
-        Some(task) => Json(SubmitAnswer {
-            task,
-            duplicate: true,
-        })
-        .into_response(),
+    Ok(match s.tasks.get(conn, &id).await? {
+        Some(task) => (
+            StatusCode::OK,
+            Answer::Task(Box::new(SubmitAnswer {
+                task,
+                duplicate: true,
+            })),
+        ),
         // Gone since (deleted from the dead letters): the id is all there is.
-        None => Json(json!({"taskId": id, "duplicate": true})).into_response(),
+        None => (
+            StatusCode::OK,
+            Answer::Gone(json!({"taskId": id, "duplicate": true})),
+        ),
     })
+}
+
+/// A submission's answer: the task, only its id (a duplicate since deleted),
+/// or, in a batch, why it was refused (`{"error", "detail"}`).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Answer {
+    Task(Box<SubmitAnswer>),
+    Gone(Value),
+    Refused(Value),
+}
+
+/// `POST /v1/tasks` with an array: each task's answer, in order (serialised
+/// as structs, so that payloads keep their bytes).
+#[derive(serde::Serialize)]
+struct BatchAnswer {
+    tasks: Vec<Answer>,
 }
 
 /// `GET /v1/tasks/{id}`: the task's record.

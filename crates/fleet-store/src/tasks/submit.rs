@@ -68,6 +68,60 @@ impl TaskStore {
         Ok((Self::submitted(&submitted, id, t, now)?, allocated))
     }
 
+    /// Persists several tasks in one round trip: a pipeline of their
+    /// submissions, then one allocation for each pool they went to. What
+    /// each submission did, in order, and each pool's allocation (None if it
+    /// failed: then the allocator must look at the pool).
+    pub async fn submit_many(
+        &self,
+        conn: &mut impl ConnectionLike,
+        tasks: &[&ValidTask],
+        max: usize,
+        now: u64,
+    ) -> Result<(Vec<Submitted>, Vec<(PoolType, Option<Allocation>)>)> {
+        let ids: Vec<String> = tasks
+            .iter()
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
+        let mut pools: Vec<PoolType> = Vec::new();
+        for t in tasks {
+            if !pools.contains(&t.pool) {
+                pools.push(t.pool);
+            }
+        }
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        for (t, id) in tasks.iter().zip(&ids) {
+            p.invoke_script(&self.submit_call(t, id, now).invocation()?);
+        }
+        for pool in &pools {
+            p.invoke_script(&self.allocate_call(*pool, max, now).invocation()?);
+        }
+        let mut replies: Vec<redis::RedisResult<Value>> =
+            crate::telemetry::timed("submit", p.query_async(conn)).await?;
+        let allocations = replies.split_off(tasks.len());
+        let mut out = Vec::with_capacity(tasks.len());
+        for ((t, id), r) in tasks.iter().zip(ids).zip(replies) {
+            out.push(match r {
+                Ok(v) => Self::submitted(&Reply::parse("submit", v)?, id, t, now)?,
+                // Scripts flushed (a Redis restart): this one did not run; the
+                // plain call reloads them.
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.submit(conn, t, now).await?
+                }
+                Err(e) => return Err(from_script(e)),
+            });
+        }
+        let allocated = pools
+            .into_iter()
+            .zip(allocations)
+            .map(|(pool, r)| (pool, r.ok().and_then(|v| Allocation::parse(v).ok())))
+            .collect();
+        Ok((out, allocated))
+    }
+
     pub(super) fn submit_call(&self, t: &ValidTask, id: &str, now: u64) -> Call<'static> {
         let client = t.client_id.as_deref().unwrap_or("");
         // A placeholder key when there is no client id: the script never touches it.
