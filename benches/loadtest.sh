@@ -7,6 +7,11 @@
 #
 #   bash benches/loadtest.sh [agents] [hold_secs]     # 1000 agents, 30 s by default
 #   bash benches/loadtest.sh 10000                    # pool maxima x10, fleet cap 12000
+#   bash benches/loadtest.sh 50000                    # x50 and 60000; agents on shared connections
+#
+# SUBSCRIBERS=N: the simulated agents share N pub/sub connections
+# (fleet_agent::Router) instead of one each; by default one each up to
+# 10,000 agents, 64 shared above (a connection per agent would not fit).
 #
 # Agents join at JOIN_RATE registrations per second (1000 by default; for a
 # larger fleet, a fifth of it per second, so that it joins in 5 s), each
@@ -34,13 +39,17 @@ http=$(free_port)
 dir=$(mktemp -d)
 config=${FLEET_CONFIG:-config/fleet.toml}
 if (( agents > 1000 )); then
-  # Room for the fleet: every pool's max x10 and a fleet cap of 12000.
+  # Room for the fleet: every pool's max x10 and a fleet cap of 12000 (for
+  # more than 10,000 agents: x agents/1000, and 1.2 x agents).
   config="$dir/fleet.toml"
-  python3 - "$config" "${FLEET_CONFIG:-config/fleet.toml}" <<'PY'
+  python3 - "$config" "${FLEET_CONFIG:-config/fleet.toml}" "$agents" <<'PY'
 import re, sys
 text = open(sys.argv[2]).read()
-text = re.sub(r"^max_agents = 1000 ", "max_agents = 12000", text, flags=re.M)
-text = re.sub(r"^(max_agents = )(\d+)$", lambda m: f"{m.group(1)}{int(m.group(2)) * 10}", text, flags=re.M)
+agents = int(sys.argv[3])
+factor = max(10, -(-agents // 1000))
+cap = max(12000, agents * 6 // 5)
+text = re.sub(r"^max_agents = 1000 ", f"max_agents = {cap}", text, flags=re.M)
+text = re.sub(r"^(max_agents = )(\d+)$", lambda m: f"{m.group(1)}{int(m.group(2)) * factor}", text, flags=re.M)
 open(sys.argv[1], "w").write(text)
 PY
 fi
@@ -78,7 +87,7 @@ until curl -sf "http://127.0.0.1:$http/readyz" >/dev/null; do sleep 0.05; done
 # second; 20 agents killed for good.
 rate=${TASK_RATE:-100}
 join=${JOIN_RATE:-$(( agents > 5000 ? agents / 5 : 1000 ))}
-join_args=(--batch 50)
+join_args=(--batch 50 --subscribers "${SUBSCRIBERS:-$(( agents > 10000 ? 64 : 0 ))}")
 (( join > 0 )) && join_args+=(--join-rate "$join")
 redis_cpu() { redis-cli -p "$port" info cpu | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { print s }'; }
 r0=$(redis_cpu); t0=$(date +%s.%N)
@@ -88,6 +97,11 @@ time env ${SIM_THREADS:+TOKIO_WORKER_THREADS=$SIM_THREADS} "$bin" --config "$con
   --churn-per-sec "$(python3 -c "print($agents * 0.002)")" --stop 20 --hold-secs "$hold" \
   --commander-pid "$cmd_pid" --report "$out/load-$agents.json"
 python3 -c "print(f'redis-server: {100 * ($(redis_cpu) - $r0) / ($(date +%s.%N) - $t0):.1f}% of a core over the whole run')"
+# Redis's memory at its peak (the whole fleet registered, the messages'
+# nonces held for their window) and the connections made during the run.
+redis-cli -p "$port" info memory | awk -F: '/^used_memory_peak:/ { printf "redis-server: memory peak %.1f MB", $2 / 1e6 }'
+redis-cli -p "$port" info stats | awk -F: '/^total_connections_received:/ { printf ", %d connections made in all\n", $2 }'
+
 # Commands that held Redis (single-threaded: everyone waits) 2 ms or more.
 redis-cli -p "$port" --json slowlog get 1024 | python3 -c '
 import json, sys

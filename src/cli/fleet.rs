@@ -112,6 +112,7 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
         tasks,
         task_rate,
         submit_batch,
+        subscribers,
         work_ms,
         fail_fraction,
         die_fraction,
@@ -165,6 +166,7 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
     let opts = SimOptions {
         redis_url: config.redis.url.clone(),
         prefix: config.fleet.prefix.clone(),
+        subscribers,
         commander_url: Some(url),
         agents,
         batch,

@@ -218,6 +218,11 @@ pub(crate) struct SimArgs {
     /// Submissions per second (default: as fast as possible).
     #[arg(long)]
     pub(crate) task_rate: Option<f64>,
+    /// Pub/sub connections the simulated agents share (each agent's channel
+    /// on one of them); 0: one connection per agent, as real agents have.
+    /// Thousands of agents need this (100,000 connections would not fit).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) subscribers: usize,
     /// Tasks per request when submitting as fast as possible: above 1, each
     /// `POST /v1/tasks` carries an array of this many.
     #[arg(long, default_value_t = 1)]

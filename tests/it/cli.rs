@@ -104,6 +104,8 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
     .await;
     let report = sim::run(
         SimOptions {
+            // The agents share 4 pub/sub connections (fleet_agent::Router).
+            subscribers: 4,
             redis_url: h.redis.url(),
             prefix: h.config.fleet.prefix.clone(),
             commander_url: Some(h.base()),

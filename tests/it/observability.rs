@@ -232,6 +232,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let stop_sim = CancellationToken::new();
     let sim = tokio::spawn(sim::run(
         SimOptions {
+            subscribers: 0,
             redis_url: h.redis.url(),
             prefix: h.config.fleet.prefix.clone(),
             commander_url: Some(h.base()),

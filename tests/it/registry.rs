@@ -454,3 +454,83 @@ async fn agents_that_left_are_listed_until_they_come_back() {
         "back again: {list}"
     );
 }
+
+/// The connections in CLIENT LIST subscribed to at least `min` channels:
+/// (id, subscriptions).
+async fn subscribers(h: &Harness, min: u64) -> Vec<(String, u64)> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut h.conn().await)
+        .await
+        .unwrap();
+    list.lines()
+        .filter_map(|l| {
+            let field = |k: &str| {
+                l.split(' ')
+                    .find_map(|f| f.strip_prefix(k))
+                    .map(str::to_string)
+            };
+            let sub: u64 = field("sub=")?.parse().ok()?;
+            (sub >= min).then(|| (field("id=").unwrap_or_default(), sub))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sharing_two_connections_are_answered_and_survive_losing_them() {
+    let h = Harness::start().await;
+    let commander = subscribers(&h, 1).await; // its own, not the agents'
+    let routed = || async {
+        let mut s = subscribers(&h, 1).await;
+        s.retain(|c| !commander.iter().any(|k| k.0 == c.0));
+        s
+    };
+    let router = fleet_agent::Router::new(&h.client, 2).await.unwrap();
+    let mut agents = Vec::new();
+    for i in 0..20 {
+        let id = format!("routed-{i}");
+        let publisher = fleet_store::connection::connect(&h.redis.url())
+            .await
+            .unwrap();
+        let a = fleet_agent::Agent::connect_routed(
+            &router,
+            publisher,
+            h.keys.channels().clone(),
+            spec(&id, PoolType::Coder),
+        )
+        .await
+        .unwrap()
+        .with_credential(&h.credential(&id, PoolType::Coder).await);
+        agents.push(a);
+    }
+    for a in &mut agents {
+        a.register(T)
+            .await
+            .expect("answered through the shared connection");
+    }
+    // Twenty agents' channels on two connections, not twenty.
+    let shared = routed().await;
+    assert_eq!(shared.len(), 2, "{shared:?}");
+    assert_eq!(shared.iter().map(|s| s.1).sum::<u64>(), 20, "{shared:?}");
+    // Both connections lost: made again, every channel subscribed again.
+    for (id, _) in &shared {
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut h.conn().await)
+            .await
+            .unwrap();
+    }
+    for a in &mut agents {
+        let again = a
+            .register(WAIT)
+            .await
+            .expect("answered after the reconnection");
+        assert!(again.re_registered);
+        assert_eq!(a.refused(), 0);
+    }
+    let after = routed().await;
+    assert_eq!(after.iter().map(|s| s.1).sum::<u64>(), 20, "{after:?}");
+    assert!(after.iter().all(|s| !shared.contains(s)), "new connections");
+}

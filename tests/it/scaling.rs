@@ -468,6 +468,7 @@ async fn the_simulator_spawns_the_agents_the_commander_asks_for() {
     let mut scaling = h.listen(&h.keys.channels().scaling()).await;
     let report = fleet_sim::sim::run(
         fleet_sim::sim::SimOptions {
+            subscribers: 0,
             redis_url: h.redis.url(),
             prefix: h.config.fleet.prefix.clone(),
             commander_url: Some(h.base()),

@@ -675,3 +675,59 @@ async fn one_client_flooding_100k_messages_does_not_starve_the_others() {
     }
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timer_rereads_the_key_store_only_when_its_version_moved() {
+    let h = Harness::start_with(|c| c.security.key_refresh_ms = 100).await;
+    let cred = h.credential("kv-1", PoolType::Coder).await;
+    let publisher = fleet_store::connection::connect(&h.redis.url())
+        .await
+        .unwrap();
+    let mut agent = fleet_agent::Agent::connect(
+        &h.client,
+        publisher,
+        h.keys.channels().clone(),
+        spec("kv-1", PoolType::Coder),
+    )
+    .await
+    .unwrap()
+    .with_credential(&cred);
+    agent.register(T).await.unwrap();
+    // The key revoked behind the store's back: written without raising its
+    // version and without a notice.
+    let store = KeyStore::new(h.keys.clone());
+    let mut conn = h.conn().await;
+    let mut rec = store.get(&mut conn, &cred.kid).await.unwrap().unwrap();
+    rec.revoked_ms = Some(now_ms());
+    let _: () = redis::cmd("HSET")
+        .arg(h.keys.keystore())
+        .arg(&cred.kid)
+        .arg(serde_json::to_string(&rec).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Three timed reloads later, the commander has not read it: the store's
+    // version did not move (one GET each, not the whole hash).
+    let reloads = h.metric("fleet_key_reloads_total").await;
+    wait_until(|| async { h.metric("fleet_key_reloads_total").await >= reloads + 3.0 }).await;
+    agent.heartbeat(AgentStatus::Idle, 0.0).await.unwrap();
+    let revoked = rejected("health", "revoked_key");
+    wait_until(|| async { h.metric("fleet_heartbeats_total").await >= 1.0 }).await;
+    assert_eq!(h.metric(&revoked).await, 0.0);
+    // The version raised (a writer whose notice was lost): the next timed
+    // reload reads the store, and the key is refused.
+    let _: () = redis::cmd("INCR")
+        .arg(fleet_store::Keys::version_of(&h.keys.keystore()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.metric(&revoked).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revocation was never read"
+        );
+        agent.heartbeat(AgentStatus::Idle, 0.0).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,5 +1,10 @@
 //! fleet-agent: the Rust agent SDK. It speaks the protocol of `docs/PROTOCOL.md`:
 //! register, heartbeat, receive commands, re-register when told, deregister.
+//! [`Router`] shares a few pub/sub connections among many agents in one
+//! process (the simulator's).
+
+mod router;
+pub use router::Router;
 
 use fleet_protocol::agent::AgentRecord;
 use fleet_protocol::auth::{unframe, CommanderCheck, Credential, Signer, Unframed};
@@ -93,21 +98,35 @@ pub struct Agent {
 /// The agent's own channel: read in place (no relay task), resubscribed
 /// after a lost connection.
 struct Inbox {
-    client: fleet_redis::Client,
     channel: String,
+    source: Source,
     /// With a credential: only what the commander signed is taken.
     check: Option<CommanderCheck>,
     /// Messages refused as not from the commander.
     refused: u64,
-    stream: Option<PubSubStream>,
-    /// A resubscription in progress. It runs as its own task so that it
-    /// survives `recv` being cancelled (as it is in `select!` on every tick).
-    reconnect: Option<JoinHandle<Option<PubSubStream>>>,
+}
+
+/// Where the agent's channel is read from.
+enum Source {
+    /// A pub/sub connection of its own.
+    Own {
+        client: fleet_redis::Client,
+        stream: Option<PubSubStream>,
+        /// A resubscription in progress. It runs as its own task so that it
+        /// survives `recv` being cancelled (as it is in `select!` on every
+        /// tick).
+        reconnect: Option<JoinHandle<Option<PubSubStream>>>,
+    },
+    /// A share of a [`Router`]'s connections (a simulator's many agents).
+    Routed(router::Route),
 }
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        if let Some(r) = &self.reconnect {
+        if let Source::Own {
+            reconnect: Some(r), ..
+        } = &self.source
+        {
             r.abort();
         }
     }
@@ -115,10 +134,9 @@ impl Drop for Inbox {
 
 impl Inbox {
     /// A message's body if it is to be believed, parsed.
-    fn open(&mut self, msg: &redis::Msg) -> Option<ToAgent> {
-        let payload = msg.get_payload_bytes();
+    fn open(&mut self, payload: &[u8]) -> Option<ToAgent> {
         let body = match &mut self.check {
-            Some(c) => match c.check(msg.get_channel_name(), payload, fleet_protocol::now_ms()) {
+            Some(c) => match c.check(&self.channel, payload, fleet_protocol::now_ms()) {
                 Ok(b) => b,
                 Err(e) => {
                     self.refused += 1;
@@ -148,30 +166,46 @@ impl Inbox {
     /// Cancel-safe.
     async fn recv(&mut self) -> ToAgent {
         loop {
-            if let Some(s) = self.stream.as_mut() {
-                match s.next().await {
-                    Some(msg) => {
-                        if let Some(m) = self.open(&msg) {
-                            return m;
+            let payload = match &mut self.source {
+                Source::Routed(route) => match route.rx.recv().await {
+                    Some(p) => p,
+                    // The router is gone: nothing will come.
+                    None => std::future::pending().await,
+                },
+                Source::Own {
+                    client,
+                    stream,
+                    reconnect,
+                } => {
+                    if let Some(s) = stream.as_mut() {
+                        match s.next().await {
+                            Some(msg) => msg.get_payload_bytes().to_vec(),
+                            None => {
+                                *stream = None;
+                                continue;
+                            }
                         }
+                    } else {
+                        let (client, channel) = (client.clone(), self.channel.clone());
+                        let pending = reconnect.get_or_insert_with(|| {
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                let mut p = client.get_async_pubsub().await.ok()?;
+                                p.subscribe(&channel).await.ok()?;
+                                Some(p.into_on_message())
+                            })
+                        });
+                        let result = pending.await;
+                        *reconnect = None;
+                        if let Ok(Some(s)) = result {
+                            *stream = Some(s);
+                        }
+                        continue;
                     }
-                    None => self.stream = None,
                 }
-                continue;
-            }
-            let (client, channel) = (self.client.clone(), self.channel.clone());
-            let pending = self.reconnect.get_or_insert_with(|| {
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let mut p = client.get_async_pubsub().await.ok()?;
-                    p.subscribe(&channel).await.ok()?;
-                    Some(p.into_on_message())
-                })
-            });
-            let result = pending.await;
-            self.reconnect = None;
-            if let Ok(Some(s)) = result {
-                self.stream = Some(s);
+            };
+            if let Some(m) = self.open(&payload) {
+                return m;
             }
         }
     }
@@ -226,15 +260,46 @@ impl Agent {
         let channel = channels.agent(&spec.id);
         let mut ps = client.get_async_pubsub().await?;
         ps.subscribe(&channel).await?;
-        Ok(Agent {
+        let source = Source::Own {
+            client: client.clone(),
+            stream: Some(ps.into_on_message()),
+            reconnect: None,
+        };
+        Ok(Agent::with_source(
+            channels, publisher, spec, channel, source,
+        ))
+    }
+
+    /// As [`Agent::connect`], its channel read through `router`'s shared
+    /// connections rather than one of its own: for running many agents in
+    /// one process (the simulator).
+    pub async fn connect_routed(
+        router: &Router,
+        publisher: Conn,
+        channels: Channels,
+        spec: AgentSpec,
+    ) -> Result<Agent, AgentError> {
+        let channel = channels.agent(&spec.id);
+        let source = Source::Routed(router.attach(&channel).await?);
+        Ok(Agent::with_source(
+            channels, publisher, spec, channel, source,
+        ))
+    }
+
+    fn with_source(
+        channels: Channels,
+        publisher: Conn,
+        spec: AgentSpec,
+        channel: String,
+        source: Source,
+    ) -> Agent {
+        Agent {
             spec,
             channels,
             publisher,
             inbox: Inbox {
-                client: client.clone(),
                 channel,
-                stream: Some(ps.into_on_message()),
-                reconnect: None,
+                source,
                 check: None,
                 refused: 0,
             },
@@ -245,7 +310,7 @@ impl Agent {
             pending: Default::default(),
             seq: 0,
             instance: uuid::Uuid::new_v4().simple().to_string(),
-        })
+        }
     }
 
     /// Signs every message with the credential's key and takes only what

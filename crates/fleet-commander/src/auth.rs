@@ -13,8 +13,10 @@
 //!
 //! Keys are cached in memory: read whole at start, again whenever the key
 //! channel says a key changed, and every `security.key_refresh_ms` in case
-//! that notice was lost; a key not in the cache is looked up at once, and a
-//! key id found in no store is remembered as missing until the next reload.
+//! that notice was lost (then only if the store's version moved: a large
+//! fleet's store is not read whole every few seconds); a key not in the
+//! cache is looked up at once, and a key id found in no store is remembered
+//! as missing until the next reload.
 //!
 //! Before a message is queued for a handler, the subscriber [`Gate::screen`]s
 //! it: without Redis and without checking the signature, it refuses what is
@@ -164,6 +166,9 @@ pub(crate) struct Gate {
     keys: RwLock<HashMap<String, Arc<(KeyRecord, PublicKey)>>>,
     /// Key ids found in no store since the last reload (bounded).
     missing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The key store's version at the last full read: a reload that finds it
+    /// unchanged reads nothing more (a fleet's keys are a large hash).
+    loaded: std::sync::Mutex<Option<u64>>,
     /// Wakes the refresher: a key changed.
     pub(crate) changed: tokio::sync::Notify,
     /// A token bucket per sender that proved who it is (by subject).
@@ -216,6 +221,7 @@ impl Gate {
             store: KeyStore::new(keys.clone()),
             keys: RwLock::new(HashMap::new()),
             missing: Default::default(),
+            loaded: Default::default(),
             changed: tokio::sync::Notify::new(),
             buckets: Default::default(),
             tokens: RwLock::new(HashMap::new()),
@@ -234,7 +240,8 @@ impl Gate {
         self.mode == SecurityMode::Signed
     }
 
-    /// Re-reads every key and token. A store found empty while this
+    /// Re-reads every key (when the store's version moved since the last
+    /// read: unchanged, one GET) and token. A store found empty while this
     /// commander knows some is a Redis that lost its data (restarted
     /// without persistence, or emptied), not a revocation of everything
     /// (revoking keeps the record): the known ones are kept, and written
@@ -243,6 +250,21 @@ impl Gate {
         &self,
         conn: &mut (impl ConnectionLike + Send),
     ) -> Result<usize, StoreError> {
+        let version = self.store.version(conn).await?;
+        let unchanged =
+            version.is_some() && version == *self.loaded.lock().expect("no panics while held");
+        if !unchanged {
+            self.reload_keys(conn).await?;
+            *self.loaded.lock().expect("no panics while held") = version;
+        }
+        let n = self.keys.read().expect("no panics while held").len();
+        self.reload_tokens(conn).await?;
+        Ok(n)
+    }
+
+    /// Reads every key, unless the store was found empty while keys are
+    /// known (see [`Gate::reload`]).
+    async fn reload_keys(&self, conn: &mut (impl ConnectionLike + Send)) -> Result<(), StoreError> {
         let all = self.store.all(conn).await?;
         let known: Vec<KeyRecord> = self
             .keys
@@ -277,7 +299,14 @@ impl Gate {
             *self.keys.write().expect("no panics while held") = map;
             self.missing.lock().expect("no panics while held").clear();
         }
-        let n = self.keys.read().expect("no panics while held").len();
+        Ok(())
+    }
+
+    /// Reads every operator token (a few), with the same care.
+    async fn reload_tokens(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+    ) -> Result<(), StoreError> {
         let tokens = self.token_store.all(conn).await?;
         let known: Vec<TokenRecord> = self
             .tokens
@@ -298,7 +327,7 @@ impl Gate {
             *self.tokens.write().expect("no panics while held") =
                 tokens.into_iter().map(|t| (t.id.clone(), t)).collect();
         }
-        Ok(n)
+        Ok(())
     }
 
     async fn key(

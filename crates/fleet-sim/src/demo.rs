@@ -142,6 +142,7 @@ pub async fn run(
 
     let report = sim::run(
         SimOptions {
+            subscribers: 0,
             redis_url: config.redis.url.clone(),
             prefix: config.fleet.prefix.clone(),
             commander_url: Some(base.clone()),

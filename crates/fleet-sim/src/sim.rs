@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 pub struct SimOptions {
     pub redis_url: String,
     pub prefix: String,
+    /// Pub/sub connections the agents share (their channels spread over
+    /// them, [`fleet_agent::Router`]); 0: one per agent, as real agents have.
+    pub subscribers: usize,
     /// Commander HTTP base URL (`http://127.0.0.1:8080`) for status queries.
     pub commander_url: Option<String>,
     pub agents: usize,
@@ -716,14 +719,24 @@ async fn connect_agents(
         })
         .collect();
 
-    // Connect every agent (each subscribes to its own channel).
+    // Connect every agent (each subscribes to its own channel, on its own
+    // connection or on the shared ones).
+    let router = match opts.subscribers {
+        0 => None,
+        n => Some(fleet_agent::Router::new(client, n).await?),
+    };
     let mut agents: Vec<Agent> = Vec::with_capacity(specs.len());
     let mut connecting = stream::iter(specs.into_iter().enumerate())
         .map(|(i, spec)| {
-            let client = client.clone();
+            let (client, router) = (client.clone(), router.clone());
             let publisher = publishers[i % publishers.len()].clone();
             let channels = channels.clone();
-            async move { Agent::connect(&client, publisher, channels, spec).await }
+            async move {
+                match router {
+                    Some(r) => Agent::connect_routed(&r, publisher, channels, spec).await,
+                    None => Agent::connect(&client, publisher, channels, spec).await,
+                }
+            }
         })
         .buffer_unordered(64);
     while let Some(a) = connecting.next().await {

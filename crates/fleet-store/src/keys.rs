@@ -240,6 +240,12 @@ impl Keys {
     pub fn tokens(&self) -> String {
         format!("{}:tokens", self.prefix)
     }
+    /// String: a records hash's version (`…:keys:version`,
+    /// `…:tokens:version`), raised by every write, so that a reader can tell
+    /// that nothing changed without reading the hash.
+    pub fn version_of(hash: &str) -> String {
+        format!("{hash}:version")
+    }
     /// Stream: the audit log, one entry per privileged action, chained.
     pub fn audit(&self) -> String {
         format!("{}:audit", self.prefix)

@@ -38,6 +38,15 @@ impl KeyStore {
     }
 
     /// Every record, in key id order.
+    /// The store's version, raised by every write (None: never written, or
+    /// lost): read it to tell that nothing changed without reading the store.
+    pub async fn version(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+    ) -> Result<Option<u64>, StoreError> {
+        records::version(conn, &self.keys.keystore()).await
+    }
+
     pub async fn all(
         &self,
         conn: &mut (impl ConnectionLike + Send),

@@ -19,9 +19,22 @@ pub(crate) async fn put<T: Serialize>(
         let json = serde_json::to_string(r).expect("records serialize");
         p.hset(hash, *id, json).ignore();
     }
+    p.incr(Keys::version_of(hash), 1).ignore();
     p.publish(keys.channels().keys(), "changed").ignore();
     p.query_async::<()>(conn).await?;
     Ok(())
+}
+
+/// The version of `hash`: raised by every [`put`]; None if never written
+/// (or Redis lost it).
+pub(crate) async fn version(
+    conn: &mut (impl ConnectionLike + Send),
+    hash: &str,
+) -> Result<Option<u64>, StoreError> {
+    Ok(redis::cmd("GET")
+        .arg(Keys::version_of(hash))
+        .query_async(conn)
+        .await?)
 }
 
 pub(crate) async fn get<T: DeserializeOwned>(
