@@ -32,7 +32,8 @@ const MAX_CACHED: usize = 1 << 20;
 pub(crate) struct Sessions {
     /// None when security is open (no key: no sessions).
     exchange: Option<Exchange>,
-    by_agent: RwLock<HashMap<String, Arc<Session>>>,
+    /// Each agent's public key (as it registered) and its session.
+    by_agent: RwLock<HashMap<String, (String, Arc<Session>)>>,
     /// When each agent was last told it has no session.
     told: Mutex<HashMap<String, Instant>>,
 }
@@ -62,25 +63,51 @@ impl Sessions {
         }
     }
 
-    /// Whether an offered key gives a session (a low-order point does not).
-    pub(crate) fn usable(&self, agent_id: &str, offered: Option<&str>) -> bool {
-        let stored = self.stored(offered);
-        stored.is_empty() || self.derive(agent_id, stored).is_some()
+    /// The session an agent's registration offers: None when there is none
+    /// (no key offered, or security open); `Err` when the key gives none (a
+    /// low-order point). A re-registration with the key it has is not
+    /// derived again.
+    pub(crate) fn offer(
+        &self,
+        agent_id: &str,
+        offered: Option<&str>,
+    ) -> Result<Option<Arc<Session>>, ()> {
+        let public = self.stored(offered);
+        if public.is_empty() {
+            return Ok(None);
+        }
+        if let Some((known, s)) = self
+            .by_agent
+            .read()
+            .expect("no panics while held")
+            .get(agent_id)
+        {
+            if known == public {
+                return Ok(Some(s.clone()));
+            }
+        }
+        self.derive(agent_id, public)
+            .map(|s| Some(Arc::new(s)))
+            .ok_or(())
     }
 
     /// After a registration: the agent's session is the one it offered now
-    /// (or none).
-    pub(crate) fn registered(&self, agent_id: &str, offered: Option<&str>) {
-        let session = self.derive(agent_id, self.stored(offered));
+    /// (`offer`'s), or none.
+    pub(crate) fn registered(
+        &self,
+        agent_id: &str,
+        offered: Option<&str>,
+        session: Option<Arc<Session>>,
+    ) {
         let mut map = self.by_agent.write().expect("no panics while held");
-        match session {
-            Some(s) => {
+        match (session, self.stored(offered)) {
+            (Some(s), public) if !public.is_empty() => {
                 if map.len() >= MAX_CACHED {
                     map.clear();
                 }
-                map.insert(agent_id.to_string(), Arc::new(s));
+                map.insert(agent_id.to_string(), (public.to_string(), s));
             }
-            None => {
+            _ => {
                 map.remove(agent_id);
             }
         }
@@ -100,7 +127,7 @@ impl Sessions {
             .read()
             .expect("no panics while held")
             .get(agent_id)
-            .cloned()
+            .map(|(_, s)| s.clone())
     }
 
     /// The agent's session: cached, or derived from its record's key.
@@ -119,8 +146,9 @@ impl Sessions {
         let Some(key) = registry.session_key(conn, agent_id).await? else {
             return Ok(None);
         };
-        self.registered(agent_id, Some(&key));
-        Ok(self.cached(agent_id))
+        let session = self.offer(agent_id, Some(&key)).ok().flatten();
+        self.registered(agent_id, Some(&key), session.clone());
+        Ok(session)
     }
 
     /// Whether to tell `agent_id` now that it has no session (at most once

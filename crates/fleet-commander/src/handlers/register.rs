@@ -10,12 +10,14 @@ use crate::context::{json, Shared};
 use crate::metrics as m;
 use fleet_protocol::agent::AgentRecord;
 use fleet_protocol::auth::Grants;
+use fleet_protocol::session::Session;
 use fleet_protocol::{
     check_registration, now_ms, Event, RefusalReason, Register, ToAgent, VERSION,
 };
 use fleet_store::connection::Conn;
 use fleet_store::registry::{fresh_record, Announce, NewAgent, RegisterOutcome};
 use fleet_store::{Notice, Once, StoreError};
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -41,7 +43,7 @@ pub(super) async fn handle(
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     let answer = match check(shared, &r, grants) {
-        Ok(new) => store(shared, conn, &r, &new, once).await?,
+        Ok((new, session)) => store(shared, conn, &r, &new, session, once).await?,
         Err((reason, detail)) => Answer::Refused(reason, detail),
     };
     let channels = shared.keys.channels();
@@ -102,21 +104,21 @@ pub(super) async fn handle(
     Ok(())
 }
 
+/// Why a registration is refused, for the reply.
+type Refused = (RefusalReason, String);
+
 /// The registration's fields against the protocol, its key's grants and
-/// the pool's limits.
+/// the pool's limits; the new agent, and the session it offered (if any).
 fn check<'a>(
     shared: &Shared,
     r: &'a Register,
     grants: &Grants,
-) -> Result<NewAgent<'a>, (RefusalReason, String)> {
+) -> Result<(NewAgent<'a>, Option<Arc<Session>>), Refused> {
     let pool = check_registration(r).map_err(|x| (x.reason, x.detail))?;
-    if !shared
-        .sessions
-        .usable(&r.agent_id, r.session_key.as_deref())
-    {
+    let Ok(session) = shared.sessions.offer(&r.agent_id, r.session_key.as_deref()) else {
         let detail = "sessionKey: not a usable X25519 public key (a low-order point)";
         return Err((RefusalReason::InvalidFields, detail.into()));
-    }
+    };
     let config = shared.config();
     let pc = config.pool(pool);
     grants
@@ -130,7 +132,7 @@ fn check<'a>(
         );
         return Err((RefusalReason::ResourcesExceedLimits, detail));
     }
-    Ok(NewAgent {
+    let new = NewAgent {
         id: &r.agent_id,
         pool,
         agent_type: r.agent_type.as_deref().unwrap_or(pool.as_str()),
@@ -142,7 +144,8 @@ fn check<'a>(
         capacity: r.capacity.unwrap_or(1),
         instance: r.instance.as_deref().unwrap_or(""),
         session_key: shared.sessions.stored(r.session_key.as_deref()),
-    })
+    };
+    Ok((new, session))
 }
 
 /// Runs the register script, with the reply for a new agent pre-rendered.
@@ -151,6 +154,7 @@ async fn store(
     conn: &mut Conn,
     r: &Register,
     new: &NewAgent<'_>,
+    session: Option<Arc<Session>>,
     once: Option<&Once>,
 ) -> Result<Answer, StoreError> {
     let now = now_ms();
@@ -176,7 +180,7 @@ async fn store(
     ) {
         shared
             .sessions
-            .registered(&r.agent_id, r.session_key.as_deref());
+            .registered(&r.agent_id, r.session_key.as_deref(), session);
     }
     Ok(match outcome {
         Ok(RegisterOutcome::Registered {
