@@ -409,6 +409,23 @@ async fn replicated_durability_waits_for_a_replica_and_refuses_without_one() {
         t.elapsed() < Duration::from_secs(3),
         "refused within the timeout"
     );
+    // Its retry (the same clientId) names the same task, which no replica
+    // has: refused again, not acknowledged as a duplicate (a Sentinel
+    // failover lost such tasks: the primary they were on was resynced away).
+    let r = post(2).await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        503,
+        "a retry acknowledged unreplicated"
+    );
+    let r = h
+        .post_text(
+            api::TASKS,
+            r#"[{"pool":"ui","payload":2,"clientId":"rep-2"}]"#,
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tasks"][0]["error"], "not_replicated", "{v}");
     assert!(
         h.metric(r#"fleet_tasks_rejected_total{reason="not_replicated"}"#)
             .await

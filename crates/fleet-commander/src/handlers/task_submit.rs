@@ -98,9 +98,10 @@ pub(crate) async fn submit(
         .tasks
         .submit_and_allocate(c, &valid, crate::allocator::BATCH, now_ms())
         .await?;
-    if let (Some(c), Submitted::Accepted(t)) = (replicated_conn.as_mut(), &out) {
-        // Acknowledged only once enough replicas have it (a duplicate was
-        // acknowledged when it was first accepted).
+    if let Some(c) = replicated_conn.as_mut() {
+        // Acknowledged only once enough replicas have it. A duplicate too:
+        // it may be the retry of one refused here as not yet replicated (its
+        // script wrote after the task, so the wait covers the task).
         if let Err(short) = replicated(shared, c, started).await? {
             metrics::counter!(m::TASKS_REJECTED, "reason" => "not_replicated").increment(1);
             // It is on the primary and will run; the client may retry with
@@ -110,7 +111,7 @@ pub(crate) async fn submit(
             }
             return Err(SubmitError::Refused(
                 SubmitRefusal::NotReplicated,
-                format!("task {} is on the primary, but {short}", t.id),
+                format!("task {} is on the primary, but {short}", out.id()),
             ));
         }
     }
@@ -156,10 +157,8 @@ pub(crate) async fn submit_many(
         .submit_many(c, &refs, crate::allocator::BATCH, now_ms())
         .await?;
     let short = match replicated_conn.as_mut() {
-        Some(c) if stored.iter().any(|s| matches!(s, Submitted::Accepted(_))) => {
-            replicated(shared, c, started).await?.err()
-        }
-        _ => None,
+        Some(c) => replicated(shared, c, started).await?.err(),
+        None => None,
     };
     for (pool, allocated) in allocations {
         match allocated {
@@ -173,15 +172,15 @@ pub(crate) async fn submit_many(
     let mut stored = stored.into_iter().zip(&valid);
     for slot in out.iter_mut().filter(|o| o.is_ok()) {
         let (s, v) = stored.next().expect("one stored per valid submission");
-        *slot = match (&s, &short) {
-            (Submitted::Accepted(t), Some(short)) => {
+        *slot = match &short {
+            Some(short) => {
                 metrics::counter!(m::TASKS_REJECTED, "reason" => "not_replicated").increment(1);
                 Err(SubmitError::Refused(
                     SubmitRefusal::NotReplicated,
-                    format!("task {} is on the primary, but {short}", t.id),
+                    format!("task {} is on the primary, but {short}", s.id()),
                 ))
             }
-            _ => {
+            None => {
                 accepted(&s, v.pool);
                 Ok(s)
             }

@@ -9,13 +9,19 @@
 --    and max_cost ('' for the pool's / none), now, score (queue
 --    score), idempotency_ttl_ms
 -- Returns outcome (accepted, duplicate) and id (the new task's, or the one
--- the client id already names).
+-- the client id already names; its remembering is renewed).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local task, client, queue = KEY.task, KEY.client, KEY.queue
 local id = A.id
 if A.client_id ~= '' then
   local existing = redis.call('GET', client)
-  if existing then return reply('duplicate', {id = existing}) end
+  if existing then
+    -- A write, so that a caller waiting for replicas (WAIT) waits for one
+    -- that comes after the task itself: a retry of a submission that was
+    -- refused as not yet replicated must not be acknowledged unreplicated.
+    redis.call('PEXPIRE', client, A.idempotency_ttl_ms)
+    return reply('duplicate', {id = existing})
+  end
   redis.call('SET', client, id, 'PX', A.idempotency_ttl_ms)
 end
 redis.call('HSET', task, 'id', id, 'clientId', A.client_id, 'pool', A.pool,

@@ -12,6 +12,16 @@ pub enum Submitted {
     Duplicate(String),
 }
 
+impl Submitted {
+    /// The task's id (the new one's, or the one its client id names).
+    pub fn id(&self) -> &str {
+        match self {
+            Submitted::Accepted(t) => &t.id,
+            Submitted::Duplicate(id) => id,
+        }
+    }
+}
+
 /// What a cancellation did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cancelled {
