@@ -731,3 +731,49 @@ async fn a_small_demo_ends_with_its_verdict() {
         "{verdict}"
     );
 }
+
+/// A fleet that joins slowly (three failure windows from the first agent
+/// to the last) is not declared dead as it joins: each simulated agent
+/// heartbeats from its registration on, as a real one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowly_joining_simulated_fleet_beats_from_its_first_registration() {
+    let _heavy = heavy().await;
+    // A 2 s window (as above: a loaded machine fakes deaths at 1 s).
+    let h = Harness::start_with(|c| c.fleet.missed_heartbeats = 20).await;
+    let window = h.config.failure_window();
+    let agents = 36;
+    let report = sim::run(
+        SimOptions {
+            subscribers: 2,
+            redis_url: h.redis.url(),
+            prefix: h.config.fleet.prefix.clone(),
+            commander_url: Some(h.base()),
+            agents,
+            batch: 1,
+            // The whole join takes three windows.
+            join_rate: Some(agents as f64 / (3.0 * window.as_secs_f64())),
+            heartbeat: h.config.heartbeat_interval(),
+            failure_window: window,
+            stop: 0,
+            status_queries: 0,
+            hold: Duration::ZERO,
+            deregister_at_end: true,
+            pools: PoolType::ALL
+                .iter()
+                .map(|p| (*p, h.config.pool(*p).max_agents))
+                .collect(),
+            progress: false,
+            tasks: Default::default(),
+            spawner: false,
+            churn_per_sec: 0.0,
+            commander_pid: None,
+            issuer: Some(test_issuer("swarm:phase-1")),
+            http_token: Some(h.token.clone()),
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.registered, agents, "{report:?}");
+    assert_eq!(report.false_deaths, 0, "{report:?}");
+}

@@ -779,33 +779,55 @@ async fn register_all(
     type Done = (Agent, Instant, Duration, Result<(), AgentError>);
     let mut done: Vec<Done> = Vec::with_capacity(agents.len());
     if let Some(rate) = opts.join_rate.filter(|r| *r > 0.0) {
-        // Agents start heartbeating once the whole fleet has joined: the first
-        // must not have been silent for the failure window by then.
-        let joining_for = Duration::from_secs_f64(agents.len() as f64 / rate);
-        if joining_for + opts.heartbeat > opts.failure_window {
-            progress.line(&format!(
-                "warning: joining takes {joining_for:?}; the first agents may be declared failed before they first beat"
-            ));
-        }
+        // Each agent heartbeats from its registration on, as a real one
+        // does, until the whole fleet has joined and the fleet's own loops
+        // take over: a slow join must not leave the first ones silent.
+        let total = agents.len();
+        let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (all_in, _) = tokio::sync::watch::channel(false);
+        let all_in = Arc::new(all_in);
+        let beat = opts.heartbeat;
         let mut joining: futures_util::stream::FuturesUnordered<_> = agents
             .into_iter()
             .enumerate()
-            .map(|(i, mut a)| async move {
-                let turn = reg_started + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(turn.into()).await;
-                let t = Instant::now();
-                let r = register_with_retry(&mut a).await;
-                (a, t, t.elapsed(), r)
+            .map(|(i, mut a)| {
+                let (joined, all_in) = (joined.clone(), all_in.clone());
+                let mut go = all_in.subscribe();
+                async move {
+                    let turn = reg_started + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(turn.into()).await;
+                    let t = Instant::now();
+                    let r = register_with_retry(&mut a).await;
+                    let took = t.elapsed();
+                    if joined.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1 == total {
+                        all_in.send_replace(true);
+                    }
+                    while r.is_ok() {
+                        tokio::select! {
+                            // (The guard `wait_for` gives is dropped at once:
+                            // it must not be held across an await.)
+                            _ = async { go.wait_for(|all| *all).await.is_ok() } => break,
+                            () = tokio::time::sleep(beat) => {
+                                let _ = a.heartbeat(fleet_protocol::AgentStatus::Idle, 0.0).await;
+                            }
+                        }
+                    }
+                    (a, t, took, r)
+                }
             })
             .collect();
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 next = joining.next() => next,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let n = joined.load(std::sync::atomic::Ordering::Acquire);
+                    progress.update(&format!("registered {n}/{}", opts.agents));
+                    continue;
+                }
             };
             let Some(one) = next else { break };
             done.push(one);
-            progress.update(&format!("registered {}/{}", done.len(), opts.agents));
         }
     } else {
         let mut pending = agents.into_iter();
