@@ -106,23 +106,9 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
         SimOptions {
             // The agents share 4 pub/sub connections (fleet_agent::Router).
             subscribers: 4,
-            redis_url: h.redis.url(),
-            prefix: h.config.fleet.prefix.clone(),
-            commander_url: Some(h.base()),
             agents: 64,
-            batch: 16,
-            join_rate: None,
-            heartbeat: h.config.heartbeat_interval(),
-            failure_window: h.config.failure_window(),
             stop: 4,
             status_queries: 20,
-            hold: Duration::ZERO,
-            deregister_at_end: true,
-            pools: PoolType::ALL
-                .iter()
-                .map(|p| (*p, h.config.pool(*p).max_agents))
-                .collect(),
-            progress: false,
             tasks: sim::TaskLoad {
                 count: 200,
                 rate: None,
@@ -133,11 +119,7 @@ async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
                 // Submitted as arrays of 10 (POST /v1/tasks with an array).
                 batch: 10,
             },
-            spawner: false,
-            churn_per_sec: 0.0,
-            commander_pid: None,
-            issuer: Some(test_issuer("swarm:phase-1")),
-            http_token: Some(h.token.clone()),
+            ..h.sim_options()
         },
         Default::default(),
     )
@@ -745,30 +727,11 @@ async fn a_slowly_joining_simulated_fleet_beats_from_its_first_registration() {
     let report = sim::run(
         SimOptions {
             subscribers: 2,
-            redis_url: h.redis.url(),
-            prefix: h.config.fleet.prefix.clone(),
-            commander_url: Some(h.base()),
             agents,
             batch: 1,
             // The whole join takes three windows.
             join_rate: Some(agents as f64 / (3.0 * window.as_secs_f64())),
-            heartbeat: h.config.heartbeat_interval(),
-            failure_window: window,
-            stop: 0,
-            status_queries: 0,
-            hold: Duration::ZERO,
-            deregister_at_end: true,
-            pools: PoolType::ALL
-                .iter()
-                .map(|p| (*p, h.config.pool(*p).max_agents))
-                .collect(),
-            progress: false,
-            tasks: Default::default(),
-            spawner: false,
-            churn_per_sec: 0.0,
-            commander_pid: None,
-            issuer: Some(test_issuer("swarm:phase-1")),
-            http_token: Some(h.token.clone()),
+            ..h.sim_options()
         },
         Default::default(),
     )

@@ -362,6 +362,39 @@ impl Harness {
             .unwrap()
     }
 
+    /// A simulated fleet against this commander, as the tests run one: its
+    /// Redis, prefix, API and token, its heartbeat and failure window, every
+    /// pool up to its maximum, keys issued; no agents, tasks or phases yet
+    /// (each test sets those with `..h.sim_options()`).
+    pub fn sim_options(&self) -> fleet_sim::sim::SimOptions {
+        fleet_sim::sim::SimOptions {
+            redis_url: self.redis.url(),
+            prefix: self.config.fleet.prefix.clone(),
+            subscribers: 0,
+            commander_url: Some(self.base()),
+            agents: 0,
+            batch: 16,
+            join_rate: None,
+            heartbeat: self.config.heartbeat_interval(),
+            failure_window: self.config.failure_window(),
+            stop: 0,
+            status_queries: 0,
+            hold: Duration::ZERO,
+            deregister_at_end: true,
+            pools: PoolType::ALL
+                .iter()
+                .map(|p| (*p, self.config.pool(*p).max_agents))
+                .collect(),
+            progress: false,
+            tasks: Default::default(),
+            spawner: false,
+            churn_per_sec: 0.0,
+            commander_pid: None,
+            issuer: Some(test_issuer("swarm:phase-1")),
+            http_token: Some(self.token.clone()),
+        }
+    }
+
     /// Publishes a payload as its sender would: signed (when security is
     /// on) with the key of the agent it names, or a submitter's. Keys are
     /// issued on first use; an agent's is for the pool the payload names

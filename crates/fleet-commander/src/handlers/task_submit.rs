@@ -115,13 +115,7 @@ pub(crate) async fn submit(
             ));
         }
     }
-    match allocated {
-        Some(a) => {
-            crate::allocator::record(shared, valid.pool, a.assigned, a.queued, started);
-            shared.tell(conn, a.notices).await?;
-        }
-        None => shared.wake_pool(valid.pool),
-    }
+    hand_out(shared, conn, valid.pool, allocated, started).await?;
     accepted(&out, valid.pool);
     Ok(out)
 }
@@ -134,59 +128,69 @@ pub(crate) async fn submit_many(
     conn: &mut Conn,
     subs: &[Submission],
 ) -> Result<Vec<Result<Submitted, SubmitError>>, StoreError> {
-    let mut out: Vec<Result<Submitted, SubmitError>> = Vec::with_capacity(subs.len());
-    let mut valid = Vec::new();
-    for s in subs {
-        match validate(shared, s) {
-            Ok(v) => {
-                valid.push(v);
-                out.push(Ok(Submitted::Duplicate(String::new()))); // placeholder, set below
-            }
-            Err(e) => out.push(Err(e)),
-        }
-    }
-    if valid.is_empty() {
-        return Ok(out);
-    }
-    let started = Instant::now();
-    let mut replicated_conn = shared.submit_conn.clone();
-    let c = replicated_conn.as_mut().unwrap_or(conn);
-    let refs: Vec<_> = valid.iter().collect();
-    let (stored, allocations) = shared
-        .tasks
-        .submit_many(c, &refs, crate::allocator::BATCH, now_ms())
-        .await?;
-    let short = match replicated_conn.as_mut() {
-        Some(c) => replicated(shared, c, started).await?.err(),
-        None => None,
-    };
-    for (pool, allocated) in allocations {
-        match allocated {
-            Some(a) => {
-                crate::allocator::record(shared, pool, a.assigned, a.queued, started);
-                shared.tell(conn, a.notices).await?;
-            }
-            None => shared.wake_pool(pool),
-        }
-    }
-    let mut stored = stored.into_iter().zip(&valid);
-    for slot in out.iter_mut().filter(|o| o.is_ok()) {
-        let (s, v) = stored.next().expect("one stored per valid submission");
-        *slot = match &short {
-            Some(short) => {
-                metrics::counter!(m::TASKS_REJECTED, "reason" => "not_replicated").increment(1);
-                Err(SubmitError::Refused(
-                    SubmitRefusal::NotReplicated,
-                    format!("task {} is on the primary, but {short}", s.id()),
-                ))
-            }
-            None => {
-                accepted(&s, v.pool);
-                Ok(s)
-            }
+    let checked: Vec<_> = subs.iter().map(|s| validate(shared, s)).collect();
+    let valid: Vec<_> = checked.iter().filter_map(|c| c.as_ref().ok()).collect();
+    let (stored, short) = if valid.is_empty() {
+        (Vec::new(), None)
+    } else {
+        let started = Instant::now();
+        let mut replicated_conn = shared.submit_conn.clone();
+        let c = replicated_conn.as_mut().unwrap_or(conn);
+        let (stored, allocations) = shared
+            .tasks
+            .submit_many(c, &valid, crate::allocator::BATCH, now_ms())
+            .await?;
+        let short = match replicated_conn.as_mut() {
+            Some(c) => replicated(shared, c, started).await?.err(),
+            None => None,
         };
+        for (pool, allocated) in allocations {
+            hand_out(shared, conn, pool, allocated, started).await?;
+        }
+        (stored, short)
+    };
+    let mut stored = stored.into_iter();
+    Ok(checked
+        .into_iter()
+        .map(|c| {
+            let v = c?;
+            let s = stored.next().expect("one stored per valid submission");
+            match &short {
+                Some(short) => {
+                    metrics::counter!(m::TASKS_REJECTED, "reason" => "not_replicated").increment(1);
+                    Err(SubmitError::Refused(
+                        SubmitRefusal::NotReplicated,
+                        format!("task {} is on the primary, but {short}", s.id()),
+                    ))
+                }
+                None => {
+                    accepted(&s, v.pool);
+                    Ok(s)
+                }
+            }
+        })
+        .collect())
+}
+
+/// What the allocation run with a submission did: recorded and told, or,
+/// if it failed, the pool handed to the allocator.
+async fn hand_out(
+    shared: &Shared,
+    conn: &mut Conn,
+    pool: fleet_protocol::PoolType,
+    allocated: Option<fleet_store::tasks::Allocation>,
+    started: Instant,
+) -> Result<(), StoreError> {
+    match allocated {
+        Some(a) => {
+            crate::allocator::record(shared, pool, a.assigned, a.queued, started);
+            shared.tell(conn, a.notices).await
+        }
+        None => {
+            shared.wake_pool(pool);
+            Ok(())
+        }
     }
-    Ok(out)
 }
 
 pub(super) async fn handle(
