@@ -635,16 +635,18 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
 async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
     let h = Harness::start_with(|c| c.tasks.quarantine_ms = 200).await;
     let mut health = h.listen(&h.keys.channels().health()).await;
-    // Work that holds each task until the test lets it finish, failing or not.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    // Work that never answers a task whose payload says "mute" (it times
+    // out), and holds any other until the test lets it complete.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let w = work(move |_a: Assignment| {
+    let w = work(move |a: Assignment| {
         let rx = rx.clone();
         async move {
-            match rx.lock().await.recv().await {
-                Some(true) => Outcome::Complete(Value::Null),
-                _ => mute().await,
+            if a.payload == "mute" {
+                return mute().await;
             }
+            rx.lock().await.recv().await;
+            Outcome::Complete(Value::Null)
         }
     });
     let spec = fleet_agent::AgentSpec {
@@ -668,10 +670,9 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
         .unwrap();
     let id = submit(
         &h,
-        json!({"pool": "coordinator", "maxRetries": 0, "timeoutMs": 300}),
+        json!({"pool": "coordinator", "maxRetries": 0, "timeoutMs": 300, "payload": "mute"}),
     )
     .await;
-    tx.send(false).unwrap();
     wait_state(&h, &id, "dead").await;
     let q = health
         .wait_for("agent_quarantined", |v| v["type"] == "agent_quarantined")
@@ -682,11 +683,12 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
         .await;
 
     // On probation with capacity 3: of three tasks, one runs, two wait.
+    // The first times out, but not before the test has looked (1 s).
     let mut alloc = h.listen(&h.keys.channels().allocation()).await;
     let ids = [
         submit(
             &h,
-            json!({"pool": "coordinator", "maxRetries": 0, "timeoutMs": 300}),
+            json!({"pool": "coordinator", "maxRetries": 0, "timeoutMs": 1000, "payload": "mute"}),
         )
         .await,
         submit(&h, json!({"pool": "coordinator"})).await,
@@ -711,7 +713,6 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
     assert_eq!(running, 1);
 
     // A timed-out attempt on probation: back to quarantine, twice as long.
-    tx.send(false).unwrap();
     let q = health
         .wait_for("second quarantine", |v| v["type"] == "agent_quarantined")
         .await;
@@ -721,7 +722,7 @@ async fn probation_takes_one_task_at_a_time_and_a_failure_sends_it_back() {
     assert_eq!(a["health"]["probation"], false, "{a}");
     // After it, the waiting tasks run (one at a time) and complete.
     for _ in 0..2 {
-        tx.send(true).unwrap();
+        tx.send(()).unwrap();
     }
     for id in &ids[1..] {
         wait_state(&h, id, "completed").await;

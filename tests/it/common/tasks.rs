@@ -141,8 +141,21 @@ pub async fn python_example(
 
 pub async fn wait_state(h: &Harness, id: &str, state: &str) -> Value {
     let path = api::path(api::TASK, id);
-    wait_until(|| async { h.get(&path).await.1["state"] == state }).await;
-    h.get(&path).await.1
+    let reached = tokio::time::timeout(WAIT, async {
+        loop {
+            if h.get(&path).await.1["state"] == state {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let task = h.get(&path).await.1;
+    assert!(
+        reached.is_ok(),
+        "task {id} not {state} within {WAIT:?}: {task}"
+    );
+    task
 }
 
 /// Runs `n` tasks one after another through a pool and returns who did each.
