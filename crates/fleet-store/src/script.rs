@@ -95,6 +95,93 @@ fn bindings(keys: &[String], args: &[String]) -> String {
     )
 }
 
+/// The part of the prelude a script uses. The prelude is a list of
+/// top-level definitions (a `local function`, a `function encode.<name>`, a
+/// `local` value, each with the comment above it); one is kept when the
+/// script names it or a kept one does, in the prelude's order. A script runs
+/// its prelude on every call, so a definition it never uses would cost it on
+/// every call (a heartbeat: about 2 µs of Redis's 17, measured).
+fn prelude_for(source: &str) -> String {
+    let defs = definitions(PRELUDE);
+    let mut need = words(source);
+    let mut kept = vec![false; defs.len()];
+    loop {
+        let mut grew = false;
+        for (i, (name, text)) in defs.iter().enumerate() {
+            if !kept[i] && need.contains(name) {
+                kept[i] = true;
+                need.extend(words(text));
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    defs.iter()
+        .zip(kept)
+        .filter(|(_, k)| *k)
+        .map(|((_, text), _)| *text)
+        .collect()
+}
+
+/// The prelude's top-level definitions: (the name each defines, its text
+/// with the comment lines right above it).
+fn definitions(prelude: &str) -> Vec<(&str, &str)> {
+    let lines: Vec<(usize, &str)> = prelude
+        .split_inclusive('\n')
+        .scan(0, |at, l| {
+            let start = *at;
+            *at += l.len();
+            Some((start, l))
+        })
+        .collect();
+    let opens = |l: &str| {
+        !l.trim().is_empty()
+            && !l.starts_with(char::is_whitespace)
+            && !["--", "end", "}"].iter().any(|p| l.starts_with(p))
+    };
+    let mut starts = Vec::new();
+    for (i, &(_, l)) in lines.iter().enumerate() {
+        if opens(l) {
+            let mut first = i;
+            while first > 0 && lines[first - 1].1.starts_with("--") {
+                first -= 1;
+            }
+            let name = l
+                .strip_prefix("local function ")
+                .or_else(|| l.strip_prefix("function "))
+                .or_else(|| l.strip_prefix("local "))
+                .and_then(|rest| rest.split(|c: char| !is_word(c)).next())
+                .unwrap_or_else(|| {
+                    panic!("common.lua: a top-level line that defines nothing: {l:?}")
+                });
+            starts.push((lines[first].0, name));
+        }
+    }
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &(at, name))| {
+            let end = starts.get(i + 1).map_or(prelude.len(), |s| s.0);
+            (name, &prelude[at..end])
+        })
+        .collect()
+}
+
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The names a piece of Lua mentions, comments left out.
+fn words(lua: &str) -> std::collections::HashSet<&str> {
+    lua.lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .flat_map(|l| l.split(|c: char| !is_word(c)))
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
 impl ScriptDef {
     /// `source` is the script file; `op` names it in metrics and errors.
     pub(crate) fn new(op: &'static str, source: &str) -> ScriptDef {
@@ -113,9 +200,10 @@ impl ScriptDef {
         let keys = declared("--! keys:", TASK_KEYS);
         let args = declared("--! args:", TASK_ARGS);
         let head = bindings(&keys, &args);
+        let prelude = prelude_for(source);
         ScriptDef {
             op,
-            script: Script::new(&format!("{head}{PRELUDE}{source}")),
+            script: Script::new(&format!("{head}{prelude}{source}")),
             keys,
             args,
         }
@@ -356,6 +444,53 @@ mod tests {
             "t",
             "--! keys: epoch queue\n--! args: epoch pool now\nreturn 1",
         )
+    }
+
+    #[test]
+    fn a_script_gets_the_prelude_it_uses_and_no_more() {
+        let defined = |lua: &str| -> Vec<String> {
+            definitions(lua)
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect()
+        };
+        let all = defined(PRELUDE);
+        for name in [
+            "fenced",
+            "replayed",
+            "release_agent",
+            "place",
+            "orphan_all",
+            "encode",
+        ] {
+            assert!(all.iter().any(|n| n == name), "{name} is in the prelude");
+        }
+        // What release_agent calls comes with it, and what nothing calls
+        // stays out.
+        let kept = defined(&prelude_for(
+            "release_agent(aid, tid, now, 'completed', 5, counts)",
+        ));
+        for name in [
+            "release_agent",
+            "judge",
+            "may_quarantine",
+            "place",
+            "move",
+            "strategy",
+            "strategies",
+            "read",
+        ] {
+            assert!(kept.iter().any(|n| n == name), "{name} kept: {kept:?}");
+        }
+        for name in ["orphan_all", "requeue", "remember", "fenced", "HISTORY_MAX"] {
+            assert!(!kept.iter().any(|n| n == name), "{name} left out: {kept:?}");
+        }
+        // A name in a comment is no use of it.
+        assert!(prelude_for("-- orphan_all\nreturn 1").is_empty());
+        // Every line of the prelude after its header is in one definition.
+        let covered: usize = definitions(PRELUDE).iter().map(|(_, t)| t.len()).sum();
+        let header = PRELUDE.find("\n\n").expect("a header, then a blank line") + 2;
+        assert_eq!(covered + header, PRELUDE.len());
     }
 
     #[test]

@@ -29,6 +29,26 @@ struct Store {
     tasks: TaskStore,
 }
 
+/// A task of the test pool with this payload and retries, validated.
+fn valid_task(payload: &str, max_retries: u32) -> ValidTask {
+    let t = fleet_protocol::task::Submission {
+        pool: POOL.as_str().into(),
+        capabilities: vec![],
+        priority: Some(7),
+        payload: serde_json::from_str(payload).unwrap(),
+        timeout_ms: Some(5000),
+        max_retries: Some(max_retries),
+        client_id: None,
+        progress_timeout_ms: None,
+        max_cost: None,
+    };
+    let defaults = TaskDefaults {
+        timeout_ms: 1000,
+        max_retries: 1,
+    };
+    t.validate(|_| vec![], defaults).unwrap()
+}
+
 async fn store() -> Store {
     let redis = RedisServer::start().expect("redis-server on PATH");
     let url = redis.url();
@@ -151,22 +171,7 @@ impl Store {
     }
 
     async fn submit_with(&mut self, payload: &str, max_retries: u32) -> String {
-        let t = fleet_protocol::task::Submission {
-            pool: POOL.as_str().into(),
-            capabilities: vec![],
-            priority: Some(7),
-            payload: serde_json::from_str(payload).unwrap(),
-            timeout_ms: Some(5000),
-            max_retries: Some(max_retries),
-            client_id: None,
-            progress_timeout_ms: None,
-            max_cost: None,
-        };
-        let defaults = TaskDefaults {
-            timeout_ms: 1000,
-            max_retries: 1,
-        };
-        let valid: ValidTask = t.validate(|_| vec![], defaults).unwrap();
+        let valid = valid_task(payload, max_retries);
         match self
             .tasks
             .submit(&mut self.conn, &valid, now())
@@ -196,7 +201,7 @@ impl Store {
             error: Some("it \"broke\"".into()),
         };
         self.tasks
-            .report(&mut self.conn, ReportKind::Fail, &report, now(), None)
+            .report(&mut self.conn, ReportKind::Fail, &report, now(), None, None)
             .await
             .unwrap()
             .outcome
@@ -648,6 +653,7 @@ async fn guardrail_messages_decode_as_their_rust_types() {
             &report(&id, 1, "a1"),
             now(),
             None,
+            None,
         )
         .await
         .unwrap();
@@ -659,6 +665,7 @@ async fn guardrail_messages_decode_as_their_rust_types() {
             ReportKind::Progress,
             &report(&id, 1, "a1"),
             now(),
+            None,
             None,
         )
         .await
@@ -711,7 +718,7 @@ async fn guardrail_messages_decode_as_their_rust_types() {
     (done.step, done.usage) = (None, Some(5.5));
     let reported = s
         .tasks
-        .report(&mut s.conn, ReportKind::Complete, &done, now(), None)
+        .report(&mut s.conn, ReportKind::Complete, &done, now(), None, None)
         .await
         .unwrap();
     let halt = reported.halt.expect("a halt for a2");
@@ -849,4 +856,41 @@ async fn governance_writes_are_fenced() {
         .await
         .unwrap();
     assert!(matches!(voted, Voted::Decided(_)), "{voted:?}");
+}
+
+/// The index of recent tasks is trimmed by one submission in 16, not by
+/// each: it holds a little more than its bound, and lists exactly the
+/// newest `RECENT_TASKS`.
+#[tokio::test]
+async fn the_recent_index_stays_near_its_bound_and_lists_the_newest() {
+    let mut s = store().await;
+    let valid = valid_task("null", 0);
+    let batch = vec![&valid; 1000];
+    let total = fleet_store::tasks::RECENT_TASKS as usize + 1000;
+    let mut newest = Vec::new();
+    for _ in 0..total / 1000 {
+        let (out, _) = s
+            .tasks
+            .submit_many(&mut s.conn, &batch, ALLOCATE_BATCH, now())
+            .await
+            .unwrap();
+        newest = out.iter().map(|o| o.id().to_string()).collect();
+        tokio::time::sleep(Duration::from_millis(2)).await; // a later score
+    }
+    let held: usize = redis::cmd("ZCARD")
+        .arg(s.keys.recent_tasks())
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    assert!(
+        held >= fleet_store::tasks::RECENT_TASKS as usize && held < total - 500,
+        "{held} held of {total} submitted"
+    );
+    let listed = s.tasks.recent_ids(&mut s.conn).await.unwrap();
+    assert_eq!(listed.len(), fleet_store::tasks::RECENT_TASKS as usize);
+    let first: std::collections::HashSet<_> = listed[..1000].iter().collect();
+    assert!(
+        newest.iter().all(|id| first.contains(id)),
+        "the newest are listed first"
+    );
 }

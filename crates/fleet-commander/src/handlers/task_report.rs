@@ -3,7 +3,9 @@
 //! current (late, duplicated) is ignored and counted. Every result is
 //! acknowledged (`result_ack`), after its script has stored it: agents
 //! re-send a result until then, so one published while no commander
-//! listened (a restart, a takeover) is not lost.
+//! listened (a restart, a takeover) is not lost. The ack of a result that
+//! counts is published by the result's own script (sealed here first): one
+//! round trip for both.
 
 use super::{freed, wake};
 use crate::context::Shared;
@@ -21,7 +23,25 @@ pub(super) async fn handle(
     r: TaskReport,
     once: Option<&Once>,
 ) -> Result<(), StoreError> {
-    let reported = shared.tasks.report(conn, kind, &r, now_ms(), once).await?;
+    let result = matches!(kind, ReportKind::Complete | ReportKind::Fail);
+    let ack = |recorded| {
+        let channel = shared.keys.channels().agent(&r.agent_id);
+        let ack = ToAgent::ResultAck {
+            v: VERSION,
+            task_id: r.task_id.clone(),
+            attempt: r.attempt,
+            recorded,
+        };
+        let sealed = shared.seal(&channel, crate::context::json(&ack));
+        (channel, sealed)
+    };
+    // A result's ack, sealed here, is published by its script when the
+    // result counts (one round trip for both).
+    let counted_ack = result.then(|| ack(true).1);
+    let reported = shared
+        .tasks
+        .report(conn, kind, &r, now_ms(), once, counted_ack.as_deref())
+        .await?;
     let outcome = reported.outcome;
     // Debited once per attempt: not for a re-sent result (`Recorded`).
     let debited = matches!(
@@ -41,16 +61,14 @@ pub(super) async fn handle(
         warn!(agent_id = %r.agent_id, "budget below its minimum: agent halted");
         shared.tell(conn, vec![halt]).await?;
     }
-    if matches!(kind, ReportKind::Complete | ReportKind::Fail) {
-        // Read (and stored, if it counted): the agent may stop re-sending.
-        let ack = ToAgent::ResultAck {
-            v: VERSION,
-            task_id: r.task_id.clone(),
-            attempt: r.attempt,
-            recorded: outcome.is_some(),
-        };
-        shared
-            .send(conn, shared.keys.channels().agent(&r.agent_id), &ack)
+    if result && outcome.is_none() {
+        // Read, and not counted (late, or not its attempt): the agent may
+        // stop re-sending all the same.
+        let (channel, sealed) = ack(false);
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(sealed)
+            .query_async::<()>(conn)
             .await?;
     }
     counted(shared, kind, &r, outcome);

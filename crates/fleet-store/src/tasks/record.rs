@@ -137,7 +137,8 @@ impl TaskStore {
         Ok(redis::cmd("ZREVRANGE")
             .arg(self.keys.recent_tasks())
             .arg(0)
-            .arg(-1)
+            // The index is trimmed now and then (submit.lua), not at once.
+            .arg(RECENT_TASKS - 1)
             .query_async(conn)
             .await?)
     }
