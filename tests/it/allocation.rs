@@ -675,7 +675,7 @@ async fn a_failing_agent_is_quarantined_then_earns_its_way_back() {
         "{a}"
     );
     assert_eq!(a["health"]["quarantinedUntil"], 0);
-    assert!(h.metric("fleet_agent_probations_total").await >= 1.0);
+    wait_until(|| async { h.metric("fleet_agent_probations_total").await >= 1.0 }).await;
     stop.cancel();
     let _ = task.await;
 }

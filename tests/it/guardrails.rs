@@ -107,7 +107,7 @@ async fn an_agent_that_heartbeats_but_never_progresses_loses_the_task_and_is_fla
         "a stuck agent is quarantined: {rec}"
     );
     // (The metrics are process-wide: other tests of this file add to them.)
-    assert!(h.metric("fleet_agents_stuck_total").await >= 1.0);
+    wait_until(|| async { h.metric("fleet_agents_stuck_total").await >= 1.0 }).await;
     assert!(
         h.metric(r#"fleet_tasks_orphaned_total{reason="stuck"}"#)
             .await
@@ -223,7 +223,7 @@ async fn a_task_that_kills_its_agents_is_held_as_poison_after_two() {
         .map(|t| t["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [id.as_str()]);
-    assert!(h.metric("fleet_tasks_poisoned_total").await >= 1.0);
+    wait_until(|| async { h.metric("fleet_tasks_poisoned_total").await >= 1.0 }).await;
     wait_until(|| async { h.metric("fleet_poison_tasks").await >= 1.0 }).await;
 
     // Fixed: an operator requeues it and the surviving agent completes it.
@@ -394,7 +394,7 @@ async fn an_agent_out_of_budget_is_halted_until_topped_up_and_max_cost_is_enforc
         dead["error"].as_str().unwrap().starts_with("over_budget"),
         "{dead}"
     );
-    assert!(h.metric("fleet_tasks_over_budget_total").await >= 1.0);
+    wait_until(|| async { h.metric("fleet_tasks_over_budget_total").await >= 1.0 }).await;
     stop.cancel();
     let _ = agent.await;
 }
