@@ -813,7 +813,10 @@ impl Agent {
         } else {
             AgentStatus::Idle
         };
-        let load = f64::from(n) / f64::from(capacity);
+        // At most 1: an agent can hold more than its capacity for a while
+        // (work still running from before a re-registration), and the
+        // commander refuses a load above 1 as invalid.
+        let load = (f64::from(n) / f64::from(capacity)).min(1.0);
         if let Err(e) = self.heartbeat(status, load).await {
             warn!(agent_id = %self.spec.id, error = %e, "heartbeat not sent");
         }

@@ -352,3 +352,40 @@ async fn a_drained_agent_finishes_its_work_then_leaves() {
     let exit = tokio::time::timeout(BOUND, running).await.unwrap().unwrap();
     assert_eq!(exit, Exit::Drained);
 }
+
+/// An agent holding more than its capacity (work from before a
+/// re-registration still running) heartbeats busy at a load of 1, never
+/// above: the commander refuses a load above 1, and an agent whose
+/// heartbeats are refused is declared dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_over_its_capacity_heartbeats_a_load_of_one() {
+    let (_redis, mut c, agent) = setup("over-1").await;
+    let work: Work = Arc::new(|_| Box::pin(std::future::pending::<Outcome>()));
+    let mut agent = registered(&mut c, agent).await;
+    let stop = CancellationToken::new();
+    let running = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            agent
+                .run_with(Duration::from_millis(200), Duration::ZERO, stop, Some(work))
+                .await
+        })
+    };
+    // Three tasks for a capacity of two.
+    for t in ["t-1", "t-2", "t-3"] {
+        c.tell("over-1", &assign(t)).await;
+        c.next("task_ack").await;
+    }
+    // The heartbeats from then on (one may have been sent before the
+    // third task came).
+    let mut loads = Vec::new();
+    while loads.len() < 3 {
+        let hb = c.next("heartbeat").await;
+        if hb["status"] == "busy" {
+            loads.push(hb["load"].as_f64().unwrap());
+        }
+    }
+    assert_eq!(loads, [1.0, 1.0, 1.0]);
+    stop.cancel();
+    let _ = tokio::time::timeout(BOUND, running).await;
+}

@@ -29,7 +29,8 @@ use redis::{FromRedisValue, Script, ScriptInvocation, ToRedisArgs};
 use std::collections::HashMap;
 use std::str::FromStr;
 
-/// The prelude every script has after its bindings: fencing, counters,
+/// The prelude scripts have after their bindings (each the part it uses:
+/// [`prelude_for`]): fencing, counters,
 /// agent availability, task hand-back, and every message a script builds.
 const PRELUDE: &str = include_str!("lua/common.lua");
 

@@ -325,7 +325,7 @@ class Agent:
         status = "busy" if n >= self.capacity else ("active" if n else "idle")
         self._seq += 1
         await self.send("health", {"type": "heartbeat", "agentId": self.id, "status": status,
-                                   "load": n / max(1, self.capacity), "seq": self._seq})
+                                   "load": min(1.0, n / max(1, self.capacity)), "seq": self._seq})
 
     async def report(self, kind: str, task_id: str, attempt: int, **fields: Any) -> None:
         await self.send("results", {"type": kind, "taskId": task_id, "attempt": attempt,

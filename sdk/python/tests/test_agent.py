@@ -436,3 +436,30 @@ def test_sigterm_past_the_grace_hands_the_task_back_with_no_casualty(fleet):
     assert t["state"] == "queued", t
     assert not t.get("casualties"), t
     assert fleet.get("/v1/agents/py-term2")[0] == 404, "deregistered"
+
+
+def test_an_agent_over_its_capacity_heartbeats_a_load_of_one(fleet):
+    """Holding more than its capacity for a while (work from before a
+    re-registration still running), an agent heartbeats a load of 1: the
+    commander refuses a load above 1, and an agent whose heartbeats are
+    refused is declared dead."""
+    cred = fleet.issue("py-over", "ui", "--max-capacity", "2")
+
+    async def main() -> None:
+        async with Agent(fleet.redis_url, cred, capacity=2) as agent:
+            await agent.register()
+            refused = metric(fleet, 'fleet_messages_rejected_total{channel="health",reason="invalid_fields"}')
+            beats = metric(fleet, "fleet_heartbeats_total")
+            agent._running = {(f"t-{i}", 1): None for i in range(3)}  # three in hand for two
+            try:
+                await agent.heartbeat()
+                await until(lambda: metric(fleet, "fleet_heartbeats_total") > beats, "the heartbeat handled")
+            finally:
+                agent._running = {}
+            record = fleet.get("/v1/agents/py-over")[1]
+            assert record["status"] == "busy", record
+            assert record["load"] == 1.0, record
+            assert metric(fleet, 'fleet_messages_rejected_total{channel="health",reason="invalid_fields"}') == refused
+            await agent.deregister()
+
+    asyncio.run(main())

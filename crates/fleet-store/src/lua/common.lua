@@ -7,6 +7,10 @@
 -- A.<name> and K (every named key, and every argument prefix.<name> under
 -- <name>), and puts each value it is given by name in its declared place.
 -- Scripts never read KEYS[i] or ARGV[i].
+-- Each script carries only the definitions below that it names, and what
+-- those name (script::prelude_for): every top-level line starts one (a
+-- `local function`, a `function encode.<name>`, a `local` value), with the
+-- comment lines right above it.
 
 -- The nonce of the signed message this script acts on, recorded now; true if
 -- it was recorded already (a replay: the script must change nothing). Only
