@@ -179,6 +179,24 @@ async fn registered(c: &mut Commander, agent: Agent) -> Agent {
     agent
 }
 
+/// The agent running (200 ms heartbeats) with `work` on its own task, until
+/// the token is cancelled.
+fn run(mut agent: Agent, work: Work) -> (CancellationToken, tokio::task::JoinHandle<Exit>) {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let running = tokio::spawn(async move {
+        agent
+            .run_with(
+                Duration::from_millis(200),
+                Duration::ZERO,
+                token,
+                Some(work),
+            )
+            .await
+    });
+    (stop, running)
+}
+
 /// No reply to a `register`: it is sent again (every `REQUEST_RETRY`), and
 /// the reply to the second is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,16 +261,8 @@ async fn a_cancelled_task_is_stopped() {
             Outcome::Complete(Value::Null)
         })
     });
-    let mut agent = registered(&mut c, agent).await;
-    let stop = CancellationToken::new();
-    let running = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            agent
-                .run_with(Duration::from_millis(200), Duration::ZERO, stop, Some(work))
-                .await
-        })
-    };
+    let agent = registered(&mut c, agent).await;
+    let (stop, running) = run(agent, work);
     c.tell("cancel-1", &assign("t-cancel")).await;
     let ack = c.next("task_ack").await;
     assert_eq!(ack["taskId"], "t-cancel");
@@ -298,13 +308,8 @@ async fn a_drained_agent_finishes_its_work_then_leaves() {
             Outcome::Complete(serde_json::json!({"done": a.task_id}))
         })
     });
-    let mut agent = registered(&mut c, agent).await;
-    let running = tokio::spawn(async move {
-        let stop = CancellationToken::new();
-        agent
-            .run_with(Duration::from_millis(200), Duration::ZERO, stop, Some(work))
-            .await
-    });
+    let agent = registered(&mut c, agent).await;
+    let (_stop, running) = run(agent, work);
     c.tell("drain-1", &assign("t-drain")).await;
     c.next("task_ack").await;
     // One task of a capacity of two: active, at half load.
@@ -361,16 +366,8 @@ async fn a_drained_agent_finishes_its_work_then_leaves() {
 async fn an_agent_over_its_capacity_heartbeats_a_load_of_one() {
     let (_redis, mut c, agent) = setup("over-1").await;
     let work: Work = Arc::new(|_| Box::pin(std::future::pending::<Outcome>()));
-    let mut agent = registered(&mut c, agent).await;
-    let stop = CancellationToken::new();
-    let running = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            agent
-                .run_with(Duration::from_millis(200), Duration::ZERO, stop, Some(work))
-                .await
-        })
-    };
+    let agent = registered(&mut c, agent).await;
+    let (stop, running) = run(agent, work);
     // Three tasks for a capacity of two.
     for t in ["t-1", "t-2", "t-3"] {
         c.tell("over-1", &assign(t)).await;
