@@ -739,3 +739,41 @@ async fn the_timer_rereads_the_key_store_only_when_its_version_moved() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A key written is read alone, not with the whole store: a refresh reads
+/// the keys named in the store's change log since its last read (the
+/// store of a 100,000-agent fleet is a hash of 100,000 records, read whole
+/// up to five times a second while keys are issued). A log that no longer
+/// reaches back makes it read everything, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_written_is_read_alone_not_with_the_whole_store() {
+    let h = Harness::start().await;
+    let (reread, whole) = (
+        "fleet_keys_reread_total",
+        "fleet_key_store_full_reads_total",
+    );
+    let reads = h.metric(whole).await;
+    for i in 0..20 {
+        h.credential(&format!("many-{i}"), PoolType::Coder).await;
+    }
+    wait_until(|| async { h.metric(reread).await >= 20.0 }).await;
+    let before = h.metric(reread).await;
+    h.credential("one-more", PoolType::Coder).await;
+    wait_until(|| async { h.metric(reread).await >= before + 1.0 }).await;
+    assert_eq!(h.metric(reread).await, before + 1.0, "the one key written");
+    assert_eq!(h.metric(whole).await, reads, "the store never read whole");
+    // A key read that way is in force: its agent registers.
+    let mut a = h.agent("one-more", PoolType::Coder).await;
+    a.register(T)
+        .await
+        .expect("registered with a key just issued");
+    // The log cut short (trimmed past this commander's place, or lost):
+    // the next refresh reads the whole store.
+    let _: () = redis::cmd("DEL")
+        .arg(fleet_store::Keys::changes_of(&h.keys.keystore()))
+        .query_async(&mut h.conn().await)
+        .await
+        .unwrap();
+    h.credential("after-the-cut", PoolType::Coder).await;
+    wait_until(|| async { h.metric(whole).await >= reads + 1.0 }).await;
+}

@@ -166,9 +166,11 @@ pub(crate) struct Gate {
     keys: RwLock<HashMap<String, Arc<(KeyRecord, PublicKey)>>>,
     /// Key ids found in no store since the last reload (bounded).
     missing: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// The key store's version at the last full read: a reload that finds it
-    /// unchanged reads nothing more (a fleet's keys are a large hash).
-    loaded: std::sync::Mutex<Option<u64>>,
+    /// The key store's version and its change-log position as of the last
+    /// read: a reload that finds the version unchanged reads nothing more,
+    /// and one that finds it moved reads only the keys written since (a
+    /// fleet's keys are a large hash).
+    loaded: std::sync::Mutex<(Option<u64>, Option<fleet_store::keystore::Position>)>,
     /// Wakes the refresher: a key changed.
     pub(crate) changed: tokio::sync::Notify,
     /// A token bucket per sender that proved who it is (by subject).
@@ -251,20 +253,71 @@ impl Gate {
         conn: &mut (impl ConnectionLike + Send),
     ) -> Result<usize, StoreError> {
         let version = self.store.version(conn).await?;
-        let unchanged =
-            version.is_some() && version == *self.loaded.lock().expect("no panics while held");
-        if !unchanged {
-            self.reload_keys(conn).await?;
-            *self.loaded.lock().expect("no panics while held") = version;
+        let (known, at) = self.loaded.lock().expect("no panics while held").clone();
+        if version.is_none() || version != known {
+            let read = match (at, version) {
+                (Some(at), Some(_)) => self.reload_changed(conn, &at).await?,
+                _ => None,
+            };
+            let at = match read {
+                Some(at) => at,
+                None => {
+                    // Everything: first the log's position, so that what is
+                    // written meanwhile is read again next time.
+                    let at = self.store.last_change(conn).await?;
+                    self.reload_keys(conn).await?;
+                    at
+                }
+            };
+            *self.loaded.lock().expect("no panics while held") = (version, Some(at));
         }
         let n = self.keys.read().expect("no panics while held").len();
         self.reload_tokens(conn).await?;
         Ok(n)
     }
 
+    /// Reads the keys written since the change-log position `at` and puts
+    /// them in the cache (a revoked one replaced by its revoked record);
+    /// the new position, or None when the log does not reach back to `at`
+    /// or names nothing (then everything must be read).
+    async fn reload_changed(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        at: &fleet_store::keystore::Position,
+    ) -> Result<Option<fleet_store::keystore::Position>, StoreError> {
+        let Some((changed, last)) = self.store.changed_since(conn, at).await? else {
+            return Ok(None);
+        };
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        metrics::counter!(crate::metrics::KEYS_REREAD).increment(changed.len() as u64);
+        let mut keys = self.keys.write().expect("no panics while held");
+        let mut missing = self.missing.lock().expect("no panics while held");
+        for (kid, record) in changed {
+            missing.remove(&kid);
+            let decoded = record.and_then(|r| {
+                let pk = auth::decode_public(&r.public);
+                if pk.is_none() {
+                    warn!(
+                        kid = r.kid,
+                        "key record with an unreadable public key; ignored"
+                    );
+                }
+                pk.map(|pk| Arc::new((r, pk)))
+            });
+            match decoded {
+                Some(k) => keys.insert(kid, k),
+                None => keys.remove(&kid),
+            };
+        }
+        Ok(Some(last))
+    }
+
     /// Reads every key, unless the store was found empty while keys are
     /// known (see [`Gate::reload`]).
     async fn reload_keys(&self, conn: &mut (impl ConnectionLike + Send)) -> Result<(), StoreError> {
+        metrics::counter!(crate::metrics::KEY_STORE_READS).increment(1);
         let all = self.store.all(conn).await?;
         let known: Vec<KeyRecord> = self
             .keys

@@ -63,6 +63,8 @@ pub const VALIDATORS: &str = "fleet_validators";
 pub const VALIDATORS_LIVE: &str = "fleet_validators_live";
 pub const AUDIT_CHECKPOINT_SEQ: &str = "fleet_audit_checkpoint_seq";
 pub const KEY_RELOADS: &str = "fleet_key_reloads_total";
+pub const KEYS_REREAD: &str = "fleet_keys_reread_total";
+pub const KEY_STORE_READS: &str = "fleet_key_store_full_reads_total";
 pub const BYZANTINE_TOLERANCE: &str = "fleet_byzantine_tolerance";
 pub const PROPOSALS: &str = "fleet_proposals_total";
 pub const PROPOSAL_SECONDS: &str = "fleet_proposal_decision_seconds";
@@ -255,7 +257,15 @@ fn describe() {
     );
     c!(
         KEY_RELOADS,
-        "Reads of the whole key store (on a key-change notice, at most 5/s, or on the refresh timer)."
+        "Key store refreshes (on a key-change notice, at most 5/s, or on the refresh timer): each reads the store's version, then only the keys written since, or the whole store when its change log does not reach back."
+    );
+    c!(
+        KEY_STORE_READS,
+        "Reads of the whole key store: at start, and when its change log does not reach back to the last read."
+    );
+    c!(
+        KEYS_REREAD,
+        "Key records read again by a refresh because they were written since the last (the rest of the store is not read)."
     );
     c!(REDIS_ERRORS, "Redis commands that failed, by operation.");
     c!(
@@ -562,6 +572,8 @@ fn initialize() {
         DETECTION_SKIPPED,
         HEARTBEATS,
         KEY_RELOADS,
+        KEYS_REREAD,
+        KEY_STORE_READS,
         SUBSCRIBER_RECONNECTS,
         TASKS_CANCELLED,
         TASKS_POISONED,

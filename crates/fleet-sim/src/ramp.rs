@@ -320,6 +320,13 @@ impl Ramp {
         report.tasks_lost = report
             .tasks_submitted
             .saturating_sub(report.tasks_completed);
+        // A drained agent counts itself once its deregistration is
+        // answered, a moment after the commander counted it gone: give the
+        // last ones that moment (bounded).
+        let settle = Instant::now() + Duration::from_secs(5);
+        while spawned.drained() + min < spawned.started() && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         report.agents_started = spawned.started();
         report.agents_drained = spawned.drained();
         progress.line(&format!(

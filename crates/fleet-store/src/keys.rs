@@ -246,6 +246,12 @@ impl Keys {
     pub fn version_of(hash: &str) -> String {
         format!("{hash}:version")
     }
+    /// Stream: which records of a records hash each write changed (its
+    /// change log, trimmed to about 10,000 writes), so that a reader can
+    /// read only those.
+    pub fn changes_of(hash: &str) -> String {
+        format!("{hash}:changes")
+    }
     /// Stream: the audit log, one entry per privileged action, chained.
     pub fn audit(&self) -> String {
         format!("{}:audit", self.prefix)

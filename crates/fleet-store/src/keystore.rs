@@ -3,6 +3,7 @@
 //! expiring). No signing secret is ever stored: an agent's secret is printed
 //! once, when its key is issued.
 
+pub use crate::records::Position;
 use crate::{records, Keys, StoreError};
 use fleet_protocol::auth::{self, Credential, Grants, KeyRecord, PublicKey, Role};
 use fleet_protocol::PoolType;
@@ -45,6 +46,31 @@ impl KeyStore {
         conn: &mut (impl ConnectionLike + Send),
     ) -> Result<Option<u64>, StoreError> {
         records::version(conn, &self.keys.keystore()).await
+    }
+
+    /// The position of the newest entry of the store's change log.
+    pub async fn last_change(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+    ) -> Result<Position, StoreError> {
+        records::last_change(conn, &self.keys.keystore()).await
+    }
+
+    /// The records written after the change-log position `after` (each key
+    /// id with its record, None for one not found), and the position of the
+    /// last write read; None when the log no longer reaches back that far.
+    #[allow(clippy::type_complexity)]
+    pub async fn changed_since(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        after: &Position,
+    ) -> Result<Option<(Vec<(String, Option<KeyRecord>)>, Position)>, StoreError> {
+        let hash = self.keys.keystore();
+        let Some((ids, last)) = records::changed_since(conn, &hash, after).await? else {
+            return Ok(None);
+        };
+        let found: Vec<Option<KeyRecord>> = records::get_many(conn, &hash, &ids).await?;
+        Ok(Some((ids.into_iter().zip(found).collect(), last)))
     }
 
     pub async fn all(

@@ -5,7 +5,8 @@
 //! - [`audit`]: the audit log, a signed hash chain in a stream.
 //! - [`acl`]: the fleet's Redis ACL users, from the key store.
 //! - [`tokens`]: operators' bearer tokens for the HTTP API (hashes only).
-//! - [`keystore`]: agents' and submitters' public keys, and recent nonces.
+//! - [`keystore`]: agents' and submitters' public keys, and recent nonces;
+//!   a change log of the keys written, so that readers read only those.
 //! - [`connection`]: every Redis client and connection (`TCP_NODELAY`, timeouts).
 //! - [`lease`]: which commander leads: the lease and the commanders' directory.
 //! - [`registry`]: agents: hashes, per-pool sets, heartbeat and failure sorted
@@ -16,7 +17,8 @@
 //!   letters, evidence; changed only by fenced Lua scripts.
 //! - [`scripts`]: the one registry of Lua scripts (`lua/`), and `load_all`;
 //!   `script` is the typed contract each is called through (keys and
-//!   arguments by name, replies read by name); `records` parses stored hashes;
+//!   arguments by name, replies read by name); `records` writes and reads the
+//!   hashes of JSON records (keys, tokens) with their version and change log;
 //!   [`fields`] lists a task's and an agent's hash fields, once.
 //! - [`error`]: [`StoreError`], the one error of this crate.
 //! - [`telemetry`]: the script-duration histogram the store records.

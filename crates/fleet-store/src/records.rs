@@ -6,8 +6,15 @@ use crate::{Keys, StoreError};
 use redis::aio::ConnectionLike;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 
-/// Stores `records` (id, record) in `hash` and tells the commander.
+/// Changes kept in a hash's change log (approximately): a reader that
+/// falls further behind reads the whole hash again.
+const CHANGES_MAX: usize = 10_000;
+
+/// Stores `records` (id, record) in `hash` and tells the commander: in one
+/// transaction, the records, an entry naming them in the hash's change log
+/// (a stream, [`Keys::changes_of`]), and its version raised.
 pub(crate) async fn put<T: Serialize>(
     conn: &mut (impl ConnectionLike + Send),
     keys: &Keys,
@@ -15,14 +22,145 @@ pub(crate) async fn put<T: Serialize>(
     records: &[(&str, &T)],
 ) -> Result<(), StoreError> {
     let mut p = redis::pipe();
+    p.atomic();
     for (id, r) in records {
         let json = serde_json::to_string(r).expect("records serialize");
         p.hset(hash, *id, json).ignore();
     }
+    let ids: Vec<&str> = records.iter().map(|(id, _)| *id).collect();
+    p.cmd("XADD")
+        .arg(Keys::changes_of(hash))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(CHANGES_MAX)
+        .arg("*")
+        .arg("ids")
+        .arg(ids.join(" "))
+        .ignore();
     p.incr(Keys::version_of(hash), 1).ignore();
     p.publish(keys.channels().keys(), "changed").ignore();
     p.query_async::<()>(conn).await?;
     Ok(())
+}
+
+/// A reader's place in a hash's change log: the last entry it read, and
+/// how many entries the log had had added by then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub id: String,
+    pub added: u64,
+}
+
+/// The log's last entry id and its count of entries ever added (Redis 7's
+/// `XINFO STREAM`), or None when there is no log (or no such count).
+async fn log_state(
+    conn: &mut (impl ConnectionLike + Send),
+    log: &str,
+) -> Result<Option<Position>, StoreError> {
+    let info: redis::RedisResult<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(log)
+        .query_async(conn)
+        .await;
+    let Ok(info) = info else {
+        return Ok(None); // no such key
+    };
+    let text = |name: &str| -> Option<String> {
+        info.get(name)
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+    };
+    let added = text("entries-added").and_then(|n| n.parse().ok());
+    Ok(added.map(|added| Position {
+        id: text("last-generated-id").unwrap_or_else(|| "0-0".into()),
+        added,
+    }))
+}
+
+/// The position at the newest entry of `hash`'s change log (an empty one
+/// when there is none).
+pub(crate) async fn last_change(
+    conn: &mut (impl ConnectionLike + Send),
+    hash: &str,
+) -> Result<Position, StoreError> {
+    Ok(log_state(conn, &Keys::changes_of(hash))
+        .await?
+        .unwrap_or(Position {
+            id: "0-0".into(),
+            added: 0,
+        }))
+}
+
+/// The ids of the records of `hash` written after `after`, and the position
+/// of the last of them; None when the log cannot say (it was trimmed past
+/// `after`, lost or made anew, or this Redis does not count its entries):
+/// then read the whole hash.
+pub(crate) async fn changed_since(
+    conn: &mut (impl ConnectionLike + Send),
+    hash: &str,
+    after: &Position,
+) -> Result<Option<(Vec<String>, Position)>, StoreError> {
+    type Entries = Vec<(String, Vec<(String, String)>)>;
+    let log = Keys::changes_of(hash);
+    let Some(now) = log_state(conn, &log).await? else {
+        return Ok(None);
+    };
+    if now.added < after.added {
+        return Ok(None); // a new log since
+    }
+    let expected = now.added - after.added;
+    let (mut ids, mut last, mut read) = (Vec::new(), after.id.clone(), 0u64);
+    while read < expected {
+        let page: Entries = redis::cmd("XRANGE")
+            .arg(&log)
+            .arg(format!("({last}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        for (id, fields) in page {
+            for (_, names) in fields {
+                ids.extend(names.split(' ').filter(|n| !n.is_empty()).map(String::from));
+            }
+            last = id;
+            read += 1;
+        }
+    }
+    if read < expected {
+        return Ok(None); // trimmed past our place: entries are gone
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(Some((
+        ids,
+        Position {
+            id: last,
+            added: after.added + read,
+        },
+    )))
+}
+
+/// The records of `hash` with these ids (None where there is none), in order.
+pub(crate) async fn get_many<T: DeserializeOwned>(
+    conn: &mut (impl ConnectionLike + Send),
+    hash: &str,
+    ids: &[String],
+) -> Result<Vec<Option<T>>, StoreError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(1000) {
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(hash)
+            .arg(chunk)
+            .query_async(conn)
+            .await?;
+        for (id, r) in chunk.iter().zip(raw) {
+            out.push(r.map(|r| parse(hash, id, &r)).transpose()?);
+        }
+    }
+    Ok(out)
 }
 
 /// The version of `hash`: raised by every [`put`]; None if never written
