@@ -33,6 +33,7 @@ use fleet_protocol::auth::{
     self, AuthError, Grants, KeyRecord, Proof, PublicKey, Role, Signed, Signer,
 };
 use fleet_protocol::{now_ms, Inbound, Misfit};
+use fleet_store::keystore::Position;
 use fleet_store::registry::Registry;
 use fleet_store::tokens::{self, TokenRecord, TokenRole, TokenStore};
 use fleet_store::{KeyStore, Keys, Once, StoreError};
@@ -170,7 +171,7 @@ pub(crate) struct Gate {
     /// read: a reload that finds the version unchanged reads nothing more,
     /// and one that finds it moved reads only the keys written since (a
     /// fleet's keys are a large hash).
-    loaded: std::sync::Mutex<(Option<u64>, Option<fleet_store::keystore::Position>)>,
+    loaded: std::sync::Mutex<(Option<u64>, Option<Position>)>,
     /// Wakes the refresher: a key changed.
     pub(crate) changed: tokio::sync::Notify,
     /// A token bucket per sender that proved who it is (by subject).
@@ -252,23 +253,25 @@ impl Gate {
         &self,
         conn: &mut (impl ConnectionLike + Send),
     ) -> Result<usize, StoreError> {
-        let version = self.store.version(conn).await?;
+        let (version, log) = self.store.state(conn).await?;
         let (known, at) = self.loaded.lock().expect("no panics while held").clone();
         if version.is_none() || version != known {
-            let read = match (at, version) {
-                (Some(at), Some(_)) => self.reload_changed(conn, &at).await?,
-                _ => None,
-            };
-            let at = match read {
-                Some(at) => at,
-                None => {
-                    // Everything: first the log's position, so that what is
-                    // written meanwhile is read again next time.
-                    let at = self.store.last_change(conn).await?;
-                    self.reload_keys(conn).await?;
-                    at
+            // Only what was logged since the last read; everything at the
+            // first read, without a log, or when the version moved with no
+            // entry logged (a writer that does not log).
+            let read = match (&at, &log) {
+                (Some(at), Some(now)) if version.is_some() && now.added > at.added => {
+                    self.reload_changed(conn, at, now).await?
                 }
+                _ => false,
             };
+            if !read {
+                self.reload_keys(conn).await?;
+            }
+            let at = log.unwrap_or(Position {
+                id: "0-0".into(),
+                added: 0,
+            });
             *self.loaded.lock().expect("no panics while held") = (version, Some(at));
         }
         let n = self.keys.read().expect("no panics while held").len();
@@ -276,21 +279,18 @@ impl Gate {
         Ok(n)
     }
 
-    /// Reads the keys written since the change-log position `at` and puts
-    /// them in the cache (a revoked one replaced by its revoked record);
-    /// the new position, or None when the log does not reach back to `at`
-    /// or names nothing (then everything must be read).
+    /// Reads the keys logged after `at` and up to `now` and puts them in the
+    /// cache (a revoked one replaced by its revoked record); false when the
+    /// log no longer holds them all (then everything must be read).
     async fn reload_changed(
         &self,
         conn: &mut (impl ConnectionLike + Send),
-        at: &fleet_store::keystore::Position,
-    ) -> Result<Option<fleet_store::keystore::Position>, StoreError> {
-        let Some((changed, last)) = self.store.changed_since(conn, at).await? else {
-            return Ok(None);
+        at: &Position,
+        now: &Position,
+    ) -> Result<bool, StoreError> {
+        let Some(changed) = self.store.changed_since(conn, at, now).await? else {
+            return Ok(false);
         };
-        if changed.is_empty() {
-            return Ok(None);
-        }
         metrics::counter!(crate::metrics::KEYS_REREAD).increment(changed.len() as u64);
         let mut keys = self.keys.write().expect("no panics while held");
         let mut missing = self.missing.lock().expect("no panics while held");
@@ -311,7 +311,7 @@ impl Gate {
                 None => keys.remove(&kid),
             };
         }
-        Ok(Some(last))
+        Ok(true)
     }
 
     /// Reads every key, unless the store was found empty while keys are

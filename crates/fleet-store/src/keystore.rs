@@ -48,29 +48,30 @@ impl KeyStore {
         records::version(conn, &self.keys.keystore()).await
     }
 
-    /// The position of the newest entry of the store's change log.
-    pub async fn last_change(
+    /// The store's version and its change log's state, read together
+    /// (see `records::state`).
+    pub async fn state(
         &self,
         conn: &mut (impl ConnectionLike + Send),
-    ) -> Result<Position, StoreError> {
-        records::last_change(conn, &self.keys.keystore()).await
+    ) -> Result<(Option<u64>, Option<Position>), StoreError> {
+        records::state(conn, &self.keys.keystore()).await
     }
 
-    /// The records written after the change-log position `after` (each key
-    /// id with its record, None for one not found), and the position of the
-    /// last write read; None when the log no longer reaches back that far.
-    #[allow(clippy::type_complexity)]
+    /// The records written after the change-log position `after` and up to
+    /// `now` (each key id with its record, None for one not found); None
+    /// when the log no longer holds them all.
     pub async fn changed_since(
         &self,
         conn: &mut (impl ConnectionLike + Send),
         after: &Position,
-    ) -> Result<Option<(Vec<(String, Option<KeyRecord>)>, Position)>, StoreError> {
+        now: &Position,
+    ) -> Result<Option<Vec<(String, Option<KeyRecord>)>>, StoreError> {
         let hash = self.keys.keystore();
-        let Some((ids, last)) = records::changed_since(conn, &hash, after).await? else {
+        let Some(ids) = records::changed_since(conn, &hash, after, now).await? else {
             return Ok(None);
         };
         let found: Vec<Option<KeyRecord>> = records::get_many(conn, &hash, &ids).await?;
-        Ok(Some((ids.into_iter().zip(found).collect(), last)))
+        Ok(Some(ids.into_iter().zip(found).collect()))
     }
 
     pub async fn all(

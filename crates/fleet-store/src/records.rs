@@ -51,71 +51,65 @@ pub struct Position {
     pub added: u64,
 }
 
-/// The log's last entry id and its count of entries ever added (Redis 7's
-/// `XINFO STREAM`), or None when there is no log (or no such count).
-async fn log_state(
-    conn: &mut (impl ConnectionLike + Send),
-    log: &str,
-) -> Result<Option<Position>, StoreError> {
-    let info: redis::RedisResult<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(log)
-        .query_async(conn)
-        .await;
-    let Ok(info) = info else {
-        return Ok(None); // no such key
-    };
-    let text = |name: &str| -> Option<String> {
-        info.get(name)
-            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-    };
-    let added = text("entries-added").and_then(|n| n.parse().ok());
-    Ok(added.map(|added| Position {
-        id: text("last-generated-id").unwrap_or_else(|| "0-0".into()),
-        added,
-    }))
-}
-
-/// The position at the newest entry of `hash`'s change log (an empty one
-/// when there is none).
-pub(crate) async fn last_change(
+/// The version of `hash` and the state of its change log (its last entry
+/// and its count of entries ever added, Redis 7's `XINFO STREAM`; None when
+/// there is no log, or no such count), read together: every [`put`] moves
+/// both in one transaction, so a version that moved while the count did not
+/// is a writer that does not log.
+pub(crate) async fn state(
     conn: &mut (impl ConnectionLike + Send),
     hash: &str,
-) -> Result<Position, StoreError> {
-    Ok(log_state(conn, &Keys::changes_of(hash))
-        .await?
-        .unwrap_or(Position {
-            id: "0-0".into(),
-            added: 0,
-        }))
+) -> Result<(Option<u64>, Option<Position>), StoreError> {
+    let mut p = redis::pipe();
+    p.atomic().ignore_errors();
+    p.cmd("GET").arg(Keys::version_of(hash));
+    p.cmd("XINFO").arg("STREAM").arg(Keys::changes_of(hash));
+    let mut replies: Vec<redis::RedisResult<redis::Value>> = p.query_async(conn).await?;
+    let info = replies.pop().and_then(|r| r.ok());
+    let version = match replies.pop() {
+        Some(v) => redis::from_redis_value::<Option<u64>>(v?)?,
+        None => None,
+    };
+    let info: Option<HashMap<String, redis::Value>> =
+        info.and_then(|v| redis::from_redis_value(v).ok());
+    let log = info.and_then(|info| {
+        let text = |name: &str| -> Option<String> {
+            info.get(name)
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+        };
+        let added = text("entries-added")?.parse().ok()?;
+        Some(Position {
+            id: text("last-generated-id").unwrap_or_else(|| "0-0".into()),
+            added,
+        })
+    });
+    Ok((version, log))
 }
 
-/// The ids of the records of `hash` written after `after`, and the position
-/// of the last of them; None when the log cannot say (it was trimmed past
-/// `after`, lost or made anew, or this Redis does not count its entries):
-/// then read the whole hash.
+/// The ids of the records of `hash` written after `after` and up to `now`
+/// (the log's state read with the version), and `now`; None when the log no
+/// longer holds them all (trimmed past `after`, or made anew): then read
+/// the whole hash.
 pub(crate) async fn changed_since(
     conn: &mut (impl ConnectionLike + Send),
     hash: &str,
     after: &Position,
-) -> Result<Option<(Vec<String>, Position)>, StoreError> {
+    now: &Position,
+) -> Result<Option<Vec<String>>, StoreError> {
     type Entries = Vec<(String, Vec<(String, String)>)>;
-    let log = Keys::changes_of(hash);
-    let Some(now) = log_state(conn, &log).await? else {
-        return Ok(None);
-    };
     if now.added < after.added {
         return Ok(None); // a new log since
     }
+    let log = Keys::changes_of(hash);
     let expected = now.added - after.added;
     let (mut ids, mut last, mut read) = (Vec::new(), after.id.clone(), 0u64);
     while read < expected {
         let page: Entries = redis::cmd("XRANGE")
             .arg(&log)
             .arg(format!("({last}"))
-            .arg("+")
+            .arg(&now.id)
             .arg("COUNT")
-            .arg(1000)
+            .arg((expected - read).min(1000))
             .query_async(conn)
             .await?;
         if page.is_empty() {
@@ -134,13 +128,7 @@ pub(crate) async fn changed_since(
     }
     ids.sort_unstable();
     ids.dedup();
-    Ok(Some((
-        ids,
-        Position {
-            id: last,
-            added: after.added + read,
-        },
-    )))
+    Ok(Some(ids))
 }
 
 /// The records of `hash` with these ids (None where there is none), in order.
