@@ -193,55 +193,6 @@ async fn duplicate_and_late_results_are_ignored_and_counted() {
     let _ = task.await;
 }
 
-/// A result is stored and acknowledged in one round trip: its script
-/// publishes the agent's `result_ack` (sealed by the commander beforehand).
-/// A result that counts for nothing (not the current attempt) is
-/// acknowledged too, as not recorded, by the commander after the script.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_is_stored_and_acknowledged_in_one_round_trip() {
-    let h = Harness::start().await;
-    let (stop, task) = start_agent(&h, "ack-1", PoolType::Tester, &[], None).await;
-    let id = submit(&h, json!({"pool": "tester", "payload": 7})).await;
-    wait_state(&h, &id, "completed").await;
-    let mut acks = h.listen(&h.keys.channels().agent("ack-1")).await;
-    let trips = |part: &'static str| {
-        let h = &h;
-        async move {
-            h.metric(&format!(
-                "fleet_redis_round_trips_per_message_{part}{{kind=\"task_complete\"}}"
-            ))
-            .await
-        }
-    };
-    let results = h.keys.channels().results();
-    // The completion sent again (its first copy counted), then one for an
-    // attempt that never was; the first of all, not counted, has its key
-    // looked up (a round trip of its own).
-    for (attempt, recorded, round_trips) in [(0, false, 0.0), (1, true, 1.0), (0, false, 2.0)] {
-        let (count, sum) = (trips("count").await, trips("sum").await);
-        let m = json!({"v": 1, "type": "task_complete", "taskId": id, "attempt": attempt,
-                       "agentId": "ack-1", "result": "again"});
-        h.publish(&results, m.to_string()).await;
-        let ack = acks
-            .wait_for("the result's ack", |v| {
-                v["type"] == "result_ack" && v["taskId"] == id.as_str() && v["attempt"] == attempt
-            })
-            .await;
-        assert_eq!(ack["recorded"], recorded, "{ack}");
-        wait_until(|| async { trips("count").await >= count + 1.0 }).await;
-        if round_trips == 0.0 {
-            continue;
-        }
-        assert_eq!(
-            trips("sum").await - sum,
-            round_trips,
-            "round trips for a result recorded: {recorded}"
-        );
-    }
-    stop.cancel();
-    let _ = task.await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_retry_with_backoff_then_dead_letter_then_requeue() {
     let h = Harness::start_with(|c| {

@@ -3,9 +3,7 @@
 //! current (late, duplicated) is ignored and counted. Every result is
 //! acknowledged (`result_ack`), after its script has stored it: agents
 //! re-send a result until then, so one published while no commander
-//! listened (a restart, a takeover) is not lost. The ack of a result that
-//! counts is published by the result's own script (sealed here first): one
-//! round trip for both.
+//! listened (a restart, a takeover) is not lost.
 
 use super::{freed, wake};
 use crate::context::Shared;
@@ -35,12 +33,13 @@ pub(super) async fn handle(
         let sealed = shared.seal(&channel, crate::context::json(&ack));
         (channel, sealed)
     };
-    // A result's ack, sealed here, is published by its script when the
-    // result counts (one round trip for both).
-    let counted_ack = result.then(|| ack(true).1);
+    // The ack goes after the script's reply, not from inside the script:
+    // published with the write, it reached agents before a replica had the
+    // write, and a Sentinel failover then lost results already acknowledged
+    // (the task ran twice: tests/it/sentinel.rs).
     let reported = shared
         .tasks
-        .report(conn, kind, &r, now_ms(), once, counted_ack.as_deref())
+        .report(conn, kind, &r, now_ms(), once, None)
         .await?;
     let outcome = reported.outcome;
     // Debited once per attempt: not for a re-sent result (`Recorded`).
@@ -61,10 +60,9 @@ pub(super) async fn handle(
         warn!(agent_id = %r.agent_id, "budget below its minimum: agent halted");
         shared.tell(conn, vec![halt]).await?;
     }
-    if result && outcome.is_none() {
-        // Read, and not counted (late, or not its attempt): the agent may
-        // stop re-sending all the same.
-        let (channel, sealed) = ack(false);
+    if result {
+        // Read (and stored, if it counted): the agent may stop re-sending.
+        let (channel, sealed) = ack(outcome.is_some());
         redis::cmd("PUBLISH")
             .arg(channel)
             .arg(sealed)
