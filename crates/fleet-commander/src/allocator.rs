@@ -77,6 +77,15 @@ async fn round(shared: &Shared, conn: &mut Conn, full: bool, dirty: u32) -> Resu
         }))
         .await;
         pools.clear();
+        if rounds
+            .iter()
+            .any(|(_, r)| r.as_ref().is_ok_and(|a| a.assigned > 0))
+            && !shared.replicas_have(conn).await?
+        {
+            // Told anyway: the agents should not wait on a replica. A
+            // failover now may hand these tasks out again.
+            tracing::warn!("assignments not yet on enough replicas");
+        }
         for (pool, r) in rounds {
             let a = r?;
             let (assigned, queued) = (a.assigned, a.queued);

@@ -308,6 +308,28 @@ impl Shared {
         Ok(())
     }
 
+    /// With `tasks.durability = "replicated"`: waits (at most
+    /// `tasks.replication_timeout_ms`) until `tasks.replicas` replicas have
+    /// every write made so far on `conn`, and says whether they do. With
+    /// `async`: true at once. What an agent is told of a write (an
+    /// assignment, a result's ack) waits for this, so that a failover
+    /// cannot take back what it was told.
+    pub(crate) async fn replicas_have(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> Result<bool, StoreError> {
+        let t = &self.config().tasks;
+        if t.durability != crate::config::Durability::Replicated {
+            return Ok(true);
+        }
+        let got: u32 = redis::cmd("WAIT")
+            .arg(t.replicas)
+            .arg(t.replication_timeout_ms)
+            .query_async(conn)
+            .await?;
+        Ok(got >= t.replicas)
+    }
+
     /// Publishes, signed, what scripts wrote for agents (one round trip).
     pub(crate) async fn tell(
         &self,

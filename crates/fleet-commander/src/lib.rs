@@ -34,7 +34,8 @@
 //!   validators, their seals, what an allowed one does, their expiry).
 //! - [`subscriber`]: the two pub/sub connections feeding the handlers (one
 //!   agent's messages on one channel in order).
-//! - [`handlers`]: one file per inbound message kind.
+//! - [`handlers`]: one file per inbound message kind; heartbeats have a
+//!   handler of their own that records them in batches.
 //! - [`http`]: the HTTP API (one file per resource) and the console.
 //! - [`service`]: start, supervise, stop: [`start`] returns a [`Running`]
 //!   whose [`Running::wait`] says how it stopped ([`Exit`]).

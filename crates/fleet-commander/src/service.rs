@@ -360,6 +360,15 @@ impl Node {
             senders.push(tx);
             sup.spawn("handler", crate::handlers::run(shared.clone(), rx));
         }
+        let (heartbeats, rx) = mpsc::channel(HANDLER_QUEUE);
+        sup.spawn(
+            "heartbeats",
+            crate::handlers::heartbeat::run(shared.clone(), rx),
+        );
+        let senders = crate::subscriber::Queues {
+            handlers: senders,
+            heartbeats,
+        };
         let ha = shared.config().ha.clone();
         shared.lease_until(acquired + Duration::from_millis(ha.lease_ms - ha.renew_ms));
         sup.spawn("lease", crate::leader::keep(shared.clone(), acquired));

@@ -10,7 +10,9 @@
 //! payload is size-checked, screened
 //! (crate::auth::Gate::screen) and decoded here, then handed to a handler
 //! chosen by a hash of the agent id, so one agent's messages are handled in
-//! order while different agents' are handled concurrently.
+//! order while different agents' are handled concurrently; heartbeats go to
+//! their own handler, which records them in batches
+//! (crate::handlers::heartbeat).
 //!
 //! The handlers' queues are bounded. What can be refused without a
 //! signature check (garbage, unknown keys, senders over their budget) never
@@ -55,7 +57,7 @@ enum Lane {
 
 /// Listens on the inbound channels (two connections, [`Lane`]), decodes and
 /// size-checks each payload, and hands it to the handler of its agent.
-pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>>) {
+pub(crate) async fn run(shared: Arc<Shared>, senders: Queues) {
     let queued: Arc<Queued> = Default::default();
     tokio::join!(
         listen(
@@ -70,12 +72,7 @@ pub(crate) async fn run(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Envelope>
 
 /// One connection's loop. Resubscribes after a lost connection; failure
 /// detection pauses until the health lane is listening again.
-async fn listen(
-    shared: Arc<Shared>,
-    senders: Vec<mpsc::Sender<Envelope>>,
-    lane: Lane,
-    queued: Arc<Queued>,
-) {
+async fn listen(shared: Arc<Shared>, senders: Queues, lane: Lane, queued: Arc<Queued>) {
     let client = match fleet_store::connection::client(&shared.config().redis.url) {
         Ok(c) => c,
         Err(e) => {
@@ -147,6 +144,14 @@ async fn listen(
         shared.listening_since.store(0, Ordering::Release);
         warn!("lost the pub/sub connection; failure detection paused until re-subscribed");
     }
+}
+
+/// The handlers' queues: the message handlers' (an agent's messages always
+/// go to the same one) and the heartbeats' (crate::handlers::heartbeat).
+#[derive(Clone)]
+pub(crate) struct Queues {
+    pub(crate) handlers: Vec<mpsc::Sender<Envelope>>,
+    pub(crate) heartbeats: mpsc::Sender<Envelope>,
 }
 
 /// A decoded message and its signature, for a handler.
@@ -235,7 +240,7 @@ struct Router {
     channels: [(String, Channel); 6],
     keys_channel: String,
     ticks_channel: String,
-    senders: Vec<mpsc::Sender<Envelope>>,
+    senders: Queues,
     max_bytes: usize,
     /// Messages without an agent go round the handlers.
     next_shard: usize,
@@ -245,11 +250,7 @@ struct Router {
 }
 
 impl Router {
-    fn new(
-        shared: &Arc<Shared>,
-        senders: Vec<mpsc::Sender<Envelope>>,
-        queued: Arc<Queued>,
-    ) -> Router {
+    fn new(shared: &Arc<Shared>, senders: Queues, queued: Arc<Queued>) -> Router {
         let c = shared.keys.channels();
         Router {
             shared: shared.clone(),
@@ -374,24 +375,26 @@ impl Router {
     }
 
     /// Hands an admitted message to its agent's handler (one agent's
-    /// messages always go to the same one, in order); a heavy sender's is
+    /// messages always go to the same one, in order), a heartbeat to the
+    /// heartbeats' handler; a heavy sender's is
     /// shed when that queue is full, anyone else's waits for room. False
     /// when the handlers are gone.
     async fn enqueue(&mut self, channel: Channel, a: Admitted) -> bool {
         let heavy = self.rates.is_heavy(&a.sender);
-        let n = self.senders.len();
-        let shard = match a.msg.agent_id() {
+        let handlers = &self.senders.handlers;
+        let n = handlers.len();
+        let tx = match a.msg.agent_id() {
+            _ if matches!(a.msg, Inbound::Heartbeat(_)) => &self.senders.heartbeats,
             Some(id) => {
                 let mut h = DefaultHasher::new();
                 id.hash(&mut h);
-                h.finish() as usize % n
+                &handlers[h.finish() as usize % n]
             }
             None => {
                 self.next_shard = (self.next_shard + 1) % n;
-                self.next_shard
+                &handlers[self.next_shard]
             }
         };
-        let tx = &self.senders[shard];
         let permit = match tx.try_reserve() {
             Ok(p) => p,
             Err(mpsc::error::TrySendError::Full(())) if heavy => {

@@ -15,6 +15,7 @@ use crate::{Notice, Once};
 use fleet_protocol::agent::{AgentRecord, Health, Performance};
 use fleet_protocol::{AgentStatus, PoolType, Resources};
 use redis::aio::ConnectionLike;
+use redis::ToRedisArgs;
 use std::collections::{BTreeMap, HashMap};
 
 /// The record of a newly registered agent.
@@ -119,6 +120,8 @@ pub enum RegisterOutcome {
 /// What a heartbeat did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeartbeatOutcome {
+    /// Its nonce was recorded already: nothing changed.
+    Replay,
     Unknown,
     Ok,
     /// A failed agent was heard again.
@@ -396,46 +399,65 @@ impl Registry {
             .await?)
     }
 
-    pub async fn heartbeat(
+    /// Records `batch` in one script call, in order, each heartbeat with
+    /// the nonce its script records (None: unsigned, not checked): one
+    /// outcome per heartbeat.
+    pub async fn heartbeats(
         &self,
         conn: &mut impl ConnectionLike,
-        hb: &fleet_protocol::Heartbeat,
+        batch: &[(&fleet_protocol::Heartbeat, Option<&Once>)],
         now: u64,
-        once: Option<&Once>,
-    ) -> Result<HeartbeatOutcome> {
-        let r = self
-            .call(&HEARTBEAT, &hb.agent_id)
-            .once(&self.keys, once)
-            .arg("now", now)
-            .arg("status", hb.status.as_str())
-            .arg("load", hb.load)
-            // Empty: keep what the agent declared at registration.
-            .arg(
-                "memory",
-                hb.resources
-                    .map(|r| r.memory.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(
-                "cpu",
-                hb.resources.map(|r| r.cpu.to_string()).unwrap_or_default(),
-            )
-            .arg(
-                "network",
-                hb.resources
-                    .map(|r| r.network.to_string())
-                    .unwrap_or_default(),
-            )
-            .reply(conn)
-            .await?;
-        Ok(match r.outcome()? {
-            "unknown" => HeartbeatOutcome::Unknown,
-            "ok" => HeartbeatOutcome::Ok,
-            "recovering" => HeartbeatOutcome::Recovering(r.pool("pool")?),
-            "recovered" => HeartbeatOutcome::Recovered(r.pool("pool")?),
-            "resumed" => HeartbeatOutcome::Resumed(r.notice()),
-            _ => return Err(r.unexpected()),
-        })
+    ) -> Result<Vec<HeartbeatOutcome>> {
+        fn bytes(v: impl ToRedisArgs) -> Vec<u8> {
+            v.to_redis_args().concat()
+        }
+        let mut call = HEARTBEAT
+            .fenced(&self.keys, self.epoch)
+            .key("heartbeats", self.keys.heartbeats())
+            .key("failed", self.keys.failed())
+            .task_keys(&self.keys)
+            .arg("now", now);
+        for (hb, once) in batch {
+            let r = hb.resources;
+            // Empty resources: keep what the agent declared at registration.
+            let or_empty = |f: fn(&Resources) -> String| r.as_ref().map(f).unwrap_or_default();
+            let (once, ttl) = match once {
+                Some(o) => (o.key.clone(), o.ttl_ms),
+                None => (String::new(), 0),
+            };
+            call = call.item(vec![
+                ("id", bytes(hb.agent_id.as_str())),
+                ("status", bytes(hb.status.as_str())),
+                ("load", bytes(hb.load)),
+                ("memory", bytes(or_empty(|r| r.memory.to_string()))),
+                ("cpu", bytes(or_empty(|r| r.cpu.to_string()))),
+                ("network", bytes(or_empty(|r| r.network.to_string()))),
+                ("once", bytes(once)),
+                ("once_ttl", bytes(ttl)),
+            ]);
+        }
+        let notable: Vec<(usize, String, String, String, String)> = call.run(conn).await?;
+        let mut out = vec![HeartbeatOutcome::Ok; batch.len()];
+        for (n, outcome, pool, channel, message) in notable {
+            let pool = || {
+                pool.parse::<PoolType>()
+                    .map_err(|_| StoreError::Reply(format!("heartbeat: unknown pool {pool:?}")))
+            };
+            let slot = out
+                .get_mut(n.wrapping_sub(1))
+                .ok_or_else(|| StoreError::Reply(format!("heartbeat: no heartbeat {n}")))?;
+            *slot = match outcome.as_str() {
+                "replay" => HeartbeatOutcome::Replay,
+                "unknown" => HeartbeatOutcome::Unknown,
+                "recovering" => HeartbeatOutcome::Recovering(pool()?),
+                "recovered" => HeartbeatOutcome::Recovered(pool()?),
+                "resumed" => HeartbeatOutcome::Resumed(
+                    (!channel.is_empty()).then_some(Notice { channel, message }),
+                ),
+                other => return Err(StoreError::Reply(format!("heartbeat: {other:?}"))),
+            };
+        }
+        Ok(out)
     }
 
     /// Fails `id` if its last heartbeat is still at or before `cutoff`.

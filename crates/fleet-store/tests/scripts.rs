@@ -8,7 +8,7 @@ use fleet_protocol::{
 };
 use fleet_store::budgets::{Adjust, Adjusted};
 use fleet_store::connection::Conn;
-use fleet_store::registry::{NewAgent, RegisterOutcome};
+use fleet_store::registry::{HeartbeatOutcome, NewAgent, RegisterOutcome};
 use fleet_store::tasks::{
     HealthPolicy, PoolSettings, ReportOutcome, Submitted, Takeback, TaskPolicy, ALLOCATE_BATCH,
 };
@@ -425,6 +425,88 @@ async fn one_allocate_call_hands_out_one_batch() {
     assert_eq!((a.assigned, a.queued), (extra as u64, 0));
 }
 
+/// Heartbeats recorded in one call, in order, each as alone: a known
+/// agent's is recorded, an unknown one's says so, a failed one recovers, and
+/// a nonce replayed within the same batch changes nothing.
+#[tokio::test]
+async fn heartbeats_in_one_call_are_each_recorded_as_alone() {
+    let mut s = store().await;
+    s.agent("a1", 1).await;
+    s.agent("a2", 1).await;
+    s.agent("a3", 1).await;
+    // a3 missed its heartbeats.
+    let stale = s
+        .registry
+        .fail_if_stale(&mut s.conn, "a3", now() + 1, now(), 5)
+        .await
+        .unwrap();
+    assert!(
+        matches!(stale, fleet_store::registry::FailOutcome::Failed { .. }),
+        "{stale:?}"
+    );
+    let hb = |id: &str, load: f64| fleet_protocol::Heartbeat {
+        agent_id: id.into(),
+        status: fleet_protocol::AgentStatus::Idle,
+        load,
+        resources: Some(Resources {
+            memory: 0.5,
+            cpu: 0.25,
+            network: 0.1,
+        }),
+        seq: None,
+    };
+    let once = fleet_store::Once {
+        key: s.keys.nonce("k1", "n1"),
+        ttl_ms: 60_000,
+    };
+    let (a1, ghost, a2, a3, again) = (
+        hb("a1", 0.3),
+        hb("ghost", 0.0),
+        hb("a2", 0.7),
+        hb("a3", 0.0),
+        hb("a1", 0.9),
+    );
+    let batch = [
+        (&a1, Some(&once)),
+        (&ghost, None),
+        (&a2, None),
+        (&a3, None),
+        (&again, Some(&once)),
+    ];
+    let at = now();
+    let out = s
+        .registry
+        .heartbeats(&mut s.conn, &batch, at)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        [
+            HeartbeatOutcome::Ok,
+            HeartbeatOutcome::Unknown,
+            HeartbeatOutcome::Ok,
+            HeartbeatOutcome::Recovering(POOL),
+            HeartbeatOutcome::Replay,
+        ]
+    );
+    for (id, load) in [("a1", "0.3"), ("a2", "0.7")] {
+        let (stored_load, last, cpu): (String, u64, String) = redis::cmd("HMGET")
+            .arg(s.keys.agent(id))
+            .arg("load")
+            .arg("lastHeartbeat")
+            .arg("cpu")
+            .query_async(&mut s.conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            (stored_load.as_str(), last, cpu.as_str()),
+            (load, at, "0.25"),
+            "{id}: the first heartbeat's, not the replay's"
+        );
+    }
+    s.stored_fields_are_listed().await;
+}
+
 #[tokio::test]
 async fn a_superseded_epoch_is_fenced_and_changes_nothing() {
     let mut s = store().await;
@@ -438,7 +520,10 @@ async fn a_superseded_epoch_is_fenced_and_changes_nothing() {
         resources: None,
         seq: None,
     };
-    let out = s.registry.heartbeat(&mut s.conn, &hb, now(), None).await;
+    let out = s
+        .registry
+        .heartbeats(&mut s.conn, &[(&hb, None)], now())
+        .await;
     assert!(matches!(out, Err(StoreError::Fenced)), "{out:?}");
     let rec = s.registry.agent(&mut s.conn, "a1").await.unwrap().unwrap();
     assert_eq!(

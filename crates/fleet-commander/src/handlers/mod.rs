@@ -4,7 +4,7 @@
 //! only after the script has returned.
 
 mod deregister;
-mod heartbeat;
+pub(crate) mod heartbeat;
 mod misfit;
 mod register;
 mod status_request;
@@ -28,6 +28,14 @@ use tracing::{info_span, warn, Instrument};
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Envelope>) {
     let mut conn = shared.redis.clone();
     while let Some(env) = rx.recv().await {
+        if matches!(env.msg, Inbound::Heartbeat(_)) {
+            // The subscriber sends heartbeats to their own handler; one
+            // that came here is recorded as a batch of one.
+            if !heartbeat::record(&shared, &mut conn, vec![env]).await {
+                return;
+            }
+            continue;
+        }
         // Handled (for the failure detector's watermark) when this drops.
         let _heard = shared.heard.ticket(env.seq);
         let msg = env.msg;
@@ -115,7 +123,8 @@ async fn handle(
         }
         Inbound::Register(r) => register::handle(shared, conn, r, once, &grants).await,
         Inbound::Deregister(d) => deregister::handle(shared, conn, d, once).await,
-        Inbound::Heartbeat(hb) => heartbeat::handle(shared, conn, hb, once).await,
+        // Never here: run() records heartbeats through heartbeat::record.
+        Inbound::Heartbeat(_) => Ok(()),
         Inbound::TaskSubmit(req) => task_submit::handle(shared, conn, req).await,
         Inbound::Report(kind, r) => task_report::handle(shared, conn, kind, r, once).await,
         Inbound::StatusRequest(req) => status_request::handle(shared, conn, req).await,

@@ -36,10 +36,21 @@ pub(super) async fn handle(
     // The ack goes after the script's reply, not from inside the script:
     // published with the write, it reached agents before a replica had the
     // write, and a Sentinel failover then lost results already acknowledged
-    // (the task ran twice: tests/it/sentinel.rs).
+    // (the task ran twice: tests/it/sentinel.rs). With durability
+    // `replicated` it waits for the replicas too.
+    // With durability `replicated`, on the connection whose writes WAIT
+    // confirms (so that the wait holds up no other handler).
+    let mut replicated = shared.submit_conn.clone();
     let reported = shared
         .tasks
-        .report(conn, kind, &r, now_ms(), once, None)
+        .report(
+            replicated.as_mut().unwrap_or(conn),
+            kind,
+            &r,
+            now_ms(),
+            once,
+            None,
+        )
         .await?;
     let outcome = reported.outcome;
     // Debited once per attempt: not for a re-sent result (`Recorded`).
@@ -61,6 +72,17 @@ pub(super) async fn handle(
         shared.tell(conn, vec![halt]).await?;
     }
     if result {
+        // Not acknowledged until the replicas have it (durability
+        // `replicated`): the agent re-sends it, and the copy is acknowledged.
+        let confirmed = match replicated.as_mut() {
+            Some(c) => shared.replicas_have(c).await?,
+            None => true,
+        };
+        if !confirmed {
+            warn!(task_id = %r.task_id, "result not yet on enough replicas: not acknowledged");
+            counted(shared, kind, &r, outcome);
+            return Ok(());
+        }
         // Read (and stored, if it counted): the agent may stop re-sending.
         let (channel, sealed) = ack(outcome.is_some());
         redis::cmd("PUBLISH")

@@ -1,70 +1,87 @@
---! keys: epoch agent heartbeats failed +task once
---! args: epoch id now status load memory cpu network +task once_ttl
--- Record a heartbeat. A failed agent that is heard again goes to recovering;
--- a recovering one goes back to idle on its next heartbeat. An agent holding
--- tasks is at least active, and busy at its capacity, whatever it reports.
--- KEYS: epoch, agent, heartbeats, failed, and the task keys
--- A: epoch, id, now, status (reported), load, memory, cpu, network (the
---    three empty when the heartbeat carried no resources: the declared
---    ones stay)
+--! keys: epoch heartbeats failed +task
+--! args: epoch now +task
+--! batch: id status load memory cpu network once once_ttl
+-- Records a batch of heartbeats, in the order given. Each: the agent's id,
+-- status (reported), load, memory, cpu, network (the three empty when the
+-- heartbeat carried no resources: the declared ones stay), and the key and
+-- ttl of its nonce (ttl 0: unsigned).
+-- A failed agent that is heard again goes to recovering; a recovering one
+-- goes back to idle on its next heartbeat. An agent holding tasks is at
+-- least active, and busy at its capacity, whatever it reports.
 -- A halted agent (its budget below the minimum) stays halted whatever it
 -- reports, until its budget window renews: then it resumes here.
 -- A heartbeat that changes neither status nor load does not re-rank the
 -- agent among the pool's available ones (it costs three commands less).
--- Returns outcome (unknown, ok, recovering, recovered, resumed) and pool;
--- resumed: the resume (channel, message) for the caller to sign and send.
+-- Returns one {n, outcome, pool, channel, message} for each heartbeat whose
+-- outcome is not `ok` (n: its place in the batch, from 1): replay (its
+-- nonce was recorded already: nothing changed), unknown, recovering,
+-- recovered, resumed (channel, message: the resume for the caller to sign
+-- and send).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
-if replayed() then return reply('replay') end
-local agent, hb, failed, counts = KEY.agent, KEY.heartbeats, KEY.failed, KEY.counts
-local id, now = A.id, A.now
+local hb, failed, counts, now = KEY.heartbeats, KEY.failed, KEY.counts, A.now
 
-local cur = read(agent, 'status', 'pool', 'inflight', 'capacity', 'halted', 'load')
-local old, pool = cur.status, cur.pool
-if not old then return reply('unknown') end
+local function beat(id, status, load, memory, cpu, network)
+  local agent = K.agent .. id
+  local cur = read(agent, 'status', 'pool', 'inflight', 'capacity', 'halted', 'load')
+  local old, pool = cur.status, cur.pool
+  if not old then return 'unknown' end
 
-local new, outcome = A.status, 'ok'
-if old == 'failed' then
-  new, outcome = 'recovering', 'recovering'
-  redis.call('HINCRBY', agent, 'recoveryAttempts', 1)
-  redis.call('ZREM', failed, id)
-elseif old == 'recovering' then
-  new, outcome = 'idle', 'recovered'
-end
-if new ~= 'recovering' then
-  local inflight, capacity = tonumber(cur.inflight or 0), tonumber(cur.capacity or 1)
-  if inflight >= capacity then new = 'busy'
-  elseif inflight > 0 and new == 'idle' then new = 'active' end
-end
-local out = {pool = pool}
-if cur.halted == '1' and new ~= 'recovering' then
-  local balance = budget(id, pool, now)
-  if balance and balance < budgets().min then
-    new = 'halted'
-  else
-    redis.call('HDEL', agent, 'halted')
-    outcome = 'resumed'
-    out.channel = K.agent_channel .. id
-    out.message = encode.resume(balance or 0)
-    local channel = redis.call('HGET', K.settings, 'healthChannel')
-    if channel then
-      redis.call('PUBLISH', channel, encode.budget_event('agent_resumed', id, balance or 0, now))
+  local new, outcome = status, 'ok'
+  if old == 'failed' then
+    new, outcome = 'recovering', 'recovering'
+    redis.call('HINCRBY', agent, 'recoveryAttempts', 1)
+    redis.call('ZREM', failed, id)
+  elseif old == 'recovering' then
+    new, outcome = 'idle', 'recovered'
+  end
+  if new ~= 'recovering' then
+    local inflight, capacity = tonumber(cur.inflight or 0), tonumber(cur.capacity or 1)
+    if inflight >= capacity then new = 'busy'
+    elseif inflight > 0 and new == 'idle' then new = 'active' end
+  end
+  local channel, message
+  if cur.halted == '1' and new ~= 'recovering' then
+    local balance = budget(id, pool, now)
+    if balance and balance < budgets().min then
+      new = 'halted'
+    else
+      redis.call('HDEL', agent, 'halted')
+      outcome = 'resumed'
+      channel = K.agent_channel .. id
+      message = encode.resume(balance or 0)
+      local health = redis.call('HGET', K.settings, 'healthChannel')
+      if health then
+        redis.call('PUBLISH', health, encode.budget_event('agent_resumed', id, balance or 0, now))
+      end
     end
   end
+  if memory ~= '' then
+    redis.call('HSET', agent, 'status', new, 'load', load, 'lastHeartbeat', now,
+      'memory', memory, 'cpu', cpu, 'network', network)
+  else
+    redis.call('HSET', agent, 'status', new, 'load', load, 'lastHeartbeat', now)
+  end
+  redis.call('ZADD', hb, now, id)
+  move(counts, pool, old, new)
+  -- A heartbeat that changes nothing the allocator ranks by (status, load)
+  -- leaves the agent's place among the available as it was: every other
+  -- change (tasks in hand, health, quarantine, draining) refreshes it where
+  -- it happens. Not so under weighted_fair: an agent at its quota comes back
+  -- when the window ends, which only a heartbeat notices.
+  if new ~= old or load ~= cur.load or strategy(pool) == 'weighted_fair' then
+    refresh_available(id, pool)
+  end
+  return outcome, pool, channel, message
 end
-if A.memory ~= '' then
-  redis.call('HSET', agent, 'status', new, 'load', A.load, 'lastHeartbeat', now,
-    'memory', A.memory, 'cpu', A.cpu, 'network', A.network)
-else
-  redis.call('HSET', agent, 'status', new, 'load', A.load, 'lastHeartbeat', now)
+
+local out = {}
+for n, b in ipairs(BATCH) do
+  local outcome, pool, channel, message
+  if replayed(b.once, b.once_ttl) then
+    outcome = 'replay'
+  else
+    outcome, pool, channel, message = beat(b.id, b.status, b.load, b.memory, b.cpu, b.network)
+  end
+  if outcome ~= 'ok' then out[#out + 1] = {n, outcome, pool or '', channel or '', message or ''} end
 end
-redis.call('ZADD', hb, now, id)
-move(counts, pool, old, new)
--- A heartbeat that changes nothing the allocator ranks by (status, load)
--- leaves the agent's place among the available as it was: every other
--- change (tasks in hand, health, quarantine, draining) refreshes it where
--- it happens. Not so under weighted_fair: an agent at its quota comes back
--- when the window ends, which only a heartbeat notices.
-if new ~= old or A.load ~= cur.load or strategy(pool) == 'weighted_fair' then
-  refresh_available(id, pool)
-end
-return reply(outcome, out)
+return out
