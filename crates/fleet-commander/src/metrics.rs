@@ -472,7 +472,7 @@ fn describe() {
     h!(
         HEARTBEAT_SECONDS,
         metrics::Unit::Seconds,
-        "Time to handle a heartbeat."
+        "Time to record a heartbeat: its batch's checks, script call and replies (not the up to 5 ms it waits for its batch to fill)."
     );
     h!(
         ROUND_TRIPS,
