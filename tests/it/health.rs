@@ -310,14 +310,19 @@ async fn no_false_deaths_while_the_commander_works_through_a_backlog() {
     let mut flooder = h.agent("flood", PoolType::Ui).await;
     flooder.register(WAIT).await.unwrap();
 
-    // 4,000 heartbeats for the flooder, each signed with its own key (so
-    // every one is checked and handled, in order: by one handler), published
-    // in two pipelines.
+    // 16,000 heartbeats for the flooder, each signed with its own key (so
+    // every one is checked and handled, in order, by the heartbeats'
+    // handler, the calm agents' behind them), published in pipelines.
+    // (Recorded in batches, a heartbeat costs mostly its signature check:
+    // 4,000 no longer kept the commander busy for a window.)
     let cred = h.credential("flood", PoolType::Ui).await.signer();
     let channel = h.keys.channels().health();
     let body = br#"{"v":1,"type":"heartbeat","agentId":"flood","status":"idle","load":0}"#;
     let now = fleet_protocol::now_ms();
-    let msgs: Vec<Vec<u8>> = (0..4_000).map(|_| cred.sign(&channel, body, now)).collect();
+    // Each sealed later than the one before: each is recorded, none a replay.
+    let msgs: Vec<Vec<u8>> = (0..16_000)
+        .map(|i| cred.sign(&channel, body, now + i))
+        .collect();
     let mut conn = h.conn().await;
     for chunk in msgs.chunks(2_000) {
         let mut p = redis::pipe();

@@ -81,6 +81,8 @@ pub struct Agent {
     /// assigned before the register reply arrives): handled next.
     pending: std::collections::VecDeque<ToAgent>,
     seq: u64,
+    /// When the last message was sealed (ms): the next is sealed later.
+    sealed_at: u64,
     /// This run of the agent: a restart registers with a new one.
     instance: String,
     /// Signs what the agent sends (None: the commander runs open).
@@ -309,6 +311,7 @@ impl Agent {
             halted: false,
             pending: Default::default(),
             seq: 0,
+            sealed_at: 0,
             instance: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
@@ -383,7 +386,11 @@ impl Agent {
         session_ok: bool,
     ) -> Result<(), AgentError> {
         let body = serde_json::to_string(msg).expect("serializable");
-        let now = fleet_protocol::now_ms();
+        // Each message sealed later than the one before (a heartbeat sealed
+        // no later than the last one is refused as a replay), even if the
+        // clock steps back.
+        let now = fleet_protocol::now_ms().max(self.sealed_at + 1);
+        self.sealed_at = now;
         let payload = match (&self.signer, &self.session) {
             (Some(signer), Some(session)) if session_ok => {
                 session.seal(signer.kid(), &channel, body.as_bytes(), now)

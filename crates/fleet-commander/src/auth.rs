@@ -7,9 +7,12 @@
 //! the Ed25519 signature over the exact bytes and channel, and last the
 //! nonce (first sight, kept in Redis for twice the window so that a
 //! replay is refused by this commander and by whichever takes over). The
-//! messages whose handler runs one script (register, heartbeat, deregister,
-//! task reports: nearly all of them) have their nonce recorded by that
-//! script, in the same round trip ([`fleet_store::Once`]); the others here.
+//! messages whose handler runs one script (register, deregister, task
+//! reports) have their nonce recorded by that script, in the same round
+//! trip ([`fleet_store::Once`]); the others here, but for heartbeats: a
+//! heartbeat must be sealed later than the last one recorded for its agent
+//! (`sealedAt` in its record, checked by `heartbeat.lua`), which refuses a
+//! replay without a nonce kept per heartbeat.
 //!
 //! Keys are cached in memory: read whole at start, again whenever the key
 //! channel says a key changed, and every `security.key_refresh_ms` in case
@@ -103,10 +106,12 @@ impl From<StoreError> for Refusal {
 }
 
 /// A message the gate let through: the nonce its script records (if it is
-/// one of those) and what its key was granted (everything in open mode).
+/// one of those), for a heartbeat the time it was sealed (what its script
+/// checks instead), and what its key was granted (everything in open mode).
 #[derive(Debug)]
 pub(crate) struct Admitted {
     pub once: Option<Once>,
+    pub sealed_at: Option<u64>,
     pub grants: Grants,
 }
 
@@ -466,6 +471,7 @@ impl Gate {
         if !self.signed() {
             return Ok(Admitted {
                 once: None,
+                sealed_at: None,
                 grants: Grants::ANY,
             });
         }
@@ -518,17 +524,19 @@ impl Gate {
             ttl_ms: 2 * self.window_ms,
         };
         let grants = rec.grants;
-        match msg {
-            Inbound::Register(_)
-            | Inbound::Heartbeat(_)
-            | Inbound::Deregister(_)
-            | Inbound::Report(..) => Ok(Admitted {
-                once: Some(once),
-                grants,
-            }),
-            _ if self.store.first_sight(conn, &once).await? => Ok(Admitted { once: None, grants }),
-            _ => Err(Refusal::Refused(AuthError::Replay)),
-        }
+        let (once, sealed_at) = match msg {
+            Inbound::Heartbeat(_) => (None, Some(seal.ts)),
+            Inbound::Register(_) | Inbound::Deregister(_) | Inbound::Report(..) => {
+                (Some(once), None)
+            }
+            _ if self.store.first_sight(conn, &once).await? => (None, None),
+            _ => return Err(Refusal::Refused(AuthError::Replay)),
+        };
+        Ok(Admitted {
+            once,
+            sealed_at,
+            grants,
+        })
     }
 }
 

@@ -56,6 +56,7 @@ pub const AGENT: &[&str] = &[
     "inflight",
     "registeredAt",
     "lastHeartbeat",
+    "sealedAt",
     "lastActive",
     "lastAssigned",
     "tasksCompleted",

@@ -400,12 +400,13 @@ impl Registry {
     }
 
     /// Records `batch` in one script call, in order, each heartbeat with
-    /// the nonce its script records (None: unsigned, not checked): one
-    /// outcome per heartbeat.
+    /// the time it was sealed (None: unsigned, not checked): one outcome per
+    /// heartbeat. A heartbeat sealed no later than the last one recorded for
+    /// its agent (since it registered) is a replay, and changes nothing.
     pub async fn heartbeats(
         &self,
         conn: &mut impl ConnectionLike,
-        batch: &[(&fleet_protocol::Heartbeat, Option<&Once>)],
+        batch: &[(&fleet_protocol::Heartbeat, Option<u64>)],
         now: u64,
     ) -> Result<Vec<HeartbeatOutcome>> {
         fn bytes(v: impl ToRedisArgs) -> Vec<u8> {
@@ -417,14 +418,10 @@ impl Registry {
             .key("failed", self.keys.failed())
             .task_keys(&self.keys)
             .arg("now", now);
-        for (hb, once) in batch {
+        for (hb, sealed_at) in batch {
             let r = hb.resources;
             // Empty resources: keep what the agent declared at registration.
             let or_empty = |f: fn(&Resources) -> String| r.as_ref().map(f).unwrap_or_default();
-            let (once, ttl) = match once {
-                Some(o) => (o.key.clone(), o.ttl_ms),
-                None => (String::new(), 0),
-            };
             call = call.item(vec![
                 ("id", bytes(hb.agent_id.as_str())),
                 ("status", bytes(hb.status.as_str())),
@@ -432,8 +429,7 @@ impl Registry {
                 ("memory", bytes(or_empty(|r| r.memory.to_string()))),
                 ("cpu", bytes(or_empty(|r| r.cpu.to_string()))),
                 ("network", bytes(or_empty(|r| r.network.to_string()))),
-                ("once", bytes(once)),
-                ("once_ttl", bytes(ttl)),
+                ("sealed_at", bytes(sealed_at.unwrap_or(0))),
             ]);
         }
         let notable: Vec<(usize, String, String, String, String)> = call.run(conn).await?;

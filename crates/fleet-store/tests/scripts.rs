@@ -161,7 +161,10 @@ impl Store {
             .register(&mut self.conn, &new, now(), None, None)
             .await;
         assert!(
-            matches!(out, Ok(RegisterOutcome::Registered { .. })),
+            matches!(
+                out,
+                Ok(RegisterOutcome::Registered { .. } | RegisterOutcome::ReRegistered { .. })
+            ),
             "{out:?}"
         );
     }
@@ -427,7 +430,9 @@ async fn one_allocate_call_hands_out_one_batch() {
 
 /// Heartbeats recorded in one call, in order, each as alone: a known
 /// agent's is recorded, an unknown one's says so, a failed one recovers, and
-/// a nonce replayed within the same batch changes nothing.
+/// one sealed no later than its agent's last recorded one (a replay, in the
+/// same batch or a later one) changes nothing, until the agent registers
+/// again.
 #[tokio::test]
 async fn heartbeats_in_one_call_are_each_recorded_as_alone() {
     let mut s = store().await;
@@ -455,10 +460,6 @@ async fn heartbeats_in_one_call_are_each_recorded_as_alone() {
         }),
         seq: None,
     };
-    let once = fleet_store::Once {
-        key: s.keys.nonce("k1", "n1"),
-        ttl_ms: 60_000,
-    };
     let (a1, ghost, a2, a3, again) = (
         hb("a1", 0.3),
         hb("ghost", 0.0),
@@ -466,12 +467,13 @@ async fn heartbeats_in_one_call_are_each_recorded_as_alone() {
         hb("a3", 0.0),
         hb("a1", 0.9),
     );
+    let sealed = now();
     let batch = [
-        (&a1, Some(&once)),
+        (&a1, Some(sealed)),
         (&ghost, None),
         (&a2, None),
         (&a3, None),
-        (&again, Some(&once)),
+        (&again, Some(sealed)),
     ];
     let at = now();
     let out = s
@@ -504,6 +506,26 @@ async fn heartbeats_in_one_call_are_each_recorded_as_alone() {
             "{id}: the first heartbeat's, not the replay's"
         );
     }
+    // Later: an older seal is a replay, a newer one is recorded.
+    let out = s
+        .registry
+        .heartbeats(
+            &mut s.conn,
+            &[(&again, Some(sealed - 1)), (&again, Some(sealed + 1))],
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, [HeartbeatOutcome::Replay, HeartbeatOutcome::Ok]);
+    // Registered again (another instance, maybe another clock): its
+    // heartbeats' order starts afresh.
+    s.agent("a1", 1).await;
+    let out = s
+        .registry
+        .heartbeats(&mut s.conn, &[(&a1, Some(sealed - 5))], now())
+        .await
+        .unwrap();
+    assert_eq!(out, [HeartbeatOutcome::Ok]);
     s.stored_fields_are_listed().await;
 }
 

@@ -23,7 +23,7 @@ from redis.asyncio.sentinel import Sentinel
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from . import messages as msgs
-from .signing import CommanderCheck, Credential, Exchange, Refused, Session, sign, unframe
+from .signing import CommanderCheck, Credential, Exchange, Refused, Session, now_ms, sign, unframe
 
 log = logging.getLogger("fleet_agent")
 
@@ -173,6 +173,10 @@ class Agent:
         # Set while the commander has halted this agent (its budget is spent).
         self.halted = False
         self._seq = 0
+        # The time the last message was sealed: each is sealed later than
+        # the one before (a heartbeat sealed no later than the last one is
+        # refused as a replay), even if the clock steps back.
+        self._sealed_at = 0
         self._background: set = set()
 
     # ---- wiring ----
@@ -248,12 +252,13 @@ class Agent:
         and votes must be signed), else signed; plain without a credential."""
         name = self.channel(channel)
         body = json.dumps({"v": 1, **msg}, separators=(",", ":")).encode()
+        self._sealed_at = ts = max(now_ms(), self._sealed_at + 1)
         if self._key is None:
             payload = body
         elif self._session is not None and not signed:
-            payload = self._session.seal(self.credential.kid, name, body)
+            payload = self._session.seal(self.credential.kid, name, body, ts)
         else:
-            payload = sign(self._key, self.credential.kid, name, body)
+            payload = sign(self._key, self.credential.kid, name, body, ts)
         assert self._pub is not None, "connect() first"
         try:
             await self._pub.publish(name, payload)

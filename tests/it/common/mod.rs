@@ -423,7 +423,7 @@ impl Harness {
                 s
             }
         };
-        let signed = signer.sign(channel, payload, fleet_protocol::now_ms());
+        let signed = signer.sign(channel, payload, seal_ts());
         self.publish_raw(channel, signed).await
     }
 
@@ -624,6 +624,19 @@ pub async fn wait_for_replication(conn: &redis::aio::MultiplexedConnection, need
         }
     })
     .await
+}
+
+/// A time to seal a message with: now, but later than any this process
+/// sealed before (a heartbeat sealed no later than its agent's last one is
+/// refused as a replay, and two can fall in one millisecond).
+pub fn seal_ts() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = fleet_protocol::now_ms();
+    let next = |last: u64| now.max(last + 1);
+    match LAST.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| Some(next(l))) {
+        Ok(last) | Err(last) => next(last),
+    }
 }
 
 /// Polls `cond` every 10 ms until true; panics after [`WAIT`].

@@ -4,7 +4,9 @@
 //! heartbeat to it), which records them in batches: the first waits up to
 //! [`GATHER`] for others, and up to [`BATCH`] are recorded in one script
 //! call. Each is admitted (its seal checked) and answered as if alone; only
-//! the script call, its round trip and its fixed cost are shared. An
+//! the script call, its round trip and its fixed cost are shared. A
+//! heartbeat sealed no later than its agent's last recorded one is a replay
+//! (the script checks it against `sealedAt`): heartbeats keep no nonces. An
 //! agent's heartbeats stay in order among themselves; against its other
 //! messages they never had an order (they come on another channel, read on
 //! another connection).
@@ -17,7 +19,7 @@ use fleet_protocol::auth::AuthError;
 use fleet_protocol::{now_ms, Channel, Event, Heartbeat, Inbound, ToAgent, VERSION};
 use fleet_store::connection::Conn;
 use fleet_store::registry::HeartbeatOutcome;
-use fleet_store::{Once, StoreError};
+use fleet_store::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -62,7 +64,7 @@ pub(super) async fn record(shared: &Shared, conn: &mut Conn, batch: Vec<Envelope
     let n = batch.len();
     let mut queued = Vec::with_capacity(n);
     let work = async {
-        let mut beats: Vec<(Heartbeat, Option<Once>, Channel)> = Vec::with_capacity(n);
+        let mut beats: Vec<(Heartbeat, Option<u64>, Channel)> = Vec::with_capacity(n);
         for env in batch {
             let admitted = shared
                 .gate
@@ -80,7 +82,7 @@ pub(super) async fn record(shared: &Shared, conn: &mut Conn, batch: Vec<Envelope
                 continue; // the subscriber sends only heartbeats here
             };
             match admitted {
-                Ok(a) => beats.push((hb, a.once, env.channel)),
+                Ok(a) => beats.push((hb, a.sealed_at, env.channel)),
                 Err(crate::auth::Refusal::Refused(e)) => {
                     let span = info_span!("message", kind = "heartbeat", agent_id = %hb.agent_id);
                     span.in_scope(|| refused(env.channel, e));
@@ -94,7 +96,7 @@ pub(super) async fn record(shared: &Shared, conn: &mut Conn, batch: Vec<Envelope
         if beats.is_empty() {
             return Ok(());
         }
-        let pairs: Vec<_> = beats.iter().map(|(hb, o, _)| (hb, o.as_ref())).collect();
+        let pairs: Vec<_> = beats.iter().map(|(hb, at, _)| (hb, *at)).collect();
         let outcomes = shared.registry.heartbeats(conn, &pairs, now_ms()).await?;
         for ((hb, _, channel), outcome) in beats.into_iter().zip(outcomes) {
             let span = info_span!("message", kind = "heartbeat", agent_id = %hb.agent_id);
@@ -139,7 +141,8 @@ async fn answer(
     }
     match outcome {
         HeartbeatOutcome::Ok => {}
-        // The script found the nonce recorded: a replay, nothing changed.
+        // Sealed no later than the agent's last recorded heartbeat: a
+        // replay, nothing changed.
         HeartbeatOutcome::Replay => span.in_scope(|| refused(channel, AuthError::Replay)),
         HeartbeatOutcome::Resumed(resume) => {
             metrics::counter!(m::AGENTS_RESUMED).increment(1);

@@ -13,15 +13,13 @@
 -- comment lines right above it.
 
 -- The nonce of the signed message this script acts on, recorded now; true if
--- it was recorded already (a replay: the script must change nothing). A
--- script that acts on one message declares the `once` key and `once_ttl`
--- argument and calls replayed(); one that acts on a batch passes each
--- message's nonce key and ttl. A ttl of 0 means the message was not signed
--- (security open).
-local function replayed(key, ttl)
-  ttl = tonumber(ttl or A.once_ttl)
+-- it was recorded already (a replay: the script must change nothing). Only
+-- scripts that declare the `once` key and `once_ttl` argument call it; a ttl
+-- of 0 means the message was not signed (security open).
+local function replayed()
+  local ttl = tonumber(A.once_ttl)
   if ttl == 0 then return false end
-  return not redis.call('SET', key or KEY.once, '1', 'NX', 'PX', ttl)
+  return not redis.call('SET', KEY.once, '1', 'NX', 'PX', ttl)
 end
 
 -- A write from a commander that is no longer the current one is refused

@@ -1,10 +1,13 @@
 --! keys: epoch heartbeats failed +task
 --! args: epoch now +task
---! batch: id status load memory cpu network once once_ttl
+--! batch: id status load memory cpu network sealed_at
 -- Records a batch of heartbeats, in the order given. Each: the agent's id,
 -- status (reported), load, memory, cpu, network (the three empty when the
--- heartbeat carried no resources: the declared ones stay), and the key and
--- ttl of its nonce (ttl 0: unsigned).
+-- heartbeat carried no resources: the declared ones stay), and when it was
+-- sealed (0: unsigned). A sealed heartbeat must be sealed later than the
+-- last one recorded for its agent (`sealedAt`, cleared when it registers
+-- again): one that is not is a replay and changes nothing. So a heartbeat
+-- needs no nonce kept in Redis.
 -- A failed agent that is heard again goes to recovering; a recovering one
 -- goes back to idle on its next heartbeat. An agent holding tasks is at
 -- least active, and busy at its capacity, whatever it reports.
@@ -13,20 +16,24 @@
 -- A heartbeat that changes neither status nor load does not re-rank the
 -- agent among the pool's available ones (it costs three commands less).
 -- Returns one {n, outcome, pool, channel, message} for each heartbeat whose
--- outcome is not `ok` (n: its place in the batch, from 1): replay (its
--- nonce was recorded already: nothing changed), unknown, recovering,
--- recovered, resumed (channel, message: the resume for the caller to sign
--- and send).
+-- outcome is not `ok` (n: its place in the batch, from 1): replay, unknown,
+-- recovering, recovered, resumed (channel, message: the resume for the
+-- caller to sign and send).
 if fenced() then return redis.error_reply('FENCED commander epoch is stale') end
 local hb, failed, counts, now = KEY.heartbeats, KEY.failed, KEY.counts, A.now
 
-local function beat(id, status, load, memory, cpu, network)
+-- One heartbeat, b (an item of the batch): its outcome, and the agent's
+-- pool, and the resume to send it, if any.
+local function beat(b)
+  local id, load = b.id, b.load
   local agent = K.agent .. id
-  local cur = read(agent, 'status', 'pool', 'inflight', 'capacity', 'halted', 'load')
+  local cur = read(agent, 'status', 'pool', 'inflight', 'capacity', 'halted', 'load', 'sealedAt')
   local old, pool = cur.status, cur.pool
   if not old then return 'unknown' end
+  local sealed = tonumber(b.sealed_at)
+  if sealed > 0 and cur.sealedAt and sealed <= tonumber(cur.sealedAt) then return 'replay' end
 
-  local new, outcome = status, 'ok'
+  local new, outcome = b.status, 'ok'
   if old == 'failed' then
     new, outcome = 'recovering', 'recovering'
     redis.call('HINCRBY', agent, 'recoveryAttempts', 1)
@@ -55,12 +62,17 @@ local function beat(id, status, load, memory, cpu, network)
       end
     end
   end
-  if memory ~= '' then
-    redis.call('HSET', agent, 'status', new, 'load', load, 'lastHeartbeat', now,
-      'memory', memory, 'cpu', cpu, 'network', network)
-  else
-    redis.call('HSET', agent, 'status', new, 'load', load, 'lastHeartbeat', now)
+  local fields = {'status', new, 'load', load, 'lastHeartbeat', now}
+  if b.memory ~= '' then
+    for _, f in ipairs({'memory', b.memory, 'cpu', b.cpu, 'network', b.network}) do
+      fields[#fields + 1] = f
+    end
   end
+  if sealed > 0 then
+    fields[#fields + 1] = 'sealedAt'
+    fields[#fields + 1] = b.sealed_at
+  end
+  redis.call('HSET', agent, unpack(fields))
   redis.call('ZADD', hb, now, id)
   move(counts, pool, old, new)
   -- A heartbeat that changes nothing the allocator ranks by (status, load)
@@ -76,12 +88,7 @@ end
 
 local out = {}
 for n, b in ipairs(BATCH) do
-  local outcome, pool, channel, message
-  if replayed(b.once, b.once_ttl) then
-    outcome = 'replay'
-  else
-    outcome, pool, channel, message = beat(b.id, b.status, b.load, b.memory, b.cpu, b.network)
-  end
+  local outcome, pool, channel, message = beat(b)
   if outcome ~= 'ok' then out[#out + 1] = {n, outcome, pool or '', channel or '', message or ''} end
 end
 return out

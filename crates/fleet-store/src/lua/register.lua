@@ -40,7 +40,13 @@ if old then
     'capabilities', A.capabilities, 'memory', A.memory, 'cpu', A.cpu, 'network', A.network,
     'load', 0, 'lastHeartbeat', now, 'lastActive', now, 'capacity', A.capacity,
     'instance', A.instance)
-  if A.session == '' then redis.call('HDEL', agent, 'sessionKey') end
+  -- A new registration starts its heartbeats' order afresh (another
+  -- instance, maybe another clock): see heartbeat.lua.
+  if A.session == '' then
+    redis.call('HDEL', agent, 'sessionKey', 'sealedAt')
+  else
+    redis.call('HDEL', agent, 'sealedAt')
+  end
   redis.call('ZREM', failed, id)
 else
   local poolset = K.pool_agents .. pool
