@@ -204,7 +204,7 @@ impl Store {
             error: Some("it \"broke\"".into()),
         };
         self.tasks
-            .report(&mut self.conn, ReportKind::Fail, &report, now(), None, None)
+            .report(&mut self.conn, ReportKind::Fail, &report, now(), None)
             .await
             .unwrap()
             .outcome
@@ -760,7 +760,6 @@ async fn guardrail_messages_decode_as_their_rust_types() {
             &report(&id, 1, "a1"),
             now(),
             None,
-            None,
         )
         .await
         .unwrap();
@@ -772,7 +771,6 @@ async fn guardrail_messages_decode_as_their_rust_types() {
             ReportKind::Progress,
             &report(&id, 1, "a1"),
             now(),
-            None,
             None,
         )
         .await
@@ -825,7 +823,7 @@ async fn guardrail_messages_decode_as_their_rust_types() {
     (done.step, done.usage) = (None, Some(5.5));
     let reported = s
         .tasks
-        .report(&mut s.conn, ReportKind::Complete, &done, now(), None, None)
+        .report(&mut s.conn, ReportKind::Complete, &done, now(), None)
         .await
         .unwrap();
     let halt = reported.halt.expect("a halt for a2");

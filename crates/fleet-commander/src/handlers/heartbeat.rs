@@ -99,8 +99,7 @@ pub(super) async fn record(shared: &Shared, conn: &mut Conn, batch: Vec<Envelope
         let pairs: Vec<_> = beats.iter().map(|(hb, at, _)| (hb, *at)).collect();
         let outcomes = shared.registry.heartbeats(conn, &pairs, now_ms()).await?;
         for ((hb, _, channel), outcome) in beats.into_iter().zip(outcomes) {
-            let span = info_span!("message", kind = "heartbeat", agent_id = %hb.agent_id);
-            answer(shared, conn, hb, channel, outcome, &span).await?;
+            answer(shared, conn, hb, channel, outcome).await?;
         }
         Ok(())
     };
@@ -132,9 +131,10 @@ async fn answer(
     hb: Heartbeat,
     channel: Channel,
     outcome: HeartbeatOutcome,
-    span: &tracing::Span,
 ) -> Result<(), StoreError> {
     let keys = &shared.keys;
+    // Made only for what is logged: most heartbeats log nothing.
+    let span = || info_span!("message", kind = "heartbeat", agent_id = %hb.agent_id);
     let ts = now_ms();
     if outcome != HeartbeatOutcome::Replay {
         metrics::counter!(m::HEARTBEATS).increment(1);
@@ -143,10 +143,10 @@ async fn answer(
         HeartbeatOutcome::Ok => {}
         // Sealed no later than the agent's last recorded heartbeat: a
         // replay, nothing changed.
-        HeartbeatOutcome::Replay => span.in_scope(|| refused(channel, AuthError::Replay)),
+        HeartbeatOutcome::Replay => span().in_scope(|| refused(channel, AuthError::Replay)),
         HeartbeatOutcome::Resumed(resume) => {
             metrics::counter!(m::AGENTS_RESUMED).increment(1);
-            span.in_scope(|| info!("budget window renewed: halted agent resumed"));
+            span().in_scope(|| info!("budget window renewed: halted agent resumed"));
             shared.tell(conn, resume.into_iter().collect()).await?;
         }
         HeartbeatOutcome::Unknown => {
@@ -159,7 +159,7 @@ async fn answer(
                 .await?;
         }
         HeartbeatOutcome::Recovering(pool) => {
-            span.in_scope(|| info!(pool = %pool, "failed agent heard again: recovering"));
+            span().in_scope(|| info!(pool = %pool, "failed agent heard again: recovering"));
             let ev = Event::AgentRecovering {
                 v: VERSION,
                 agent_id: hb.agent_id,
@@ -170,7 +170,7 @@ async fn answer(
         }
         HeartbeatOutcome::Recovered(pool) => {
             metrics::counter!(m::AGENTS_RECOVERED, "pool" => pool.as_str()).increment(1);
-            span.in_scope(|| info!(pool = %pool, "agent recovered"));
+            span().in_scope(|| info!(pool = %pool, "agent recovered"));
             let ev = Event::AgentRecovered {
                 v: VERSION,
                 agent_id: hb.agent_id,

@@ -49,7 +49,6 @@ pub(super) async fn handle(
             &r,
             now_ms(),
             once,
-            None,
         )
         .await?;
     let outcome = reported.outcome;

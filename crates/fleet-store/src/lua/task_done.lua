@@ -1,5 +1,5 @@
 --! keys: epoch task +task once
---! args: epoch id attempt agent_id now outcome detail usage retention_ms backoff_ms backoff_max_ms ack +task once_ttl
+--! args: epoch id attempt agent_id now outcome detail usage retention_ms backoff_ms backoff_max_ms +task once_ttl
 -- An agent completes or fails its current attempt. Results for an attempt
 -- that is no longer current (duplicates, late ones) change nothing.
 -- A failure is retried after a backoff, or dead-lettered once the task has
@@ -13,9 +13,7 @@
 -- KEYS: epoch, task (its hash), and the task keys
 -- A: epoch, id, attempt, agent_id, now, outcome ('completed' or 'failed'),
 --    detail (result JSON or error text), usage ('' for none), retention_ms,
---    backoff_ms, backoff_max_ms, ack (the agent's result_ack, sealed by the
---    caller: published here, on the agent's channel, when the result counts
---    or had counted; '' for none), allocation_channel
+--    backoff_ms, backoff_max_ms, allocation_channel
 -- Returns outcome (completed, retrying, dead, stale, recorded) and pool (or,
 -- when stale, state), and when the agent was halted, the halt (channel,
 -- message) to send. recorded: this attempt had already completed the task
@@ -27,15 +25,9 @@ local tid, now = A.id, tonumber(A.now)
 local t = read(task, 'state', 'attempt', 'agent', 'assignedAt', 'pool',
   'maxRetries', 'retryBase', 'maxCost', 'error', 'history', 'watchMs')
 if not t.state then return reply('stale', {state = 'unknown'}) end
--- A reply for a result that counts or had counted, with the agent's
--- result_ack published last: it may stop re-sending.
-local function acked(r)
-  if A.ack ~= '' then redis.call('PUBLISH', K.agent_channel .. A.agent_id, A.ack) end
-  return r
-end
 if (t.state ~= 'assigned' and t.state ~= 'running') or t.attempt ~= A.attempt or t.agent ~= A.agent_id then
   if t.state == 'completed' and t.attempt == A.attempt and t.agent == A.agent_id then
-    return acked(reply('recorded', {state = t.state}))
+    return reply('recorded', {state = t.state})
   end
   return reply('stale', {state = t.state})
 end
@@ -84,7 +76,7 @@ if outcome == 'completed' then
     'history', history, 'lastAgent', aid)
   redis.call('PEXPIRE', task, A.retention_ms)
   task_event(A.allocation_channel, 'task_completed', tid, pool, aid, attempt, now)
-  return acked(reply('completed', out))
+  return reply('completed', out)
 end
 redis.call('HSET', task, 'error', detail, 'updatedAt', now, 'history', history, 'lastAgent', aid)
 -- Retries count from retryBase: a requeued dead letter has fresh ones.
@@ -94,10 +86,10 @@ if over or tries > tonumber(t.maxRetries) then
   redis.call('ZADD', K.dead, now, tid)
   task_event(A.allocation_channel, 'task_dead', tid, pool, aid, attempt, now)
   if over then out.overBudget = 1 end
-  return acked(reply('dead', out))
+  return reply('dead', out)
 end
 local backoff = math.min(tonumber(A.backoff_ms) * 2 ^ (tries - 1), tonumber(A.backoff_max_ms))
 redis.call('HSET', task, 'state', 'retrying', 'agent', '')
 redis.call('ZADD', K.delayed, now + backoff, tid)
 task_event(A.allocation_channel, 'task_retrying', tid, pool, aid, attempt, now)
-return acked(reply('retrying', out))
+return reply('retrying', out)

@@ -29,9 +29,6 @@ pub enum ReportOutcome {
 impl TaskStore {
     /// Applies an agent's report. `outcome` is `None` for a report about an
     /// attempt that is no longer current (duplicate or late): ignored.
-    /// `ack`: for a result, the `result_ack` (recorded) to publish to the
-    /// agent, sealed; the script publishes it when the result counted or had
-    /// counted already (not when stale), in the same round trip.
     pub async fn report(
         &self,
         conn: &mut impl ConnectionLike,
@@ -39,7 +36,6 @@ impl TaskStore {
         r: &TaskReport,
         now: u64,
         once: Option<&Once>,
-        ack: Option<&str>,
     ) -> Result<Reported> {
         let call = match kind {
             ReportKind::Ack | ReportKind::Progress => TASK_ACK
@@ -71,7 +67,6 @@ impl TaskStore {
                     .arg("retention_ms", self.cfg.retention_ms)
                     .arg("backoff_ms", self.cfg.retry_backoff_ms)
                     .arg("backoff_max_ms", self.cfg.retry_backoff_max_ms)
-                    .arg("ack", ack.unwrap_or(""))
             }
         };
         let reply = call
