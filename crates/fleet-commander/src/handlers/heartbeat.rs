@@ -65,17 +65,21 @@ pub(super) async fn record(shared: &Shared, conn: &mut Conn, batch: Vec<Envelope
     let mut queued = Vec::with_capacity(n);
     let work = async {
         let mut beats: Vec<(Heartbeat, Option<u64>, Channel)> = Vec::with_capacity(n);
-        for env in batch {
-            let admitted = shared
-                .gate
-                .admit(
-                    conn,
-                    &shared.sessions,
-                    &shared.registry,
-                    env.seal.as_ref(),
-                    &env.msg,
-                )
-                .await;
+        // Checked side by side: a check that reads Redis (a session derived
+        // again after a takeover, a key not cached) holds up no other.
+        let checks = futures_util::future::join_all(batch.iter().map(|env| {
+            let mut c = conn.clone();
+            async move {
+                let (sessions, registry) = (&shared.sessions, &shared.registry);
+                let seal = env.seal.as_ref();
+                shared
+                    .gate
+                    .admit(&mut c, sessions, registry, seal, &env.msg)
+                    .await
+            }
+        }))
+        .await;
+        for (env, admitted) in batch.into_iter().zip(checks) {
             // Off its sender's count once the batch is recorded.
             queued.push(env._queued);
             let Inbound::Heartbeat(hb) = env.msg else {
