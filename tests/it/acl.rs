@@ -392,15 +392,14 @@ async fn acl_watch_ends_an_old_password_when_its_overlap_ends() {
     let new =
         fleet_protocol::auth::Credential::parse(&String::from_utf8_lossy(&rotated.stdout)).unwrap();
     let new_url = new.redis_url(&admin);
-    // The new key's password at once; both during the overlap ...
+    // The new key's password at once; both during the overlap (a check
+    // retried for a second: on a loaded machine one connection can time
+    // out) ...
     wait_until(|| works(new_url.clone())).await;
-    assert!(
-        works(old_url.clone()).await,
-        "the old password ended before its overlap"
-    );
+    wait_until_within(std::time::Duration::from_secs(1), || works(old_url.clone())).await;
     // ... and the old one no more once it is over, with nobody applying.
     wait_until(|| async { !works(old_url.clone()).await }).await;
-    assert!(works(new_url.clone()).await);
+    wait_until(|| works(new_url.clone())).await;
     watcher.kill().unwrap();
     let _ = watcher.wait();
 }
