@@ -83,6 +83,9 @@ pub struct Agent {
     seq: u64,
     /// When the last message was sealed (ms): the next is sealed later.
     sealed_at: u64,
+    /// Deregistering or gone: a `reregister` now answers a heartbeat sent
+    /// before leaving, and is ignored.
+    deregistering: bool,
     /// This run of the agent: a restart registers with a new one.
     instance: String,
     /// Signs what the agent sends (None: the commander runs open).
@@ -312,6 +315,7 @@ impl Agent {
             pending: Default::default(),
             seq: 0,
             sealed_at: 0,
+            deregistering: false,
             instance: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
@@ -408,6 +412,7 @@ impl Agent {
 
     /// Registers (idempotent: safe to repeat after a restart or a lost reply).
     pub async fn register(&mut self, timeout: Duration) -> Result<Registration, AgentError> {
+        self.deregistering = false;
         let id = uuid::Uuid::new_v4().to_string();
         let msg = Tagged {
             v: VERSION,
@@ -497,6 +502,7 @@ impl Agent {
 
     /// Leaves the fleet; true if the commander removed the agent.
     pub async fn deregister(&mut self, timeout: Duration) -> Result<bool, AgentError> {
+        self.deregistering = true;
         let id = uuid::Uuid::new_v4().to_string();
         let msg = Tagged {
             v: VERSION,
@@ -844,6 +850,8 @@ impl Agent {
             } => {
                 jobs.unacked.remove(&(task_id, attempt));
             }
+            // It answers a heartbeat sent before leaving.
+            ToAgent::Reregister { .. } if self.deregistering => {}
             ToAgent::Reregister { reason, .. } => {
                 info!(agent_id = %self.spec.id, reason, "commander asked to re-register");
                 if let Err(e) = self.register(interval).await {

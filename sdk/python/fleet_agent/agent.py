@@ -177,6 +177,7 @@ class Agent:
         # the one before (a heartbeat sealed no later than the last one is
         # refused as a replay), even if the clock steps back.
         self._sealed_at = 0
+        self._deregistering = False
         self._background: set = set()
 
     # ---- wiring ----
@@ -287,6 +288,7 @@ class Agent:
     async def register(self, timeout: float = 2.0, tries: int = 5) -> msgs.RegisterReply:
         """Registers (idempotent) and returns the accepted reply; raises
         ``RegistrationRefused`` with the reason, or ``TimeoutError``."""
+        self._deregistering = False
         msg: Dict[str, Any] = {
             "type": "register", "agentId": self.id, "pool": self.pool,
             "capabilities": self.capabilities, "capacity": self.capacity,
@@ -315,6 +317,8 @@ class Agent:
         return reply
 
     async def deregister(self, timeout: float = 2.0, tries: int = 3) -> bool:
+        # A reregister from now on answers a heartbeat sent before leaving.
+        self._deregistering = True
         reply = await self._request(
             "registry", {"type": "deregister", "agentId": self.id, "reason": "shutdown"}, timeout, tries
         )
@@ -430,6 +434,8 @@ class Agent:
             log.info("drained (%s): finishing what is held, then leaving", msg.reason)
             self._drained.set()
         elif isinstance(msg, msgs.Reregister):
+            if self._deregistering:
+                return  # it answers a heartbeat sent before leaving
             t = asyncio.create_task(self.register())
             self._background.add(t)
             t.add_done_callback(self._background.discard)
