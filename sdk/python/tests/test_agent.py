@@ -463,3 +463,23 @@ def test_an_agent_over_its_capacity_heartbeats_a_load_of_one(fleet):
             await agent.deregister()
 
     asyncio.run(main())
+
+
+def test_a_reregister_after_deregistering_is_ignored(fleet):
+    """A heartbeat sent just before leaving can be recorded after the
+    deregistration (heartbeats are recorded in batches): the commander, not
+    knowing the agent any more, answers reregister, which a leaving agent
+    must not obey, or it is back in the fleet as it goes."""
+    cred = fleet.issue("py-gone", "ui")
+
+    async def main() -> None:
+        async with Agent(fleet.redis_url, cred) as agent:
+            await agent.register()
+            assert await agent.deregister()
+            beats = metric(fleet, "fleet_heartbeats_total")
+            await agent.heartbeat()  # answered with reregister: unknown agent
+            await until(lambda: metric(fleet, "fleet_heartbeats_total") > beats, "the heartbeat handled")
+            await asyncio.sleep(0.3)  # room for a re-registration, were it sent
+            assert fleet.get("/v1/agents/py-gone")[0] == 404
+
+    asyncio.run(main())
