@@ -383,17 +383,15 @@ impl Router {
         let heavy = self.rates.is_heavy(&a.sender);
         let handlers = &self.senders.handlers;
         let n = handlers.len();
-        let tx = match a.msg.agent_id() {
-            _ if matches!(a.msg, Inbound::Heartbeat(_)) => &self.senders.heartbeats,
-            Some(id) => {
-                let mut h = DefaultHasher::new();
-                id.hash(&mut h);
-                &handlers[h.finish() as usize % n]
-            }
-            None => {
-                self.next_shard = (self.next_shard + 1) % n;
-                &handlers[self.next_shard]
-            }
+        let tx = if matches!(a.msg, Inbound::Heartbeat(_)) {
+            &self.senders.heartbeats
+        } else if let Some(id) = a.msg.agent_id() {
+            let mut h = DefaultHasher::new();
+            id.hash(&mut h);
+            &handlers[h.finish() as usize % n]
+        } else {
+            self.next_shard = (self.next_shard + 1) % n;
+            &handlers[self.next_shard]
         };
         let permit = match tx.try_reserve() {
             Ok(p) => p,
