@@ -312,7 +312,19 @@ impl Signer {
 pub fn nonce() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("the OS has randomness");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex(&b)
+}
+
+/// Bytes as lowercase hex (one allocation: a nonce is made for every
+/// message the commander seals).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// A fresh random Ed25519 secret (seed).
@@ -668,6 +680,12 @@ impl CommanderCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(nonce().len(), 32);
+    }
 
     fn signer() -> Signer {
         Signer::new("commander:7", &[7; 32])

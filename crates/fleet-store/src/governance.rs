@@ -39,7 +39,7 @@ impl Proposal {
     /// sha256 (hex) of the proposal's JSON, its fields in a fixed order:
     /// what every vote names.
     pub fn hash(&self) -> String {
-        hex(&Sha256::digest(
+        fleet_protocol::auth::hex(&Sha256::digest(
             serde_json::to_vec(self).expect("a proposal serializes"),
         ))
     }
@@ -117,11 +117,7 @@ pub fn seal(hash: &str, votes: &BTreeMap<String, String>, outcome: Outcome) -> S
     }
     h.update(b"\n");
     h.update(outcome.as_str().as_bytes());
-    hex(&h.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    fleet_protocol::auth::hex(&h.finalize())
 }
 
 #[derive(Debug, Clone)]

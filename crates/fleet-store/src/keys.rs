@@ -6,21 +6,33 @@
 //! that `redis-cli` output is never ambiguous.
 
 use fleet_protocol::{Channels, PoolType};
+use std::sync::Arc;
 
 /// Key and channel names under one prefix (default `swarm:phase-1`).
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
     channels: Channels,
+    /// The `+task` group's values (`crate::script::task_group`), named
+    /// once rather than on every script call.
+    task_group: Arc<[String]>,
 }
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
-        Self {
+        let mut keys = Self {
             channels: Channels::new(prefix.clone()),
             prefix,
-        }
+            task_group: Arc::from([]),
+        };
+        keys.task_group = crate::script::task_group(&keys).into();
+        keys
+    }
+
+    /// The `+task` group's keys, then its arguments, in declared order.
+    pub(crate) fn task_group(&self) -> &[String] {
+        &self.task_group
     }
 
     pub fn prefix(&self) -> &str {

@@ -241,8 +241,5 @@ pub fn new_key(
 /// SHA-256 of a password, hex: how Redis ACL rules name it (`#<hash>`).
 pub fn sha256_hex(password: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(password.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    fleet_protocol::auth::hex(&sha2::Sha256::digest(password.as_bytes()))
 }

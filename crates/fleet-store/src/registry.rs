@@ -310,7 +310,7 @@ impl Registry {
     }
 
     /// A call of one of the registry's scripts on agent `id`.
-    pub(crate) fn call<'s>(&self, script: &'s ScriptDef, id: &str) -> Call<'s> {
+    pub(crate) fn call<'s>(&'s self, script: &'s ScriptDef, id: &str) -> Call<'s> {
         script
             .fenced(&self.keys, self.epoch)
             .key("agent", self.keys.agent(id))

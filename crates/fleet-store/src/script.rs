@@ -30,7 +30,8 @@
 use crate::error::{from_script, Result, StoreError};
 use crate::keys::Keys;
 use redis::aio::ConnectionLike;
-use redis::{FromRedisValue, Script, ScriptInvocation, ToRedisArgs};
+use redis::{FromRedisValue, Script, ToRedisArgs};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
 
@@ -69,12 +70,46 @@ pub(crate) const TASK_ARGS: &[&str] = &[
     "allocation_channel",
 ];
 
+/// The values of the `+task` group ([`TASK_KEYS`], then [`TASK_ARGS`]),
+/// which [`Keys`] keeps.
+pub(crate) fn task_group(keys: &Keys) -> Vec<String> {
+    let c = keys.channels();
+    vec![
+        keys.counts(),
+        keys.leases(),
+        keys.dead(),
+        keys.delayed(),
+        keys.settings(),
+        keys.quarantine(),
+        keys.stalls(),
+        keys.poison(),
+        keys.validators(),
+        keys.departed(),
+        keys.agent_prefix(),
+        keys.available_prefix(),
+        keys.agent_tasks_prefix(),
+        keys.task_prefix(),
+        keys.queue_prefix(),
+        keys.pool_done_prefix(),
+        keys.agent_quota_prefix(),
+        keys.pool_agents_prefix(),
+        c.agent_prefix(),
+        keys.agent_history_prefix(),
+        keys.budget_prefix(),
+        keys.lapsed_prefix(),
+        c.allocation(),
+    ]
+}
+
 /// A script, its declared keys and arguments, loaded once per server and
 /// then run by SHA.
 pub(crate) struct ScriptDef {
     op: &'static str,
     keys: Vec<String>,
     args: Vec<String>,
+    /// Each declared key's and argument's place, by name.
+    key_at: HashMap<String, usize>,
+    arg_at: HashMap<String, usize>,
     /// The fields of a batch's item (`--! batch:`), if it takes one.
     batch: Vec<String>,
     script: Script,
@@ -229,9 +264,18 @@ impl ScriptDef {
             .unwrap_or_default();
         let head = bindings(&keys, &args, &batch);
         let prelude = prelude_for(source);
+        let at = |names: &[String]| -> HashMap<String, usize> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect()
+        };
         ScriptDef {
             op,
             script: Script::new(&format!("{head}{prelude}{source}")),
+            key_at: at(&keys),
+            arg_at: at(&args),
             keys,
             args,
             batch,
@@ -269,14 +313,14 @@ impl ScriptDef {
 /// One call of a script, its keys and arguments named.
 pub(crate) struct Call<'s> {
     def: &'s ScriptDef,
-    keys: Vec<(&'static str, String)>,
-    args: Vec<(&'static str, Vec<u8>)>,
+    keys: Vec<(&'static str, Cow<'s, [u8]>)>,
+    args: Vec<(&'static str, Cow<'s, [u8]>)>,
     items: Vec<Vec<(&'static str, Vec<u8>)>>,
 }
 
 impl<'s> Call<'s> {
     pub(crate) fn key(mut self, name: &'static str, key: String) -> Self {
-        self.keys.push((name, key));
+        self.keys.push((name, Cow::Owned(key.into_bytes())));
         self
     }
 
@@ -287,7 +331,7 @@ impl<'s> Call<'s> {
         } else {
             v.concat()
         };
-        self.args.push((name, one));
+        self.args.push((name, Cow::Owned(one)));
         self
     }
 
@@ -298,44 +342,17 @@ impl<'s> Call<'s> {
     }
 
     /// The `+task` group: the keys and prefixes the task-aware parts of the
-    /// prelude use.
-    pub(crate) fn task_keys(self, keys: &Keys) -> Self {
-        let c = keys.channels();
-        let values = [
-            keys.counts(),
-            keys.leases(),
-            keys.dead(),
-            keys.delayed(),
-            keys.settings(),
-            keys.quarantine(),
-            keys.stalls(),
-            keys.poison(),
-            keys.validators(),
-            keys.departed(),
-        ];
-        let prefixes = [
-            keys.agent_prefix(),
-            keys.available_prefix(),
-            keys.agent_tasks_prefix(),
-            keys.task_prefix(),
-            keys.queue_prefix(),
-            keys.pool_done_prefix(),
-            keys.agent_quota_prefix(),
-            keys.pool_agents_prefix(),
-            c.agent_prefix(),
-            keys.agent_history_prefix(),
-            keys.budget_prefix(),
-            keys.lapsed_prefix(),
-            c.allocation(),
-        ];
-        let mut call = self;
-        for (n, k) in TASK_KEYS.iter().zip(values) {
-            call = call.key(n, k);
+    /// prelude use (named once, in [`Keys`]).
+    pub(crate) fn task_keys(mut self, keys: &'s Keys) -> Self {
+        let values = keys.task_group();
+        let (k, a) = values.split_at(TASK_KEYS.len());
+        for (n, v) in TASK_KEYS.iter().zip(k) {
+            self.keys.push((n, Cow::Borrowed(v.as_bytes())));
         }
-        for (n, v) in TASK_ARGS.iter().zip(prefixes) {
-            call = call.arg(n, v);
+        for (n, v) in TASK_ARGS.iter().zip(a) {
+            self.args.push((n, Cow::Borrowed(v.as_bytes())));
         }
-        call
+        self
     }
 
     /// The `once`/`once_ttl` pair of a script that records the nonce of the
@@ -347,42 +364,41 @@ impl<'s> Call<'s> {
         }
     }
 
-    /// The invocation, every value in its declared place; an error if a
-    /// declared name was not given or a given one is not declared.
-    pub(crate) fn invocation(&self) -> Result<ScriptInvocation<'s>> {
+    /// The `EVALSHA` command, every value in its declared place; an error
+    /// if a declared name was not given or a given one is not declared.
+    pub(crate) fn cmd(&self) -> Result<redis::Cmd> {
         let def = self.def;
         let contract =
             |what: &str, n: &str| StoreError::Reply(format!("script {}: {what} {n:?}", def.op));
-        if let Some((n, _)) = self
-            .keys
-            .iter()
-            .find(|(n, _)| !def.keys.iter().any(|d| d == n))
-        {
-            return Err(contract("undeclared key", n));
+        // Each given value in its declared place (the first, if given twice).
+        let place = |given: &'_ [(&'static str, Cow<'_, [u8]>)],
+                     at: &HashMap<String, usize>,
+                     declared: &[String],
+                     what: &str|
+         -> Result<Vec<usize>> {
+            let mut slots = vec![usize::MAX; declared.len()];
+            for (i, (n, _)) in given.iter().enumerate() {
+                let at = *at
+                    .get(*n)
+                    .ok_or_else(|| contract(&format!("undeclared {what}"), n))?;
+                if slots[at] == usize::MAX {
+                    slots[at] = i;
+                }
+            }
+            if let Some(at) = slots.iter().position(|&s| s == usize::MAX) {
+                return Err(contract(&format!("missing {what}"), &declared[at]));
+            }
+            Ok(slots)
+        };
+        let keys = place(&self.keys, &def.key_at, &def.keys, "key")?;
+        let args = place(&self.args, &def.arg_at, &def.args, "argument")?;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(def.script.get_hash()).arg(keys.len());
+        for i in keys {
+            cmd.arg(&*self.keys[i].1);
         }
-        if let Some((n, _)) = self
-            .args
-            .iter()
-            .find(|(n, _)| !def.args.iter().any(|d| d == n))
-        {
-            return Err(contract("undeclared argument", n));
-        }
-        let mut inv = def.script.prepare_invoke();
-        for d in &def.keys {
-            let (_, k) = self
-                .keys
-                .iter()
-                .find(|(n, _)| n == d)
-                .ok_or_else(|| contract("missing key", d))?;
-            inv.key(k);
-        }
-        for d in &def.args {
-            let (_, v) = self
-                .args
-                .iter()
-                .find(|(n, _)| n == d)
-                .ok_or_else(|| contract("missing argument", d))?;
-            inv.arg(v.as_slice());
+        for i in args {
+            cmd.arg(&*self.args[i].1);
         }
         for item in &self.items {
             if let Some((n, _)) = item.iter().find(|(n, _)| !def.batch.iter().any(|d| d == n)) {
@@ -393,16 +409,30 @@ impl<'s> Call<'s> {
                     .iter()
                     .find(|(n, _)| n == d)
                     .ok_or_else(|| contract("missing batch field", d))?;
-                inv.arg(v.as_slice());
+                cmd.arg(v.as_slice());
             }
         }
-        Ok(inv)
+        Ok(cmd)
     }
 
-    /// Runs the script (timed under its op); `FENCED` becomes [`StoreError::Fenced`].
+    /// Runs the script (timed under its op); `FENCED` becomes
+    /// [`StoreError::Fenced`]. A server without the script (restarted,
+    /// flushed) is given it, and the call made again.
     pub(crate) async fn run<T: FromRedisValue>(self, conn: &mut impl ConnectionLike) -> Result<T> {
-        let inv = self.invocation()?;
-        crate::telemetry::timed(self.def.op, inv.invoke_async(conn))
+        let cmd = self.cmd()?;
+        let script = &self.def.script;
+        let call = async {
+            match cmd.query_async(conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(conn).await?;
+                    cmd.query_async(conn).await
+                }
+                r => r,
+            }
+        };
+        crate::telemetry::timed(self.def.op, call)
             .await
             .map_err(from_script)
     }
@@ -551,9 +581,9 @@ mod tests {
                 .key("queue", "q".into())
                 .arg("pool", "ui")
         };
-        assert!(full().arg("now", 5).invocation().is_ok());
+        assert!(full().arg("now", 5).cmd().is_ok());
         let missing = full()
-            .invocation()
+            .cmd()
             .map(|_| ())
             .expect_err("a missing argument is refused");
         assert!(
@@ -563,7 +593,7 @@ mod tests {
         let extra = full()
             .arg("now", 5)
             .arg("later", 6)
-            .invocation()
+            .cmd()
             .map(|_| ())
             .unwrap_err();
         assert!(
@@ -574,7 +604,7 @@ mod tests {
             .fenced(&keys, 1)
             .arg("pool", "ui")
             .arg("now", 5)
-            .invocation()
+            .cmd()
             .map(|_| ())
             .unwrap_err();
         assert!(key.to_string().contains("missing key \"queue\""), "{key}");
@@ -598,11 +628,11 @@ mod tests {
         assert!(call()
             .item(item(&[("load", "0.5"), ("id", "a1")]))
             .item(item(&[("id", "a2"), ("load", "0")]))
-            .invocation()
+            .cmd()
             .is_ok());
         let missing = call()
             .item(item(&[("id", "a1")]))
-            .invocation()
+            .cmd()
             .map(|_| ())
             .unwrap_err();
         assert!(
@@ -611,7 +641,7 @@ mod tests {
         );
         let extra = call()
             .item(item(&[("id", "a1"), ("load", "1"), ("cpu", "2")]))
-            .invocation()
+            .cmd()
             .map(|_| ())
             .unwrap_err();
         assert!(

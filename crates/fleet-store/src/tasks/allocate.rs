@@ -69,7 +69,7 @@ impl TaskStore {
         Allocation::parse(self.allocate_call(pool, max, now).run(conn).await?)
     }
 
-    pub(super) fn allocate_call(&self, pool: PoolType, max: usize, now: u64) -> Call<'static> {
+    pub(super) fn allocate_call(&self, pool: PoolType, max: usize, now: u64) -> Call<'_> {
         ALLOCATE
             .fenced(&self.keys, self.epoch)
             .key("queue", self.keys.queue(pool))

@@ -58,8 +58,8 @@ impl TaskStore {
         let id = uuid::Uuid::new_v4().to_string();
         let mut p = redis::pipe();
         p.ignore_errors()
-            .invoke_script(&self.submit_call(t, &id, now).invocation()?)
-            .invoke_script(&self.allocate_call(t.pool, max, now).invocation()?);
+            .add_command(self.submit_call(t, &id, now).cmd()?)
+            .add_command(self.allocate_call(t.pool, max, now).cmd()?);
         let mut replies: Vec<redis::RedisResult<Value>> =
             crate::telemetry::timed("submit", p.query_async(conn)).await?;
         let allocated = replies.pop().and_then(|r| r.ok());
@@ -102,10 +102,10 @@ impl TaskStore {
         let mut p = redis::pipe();
         p.ignore_errors();
         for (t, id) in tasks.iter().zip(&ids) {
-            p.invoke_script(&self.submit_call(t, id, now).invocation()?);
+            p.add_command(self.submit_call(t, id, now).cmd()?);
         }
         for pool in &pools {
-            p.invoke_script(&self.allocate_call(*pool, max, now).invocation()?);
+            p.add_command(self.allocate_call(*pool, max, now).cmd()?);
         }
         let mut replies: Vec<redis::RedisResult<Value>> =
             crate::telemetry::timed("submit", p.query_async(conn)).await?;
@@ -132,7 +132,7 @@ impl TaskStore {
         Ok((out, allocated))
     }
 
-    pub(super) fn submit_call(&self, t: &ValidTask, id: &str, now: u64) -> Call<'static> {
+    pub(super) fn submit_call(&self, t: &ValidTask, id: &str, now: u64) -> Call<'_> {
         let client = t.client_id.as_deref().unwrap_or("");
         // A placeholder key when there is no client id: the script never touches it.
         let client_key = self
