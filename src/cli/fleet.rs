@@ -199,6 +199,27 @@ pub(crate) async fn sim(args: SimArgs, config: &Path) -> anyhow::Result<bool> {
     };
     let r = sim::run(opts, shutdown_on_signal()).await?;
     write_report(&report, &r)?;
+    // A task load that was not all accepted and done measured something
+    // else than was asked: said, and the run fails.
+    if let Some(t) = &r.tasks {
+        if t.refused > 0 {
+            anyhow::bail!(
+                "{} of {} task submissions were refused or failed (the first: {}): \
+                 the commander's log says why",
+                t.refused,
+                t.refused + t.submitted,
+                t.first_refusal.as_deref().unwrap_or("?")
+            );
+        }
+        if t.completed < t.submitted {
+            anyhow::bail!(
+                "{} of {} accepted tasks were not completed within the simulator's wait: \
+                 see `fleet-commander tasks list --state queued` (and `dead-letters list`) and the commander's log",
+                t.submitted - t.completed,
+                t.submitted
+            );
+        }
+    }
     Ok(true)
 }
 

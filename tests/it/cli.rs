@@ -88,6 +88,50 @@ fn demo_without_redis_says_how_to_get_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_counts_refused_submissions_rather_than_measuring_nothing() {
+    // A viewer's token: the fleet may be read, but every submission is
+    // refused (403). The report says so, with the reason, instead of
+    // "0/0 completed".
+    let h = Harness::start().await;
+    let mut conn = fleet_store::connection::connect(&h.redis.url())
+        .await
+        .unwrap();
+    let viewer = fleet_store::tokens::TokenStore::new(h.keys.clone())
+        .issue(
+            &mut conn,
+            "viewer",
+            fleet_store::tokens::TokenRole::Viewer,
+            fleet_protocol::now_ms(),
+        )
+        .await
+        .unwrap();
+    let report = sim::run(
+        SimOptions {
+            agents: 4,
+            status_queries: 0,
+            http_token: Some(viewer),
+            tasks: sim::TaskLoad {
+                count: 10,
+                rate: None,
+                work: Duration::from_millis(1),
+                fail_fraction: 0.0,
+                die_fraction: 0.0,
+                usage: 0.0,
+                batch: 1,
+            },
+            ..h.sim_options()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let tasks = report.tasks.expect("task report");
+    assert_eq!((tasks.submitted, tasks.refused), (0, 10), "{tasks:?}");
+    let first = tasks.first_refusal.unwrap_or_default();
+    assert!(first.contains("403"), "{first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_registers_a_fleet_detects_stopped_agents_and_reports() {
     let _heavy = heavy().await;
     // This test also runs a task phase in the same process, alongside the

@@ -89,7 +89,11 @@ pub struct TaskLoad {
 /// What the task load measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TaskReport {
+    /// Tasks the commander accepted.
     pub submitted: usize,
+    /// Tasks whose submission was refused or failed, and the first reason.
+    pub refused: usize,
+    pub first_refusal: Option<String>,
     pub completed: usize,
     /// Submission sent -> the agent holds the assignment.
     pub dispatch: Latency,
@@ -1396,6 +1400,20 @@ async fn post_to_leader(
     Ok(())
 }
 
+/// Submissions that did not go through: how many tasks, and the first reason.
+#[derive(Default)]
+struct Refusals {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Refusals {
+    fn note(&mut self, tasks: usize, reason: String) {
+        self.count += tasks;
+        self.first.get_or_insert(reason);
+    }
+}
+
 /// Submits the task load over HTTP and waits until the agents have done it.
 async fn run_tasks(
     http: &reqwest::Client,
@@ -1409,6 +1427,7 @@ async fn run_tasks(
     let http = http.clone();
     let url = format!("{base}/v1/tasks");
     let started = Instant::now();
+    let mut refusals = Refusals::default();
     let submit = |seq: usize| {
         let (http, url, state) = (http.clone(), url.clone(), state.clone());
         let pool = pools[seq % pools.len()];
@@ -1435,7 +1454,11 @@ async fn run_tasks(
             }
             let mut ok = 0;
             while let Some(r) = set.join_next().await {
-                ok += usize::from(matches!(r, Ok(Ok(()))));
+                match r {
+                    Ok(Ok(())) => ok += 1,
+                    Ok(Err(e)) => refusals.note(1, e.to_string()),
+                    Err(e) => refusals.note(1, e.to_string()),
+                }
             }
             ok
         }
@@ -1458,23 +1481,51 @@ async fn run_tasks(
                         .collect();
                     async move {
                         let body = serde_json::Value::Array(body);
-                        post_to_leader(&http, &url, &body).await.map(|()| seqs.len())
+                        (seqs.len(), post_to_leader(&http, &url, &body).await)
                     }
                 })
                 .buffer_unordered(8)
-                .filter_map(|r| std::future::ready(r.ok()))
-                .fold(0, |n, k| std::future::ready(n + k))
+                .fold(0, |n, (k, r)| {
+                    let n = match r {
+                        Ok(()) => n + k,
+                        Err(e) => {
+                            refusals.note(k, e.to_string());
+                            n
+                        }
+                    };
+                    std::future::ready(n)
+                })
                 .await
         }
         None => {
             stream::iter(0..load.count)
                 .map(submit)
                 .buffer_unordered(64)
-                .filter(|r| std::future::ready(r.is_ok()))
-                .count()
+                .fold(0, |n, r| {
+                    let n = match r {
+                        Ok(()) => n + 1,
+                        Err(e) => {
+                            refusals.note(1, e.to_string());
+                            n
+                        }
+                    };
+                    std::future::ready(n)
+                })
                 .await
         }
     };
+    let Refusals {
+        count: refused,
+        first: first_refusal,
+    } = refusals;
+    if refused > 0 {
+        progress.line(&format!(
+            "{refused} of {} task submissions were refused or failed (the first: {}); \
+             the figures below count only the {submitted} accepted. The commander's log says why.",
+            load.count,
+            first_refusal.as_deref().unwrap_or("?")
+        ));
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     while state.completed.load(std::sync::atomic::Ordering::Acquire) < submitted
         && Instant::now() < deadline
@@ -1496,6 +1547,8 @@ async fn run_tasks(
     let elapsed = end.duration_since(started).as_secs_f64();
     let report = TaskReport {
         submitted,
+        refused,
+        first_refusal,
         completed,
         dispatch: Latency::from(&state.dispatch.lock().expect("no panics while held")),
         elapsed_ms: elapsed * 1000.0,
