@@ -1,7 +1,8 @@
 //! A private `redis-server` on a free loopback port, for the demo and the
 //! tests (never the shared 6379). Killed when dropped; can be paused,
 //! resumed, killed and restarted on the same port. [`Sentinels`] watch one
-//! of them, for failover tests.
+//! of them, for failover tests; [`RedisCluster`] is a Redis Cluster of them
+//! (masters with a replica each).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ pub struct RedisServer {
     tls: Option<(u16, TlsFiles)>,
     /// A replica of the server on this port.
     replica_of: Option<u16>,
+    /// A node of a Redis Cluster (`--cluster-enabled yes`).
+    cluster: bool,
 }
 
 /// A CA, a server certificate for 127.0.0.1, and a client certificate, all
@@ -147,22 +150,26 @@ impl RedisServer {
 
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> Result<RedisServer, RedisServerError> {
-        Self::start_inner(false, None)
+        Self::start_inner(false, None, false)
     }
 
     /// A replica of `primary` (`--replicaof`), on a free port of its own;
     /// returns once its first sync is done.
     pub fn start_replica_of(primary: &RedisServer) -> Result<RedisServer, RedisServerError> {
-        Self::start_inner(false, Some(primary.port))
+        Self::start_inner(false, Some(primary.port), false)
     }
 
     /// Also listens with TLS, on a second port, requiring client
     /// certificates: its certificates are generated for it.
     pub fn start_tls() -> Result<RedisServer, RedisServerError> {
-        Self::start_inner(true, None)
+        Self::start_inner(true, None, false)
     }
 
-    fn start_inner(tls: bool, replica_of: Option<u16>) -> Result<RedisServer, RedisServerError> {
+    fn start_inner(
+        tls: bool,
+        replica_of: Option<u16>,
+        cluster: bool,
+    ) -> Result<RedisServer, RedisServerError> {
         if !Self::available() {
             return Err(RedisServerError::NotFound);
         }
@@ -188,6 +195,7 @@ impl RedisServer {
                 child: None,
                 tls,
                 replica_of,
+                cluster,
             };
             match s.spawn() {
                 Ok(()) => return Ok(s),
@@ -213,6 +221,13 @@ impl RedisServer {
         }
         if let Some(p) = self.replica_of {
             cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
+        }
+        if self.cluster {
+            // Its nodes.conf in its own directory; a master unreachable
+            // for 1 s is failed over.
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "1000"]);
         }
         let child = cmd
             .args(["--port", &self.port.to_string()])
@@ -511,6 +526,153 @@ impl Drop for Sentinels {
     }
 }
 
+/// A Redis Cluster on loopback: `masters` nodes holding the 16384 slots,
+/// each with `replicas` replicas (`redis-cli --cluster create`), every node
+/// a [`RedisServer`] in its own directory. Quick to fail over (a master
+/// unreachable for 1 s). Torn down when dropped.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster, and returns once every node
+    /// says the cluster is ok with every slot served.
+    pub fn start(masters: usize, replicas: usize) -> Result<RedisCluster, RedisServerError> {
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            nodes.push(RedisServer::start_inner(false, None, true)?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .map_err(|e| {
+                RedisServerError::Start(format!("redis-cli: {e} (install redis-tools)"))
+            })?;
+        if !out.status.success() {
+            return Err(RedisServerError::Start(format!(
+                "redis-cli --cluster create: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let c = RedisCluster { nodes };
+        c.wait_ok(Duration::from_secs(30))
+            .map_err(RedisServerError::Start)?;
+        Ok(c)
+    }
+
+    /// Every node, masters and replicas, as started.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// Every node's `127.0.0.1:port`: the seeds a client is given.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` with all 16384
+    /// slots served, and its masters' replicas in sync.
+    pub fn wait_ok(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let states: Vec<Option<String>> = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .map(|n| query(n.port, &["CLUSTER", "INFO"]))
+                .collect();
+            let ok = states.iter().all(|s| {
+                s.as_deref().is_some_and(|s| {
+                    s.contains("cluster_state:ok") && s.contains("cluster_slots_ok:16384")
+                })
+            });
+            if ok && self.replicas_synced() {
+                return Ok(());
+            }
+            last = format!("{states:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("the cluster was not ok within {within:?}: {last}"))
+    }
+
+    /// Every live replica's link to its master is up.
+    fn replicas_synced(&self) -> bool {
+        self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+            query(n.port, &["INFO", "replication"]).is_some_and(|info| {
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        })
+    }
+
+    /// The port of the master serving `slot`, as the first live node that
+    /// answers `CLUSTER SLOTS` says.
+    pub fn master_of_slot(&self, slot: u16) -> Option<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .find_map(|n| {
+                let mut c = connect(n.port)?;
+                let ranges: Vec<redis::Value> =
+                    redis::cmd("CLUSTER").arg("SLOTS").query(&mut c).ok()?;
+                ranges.into_iter().find_map(|r| {
+                    let redis::Value::Array(r) = r else {
+                        return None;
+                    };
+                    let lo: u16 = redis::from_redis_value(r.first()?.clone()).ok()?;
+                    let hi: u16 = redis::from_redis_value(r.get(1)?.clone()).ok()?;
+                    let redis::Value::Array(master) = r.get(2)? else {
+                        return None;
+                    };
+                    let port: u16 = redis::from_redis_value(master.get(1)?.clone()).ok()?;
+                    (lo..=hi).contains(&slot).then_some(port)
+                })
+            })
+    }
+
+    /// The hash slot of `key` (`CLUSTER KEYSLOT`, asked of a live node).
+    pub fn slot_of(&self, key: &str) -> Option<u16> {
+        let n = self.nodes.iter().find(|n| n.child.is_some())?;
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut connect(n.port)?)
+            .ok()
+    }
+
+    /// The node on `port`, to kill, pause or resume.
+    pub fn node_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.nodes.iter_mut().find(|n| n.port == port)
+    }
+}
+
+fn connect(port: u16) -> Option<redis::Connection> {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .ok()?
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()
+}
+
+/// One command's text reply from the server on `port`.
+fn query(port: u16, args: &[&str]) -> Option<String> {
+    let mut c = connect(port)?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut c).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,5 +691,45 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A cluster serves every slot; a write acknowledged by a replica
+    /// (`WAIT`) survives its master's SIGKILL, the replica promoted.
+    #[test]
+    fn a_cluster_serves_every_slot_and_fails_a_killed_master_over() {
+        let mut c = RedisCluster::start(3, 1).expect("a cluster");
+        assert_eq!(c.nodes().len(), 6);
+        let key = "{fleet-test}:kept";
+        let slot = c.slot_of(key).expect("a slot");
+        let master = c.master_of_slot(slot).expect("its master");
+        let mut conn = connect(master).expect("the master");
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("1")
+            .query(&mut conn)
+            .unwrap();
+        let acked: u64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(5000)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(acked, 1, "its replica has the write");
+        c.node_mut(master).expect("the node").kill();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let promoted = loop {
+            match c.master_of_slot(slot) {
+                Some(p) if p != master => break p,
+                _ => {
+                    assert!(Instant::now() < deadline, "no failover within 20 s");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        c.wait_ok(Duration::from_secs(20)).expect("ok again");
+        let v: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query(&mut connect(promoted).expect("the new master"))
+            .unwrap();
+        assert_eq!(v.as_deref(), Some("1"));
     }
 }
