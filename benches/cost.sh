@@ -5,6 +5,9 @@
 #     commandstats: every command, the scripts' inner calls included);
 #   - the commander's CPU (/proc/PID/stat) and the clients' (rusage of the
 #     node process, or of the simulator);
+#   - the script calls, and Redis's time inside them (commandstats' usec of
+#     EVALSHA/EVAL/FCALL, the commands they ran included): what the scripts'
+#     own Lua work costs, beside BullMQ's;
 # per task for 10,000 no-op tasks through 1000 agents (BullMQ: concurrency
 # 1000), and per heartbeat for 1000 agents holding still.
 #
@@ -41,23 +44,29 @@ cleanup() { [[ -z ${cmd_pid:-} ]] || kill "$cmd_pid" 2>/dev/null || true; redis-
 trap cleanup EXIT
 until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
 
-# One line: Redis CPU seconds, Redis commands, and (if given) a process's CPU seconds.
+# One line: Redis CPU seconds, Redis commands, (if given) a process's CPU
+# seconds, then the seconds Redis spent in script calls (EVALSHA, EVAL,
+# FCALL: the commands they ran included) and how many there were.
 snap() {
   python3 - "$port" "${1:-0}" <<'PY'
 import os, subprocess, sys
 port, pid = sys.argv[1], int(sys.argv[2])
 info = subprocess.run(["redis-cli", "-p", port, "info", "all"], capture_output=True, text=True).stdout
-cpu = calls = 0.0
+cpu = calls = script_s = scripts = 0.0
 for line in info.splitlines():
     if line.startswith(("used_cpu_sys:", "used_cpu_user:")):
         cpu += float(line.split(":")[1])
     elif line.startswith("cmdstat_"):
-        calls += float(line.split("calls=")[1].split(",")[0])
+        n = float(line.split("calls=")[1].split(",")[0])
+        calls += n
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:")):
+            scripts += n
+            script_s += float(line.split("usec=")[1].split(",")[0]) / 1e6
 proc = 0.0
 if pid:
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     proc = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-print(f"{cpu} {calls} {proc}")
+print(f"{cpu} {calls} {proc} {script_s} {scripts}")
 PY
 }
 # cpu_of OUT CMD...: runs CMD with its output to OUT; prints its CPU seconds (user + system).
@@ -91,10 +100,10 @@ rows=()
 for round in $(seq 1 "$rounds"); do
   # --- BullMQ: 10,000 no-op jobs, concurrency 1000 ---
   redis-cli -p "$port" flushall >/dev/null
-  read -r r0 c0 _ < <(snap)
+  read -r r0 c0 _ s0 n0 < <(snap)
   node_cpu=$(cpu_of "$out/cost-bullmq.json" node benches/bullmq/bench.mjs "$port" saturated)
-  read -r r1 c1 _ < <(snap)
-  bull="$r0 $c0 $r1 $c1 $node_cpu"
+  read -r r1 c1 _ s1 n1 < <(snap)
+  bull="$r0 $c0 $r1 $c1 $node_cpu $s0 $n0 $s1 $n1"
 
   # --- fleet-commander ---
   redis-cli -p "$port" flushall >/dev/null
@@ -103,33 +112,35 @@ for round in $(seq 1 "$rounds"); do
   sim=("$bin" --config "$config" sim --agents 1000 --status-queries 0 --usage "${USAGE:-0}")
   if [[ ${SUBMIT_BATCH:-1} != 1 ]]; then sim+=(--submit-batch "$SUBMIT_BATCH"); fi
   # With tasks.
-  read -r r0 c0 p0 < <(snap "$cmd_pid")
+  read -r r0 c0 p0 s0 n0 < <(snap "$cmd_pid")
   sim_cpu=$(cpu_of /dev/null "${sim[@]}" --tasks 10000 --report "$out/cost-fc.json")
-  read -r r1 c1 p1 < <(snap "$cmd_pid")
+  read -r r1 c1 p1 s1 n1 < <(snap "$cmd_pid")
   tasks_run="$r0 $c0 $p0 $r1 $c1 $p1 $sim_cpu"
+  tasks_scripts="$s0 $n0 $s1 $n1"
   secs=$(python3 -c "import json; t=json.load(open('$out/cost-fc.json'))['tasks']; print(max(1, round(t['submitted'] / t['throughput_per_sec'])))")
   # The same fleet for as long, without tasks.
-  read -r r0 c0 p0 < <(snap "$cmd_pid")
+  read -r r0 c0 p0 s0 n0 < <(snap "$cmd_pid")
   hb0=$(metric fleet_heartbeats_total)
   sim_cpu=$(cpu_of /dev/null "${sim[@]}" --hold-secs "$secs")
-  read -r r1 c1 p1 < <(snap "$cmd_pid")
+  read -r r1 c1 p1 s1 n1 < <(snap "$cmd_pid")
   hb1=$(metric fleet_heartbeats_total)
   idle_run="$r0 $c0 $p0 $r1 $c1 $p1 $sim_cpu $hb0 $hb1"
+  idle_scripts="$s0 $n0 $s1 $n1"
   # Heartbeats: a long hold minus that one.
   long=$((secs + 20))
-  read -r r0 c0 p0 < <(snap "$cmd_pid")
+  read -r r0 c0 p0 _ < <(snap "$cmd_pid")
   sim_cpu=$(cpu_of /dev/null "${sim[@]}" --hold-secs "$long")
-  read -r r1 c1 p1 < <(snap "$cmd_pid")
+  read -r r1 c1 p1 _ < <(snap "$cmd_pid")
   hb2=$(metric fleet_heartbeats_total)
   long_run="$r0 $c0 $p0 $r1 $c1 $p1 $sim_cpu $hb1 $hb2"
   # The commander alone for the 20 s the long hold added: its loops' own cost.
-  read -r r0 c0 p0 < <(snap "$cmd_pid")
+  read -r r0 c0 p0 _ < <(snap "$cmd_pid")
   sleep 20
-  read -r r1 c1 p1 < <(snap "$cmd_pid")
+  read -r r1 c1 p1 _ < <(snap "$cmd_pid")
   alone="$r0 $c0 $p0 $r1 $c1 $p1"
   kill "$cmd_pid"; wait "$cmd_pid" 2>/dev/null || true; cmd_pid=
 
-  rows+=("$(python3 - "$out" "$bull" "$tasks_run" "$idle_run" "$long_run" "$alone" <<'PY'
+  rows+=("$(python3 - "$out" "$bull" "$tasks_run" "$idle_run" "$long_run" "$alone" "$tasks_scripts" "$idle_scripts" <<'PY'
 import json, sys
 out = sys.argv[1]
 b = [float(x) for x in sys.argv[2].split()]
@@ -137,6 +148,8 @@ t = [float(x) for x in sys.argv[3].split()]
 i = [float(x) for x in sys.argv[4].split()]
 l = [float(x) for x in sys.argv[5].split()]
 a = [float(x) for x in sys.argv[6].split()]
+ts = [float(x) for x in sys.argv[7].split()]
+is_ = [float(x) for x in sys.argv[8].split()]
 n = 10000
 bull = json.load(open(f"{out}/cost-bullmq.json"))["saturated"]
 fc = json.load(open(f"{out}/cost-fc.json"))["tasks"]
@@ -150,6 +163,11 @@ row = {
   "fc_cmds": ((t[4] - t[1]) - (i[4] - i[1])) / n,
   "fc_commander_us": ((t[5] - t[2]) - (i[5] - i[2])) / n * 1e6,
   "fc_client_us": (t[6] - i[6]) / n * 1e6,
+  # Time inside script calls (their commands included), and the calls.
+  "bullmq_script_us": (b[7] - b[5]) / n * 1e6,
+  "bullmq_scripts": (b[8] - b[6]) / n,
+  "fc_script_us": ((ts[2] - ts[0]) - (is_[2] - is_[0])) / n * 1e6,
+  "fc_scripts": ((ts[3] - ts[1]) - (is_[3] - is_[1])) / n,
 }
 hb = (l[8] - l[7]) - (i[8] - i[7])
 if hb > 0:
@@ -179,6 +197,8 @@ print("|---|---|---|")
 print(f"| saturated throughput | {span('bullmq_per_sec')} jobs/s | {span('fc_per_sec')} tasks/s |")
 print(f"| Redis CPU per task | {span('bullmq_redis_us')} µs | {span('fc_redis_us')} µs |")
 print(f"| Redis commands per task (scripts' inner calls included) | {span('bullmq_cmds', '{:.1f}')} | {span('fc_cmds', '{:.1f}')} |")
+print(f"| script calls per task | {span('bullmq_scripts', '{:.2f}')} | {span('fc_scripts', '{:.2f}')} |")
+print(f"| Redis time inside script calls per task (their commands included) | {span('bullmq_script_us')} µs | {span('fc_script_us')} µs |")
 print(f"| commander CPU per task | (none) | {span('fc_commander_us')} µs |")
 print(f"| clients' CPU per task (node workers and producer / simulated agents and submitter) | {span('bullmq_client_us')} µs | {span('fc_client_us')} µs |")
 print()
