@@ -240,6 +240,25 @@ fn words(lua: &str) -> std::collections::HashSet<&str> {
         .collect()
 }
 
+/// The fields a piece of Lua reads from a table by name, as `T.name`
+/// (`K.counts`, `A.now`), comments left out.
+fn fields_named(lua: &str) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for line in lua.lines().map(|l| l.split("--").next().unwrap_or("")) {
+        let b = line.as_bytes();
+        for (i, _) in line.match_indices('.') {
+            let table = line[..i].rsplit(|c: char| !is_word(c)).next().unwrap_or("");
+            let name: String = line[i + 1..].chars().take_while(|&c| is_word(c)).collect();
+            let before = i.checked_sub(table.len() + 1).map(|j| b[j]);
+            // `x.y` only: not `..` (concatenation) nor a number.
+            if !table.is_empty() && !name.is_empty() && before != Some(b'.') {
+                out.insert(format!("{table}.{name}"));
+            }
+        }
+    }
+    out
+}
+
 impl ScriptDef {
     /// `source` is the script file; `op` names it in metrics and errors.
     pub(crate) fn new(op: &'static str, source: &str) -> ScriptDef {
@@ -255,15 +274,37 @@ impl ScriptDef {
                 })
                 .collect()
         };
-        let keys = declared("--! keys:", TASK_KEYS);
-        let args = declared("--! args:", TASK_ARGS);
+        // Of the `+task` group, only what the script or the prelude it
+        // keeps names: each value passed costs every call (about 0.15 µs a
+        // value in Redis, measured), named or not.
+        let prelude = prelude_for(source);
+        let named = fields_named(&format!("{prelude}{source}"));
+        let used = |n: &String| {
+            let (table, name) = match n.strip_prefix("prefix.") {
+                Some(p) => ("K", p),
+                None => ("", n.as_str()),
+            };
+            let grouped = TASK_KEYS.contains(&n.as_str()) || TASK_ARGS.contains(&n.as_str());
+            !grouped
+                || ["K", "KEY", "A"]
+                    .iter()
+                    .filter(|t| table.is_empty() || **t == table)
+                    .any(|t| named.contains(&format!("{t}.{name}")))
+        };
+        let keys: Vec<String> = declared("--! keys:", TASK_KEYS)
+            .into_iter()
+            .filter(used)
+            .collect();
+        let args: Vec<String> = declared("--! args:", TASK_ARGS)
+            .into_iter()
+            .filter(used)
+            .collect();
         let batch: Vec<String> = source
             .lines()
             .find_map(|l| l.strip_prefix("--! batch:"))
             .map(|l| l.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default();
         let head = bindings(&keys, &args, &batch);
-        let prelude = prelude_for(source);
         let at = |names: &[String]| -> HashMap<String, usize> {
             names
                 .iter()
@@ -378,9 +419,13 @@ impl<'s> Call<'s> {
          -> Result<Vec<usize>> {
             let mut slots = vec![usize::MAX; declared.len()];
             for (i, (n, _)) in given.iter().enumerate() {
-                let at = *at
-                    .get(*n)
-                    .ok_or_else(|| contract(&format!("undeclared {what}"), n))?;
+                let Some(&at) = at.get(*n) else {
+                    // A `+task` value the script does not name: not passed.
+                    if TASK_KEYS.contains(n) || TASK_ARGS.contains(n) {
+                        continue;
+                    }
+                    return Err(contract(&format!("undeclared {what}"), n));
+                };
                 if slots[at] == usize::MAX {
                     slots[at] = i;
                 }
@@ -661,9 +706,56 @@ mod tests {
             "t",
             "--! keys: epoch +task\n--! args: epoch id +task\nreturn 1",
         );
-        assert_eq!(d.keys.len(), 1 + TASK_KEYS.len());
-        assert_eq!(d.args[..2], ["epoch".to_string(), "id".to_string()]);
+        assert_eq!(d.keys, ["epoch"]);
+        assert_eq!(d.args, ["epoch", "id"]);
         let head = d.script.get_hash();
         assert!(!head.is_empty());
+    }
+
+    #[test]
+    fn of_the_task_group_a_script_is_given_only_what_it_names() {
+        // Named by the script (KEY.counts, K.agent .. id, the allocation
+        // channel), and by the prelude it keeps (place(): K.available,
+        // K.settings through strategy(), K.quota); a name in a comment is
+        // not a use.
+        let d = ScriptDef::new(
+            "t",
+            "--! keys: epoch +task\n--! args: epoch id +task\n\
+             -- K.dead\n\
+             redis.call('HGET', KEY.counts, K.agent .. A.id)\n\
+             redis.call('PUBLISH', A.allocation_channel, 'x')\n\
+             place(A.id, 'coder', {})\nreturn 1",
+        );
+        assert_eq!(d.keys, ["epoch", "counts", "settings"]);
+        assert_eq!(
+            d.args,
+            [
+                "epoch",
+                "id",
+                "prefix.agent",
+                "prefix.available",
+                "prefix.quota",
+                "allocation_channel"
+            ]
+        );
+        // A call gives the whole group; what the script does not name is
+        // not passed.
+        let keys = Keys::new("p");
+        let cmd = d
+            .fenced(&keys, 1)
+            .task_keys(&keys)
+            .arg("id", "a-1")
+            .cmd()
+            .expect("the group's other values are left out, not refused");
+        let sent: Vec<String> = cmd
+            .args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent[2], "3", "three keys: {sent:?}");
+        assert!(sent.contains(&keys.counts()), "{sent:?}");
+        assert!(!sent.contains(&keys.dead()), "{sent:?}");
     }
 }
