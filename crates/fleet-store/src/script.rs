@@ -9,7 +9,8 @@
 //! ```
 //!
 //! (`+task` is [`TASK_KEYS`] / [`TASK_ARGS`], what every task-aware part of
-//! the prelude reads). From the declaration, [`ScriptDef`] generates the
+//! the prelude reads; a script is bound and passed only the part of it that
+//! it, or the prelude it keeps, names). From the declaration, [`ScriptDef`] generates the
 //! first lines of the script, binding `KEY.<name>`, `A.<name>` and `K` (the
 //! named keys, and each `prefix.<name>` argument under `<name>`), and a
 //! [`Call`] puts each value it is given by name into its declared place. So
