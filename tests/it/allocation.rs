@@ -138,7 +138,7 @@ async fn agents_joining_where_no_task_waits_cost_no_allocation_round_trip() {
             if line.contains(marker) {
                 return;
             }
-            if line.contains("\"EVALSHA\"") && line.contains(&queue) {
+            if line.contains("\"FCALL\"") && line.contains(&queue) {
                 allocations += 1;
             }
         }
@@ -871,9 +871,9 @@ async fn a_submission_after_redis_forgot_the_scripts_is_kept_and_served() {
     let w = work(|_: Assignment| async move { Outcome::Complete(json!("done")) });
     let (stop, task) = start_agent(&h, "w-1", PoolType::Coder, &[], Some(w)).await;
     // As after a Redis restart: submission and allocation go out in one
-    // pipeline of EVALSHAs, which now fail with NOSCRIPT.
+    // pipeline of FCALLs, which now fail: no such function.
     let mut c = h.conn().await;
-    let _: () = redis::cmd("SCRIPT")
+    let _: () = redis::cmd("FUNCTION")
         .arg("FLUSH")
         .query_async(&mut c)
         .await

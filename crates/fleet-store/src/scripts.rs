@@ -1,6 +1,7 @@
 //! The one registry of scripts: every Lua script the store runs, by name,
-//! and [`load_all`], which loads them into a server once at start so that
-//! no first call pays for it. A script exists only here; the modules that
+//! and [`load_all`], which loads them (one Redis Functions library, each script
+//! a function of it) into a server once at start so that no first call pays
+//! for it. A script exists only here; the modules that
 //! call one import its static from this list (the lint test below keeps it
 //! that way). Each script's keys and arguments are declared in its own first
 //! two lines and bound by name ([`crate::script`]).
@@ -20,8 +21,10 @@ macro_rules! scripts {
                 ScriptDef::new($op, include_str!(concat!("lua/", $op, ".lua")))
             });
         )*
-        /// Every script, in the order [`load_all`] loads them.
+        /// Every script, in the library's order.
         pub(crate) static ALL: &[&LazyLock<ScriptDef>] = &[$(&$name),*];
+        /// Every script's source: what the library's name is hashed from.
+        static SOURCES: &[&str] = &[$(include_str!(concat!("lua/", $op, ".lua"))),*];
     };
 }
 
@@ -87,12 +90,37 @@ scripts! {
     AUDIT_APPEND = "audit_append";
 }
 
-/// Loads every script into the server behind `conn` (SCRIPT LOAD), so that
-/// the first real call of each runs by SHA.
+/// The library's version: a hash of the prelude and every script. It names
+/// the library and each of its functions, so that commanders of two builds
+/// sharing a Redis each call their own.
+pub(crate) fn library_hash() -> &'static str {
+    static HASH: LazyLock<String> = LazyLock::new(|| {
+        let all: String = std::iter::once(crate::script::prelude())
+            .chain(SOURCES.iter().copied())
+            .collect();
+        redis::Script::new(&all).get_hash()[..12].to_string()
+    });
+    &HASH
+}
+
+/// Loads the library of every script into the server behind `conn`
+/// (`FUNCTION LOAD REPLACE`), so that the first real call of each finds it.
 pub async fn load_all(conn: &mut impl ConnectionLike) -> Result<()> {
-    for s in ALL {
-        s.script().prepare_invoke().load_async(conn).await?;
-    }
+    Ok(load_library(conn).await?)
+}
+
+/// Loads the library (again: a server restarted without persistence).
+pub(crate) async fn load_library(conn: &mut impl ConnectionLike) -> redis::RedisResult<()> {
+    static LIBRARY: LazyLock<String> = LazyLock::new(|| {
+        let defs: Vec<&ScriptDef> = ALL.iter().map(|s| &***s).collect();
+        crate::script::library(library_hash(), &defs)
+    });
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LIBRARY.as_str())
+        .query_async::<String>(conn)
+        .await?;
     Ok(())
 }
 

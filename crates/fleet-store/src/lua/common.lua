@@ -529,3 +529,12 @@ local function resume(aid, pool, balance, counts, now)
   end
   return encode.resume(balance)
 end
+
+-- The caches above (a pool's strategy, the health policy, the budget
+-- settings) hold for one call: every function of the library starts with
+-- them empty (the prelude is defined once, when the library loads).
+local function reset_caches()
+  strategies = {}
+  policy = nil
+  budget_policy = nil
+end

@@ -65,10 +65,9 @@ impl TaskStore {
         let allocated = replies.pop().and_then(|r| r.ok());
         let submitted = match replies.pop() {
             Some(Ok(v)) => Reply::parse("submit", v)?,
-            // Scripts flushed (a Redis restart): nothing ran; the plain call reloads them.
-            Some(Err(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
+            // The library lost (a Redis restart): nothing ran; the plain
+            // call loads it again.
+            Some(Err(e)) if crate::script::missing(&e) => {
                 return Ok((self.submit(conn, t, now).await?, None));
             }
             Some(Err(e)) => return Err(from_script(e)),
@@ -114,13 +113,9 @@ impl TaskStore {
         for ((t, id), r) in tasks.iter().zip(ids).zip(replies) {
             out.push(match r {
                 Ok(v) => Self::submitted(&Reply::parse("submit", v)?, id, t, now)?,
-                // Scripts flushed (a Redis restart): this one did not run; the
-                // plain call reloads them.
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    self.submit(conn, t, now).await?
-                }
+                // The library lost (a Redis restart): this one did not run;
+                // the plain call loads it again.
+                Err(e) if crate::script::missing(&e) => self.submit(conn, t, now).await?,
                 Err(e) => return Err(from_script(e)),
             });
         }
