@@ -433,6 +433,15 @@ async fn while_redis_is_down_requests_fail_fast_and_the_service_recovers() {
     a.register(T).await.unwrap();
     let (stop, task) = beat(a);
     assert_eq!(h.metric("fleet_redis_breaker_open").await, 0.0);
+    let epoch = || async {
+        let e: u64 = redis::cmd("GET")
+            .arg(h.keys.epoch())
+            .query_async(&mut h.conn().await)
+            .await
+            .unwrap();
+        e
+    };
+    let before = epoch().await;
 
     h.redis.pause();
     let down = std::time::Instant::now();
@@ -465,6 +474,15 @@ async fn while_redis_is_down_requests_fail_fast_and_the_service_recovers() {
     // standby elsewhere might have taken over); with Redis back, it takes
     // the lease again by itself.
     wait_until(|| async { h.commander.as_ref().unwrap().leads() }).await;
+    // The tries to take the lease back that timed out while Redis was
+    // frozen ran one after another when it woke: they claimed one epoch,
+    // not one each (which left the commander with a stale one, and it
+    // stepped down again at once).
+    let after = epoch().await;
+    assert!(
+        after - before <= 2,
+        "epoch {before} -> {after}: the queued tries claimed an epoch each"
+    );
     let r = submit(2).await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "writes work again");
     let (_, rec) = h.get(&api::path(api::AGENT, "brk-1")).await;

@@ -116,7 +116,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         a => a.to_string(),
     };
     let id = format!("commander-{}", uuid::Uuid::new_v4().simple());
-    let ha = crate::ha::Ha::new(Lease::new(keys.clone(), id, config.ha.lease_ms), address);
+    let ha = crate::ha::Ha::new(
+        Lease::new(keys.clone(), id, config.ha.lease_ms, config.ha.renew_ms),
+        address,
+    );
     let base = Base {
         keys: keys.clone(),
         redis,

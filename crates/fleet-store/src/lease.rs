@@ -50,14 +50,19 @@ pub struct Lease {
     keys: Keys,
     id: String,
     lease_ms: u64,
+    /// How often the holder renews (`ha.renew_ms`): a try to take the
+    /// lease within this of its holder taking or renewing it is a try sent
+    /// again, and claims no new epoch (`lease_acquire.lua`).
+    renew_ms: u64,
 }
 
 impl Lease {
-    pub fn new(keys: Keys, id: impl Into<String>, lease_ms: u64) -> Lease {
+    pub fn new(keys: Keys, id: impl Into<String>, lease_ms: u64, renew_ms: u64) -> Lease {
         Lease {
             keys,
             id: id.into(),
             lease_ms,
+            renew_ms,
         }
     }
 
@@ -73,6 +78,7 @@ impl Lease {
             .key("lease", self.keys.lease())
             .arg("id", &self.id)
             .arg("lease_ms", self.lease_ms)
+            .arg("renew_ms", self.renew_ms)
             .reply(conn)
             .await?;
         match r.outcome()? {

@@ -874,8 +874,8 @@ async fn a_lease_that_names_its_taker_is_taken_back_with_a_new_epoch() {
     use fleet_store::lease::{Acquire, Lease};
     let mut s = store().await;
     let keys = fleet_store::Keys::new("swarm:phase-1");
-    let a = Lease::new(keys.clone(), "commander-a", 60_000);
-    let b = Lease::new(keys.clone(), "commander-a2", 60_000);
+    let a = Lease::new(keys.clone(), "commander-a", 60_000, 1_000);
+    let b = Lease::new(keys.clone(), "commander-a2", 60_000, 1_000);
     let Acquire::Leading(first) = a.acquire(&mut s.conn).await.unwrap() else {
         panic!("a free lease is taken");
     };
@@ -884,7 +884,20 @@ async fn a_lease_that_names_its_taker_is_taken_back_with_a_new_epoch() {
         b.acquire(&mut s.conn).await.unwrap(),
         Acquire::Held(_)
     ));
-    // Its own: taken back, a newer epoch, and the old term is fenced.
+    // A try sent again within renew_ms of the taking (one that waited in a
+    // frozen Redis): the same epoch, not a second one.
+    let Acquire::Leading(again) = a.acquire(&mut s.conn).await.unwrap() else {
+        panic!("its own lease, tried again");
+    };
+    assert_eq!(again, first, "a try sent again claims no new epoch");
+    // Its own lease, not renewed for longer than renew_ms (a term it
+    // stepped down from): taken back, a newer epoch, the old term fenced.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(keys.lease())
+        .arg(30_000)
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
     let Acquire::Leading(second) = a.acquire(&mut s.conn).await.unwrap() else {
         panic!("its own lease is taken back");
     };
