@@ -95,18 +95,9 @@ async fn privileged_actions_are_recorded_and_tampering_is_found() {
     assert_eq!(find("commander_took_over")["actor"], "commander:1");
 
     // Only admins read it.
-    let mut conn = fleet_store::connection::connect(&h.redis.url())
-        .await
-        .unwrap();
-    let op = fleet_store::tokens::TokenStore::new(h.keys.clone())
-        .issue(
-            &mut conn,
-            "ops",
-            fleet_store::tokens::TokenRole::Operator,
-            fleet_protocol::now_ms(),
-        )
-        .await
-        .unwrap();
+    let op = h
+        .token("ops", fleet_store::tokens::TokenRole::Operator)
+        .await;
     let r = authed(&op)
         .get(format!("{base}/v1/audit"))
         .send()
@@ -118,6 +109,7 @@ async fn privileged_actions_are_recorded_and_tampering_is_found() {
     let (ok, out) = tokio::task::block_in_place(|| verify(&h));
     assert!(ok, "{out}");
     assert!(out.starts_with("intact: 4 entries"), "{out}");
+    let mut conn = h.conn().await;
     let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(h.keys.audit())
         .arg("-")

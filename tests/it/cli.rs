@@ -93,18 +93,9 @@ async fn simulator_counts_refused_submissions_rather_than_measuring_nothing() {
     // refused (403). The report says so, with the reason, instead of
     // "0/0 completed".
     let h = Harness::start().await;
-    let mut conn = fleet_store::connection::connect(&h.redis.url())
-        .await
-        .unwrap();
-    let viewer = fleet_store::tokens::TokenStore::new(h.keys.clone())
-        .issue(
-            &mut conn,
-            "viewer",
-            fleet_store::tokens::TokenRole::Viewer,
-            fleet_protocol::now_ms(),
-        )
-        .await
-        .unwrap();
+    let viewer = h
+        .token("viewer", fleet_store::tokens::TokenRole::Viewer)
+        .await;
     let report = sim::run(
         SimOptions {
             agents: 4,

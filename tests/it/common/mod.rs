@@ -279,6 +279,17 @@ impl Harness {
             .unwrap()
     }
 
+    /// A bearer token of `role` (named `name`) for this fleet's HTTP API.
+    pub async fn token(&self, name: &str, role: fleet_store::tokens::TokenRole) -> String {
+        let mut conn = fleet_store::connection::connect(&self.redis.url())
+            .await
+            .unwrap();
+        fleet_store::tokens::TokenStore::new(self.keys.clone())
+            .issue(&mut conn, name, role, fleet_protocol::now_ms())
+            .await
+            .unwrap()
+    }
+
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         self.client
             .get_multiplexed_async_connection()
