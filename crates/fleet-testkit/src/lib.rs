@@ -489,25 +489,21 @@ impl Sentinels {
         let Some((port, _)) = self.nodes.first() else {
             return 0;
         };
-        redis::Client::open(format!("redis://127.0.0.1:{port}"))
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+        connect(*port)
             .and_then(|mut c| {
                 redis::cmd("SENTINEL")
                     .arg("REPLICAS")
                     .arg(&self.name)
                     .query::<Vec<redis::Value>>(&mut c)
+                    .ok()
             })
-            .map(|v| v.len())
-            .unwrap_or(0)
+            .map_or(0, |v| v.len())
     }
 }
 
 /// `SENTINEL GET-MASTER-ADDR-BY-NAME` on the sentinel at `port`.
 fn master_of(port: u16, name: &str) -> Option<u16> {
-    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-        .ok()?
-        .get_connection_with_timeout(Duration::from_millis(500))
-        .ok()?;
+    let mut c = connect(port)?;
     let (_, p): (String, u16) = redis::cmd("SENTINEL")
         .arg("GET-MASTER-ADDR-BY-NAME")
         .arg(name)
@@ -656,6 +652,7 @@ impl RedisCluster {
     }
 }
 
+/// A connection to the server on `port` (loopback), or None within 500 ms.
 fn connect(port: u16) -> Option<redis::Connection> {
     redis::Client::open(format!("redis://127.0.0.1:{port}"))
         .ok()?
