@@ -1,16 +1,19 @@
--- Shared prelude of every state-changing script.
+-- Shared prelude of every state-changing script: the top of the one
+-- Redis Functions library (crates/fleet-store/src/script.rs, `library`),
+-- defined once when the library loads.
 --
--- The contract with Rust (crates/fleet-store/src/script.rs): each script
--- declares its keys and arguments by name in its first two lines (`--! keys:`
--- and `--! args:`; `+task` is the group every task-aware script takes). From
--- them Rust generates the lines above this prelude, which bind KEY.<name>,
--- A.<name> and K (every named key, and every argument prefix.<name> under
--- <name>), and puts each value it is given by name in its declared place.
--- Scripts never read KEYS[i] or ARGV[i].
--- Each script carries only the definitions below that it names, and what
--- those name (script::prelude_for): every top-level line starts one (a
--- `local function`, a `function encode.<name>`, a `local` value), with the
--- comment lines right above it.
+-- The contract with Rust: each script declares its keys and arguments by
+-- name in its first two lines (`--! keys:` and `--! args:`; `+task` is the
+-- group every task-aware script takes). From them Rust generates the first
+-- lines of the script's function, which set KEY.<name>, A.<name> and K
+-- (every named key, and every argument prefix.<name> under <name>), and puts
+-- each value it is given by name in its declared place. Scripts never read
+-- KEYS[i] or ARGV[i].
+-- Of the `+task` group a script is given only what it, or the definitions
+-- below that it names (and what those name: script::prelude_for), name.
+-- Every top-level line starts one definition (a `local function`, a
+-- `function encode.<name>`, a `local` value), with the comment lines right
+-- above it.
 
 -- The nonce of the signed message this script acts on, recorded now; true if
 -- it was recorded already (a replay: the script must change nothing). Only
